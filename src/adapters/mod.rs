@@ -1,0 +1,7 @@
+//! Adapters: the outside world behind the ports.
+
+pub mod clock;
+pub mod console;
+pub mod directory;
+pub mod dry_run;
+pub mod sqlite;

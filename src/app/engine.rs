@@ -1,0 +1,651 @@
+//! The use cases: commands from people (request, approve, deny, cancel,
+//! complete, extend, revoke, and the read-only list/show/audit/help).
+//!
+//! Each command resolves what it needs from the outside world first (groups,
+//! instance descriptions), then makes its change through [`Store::update`],
+//! where the domain decides and the change, its Logbook events, notices and
+//! timers commit together. The answer is sent only after that commit.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::domain::command::{help_text, Command, Grammar, ListFilter, RequestSpec};
+use crate::domain::notice::Notice;
+use crate::domain::policy::{Membership, Policy};
+use crate::domain::request::{AccessRequest, ApprovalOutcome, NewRequest, Refusal, RefusalKind, RequestState};
+use crate::domain::time::{Span, Timestamp};
+use crate::domain::values::{GrantDuration, InputError, Person, Reason, RequestId};
+
+use super::effects::{Effects, TimerId, TimerKind};
+use super::messages;
+use super::ports::{Clock, Described, Directory, Mutation, Provisioner, Store, StoreError};
+
+/// Settings the use cases need beyond the policy and grammar.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// How long before expiry to warn, e.g. 15m and 5m.
+    pub warnings: Vec<Span>,
+    /// Names of the chat surfaces notices go to.
+    pub surfaces: Vec<String>,
+    /// How long the on-instance expiry outlasts Passport's own, so the
+    /// instance's dead-man removal never cuts access before the bot does.
+    pub on_instance_grace: Span,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            warnings: vec![Span::from_minutes(15), Span::from_minutes(5)],
+            surfaces: vec!["console".into()],
+            on_instance_grace: Span::from_minutes(5),
+        }
+    }
+}
+
+/// The person acting and the surface they acted on.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub person: Person,
+    pub surface: String,
+}
+
+/// The answer to a command, shown only to the person who sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub ok: bool,
+    pub text: String,
+    /// The request the command created or acted on.
+    pub request: Option<RequestId>,
+}
+
+impl Reply {
+    fn ok(text: String, request: Option<RequestId>) -> Self {
+        Self { ok: true, text, request }
+    }
+
+    fn error(text: String, request: Option<RequestId>) -> Self {
+        Self { ok: false, text, request }
+    }
+}
+
+/// Why a command failed, grouped by what the person can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Refused(#[from] RefusalKind),
+    #[error("{0} does not exist: check the number, or `list` your requests")]
+    NotFound(RequestId),
+    #[error("cannot reach AWS right now ({0}): try again in a few minutes")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => AppError::NotFound(id),
+            other => AppError::Store(other),
+        }
+    }
+}
+
+pub struct Engine {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) provisioner: Arc<dyn Provisioner>,
+    pub(super) directory: Arc<dyn Directory>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) policy: Policy,
+    pub(super) grammar: Grammar,
+    pub(super) settings: EngineSettings,
+    /// Wakes the scheduler and the outbox dispatcher after a commit.
+    pub wake: Arc<Notify>,
+    pub(super) in_flight: Mutex<HashSet<TimerId>>,
+}
+
+pub struct Ports {
+    pub store: Arc<dyn Store>,
+    pub provisioner: Arc<dyn Provisioner>,
+    pub directory: Arc<dyn Directory>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Engine {
+    pub fn new(ports: Ports, policy: Policy, grammar: Grammar, settings: EngineSettings) -> Self {
+        Self {
+            store: ports.store,
+            provisioner: ports.provisioner,
+            directory: ports.directory,
+            clock: ports.clock,
+            policy,
+            grammar,
+            settings,
+            wake: Arc::new(Notify::new()),
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn grammar(&self) -> &Grammar {
+        &self.grammar
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Parses and runs one line typed by `actor`, in the thread of `thread` if any.
+    pub async fn handle_line(&self, actor: &Actor, line: &str, thread: Option<RequestId>) -> Reply {
+        match self.grammar.parse_in_context(line, thread) {
+            Ok(command) => self.handle(actor, command).await,
+            Err(e) => Reply::error(e.0, thread),
+        }
+    }
+
+    pub async fn handle(&self, actor: &Actor, command: Command) -> Reply {
+        let id = command.request_id();
+        let result = match command {
+            Command::Request(spec) => self.request(actor, spec).await,
+            Command::Approve(id) => self.approve(actor, id).await,
+            Command::Deny(id, reason) => self.deny(actor, id, reason).await,
+            Command::Cancel(id) => self.cancel(actor, id).await,
+            Command::Complete(id) => self.complete(actor, id).await,
+            Command::Extend(id, by) => self.extend(actor, id, by).await,
+            Command::Revoke(id, reason) => self.revoke(actor, id, reason).await,
+            Command::List(filter) => self.list(actor, filter).await.map(|t| (t, None)),
+            Command::Show(id) => self.show(actor, id).await.map(|t| (t, Some(id))),
+            Command::Audit(id) => self.audit(actor, id).await.map(|t| (t, Some(id))),
+            Command::Help => Ok((help_text("/passport "), None)),
+        };
+        match result {
+            Ok((text, request)) => {
+                self.wake.notify_waiters();
+                Reply::ok(text, request.or(id))
+            }
+            Err(AppError::Store(e)) => {
+                tracing::error!(error = %e, "store failure while handling a command");
+                Reply::error(
+                    "Passport could not save that change, so nothing was done: try again in a minute, and tell your admins if it keeps failing".into(),
+                    id,
+                )
+            }
+            Err(e) => Reply::error(e.to_string(), id),
+        }
+    }
+
+    pub(super) async fn membership(&self, person: &Person) -> Membership {
+        Membership {
+            user: person.id.clone(),
+            groups: self.directory.groups_of(&person.id).await,
+        }
+    }
+
+    /// Wraps a change so that the card is refreshed whenever the request
+    /// changed, and notices are routed to the surfaces.
+    pub(super) fn mutation<F>(&self, f: F) -> Mutation
+    where
+        F: FnOnce(&mut AccessRequest, &mut Effects) -> Result<(), Refusal> + Send + 'static,
+    {
+        let tickets = self.grammar.tickets.clone();
+        let surfaces = self.settings.surfaces.clone();
+        let now = self.clock.now();
+        Box::new(move |req: &mut AccessRequest| {
+            let before = fingerprint(req);
+            let mut fx = Effects::default();
+            f(req, &mut fx)?;
+            if fingerprint(req) != before {
+                fx.notify(Notice::Card(messages::card(req, &tickets, now)));
+            }
+            fx.route(&surfaces, &req.origin);
+            Ok(fx)
+        })
+    }
+
+    async fn change<F>(&self, id: RequestId, f: F) -> Result<(String, Option<RequestId>), AppError>
+    where
+        F: FnOnce(&mut AccessRequest, &mut Effects) -> Result<(), Refusal> + Send + 'static,
+    {
+        match self.store.update(id, None, self.mutation(f)).await? {
+            Ok((_, fx)) => Ok((fx.reply, Some(id))),
+            Err(refusal) => Err(refusal.into()),
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // request
+
+    async fn request(&self, actor: &Actor, spec: RequestSpec) -> Result<(String, Option<RequestId>), AppError> {
+        let who = self.membership(&actor.person).await;
+        if !self.policy.may_request(&who) {
+            return Err(RefusalKind::NotAllowed(
+                "you are not allowed to request access: ask a Passport admin to add you to the requesters".into(),
+            )
+            .into());
+        }
+        let described = self
+            .provisioner
+            .describe(spec.instances.as_slice())
+            .await
+            .map_err(|e| AppError::Unavailable(e.to_string()))?;
+        let mut instances = Vec::new();
+        let mut problems = Vec::new();
+        for d in described {
+            match d {
+                Described::Usable(info) => instances.push(info),
+                Described::Unusable { id, reason } => problems.push(format!("{id}: {reason}")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(InputError::new(format!(
+                "cannot request access to {}: fix or leave out these instances and ask again",
+                problems.join("; ")
+            ))
+            .into());
+        }
+        let requirement = self.policy.requirement_for(&instances);
+        if spec.duration.span() > requirement.max_duration {
+            return Err(RefusalKind::NotAllowed(format!(
+                "these instances allow access for at most {}: ask for {} or less",
+                requirement.max_duration, requirement.max_duration
+            ))
+            .into());
+        }
+        let now = self.clock.now();
+        let person = actor.person.clone();
+        let origin = actor.surface.clone();
+        let approval_window = self.policy.approval_window;
+        let tickets = self.grammar.tickets.clone();
+        let surfaces = self.settings.surfaces.clone();
+        let created = self
+            .store
+            .create(Box::new(move |id| {
+                let mut req = AccessRequest::new(NewRequest {
+                    id,
+                    requester: person.clone(),
+                    origin,
+                    instances,
+                    duration: spec.duration,
+                    ticket: spec.ticket,
+                    reason: spec.reason,
+                    requirement,
+                    approval_window,
+                    now,
+                });
+                let mut fx = Effects::default();
+                let names: Vec<String> = req.instances.iter().map(|i| messages::instance_label(&req, &i.id)).collect();
+                fx.log(
+                    now,
+                    person.id.as_str(),
+                    Some(id),
+                    "requested",
+                    format!(
+                        "requested by {} for {} on {} ({}){}",
+                        person.handle,
+                        req.duration,
+                        summarise(&names, 5),
+                        req.ticket,
+                        req.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                    ),
+                    json!({
+                        "instances": req.instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+                        "duration": req.duration.to_string(),
+                        "ticket": req.ticket.as_str(),
+                        "reason": req.reason.as_ref().map(|r| r.as_str()),
+                        "requires": req.requirement.describe(),
+                        "username": req.username.as_str(),
+                    }),
+                );
+                if req.requirement.auto_approved() {
+                    req.auto_approve()?;
+                    let rules: Vec<&str> = req.requirement.rules.iter().map(|r| r.rule.as_str()).collect();
+                    fx.log(
+                        now,
+                        "passport",
+                        Some(id),
+                        "approved",
+                        format!("auto-approved by policy ({})", rules.join(", ")),
+                        json!({ "auto": true }),
+                    );
+                    start_provisioning(&mut req, &mut fx, now)?;
+                    fx.reply = format!(
+                        "{id} is auto-approved: setting up `{}` on {} instance(s); connection details follow by direct message",
+                        req.username,
+                        req.instances.len()
+                    );
+                } else {
+                    fx.schedule(TimerKind::ApprovalTimeout, req.approval_deadline);
+                    fx.reply = format!(
+                        "request {id} received: waiting for {} (the request times out at {})",
+                        req.still_needed(),
+                        req.approval_deadline
+                    );
+                }
+                fx.notify(Notice::Card(messages::card(&req, &tickets, now)));
+                fx.route(&surfaces, &req.origin);
+                Ok((req, fx))
+            }))
+            .await?;
+        match created {
+            Ok((req, fx)) => Ok((fx.reply, Some(req.id))),
+            Err(refusal) => Err(refusal.into()),
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // decisions
+
+    async fn approve(&self, actor: &Actor, id: RequestId) -> Result<(String, Option<RequestId>), AppError> {
+        let who = self.membership(&actor.person).await;
+        let person = actor.person.clone();
+        let now = self.clock.now();
+        self.change(id, move |req, fx| {
+            match req.approve(&who, &person.handle, now)? {
+                ApprovalOutcome::Recorded { still_needed } => {
+                    let summary = format!("approval by {} recorded; still needs {still_needed}", person.handle);
+                    fx.log(now, person.id.as_str(), Some(id), "approval_recorded", summary.clone(), json!({}));
+                    fx.notify(Notice::Thread { request: id, text: format!("✅ {summary}"), actions: Vec::new() });
+                    fx.reply = format!("your approval of {id} is recorded; it still needs {still_needed}");
+                }
+                ApprovalOutcome::Approved => {
+                    let names: Vec<&str> = req.approvals.iter().map(|a| a.handle.as_str()).collect();
+                    let summary = format!("approved by {}", names.join(", "));
+                    fx.log(now, person.id.as_str(), Some(id), "approved", summary.clone(), json!({ "approvers": names }));
+                    fx.cancel.push(TimerKind::ApprovalTimeout);
+                    fx.notify(Notice::Thread {
+                        request: id,
+                        text: format!("✅ {summary}: setting up `{}` on {} instance(s)", req.username, req.instances.len()),
+                        actions: Vec::new(),
+                    });
+                    fx.notify(Notice::Direct {
+                        user: req.requester.id.clone(),
+                        request: Some(id),
+                        text: format!("Your request {id} was {summary}. Setting up access now; connection details follow."),
+                        actions: Vec::new(),
+                    });
+                    start_provisioning(req, fx, now)?;
+                    fx.reply = format!("{id} approved: setting up access for {}", req.requester.handle);
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deny(&self, actor: &Actor, id: RequestId, reason: Option<Reason>) -> Result<(String, Option<RequestId>), AppError> {
+        let who = self.membership(&actor.person).await;
+        let is_admin = self.policy.is_admin(&who);
+        let person = actor.person.clone();
+        let now = self.clock.now();
+        self.change(id, move |req, fx| {
+            req.deny(&who, &person.handle, is_admin, reason.clone(), now)?;
+            let because = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+            let summary = format!("denied by {}{because}", person.handle);
+            fx.log(now, person.id.as_str(), Some(id), "denied", summary.clone(), json!({ "reason": reason.as_ref().map(|r| r.as_str()) }));
+            fx.cancel_all = true;
+            fx.notify(Notice::Thread { request: id, text: format!("⛔ {summary}"), actions: Vec::new() });
+            fx.notify(Notice::Direct {
+                user: req.requester.id.clone(),
+                request: Some(id),
+                text: format!("Your request {id} was {summary}."),
+                actions: Vec::new(),
+            });
+            fx.reply = format!("{id} denied");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cancel(&self, actor: &Actor, id: RequestId) -> Result<(String, Option<RequestId>), AppError> {
+        let person = actor.person.clone();
+        let now = self.clock.now();
+        self.change(id, move |req, fx| {
+            req.cancel(&person.id, &person.handle, now)?;
+            let summary = format!("cancelled by {}", person.handle);
+            fx.log(now, person.id.as_str(), Some(id), "cancelled", summary.clone(), json!({}));
+            fx.cancel_all = true;
+            fx.notify(Notice::Thread { request: id, text: summary, actions: Vec::new() });
+            fx.reply = format!("{id} cancelled");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn complete(&self, actor: &Actor, id: RequestId) -> Result<(String, Option<RequestId>), AppError> {
+        let who = self.membership(&actor.person).await;
+        let is_admin = self.policy.is_admin(&who);
+        let person = actor.person.clone();
+        let now = self.clock.now();
+        self.change(id, move |req, fx| {
+            let to_remove = req.complete(&person.id, &person.handle, is_admin, now)?;
+            let summary = format!("completed by {}", person.handle);
+            fx.log(now, person.id.as_str(), Some(id), "completed", summary.clone(), json!({}));
+            end_access(req, fx, now, &to_remove);
+            fx.notify(Notice::Thread {
+                request: id,
+                text: format!("🏁 {summary}: removing `{}` from {} instance(s)", req.username, to_remove.len()),
+                actions: Vec::new(),
+            });
+            fx.reply = format!("{id} completed: access is being removed now");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke(&self, actor: &Actor, id: RequestId, reason: Option<Reason>) -> Result<(String, Option<RequestId>), AppError> {
+        let who = self.membership(&actor.person).await;
+        let is_admin = self.policy.is_admin(&who);
+        let person = actor.person.clone();
+        let now = self.clock.now();
+        self.change(id, move |req, fx| {
+            let to_remove = req.revoke(&who, &person.handle, is_admin, reason.clone(), now)?;
+            let because = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+            let summary = format!("revoked by {}{because}", person.handle);
+            fx.log(now, person.id.as_str(), Some(id), "revoked", summary.clone(), json!({ "reason": reason.as_ref().map(|r| r.as_str()) }));
+            end_access(req, fx, now, &to_remove);
+            fx.notify(Notice::Thread { request: id, text: format!("🛑 {summary}: removing access"), actions: Vec::new() });
+            fx.notify(Notice::Direct {
+                user: req.requester.id.clone(),
+                request: Some(id),
+                text: format!("Your access {id} was {summary}. The user `{}` is being removed.", req.username),
+                actions: Vec::new(),
+            });
+            fx.reply = format!("{id} revoked: access is being removed now");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn extend(&self, actor: &Actor, id: RequestId, by: GrantDuration) -> Result<(String, Option<RequestId>), AppError> {
+        let person = actor.person.clone();
+        let now = self.clock.now();
+        let warnings = self.settings.warnings.clone();
+        self.change(id, move |req, fx| {
+            let ext = req.extend(&person.id, by, now)?;
+            let capped = if ext.capped {
+                format!(" (asked for {by}; the maximum is {})", req.requirement.max_duration)
+            } else {
+                String::new()
+            };
+            let summary = format!(
+                "extended by {} by {}, now until {}{capped}",
+                ext.added, person.handle, ext.new_expiry
+            );
+            fx.log(
+                now,
+                person.id.as_str(),
+                Some(id),
+                "extended",
+                summary.clone(),
+                json!({ "added": ext.added.to_string(), "expires_at": ext.new_expiry.to_string() }),
+            );
+            fx.cancel_expiry = true;
+            schedule_expiry(fx, ext.new_expiry, now, &warnings);
+            // Move the on-instance expiries too.
+            fx.schedule(TimerKind::Refresh, now);
+            fx.notify(Notice::Thread { request: id, text: format!("⏱ {summary}"), actions: Vec::new() });
+            fx.reply = format!(
+                "{id} extended by {}{capped}: access now ends at {} ({} more can be added)",
+                ext.added, ext.new_expiry, ext.remaining_allowance
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    // -----------------------------------------------------------------------
+    // read-only
+
+    async fn may_see(&self, actor: &Actor, req: &AccessRequest) -> bool {
+        if req.is_requester(&actor.person.id) {
+            return true;
+        }
+        let who = self.membership(&actor.person).await;
+        self.policy.is_admin(&who) || req.is_approver(&who)
+    }
+
+    async fn load_visible(&self, actor: &Actor, id: RequestId) -> Result<AccessRequest, AppError> {
+        let req = self.store.get(id).await?.ok_or(AppError::NotFound(id))?;
+        if !self.may_see(actor, &req).await {
+            return Err(RefusalKind::NotAllowed(format!(
+                "only the requester, its approvers and admins can see {id}"
+            ))
+            .into());
+        }
+        Ok(req)
+    }
+
+    async fn list(&self, actor: &Actor, filter: ListFilter) -> Result<String, AppError> {
+        let rows = self.store.list(filter, &actor.person.id, 200).await?;
+        let mut lines = Vec::new();
+        let now = self.clock.now();
+        for req in rows {
+            if lines.len() >= 20 {
+                break;
+            }
+            if self.may_see(actor, &req).await {
+                lines.push(format!(
+                    "{} · {} · {} · {} instance(s) · {} · {}",
+                    req.id,
+                    req.state.label(),
+                    req.requester.handle,
+                    req.instances.len(),
+                    req.ticket,
+                    messages::status_line(&req, now)
+                ));
+            }
+        }
+        if lines.is_empty() {
+            return Ok("no requests to show".into());
+        }
+        Ok(lines.join("\n"))
+    }
+
+    async fn show(&self, actor: &Actor, id: RequestId) -> Result<String, AppError> {
+        let req = self.load_visible(actor, id).await?;
+        let now = self.clock.now();
+        let mut out = format!(
+            "{} · {} · requested by {} for {} · {}{}\n{}\nrequires {} · user `{}`",
+            req.id,
+            req.state.label(),
+            req.requester.handle,
+            req.duration,
+            req.ticket,
+            req.reason.as_ref().map(|r| format!(" · {r}")).unwrap_or_default(),
+            messages::status_line(&req, now),
+            req.requirement.describe(),
+            req.username
+        );
+        for g in &req.grants {
+            let info = req.instance(&g.instance);
+            let detail = g.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default();
+            out.push_str(&format!(
+                "\n• {} [{}{}] {}{detail}",
+                messages::instance_label(&req, &g.instance),
+                info.map(|i| messages::platform_name(i.platform)).unwrap_or("?"),
+                info.map(|i| if i.private_ips.is_empty() { String::new() } else { format!(" {}", i.private_ips.join(",")) })
+                    .unwrap_or_default(),
+                g.state.as_str()
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn audit(&self, actor: &Actor, id: RequestId) -> Result<String, AppError> {
+        let req = self.load_visible(actor, id).await?;
+        let events = self.store.audit_events(Some(req.id), None).await?;
+        Ok(timeline(&events))
+    }
+}
+
+/// A readable timeline of Logbook events, one per line.
+pub fn timeline(events: &[crate::domain::logbook::LogEvent]) -> String {
+    let mut out = Vec::new();
+    for e in events {
+        let summary = serde_json::from_str::<serde_json::Value>(&e.details)
+            .ok()
+            .and_then(|v| v.get("summary").and_then(|s| s.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| e.action.clone());
+        out.push(format!("#{} {} {} {}: {}", e.seq, e.at, e.request.as_deref().unwrap_or("-"), e.action, summary));
+    }
+    if out.is_empty() {
+        "no Logbook events".into()
+    } else {
+        out.join("\n")
+    }
+}
+
+/// What changes on the card when a request changes.
+fn fingerprint(req: &AccessRequest) -> (RequestState, usize, Option<Timestamp>, Vec<crate::domain::request::GrantState>) {
+    (req.state, req.approvals.len(), req.expires_at, req.grants.iter().map(|g| g.state).collect())
+}
+
+/// "a, b, c and 4 more".
+pub fn summarise(items: &[String], show: usize) -> String {
+    if items.len() <= show {
+        return items.join(", ");
+    }
+    format!("{} and {} more", items[..show].join(", "), items.len() - show)
+}
+
+pub(super) fn start_provisioning(req: &mut AccessRequest, fx: &mut Effects, now: Timestamp) -> Result<(), Refusal> {
+    req.begin_provisioning()?;
+    fx.log(
+        now,
+        "passport",
+        Some(req.id),
+        "provisioning",
+        format!("creating `{}` on {} instance(s)", req.username, req.grants.len()),
+        json!({ "username": req.username.as_str() }),
+    );
+    fx.schedule(TimerKind::Provision, now);
+    Ok(())
+}
+
+/// Warnings before `expiry` that are still in the future, and the expiry itself.
+pub(super) fn schedule_expiry(fx: &mut Effects, expiry: Timestamp, now: Timestamp, warnings: &[Span]) {
+    for w in warnings {
+        let at = expiry.minus(*w);
+        if at > now {
+            fx.schedule(TimerKind::Warning(*w), at);
+        }
+    }
+    fx.schedule(TimerKind::Expiry, expiry);
+}
+
+/// Stops the clock: drops warnings, expiry and refreshes, and schedules removal.
+pub(super) fn end_access(req: &AccessRequest, fx: &mut Effects, now: Timestamp, to_remove: &[crate::domain::values::InstanceId]) {
+    fx.cancel_expiry = true;
+    fx.cancel.push(TimerKind::Refresh);
+    fx.cancel.push(TimerKind::ApprovalTimeout);
+    if !to_remove.is_empty() || !req.pending_removals().is_empty() {
+        fx.schedule(TimerKind::Remove, now);
+    }
+}

@@ -1,0 +1,396 @@
+//! Timers and jobs: approval timeouts, expiry warnings, expiry, provisioning,
+//! refreshing on-instance expiries after an extension, and removal with retries.
+//!
+//! Timers are rows. [`Engine::run_due`] runs everything due at the clock's
+//! `now`, so tests drive time by hand and a restart fires overdue timers at once.
+
+use std::collections::BTreeMap;
+
+use futures::stream::{self, StreamExt};
+use serde_json::json;
+
+use crate::domain::notice::Notice;
+use crate::domain::request::{AccessRequest, GrantState, InstanceOutcome, RequestState, RefusalKind};
+use crate::domain::time::{Span, Timestamp};
+use crate::domain::values::{InstanceId, RequestId};
+
+use super::effects::{Effects, NewTimer, Timer, TimerKind};
+use super::engine::{end_access, schedule_expiry, summarise, Engine};
+use super::messages;
+use super::ports::{GrantSpec, ProvisionError, RevokeSpec, StoreError};
+
+/// Provisioning is given up after this many attempts with the control plane unreachable.
+const MAX_PROVISION_ATTEMPTS: u32 = 8;
+/// After this many failed removals, people are told which instance still holds the user.
+const REMOVAL_ALERT_AFTER: u32 = 3;
+/// Requests whose timers run at the same time.
+const CONCURRENT_REQUESTS: usize = 64;
+
+/// Exponential backoff from 30 s, capped at 10 minutes.
+pub fn backoff(attempts: u32) -> Span {
+    let secs = 30i64.saturating_mul(1i64 << attempts.min(10));
+    Span::from_secs(secs.min(600))
+}
+
+fn stale(id: RequestId, what: &str) -> RefusalKind {
+    RefusalKind::WrongState(format!("{id}: {what}"))
+}
+
+impl Engine {
+    /// Runs every timer due now. Timers of one request run one after another,
+    /// in due order; different requests run concurrently. Returns how many ran.
+    pub async fn run_due(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let due = self.store.due_timers(now, 5000).await?;
+        let claimed: Vec<Timer> = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            due.into_iter().filter(|t| in_flight.insert(t.id)).collect()
+        };
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = claimed.iter().map(|t| t.id).collect();
+        let mut by_request: BTreeMap<RequestId, Vec<Timer>> = BTreeMap::new();
+        for t in claimed {
+            by_request.entry(t.request).or_default().push(t);
+        }
+        let count = ids.len();
+        stream::iter(by_request.into_values())
+            .for_each_concurrent(CONCURRENT_REQUESTS, |timers| async move {
+                for t in timers {
+                    if let Err(e) = self.fire(&t).await {
+                        tracing::error!(request = %t.request, timer = t.kind.encode(), error = %e, "timer failed; it will run again");
+                    }
+                }
+            })
+            .await;
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                in_flight.remove(&id);
+            }
+        }
+        self.wake.notify_waiters();
+        Ok(count)
+    }
+
+    async fn fire(&self, t: &Timer) -> Result<(), StoreError> {
+        match t.kind {
+            TimerKind::ApprovalTimeout => self.approval_timeout(t).await,
+            TimerKind::Warning(before) => self.warn(t, before).await,
+            TimerKind::Expiry => self.expire(t).await,
+            TimerKind::Provision | TimerKind::Refresh => self.provision(t).await,
+            TimerKind::Remove => self.remove(t).await,
+        }
+    }
+
+    /// Applies a timer's change; a refusal only means the timer is stale.
+    async fn apply<F>(&self, t: &Timer, f: F) -> Result<(), StoreError>
+    where
+        F: FnOnce(&mut AccessRequest, &mut Effects) -> Result<(), RefusalKind> + Send + 'static,
+    {
+        match self.store.update(t.request, Some(t.id), self.mutation(f)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(why)) => {
+                tracing::debug!(request = %t.request, timer = t.kind.encode(), %why, "stale timer dropped");
+                Ok(())
+            }
+            Err(StoreError::NotFound(_)) => self.store.delete_timer(t.id).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn approval_timeout(&self, t: &Timer) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let id = t.request;
+        self.apply(t, move |req, fx| {
+            req.time_out(now)?;
+            let summary = format!("no decision before {}: the request timed out", req.approval_deadline);
+            fx.log(now, "passport", Some(id), "approval_timed_out", summary.clone(), json!({}));
+            fx.cancel_all = true;
+            fx.notify(Notice::Thread { request: id, text: format!("⌛ {summary}"), actions: Vec::new() });
+            fx.notify(Notice::Direct {
+                user: req.requester.id.clone(),
+                request: Some(id),
+                text: format!("Your request {id} got no decision in time and has timed out. Ask again if you still need access."),
+                actions: Vec::new(),
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    async fn warn(&self, t: &Timer, before: Span) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let id = t.request;
+        let due = t.due;
+        self.apply(t, move |req, fx| {
+            let expires = match (req.state, req.expires_at) {
+                (RequestState::Active, Some(e)) => e,
+                _ => return Err(stale(id, "not active")),
+            };
+            // A warning for an expiry that an extension has moved is not sent.
+            if now >= expires || expires.minus(before) > due.plus(Span::from_secs(1)) {
+                return Err(stale(id, "warning no longer applies"));
+            }
+            let left = expires.since(now).to_nearest_minute();
+            let summary = format!("access ends at {expires} (in {left})");
+            fx.log(now, "passport", Some(id), "expiry_warning", summary.clone(), json!({ "expires_at": expires.to_string() }));
+            let actions = messages::extend_complete(req);
+            fx.notify(Notice::Thread { request: id, text: format!("⏰ {summary}: extend or complete"), actions: actions.clone() });
+            fx.notify(Notice::Direct {
+                user: req.requester.id.clone(),
+                request: Some(id),
+                text: format!("Your access {id} ends at {expires} (in {left}). Extend it, or complete it if you are done."),
+                actions,
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expire(&self, t: &Timer) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let id = t.request;
+        self.apply(t, move |req, fx| {
+            let to_remove = req.expire(now)?;
+            let summary = format!("access expired: removing `{}` from {} instance(s)", req.username, to_remove.len());
+            fx.log(now, "passport", Some(id), "expired", summary.clone(), json!({}));
+            end_access(req, fx, now, &to_remove);
+            fx.notify(Notice::Thread { request: id, text: format!("⌛ {summary}"), actions: Vec::new() });
+            fx.notify(Notice::Direct {
+                user: req.requester.id.clone(),
+                request: Some(id),
+                text: format!("Your access {id} has expired; `{}` is being removed.", req.username),
+                actions: Vec::new(),
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    async fn provision(&self, t: &Timer) -> Result<(), StoreError> {
+        let Some(req) = self.store.get(t.request).await? else {
+            return self.store.delete_timer(t.id).await;
+        };
+        let now = self.clock.now();
+        let grace = self.settings.on_instance_grace;
+        let (wanted, expires_at) = match t.kind {
+            TimerKind::Provision if req.state == RequestState::Provisioning => {
+                (GrantState::Provisioning, now.plus(req.duration.span()).plus(grace))
+            }
+            TimerKind::Refresh if req.state == RequestState::Active => match req.expires_at {
+                Some(e) => (GrantState::Active, e.plus(grace)),
+                None => return self.store.delete_timer(t.id).await,
+            },
+            _ => return self.store.delete_timer(t.id).await,
+        };
+        let instances: Vec<_> = req
+            .grants
+            .iter()
+            .filter(|g| g.state == wanted)
+            .filter_map(|g| req.instance(&g.instance).cloned())
+            .collect();
+        if instances.is_empty() {
+            return self.store.delete_timer(t.id).await;
+        }
+        let spec = GrantSpec {
+            request: req.id,
+            username: req.username.clone(),
+            instances: instances.clone(),
+            expires_at,
+            sudo: req.requirement.sudo,
+        };
+        let outcomes = match self.provisioner.grant(&spec).await {
+            Ok(outcomes) => outcomes,
+            Err(ProvisionError::Unavailable(e)) if t.attempts + 1 < MAX_PROVISION_ATTEMPTS => {
+                tracing::warn!(request = %req.id, attempt = t.attempts + 1, error = %e, "provisioner unavailable; will retry");
+                return self.store.reschedule_timer(t.id, now.plus(backoff(t.attempts))).await;
+            }
+            Err(e) => instances
+                .iter()
+                .map(|i| InstanceOutcome { instance: i.id.clone(), ok: false, detail: Some(e.to_string()) })
+                .collect(),
+        };
+        let id = req.id;
+        let warnings = self.settings.warnings.clone();
+        if t.kind == TimerKind::Refresh {
+            return self
+                .apply(t, move |req, fx| {
+                    record_refresh(req, fx, &outcomes, now);
+                    Ok(())
+                })
+                .await;
+        }
+        self.apply(t, move |req, fx| {
+            let to_remove = req.record_provisioning(&outcomes, now)?;
+            for o in &outcomes {
+                let label = messages::instance_label(req, &o.instance);
+                if o.ok {
+                    fx.log(now, "passport", Some(id), "granted", format!("`{}` created on {label}", req.username), json!({ "instance": o.instance.as_str() }));
+                } else {
+                    let why = o.detail.clone().unwrap_or_else(|| "failed".into());
+                    fx.log(now, "passport", Some(id), "grant_failed", format!("could not create `{}` on {label}: {why}", req.username), json!({ "instance": o.instance.as_str(), "error": why }));
+                }
+            }
+            let report = messages::provisioning_report(req);
+            match req.state {
+                RequestState::Active => {
+                    let expires = req.expires_at.unwrap_or(now);
+                    fx.log(now, "passport", Some(id), "active", format!("access active until {expires}"), json!({ "expires_at": expires.to_string() }));
+                    schedule_expiry(fx, expires, now, &warnings);
+                    let details = messages::connection_details(req);
+                    let retry_hint = if req.grants.iter().any(|g| g.state == GrantState::Failed) {
+                        "\nThe failed instances can be requested again in a new request once fixed."
+                    } else {
+                        ""
+                    };
+                    fx.notify(Notice::Thread { request: id, text: format!("🟢 {report}\n{details}{retry_hint}"), actions: Vec::new() });
+                    fx.notify(Notice::Direct {
+                        user: req.requester.id.clone(),
+                        request: Some(id),
+                        text: format!("{details}\nReply `extend {id} 1h` or `complete {id}` at any time."),
+                        actions: messages::extend_complete(req),
+                    });
+                }
+                RequestState::Failed => {
+                    fx.log(now, "passport", Some(id), "failed", "provisioning failed on every instance".into(), json!({}));
+                    fx.notify(Notice::Thread { request: id, text: format!("❌ {report}"), actions: Vec::new() });
+                    fx.notify(Notice::Direct {
+                        user: req.requester.id.clone(),
+                        request: Some(id),
+                        text: format!("Access for {id} could not be set up.\n{report}"),
+                        actions: Vec::new(),
+                    });
+                }
+                _ => {
+                    fx.log(now, "passport", Some(id), "provisioned_after_end", format!("provisioning finished after the request was {}: removing", req.state.label().to_lowercase()), json!({}));
+                }
+            }
+            if !to_remove.is_empty() {
+                fx.schedule(TimerKind::Remove, now);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, t: &Timer) -> Result<(), StoreError> {
+        let Some(req) = self.store.get(t.request).await? else {
+            return self.store.delete_timer(t.id).await;
+        };
+        let pending = req.pending_removals();
+        if pending.is_empty() {
+            return self.store.delete_timer(t.id).await;
+        }
+        let instances: Vec<_> = pending.iter().filter_map(|i| req.instance(i).cloned()).collect();
+        let spec = RevokeSpec {
+            request: req.id,
+            username: req.username.clone(),
+            instances: instances.clone(),
+        };
+        let outcomes = match self.provisioner.revoke(&spec).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => instances
+                .iter()
+                .map(|i| InstanceOutcome { instance: i.id.clone(), ok: false, detail: Some(e.to_string()) })
+                .collect(),
+        };
+        let now = self.clock.now();
+        let id = req.id;
+        let attempts = t.attempts + 1;
+        self.apply(t, move |req, fx| {
+            req.record_removal(&outcomes);
+            let mut removed = Vec::new();
+            for o in &outcomes {
+                let label = messages::instance_label(req, &o.instance);
+                if o.ok {
+                    fx.log(now, "passport", Some(id), "removed", format!("`{}` removed from {label}", req.username), json!({ "instance": o.instance.as_str() }));
+                    removed.push(label);
+                } else {
+                    let why = o.detail.clone().unwrap_or_else(|| "failed".into());
+                    fx.log(now, "passport", Some(id), "removal_failed", format!("could not remove `{}` from {label} (attempt {attempts}): {why}", req.username), json!({ "instance": o.instance.as_str(), "error": why, "attempt": attempts }));
+                }
+            }
+            if !removed.is_empty() {
+                fx.notify(Notice::Thread { request: id, text: format!("🧹 `{}` removed from {}", req.username, summarise(&removed, 10)), actions: Vec::new() });
+            }
+            let still = req.pending_removals();
+            if still.is_empty() {
+                fx.notify(Notice::Direct {
+                    user: req.requester.id.clone(),
+                    request: Some(id),
+                    text: format!("Your access {id} has ended: `{}` was removed from every instance.", req.username),
+                    actions: Vec::new(),
+                });
+            } else {
+                fx.timers.push(NewTimer { kind: TimerKind::Remove, due: now.plus(backoff(attempts)), attempts });
+                if attempts == REMOVAL_ALERT_AFTER || (attempts > REMOVAL_ALERT_AFTER && attempts % 10 == 0) {
+                    alert_removal_failing(req, fx, &still, attempts);
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Records a refresh; a user re-created on an instance after the request
+/// ended (an extension racing a completion) is scheduled for removal again.
+fn record_refresh(req: &mut AccessRequest, fx: &mut Effects, outcomes: &[InstanceOutcome], now: Timestamp) {
+    let id = req.id;
+    let active = req.state == RequestState::Active;
+    let mut again = false;
+    for o in outcomes {
+        let label = messages::instance_label(req, &o.instance);
+        if o.ok {
+            fx.log(now, "passport", Some(id), "refreshed", format!("on-instance expiry of `{}` moved on {label}", req.username), json!({ "instance": o.instance.as_str() }));
+        } else {
+            let why = o.detail.clone().unwrap_or_else(|| "failed".into());
+            fx.log(now, "passport", Some(id), "refresh_failed", format!("could not move the on-instance expiry on {label}: {why}"), json!({ "instance": o.instance.as_str(), "error": why }));
+            fx.notify(Notice::Thread {
+                request: id,
+                text: format!("⚠️ could not move the on-instance expiry on {label} ({why}): access there may end at the earlier time"),
+                actions: Vec::new(),
+            });
+        }
+        if o.ok && !active {
+            if let Some(g) = req.grants.iter_mut().find(|g| g.instance == o.instance) {
+                g.state = GrantState::Removing;
+                again = true;
+            }
+        }
+    }
+    if again {
+        fx.schedule(TimerKind::Remove, now);
+    }
+}
+
+/// Tells the audit channel, the thread and the approvers which instances still hold the user.
+fn alert_removal_failing(req: &AccessRequest, fx: &mut Effects, still: &[InstanceId], attempts: u32) {
+    let labels: Vec<String> = still.iter().map(|i| messages::instance_label(req, i)).collect();
+    let text = format!(
+        "🚨 {}: `{}` is still present on {} after {attempts} removal attempts; Passport keeps retrying. Check the instance(s) and the SSM agent.",
+        req.id,
+        req.username,
+        summarise(&labels, 10)
+    );
+    fx.notify(Notice::Thread { request: req.id, text: text.clone(), actions: Vec::new() });
+    fx.notify(Notice::Audit { text: text.clone() });
+    for a in &req.approvals {
+        fx.notify(Notice::Direct { user: a.by.clone(), request: Some(req.id), text: text.clone(), actions: Vec::new() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Span::from_secs(30));
+        assert_eq!(backoff(1), Span::from_secs(60));
+        assert_eq!(backoff(5), Span::from_secs(600));
+        assert_eq!(backoff(40), Span::from_secs(600));
+    }
+}

@@ -1,0 +1,208 @@
+//! The words Passport uses: the request card and the texts of notices and
+//! answers, built from a request's state.
+
+use crate::domain::notice::{Action, ActionStyle, CardInstance, CardView};
+use crate::domain::policy::Principal;
+use crate::domain::request::{AccessRequest, GrantState, Platform, RequestState};
+use crate::domain::time::Timestamp;
+use crate::domain::values::TicketRules;
+
+pub fn approve_deny(req: &AccessRequest) -> Vec<Action> {
+    vec![
+        Action {
+            label: "Approve".into(),
+            command: format!("approve {}", req.id),
+            style: ActionStyle::Primary,
+        },
+        Action {
+            label: "Deny".into(),
+            command: format!("deny {}", req.id),
+            style: ActionStyle::Danger,
+        },
+    ]
+}
+
+/// Extend and Complete buttons for an active request.
+pub fn extend_complete(req: &AccessRequest) -> Vec<Action> {
+    vec![
+        Action {
+            label: "Extend +1h".into(),
+            command: format!("extend {} 1h", req.id),
+            style: ActionStyle::Primary,
+        },
+        Action {
+            label: "Extend +2h".into(),
+            command: format!("extend {} 2h", req.id),
+            style: ActionStyle::Plain,
+        },
+        Action {
+            label: "Complete".into(),
+            command: format!("complete {}", req.id),
+            style: ActionStyle::Danger,
+        },
+    ]
+}
+
+pub fn instance_label(req: &AccessRequest, id: &crate::domain::values::InstanceId) -> String {
+    match req.instance(id).and_then(|i| i.name.as_deref()) {
+        Some(name) => format!("{id} ({name})"),
+        None => id.to_string(),
+    }
+}
+
+/// The one-line status shown on the card.
+pub fn status_line(req: &AccessRequest, now: Timestamp) -> String {
+    let by = |verb: &str| match &req.decision {
+        Some(d) => {
+            let reason = d.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+            format!("{verb} by {} at {}{reason}", d.handle, d.at)
+        }
+        None => verb.to_owned(),
+    };
+    let approved_by = if req.approvals.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = req.approvals.iter().map(|a| a.handle.as_str()).collect();
+        format!("approved by {}", names.join(", "))
+    };
+    let removal = || {
+        let left = req
+            .grants
+            .iter()
+            .filter(|g| matches!(g.state, GrantState::Removing | GrantState::RemovalFailed))
+            .count();
+        let failed = req.grants.iter().filter(|g| g.state == GrantState::RemovalFailed).count();
+        match (left, failed) {
+            (0, _) => "; access removed".to_owned(),
+            (n, 0) => format!("; removing access from {n} instance(s)"),
+            (_, f) => format!("; removal failing on {f} instance(s), retrying"),
+        }
+    };
+    match req.state {
+        RequestState::Pending => {
+            let mut s = format!("waiting for {} (until {})", req.still_needed(), req.approval_deadline);
+            if !approved_by.is_empty() {
+                s = format!("{approved_by}; {s}");
+            }
+            s
+        }
+        RequestState::Approved | RequestState::Provisioning => {
+            let who = if approved_by.is_empty() { "auto-approved".to_owned() } else { approved_by };
+            format!("{who}; setting up access")
+        }
+        RequestState::Active => {
+            let who = if approved_by.is_empty() { "auto-approved".to_owned() } else { approved_by };
+            let until = req.expires_at.map(|e| format!("; active until {e} ({} left)", e.since(now).to_nearest_minute())).unwrap_or_default();
+            format!("{who}{until}")
+        }
+        RequestState::Completed => format!("{}{}", by("completed"), removal()),
+        RequestState::Expired => format!("expired at {}{}", req.expires_at.unwrap_or(now), removal()),
+        RequestState::Revoked => format!("{}{}", by("revoked"), removal()),
+        RequestState::Denied => by("denied"),
+        RequestState::Cancelled => by("cancelled"),
+        RequestState::ApprovalTimedOut => format!("no decision before {}: timed out", req.approval_deadline),
+        RequestState::Failed => format!("provisioning failed on every instance{}", removal()),
+    }
+}
+
+pub fn card(req: &AccessRequest, tickets: &TicketRules, now: Timestamp) -> CardView {
+    let mut approvers: Vec<String> = Vec::new();
+    for rule in req.requirement.rules.iter().filter(|r| r.approvals > 0) {
+        for p in &rule.approvers {
+            let text = match p {
+                Principal::Anyone => "anyone".to_owned(),
+                Principal::User(u) => u.to_string(),
+                Principal::Group(g) => format!("group:{g}"),
+            };
+            if !approvers.contains(&text) {
+                approvers.push(text);
+            }
+        }
+    }
+    CardView {
+        request: req.id,
+        state: req.state,
+        requester_id: req.requester.id.clone(),
+        requester: req.requester.handle.clone(),
+        instances: req
+            .instances
+            .iter()
+            .map(|i| CardInstance {
+                id: i.id.to_string(),
+                name: i.name.clone(),
+                platform: platform_name(i.platform).into(),
+                env: i.tags.get("env").cloned(),
+            })
+            .collect(),
+        duration: req.duration.to_string(),
+        ticket: req.ticket.to_string(),
+        ticket_url: tickets.url_for(&req.ticket),
+        reason: req.reason.as_ref().map(ToString::to_string),
+        required: req.requirement.describe(),
+        approvers,
+        approved_by: req.approvals.iter().map(|a| a.handle.clone()).collect(),
+        status: status_line(req, now),
+        actions: if req.state == RequestState::Pending { approve_deny(req) } else { Vec::new() },
+        channel: req.requirement.channel.clone(),
+    }
+}
+
+pub fn platform_name(p: Platform) -> &'static str {
+    match p {
+        Platform::Linux => "linux",
+        Platform::Windows => "windows",
+    }
+}
+
+/// How to connect, for the thread and the requester's direct message.
+pub fn connection_details(req: &AccessRequest) -> String {
+    let user = &req.username;
+    let mut out = format!(
+        "Access to {} is active until {} as user `{user}`.",
+        req.id,
+        req.expires_at.map(|e| e.to_string()).unwrap_or_default()
+    );
+    for g in req.grants.iter().filter(|g| g.state == GrantState::Active) {
+        let Some(info) = req.instance(&g.instance) else { continue };
+        let ips = if info.private_ips.is_empty() {
+            String::new()
+        } else {
+            format!(" (private IPs: {})", info.private_ips.join(", "))
+        };
+        let how = match info.platform {
+            Platform::Linux => format!(
+                "ssh -o ProxyCommand='aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p' {user}@{}",
+                info.id
+            ),
+            Platform::Windows => format!(
+                "aws ssm start-session --target {} --document-name AWS-StartPortForwardingSession --parameters portNumber=3389,localPortNumber=13389, then RDP to localhost:13389 as {user}",
+                info.id
+            ),
+        };
+        out.push_str(&format!("\n• {}{ips}: `{how}`", instance_label(req, &g.instance)));
+    }
+    out
+}
+
+/// Per-instance provisioning results, failures with their reasons.
+pub fn provisioning_report(req: &AccessRequest) -> String {
+    let ok = req.grants.iter().filter(|g| g.state == GrantState::Active).count();
+    let failed: Vec<String> = req
+        .grants
+        .iter()
+        .filter(|g| g.state == GrantState::Failed || (req.state == RequestState::Failed && g.detail.is_some()))
+        .map(|g| {
+            format!(
+                "• {}: {}",
+                instance_label(req, &g.instance),
+                g.detail.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect();
+    let mut out = format!("Provisioned `{}` on {ok} of {} instance(s).", req.username, req.grants.len());
+    if !failed.is_empty() {
+        out.push_str("\nFailed:\n");
+        out.push_str(&failed.join("\n"));
+    }
+    out
+}

@@ -1,0 +1,8 @@
+//! Use cases: what Passport does, written against the ports only.
+
+pub mod dispatch;
+pub mod effects;
+pub mod engine;
+pub mod lifecycle;
+pub mod messages;
+pub mod ports;

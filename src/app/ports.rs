@@ -1,0 +1,191 @@
+//! The traits through which use cases reach the outside world. Adapters
+//! implement them; use cases hold them as `Arc<dyn …>`.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::command::ListFilter;
+use crate::domain::logbook::{ChainBreak, LogEvent};
+use crate::domain::notice::{Action, CardView, Notice};
+use crate::domain::request::{AccessRequest, InstanceInfo, InstanceOutcome, Refusal};
+use crate::domain::time::Timestamp;
+use crate::domain::values::{InstanceId, RequestId, UserId, Username};
+
+use super::effects::{Effects, Timer, TimerId};
+
+// ---------------------------------------------------------------------------
+// Clock
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+// ---------------------------------------------------------------------------
+// Chat surfaces
+
+/// Where a posted message lives, so it can be edited or replied to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRef {
+    pub channel: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    /// The platform asked us to wait; try again after this many milliseconds.
+    #[error("rate limited; retry after {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
+    /// A network error or server error: worth retrying with backoff.
+    #[error("temporary failure: {0}")]
+    Transient(String),
+    /// The platform refused the message (unknown channel, bad token…): retrying will not help.
+    #[error("refused: {0}")]
+    Permanent(String),
+}
+
+#[async_trait]
+pub trait ChatSurface: Send + Sync {
+    /// A short stable name, e.g. `slack`, `discord`, `console`.
+    fn name(&self) -> &str;
+    async fn post_card(&self, card: &CardView) -> Result<MessageRef, ChatError>;
+    async fn update_card(&self, at: &MessageRef, card: &CardView) -> Result<(), ChatError>;
+    async fn reply_in_thread(&self, at: &MessageRef, text: &str, actions: &[Action]) -> Result<(), ChatError>;
+    async fn direct_message(&self, user: &UserId, text: &str, actions: &[Action]) -> Result<(), ChatError>;
+    async fn post_audit(&self, line: &str) -> Result<(), ChatError>;
+}
+
+// ---------------------------------------------------------------------------
+// Provisioner
+
+/// What describing one instance found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Described {
+    Usable(InstanceInfo),
+    /// The instance cannot be used; the reason is shown to the requester.
+    Unusable { id: InstanceId, reason: String },
+}
+
+/// What to create on the instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantSpec {
+    pub request: RequestId,
+    pub username: Username,
+    pub instances: Vec<InstanceInfo>,
+    pub expires_at: Timestamp,
+    pub sudo: bool,
+}
+
+/// What to remove from the instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeSpec {
+    pub request: RequestId,
+    pub username: Username,
+    pub instances: Vec<InstanceInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionError {
+    /// The control plane could not be reached or refused the call; try again later.
+    #[error("provisioner unavailable: {0}")]
+    Unavailable(String),
+    /// The request itself is wrong (e.g. missing documents); retrying will not help.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+#[async_trait]
+pub trait Provisioner: Send + Sync {
+    fn name(&self) -> &str;
+    async fn describe(&self, ids: &[InstanceId]) -> Result<Vec<Described>, ProvisionError>;
+    /// Creates (or, when run again, refreshes the expiry of) the user on every instance.
+    /// Idempotent. Returns one outcome per instance.
+    async fn grant(&self, spec: &GrantSpec) -> Result<Vec<InstanceOutcome>, ProvisionError>;
+    /// Removes the user from every instance. Idempotent: an absent user is success.
+    async fn revoke(&self, spec: &RevokeSpec) -> Result<Vec<InstanceOutcome>, ProvisionError>;
+}
+
+// ---------------------------------------------------------------------------
+// Directory
+
+/// Resolves which groups a chat identity belongs to.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    async fn groups_of(&self, user: &UserId) -> BTreeSet<String>;
+}
+
+// ---------------------------------------------------------------------------
+// Store
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("request {0} does not exist")]
+    NotFound(RequestId),
+    #[error("the database is busy; try again")]
+    Busy,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+/// Changes a request inside the store's transaction. Returning a refusal rolls
+/// everything back.
+pub type Mutation = Box<dyn FnOnce(&mut AccessRequest) -> Result<Effects, Refusal> + Send>;
+
+/// Builds a new request with the id the store assigns.
+pub type Creation = Box<dyn FnOnce(RequestId) -> Result<(AccessRequest, Effects), Refusal> + Send>;
+
+/// A notice waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub surface: String,
+    pub lane: String,
+    pub notice: Notice,
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub dead: u64,
+}
+
+/// The result of verifying the Logbook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    Intact { events: u64, head: String },
+    Broken(ChainBreak),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn create(&self, build: Creation) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
+    /// Loads the request, applies `change`, and writes the request, its Logbook
+    /// events, outbox notices and timers in one transaction. `fired` is a timer
+    /// to delete in that transaction, whether or not the change is refused.
+    async fn update(&self, id: RequestId, fired: Option<TimerId>, change: Mutation) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
+    async fn get(&self, id: RequestId) -> Result<Option<AccessRequest>, StoreError>;
+    async fn list(&self, filter: ListFilter, user: &UserId, limit: u32) -> Result<Vec<AccessRequest>, StoreError>;
+
+    async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<Timer>, StoreError>;
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// Moves a timer later and counts an attempt, e.g. to retry a job whose provisioner was unavailable.
+    async fn reschedule_timer(&self, id: TimerId, due: Timestamp) -> Result<(), StoreError>;
+    async fn delete_timer(&self, id: TimerId) -> Result<(), StoreError>;
+
+    async fn pending_notices(&self, limit: u32) -> Result<Vec<Pending>, StoreError>;
+    async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError>;
+    async fn mark_retry(&self, id: i64, next_attempt_at: Timestamp, error: &str) -> Result<(), StoreError>;
+    async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError>;
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+    async fn chat_ref(&self, request: RequestId, surface: &str) -> Result<Option<MessageRef>, StoreError>;
+    async fn save_chat_ref(&self, request: RequestId, surface: &str, at: &MessageRef) -> Result<(), StoreError>;
+
+    async fn audit_events(&self, request: Option<RequestId>, since: Option<Timestamp>) -> Result<Vec<LogEvent>, StoreError>;
+    async fn verify_logbook(&self) -> Result<Verification, StoreError>;
+}

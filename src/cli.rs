@@ -1,0 +1,216 @@
+//! The command line: `serve`, `console`, `migrate`, `check-config`, `audit …`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::adapters::clock::{OffsetClock, SystemClock};
+use crate::adapters::console::stdout_output;
+use crate::adapters::sqlite::SqliteStore;
+use crate::app::engine::timeline;
+use crate::app::ports::{Store, Verification};
+use crate::config::{Config, Loaded, Settings};
+use crate::domain::time::Timestamp;
+use crate::domain::values::RequestId;
+use crate::startup;
+
+#[derive(Debug, Parser)]
+#[command(name = "passport", version, about = "Just-in-time access to EC2 instances, approved in chat")]
+pub struct Cli {
+    /// Configuration file (default: ./passport.toml when it exists). Environment
+    /// variables PASSPORT_… override it, with __ for nesting (PASSPORT_STORE__PATH).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bot: chat surfaces, timers and outbox delivery. With no chat
+    /// platform configured, reads commands from this terminal like `console`.
+    Serve,
+    /// Type commands as any user, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`,
+    /// and see every card, thread reply, direct message and audit line. Exits at end of input.
+    Console,
+    /// Create the database or bring it up to date, then exit.
+    Migrate,
+    /// Validate the configuration and print it with secrets redacted.
+    CheckConfig,
+    /// Inspect the Logbook, the hash-chained audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exits non-zero naming the first bad event.
+    Verify,
+    /// Print events as JSON lines.
+    Export {
+        /// Only events at or after this time (RFC 3339, or a date like 2026-11-25).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events of this request (AR-n).
+        #[arg(long, value_name = "AR-n")]
+        request: Option<String>,
+    },
+    /// Print a readable timeline of one request.
+    Show {
+        /// The request, e.g. AR-12.
+        request: String,
+    },
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Loaded, Settings)> {
+    let loaded = Config::load(path)?;
+    let settings = loaded.config.validate()?;
+    Ok((loaded, settings))
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PASSPORT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(&settings.store_path, settings.durability)
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.store_path.display()))
+}
+
+/// Runs the command line; the exit code is 0 on success.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::CheckConfig => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            let from = loaded.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+            match loaded.config.validate() {
+                Ok(_) => {
+                    println!("# configuration from {from} and PASSPORT_… variables: valid");
+                    print!("{}", loaded.config.to_toml());
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(2)
+                }
+            }
+        }
+        Command::Migrate => {
+            let (_, settings) = load(cli.config.as_deref())?;
+            init_logging("warn");
+            let store = open_store(&settings).await?;
+            store.close().await;
+            println!("database {} is up to date", settings.store_path.display());
+            Ok(0)
+        }
+        Command::Console => {
+            let (loaded, settings) = load(cli.config.as_deref())?;
+            init_logging(&loaded.config.log.level);
+            console(&loaded, &settings, false).await
+        }
+        Command::Serve => {
+            let (loaded, settings) = load(cli.config.as_deref())?;
+            init_logging(&loaded.config.log.level);
+            console(&loaded, &settings, true).await
+        }
+        Command::Audit { command } => {
+            let (_, settings) = load(cli.config.as_deref())?;
+            init_logging("warn");
+            let store = open_store(&settings).await?;
+            let code = audit(&store, command).await?;
+            store.close().await;
+            Ok(code)
+        }
+    }
+}
+
+async fn audit(store: &SqliteStore, command: AuditCommand) -> anyhow::Result<i32> {
+    match command {
+        AuditCommand::Verify => match store.verify_logbook().await? {
+            Verification::Intact { events, head } => {
+                println!("Logbook intact: {events} events, head {head}");
+                Ok(0)
+            }
+            Verification::Broken(brk) => {
+                println!("Logbook broken at event {}: {brk}", brk.seq());
+                Ok(1)
+            }
+        },
+        AuditCommand::Export { since, request } => {
+            let since = match since {
+                Some(s) => match Timestamp::parse_rfc3339(&s) {
+                    Some(t) => Some(t),
+                    None => bail!("--since {s:?} is not a time: use RFC 3339 (2026-11-25T10:00:00Z) or a date (2026-11-25)"),
+                },
+                None => None,
+            };
+            let request = request.map(|r| RequestId::parse(&r)).transpose().map_err(|e| anyhow::anyhow!("--request: {e}"))?;
+            let events = store.audit_events(request, since).await?;
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for e in events {
+                let details: serde_json::Value = serde_json::from_str(&e.details).unwrap_or(serde_json::Value::String(e.details.clone()));
+                let line = serde_json::json!({
+                    "seq": e.seq,
+                    "at": e.at.to_string(),
+                    "actor": e.actor,
+                    "request": e.request,
+                    "action": e.action,
+                    "details": details,
+                });
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+            Ok(0)
+        }
+        AuditCommand::Show { request } => {
+            let id = RequestId::parse(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let events = store.audit_events(Some(id), None).await?;
+            if events.is_empty() {
+                println!("no Logbook events for {id}: check the number");
+                return Ok(1);
+            }
+            println!("{}", timeline(&events));
+            Ok(0)
+        }
+    }
+}
+
+async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::Result<i32> {
+    let out = stdout_output();
+    let clock = OffsetClock::default();
+    let clock_arc: Arc<dyn crate::app::ports::Clock> = if serve { Arc::new(SystemClock) } else { Arc::new(clock.clone()) };
+    let app = startup::console_app(settings, out.clone(), clock_arc)
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
+    let approvers = settings.groups.get("approvers").map(|m| m.join(", ")).unwrap_or_default();
+    eprintln!(
+        "Passport {} · database {} · config {} · console (no Slack or Discord configured) · dry-run provisioner (no AWS configured)\n\
+         Type `<user>: <command>`, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`, then `lead1: /passport approve AR-1`.{}\n\
+         `<user> in AR-n: <command>` types in a request's thread; `/passport help` lists the commands. See passport.example.toml to configure policy, chat platforms and AWS.",
+        env!("CARGO_PKG_VERSION"),
+        settings.store_path.display(),
+        loaded.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+        if approvers.is_empty() { String::new() } else { format!(" Approvers: {approvers}.") },
+    );
+    let background = startup::spawn_background(&app);
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let result = startup::run_console(&app, stdin, &out, if serve { None } else { Some(&clock) }).await;
+    if serve && result.is_ok() {
+        // Input ended but the bot keeps running its timers until stopped.
+        eprintln!("input closed; Passport keeps running timers and deliveries until stopped (Ctrl-C)");
+        startup::shutdown_signal().await;
+    }
+    background.abort();
+    app.store.close().await;
+    result?;
+    Ok(0)
+}

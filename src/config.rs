@@ -1,0 +1,531 @@
+//! Configuration: defaults in code, then a TOML file, then `PASSPORT_…`
+//! environment variables (`__` separates nesting, e.g. `PASSPORT_STORE__PATH`).
+//!
+//! [`Config`] is what the file says; [`Config::validate`] turns it into
+//! [`Settings`], the typed values the application runs on, naming every bad
+//! field and why.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::sqlite::Durability;
+use crate::domain::command::Grammar;
+use crate::domain::policy::{Policy, Principal, Rule};
+use crate::domain::request::{InstanceInfo, Platform};
+use crate::domain::time::Span;
+use crate::domain::values::{parse_span, DurationLimits, InstanceId, TicketRules};
+
+/// A secret from configuration. `Debug`, `Display` and serialization never show it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(SecretString::from(value.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub requests: RequestsConfig,
+    pub policy: PolicyConfig,
+    /// Group name → member user ids. Built-in local groups are used when no
+    /// group is configured and no chat platform is set up (see README).
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub dry_run: DryRunConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// `normal` survives a crash of the process; `full` also a power cut, at some speed.
+    pub durability: Durability,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestsConfig {
+    pub default_duration: String,
+    pub min_duration: String,
+    pub max_duration: String,
+    pub max_instances: usize,
+    pub ticket_pattern: String,
+    pub ticket_url: Option<String>,
+    pub approval_window: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub requesters: Vec<String>,
+    pub admins: Vec<String>,
+    pub default: RuleConfig,
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub approvers: Vec<String>,
+    pub approvals: u32,
+    pub max_duration: Option<String>,
+    pub sudo: bool,
+    pub channel: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DryRunConfig {
+    pub instances: Vec<DryRunInstance>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunInstance {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_platform")]
+    pub platform: String,
+    #[serde(default = "default_state")]
+    pub state: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub private_ips: Vec<String>,
+}
+
+fn default_platform() -> String {
+    "linux".into()
+}
+
+fn default_state() -> String {
+    "running".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `passport=debug`.
+    pub level: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./passport.db"),
+            durability: Durability::Normal,
+        }
+    }
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        Self {
+            default_duration: "1h".into(),
+            min_duration: "5m".into(),
+            max_duration: "12h".into(),
+            max_instances: 200,
+            ticket_pattern: TicketRules::DEFAULT_PATTERN.into(),
+            ticket_url: None,
+            approval_window: "1h".into(),
+            warnings: vec!["15m".into(), "5m".into()],
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            requesters: vec!["*".into()],
+            admins: vec!["group:admins".into()],
+            default: RuleConfig {
+                name: "default".into(),
+                approvers: vec!["group:approvers".into()],
+                approvals: 1,
+                ..RuleConfig::default()
+            },
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Default for RuleConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            tags: BTreeMap::new(),
+            approvers: Vec::new(),
+            approvals: 1,
+            max_duration: None,
+            sudo: false,
+            channel: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            store: StoreConfig::default(),
+            requests: RequestsConfig::default(),
+            policy: PolicyConfig::default(),
+            groups: BTreeMap::new(),
+            dry_run: DryRunConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Every problem found in a configuration, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Where the configuration came from, for the banner and `check-config`.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (or `./passport.toml` when it exists), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigErrors> {
+        let default_file = Path::new("passport.toml");
+        let chosen = match file {
+            Some(f) if !f.exists() => {
+                return Err(ConfigErrors(vec![format!(
+                    "config file {} does not exist: check the --config path",
+                    f.display()
+                )]))
+            }
+            Some(f) => Some(f.to_path_buf()),
+            None if default_file.exists() => Some(default_file.to_path_buf()),
+            None => None,
+        };
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = &chosen {
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("PASSPORT_").split("__"));
+        let config: Config = fig.extract().map_err(|e| {
+            ConfigErrors(e.into_iter().map(|e| {
+                let path = e.path.join(".");
+                let field = if path.is_empty() { String::new() } else { format!("{path}: ") };
+                format!("{field}{}", e.kind)
+            }).collect())
+        })?;
+        Ok(Loaded { config, file: chosen })
+    }
+
+    /// True when no chat platform is configured, so the console is the surface.
+    pub fn console_only(&self) -> bool {
+        true
+    }
+
+    /// The groups in force: the configured ones, or the built-in local demo
+    /// groups when none are configured and only the console is in use.
+    pub fn effective_groups(&self) -> BTreeMap<String, Vec<String>> {
+        if self.groups.is_empty() && self.console_only() {
+            BTreeMap::from([
+                ("approvers".to_owned(), vec!["lead1".to_owned(), "lead2".to_owned()]),
+                ("admins".to_owned(), vec!["admin".to_owned()]),
+            ])
+        } else {
+            self.groups.clone()
+        }
+    }
+
+    pub fn validate(&self) -> Result<Settings, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut span = |field: &str, text: &str| -> Span {
+            match parse_span(text) {
+                Some(s) if s > Span::ZERO => s,
+                _ => {
+                    errors.push(format!("{field}: {text:?} is not a duration: use forms like 30m, 2h, 1h30m"));
+                    Span::ZERO
+                }
+            }
+        };
+        let r = &self.requests;
+        let default = span("requests.default_duration", &r.default_duration);
+        let min = span("requests.min_duration", &r.min_duration);
+        let max = span("requests.max_duration", &r.max_duration);
+        let approval_window = span("requests.approval_window", &r.approval_window);
+        let warnings: Vec<Span> = r.warnings.iter().enumerate().map(|(i, w)| span(&format!("requests.warnings[{i}]"), w)).collect();
+        let rule_max: Vec<Option<Span>> = self
+            .policy
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| rule.max_duration.as_ref().map(|m| span(&format!("policy.rules[{i}].max_duration"), m)))
+            .collect();
+        let default_max = self.policy.default.max_duration.as_ref().map(|m| span("policy.default.max_duration", m));
+        if max > DurationLimits::HARD_MAX {
+            errors.push(format!("requests.max_duration: {max} is above the 12h cap: use 12h or less"));
+        }
+        if min > max && max > Span::ZERO {
+            errors.push(format!("requests.min_duration: {min} is longer than requests.max_duration ({max})"));
+        }
+        if (default < min || default > max) && default > Span::ZERO && max > Span::ZERO {
+            errors.push(format!("requests.default_duration: {default} is outside {min}..{max}"));
+        }
+        if r.max_instances == 0 || r.max_instances > 1000 {
+            errors.push(format!("requests.max_instances: {} must be between 1 and 1000", r.max_instances));
+        }
+        let tickets = match TicketRules::new(&r.ticket_pattern, r.ticket_url.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("requests.ticket_pattern: not a valid regular expression: {e}"));
+                TicketRules::default()
+            }
+        };
+        if let Some(url) = &r.ticket_url {
+            if !url.contains("{ticket}") || !(url.starts_with("https://") || url.starts_with("http://")) {
+                errors.push("requests.ticket_url: must be an http(s) URL containing {ticket}".into());
+            }
+        }
+
+        let mut principals = |field: &str, list: &[String]| -> Vec<Principal> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, p)| match Principal::parse(p) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        errors.push(format!("{field}[{i}]: {e}"));
+                        None
+                    }
+                })
+                .collect()
+        };
+        let requesters = principals("policy.requesters", &self.policy.requesters);
+        let admins = principals("policy.admins", &self.policy.admins);
+        let groups = self.effective_groups();
+        let build_rule = |field: &str, rc: &RuleConfig, max_duration: Option<Span>, errors: &mut Vec<String>| -> Rule {
+            let approvers: Vec<Principal> = rc
+                .approvers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| match Principal::parse(p) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        errors.push(format!("{field}.approvers[{i}]: {e}"));
+                        None
+                    }
+                })
+                .collect();
+            if rc.approvals > 0 && approvers.is_empty() {
+                errors.push(format!("{field}.approvers: a rule that needs {} approval(s) must name its approvers", rc.approvals));
+            }
+            if approvers.contains(&Principal::Anyone) {
+                errors.push(format!("{field}.approvers: \"*\" would let anyone approve: name users or groups"));
+            }
+            for p in &approvers {
+                if let Principal::Group(g) = p {
+                    if !groups.contains_key(g) {
+                        errors.push(format!("{field}.approvers: group {g:?} is not defined under [groups]"));
+                    }
+                }
+            }
+            if rc.approvals > 20 {
+                errors.push(format!("{field}.approvals: {} is more than 20", rc.approvals));
+            }
+            Rule {
+                name: rc.name.clone(),
+                tags: rc.tags.clone(),
+                approvers,
+                approvals: rc.approvals,
+                max_duration,
+                sudo: rc.sudo,
+                channel: rc.channel.clone(),
+            }
+        };
+        let mut default_rule = build_rule("policy.default", &self.policy.default, default_max, &mut errors);
+        if default_rule.name.is_empty() {
+            default_rule.name = "default".into();
+        }
+        let mut rules = Vec::new();
+        for (i, rc) in self.policy.rules.iter().enumerate() {
+            let field = format!("policy.rules[{i}]");
+            if rc.name.trim().is_empty() {
+                errors.push(format!("{field}.name: every rule needs a name"));
+            }
+            if rc.tags.is_empty() {
+                errors.push(format!("{field}.tags: a rule must match at least one tag; use [policy.default] for everything else"));
+            }
+            if self.policy.rules[..i].iter().any(|o| o.name == rc.name) {
+                errors.push(format!("{field}.name: {:?} is used by another rule", rc.name));
+            }
+            rules.push(build_rule(&field, rc, rule_max.get(i).copied().flatten(), &mut errors));
+        }
+        for (name, members) in &groups {
+            if members.iter().any(|m| m.trim().is_empty() || m.chars().any(char::is_whitespace)) {
+                errors.push(format!("groups.{name}: member ids must be single words"));
+            }
+        }
+
+        let mut known = Vec::new();
+        for (i, d) in self.dry_run.instances.iter().enumerate() {
+            let field = format!("dry_run.instances[{i}]");
+            let id = match InstanceId::parse(&d.id) {
+                Ok(id) => id,
+                Err(e) => {
+                    errors.push(format!("{field}.id: {e}"));
+                    continue;
+                }
+            };
+            let platform = match d.platform.as_str() {
+                "linux" => Platform::Linux,
+                "windows" => Platform::Windows,
+                other => {
+                    errors.push(format!("{field}.platform: {other:?} is not linux or windows"));
+                    Platform::Linux
+                }
+            };
+            known.push(InstanceInfo {
+                id,
+                name: d.name.clone(),
+                platform,
+                state: d.state.clone(),
+                tags: d.tags.clone(),
+                private_ips: d.private_ips.clone(),
+            });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            errors.push(format!("log.level: {e}"));
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let limits = DurationLimits { default, min, max };
+        let mut warnings = warnings;
+        warnings.sort_by(|a, b| b.cmp(a));
+        warnings.dedup();
+        Ok(Settings {
+            grammar: Grammar {
+                durations: limits,
+                tickets,
+                max_instances: r.max_instances,
+            },
+            policy: Policy {
+                requesters,
+                admins,
+                default_rule,
+                rules,
+                approval_window,
+                max_duration: max,
+            },
+            warnings,
+            groups,
+            dry_run_instances: known,
+            store_path: self.store.path.clone(),
+            durability: self.store.durability,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub grammar: Grammar,
+    pub policy: Policy,
+    pub warnings: Vec<Span>,
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub dry_run_instances: Vec<InstanceInfo>,
+    pub store_path: PathBuf,
+    pub durability: Durability,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let s = Config::default().validate().unwrap();
+        assert_eq!(s.grammar.durations, DurationLimits::default());
+        assert_eq!(s.warnings, vec![Span::from_minutes(15), Span::from_minutes(5)]);
+        assert!(s.groups.contains_key("approvers"));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let mut c = Config::default();
+        c.requests.max_duration = "13h".into();
+        c.requests.default_duration = "soon".into();
+        c.requests.ticket_pattern = "(".into();
+        c.policy.rules.push(RuleConfig {
+            name: "prod".into(),
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            approvers: vec!["group:nobody".into()],
+            approvals: 2,
+            ..RuleConfig::default()
+        });
+        let errs = c.validate().unwrap_err().0.join("\n");
+        assert!(errs.contains("requests.max_duration"), "{errs}");
+        assert!(errs.contains("requests.default_duration"), "{errs}");
+        assert!(errs.contains("requests.ticket_pattern"), "{errs}");
+        assert!(errs.contains("policy.rules[0].approvers: group \"nobody\""), "{errs}");
+    }
+
+    #[test]
+    fn anyone_cannot_be_an_approver() {
+        let mut c = Config::default();
+        c.policy.default.approvers = vec!["*".into()];
+        let errs = c.validate().unwrap_err().0.join("\n");
+        assert!(errs.contains("would let anyone approve"), "{errs}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::from("xoxb-very-secret");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"[redacted]\"");
+        assert_eq!(s.expose(), "xoxb-very-secret");
+    }
+}

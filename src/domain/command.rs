@@ -1,0 +1,391 @@
+//! The one command grammar shared by every chat surface and the console.
+//!
+//! Every button the bot shows carries the text of a command from this grammar,
+//! so a click and a typed command take exactly the same path.
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{
+    looks_like_duration, parse_span, quote, DurationLimits, GrantDuration, InputError, InstanceIds,
+    Reason, RequestId, Ticket, TicketRules,
+};
+
+/// What the grammar needs to know from configuration.
+#[derive(Debug, Clone)]
+pub struct Grammar {
+    pub durations: DurationLimits,
+    pub tickets: TicketRules,
+    pub max_instances: usize,
+}
+
+impl Default for Grammar {
+    fn default() -> Self {
+        Self {
+            durations: DurationLimits::default(),
+            tickets: TicketRules::default(),
+            max_instances: 200,
+        }
+    }
+}
+
+/// A new access request as typed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSpec {
+    pub instances: InstanceIds,
+    pub duration: GrantDuration,
+    pub ticket: Ticket,
+    pub reason: Option<Reason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListFilter {
+    /// Requests the caller made or may act on, most recent first.
+    Default,
+    Mine,
+    Pending,
+    Active,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Request(RequestSpec),
+    Approve(RequestId),
+    Deny(RequestId, Option<Reason>),
+    Complete(RequestId),
+    Extend(RequestId, GrantDuration),
+    Cancel(RequestId),
+    Revoke(RequestId, Option<Reason>),
+    List(ListFilter),
+    Show(RequestId),
+    Audit(RequestId),
+    Help,
+}
+
+impl Command {
+    /// The request a command acts on, if any.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Command::Approve(id)
+            | Command::Deny(id, _)
+            | Command::Complete(id)
+            | Command::Extend(id, _)
+            | Command::Cancel(id)
+            | Command::Revoke(id, _)
+            | Command::Show(id)
+            | Command::Audit(id) => Some(*id),
+            Command::Request(_) | Command::List(_) | Command::Help => None,
+        }
+    }
+}
+
+/// One entry of the grammar: its usage line and what it does. `help` is built from this table.
+pub struct CommandSpec {
+    pub name: &'static str,
+    pub usage: &'static str,
+    pub summary: &'static str,
+}
+
+pub const COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        name: "request",
+        usage: "request <instances> [duration] <ticket> [reason…]",
+        summary: "ask for access, e.g. `request i-0123456789abcdef0 2h ticket#123 disk full` (default 1h)",
+    },
+    CommandSpec { name: "approve", usage: "approve AR-n", summary: "approve a pending request" },
+    CommandSpec { name: "deny", usage: "deny AR-n [reason]", summary: "deny a pending request" },
+    CommandSpec { name: "complete", usage: "complete AR-n", summary: "finish early: access is removed at once (also `done`)" },
+    CommandSpec { name: "extend", usage: "extend AR-n <duration>", summary: "add time to active access, up to the maximum" },
+    CommandSpec { name: "cancel", usage: "cancel AR-n", summary: "withdraw your pending request" },
+    CommandSpec { name: "revoke", usage: "revoke AR-n [reason]", summary: "end someone's access now (approvers and admins)" },
+    CommandSpec { name: "list", usage: "list [mine|pending|active]", summary: "list requests" },
+    CommandSpec { name: "show", usage: "show AR-n", summary: "show one request and its instances" },
+    CommandSpec { name: "audit", usage: "audit AR-n", summary: "show the Logbook timeline of a request" },
+    CommandSpec { name: "help", usage: "help", summary: "show this help" },
+];
+
+/// The help text, generated from [`COMMANDS`].
+pub fn help_text(prefix: &str) -> String {
+    let mut out = String::from("Passport: just-in-time access to EC2 instances\n");
+    for spec in COMMANDS {
+        out.push_str(&format!("  {prefix}{:<44} {}\n", spec.usage, spec.summary));
+    }
+    out.push_str(
+        "Durations look like 30m, 2h or 1h30m. In a request's thread you may leave out AR-n, \
+         and write `extend 1h`, `+30m` or `done`.",
+    );
+    out
+}
+
+fn usage_of(name: &str) -> &'static str {
+    COMMANDS
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.usage)
+        .unwrap_or("help")
+}
+
+fn usage_error(name: &str, problem: &str) -> InputError {
+    InputError::new(format!("{problem}: use `{}`", usage_of(name)))
+}
+
+impl Grammar {
+    /// Parses one command line. A leading `/passport` is ignored.
+    pub fn parse(&self, line: &str) -> Result<Command, InputError> {
+        self.parse_in_context(line, None)
+    }
+
+    /// Parses a line typed in the thread of `thread_request`: commands that take
+    /// a request id act on that request when the id is left out, and the short
+    /// forms `+30m`, `extend 1h`, `done` and `complete` are understood.
+    pub fn parse_in_context(&self, line: &str, thread_request: Option<RequestId>) -> Result<Command, InputError> {
+        let line = line.trim();
+        let line = line.strip_prefix("/passport").map(str::trim_start).unwrap_or(line);
+        let mut tokens: Vec<&str> = line.split_whitespace().collect();
+        let Some(first) = tokens.first().copied() else {
+            return Ok(Command::Help);
+        };
+        let name = first.to_ascii_lowercase();
+
+        if let Some(id) = thread_request {
+            if first.starts_with('+') && parse_span(first).is_some() {
+                return Ok(Command::Extend(id, self.extension(first)?));
+            }
+            if name == "done" && tokens.len() == 1 {
+                return Ok(Command::Complete(id));
+            }
+            let takes_id = ["approve", "deny", "complete", "extend", "cancel", "revoke", "show", "audit"];
+            if takes_id.contains(&name.as_str()) && tokens.get(1).is_none_or(|t| RequestId::parse(t).is_err()) {
+                // Fill in the thread's request so one path handles both forms.
+                tokens.insert(1, "");
+                return self.parse_tokens(&name, &tokens, Some(id), line);
+            }
+        }
+        self.parse_tokens(&name, &tokens, None, line)
+    }
+
+    fn parse_tokens(
+        &self,
+        name: &str,
+        tokens: &[&str],
+        implied: Option<RequestId>,
+        line: &str,
+    ) -> Result<Command, InputError> {
+        let id_at = |i: usize| -> Result<RequestId, InputError> {
+            if let Some(id) = implied.filter(|_| i == 1) {
+                return Ok(id);
+            }
+            match tokens.get(i) {
+                Some(t) => RequestId::parse(t),
+                None => Err(usage_error(name, "which request?")),
+            }
+        };
+        // With an implied id, the typed line has one token fewer than `tokens`.
+        let shift = usize::from(implied.is_some());
+        let rest_from = |i: usize| -> Result<Option<Reason>, InputError> {
+            Reason::parse(&rest_of_line(line, i - shift))
+        };
+        let no_more = |i: usize| -> Result<(), InputError> {
+            match tokens.get(i) {
+                None => Ok(()),
+                Some(extra) => Err(usage_error(name, &format!("unexpected {}", quote(extra)))),
+            }
+        };
+        match name {
+            "request" => self.parse_request(&tokens[1..], line).map(Command::Request),
+            "approve" => {
+                let id = id_at(1)?;
+                no_more(2)?;
+                Ok(Command::Approve(id))
+            }
+            "deny" => Ok(Command::Deny(id_at(1)?, rest_from(2)?)),
+            "complete" | "done" => {
+                let id = id_at(1)?;
+                no_more(2)?;
+                Ok(Command::Complete(id))
+            }
+            "extend" => {
+                let id = id_at(1)?;
+                let by = tokens.get(2).ok_or_else(|| usage_error(name, "extend by how long?"))?;
+                no_more(3)?;
+                Ok(Command::Extend(id, self.extension(by)?))
+            }
+            "cancel" => {
+                let id = id_at(1)?;
+                no_more(2)?;
+                Ok(Command::Cancel(id))
+            }
+            "revoke" => Ok(Command::Revoke(id_at(1)?, rest_from(2)?)),
+            "list" => {
+                let filter = match tokens.get(1).map(|t| t.to_ascii_lowercase()).as_deref() {
+                    None => ListFilter::Default,
+                    Some("mine") => ListFilter::Mine,
+                    Some("pending") => ListFilter::Pending,
+                    Some("active") => ListFilter::Active,
+                    Some(other) => return Err(usage_error(name, &format!("unknown list filter {}", quote(other)))),
+                };
+                no_more(2)?;
+                Ok(Command::List(filter))
+            }
+            "show" => {
+                let id = id_at(1)?;
+                no_more(2)?;
+                Ok(Command::Show(id))
+            }
+            "audit" => {
+                let id = id_at(1)?;
+                no_more(2)?;
+                Ok(Command::Audit(id))
+            }
+            "help" => Ok(Command::Help),
+            other => Err(InputError::new(format!(
+                "unknown command {}: try `request`, `approve`, `extend`, `complete` or `help`",
+                quote(other)
+            ))),
+        }
+    }
+
+    fn extension(&self, text: &str) -> Result<GrantDuration, InputError> {
+        // An extension may be short, but not shorter than a minute or longer than the cap.
+        let limits = DurationLimits {
+            min: super::time::Span::from_minutes(1),
+            ..self.durations
+        };
+        GrantDuration::parse(text, &limits)
+    }
+
+    fn parse_request(&self, args: &[&str], line: &str) -> Result<RequestSpec, InputError> {
+        if args.is_empty() {
+            return Err(usage_error("request", "which instances, and for which ticket?"));
+        }
+        let n_instances = args.iter().take_while(|t| t.starts_with("i-") || t.starts_with(',')).count();
+        if n_instances == 0 {
+            return Err(InputError::new(format!(
+                "{} is not an instance id: start with the instances, e.g. `request i-0123456789abcdef0 2h ticket#123 reason`",
+                quote(args[0])
+            )));
+        }
+        let instances = InstanceIds::parse(args[..n_instances].iter().copied(), self.max_instances)?;
+        let mut next = n_instances;
+        let duration = match args.get(next) {
+            Some(t) if parse_span(t).is_some() => {
+                next += 1;
+                GrantDuration::parse(t, &self.durations)?
+            }
+            Some(t) if looks_like_duration(t) && Ticket::parse(t, &self.tickets).is_err() => {
+                return Err(GrantDuration::parse(t, &self.durations).err().unwrap_or_else(|| {
+                    InputError::new(format!("unknown duration {}", quote(t)))
+                }));
+            }
+            _ => GrantDuration::within(self.durations.default, &self.durations)?,
+        };
+        let ticket_text = args
+            .get(next)
+            .ok_or_else(|| usage_error("request", "a ticket is required"))?;
+        let ticket = Ticket::parse(ticket_text, &self.tickets)?;
+        // `line` starts with the command word; args[i] is token i + 1 of the line.
+        let reason = Reason::parse(&rest_of_line(line, next + 2))?;
+        Ok(RequestSpec {
+            instances,
+            duration,
+            ticket,
+            reason,
+        })
+    }
+}
+
+/// The text of `line` from whitespace-separated token `index` on, spacing kept.
+fn rest_of_line(line: &str, index: usize) -> String {
+    let mut rest = line.trim_start();
+    for _ in 0..index {
+        match rest.find(char::is_whitespace) {
+            Some(end) => rest = rest[end..].trim_start(),
+            None => return String::new(),
+        }
+    }
+    rest.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g() -> Grammar {
+        Grammar::default()
+    }
+
+    #[test]
+    fn a_full_request_parses() {
+        let Command::Request(spec) = g().parse("/passport request i-0123456789abcdef0 2h ticket#123 disk  full").unwrap() else {
+            panic!("not a request")
+        };
+        assert_eq!(spec.instances.len(), 1);
+        assert_eq!(spec.duration.span().whole_minutes(), 120);
+        assert_eq!(spec.ticket.as_str(), "ticket#123");
+        assert_eq!(spec.reason.unwrap().as_str(), "disk  full");
+    }
+
+    #[test]
+    fn duration_defaults_to_one_hour_and_instances_may_be_listed() {
+        let Command::Request(spec) = g().parse("request i-01234567, i-89abcdef,i-01234567 INC-7").unwrap() else {
+            panic!("not a request")
+        };
+        assert_eq!(spec.instances.len(), 2);
+        assert_eq!(spec.duration.span().whole_minutes(), 60);
+        assert!(spec.reason.is_none());
+    }
+
+    #[test]
+    fn request_errors_say_what_to_type() {
+        let e = |l: &str| g().parse(l).unwrap_err().0;
+        assert!(e("request").contains("use `request <instances>"));
+        assert!(e("request i-01234567").contains("a ticket is required"));
+        assert!(e("request i-01234567 2hrs ticket#1").starts_with("unknown duration \"2hrs\""));
+        assert!(e("request i-01234567 13h ticket#1").contains("maximum is 12h"));
+        assert!(e("request web01 ticket#1").contains("is not an instance id"));
+        assert!(e("request i-xyz ticket#1").contains("invalid instance id"));
+        assert!(e("request i-01234567 2h nope").starts_with("unknown ticket"));
+        assert!(e("frobnicate AR-1").starts_with("unknown command"));
+        assert!(e("approve").contains("which request?"));
+        assert!(e("approve AR-1 now").contains("unexpected \"now\""));
+        assert!(e("extend AR-1").contains("extend by how long?"));
+        assert!(e("list everything").contains("unknown list filter"));
+    }
+
+    #[test]
+    fn every_command_in_the_table_parses() {
+        let id = RequestId::new(3).unwrap();
+        let g = g();
+        assert_eq!(g.parse("approve AR-3").unwrap(), Command::Approve(id));
+        assert_eq!(g.parse("deny AR-3 not now").unwrap(), Command::Deny(id, Reason::parse("not now").unwrap()));
+        assert_eq!(g.parse("complete AR-3").unwrap(), Command::Complete(id));
+        assert!(matches!(g.parse("extend AR-3 30m").unwrap(), Command::Extend(i, d) if i == id && d.span().whole_minutes() == 30));
+        assert_eq!(g.parse("cancel AR-3").unwrap(), Command::Cancel(id));
+        assert_eq!(g.parse("revoke AR-3").unwrap(), Command::Revoke(id, None));
+        assert_eq!(g.parse("list pending").unwrap(), Command::List(ListFilter::Pending));
+        assert_eq!(g.parse("list").unwrap(), Command::List(ListFilter::Default));
+        assert_eq!(g.parse("show AR-3").unwrap(), Command::Show(id));
+        assert_eq!(g.parse("audit AR-3").unwrap(), Command::Audit(id));
+        assert_eq!(g.parse("help").unwrap(), Command::Help);
+        assert_eq!(g.parse("").unwrap(), Command::Help);
+        for spec in COMMANDS {
+            assert!(help_text("/passport ").contains(spec.usage));
+        }
+    }
+
+    #[test]
+    fn thread_short_forms_act_on_the_threads_request() {
+        let id = RequestId::new(9).unwrap();
+        let g = g();
+        let in_thread = |l: &str| g.parse_in_context(l, Some(id));
+        assert!(matches!(in_thread("extend 1h").unwrap(), Command::Extend(i, d) if i == id && d.span().whole_minutes() == 60));
+        assert!(matches!(in_thread("+30m").unwrap(), Command::Extend(i, _) if i == id));
+        assert_eq!(in_thread("done").unwrap(), Command::Complete(id));
+        assert_eq!(in_thread("complete").unwrap(), Command::Complete(id));
+        assert_eq!(in_thread("approve").unwrap(), Command::Approve(id));
+        assert_eq!(in_thread("deny too broad").unwrap(), Command::Deny(id, Reason::parse("too broad").unwrap()));
+        // An explicit id still wins.
+        let other = RequestId::new(4).unwrap();
+        assert_eq!(in_thread("complete AR-4").unwrap(), Command::Complete(other));
+        assert!(in_thread("+1y").is_err());
+    }
+}

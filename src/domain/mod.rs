@@ -1,0 +1,11 @@
+//! The domain: access requests, their state machine, the command grammar, the
+//! approval policy and the Logbook's hash chain. Plain Rust with no IO: nothing
+//! here can fail for reasons outside its inputs.
+
+pub mod command;
+pub mod logbook;
+pub mod notice;
+pub mod policy;
+pub mod request;
+pub mod time;
+pub mod values;

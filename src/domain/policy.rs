@@ -1,0 +1,358 @@
+//! Who may request, who may approve, and what each request requires.
+//!
+//! Rules match on instance tags. A request that touches instances of several
+//! rules must satisfy every one of them (the strictest combination): each
+//! rule's approvals, the shortest maximum duration, sudo only if all allow it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::request::{Approval, InstanceInfo};
+use super::time::Span;
+use super::values::UserId;
+
+/// Someone named in configuration: a user id, a group, or everyone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Principal {
+    Anyone,
+    User(UserId),
+    Group(String),
+}
+
+impl Principal {
+    /// `*` is everyone, `group:NAME` a group, anything else a user id.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t == "*" {
+            return Ok(Self::Anyone);
+        }
+        if let Some(group) = t.strip_prefix("group:") {
+            if group.is_empty() || group.chars().any(char::is_whitespace) {
+                return Err(format!("invalid group {text:?}: write group:NAME"));
+            }
+            return Ok(Self::Group(group.to_owned()));
+        }
+        UserId::parse(t).map(Self::User).map_err(|e| e.0)
+    }
+
+    pub fn matches(&self, who: &Membership) -> bool {
+        match self {
+            Self::Anyone => true,
+            Self::User(id) => id == &who.user,
+            Self::Group(g) => who.groups.contains(g),
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Anyone => f.write_str("anyone"),
+            Self::User(u) => write!(f, "{u}"),
+            Self::Group(g) => write!(f, "group {g}"),
+        }
+    }
+}
+
+/// A person and the groups they belong to, resolved by the use case before
+/// the policy is asked anything.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub user: UserId,
+    pub groups: BTreeSet<String>,
+}
+
+/// One configured rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    /// Tag key → required value; `*` accepts any value as long as the tag exists.
+    /// A rule with no tags matches every instance.
+    pub tags: BTreeMap<String, String>,
+    pub approvers: Vec<Principal>,
+    /// Approvals needed from distinct approvers; 0 means auto-approve.
+    pub approvals: u32,
+    pub max_duration: Option<Span>,
+    pub sudo: bool,
+    /// Approvals channel for requests that match this rule.
+    pub channel: Option<String>,
+}
+
+impl Rule {
+    pub fn matches(&self, instance: &InstanceInfo) -> bool {
+        self.tags.iter().all(|(key, want)| match instance.tags.get(key) {
+            Some(have) => want == "*" || have == want,
+            None => false,
+        })
+    }
+}
+
+/// The whole policy, built from configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub requesters: Vec<Principal>,
+    pub admins: Vec<Principal>,
+    /// Applies to instances that match no rule.
+    pub default_rule: Rule,
+    pub rules: Vec<Rule>,
+    pub approval_window: Span,
+    pub max_duration: Span,
+}
+
+/// What one rule asks of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRequirement {
+    pub rule: String,
+    pub approvers: Vec<Principal>,
+    pub approvals: u32,
+}
+
+/// What a request needs before it may be granted, and the bounds it is granted within.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirement {
+    pub rules: Vec<RuleRequirement>,
+    pub max_duration: Span,
+    pub sudo: bool,
+    pub channel: Option<String>,
+}
+
+/// How far a request has come towards one rule's approvals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleProgress<'a> {
+    pub rule: &'a RuleRequirement,
+    pub have: u32,
+}
+
+impl RuleProgress<'_> {
+    pub fn satisfied(&self) -> bool {
+        self.have >= self.rule.approvals
+    }
+}
+
+impl Requirement {
+    pub fn auto_approved(&self) -> bool {
+        self.rules.iter().all(|r| r.approvals == 0)
+    }
+
+    /// The rules `who` may approve for.
+    pub fn rules_for(&self, who: &Membership) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.approvals > 0 && r.approvers.iter().any(|p| p.matches(who)))
+            .map(|r| r.rule.clone())
+            .collect()
+    }
+
+    pub fn progress<'a>(&'a self, approvals: &[Approval]) -> Vec<RuleProgress<'a>> {
+        self.rules
+            .iter()
+            .map(|rule| RuleProgress {
+                rule,
+                have: approvals.iter().filter(|a| a.counts_for.contains(&rule.rule)).count() as u32,
+            })
+            .collect()
+    }
+
+    pub fn satisfied(&self, approvals: &[Approval]) -> bool {
+        self.progress(approvals).iter().all(RuleProgress::satisfied)
+    }
+
+    /// "2 approvals from group sre-leads and 1 from security-oncall", or "none (auto-approved)".
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.approvals > 0)
+            .map(|r| {
+                let who: Vec<String> = r.approvers.iter().map(ToString::to_string).collect();
+                let noun = if r.approvals == 1 { "approval" } else { "approvals" };
+                format!("{} {noun} from {}", r.approvals, who.join(" or "))
+            })
+            .collect();
+        if parts.is_empty() {
+            "none (auto-approved)".to_owned()
+        } else {
+            parts.join(" and ")
+        }
+    }
+}
+
+impl Policy {
+    pub fn may_request(&self, who: &Membership) -> bool {
+        self.requesters.iter().any(|p| p.matches(who))
+    }
+
+    pub fn is_admin(&self, who: &Membership) -> bool {
+        self.admins.iter().any(|p| p.matches(who))
+    }
+
+    /// The combined requirement of every rule the instances match; instances
+    /// that match no rule bring in the default rule.
+    pub fn requirement_for(&self, instances: &[InstanceInfo]) -> Requirement {
+        let mut matched: Vec<&Rule> = Vec::new();
+        for instance in instances {
+            let mut any = false;
+            for rule in self.rules.iter().filter(|r| r.matches(instance)) {
+                any = true;
+                if !matched.iter().any(|m| m.name == rule.name) {
+                    matched.push(rule);
+                }
+            }
+            if !any && !matched.iter().any(|m| m.name == self.default_rule.name) {
+                matched.push(&self.default_rule);
+            }
+        }
+        if matched.is_empty() {
+            matched.push(&self.default_rule);
+        }
+        let max_duration = matched
+            .iter()
+            .filter_map(|r| r.max_duration)
+            .fold(self.max_duration, Span::min);
+        Requirement {
+            rules: matched
+                .iter()
+                .map(|r| RuleRequirement {
+                    rule: r.name.clone(),
+                    approvers: r.approvers.clone(),
+                    approvals: r.approvals,
+                })
+                .collect(),
+            max_duration,
+            sudo: matched.iter().all(|r| r.sudo),
+            channel: matched.iter().find_map(|r| r.channel.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::request::Platform;
+
+    fn user(id: &str, groups: &[&str]) -> Membership {
+        Membership {
+            user: UserId::parse(id).unwrap(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn instance(tags: &[(&str, &str)]) -> InstanceInfo {
+        InstanceInfo {
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..InstanceInfo::assumed(crate::domain::values::InstanceId::parse("i-01234567").unwrap(), Platform::Linux)
+        }
+    }
+
+    fn rule(name: &str, tag: Option<(&str, &str)>, approvers: &str, approvals: u32, max_h: Option<i64>, sudo: bool) -> Rule {
+        Rule {
+            name: name.into(),
+            tags: tag.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            approvers: vec![Principal::parse(approvers).unwrap()],
+            approvals,
+            max_duration: max_h.map(Span::from_hours),
+            sudo,
+            channel: None,
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            requesters: vec![Principal::Anyone],
+            admins: vec![Principal::parse("group:admins").unwrap()],
+            default_rule: rule("default", None, "group:approvers", 1, None, false),
+            rules: vec![
+                rule("prod", Some(("env", "prod")), "group:sre-leads", 2, Some(4), false),
+                rule("dev", Some(("env", "dev")), "group:approvers", 0, None, true),
+                rule("pci", Some(("pci", "*")), "group:security", 1, Some(2), false),
+            ],
+            approval_window: Span::from_hours(1),
+            max_duration: Span::from_hours(12),
+        }
+    }
+
+    #[test]
+    fn principals_parse_and_match() {
+        assert_eq!(Principal::parse("*").unwrap(), Principal::Anyone);
+        assert_eq!(Principal::parse("group:sre").unwrap(), Principal::Group("sre".into()));
+        assert!(Principal::parse("group:").is_err());
+        let who = user("u1", &["sre"]);
+        assert!(Principal::parse("u1").unwrap().matches(&who));
+        assert!(Principal::parse("group:sre").unwrap().matches(&who));
+        assert!(!Principal::parse("group:dba").unwrap().matches(&who));
+    }
+
+    #[test]
+    fn prod_needs_two_sre_leads_and_four_hours_at_most() {
+        let req = policy().requirement_for(&[instance(&[("env", "prod")])]);
+        assert_eq!(req.rules.len(), 1);
+        assert_eq!(req.rules[0].approvals, 2);
+        assert_eq!(req.max_duration, Span::from_hours(4));
+        assert!(!req.auto_approved());
+        assert_eq!(req.describe(), "2 approvals from group sre-leads");
+    }
+
+    #[test]
+    fn dev_auto_approves_with_sudo() {
+        let req = policy().requirement_for(&[instance(&[("env", "dev")])]);
+        assert!(req.auto_approved());
+        assert!(req.sudo);
+        assert_eq!(req.max_duration, Span::from_hours(12));
+    }
+
+    #[test]
+    fn untagged_instances_fall_back_to_the_default_rule() {
+        let req = policy().requirement_for(&[instance(&[])]);
+        assert_eq!(req.rules[0].rule, "default");
+    }
+
+    #[test]
+    fn several_rules_take_the_strictest() {
+        let p = policy();
+        let req = p.requirement_for(&[
+            instance(&[("env", "dev")]),
+            instance(&[("env", "prod"), ("pci", "yes")]),
+        ]);
+        let names: Vec<_> = req.rules.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(names, ["dev", "prod", "pci"]);
+        assert!(!req.auto_approved(), "one auto-approving rule must not waive the others");
+        assert!(!req.sudo, "sudo only when every rule allows it");
+        assert_eq!(req.max_duration, Span::from_hours(2));
+        // Mixing a dev instance with an untagged one needs the default approval.
+        let req = p.requirement_for(&[instance(&[("env", "dev")]), instance(&[])]);
+        assert!(!req.auto_approved());
+    }
+
+    #[test]
+    fn approvals_count_per_rule() {
+        let p = policy();
+        let req = p.requirement_for(&[instance(&[("env", "prod"), ("pci", "1")])]);
+        let lead = user("lead1", &["sre-leads"]);
+        let sec = user("sec1", &["security"]);
+        assert_eq!(req.rules_for(&lead), vec!["prod".to_string()]);
+        assert_eq!(req.rules_for(&sec), vec!["pci".to_string()]);
+        assert!(req.rules_for(&user("dev", &[])).is_empty());
+        let approval = |who: &Membership| Approval {
+            by: who.user.clone(),
+            handle: who.user.to_string(),
+            at: crate::domain::time::Timestamp::from_millis(0),
+            counts_for: req.rules_for(who),
+        };
+        let mut approvals = vec![approval(&lead), approval(&sec)];
+        assert!(!req.satisfied(&approvals));
+        approvals.push(approval(&user("lead2", &["sre-leads"])));
+        assert!(req.satisfied(&approvals));
+    }
+
+    #[test]
+    fn admins_and_requesters_come_from_configuration() {
+        let mut p = policy();
+        assert!(p.is_admin(&user("a", &["admins"])));
+        assert!(!p.is_admin(&user("a", &[])));
+        p.requesters = vec![Principal::parse("group:eng").unwrap()];
+        assert!(p.may_request(&user("a", &["eng"])));
+        assert!(!p.may_request(&user("a", &[])));
+    }
+}

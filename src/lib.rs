@@ -1,0 +1,14 @@
+//! Passport: just-in-time access to EC2 instances, requested and approved in chat.
+//!
+//! Layers, with dependencies pointing one way only:
+//! [`domain`] ← [`app`] ← [`adapters`] ← [`startup`]/[`cli`] ← `main`.
+//! See ARCHITECTURE.md.
+
+#![forbid(unsafe_code)]
+
+pub mod adapters;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod startup;
