@@ -17,7 +17,11 @@ use crate::domain::values::RequestId;
 use crate::startup;
 
 #[derive(Debug, Parser)]
-#[command(name = "passport", version, about = "Just-in-time access to EC2 instances, approved in chat")]
+#[command(
+    name = "passport",
+    version,
+    about = "Just-in-time access to EC2 instances, approved in chat"
+)]
 pub struct Cli {
     /// Configuration file (default: ./passport.toml when it exists). Environment
     /// variables PASSPORT_… override it, with __ for nesting (PASSPORT_STORE__PATH).
@@ -76,7 +80,12 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PASSPORT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
@@ -90,7 +99,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::CheckConfig => {
             let loaded = Config::load(cli.config.as_deref())?;
-            let from = loaded.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+            let from = loaded
+                .file
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
             match loaded.config.validate() {
                 Ok(_) => {
                     println!("# configuration from {from} and PASSPORT_… variables: valid");
@@ -152,12 +165,16 @@ async fn audit(store: &SqliteStore, command: AuditCommand) -> anyhow::Result<i32
                 },
                 None => None,
             };
-            let request = request.map(|r| RequestId::parse(&r)).transpose().map_err(|e| anyhow::anyhow!("--request: {e}"))?;
+            let request = request
+                .map(|r| RequestId::parse(&r))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--request: {e}"))?;
             let events = store.audit_events(request, since).await?;
             use std::io::Write;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for e in events {
-                let details: serde_json::Value = serde_json::from_str(&e.details).unwrap_or(serde_json::Value::String(e.details.clone()));
+                let details: serde_json::Value = serde_json::from_str(&e.details)
+                    .unwrap_or(serde_json::Value::String(e.details.clone()));
                 let line = serde_json::json!({
                     "seq": e.seq,
                     "at": e.at.to_string(),
@@ -187,11 +204,19 @@ async fn audit(store: &SqliteStore, command: AuditCommand) -> anyhow::Result<i32
 async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::Result<i32> {
     let out = stdout_output();
     let clock = OffsetClock::default();
-    let clock_arc: Arc<dyn crate::app::ports::Clock> = if serve { Arc::new(SystemClock) } else { Arc::new(clock.clone()) };
+    let clock_arc: Arc<dyn crate::app::ports::Clock> = if serve {
+        Arc::new(SystemClock)
+    } else {
+        Arc::new(clock.clone())
+    };
     let app = startup::console_app(settings, out.clone(), clock_arc)
         .await
         .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
-    let approvers = settings.groups.get("approvers").map(|m| m.join(", ")).unwrap_or_default();
+    let approvers = settings
+        .groups
+        .get("approvers")
+        .map(|m| m.join(", "))
+        .unwrap_or_default();
     eprintln!(
         "Passport {} · database {} · config {} · console (no Slack or Discord configured) · dry-run provisioner (no AWS configured)\n\
          Type `<user>: <command>`, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`, then `lead1: /passport approve AR-1`.{}\n\
@@ -203,10 +228,13 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
     );
     let background = startup::spawn_background(&app);
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let result = startup::run_console(&app, stdin, &out, if serve { None } else { Some(&clock) }).await;
+    let result =
+        startup::run_console(&app, stdin, &out, if serve { None } else { Some(&clock) }).await;
     if serve && result.is_ok() {
         // Input ended but the bot keeps running its timers until stopped.
-        eprintln!("input closed; Passport keeps running timers and deliveries until stopped (Ctrl-C)");
+        eprintln!(
+            "input closed; Passport keeps running timers and deliveries until stopped (Ctrl-C)"
+        );
         startup::shutdown_signal().await;
     }
     background.abort();

@@ -50,7 +50,7 @@ impl Serialize for Secret {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub store: StoreConfig,
@@ -198,22 +198,12 @@ impl Default for RuleConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into() }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
         Self {
-            store: StoreConfig::default(),
-            requests: RequestsConfig::default(),
-            policy: PolicyConfig::default(),
-            groups: BTreeMap::new(),
-            dry_run: DryRunConfig::default(),
-            log: LogConfig::default(),
+            level: "info".into(),
         }
     }
 }
+
 
 /// Every problem found in a configuration, each naming its field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -248,13 +238,24 @@ impl Config {
         }
         fig = fig.merge(Env::prefixed("PASSPORT_").split("__"));
         let config: Config = fig.extract().map_err(|e| {
-            ConfigErrors(e.into_iter().map(|e| {
-                let path = e.path.join(".");
-                let field = if path.is_empty() { String::new() } else { format!("{path}: ") };
-                format!("{field}{}", e.kind)
-            }).collect())
+            ConfigErrors(
+                e.into_iter()
+                    .map(|e| {
+                        let path = e.path.join(".");
+                        let field = if path.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{path}: ")
+                        };
+                        format!("{field}{}", e.kind)
+                    })
+                    .collect(),
+            )
         })?;
-        Ok(Loaded { config, file: chosen })
+        Ok(Loaded {
+            config,
+            file: chosen,
+        })
     }
 
     /// True when no chat platform is configured, so the console is the surface.
@@ -267,7 +268,10 @@ impl Config {
     pub fn effective_groups(&self) -> BTreeMap<String, Vec<String>> {
         if self.groups.is_empty() && self.console_only() {
             BTreeMap::from([
-                ("approvers".to_owned(), vec!["lead1".to_owned(), "lead2".to_owned()]),
+                (
+                    "approvers".to_owned(),
+                    vec!["lead1".to_owned(), "lead2".to_owned()],
+                ),
                 ("admins".to_owned(), vec!["admin".to_owned()]),
             ])
         } else {
@@ -281,7 +285,9 @@ impl Config {
             match parse_span(text) {
                 Some(s) if s > Span::ZERO => s,
                 _ => {
-                    errors.push(format!("{field}: {text:?} is not a duration: use forms like 30m, 2h, 1h30m"));
+                    errors.push(format!(
+                        "{field}: {text:?} is not a duration: use forms like 30m, 2h, 1h30m"
+                    ));
                     Span::ZERO
                 }
             }
@@ -291,37 +297,65 @@ impl Config {
         let min = span("requests.min_duration", &r.min_duration);
         let max = span("requests.max_duration", &r.max_duration);
         let approval_window = span("requests.approval_window", &r.approval_window);
-        let warnings: Vec<Span> = r.warnings.iter().enumerate().map(|(i, w)| span(&format!("requests.warnings[{i}]"), w)).collect();
+        let warnings: Vec<Span> = r
+            .warnings
+            .iter()
+            .enumerate()
+            .map(|(i, w)| span(&format!("requests.warnings[{i}]"), w))
+            .collect();
         let rule_max: Vec<Option<Span>> = self
             .policy
             .rules
             .iter()
             .enumerate()
-            .map(|(i, rule)| rule.max_duration.as_ref().map(|m| span(&format!("policy.rules[{i}].max_duration"), m)))
+            .map(|(i, rule)| {
+                rule.max_duration
+                    .as_ref()
+                    .map(|m| span(&format!("policy.rules[{i}].max_duration"), m))
+            })
             .collect();
-        let default_max = self.policy.default.max_duration.as_ref().map(|m| span("policy.default.max_duration", m));
+        let default_max = self
+            .policy
+            .default
+            .max_duration
+            .as_ref()
+            .map(|m| span("policy.default.max_duration", m));
         if max > DurationLimits::HARD_MAX {
-            errors.push(format!("requests.max_duration: {max} is above the 12h cap: use 12h or less"));
+            errors.push(format!(
+                "requests.max_duration: {max} is above the 12h cap: use 12h or less"
+            ));
         }
         if min > max && max > Span::ZERO {
-            errors.push(format!("requests.min_duration: {min} is longer than requests.max_duration ({max})"));
+            errors.push(format!(
+                "requests.min_duration: {min} is longer than requests.max_duration ({max})"
+            ));
         }
         if (default < min || default > max) && default > Span::ZERO && max > Span::ZERO {
-            errors.push(format!("requests.default_duration: {default} is outside {min}..{max}"));
+            errors.push(format!(
+                "requests.default_duration: {default} is outside {min}..{max}"
+            ));
         }
         if r.max_instances == 0 || r.max_instances > 1000 {
-            errors.push(format!("requests.max_instances: {} must be between 1 and 1000", r.max_instances));
+            errors.push(format!(
+                "requests.max_instances: {} must be between 1 and 1000",
+                r.max_instances
+            ));
         }
         let tickets = match TicketRules::new(&r.ticket_pattern, r.ticket_url.clone()) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(format!("requests.ticket_pattern: not a valid regular expression: {e}"));
+                errors.push(format!(
+                    "requests.ticket_pattern: not a valid regular expression: {e}"
+                ));
                 TicketRules::default()
             }
         };
         if let Some(url) = &r.ticket_url {
-            if !url.contains("{ticket}") || !(url.starts_with("https://") || url.starts_with("http://")) {
-                errors.push("requests.ticket_url: must be an http(s) URL containing {ticket}".into());
+            if !url.contains("{ticket}")
+                || !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                errors
+                    .push("requests.ticket_url: must be an http(s) URL containing {ticket}".into());
             }
         }
 
@@ -340,7 +374,11 @@ impl Config {
         let requesters = principals("policy.requesters", &self.policy.requesters);
         let admins = principals("policy.admins", &self.policy.admins);
         let groups = self.effective_groups();
-        let build_rule = |field: &str, rc: &RuleConfig, max_duration: Option<Span>, errors: &mut Vec<String>| -> Rule {
+        let build_rule = |field: &str,
+                          rc: &RuleConfig,
+                          max_duration: Option<Span>,
+                          errors: &mut Vec<String>|
+         -> Rule {
             let approvers: Vec<Principal> = rc
                 .approvers
                 .iter()
@@ -354,20 +392,30 @@ impl Config {
                 })
                 .collect();
             if rc.approvals > 0 && approvers.is_empty() {
-                errors.push(format!("{field}.approvers: a rule that needs {} approval(s) must name its approvers", rc.approvals));
+                errors.push(format!(
+                    "{field}.approvers: a rule that needs {} approval(s) must name its approvers",
+                    rc.approvals
+                ));
             }
             if approvers.contains(&Principal::Anyone) {
-                errors.push(format!("{field}.approvers: \"*\" would let anyone approve: name users or groups"));
+                errors.push(format!(
+                    "{field}.approvers: \"*\" would let anyone approve: name users or groups"
+                ));
             }
             for p in &approvers {
                 if let Principal::Group(g) = p {
                     if !groups.contains_key(g) {
-                        errors.push(format!("{field}.approvers: group {g:?} is not defined under [groups]"));
+                        errors.push(format!(
+                            "{field}.approvers: group {g:?} is not defined under [groups]"
+                        ));
                     }
                 }
             }
             if rc.approvals > 20 {
-                errors.push(format!("{field}.approvals: {} is more than 20", rc.approvals));
+                errors.push(format!(
+                    "{field}.approvals: {} is more than 20",
+                    rc.approvals
+                ));
             }
             Rule {
                 name: rc.name.clone(),
@@ -379,7 +427,12 @@ impl Config {
                 channel: rc.channel.clone(),
             }
         };
-        let mut default_rule = build_rule("policy.default", &self.policy.default, default_max, &mut errors);
+        let mut default_rule = build_rule(
+            "policy.default",
+            &self.policy.default,
+            default_max,
+            &mut errors,
+        );
         if default_rule.name.is_empty() {
             default_rule.name = "default".into();
         }
@@ -393,12 +446,23 @@ impl Config {
                 errors.push(format!("{field}.tags: a rule must match at least one tag; use [policy.default] for everything else"));
             }
             if self.policy.rules[..i].iter().any(|o| o.name == rc.name) {
-                errors.push(format!("{field}.name: {:?} is used by another rule", rc.name));
+                errors.push(format!(
+                    "{field}.name: {:?} is used by another rule",
+                    rc.name
+                ));
             }
-            rules.push(build_rule(&field, rc, rule_max.get(i).copied().flatten(), &mut errors));
+            rules.push(build_rule(
+                &field,
+                rc,
+                rule_max.get(i).copied().flatten(),
+                &mut errors,
+            ));
         }
         for (name, members) in &groups {
-            if members.iter().any(|m| m.trim().is_empty() || m.chars().any(char::is_whitespace)) {
+            if members
+                .iter()
+                .any(|m| m.trim().is_empty() || m.chars().any(char::is_whitespace))
+            {
                 errors.push(format!("groups.{name}: member ids must be single words"));
             }
         }
@@ -417,7 +481,9 @@ impl Config {
                 "linux" => Platform::Linux,
                 "windows" => Platform::Windows,
                 other => {
-                    errors.push(format!("{field}.platform: {other:?} is not linux or windows"));
+                    errors.push(format!(
+                        "{field}.platform: {other:?} is not linux or windows"
+                    ));
                     Platform::Linux
                 }
             };
@@ -465,7 +531,8 @@ impl Config {
 
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }
 }
 
@@ -489,7 +556,10 @@ mod tests {
     fn defaults_validate() {
         let s = Config::default().validate().unwrap();
         assert_eq!(s.grammar.durations, DurationLimits::default());
-        assert_eq!(s.warnings, vec![Span::from_minutes(15), Span::from_minutes(5)]);
+        assert_eq!(
+            s.warnings,
+            vec![Span::from_minutes(15), Span::from_minutes(5)]
+        );
         assert!(s.groups.contains_key("approvers"));
     }
 
@@ -510,7 +580,10 @@ mod tests {
         assert!(errs.contains("requests.max_duration"), "{errs}");
         assert!(errs.contains("requests.default_duration"), "{errs}");
         assert!(errs.contains("requests.ticket_pattern"), "{errs}");
-        assert!(errs.contains("policy.rules[0].approvers: group \"nobody\""), "{errs}");
+        assert!(
+            errs.contains("policy.rules[0].approvers: group \"nobody\""),
+            "{errs}"
+        );
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub struct App {
 }
 
 /// Builds the console application: SQLite store, console surface, dry-run provisioner.
-pub async fn console_app(settings: &Settings, out: Output, clock: Arc<dyn Clock>) -> Result<App, StoreError> {
+pub async fn console_app(
+    settings: &Settings,
+    out: Output,
+    clock: Arc<dyn Clock>,
+) -> Result<App, StoreError> {
     let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
     let sink_out = out.clone();
     let sink: Sink = Arc::new(move |line: &str| {
@@ -39,7 +43,10 @@ pub async fn console_app(settings: &Settings, out: Output, clock: Arc<dyn Clock>
     let engine = Engine::new(
         Ports {
             store: store.clone(),
-            provisioner: Arc::new(DryRunProvisioner::new(settings.dry_run_instances.clone(), Some(sink))),
+            provisioner: Arc::new(DryRunProvisioner::new(
+                settings.dry_run_instances.clone(),
+                Some(sink),
+            )),
             directory: Arc::new(StaticDirectory::new(&settings.groups)),
             clock: clock.clone(),
         },
@@ -117,7 +124,11 @@ pub async fn settle(app: &App) -> Result<(), StoreError> {
 /// type in a request's thread, or `!advance <duration>` to move the clock.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConsoleLine {
-    Command { user: UserId, thread: Option<RequestId>, text: String },
+    Command {
+        user: UserId,
+        thread: Option<RequestId>,
+        text: String,
+    },
     Advance(Span),
     Blank,
 }
@@ -136,16 +147,28 @@ pub fn parse_console_line(line: &str) -> Result<ConsoleLine, String> {
         return Err("write `<user>: <command>`, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`".into());
     };
     let (who, thread) = match who.split_once(" in ") {
-        Some((user, thread)) => (user, Some(RequestId::parse(thread.trim()).map_err(|e| e.0)?)),
+        Some((user, thread)) => (
+            user,
+            Some(RequestId::parse(thread.trim()).map_err(|e| e.0)?),
+        ),
         None => (who, None),
     };
     let user = UserId::parse(who).map_err(|e| e.0)?;
-    Ok(ConsoleLine::Command { user, thread, text: text.trim().to_owned() })
+    Ok(ConsoleLine::Command {
+        user,
+        thread,
+        text: text.trim().to_owned(),
+    })
 }
 
 /// Reads console lines until end of input, answering each and printing every
 /// notice; at the end, finishes what is due and returns.
-pub async fn run_console<R: AsyncBufRead + Unpin>(app: &App, input: R, out: &Output, clock: Option<&OffsetClock>) -> Result<(), StoreError> {
+pub async fn run_console<R: AsyncBufRead + Unpin>(
+    app: &App,
+    input: R,
+    out: &Output,
+    clock: Option<&OffsetClock>,
+) -> Result<(), StoreError> {
     let print = |text: &str| {
         let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(o, "{text}");
@@ -172,18 +195,49 @@ pub async fn run_console<R: AsyncBufRead + Unpin>(app: &App, input: R, out: &Out
             },
             Ok(ConsoleLine::Command { user, thread, text }) => {
                 let actor = Actor {
-                    person: Person { handle: user.to_string(), id: user.clone() },
+                    person: Person {
+                        handle: user.to_string(),
+                        id: user.clone(),
+                    },
                     surface: "console".into(),
                 };
                 let reply = app.engine.handle_line(&actor, &text, thread).await;
                 let mark = if reply.ok { "" } else { "error: " };
-                print(&format!("[reply to {user}] {mark}{}", reply.text.replace('\n', "\n    ")));
+                print(&format!(
+                    "[reply to {user}] {mark}{}",
+                    reply.text.replace('\n', "\n    ")
+                ));
             }
             Err(e) => print(&format!("[error] {e}")),
         }
         settle(app).await?;
     }
-    settle(app).await
+    settle(app).await?;
+    finish_deliveries(app, FINISH_DELIVERIES_WITHIN).await
+}
+
+/// How long the console waits at the end of input for notices being retried.
+pub const FINISH_DELIVERIES_WITHIN: Duration = Duration::from_secs(30);
+
+/// Delivers what is still in the outbox, waiting for retries, for at most `within`.
+/// Anything left stays in the outbox for the next start.
+pub async fn finish_deliveries(app: &App, within: Duration) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let report = app.dispatcher.deliver_due().await?;
+        let Some(next) = report.next_retry else {
+            return Ok(());
+        };
+        let wait = next
+            .since(app.engine.now())
+            .to_std()
+            .max(Duration::from_millis(20));
+        if tokio::time::Instant::now() + wait > deadline {
+            tracing::warn!("some notices could not be delivered yet; they stay in the outbox for the next start");
+            return Ok(());
+        }
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Waits for Ctrl-C or SIGTERM.

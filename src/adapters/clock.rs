@@ -34,7 +34,9 @@ impl OffsetClock {
 
 impl Clock for OffsetClock {
     fn now(&self) -> Timestamp {
-        SystemClock.now().plus(Span::from_millis(self.offset_ms.load(Ordering::SeqCst)))
+        SystemClock
+            .now()
+            .plus(Span::from_millis(self.offset_ms.load(Ordering::SeqCst)))
     }
 }
 

@@ -39,7 +39,10 @@ pub fn render_actions(actions: &[Action]) -> String {
     if actions.is_empty() {
         return String::new();
     }
-    let buttons: Vec<String> = actions.iter().map(|a| format!("[{}: {}]", a.label, a.command)).collect();
+    let buttons: Vec<String> = actions
+        .iter()
+        .map(|a| format!("[{}: {}]", a.label, a.command))
+        .collect();
     format!("\n    {}", buttons.join(" "))
 }
 
@@ -63,13 +66,25 @@ pub fn render_card(card: &CardView) -> String {
         })
         .collect();
     let more = card.instances.len().saturating_sub(10);
-    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
     let ticket = match &card.ticket_url {
         Some(url) => format!("{} <{url}>", card.ticket),
         None => card.ticket.clone(),
     };
-    let reason = card.reason.as_ref().map(|r| format!(" · {r}")).unwrap_or_default();
-    let channel = card.channel.as_ref().map(|c| format!(" in {c}")).unwrap_or_default();
+    let reason = card
+        .reason
+        .as_ref()
+        .map(|r| format!(" · {r}"))
+        .unwrap_or_default();
+    let channel = card
+        .channel
+        .as_ref()
+        .map(|c| format!(" in {c}"))
+        .unwrap_or_default();
     format!(
         "{} · {} · {} asks for {} on {}{more} · {ticket}{reason}{channel}\n    requires {} · {}{}",
         card.request,
@@ -90,22 +105,48 @@ impl ChatSurface for ConsoleSurface {
     }
 
     async fn post_card(&self, card: &CardView) -> Result<MessageRef, ChatError> {
-        let mention = if card.approvers.is_empty() { String::new() } else { format!(" (to {})", card.approvers.join(", ")) };
+        let mention = if card.approvers.is_empty() {
+            String::new()
+        } else {
+            format!(" (to {})", card.approvers.join(", "))
+        };
         self.print(&format!("[card]{mention} {}", render_card(card)))?;
         // The console has no message ids; the request id lets thread replies say whose they are.
-        Ok(MessageRef { channel: "console".into(), message: card.request.to_string() })
+        Ok(MessageRef {
+            channel: "console".into(),
+            message: card.request.to_string(),
+        })
     }
 
     async fn update_card(&self, _at: &MessageRef, card: &CardView) -> Result<(), ChatError> {
         self.print(&format!("[card updated] {}", render_card(card)))
     }
 
-    async fn reply_in_thread(&self, at: &MessageRef, text: &str, actions: &[Action]) -> Result<(), ChatError> {
-        self.print(&format!("[thread {}] {}{}", at.message, indent(text), render_actions(actions)))
+    async fn reply_in_thread(
+        &self,
+        at: &MessageRef,
+        text: &str,
+        actions: &[Action],
+    ) -> Result<(), ChatError> {
+        self.print(&format!(
+            "[thread {}] {}{}",
+            at.message,
+            indent(text),
+            render_actions(actions)
+        ))
     }
 
-    async fn direct_message(&self, user: &UserId, text: &str, actions: &[Action]) -> Result<(), ChatError> {
-        self.print(&format!("[dm {user}] {}{}", indent(text), render_actions(actions)))
+    async fn direct_message(
+        &self,
+        user: &UserId,
+        text: &str,
+        actions: &[Action],
+    ) -> Result<(), ChatError> {
+        self.print(&format!(
+            "[dm {user}] {}{}",
+            indent(text),
+            render_actions(actions)
+        ))
     }
 
     async fn post_audit(&self, line: &str) -> Result<(), ChatError> {
@@ -131,18 +172,31 @@ impl ChatSurface for NullSurface {
 
     async fn post_card(&self, _card: &CardView) -> Result<MessageRef, ChatError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Ok(MessageRef { channel: "null".into(), message: n.to_string() })
+        Ok(MessageRef {
+            channel: "null".into(),
+            message: n.to_string(),
+        })
     }
 
     async fn update_card(&self, _at: &MessageRef, _card: &CardView) -> Result<(), ChatError> {
         Ok(())
     }
 
-    async fn reply_in_thread(&self, _at: &MessageRef, _text: &str, _actions: &[Action]) -> Result<(), ChatError> {
+    async fn reply_in_thread(
+        &self,
+        _at: &MessageRef,
+        _text: &str,
+        _actions: &[Action],
+    ) -> Result<(), ChatError> {
         Ok(())
     }
 
-    async fn direct_message(&self, _user: &UserId, _text: &str, _actions: &[Action]) -> Result<(), ChatError> {
+    async fn direct_message(
+        &self,
+        _user: &UserId,
+        _text: &str,
+        _actions: &[Action],
+    ) -> Result<(), ChatError> {
         Ok(())
     }
 

@@ -72,7 +72,11 @@ impl Provisioner for DryRunProvisioner {
                     spec.expires_at,
                     if spec.sudo { "yes" } else { "no" }
                 ));
-                InstanceOutcome { instance: i.id.clone(), ok: true, detail: None }
+                InstanceOutcome {
+                    instance: i.id.clone(),
+                    ok: true,
+                    detail: None,
+                }
             })
             .collect())
     }
@@ -86,8 +90,15 @@ impl Provisioner for DryRunProvisioner {
                     Platform::Linux => "Passport-RevokeLinux",
                     Platform::Windows => "Passport-RevokeWindows",
                 };
-                self.say(format!("[dry-run] {} → {}: {document} username={}", spec.request, i.id, spec.username));
-                InstanceOutcome { instance: i.id.clone(), ok: true, detail: None }
+                self.say(format!(
+                    "[dry-run] {} → {}: {document} username={}",
+                    spec.request, i.id, spec.username
+                ));
+                InstanceOutcome {
+                    instance: i.id.clone(),
+                    ok: true,
+                    detail: None,
+                }
             })
             .collect())
     }

@@ -20,7 +20,7 @@ use crate::app::ports::{
     Creation, MessageRef, Mutation, OutboxCounts, Pending, Store, StoreError, Verification,
 };
 use crate::domain::command::ListFilter;
-use crate::domain::logbook::{check_link, chain_hash, Hash, LogEvent, GENESIS};
+use crate::domain::logbook::{chain_hash, check_link, Hash, LogEvent, GENESIS};
 use crate::domain::notice::Notice;
 use crate::domain::request::{AccessRequest, Refusal, RequestState};
 use crate::domain::time::Timestamp;
@@ -112,7 +112,12 @@ impl SqliteStore {
         self.reader.close().await;
     }
 
-    async fn write_request(tx: &mut Transaction<'_, Sqlite>, req: &AccessRequest, insert: bool, at: Timestamp) -> Result<(), StoreError> {
+    async fn write_request(
+        tx: &mut Transaction<'_, Sqlite>,
+        req: &AccessRequest,
+        insert: bool,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
         let body = serde_json::to_string(req).map_err(corrupt)?;
         let expires = req.expires_at.map(Timestamp::as_millis);
         let q = if insert {
@@ -141,24 +146,40 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn write_effects(tx: &mut Transaction<'_, Sqlite>, request: RequestId, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
+    async fn write_effects(
+        tx: &mut Transaction<'_, Sqlite>,
+        request: RequestId,
+        fx: &Effects,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
         let rid = id_of(request);
         if !fx.events.is_empty() {
-            let head: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(db_error)?;
+            let head: Option<(i64, Vec<u8>)> =
+                sqlx::query_as("SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
             let (mut seq, mut prev) = match head {
                 Some((seq, hash)) => (
                     seq as u64,
-                    <Hash>::try_from(hash.as_slice()).map_err(|_| StoreError::Corrupt(format!("Logbook event {seq} has a bad hash")))?,
+                    <Hash>::try_from(hash.as_slice()).map_err(|_| {
+                        StoreError::Corrupt(format!("Logbook event {seq} has a bad hash"))
+                    })?,
                 ),
                 None => (0, GENESIS),
             };
             for e in &fx.events {
                 seq += 1;
                 let details = e.details.to_string();
-                let hash = chain_hash(&prev, seq, e.at, &e.actor, e.request.as_deref(), &e.action, &details);
+                let hash = chain_hash(
+                    &prev,
+                    seq,
+                    e.at,
+                    &e.actor,
+                    e.request.as_deref(),
+                    &e.action,
+                    &details,
+                );
                 sqlx::query("INSERT INTO logbook (seq, at, actor, request, action, details, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
                     .bind(seq as i64)
                     .bind(e.at.as_millis())
@@ -228,7 +249,10 @@ impl SqliteStore {
     }
 }
 
-async fn delete_timer_in(tx: &mut Transaction<'_, Sqlite>, id: Option<TimerId>) -> Result<(), StoreError> {
+async fn delete_timer_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: Option<TimerId>,
+) -> Result<(), StoreError> {
     if let Some(id) = id {
         sqlx::query("DELETE FROM timers WHERE id = ?")
             .bind(id)
@@ -245,8 +269,15 @@ fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create(&self, build: Creation) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+    async fn create(
+        &self,
+        build: Creation,
+    ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
         let (next,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")
             .fetch_one(&mut *tx)
             .await
@@ -259,7 +290,10 @@ impl Store for SqliteStore {
             }
             Ok((req, fx)) => {
                 if req.id != id {
-                    return Err(StoreError::Other(format!("request built as {} instead of {id}", req.id)));
+                    return Err(StoreError::Other(format!(
+                        "request built as {} instead of {id}",
+                        req.id
+                    )));
                 }
                 let at = Self::change_time(&fx, req.created_at);
                 Self::write_request(&mut tx, &req, true, at).await?;
@@ -270,13 +304,23 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn update(&self, id: RequestId, fired: Option<TimerId>, change: Mutation) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
-        let row: Option<(String, i64)> = sqlx::query_as("SELECT body, updated_at FROM requests WHERE id = ?")
-            .bind(id_of(id))
-            .fetch_optional(&mut *tx)
+    async fn update(
+        &self,
+        id: RequestId,
+        fired: Option<TimerId>,
+        change: Mutation,
+    ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error)?;
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT body, updated_at FROM requests WHERE id = ?")
+                .bind(id_of(id))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
         let Some((body, updated_at)) = row else {
             if fired.is_some() {
                 delete_timer_in(&mut tx, fired).await?;
@@ -317,8 +361,17 @@ impl Store for SqliteStore {
         row.map(|(body,)| decode_request(&body)).transpose()
     }
 
-    async fn list(&self, filter: ListFilter, user: &UserId, limit: u32) -> Result<Vec<AccessRequest>, StoreError> {
-        let active = [RequestState::Approved, RequestState::Provisioning, RequestState::Active];
+    async fn list(
+        &self,
+        filter: ListFilter,
+        user: &UserId,
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let active = [
+            RequestState::Approved,
+            RequestState::Provisioning,
+            RequestState::Active,
+        ];
         let q = match filter {
             ListFilter::Default => sqlx::query_as::<_, (String,)>(
                 "SELECT body FROM requests WHERE requester = ? OR state IN ('pending', 'approved', 'provisioning', 'active') ORDER BY id DESC LIMIT ?",
@@ -331,7 +384,11 @@ impl Store for SqliteStore {
                 .bind(active[1].as_str())
                 .bind(active[2].as_str()),
         };
-        let rows = q.bind(i64::from(limit)).fetch_all(&self.reader).await.map_err(db_error)?;
+        let rows = q
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
         rows.iter().map(|(body,)| decode_request(body)).collect()
     }
 
@@ -420,7 +477,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn mark_retry(&self, id: i64, next_attempt_at: Timestamp, error: &str) -> Result<(), StoreError> {
+    async fn mark_retry(
+        &self,
+        id: i64,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?")
             .bind(next_attempt_at.as_millis())
             .bind(error)
@@ -432,13 +494,15 @@ impl Store for SqliteStore {
     }
 
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET dead_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?")
-            .bind(now.as_millis())
-            .bind(error)
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
+        sqlx::query(
+            "UPDATE outbox SET dead_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+        )
+        .bind(now.as_millis())
+        .bind(error)
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(db_error)?;
         Ok(())
     }
 
@@ -457,17 +521,28 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn chat_ref(&self, request: RequestId, surface: &str) -> Result<Option<MessageRef>, StoreError> {
-        let row: Option<(String, String)> = sqlx::query_as("SELECT channel, message FROM chat_refs WHERE request = ? AND surface = ?")
-            .bind(id_of(request))
-            .bind(surface)
-            .fetch_optional(&self.writer)
-            .await
-            .map_err(db_error)?;
+    async fn chat_ref(
+        &self,
+        request: RequestId,
+        surface: &str,
+    ) -> Result<Option<MessageRef>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT channel, message FROM chat_refs WHERE request = ? AND surface = ?",
+        )
+        .bind(id_of(request))
+        .bind(surface)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db_error)?;
         Ok(row.map(|(channel, message)| MessageRef { channel, message }))
     }
 
-    async fn save_chat_ref(&self, request: RequestId, surface: &str, at: &MessageRef) -> Result<(), StoreError> {
+    async fn save_chat_ref(
+        &self,
+        request: RequestId,
+        surface: &str,
+        at: &MessageRef,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT OR REPLACE INTO chat_refs (request, surface, channel, message) VALUES (?, ?, ?, ?)")
             .bind(id_of(request))
             .bind(surface)
@@ -479,7 +554,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn audit_events(&self, request: Option<RequestId>, since: Option<Timestamp>) -> Result<Vec<LogEvent>, StoreError> {
+    async fn audit_events(
+        &self,
+        request: Option<RequestId>,
+        since: Option<Timestamp>,
+    ) -> Result<Vec<LogEvent>, StoreError> {
         let rows: Vec<(i64, i64, String, Option<String>, String, String)> = sqlx::query_as(
             "SELECT seq, at, actor, request, action, details FROM logbook \
              WHERE (?1 IS NULL OR request = ?1) AND (?2 IS NULL OR at >= ?2) ORDER BY seq",
@@ -503,12 +582,15 @@ impl Store for SqliteStore {
     }
 
     async fn verify_logbook(&self) -> Result<Verification, StoreError> {
-        let mut rows = sqlx::query_as::<_, (i64, i64, String, Option<String>, String, String, Vec<u8>)>(
-            "SELECT seq, at, actor, request, action, details, hash FROM logbook ORDER BY seq",
-        )
-        .fetch(&self.reader);
+        let mut rows =
+            sqlx::query_as::<_, (i64, i64, String, Option<String>, String, String, Vec<u8>)>(
+                "SELECT seq, at, actor, request, action, details, hash FROM logbook ORDER BY seq",
+            )
+            .fetch(&self.reader);
         let (mut prev_seq, mut prev) = (0u64, GENESIS);
-        while let Some((seq, at, actor, request, action, details, hash)) = rows.try_next().await.map_err(db_error)? {
+        while let Some((seq, at, actor, request, action, details, hash)) =
+            rows.try_next().await.map_err(db_error)?
+        {
             let event = LogEvent {
                 seq: seq as u64,
                 at: Timestamp::from_millis(at),
@@ -518,7 +600,9 @@ impl Store for SqliteStore {
                 details,
             };
             let Ok(stored) = <Hash>::try_from(hash.as_slice()) else {
-                return Ok(Verification::Broken(crate::domain::logbook::ChainBreak::Mismatch { seq: event.seq }));
+                return Ok(Verification::Broken(
+                    crate::domain::logbook::ChainBreak::Mismatch { seq: event.seq },
+                ));
             };
             if let Err(brk) = check_link(prev_seq, &prev, &event, &stored) {
                 return Ok(Verification::Broken(brk));

@@ -45,11 +45,18 @@ fn retry_delay(attempts: u32) -> Span {
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, surfaces: Vec<Arc<dyn ChatSurface>>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        surfaces: Vec<Arc<dyn ChatSurface>>,
+    ) -> Self {
         Self {
             store,
             clock,
-            surfaces: surfaces.into_iter().map(|s| (s.name().to_owned(), s)).collect(),
+            surfaces: surfaces
+                .into_iter()
+                .map(|s| (s.name().to_owned(), s))
+                .collect(),
             gate: tokio::sync::Mutex::new(()),
             concurrency: CONCURRENT_LANES,
         }
@@ -83,13 +90,16 @@ impl Dispatcher {
                 }
                 lanes.entry(key).or_default().push(p);
             }
-            let lanes: Vec<Vec<Pending>> = order.into_iter().filter_map(|k| lanes.remove(&k)).collect();
+            let lanes: Vec<Vec<Pending>> =
+                order.into_iter().filter_map(|k| lanes.remove(&k)).collect();
             let mut waiting: Option<Timestamp> = None;
             let mut runnable = Vec::new();
             for lane in lanes {
                 match lane.first() {
                     Some(head) if head.next_attempt_at > now => {
-                        waiting = Some(waiting.map_or(head.next_attempt_at, |w: Timestamp| w.min(head.next_attempt_at)));
+                        waiting = Some(waiting.map_or(head.next_attempt_at, |w: Timestamp| {
+                            w.min(head.next_attempt_at)
+                        }));
                     }
                     Some(_) => runnable.push(lane),
                     None => {}
@@ -104,17 +114,13 @@ impl Dispatcher {
                 .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
-            let mut progressed = false;
+            // Every lane that ran either made progress or now waits for a retry in
+            // the future, so the next pass ends unless new notices arrived.
             for r in results {
                 let r = r?;
-                progressed |= r.delivered > 0 || r.dead > 0;
                 report.delivered += r.delivered;
                 report.retried += r.retried;
                 report.dead += r.dead;
-            }
-            if !progressed {
-                report.next_retry = self.store.pending_notices(1).await?.first().map(|p| p.next_attempt_at);
-                return Ok(report);
             }
         }
     }
@@ -125,7 +131,9 @@ impl Dispatcher {
             let Some(surface) = self.surfaces.get(&p.surface) else {
                 // A surface that is no longer configured: its notices wait until it is again.
                 let next = self.clock.now().plus(Span::from_minutes(10));
-                self.store.mark_retry(p.id, next, "chat surface not configured").await?;
+                self.store
+                    .mark_retry(p.id, next, "chat surface not configured")
+                    .await?;
                 report.retried += 1;
                 break;
             };
@@ -137,11 +145,15 @@ impl Dispatcher {
                 Err(e) => {
                     let now = self.clock.now();
                     let (next, dead) = match &e {
-                        ChatError::RateLimited { retry_after_ms } => {
-                            (now.plus(Span::from_millis(*retry_after_ms as i64)), false)
-                        }
+                        ChatError::RateLimited { retry_after_ms } => (
+                            now.plus(Span::from_millis((*retry_after_ms as i64).max(100))),
+                            false,
+                        ),
                         ChatError::Transient(_) => (now.plus(retry_delay(p.attempts)), false),
-                        ChatError::Permanent(_) => (now.plus(retry_delay(p.attempts)), p.attempts + 1 >= MAX_PERMANENT_ATTEMPTS),
+                        ChatError::Permanent(_) => (
+                            now.plus(retry_delay(p.attempts)),
+                            p.attempts + 1 >= MAX_PERMANENT_ATTEMPTS,
+                        ),
                     };
                     if dead {
                         tracing::error!(surface = %p.surface, lane = %p.lane, error = %e, "notice refused repeatedly; set aside");
@@ -162,22 +174,44 @@ impl Dispatcher {
     async fn send(&self, surface: &dyn ChatSurface, p: &Pending) -> Result<(), ChatError> {
         let store_err = |e: StoreError| ChatError::Transient(e.to_string());
         match &p.notice {
-            Notice::Card(card) => match self.store.chat_ref(card.request, &p.surface).await.map_err(store_err)? {
+            Notice::Card(card) => match self
+                .store
+                .chat_ref(card.request, &p.surface)
+                .await
+                .map_err(store_err)?
+            {
                 Some(at) => surface.update_card(&at, card).await,
                 None => {
                     let at = surface.post_card(card).await?;
-                    self.store.save_chat_ref(card.request, &p.surface, &at).await.map_err(store_err)
+                    self.store
+                        .save_chat_ref(card.request, &p.surface, &at)
+                        .await
+                        .map_err(store_err)
                 }
             },
-            Notice::Thread { request, text, actions } => {
-                match self.store.chat_ref(*request, &p.surface).await.map_err(store_err)? {
+            Notice::Thread {
+                request,
+                text,
+                actions,
+            } => {
+                match self
+                    .store
+                    .chat_ref(*request, &p.surface)
+                    .await
+                    .map_err(store_err)?
+                {
                     Some(at) => surface.reply_in_thread(&at, text, actions).await,
                     // The card is always queued before its thread, in the same lane; without
                     // it (a card set aside as undeliverable) the reply goes to the audit channel.
                     None => surface.post_audit(&format!("{request}: {text}")).await,
                 }
             }
-            Notice::Direct { user, text, actions, .. } => surface.direct_message(user, text, actions).await,
+            Notice::Direct {
+                user,
+                text,
+                actions,
+                ..
+            } => surface.direct_message(user, text, actions).await,
             Notice::Audit { text } => surface.post_audit(text).await,
         }
     }

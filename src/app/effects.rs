@@ -45,7 +45,9 @@ impl TimerKind {
             "provision" => Self::Provision,
             "refresh" => Self::Refresh,
             "remove" => Self::Remove,
-            other => Self::Warning(Span::from_millis(other.strip_prefix("warning:")?.parse().ok()?)),
+            other => Self::Warning(Span::from_millis(
+                other.strip_prefix("warning:")?.parse().ok()?,
+            )),
         })
     }
 
@@ -92,7 +94,15 @@ pub struct Effects {
 impl Effects {
     /// Records a Logbook event and its one-line audit notice. `summary` is the
     /// readable sentence; `details` adds structured fields.
-    pub fn log(&mut self, at: Timestamp, actor: &str, request: Option<RequestId>, action: &str, summary: String, mut details: Value) {
+    pub fn log(
+        &mut self,
+        at: Timestamp,
+        actor: &str,
+        request: Option<RequestId>,
+        action: &str,
+        summary: String,
+        mut details: Value,
+    ) {
         if let Value::Object(map) = &mut details {
             map.insert("summary".into(), Value::String(summary.clone()));
         } else {
@@ -116,7 +126,11 @@ impl Effects {
     }
 
     pub fn schedule(&mut self, kind: TimerKind, due: Timestamp) {
-        self.timers.push(NewTimer { kind, due, attempts: 0 });
+        self.timers.push(NewTimer {
+            kind,
+            due,
+            attempts: 0,
+        });
     }
 
     /// Sends each notice to the surfaces it belongs on: direct messages go to

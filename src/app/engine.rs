@@ -15,7 +15,9 @@ use tokio::sync::Notify;
 use crate::domain::command::{help_text, Command, Grammar, ListFilter, RequestSpec};
 use crate::domain::notice::Notice;
 use crate::domain::policy::{Membership, Policy};
-use crate::domain::request::{AccessRequest, ApprovalOutcome, NewRequest, Refusal, RefusalKind, RequestState};
+use crate::domain::request::{
+    AccessRequest, ApprovalOutcome, NewRequest, Refusal, RefusalKind, RequestState,
+};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{GrantDuration, InputError, Person, Reason, RequestId};
 
@@ -63,11 +65,19 @@ pub struct Reply {
 
 impl Reply {
     fn ok(text: String, request: Option<RequestId>) -> Self {
-        Self { ok: true, text, request }
+        Self {
+            ok: true,
+            text,
+            request,
+        }
     }
 
     fn error(text: String, request: Option<RequestId>) -> Self {
-        Self { ok: false, text, request }
+        Self {
+            ok: false,
+            text,
+            request,
+        }
     }
 }
 
@@ -202,7 +212,7 @@ impl Engine {
             let mut fx = Effects::default();
             f(req, &mut fx)?;
             if fingerprint(req) != before {
-                fx.notify(Notice::Card(messages::card(req, &tickets, now)));
+                fx.notify(Notice::Card(Box::new(messages::card(req, &tickets, now))));
             }
             fx.route(&surfaces, &req.origin);
             Ok(fx)
@@ -222,7 +232,11 @@ impl Engine {
     // -----------------------------------------------------------------------
     // request
 
-    async fn request(&self, actor: &Actor, spec: RequestSpec) -> Result<(String, Option<RequestId>), AppError> {
+    async fn request(
+        &self,
+        actor: &Actor,
+        spec: RequestSpec,
+    ) -> Result<(String, Option<RequestId>), AppError> {
         let who = self.membership(&actor.person).await;
         if !self.policy.may_request(&who) {
             return Err(RefusalKind::NotAllowed(
@@ -328,7 +342,7 @@ impl Engine {
                         req.approval_deadline
                     );
                 }
-                fx.notify(Notice::Card(messages::card(&req, &tickets, now)));
+                fx.notify(Notice::Card(Box::new(messages::card(&req, &tickets, now))));
                 fx.route(&surfaces, &req.origin);
                 Ok((req, fx))
             }))
@@ -342,7 +356,11 @@ impl Engine {
     // -----------------------------------------------------------------------
     // decisions
 
-    async fn approve(&self, actor: &Actor, id: RequestId) -> Result<(String, Option<RequestId>), AppError> {
+    async fn approve(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+    ) -> Result<(String, Option<RequestId>), AppError> {
         let who = self.membership(&actor.person).await;
         let person = actor.person.clone();
         let now = self.clock.now();
@@ -379,18 +397,37 @@ impl Engine {
         .await
     }
 
-    async fn deny(&self, actor: &Actor, id: RequestId, reason: Option<Reason>) -> Result<(String, Option<RequestId>), AppError> {
+    async fn deny(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+        reason: Option<Reason>,
+    ) -> Result<(String, Option<RequestId>), AppError> {
         let who = self.membership(&actor.person).await;
         let is_admin = self.policy.is_admin(&who);
         let person = actor.person.clone();
         let now = self.clock.now();
         self.change(id, move |req, fx| {
             req.deny(&who, &person.handle, is_admin, reason.clone(), now)?;
-            let because = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+            let because = reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
             let summary = format!("denied by {}{because}", person.handle);
-            fx.log(now, person.id.as_str(), Some(id), "denied", summary.clone(), json!({ "reason": reason.as_ref().map(|r| r.as_str()) }));
+            fx.log(
+                now,
+                person.id.as_str(),
+                Some(id),
+                "denied",
+                summary.clone(),
+                json!({ "reason": reason.as_ref().map(|r| r.as_str()) }),
+            );
             fx.cancel_all = true;
-            fx.notify(Notice::Thread { request: id, text: format!("⛔ {summary}"), actions: Vec::new() });
+            fx.notify(Notice::Thread {
+                request: id,
+                text: format!("⛔ {summary}"),
+                actions: Vec::new(),
+            });
             fx.notify(Notice::Direct {
                 user: req.requester.id.clone(),
                 request: Some(id),
@@ -403,22 +440,41 @@ impl Engine {
         .await
     }
 
-    async fn cancel(&self, actor: &Actor, id: RequestId) -> Result<(String, Option<RequestId>), AppError> {
+    async fn cancel(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+    ) -> Result<(String, Option<RequestId>), AppError> {
         let person = actor.person.clone();
         let now = self.clock.now();
         self.change(id, move |req, fx| {
             req.cancel(&person.id, &person.handle, now)?;
             let summary = format!("cancelled by {}", person.handle);
-            fx.log(now, person.id.as_str(), Some(id), "cancelled", summary.clone(), json!({}));
+            fx.log(
+                now,
+                person.id.as_str(),
+                Some(id),
+                "cancelled",
+                summary.clone(),
+                json!({}),
+            );
             fx.cancel_all = true;
-            fx.notify(Notice::Thread { request: id, text: summary, actions: Vec::new() });
+            fx.notify(Notice::Thread {
+                request: id,
+                text: summary,
+                actions: Vec::new(),
+            });
             fx.reply = format!("{id} cancelled");
             Ok(())
         })
         .await
     }
 
-    async fn complete(&self, actor: &Actor, id: RequestId) -> Result<(String, Option<RequestId>), AppError> {
+    async fn complete(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+    ) -> Result<(String, Option<RequestId>), AppError> {
         let who = self.membership(&actor.person).await;
         let is_admin = self.policy.is_admin(&who);
         let person = actor.person.clone();
@@ -426,11 +482,22 @@ impl Engine {
         self.change(id, move |req, fx| {
             let to_remove = req.complete(&person.id, &person.handle, is_admin, now)?;
             let summary = format!("completed by {}", person.handle);
-            fx.log(now, person.id.as_str(), Some(id), "completed", summary.clone(), json!({}));
+            fx.log(
+                now,
+                person.id.as_str(),
+                Some(id),
+                "completed",
+                summary.clone(),
+                json!({}),
+            );
             end_access(req, fx, now, &to_remove);
             fx.notify(Notice::Thread {
                 request: id,
-                text: format!("🏁 {summary}: removing `{}` from {} instance(s)", req.username, to_remove.len()),
+                text: format!(
+                    "🏁 {summary}: removing `{}` from {} instance(s)",
+                    req.username,
+                    to_remove.len()
+                ),
                 actions: Vec::new(),
             });
             fx.reply = format!("{id} completed: access is being removed now");
@@ -439,22 +506,44 @@ impl Engine {
         .await
     }
 
-    async fn revoke(&self, actor: &Actor, id: RequestId, reason: Option<Reason>) -> Result<(String, Option<RequestId>), AppError> {
+    async fn revoke(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+        reason: Option<Reason>,
+    ) -> Result<(String, Option<RequestId>), AppError> {
         let who = self.membership(&actor.person).await;
         let is_admin = self.policy.is_admin(&who);
         let person = actor.person.clone();
         let now = self.clock.now();
         self.change(id, move |req, fx| {
             let to_remove = req.revoke(&who, &person.handle, is_admin, reason.clone(), now)?;
-            let because = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+            let because = reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
             let summary = format!("revoked by {}{because}", person.handle);
-            fx.log(now, person.id.as_str(), Some(id), "revoked", summary.clone(), json!({ "reason": reason.as_ref().map(|r| r.as_str()) }));
+            fx.log(
+                now,
+                person.id.as_str(),
+                Some(id),
+                "revoked",
+                summary.clone(),
+                json!({ "reason": reason.as_ref().map(|r| r.as_str()) }),
+            );
             end_access(req, fx, now, &to_remove);
-            fx.notify(Notice::Thread { request: id, text: format!("🛑 {summary}: removing access"), actions: Vec::new() });
+            fx.notify(Notice::Thread {
+                request: id,
+                text: format!("🛑 {summary}: removing access"),
+                actions: Vec::new(),
+            });
             fx.notify(Notice::Direct {
                 user: req.requester.id.clone(),
                 request: Some(id),
-                text: format!("Your access {id} was {summary}. The user `{}` is being removed.", req.username),
+                text: format!(
+                    "Your access {id} was {summary}. The user `{}` is being removed.",
+                    req.username
+                ),
                 actions: Vec::new(),
             });
             fx.reply = format!("{id} revoked: access is being removed now");
@@ -463,14 +552,22 @@ impl Engine {
         .await
     }
 
-    async fn extend(&self, actor: &Actor, id: RequestId, by: GrantDuration) -> Result<(String, Option<RequestId>), AppError> {
+    async fn extend(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+        by: GrantDuration,
+    ) -> Result<(String, Option<RequestId>), AppError> {
         let person = actor.person.clone();
         let now = self.clock.now();
         let warnings = self.settings.warnings.clone();
         self.change(id, move |req, fx| {
             let ext = req.extend(&person.id, by, now)?;
             let capped = if ext.capped {
-                format!(" (asked for {by}; the maximum is {})", req.requirement.max_duration)
+                format!(
+                    " (asked for {by}; the maximum is {})",
+                    req.requirement.max_duration
+                )
             } else {
                 String::new()
             };
@@ -490,7 +587,11 @@ impl Engine {
             schedule_expiry(fx, ext.new_expiry, now, &warnings);
             // Move the on-instance expiries too.
             fx.schedule(TimerKind::Refresh, now);
-            fx.notify(Notice::Thread { request: id, text: format!("⏱ {summary}"), actions: Vec::new() });
+            fx.notify(Notice::Thread {
+                request: id,
+                text: format!("⏱ {summary}"),
+                actions: Vec::new(),
+            });
             fx.reply = format!(
                 "{id} extended by {}{capped}: access now ends at {} ({} more can be added)",
                 ext.added, ext.new_expiry, ext.remaining_allowance
@@ -558,20 +659,32 @@ impl Engine {
             req.requester.handle,
             req.duration,
             req.ticket,
-            req.reason.as_ref().map(|r| format!(" · {r}")).unwrap_or_default(),
+            req.reason
+                .as_ref()
+                .map(|r| format!(" · {r}"))
+                .unwrap_or_default(),
             messages::status_line(&req, now),
             req.requirement.describe(),
             req.username
         );
         for g in &req.grants {
             let info = req.instance(&g.instance);
-            let detail = g.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default();
+            let detail = g
+                .detail
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
             out.push_str(&format!(
                 "\n• {} [{}{}] {}{detail}",
                 messages::instance_label(&req, &g.instance),
-                info.map(|i| messages::platform_name(i.platform)).unwrap_or("?"),
-                info.map(|i| if i.private_ips.is_empty() { String::new() } else { format!(" {}", i.private_ips.join(",")) })
-                    .unwrap_or_default(),
+                info.map(|i| messages::platform_name(i.platform))
+                    .unwrap_or("?"),
+                info.map(|i| if i.private_ips.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", i.private_ips.join(","))
+                })
+                .unwrap_or_default(),
                 g.state.as_str()
             ));
         }
@@ -593,7 +706,14 @@ pub fn timeline(events: &[crate::domain::logbook::LogEvent]) -> String {
             .ok()
             .and_then(|v| v.get("summary").and_then(|s| s.as_str()).map(str::to_owned))
             .unwrap_or_else(|| e.action.clone());
-        out.push(format!("#{} {} {} {}: {}", e.seq, e.at, e.request.as_deref().unwrap_or("-"), e.action, summary));
+        out.push(format!(
+            "#{} {} {} {}: {}",
+            e.seq,
+            e.at,
+            e.request.as_deref().unwrap_or("-"),
+            e.action,
+            summary
+        ));
     }
     if out.is_empty() {
         "no Logbook events".into()
@@ -603,8 +723,20 @@ pub fn timeline(events: &[crate::domain::logbook::LogEvent]) -> String {
 }
 
 /// What changes on the card when a request changes.
-fn fingerprint(req: &AccessRequest) -> (RequestState, usize, Option<Timestamp>, Vec<crate::domain::request::GrantState>) {
-    (req.state, req.approvals.len(), req.expires_at, req.grants.iter().map(|g| g.state).collect())
+fn fingerprint(
+    req: &AccessRequest,
+) -> (
+    RequestState,
+    usize,
+    Option<Timestamp>,
+    Vec<crate::domain::request::GrantState>,
+) {
+    (
+        req.state,
+        req.approvals.len(),
+        req.expires_at,
+        req.grants.iter().map(|g| g.state).collect(),
+    )
 }
 
 /// "a, b, c and 4 more".
@@ -612,17 +744,29 @@ pub fn summarise(items: &[String], show: usize) -> String {
     if items.len() <= show {
         return items.join(", ");
     }
-    format!("{} and {} more", items[..show].join(", "), items.len() - show)
+    format!(
+        "{} and {} more",
+        items[..show].join(", "),
+        items.len() - show
+    )
 }
 
-pub(super) fn start_provisioning(req: &mut AccessRequest, fx: &mut Effects, now: Timestamp) -> Result<(), Refusal> {
+pub(super) fn start_provisioning(
+    req: &mut AccessRequest,
+    fx: &mut Effects,
+    now: Timestamp,
+) -> Result<(), Refusal> {
     req.begin_provisioning()?;
     fx.log(
         now,
         "passport",
         Some(req.id),
         "provisioning",
-        format!("creating `{}` on {} instance(s)", req.username, req.grants.len()),
+        format!(
+            "creating `{}` on {} instance(s)",
+            req.username,
+            req.grants.len()
+        ),
         json!({ "username": req.username.as_str() }),
     );
     fx.schedule(TimerKind::Provision, now);
@@ -630,7 +774,12 @@ pub(super) fn start_provisioning(req: &mut AccessRequest, fx: &mut Effects, now:
 }
 
 /// Warnings before `expiry` that are still in the future, and the expiry itself.
-pub(super) fn schedule_expiry(fx: &mut Effects, expiry: Timestamp, now: Timestamp, warnings: &[Span]) {
+pub(super) fn schedule_expiry(
+    fx: &mut Effects,
+    expiry: Timestamp,
+    now: Timestamp,
+    warnings: &[Span],
+) {
     for w in warnings {
         let at = expiry.minus(*w);
         if at > now {
@@ -641,7 +790,12 @@ pub(super) fn schedule_expiry(fx: &mut Effects, expiry: Timestamp, now: Timestam
 }
 
 /// Stops the clock: drops warnings, expiry and refreshes, and schedules removal.
-pub(super) fn end_access(req: &AccessRequest, fx: &mut Effects, now: Timestamp, to_remove: &[crate::domain::values::InstanceId]) {
+pub(super) fn end_access(
+    req: &AccessRequest,
+    fx: &mut Effects,
+    now: Timestamp,
+    to_remove: &[crate::domain::values::InstanceId],
+) {
     fx.cancel_expiry = true;
     fx.cancel.push(TimerKind::Refresh);
     fx.cancel.push(TimerKind::ApprovalTimeout);

@@ -10,7 +10,9 @@ use futures::stream::{self, StreamExt};
 use serde_json::json;
 
 use crate::domain::notice::Notice;
-use crate::domain::request::{AccessRequest, GrantState, InstanceOutcome, RequestState, RefusalKind};
+use crate::domain::request::{
+    AccessRequest, GrantState, InstanceOutcome, RefusalKind, RequestState,
+};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, RequestId};
 
@@ -89,7 +91,11 @@ impl Engine {
     where
         F: FnOnce(&mut AccessRequest, &mut Effects) -> Result<(), RefusalKind> + Send + 'static,
     {
-        match self.store.update(t.request, Some(t.id), self.mutation(f)).await {
+        match self
+            .store
+            .update(t.request, Some(t.id), self.mutation(f))
+            .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(why)) => {
                 tracing::debug!(request = %t.request, timer = t.kind.encode(), %why, "stale timer dropped");
@@ -154,14 +160,32 @@ impl Engine {
         let id = t.request;
         self.apply(t, move |req, fx| {
             let to_remove = req.expire(now)?;
-            let summary = format!("access expired: removing `{}` from {} instance(s)", req.username, to_remove.len());
-            fx.log(now, "passport", Some(id), "expired", summary.clone(), json!({}));
+            let summary = format!(
+                "access expired: removing `{}` from {} instance(s)",
+                req.username,
+                to_remove.len()
+            );
+            fx.log(
+                now,
+                "passport",
+                Some(id),
+                "expired",
+                summary.clone(),
+                json!({}),
+            );
             end_access(req, fx, now, &to_remove);
-            fx.notify(Notice::Thread { request: id, text: format!("⌛ {summary}"), actions: Vec::new() });
+            fx.notify(Notice::Thread {
+                request: id,
+                text: format!("⌛ {summary}"),
+                actions: Vec::new(),
+            });
             fx.notify(Notice::Direct {
                 user: req.requester.id.clone(),
                 request: Some(id),
-                text: format!("Your access {id} has expired; `{}` is being removed.", req.username),
+                text: format!(
+                    "Your access {id} has expired; `{}` is being removed.",
+                    req.username
+                ),
                 actions: Vec::new(),
             });
             Ok(())
@@ -176,9 +200,10 @@ impl Engine {
         let now = self.clock.now();
         let grace = self.settings.on_instance_grace;
         let (wanted, expires_at) = match t.kind {
-            TimerKind::Provision if req.state == RequestState::Provisioning => {
-                (GrantState::Provisioning, now.plus(req.duration.span()).plus(grace))
-            }
+            TimerKind::Provision if req.state == RequestState::Provisioning => (
+                GrantState::Provisioning,
+                now.plus(req.duration.span()).plus(grace),
+            ),
             TimerKind::Refresh if req.state == RequestState::Active => match req.expires_at {
                 Some(e) => (GrantState::Active, e.plus(grace)),
                 None => return self.store.delete_timer(t.id).await,
@@ -205,11 +230,18 @@ impl Engine {
             Ok(outcomes) => outcomes,
             Err(ProvisionError::Unavailable(e)) if t.attempts + 1 < MAX_PROVISION_ATTEMPTS => {
                 tracing::warn!(request = %req.id, attempt = t.attempts + 1, error = %e, "provisioner unavailable; will retry");
-                return self.store.reschedule_timer(t.id, now.plus(backoff(t.attempts))).await;
+                return self
+                    .store
+                    .reschedule_timer(t.id, now.plus(backoff(t.attempts)))
+                    .await;
             }
             Err(e) => instances
                 .iter()
-                .map(|i| InstanceOutcome { instance: i.id.clone(), ok: false, detail: Some(e.to_string()) })
+                .map(|i| InstanceOutcome {
+                    instance: i.id.clone(),
+                    ok: false,
+                    detail: Some(e.to_string()),
+                })
                 .collect(),
         };
         let id = req.id;
@@ -227,17 +259,38 @@ impl Engine {
             for o in &outcomes {
                 let label = messages::instance_label(req, &o.instance);
                 if o.ok {
-                    fx.log(now, "passport", Some(id), "granted", format!("`{}` created on {label}", req.username), json!({ "instance": o.instance.as_str() }));
+                    fx.log(
+                        now,
+                        "passport",
+                        Some(id),
+                        "granted",
+                        format!("`{}` created on {label}", req.username),
+                        json!({ "instance": o.instance.as_str() }),
+                    );
                 } else {
                     let why = o.detail.clone().unwrap_or_else(|| "failed".into());
-                    fx.log(now, "passport", Some(id), "grant_failed", format!("could not create `{}` on {label}: {why}", req.username), json!({ "instance": o.instance.as_str(), "error": why }));
+                    fx.log(
+                        now,
+                        "passport",
+                        Some(id),
+                        "grant_failed",
+                        format!("could not create `{}` on {label}: {why}", req.username),
+                        json!({ "instance": o.instance.as_str(), "error": why }),
+                    );
                 }
             }
             let report = messages::provisioning_report(req);
             match req.state {
                 RequestState::Active => {
                     let expires = req.expires_at.unwrap_or(now);
-                    fx.log(now, "passport", Some(id), "active", format!("access active until {expires}"), json!({ "expires_at": expires.to_string() }));
+                    fx.log(
+                        now,
+                        "passport",
+                        Some(id),
+                        "active",
+                        format!("access active until {expires}"),
+                        json!({ "expires_at": expires.to_string() }),
+                    );
                     schedule_expiry(fx, expires, now, &warnings);
                     let details = messages::connection_details(req);
                     let retry_hint = if req.grants.iter().any(|g| g.state == GrantState::Failed) {
@@ -245,17 +298,34 @@ impl Engine {
                     } else {
                         ""
                     };
-                    fx.notify(Notice::Thread { request: id, text: format!("🟢 {report}\n{details}{retry_hint}"), actions: Vec::new() });
+                    fx.notify(Notice::Thread {
+                        request: id,
+                        text: format!("🟢 {report}\n{details}{retry_hint}"),
+                        actions: Vec::new(),
+                    });
                     fx.notify(Notice::Direct {
                         user: req.requester.id.clone(),
                         request: Some(id),
-                        text: format!("{details}\nReply `extend {id} 1h` or `complete {id}` at any time."),
+                        text: format!(
+                            "{details}\nReply `extend {id} 1h` or `complete {id}` at any time."
+                        ),
                         actions: messages::extend_complete(req),
                     });
                 }
                 RequestState::Failed => {
-                    fx.log(now, "passport", Some(id), "failed", "provisioning failed on every instance".into(), json!({}));
-                    fx.notify(Notice::Thread { request: id, text: format!("❌ {report}"), actions: Vec::new() });
+                    fx.log(
+                        now,
+                        "passport",
+                        Some(id),
+                        "failed",
+                        "provisioning failed on every instance".into(),
+                        json!({}),
+                    );
+                    fx.notify(Notice::Thread {
+                        request: id,
+                        text: format!("❌ {report}"),
+                        actions: Vec::new(),
+                    });
                     fx.notify(Notice::Direct {
                         user: req.requester.id.clone(),
                         request: Some(id),
@@ -264,7 +334,17 @@ impl Engine {
                     });
                 }
                 _ => {
-                    fx.log(now, "passport", Some(id), "provisioned_after_end", format!("provisioning finished after the request was {}: removing", req.state.label().to_lowercase()), json!({}));
+                    fx.log(
+                        now,
+                        "passport",
+                        Some(id),
+                        "provisioned_after_end",
+                        format!(
+                            "provisioning finished after the request was {}: removing",
+                            req.state.label().to_lowercase()
+                        ),
+                        json!({}),
+                    );
                 }
             }
             if !to_remove.is_empty() {
@@ -283,7 +363,10 @@ impl Engine {
         if pending.is_empty() {
             return self.store.delete_timer(t.id).await;
         }
-        let instances: Vec<_> = pending.iter().filter_map(|i| req.instance(i).cloned()).collect();
+        let instances: Vec<_> = pending
+            .iter()
+            .filter_map(|i| req.instance(i).cloned())
+            .collect();
         let spec = RevokeSpec {
             request: req.id,
             username: req.username.clone(),
@@ -293,7 +376,11 @@ impl Engine {
             Ok(outcomes) => outcomes,
             Err(e) => instances
                 .iter()
-                .map(|i| InstanceOutcome { instance: i.id.clone(), ok: false, detail: Some(e.to_string()) })
+                .map(|i| InstanceOutcome {
+                    instance: i.id.clone(),
+                    ok: false,
+                    detail: Some(e.to_string()),
+                })
                 .collect(),
         };
         let now = self.clock.now();
@@ -337,17 +424,36 @@ impl Engine {
 
 /// Records a refresh; a user re-created on an instance after the request
 /// ended (an extension racing a completion) is scheduled for removal again.
-fn record_refresh(req: &mut AccessRequest, fx: &mut Effects, outcomes: &[InstanceOutcome], now: Timestamp) {
+fn record_refresh(
+    req: &mut AccessRequest,
+    fx: &mut Effects,
+    outcomes: &[InstanceOutcome],
+    now: Timestamp,
+) {
     let id = req.id;
     let active = req.state == RequestState::Active;
     let mut again = false;
     for o in outcomes {
         let label = messages::instance_label(req, &o.instance);
         if o.ok {
-            fx.log(now, "passport", Some(id), "refreshed", format!("on-instance expiry of `{}` moved on {label}", req.username), json!({ "instance": o.instance.as_str() }));
+            fx.log(
+                now,
+                "passport",
+                Some(id),
+                "refreshed",
+                format!("on-instance expiry of `{}` moved on {label}", req.username),
+                json!({ "instance": o.instance.as_str() }),
+            );
         } else {
             let why = o.detail.clone().unwrap_or_else(|| "failed".into());
-            fx.log(now, "passport", Some(id), "refresh_failed", format!("could not move the on-instance expiry on {label}: {why}"), json!({ "instance": o.instance.as_str(), "error": why }));
+            fx.log(
+                now,
+                "passport",
+                Some(id),
+                "refresh_failed",
+                format!("could not move the on-instance expiry on {label}: {why}"),
+                json!({ "instance": o.instance.as_str(), "error": why }),
+            );
             fx.notify(Notice::Thread {
                 request: id,
                 text: format!("⚠️ could not move the on-instance expiry on {label} ({why}): access there may end at the earlier time"),
@@ -367,18 +473,35 @@ fn record_refresh(req: &mut AccessRequest, fx: &mut Effects, outcomes: &[Instanc
 }
 
 /// Tells the audit channel, the thread and the approvers which instances still hold the user.
-fn alert_removal_failing(req: &AccessRequest, fx: &mut Effects, still: &[InstanceId], attempts: u32) {
-    let labels: Vec<String> = still.iter().map(|i| messages::instance_label(req, i)).collect();
+fn alert_removal_failing(
+    req: &AccessRequest,
+    fx: &mut Effects,
+    still: &[InstanceId],
+    attempts: u32,
+) {
+    let labels: Vec<String> = still
+        .iter()
+        .map(|i| messages::instance_label(req, i))
+        .collect();
     let text = format!(
         "🚨 {}: `{}` is still present on {} after {attempts} removal attempts; Passport keeps retrying. Check the instance(s) and the SSM agent.",
         req.id,
         req.username,
         summarise(&labels, 10)
     );
-    fx.notify(Notice::Thread { request: req.id, text: text.clone(), actions: Vec::new() });
+    fx.notify(Notice::Thread {
+        request: req.id,
+        text: text.clone(),
+        actions: Vec::new(),
+    });
     fx.notify(Notice::Audit { text: text.clone() });
     for a in &req.approvals {
-        fx.notify(Notice::Direct { user: a.by.clone(), request: Some(req.id), text: text.clone(), actions: Vec::new() });
+        fx.notify(Notice::Direct {
+            user: a.by.clone(),
+            request: Some(req.id),
+            text: text.clone(),
+            actions: Vec::new(),
+        });
     }
 }
 

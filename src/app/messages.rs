@@ -54,7 +54,11 @@ pub fn instance_label(req: &AccessRequest, id: &crate::domain::values::InstanceI
 pub fn status_line(req: &AccessRequest, now: Timestamp) -> String {
     let by = |verb: &str| match &req.decision {
         Some(d) => {
-            let reason = d.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+            let reason = d
+                .reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
             format!("{verb} by {} at {}{reason}", d.handle, d.at)
         }
         None => verb.to_owned(),
@@ -71,7 +75,11 @@ pub fn status_line(req: &AccessRequest, now: Timestamp) -> String {
             .iter()
             .filter(|g| matches!(g.state, GrantState::Removing | GrantState::RemovalFailed))
             .count();
-        let failed = req.grants.iter().filter(|g| g.state == GrantState::RemovalFailed).count();
+        let failed = req
+            .grants
+            .iter()
+            .filter(|g| g.state == GrantState::RemovalFailed)
+            .count();
         match (left, failed) {
             (0, _) => "; access removed".to_owned(),
             (n, 0) => format!("; removing access from {n} instance(s)"),
@@ -80,27 +88,51 @@ pub fn status_line(req: &AccessRequest, now: Timestamp) -> String {
     };
     match req.state {
         RequestState::Pending => {
-            let mut s = format!("waiting for {} (until {})", req.still_needed(), req.approval_deadline);
+            let mut s = format!(
+                "waiting for {} (until {})",
+                req.still_needed(),
+                req.approval_deadline
+            );
             if !approved_by.is_empty() {
                 s = format!("{approved_by}; {s}");
             }
             s
         }
         RequestState::Approved | RequestState::Provisioning => {
-            let who = if approved_by.is_empty() { "auto-approved".to_owned() } else { approved_by };
+            let who = if approved_by.is_empty() {
+                "auto-approved".to_owned()
+            } else {
+                approved_by
+            };
             format!("{who}; setting up access")
         }
         RequestState::Active => {
-            let who = if approved_by.is_empty() { "auto-approved".to_owned() } else { approved_by };
-            let until = req.expires_at.map(|e| format!("; active until {e} ({} left)", e.since(now).to_nearest_minute())).unwrap_or_default();
+            let who = if approved_by.is_empty() {
+                "auto-approved".to_owned()
+            } else {
+                approved_by
+            };
+            let until = req
+                .expires_at
+                .map(|e| {
+                    format!(
+                        "; active until {e} ({} left)",
+                        e.since(now).to_nearest_minute()
+                    )
+                })
+                .unwrap_or_default();
             format!("{who}{until}")
         }
         RequestState::Completed => format!("{}{}", by("completed"), removal()),
-        RequestState::Expired => format!("expired at {}{}", req.expires_at.unwrap_or(now), removal()),
+        RequestState::Expired => {
+            format!("expired at {}{}", req.expires_at.unwrap_or(now), removal())
+        }
         RequestState::Revoked => format!("{}{}", by("revoked"), removal()),
         RequestState::Denied => by("denied"),
         RequestState::Cancelled => by("cancelled"),
-        RequestState::ApprovalTimedOut => format!("no decision before {}: timed out", req.approval_deadline),
+        RequestState::ApprovalTimedOut => {
+            format!("no decision before {}: timed out", req.approval_deadline)
+        }
         RequestState::Failed => format!("provisioning failed on every instance{}", removal()),
     }
 }
@@ -142,7 +174,11 @@ pub fn card(req: &AccessRequest, tickets: &TicketRules, now: Timestamp) -> CardV
         approvers,
         approved_by: req.approvals.iter().map(|a| a.handle.clone()).collect(),
         status: status_line(req, now),
-        actions: if req.state == RequestState::Pending { approve_deny(req) } else { Vec::new() },
+        actions: if req.state == RequestState::Pending {
+            approve_deny(req)
+        } else {
+            Vec::new()
+        },
         channel: req.requirement.channel.clone(),
     }
 }
@@ -163,7 +199,9 @@ pub fn connection_details(req: &AccessRequest) -> String {
         req.expires_at.map(|e| e.to_string()).unwrap_or_default()
     );
     for g in req.grants.iter().filter(|g| g.state == GrantState::Active) {
-        let Some(info) = req.instance(&g.instance) else { continue };
+        let Some(info) = req.instance(&g.instance) else {
+            continue;
+        };
         let ips = if info.private_ips.is_empty() {
             String::new()
         } else {
@@ -179,18 +217,28 @@ pub fn connection_details(req: &AccessRequest) -> String {
                 info.id
             ),
         };
-        out.push_str(&format!("\n• {}{ips}: `{how}`", instance_label(req, &g.instance)));
+        out.push_str(&format!(
+            "\n• {}{ips}: `{how}`",
+            instance_label(req, &g.instance)
+        ));
     }
     out
 }
 
 /// Per-instance provisioning results, failures with their reasons.
 pub fn provisioning_report(req: &AccessRequest) -> String {
-    let ok = req.grants.iter().filter(|g| g.state == GrantState::Active).count();
+    let ok = req
+        .grants
+        .iter()
+        .filter(|g| g.state == GrantState::Active)
+        .count();
     let failed: Vec<String> = req
         .grants
         .iter()
-        .filter(|g| g.state == GrantState::Failed || (req.state == RequestState::Failed && g.detail.is_some()))
+        .filter(|g| {
+            g.state == GrantState::Failed
+                || (req.state == RequestState::Failed && g.detail.is_some())
+        })
         .map(|g| {
             format!(
                 "• {}: {}",
@@ -199,7 +247,11 @@ pub fn provisioning_report(req: &AccessRequest) -> String {
             )
         })
         .collect();
-    let mut out = format!("Provisioned `{}` on {ok} of {} instance(s).", req.username, req.grants.len());
+    let mut out = format!(
+        "Provisioned `{}` on {ok} of {} instance(s).",
+        req.username,
+        req.grants.len()
+    );
     if !failed.is_empty() {
         out.push_str("\nFailed:\n");
         out.push_str(&failed.join("\n"));

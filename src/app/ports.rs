@@ -51,8 +51,18 @@ pub trait ChatSurface: Send + Sync {
     fn name(&self) -> &str;
     async fn post_card(&self, card: &CardView) -> Result<MessageRef, ChatError>;
     async fn update_card(&self, at: &MessageRef, card: &CardView) -> Result<(), ChatError>;
-    async fn reply_in_thread(&self, at: &MessageRef, text: &str, actions: &[Action]) -> Result<(), ChatError>;
-    async fn direct_message(&self, user: &UserId, text: &str, actions: &[Action]) -> Result<(), ChatError>;
+    async fn reply_in_thread(
+        &self,
+        at: &MessageRef,
+        text: &str,
+        actions: &[Action],
+    ) -> Result<(), ChatError>;
+    async fn direct_message(
+        &self,
+        user: &UserId,
+        text: &str,
+        actions: &[Action],
+    ) -> Result<(), ChatError>;
     async fn post_audit(&self, line: &str) -> Result<(), ChatError>;
 }
 
@@ -64,7 +74,10 @@ pub trait ChatSurface: Send + Sync {
 pub enum Described {
     Usable(InstanceInfo),
     /// The instance cannot be used; the reason is shown to the requester.
-    Unusable { id: InstanceId, reason: String },
+    Unusable {
+        id: InstanceId,
+        reason: String,
+    },
 }
 
 /// What to create on the instances.
@@ -164,13 +177,26 @@ pub enum Verification {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    async fn create(&self, build: Creation) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
+    async fn create(
+        &self,
+        build: Creation,
+    ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
     /// Loads the request, applies `change`, and writes the request, its Logbook
     /// events, outbox notices and timers in one transaction. `fired` is a timer
     /// to delete in that transaction, whether or not the change is refused.
-    async fn update(&self, id: RequestId, fired: Option<TimerId>, change: Mutation) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
+    async fn update(
+        &self,
+        id: RequestId,
+        fired: Option<TimerId>,
+        change: Mutation,
+    ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
     async fn get(&self, id: RequestId) -> Result<Option<AccessRequest>, StoreError>;
-    async fn list(&self, filter: ListFilter, user: &UserId, limit: u32) -> Result<Vec<AccessRequest>, StoreError>;
+    async fn list(
+        &self,
+        filter: ListFilter,
+        user: &UserId,
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError>;
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<Timer>, StoreError>;
     async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError>;
@@ -180,12 +206,30 @@ pub trait Store: Send + Sync {
 
     async fn pending_notices(&self, limit: u32) -> Result<Vec<Pending>, StoreError>;
     async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError>;
-    async fn mark_retry(&self, id: i64, next_attempt_at: Timestamp, error: &str) -> Result<(), StoreError>;
+    async fn mark_retry(
+        &self,
+        id: i64,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> Result<(), StoreError>;
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError>;
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
-    async fn chat_ref(&self, request: RequestId, surface: &str) -> Result<Option<MessageRef>, StoreError>;
-    async fn save_chat_ref(&self, request: RequestId, surface: &str, at: &MessageRef) -> Result<(), StoreError>;
+    async fn chat_ref(
+        &self,
+        request: RequestId,
+        surface: &str,
+    ) -> Result<Option<MessageRef>, StoreError>;
+    async fn save_chat_ref(
+        &self,
+        request: RequestId,
+        surface: &str,
+        at: &MessageRef,
+    ) -> Result<(), StoreError>;
 
-    async fn audit_events(&self, request: Option<RequestId>, since: Option<Timestamp>) -> Result<Vec<LogEvent>, StoreError>;
+    async fn audit_events(
+        &self,
+        request: Option<RequestId>,
+        since: Option<Timestamp>,
+    ) -> Result<Vec<LogEvent>, StoreError>;
     async fn verify_logbook(&self) -> Result<Verification, StoreError>;
 }

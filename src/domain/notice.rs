@@ -60,7 +60,7 @@ pub struct CardView {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Notice {
     /// Post the card, or update it when it was posted before.
-    Card(CardView),
+    Card(Box<CardView>),
     /// A reply in the card's thread.
     Thread {
         request: RequestId,

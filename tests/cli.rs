@@ -1,0 +1,298 @@
+//! The `passport` binary run as a process: the console end to end, the
+//! Logbook commands against a tampered database, configuration checks, and a
+//! crash between a commit and its delivery.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_passport");
+
+fn passport(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(dir)
+        .env("PASSPORT_STORE__PATH", dir.join("passport.db"))
+        .env_remove("PASSPORT_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn run_with_input(dir: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = passport(dir, args).spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn sqlite(dir: &Path, sql: &str) -> Output {
+    Command::new("sqlite3")
+        .arg(dir.join("passport.db"))
+        .arg(sql)
+        .output()
+        .expect("sqlite3 is installed")
+}
+
+const ROUND: &str = "\
+# a whole round
+dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full
+dev1: /passport approve AR-1
+lead1: /passport approve AR-1
+!advance 1h50m
+dev1 in AR-1: extend 1h
+dev1: /passport complete AR-1
+dev1: /passport frobnicate
+";
+
+#[test]
+fn console_runs_a_whole_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_input(dir.path(), &["console"], ROUND);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    for expected in [
+        "[reply to dev1] request AR-1 received",
+        "[card] (to group:approvers) AR-1 · Pending approval",
+        "[Approve: approve AR-1] [Deny: deny AR-1]",
+        "[reply to dev1] error: you cannot approve your own request AR-1",
+        "[reply to lead1] AR-1 approved",
+        "[dry-run] AR-1 → i-0123456789abcdef0: Passport-GrantLinux username=pp-dev1-1",
+        "[thread AR-1] ✅ approved by lead1",
+        "[dm dev1] Access to AR-1 is active until",
+        "[audit] AR-1 access ends at",
+        "[Extend +1h: extend AR-1 1h]",
+        "[reply to dev1] AR-1 extended by 1h",
+        "[reply to dev1] AR-1 completed",
+        "[dry-run] AR-1 → i-0123456789abcdef0: Passport-RevokeLinux username=pp-dev1-1",
+        "[dm dev1] Your access AR-1 has ended",
+        "[card updated] AR-1 · Completed",
+        "[reply to dev1] error: unknown command \"frobnicate\"",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("[card updated] AR-1 · Pending"),
+        "the card never goes back"
+    );
+
+    let verify = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    assert!(verify.status.success());
+    assert!(
+        stdout(&verify).starts_with("Logbook intact: 10 events, head "),
+        "{}",
+        stdout(&verify)
+    );
+
+    let show = passport(dir.path(), &["audit", "show", "AR-1"])
+        .output()
+        .unwrap();
+    let show = stdout(&show);
+    assert!(
+        show.contains("approved: approved by lead1")
+            && show.contains("extended: extended by 1h by dev1"),
+        "{show}"
+    );
+
+    let export = passport(dir.path(), &["audit", "export", "--request", "AR-1"])
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = stdout(&export)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    assert_eq!(lines[0]["action"], "requested");
+    assert_eq!(lines[0]["details"]["ticket"], "ticket#123");
+    let none = passport(dir.path(), &["audit", "export", "--since", "2999-01-01"])
+        .output()
+        .unwrap();
+    assert!(stdout(&none).is_empty());
+}
+
+/// Runs a round, then opens the database with sqlite3 as an attacker would.
+fn tampered(sql: &str) -> (tempfile::TempDir, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run_with_input(dir.path(), &["console"], ROUND)
+        .status
+        .success());
+    let edit = sqlite(dir.path(), sql);
+    assert!(
+        edit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    let verify = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    (dir, verify)
+}
+
+#[test]
+fn the_logbook_refuses_updates_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run_with_input(dir.path(), &["console"], ROUND)
+        .status
+        .success());
+    for sql in [
+        "UPDATE logbook SET actor = 'lead2' WHERE seq = 2;",
+        "DELETE FROM logbook WHERE seq = 2;",
+    ] {
+        let out = sqlite(dir.path(), sql);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("append-only"));
+    }
+}
+
+#[test]
+fn audit_verify_names_a_modified_event() {
+    let (_dir, verify) = tampered(
+        "DROP TRIGGER logbook_refuses_update; UPDATE logbook SET details = replace(details, 'lead1', 'lead2') WHERE seq = 2;",
+    );
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        stdout(&verify).contains("broken at event 2"),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+#[test]
+fn audit_verify_names_a_deleted_event() {
+    let (_dir, verify) =
+        tampered("DROP TRIGGER logbook_refuses_delete; DELETE FROM logbook WHERE seq = 5;");
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        stdout(&verify).contains("broken at event 5: event 5 is missing"),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+#[test]
+fn audit_verify_names_reordered_events() {
+    // Swap the contents of events 3 and 4, keeping their stored hashes with them.
+    let (_dir, verify) = tampered(
+        "DROP TRIGGER logbook_refuses_update; \
+         UPDATE logbook SET seq = -4 WHERE seq = 4; UPDATE logbook SET seq = 4 WHERE seq = 3; UPDATE logbook SET seq = 3 WHERE seq = -4;",
+    );
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        stdout(&verify).contains("broken at event 3"),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+#[test]
+fn check_config_names_each_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = passport(dir.path(), &["check-config"]).output().unwrap();
+    assert!(ok.status.success());
+    assert!(
+        stdout(&ok).contains("max_duration = \"12h\""),
+        "{}",
+        stdout(&ok)
+    );
+    let bad = passport(dir.path(), &["check-config"])
+        .env("PASSPORT_REQUESTS__MAX_DURATION", "13h")
+        .env("PASSPORT_REQUESTS__TICKET_PATTERN", "(")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("requests.max_duration") && err.contains("requests.ticket_pattern"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("passport.toml"),
+        "[requests]\nmax_durration = \"2h\"\n",
+    )
+    .unwrap();
+    let typo = passport(dir.path(), &["check-config"]).output().unwrap();
+    assert_ne!(typo.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("max_durration"),
+        "{}",
+        String::from_utf8_lossy(&typo.stderr)
+    );
+    let missing = passport(dir.path(), &["check-config", "--config", "nope.toml"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.toml does not exist"));
+}
+
+#[test]
+fn migrate_creates_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = passport(dir.path(), &["migrate"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(dir.path().join("passport.db").exists());
+    let tables = sqlite(
+        dir.path(),
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name;",
+    );
+    let tables = stdout(&tables);
+    for t in ["chat_refs", "logbook", "outbox", "requests", "timers"] {
+        assert!(tables.contains(t), "{tables}");
+    }
+}
+
+/// The process is killed after the request committed but before any notice
+/// went out (its output is closed, so every delivery fails). The next start
+/// delivers each notice exactly once; the one after delivers nothing again.
+#[test]
+fn a_kill_between_commit_and_delivery_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = passport(dir.path(), &["console"]).spawn().unwrap();
+    drop(first.stdout.take()); // every write to the console now fails
+    let mut stdin = first.stdin.take().unwrap();
+    stdin
+        .write_all(b"dev1: /passport request i-0123456789abcdef0 2h ticket#9 crash\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let stderr = BufReader::new(first.stderr.take().unwrap());
+    let started = Instant::now();
+    let mut saw_retry = false;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.contains("will retry") {
+            saw_retry = true;
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no delivery attempt seen"
+        );
+    }
+    assert!(saw_retry);
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    drop(stdin);
+
+    let second = run_with_input(dir.path(), &["console"], "");
+    let text = stdout(&second);
+    assert_eq!(text.matches("[card]").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("[audit] AR-1 requested by dev1").count(),
+        1,
+        "{text}"
+    );
+
+    let third = run_with_input(dir.path(), &["console"], "");
+    assert_eq!(stdout(&third), "", "nothing is delivered twice");
+}
