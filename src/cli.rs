@@ -220,7 +220,7 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
     eprintln!(
         "Passport {} · database {} · config {} · console (no Slack or Discord configured) · dry-run provisioner (no AWS configured)\n\
          Type `<user>: <command>`, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`, then `lead1: /passport approve AR-1`.{}\n\
-         `<user> in AR-n: <command>` types in a request's thread; `/passport help` lists the commands. See passport.example.toml to configure policy, chat platforms and AWS.",
+         `<user> in AR-n: <command>` types in a request's thread; `/passport help` lists the commands. See passport.example.toml to configure groups, policy and instances.",
         env!("CARGO_PKG_VERSION"),
         settings.store_path.display(),
         loaded.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),

@@ -236,7 +236,8 @@ impl Config {
         if let Some(f) = &chosen {
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(Env::prefixed("PASSPORT_").split("__"));
+        // PASSPORT_LOG is the log filter read by the CLI, not a configuration field.
+        fig = fig.merge(Env::prefixed("PASSPORT_").filter(|key| key != "log").split("__"));
         let config: Config = fig.extract().map_err(|e| {
             ConfigErrors(
                 e.into_iter()

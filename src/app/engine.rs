@@ -301,7 +301,7 @@ impl Engine {
                     Some(id),
                     "requested",
                     format!(
-                        "requested by {} for {} on {} ({}){}",
+                        "requested by {} for {} on {}, {}{}",
                         person.handle,
                         req.duration,
                         summarise(&names, 5),
@@ -592,9 +592,14 @@ impl Engine {
                 text: format!("⏱ {summary}"),
                 actions: Vec::new(),
             });
+            let room = if ext.remaining_allowance < Span::from_minutes(1) {
+                "that is the maximum".to_owned()
+            } else {
+                format!("{} more can be added", ext.remaining_allowance)
+            };
             fx.reply = format!(
-                "{id} extended by {}{capped}: access now ends at {} ({} more can be added)",
-                ext.added, ext.new_expiry, ext.remaining_allowance
+                "{id} extended by {}{capped}: access now ends at {} ({room})",
+                ext.added, ext.new_expiry
             );
             Ok(())
         })

@@ -246,6 +246,9 @@ impl Engine {
         };
         let id = req.id;
         let warnings = self.settings.warnings.clone();
+        // The access clock starts when the grant has come back, not when it was sent.
+        let now = self.clock.now();
+        let on_instance_until = expires_at;
         if t.kind == TimerKind::Refresh {
             return self
                 .apply(t, move |req, fx| {
@@ -292,6 +295,11 @@ impl Engine {
                         json!({ "expires_at": expires.to_string() }),
                     );
                     schedule_expiry(fx, expires, now, &warnings);
+                    if expires > on_instance_until.minus(Span::from_millis(grace.as_millis() / 2)) {
+                        // Provisioning took so long that the on-instance expiry would come
+                        // (nearly) before Passport's own: move it.
+                        fx.schedule(TimerKind::Refresh, now);
+                    }
                     let details = messages::connection_details(req);
                     let retry_hint = if req.grants.iter().any(|g| g.state == GrantState::Failed) {
                         "\nThe failed instances can be requested again in a new request once fixed."

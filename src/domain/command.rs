@@ -117,6 +117,7 @@ pub fn help_text(prefix: &str) -> String {
 }
 
 fn usage_of(name: &str) -> &'static str {
+    let name = if name == "done" { "complete" } else { name };
     COMMANDS
         .iter()
         .find(|c| c.name == name)
@@ -137,9 +138,16 @@ impl Grammar {
     /// Parses a line typed in the thread of `thread_request`: commands that take
     /// a request id act on that request when the id is left out, and the short
     /// forms `+30m`, `extend 1h`, `done` and `complete` are understood.
-    pub fn parse_in_context(&self, line: &str, thread_request: Option<RequestId>) -> Result<Command, InputError> {
+    pub fn parse_in_context(
+        &self,
+        line: &str,
+        thread_request: Option<RequestId>,
+    ) -> Result<Command, InputError> {
         let line = line.trim();
-        let line = line.strip_prefix("/passport").map(str::trim_start).unwrap_or(line);
+        let line = line
+            .strip_prefix("/passport")
+            .map(str::trim_start)
+            .unwrap_or(line);
         let mut tokens: Vec<&str> = line.split_whitespace().collect();
         let Some(first) = tokens.first().copied() else {
             return Ok(Command::Help);
@@ -148,13 +156,24 @@ impl Grammar {
 
         if let Some(id) = thread_request {
             if first.starts_with('+') && parse_span(first).is_some() {
+                // `+1h 30m` must not silently become one hour.
+                if let Some(extra) = tokens.get(1) {
+                    return Err(usage_error(
+                        "extend",
+                        &format!("unexpected {}", quote(extra)),
+                    ));
+                }
                 return Ok(Command::Extend(id, self.extension(first)?));
             }
             if name == "done" && tokens.len() == 1 {
                 return Ok(Command::Complete(id));
             }
-            let takes_id = ["approve", "deny", "complete", "extend", "cancel", "revoke", "show", "audit"];
-            if takes_id.contains(&name.as_str()) && tokens.get(1).is_none_or(|t| RequestId::parse(t).is_err()) {
+            let takes_id = [
+                "approve", "deny", "complete", "extend", "cancel", "revoke", "show", "audit",
+            ];
+            if takes_id.contains(&name.as_str())
+                && tokens.get(1).is_none_or(|t| RequestId::parse(t).is_err())
+            {
                 // Fill in the thread's request so one path handles both forms.
                 tokens.insert(1, "");
                 return self.parse_tokens(&name, &tokens, Some(id), line);
@@ -205,7 +224,9 @@ impl Grammar {
             }
             "extend" => {
                 let id = id_at(1)?;
-                let by = tokens.get(2).ok_or_else(|| usage_error(name, "extend by how long?"))?;
+                let by = tokens
+                    .get(2)
+                    .ok_or_else(|| usage_error(name, "extend by how long?"))?;
                 no_more(3)?;
                 Ok(Command::Extend(id, self.extension(by)?))
             }
@@ -221,7 +242,12 @@ impl Grammar {
                     Some("mine") => ListFilter::Mine,
                     Some("pending") => ListFilter::Pending,
                     Some("active") => ListFilter::Active,
-                    Some(other) => return Err(usage_error(name, &format!("unknown list filter {}", quote(other)))),
+                    Some(other) => {
+                        return Err(usage_error(
+                            name,
+                            &format!("unknown list filter {}", quote(other)),
+                        ))
+                    }
                 };
                 no_more(2)?;
                 Ok(Command::List(filter))
@@ -255,16 +281,23 @@ impl Grammar {
 
     fn parse_request(&self, args: &[&str], line: &str) -> Result<RequestSpec, InputError> {
         if args.is_empty() {
-            return Err(usage_error("request", "which instances, and for which ticket?"));
+            return Err(usage_error(
+                "request",
+                "which instances, and for which ticket?",
+            ));
         }
-        let n_instances = args.iter().take_while(|t| t.starts_with("i-") || t.starts_with(',')).count();
+        let n_instances = args
+            .iter()
+            .take_while(|t| t.starts_with("i-") || t.starts_with(','))
+            .count();
         if n_instances == 0 {
             return Err(InputError::new(format!(
                 "{} is not an instance id: start with the instances, e.g. `request i-0123456789abcdef0 2h ticket#123 reason`",
                 quote(args[0])
             )));
         }
-        let instances = InstanceIds::parse(args[..n_instances].iter().copied(), self.max_instances)?;
+        let instances =
+            InstanceIds::parse(args[..n_instances].iter().copied(), self.max_instances)?;
         let mut next = n_instances;
         let duration = match args.get(next) {
             Some(t) if parse_span(t).is_some() => {
@@ -272,9 +305,9 @@ impl Grammar {
                 GrantDuration::parse(t, &self.durations)?
             }
             Some(t) if looks_like_duration(t) && Ticket::parse(t, &self.tickets).is_err() => {
-                return Err(GrantDuration::parse(t, &self.durations).err().unwrap_or_else(|| {
-                    InputError::new(format!("unknown duration {}", quote(t)))
-                }));
+                return Err(GrantDuration::parse(t, &self.durations)
+                    .err()
+                    .unwrap_or_else(|| InputError::new(format!("unknown duration {}", quote(t)))));
             }
             _ => GrantDuration::within(self.durations.default, &self.durations)?,
         };
@@ -315,7 +348,10 @@ mod tests {
 
     #[test]
     fn a_full_request_parses() {
-        let Command::Request(spec) = g().parse("/passport request i-0123456789abcdef0 2h ticket#123 disk  full").unwrap() else {
+        let Command::Request(spec) = g()
+            .parse("/passport request i-0123456789abcdef0 2h ticket#123 disk  full")
+            .unwrap()
+        else {
             panic!("not a request")
         };
         assert_eq!(spec.instances.len(), 1);
@@ -326,7 +362,10 @@ mod tests {
 
     #[test]
     fn duration_defaults_to_one_hour_and_instances_may_be_listed() {
-        let Command::Request(spec) = g().parse("request i-01234567, i-89abcdef,i-01234567 INC-7").unwrap() else {
+        let Command::Request(spec) = g()
+            .parse("request i-01234567, i-89abcdef,i-01234567 INC-7")
+            .unwrap()
+        else {
             panic!("not a request")
         };
         assert_eq!(spec.instances.len(), 2);
@@ -356,12 +395,20 @@ mod tests {
         let id = RequestId::new(3).unwrap();
         let g = g();
         assert_eq!(g.parse("approve AR-3").unwrap(), Command::Approve(id));
-        assert_eq!(g.parse("deny AR-3 not now").unwrap(), Command::Deny(id, Reason::parse("not now").unwrap()));
+        assert_eq!(
+            g.parse("deny AR-3 not now").unwrap(),
+            Command::Deny(id, Reason::parse("not now").unwrap())
+        );
         assert_eq!(g.parse("complete AR-3").unwrap(), Command::Complete(id));
-        assert!(matches!(g.parse("extend AR-3 30m").unwrap(), Command::Extend(i, d) if i == id && d.span().whole_minutes() == 30));
+        assert!(
+            matches!(g.parse("extend AR-3 30m").unwrap(), Command::Extend(i, d) if i == id && d.span().whole_minutes() == 30)
+        );
         assert_eq!(g.parse("cancel AR-3").unwrap(), Command::Cancel(id));
         assert_eq!(g.parse("revoke AR-3").unwrap(), Command::Revoke(id, None));
-        assert_eq!(g.parse("list pending").unwrap(), Command::List(ListFilter::Pending));
+        assert_eq!(
+            g.parse("list pending").unwrap(),
+            Command::List(ListFilter::Pending)
+        );
         assert_eq!(g.parse("list").unwrap(), Command::List(ListFilter::Default));
         assert_eq!(g.parse("show AR-3").unwrap(), Command::Show(id));
         assert_eq!(g.parse("audit AR-3").unwrap(), Command::Audit(id));
@@ -377,15 +424,23 @@ mod tests {
         let id = RequestId::new(9).unwrap();
         let g = g();
         let in_thread = |l: &str| g.parse_in_context(l, Some(id));
-        assert!(matches!(in_thread("extend 1h").unwrap(), Command::Extend(i, d) if i == id && d.span().whole_minutes() == 60));
+        assert!(
+            matches!(in_thread("extend 1h").unwrap(), Command::Extend(i, d) if i == id && d.span().whole_minutes() == 60)
+        );
         assert!(matches!(in_thread("+30m").unwrap(), Command::Extend(i, _) if i == id));
         assert_eq!(in_thread("done").unwrap(), Command::Complete(id));
         assert_eq!(in_thread("complete").unwrap(), Command::Complete(id));
         assert_eq!(in_thread("approve").unwrap(), Command::Approve(id));
-        assert_eq!(in_thread("deny too broad").unwrap(), Command::Deny(id, Reason::parse("too broad").unwrap()));
+        assert_eq!(
+            in_thread("deny too broad").unwrap(),
+            Command::Deny(id, Reason::parse("too broad").unwrap())
+        );
         // An explicit id still wins.
         let other = RequestId::new(4).unwrap();
-        assert_eq!(in_thread("complete AR-4").unwrap(), Command::Complete(other));
+        assert_eq!(
+            in_thread("complete AR-4").unwrap(),
+            Command::Complete(other)
+        );
         assert!(in_thread("+1y").is_err());
     }
 }

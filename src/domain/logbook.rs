@@ -42,7 +42,15 @@ fn put_str(h: &mut Sha256, s: &str) {
 }
 
 /// The hash of `event` chained after `prev`.
-pub fn chain_hash(prev: &Hash, seq: u64, at: Timestamp, actor: &str, request: Option<&str>, action: &str, details: &str) -> Hash {
+pub fn chain_hash(
+    prev: &Hash,
+    seq: u64,
+    at: Timestamp,
+    actor: &str,
+    request: Option<&str>,
+    action: &str,
+    details: &str,
+) -> Hash {
     let mut h = Sha256::new();
     h.update(prev);
     h.update(seq.to_be_bytes());
@@ -62,7 +70,15 @@ pub fn chain_hash(prev: &Hash, seq: u64, at: Timestamp, actor: &str, request: Op
 
 impl LogEvent {
     pub fn hash_after(&self, prev: &Hash) -> Hash {
-        chain_hash(prev, self.seq, self.at, &self.actor, self.request.as_deref(), &self.action, &self.details)
+        chain_hash(
+            prev,
+            self.seq,
+            self.at,
+            &self.actor,
+            self.request.as_deref(),
+            &self.action,
+            &self.details,
+        )
     }
 }
 
@@ -98,7 +114,12 @@ impl std::fmt::Display for ChainBreak {
 
 /// Checks one link: `event` with `stored` hash follows `prev` (the previous
 /// event's stored hash) and comes right after `prev_seq`.
-pub fn check_link(prev_seq: u64, prev: &Hash, event: &LogEvent, stored: &Hash) -> Result<(), ChainBreak> {
+pub fn check_link(
+    prev_seq: u64,
+    prev: &Hash,
+    event: &LogEvent,
+    stored: &Hash,
+) -> Result<(), ChainBreak> {
     if event.seq != prev_seq + 1 {
         return Err(ChainBreak::Gap {
             expected: prev_seq + 1,
@@ -142,18 +163,48 @@ mod tests {
         }
         let mut edited = events[1].clone();
         edited.action = "denied".into();
-        assert_eq!(check_link(1, &hashes[0], &edited, &hashes[1]), Err(ChainBreak::Mismatch { seq: 2 }));
+        assert_eq!(
+            check_link(1, &hashes[0], &edited, &hashes[1]),
+            Err(ChainBreak::Mismatch { seq: 2 })
+        );
         assert_eq!(
             check_link(1, &hashes[0], &events[2], &hashes[2]),
-            Err(ChainBreak::Gap { expected: 2, found: 3 })
+            Err(ChainBreak::Gap {
+                expected: 2,
+                found: 3
+            })
         );
     }
 
     #[test]
     fn field_boundaries_are_unambiguous() {
-        let a = chain_hash(&GENESIS, 1, Timestamp::from_millis(0), "ab", None, "c", "{}");
-        let b = chain_hash(&GENESIS, 1, Timestamp::from_millis(0), "a", None, "bc", "{}");
-        let c = chain_hash(&GENESIS, 1, Timestamp::from_millis(0), "a", Some(""), "bc", "{}");
+        let a = chain_hash(
+            &GENESIS,
+            1,
+            Timestamp::from_millis(0),
+            "ab",
+            None,
+            "c",
+            "{}",
+        );
+        let b = chain_hash(
+            &GENESIS,
+            1,
+            Timestamp::from_millis(0),
+            "a",
+            None,
+            "bc",
+            "{}",
+        );
+        let c = chain_hash(
+            &GENESIS,
+            1,
+            Timestamp::from_millis(0),
+            "a",
+            Some(""),
+            "bc",
+            "{}",
+        );
         assert_ne!(a, b);
         assert_ne!(b, c);
     }

@@ -82,10 +82,12 @@ pub struct Rule {
 
 impl Rule {
     pub fn matches(&self, instance: &InstanceInfo) -> bool {
-        self.tags.iter().all(|(key, want)| match instance.tags.get(key) {
-            Some(have) => want == "*" || have == want,
-            None => false,
-        })
+        self.tags
+            .iter()
+            .all(|(key, want)| match instance.tags.get(key) {
+                Some(have) => want == "*" || have == want,
+                None => false,
+            })
     }
 }
 
@@ -150,7 +152,10 @@ impl Requirement {
             .iter()
             .map(|rule| RuleProgress {
                 rule,
-                have: approvals.iter().filter(|a| a.counts_for.contains(&rule.rule)).count() as u32,
+                have: approvals
+                    .iter()
+                    .filter(|a| a.counts_for.contains(&rule.rule))
+                    .count() as u32,
             })
             .collect()
     }
@@ -167,7 +172,11 @@ impl Requirement {
             .filter(|r| r.approvals > 0)
             .map(|r| {
                 let who: Vec<String> = r.approvers.iter().map(ToString::to_string).collect();
-                let noun = if r.approvals == 1 { "approval" } else { "approvals" };
+                let noun = if r.approvals == 1 {
+                    "approval"
+                } else {
+                    "approvals"
+                };
                 format!("{} {noun} from {}", r.approvals, who.join(" or "))
             })
             .collect();
@@ -241,15 +250,31 @@ mod tests {
 
     fn instance(tags: &[(&str, &str)]) -> InstanceInfo {
         InstanceInfo {
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ..InstanceInfo::assumed(crate::domain::values::InstanceId::parse("i-01234567").unwrap(), Platform::Linux)
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..InstanceInfo::assumed(
+                crate::domain::values::InstanceId::parse("i-01234567").unwrap(),
+                Platform::Linux,
+            )
         }
     }
 
-    fn rule(name: &str, tag: Option<(&str, &str)>, approvers: &str, approvals: u32, max_h: Option<i64>, sudo: bool) -> Rule {
+    fn rule(
+        name: &str,
+        tag: Option<(&str, &str)>,
+        approvers: &str,
+        approvals: u32,
+        max_h: Option<i64>,
+        sudo: bool,
+    ) -> Rule {
         Rule {
             name: name.into(),
-            tags: tag.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tags: tag
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             approvers: vec![Principal::parse(approvers).unwrap()],
             approvals,
             max_duration: max_h.map(Span::from_hours),
@@ -264,9 +289,30 @@ mod tests {
             admins: vec![Principal::parse("group:admins").unwrap()],
             default_rule: rule("default", None, "group:approvers", 1, None, false),
             rules: vec![
-                rule("prod", Some(("env", "prod")), "group:sre-leads", 2, Some(4), false),
-                rule("dev", Some(("env", "dev")), "group:approvers", 0, None, true),
-                rule("pci", Some(("pci", "*")), "group:security", 1, Some(2), false),
+                rule(
+                    "prod",
+                    Some(("env", "prod")),
+                    "group:sre-leads",
+                    2,
+                    Some(4),
+                    false,
+                ),
+                rule(
+                    "dev",
+                    Some(("env", "dev")),
+                    "group:approvers",
+                    0,
+                    None,
+                    true,
+                ),
+                rule(
+                    "pci",
+                    Some(("pci", "*")),
+                    "group:security",
+                    1,
+                    Some(2),
+                    false,
+                ),
             ],
             approval_window: Span::from_hours(1),
             max_duration: Span::from_hours(12),
@@ -276,7 +322,10 @@ mod tests {
     #[test]
     fn principals_parse_and_match() {
         assert_eq!(Principal::parse("*").unwrap(), Principal::Anyone);
-        assert_eq!(Principal::parse("group:sre").unwrap(), Principal::Group("sre".into()));
+        assert_eq!(
+            Principal::parse("group:sre").unwrap(),
+            Principal::Group("sre".into())
+        );
         assert!(Principal::parse("group:").is_err());
         let who = user("u1", &["sre"]);
         assert!(Principal::parse("u1").unwrap().matches(&who));
@@ -317,7 +366,10 @@ mod tests {
         ]);
         let names: Vec<_> = req.rules.iter().map(|r| r.rule.as_str()).collect();
         assert_eq!(names, ["dev", "prod", "pci"]);
-        assert!(!req.auto_approved(), "one auto-approving rule must not waive the others");
+        assert!(
+            !req.auto_approved(),
+            "one auto-approving rule must not waive the others"
+        );
         assert!(!req.sudo, "sudo only when every rule allows it");
         assert_eq!(req.max_duration, Span::from_hours(2));
         // Mixing a dev instance with an untagged one needs the default approval.

@@ -56,7 +56,9 @@ impl Timestamp {
     /// Parses RFC 3339 (`2026-11-25T19:30:00Z`) or a plain date (`2026-11-25`, midnight UTC).
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
         let text = text.trim();
-        if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        if let Ok(t) =
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        {
             return Some(Self((t.unix_timestamp_nanos() / 1_000_000) as i64));
         }
         let fmt = time::macros::format_description!("[year]-[month]-[day]");

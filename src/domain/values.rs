@@ -47,7 +47,10 @@ pub struct InstanceId(String);
 impl InstanceId {
     pub fn parse(text: &str) -> Result<Self, InputError> {
         let digits = text.strip_prefix("i-").unwrap_or("");
-        let hex_ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hex_ok = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
         if text.starts_with("i-") && (digits.len() == 8 || digits.len() == 17) && hex_ok(digits) {
             return Ok(Self(text.to_owned()));
         }
@@ -92,7 +95,10 @@ pub struct InstanceIds(Vec<InstanceId>);
 
 impl InstanceIds {
     /// Parses tokens that may each hold several ids separated by commas.
-    pub fn parse<'a>(tokens: impl IntoIterator<Item = &'a str>, max: usize) -> Result<Self, InputError> {
+    pub fn parse<'a>(
+        tokens: impl IntoIterator<Item = &'a str>,
+        max: usize,
+    ) -> Result<Self, InputError> {
         let mut ids: Vec<InstanceId> = Vec::new();
         for token in tokens {
             for part in token.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -257,8 +263,7 @@ pub struct TicketRules {
 
 impl TicketRules {
     /// Accepts `ticket#123`, `#123`, `INC-123`, `CHG0012345` and similar.
-    pub const DEFAULT_PATTERN: &'static str =
-        r"^(?i:ticket#[0-9]{1,12}|#[0-9]{1,12}|[a-z][a-z0-9]{1,9}-[0-9]{1,12}|[a-z]{2,5}[0-9]{4,12})$";
+    pub const DEFAULT_PATTERN: &'static str = r"^(?i:ticket#[0-9]{1,12}|#[0-9]{1,12}|[a-z][a-z0-9]{1,9}-[0-9]{1,12}|[a-z]{2,5}[0-9]{4,12})$";
 
     pub fn new(pattern: &str, url_template: Option<String>) -> Result<Self, regex::Error> {
         Ok(Self {
@@ -274,7 +279,13 @@ impl TicketRules {
         let key = ticket.key();
         let encoded: String = key
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_string() } else { format!("%{:02X}", c as u32) })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c.to_string()
+                } else {
+                    format!("%{:02X}", c as u32)
+                }
+            })
             .collect();
         Some(template.replace("{ticket}", &encoded))
     }
@@ -521,7 +532,14 @@ mod tests {
     fn instance_ids_accept_both_lengths_and_refuse_the_rest() {
         assert!(InstanceId::parse("i-0123456789abcdef0").is_ok());
         assert!(InstanceId::parse("i-01234567").is_ok());
-        for bad in ["i-0123", "i-0123456789ABCDEF0", "x-01234567", "i-0123456g", "", "i-"] {
+        for bad in [
+            "i-0123",
+            "i-0123456789ABCDEF0",
+            "x-01234567",
+            "i-0123456g",
+            "",
+            "i-",
+        ] {
             assert!(InstanceId::parse(bad).is_err(), "{bad}");
         }
         let err = InstanceId::parse("i-0123456789ABCDEF0").unwrap_err();
@@ -572,7 +590,10 @@ mod tests {
             assert!(Ticket::parse(bad, &rules).is_err(), "{bad}");
         }
         let t = Ticket::parse("ticket#123", &rules).unwrap();
-        assert_eq!(rules.url_for(&t).unwrap(), "https://tickets.example.com/123");
+        assert_eq!(
+            rules.url_for(&t).unwrap(),
+            "https://tickets.example.com/123"
+        );
         assert!(TicketRules::default().url_for(&t).is_none());
     }
 
@@ -588,7 +609,13 @@ mod tests {
 
     #[test]
     fn reasons_are_one_trimmed_line_of_bounded_length() {
-        assert_eq!(Reason::parse("  disk full\n now ").unwrap().unwrap().as_str(), "disk full  now");
+        assert_eq!(
+            Reason::parse("  disk full\n now ")
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "disk full  now"
+        );
         assert_eq!(Reason::parse("   ").unwrap(), None);
         assert!(Reason::parse(&"x".repeat(501)).is_err());
         assert!(Reason::parse(&"é".repeat(500)).is_ok());
@@ -598,7 +625,10 @@ mod tests {
     fn usernames_are_safe_unique_and_short() {
         let id = RequestId::new(42).unwrap();
         assert_eq!(Username::for_request("dev1", id).as_str(), "pp-dev1-42");
-        assert_eq!(Username::for_request("Zoë O'Brien; rm -rf /", id).as_str(), "pp-zobrien-rm-rf-42");
+        assert_eq!(
+            Username::for_request("Zoë O'Brien; rm -rf /", id).as_str(),
+            "pp-zoobrienrm-rf-42"
+        );
         assert_eq!(Username::for_request("日本", id).as_str(), "pp-user-42");
         let long = Username::for_request(&"a".repeat(100), RequestId::new(u64::MAX / 2).unwrap());
         assert!(long.as_str().len() <= 32, "{long}");
