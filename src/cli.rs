@@ -43,6 +43,11 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Manage Passport's SSM documents (needs an [aws] section).
+    Ssm {
+        #[command(subcommand)]
+        command: SsmCommand,
+    },
     /// Inspect the Logbook, the hash-chained audit trail.
     Audit {
         #[command(subcommand)]
@@ -51,9 +56,22 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SsmCommand {
+    /// Create or update the grant and revoke documents in SSM.
+    Install,
+    /// Check that the documents in SSM are this version's; exits 1 when missing or outdated.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain; exits non-zero naming the first bad event.
-    Verify,
+    Verify {
+        /// Also check against a checkpoint posted to the audit channel, as SEQ:HASH;
+        /// this catches events deleted from the end and a chain rewritten wholesale.
+        #[arg(long, value_name = "SEQ:HASH")]
+        checkpoint: Vec<String>,
+    },
     /// Print events as JSON lines.
     Export {
         /// Only events at or after this time (RFC 3339, or a date like 2026-11-25).
@@ -97,6 +115,31 @@ async fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
 /// Runs the command line; the exit code is 0 on success.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Ssm { command } => {
+            let (_, settings) = load(cli.config.as_deref())?;
+            init_logging("warn");
+            let Some(aws) = settings.aws.as_ref() else {
+                bail!("no [aws] section in the configuration: add one (see manifests/iam/README.md) before installing the SSM documents");
+            };
+            match command {
+                SsmCommand::Install => {
+                    for line in crate::adapters::aws::ssm_install(aws).await? {
+                        println!("{line}");
+                    }
+                    Ok(0)
+                }
+                SsmCommand::Check => match crate::adapters::aws::ssm_check(aws).await {
+                    Ok(()) => {
+                        println!("the SSM documents are installed and current");
+                        Ok(0)
+                    }
+                    Err(e) => {
+                        println!("{e}");
+                        Ok(1)
+                    }
+                },
+            }
+        }
         Command::CheckConfig => {
             let loaded = Config::load(cli.config.as_deref())?;
             let from = loaded
@@ -132,7 +175,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve => {
             let (loaded, settings) = load(cli.config.as_deref())?;
             init_logging(&loaded.config.log.level);
-            console(&loaded, &settings, true).await
+            match &settings.slack {
+                Some(slack) => serve_slack(&loaded, &settings, slack).await,
+                None => console(&loaded, &settings, true).await,
+            }
         }
         Command::Audit { command } => {
             let (_, settings) = load(cli.config.as_deref())?;
@@ -147,16 +193,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 async fn audit(store: &SqliteStore, command: AuditCommand) -> anyhow::Result<i32> {
     match command {
-        AuditCommand::Verify => match store.verify_logbook().await? {
-            Verification::Intact { events, head } => {
-                println!("Logbook intact: {events} events, head {head}");
-                Ok(0)
+        AuditCommand::Verify { checkpoint } => {
+            let mut checkpoints = Vec::new();
+            for c in &checkpoint {
+                let parsed = c
+                    .split_once(':')
+                    .and_then(|(seq, hash)| {
+                        Some((
+                            seq.trim().parse::<u64>().ok()?,
+                            hash.trim().to_ascii_lowercase(),
+                        ))
+                    })
+                    .filter(|(_, hash)| {
+                        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                    });
+                match parsed {
+                    Some(p) => checkpoints.push(p),
+                    None => bail!("--checkpoint {c:?} is not SEQ:HASH: copy it from a checkpoint line, e.g. 1234:9f86d0…(64 hex digits)"),
+                }
             }
-            Verification::Broken(brk) => {
-                println!("Logbook broken at event {}: {brk}", brk.seq());
-                Ok(1)
+            let events = match store.verify_logbook().await? {
+                Verification::Intact { events, head } => {
+                    println!("Logbook intact: {events} events, head {head}");
+                    events
+                }
+                Verification::Broken(brk) => {
+                    println!("Logbook broken at event {}: {brk}", brk.seq());
+                    return Ok(1);
+                }
+            };
+            for (seq, hash) in checkpoints {
+                match store.logbook_hash_at(seq).await? {
+                    Some(stored) if stored == hash => println!("checkpoint {seq}: matches"),
+                    Some(_) => {
+                        println!("checkpoint {seq}: does not match: the Logbook was rewritten up to event {seq}");
+                        return Ok(1);
+                    }
+                    None => {
+                        println!("checkpoint {seq}: missing: the Logbook ends at event {events}, so events were deleted from its end");
+                        return Ok(1);
+                    }
+                }
             }
-        },
+            Ok(0)
+        }
         AuditCommand::Export { since, request } => {
             let since = match since {
                 Some(s) => match Timestamp::parse_rfc3339(&s) {
@@ -218,15 +298,16 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         .map(|m| m.join(", "))
         .unwrap_or_default();
     eprintln!(
-        "Passport {} · database {} · config {} · console (no Slack or Discord configured) · dry-run provisioner (no AWS configured)\n\
+        "Passport {} · database {} · config {} · console (no Slack or Discord configured) · {}\n\
          Type `<user>: <command>`, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`, then `lead1: /passport approve AR-1`.{}\n\
          `<user> in AR-n: <command>` types in a request's thread; `/passport help` lists the commands. See passport.example.toml to configure groups, policy and instances.",
         env!("CARGO_PKG_VERSION"),
         settings.store_path.display(),
         loaded.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+        provisioner_label(settings),
         if approvers.is_empty() { String::new() } else { format!(" Approvers: {approvers}.") },
     );
-    let background = startup::spawn_background(&app);
+    let background = app.scheduler.clone().spawn();
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let result =
         startup::run_console(&app, stdin, &out, if serve { None } else { Some(&clock) }).await;
@@ -238,7 +319,77 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         startup::shutdown_signal().await;
     }
     background.abort();
+    app.scheduler.release().await;
     app.store.close().await;
     result?;
     Ok(0)
+}
+
+/// `serve` with Slack: the HTTP server (and in Socket Mode the Socket Mode
+/// connection), timers and outbox delivery, until Ctrl-C or SIGTERM.
+async fn serve_slack(
+    loaded: &Loaded,
+    settings: &Settings,
+    slack: &crate::adapters::slack::SlackSettings,
+) -> anyhow::Result<i32> {
+    use crate::adapters::slack::SlackMode;
+    let built = startup::slack_app(
+        settings,
+        slack,
+        startup::SlackOptions {
+            clock: Arc::new(SystemClock),
+            provisioner: startup::logged_dry_run(settings),
+            ack_deadline: crate::adapters::slack::inbound::ACK_DEADLINE,
+        },
+    )
+    .await
+    .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
+    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (http.listen): is another process using it?",
+                settings.http.listen
+            )
+        })?;
+    let mode = match slack.mode {
+        SlackMode::Http => "Slack over HTTP (/slack/commands, /slack/interactions, /slack/events)",
+        SlackMode::Socket => "Slack over Socket Mode",
+    };
+    eprintln!(
+        "Passport {} · database {} · config {} · {mode} · listening on {} · dry-run provisioner (no AWS configured)",
+        env!("CARGO_PKG_VERSION"),
+        settings.store_path.display(),
+        loaded
+            .file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into()),
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+    );
+    let app = built.app;
+    let background = app.scheduler.clone().spawn();
+    let socket = built.socket.map(|s| s.spawn());
+    let served = crate::http::serve(listener, built.router, startup::shutdown_signal()).await;
+    if let Some(s) = socket {
+        s.abort();
+    }
+    // Deliver what the last commands queued, briefly; the rest waits in the outbox.
+    let _ = startup::finish_deliveries(&app, startup::SHUTDOWN_GRACE).await;
+    background.abort();
+    app.scheduler.release().await;
+    app.store.close().await;
+    served.context("the HTTP server failed")?;
+    Ok(0)
+}
+
+/// How instances are provisioned, for the start-up banner.
+fn provisioner_label(settings: &Settings) -> String {
+    match &settings.aws {
+        Some(aws) => format!(
+            "AWS provisioner (SSM Run Command, region {})",
+            aws.region.as_deref().unwrap_or("from the environment")
+        ),
+        None => "dry-run provisioner (no AWS configured)".into(),
+    }
 }

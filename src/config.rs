@@ -14,12 +14,24 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::aws::{AwsConfig, AwsSettings};
+use crate::adapters::slack::{SlackConfig, SlackSettings};
 use crate::adapters::sqlite::Durability;
+use crate::app::jobs::{Job, JobKind, Jobs};
 use crate::domain::command::Grammar;
 use crate::domain::policy::{Policy, Principal, Rule};
 use crate::domain::request::{InstanceInfo, Platform};
 use crate::domain::time::Span;
 use crate::domain::values::{parse_span, DurationLimits, InstanceId, TicketRules};
+use crate::http::{HttpConfig, HttpSettings};
+
+/// `PASSPORT_…` variables that are not configuration: the log filter read by
+/// the CLI, and the test and benchmark settings. Every other one is a field,
+/// so a misspelt field is reported rather than ignored.
+fn is_tool_variable(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key == "log" || key == "moto_server" || key.starts_with("bench_")
+}
 
 /// A secret from configuration. `Debug`, `Display` and serialization never show it.
 #[derive(Clone, Deserialize)]
@@ -61,6 +73,35 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<String>>,
     pub dry_run: DryRunConfig,
     pub log: LogConfig,
+    pub jobs: JobsConfig,
+    /// AWS; absent means the dry-run provisioner, which changes nothing.
+    pub aws: Option<AwsConfig>,
+    /// Slack; absent means no Slack (the console is used when no chat platform is configured).
+    pub slack: Option<SlackConfig>,
+    pub http: HttpConfig,
+}
+
+/// Scheduled jobs: cron expressions with a seconds field, in UTC; `""` or
+/// `"off"` disables a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Retry failing removals; re-check that ended requests left no user behind.
+    pub reconcile: String,
+    /// A summary of active requests, failures and failing removals to the audit channel.
+    pub digest: String,
+    /// The Logbook's head (sequence number and hash) to the audit channel.
+    pub checkpoint: String,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            reconcile: "0 */10 * * * *".into(),
+            digest: "0 0 8 * * *".into(),
+            checkpoint: "0 0 * * * *".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +144,8 @@ pub struct RuleConfig {
     pub max_duration: Option<String>,
     pub sudo: bool,
     pub channel: Option<String>,
+    /// Extensions adding more than this in total wait for an approver's click.
+    pub extension_approval_over: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -192,6 +235,7 @@ impl Default for RuleConfig {
             max_duration: None,
             sudo: false,
             channel: None,
+            extension_approval_over: None,
         }
     }
 }
@@ -203,7 +247,6 @@ impl Default for LogConfig {
         }
     }
 }
-
 
 /// Every problem found in a configuration, each naming its field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,8 +279,12 @@ impl Config {
         if let Some(f) = &chosen {
             fig = fig.merge(Toml::file(f));
         }
-        // PASSPORT_LOG is the log filter read by the CLI, not a configuration field.
-        fig = fig.merge(Env::prefixed("PASSPORT_").filter(|key| key != "log").split("__"));
+        // Skip the variables that are not configuration (see is_tool_variable).
+        fig = fig.merge(
+            Env::prefixed("PASSPORT_")
+                .filter(|key| !is_tool_variable(key.as_str()))
+                .split("__"),
+        );
         let config: Config = fig.extract().map_err(|e| {
             ConfigErrors(
                 e.into_iter()
@@ -261,7 +308,7 @@ impl Config {
 
     /// True when no chat platform is configured, so the console is the surface.
     pub fn console_only(&self) -> bool {
-        true
+        self.slack.is_none()
     }
 
     /// The groups in force: the configured ones, or the built-in local demo
@@ -405,9 +452,13 @@ impl Config {
             }
             for p in &approvers {
                 if let Principal::Group(g) = p {
-                    if !groups.contains_key(g) {
+                    let slack_group = self
+                        .slack
+                        .as_ref()
+                        .is_some_and(|s| s.usergroups.contains_key(g));
+                    if !groups.contains_key(g) && !slack_group {
                         errors.push(format!(
-                            "{field}.approvers: group {g:?} is not defined under [groups]"
+                            "{field}.approvers: group {g:?} is not defined under [groups] or [slack.usergroups]"
                         ));
                     }
                 }
@@ -418,6 +469,18 @@ impl Config {
                     rc.approvals
                 ));
             }
+            let extension_approval_over =
+                rc.extension_approval_over
+                    .as_ref()
+                    .and_then(|text| match parse_span(text) {
+                        Some(s) => Some(s),
+                        None => {
+                            errors.push(format!(
+                                "{field}.extension_approval_over: {text:?} is not a duration: use forms like 30m, 2h"
+                            ));
+                            None
+                        }
+                    });
             Rule {
                 name: rc.name.clone(),
                 tags: rc.tags.clone(),
@@ -426,6 +489,7 @@ impl Config {
                 max_duration,
                 sudo: rc.sudo,
                 channel: rc.channel.clone(),
+                extension_approval_over,
             }
         };
         let mut default_rule = build_rule(
@@ -497,6 +561,48 @@ impl Config {
                 private_ips: d.private_ips.clone(),
             });
         }
+        let aws = match self.aws.as_ref().map(AwsConfig::validate) {
+            Some(Ok(aws)) => Some(aws),
+            Some(Err(problems)) => {
+                errors.extend(problems);
+                None
+            }
+            None => None,
+        };
+        let mut jobs = Jobs::default();
+        for (kind, field, expression) in [
+            (JobKind::Reconcile, "jobs.reconcile", &self.jobs.reconcile),
+            (JobKind::Digest, "jobs.digest", &self.jobs.digest),
+            (
+                JobKind::Checkpoint,
+                "jobs.checkpoint",
+                &self.jobs.checkpoint,
+            ),
+        ] {
+            let expression = expression.trim();
+            if expression.is_empty() || expression.eq_ignore_ascii_case("off") {
+                continue;
+            }
+            match Job::new(kind, expression) {
+                Ok(job) => jobs.jobs.push(job),
+                Err(e) => errors.push(format!("{field}: {e}")),
+            }
+        }
+        let slack = match self.slack.as_ref().map(SlackConfig::validate) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                errors.extend(e);
+                None
+            }
+            None => None,
+        };
+        let http = match self.http.validate() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             errors.push(format!("log.level: {e}"));
         }
@@ -525,6 +631,12 @@ impl Config {
             warnings,
             groups,
             dry_run_instances: known,
+            jobs,
+            aws,
+            slack,
+            http: http.unwrap_or(HttpSettings {
+                listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
+            }),
             store_path: self.store.path.clone(),
             durability: self.store.durability,
         })
@@ -545,6 +657,11 @@ pub struct Settings {
     pub warnings: Vec<Span>,
     pub groups: BTreeMap<String, Vec<String>>,
     pub dry_run_instances: Vec<InstanceInfo>,
+    pub jobs: Jobs,
+    pub aws: Option<AwsSettings>,
+    /// Present when Slack is configured.
+    pub slack: Option<SlackSettings>,
+    pub http: HttpSettings,
     pub store_path: PathBuf,
     pub durability: Durability,
 }

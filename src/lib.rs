@@ -11,4 +11,6 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod http;
+pub mod scheduler;
 pub mod startup;

@@ -4,6 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    passport::startup::install_crypto_provider();
     let cli = passport::cli::Cli::parse();
     match passport::cli::run(cli).await {
         Ok(0) => std::process::ExitCode::SUCCESS,

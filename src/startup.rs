@@ -5,19 +5,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
-use tokio::task::JoinHandle;
 
 use crate::adapters::clock::OffsetClock;
 use crate::adapters::console::{ConsoleSurface, Output};
 use crate::adapters::directory::StaticDirectory;
 use crate::adapters::dry_run::{DryRunProvisioner, Sink};
+use crate::adapters::slack::blocks::Mentions;
+use crate::adapters::slack::socket::SocketMode;
+use crate::adapters::slack::{
+    Inbound, People, SlackApi, SlackDirectory, SlackMode, SlackSettings, SlackSurface,
+};
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::dispatch::Dispatcher;
 use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
-use crate::app::ports::{ChatSurface, Clock, StoreError};
+use crate::app::ports::{ChatSurface, Clock, Provisioner, StoreError};
 use crate::config::Settings;
 use crate::domain::time::Span;
 use crate::domain::values::{parse_span, Person, RequestId, UserId};
+use crate::http::{self, HttpState, SlackEndpoints};
+use crate::scheduler::Scheduler;
 
 /// The running application: one engine, one dispatcher, shared state.
 #[derive(Clone)]
@@ -25,28 +31,60 @@ pub struct App {
     pub engine: Arc<Engine>,
     pub dispatcher: Arc<Dispatcher>,
     pub store: Arc<SqliteStore>,
+    pub scheduler: Arc<Scheduler>,
 }
 
-/// Builds the console application: SQLite store, console surface, dry-run provisioner.
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the AWS provisioner cannot start: {0}")]
+    Aws(#[from] crate::adapters::aws::AwsStartError),
+}
+
+/// The AWS provisioner when `[aws]` is configured (after checking that the SSM
+/// documents are installed and current), else the dry-run provisioner printing
+/// to `sink`. Call after the store is open: it applies the migrations.
+pub async fn provisioner(
+    settings: &Settings,
+    sink: Option<Sink>,
+) -> Result<Arc<dyn Provisioner>, StartError> {
+    match &settings.aws {
+        Some(aws) => {
+            // Windows passwords need a direct-message path that keeps them out of
+            // the outbox; until then the AWS provisioner refuses Windows grants per
+            // instance with a clear message.
+            let p =
+                crate::adapters::aws::serve_provisioner(aws, &settings.store_path, None).await?;
+            Ok(Arc::new(p))
+        }
+        None => Ok(Arc::new(DryRunProvisioner::new(
+            settings.dry_run_instances.clone(),
+            sink,
+        ))),
+    }
+}
+
+/// Builds the console application: SQLite store, console surface, and the
+/// provisioner from [`provisioner`].
 pub async fn console_app(
     settings: &Settings,
     out: Output,
     clock: Arc<dyn Clock>,
-) -> Result<App, StoreError> {
+) -> Result<App, StartError> {
     let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
     let sink_out = out.clone();
     let sink: Sink = Arc::new(move |line: &str| {
         let mut o = sink_out.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(o, "{line}");
     });
+    let provisioner = provisioner(settings, Some(sink)).await?;
     let surfaces: Vec<Arc<dyn ChatSurface>> = vec![Arc::new(ConsoleSurface::new(out))];
     let engine = Engine::new(
         Ports {
             store: store.clone(),
-            provisioner: Arc::new(DryRunProvisioner::new(
-                settings.dry_run_instances.clone(),
-                Some(sink),
-            )),
+            provisioner,
             directory: Arc::new(StaticDirectory::new(&settings.groups)),
             clock: clock.clone(),
         },
@@ -59,65 +97,24 @@ pub async fn console_app(
         },
     );
     let dispatcher = Dispatcher::new(store.clone(), clock, surfaces).one_lane_at_a_time();
+    let (engine, dispatcher) = (Arc::new(engine), Arc::new(dispatcher));
+    let scheduler = Arc::new(Scheduler::new(
+        engine.clone(),
+        dispatcher.clone(),
+        settings.jobs.clone(),
+    ));
     Ok(App {
-        engine: Arc::new(engine),
-        dispatcher: Arc::new(dispatcher),
+        engine,
+        dispatcher,
         store,
+        scheduler,
     })
 }
 
-/// Runs timers as they come due and delivers the outbox, until the task is aborted.
-/// Sleeps until the next timer or notice is due, or until a commit wakes it.
-pub fn spawn_background(app: &App) -> JoinHandle<()> {
-    let app = app.clone();
-    tokio::spawn(async move {
-        loop {
-            let wake = app.engine.wake.clone();
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let engine = app.engine.clone();
-            // Jobs such as provisioning may take minutes; they run in their own
-            // task so a slow one never delays an expiry.
-            tokio::spawn(async move {
-                if let Err(e) = engine.run_due().await {
-                    tracing::error!(error = %e, "could not run due timers");
-                }
-            });
-            let mut next_retry = None;
-            match app.dispatcher.deliver_due().await {
-                Ok(report) => next_retry = report.next_retry,
-                Err(e) => tracing::error!(error = %e, "could not deliver notices"),
-            }
-            let now = app.engine.now();
-            let next_timer = app.engine.store().next_timer_due().await.ok().flatten();
-            let wait = [next_timer, next_retry]
-                .into_iter()
-                .flatten()
-                .map(|t| t.since(now))
-                .min()
-                .unwrap_or(Span::from_secs(30))
-                .min(Span::from_secs(30))
-                .max(Span::from_millis(5));
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(wait.to_std()) => {}
-            }
-        }
-    })
-}
-
-/// Runs everything due now and delivers every notice that can go, repeatedly,
-/// until nothing is left to do at this moment.
+/// Runs everything due now and delivers every notice that can go, until
+/// nothing is left to do at this moment (when this process holds the lease).
 pub async fn settle(app: &App) -> Result<(), StoreError> {
-    for _ in 0..100 {
-        let ran = app.engine.run_due().await?;
-        let report = app.dispatcher.deliver_due().await?;
-        if ran == 0 && report.delivered == 0 {
-            return Ok(());
-        }
-    }
-    Ok(())
+    app.scheduler.settle().await
 }
 
 /// One console line: `<user>: <command>`, or `<user> in AR-n: <command>` to
@@ -222,6 +219,10 @@ pub const FINISH_DELIVERIES_WITHIN: Duration = Duration::from_secs(30);
 /// Delivers what is still in the outbox, waiting for retries, for at most `within`.
 /// Anything left stays in the outbox for the next start.
 pub async fn finish_deliveries(app: &App, within: Duration) -> Result<(), StoreError> {
+    if !app.scheduler.hold_lease().await? {
+        // Another process delivers.
+        return Ok(());
+    }
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let report = app.dispatcher.deliver_due().await?;
@@ -264,3 +265,121 @@ pub async fn shutdown_signal() {
 
 /// How long to wait for in-flight work on shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// Slack
+
+/// Installs the process's one TLS crypto provider. Both `ring` (Slack's
+/// client) and `aws-lc-rs` (the AWS SDK) are linked in, so rustls cannot pick
+/// one by itself and would panic at the first TLS set-up. Call it first thing
+/// in `main` and in every test binary that sets up TLS; later calls do nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What `slack_app` needs beyond the settings.
+#[derive(Clone)]
+pub struct SlackOptions {
+    pub clock: Arc<dyn Clock>,
+    pub provisioner: Arc<dyn Provisioner>,
+    /// How long an answer to Slack waits for the work (Slack allows 3 s).
+    pub ack_deadline: Duration,
+}
+
+/// The application with Slack as its chat surface.
+pub struct SlackApp {
+    pub app: App,
+    /// `/slack/…` (in HTTP mode, or when a signing secret is set) and `/healthz`.
+    pub router: axum::Router,
+    /// The Socket Mode connection to start, in Socket Mode.
+    pub socket: Option<SocketMode>,
+}
+
+/// The dry-run provisioner, its lines logged: what `serve` uses while no AWS
+/// provisioner is configured.
+pub fn logged_dry_run(settings: &Settings) -> Arc<dyn Provisioner> {
+    let sink: Sink = Arc::new(|line: &str| tracing::info!(target: "passport::dry_run", "{line}"));
+    Arc::new(DryRunProvisioner::new(
+        settings.dry_run_instances.clone(),
+        Some(sink),
+    ))
+}
+
+/// Builds the Slack application: SQLite store, Slack surface and directory,
+/// the engine, dispatcher and scheduler, the inbound handlers and the router.
+pub async fn slack_app(
+    settings: &Settings,
+    slack: &SlackSettings,
+    options: SlackOptions,
+) -> Result<SlackApp, StoreError> {
+    let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
+    let api = SlackApi::new(&slack.api_url, &slack.bot_token, slack.channel_pace);
+    let mentions = Mentions {
+        usergroups: slack.usergroups.clone(),
+        groups: settings.groups.clone(),
+    };
+    let surface: Arc<dyn ChatSurface> = Arc::new(SlackSurface::new(
+        api.clone(),
+        slack.approvals_channel.clone(),
+        slack.audit_channel.clone(),
+        mentions,
+    ));
+    let directory = Arc::new(SlackDirectory::new(
+        &settings.groups,
+        api.clone(),
+        slack.usergroups.clone(),
+        slack.cache_ttl,
+    ));
+    let engine = Arc::new(Engine::new(
+        Ports {
+            store: store.clone(),
+            provisioner: options.provisioner,
+            directory,
+            clock: options.clock.clone(),
+        },
+        settings.policy.clone(),
+        settings.grammar.clone(),
+        EngineSettings {
+            warnings: settings.warnings.clone(),
+            surfaces: vec![surface.name().to_owned()],
+            ..EngineSettings::default()
+        },
+    ));
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        options.clock.clone(),
+        vec![surface],
+    ));
+    let scheduler = Arc::new(Scheduler::new(
+        engine.clone(),
+        dispatcher.clone(),
+        settings.jobs.clone(),
+    ));
+    let people = Arc::new(People::new(api.clone()));
+    let inbound = Arc::new(
+        Inbound::new(engine.clone(), api.clone(), people).with_deadline(options.ack_deadline),
+    );
+    let endpoints = slack.signing_secret.clone().map(|secret| SlackEndpoints {
+        inbound: inbound.clone(),
+        signing_secret: secret,
+        clock: options.clock.clone(),
+    });
+    let router = http::router(HttpState {
+        store: store.clone(),
+        slack: endpoints,
+    });
+    let socket = match (slack.mode, &slack.app_token) {
+        (SlackMode::Socket, Some(token)) => Some(SocketMode::new(api, token.clone(), inbound)),
+        _ => None,
+    };
+    Ok(SlackApp {
+        app: App {
+            engine,
+            dispatcher,
+            store,
+            scheduler,
+        },
+        router,
+        socket,
+    })
+}

@@ -1,7 +1,9 @@
 //! Adapters: the outside world behind the ports.
 
+pub mod aws;
 pub mod clock;
 pub mod console;
 pub mod directory;
 pub mod dry_run;
+pub mod slack;
 pub mod sqlite;

@@ -1,30 +1,45 @@
 //! The store on SQLite: WAL mode, a busy timeout, foreign keys, migrations
-//! from `migrations/` applied on open.
+//! from `migrations/` applied on open (with `sqlx::migrate!`).
 //!
-//! All writes go through one connection and start with `BEGIN IMMEDIATE`, so
-//! changes to a request are serialized: two approvers clicking at once, or a
-//! completion racing the expiry, produce exactly one transition. Reads use a
-//! separate small pool and never wait for writers (WAL).
+//! All writes go through one connection owned by one thread, which commits
+//! them in groups (see [`group_commit`]): each change still runs in a
+//! transaction of its own as far as anyone can tell, changes to a request are
+//! serialized (two approvers clicking at once, or a completion racing the
+//! expiry, produce exactly one transition), and no caller is answered before
+//! its change is committed. Reads use a small pool of other connections and
+//! never wait for the writer (WAL).
+//!
+//! Statements run through rusqlite, synchronously, on the thread that owns the
+//! connection. A transition is a dozen small statements; handing each one to a
+//! driver thread and back, as an async driver does, costs several times more
+//! than running it.
 
-use std::path::Path;
-use std::str::FromStr;
+pub mod group_commit;
+mod housekeeping;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{ConnectOptions, Connection as _};
+use tokio::sync::Semaphore;
 
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Creation, MessageRef, Mutation, OutboxCounts, Pending, Store, StoreError, Verification,
 };
 use crate::domain::command::ListFilter;
-use crate::domain::logbook::{chain_hash, check_link, Hash, LogEvent, GENESIS};
+use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
 use crate::domain::notice::Notice;
 use crate::domain::request::{AccessRequest, Refusal, RequestState};
-use crate::domain::time::Timestamp;
-use crate::domain::values::{RequestId, UserId};
+use crate::domain::time::{Span, Timestamp};
+use crate::domain::values::{RequestId, SshPublicKey, UserId};
+
+use group_commit::Writer;
 
 /// How durable each commit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -36,23 +51,35 @@ pub enum Durability {
     Full,
 }
 
+/// How long a statement waits for a lock held by another process (another
+/// `passport` command on the same file) before giving up with `Busy`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read connections, and so reads running at once.
+const READERS: usize = 4;
+/// Prepared statements kept per connection; the store uses about thirty.
+const STATEMENT_CACHE: usize = 64;
+
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    shared: Arc<Shared>,
 }
 
-fn db_error(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        let code = db.code().unwrap_or_default();
-        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-        if let Ok(n) = code.parse::<i64>() {
-            if n & 0xff == 5 || n & 0xff == 6 {
-                return StoreError::Busy;
-            }
+struct Shared {
+    path: PathBuf,
+    writer: Writer,
+    /// One permit per read connection: reads beyond that wait for one to be
+    /// free rather than open (and then close) more connections.
+    read_permits: Arc<Semaphore>,
+    idle_readers: Mutex<Vec<Connection>>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy,
+            _ => StoreError::Other(e.to_string()),
         }
     }
-    StoreError::Other(e.to_string())
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -70,201 +97,360 @@ fn id_of(id: RequestId) -> i64 {
     id.number() as i64
 }
 
+/// Applies the migrations with sqlx, which records them in `_sqlx_migrations`.
+async fn migrate(path: &Path) -> Result<(), StoreError> {
+    let sqlx_error = |e: sqlx::Error| StoreError::Other(format!("cannot open the database: {e}"));
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        // WAL is a property of the file: set once here, it holds for every connection.
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+        .connect()
+        .await
+        .map_err(sqlx_error)?;
+    sqlx::migrate!("./migrations")
+        .run(&mut conn)
+        .await
+        .map_err(|e| StoreError::Other(format!("migrations failed: {e}")))?;
+    conn.close().await.map_err(sqlx_error)
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    Ok(conn)
+}
+
+fn connect_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let conn = connect(path)?;
+    conn.execute_batch(match durability {
+        Durability::Normal => "PRAGMA synchronous = NORMAL",
+        Durability::Full => "PRAGMA synchronous = FULL",
+    })?;
+    Ok(conn)
+}
+
+fn connect_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = connect(path)?;
+    conn.execute_batch("PRAGMA query_only = ON")?;
+    Ok(conn)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(db_error)?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match durability {
-                Durability::Normal => SqliteSynchronous::Normal,
-                Durability::Full => SqliteSynchronous::Full,
-            })
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true)
-            .statement_cache_capacity(256);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone())
-            .await
-            .map_err(db_error)?;
-        sqlx::migrate!("./migrations")
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Other(format!("migrations failed: {e}")))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await
-            .map_err(db_error)?;
-        Ok(Self { writer, reader })
+        migrate(path).await?;
+        let writer = Writer::start(connect_writer(path, durability)?, connect(path)?)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                writer,
+                read_permits: Arc::new(Semaphore::new(READERS)),
+                idle_readers: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
+    /// Finishes the writes already queued and closes every connection.
     pub async fn close(&self) {
-        self.writer.close().await;
-        self.reader.close().await;
+        self.shared.read_permits.close();
+        self.shared.writer.close().await;
+        self.shared
+            .idle_readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
-    async fn write_request(
-        tx: &mut Transaction<'_, Sqlite>,
-        req: &AccessRequest,
-        insert: bool,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(req).map_err(corrupt)?;
-        let expires = req.expires_at.map(Timestamp::as_millis);
-        let q = if insert {
-            sqlx::query(
-                "INSERT INTO requests (id, state, requester, created_at, updated_at, expires_at, open_grants, body) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id_of(req.id))
-            .bind(req.state.as_str())
-            .bind(req.requester.id.as_str())
-            .bind(req.created_at.as_millis())
-            .bind(at.as_millis())
-            .bind(expires)
-            .bind(req.open_grants() as i64)
-            .bind(body)
-        } else {
-            sqlx::query("UPDATE requests SET state = ?, updated_at = ?, expires_at = ?, open_grants = ?, body = ? WHERE id = ?")
-                .bind(req.state.as_str())
-                .bind(at.as_millis())
-                .bind(expires)
-                .bind(req.open_grants() as i64)
-                .bind(body)
-                .bind(id_of(req.id))
-        };
-        q.execute(&mut **tx).await.map_err(db_error)?;
-        Ok(())
-    }
-
-    async fn write_effects(
-        tx: &mut Transaction<'_, Sqlite>,
-        request: RequestId,
-        fx: &Effects,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
-        let rid = id_of(request);
-        if !fx.events.is_empty() {
-            let head: Option<(i64, Vec<u8>)> =
-                sqlx::query_as("SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(db_error)?;
-            let (mut seq, mut prev) = match head {
-                Some((seq, hash)) => (
-                    seq as u64,
-                    <Hash>::try_from(hash.as_slice()).map_err(|_| {
-                        StoreError::Corrupt(format!("Logbook event {seq} has a bad hash"))
-                    })?,
-                ),
-                None => (0, GENESIS),
-            };
-            for e in &fx.events {
-                seq += 1;
-                let details = e.details.to_string();
-                let hash = chain_hash(
-                    &prev,
-                    seq,
-                    e.at,
-                    &e.actor,
-                    e.request.as_deref(),
-                    &e.action,
-                    &details,
-                );
-                sqlx::query("INSERT INTO logbook (seq, at, actor, request, action, details, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
-                    .bind(seq as i64)
-                    .bind(e.at.as_millis())
-                    .bind(&e.actor)
-                    .bind(e.request.as_deref())
-                    .bind(&e.action)
-                    .bind(&details)
-                    .bind(&hash[..])
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db_error)?;
-                prev = hash;
-            }
-        }
-        for (surface, notice) in &fx.outbox {
-            let text = serde_json::to_string(notice).map_err(corrupt)?;
-            sqlx::query(
-                "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(surface)
-            .bind(notice.lane())
-            .bind(notice.request().map(id_of))
-            .bind(text)
-            .bind(at.as_millis())
-            .bind(at.as_millis())
-            .execute(&mut **tx)
+    /// Appends events that belong to no request change, e.g. an import, in
+    /// one transaction. Returns the sequence number of the last one.
+    pub async fn append_events(&self, events: Vec<NewEvent>) -> Result<u64, StoreError> {
+        self.shared
+            .writer
+            .run(move |conn| append_events(conn, &events))
             .await
-            .map_err(db_error)?;
-        }
-        if fx.cancel_all {
-            sqlx::query("DELETE FROM timers WHERE request = ?")
-                .bind(rid)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_error)?;
-        }
-        if fx.cancel_expiry {
-            sqlx::query("DELETE FROM timers WHERE request = ? AND (kind = 'expiry' OR kind LIKE 'warning:%')")
-                .bind(rid)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_error)?;
-        }
-        for kind in &fx.cancel {
-            sqlx::query("DELETE FROM timers WHERE request = ? AND kind = ?")
-                .bind(rid)
-                .bind(kind.encode())
-                .execute(&mut **tx)
-                .await
-                .map_err(db_error)?;
-        }
-        for t in &fx.timers {
-            sqlx::query("INSERT INTO timers (request, kind, due_at, attempts) VALUES (?, ?, ?, ?)")
-                .bind(rid)
-                .bind(t.kind.encode())
-                .bind(t.due.as_millis())
-                .bind(i64::from(t.attempts))
-                .execute(&mut **tx)
-                .await
-                .map_err(db_error)?;
-        }
-        Ok(())
     }
 
-    fn change_time(fx: &Effects, fallback: Timestamp) -> Timestamp {
-        fx.events.first().map(|e| e.at).unwrap_or(fallback)
+    /// Runs `read` on an idle read connection, on the blocking pool so that a
+    /// long read never holds up the async tasks.
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let permit = shared
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Other("the store is closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let idle = shared
+                .idle_readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => connect_reader(&shared.path)?,
+            };
+            let result = read(&conn);
+            if !shared.read_permits.is_closed() {
+                shared
+                    .idle_readers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
+            }
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("a read failed: {e}")))?
+    }
+
+    async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.shared.writer.run(write).await
     }
 }
 
-async fn delete_timer_in(
-    tx: &mut Transaction<'_, Sqlite>,
-    id: Option<TimerId>,
+// ---------------------------------------------------------------------------
+// Writing, on the writer thread, inside a savepoint of the group's transaction
+
+/// What became of an update.
+enum Updated {
+    Changed(AccessRequest, Effects),
+    Refused(Refusal),
+    Missing,
+}
+
+fn create(
+    conn: &Connection,
+    build: Creation,
+) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
+    let next: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")?
+        .query_row([], |r| r.get(0))?;
+    let id = to_id(next)?;
+    let (req, fx) = match build(id) {
+        Ok(built) => built,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if req.id != id {
+        return Err(StoreError::Other(format!(
+            "request built as {} instead of {id}",
+            req.id
+        )));
+    }
+    let at = change_time(&fx, req.created_at);
+    conn.prepare_cached(
+        "INSERT INTO requests (id, state, requester, created_at, updated_at, expires_at, open_grants, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        id_of(req.id),
+        req.state.as_str(),
+        req.requester.id.as_str(),
+        req.created_at.as_millis(),
+        at.as_millis(),
+        req.expires_at.map(Timestamp::as_millis),
+        req.open_grants() as i64,
+        serde_json::to_string(&req).map_err(corrupt)?,
+    ])?;
+    write_effects(conn, id, &fx, at)?;
+    Ok(Ok((req, fx)))
+}
+
+fn update(
+    conn: &Connection,
+    id: RequestId,
+    fired: Option<TimerId>,
+    change: Mutation,
+) -> Result<Updated, StoreError> {
+    let row: Option<(String, i64)> = conn
+        .prepare_cached("SELECT body, updated_at FROM requests WHERE id = ?1")?
+        .query_row([id_of(id)], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    // The fired timer goes whatever happens: it has done its work by asking.
+    if let Some(timer) = fired {
+        delete_timer(conn, timer)?;
+    }
+    let Some((body, updated_at)) = row else {
+        return Ok(Updated::Missing);
+    };
+    let mut req = decode_request(&body)?;
+    let fx = match change(&mut req) {
+        Ok(fx) => fx,
+        Err(refusal) => return Ok(Updated::Refused(refusal)),
+    };
+    let at = change_time(&fx, Timestamp::from_millis(updated_at));
+    conn.prepare_cached(
+        "UPDATE requests SET state = ?1, updated_at = ?2, expires_at = ?3, open_grants = ?4, body = ?5 WHERE id = ?6",
+    )?
+    .execute(params![
+        req.state.as_str(),
+        at.as_millis(),
+        req.expires_at.map(Timestamp::as_millis),
+        req.open_grants() as i64,
+        serde_json::to_string(&req).map_err(corrupt)?,
+        id_of(req.id),
+    ])?;
+    write_effects(conn, id, &fx, at)?;
+    Ok(Updated::Changed(req, fx))
+}
+
+/// When a change happened: its first event's time, else `fallback`.
+fn change_time(fx: &Effects, fallback: Timestamp) -> Timestamp {
+    fx.events.first().map(|e| e.at).unwrap_or(fallback)
+}
+
+fn write_effects(
+    conn: &Connection,
+    request: RequestId,
+    fx: &Effects,
+    at: Timestamp,
 ) -> Result<(), StoreError> {
-    if let Some(id) = id {
-        sqlx::query("DELETE FROM timers WHERE id = ?")
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_error)?;
+    let rid = id_of(request);
+    if !fx.events.is_empty() {
+        append_events(conn, &fx.events)?;
+    }
+    insert_outbox(conn, fx, at)?;
+    if fx.cancel_all {
+        conn.prepare_cached("DELETE FROM timers WHERE request = ?1")?
+            .execute([rid])?;
+    }
+    if fx.cancel_expiry {
+        conn.prepare_cached(
+            "DELETE FROM timers WHERE request = ?1 AND (kind = 'expiry' OR kind LIKE 'warning:%')",
+        )?
+        .execute([rid])?;
+    }
+    if !fx.cancel.is_empty() {
+        let mut cancel =
+            conn.prepare_cached("DELETE FROM timers WHERE request = ?1 AND kind = ?2")?;
+        for kind in &fx.cancel {
+            cancel.execute(params![rid, kind.encode()])?;
+        }
+    }
+    if !fx.timers.is_empty() {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO timers (request, kind, due_at, attempts) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for t in &fx.timers {
+            insert.execute(params![
+                rid,
+                t.kind.encode(),
+                t.due.as_millis(),
+                i64::from(t.attempts)
+            ])?;
+        }
     }
     Ok(())
 }
 
+fn insert_outbox(conn: &Connection, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
+    if fx.outbox.is_empty() {
+        return Ok(());
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?;
+    for (surface, notice) in &fx.outbox {
+        let text = serde_json::to_string(notice).map_err(corrupt)?;
+        insert.execute(params![
+            surface,
+            notice.lane(),
+            notice.request().map(id_of),
+            text,
+            at.as_millis()
+        ])?;
+    }
+    Ok(())
+}
+
+/// Chains `events` after the Logbook's head. Returns the last sequence number.
+fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<u64, StoreError> {
+    let head: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (mut seq, mut prev) = match head {
+        Some((seq, hash)) => (
+            seq as u64,
+            Hash::try_from(hash.as_slice())
+                .map_err(|_| StoreError::Corrupt(format!("Logbook event {seq} has a bad hash")))?,
+        ),
+        None => (0, GENESIS),
+    };
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO logbook (seq, at, actor, request, action, details, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for e in events {
+        seq += 1;
+        let details = e.details.to_string();
+        let hash = chain_hash(
+            &prev,
+            seq,
+            e.at,
+            &e.actor,
+            e.request.as_deref(),
+            &e.action,
+            &details,
+        );
+        insert.execute(params![
+            seq as i64,
+            e.at.as_millis(),
+            e.actor,
+            e.request,
+            e.action,
+            details,
+            &hash[..]
+        ])?;
+        prev = hash;
+    }
+    Ok(seq)
+}
+
+fn delete_timer(conn: &Connection, id: TimerId) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM timers WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Reading
+
 fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
     serde_json::from_str(body).map_err(corrupt)
+}
+
+fn requests(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<AccessRequest>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode_request(
+            row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?,
+        )?);
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -273,35 +459,7 @@ impl Store for SqliteStore {
         &self,
         build: Creation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
-        let (next,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let id = to_id(next)?;
-        match build(id) {
-            Err(refusal) => {
-                tx.rollback().await.map_err(db_error)?;
-                Ok(Err(refusal))
-            }
-            Ok((req, fx)) => {
-                if req.id != id {
-                    return Err(StoreError::Other(format!(
-                        "request built as {} instead of {id}",
-                        req.id
-                    )));
-                }
-                let at = Self::change_time(&fx, req.created_at);
-                Self::write_request(&mut tx, &req, true, at).await?;
-                Self::write_effects(&mut tx, id, &fx, at).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(Ok((req, fx)))
-            }
-        }
+        self.write(move |conn| create(conn, build)).await
     }
 
     async fn update(
@@ -310,55 +468,25 @@ impl Store for SqliteStore {
         fired: Option<TimerId>,
         change: Mutation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT body, updated_at FROM requests WHERE id = ?")
-                .bind(id_of(id))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let Some((body, updated_at)) = row else {
-            if fired.is_some() {
-                delete_timer_in(&mut tx, fired).await?;
-                tx.commit().await.map_err(db_error)?;
-            }
-            return Err(StoreError::NotFound(id));
-        };
-        let mut req = decode_request(&body)?;
-        match change(&mut req) {
-            Err(refusal) => {
-                if fired.is_some() {
-                    delete_timer_in(&mut tx, fired).await?;
-                    tx.commit().await.map_err(db_error)?;
-                } else {
-                    tx.rollback().await.map_err(db_error)?;
-                }
-                Ok(Err(refusal))
-            }
-            Ok(fx) => {
-                let at = Self::change_time(&fx, Timestamp::from_millis(updated_at));
-                Self::write_request(&mut tx, &req, false, at).await?;
-                if fired.is_some() {
-                    delete_timer_in(&mut tx, fired).await?;
-                }
-                Self::write_effects(&mut tx, id, &fx, at).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(Ok((req, fx)))
-            }
+        match self
+            .write(move |conn| update(conn, id, fired, change))
+            .await?
+        {
+            Updated::Changed(req, fx) => Ok(Ok((req, fx))),
+            Updated::Refused(refusal) => Ok(Err(refusal)),
+            Updated::Missing => Err(StoreError::NotFound(id)),
         }
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<AccessRequest>, StoreError> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT body FROM requests WHERE id = ?")
-            .bind(id_of(id))
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db_error)?;
-        row.map(|(body,)| decode_request(&body)).transpose()
+        self.read(move |conn| {
+            let body: Option<String> = conn
+                .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
+                .query_row([id_of(id)], |r| r.get(0))
+                .optional()?;
+            body.map(|b| decode_request(&b)).transpose()
+        })
+        .await
     }
 
     async fn list(
@@ -367,114 +495,122 @@ impl Store for SqliteStore {
         user: &UserId,
         limit: u32,
     ) -> Result<Vec<AccessRequest>, StoreError> {
-        let active = [
-            RequestState::Approved,
-            RequestState::Provisioning,
-            RequestState::Active,
-        ];
-        let q = match filter {
-            ListFilter::Default => sqlx::query_as::<_, (String,)>(
-                "SELECT body FROM requests WHERE requester = ? OR state IN ('pending', 'approved', 'provisioning', 'active') ORDER BY id DESC LIMIT ?",
-            )
-            .bind(user.as_str()),
-            ListFilter::Mine => sqlx::query_as("SELECT body FROM requests WHERE requester = ? ORDER BY id DESC LIMIT ?").bind(user.as_str()),
-            ListFilter::Pending => sqlx::query_as("SELECT body FROM requests WHERE state = ? ORDER BY id DESC LIMIT ?").bind(RequestState::Pending.as_str()),
-            ListFilter::Active => sqlx::query_as("SELECT body FROM requests WHERE state IN (?, ?, ?) ORDER BY id DESC LIMIT ?")
-                .bind(active[0].as_str())
-                .bind(active[1].as_str())
-                .bind(active[2].as_str()),
-        };
-        let rows = q
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_error)?;
-        rows.iter().map(|(body,)| decode_request(body)).collect()
+        let user = user.as_str().to_owned();
+        let limit = i64::from(limit);
+        self.read(move |conn| match filter {
+            ListFilter::Default => requests(
+                conn,
+                "SELECT body FROM requests WHERE requester = ?1 OR state IN ('pending', 'approved', 'provisioning', 'active') \
+                 ORDER BY id DESC LIMIT ?2",
+                params![user, limit],
+            ),
+            ListFilter::Mine => requests(
+                conn,
+                "SELECT body FROM requests WHERE requester = ?1 ORDER BY id DESC LIMIT ?2",
+                params![user, limit],
+            ),
+            ListFilter::Pending => requests(
+                conn,
+                "SELECT body FROM requests WHERE state = ?1 ORDER BY id DESC LIMIT ?2",
+                params![RequestState::Pending.as_str(), limit],
+            ),
+            ListFilter::Active => requests(
+                conn,
+                "SELECT body FROM requests WHERE state IN (?1, ?2, ?3) ORDER BY id DESC LIMIT ?4",
+                params![
+                    RequestState::Approved.as_str(),
+                    RequestState::Provisioning.as_str(),
+                    RequestState::Active.as_str(),
+                    limit
+                ],
+            ),
+        })
+        .await
     }
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<Timer>, StoreError> {
-        let rows: Vec<(i64, i64, String, i64, i64)> =
-            sqlx::query_as("SELECT id, request, kind, due_at, attempts FROM timers WHERE due_at <= ? ORDER BY due_at, id LIMIT ?")
-                .bind(now.as_millis())
-                .bind(i64::from(limit))
-                .fetch_all(&self.writer)
-                .await
-                .map_err(db_error)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, request, kind, due, attempts) in rows {
-            let Some(kind) = TimerKind::decode(&kind) else {
-                return Err(StoreError::Corrupt(format!("unknown timer kind {kind:?}")));
-            };
-            out.push(Timer {
-                id,
-                request: to_id(request)?,
-                kind,
-                due: Timestamp::from_millis(due),
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            });
-        }
-        Ok(out)
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, request, kind, due_at, attempts FROM timers WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![now.as_millis(), i64::from(limit)])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let kind = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+                let Some(kind) = TimerKind::decode(kind) else {
+                    return Err(StoreError::Corrupt(format!("unknown timer kind {kind:?}")));
+                };
+                out.push(Timer {
+                    id: row.get(0)?,
+                    request: to_id(row.get(1)?)?,
+                    kind,
+                    due: Timestamp::from_millis(row.get(3)?),
+                    attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(due_at) FROM timers")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(db_error)?;
-        Ok(row.0.map(Timestamp::from_millis))
+        self.read(|conn| {
+            let due: Option<i64> = conn
+                .prepare_cached("SELECT MIN(due_at) FROM timers")?
+                .query_row([], |r| r.get(0))?;
+            Ok(due.map(Timestamp::from_millis))
+        })
+        .await
     }
 
     async fn reschedule_timer(&self, id: TimerId, due: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE timers SET due_at = ?, attempts = attempts + 1 WHERE id = ?")
-            .bind(due.as_millis())
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE timers SET due_at = ?1, attempts = attempts + 1 WHERE id = ?2",
+            )?
+            .execute(params![due.as_millis(), id])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn delete_timer(&self, id: TimerId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM timers WHERE id = ?")
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        self.write(move |conn| delete_timer(conn, id)).await
     }
 
     async fn pending_notices(&self, limit: u32) -> Result<Vec<Pending>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, surface, lane, notice, attempts, next_attempt_at FROM outbox \
-             WHERE delivered_at IS NULL AND dead_at IS NULL ORDER BY id LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, surface, lane, notice, attempts, next_attempt_at FROM outbox \
+                 WHERE delivered_at IS NULL AND dead_at IS NULL ORDER BY id LIMIT ?1",
+            )?;
+            let mut rows = stmt.query([i64::from(limit)])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let notice = row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;
+                out.push(Pending {
+                    id: row.get(0)?,
+                    surface: row.get(1)?,
+                    lane: row.get(2)?,
+                    notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
+                    attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
+                    next_attempt_at: Timestamp::from_millis(row.get(5)?),
+                });
+            }
+            Ok(out)
+        })
         .await
-        .map_err(db_error)?;
-        rows.iter()
-            .map(|r| {
-                let notice: Notice = serde_json::from_str(r.get::<&str, _>(3)).map_err(corrupt)?;
-                Ok(Pending {
-                    id: r.get(0),
-                    surface: r.get(1),
-                    lane: r.get(2),
-                    notice,
-                    attempts: u32::try_from(r.get::<i64, _>(4)).unwrap_or(u32::MAX),
-                    next_attempt_at: Timestamp::from_millis(r.get(5)),
-                })
-            })
-            .collect()
     }
 
     async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?")
-            .bind(now.as_millis())
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE outbox SET delivered_at = ?1, attempts = attempts + 1, last_error = NULL WHERE id = ?2",
+            )?
+            .execute(params![now.as_millis(), id])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn mark_retry(
@@ -483,42 +619,42 @@ impl Store for SqliteStore {
         next_attempt_at: Timestamp,
         error: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?")
-            .bind(next_attempt_at.as_millis())
-            .bind(error)
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        let error = error.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE outbox SET next_attempt_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3",
+            )?
+            .execute(params![next_attempt_at.as_millis(), error, id])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET dead_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
-        )
-        .bind(now.as_millis())
-        .bind(error)
-        .bind(id)
-        .execute(&self.writer)
+        let error = error.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE outbox SET dead_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3")?
+                .execute(params![now.as_millis(), error, id])?;
+            Ok(())
+        })
         .await
-        .map_err(db_error)?;
-        Ok(())
     }
 
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
-        let (pending, delivered, dead): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(delivered_at IS NULL AND dead_at IS NULL), 0), \
-                    COALESCE(SUM(delivered_at IS NOT NULL), 0), COALESCE(SUM(dead_at IS NOT NULL), 0) FROM outbox",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db_error)?;
-        Ok(OutboxCounts {
-            pending: pending as u64,
-            delivered: delivered as u64,
-            dead: dead as u64,
+        self.read(|conn| {
+            let (pending, delivered, dead): (i64, i64, i64) = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(delivered_at IS NULL AND dead_at IS NULL), 0), \
+                            COALESCE(SUM(delivered_at IS NOT NULL), 0), COALESCE(SUM(dead_at IS NOT NULL), 0) FROM outbox",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(OutboxCounts {
+                pending: pending as u64,
+                delivered: delivered as u64,
+                dead: dead as u64,
+            })
         })
+        .await
     }
 
     async fn chat_ref(
@@ -526,15 +662,21 @@ impl Store for SqliteStore {
         request: RequestId,
         surface: &str,
     ) -> Result<Option<MessageRef>, StoreError> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT channel, message FROM chat_refs WHERE request = ? AND surface = ?",
-        )
-        .bind(id_of(request))
-        .bind(surface)
-        .fetch_optional(&self.writer)
+        let surface = surface.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT channel, message FROM chat_refs WHERE request = ?1 AND surface = ?2",
+                )?
+                .query_row(params![id_of(request), surface], |r| {
+                    Ok(MessageRef {
+                        channel: r.get(0)?,
+                        message: r.get(1)?,
+                    })
+                })
+                .optional()?)
+        })
         .await
-        .map_err(db_error)?;
-        Ok(row.map(|(channel, message)| MessageRef { channel, message }))
     }
 
     async fn save_chat_ref(
@@ -543,15 +685,15 @@ impl Store for SqliteStore {
         surface: &str,
         at: &MessageRef,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR REPLACE INTO chat_refs (request, surface, channel, message) VALUES (?, ?, ?, ?)")
-            .bind(id_of(request))
-            .bind(surface)
-            .bind(&at.channel)
-            .bind(&at.message)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        let (surface, at) = (surface.to_owned(), at.clone());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO chat_refs (request, surface, channel, message) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id_of(request), surface, at.channel, at.message])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn audit_events(
@@ -559,60 +701,162 @@ impl Store for SqliteStore {
         request: Option<RequestId>,
         since: Option<Timestamp>,
     ) -> Result<Vec<LogEvent>, StoreError> {
-        let rows: Vec<(i64, i64, String, Option<String>, String, String)> = sqlx::query_as(
-            "SELECT seq, at, actor, request, action, details FROM logbook \
-             WHERE (?1 IS NULL OR request = ?1) AND (?2 IS NULL OR at >= ?2) ORDER BY seq",
-        )
-        .bind(request.map(|r| r.to_string()))
-        .bind(since.map(Timestamp::as_millis))
-        .fetch_all(&self.reader)
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at, actor, request, action, details FROM logbook \
+                 WHERE (?1 IS NULL OR request = ?1) AND (?2 IS NULL OR at >= ?2) ORDER BY seq",
+            )?;
+            let mut rows = stmt.query(params![
+                request.map(|r| r.to_string()),
+                since.map(Timestamp::as_millis)
+            ])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(LogEvent {
+                    seq: row.get::<_, i64>(0)? as u64,
+                    at: Timestamp::from_millis(row.get(1)?),
+                    actor: row.get(2)?,
+                    request: row.get(3)?,
+                    action: row.get(4)?,
+                    details: row.get(5)?,
+                });
+            }
+            Ok(out)
+        })
         .await
-        .map_err(db_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, at, actor, request, action, details)| LogEvent {
-                seq: seq as u64,
-                at: Timestamp::from_millis(at),
-                actor,
-                request,
-                action,
-                details,
-            })
-            .collect())
     }
 
     async fn verify_logbook(&self) -> Result<Verification, StoreError> {
-        let mut rows =
-            sqlx::query_as::<_, (i64, i64, String, Option<String>, String, String, Vec<u8>)>(
-                "SELECT seq, at, actor, request, action, details, hash FROM logbook ORDER BY seq",
-            )
-            .fetch(&self.reader);
-        let (mut prev_seq, mut prev) = (0u64, GENESIS);
-        while let Some((seq, at, actor, request, action, details, hash)) =
-            rows.try_next().await.map_err(db_error)?
-        {
-            let event = LogEvent {
-                seq: seq as u64,
-                at: Timestamp::from_millis(at),
-                actor,
-                request,
-                action,
-                details,
-            };
-            let Ok(stored) = <Hash>::try_from(hash.as_slice()) else {
-                return Ok(Verification::Broken(
-                    crate::domain::logbook::ChainBreak::Mismatch { seq: event.seq },
-                ));
-            };
-            if let Err(brk) = check_link(prev_seq, &prev, &event, &stored) {
-                return Ok(Verification::Broken(brk));
-            }
-            prev_seq = event.seq;
-            prev = stored;
-        }
-        Ok(Verification::Intact {
-            events: prev_seq,
-            head: hex::encode(prev),
-        })
+        // Verification runs on its own connection: it reads one snapshot from
+        // start to end, however long that takes, without holding a pooled one.
+        let path = self.shared.path.clone();
+        tokio::task::spawn_blocking(move || verify::verify(&connect_reader(&path)?))
+            .await
+            .map_err(|e| StoreError::Other(format!("verification failed: {e}")))?
+    }
+
+    async fn record(&self, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
+        self.write(move |conn| housekeeping::record(conn, &fx, now))
+            .await
+    }
+
+    async fn ssh_key(&self, user: &UserId) -> Result<Option<SshPublicKey>, StoreError> {
+        let user = user.clone();
+        self.read(move |conn| housekeeping::ssh_key(conn, &user))
+            .await
+    }
+
+    async fn set_ssh_key(
+        &self,
+        user: &UserId,
+        key: Option<&SshPublicKey>,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let (user, key) = (user.clone(), key.cloned());
+        self.write(move |conn| housekeeping::set_ssh_key(conn, &user, key.as_ref(), &fx, now))
+            .await
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Span,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| housekeeping::try_lease(conn, &name, &holder, now, ttl))
+            .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| housekeeping::release_lease(conn, &name, &holder))
+            .await
+    }
+
+    async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| housekeeping::lease_holder(conn, &name)).await
+    }
+
+    async fn take_over_lease(
+        &self,
+        name: &str,
+        stale: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Span,
+    ) -> Result<bool, StoreError> {
+        let (name, stale, holder) = (name.to_owned(), stale.to_owned(), holder.to_owned());
+        self.write(move |conn| housekeeping::take_over_lease(conn, &name, &stale, &holder, now, ttl))
+            .await
+    }
+
+    async fn job_next_run(
+        &self,
+        name: &str,
+        schedule: &str,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let (name, schedule) = (name.to_owned(), schedule.to_owned());
+        self.read(move |conn| housekeeping::job_next_run(conn, &name, &schedule))
+            .await
+    }
+
+    async fn set_job_next_run(
+        &self,
+        name: &str,
+        schedule: &str,
+        next: Timestamp,
+    ) -> Result<(), StoreError> {
+        let (name, schedule) = (name.to_owned(), schedule.to_owned());
+        self.write(move |conn| housekeeping::set_job_next_run(conn, &name, &schedule, next))
+            .await
+    }
+
+    async fn requests_in(
+        &self,
+        states: &[RequestState],
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let states = states.to_vec();
+        self.read(move |conn| housekeeping::requests_in(conn, &states, limit))
+            .await
+    }
+
+    async fn ended_unverified(
+        &self,
+        since: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        self.read(move |conn| housekeeping::ended_unverified(conn, since, limit))
+            .await
+    }
+
+    async fn has_timer(&self, request: RequestId, kind: TimerKind) -> Result<bool, StoreError> {
+        self.read(move |conn| housekeeping::has_timer(conn, request, kind))
+            .await
+    }
+
+    async fn logbook_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.read(housekeeping::logbook_head).await
+    }
+
+    async fn logbook_hash_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        self.read(move |conn| housekeeping::logbook_hash_at(conn, seq))
+            .await
+    }
+
+    async fn request_for_message(
+        &self,
+        surface: &str,
+        channel: &str,
+        message: &str,
+    ) -> Result<Option<RequestId>, StoreError> {
+        let (surface, channel, message) =
+            (surface.to_owned(), channel.to_owned(), message.to_owned());
+        self.read(move |conn| housekeeping::request_for_message(conn, &surface, &channel, &message))
+            .await
     }
 }

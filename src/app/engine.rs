@@ -173,6 +173,10 @@ impl Engine {
             Command::List(filter) => self.list(actor, filter).await.map(|t| (t, None)),
             Command::Show(id) => self.show(actor, id).await.map(|t| (t, Some(id))),
             Command::Audit(id) => self.audit(actor, id).await.map(|t| (t, Some(id))),
+            Command::Retry(id) => self.retry(actor, id).await,
+            Command::KeySet(key) => self.key(actor, KeyCommand::Set(key)).await,
+            Command::KeyShow => self.key(actor, KeyCommand::Show).await,
+            Command::KeyRemove => self.key(actor, KeyCommand::Remove).await,
             Command::Help => Ok((help_text("/passport "), None)),
         };
         match result {
@@ -262,6 +266,19 @@ impl Engine {
                 "cannot request access to {}: fix or leave out these instances and ask again",
                 problems.join("; ")
             ))
+            .into());
+        }
+        if self.provisioner.requires_ssh_key()
+            && instances
+                .iter()
+                .any(|i| i.platform == crate::domain::request::Platform::Linux)
+            && self.store.ssh_key(&actor.person.id).await?.is_none()
+        {
+            return Err(RefusalKind::NotAllowed(
+                "register your SSH public key first, once: `/passport key set ssh-ed25519 AAAA… you@laptop` \
+                 (Linux instances are reached with SSH through Session Manager)"
+                    .into(),
+            )
             .into());
         }
         let requirement = self.policy.requirement_for(&instances);
@@ -364,7 +381,24 @@ impl Engine {
         let who = self.membership(&actor.person).await;
         let person = actor.person.clone();
         let now = self.clock.now();
+        let warnings = self.settings.warnings.clone();
         self.change(id, move |req, fx| {
+            if req.state == RequestState::Active && req.pending_extension.is_some() {
+                let ext = req.approve_extension(&who, now)?;
+                let summary = format!(
+                    "extension by {} approved by {}, now until {}",
+                    ext.added, person.handle, ext.new_expiry
+                );
+                apply_extension(fx, id, person.id.as_str(), &summary, &ext, now, &warnings);
+                fx.notify(Notice::Direct {
+                    user: req.requester.id.clone(),
+                    request: Some(id),
+                    text: format!("Your extension of {id} was approved by {}: access now ends at {}.", person.handle, ext.new_expiry),
+                    actions: Vec::new(),
+                });
+                fx.reply = format!("extension of {id} approved: access now ends at {}", ext.new_expiry);
+                return Ok(());
+            }
             match req.approve(&who, &person.handle, now)? {
                 ApprovalOutcome::Recorded { still_needed } => {
                     let summary = format!("approval by {} recorded; still needs {still_needed}", person.handle);
@@ -408,6 +442,38 @@ impl Engine {
         let person = actor.person.clone();
         let now = self.clock.now();
         self.change(id, move |req, fx| {
+            if req.state == RequestState::Active && req.pending_extension.is_some() {
+                let asked = req.deny_extension(&who, is_admin)?;
+                let because = reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                let summary = format!("extension by {asked} denied by {}{because}", person.handle);
+                fx.log(
+                    now,
+                    person.id.as_str(),
+                    Some(id),
+                    "extension_denied",
+                    summary.clone(),
+                    json!({}),
+                );
+                fx.notify(Notice::Thread {
+                    request: id,
+                    text: format!("⛔ {summary}"),
+                    actions: Vec::new(),
+                });
+                fx.notify(Notice::Direct {
+                    user: req.requester.id.clone(),
+                    request: Some(id),
+                    text: format!(
+                        "Your extension of {id} was {summary}; access still ends at {}.",
+                        req.expires_at.unwrap_or(now)
+                    ),
+                    actions: Vec::new(),
+                });
+                fx.reply = format!("extension of {id} denied");
+                return Ok(());
+            }
             req.deny(&who, &person.handle, is_admin, reason.clone(), now)?;
             let because = reason
                 .as_ref()
@@ -562,48 +628,154 @@ impl Engine {
         let now = self.clock.now();
         let warnings = self.settings.warnings.clone();
         self.change(id, move |req, fx| {
+            if req.state == RequestState::Active && req.pending_extension.is_some() {
+                return Err(RefusalKind::AlreadyDone(format!(
+                    "an extension of {id} is already waiting for an approver; ask them in the request's thread"
+                )));
+            }
+            if req.extension_needs_approval(by) {
+                let asked = req.ask_extension(&person.id, by, now)?;
+                let summary = format!(
+                    "{} asks to extend by {asked}; the policy needs an approver for extensions past {}",
+                    person.handle,
+                    req.requirement.extension_approval_over.unwrap_or(Span::ZERO)
+                );
+                fx.log(now, person.id.as_str(), Some(id), "extension_requested", summary.clone(), json!({ "asked": asked.to_string() }));
+                fx.notify(Notice::Thread {
+                    request: id,
+                    text: format!("⏳ {summary}"),
+                    actions: messages::approve_deny(req),
+                });
+                fx.reply = format!(
+                    "the extension of {id} by {asked} is waiting for an approver: they have been asked in the request's thread"
+                );
+                return Ok(());
+            }
             let ext = req.extend(&person.id, by, now)?;
             let capped = if ext.capped {
-                format!(
-                    " (asked for {by}; the maximum is {})",
-                    req.requirement.max_duration
-                )
+                format!(" (asked for {by}; the maximum is {})", req.requirement.max_duration)
             } else {
                 String::new()
             };
-            let summary = format!(
-                "extended by {} by {}, now until {}{capped}",
-                ext.added, person.handle, ext.new_expiry
-            );
-            fx.log(
-                now,
-                person.id.as_str(),
-                Some(id),
-                "extended",
-                summary.clone(),
-                json!({ "added": ext.added.to_string(), "expires_at": ext.new_expiry.to_string() }),
-            );
-            fx.cancel_expiry = true;
-            schedule_expiry(fx, ext.new_expiry, now, &warnings);
-            // Move the on-instance expiries too.
-            fx.schedule(TimerKind::Refresh, now);
-            fx.notify(Notice::Thread {
-                request: id,
-                text: format!("⏱ {summary}"),
-                actions: Vec::new(),
-            });
+            let summary = format!("extended by {} by {}, now until {}{capped}", ext.added, person.handle, ext.new_expiry);
+            apply_extension(fx, id, person.id.as_str(), &summary, &ext, now, &warnings);
             let room = if ext.remaining_allowance < Span::from_minutes(1) {
                 "that is the maximum".to_owned()
             } else {
                 format!("{} more can be added", ext.remaining_allowance)
             };
+            fx.reply = format!("{id} extended by {}{capped}: access now ends at {} ({room})", ext.added, ext.new_expiry);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn retry(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+    ) -> Result<(String, Option<RequestId>), AppError> {
+        let who = self.membership(&actor.person).await;
+        let is_admin = self.policy.is_admin(&who);
+        let person = actor.person.clone();
+        let now = self.clock.now();
+        self.change(id, move |req, fx| {
+            let again = req.retry_failed(&who, is_admin)?;
+            let labels: Vec<String> = again
+                .iter()
+                .map(|i| messages::instance_label(req, i))
+                .collect();
+            let summary = format!("{} retries {}", person.handle, summarise(&labels, 10));
+            fx.log(
+                now,
+                person.id.as_str(),
+                Some(id),
+                "retry",
+                summary.clone(),
+                json!({ "instances": again.iter().map(|i| i.as_str()).collect::<Vec<_>>() }),
+            );
+            fx.schedule(TimerKind::Provision, now);
+            fx.notify(Notice::Thread {
+                request: id,
+                text: format!("🔁 {summary}"),
+                actions: Vec::new(),
+            });
             fx.reply = format!(
-                "{id} extended by {}{capped}: access now ends at {} ({room})",
-                ext.added, ext.new_expiry
+                "setting up `{}` again on {} instance(s) of {id}",
+                req.username,
+                again.len()
             );
             Ok(())
         })
         .await
+    }
+
+    async fn key(
+        &self,
+        actor: &Actor,
+        command: KeyCommand,
+    ) -> Result<(String, Option<RequestId>), AppError> {
+        let person = &actor.person;
+        let now = self.clock.now();
+        match command {
+            KeyCommand::Show => Ok((
+                match self.store.ssh_key(&person.id).await? {
+                    Some(key) => format!(
+                        "your registered key is {} {}",
+                        key.kind(),
+                        key.fingerprint()
+                    ),
+                    None => {
+                        "you have no SSH key registered: `key set <your public key>` registers one"
+                            .into()
+                    }
+                },
+                None,
+            )),
+            KeyCommand::Set(key) => {
+                let mut fx = Effects::default();
+                let summary = format!(
+                    "{} registered SSH key {} {}",
+                    person.handle,
+                    key.kind(),
+                    key.fingerprint()
+                );
+                fx.log(
+                    now,
+                    person.id.as_str(),
+                    None,
+                    "key_registered",
+                    summary,
+                    json!({ "fingerprint": key.fingerprint() }),
+                );
+                fx.route(&self.settings.surfaces, &actor.surface);
+                self.store
+                    .set_ssh_key(&person.id, Some(&key), fx, now)
+                    .await?;
+                Ok((
+                    format!(
+                        "key {} {} registered: your next Linux access uses it",
+                        key.kind(),
+                        key.fingerprint()
+                    ),
+                    None,
+                ))
+            }
+            KeyCommand::Remove => {
+                let mut fx = Effects::default();
+                fx.log(
+                    now,
+                    person.id.as_str(),
+                    None,
+                    "key_removed",
+                    format!("{} removed their SSH key", person.handle),
+                    json!({}),
+                );
+                fx.route(&self.settings.surfaces, &actor.surface);
+                self.store.set_ssh_key(&person.id, None, fx, now).await?;
+                Ok(("your SSH key is removed; access already granted keeps the key it was granted with until it ends".into(), None))
+            }
+        }
     }
 
     // -----------------------------------------------------------------------
@@ -776,6 +948,43 @@ pub(super) fn start_provisioning(
     );
     fx.schedule(TimerKind::Provision, now);
     Ok(())
+}
+
+/// Moves the expiry: new warning and expiry timers, the on-instance expiries
+/// refreshed, the thread told.
+fn apply_extension(
+    fx: &mut Effects,
+    id: RequestId,
+    actor: &str,
+    summary: &str,
+    ext: &crate::domain::request::Extension,
+    now: Timestamp,
+    warnings: &[Span],
+) {
+    fx.log(
+        now,
+        actor,
+        Some(id),
+        "extended",
+        summary.to_owned(),
+        json!({ "added": ext.added.to_string(), "expires_at": ext.new_expiry.to_string() }),
+    );
+    fx.cancel_expiry = true;
+    schedule_expiry(fx, ext.new_expiry, now, warnings);
+    // Move the on-instance expiries too.
+    fx.schedule(TimerKind::Refresh, now);
+    fx.notify(Notice::Thread {
+        request: id,
+        text: format!("⏱ {summary}"),
+        actions: Vec::new(),
+    });
+}
+
+/// What a `key` command asks.
+enum KeyCommand {
+    Set(crate::domain::values::SshPublicKey),
+    Show,
+    Remove,
 }
 
 /// Warnings before `expiry` that are still in the future, and the expiry itself.

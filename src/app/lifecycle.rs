@@ -204,12 +204,23 @@ impl Engine {
                 GrantState::Provisioning,
                 now.plus(req.duration.span()).plus(grace),
             ),
+            // A retry of failed instances while the others are active.
+            TimerKind::Provision if req.state == RequestState::Active => match req.expires_at {
+                Some(e) => (GrantState::Provisioning, e.plus(grace)),
+                None => return self.store.delete_timer(t.id).await,
+            },
             TimerKind::Refresh if req.state == RequestState::Active => match req.expires_at {
                 Some(e) => (GrantState::Active, e.plus(grace)),
                 None => return self.store.delete_timer(t.id).await,
             },
             _ => return self.store.delete_timer(t.id).await,
         };
+        let was_active = req.state == RequestState::Active;
+        let ssh_public_key = self
+            .store
+            .ssh_key(&req.requester.id)
+            .await?
+            .map(|k| k.as_str().to_owned());
         let instances: Vec<_> = req
             .grants
             .iter()
@@ -225,6 +236,7 @@ impl Engine {
             instances: instances.clone(),
             expires_at,
             sudo: req.requirement.sudo,
+            ssh_public_key,
         };
         let outcomes = match self.provisioner.grant(&spec).await {
             Ok(outcomes) => outcomes,
@@ -284,6 +296,21 @@ impl Engine {
             }
             let report = messages::provisioning_report(req);
             match req.state {
+                RequestState::Active if was_active => {
+                    fx.notify(Notice::Thread {
+                        request: id,
+                        text: format!("🔁 {report}"),
+                        actions: Vec::new(),
+                    });
+                    if outcomes.iter().any(|o| o.ok) {
+                        fx.notify(Notice::Direct {
+                            user: req.requester.id.clone(),
+                            request: Some(id),
+                            text: messages::connection_details(req),
+                            actions: Vec::new(),
+                        });
+                    }
+                }
                 RequestState::Active => {
                     let expires = req.expires_at.unwrap_or(now);
                     fx.log(
@@ -301,15 +328,20 @@ impl Engine {
                         fx.schedule(TimerKind::Refresh, now);
                     }
                     let details = messages::connection_details(req);
-                    let retry_hint = if req.grants.iter().any(|g| g.state == GrantState::Failed) {
-                        "\nThe failed instances can be requested again in a new request once fixed."
+                    let failed = req.grants.iter().any(|g| g.state == GrantState::Failed);
+                    let retry_hint = if failed {
+                        "\nFix the failed instances, then retry them."
                     } else {
                         ""
                     };
                     fx.notify(Notice::Thread {
                         request: id,
                         text: format!("🟢 {report}\n{details}{retry_hint}"),
-                        actions: Vec::new(),
+                        actions: if failed {
+                            vec![messages::retry_action(req)]
+                        } else {
+                            Vec::new()
+                        },
                     });
                     fx.notify(Notice::Direct {
                         user: req.requester.id.clone(),

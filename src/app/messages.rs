@@ -22,6 +22,15 @@ pub fn approve_deny(req: &AccessRequest) -> Vec<Action> {
     ]
 }
 
+/// The Retry button for instances that failed to provision.
+pub fn retry_action(req: &AccessRequest) -> Action {
+    Action {
+        label: "Retry failed".into(),
+        command: format!("retry {}", req.id),
+        style: ActionStyle::Plain,
+    }
+}
+
 /// Extend and Complete buttons for an active request.
 pub fn extend_complete(req: &AccessRequest) -> Vec<Action> {
     vec![

@@ -3,6 +3,7 @@
 pub mod dispatch;
 pub mod effects;
 pub mod engine;
+pub mod jobs;
 pub mod lifecycle;
 pub mod messages;
 pub mod ports;

@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{ChainBreak, LogEvent};
 use crate::domain::notice::{Action, CardView, Notice};
-use crate::domain::request::{AccessRequest, InstanceInfo, InstanceOutcome, Refusal};
-use crate::domain::time::Timestamp;
-use crate::domain::values::{InstanceId, RequestId, UserId, Username};
+use crate::domain::request::{AccessRequest, InstanceInfo, InstanceOutcome, Refusal, RequestState};
+use crate::domain::time::{Span, Timestamp};
+use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
 
-use super::effects::{Effects, Timer, TimerId};
+use super::effects::{Effects, Timer, TimerId, TimerKind};
 
 // ---------------------------------------------------------------------------
 // Clock
@@ -88,6 +88,8 @@ pub struct GrantSpec {
     pub instances: Vec<InstanceInfo>,
     pub expires_at: Timestamp,
     pub sudo: bool,
+    /// The requester's registered OpenSSH public key, installed for Linux users.
+    pub ssh_public_key: Option<String>,
 }
 
 /// What to remove from the instances.
@@ -111,6 +113,10 @@ pub enum ProvisionError {
 #[async_trait]
 pub trait Provisioner: Send + Sync {
     fn name(&self) -> &str;
+    /// Linux grants log in with the requester's SSH key, so a request without one is refused.
+    fn requires_ssh_key(&self) -> bool {
+        false
+    }
     async fn describe(&self, ids: &[InstanceId]) -> Result<Vec<Described>, ProvisionError>;
     /// Creates (or, when run again, refreshes the expiry of) the user on every instance.
     /// Idempotent. Returns one outcome per instance.
@@ -131,7 +137,7 @@ pub trait Directory: Send + Sync {
 // ---------------------------------------------------------------------------
 // Store
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("request {0} does not exist")]
     NotFound(RequestId),
@@ -232,4 +238,70 @@ pub trait Store: Send + Sync {
         since: Option<Timestamp>,
     ) -> Result<Vec<LogEvent>, StoreError>;
     async fn verify_logbook(&self) -> Result<Verification, StoreError>;
+
+    // -- housekeeping ---------------------------------------------------------
+
+    /// Writes Logbook events and notices that belong to no request, in one transaction.
+    async fn record(&self, fx: Effects, now: Timestamp) -> Result<(), StoreError>;
+    async fn ssh_key(&self, user: &UserId) -> Result<Option<SshPublicKey>, StoreError>;
+    /// Sets (or with `None` removes) a user's key, with its Logbook event, in one transaction.
+    async fn set_ssh_key(
+        &self,
+        user: &UserId,
+        key: Option<&SshPublicKey>,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Takes or renews the lease `name` for `holder` until `now + ttl`. False when
+    /// another holder's lease has not expired.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Span,
+    ) -> Result<bool, StoreError>;
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+    /// Who holds lease `name`, if anyone.
+    async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Takes lease `name` from `stale`, known to be dead, before it expires.
+    /// False when someone else took it meanwhile.
+    async fn take_over_lease(&self, name: &str, stale: &str, holder: &str, now: Timestamp, ttl: Span) -> Result<bool, StoreError>;
+    /// When job `name` runs next, if it was scheduled with this same `schedule`.
+    async fn job_next_run(
+        &self,
+        name: &str,
+        schedule: &str,
+    ) -> Result<Option<Timestamp>, StoreError>;
+    async fn set_job_next_run(
+        &self,
+        name: &str,
+        schedule: &str,
+        next: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Requests in any of `states`, oldest first.
+    async fn requests_in(
+        &self,
+        states: &[RequestState],
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError>;
+    /// Ended requests updated since `since` whose removal reconciliation has not checked yet.
+    async fn ended_unverified(
+        &self,
+        since: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError>;
+    async fn has_timer(&self, request: RequestId, kind: TimerKind) -> Result<bool, StoreError>;
+    /// The last event's sequence number and hash (hex), if any.
+    async fn logbook_head(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// The stored hash (hex) of event `seq`, if it exists.
+    async fn logbook_hash_at(&self, seq: u64) -> Result<Option<String>, StoreError>;
+    /// The request whose card is `message` in `channel` on `surface`, so a reply
+    /// typed in that card's thread acts on it.
+    async fn request_for_message(
+        &self,
+        surface: &str,
+        channel: &str,
+        message: &str,
+    ) -> Result<Option<RequestId>, StoreError>;
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{
     looks_like_duration, parse_span, quote, DurationLimits, GrantDuration, InputError, InstanceIds,
-    Reason, RequestId, Ticket, TicketRules,
+    Reason, RequestId, SshPublicKey, Ticket, TicketRules,
 };
 
 /// What the grammar needs to know from configuration.
@@ -58,6 +58,12 @@ pub enum Command {
     List(ListFilter),
     Show(RequestId),
     Audit(RequestId),
+    /// Provision again the instances that failed.
+    Retry(RequestId),
+    /// Register (or replace) the caller's SSH public key.
+    KeySet(SshPublicKey),
+    KeyShow,
+    KeyRemove,
     Help,
 }
 
@@ -72,8 +78,14 @@ impl Command {
             | Command::Cancel(id)
             | Command::Revoke(id, _)
             | Command::Show(id)
-            | Command::Audit(id) => Some(*id),
-            Command::Request(_) | Command::List(_) | Command::Help => None,
+            | Command::Audit(id)
+            | Command::Retry(id) => Some(*id),
+            Command::Request(_)
+            | Command::List(_)
+            | Command::KeySet(_)
+            | Command::KeyShow
+            | Command::KeyRemove
+            | Command::Help => None,
         }
     }
 }
@@ -100,6 +112,8 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "list", usage: "list [mine|pending|active]", summary: "list requests" },
     CommandSpec { name: "show", usage: "show AR-n", summary: "show one request and its instances" },
     CommandSpec { name: "audit", usage: "audit AR-n", summary: "show the Logbook timeline of a request" },
+    CommandSpec { name: "retry", usage: "retry AR-n", summary: "set up access again on the instances that failed" },
+    CommandSpec { name: "key", usage: "key set <ssh public key> | key show | key remove", summary: "register the SSH key your Linux users log in with" },
     CommandSpec { name: "help", usage: "help", summary: "show this help" },
 ];
 
@@ -170,6 +184,7 @@ impl Grammar {
             }
             let takes_id = [
                 "approve", "deny", "complete", "extend", "cancel", "revoke", "show", "audit",
+                "retry",
             ];
             if takes_id.contains(&name.as_str())
                 && tokens.get(1).is_none_or(|t| RequestId::parse(t).is_err())
@@ -262,6 +277,25 @@ impl Grammar {
                 no_more(2)?;
                 Ok(Command::Audit(id))
             }
+            "retry" => {
+                let id = id_at(1)?;
+                no_more(2)?;
+                Ok(Command::Retry(id))
+            }
+            "key" => match tokens.get(1).map(|t| t.to_ascii_lowercase()).as_deref() {
+                Some("set") => Ok(Command::KeySet(SshPublicKey::parse(&rest_of_line(
+                    line, 2,
+                ))?)),
+                Some("show") => {
+                    no_more(2)?;
+                    Ok(Command::KeyShow)
+                }
+                Some("remove") => {
+                    no_more(2)?;
+                    Ok(Command::KeyRemove)
+                }
+                _ => Err(usage_error(name, "set, show or remove your key?")),
+            },
             "help" => Ok(Command::Help),
             other => Err(InputError::new(format!(
                 "unknown command {}: try `request`, `approve`, `extend`, `complete` or `help`",

@@ -78,6 +78,8 @@ pub struct Rule {
     pub sudo: bool,
     /// Approvals channel for requests that match this rule.
     pub channel: Option<String>,
+    /// Extensions that would add more than this in total wait for an approver.
+    pub extension_approval_over: Option<Span>,
 }
 
 impl Rule {
@@ -118,6 +120,9 @@ pub struct Requirement {
     pub max_duration: Span,
     pub sudo: bool,
     pub channel: Option<String>,
+    /// Extensions adding more than this in total need an approver's click.
+    #[serde(default)]
+    pub extension_approval_over: Option<Span>,
 }
 
 /// How far a request has come towards one rule's approvals.
@@ -232,6 +237,10 @@ impl Policy {
             max_duration,
             sudo: matched.iter().all(|r| r.sudo),
             channel: matched.iter().find_map(|r| r.channel.clone()),
+            extension_approval_over: matched
+                .iter()
+                .filter_map(|r| r.extension_approval_over)
+                .min(),
         }
     }
 }
@@ -280,6 +289,7 @@ mod tests {
             max_duration: max_h.map(Span::from_hours),
             sudo,
             channel: None,
+            extension_approval_over: None,
         }
     }
 

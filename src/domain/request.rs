@@ -230,6 +230,19 @@ pub struct AccessRequest {
     pub extended_by: Span,
     /// The denial, cancellation, completion, revocation or expiry.
     pub decision: Option<Decision>,
+    /// An extension waiting for an approver, when the policy asks for one.
+    #[serde(default)]
+    pub pending_extension: Option<PendingExtension>,
+    /// Reconciliation ran the removal again after the request ended and found nothing left.
+    #[serde(default)]
+    pub removal_verified: bool,
+}
+
+/// An extension asked for but not yet approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingExtension {
+    pub by: Span,
+    pub asked_at: Timestamp,
 }
 
 /// Why a command cannot be carried out; the message is shown to the person.
@@ -318,6 +331,8 @@ impl AccessRequest {
             expires_at: None,
             extended_by: Span::ZERO,
             decision: None,
+            pending_extension: None,
+            removal_verified: false,
         }
     }
 
@@ -592,6 +607,8 @@ impl AccessRequest {
                 }
             }
             RequestState::Revoked => Ok(self.mark_removing()),
+            // A retry of failed instances while access is active: only the grants change.
+            RequestState::Active => Ok(Vec::new()),
             _ => Err(self.state_refusal("record provisioning for")),
         }
     }
@@ -776,6 +793,140 @@ impl AccessRequest {
         })
     }
 
+    /// True when adding `by` takes the extensions past the policy's threshold,
+    /// so the extension has to wait for an approver.
+    pub fn extension_needs_approval(&self, by: GrantDuration) -> bool {
+        match self.requirement.extension_approval_over {
+            Some(threshold) => {
+                self.extended_by.as_millis() + by.span().as_millis() > threshold.as_millis()
+            }
+            None => false,
+        }
+    }
+
+    /// Records an extension that waits for an approver. The same checks as
+    /// [`AccessRequest::extend`] apply; nothing moves until it is approved.
+    pub fn ask_extension(
+        &mut self,
+        who: &UserId,
+        by: GrantDuration,
+        now: Timestamp,
+    ) -> Result<Span, Refusal> {
+        if self.pending_extension.is_some() {
+            return Err(RefusalKind::AlreadyDone(format!(
+                "an extension of {} is already waiting for an approver",
+                self.id
+            )));
+        }
+        // Dry-run the extension on a copy to apply every check and the cap.
+        let mut probe = self.clone();
+        let ext = probe.extend(who, by, now)?;
+        self.pending_extension = Some(PendingExtension {
+            by: ext.added,
+            asked_at: now,
+        });
+        Ok(ext.added)
+    }
+
+    /// An approver approves the waiting extension.
+    pub fn approve_extension(
+        &mut self,
+        who: &Membership,
+        now: Timestamp,
+    ) -> Result<Extension, Refusal> {
+        let Some(pending) = self.pending_extension.clone() else {
+            return Err(RefusalKind::WrongState(format!(
+                "{} has no extension waiting for approval",
+                self.id
+            )));
+        };
+        if self.is_requester(&who.user) {
+            return Err(RefusalKind::NotAllowed(format!(
+                "you cannot approve your own extension of {}: ask an approver ({})",
+                self.id,
+                self.requirement.describe()
+            )));
+        }
+        if !self.is_approver(who) {
+            return Err(RefusalKind::NotAllowed(format!(
+                "you are not an approver for {}: it needs {}",
+                self.id,
+                self.requirement.describe()
+            )));
+        }
+        let requester = self.requester.id.clone();
+        let by = GrantDuration::within(
+            pending.by,
+            &DurationLimits {
+                min: Span::ZERO,
+                ..DurationLimits::default()
+            },
+        )
+        .map_err(|e| RefusalKind::WrongState(e.0))?;
+        let ext = self.extend(&requester, by, now)?;
+        self.pending_extension = None;
+        Ok(ext)
+    }
+
+    /// An approver turns the waiting extension down; access keeps its expiry.
+    pub fn deny_extension(&mut self, who: &Membership, is_admin: bool) -> Result<Span, Refusal> {
+        let Some(pending) = self.pending_extension.clone() else {
+            return Err(RefusalKind::WrongState(format!(
+                "{} has no extension waiting for approval",
+                self.id
+            )));
+        };
+        if self.is_requester(&who.user) {
+            return Err(RefusalKind::NotAllowed(format!(
+                "you cannot deny your own extension; it lapses when {} expires",
+                self.id
+            )));
+        }
+        if !is_admin && !self.is_approver(who) {
+            return Err(RefusalKind::NotAllowed(format!(
+                "you are not an approver for {}",
+                self.id
+            )));
+        }
+        self.pending_extension = None;
+        Ok(pending.by)
+    }
+
+    /// Provisions again the instances that failed, while access is active.
+    /// Returns the instances to retry.
+    pub fn retry_failed(
+        &mut self,
+        who: &Membership,
+        is_admin: bool,
+    ) -> Result<Vec<InstanceId>, Refusal> {
+        if !self.is_requester(&who.user) && !is_admin && !self.is_approver(who) {
+            return Err(RefusalKind::NotAllowed(format!(
+                "only the requester, an approver or an admin can retry {}",
+                self.id
+            )));
+        }
+        if self.state != RequestState::Active {
+            return Err(self.state_refusal("retry"));
+        }
+        let mut out = Vec::new();
+        for g in self
+            .grants
+            .iter_mut()
+            .filter(|g| g.state == GrantState::Failed)
+        {
+            g.state = GrantState::Provisioning;
+            g.attempts += 1;
+            out.push(g.instance.clone());
+        }
+        if out.is_empty() {
+            return Err(RefusalKind::AlreadyDone(format!(
+                "{} has no failed instance to retry",
+                self.id
+            )));
+        }
+        Ok(out)
+    }
+
     fn decide(
         &mut self,
         by: Option<&UserId>,
@@ -783,6 +934,8 @@ impl AccessRequest {
         now: Timestamp,
         reason: Option<Reason>,
     ) {
+        // A request that ends takes its waiting extension with it.
+        self.pending_extension = None;
         self.decision = Some(Decision {
             by: by.cloned(),
             handle: handle.to_owned(),
@@ -867,6 +1020,7 @@ mod tests {
             max_duration,
             sudo: false,
             channel: None,
+            extension_approval_over: None,
         }
     }
 
@@ -1559,7 +1713,8 @@ mod tests {
 
     #[test]
     fn record_provisioning_outside_provisioning_is_refused() {
-        for mut r in [pending(), approved(), active()] {
+        // (Active accepts results: they are those of a retry of failed instances.)
+        for mut r in [pending(), approved()] {
             let before = r.clone();
             let err = r.record_provisioning(&[ok(1), ok(2)], at(50)).unwrap_err();
             assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");

@@ -492,11 +492,15 @@ pub struct Username(String);
 
 impl Username {
     pub const PREFIX: &'static str = "pp-";
-    pub const MAX_LEN: usize = 32;
+    /// 20 is the longest name Windows accepts for a local user; Linux allows 32.
+    pub const MAX_LEN: usize = 20;
 
     pub fn for_request(handle: &str, request: RequestId) -> Self {
         let suffix = format!("-{}", request.number());
-        let room = Self::MAX_LEN - Self::PREFIX.len() - suffix.len();
+        // At least one character of the handle, even for absurdly long request numbers.
+        let room = Self::MAX_LEN
+            .saturating_sub(Self::PREFIX.len() + suffix.len())
+            .max(1);
         let mut stem: String = handle
             .chars()
             .flat_map(char::to_lowercase)
@@ -521,6 +525,128 @@ impl Username {
 impl fmt::Display for Username {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SSH public keys
+
+/// An OpenSSH public key a requester registered: Ed25519, ECDSA, or RSA of at
+/// least 2048 bits. Kept as `<type> <base64>` without the comment, so it is
+/// safe to pass on as a parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SshPublicKey(String);
+
+impl SshPublicKey {
+    pub fn parse(text: &str) -> Result<Self, InputError> {
+        use base64::Engine as _;
+        let hint = "paste one line from your id_ed25519.pub (or an ECDSA key, or RSA of 2048 bits or more), e.g. `key set ssh-ed25519 AAAAC3Nza… you@laptop`";
+        let mut parts = text.split_whitespace();
+        let (Some(kind), Some(body)) = (parts.next(), parts.next()) else {
+            return Err(InputError::new(format!(
+                "that is not an OpenSSH public key: {hint}"
+            )));
+        };
+        const KINDS: [&str; 5] = [
+            "ssh-ed25519",
+            "ecdsa-sha2-nistp256",
+            "ecdsa-sha2-nistp384",
+            "ecdsa-sha2-nistp521",
+            "ssh-rsa",
+        ];
+        if !KINDS.contains(&kind) {
+            return Err(InputError::new(format!(
+                "key type {} is not accepted: {hint}",
+                quote(kind)
+            )));
+        }
+        if body.len() > 8192 {
+            return Err(InputError::new(format!("the key is too long: {hint}")));
+        }
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|_| InputError::new(format!("the key's base64 part is damaged: {hint}")))?;
+        let mut reader = SshReader(&blob);
+        let damaged = || {
+            InputError::new(format!(
+                "the key data is damaged or of another type: {hint}"
+            ))
+        };
+        let inner = reader.string().ok_or_else(damaged)?;
+        if inner != kind.as_bytes() {
+            return Err(damaged());
+        }
+        match kind {
+            "ssh-ed25519" => {
+                if reader.string().map(<[u8]>::len) != Some(32) {
+                    return Err(damaged());
+                }
+            }
+            "ssh-rsa" => {
+                let _e = reader.string().ok_or_else(damaged)?;
+                let n = reader.string().ok_or_else(damaged)?;
+                let n = match n.iter().position(|b| *b != 0) {
+                    Some(first) => &n[first..],
+                    None => return Err(damaged()),
+                };
+                let bits = n.len() * 8 - n[0].leading_zeros() as usize;
+                if bits < 2048 {
+                    return Err(InputError::new(format!(
+                        "this RSA key has {bits} bits: use 2048 or more, or better an Ed25519 key (ssh-keygen -t ed25519)"
+                    )));
+                }
+            }
+            _ => {
+                let curve = reader.string().ok_or_else(damaged)?;
+                if !kind.ends_with(std::str::from_utf8(curve).unwrap_or("?"))
+                    || reader.string().is_none()
+                {
+                    return Err(damaged());
+                }
+            }
+        }
+        if !reader.0.is_empty() {
+            return Err(damaged());
+        }
+        Ok(Self(format!("{kind} {body}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The OpenSSH fingerprint, `SHA256:…`.
+    pub fn fingerprint(&self) -> String {
+        use base64::Engine as _;
+        use sha2::{Digest, Sha256};
+        let blob = self
+            .0
+            .split_whitespace()
+            .nth(1)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .unwrap_or_default();
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(&blob))
+        )
+    }
+
+    pub fn kind(&self) -> &str {
+        self.0.split(' ').next().unwrap_or_default()
+    }
+}
+
+/// Reads the length-prefixed strings of an SSH wire-format key blob.
+struct SshReader<'a>(&'a [u8]);
+
+impl<'a> SshReader<'a> {
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let len_bytes: [u8; 4] = self.0.get(..4)?.try_into().ok()?;
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        let value = self.0.get(4..4usize.checked_add(len)?)?;
+        self.0 = &self.0[4 + len..];
+        Some(value)
     }
 }
 
@@ -619,6 +745,51 @@ mod tests {
         assert_eq!(Reason::parse("   ").unwrap(), None);
         assert!(Reason::parse(&"x".repeat(501)).is_err());
         assert!(Reason::parse(&"é".repeat(500)).is_ok());
+    }
+
+    fn ssh_blob(parts: &[&[u8]]) -> String {
+        use base64::Engine as _;
+        let mut blob = Vec::new();
+        for p in parts {
+            blob.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            blob.extend_from_slice(p);
+        }
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    }
+
+    #[test]
+    fn ssh_keys_are_checked_and_stripped_of_comments() {
+        let ed = format!("ssh-ed25519 {}", ssh_blob(&[b"ssh-ed25519", &[7u8; 32]]));
+        let key = SshPublicKey::parse(&format!("{ed} dev1@laptop; rm -rf /")).unwrap();
+        assert_eq!(key.as_str(), ed);
+        assert_eq!(key.kind(), "ssh-ed25519");
+        assert!(key.fingerprint().starts_with("SHA256:"));
+        let mut n = vec![0u8];
+        n.extend(std::iter::repeat_n(0xffu8, 128)); // 1024 bits
+        let weak = format!("ssh-rsa {}", ssh_blob(&[b"ssh-rsa", &[1, 0, 1], &n]));
+        assert!(SshPublicKey::parse(&weak)
+            .unwrap_err()
+            .0
+            .contains("1024 bits"));
+        let mut n = vec![0u8];
+        n.extend(std::iter::repeat_n(0xffu8, 256)); // 2048 bits
+        let rsa = format!("ssh-rsa {}", ssh_blob(&[b"ssh-rsa", &[1, 0, 1], &n]));
+        assert!(SshPublicKey::parse(&rsa).is_ok());
+        let ec = format!(
+            "ecdsa-sha2-nistp256 {}",
+            ssh_blob(&[b"ecdsa-sha2-nistp256", b"nistp256", &[4u8; 65]])
+        );
+        assert!(SshPublicKey::parse(&ec).is_ok());
+        for bad in [
+            "ssh-dss AAAA",
+            "ssh-ed25519",
+            "ssh-ed25519 !!!",
+            &format!("ssh-rsa {}", ssh_blob(&[b"ssh-ed25519", &[7u8; 32]])),
+            &format!("ssh-ed25519 {}", ssh_blob(&[b"ssh-ed25519", &[7u8; 31]])),
+            "$(reboot)",
+        ] {
+            assert!(SshPublicKey::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

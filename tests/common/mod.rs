@@ -309,6 +309,7 @@ pub struct TestApp {
     pub surface: Arc<RecordingSurface>,
     pub provisioner: Arc<FakeProvisioner>,
     pub db: PathBuf,
+    pub jobs: passport::app::jobs::Jobs,
 }
 
 /// Groups: approvers (lead1, lead2), sre-leads (sre1, sre2, sre3), admins (boss).
@@ -333,6 +334,7 @@ pub fn test_config() -> Config {
             approvers: vec!["group:sre-leads".into()],
             approvals: 2,
             max_duration: Some("4h".into()),
+            extension_approval_over: Some("1h".into()),
             ..RuleConfig::default()
         },
         RuleConfig {
@@ -413,6 +415,8 @@ impl TestApp {
             surface,
             provisioner,
             db: db.to_path_buf(),
+            // Scheduled jobs are off unless a test turns them on.
+            jobs: passport::app::jobs::Jobs::default(),
         }
     }
 
@@ -451,7 +455,8 @@ impl TestApp {
 
     pub async fn settle(&self) {
         for _ in 0..50 {
-            let ran = self.engine.run_due().await.unwrap();
+            let ran = self.engine.run_due().await.unwrap()
+                + self.engine.run_jobs_due(&self.jobs).await.unwrap();
             let delivered = self.dispatcher.deliver_due().await.unwrap().delivered;
             if ran == 0 && delivered == 0 {
                 return;

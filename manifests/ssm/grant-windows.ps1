@@ -1,0 +1,403 @@
+# Passport: create, or extend, the short-lived Windows user of one access request.
+#
+# Run as SYSTEM by the SSM document Passport-GrantWindows. Its inputs arrive only as
+# environment variables set by the SSM Agent (interpolationType ENV_VAR), never as
+# script text, and are checked again here against the documents' patterns:
+#   SSM_Username   pp-<handle>-<n>, at most 20 characters (the Windows limit)
+#   SSM_RequestId  AR-<n>, with the n the username ends in
+#   SSM_ExpiresAt  when the access ends, in unix seconds (10 digits)
+#   SSM_Sudo       true adds the user to Administrators, false keeps them out
+#   SSM_PublicKey  a one-time RSA public key (2048 bits or more) made by Passport for
+#                  this command: base64 of its DER SubjectPublicKeyInfo, i.e. the body
+#                  of a PEM "PUBLIC KEY" without header, footer or line breaks
+#
+# It creates the local user (account expiry at SSM_ExpiresAt, member of Remote Desktop
+# Users, of Administrators only when SSM_Sudo is true, description "passport AR-<n>")
+# and registers a scheduled task that removes the user at SSM_ExpiresAt even when
+# Passport itself is down.
+#
+# The password is made here, from the system's cryptographic random source, and leaves
+# the instance only encrypted to SSM_PublicKey (RSA-OAEP with SHA-256), as the one
+# stdout line
+#   PASSPORT-PASSWORD-RSA-OAEP-SHA256:<base64 ciphertext of the UTF-8 password>
+# so it never appears in clear in the command history or logs. Every run sets a new
+# password (an extension too) and prints it that way.
+#
+# Idempotent: a run with a later SSM_ExpiresAt moves the account expiry and the task.
+# On failure it exits 1 with the reason on stderr. Needs Windows PowerShell 5.1 and
+# .NET Framework 4.6 or later (Windows Server 2016 and later).
+$ErrorActionPreference = 'Stop'
+Set-StrictMode -Version 2.0
+$PassportWho = 'passport grant'
+
+# The removal logic, shared with revoke-windows.ps1. It is defined here from this
+# constant text, and later installed as the script the expiry task runs.
+$PassportCore = @'
+# >>> passport-revoke-core
+# Kept identical in grant-windows.ps1 (which installs it for the expiry task) and
+# revoke-windows.ps1; tests/instance_scripts.rs fails when the two copies differ.
+# The caller sets $PassportWho (the prefix of error messages) before this block.
+$PassportState = Join-Path $env:ProgramData 'Passport'
+$PassportTaskPath = '\Passport\'
+
+function Exit-Passport([string]$Message) {
+    [Console]::Error.WriteLine("${PassportWho}: $Message")
+    exit 1
+}
+
+# pp-<handle>-<n>: the documents' allowedPattern plus the 20-character limit of Windows
+# account names. .NET character classes are ordinal and IsMatch is case-sensitive, and
+# \A...\z (unlike ^...$) admits no trailing newline.
+function Test-PassportUsername([string]$Value) {
+    return ($Value.Length -le 20) -and [regex]::IsMatch($Value, '\App-[a-z0-9_-]{1,15}-[0-9]{1,15}\z')
+}
+
+# AR-<n>, and the username must end in the same n (Passport derives one from the other).
+function Test-PassportRequest([string]$Value, [string]$Username) {
+    if (-not [regex]::IsMatch($Value, '\AAR-[0-9]{1,18}\z')) { return $false }
+    return $Username.Substring($Username.LastIndexOf('-') + 1) -ceq $Value.Substring(3)
+}
+
+# Serialises Passport's changes on this instance (grant, revoke, the expiry task).
+function Lock-Passport {
+    $script:PassportMutex = New-Object System.Threading.Mutex($false, 'Global\PassportInstanceChanges')
+    try {
+        if (-not $script:PassportMutex.WaitOne([TimeSpan]::FromMinutes(5))) {
+            Exit-Passport 'another Passport change is still running on this instance; try again later'
+        }
+    } catch [System.Threading.AbandonedMutexException] {
+        # The previous holder died; the mutex is ours now.
+    }
+}
+
+# True when Passport created $User for $RequestId: the description it set (which the
+# user cannot change), or the state file in the administrators-only state directory.
+function Test-PassportOwned($User, [string]$RequestId) {
+    if ($User.Description -ceq "passport $RequestId") { return $true }
+    $state = Join-Path $PassportState ('users\' + $User.Name)
+    if (-not (Test-Path -LiteralPath $state -PathType Leaf)) { return $false }
+    return @(Get-Content -LiteralPath $state) -ccontains "request=$RequestId"
+}
+
+# Logs off every session of $Username (quser prints nothing useful when there is none).
+function Stop-PassportSessions([string]$Username) {
+    $ErrorActionPreference = 'Continue'
+    $lines = @()
+    try { $lines = @(& "$env:SystemRoot\System32\quser.exe" 2>$null) } catch { $lines = @() }
+    foreach ($line in $lines) {
+        $fields = @(($line.Trim() -replace '^>', '') -split '\s+')
+        if ($fields.Count -lt 3 -or $fields[0] -ne $Username) { continue }
+        $id = $fields | Select-Object -Skip 1 | Where-Object { $_ -match '\A[0-9]+\z' } | Select-Object -First 1
+        if ($id) {
+            try { & "$env:SystemRoot\System32\logoff.exe" $id 2>$null } catch { }
+        }
+    }
+    Get-Process -IncludeUserName -ErrorAction SilentlyContinue |
+        Where-Object { $_.UserName -eq "$env:COMPUTERNAME\$Username" } |
+        Stop-Process -Force -ErrorAction SilentlyContinue
+}
+
+# Removes the profile (C:\Users\<name> and its registry entry) of account $Sid.
+function Remove-PassportProfile([string]$Sid) {
+    for ($try = 0; $try -lt 15; $try++) {
+        $found = @(Get-CimInstance -ClassName Win32_UserProfile | Where-Object { $_.SID -eq $Sid })
+        if ($found.Count -eq 0) { return }
+        try { $found | Remove-CimInstance; return } catch { Start-Sleep -Seconds 2 }
+    }
+    Exit-Passport "the profile of $Sid could not be removed; it may still be loaded"
+}
+
+# Removes the user, their profile, group memberships (with the account), state and
+# expiry task. Success when the user is already gone. Refuses an account Passport did
+# not create. The expiry task passes the expiry it was scheduled for, and stands down
+# if the access was extended since; it also leaves its own task alone (the task
+# deletes itself a day after its end boundary).
+function Invoke-PassportRevoke([string]$Username, [string]$RequestId, [string]$ScheduledExpiry) {
+    if (-not (Test-PassportUsername $Username)) {
+        Exit-Passport 'Username must be a Passport username (pp-<handle>-<n>, at most 20 characters of a-z 0-9 _ -)'
+    }
+    if (-not (Test-PassportRequest $RequestId $Username)) {
+        Exit-Passport 'RequestId must be AR-<n> with the same n the Username ends in'
+    }
+    Lock-Passport
+    $state = Join-Path $PassportState ('users\' + $Username)
+    if ($ScheduledExpiry) {
+        if (-not [regex]::IsMatch($ScheduledExpiry, '\A[0-9]{10}\z')) { Exit-Passport 'the scheduled expiry must be unix seconds' }
+        if (Test-Path -LiteralPath $state -PathType Leaf) {
+            $line = @(Get-Content -LiteralPath $state) | Where-Object { $_ -cmatch '\Aexpires=[0-9]{10}\z' } | Select-Object -First 1
+            if ($line -and ([long]$line.Substring(8) -gt [long]$ScheduledExpiry)) {
+                Write-Output "passport revoke: $Username was extended; the newer expiry task stays in charge"
+                return
+            }
+        }
+    }
+    $result = 'was already absent'
+    $user = Get-LocalUser -Name $Username -ErrorAction SilentlyContinue
+    if ($user) {
+        if (-not (Test-PassportOwned $user $RequestId)) {
+            Exit-Passport "account $Username exists but was not created by Passport for $RequestId; leaving it alone"
+        }
+        $sid = $user.SID.Value
+        # Disabled first, so that no new logon races the removal.
+        Disable-LocalUser -SID $user.SID
+        Stop-PassportSessions $Username
+        Remove-LocalUser -SID $user.SID
+        Remove-PassportProfile $sid
+        $result = 'removed'
+    }
+    if (-not $ScheduledExpiry) {
+        Unregister-ScheduledTask -TaskPath $PassportTaskPath -TaskName "Expire-$Username" -Confirm:$false -ErrorAction SilentlyContinue
+    }
+    Remove-Item -LiteralPath $state -Force -ErrorAction SilentlyContinue
+    Write-Output "passport revoke: $Username $result ($RequestId)"
+}
+# <<< passport-revoke-core
+'@
+. ([ScriptBlock]::Create($PassportCore))
+
+# --- inputs -------------------------------------------------------------------------
+
+foreach ($name in 'Username', 'RequestId', 'ExpiresAt', 'Sudo', 'PublicKey') {
+    if ($null -eq [Environment]::GetEnvironmentVariable("SSM_$name")) {
+        Exit-Passport "SSM_$name is not set: this document needs SSM Agent 3.3.2746.0 or later, which passes parameters as environment variables"
+    }
+}
+$Username = $env:SSM_Username
+$RequestId = $env:SSM_RequestId
+$ExpiresAtText = $env:SSM_ExpiresAt
+$Sudo = $env:SSM_Sudo
+$PublicKey = $env:SSM_PublicKey
+
+if (-not (Test-PassportUsername $Username)) {
+    Exit-Passport 'Username must be a Passport username (pp-<handle>-<n>, at most 20 characters of a-z 0-9 _ -)'
+}
+if (-not (Test-PassportRequest $RequestId $Username)) {
+    Exit-Passport 'RequestId must be AR-<n> with the same n the Username ends in'
+}
+if (-not [regex]::IsMatch($ExpiresAtText, '\A[0-9]{10}\z')) { Exit-Passport 'ExpiresAt must be unix seconds (10 digits)' }
+if (-not [regex]::IsMatch($Sudo, '\A(true|false)\z')) { Exit-Passport 'Sudo must be true or false' }
+if (-not [regex]::IsMatch($PublicKey, '\A[A-Za-z0-9+/]{300,1400}={0,2}\z')) {
+    Exit-Passport 'PublicKey must be the base64 DER of an RSA SubjectPublicKeyInfo, without PEM header or line breaks'
+}
+
+$expires = [long]$ExpiresAtText
+$now = [DateTimeOffset]::UtcNow.ToUnixTimeSeconds()
+if ($expires -le $now) { Exit-Passport 'ExpiresAt is not in the future' }
+# Passport grants at most 12 hours at a time; anything far beyond is a bug upstream.
+if ($expires -gt $now + 86400) { Exit-Passport 'ExpiresAt is more than 24 hours away' }
+$expiresLocal = [DateTimeOffset]::FromUnixTimeSeconds($expires).LocalDateTime
+
+# --- the one-time public key ------------------------------------------------------
+
+function Get-DerBytes([byte[]]$Data, [int]$Start, [int]$Length) {
+    $out = New-Object byte[] $Length
+    [Array]::Copy($Data, $Start, $out, 0, $Length)
+    return , $out
+}
+
+# Reads the DER element with tag $Tag at $Offset: @(content start, content length, next offset).
+function Read-DerElement([byte[]]$Data, [int]$Offset, [int]$Tag) {
+    if ($Offset + 2 -gt $Data.Length -or $Data[$Offset] -ne $Tag) { throw 'unexpected DER element' }
+    $pos = $Offset + 1
+    $len = [int]$Data[$pos]
+    $pos++
+    if ($len -ge 0x80) {
+        $count = $len -band 0x7f
+        if ($count -lt 1 -or $count -gt 3 -or $pos + $count -gt $Data.Length) { throw 'unsupported DER length' }
+        $len = 0
+        for ($i = 0; $i -lt $count; $i++) {
+            $len = ($len -shl 8) -bor [int]$Data[$pos]
+            $pos++
+        }
+    }
+    if ($pos + $len -gt $Data.Length) { throw 'truncated DER element' }
+    return @($pos, $len, ($pos + $len))
+}
+
+# SubjectPublicKeyInfo ::= SEQUENCE { SEQUENCE { OID rsaEncryption, NULL },
+#                                     BIT STRING { SEQUENCE { INTEGER n, INTEGER e } } }
+function Read-RsaPublicKey([string]$Base64) {
+    $der = [Convert]::FromBase64String($Base64)
+    $spki = Read-DerElement $der 0 0x30
+    if ($spki[2] -ne $der.Length) { throw 'trailing bytes after the key' }
+    $algorithm = Read-DerElement $der $spki[0] 0x30
+    $oid = Read-DerElement $der $algorithm[0] 0x06
+    $rsaOid = [Convert]::ToBase64String([byte[]](0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01))
+    if ([Convert]::ToBase64String((Get-DerBytes $der $oid[0] $oid[1])) -cne $rsaOid) { throw 'not an RSA key' }
+    $bits = Read-DerElement $der $algorithm[2] 0x03
+    if ($bits[1] -lt 1 -or $der[$bits[0]] -ne 0) { throw 'malformed key bits' }
+    $rsaKey = Read-DerElement $der ($bits[0] + 1) 0x30
+    $modulus = Read-DerElement $der $rsaKey[0] 0x02
+    $exponent = Read-DerElement $der $modulus[2] 0x02
+    $n = Get-DerBytes $der $modulus[0] $modulus[1]
+    $skip = 0
+    while ($skip -lt $n.Length - 1 -and $n[$skip] -eq 0) { $skip++ }
+    $parameters = New-Object System.Security.Cryptography.RSAParameters
+    $parameters.Modulus = Get-DerBytes $n $skip ($n.Length - $skip)
+    $parameters.Exponent = Get-DerBytes $der $exponent[0] $exponent[1]
+    if ($parameters.Modulus.Length -lt 256) { throw 'the key is shorter than 2048 bits' }
+    return $parameters
+}
+
+try {
+    $rsa = New-Object System.Security.Cryptography.RSACng
+    $rsa.ImportParameters((Read-RsaPublicKey $PublicKey))
+} catch {
+    Exit-Passport "PublicKey is not a usable RSA public key: $($_.Exception.Message)"
+}
+
+# --- the password -------------------------------------------------------------------
+
+function New-PassportPassword {
+    $upper = 'ABCDEFGHJKLMNPQRSTUVWXYZ'
+    $lower = 'abcdefghijkmnopqrstuvwxyz'
+    $digits = '23456789'
+    $symbols = '!#%+-=?@^_'
+    $rng = [System.Security.Cryptography.RandomNumberGenerator]::Create()
+    $byte = New-Object byte[] 1
+    # An unbiased index below $Count (rejection sampling on one random byte).
+    $pick = {
+        param([int]$Count)
+        $limit = 256 - (256 % $Count)
+        do { $rng.GetBytes($byte) } while ($byte[0] -ge $limit)
+        return [int]$byte[0] % $Count
+    }
+    $all = $upper + $lower + $digits + $symbols
+    $chars = New-Object System.Collections.Generic.List[char]
+    foreach ($set in $upper, $lower, $digits, $symbols) { $chars.Add($set[(& $pick $set.Length)]) }
+    for ($i = 0; $i -lt 24; $i++) { $chars.Add($all[(& $pick $all.Length)]) }
+    # Fisher-Yates, so the guaranteed classes are not always in front.
+    for ($i = $chars.Count - 1; $i -gt 0; $i--) {
+        $j = & $pick ($i + 1)
+        $swap = $chars[$i]
+        $chars[$i] = $chars[$j]
+        $chars[$j] = $swap
+    }
+    $rng.Dispose()
+    return -join $chars
+}
+
+# --- the account --------------------------------------------------------------------
+
+$RemoteDesktopUsers = 'S-1-5-32-555'
+$Administrators = 'S-1-5-32-544'
+
+# The state directory holds the script the expiry task runs as SYSTEM, so only SYSTEM
+# and Administrators may write it. A directory somebody else made (ProgramData lets
+# users create folders) is removed rather than trusted.
+function Initialize-PassportState {
+    $system = New-Object System.Security.Principal.SecurityIdentifier('S-1-5-18')
+    $admins = New-Object System.Security.Principal.SecurityIdentifier($Administrators)
+    if (Test-Path -LiteralPath $PassportState) {
+        $item = Get-Item -LiteralPath $PassportState -Force
+        $owner = (Get-Acl -LiteralPath $PassportState).GetOwner([System.Security.Principal.SecurityIdentifier])
+        $trusted = $item.PSIsContainer -and -not ($item.Attributes -band [IO.FileAttributes]::ReparsePoint) -and
+            ($owner -eq $system -or $owner -eq $admins)
+        if (-not $trusted) {
+            # rmdir removes junctions and links themselves; Remove-Item -Recurse in
+            # Windows PowerShell 5.1 can follow a junction and empty its target.
+            $ErrorActionPreference = 'Continue'
+            & "$env:SystemRoot\System32\cmd.exe" /d /c rmdir /s /q "$PassportState" 2>$null
+            $ErrorActionPreference = 'Stop'
+            if (Test-Path -LiteralPath $PassportState) { Exit-Passport "$PassportState was not made by Passport and could not be removed" }
+        }
+    }
+    New-Item -ItemType Directory -Path $PassportState -Force | Out-Null
+    $acl = New-Object System.Security.AccessControl.DirectorySecurity
+    $acl.SetOwner($admins)
+    $acl.SetAccessRuleProtection($true, $false)
+    foreach ($sid in $system, $admins) {
+        $rule = New-Object System.Security.AccessControl.FileSystemAccessRule($sid, 'FullControl', 'ContainerInherit, ObjectInherit', 'None', 'Allow')
+        $acl.AddAccessRule($rule)
+    }
+    Set-Acl -LiteralPath $PassportState -AclObject $acl
+    New-Item -ItemType Directory -Path (Join-Path $PassportState 'users') -Force | Out-Null
+}
+
+function Write-PassportFile([string]$Path, [string]$Text) {
+    $tmp = "$Path.new"
+    [IO.File]::WriteAllText($tmp, $Text, (New-Object System.Text.UTF8Encoding($false)))
+    Move-Item -LiteralPath $tmp -Destination $Path -Force
+}
+
+function Set-PassportGroup([string]$GroupSid, $User, [bool]$Member) {
+    try {
+        if ($Member) {
+            Add-LocalGroupMember -SID $GroupSid -Member $User
+        } else {
+            Remove-LocalGroupMember -SID $GroupSid -Member $User
+        }
+    } catch {
+        # Already a member, or already not one: that is the state we want.
+        $name = $_.Exception.GetType().Name
+        if ($name -ne 'MemberExistsException' -and $name -ne 'MemberNotFoundException') { throw }
+    }
+}
+
+try {
+    Lock-Passport
+    $user = Get-LocalUser -Name $Username -ErrorAction SilentlyContinue
+    if ($user -and -not (Test-PassportOwned $user $RequestId)) {
+        Exit-Passport "account $Username exists but was not created by Passport for $RequestId; refusing to touch it"
+    }
+    Initialize-PassportState
+
+    $password = New-PassportPassword
+    $secure = ConvertTo-SecureString -String $password -AsPlainText -Force
+    if ($user) {
+        Set-LocalUser -SID $user.SID -Password $secure -AccountExpires $expiresLocal -PasswordNeverExpires $true
+        Enable-LocalUser -SID $user.SID
+        $action = 'extended'
+    } else {
+        $user = New-LocalUser -Name $Username -Password $secure -AccountExpires $expiresLocal `
+            -Description "passport $RequestId" -FullName "Passport $RequestId" `
+            -PasswordNeverExpires -UserMayNotChangePassword
+        $action = 'created'
+    }
+    Set-PassportGroup $RemoteDesktopUsers $user $true
+    Set-PassportGroup $Administrators $user ($Sudo -ceq 'true')
+
+    # Recorded for the extension check of the expiry task and as a second ownership proof.
+    Write-PassportFile (Join-Path $PassportState ('users\' + $Username)) "request=$RequestId`nexpires=$expires`n"
+
+    # --- removal at expiry ---------------------------------------------------------
+    $helperHead = @'
+# Passport: removes a short-lived user at expiry. Written by Passport-GrantWindows.
+param([string]$Username, [string]$RequestId, [string]$ScheduledExpiry)
+$ErrorActionPreference = 'Stop'
+Set-StrictMode -Version 2.0
+$PassportWho = 'passport expire'
+'@
+    $helperTail = @'
+try {
+    Invoke-PassportRevoke -Username $Username -RequestId $RequestId -ScheduledExpiry $ScheduledExpiry
+} catch {
+    Exit-Passport $_.Exception.Message
+}
+'@
+    $helper = Join-Path $PassportState 'revoke-user.ps1'
+    Write-PassportFile $helper ($helperHead + "`n" + $PassportCore + "`n" + $helperTail + "`n")
+
+    $powershell = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
+    $arguments = "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$helper`" -Username $Username -RequestId $RequestId -ScheduledExpiry $expires"
+    $taskAction = New-ScheduledTaskAction -Execute $powershell -Argument $arguments
+    $trigger = New-ScheduledTaskTrigger -Once -At $expiresLocal
+    # StartWhenAvailable runs a missed removal as soon as the instance is back; the end
+    # boundary only lets the finished task delete itself.
+    $trigger.EndBoundary = $expiresLocal.AddDays(30).ToString('s')
+    $settings = New-ScheduledTaskSettingsSet -StartWhenAvailable -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries `
+        -ExecutionTimeLimit (New-TimeSpan -Minutes 30) -DeleteExpiredTaskAfter (New-TimeSpan -Days 1)
+    $principal = New-ScheduledTaskPrincipal -UserId 'S-1-5-18' -LogonType ServiceAccount -RunLevel Highest
+    Register-ScheduledTask -TaskPath $PassportTaskPath -TaskName "Expire-$Username" -Action $taskAction -Trigger $trigger `
+        -Settings $settings -Principal $principal -Description "Passport: remove $Username ($RequestId) at expiry" -Force | Out-Null
+
+    # --- the password, encrypted to the one-time key --------------------------------
+    $cipher = $rsa.Encrypt([Text.Encoding]::UTF8.GetBytes($password), [System.Security.Cryptography.RSAEncryptionPadding]::OaepSHA256)
+    $rsa.Dispose()
+    $password = $null
+    Write-Output ('PASSPORT-PASSWORD-RSA-OAEP-SHA256:' + [Convert]::ToBase64String($cipher))
+    Write-Output ("passport grant: $Username $action for $RequestId until " + $expiresLocal.ToString('yyyy-MM-dd HH:mm:ss') +
+        ' (instance time; administrators ' + $Sudo + ', removal by task ' + $PassportTaskPath + "Expire-$Username)")
+} catch {
+    Exit-Passport $_.Exception.Message
+}

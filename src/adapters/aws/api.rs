@@ -1,0 +1,200 @@
+//! The slice of the EC2 and SSM APIs Passport uses, as two small traits over
+//! plain types. The SDK implements them in [`super::sdk`]; tests put fakes
+//! behind them to show what a local AWS-compatible server cannot (failed
+//! scripts, offline instances, throttling).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::domain::request::Platform;
+use crate::domain::values::InstanceId;
+
+/// An error from an AWS call, sorted by what the caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The service asked us to slow down; worth retrying after a pause.
+    #[error("throttled by AWS: {0}")]
+    Throttled(String),
+    /// A network failure, a timeout or a server error (5xx); worth retrying.
+    #[error("AWS is not answering: {0}")]
+    Transient(String),
+    /// The service refused the call; `code` is its error code, e.g.
+    /// `InvocationDoesNotExist`, `InvalidDocument`, `AccessDeniedException`.
+    #[error("{code}: {message}")]
+    Service { code: String, message: String },
+}
+
+impl ApiError {
+    pub fn service(code: &str, message: &str) -> Self {
+        Self::Service {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// The service's error code, when the service answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Service { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Throttled(_) | Self::Transient(_))
+    }
+
+    pub fn is_access_denied(&self) -> bool {
+        matches!(
+            self.code(),
+            Some("AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation")
+        )
+    }
+}
+
+/// One EC2 instance as DescribeInstances reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ec2Instance {
+    pub id: InstanceId,
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down` or `terminated`.
+    pub state: String,
+    pub platform: Platform,
+    pub tags: BTreeMap<String, String>,
+    /// Private IPv4 addresses of every network interface, primary interface first.
+    pub private_ips: Vec<String>,
+}
+
+/// One instance as SSM's DescribeInstanceInformation reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedInstance {
+    pub id: InstanceId,
+    /// `Online`, `ConnectionLost` or `Inactive`.
+    pub ping_status: String,
+}
+
+/// A Run Command to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRequest {
+    pub document: String,
+    pub instances: Vec<InstanceId>,
+    /// Document parameters. SSM hands them to the script as environment
+    /// variables; they are never pasted into script text.
+    pub parameters: BTreeMap<String, Vec<String>>,
+    /// Shown in the SSM console and command history; at most 100 characters.
+    pub comment: String,
+    /// How long SSM tries to deliver the command (SendCommand's `TimeoutSeconds`).
+    pub delivery_timeout_secs: i32,
+}
+
+/// The status of a command on one instance (GetCommandInvocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvocationStatus {
+    Pending,
+    InProgress,
+    Delayed,
+    Success,
+    Cancelled,
+    Cancelling,
+    TimedOut,
+    Failed,
+    Other(String),
+}
+
+impl InvocationStatus {
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "Pending" => Self::Pending,
+            "InProgress" => Self::InProgress,
+            "Delayed" => Self::Delayed,
+            "Success" => Self::Success,
+            "Cancelled" => Self::Cancelled,
+            "Cancelling" => Self::Cancelling,
+            "TimedOut" => Self::TimedOut,
+            "Failed" => Self::Failed,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Pending => "Pending",
+            Self::InProgress => "InProgress",
+            Self::Delayed => "Delayed",
+            Self::Success => "Success",
+            Self::Cancelled => "Cancelled",
+            Self::Cancelling => "Cancelling",
+            Self::TimedOut => "TimedOut",
+            Self::Failed => "Failed",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// The command has finished on the instance and will not change again.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Success | Self::Cancelled | Self::TimedOut | Self::Failed
+        )
+    }
+}
+
+/// What GetCommandInvocation says about one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub status: InvocationStatus,
+    /// Finer detail, e.g. `Undeliverable`, `DeliveryTimedOut`, `ExecutionTimedOut`.
+    pub status_details: String,
+    /// The script's exit code; -1 when it did not run.
+    pub response_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A document as SSM holds it (its default version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentState {
+    pub content: String,
+    /// `Creating`, `Active`, `Updating`, `Deleting` or `Failed`.
+    pub status: String,
+    pub version: String,
+}
+
+/// Which versions of a document exist (DescribeDocument).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentVersions {
+    pub default_version: String,
+    pub latest_version: String,
+}
+
+#[async_trait]
+pub trait Ec2Api: Send + Sync {
+    /// Describes the given instances. Ids EC2 does not know in this region
+    /// are left out of the answer rather than failing the call.
+    async fn describe_instances(&self, ids: &[InstanceId]) -> Result<Vec<Ec2Instance>, ApiError>;
+}
+
+#[async_trait]
+pub trait SsmApi: Send + Sync {
+    /// The given instances that SSM manages; unmanaged ones are left out.
+    async fn managed_instances(&self, ids: &[InstanceId])
+        -> Result<Vec<ManagedInstance>, ApiError>;
+    /// Sends a command and returns its id.
+    async fn send_command(&self, command: &CommandRequest) -> Result<String, ApiError>;
+    async fn get_invocation(
+        &self,
+        command_id: &str,
+        instance: &InstanceId,
+    ) -> Result<Invocation, ApiError>;
+    /// A document's default version, or a given version; `None` when the document does not exist.
+    async fn get_document(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<DocumentState>, ApiError>;
+    async fn describe_document(&self, name: &str) -> Result<Option<DocumentVersions>, ApiError>;
+    async fn create_document(&self, name: &str, content: &str) -> Result<(), ApiError>;
+    /// Adds a version and returns its number; the default version is unchanged.
+    async fn update_document(&self, name: &str, content: &str) -> Result<String, ApiError>;
+    async fn set_default_version(&self, name: &str, version: &str) -> Result<(), ApiError>;
+}

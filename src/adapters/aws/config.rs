@@ -1,0 +1,357 @@
+//! The `[aws]` section of the configuration and its validated form.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// SSM limits a command to 50 instance ids when they are listed explicitly.
+pub const MAX_BATCH_SIZE: usize = 50;
+
+/// What `[aws]` in `passport.toml` says. Durations are written like `500ms`,
+/// `30s`, `5m` or `1h`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    /// The region of the instances, e.g. `eu-west-1`. When absent, the usual
+    /// sources apply (`AWS_REGION`, the profile, instance metadata).
+    pub region: Option<String>,
+    /// Sends every EC2 and SSM call to this endpoint instead of AWS (a VPC
+    /// endpoint, or a local test server). When absent, `AWS_ENDPOINT_URL` and
+    /// the profile's `endpoint_url` are honoured.
+    pub endpoint_url: Option<String>,
+    pub documents: DocumentNames,
+    /// How long SSM tries to deliver a command to an instance that is offline.
+    pub delivery_timeout: String,
+    /// How long the scripts may run once delivered; Passport stops waiting for
+    /// an answer after the delivery timeout plus this.
+    pub execution_timeout: String,
+    /// Instance ids per SendCommand call (at most 50).
+    pub batch_size: usize,
+    /// SendCommand batches in flight at once.
+    pub concurrency: usize,
+    /// First wait before asking SSM for a command's result; it grows from there.
+    pub poll_initial: String,
+    /// Longest wait between two polls of the same command.
+    pub poll_max: String,
+    /// Attempts per AWS call made by the SDK itself (adaptive retry mode).
+    pub sdk_attempts: u32,
+    /// Further attempts Passport makes when a call is still throttled or fails
+    /// with a server error after the SDK's own attempts.
+    pub retries: u32,
+    /// Asks SSM whether each instance is managed and online before anyone is
+    /// asked to approve. Only test servers that lack `DescribeInstanceInformation`
+    /// need this off.
+    pub check_ssm_online: bool,
+    /// After a restart, a grant command still in flight is resumed rather than
+    /// sent again when its expiry differs from the wanted one by at most this.
+    pub resume_tolerance: String,
+    /// How long `InvocationDoesNotExist` is taken to mean "not yet" after a send.
+    pub invocation_grace: String,
+}
+
+/// Names of the SSM documents Passport runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentNames {
+    pub grant_linux: String,
+    pub revoke_linux: String,
+    pub grant_windows: String,
+    pub revoke_windows: String,
+}
+
+impl Default for DocumentNames {
+    fn default() -> Self {
+        Self {
+            grant_linux: "Passport-GrantLinux".into(),
+            revoke_linux: "Passport-RevokeLinux".into(),
+            grant_windows: "Passport-GrantWindows".into(),
+            revoke_windows: "Passport-RevokeWindows".into(),
+        }
+    }
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint_url: None,
+            documents: DocumentNames::default(),
+            delivery_timeout: "5m".into(),
+            execution_timeout: "10m".into(),
+            batch_size: MAX_BATCH_SIZE,
+            concurrency: 4,
+            poll_initial: "1s".into(),
+            poll_max: "15s".into(),
+            sdk_attempts: 3,
+            retries: 4,
+            check_ssm_online: true,
+            resume_tolerance: "2m".into(),
+            invocation_grace: "2m".into(),
+        }
+    }
+}
+
+/// The validated `[aws]` section: what the provisioner runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub documents: DocumentNames,
+    pub delivery_timeout: Duration,
+    pub execution_timeout: Duration,
+    pub batch_size: usize,
+    pub concurrency: usize,
+    pub poll_initial: Duration,
+    pub poll_max: Duration,
+    pub sdk_attempts: u32,
+    pub retries: u32,
+    pub check_ssm_online: bool,
+    pub resume_tolerance: Duration,
+    pub invocation_grace: Duration,
+}
+
+impl Default for AwsSettings {
+    /// The same values as [`AwsConfig::default`], already validated.
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint_url: None,
+            documents: DocumentNames::default(),
+            delivery_timeout: Duration::from_secs(300),
+            execution_timeout: Duration::from_secs(600),
+            batch_size: MAX_BATCH_SIZE,
+            concurrency: 4,
+            poll_initial: Duration::from_secs(1),
+            poll_max: Duration::from_secs(15),
+            sdk_attempts: 3,
+            retries: 4,
+            check_ssm_online: true,
+            resume_tolerance: Duration::from_secs(120),
+            invocation_grace: Duration::from_secs(120),
+        }
+    }
+}
+
+impl AwsConfig {
+    /// Checks every field and names each bad one (`aws.batch_size: …`).
+    pub fn validate(&self) -> Result<AwsSettings, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut duration = |field: &str, text: &str| match parse_duration(text) {
+            Some(d) => d,
+            None => {
+                errors.push(format!(
+                    "aws.{field}: {text:?} is not a duration: use forms like 500ms, 30s, 5m, 1h"
+                ));
+                Duration::ZERO
+            }
+        };
+        let delivery_timeout = duration("delivery_timeout", &self.delivery_timeout);
+        let execution_timeout = duration("execution_timeout", &self.execution_timeout);
+        let poll_initial = duration("poll_initial", &self.poll_initial);
+        let poll_max = duration("poll_max", &self.poll_max);
+        let resume_tolerance = duration("resume_tolerance", &self.resume_tolerance);
+        let invocation_grace = duration("invocation_grace", &self.invocation_grace);
+
+        // SendCommand accepts a delivery timeout of 30 seconds to 30 days.
+        if !(Duration::from_secs(30)..=Duration::from_secs(2_592_000)).contains(&delivery_timeout) {
+            errors.push(format!(
+                "aws.delivery_timeout: {:?} is outside what SSM accepts: use 30s to 720h",
+                self.delivery_timeout
+            ));
+        }
+        if execution_timeout.is_zero() {
+            errors.push("aws.execution_timeout: must be longer than zero".into());
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            errors.push(format!(
+                "aws.batch_size: {} must be between 1 and {MAX_BATCH_SIZE} (SSM's limit per command)",
+                self.batch_size
+            ));
+        }
+        if !(1..=32).contains(&self.concurrency) {
+            errors.push(format!(
+                "aws.concurrency: {} must be between 1 and 32",
+                self.concurrency
+            ));
+        }
+        if poll_initial.is_zero() || poll_initial > poll_max {
+            errors.push(format!(
+                "aws.poll_initial: {:?} must be longer than zero and at most aws.poll_max ({:?})",
+                self.poll_initial, self.poll_max
+            ));
+        }
+        if !(1..=10).contains(&self.sdk_attempts) {
+            errors.push(format!(
+                "aws.sdk_attempts: {} must be between 1 and 10",
+                self.sdk_attempts
+            ));
+        }
+        if self.retries > 20 {
+            errors.push(format!("aws.retries: {} must be at most 20", self.retries));
+        }
+        if let Some(region) = &self.region {
+            let ok = !region.is_empty()
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                errors.push(format!(
+                    "aws.region: {region:?} is not a region name: use a form like eu-west-1"
+                ));
+            }
+        }
+        if let Some(url) = &self.endpoint_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                errors.push(format!(
+                    "aws.endpoint_url: {url:?} is not a URL: use a form like https://ssm.eu-west-1.amazonaws.com"
+                ));
+            }
+        }
+        let names = [
+            ("grant_linux", &self.documents.grant_linux),
+            ("revoke_linux", &self.documents.revoke_linux),
+            ("grant_windows", &self.documents.grant_windows),
+            ("revoke_windows", &self.documents.revoke_windows),
+        ];
+        for (field, name) in names {
+            if !is_document_name(name) {
+                errors.push(format!(
+                    "aws.documents.{field}: {name:?} is not an SSM document name: use 3 to 128 letters, digits, '_', '-' or '.', not starting with AWS or Amazon"
+                ));
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(AwsSettings {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            documents: self.documents.clone(),
+            delivery_timeout,
+            execution_timeout,
+            batch_size: self.batch_size,
+            concurrency: self.concurrency,
+            poll_initial,
+            poll_max,
+            sdk_attempts: self.sdk_attempts,
+            retries: self.retries,
+            check_ssm_online: self.check_ssm_online,
+            resume_tolerance,
+            invocation_grace,
+        })
+    }
+}
+
+impl AwsSettings {
+    /// How long after sending a command Passport stops waiting for its result.
+    pub fn settle_deadline(&self) -> Duration {
+        // A few polls on top for SSM to report the final status (a minute by default).
+        self.delivery_timeout + self.execution_timeout + self.poll_max * 4
+    }
+}
+
+/// SSM's rule for names of documents we may create.
+fn is_document_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    (3..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !lower.starts_with("aws")
+        && !lower.starts_with("amazon")
+}
+
+/// Parses `<n>ms`, `<n>s`, `<n>m` or `<n>h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() || digits.len() > 9 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        "h" => Some(Duration::from_secs(n * 3600)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_settings_defaults() {
+        let settings = AwsConfig::default().validate().unwrap();
+        assert_eq!(settings, AwsSettings::default());
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let config = AwsConfig {
+            region: Some("EU West".into()),
+            endpoint_url: Some("localhost:5000".into()),
+            delivery_timeout: "5 minutes".into(),
+            batch_size: 80,
+            concurrency: 0,
+            documents: DocumentNames {
+                grant_linux: "AWS-RunShellScript".into(),
+                ..DocumentNames::default()
+            },
+            ..AwsConfig::default()
+        };
+        let errors = config.validate().unwrap_err().join("\n");
+        for field in [
+            "aws.region",
+            "aws.endpoint_url",
+            "aws.delivery_timeout",
+            "aws.batch_size",
+            "aws.concurrency",
+            "aws.documents.grant_linux",
+        ] {
+            assert!(errors.contains(field), "{field} not named in:\n{errors}");
+        }
+    }
+
+    #[test]
+    fn delivery_timeout_must_be_what_ssm_accepts() {
+        let config = AwsConfig {
+            delivery_timeout: "10s".into(),
+            ..AwsConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn the_section_reads_from_toml() {
+        let config: AwsConfig = toml::from_str(
+            r#"
+            region = "eu-west-1"
+            delivery_timeout = "2m"
+            [documents]
+            grant_linux = "Acme-GrantLinux"
+            "#,
+        )
+        .unwrap();
+        let settings = config.validate().unwrap();
+        assert_eq!(settings.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(settings.delivery_timeout, Duration::from_secs(120));
+        assert_eq!(settings.documents.grant_linux, "Acme-GrantLinux");
+        assert_eq!(settings.documents.revoke_linux, "Passport-RevokeLinux");
+    }
+}

@@ -1,0 +1,32 @@
+//! The AWS provisioner: EC2 discovery and SSM Run Command that create and
+//! remove the short-lived users, behind the `Provisioner` port.
+//!
+//! - [`config`]: the `[aws]` configuration section and its validation.
+//! - [`api`]: the EC2 and SSM calls Passport makes, as two small traits;
+//!   [`sdk`] implements them on the AWS SDK.
+//! - [`provisioner`]: [`AwsProvisioner`], discovery, batching, polling.
+//! - [`store`]: where sent command ids are kept so a restart resumes them.
+//! - [`documents`]: the built-in SSM documents, `ssm install` and the check
+//!   `serve` makes before provisioning.
+//! - [`password`]: one-time keys that bring Windows passwords back encrypted.
+//! - [`wiring`]: what start-up and the command line call.
+//!
+//! **Invariant:** nothing a person typed reaches an instance except as an SSM
+//! document parameter, which the documents hand to their scripts as
+//! environment variables; no script text is ever built here.
+
+pub mod api;
+pub mod config;
+pub mod documents;
+pub mod password;
+pub mod provisioner;
+pub mod sdk;
+pub mod store;
+pub mod wiring;
+
+pub use config::{AwsConfig, AwsSettings, DocumentNames};
+pub use documents::{check_documents, install_documents, DocumentsError, InstallAction};
+pub use password::PasswordSink;
+pub use provisioner::{AwsProvisioner, SSM_UNREACHABLE};
+pub use store::{CommandStore, MemoryCommandStore, SqliteCommandStore};
+pub use wiring::{serve_provisioner, ssm_check, ssm_install, AwsStartError};

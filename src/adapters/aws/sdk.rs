@@ -1,0 +1,429 @@
+//! [`Ec2Api`] and [`SsmApi`] on the AWS SDK, and the SDK's configuration:
+//! the usual credential chain, adaptive retries, an optional endpoint.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_sdk_ec2::types::Filter;
+use aws_sdk_ssm::config::http::HttpResponse;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::types::{DocumentFormat, DocumentType, InstanceInformationStringFilter};
+
+use super::api::{
+    ApiError, CommandRequest, DocumentState, DocumentVersions, Ec2Api, Ec2Instance, Invocation,
+    InvocationStatus, ManagedInstance, SsmApi,
+};
+use super::config::AwsSettings;
+use crate::domain::request::Platform;
+use crate::domain::values::InstanceId;
+
+/// Values per filter EC2 accepts in one DescribeInstances call.
+const EC2_FILTER_VALUES: usize = 200;
+/// Instance ids per DescribeInstanceInformation call.
+const SSM_FILTER_VALUES: usize = 50;
+
+/// The SDK configuration for `settings`, before loading: the default
+/// credential chain (environment, profile, web identity, container and
+/// instance roles), adaptive retries and short per-attempt timeouts. Tests
+/// add static credentials before calling `load`.
+pub fn sdk_loader(settings: &AwsSettings) -> ConfigLoader {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            RetryConfig::adaptive()
+                .with_max_attempts(settings.sdk_attempts)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        );
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    // Without an explicit endpoint the loader reads `AWS_ENDPOINT_URL` (and the
+    // per-service `AWS_ENDPOINT_URL_SSM`/`_EC2`) and the profile's `endpoint_url`.
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader
+}
+
+/// EC2 through the SDK.
+#[derive(Clone, Debug)]
+pub struct SdkEc2 {
+    client: aws_sdk_ec2::Client,
+}
+
+/// SSM through the SDK.
+#[derive(Clone, Debug)]
+pub struct SdkSsm {
+    client: aws_sdk_ssm::Client,
+}
+
+impl SdkEc2 {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_ec2::Client::new(config),
+        }
+    }
+}
+
+impl SdkSsm {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_ssm::Client::new(config),
+        }
+    }
+}
+
+/// Error codes AWS services use for "slow down".
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "EC2ThrottledException",
+    "PriorRequestNotComplete",
+    "BandwidthLimitExceeded",
+];
+
+/// Sorts an SDK error into what the caller can do about it.
+fn classify<E>(err: SdkError<E, HttpResponse>) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let text = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("Unknown").to_owned();
+            let message = service
+                .err()
+                .message()
+                .map(str::to_owned)
+                .unwrap_or_else(|| text.clone());
+            if THROTTLING_CODES.contains(&code.as_str()) {
+                ApiError::Throttled(format!("{code}: {message}"))
+            } else if service.raw().status().as_u16() >= 500 {
+                ApiError::Transient(format!("{code}: {message}"))
+            } else {
+                ApiError::Service { code, message }
+            }
+        }
+        SdkError::ConstructionFailure(_) => ApiError::Service {
+            code: "InvalidRequest".into(),
+            message: text,
+        },
+        _ => ApiError::Transient(text),
+    }
+}
+
+#[async_trait]
+impl Ec2Api for SdkEc2 {
+    async fn describe_instances(&self, ids: &[InstanceId]) -> Result<Vec<Ec2Instance>, ApiError> {
+        let mut found = Vec::new();
+        // Filtering by `instance-id` (rather than passing InstanceIds) makes EC2
+        // leave unknown ids out instead of failing the whole call with
+        // InvalidInstanceID.NotFound, so every other id still gets described.
+        for chunk in ids.chunks(EC2_FILTER_VALUES) {
+            let filter = Filter::builder()
+                .name("instance-id")
+                .set_values(Some(chunk.iter().map(|i| i.as_str().to_owned()).collect()))
+                .build();
+            let mut token: Option<String> = None;
+            loop {
+                let out = self
+                    .client
+                    .describe_instances()
+                    .filters(filter.clone())
+                    .set_next_token(token.clone())
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                for instance in out.reservations().iter().flat_map(|r| r.instances()) {
+                    if let Some(described) = ec2_instance(instance) {
+                        found.push(described);
+                    }
+                }
+                token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn ec2_instance(instance: &aws_sdk_ec2::types::Instance) -> Option<Ec2Instance> {
+    let id = InstanceId::parse(instance.instance_id()?).ok()?;
+    let state = instance
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    // EC2 answers `windows` in lower case where the SDK's enum expects
+    // `Windows`, so compare the text; PlatformDetails says `Windows…` too.
+    let windows = instance
+        .platform()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("windows"))
+        || instance
+            .platform_details()
+            .is_some_and(|d| d.to_ascii_lowercase().starts_with("windows"));
+    let platform = if windows {
+        Platform::Windows
+    } else {
+        Platform::Linux
+    };
+    let tags: BTreeMap<String, String> = instance
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+        .collect();
+    let mut interfaces: Vec<_> = instance.network_interfaces().iter().collect();
+    interfaces.sort_by_key(|n| {
+        n.attachment()
+            .and_then(|a| a.device_index())
+            .unwrap_or(i32::MAX)
+    });
+    let mut private_ips: Vec<String> = Vec::new();
+    for interface in interfaces {
+        let addresses: Vec<&str> = if interface.private_ip_addresses().is_empty() {
+            interface.private_ip_address().into_iter().collect()
+        } else {
+            interface
+                .private_ip_addresses()
+                .iter()
+                .filter_map(|a| a.private_ip_address())
+                .collect()
+        };
+        for address in addresses {
+            if !private_ips.iter().any(|known| known == address) {
+                private_ips.push(address.to_owned());
+            }
+        }
+    }
+    if private_ips.is_empty() {
+        private_ips.extend(instance.private_ip_address().map(str::to_owned));
+    }
+    Some(Ec2Instance {
+        id,
+        state,
+        platform,
+        tags,
+        private_ips,
+    })
+}
+
+fn not_found(err: &ApiError) -> bool {
+    matches!(err.code(), Some("InvalidDocument"))
+}
+
+#[async_trait]
+impl SsmApi for SdkSsm {
+    async fn managed_instances(
+        &self,
+        ids: &[InstanceId],
+    ) -> Result<Vec<ManagedInstance>, ApiError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(SSM_FILTER_VALUES) {
+            let filter = InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .set_values(Some(chunk.iter().map(|i| i.as_str().to_owned()).collect()))
+                .build()
+                .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()))?;
+            let mut token: Option<String> = None;
+            loop {
+                let out = self
+                    .client
+                    .describe_instance_information()
+                    .filters(filter.clone())
+                    .max_results(50)
+                    .set_next_token(token.clone())
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                for info in out.instance_information_list() {
+                    let Some(id) = info.instance_id().and_then(|i| InstanceId::parse(i).ok())
+                    else {
+                        continue;
+                    };
+                    found.push(ManagedInstance {
+                        id,
+                        ping_status: info
+                            .ping_status()
+                            .map(|p| p.as_str().to_owned())
+                            .unwrap_or_else(|| "Unknown".into()),
+                    });
+                }
+                token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn send_command(&self, command: &CommandRequest) -> Result<String, ApiError> {
+        let out = self
+            .client
+            .send_command()
+            .document_name(&command.document)
+            .set_instance_ids(Some(
+                command
+                    .instances
+                    .iter()
+                    .map(|i| i.as_str().to_owned())
+                    .collect(),
+            ))
+            .set_parameters(Some(
+                command
+                    .parameters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ))
+            .comment(&command.comment)
+            .timeout_seconds(command.delivery_timeout_secs)
+            // Every instance runs at once and one failure stops none of the others.
+            .max_concurrency("100%")
+            .max_errors("100%")
+            .send()
+            .await
+            .map_err(classify)?;
+        out.command()
+            .and_then(|c| c.command_id())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::Transient("SendCommand answered without a command id".into()))
+    }
+
+    async fn get_invocation(
+        &self,
+        command_id: &str,
+        instance: &InstanceId,
+    ) -> Result<Invocation, ApiError> {
+        let out = self
+            .client
+            .get_command_invocation()
+            .command_id(command_id)
+            .instance_id(instance.as_str())
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(Invocation {
+            status: out
+                .status()
+                .map(|s| InvocationStatus::parse(s.as_str()))
+                .unwrap_or(InvocationStatus::Pending),
+            status_details: out.status_details().unwrap_or("").to_owned(),
+            response_code: out.response_code(),
+            stdout: out.standard_output_content().unwrap_or("").to_owned(),
+            stderr: out.standard_error_content().unwrap_or("").to_owned(),
+        })
+    }
+
+    async fn get_document(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<DocumentState>, ApiError> {
+        let result = self
+            .client
+            .get_document()
+            .name(name)
+            .set_document_version(version.map(str::to_owned))
+            .document_format(DocumentFormat::Yaml)
+            .send()
+            .await
+            .map_err(classify);
+        match result {
+            Ok(out) => Ok(Some(DocumentState {
+                content: out.content().unwrap_or("").to_owned(),
+                status: out
+                    .status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|| "Unknown".into()),
+                version: out.document_version().unwrap_or("").to_owned(),
+            })),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn describe_document(&self, name: &str) -> Result<Option<DocumentVersions>, ApiError> {
+        let result = self
+            .client
+            .describe_document()
+            .name(name)
+            .send()
+            .await
+            .map_err(classify);
+        match result {
+            Ok(out) => Ok(out.document().map(|d| DocumentVersions {
+                default_version: d.default_version().unwrap_or("").to_owned(),
+                latest_version: d.latest_version().unwrap_or("").to_owned(),
+            })),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_document(&self, name: &str, content: &str) -> Result<(), ApiError> {
+        self.client
+            .create_document()
+            .name(name)
+            .content(content)
+            .document_type(DocumentType::Command)
+            .document_format(DocumentFormat::Yaml)
+            .target_type("/AWS::EC2::Instance")
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn update_document(&self, name: &str, content: &str) -> Result<String, ApiError> {
+        let out = self
+            .client
+            .update_document()
+            .name(name)
+            .content(content)
+            .document_version("$LATEST")
+            .document_format(DocumentFormat::Yaml)
+            .target_type("/AWS::EC2::Instance")
+            .send()
+            .await
+            .map_err(classify)?;
+        out.document_description()
+            .and_then(|d| d.document_version())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::Transient("UpdateDocument answered without a version".into()))
+    }
+
+    async fn set_default_version(&self, name: &str, version: &str) -> Result<(), ApiError> {
+        self.client
+            .update_document_default_version()
+            .name(name)
+            .document_version(version)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! Entry points for start-up and the command line: building the provisioner
+//! for `serve` (refusing when the SSM documents are not ready) and the
+//! `passport ssm install` / `passport ssm check` commands.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::api::ApiError;
+use super::config::AwsSettings;
+use super::documents::DocumentsError;
+use super::password::PasswordSink;
+use super::provisioner::AwsProvisioner;
+use super::store::{CommandStoreError, MemoryCommandStore, SqliteCommandStore};
+use crate::app::ports::ProvisionError;
+
+/// Why the AWS provisioner could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsStartError {
+    #[error("{0}")]
+    Store(#[from] CommandStoreError),
+    #[error("{0}")]
+    Connect(#[from] ProvisionError),
+    #[error("{0}")]
+    Documents(#[from] DocumentsError),
+    #[error("cannot install the SSM documents: {0}")]
+    Install(ApiError),
+}
+
+/// The provisioner `serve` runs with when `[aws]` is configured: command ids
+/// kept in the database at `database` (the store's own file), the usual
+/// credential chain, and the SSM documents checked first, so that `serve`
+/// refuses to start provisioning with missing or outdated documents.
+pub async fn serve_provisioner(
+    settings: &AwsSettings,
+    database: &Path,
+    passwords: Option<Arc<dyn PasswordSink>>,
+) -> Result<AwsProvisioner, AwsStartError> {
+    let store = SqliteCommandStore::open(database).await?;
+    let mut provisioner = AwsProvisioner::connect(settings, Arc::new(store)).await?;
+    if let Some(sink) = passwords {
+        provisioner = provisioner.with_password_sink(sink);
+    }
+    provisioner.check_documents().await?;
+    Ok(provisioner)
+}
+
+/// `passport ssm install`: creates or updates the documents and returns one
+/// line per document for the operator, e.g. `Passport-GrantLinux: created`.
+pub async fn ssm_install(settings: &AwsSettings) -> Result<Vec<String>, AwsStartError> {
+    let provisioner =
+        AwsProvisioner::connect(settings, Arc::new(MemoryCommandStore::new())).await?;
+    let actions = provisioner
+        .install_documents()
+        .await
+        .map_err(AwsStartError::Install)?;
+    Ok(actions
+        .iter()
+        .map(|(name, action)| format!("{name}: {action}"))
+        .collect())
+}
+
+/// `passport ssm check`: succeeds when the documents in SSM are this build's.
+pub async fn ssm_check(settings: &AwsSettings) -> Result<(), AwsStartError> {
+    let provisioner =
+        AwsProvisioner::connect(settings, Arc::new(MemoryCommandStore::new())).await?;
+    provisioner.check_documents().await?;
+    Ok(())
+}

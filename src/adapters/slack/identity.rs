@@ -1,0 +1,159 @@
+//! Who a Slack user is: their handle (from `users.info`) and their groups
+//! (configured lists of user ids merged with Slack user groups, resolved
+//! through `usergroups.users.list`). Both are cached for a short time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::adapters::directory::StaticDirectory;
+use crate::app::ports::Directory;
+use crate::domain::values::{Person, UserId};
+
+use super::api::SlackApi;
+
+/// A value remembered until `until`.
+struct Cached<T> {
+    value: T,
+    until: Instant,
+}
+
+/// Handles of Slack users, from `users.info`.
+pub struct People {
+    api: Arc<SlackApi>,
+    ttl: Duration,
+    handles: Mutex<HashMap<String, Cached<String>>>,
+}
+
+/// How long a handle is kept: names rarely change, and the request keeps the
+/// handle it was made with anyway.
+const HANDLE_TTL: Duration = Duration::from_secs(3600);
+
+impl People {
+    pub fn new(api: Arc<SlackApi>) -> Self {
+        Self {
+            api,
+            ttl: HANDLE_TTL,
+            handles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The person behind a Slack user id. When Slack cannot say, `fallback`
+    /// (a name from the payload) or the id itself serves as handle.
+    pub async fn person(&self, id: &UserId, fallback: Option<&str>) -> Person {
+        let now = Instant::now();
+        let cached = {
+            let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+            handles
+                .get(id.as_str())
+                .filter(|c| c.until > now)
+                .map(|c| c.value.clone())
+        };
+        let handle = match cached {
+            Some(h) => h,
+            None => match self.api.user_name(id.as_str()).await {
+                Ok(Some(name)) => {
+                    let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+                    if handles.len() > 50_000 {
+                        handles.retain(|_, c| c.until > now);
+                    }
+                    handles.insert(
+                        id.as_str().to_owned(),
+                        Cached {
+                            value: name.clone(),
+                            until: now + self.ttl,
+                        },
+                    );
+                    name
+                }
+                Ok(None) => fallback.unwrap_or(id.as_str()).to_owned(),
+                Err(e) => {
+                    tracing::warn!(user = %id, error = %e, "users.info failed; using the id as handle");
+                    fallback.unwrap_or(id.as_str()).to_owned()
+                }
+            },
+        };
+        Person {
+            id: id.clone(),
+            handle,
+        }
+    }
+}
+
+/// Group membership: the configured groups, plus Slack user groups mapped to
+/// Passport group names.
+pub struct SlackDirectory {
+    configured: StaticDirectory,
+    api: Arc<SlackApi>,
+    /// Passport group name → Slack user group id.
+    usergroups: BTreeMap<String, String>,
+    ttl: Duration,
+    members: tokio::sync::Mutex<HashMap<String, Cached<BTreeSet<String>>>>,
+}
+
+impl SlackDirectory {
+    pub fn new(
+        configured: &BTreeMap<String, Vec<String>>,
+        api: Arc<SlackApi>,
+        usergroups: BTreeMap<String, String>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            configured: StaticDirectory::new(configured),
+            api,
+            usergroups,
+            ttl,
+            members: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Members of one Slack user group. On failure the last known members are
+    /// used; with none known, nobody counts as a member (fail closed).
+    async fn members_of(&self, usergroup: &str) -> BTreeSet<String> {
+        // One lookup at a time, so a burst of clicks asks Slack once.
+        let mut members = self.members.lock().await;
+        let now = Instant::now();
+        if let Some(c) = members.get(usergroup).filter(|c| c.until > now) {
+            return c.value.clone();
+        }
+        match self.api.usergroup_members(usergroup).await {
+            Ok(list) => {
+                let set: BTreeSet<String> = list.into_iter().collect();
+                members.insert(
+                    usergroup.to_owned(),
+                    Cached {
+                        value: set.clone(),
+                        until: now + self.ttl,
+                    },
+                );
+                set
+            }
+            Err(e) => {
+                tracing::warn!(usergroup, error = %e, "usergroups.users.list failed; using the last known members");
+                members
+                    .get(usergroup)
+                    .map(|c| c.value.clone())
+                    .unwrap_or_default()
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Directory for SlackDirectory {
+    async fn groups_of(&self, user: &UserId) -> BTreeSet<String> {
+        let mut groups = self.configured.groups_of(user).await;
+        for (name, usergroup) in &self.usergroups {
+            if groups.contains(name) {
+                continue;
+            }
+            if self.members_of(usergroup).await.contains(user.as_str()) {
+                groups.insert(name.clone());
+            }
+        }
+        groups
+    }
+}

@@ -1,0 +1,710 @@
+//! What Slack sends Passport: slash commands, button clicks and thread
+//! messages, whether over HTTP or Socket Mode.
+//!
+//! Payloads are read into the few fields Passport uses, so fields or block
+//! types Slack adds later never make a click fail. Each one becomes a line of
+//! the command grammar, typed by the person who sent it, and goes through
+//! [`Engine::handle_line`]; a button's value is the command it stands for.
+//!
+//! Slack wants an answer within 3 seconds. The work runs in its own task; the
+//! answer waits for it at most [`Inbound::deadline`], then goes out anyway,
+//! and the result follows through `response_url` or `chat.postEphemeral`. A
+//! slow AWS or Slack call therefore never holds the answer.
+//!
+//! **Invariant:** one delivery, one effect. Slack retries events it thinks
+//! were not answered (`X-Slack-Retry-Num`), and a signed request can be
+//! replayed within the 5-minute signature window: deliveries are remembered
+//! by `event_id` or `trigger_id` for longer than that window and repeats are
+//! acknowledged without acting. Double clicks carry distinct trigger ids and
+//! are made idempotent by the engine (`you already approved AR-1`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::app::engine::{Actor, Engine, Reply};
+use crate::domain::command::{help_text, COMMANDS};
+use crate::domain::values::{
+    parse_span, GrantDuration, InstanceIds, Reason, RequestId, Ticket, UserId,
+};
+
+use super::api::SlackApi;
+use super::blocks::{request_form, text_content, REQUEST_FORM};
+use super::identity::People;
+use super::surface::SURFACE;
+
+/// How long the answer to Slack waits for the work, by default: Slack gives 3 s.
+pub const ACK_DEADLINE: Duration = Duration::from_millis(2500);
+/// How long deliveries are remembered: longer than the 5-minute signature window.
+const DEDUPE_TTL: Duration = Duration::from_secs(10 * 60);
+
+// ---------------------------------------------------------------------------
+// Payloads
+
+/// A slash command (`application/x-www-form-urlencoded`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SlashCommand {
+    pub command: String,
+    #[serde(default)]
+    pub text: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub user_name: Option<String>,
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    #[serde(default)]
+    pub response_url: Option<String>,
+    #[serde(default)]
+    pub trigger_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InteractionUser {
+    pub id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Container {
+    #[serde(default)]
+    pub message_ts: Option<String>,
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    #[serde(default)]
+    pub thread_ts: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MessageInfo {
+    #[serde(default)]
+    pub ts: Option<String>,
+    #[serde(default)]
+    pub thread_ts: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdOnly {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActionInfo {
+    #[serde(default)]
+    pub action_id: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StateValue {
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ViewState {
+    /// Block id → action id → value.
+    #[serde(default)]
+    pub values: HashMap<String, HashMap<String, StateValue>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ViewInfo {
+    #[serde(default)]
+    pub callback_id: Option<String>,
+    #[serde(default)]
+    pub private_metadata: Option<String>,
+    #[serde(default)]
+    pub state: Option<ViewState>,
+}
+
+impl ViewInfo {
+    /// The text typed in the input block `block`, trimmed.
+    fn value(&self, block: &str) -> String {
+        self.state
+            .as_ref()
+            .and_then(|s| s.values.get(block))
+            .and_then(|actions| actions.values().find_map(|v| v.value.clone()))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+}
+
+/// An interaction (the form field `payload`, JSON). Button clicks
+/// (`block_actions`) and the request form (`view_submission`) act; other
+/// types are acknowledged and ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Interaction {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub user: Option<InteractionUser>,
+    #[serde(default)]
+    pub trigger_id: Option<String>,
+    #[serde(default)]
+    pub response_url: Option<String>,
+    #[serde(default)]
+    pub channel: Option<IdOnly>,
+    #[serde(default)]
+    pub container: Option<Container>,
+    #[serde(default)]
+    pub message: Option<MessageInfo>,
+    #[serde(default)]
+    pub actions: Vec<ActionInfo>,
+    #[serde(default)]
+    pub view: Option<ViewInfo>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MessageEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub subtype: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub bot_id: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub ts: Option<String>,
+    #[serde(default)]
+    pub thread_ts: Option<String>,
+}
+
+/// An Events API body (JSON).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventBody {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub challenge: Option<String>,
+    #[serde(default)]
+    pub event_id: Option<String>,
+    #[serde(default)]
+    pub event: Option<MessageEvent>,
+}
+
+/// What to answer Slack at once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ack {
+    /// An empty 200 (or a bare Socket Mode acknowledgement).
+    Empty,
+    /// A JSON body (or Socket Mode acknowledgement payload).
+    Json(Value),
+}
+
+/// How the answer to a slash command reaches the person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// In the acknowledgement when the work finishes within the deadline,
+    /// through `response_url` otherwise (HTTP).
+    InlineOrLater,
+    /// Always through `response_url`: the acknowledgement has gone already (Socket Mode).
+    Later,
+}
+
+// ---------------------------------------------------------------------------
+// Deduplication
+
+/// Keys of deliveries seen recently.
+struct Seen {
+    ttl: Duration,
+    at: Mutex<HashMap<String, Instant>>,
+}
+
+impl Seen {
+    /// True the first time `key` is seen within the time to live.
+    fn first(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.len() >= 4096 && at.len().is_power_of_two() {
+            at.retain(|_, seen| now.duration_since(*seen) < self.ttl);
+        }
+        match at.get(key) {
+            Some(seen) if now.duration_since(*seen) < self.ttl => false,
+            _ => {
+                at.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handling
+
+pub struct Inbound {
+    engine: Arc<Engine>,
+    api: Arc<SlackApi>,
+    people: Arc<People>,
+    seen: Seen,
+    /// How long an answer waits for the work.
+    pub deadline: Duration,
+}
+
+fn ephemeral(text: &str) -> Value {
+    let mut v = serde_json::to_value(text_content(text, &[])).unwrap_or_else(|_| json!({}));
+    if let Value::Object(map) = &mut v {
+        map.insert("response_type".into(), json!("ephemeral"));
+    }
+    v
+}
+
+fn reply_text(reply: &Reply) -> String {
+    if reply.ok {
+        reply.text.clone()
+    } else {
+        format!(":warning: {}", reply.text)
+    }
+}
+
+const FAILED: &str = ":warning: Passport hit an internal error and may not have acted: check with `list`, and tell your admins if it happens again";
+
+/// Whether a thread message is meant as a command, so that ordinary
+/// conversation in a card's thread gets no answer.
+pub fn looks_like_command(text: &str) -> bool {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("/passport")
+        .map(str::trim_start)
+        .unwrap_or(t);
+    let Some(first) = t.split_whitespace().next() else {
+        return false;
+    };
+    let first = first.to_ascii_lowercase();
+    first == "done"
+        || (first.starts_with('+') && parse_span(&first).is_some())
+        || COMMANDS.iter().any(|c| c.name == first)
+}
+
+impl Inbound {
+    pub fn new(engine: Arc<Engine>, api: Arc<SlackApi>, people: Arc<People>) -> Self {
+        Self {
+            engine,
+            api,
+            people,
+            seen: Seen {
+                ttl: DEDUPE_TTL,
+                at: Mutex::new(HashMap::new()),
+            },
+            deadline: ACK_DEADLINE,
+        }
+    }
+
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    fn first_delivery(&self, kind: &str, key: Option<&str>) -> bool {
+        match key.filter(|k| !k.is_empty()) {
+            Some(k) => self.seen.first(&format!("{kind}:{k}")),
+            None => true,
+        }
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        user: &str,
+        fallback_name: Option<&str>,
+        text: &str,
+        thread: Option<RequestId>,
+    ) -> Reply {
+        let id = match UserId::parse(user) {
+            Ok(id) => id,
+            Err(e) => {
+                return Reply {
+                    ok: false,
+                    text: e.0,
+                    request: None,
+                }
+            }
+        };
+        let person = self.people.person(&id, fallback_name).await;
+        let actor = Actor {
+            person,
+            surface: SURFACE.into(),
+        };
+        self.engine.handle_line(&actor, text, thread).await
+    }
+
+    /// The request whose card (or card thread) `ts` in `channel` belongs to.
+    async fn thread_of(&self, channel: &str, ts: &str) -> Option<RequestId> {
+        match self
+            .engine
+            .store()
+            .request_for_message(SURFACE, channel, ts)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up the request of a Slack thread");
+                None
+            }
+        }
+    }
+
+    /// Waits for `task` at most the deadline; it keeps running afterwards.
+    async fn wait_briefly(&self, task: &mut tokio::task::JoinHandle<()>) {
+        let _ = tokio::time::timeout(self.deadline, task).await;
+    }
+
+    /// `/passport …`.
+    pub async fn command(self: &Arc<Self>, cmd: SlashCommand, answer: Answer) -> Ack {
+        if !self.first_delivery("trigger", cmd.trigger_id.as_deref()) {
+            tracing::info!("repeated slash command delivery ignored");
+            return Ack::Empty;
+        }
+        let text = cmd.text.trim().to_owned();
+        if text.is_empty() || text.eq_ignore_ascii_case("help") {
+            let help = help_text(&format!("{} ", cmd.command.trim()));
+            return match answer {
+                Answer::InlineOrLater => Ack::Json(ephemeral(&help)),
+                Answer::Later => {
+                    self.respond_later(cmd.response_url.as_deref(), help);
+                    Ack::Empty
+                }
+            };
+        }
+        if text.eq_ignore_ascii_case("request") {
+            if let Some(trigger) = cmd.trigger_id.as_deref() {
+                let default = self.engine.grammar().durations.default.to_string();
+                let form = request_form(&default, cmd.channel_id.as_deref());
+                match self.api.open_view(trigger, form).await {
+                    Ok(()) => return Ack::Empty,
+                    // Without the form, the usage message below says what to type.
+                    Err(e) => tracing::warn!(error = %e, "cannot open the request form"),
+                }
+            }
+        }
+        let this = self.clone();
+        let work = {
+            let cmd = cmd.clone();
+            tokio::spawn(async move {
+                this.run(&cmd.user_id, cmd.user_name.as_deref(), &text, None)
+                    .await
+            })
+        };
+        match answer {
+            Answer::Later => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let text = match work.await {
+                        Ok(reply) => reply_text(&reply),
+                        Err(_) => FAILED.to_owned(),
+                    };
+                    this.respond(cmd.response_url.as_deref(), &text).await;
+                });
+                Ack::Empty
+            }
+            Answer::InlineOrLater => {
+                let mut work = work;
+                match tokio::time::timeout(self.deadline, &mut work).await {
+                    Ok(Ok(reply)) => Ack::Json(ephemeral(&reply_text(&reply))),
+                    Ok(Err(_)) => Ack::Json(ephemeral(FAILED)),
+                    Err(_) => {
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            let text = match work.await {
+                                Ok(reply) => reply_text(&reply),
+                                Err(_) => FAILED.to_owned(),
+                            };
+                            this.respond(cmd.response_url.as_deref(), &text).await;
+                        });
+                        Ack::Json(ephemeral(
+                            "received: Passport is working on it and will answer here shortly",
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    fn respond_later(self: &Arc<Self>, response_url: Option<&str>, text: String) {
+        let this = self.clone();
+        let url = response_url.map(str::to_owned);
+        tokio::spawn(async move { this.respond(url.as_deref(), &text).await });
+    }
+
+    /// Answers through `response_url`, retrying a few times on rate limits and
+    /// temporary failures (a `response_url` is good for 30 minutes).
+    async fn respond(&self, response_url: Option<&str>, text: &str) {
+        let Some(url) = response_url.filter(|u| !u.is_empty()) else {
+            tracing::warn!("a slash command came without response_url; its answer is lost");
+            return;
+        };
+        for attempt in 0..5u32 {
+            match self.api.respond(url, text).await {
+                Ok(()) => return,
+                Err(crate::app::ports::ChatError::RateLimited { retry_after_ms }) => {
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+                }
+                Err(crate::app::ports::ChatError::Transient(e)) => {
+                    tracing::warn!(error = %e, attempt, "cannot answer through response_url; retrying");
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot answer through response_url");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Shows `text` to `user` only: as an ephemeral message in `channel` (and
+    /// thread) when given, retrying on rate limits; else, or when the bot
+    /// cannot post there, as a direct message.
+    async fn tell(&self, user: &str, channel: Option<&str>, thread_ts: Option<&str>, text: &str) {
+        use crate::app::ports::ChatError;
+        if let Some(channel) = channel.filter(|c| !c.is_empty()) {
+            for attempt in 0..5u32 {
+                match self
+                    .api
+                    .post_ephemeral(channel, user, text_content(text, &[]), thread_ts)
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(ChatError::RateLimited { retry_after_ms }) => {
+                        tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+                    }
+                    Err(ChatError::Transient(e)) => {
+                        tracing::warn!(error = %e, attempt, "cannot post an ephemeral answer; retrying");
+                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "cannot answer in the channel; answering directly");
+                        break;
+                    }
+                }
+            }
+        }
+        let sent = match self.api.open_dm(user).await {
+            Ok(dm) => self
+                .api
+                .post_message(&dm, text_content(text, &[]), None)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot send an answer as a direct message");
+        }
+    }
+
+    /// The request form was submitted: each field is checked on its own so an
+    /// error shows beside the field; then it runs as `request …` typed by the person.
+    async fn form(self: &Arc<Self>, user: InteractionUser, view: ViewInfo) -> Ack {
+        let grammar = self.engine.grammar();
+        let (instances, duration, ticket, reason) = (
+            view.value("instances"),
+            view.value("duration"),
+            view.value("ticket"),
+            view.value("reason").replace(['\n', '\r'], " "),
+        );
+        let mut errors = serde_json::Map::new();
+        if let Err(e) = InstanceIds::parse(instances.split_whitespace(), grammar.max_instances) {
+            errors.insert("instances".into(), json!(e.0));
+        } else if instances.is_empty() {
+            errors.insert(
+                "instances".into(),
+                json!("name at least one instance, e.g. i-0123456789abcdef0"),
+            );
+        }
+        if !duration.is_empty() {
+            if let Err(e) = GrantDuration::parse(&duration, &grammar.durations) {
+                errors.insert("duration".into(), json!(e.0));
+            }
+        }
+        if let Err(e) = Ticket::parse(&ticket, &grammar.tickets) {
+            errors.insert("ticket".into(), json!(e.0));
+        }
+        if let Err(e) = Reason::parse(&reason) {
+            errors.insert("reason".into(), json!(e.0));
+        }
+        if !errors.is_empty() {
+            return Ack::Json(json!({ "response_action": "errors", "errors": errors }));
+        }
+        let line = [instances.as_str(), &duration, &ticket, reason.trim()]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .fold(String::from("request"), |acc, p| format!("{acc} {p}"));
+        let this = self.clone();
+        let mut task = tokio::spawn(async move {
+            let name = user.username.clone().or(user.name.clone());
+            let reply = this.run(&user.id, name.as_deref(), &line, None).await;
+            let channel = view.private_metadata.as_deref();
+            this.tell(&user.id, channel, None, &reply_text(&reply))
+                .await;
+        });
+        self.wait_briefly(&mut task).await;
+        // An empty answer closes the form.
+        Ack::Empty
+    }
+
+    /// A button click (the button's value is typed by the person who clicked)
+    /// or the request form.
+    pub async fn interaction(self: &Arc<Self>, i: Interaction) -> Ack {
+        if !matches!(i.kind.as_str(), "block_actions" | "view_submission") {
+            return Ack::Empty;
+        }
+        if !self.first_delivery("trigger", i.trigger_id.as_deref()) {
+            tracing::info!("repeated interaction delivery ignored");
+            return Ack::Empty;
+        }
+        if i.kind == "view_submission" {
+            return match (i.user, i.view) {
+                (Some(user), Some(view)) if view.callback_id.as_deref() == Some(REQUEST_FORM) => {
+                    self.form(user, view).await
+                }
+                _ => Ack::Empty,
+            };
+        }
+        let Some(user) = i.user.clone() else {
+            return Ack::Empty;
+        };
+        let Some(command) = i
+            .actions
+            .iter()
+            .find_map(|a| a.value.clone())
+            .filter(|v| !v.trim().is_empty())
+        else {
+            return Ack::Empty;
+        };
+        let container = i.container.clone().unwrap_or_default();
+        let channel = container
+            .channel_id
+            .clone()
+            .or_else(|| i.channel.as_ref().map(|c| c.id.clone()));
+        let message = i.message.clone().unwrap_or_default();
+        let message_ts = message.ts.clone().or(container.message_ts.clone());
+        // Set only when the clicked message is a reply inside a thread.
+        let thread_ts = message
+            .thread_ts
+            .clone()
+            .or(container.thread_ts.clone())
+            .filter(|t| Some(t) != message_ts.as_ref());
+        let this = self.clone();
+        let mut task = tokio::spawn(async move {
+            // A click on the card or in its thread acts within that request.
+            let anchor = thread_ts.clone().or(message_ts.clone());
+            let thread = match (&channel, &anchor) {
+                (Some(c), Some(ts)) => this.thread_of(c, ts).await,
+                _ => None,
+            };
+            let name = user.username.clone().or(user.name.clone());
+            let reply = this.run(&user.id, name.as_deref(), &command, thread).await;
+            let text = reply_text(&reply);
+            match &channel {
+                Some(c) => {
+                    this.tell(&user.id, Some(c), thread_ts.as_deref(), &text)
+                        .await
+                }
+                None => this.respond(i.response_url.as_deref(), &text).await,
+            }
+        });
+        self.wait_briefly(&mut task).await;
+        Ack::Empty
+    }
+
+    /// An Events API body: the URL check, or a message in a card's thread.
+    pub async fn event(self: &Arc<Self>, body: EventBody) -> Ack {
+        match body.kind.as_str() {
+            "url_verification" => {
+                return Ack::Json(json!({ "challenge": body.challenge.unwrap_or_default() }))
+            }
+            "event_callback" => {}
+            _ => return Ack::Empty,
+        }
+        if !self.first_delivery("event", body.event_id.as_deref()) {
+            tracing::info!("repeated event delivery ignored");
+            return Ack::Empty;
+        }
+        let Some(event) = body.event else {
+            return Ack::Empty;
+        };
+        // Only people's own messages in a thread; never the bot's (or any bot's),
+        // edits, joins or other subtypes.
+        if event.kind != "message" || event.subtype.is_some() || event.bot_id.is_some() {
+            return Ack::Empty;
+        }
+        let (Some(user), Some(channel), Some(thread_ts), Some(text)) =
+            (event.user, event.channel, event.thread_ts, event.text)
+        else {
+            return Ack::Empty;
+        };
+        if event.ts.as_deref() == Some(thread_ts.as_str()) || !looks_like_command(&text) {
+            return Ack::Empty;
+        }
+        let this = self.clone();
+        let mut task = tokio::spawn(async move {
+            let Some(request) = this.thread_of(&channel, &thread_ts).await else {
+                return;
+            };
+            let reply = this.run(&user, None, &text, Some(request)).await;
+            this.tell(&user, Some(&channel), Some(&thread_ts), &reply_text(&reply))
+                .await;
+        });
+        self.wait_briefly(&mut task).await;
+        Ack::Empty
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_commands_are_told_from_conversation() {
+        for yes in [
+            "extend 1h",
+            "+30m",
+            "done",
+            "Complete",
+            "/passport extend 2h",
+            "show",
+        ] {
+            assert!(looks_like_command(yes), "{yes}");
+        }
+        for no in ["thanks!", "+1", "looks good", "", "doneness is relative"] {
+            assert!(!looks_like_command(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn deliveries_are_seen_once() {
+        let seen = Seen {
+            ttl: Duration::from_secs(60),
+            at: Mutex::new(HashMap::new()),
+        };
+        assert!(seen.first("event:Ev1"));
+        assert!(!seen.first("event:Ev1"));
+        assert!(seen.first("event:Ev2"));
+    }
+
+    #[test]
+    fn payloads_with_unknown_fields_parse() {
+        let i: Interaction = serde_json::from_value(json!({
+            "type": "block_actions",
+            "user": {"id": "U1", "username": "lead1", "team_id": "T1"},
+            "trigger_id": "1.2.3",
+            "container": {"type": "message", "message_ts": "1.000100", "channel_id": "C1"},
+            "message": {"ts": "1.000100", "blocks": [{"type": "brand_new_block"}]},
+            "actions": [{"type": "button", "action_id": "passport:0", "value": "approve AR-1"}]
+        }))
+        .unwrap();
+        assert_eq!(i.actions[0].value.as_deref(), Some("approve AR-1"));
+    }
+}

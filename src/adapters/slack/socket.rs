@@ -1,0 +1,191 @@
+//! Socket Mode: for workspaces without a public URL, Passport opens a
+//! WebSocket to Slack (`apps.connections.open` with the app-level token) and
+//! receives the same slash commands, clicks and events there.
+//!
+//! Every envelope is acknowledged before it is handled, so Slack never
+//! redelivers because a handler was slow; the handlers are those of HTTP mode
+//! ([`Inbound`]), and a slash command's answer goes through its `response_url`.
+//! A dropped connection, a `disconnect` notice (Slack refreshes connections
+//! every few hours) or a silent one is replaced, with exponential backoff
+//! between failed attempts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::Secret;
+
+use super::api::SlackApi;
+use super::inbound::{Answer, EventBody, Inbound, Interaction, SlashCommand};
+
+/// A connection that has said nothing for this long is taken as dead (Slack
+/// pings every few seconds).
+const SILENCE: Duration = Duration::from_secs(120);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    envelope_id: Option<String>,
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub struct SocketMode {
+    api: Arc<SlackApi>,
+    app_token: Secret,
+    inbound: Arc<Inbound>,
+}
+
+/// Why a session ended.
+enum Ended {
+    /// Slack asked us to reconnect, or closed the connection after a hello.
+    Reconnect,
+}
+
+impl SocketMode {
+    pub fn new(api: Arc<SlackApi>, app_token: Secret, inbound: Arc<Inbound>) -> Self {
+        Self {
+            api,
+            app_token,
+            inbound,
+        }
+    }
+
+    /// Keeps a connection open until the task is aborted.
+    pub fn spawn(self) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                match self.session().await {
+                    Ok(Ended::Reconnect) => {
+                        backoff = FIRST_BACKOFF;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "Socket Mode connection failed");
+                    }
+                }
+                tokio::time::sleep(backoff + jitter(backoff)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+    }
+
+    async fn session(&self) -> Result<Ended, String> {
+        let url = self
+            .api
+            .socket_url(&self.app_token)
+            .await
+            .map_err(|e| format!("apps.connections.open: {e}"))?;
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|e| format!("cannot open the WebSocket: {e}"))?;
+        let (mut write, mut read) = ws.split();
+        let mut greeted = false;
+        loop {
+            let next = match tokio::time::timeout(SILENCE, read.next()).await {
+                Ok(next) => next,
+                Err(_) => return Err("no message from Slack for two minutes".into()),
+            };
+            let text = match next {
+                None | Some(Ok(Message::Close(_))) if greeted => return Ok(Ended::Reconnect),
+                None | Some(Ok(Message::Close(_))) => {
+                    return Err("Slack closed the connection before saying hello".into())
+                }
+                Some(Err(e)) if greeted => {
+                    tracing::info!(error = %e, "Socket Mode connection dropped; reconnecting");
+                    return Ok(Ended::Reconnect);
+                }
+                Some(Err(e)) => return Err(format!("WebSocket error: {e}")),
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                Some(Ok(Message::Ping(p))) => {
+                    let _ = write.send(Message::Pong(p)).await;
+                    continue;
+                }
+                Some(Ok(_)) => continue,
+            };
+            let envelope: Envelope = match serde_json::from_str(&text) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable Socket Mode message ignored");
+                    continue;
+                }
+            };
+            match envelope.kind.as_str() {
+                "hello" => {
+                    greeted = true;
+                    tracing::info!("Socket Mode connected");
+                }
+                "disconnect" => {
+                    tracing::info!(reason = ?envelope.reason, "Slack asked to reconnect");
+                    return Ok(Ended::Reconnect);
+                }
+                kind => {
+                    // Acknowledge first: the handler may take longer than Slack waits.
+                    if let Some(id) = &envelope.envelope_id {
+                        let ack = json!({ "envelope_id": id }).to_string();
+                        if let Err(e) = write.send(Message::Text(ack.into())).await {
+                            return Err(format!("cannot acknowledge an envelope: {e}"));
+                        }
+                    }
+                    self.dispatch(kind, envelope.payload);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, kind: &str, payload: Option<Value>) {
+        let Some(payload) = payload else { return };
+        let inbound = self.inbound.clone();
+        let kind = kind.to_owned();
+        tokio::spawn(async move {
+            let understood = match kind.as_str() {
+                "slash_commands" => match serde_json::from_value::<SlashCommand>(payload) {
+                    Ok(cmd) => {
+                        inbound.command(cmd, Answer::Later).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                "interactive" => match serde_json::from_value::<Interaction>(payload) {
+                    Ok(i) => {
+                        inbound.interaction(i).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                "events_api" => match serde_json::from_value::<EventBody>(payload) {
+                    Ok(e) => {
+                        inbound.event(e).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                _ => Ok(()),
+            };
+            if let Err(e) = understood {
+                tracing::warn!(kind, error = %e, "Socket Mode payload not understood; ignored");
+            }
+        });
+    }
+}
+
+/// Up to a quarter of `backoff`, so many instances do not reconnect in step.
+fn jitter(backoff: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    backoff / 4 * (nanos % 1000) / 1000
+}

@@ -1,0 +1,208 @@
+//! Store operations for keys, leases, scheduled jobs, reconciliation and
+//! Logbook checkpoints, run on the store's connections like the rest.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::app::effects::{Effects, TimerKind};
+use crate::app::ports::StoreError;
+use crate::domain::request::{AccessRequest, RequestState};
+use crate::domain::time::{Span, Timestamp};
+use crate::domain::values::{RequestId, SshPublicKey, UserId};
+
+use super::{append_events, id_of, insert_outbox, requests};
+
+/// Events and notices that belong to no request.
+pub(super) fn record(conn: &Connection, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
+    if !fx.timers.is_empty() || fx.cancel_all || fx.cancel_expiry || !fx.cancel.is_empty() {
+        return Err(StoreError::Other(
+            "timers belong to a request: use update".into(),
+        ));
+    }
+    if !fx.events.is_empty() {
+        append_events(conn, &fx.events)?;
+    }
+    insert_outbox(conn, fx, at)
+}
+
+pub(super) fn ssh_key(
+    conn: &Connection,
+    user: &UserId,
+) -> Result<Option<SshPublicKey>, StoreError> {
+    let key: Option<String> = conn
+        .prepare_cached("SELECT key FROM ssh_keys WHERE user = ?1")?
+        .query_row([user.as_str()], |r| r.get(0))
+        .optional()?;
+    key.map(|k| {
+        SshPublicKey::parse(&k)
+            .map_err(|e| StoreError::Corrupt(format!("stored SSH key of {user}: {e}")))
+    })
+    .transpose()
+}
+
+pub(super) fn set_ssh_key(
+    conn: &Connection,
+    user: &UserId,
+    key: Option<&SshPublicKey>,
+    fx: &Effects,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    match key {
+        Some(key) => {
+            conn.prepare_cached(
+                "INSERT INTO ssh_keys (user, key, fingerprint, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (user) DO UPDATE SET key = excluded.key, fingerprint = excluded.fingerprint, \
+                 updated_at = excluded.updated_at",
+            )?
+            .execute(params![user.as_str(), key.as_str(), key.fingerprint(), now.as_millis()])?;
+        }
+        None => {
+            conn.prepare_cached("DELETE FROM ssh_keys WHERE user = ?1")?
+                .execute([user.as_str()])?;
+        }
+    }
+    record(conn, fx, now)
+}
+
+pub(super) fn try_lease(
+    conn: &Connection,
+    name: &str,
+    holder: &str,
+    now: Timestamp,
+    ttl: Span,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+        )?
+        .execute(params![name, holder, now.plus(ttl).as_millis(), now.as_millis()])?;
+    Ok(changed > 0)
+}
+
+pub(super) fn release_lease(conn: &Connection, name: &str, holder: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")?
+        .execute(params![name, holder])?;
+    Ok(())
+}
+
+pub(super) fn lease_holder(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT holder FROM leases WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
+pub(super) fn take_over_lease(
+    conn: &Connection,
+    name: &str,
+    stale: &str,
+    holder: &str,
+    now: Timestamp,
+    ttl: Span,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached("UPDATE leases SET holder = ?1, expires_at = ?2 WHERE name = ?3 AND holder = ?4")?
+        .execute(params![holder, now.plus(ttl).as_millis(), name, stale])?;
+    Ok(changed > 0)
+}
+
+pub(super) fn job_next_run(
+    conn: &Connection,
+    name: &str,
+    schedule: &str,
+) -> Result<Option<Timestamp>, StoreError> {
+    let next: Option<i64> = conn
+        .prepare_cached("SELECT next_run FROM jobs WHERE name = ?1 AND schedule = ?2")?
+        .query_row(params![name, schedule], |r| r.get(0))
+        .optional()?;
+    Ok(next.map(Timestamp::from_millis))
+}
+
+pub(super) fn set_job_next_run(
+    conn: &Connection,
+    name: &str,
+    schedule: &str,
+    next: Timestamp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO jobs (name, schedule, next_run) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (name) DO UPDATE SET schedule = excluded.schedule, next_run = excluded.next_run",
+    )?
+    .execute(params![name, schedule, next.as_millis()])?;
+    Ok(())
+}
+
+pub(super) fn requests_in(
+    conn: &Connection,
+    states: &[RequestState],
+    limit: u32,
+) -> Result<Vec<AccessRequest>, StoreError> {
+    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let list = serde_json::to_string(&names).map_err(|e| StoreError::Other(e.to_string()))?;
+    requests(
+        conn,
+        "SELECT body FROM requests WHERE state IN (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
+        params![list, i64::from(limit)],
+    )
+}
+
+pub(super) fn ended_unverified(
+    conn: &Connection,
+    since: Timestamp,
+    limit: u32,
+) -> Result<Vec<AccessRequest>, StoreError> {
+    requests(
+        conn,
+        "SELECT body FROM requests \
+         WHERE state IN ('completed', 'expired', 'revoked', 'failed') AND open_grants = 0 \
+           AND updated_at >= ?1 AND COALESCE(json_extract(body, '$.removal_verified'), 0) = 0 \
+         ORDER BY id LIMIT ?2",
+        params![since.as_millis(), i64::from(limit)],
+    )
+}
+
+pub(super) fn has_timer(
+    conn: &Connection,
+    request: RequestId,
+    kind: TimerKind,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM timers WHERE request = ?1 AND kind = ?2 LIMIT 1")?
+        .query_row(params![id_of(request), kind.encode()], |r| r.get(0))
+        .optional()?;
+    Ok(found.is_some())
+}
+
+pub(super) fn logbook_head(conn: &Connection) -> Result<Option<(u64, String)>, StoreError> {
+    let head: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(head.map(|(seq, hash)| (seq as u64, hex::encode(hash))))
+}
+
+pub(super) fn request_for_message(
+    conn: &Connection,
+    surface: &str,
+    channel: &str,
+    message: &str,
+) -> Result<Option<RequestId>, StoreError> {
+    let id: Option<i64> = conn
+        .prepare_cached(
+            "SELECT request FROM chat_refs WHERE surface = ?1 AND channel = ?2 AND message = ?3",
+        )?
+        .query_row(params![surface, channel, message], |r| r.get(0))
+        .optional()?;
+    Ok(id
+        .and_then(|n| u64::try_from(n).ok())
+        .and_then(RequestId::new))
+}
+
+pub(super) fn logbook_hash_at(conn: &Connection, seq: u64) -> Result<Option<String>, StoreError> {
+    let hash: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT hash FROM logbook WHERE seq = ?1")?
+        .query_row([seq as i64], |r| r.get(0))
+        .optional()?;
+    Ok(hash.map(hex::encode))
+}

@@ -1,0 +1,37 @@
+//! The one mapping from what went wrong with an HTTP request to its status.
+//! Bodies say what was wrong in a few words and never show internals.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::verify::VerifyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("request body is over {0} bytes")]
+    TooLarge(usize),
+    #[error("request is not signed by Slack: {0}")]
+    Unauthorized(#[from] VerifyError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            HttpError::TooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {limit} bytes"),
+            ),
+            // Which check failed is logged, not told to the caller.
+            HttpError::Unauthorized(_) => {
+                (StatusCode::UNAUTHORIZED, "invalid request signature".into())
+            }
+            HttpError::BadRequest(what) => (StatusCode::BAD_REQUEST, what.clone()),
+            HttpError::Unavailable(what) => (StatusCode::SERVICE_UNAVAILABLE, what.clone()),
+        };
+        (status, body).into_response()
+    }
+}

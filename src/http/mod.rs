@@ -1,0 +1,216 @@
+//! The HTTP server: Slack's endpoints and `/healthz`, on axum.
+//!
+//! Every `/slack/…` request is read up to [`MAX_BODY`] bytes (more is 413)
+//! and its signature checked ([`verify`]) before anything parses it (a bad
+//! one is 401, logged without the body). Errors become statuses in one place
+//! ([`error::HttpError`]).
+
+pub mod error;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::adapters::slack::inbound::{EventBody, Interaction, SlashCommand};
+use crate::adapters::slack::{Ack, Answer, Inbound};
+use crate::app::ports::{Clock, Store};
+use crate::config::Secret;
+
+pub use error::HttpError;
+
+/// Slack's payloads are a few KiB; anything much larger is not from Slack.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What `[http]` in `passport.toml` says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port the HTTP server listens on.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+        }
+    }
+}
+
+/// The validated `[http]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<HttpSettings, Vec<String>> {
+        match self.listen.trim().parse() {
+            Ok(listen) => Ok(HttpSettings { listen }),
+            Err(_) => Err(vec![format!(
+                "http.listen: {:?} is not an address and port: use a form like 0.0.0.0:8080 or 127.0.0.1:3000",
+                self.listen
+            )]),
+        }
+    }
+}
+
+/// What Slack's endpoints need.
+#[derive(Clone)]
+pub struct SlackEndpoints {
+    pub inbound: Arc<Inbound>,
+    pub signing_secret: Secret,
+    /// Signature timestamps are checked against this clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Arc<dyn Store>,
+    /// Present when Slack calls Passport over HTTP.
+    pub slack: Option<SlackEndpoints>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    let mut router = Router::new().route("/healthz", get(healthz));
+    if state.slack.is_some() {
+        router = router
+            .route("/slack/commands", post(commands))
+            .route("/slack/interactions", post(interactions))
+            .route("/slack/events", post(events));
+    }
+    router.with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz(State(state): State<HttpState>) -> Result<Response, HttpError> {
+    match state.store.outbox_counts().await {
+        Ok(counts) => Ok(Json(json!({
+            "status": "ok",
+            "outbox": { "pending": counts.pending, "dead": counts.dead },
+        }))
+        .into_response()),
+        Err(e) => {
+            tracing::error!(error = %e, "health check cannot read the database");
+            Err(HttpError::Unavailable("database unavailable".into()))
+        }
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads the body within [`MAX_BODY`] and checks Slack's signature over it.
+async fn verified(
+    state: &HttpState,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Arc<Inbound>), HttpError> {
+    let Some(slack) = &state.slack else {
+        return Err(HttpError::Unavailable("Slack is not configured".into()));
+    };
+    let declared = header(headers, "content-length").and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|l| l > MAX_BODY) {
+        tracing::warn!(path, length = declared, "request refused: body too large");
+        return Err(HttpError::TooLarge(MAX_BODY));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            tracing::warn!(path, "request refused: body too large");
+            HttpError::TooLarge(MAX_BODY)
+        } else {
+            HttpError::BadRequest("cannot read the request body".into())
+        }
+    })?;
+    let now_secs = slack.clock.now().as_millis().div_euclid(1000);
+    verify::verify(
+        slack.signing_secret.expose().as_bytes(),
+        header(headers, "x-slack-request-timestamp"),
+        header(headers, "x-slack-signature"),
+        &bytes,
+        now_secs,
+    )
+    .map_err(|e| {
+        tracing::warn!(path, reason = %e, "request refused: not signed by Slack");
+        HttpError::Unauthorized(e)
+    })?;
+    if let Some(retry) = header(headers, "x-slack-retry-num") {
+        tracing::info!(
+            path,
+            retry,
+            reason = header(headers, "x-slack-retry-reason").unwrap_or("-"),
+            "Slack redelivery"
+        );
+    }
+    Ok((bytes, slack.inbound.clone()))
+}
+
+fn answer(ack: Ack) -> Response {
+    match ack {
+        Ack::Empty => StatusCode::OK.into_response(),
+        Ack::Json(v) => Json(v).into_response(),
+    }
+}
+
+async fn commands(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let (bytes, inbound) = verified(&state, "/slack/commands", &headers, body).await?;
+    let cmd: SlashCommand = serde_urlencoded::from_bytes(&bytes)
+        .map_err(|_| HttpError::BadRequest("not a slash command payload".into()))?;
+    Ok(answer(inbound.command(cmd, Answer::InlineOrLater).await))
+}
+
+#[derive(Deserialize)]
+struct InteractionForm {
+    payload: String,
+}
+
+async fn interactions(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let (bytes, inbound) = verified(&state, "/slack/interactions", &headers, body).await?;
+    let form: InteractionForm = serde_urlencoded::from_bytes(&bytes)
+        .map_err(|_| HttpError::BadRequest("no payload field".into()))?;
+    let interaction: Interaction = serde_json::from_str(&form.payload)
+        .map_err(|_| HttpError::BadRequest("payload is not an interaction".into()))?;
+    Ok(answer(inbound.interaction(interaction).await))
+}
+
+async fn events(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let (bytes, inbound) = verified(&state, "/slack/events", &headers, body).await?;
+    let event: EventBody = serde_json::from_slice(&bytes)
+        .map_err(|_| HttpError::BadRequest("not an Events API payload".into()))?;
+    Ok(answer(inbound.event(event).await))
+}

@@ -1,0 +1,607 @@
+//! The AWS provisioner against a real `moto` server (a local AWS-compatible
+//! server) through the real SDK: discovery, SendCommand wiring and batching,
+//! command ids kept across a restart, and the SSM documents.
+//!
+//! moto answers every command with `Success` at once and lacks
+//! DescribeInstanceInformation, so these tests turn the SSM-online check off;
+//! tests/aws_fake.rs covers both. The tests skip, loudly, only when no
+//! `moto_server` can be found and `CI` is not set.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use aws_sdk_ssm::config::Credentials;
+use passport::adapters::aws::documents::{
+    check_documents, install_documents, passport_documents, DocumentSource, InstallAction,
+};
+use passport::adapters::aws::sdk::{sdk_loader, SdkSsm};
+use passport::adapters::aws::store::{CommandStore, Operation};
+use passport::adapters::aws::{
+    AwsProvisioner, AwsSettings, DocumentNames, DocumentsError, SqliteCommandStore,
+};
+use passport::app::ports::{Described, GrantSpec, Provisioner, RevokeSpec};
+use passport::domain::request::{InstanceInfo, Platform};
+use passport::domain::time::Timestamp;
+use passport::domain::values::{InstanceId, RequestId, Username};
+
+const LINUX_AMI: &str = "ami-1e749f67";
+const WINDOWS_AMI: &str = "ami-03cf127a";
+const REGION: &str = "eu-west-1";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx alice@laptop";
+
+// ---------------------------------------------------------------------------
+// The server
+
+/// A moto server on a free loopback port, stopped when dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+fn executable(path: &Path) -> Option<PathBuf> {
+    path.is_file().then(|| path.to_path_buf())
+}
+
+/// `PASSPORT_MOTO_SERVER`, else the virtualenv beside the build output that
+/// scripts/test makes, else `moto_server` on the PATH.
+fn moto_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PASSPORT_MOTO_SERVER") {
+        let found = executable(Path::new(&path));
+        if found.is_none() {
+            eprintln!(
+                "PASSPORT_MOTO_SERVER={} is not a file",
+                Path::new(&path).display()
+            );
+        }
+        return found;
+    }
+    let mut candidates = Vec::new();
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(target).join("../moto-venv/bin/moto_server"));
+    }
+    // The test binary lives in <target>/debug/deps/.
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(target) = exe.ancestors().nth(3) {
+            candidates.push(target.join("../moto-venv/bin/moto_server"));
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cache/passport/moto-venv/bin/moto_server"));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&paths).map(|p| p.join("moto_server")));
+    }
+    candidates.iter().find_map(|c| executable(c))
+}
+
+/// Starts moto, or returns `None` after saying loudly why the test is skipped.
+fn start_moto() -> Option<Moto> {
+    let Some(binary) = moto_binary() else {
+        assert!(
+            !under_ci(),
+            "moto_server was not found and CI is set: run scripts/test, or set PASSPORT_MOTO_SERVER to a moto_server binary"
+        );
+        eprintln!(
+            "\n!!! SKIPPED: moto_server was not found. These tests need moto: run scripts/test, \
+             or `python3 -m venv ~/.cache/passport/moto-venv && ~/.cache/passport/moto-venv/bin/pip install 'moto[server]>=5,<6'`, \
+             or set PASSPORT_MOTO_SERVER. !!!\n"
+        );
+        return None;
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let child = Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let mut moto = Moto {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = moto.child.try_wait() {
+            panic!("{} exited at start: {status}", binary.display());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "moto did not start listening within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(moto)
+}
+
+macro_rules! moto_or_skip {
+    () => {
+        match start_moto() {
+            Some(moto) => moto,
+            None => return,
+        }
+    };
+}
+
+fn settings(moto: &Moto) -> AwsSettings {
+    AwsSettings {
+        region: Some(REGION.into()),
+        endpoint_url: Some(moto.url.clone()),
+        // moto does not implement DescribeInstanceInformation.
+        check_ssm_online: false,
+        poll_initial: Duration::from_millis(10),
+        poll_max: Duration::from_millis(50),
+        ..AwsSettings::default()
+    }
+}
+
+async fn sdk(settings: &AwsSettings) -> SdkConfig {
+    sdk_loader(settings)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .load()
+        .await
+}
+
+struct Rig {
+    _moto: Moto,
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    settings: AwsSettings,
+    sdk: SdkConfig,
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+}
+
+async fn rig(moto: Moto) -> Rig {
+    let settings = settings(&moto);
+    let sdk = sdk(&settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    Rig {
+        db: dir.path().join("passport.db"),
+        _dir: dir,
+        ec2: aws_sdk_ec2::Client::new(&sdk),
+        ssm: aws_sdk_ssm::Client::new(&sdk),
+        settings,
+        sdk,
+        _moto: moto,
+    }
+}
+
+impl Rig {
+    async fn provisioner(&self, settings: &AwsSettings) -> AwsProvisioner {
+        let store = Arc::new(SqliteCommandStore::open(&self.db).await.unwrap());
+        AwsProvisioner::from_sdk_config(&self.sdk, settings, store).unwrap()
+    }
+
+    /// Runs `count` instances of `ami` with a Name tag and one more tag.
+    async fn run(&self, ami: &str, count: i32, name: &str) -> Vec<InstanceId> {
+        let out = self
+            .ec2
+            .run_instances()
+            .image_id(ami)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(count)
+            .max_count(count)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(Tag::builder().key("Name").value(name).build())
+                    .tags(Tag::builder().key("env").value("prod").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        out.instances()
+            .iter()
+            .map(|i| InstanceId::parse(i.instance_id().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// SendCommand calls moto has recorded, oldest first.
+    async fn commands(&self) -> Vec<aws_sdk_ssm::types::Command> {
+        self.ssm
+            .list_commands()
+            .send()
+            .await
+            .unwrap()
+            .commands()
+            .to_vec()
+    }
+}
+
+fn linux(ids: &[InstanceId]) -> Vec<InstanceInfo> {
+    ids.iter()
+        .map(|id| InstanceInfo::assumed(id.clone(), Platform::Linux))
+        .collect()
+}
+
+fn grant_spec(request: u64, instances: Vec<InstanceInfo>, expires_ms: i64) -> GrantSpec {
+    let request = RequestId::new(request).unwrap();
+    GrantSpec {
+        request,
+        username: Username::for_request("alice", request),
+        instances,
+        expires_at: Timestamp::from_millis(expires_ms),
+        sudo: false,
+        ssh_public_key: Some(KEY.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Discovery
+
+#[tokio::test]
+async fn discovery_reports_tags_platforms_every_interface_and_each_bad_id() {
+    let rig = rig(moto_or_skip!()).await;
+    let web = rig.run(LINUX_AMI, 1, "web-1").await.remove(0);
+    let win = rig.run(WINDOWS_AMI, 1, "rdp-1").await.remove(0);
+    let stopped = rig.run(LINUX_AMI, 1, "old").await.remove(0);
+    let gone = rig.run(LINUX_AMI, 1, "gone").await.remove(0);
+    rig.ec2
+        .stop_instances()
+        .instance_ids(stopped.as_str())
+        .send()
+        .await
+        .unwrap();
+    rig.ec2
+        .terminate_instances()
+        .instance_ids(gone.as_str())
+        .send()
+        .await
+        .unwrap();
+
+    // A second network interface, with a secondary address, on the web instance.
+    let subnet = rig.ec2.describe_subnets().send().await.unwrap().subnets()[0]
+        .subnet_id()
+        .unwrap()
+        .to_owned();
+    let eni = rig
+        .ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .secondary_private_ip_address_count(1)
+        .send()
+        .await
+        .unwrap();
+    let eni = eni.network_interface().unwrap();
+    let eni_ips: Vec<String> = eni
+        .private_ip_addresses()
+        .iter()
+        .filter_map(|a| a.private_ip_address().map(str::to_owned))
+        .collect();
+    assert_eq!(eni_ips.len(), 2, "{eni_ips:?}");
+    rig.ec2
+        .attach_network_interface()
+        .network_interface_id(eni.network_interface_id().unwrap())
+        .instance_id(web.as_str())
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+
+    let unknown = InstanceId::parse("i-0123456789abcdef0").unwrap();
+    let asked = vec![
+        web.clone(),
+        win.clone(),
+        stopped.clone(),
+        gone.clone(),
+        unknown.clone(),
+    ];
+    let provisioner = rig.provisioner(&rig.settings).await;
+    let described = provisioner.describe(&asked).await.unwrap();
+    assert_eq!(described.len(), 5);
+
+    let Described::Usable(w) = &described[0] else {
+        panic!("{:?}", described[0])
+    };
+    assert_eq!(w.id, web);
+    assert_eq!(w.name.as_deref(), Some("web-1"));
+    assert_eq!(w.platform, Platform::Linux);
+    assert_eq!(w.state, "running");
+    assert_eq!(w.tags.get("env").map(String::as_str), Some("prod"));
+    assert_eq!(
+        w.private_ips.len(),
+        3,
+        "primary interface and both addresses of the second: {:?}",
+        w.private_ips
+    );
+    for ip in &eni_ips {
+        assert!(
+            w.private_ips.contains(ip),
+            "{ip} missing from {:?}",
+            w.private_ips
+        );
+    }
+    assert!(
+        !eni_ips.contains(&w.private_ips[0]),
+        "the primary interface comes first"
+    );
+
+    let Described::Usable(r) = &described[1] else {
+        panic!("{:?}", described[1])
+    };
+    assert_eq!(r.platform, Platform::Windows);
+    assert_eq!(r.name.as_deref(), Some("rdp-1"));
+
+    let reasons: Vec<(InstanceId, String)> = described[2..]
+        .iter()
+        .map(|d| match d {
+            Described::Unusable { id, reason } => (id.clone(), reason.clone()),
+            other => panic!("{other:?} should be unusable"),
+        })
+        .collect();
+    assert_eq!(reasons[0].0, stopped);
+    assert!(
+        reasons[0].1.starts_with("the instance is stopp"),
+        "{}",
+        reasons[0].1
+    );
+    assert_eq!(reasons[1].0, gone);
+    assert!(
+        reasons[1].1.contains("terminated") || reasons[1].1.contains("shutting-down"),
+        "{}",
+        reasons[1].1
+    );
+    assert_eq!(reasons[2].0, unknown);
+    assert_eq!(
+        reasons[2].1,
+        "no such instance in eu-west-1: check the id (instances in other regions or accounts cannot be used)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// SendCommand
+
+#[tokio::test]
+async fn grant_and_revoke_send_our_documents_with_parameters_and_targets() {
+    let rig = rig(moto_or_skip!()).await;
+    // The only instances in the region (see the batching test for why that matters).
+    let ids = rig.run(LINUX_AMI, 2, "web").await;
+    let provisioner = rig.provisioner(&rig.settings).await;
+
+    let mut spec = grant_spec(41, linux(&ids), 1_790_003_600_000);
+    spec.sudo = true;
+    let outcomes = provisioner.grant(&spec).await.unwrap();
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes.iter().all(|o| o.ok), "{outcomes:?}");
+
+    let revoked = provisioner
+        .revoke(&RevokeSpec {
+            request: spec.request,
+            username: spec.username.clone(),
+            instances: linux(&ids),
+        })
+        .await
+        .unwrap();
+    assert!(revoked.iter().all(|o| o.ok), "{revoked:?}");
+
+    let commands = rig.commands().await;
+    assert_eq!(commands.len(), 2);
+    let grant = &commands[0];
+    assert_eq!(grant.document_name(), Some("Passport-GrantLinux"));
+    assert_eq!(grant.comment(), Some("Passport AR-41: grant pp-alice-41"));
+    assert_eq!(grant.timeout_seconds(), Some(300), "the delivery timeout");
+    let targets: BTreeSet<&str> = grant.instance_ids().iter().map(String::as_str).collect();
+    assert_eq!(targets, ids.iter().map(InstanceId::as_str).collect());
+    let params = grant.parameters().unwrap();
+    let one = |name: &str| params.get(name).map(|v| v.join(","));
+    assert_eq!(one("Username").as_deref(), Some("pp-alice-41"));
+    assert_eq!(one("RequestId").as_deref(), Some("AR-41"));
+    assert_eq!(one("ExpiresAt").as_deref(), Some("1790003600"));
+    assert_eq!(one("Sudo").as_deref(), Some("true"));
+    assert_eq!(
+        one("SshPublicKey").as_deref(),
+        Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx")
+    );
+    assert_eq!(params.len(), 5);
+
+    let revoke = &commands[1];
+    assert_eq!(revoke.document_name(), Some("Passport-RevokeLinux"));
+    assert_eq!(revoke.comment(), Some("Passport AR-41: revoke pp-alice-41"));
+    let params = revoke.parameters().unwrap();
+    assert_eq!(params.len(), 2);
+    assert_eq!(params["Username"], ["pp-alice-41"]);
+}
+
+#[tokio::test]
+async fn one_hundred_and_twenty_instances_take_three_commands() {
+    let rig = rig(moto_or_skip!()).await;
+    // Not launched: moto adds every instance of the region to a command sent
+    // without targets, which would hide the batching. SendCommand does not
+    // check that the ids exist.
+    let ids: Vec<InstanceId> = (1..=120u32)
+        .map(|n| InstanceId::parse(&format!("i-{n:017x}")).unwrap())
+        .collect();
+    let provisioner = rig.provisioner(&rig.settings).await;
+
+    let outcomes = provisioner
+        .grant(&grant_spec(42, linux(&ids), 1_790_003_600_000))
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 120);
+    assert!(outcomes.iter().all(|o| o.ok));
+
+    let commands = rig.commands().await;
+    assert_eq!(commands.len(), 3);
+    let mut sizes: Vec<usize> = commands.iter().map(|c| c.instance_ids().len()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [20, 50, 50]);
+    let targeted: BTreeSet<&str> = commands
+        .iter()
+        .flat_map(|c| c.instance_ids())
+        .map(String::as_str)
+        .collect();
+    assert_eq!(targeted, ids.iter().map(InstanceId::as_str).collect());
+}
+
+// ---------------------------------------------------------------------------
+// Restart
+
+#[tokio::test]
+async fn command_ids_are_kept_and_a_restart_resumes_instead_of_sending_again() {
+    let rig = rig(moto_or_skip!()).await;
+    let ids = rig.run(LINUX_AMI, 3, "db").await;
+    let spec = grant_spec(43, linux(&ids), 1_790_003_600_000);
+
+    // The first process sends, then stops before it polls even once.
+    let patient = AwsSettings {
+        poll_initial: Duration::from_secs(60),
+        poll_max: Duration::from_secs(60),
+        ..rig.settings.clone()
+    };
+    let first = rig.provisioner(&patient).await;
+    let running = tokio::spawn({
+        let spec = spec.clone();
+        async move { first.grant(&spec).await }
+    });
+    let watcher = SqliteCommandStore::open(&rig.db).await.unwrap();
+    let started = Instant::now();
+    let sent = loop {
+        let last = watcher.last_commands(spec.request, &ids).await.unwrap();
+        if last.len() == ids.len() {
+            break last;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the command was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    running.abort();
+    let _ = running.await;
+
+    let commands = rig.commands().await;
+    assert_eq!(commands.len(), 1);
+    let command_id = commands[0].command_id().unwrap().to_owned();
+    for last in sent.values() {
+        assert_eq!(
+            last.command_id, command_id,
+            "the id SSM gave is what was recorded"
+        );
+        assert_eq!(last.operation, Operation::Grant);
+        assert_eq!(last.document, "Passport-GrantLinux");
+        assert_eq!(last.expires_at, Some(1_790_003_600));
+        assert!(last.settled.is_none());
+    }
+
+    // A new process on the same database is asked again (with an expiry a few
+    // seconds later, as the engine computes it anew): it polls the recorded
+    // command and sends nothing.
+    let second = rig.provisioner(&rig.settings).await;
+    let again = GrantSpec {
+        expires_at: Timestamp::from_millis(spec.expires_at.as_millis() + 5_000),
+        ..spec.clone()
+    };
+    let outcomes = second.grant(&again).await.unwrap();
+    assert!(outcomes.iter().all(|o| o.ok), "{outcomes:?}");
+    assert_eq!(rig.commands().await.len(), 1, "nothing was sent again");
+
+    let settled = watcher.last_commands(spec.request, &ids).await.unwrap();
+    for last in settled.values() {
+        let s = last.settled.as_ref().expect("settled and recorded");
+        assert!(s.ok);
+        assert_eq!(s.status, "Success");
+    }
+    watcher.close().await;
+}
+
+// ---------------------------------------------------------------------------
+// Documents
+
+#[tokio::test]
+async fn documents_are_installed_checked_updated_and_rolled_back() {
+    let rig = rig(moto_or_skip!()).await;
+    let ssm = SdkSsm::new(&rig.sdk);
+    let docs = passport_documents(&DocumentNames::default());
+
+    match check_documents(&ssm, &docs).await {
+        Err(DocumentsError::NotReady(text)) => {
+            assert!(text.contains("Passport-GrantLinux is missing"), "{text}");
+            assert!(text.contains("Passport-RevokeWindows is missing"), "{text}");
+            assert!(text.contains("passport ssm install"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let installed = install_documents(&ssm, &docs).await.unwrap();
+    assert_eq!(installed.len(), 4);
+    assert!(
+        installed.iter().all(|(_, a)| *a == InstallAction::Created),
+        "{installed:?}"
+    );
+    check_documents(&ssm, &docs).await.unwrap();
+    let provisioner = rig.provisioner(&rig.settings).await;
+    provisioner.check_documents().await.unwrap();
+
+    let again = install_documents(&ssm, &docs).await.unwrap();
+    assert!(
+        again.iter().all(|(_, a)| *a == InstallAction::Unchanged),
+        "{again:?}"
+    );
+
+    // Another build with a changed grant script updates that document only.
+    let mut newer = docs.clone();
+    newer[0] = DocumentSource {
+        name: newer[0].name.clone(),
+        content: newer[0].content.replace("umask 077", "umask 0077"),
+    };
+    assert_ne!(newer[0].content, docs[0].content);
+    let updated = install_documents(&ssm, &newer).await.unwrap();
+    assert_eq!(
+        updated[0],
+        (
+            "Passport-GrantLinux".to_owned(),
+            InstallAction::Updated {
+                version: "2".into()
+            }
+        )
+    );
+    assert!(updated[1..]
+        .iter()
+        .all(|(_, a)| *a == InstallAction::Unchanged));
+
+    // This build now sees its grant document as outdated and refuses.
+    match check_documents(&ssm, &docs).await {
+        Err(DocumentsError::NotReady(text)) => {
+            assert!(text.contains("Passport-GrantLinux is outdated"), "{text}");
+            assert!(!text.contains("RevokeLinux"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Installing this build again brings back version 1, which has its content.
+    let rolled_back = install_documents(&ssm, &docs).await.unwrap();
+    assert_eq!(
+        rolled_back[0],
+        (
+            "Passport-GrantLinux".to_owned(),
+            InstallAction::Updated {
+                version: "1".into()
+            }
+        )
+    );
+    check_documents(&ssm, &docs).await.unwrap();
+}

@@ -1,0 +1,1359 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The instance side of provisioning: the SSM documents in `manifests/ssm/` and the
+//! scripts they run.
+//!
+//! The document checks run anywhere. The script tests run the real Linux scripts as
+//! root through `tests/sandbox/enter.sh`, which gives every call private mount, PID and
+//! network namespaces over copies of /etc, /home, /root, /run, /tmp, /var/lib, /var/log,
+//! /var/mail and /var/spool/cron, so the host's users, sudoers and at queue are never
+//! touched. Without root (or without the tools scripts/test installs) they print why
+//! and return early.
+//!
+//! There is no systemd in the sandbox, so the scripts take their `at` branch for the
+//! removal at expiry: atd runs inside the sandbox, the tests read the queued job with
+//! `atq`/`at -c`, and run the job's own text to see it remove the user, instead of
+//! waiting for the clock. The systemd-run branch is only reviewed. The Windows scripts
+//! cannot run here; their documents, patterns and shared removal logic are checked.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use passport::domain::values::{RequestId, Username};
+use regex::Regex;
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The documents, the script each one embeds, and the plugin that runs it.
+const DOCUMENTS: [(&str, &str, &str); 4] = [
+    (
+        "Passport-GrantLinux.yaml",
+        "grant-linux.sh",
+        "aws:runShellScript",
+    ),
+    (
+        "Passport-RevokeLinux.yaml",
+        "revoke-linux.sh",
+        "aws:runShellScript",
+    ),
+    (
+        "Passport-GrantWindows.yaml",
+        "grant-windows.ps1",
+        "aws:runPowerShellScript",
+    ),
+    (
+        "Passport-RevokeWindows.yaml",
+        "revoke-windows.ps1",
+        "aws:runPowerShellScript",
+    ),
+];
+
+fn ssm_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/ssm")
+}
+
+fn read_ssm(name: &str) -> String {
+    fs::read_to_string(ssm_dir().join(name)).unwrap_or_else(|e| panic!("manifests/ssm/{name}: {e}"))
+}
+
+/// Unquotes a YAML single-quoted scalar ('' is the only escape).
+fn unquote(value: &str) -> String {
+    match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        Some(inner) => {
+            assert!(
+                !inner.replace("''", "").contains('\''),
+                "unpaired quote in {value:?}"
+            );
+            inner.replace("''", "'")
+        }
+        None => value.to_string(),
+    }
+}
+
+/// The runCommand lines of a document. Every line after `runCommand:` must be one
+/// single-quoted list item (render.sh writes them that way).
+fn run_command(doc: &str) -> Vec<String> {
+    let mut lines = doc.lines();
+    lines
+        .by_ref()
+        .find(|l| *l == "      runCommand:")
+        .expect("a '      runCommand:' line");
+    lines
+        .map(|l| {
+            let item = l
+                .strip_prefix("        - ")
+                .filter(|i| i.len() >= 2 && i.starts_with('\'') && i.ends_with('\''))
+                .unwrap_or_else(|| panic!("not a single-quoted runCommand item: {l:?}"));
+            unquote(item)
+        })
+        .collect()
+}
+
+/// The `parameters:` block: name → property → value.
+fn parameters(doc: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut inside = false;
+    for line in doc.lines() {
+        if line == "parameters:" {
+            inside = true;
+            continue;
+        }
+        if !inside || line.starts_with('#') {
+            continue;
+        }
+        if !line.starts_with(' ') {
+            break;
+        }
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+            if !name.starts_with(' ') {
+                current = Some(name.to_string());
+                out.entry(name.to_string()).or_default();
+                continue;
+            }
+        }
+        let (key, value) = line
+            .trim()
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("unexpected parameter line {line:?}"));
+        let name = current.clone().expect("a parameter name first");
+        out.get_mut(&name)
+            .unwrap()
+            .insert(key.to_string(), unquote(value));
+    }
+    out
+}
+
+/// The compiled allowedPattern of a document's parameter.
+fn pattern(doc: &str, param: &str) -> Regex {
+    let params = parameters(&read_ssm(doc));
+    let p = &params[param]["allowedPattern"];
+    Regex::new(p).unwrap_or_else(|e| panic!("{doc} {param}: {e}"))
+}
+
+/// The lines between the `# >>> passport-revoke-core` and `# <<< passport-revoke-core` markers.
+fn revoke_core(script: &str) -> Vec<String> {
+    let lines: Vec<&str> = script.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == "# >>> passport-revoke-core")
+        .expect("a core start marker");
+    let end = lines
+        .iter()
+        .position(|l| *l == "# <<< passport-revoke-core")
+        .expect("a core end marker");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| **l == "# >>> passport-revoke-core")
+            .count(),
+        1
+    );
+    lines[start..=end].iter().map(|l| l.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The documents
+
+#[test]
+fn documents_run_exactly_the_scripts_beside_them() {
+    for (doc, script, _) in DOCUMENTS {
+        let embedded = run_command(&read_ssm(doc));
+        let source = read_ssm(script);
+        assert!(source.ends_with('\n'), "{script} must end with a newline");
+        let expected: Vec<String> = source.lines().map(str::to_string).collect();
+        if embedded != expected {
+            let first = embedded
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(embedded.len().min(expected.len()));
+            panic!(
+                "{doc} does not embed {script} (first difference at script line {}): run manifests/ssm/render.sh",
+                first + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn documents_pass_every_parameter_as_a_checked_environment_variable() {
+    let ssm_var = Regex::new(r"SSM_([A-Za-z0-9]+)").unwrap();
+    for (doc, script, action) in DOCUMENTS {
+        let text = read_ssm(doc);
+        assert!(
+            text.len() < 64 * 1024,
+            "{doc} is over the 64 KB document limit"
+        );
+        assert!(
+            !text.contains("{{"),
+            "{doc} must not interpolate parameters into the script text"
+        );
+        assert!(!text.contains('\t') && !text.contains('\r'), "{doc}");
+        assert!(text.contains("\nschemaVersion: '2.2'\n"), "{doc}");
+        assert!(text.contains(&format!("\n  - action: {action}\n")), "{doc}");
+        assert_eq!(text.matches("\n  - action: ").count(), 1, "{doc}: one step");
+
+        let params = parameters(&text);
+        assert!(!params.is_empty(), "{doc} has parameters");
+        for (name, props) in &params {
+            assert_eq!(
+                props.get("type").map(String::as_str),
+                Some("String"),
+                "{doc} {name}"
+            );
+            assert_eq!(
+                props.get("interpolationType").map(String::as_str),
+                Some("ENV_VAR"),
+                "{doc} {name}"
+            );
+            assert!(!props.contains_key("default"), "{doc} {name} is required");
+            let p = props
+                .get("allowedPattern")
+                .unwrap_or_else(|| panic!("{doc} {name} has no allowedPattern"));
+            assert!(
+                p.starts_with('^') && p.ends_with('$'),
+                "{doc} {name}: anchored pattern"
+            );
+            assert!(
+                !p.contains(".*") && !p.contains(".+") && !p.contains("\\s") && !p.contains("\\d"),
+                "{doc} {name}: no wildcards, whitespace or Unicode digit classes in {p}"
+            );
+            Regex::new(p).unwrap_or_else(|e| panic!("{doc} {name}: {e}"));
+        }
+
+        // The script reads exactly the parameters the document declares.
+        let source = read_ssm(script);
+        let used: std::collections::BTreeSet<String> = ssm_var
+            .captures_iter(&source)
+            .map(|c| c[1].to_string())
+            .filter(|n| n != "name")
+            .collect();
+        let declared: std::collections::BTreeSet<String> = params.keys().cloned().collect();
+        assert_eq!(used, declared, "{script} vs the parameters of {doc}");
+    }
+}
+
+#[test]
+fn allowed_patterns_accept_what_passport_sends() {
+    let user = pattern("Passport-GrantLinux.yaml", "Username");
+    let long = "a".repeat(100);
+    for (handle, n) in [
+        ("dev1", 42),
+        ("Zoë O'Brien; rm -rf /", 7),
+        ("日本", 1),
+        ("--x--", 3),
+        (long.as_str(), 123_456_789_012_345_678),
+    ] {
+        let id = RequestId::new(n).unwrap();
+        let name = Username::for_request(handle, id);
+        assert!(user.is_match(name.as_str()), "{name}");
+        assert!(name.as_str().len() <= 32, "{name}");
+        assert!(
+            pattern("Passport-GrantLinux.yaml", "RequestId").is_match(&id.to_string()),
+            "{id}"
+        );
+    }
+    let win_user = pattern("Passport-GrantWindows.yaml", "Username");
+    assert!(win_user.is_match("pp-dev1-42"));
+    assert!(pattern("Passport-GrantLinux.yaml", "ExpiresAt").is_match("1790000000"));
+    for doc in ["Passport-GrantLinux.yaml", "Passport-GrantWindows.yaml"] {
+        let sudo = pattern(doc, "Sudo");
+        assert!(sudo.is_match("true") && sudo.is_match("false"));
+    }
+    let key = pattern("Passport-GrantLinux.yaml", "SshPublicKey");
+    assert!(key.is_match(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBXthqazVISHQdDO8LIgiwgcsuk+C87AXoiNFj0/qNN4"
+    ));
+    // A 2048-bit and a 4096-bit SubjectPublicKeyInfo, as base64 (392 and 736 characters).
+    let spki = pattern("Passport-GrantWindows.yaml", "PublicKey");
+    assert!(spki.is_match(&format!(
+        "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA{}",
+        "A".repeat(348)
+    )));
+    assert!(spki.is_match(&format!("{}==", "A".repeat(734))));
+}
+
+/// Values that no pattern or script may let through, for each grant parameter. Each
+/// would create /tmp/pwned if any shell ever evaluated it.
+fn hostile_values(valid: &BTreeMap<&'static str, String>) -> Vec<(&'static str, String)> {
+    let payloads = [
+        "'; touch /tmp/pwned; '",
+        "\"; touch /tmp/pwned; \"",
+        "$(touch /tmp/pwned)",
+        "`touch /tmp/pwned`",
+        "; touch /tmp/pwned",
+        "&& touch /tmp/pwned",
+        "| touch /tmp/pwned",
+        "\ntouch /tmp/pwned",
+        "\r\ntouch /tmp/pwned",
+        ">/tmp/pwned",
+        "${IFS}touch${IFS}/tmp/pwned",
+        "\\ntouch /tmp/pwned",
+    ];
+    let mut out = Vec::new();
+    for (param, base) in valid {
+        for p in payloads {
+            out.push((*param, format!("{base}{p}")));
+            out.push((*param, p.to_string()));
+        }
+        out.push((*param, String::new()));
+        out.push((*param, format!(" {base}")));
+        out.push((*param, format!("{base} ")));
+        out.push((*param, format!("{base}\n")));
+        out.push((*param, format!("{base}{}", "A".repeat(100_000))));
+    }
+    let more: [(&str, &str); 27] = [
+        // Look-alikes: Cyrillic р and а, a fullwidth 7, a Unicode hyphen, a zero-width space.
+        ("Username", "рp-alice-7"),
+        ("Username", "pp-аlice-7"),
+        ("Username", "pp-alice-７"),
+        ("Username", "pp‐alice-7"),
+        ("Username", "pp-alice-7\u{200b}"),
+        ("Username", "root"),
+        ("Username", "PP-alice-7"),
+        ("Username", "pp-alice-7/../../etc"),
+        ("Username", "pp-../../root-7"),
+        ("RequestId", "ar-7"),
+        ("RequestId", "AR-７"),
+        ("RequestId", "AR-7$(touch /tmp/pwned)"),
+        ("ExpiresAt", "１７９００００００００"),
+        ("ExpiresAt", "-1790000000"),
+        ("ExpiresAt", "0x6AB3F800"),
+        ("ExpiresAt", "1.79e9"),
+        ("Sudo", "TRUE"),
+        ("Sudo", "yes"),
+        ("Sudo", "1"),
+        ("Sudo", "tru\u{0435}"),
+        ("SshPublicKey", "ssh-dss AAAAB3NzaC1kc3MAAACBAP"),
+        ("SshPublicKey", "command=\"touch /tmp/pwned\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBXthqazVISHQdDO8LIgiwgcsuk+C87AXoiNFj0/qNN4"),
+        ("SshPublicKey", "expiry-time=\"29991231\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBXthqazVISHQdDO8LIgiwgcsuk+C87AXoiNFj0/qNN4"),
+        ("SshPublicKey", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBXthqazVISHQdDO8LIgiwgcsuk+C87AXoiNFj0/qNN4 laptop"),
+        ("SshPublicKey", "ssh-ed25519  AAAAC3NzaC1lZDI1NTE5AAAAIBXthqazVISHQdDO8LIgiwgcsuk+C87AXoiNFj0/qNN4"),
+        ("SshPublicKey", "ssh-ed25519\tAAAAC3NzaC1lZDI1NTE5AAAAIBXthqazVISHQdDO8LIgiwgcsuk+C87AXoiNFj0/qNN4"),
+        ("SshPublicKey", "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAI"),
+    ];
+    for (param, value) in more {
+        out.push((param, value.to_string()));
+    }
+    let key = &valid["SshPublicKey"];
+    out.push(("SshPublicKey", format!("{key}\n{key}")));
+    out.push(("SshPublicKey", format!("ssh-ed25519 {}", "A".repeat(8193))));
+    out
+}
+
+/// Values the patterns cannot rule out but the scripts refuse: they would not inject
+/// anything, but they are still wrong.
+fn refused_by_the_script_only(
+    valid: &BTreeMap<&'static str, String>,
+) -> Vec<(&'static str, String)> {
+    let ed25519_body = valid["SshPublicKey"].split(' ').nth(1).unwrap().to_string();
+    vec![
+        // 35 characters: the pattern cannot count the whole name, the script does.
+        ("Username", format!("pp-{}-7777", "a".repeat(27))),
+        // Not the request's number.
+        ("Username", "pp-alice-07".to_string()),
+        ("RequestId", "AR-8".to_string()),
+        ("ExpiresAt", "1000000000".to_string()),
+        ("ExpiresAt", (now() + 3 * 86400).to_string()),
+        ("SshPublicKey", "ssh-ed25519 AAAA".to_string()),
+        ("SshPublicKey", format!("ssh-rsa {ed25519_body}")),
+    ]
+}
+
+#[test]
+fn allowed_patterns_reject_hostile_input() {
+    let valid = valid_grant_values("pp-alice-7", "AR-7", &test_key());
+    for (param, value) in hostile_values(&valid) {
+        assert!(
+            !pattern("Passport-GrantLinux.yaml", param).is_match(&value),
+            "the Linux {param} pattern accepts {value:?}"
+        );
+        if param != "SshPublicKey" {
+            assert!(
+                !pattern("Passport-GrantWindows.yaml", param).is_match(&value),
+                "the Windows {param} pattern accepts {value:?}"
+            );
+        }
+    }
+    // A NUL cannot even be handed to a process as an environment variable, and no
+    // pattern admits one.
+    assert!(Command::new("true")
+        .env("SSM_Username", "pp-alice-7\0x")
+        .status()
+        .is_err());
+    assert!(!pattern("Passport-GrantLinux.yaml", "Username").is_match("pp-alice-7\0x"));
+    assert!(!pattern("Passport-GrantWindows.yaml", "Username").is_match("pp-a\0-7"));
+    assert!(!pattern("Passport-GrantWindows.yaml", "PublicKey")
+        .is_match(&format!("{}\0", "A".repeat(400))));
+    // Windows account names stop at 20 characters.
+    assert!(!pattern("Passport-GrantWindows.yaml", "Username").is_match("pp-abcdefghijklmnop-7"));
+}
+
+#[test]
+fn the_removal_logic_is_the_same_in_grant_and_revoke() {
+    for (grant, revoke) in [
+        ("grant-linux.sh", "revoke-linux.sh"),
+        ("grant-windows.ps1", "revoke-windows.ps1"),
+    ] {
+        assert_eq!(
+            revoke_core(&read_ssm(grant)),
+            revoke_core(&read_ssm(revoke)),
+            "{grant} and {revoke} carry different removal logic"
+        );
+    }
+}
+
+#[test]
+fn linux_scripts_parse_in_sh_and_bash_and_pass_shellcheck() {
+    for script in ["grant-linux.sh", "revoke-linux.sh"] {
+        let path = ssm_dir().join(script);
+        for shell in ["sh", "bash"] {
+            let out = Command::new(shell).arg("-n").arg(&path).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{shell} -n {script}: {}",
+                text(&out.stderr)
+            );
+        }
+        if have("shellcheck") {
+            for dialect in ["sh", "bash"] {
+                let out = Command::new("shellcheck")
+                    .args(["-s", dialect])
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "shellcheck -s {dialect} {script}:\n{}",
+                    text(&out.stdout)
+                );
+            }
+        } else {
+            eprintln!("shellcheck is not installed; skipped linting {script}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The sandbox
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", "command -v \"$1\" >/dev/null 2>&1", "have", tool])
+        .env("PATH", PATH)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn enter_sh() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sandbox/enter.sh")
+}
+
+/// Why this machine cannot run the sandbox, if it cannot.
+fn sandbox_unavailable() -> Option<&'static str> {
+    static WHY: OnceLock<Option<String>> = OnceLock::new();
+    WHY.get_or_init(|| {
+        let uid = Command::new("id").arg("-u").output().ok()?;
+        if text(&uid.stdout).trim() != "0" {
+            return Some(
+                "the instance script tests create real users and need root (scripts/test runs them as root in CI)"
+                    .to_string(),
+            );
+        }
+        for tool in [
+            "unshare", "useradd", "usermod", "userdel", "getent", "setpriv", "flock", "pkill",
+            "visudo", "sudo", "at", "atd", "atq", "sshd", "ssh", "ssh-keygen", "ip",
+        ] {
+            if !have(tool) {
+                return Some(format!(
+                    "{tool} is not installed; scripts/test installs the sandbox packages"
+                ));
+            }
+        }
+        let probe = tempfile::tempdir().ok()?;
+        let out = Command::new("sh")
+            .arg(enter_sh())
+            .arg(probe.path().join("probe"))
+            .arg("true")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return Some(format!(
+                "the sandbox cannot start here (namespaces unavailable?): {}",
+                text(&out.stderr).trim()
+            ));
+        }
+        None
+    })
+    .as_deref()
+}
+
+/// A throw-away copy of the machine's user database and friends, and a requester key.
+struct Sandbox {
+    dir: tempfile::TempDir,
+    /// The requester's public key, "ssh-ed25519 <base64>".
+    key: String,
+}
+
+/// Starts a sandbox, or prints why it cannot and returns None.
+fn sandbox(test: &str) -> Option<Sandbox> {
+    if let Some(why) = sandbox_unavailable() {
+        eprintln!("{test}: skipped: {why}");
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("passport-sandbox-")
+        .tempdir()
+        .unwrap();
+    let sb = Sandbox {
+        dir,
+        key: String::new(),
+    };
+    sb.ok("true"); // fills the sandbox
+    let ssm = sb.host("root/ssm");
+    fs::create_dir_all(&ssm).unwrap();
+    for script in ["grant-linux.sh", "revoke-linux.sh"] {
+        fs::copy(ssm_dir().join(script), ssm.join(script)).unwrap();
+    }
+    let key = make_key(&sb.host("root/id"), "ed25519", None);
+    Some(Sandbox { key, ..sb })
+}
+
+/// Makes a key pair at `path` and returns the public key as "<type> <base64>".
+fn make_key(path: &Path, kind: &str, bits: Option<&str>) -> String {
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", kind, "-N", "", "-C", "requester", "-f"])
+        .arg(path);
+    if let Some(bits) = bits {
+        cmd.args(["-b", bits]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
+    let public = fs::read_to_string(path.with_extension("pub")).unwrap();
+    let mut parts = public.split_whitespace();
+    format!("{} {}", parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// A key for the tests that need no sandbox.
+fn test_key() -> String {
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| {
+        if have("ssh-keygen") {
+            let dir = tempfile::tempdir().unwrap();
+            make_key(&dir.path().join("id"), "ed25519", None)
+        } else {
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBXthqazVISHQdDO8LIgiwgcsuk+C87AXoiNFj0/qNN4"
+                .to_string()
+        }
+    })
+    .clone()
+}
+
+fn valid_grant_values(user: &str, req: &str, key: &str) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("Username", user.to_string()),
+        ("RequestId", req.to_string()),
+        ("ExpiresAt", (now() + 7200).to_string()),
+        ("Sudo", "false".to_string()),
+        ("SshPublicKey", key.to_string()),
+    ])
+}
+
+impl Sandbox {
+    /// The host path of a file inside the sandbox ("etc/shadow").
+    fn host(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Runs `script` with /bin/sh inside the sandbox, with only PATH and `env` set.
+    fn run_with(&self, env: &[(&str, &str)], script: &str) -> Output {
+        Command::new("sh")
+            .arg(enter_sh())
+            .arg(self.dir.path())
+            .args(["/bin/sh", "-c", script])
+            .env_clear()
+            .env("PATH", PATH)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `script` inside the sandbox, asserts it succeeded and returns its stdout.
+    fn ok(&self, script: &str) -> String {
+        let out = self.run_with(&[], script);
+        assert!(
+            out.status.success(),
+            "sandbox script failed: {script}\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Runs grant-linux.sh with these SSM_* values, as the SSM Agent would.
+    fn grant_env(&self, shell: &str, values: &BTreeMap<&str, String>) -> Output {
+        let env: Vec<(String, String)> = values
+            .iter()
+            .map(|(k, v)| (format!("SSM_{k}"), v.clone()))
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.run_with(&env, &format!("{shell} /root/ssm/grant-linux.sh"))
+    }
+
+    fn grant(&self, g: &Grant) -> Output {
+        self.grant_env("sh", &g.values(&self.key))
+    }
+
+    fn grant_ok(&self, g: &Grant) -> String {
+        let out = self.grant(g);
+        assert!(
+            out.status.success(),
+            "grant failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn revoke_in(&self, shell: &str, user: &str, req: &str) -> Output {
+        self.run_with(
+            &[("SSM_Username", user), ("SSM_RequestId", req)],
+            &format!("{shell} /root/ssm/revoke-linux.sh"),
+        )
+    }
+
+    fn revoke(&self, user: &str, req: &str) -> Output {
+        self.revoke_in("sh", user, req)
+    }
+
+    fn revoke_ok(&self, user: &str, req: &str) -> String {
+        let out = self.revoke(user, req);
+        assert!(
+            out.status.success(),
+            "revoke failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn file(&self, rel: &str) -> String {
+        fs::read_to_string(self.host(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    /// The colon-separated fields of `user`'s line in etc/passwd, etc/shadow or etc/group.
+    fn entry(&self, db: &str, user: &str) -> Option<Vec<String>> {
+        self.file(db)
+            .lines()
+            .find(|l| l.split(':').next() == Some(user))
+            .map(|l| l.split(':').map(str::to_string).collect())
+    }
+
+    /// The at queue: (job id, run time in unix seconds, queue letter).
+    fn at_jobs(&self) -> Vec<(String, u64, String)> {
+        self.ok(
+            r#"atq | while read -r id wd mon day time year queue owner; do
+                     printf '%s %s %s\n' "$id" "$(date -d "$wd $mon $day $time $year" +%s)" "$queue"
+                   done"#,
+        )
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_string(), f[1].parse().unwrap(), f[2].to_string())
+        })
+        .collect()
+    }
+
+    /// The single Passport expiry job: (id, run time, the job's text).
+    fn expiry_job(&self) -> (String, u64, String) {
+        let jobs = self.at_jobs();
+        assert_eq!(jobs.len(), 1, "exactly one at job: {jobs:?}");
+        let (id, at, _) = jobs[0].clone();
+        let body = self.ok(&format!("at -c {id}"));
+        (id, at, body)
+    }
+
+    /// The minute `t` falls in, as sshd's expiry-time reads it (system time zone).
+    fn local_minute(&self, t: u64) -> String {
+        self.ok(&format!("date -d @{t} +%Y%m%d%H%M"))
+            .trim()
+            .to_string()
+    }
+
+    /// Logs in over SSH as `user` with the requester's key, through an sshd started in
+    /// the sandbox on its private loopback, and runs `command` there.
+    fn ssh(&self, user: &str, command: &str) -> Output {
+        self.run_with(
+            &[("LOGIN", user), ("COMMAND", command)],
+            r#"
+            set -e
+            [ -f /etc/ssh/passport_test_host_key ] ||
+                ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/passport_test_host_key
+            cat >/etc/ssh/passport_test_sshd_config <<EOF
+Port 2222
+ListenAddress 127.0.0.1
+HostKey /etc/ssh/passport_test_host_key
+PidFile /run/passport_test_sshd.pid
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+StrictModes yes
+LogLevel VERBOSE
+EOF
+            mkdir -p /run/sshd
+            rm -f /run/passport_test_sshd.pid
+            : >/tmp/sshd.log
+            if ! /usr/sbin/sshd -f /etc/ssh/passport_test_sshd_config -E /tmp/sshd.log; then
+                echo "sshd cannot start:" >&2
+                cat /tmp/sshd.log >&2
+                exit 97
+            fi
+            # sshd detaches before it listens; it writes its pid file once it does.
+            i=0
+            while [ ! -s /run/passport_test_sshd.pid ]; do
+                i=$((i + 1))
+                if [ "$i" -gt 200 ]; then
+                    echo "sshd cannot start: it never listened" >&2
+                    cat /tmp/sshd.log >&2
+                    exit 97
+                fi
+                sleep 0.05
+            done
+            set +e
+            ssh -F /dev/null -i /root/id -p 2222 -o BatchMode=yes -o IdentitiesOnly=yes \
+                -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                -o ConnectTimeout=10 -o LogLevel=ERROR "$LOGIN@127.0.0.1" "$COMMAND"
+            rc=$?
+            echo "--- sshd log" >&2
+            cat /tmp/sshd.log >&2
+            exit $rc
+            "#,
+        )
+    }
+
+    /// Asserts nothing of Passport's is on the sandbox's machine: no pp- account, home,
+    /// drop-in, state or at job, and the canary of the hostile inputs was never made.
+    fn assert_untouched(&self, context: &str) {
+        for db in ["etc/passwd", "etc/shadow", "etc/group"] {
+            assert!(
+                !self.file(db).lines().any(|l| l.starts_with("pp-")),
+                "{context}: a pp- entry in {db}"
+            );
+        }
+        assert_eq!(
+            fs::read_dir(self.host("home")).unwrap().count(),
+            0,
+            "{context}: something in /home"
+        );
+        assert!(
+            !fs::read_dir(self.host("etc/sudoers.d")).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("passport")),
+            "{context}: a Passport sudoers drop-in"
+        );
+        assert!(
+            !self.host("var/lib/passport/users").exists()
+                || fs::read_dir(self.host("var/lib/passport/users"))
+                    .unwrap()
+                    .count()
+                    == 0,
+            "{context}: Passport state left"
+        );
+        assert_no_canary(self, context);
+    }
+}
+
+fn assert_no_canary(sb: &Sandbox, context: &str) {
+    assert!(
+        !sb.host("tmp/pwned").exists(),
+        "{context}: an injected command ran inside the sandbox"
+    );
+    assert!(
+        !Path::new("/tmp/pwned").exists(),
+        "{context}: /tmp/pwned exists on the host"
+    );
+}
+
+/// One grant, with everything but the key (which is the sandbox's requester key).
+#[derive(Clone)]
+struct Grant {
+    user: String,
+    req: String,
+    expires: u64,
+    sudo: bool,
+    key: Option<String>,
+}
+
+impl Grant {
+    fn new(user: &str, req: &str) -> Self {
+        Self {
+            user: user.to_string(),
+            req: req.to_string(),
+            expires: now() + 7200,
+            sudo: false,
+            key: None,
+        }
+    }
+
+    fn values(&self, key: &str) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("Username", self.user.clone()),
+            ("RequestId", self.req.clone()),
+            ("ExpiresAt", self.expires.to_string()),
+            ("Sudo", self.sudo.to_string()),
+            (
+                "SshPublicKey",
+                self.key.clone().unwrap_or_else(|| key.to_string()),
+            ),
+        ])
+    }
+}
+
+fn mode(path: &Path) -> (u32, u32, u32) {
+    let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+/// Asserts the full state of a granted user.
+fn assert_granted(sb: &Sandbox, g: &Grant) {
+    let passwd = sb.entry("etc/passwd", &g.user).expect("a passwd entry");
+    assert_eq!(passwd[4], format!("passport {}", g.req), "GECOS marker");
+    assert_eq!(passwd[5], format!("/home/{}", g.user));
+    assert_eq!(passwd[6], "/bin/bash");
+    let uid: u32 = passwd[2].parse().unwrap();
+    let gid: u32 = passwd[3].parse().unwrap();
+    assert!(uid >= 1000, "a regular uid, not a system one: {uid}");
+    assert_eq!(
+        sb.entry("etc/group", &g.user).expect("a user group")[2],
+        passwd[3]
+    );
+
+    let shadow = sb.entry("etc/shadow", &g.user).expect("a shadow entry");
+    assert_eq!(
+        shadow[1], "*",
+        "no password, but not locked for sshd without PAM"
+    );
+    let expire_day = g.expires.div_ceil(86_400);
+    assert_eq!(
+        shadow[7],
+        expire_day.to_string(),
+        "account expiry: the day after ExpiresAt's day"
+    );
+
+    let home = sb.host(&format!("home/{}", g.user));
+    assert_eq!(mode(&home), (0o700, uid, gid), "home");
+    assert_eq!(mode(&home.join(".ssh")), (0o700, uid, gid), ".ssh");
+    let keys = home.join(".ssh/authorized_keys");
+    assert_eq!(mode(&keys), (0o600, uid, gid), "authorized_keys");
+    let key = g.key.clone().unwrap_or_else(|| sb.key.clone());
+    assert_eq!(
+        fs::read_to_string(&keys).unwrap(),
+        format!(
+            "expiry-time=\"{}\" {key}\n",
+            sb.local_minute(g.expires / 60 * 60)
+        )
+    );
+
+    let state = sb.file(&format!("var/lib/passport/users/{}", g.user));
+    assert_eq!(state, format!("request={}\nexpires={}\n", g.req, g.expires));
+    assert_eq!(mode(&sb.host("var/lib/passport")).0, 0o700);
+    assert_eq!(
+        mode(&sb.host("var/lib/passport/revoke-user.sh")),
+        (0o700, 0, 0)
+    );
+
+    let dropin = sb.host(&format!("etc/sudoers.d/passport-{}", g.user));
+    assert_eq!(
+        dropin.exists(),
+        g.sudo,
+        "sudo drop-in present iff Sudo=true"
+    );
+
+    let (_, run_at, body) = sb.expiry_job();
+    assert_eq!(
+        run_at,
+        g.expires.div_ceil(60) * 60,
+        "the at job runs at ExpiresAt, rounded up to the minute"
+    );
+    let lines: Vec<&str> = body.lines().collect();
+    assert!(
+        lines.contains(&format!("# passport-expire {}", g.user).as_str()),
+        "{body}"
+    );
+    assert!(
+        lines.contains(
+            &format!(
+                "/bin/sh /var/lib/passport/revoke-user.sh {} {} {}",
+                g.user, g.req, g.expires
+            )
+            .as_str()
+        ),
+        "{body}"
+    );
+}
+
+fn assert_revoked(sb: &Sandbox, user: &str) {
+    for db in ["etc/passwd", "etc/shadow", "etc/group", "etc/gshadow"] {
+        assert!(sb.entry(db, user).is_none(), "{user} still in {db}");
+    }
+    assert!(!sb.host(&format!("home/{user}")).exists(), "home left");
+    assert!(
+        !sb.host(&format!("etc/sudoers.d/passport-{user}")).exists(),
+        "drop-in left"
+    );
+    assert!(
+        !sb.host(&format!("var/lib/passport/users/{user}")).exists(),
+        "state left"
+    );
+    assert!(sb.at_jobs().is_empty(), "at job left: {:?}", sb.at_jobs());
+}
+
+// ---------------------------------------------------------------------------------------
+// The Linux scripts, for real
+
+#[test]
+fn grant_creates_the_user_with_expiring_account_key_and_removal_job() {
+    let Some(sb) = sandbox("grant_creates_the_user_with_expiring_account_key_and_removal_job")
+    else {
+        return;
+    };
+    let g = Grant::new("pp-alice-7", "AR-7");
+    let out = sb.grant_ok(&g);
+    assert!(out.contains("pp-alice-7 created for AR-7"), "{out}");
+    assert!(out.contains("removal by at job"), "{out}");
+    assert_granted(&sb, &g);
+    assert_no_canary(&sb, "grant");
+}
+
+#[test]
+fn grant_twice_is_harmless() {
+    let Some(sb) = sandbox("grant_twice_is_harmless") else {
+        return;
+    };
+    let g = Grant::new("pp-alice-7", "AR-7");
+    sb.grant_ok(&g);
+    let passwd = sb.file("etc/passwd");
+    let shadow = sb.file("etc/shadow");
+    let out = sb.grant_ok(&g);
+    assert!(out.contains("pp-alice-7 extended for AR-7"), "{out}");
+    assert_eq!(sb.file("etc/passwd"), passwd);
+    assert_eq!(sb.file("etc/shadow"), shadow);
+    assert_granted(&sb, &g);
+}
+
+#[test]
+fn extension_moves_all_three_expiries() {
+    let Some(sb) = sandbox("extension_moves_all_three_expiries") else {
+        return;
+    };
+    let mut g = Grant::new("pp-alice-7", "AR-7");
+    g.expires = now() + 1800;
+    sb.grant_ok(&g);
+    // Make the account expiry stale, so the rerun must really write it.
+    sb.ok("usermod --expiredate 2000-01-01 pp-alice-7");
+    g.expires = now() + 20 * 3600;
+    sb.grant_ok(&g);
+    assert_granted(&sb, &g);
+}
+
+#[test]
+fn sudo_on_adds_a_valid_drop_in_and_sudo_off_removes_it() {
+    let Some(sb) = sandbox("sudo_on_adds_a_valid_drop_in_and_sudo_off_removes_it") else {
+        return;
+    };
+    let mut g = Grant::new("pp-bob-8", "AR-8");
+    g.sudo = true;
+    sb.grant_ok(&g);
+    assert_granted(&sb, &g);
+    let dropin = "etc/sudoers.d/passport-pp-bob-8";
+    assert_eq!(mode(&sb.host(dropin)), (0o440, 0, 0));
+    assert!(sb
+        .file(dropin)
+        .lines()
+        .any(|l| l == "pp-bob-8 ALL=(ALL:ALL) NOPASSWD: ALL"));
+    sb.ok("visudo -c -q && visudo -c -q -f /etc/sudoers.d/passport-pp-bob-8");
+    // No half-written temp file is left behind.
+    assert!(!fs::read_dir(sb.host("etc/sudoers.d")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".passport")));
+    let as_user =
+        "setpriv --reuid=pp-bob-8 --regid=pp-bob-8 --init-groups sudo -n id -u 2>/dev/null";
+    assert_eq!(sb.ok(as_user).trim(), "0", "the user can sudo");
+
+    g.sudo = false;
+    sb.grant_ok(&g);
+    assert_granted(&sb, &g);
+    assert!(!sb.host(dropin).exists());
+    assert!(!sb.run_with(&[], as_user).status.success(), "sudo is gone");
+}
+
+#[test]
+fn revoke_removes_user_home_drop_in_state_and_job() {
+    let Some(sb) = sandbox("revoke_removes_user_home_drop_in_state_and_job") else {
+        return;
+    };
+    let mut g = Grant::new("pp-carol-9", "AR-9");
+    g.sudo = true;
+    sb.grant_ok(&g);
+    let out = sb.revoke_ok("pp-carol-9", "AR-9");
+    assert!(out.contains("pp-carol-9 removed (AR-9)"), "{out}");
+    assert_revoked(&sb, "pp-carol-9");
+    sb.assert_untouched("after revoke");
+}
+
+#[test]
+fn revoke_when_the_user_is_absent_succeeds() {
+    let Some(sb) = sandbox("revoke_when_the_user_is_absent_succeeds") else {
+        return;
+    };
+    let out = sb.revoke_ok("pp-dave-10", "AR-10");
+    assert!(out.contains("pp-dave-10 was already absent"), "{out}");
+    let g = Grant::new("pp-dave-10", "AR-10");
+    sb.grant_ok(&g);
+    sb.revoke_ok("pp-dave-10", "AR-10");
+    let out = sb.revoke_ok("pp-dave-10", "AR-10");
+    assert!(out.contains("was already absent"), "{out}");
+    sb.assert_untouched("after two revokes");
+}
+
+#[test]
+fn revoke_ends_the_users_running_processes() {
+    let Some(sb) = sandbox("revoke_ends_the_users_running_processes") else {
+        return;
+    };
+    sb.grant_ok(&Grant::new("pp-erin-11", "AR-11"));
+    // One call: the sandbox's processes die with it.
+    let out = sb.ok(
+        r#"
+        ( setpriv --reuid=pp-erin-11 --regid=pp-erin-11 --init-groups sleep 600 & )
+        ( setpriv --reuid=pp-erin-11 --regid=pp-erin-11 --init-groups sh -c 'trap "" TERM HUP; sleep 600' & )
+        uid=$(id -u pp-erin-11)
+        # count N: waits up to 10 s for the user to have N processes, then prints them.
+        count() {
+            i=0
+            while [ "$(pgrep -u "$uid" | wc -l)" -ne "$1" ] && [ "$i" -lt 200 ]; do
+                i=$((i + 1))
+                sleep 0.05
+            done
+            pgrep -u "$uid" | wc -l
+        }
+        echo "before: $(count 3)"
+        SSM_Username=pp-erin-11 SSM_RequestId=AR-11 sh /root/ssm/revoke-linux.sh >/dev/null
+        echo "after: $(count 0)"
+        "#,
+    );
+    assert!(out.contains("before: 3"), "{out}");
+    assert!(out.contains("after: 0"), "{out}");
+    assert_revoked(&sb, "pp-erin-11");
+}
+
+#[test]
+fn an_account_passport_did_not_create_is_left_alone() {
+    let Some(sb) = sandbox("an_account_passport_did_not_create_is_left_alone") else {
+        return;
+    };
+    sb.ok("useradd --create-home --comment 'Frank, platform team' pp-frank-12");
+    let passwd = sb.file("etc/passwd");
+
+    let out = sb.revoke("pp-frank-12", "AR-12");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("was not created by Passport for AR-12; leaving it alone"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = sb.grant(&Grant::new("pp-frank-12", "AR-12"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("was not created by Passport for AR-12; refusing to touch it"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(sb.file("etc/passwd"), passwd);
+    assert!(sb.host("home/pp-frank-12").is_dir());
+    assert!(!sb.host("home/pp-frank-12/.ssh").exists());
+    assert!(sb.at_jobs().is_empty());
+
+    // Nor one made by Passport for another request.
+    sb.ok("useradd --comment 'passport AR-99' pp-gina-13");
+    let out = sb.revoke("pp-gina-13", "AR-13");
+    assert!(!out.status.success());
+    assert!(sb.entry("etc/passwd", "pp-gina-13").is_some());
+}
+
+#[test]
+fn a_leftover_home_without_its_account_is_not_adopted() {
+    let Some(sb) = sandbox("a_leftover_home_without_its_account_is_not_adopted") else {
+        return;
+    };
+    sb.ok("mkdir -p /home/pp-hal-14/.ssh && echo 'ssh-ed25519 AAAAplanted' >/home/pp-hal-14/.ssh/authorized_keys");
+    let out = sb.grant(&Grant::new("pp-hal-14", "AR-14"));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/home/pp-hal-14 exists but account pp-hal-14 does not"));
+    assert!(sb.entry("etc/passwd", "pp-hal-14").is_none());
+}
+
+#[test]
+fn hostile_inputs_are_refused_and_never_executed() {
+    let Some(sb) = sandbox("hostile_inputs_are_refused_and_never_executed") else {
+        return;
+    };
+    let valid = valid_grant_values("pp-alice-7", "AR-7", &sb.key);
+    let mut cases = hostile_values(&valid);
+    cases.extend(refused_by_the_script_only(&valid));
+    for (param, value) in &cases {
+        let mut values = valid.clone();
+        values.insert(param, value.clone());
+        let out = sb.grant_env("sh", &values);
+        let stderr = text(&out.stderr);
+        let context = format!("grant with {param}={value:.80?}");
+        assert!(!out.status.success(), "{context} succeeded");
+        assert!(
+            stderr.starts_with("passport grant: "),
+            "{context}: {stderr}"
+        );
+        assert!(
+            stderr.contains(param),
+            "{context}: the error names {param}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("pwned"),
+            "{context}: the error echoes the input"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{context}: one line: {stderr}");
+        sb.assert_untouched(&context);
+    }
+    assert!(sb.at_jobs().is_empty());
+    assert!(
+        !sb.host("var/lib/passport").exists(),
+        "refused before taking the lock"
+    );
+
+    // The same corpus against revoke, with a real user in place who must survive it.
+    let g = Grant::new("pp-alice-7", "AR-7");
+    sb.grant_ok(&g);
+    for (param, value) in cases
+        .iter()
+        .filter(|(p, _)| *p == "Username" || *p == "RequestId")
+    {
+        let (user, req) = if *param == "Username" {
+            (value.as_str(), "AR-7")
+        } else {
+            ("pp-alice-7", value.as_str())
+        };
+        let out = sb.revoke(user, req);
+        let context = format!("revoke with {param}={value:.80?}");
+        assert!(!out.status.success(), "{context} succeeded");
+        assert!(
+            text(&out.stderr).starts_with("passport revoke: "),
+            "{context}"
+        );
+        assert_no_canary(&sb, &context);
+    }
+    assert_granted(&sb, &g);
+}
+
+#[test]
+fn sshd_accepts_the_key_until_revoke() {
+    let Some(sb) = sandbox("sshd_accepts_the_key_until_revoke") else {
+        return;
+    };
+    let out = sb.ssh("nobody", "true");
+    if out.status.code() == Some(97) {
+        eprintln!(
+            "sshd_accepts_the_key_until_revoke: skipped: sshd cannot start in this sandbox: {}",
+            text(&out.stderr)
+        );
+        return;
+    }
+    assert!(!out.status.success(), "a login without any key");
+    let mut g = Grant::new("pp-ivy-15", "AR-15");
+    g.sudo = true;
+    sb.grant_ok(&g);
+    let out = sb.ssh(
+        "pp-ivy-15",
+        "id -un; sudo -n id -u 2>/dev/null; stat -c %a ~",
+    );
+    assert!(out.status.success(), "login refused: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "pp-ivy-15\n0\n700\n");
+
+    // Another requester's key is not let in.
+    let other = make_key(&sb.host("root/other"), "ed25519", None);
+    let mut g2 = g.clone();
+    g2.key = Some(other);
+    sb.grant_ok(&g2);
+    let out = sb.ssh("pp-ivy-15", "true");
+    assert!(!out.status.success(), "the old key still logs in");
+    sb.grant_ok(&g);
+
+    sb.revoke_ok("pp-ivy-15", "AR-15");
+    let out = sb.ssh("pp-ivy-15", "true");
+    assert!(!out.status.success(), "login still works after revoke");
+    assert!(
+        text(&out.stderr).contains("Invalid user pp-ivy-15"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn every_supported_key_type_is_installed() {
+    let Some(sb) = sandbox("every_supported_key_type_is_installed") else {
+        return;
+    };
+    let mut g = Grant::new("pp-jo-16", "AR-16");
+    for (kind, bits) in [
+        ("ecdsa", Some("256")),
+        ("ecdsa", Some("384")),
+        ("ecdsa", Some("521")),
+        ("rsa", Some("3072")),
+        ("ed25519", None),
+    ] {
+        let path = sb.host(&format!("root/id_{kind}_{}", bits.unwrap_or("")));
+        g.key = Some(make_key(&path, kind, bits));
+        sb.grant_ok(&g);
+        assert_granted(&sb, &g);
+    }
+}
+
+#[test]
+fn the_expiry_job_removes_the_user_when_it_runs() {
+    let Some(sb) = sandbox("the_expiry_job_removes_the_user_when_it_runs") else {
+        return;
+    };
+    let mut g = Grant::new("pp-kim-17", "AR-17");
+    g.sudo = true;
+    sb.grant_ok(&g);
+    let (id, _, _) = sb.expiry_job();
+    // What atd would run at the time, run now.
+    let out = sb.ok(&format!("at -c {id} | sh"));
+    assert!(out.contains("pp-kim-17 removed (AR-17)"), "{out}");
+    assert_revoked(&sb, "pp-kim-17");
+}
+
+#[test]
+fn an_old_expiry_job_stands_down_after_an_extension() {
+    let Some(sb) = sandbox("an_old_expiry_job_stands_down_after_an_extension") else {
+        return;
+    };
+    let mut g = Grant::new("pp-lee-18", "AR-18");
+    g.expires = now() + 1800;
+    sb.grant_ok(&g);
+    let (_, _, old_job) = sb.expiry_job();
+    g.expires = now() + 5 * 3600;
+    sb.grant_ok(&g);
+    // The old job already fired and was waiting for the lock when the extension landed.
+    fs::write(sb.host("root/old-job"), old_job).unwrap();
+    let out = sb.ok("sh /root/old-job");
+    assert!(out.contains("pp-lee-18 was extended"), "{out}");
+    assert_granted(&sb, &g);
+}
+
+#[test]
+fn without_a_scheduler_grant_fails_before_changing_anything() {
+    let Some(sb) = sandbox("without_a_scheduler_grant_fails_before_changing_anything") else {
+        return;
+    };
+    let g = Grant::new("pp-max-19", "AR-19");
+    let values = g.values(&sb.key);
+    let env: Vec<(String, String)> = values
+        .iter()
+        .map(|(k, v)| (format!("SSM_{k}"), v.clone()))
+        .collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("SANDBOX_NO_ATD", "1"));
+    let out = sb.run_with(&env, "sh /root/ssm/grant-linux.sh");
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        "passport grant: cannot schedule the removal at expiry: systemd is not running and atd is not running (start atd)\n"
+    );
+    sb.assert_untouched("grant without a scheduler");
+}
+
+#[test]
+fn links_planted_in_the_home_cannot_redirect_an_extension() {
+    let Some(sb) = sandbox("links_planted_in_the_home_cannot_redirect_an_extension") else {
+        return;
+    };
+    let mut g = Grant::new("pp-ned-20", "AR-20");
+    sb.grant_ok(&g);
+    let passwd = sb.file("etc/passwd");
+    let as_user = "setpriv --reuid=pp-ned-20 --regid=pp-ned-20 --init-groups sh -c";
+
+    // ~/.ssh replaced by a link to /etc: a root write would create /etc/authorized_keys.
+    sb.ok(&format!(
+        "{as_user} 'cd /home/pp-ned-20 && rm -rf .ssh && ln -s /etc .ssh'"
+    ));
+    g.expires += 600;
+    sb.grant_ok(&g);
+    assert!(!sb.host("etc/authorized_keys").exists());
+    assert_granted(&sb, &g);
+
+    // authorized_keys replaced by a link to /etc/passwd.
+    sb.ok(&format!(
+        "{as_user} 'cd /home/pp-ned-20 && rm -f .ssh/authorized_keys && ln -s /etc/passwd .ssh/authorized_keys'"
+    ));
+    g.expires += 600;
+    sb.grant_ok(&g);
+    assert_eq!(sb.file("etc/passwd"), passwd);
+    assert_granted(&sb, &g);
+}
+
+#[test]
+fn the_scripts_also_run_under_bash() {
+    let Some(sb) = sandbox("the_scripts_also_run_under_bash") else {
+        return;
+    };
+    let mut g = Grant::new("pp-oz-21", "AR-21");
+    g.sudo = true;
+    let out = sb.grant_env("bash", &g.values(&sb.key));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_granted(&sb, &g);
+    let mut values = g.values(&sb.key);
+    values.insert("Username", "pp-oz-21$(touch /tmp/pwned)".to_string());
+    assert!(!sb.grant_env("bash", &values).status.success());
+    let out = sb.revoke_in("bash", "pp-oz-21", "AR-21");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_revoked(&sb, "pp-oz-21");
+    assert_no_canary(&sb, "bash");
+}
+
+#[test]
+fn the_longest_username_passport_makes_works() {
+    let Some(sb) = sandbox("the_longest_username_passport_makes_works") else {
+        return;
+    };
+    let id = RequestId::new(123_456_789_012_345_678).unwrap();
+    let user = Username::for_request(&"x".repeat(40), id);
+    assert_eq!(user.as_str().len(), 32);
+    let g = Grant::new(user.as_str(), &id.to_string());
+    sb.grant_ok(&g);
+    assert_granted(&sb, &g);
+    sb.revoke_ok(user.as_str(), &id.to_string());
+    assert_revoked(&sb, user.as_str());
+}

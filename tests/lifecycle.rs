@@ -1,0 +1,436 @@
+//! Lifecycle beyond the basic round: extensions that need an approver, retry
+//! of failed instances, reconciliation, the digest and checkpoints, scheduled
+//! jobs, the scheduler lease, and crashes at every step.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use passport::adapters::clock::ManualClock;
+use passport::app::jobs::{Job, JobKind, Jobs};
+use passport::app::ports::Store;
+use passport::domain::request::{GrantState, RequestState};
+use passport::domain::time::{Span, Timestamp};
+use passport::domain::values::InstanceId;
+use passport::scheduler::{Scheduler, LEASE_TTL};
+
+fn mins(m: i64) -> Span {
+    Span::from_minutes(m)
+}
+
+/// A prod request (2 approvals from sre-leads, extensions past 1h need an approver), active.
+async fn active_prod(app: &TestApp, duration: &str) -> passport::domain::values::RequestId {
+    let id = app
+        .new_request(PROD, &format!("{duration} INC-1 outage"))
+        .await;
+    assert!(app.run("sre1", &format!("approve {id}")).await.ok);
+    assert!(app.run("sre2", &format!("approve {id}")).await.ok);
+    assert_eq!(app.request(id).await.state, RequestState::Active);
+    id
+}
+
+#[tokio::test]
+async fn extensions_past_the_threshold_wait_for_an_approver() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = active_prod(&app, "1h").await;
+    let first_expiry = app.request(id).await.expires_at.unwrap();
+    // Within the threshold: at once.
+    let r = app.run_in_thread("dev1", id, "extend 30m").await;
+    assert!(r.ok && r.text.contains("extended by 30m"), "{}", r.text);
+    // Past it (30m + 1h > 1h): waits, and the thread asks the approvers.
+    let r = app.run_in_thread("dev1", id, "extend 1h").await;
+    assert!(
+        r.ok && r.text.contains("waiting for an approver"),
+        "{}",
+        r.text
+    );
+    let req = app.request(id).await;
+    assert_eq!(
+        req.expires_at,
+        Some(first_expiry.plus(mins(30))),
+        "nothing moves before approval"
+    );
+    let ask = app
+        .surface
+        .all()
+        .into_iter()
+        .rev()
+        .find_map(|p| match p {
+            Posted::Thread(_, text, actions) if text.contains("asks to extend") => Some(actions),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(ask[0].command, format!("approve {id}"));
+    let r = app.run_in_thread("dev1", id, "extend 10m").await;
+    assert!(!r.ok && r.text.contains("already waiting"), "{}", r.text);
+    let r = app.run_in_thread("dev1", id, "approve").await;
+    assert!(!r.ok && r.text.contains("your own extension"), "{}", r.text);
+    let r = app.run_in_thread("lead1", id, "approve").await;
+    assert!(!r.ok, "only the request's approvers: {}", r.text);
+    let grants_before = app.provisioner.grants().len();
+    let r = app.run_in_thread("sre3", id, "approve").await;
+    assert!(r.ok, "{}", r.text);
+    assert_eq!(
+        app.request(id).await.expires_at,
+        Some(first_expiry.plus(mins(90)))
+    );
+    assert_eq!(
+        app.provisioner.grants().len(),
+        grants_before + 1,
+        "on-instance expiry moved"
+    );
+    assert!(app
+        .surface
+        .directs("dev1")
+        .iter()
+        .any(|d| d.contains("extension of") && d.contains("approved by sre3")));
+    assert_eq!(app.count(id, "extension_requested").await, 1);
+}
+
+#[tokio::test]
+async fn a_denied_extension_keeps_the_expiry() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = active_prod(&app, "1h").await;
+    let expiry = app.request(id).await.expires_at;
+    assert!(app.run_in_thread("dev1", id, "extend 2h").await.ok);
+    let r = app
+        .run_in_thread("sre1", id, "deny not during the freeze")
+        .await;
+    assert!(r.ok, "{}", r.text);
+    let req = app.request(id).await;
+    assert_eq!(req.expires_at, expiry);
+    assert!(req.pending_extension.is_none());
+    assert_eq!(
+        req.state,
+        RequestState::Active,
+        "denying an extension does not end access"
+    );
+    // The request still expires on time.
+    app.advance(Span::from_hours(1)).await;
+    assert_eq!(app.request(id).await.state, RequestState::Expired);
+}
+
+#[tokio::test]
+async fn failed_instances_can_be_retried() {
+    let (app, _dir) = TestApp::spawn().await;
+    let db1 = InstanceId::parse(DB1).unwrap();
+    app.provisioner
+        .fail_grant
+        .lock()
+        .unwrap()
+        .insert(db1.clone());
+    let id = app
+        .new_request(&format!("{WEB},{DB1}"), "2h ticket#1")
+        .await;
+    assert!(app.run("lead1", &format!("approve {id}")).await.ok);
+    let thread = app.surface.all().into_iter().find_map(|p| match p {
+        Posted::Thread(_, text, actions) if text.contains("1 of 2") => Some(actions),
+        _ => None,
+    });
+    assert_eq!(thread.unwrap()[0].command, format!("retry {id}"));
+    let expiry = app.request(id).await.expires_at;
+    app.provisioner.fail_grant.lock().unwrap().clear();
+    app.advance(mins(10)).await;
+    let r = app.run_in_thread("dev1", id, "retry").await;
+    assert!(r.ok, "{}", r.text);
+    let req = app.request(id).await;
+    assert!(req.grants.iter().all(|g| g.state == GrantState::Active));
+    assert_eq!(req.expires_at, expiry, "a retry does not restart the clock");
+    let last = app.provisioner.grants().last().cloned().unwrap();
+    assert_eq!(last.instance, db1);
+    let r = app.run_in_thread("dev1", id, "retry").await;
+    assert!(!r.ok && r.text.contains("no failed instance"), "{}", r.text);
+    app.advance(Span::from_hours(2)).await;
+    assert_eq!(
+        app.provisioner.revokes().len(),
+        2,
+        "both users removed at expiry"
+    );
+}
+
+#[tokio::test]
+async fn reconciliation_finds_and_removes_a_leftover_user() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = app.active_request("1h").await;
+    assert!(app.run("dev1", &format!("complete {id}")).await.ok);
+    // The instance came back from a snapshot with the user still there: the next removal fails once.
+    app.provisioner
+        .fail_revoke
+        .lock()
+        .unwrap()
+        .insert(InstanceId::parse(WEB).unwrap(), 2);
+    let report = app.engine.reconcile().await.unwrap();
+    assert_eq!(report.leftovers, 1);
+    app.settle().await;
+    assert_eq!(
+        app.request(id).await.grants[0].state,
+        GrantState::RemovalFailed
+    );
+    assert!(app
+        .surface
+        .audits()
+        .iter()
+        .any(|a| a.contains("may still hold a user")));
+    app.advance(mins(1)).await;
+    assert_eq!(app.request(id).await.grants[0].state, GrantState::Removed);
+    let report = app.engine.reconcile().await.unwrap();
+    assert_eq!(report.verified, 1);
+    app.settle().await;
+    assert!(app.request(id).await.removal_verified);
+    // Verified requests are not checked again.
+    let revokes = app.provisioner.revokes().len();
+    assert_eq!(app.engine.reconcile().await.unwrap(), Default::default());
+    assert_eq!(app.provisioner.revokes().len(), revokes);
+}
+
+#[tokio::test]
+async fn reconciliation_reschedules_a_lost_removal_job() {
+    let (app, _dir) = TestApp::spawn().await;
+    app.provisioner
+        .fail_revoke
+        .lock()
+        .unwrap()
+        .insert(InstanceId::parse(WEB).unwrap(), 1);
+    let id = app.active_request("1h").await;
+    assert!(app.run("dev1", &format!("complete {id}")).await.ok);
+    assert_eq!(
+        app.request(id).await.grants[0].state,
+        GrantState::RemovalFailed
+    );
+    // Lose the retry job, as a bug or a manual edit might.
+    let out = std::process::Command::new("sqlite3")
+        .arg(&app.db)
+        .arg("DELETE FROM timers;")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report = app.engine.reconcile().await.unwrap();
+    assert_eq!(report.removals_rescheduled, 1);
+    app.settle().await;
+    assert_eq!(app.request(id).await.grants[0].state, GrantState::Removed);
+}
+
+#[tokio::test]
+async fn the_digest_lists_active_failed_and_failing() {
+    let (app, _dir) = TestApp::spawn().await;
+    let active = app.active_request("2h").await;
+    app.provisioner
+        .fail_grant
+        .lock()
+        .unwrap()
+        .insert(InstanceId::parse(DB1).unwrap());
+    let failed = app.new_request(DB1, "ticket#2").await;
+    assert!(app.run("lead1", &format!("approve {failed}")).await.ok);
+    app.engine.digest().await.unwrap();
+    app.settle().await;
+    let digest = app
+        .surface
+        .audits()
+        .into_iter()
+        .find(|a| a.contains("Passport digest"))
+        .unwrap();
+    assert!(digest.contains("1 active, 1 failed"), "{digest}");
+    assert!(digest.contains(&format!("{active} dev1")), "{digest}");
+    assert!(digest.contains(&format!("{failed} failed")), "{digest}");
+}
+
+#[tokio::test]
+async fn checkpoints_post_the_logbook_head() {
+    let (app, _dir) = TestApp::spawn().await;
+    app.active_request("1h").await;
+    app.engine.checkpoint().await.unwrap();
+    app.settle().await;
+    let (seq, hash) = app.store.logbook_head().await.unwrap().unwrap();
+    let line = app
+        .surface
+        .audits()
+        .into_iter()
+        .find(|a| a.contains("checkpoint"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("--checkpoint {seq}:{hash}")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn jobs_run_on_their_cron_schedule() {
+    let (mut app, _dir) = TestApp::spawn().await;
+    app.clock
+        .set(Timestamp::parse_rfc3339("2026-11-25T10:03:00Z").unwrap());
+    app.jobs = Jobs {
+        jobs: vec![
+            Job::new(JobKind::Checkpoint, "0 0 * * * *").unwrap(),
+            Job::new(JobKind::Digest, "0 0 8 * * *").unwrap(),
+        ],
+    };
+    app.active_request("1h").await;
+    let checkpoints = |app: &TestApp| {
+        app.surface
+            .audits()
+            .iter()
+            .filter(|a| a.contains("Logbook checkpoint"))
+            .count()
+    };
+    assert_eq!(checkpoints(&app), 0, "the first run waits for its time");
+    app.advance(mins(56)).await; // 10:59
+    assert_eq!(checkpoints(&app), 0);
+    app.advance(mins(1)).await; // 11:00
+    assert_eq!(checkpoints(&app), 1);
+    app.advance(mins(30)).await;
+    assert_eq!(checkpoints(&app), 1, "once per hour");
+    app.advance(Span::from_hours(2)).await; // 13:30, after a gap: one catch-up run, not two
+    assert_eq!(checkpoints(&app), 2);
+}
+
+#[tokio::test]
+async fn only_one_scheduler_runs_on_a_database() {
+    let (app, _dir) = TestApp::spawn().await;
+    let other = TestApp::open(
+        &app.db,
+        app.provisioner.clone(),
+        app.clock.clone(),
+        Arc::new(RecordingSurface::default()),
+    )
+    .await;
+    let a = Scheduler::new(
+        app.engine.clone(),
+        Arc::new(passport::app::dispatch::Dispatcher::new(
+            app.store.clone(),
+            Arc::new(app.clock.clone()),
+            vec![app.surface.clone()],
+        )),
+        Jobs::default(),
+    );
+    let b = Scheduler::new(
+        other.engine.clone(),
+        Arc::new(passport::app::dispatch::Dispatcher::new(
+            other.store.clone(),
+            Arc::new(other.clock.clone()),
+            vec![other.surface.clone()],
+        )),
+        Jobs::default(),
+    );
+    assert_ne!(a.holder(), b.holder());
+    assert!(a.hold_lease().await.unwrap());
+    assert!(
+        !b.hold_lease().await.unwrap(),
+        "the second process stands by"
+    );
+    // b does nothing while a holds the lease.
+    let id = app.new_request(WEB, "ticket#1").await;
+    b.settle().await.unwrap();
+    assert!(other.surface.all().is_empty());
+    // a renews; b still waits.
+    app.clock.advance(Span::from_secs(10));
+    assert!(a.hold_lease().await.unwrap());
+    app.clock.advance(Span::from_secs(10));
+    assert!(!b.hold_lease().await.unwrap());
+    // a dies without releasing: after the lease runs out, b takes over and works.
+    app.clock.advance(LEASE_TTL);
+    assert!(b.hold_lease().await.unwrap());
+    assert!(!a.hold_lease().await.unwrap());
+    assert!(other.run("lead1", &format!("approve {id}")).await.ok);
+    b.settle().await.unwrap();
+    assert_eq!(other.request(id).await.state, RequestState::Active);
+    b.release().await;
+    assert!(
+        a.hold_lease().await.unwrap(),
+        "a released lease is free at once"
+    );
+}
+
+/// Every step of a lifecycle, with the process "killed" right after each
+/// commit (nothing run, nothing delivered) and started again on the same
+/// database: no grant is lost, the revocation happens exactly once, and every
+/// notice arrives exactly once.
+#[tokio::test]
+async fn a_crash_after_any_step_loses_and_repeats_nothing() {
+    let steps: &[&str] = &[
+        "dev1: request i-0123456789abcdef0 1h ticket#7 crash",
+        "lead1: approve AR-1",
+        "+40m",
+        "dev1 in AR-1: extend 30m",
+        "+36m", // the 15-minute warning
+        "+10m", // the 5-minute warning
+        "+5m",  // expiry
+    ];
+    for crash_after in 0..steps.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("passport.db");
+        let clock = ManualClock::new(Timestamp::from_millis(T0));
+        let provisioner = Arc::new(fake_provisioner());
+        let surface = Arc::new(RecordingSurface::default());
+        let mut app = TestApp::open(&db, provisioner.clone(), clock.clone(), surface.clone()).await;
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(by) = step.strip_prefix('+') {
+                clock.advance(passport::domain::values::parse_span(by).unwrap());
+            } else {
+                let (who, line) = step.split_once(": ").unwrap();
+                let (user, thread) = match who.split_once(" in ") {
+                    Some((u, t)) => (
+                        u,
+                        Some(passport::domain::values::RequestId::parse(t).unwrap()),
+                    ),
+                    None => (who, None),
+                };
+                let reply = app
+                    .engine
+                    .handle_line(&TestApp::actor(user), line, thread)
+                    .await;
+                assert!(reply.ok, "step {i}: {}", reply.text);
+            }
+            if i == crash_after {
+                app.close().await;
+                app = TestApp::open(&db, provisioner.clone(), clock.clone(), surface.clone()).await;
+            }
+            app.settle().await;
+        }
+        let id = ar(1);
+        let req = app.request(id).await;
+        assert_eq!(
+            req.state,
+            RequestState::Expired,
+            "crash after step {crash_after}"
+        );
+        assert_eq!(
+            req.expires_at,
+            req.activated_at.map(|a| a.plus(Span::from_minutes(90)))
+        );
+        assert_eq!(
+            provisioner.revokes().len(),
+            1,
+            "crash after step {crash_after}: one revocation"
+        );
+        assert!(!provisioner.grants().is_empty());
+        let posted = surface.all();
+        let cards = posted
+            .iter()
+            .filter(|p| matches!(p, Posted::Card(_)))
+            .count();
+        assert_eq!(cards, 1, "crash after step {crash_after}: one card");
+        let mut audits = surface.audits();
+        let total = audits.len();
+        audits.dedup();
+        assert_eq!(
+            audits.len(),
+            total,
+            "crash after step {crash_after}: no audit line twice"
+        );
+        assert_eq!(
+            total,
+            app.events(id).await.len(),
+            "crash after step {crash_after}: every event posted once"
+        );
+        let warnings = surface
+            .threads(id)
+            .iter()
+            .filter(|t| t.contains("access ends"))
+            .count();
+        assert_eq!(warnings, 2, "crash after step {crash_after}");
+        assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
+        app.close().await;
+    }
+}

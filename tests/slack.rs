@@ -1,0 +1,1301 @@
+//! Slack, end to end over real HTTP: the real application on port 0 with a
+//! fresh SQLite file, Slack's requests signed exactly as Slack signs them, and
+//! a fake Slack Web API on 127.0.0.1 that records what Passport posts.
+//! Time is the engine's hand-moved clock; nothing sleeps to wait for a timer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fake_slack;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use fake_slack::{FakeSlack, BOT_TOKEN};
+use passport::adapters::clock::ManualClock;
+use passport::adapters::slack::blocks::{clip, escape, MAX_TEXT};
+use passport::adapters::slack::SlackConfig;
+use passport::app::ports::{Clock, Store};
+use passport::config::{Config, DryRunInstance, RuleConfig, Secret};
+use passport::domain::notice::Notice;
+use passport::domain::request::RequestState;
+use passport::domain::time::Span;
+use passport::domain::values::RequestId;
+use passport::http::verify::sign;
+use passport::startup::{self, SlackOptions};
+
+const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+const APPROVALS: &str = "C0APPROVALS";
+const AUDIT: &str = "C0AUDIT";
+const WEB: &str = "i-0123456789abcdef0";
+const PROD: &str = "i-0aaaaaaaaaaaaaaa1";
+
+const DEV: &str = "U0DEV1";
+const LEAD1: &str = "U0LEAD1";
+const LEAD2: &str = "U0LEAD2";
+const SRE1: &str = "U0SRE1";
+const SRE2: &str = "U0SRE2";
+const OTHER: &str = "U0OTHER";
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+struct TestApp {
+    base: String,
+    fake: FakeSlack,
+    built: startup::App,
+    clock: ManualClock,
+    db: PathBuf,
+    server: tokio::task::JoinHandle<()>,
+    http: HttpClient,
+    _dir: Option<tempfile::TempDir>,
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn text(&self) -> String {
+        self.json()["text"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+fn unique() -> u64 {
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+/// approvers: U0LEAD1, U0LEAD2 (configured ids); sre-leads: the Slack user
+/// group S0SRELEADS (U0SRE1, U0SRE2); env=prod needs 2 sre-leads approvals.
+fn config(db: &Path, fake: &FakeSlack) -> Config {
+    let mut c = Config::default();
+    c.store.path = db.to_path_buf();
+    c.groups = BTreeMap::from([
+        ("approvers".into(), vec![LEAD1.into(), LEAD2.into()]),
+        ("admins".into(), vec!["U0BOSS".into()]),
+    ]);
+    c.policy.rules = vec![RuleConfig {
+        name: "prod".into(),
+        tags: BTreeMap::from([("env".into(), "prod".into())]),
+        approvers: vec!["group:sre-leads".into()],
+        approvals: 2,
+        ..RuleConfig::default()
+    }];
+    c.requests.ticket_url = Some("https://tickets.example.com/browse/{ticket}".into());
+    c.dry_run.instances = vec![
+        DryRunInstance {
+            id: WEB.into(),
+            name: Some("web-1".into()),
+            platform: "linux".into(),
+            state: "running".into(),
+            tags: BTreeMap::from([("env".into(), "staging".into())]),
+            private_ips: vec!["10.0.1.15".into()],
+        },
+        DryRunInstance {
+            id: PROD.into(),
+            name: Some("db-prod-1".into()),
+            platform: "linux".into(),
+            state: "running".into(),
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            private_ips: vec!["10.1.1.20".into()],
+        },
+    ];
+    c.jobs.reconcile = "off".into();
+    c.jobs.digest = "off".into();
+    c.jobs.checkpoint = "off".into();
+    c.slack = Some(SlackConfig {
+        signing_secret: Some(Secret::from(SECRET)),
+        bot_token: Some(Secret::from(BOT_TOKEN)),
+        approvals_channel: APPROVALS.into(),
+        audit_channel: AUDIT.into(),
+        api_url: fake.api_url(),
+        usergroups: BTreeMap::from([("sre-leads".into(), "S0SRELEADS".into())]),
+        channel_pace: "0".into(),
+        ..SlackConfig::default()
+    });
+    c
+}
+
+fn fresh_fake_people(fake: &FakeSlack) {
+    for (id, name) in [
+        (DEV, "dev1"),
+        (LEAD1, "lead1"),
+        (LEAD2, "lead2"),
+        (SRE1, "sre1"),
+        (SRE2, "sre2"),
+        (OTHER, "other"),
+    ] {
+        fake.add_user(id, name);
+    }
+    fake.set_usergroup("S0SRELEADS", &[SRE1, SRE2]);
+}
+
+async fn spawn_app() -> TestApp {
+    spawn_app_with(Duration::from_millis(2500)).await
+}
+
+async fn spawn_app_with(deadline: Duration) -> TestApp {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("passport.db");
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let mut app = start(&fake, &db, clock, deadline).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// Starts the application on an existing database (a restart).
+async fn start(fake: &FakeSlack, db: &Path, clock: ManualClock, deadline: Duration) -> TestApp {
+    let settings = config(db, fake).validate().unwrap();
+    let slack = settings.slack.clone().unwrap();
+    let built = startup::slack_app(
+        &settings,
+        &slack,
+        SlackOptions {
+            clock: Arc::new(clock.clone()),
+            provisioner: startup::logged_dry_run(&settings),
+            ack_deadline: deadline,
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = built.router;
+    let server = tokio::spawn(async move {
+        passport::http::serve(listener, router, std::future::pending())
+            .await
+            .unwrap();
+    });
+    TestApp {
+        base,
+        fake: fake.clone(),
+        built: built.app,
+        clock,
+        db: db.to_path_buf(),
+        server,
+        http: Client::builder(TokioExecutor::new()).build_http(),
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    fn now_secs(&self) -> i64 {
+        self.clock.now().as_millis() / 1000
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &str,
+        headers: &[(&str, String)],
+    ) -> Answer {
+        let mut req = axum::http::Request::builder()
+            .method("POST")
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", content_type);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let res = self
+            .http
+            .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// Signs `body` as Slack does, at the application's clock.
+    fn signed(&self, body: &str) -> Vec<(&'static str, String)> {
+        let ts = self.now_secs().to_string();
+        vec![
+            (
+                "x-slack-signature",
+                sign(SECRET.as_bytes(), &ts, body.as_bytes()),
+            ),
+            ("x-slack-request-timestamp", ts),
+        ]
+    }
+
+    fn command_body(&self, user: &str, text: &str) -> String {
+        let n = unique();
+        serde_urlencoded::to_string([
+            ("token", "legacy-verification-token"),
+            ("team_id", "T0TEAM"),
+            ("team_domain", "example"),
+            ("channel_id", "C0GENERAL"),
+            ("channel_name", "general"),
+            ("user_id", user),
+            ("user_name", "from-payload"),
+            ("command", "/passport"),
+            ("text", text),
+            ("api_app_id", "A0PASSPORT"),
+            ("response_url", &format!("{}/response/{n}", self.fake.base)),
+            ("trigger_id", &format!("{n}.1234.abcdef")),
+        ])
+        .unwrap()
+    }
+
+    async fn command(&self, user: &str, text: &str) -> Answer {
+        let body = self.command_body(user, text);
+        let headers = self.signed(&body);
+        self.post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            &headers,
+        )
+        .await
+    }
+
+    fn click_body(
+        &self,
+        user: &str,
+        value: &str,
+        channel: &str,
+        ts: &str,
+        thread_ts: Option<&str>,
+    ) -> String {
+        let n = unique();
+        let mut message = json!({ "type": "message", "ts": ts, "text": "…", "blocks": [] });
+        if let Some(t) = thread_ts {
+            message["thread_ts"] = json!(t);
+        }
+        let payload = json!({
+            "type": "block_actions",
+            "team": { "id": "T0TEAM", "domain": "example" },
+            "user": { "id": user, "username": "from-payload", "team_id": "T0TEAM" },
+            "api_app_id": "A0PASSPORT",
+            "token": "legacy-verification-token",
+            "container": { "type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": false },
+            "trigger_id": format!("{n}.5678.fedcba"),
+            "channel": { "id": channel, "name": "access" },
+            "message": message,
+            "response_url": format!("{}/response/{n}", self.fake.base),
+            "actions": [{
+                "type": "button", "action_id": "passport:0", "block_id": "b1",
+                "text": { "type": "plain_text", "text": "Approve" },
+                "value": value, "action_ts": "1700000000.1"
+            }]
+        });
+        serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+    }
+
+    /// Clicks the button with `value` on the message `ts` in `channel`.
+    async fn click(&self, user: &str, value: &str, channel: &str, ts: &str) -> Answer {
+        let body = self.click_body(user, value, channel, ts, None);
+        let headers = self.signed(&body);
+        self.post(
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            &body,
+            &headers,
+        )
+        .await
+    }
+
+    fn event_body(
+        &self,
+        event_id: &str,
+        user: &str,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+    ) -> String {
+        json!({
+            "token": "legacy-verification-token",
+            "team_id": "T0TEAM",
+            "api_app_id": "A0PASSPORT",
+            "type": "event_callback",
+            "event_id": event_id,
+            "event_time": self.now_secs(),
+            "event": {
+                "type": "message", "channel": channel, "user": user, "text": text,
+                "ts": format!("1700001111.{:06}", unique()), "thread_ts": thread_ts,
+                "channel_type": "channel", "event_ts": "1700001111.000001"
+            }
+        })
+        .to_string()
+    }
+
+    /// `user` writes `text` in the thread of the message `thread_ts`.
+    async fn say_in_thread(
+        &self,
+        user: &str,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+    ) -> Answer {
+        let body = self.event_body(&format!("Ev{}", unique()), user, channel, thread_ts, text);
+        let headers = self.signed(&body);
+        self.post("/slack/events", "application/json", &body, &headers)
+            .await
+    }
+
+    async fn settle(&self) {
+        self.built.scheduler.settle().await.unwrap();
+    }
+
+    /// Delivers until the outbox is empty, moving the clock past each Retry-After.
+    async fn deliver_everything(&self) {
+        for _ in 0..200 {
+            self.settle().await;
+            let counts = self.built.store.outbox_counts().await.unwrap();
+            if counts.pending == 0 {
+                return;
+            }
+            self.clock.advance(Span::from_secs(1));
+        }
+        panic!("the outbox never emptied");
+    }
+
+    /// The card of `request`: (channel, ts) of its first post.
+    async fn card(&self, request: u64) -> (String, String) {
+        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
+        let at = self
+            .built
+            .store
+            .chat_ref(id, "slack")
+            .await
+            .unwrap()
+            .expect("the card was posted");
+        (at.channel, at.message)
+    }
+
+    async fn state(&self, request: u64) -> RequestState {
+        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
+        self.built.store.get(id).await.unwrap().unwrap().state
+    }
+
+    async fn events(&self, request: u64, action: &str) -> usize {
+        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
+        self.built
+            .store
+            .audit_events(Some(id), None)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == action)
+            .count()
+    }
+
+    async fn stop(self) -> (FakeSlack, PathBuf, ManualClock) {
+        self.server.abort();
+        self.built.store.close().await;
+        (self.fake, self.db, self.clock)
+    }
+
+    /// Every notice in the outbox, in the order they were queued.
+    fn outbox(&self) -> Vec<(String, Notice, bool)> {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT lane, notice, delivered_at IS NOT NULL FROM outbox ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| {
+            let notice: String = r.get(1)?;
+            Ok((r.get(0)?, serde_json::from_str(&notice).unwrap(), r.get(2)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// Checks that Slack got every notice exactly once, in order within each
+    /// lane: each request's thread, each person's direct messages, the audit channel.
+    async fn assert_delivered_in_order(&self) {
+        let counts = self.built.store.outbox_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.dead), (0, 0), "{counts:?}");
+        let mut threads: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut dms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut audit = Vec::new();
+        for (_, notice, delivered) in self.outbox() {
+            assert!(delivered);
+            let slack = |t: &str| clip(&escape(t), MAX_TEXT);
+            match notice {
+                Notice::Thread { request, text, .. } => threads
+                    .entry(request.number())
+                    .or_default()
+                    .push(slack(&text)),
+                Notice::Direct { user, text, .. } => {
+                    dms.entry(user.to_string()).or_default().push(slack(&text))
+                }
+                Notice::Audit { text } => audit.push(slack(&text)),
+                Notice::Card(_) => {}
+            }
+        }
+        for (request, expected) in threads {
+            let (_, ts) = self.card(request).await;
+            assert_eq!(self.fake.thread(&ts), expected, "thread of AR-{request}");
+        }
+        for (user, expected) in dms {
+            assert_eq!(self.fake.dms(&user), expected, "direct messages to {user}");
+        }
+        let posted: Vec<String> = self.fake.posts_in(AUDIT).iter().map(|c| c.text()).collect();
+        assert_eq!(posted, audit, "audit channel");
+    }
+}
+
+fn contains(haystack: &[String], needle: &str) -> bool {
+    haystack.iter().any(|h| h.contains(needle))
+}
+
+// ---------------------------------------------------------------------------
+// The whole lifecycle
+
+#[tokio::test]
+async fn a_request_goes_from_slash_command_to_final_card() {
+    let app = spawn_app().await;
+
+    // Request.
+    let answer = app
+        .command(
+            DEV,
+            &format!("request {WEB} 2h ticket#123 disk <!channel> full"),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["response_type"], "ephemeral");
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    app.settle().await;
+
+    // The card: in the approvals channel, mentioning the approvers, with
+    // Approve and Deny buttons that carry the command text.
+    let cards = app.fake.posts_in(APPROVALS);
+    assert_eq!(cards.len(), 1, "{cards:?}");
+    let card = &cards[0];
+    let (channel, ts) = app.card(1).await;
+    assert_eq!(
+        (card.channel.clone().unwrap(), card.ts.clone().unwrap()),
+        (channel.clone(), ts.clone())
+    );
+    let values = card.button_values();
+    assert!(values.iter().any(|v| v == "approve AR-1"), "{values:?}");
+    assert!(
+        values.iter().any(|v| v.starts_with("deny AR-1")),
+        "{values:?}"
+    );
+    let text = card.text();
+    assert!(
+        text.contains(&format!("<@{LEAD1}>")) && text.contains(&format!("<@{LEAD2}>")),
+        "{text}"
+    );
+    let blocks = card.params["blocks"].to_string();
+    assert!(
+        blocks.contains("web-1") && blocks.contains("env staging"),
+        "{blocks}"
+    );
+    assert!(
+        blocks.contains("<https://tickets.example.com/browse/123|ticket#123>"),
+        "{blocks}"
+    );
+    assert!(
+        blocks.contains("&lt;!channel&gt;"),
+        "people's text is escaped: {blocks}"
+    );
+    assert!(app
+        .fake
+        .ok_calls("users.info")
+        .iter()
+        .any(|c| c.params["user"] == DEV));
+
+    // An approver clicks Approve.
+    let answer = app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        contains(&app.fake.ephemerals(LEAD1), "AR-1 approved"),
+        "{:?}",
+        app.fake.ephemerals(LEAD1)
+    );
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+
+    // The card was edited in place; its last version has no buttons and says who approved.
+    let updates = app.fake.updates(&ts);
+    assert!(!updates.is_empty());
+    let last = updates.last().unwrap();
+    assert!(
+        last.button_values().is_empty(),
+        "no stale buttons: {:?}",
+        last.params
+    );
+    assert!(
+        last.params["blocks"].to_string().contains("lead1"),
+        "{:?}",
+        last.params
+    );
+    // The thread carries the lifecycle, and the requester was told directly.
+    let thread = app.fake.thread(&ts);
+    assert!(contains(&thread, "approved"), "{thread:?}");
+    assert!(!app.fake.dms(DEV).is_empty());
+    assert!(app
+        .fake
+        .ok_calls("conversations.open")
+        .iter()
+        .any(|c| c.params["users"].to_string().contains(DEV)));
+
+    // The requester extends from the thread; someone else may not.
+    let answer = app.say_in_thread(DEV, &channel, &ts, "extend 1h").await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        contains(&app.fake.ephemerals(DEV), "AR-1 extended by 1h"),
+        "{:?}",
+        app.fake.ephemerals(DEV)
+    );
+    let answer = app.say_in_thread(OTHER, &channel, &ts, "extend 1h").await;
+    assert_eq!(answer.status, 200);
+    let refusals = app.fake.ephemerals(OTHER);
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].starts_with(":warning:"), "{refusals:?}");
+    assert_eq!(app.events(1, "extended").await, 1);
+    // Conversation in the thread gets no answer.
+    app.say_in_thread(OTHER, &channel, &ts, "thanks, looks good")
+        .await;
+    assert_eq!(app.fake.ephemerals(OTHER).len(), 1);
+    app.settle().await;
+
+    // `done` in the thread completes it.
+    app.say_in_thread(DEV, &channel, &ts, "done").await;
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Completed);
+    let last = app.fake.updates(&ts).last().cloned().unwrap();
+    assert!(
+        last.params["blocks"].to_string().contains("Completed"),
+        "{:?}",
+        last.params
+    );
+    assert!(last.button_values().is_empty());
+
+    // Every Logbook event reached the audit channel, and every notice its lane, in order.
+    assert!(!app.fake.posts_in(AUDIT).is_empty());
+    app.assert_delivered_in_order().await;
+    // Nothing Passport sent broke Slack's limits.
+    let refused: Vec<_> = app.fake.calls().into_iter().filter(|c| !c.ok()).collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_prod_request_needs_two_members_of_the_slack_user_group() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {PROD} 1h ticket#9 migrate"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    let card = &app.fake.posts_in(APPROVALS)[0];
+    assert!(
+        card.text().contains("<!subteam^S0SRELEADS>"),
+        "{}",
+        card.text()
+    );
+
+    // LEAD1 is an approver of other things, not of prod.
+    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    assert!(app.fake.ephemerals(LEAD1)[0].starts_with(":warning:"));
+    app.click(SRE1, "approve AR-1", &channel, &ts).await;
+    assert_eq!(app.state(1).await, RequestState::Pending);
+    app.click(SRE2, "approve AR-1", &channel, &ts).await;
+    assert_ne!(app.state(1).await, RequestState::Pending);
+    assert!(!app.fake.ok_calls("usergroups.users.list").is_empty());
+    // Looked up once and cached.
+    assert_eq!(app.fake.ok_calls("usergroups.users.list").len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Acknowledgement and help
+
+#[tokio::test]
+async fn passport_with_no_arguments_or_help_shows_usage() {
+    let app = spawn_app().await;
+    for text in ["", "help"] {
+        let answer = app.command(DEV, text).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.json()["response_type"], "ephemeral");
+        let usage = answer.text();
+        assert!(usage.contains("/passport request"), "{usage}");
+        assert!(usage.contains("/passport extend"), "{usage}");
+    }
+}
+
+#[tokio::test]
+async fn slow_work_is_acknowledged_at_once_and_answered_through_response_url() {
+    let app = spawn_app_with(Duration::ZERO).await;
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#5 slow day"))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.text().contains("working on it"), "{}", answer.body);
+    for _ in 0..200 {
+        if !app.fake.responses().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let responses = app.fake.responses();
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert!(responses[0].contains("AR-1"), "{responses:?}");
+}
+
+#[tokio::test]
+async fn the_events_url_check_is_answered_with_its_challenge() {
+    let app = spawn_app().await;
+    let body = json!({ "token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification" }).to_string();
+    let answer = app
+        .post(
+            "/slack/events",
+            "application/json",
+            &body,
+            &app.signed(&body),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.json()["challenge"],
+        "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
+}
+
+#[tokio::test]
+async fn health_reports_the_outbox() {
+    let app = spawn_app().await;
+    let res = app
+        .http
+        .request(
+            axum::http::Request::get(format!("{}/healthz", app.base))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+}
+
+// ---------------------------------------------------------------------------
+// Verification
+
+#[tokio::test]
+async fn a_bad_signature_is_refused_and_nothing_happens() {
+    let app = spawn_app().await;
+    let body = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
+    let mut headers = app.signed(&body);
+    headers[0].1 = sign(b"not the signing secret", &headers[1].1, body.as_bytes());
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            &headers,
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.body, "invalid request signature", "no internals");
+
+    // A body changed after signing.
+    let headers = app.signed(&body);
+    let tampered = body.replace("1h", "9h");
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &tampered,
+            &headers,
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+
+    // No signature at all.
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+
+    app.settle().await;
+    assert!(app.fake.posts_in(APPROVALS).is_empty());
+    assert!(app
+        .built
+        .store
+        .get(RequestId::parse("AR-1").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_stale_timestamp_is_refused() {
+    let app = spawn_app().await;
+    let body = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
+    let old = (app.now_secs() - 301).to_string();
+    let headers = vec![
+        (
+            "x-slack-signature",
+            sign(SECRET.as_bytes(), &old, body.as_bytes()),
+        ),
+        ("x-slack-request-timestamp", old),
+    ];
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            &headers,
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+    // Within the window it is fine.
+    let recent = (app.now_secs() - 200).to_string();
+    let headers = vec![
+        (
+            "x-slack-signature",
+            sign(SECRET.as_bytes(), &recent, body.as_bytes()),
+        ),
+        ("x-slack-request-timestamp", recent),
+    ];
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            &headers,
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_refused_with_413() {
+    let app = spawn_app().await;
+    let body = app.command_body(DEV, &"x".repeat(70 * 1024));
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            &app.signed(&body),
+        )
+        .await;
+    assert_eq!(answer.status, 413);
+}
+
+// ---------------------------------------------------------------------------
+// One delivery, one effect
+
+#[tokio::test]
+async fn a_replayed_delivery_acts_once() {
+    let app = spawn_app().await;
+    let body = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 replay"));
+    let headers = app.signed(&body);
+    let first = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            &headers,
+        )
+        .await;
+    let again = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            &headers,
+        )
+        .await;
+    assert_eq!((first.status, again.status), (200, 200));
+    assert!(first.text().contains("AR-1"));
+    assert_eq!(again.body, "");
+    app.settle().await;
+    assert_eq!(app.fake.posts_in(APPROVALS).len(), 1);
+    assert!(app
+        .built
+        .store
+        .get(RequestId::parse("AR-2").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_retried_event_acts_once() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    app.settle().await;
+
+    let body = app.event_body("Ev0RETRIED", DEV, &channel, &ts, "extend 30m");
+    let answer = app
+        .post(
+            "/slack/events",
+            "application/json",
+            &body,
+            &app.signed(&body),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    // Slack retries with a new signature and X-Slack-Retry-Num.
+    let mut headers = app.signed(&body);
+    headers.push(("x-slack-retry-num", "1".into()));
+    headers.push(("x-slack-retry-reason", "http_timeout".into()));
+    let answer = app
+        .post("/slack/events", "application/json", &body, &headers)
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(app.events(1, "extended").await, 1);
+    assert_eq!(app.fake.ephemerals(DEV).len(), 1);
+}
+
+#[tokio::test]
+async fn a_double_click_approves_once() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    let (a, b) = tokio::join!(
+        app.click(LEAD1, "approve AR-1", &channel, &ts),
+        app.click(LEAD1, "approve AR-1", &channel, &ts)
+    );
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(app.events(1, "approved").await, 1);
+    let said = app.fake.ephemerals(LEAD1);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(
+        said.iter().filter(|s| s.starts_with(":warning:")).count(),
+        1,
+        "{said:?}"
+    );
+    app.settle().await;
+    assert_eq!(
+        app.fake
+            .ok_calls("chat.postMessage")
+            .iter()
+            .filter(
+                |c| c.thread_ts().as_deref() == Some(ts.as_str()) && c.text().contains("approved")
+            )
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn two_approvers_racing_make_one_transition() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    let (a, b) = tokio::join!(
+        app.click(LEAD1, "approve AR-1", &channel, &ts),
+        app.click(LEAD2, "approve AR-1", &channel, &ts)
+    );
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(app.events(1, "approved").await, 1);
+    let refused = [LEAD1, LEAD2]
+        .iter()
+        .flat_map(|u| app.fake.ephemerals(u))
+        .filter(|s| s.starts_with(":warning:"))
+        .count();
+    assert_eq!(refused, 1);
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+    app.assert_delivered_in_order().await;
+}
+
+#[tokio::test]
+async fn the_requester_cannot_approve_their_own_request() {
+    let app = spawn_app().await;
+    // LEAD1 is an approver, but not of their own request.
+    app.command(LEAD1, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    let said = app.fake.ephemerals(LEAD1);
+    assert_eq!(said.len(), 1);
+    assert!(said[0].starts_with(":warning:"), "{said:?}");
+    assert_eq!(app.state(1).await, RequestState::Pending);
+    assert_eq!(app.events(1, "approved").await, 0);
+}
+
+// ---------------------------------------------------------------------------
+// Delivery
+
+#[tokio::test]
+async fn a_429_storm_loses_nothing_and_keeps_each_thread_in_order() {
+    let app = spawn_app().await;
+    for n in 0..3 {
+        app.command(DEV, &format!("request {WEB} 1h ticket#{n} storm {n}"))
+            .await;
+    }
+    app.settle().await;
+    // Every call the outbox makes is refused with 429 for a while. (Answers
+    // to the person who acted are not in the outbox and are left alone here.)
+    let outbox_calls = ["chat.postMessage", "chat.update", "conversations.open"];
+    app.fake.rate_limit_next_of(&outbox_calls, 25, 1);
+    for n in 1..=3u64 {
+        let (channel, ts) = app.card(n).await;
+        app.click(LEAD1, &format!("approve AR-{n}"), &channel, &ts)
+            .await;
+    }
+    // Provisioning runs; its notices wait behind the 429s.
+    app.settle().await;
+    app.fake.rate_limit_next_of(&outbox_calls, 40, 2);
+    for n in 1..=3u64 {
+        let (channel, ts) = app.card(n).await;
+        app.say_in_thread(DEV, &channel, &ts, "done").await;
+    }
+    app.deliver_everything().await;
+    assert!(
+        app.fake
+            .calls()
+            .iter()
+            .filter(|c| c.error.as_deref() == Some("ratelimited"))
+            .count()
+            >= 40
+    );
+    for n in 1..=3 {
+        assert_eq!(app.state(n).await, RequestState::Completed);
+    }
+    app.assert_delivered_in_order().await;
+}
+
+#[tokio::test]
+async fn a_restart_between_commit_and_delivery_delivers_once() {
+    let app = spawn_app().await;
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#1 restart"))
+        .await;
+    assert!(answer.text().contains("AR-1"));
+    // Stopped after the commit, before anything was delivered.
+    assert!(app.fake.posts_in(APPROVALS).is_empty());
+    let app = app.restart().await;
+    app.settle().await;
+    app.settle().await;
+    assert_eq!(app.fake.posts_in(APPROVALS).len(), 1);
+    assert!(app.fake.ok_calls("chat.update").is_empty());
+    app.assert_delivered_in_order().await;
+}
+
+impl TestApp {
+    /// Stops the server, closes the database and starts again on the same file.
+    async fn restart(mut self) -> TestApp {
+        let dir = self._dir.take();
+        let (fake, db, clock) = self.stop().await;
+        let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
+        app._dir = dir;
+        app
+    }
+}
+
+#[tokio::test]
+async fn the_expiry_warning_offers_extend_buttons_that_work_from_the_direct_message() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    app.settle().await;
+    app.clock.advance(Span::from_minutes(46));
+    app.settle().await;
+    let warning = app
+        .fake
+        .posts_in(&format!("D{DEV}"))
+        .into_iter()
+        .rev()
+        .find(|c| !c.button_values().is_empty())
+        .expect("a warning with buttons");
+    let values = warning.button_values();
+    let extend = values
+        .iter()
+        .find(|v| v.starts_with("extend AR-1"))
+        .unwrap()
+        .clone();
+    app.click(
+        DEV,
+        &extend,
+        &format!("D{DEV}"),
+        warning.ts.as_deref().unwrap(),
+    )
+    .await;
+    assert_eq!(app.events(1, "extended").await, 1);
+    assert!(
+        contains(&app.fake.ephemerals(DEV), "extended"),
+        "{:?}",
+        app.fake.ephemerals(DEV)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Socket Mode
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn socket_mode_acknowledges_first_and_reconnects() {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir.path().join("passport.db"), &fake);
+    if let Some(slack) = config.slack.as_mut() {
+        slack.mode = "socket".into();
+        slack.signing_secret = None;
+        slack.app_token = Some(Secret::from("xapp-1-A0PASSPORT-test"));
+    }
+    let settings = config.validate().unwrap();
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let built = startup::slack_app(
+        &settings,
+        settings.slack.as_ref().unwrap(),
+        SlackOptions {
+            clock: Arc::new(clock.clone()),
+            provisioner: startup::logged_dry_run(&settings),
+            ack_deadline: Duration::from_millis(2500),
+        },
+    )
+    .await
+    .unwrap();
+    let socket = built.socket.expect("socket mode").spawn();
+    eventually("a Socket Mode connection", || {
+        fake.socket_connections() == 1
+    })
+    .await;
+
+    // A slash command: acknowledged, then answered through response_url.
+    fake.socket_send(&json!({
+        "envelope_id": "env-1",
+        "type": "slash_commands",
+        "accepts_response_payload": true,
+        "payload": {
+            "token": "t", "team_id": "T0TEAM", "channel_id": "C0GENERAL", "user_id": DEV,
+            "command": "/passport", "text": format!("request {WEB} 1h ticket#3 over the socket"),
+            "response_url": format!("{}/response/77", fake.base), "trigger_id": "77.1.a"
+        }
+    }));
+    eventually("the answer", || !fake.responses().is_empty()).await;
+    let calls = fake.calls();
+    let ack = calls
+        .iter()
+        .position(|c| c.method == "socket.ack" && c.params["envelope_id"] == "env-1")
+        .expect("the envelope was acknowledged");
+    let answer = calls
+        .iter()
+        .position(|c| c.method == "response_url")
+        .unwrap();
+    assert!(ack < answer, "acknowledged before it was handled");
+    assert!(
+        fake.responses()[0].contains("AR-1"),
+        "{:?}",
+        fake.responses()
+    );
+    built.app.scheduler.settle().await.unwrap();
+    let card = fake.posts_in(APPROVALS)[0].clone();
+
+    // Slack drops the connection; Passport connects again and goes on.
+    fake.socket_close();
+    eventually("a second connection", || fake.socket_connections() == 2).await;
+    let payload = json!({
+        "type": "block_actions",
+        "user": { "id": LEAD1, "username": "lead1" },
+        "trigger_id": "78.1.b",
+        "container": { "type": "message", "message_ts": card.ts, "channel_id": APPROVALS },
+        "channel": { "id": APPROVALS },
+        "message": { "ts": card.ts, "text": "…" },
+        "actions": [{ "type": "button", "action_id": "passport:0", "value": "approve AR-1" }]
+    });
+    fake.socket_send(&json!({ "envelope_id": "env-2", "type": "interactive", "payload": payload }));
+    eventually("the approval", || !fake.ephemerals(LEAD1).is_empty()).await;
+    assert!(
+        fake.ephemerals(LEAD1)[0].contains("AR-1 approved"),
+        "{:?}",
+        fake.ephemerals(LEAD1)
+    );
+    assert!(fake
+        .calls()
+        .iter()
+        .any(|c| c.method == "socket.ack" && c.params["envelope_id"] == "env-2"));
+    socket.abort();
+    built.app.store.close().await;
+}
+
+#[test]
+fn the_app_manifest_points_at_the_endpoints_with_the_least_scopes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/slack-app.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    for needed in [
+        "command: /passport",
+        "/slack/commands",
+        "/slack/events",
+        "/slack/interactions",
+        "message.channels",
+    ] {
+        assert!(text.contains(needed), "the manifest lacks {needed}");
+    }
+    let scopes: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.trim().starts_with("bot:"))
+        .skip(1)
+        .take_while(|l| l.trim().starts_with("- "))
+        .map(|l| l.trim().trim_start_matches("- "))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            "commands",
+            "chat:write",
+            "im:write",
+            "users:read",
+            "usergroups:read",
+            "channels:history",
+            "groups:history"
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The request form
+
+impl TestApp {
+    /// Submits the request form as `user` with these field values.
+    async fn submit_form(&self, user: &str, fields: &[(&str, &str)]) -> Answer {
+        let values: serde_json::Map<String, Value> = fields
+            .iter()
+            .map(|(block, value)| {
+                (
+                    (*block).to_owned(),
+                    json!({ "value": { "type": "plain_text_input", "value": value } }),
+                )
+            })
+            .collect();
+        let payload = json!({
+            "type": "view_submission",
+            "team": { "id": "T0TEAM", "domain": "example" },
+            "user": { "id": user, "username": "from-payload", "team_id": "T0TEAM" },
+            "api_app_id": "A0PASSPORT",
+            "trigger_id": format!("{}.9.form", unique()),
+            "view": {
+                "id": "V0FAKE", "type": "modal", "callback_id": "passport_request",
+                "private_metadata": "C0GENERAL", "blocks": [],
+                "state": { "values": values }
+            }
+        });
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        let headers = self.signed(&body);
+        self.post(
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            &body,
+            &headers,
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn request_with_no_arguments_opens_a_form_that_requests_access() {
+    let app = spawn_app().await;
+    let answer = app.command(DEV, "request").await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, ""));
+    let opened = app.fake.ok_calls("views.open");
+    assert_eq!(opened.len(), 1);
+    let view = opened[0].params["view"].to_string();
+    for block in ["instances", "duration", "ticket", "reason"] {
+        assert!(
+            view.contains(&format!("\"block_id\":\"{block}\"")),
+            "{view}"
+        );
+    }
+
+    // Each bad field is named beside the field, and nothing is requested.
+    let answer = app
+        .submit_form(
+            DEV,
+            &[
+                ("instances", "web-1"),
+                ("duration", "2hrs"),
+                ("ticket", "soon"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let errors = &answer.json()["errors"];
+    assert_eq!(answer.json()["response_action"], "errors");
+    assert!(errors["instances"]
+        .as_str()
+        .unwrap()
+        .contains("i-0123456789abcdef0"));
+    assert!(errors["duration"].as_str().unwrap().contains("2hrs"));
+    assert!(errors["ticket"].as_str().unwrap().contains("soon"));
+    assert!(app
+        .built
+        .store
+        .get(RequestId::parse("AR-1").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    let answer = app
+        .submit_form(
+            DEV,
+            &[
+                ("instances", WEB),
+                ("duration", "2h"),
+                ("ticket", "INC-42"),
+                ("reason", "rotate\nlogs"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, ""),
+        "the form closes"
+    );
+    assert!(
+        contains(&app.fake.ephemerals(DEV), "AR-1"),
+        "{:?}",
+        app.fake.ephemerals(DEV)
+    );
+    let id = RequestId::parse("AR-1").unwrap();
+    let req = app.built.store.get(id).await.unwrap().unwrap();
+    assert_eq!(req.state, RequestState::Pending);
+    assert_eq!(req.ticket.to_string(), "INC-42");
+}
