@@ -13,8 +13,9 @@
 //!   committed with its Logbook events, outbox rows and timers before it is
 //!   answered. One task runs due timers and another delivers the outbox all
 //!   the while, as the scheduler does.
-//! - Logbook: single events appended by concurrent callers, each answered
-//!   after its commit; then the Logbook is filled up in batches and verified.
+//! - Logbook: single events appended (`Store::record`) by concurrent callers,
+//!   each answered after its commit; then the Logbook is filled up in batches
+//!   and verified (`Store::verify_logbook`, what `audit verify` runs).
 //! - Baseline: `benches/baseline.py`, the SQLite work of a transition done by a
 //!   plain Python loop, when `python3` is available.
 
@@ -35,10 +36,11 @@ use passport::adapters::directory::StaticDirectory;
 use passport::adapters::dry_run::DryRunProvisioner;
 use passport::adapters::sqlite::{Durability, SqliteStore};
 use passport::app::dispatch::Dispatcher;
+use passport::app::effects::Effects;
 use passport::app::engine::{Actor, Engine, EngineSettings, Ports};
 use passport::app::ports::{
-    ChatSurface, Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec, Store, StoreError,
-    Verification,
+    ChatSurface, Clock, Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec, Store,
+    StoreError, Verification,
 };
 use passport::config::Config;
 use passport::domain::logbook::NewEvent;
@@ -334,7 +336,11 @@ async fn lifecycles(
     count: usize,
 ) -> anyhow::Result<usize> {
     let requester = actor(&format!("dev{worker}"))?;
-    let approver = actor(if worker % 2 == 0 { "lead1" } else { "lead2" })?;
+    let approver = actor(if worker.is_multiple_of(2) {
+        "lead1"
+    } else {
+        "lead2"
+    })?;
     let instance = format!("i-{:017x}", worker + 1);
     for _ in 0..count {
         let reply = engine
@@ -469,11 +475,23 @@ struct LogbookRun {
     verify_elapsed: Duration,
 }
 
-/// An event shaped like the engine's, with `n` making it unique.
+fn at(n: usize) -> Timestamp {
+    Timestamp::from_millis(1_790_000_000_000 + n as i64)
+}
+
+/// Events shaped like the engine's, numbered `ns` to make each unique, to
+/// append with `Store::record` (the way for events of no request change).
+fn logged(ns: std::ops::Range<usize>) -> Effects {
+    Effects {
+        events: ns.map(event).collect(),
+        ..Effects::default()
+    }
+}
+
 fn event(n: usize) -> NewEvent {
     let request = format!("AR-{}", n / 7 + 1);
     NewEvent {
-        at: Timestamp::from_millis(1_790_000_000_000 + n as i64),
+        at: at(n),
         actor: format!("dev{}", n % 500),
         request: Some(request.clone()),
         action: "approved".into(),
@@ -498,7 +516,7 @@ async fn logbook_throughput(
             let store = store.clone();
             tokio::spawn(async move {
                 for n in (caller..appends).step_by(APPENDERS) {
-                    store.append_events(vec![event(n)]).await?;
+                    store.record(logged(n..n + 1), at(n)).await?;
                 }
                 anyhow::Ok(())
             })
@@ -512,7 +530,7 @@ async fn logbook_throughput(
     let started = Instant::now();
     for from in (appends..verify_events).step_by(FILL_BATCH) {
         let to = (from + FILL_BATCH).min(verify_events);
-        store.append_events((from..to).map(event).collect()).await?;
+        store.record(logged(from..to), at(to)).await?;
     }
     let fill_elapsed = started.elapsed();
 

@@ -307,7 +307,10 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         provisioner_label(settings),
         if approvers.is_empty() { String::new() } else { format!(" Approvers: {approvers}.") },
     );
-    let background = app.scheduler.clone().spawn();
+    // `serve` runs timers in real time in the background; `console` runs them
+    // only after each line (and its clock moves with `!advance`), so its output
+    // is the same on every run.
+    let background = serve.then(|| app.scheduler.clone().spawn());
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let result =
         startup::run_console(&app, stdin, &out, if serve { None } else { Some(&clock) }).await;
@@ -318,7 +321,9 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         );
         startup::shutdown_signal().await;
     }
-    background.abort();
+    if let Some(background) = background {
+        background.abort();
+    }
     app.scheduler.release().await;
     app.store.close().await;
     result?;
@@ -333,12 +338,20 @@ async fn serve_slack(
     slack: &crate::adapters::slack::SlackSettings,
 ) -> anyhow::Result<i32> {
     use crate::adapters::slack::SlackMode;
+    let provisioner = if settings.aws.is_some() {
+        // The AWS provisioner keeps its command ids in the database: bring the
+        // schema up to date before it opens it.
+        open_store(settings).await?.close().await;
+        startup::provisioner(settings, None).await?
+    } else {
+        startup::logged_dry_run(settings)
+    };
     let built = startup::slack_app(
         settings,
         slack,
         startup::SlackOptions {
             clock: Arc::new(SystemClock),
-            provisioner: startup::logged_dry_run(settings),
+            provisioner,
             ack_deadline: crate::adapters::slack::inbound::ACK_DEADLINE,
         },
     )
@@ -357,7 +370,7 @@ async fn serve_slack(
         SlackMode::Socket => "Slack over Socket Mode",
     };
     eprintln!(
-        "Passport {} · database {} · config {} · {mode} · listening on {} · dry-run provisioner (no AWS configured)",
+        "Passport {} · database {} · config {} · {mode} · listening on {} · {}",
         env!("CARGO_PKG_VERSION"),
         settings.store_path.display(),
         loaded
@@ -365,7 +378,11 @@ async fn serve_slack(
             .as_ref()
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "built-in defaults".into()),
-        listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        provisioner_label(settings),
     );
     let app = built.app;
     let background = app.scheduler.clone().spawn();

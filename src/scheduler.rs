@@ -6,7 +6,7 @@
 //! holds it, so a rolling deploy never revokes or notifies twice.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
@@ -29,6 +29,9 @@ pub struct Scheduler {
     holder: String,
     held: AtomicBool,
     jobs_running: Arc<AtomicBool>,
+    delivering: Arc<AtomicBool>,
+    /// When a notice waiting for a retry is due, as the last delivery pass found.
+    next_retry: Arc<Mutex<Option<Timestamp>>>,
 }
 
 impl Scheduler {
@@ -48,6 +51,8 @@ impl Scheduler {
             holder,
             held: AtomicBool::new(false),
             jobs_running: Arc::new(AtomicBool::new(false)),
+            delivering: Arc::new(AtomicBool::new(false)),
+            next_retry: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -59,12 +64,20 @@ impl Scheduler {
     pub async fn hold_lease(&self) -> Result<bool, StoreError> {
         let store = self.engine.store();
         let now = self.engine.now();
-        let mut held = store.try_lease(LEASE_NAME, &self.holder, now, LEASE_TTL).await?;
+        let mut held = store
+            .try_lease(LEASE_NAME, &self.holder, now, LEASE_TTL)
+            .await?;
         if !held {
             // A holder on this machine whose process is gone (killed, crashed) need
             // not be waited out: restarting after a crash resumes at once.
-            if let Some(stale) = store.lease_holder(LEASE_NAME).await?.filter(|h| died_here(h)) {
-                held = store.take_over_lease(LEASE_NAME, &stale, &self.holder, now, LEASE_TTL).await?;
+            if let Some(stale) = store
+                .lease_holder(LEASE_NAME)
+                .await?
+                .filter(|h| died_here(h))
+            {
+                held = store
+                    .take_over_lease(LEASE_NAME, &stale, &self.holder, now, LEASE_TTL)
+                    .await?;
                 if held {
                     tracing::info!(previous = %stale, "took over the scheduler lease from a process that is gone");
                 }
@@ -135,11 +148,36 @@ impl Scheduler {
                 running.store(false, Ordering::SeqCst);
             });
         }
-        let report = self.dispatcher.deliver_due().await?;
-        let store = self.engine.store();
+        // Deliveries too: a backlog of notices must not hold up the next expiry.
+        if !self.delivering.swap(true, Ordering::SeqCst) {
+            let (dispatcher, delivering, next_retry, wake) = (
+                self.dispatcher.clone(),
+                self.delivering.clone(),
+                self.next_retry.clone(),
+                self.engine.wake.clone(),
+            );
+            tokio::spawn(async move {
+                let progressed = match dispatcher.deliver_due().await {
+                    Ok(report) => {
+                        *next_retry.lock().unwrap_or_else(|e| e.into_inner()) = report.next_retry;
+                        report.delivered + report.dead > 0
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not deliver notices");
+                        false
+                    }
+                };
+                delivering.store(false, Ordering::SeqCst);
+                if progressed {
+                    // Notices may have arrived while this pass ran: look again.
+                    wake.notify_waiters();
+                }
+            });
+        }
+        let retry = *self.next_retry.lock().unwrap_or_else(|e| e.into_inner());
         let candidates = [
-            store.next_timer_due().await?,
-            report.next_retry,
+            self.engine.next_timer_due().await?,
+            retry,
             self.engine.next_job_due(&self.jobs).await?,
         ];
         let next = candidates
@@ -206,7 +244,10 @@ mod tests {
     fn only_dead_processes_of_this_machine_are_taken_over() {
         let me = format!("{}:{}:1", this_host(), std::process::id());
         assert!(!died_here(&me), "this very process is alive");
-        assert!(died_here(&format!("{}:4194304:1", this_host())), "pids above the kernel's maximum never run");
+        assert!(
+            died_here(&format!("{}:4194304:1", this_host())),
+            "pids above the kernel's maximum never run"
+        );
         assert!(!died_here("another-host:4194304:1"));
         assert!(!died_here("garbage"));
     }

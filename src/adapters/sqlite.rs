@@ -2,10 +2,11 @@
 //! from `migrations/` applied on open (with `sqlx::migrate!`).
 //!
 //! All writes go through one connection owned by one thread, which commits
-//! them in groups (see [`group_commit`]): each change still runs in a
-//! transaction of its own as far as anyone can tell, changes to a request are
+//! them in groups (see [`group_commit`]). Each change runs in a savepoint of
+//! its own, so a refused or failing change writes nothing while the others
+//! commit; changes run one after another, so changes to a request are
 //! serialized (two approvers clicking at once, or a completion racing the
-//! expiry, produce exactly one transition), and no caller is answered before
+//! expiry, produce exactly one transition); and no caller is answered before
 //! its change is committed. Reads use a small pool of other connections and
 //! never wait for the writer (WAL).
 //!
@@ -14,7 +15,7 @@
 //! driver thread and back, as an async driver does, costs several times more
 //! than running it.
 
-pub mod group_commit;
+mod group_commit;
 mod housekeeping;
 mod verify;
 
@@ -35,7 +36,7 @@ use crate::app::ports::{
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
 use crate::domain::notice::Notice;
-use crate::domain::request::{AccessRequest, Refusal, RequestState};
+use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
 
@@ -169,15 +170,6 @@ impl SqliteStore {
             .clear();
     }
 
-    /// Appends events that belong to no request change, e.g. an import, in
-    /// one transaction. Returns the sequence number of the last one.
-    pub async fn append_events(&self, events: Vec<NewEvent>) -> Result<u64, StoreError> {
-        self.shared
-            .writer
-            .run(move |conn| append_events(conn, &events))
-            .await
-    }
-
     /// Runs `read` on an idle read connection, on the blocking pool so that a
     /// long read never holds up the async tasks.
     async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
@@ -231,7 +223,7 @@ impl SqliteStore {
 
 /// What became of an update.
 enum Updated {
-    Changed(AccessRequest, Effects),
+    Changed(Box<(AccessRequest, Effects)>),
     Refused(Refusal),
     Missing,
 }
@@ -283,9 +275,16 @@ fn update(
         .prepare_cached("SELECT body, updated_at FROM requests WHERE id = ?1")?
         .query_row([id_of(id)], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    // The fired timer goes whatever happens: it has done its work by asking.
+    // The fired timer goes whatever the change does: it has done its work by
+    // asking. If it is gone already, it was fired before (by a pass that read
+    // it at the same time as this one) or cancelled by a change since it was
+    // read: either way this change is stale, and a timer acts at most once.
     if let Some(timer) = fired {
-        delete_timer(conn, timer)?;
+        if !delete_timer(conn, timer)? {
+            return Ok(Updated::Refused(RefusalKind::AlreadyDone(format!(
+                "{id}: this timer has already run or was cancelled"
+            ))));
+        }
     }
     let Some((body, updated_at)) = row else {
         return Ok(Updated::Missing);
@@ -308,7 +307,7 @@ fn update(
         id_of(req.id),
     ])?;
     write_effects(conn, id, &fx, at)?;
-    Ok(Updated::Changed(req, fx))
+    Ok(Updated::Changed(Box::new((req, fx))))
 }
 
 /// When a change happened: its first event's time, else `fallback`.
@@ -424,10 +423,12 @@ fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<u64, StoreErr
     Ok(seq)
 }
 
-fn delete_timer(conn: &Connection, id: TimerId) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM timers WHERE id = ?1")?
+/// Deletes a timer; false if there was none.
+fn delete_timer(conn: &Connection, id: TimerId) -> Result<bool, StoreError> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM timers WHERE id = ?1")?
         .execute([id])?;
-    Ok(())
+    Ok(deleted > 0)
 }
 
 // ---------------------------------------------------------------------------
@@ -472,7 +473,7 @@ impl Store for SqliteStore {
             .write(move |conn| update(conn, id, fired, change))
             .await?
         {
-            Updated::Changed(req, fx) => Ok(Ok((req, fx))),
+            Updated::Changed(changed) => Ok(Ok(*changed)),
             Updated::Refused(refusal) => Ok(Err(refusal)),
             Updated::Missing => Err(StoreError::NotFound(id)),
         }
@@ -575,7 +576,8 @@ impl Store for SqliteStore {
     }
 
     async fn delete_timer(&self, id: TimerId) -> Result<(), StoreError> {
-        self.write(move |conn| delete_timer(conn, id)).await
+        self.write(move |conn| delete_timer(conn, id).map(drop))
+            .await
     }
 
     async fn pending_notices(&self, limit: u32) -> Result<Vec<Pending>, StoreError> {
@@ -727,10 +729,10 @@ impl Store for SqliteStore {
     }
 
     async fn verify_logbook(&self) -> Result<Verification, StoreError> {
-        // Verification runs on its own connection: it reads one snapshot from
-        // start to end, however long that takes, without holding a pooled one.
+        // Verification opens connections of its own, one per core (see
+        // `verify`), rather than holding pooled ones for as long as it takes.
         let path = self.shared.path.clone();
-        tokio::task::spawn_blocking(move || verify::verify(&connect_reader(&path)?))
+        tokio::task::spawn_blocking(move || verify::verify(|| connect_reader(&path)))
             .await
             .map_err(|e| StoreError::Other(format!("verification failed: {e}")))?
     }
@@ -778,7 +780,8 @@ impl Store for SqliteStore {
 
     async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
         let name = name.to_owned();
-        self.read(move |conn| housekeeping::lease_holder(conn, &name)).await
+        self.read(move |conn| housekeeping::lease_holder(conn, &name))
+            .await
     }
 
     async fn take_over_lease(
@@ -790,8 +793,10 @@ impl Store for SqliteStore {
         ttl: Span,
     ) -> Result<bool, StoreError> {
         let (name, stale, holder) = (name.to_owned(), stale.to_owned(), holder.to_owned());
-        self.write(move |conn| housekeeping::take_over_lease(conn, &name, &stale, &holder, now, ttl))
-            .await
+        self.write(move |conn| {
+            housekeeping::take_over_lease(conn, &name, &stale, &holder, now, ttl)
+        })
+        .await
     }
 
     async fn job_next_run(

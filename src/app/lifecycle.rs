@@ -76,6 +76,23 @@ impl Engine {
         Ok(count)
     }
 
+    /// When the next timer not already running is due.
+    pub async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let running = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let upcoming = self
+            .store
+            .due_timers(Timestamp::from_millis(i64::MAX), running.len() as u32 + 1)
+            .await?;
+        Ok(upcoming
+            .into_iter()
+            .find(|t| !running.contains(&t.id))
+            .map(|t| t.due))
+    }
+
     async fn fire(&self, t: &Timer) -> Result<(), StoreError> {
         match t.kind {
             TimerKind::ApprovalTimeout => self.approval_timeout(t).await,
@@ -452,7 +469,7 @@ impl Engine {
                 });
             } else {
                 fx.timers.push(NewTimer { kind: TimerKind::Remove, due: now.plus(backoff(attempts)), attempts });
-                if attempts == REMOVAL_ALERT_AFTER || (attempts > REMOVAL_ALERT_AFTER && attempts % 10 == 0) {
+                if attempts == REMOVAL_ALERT_AFTER || (attempts > REMOVAL_ALERT_AFTER && attempts.is_multiple_of(10)) {
                     alert_removal_failing(req, fx, &still, attempts);
                 }
             }

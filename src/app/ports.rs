@@ -188,8 +188,11 @@ pub trait Store: Send + Sync {
         build: Creation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
     /// Loads the request, applies `change`, and writes the request, its Logbook
-    /// events, outbox notices and timers in one transaction. `fired` is a timer
-    /// to delete in that transaction, whether or not the change is refused.
+    /// events, outbox notices and timers in one transaction. `fired` is the
+    /// timer this change is the firing of: it is deleted in that transaction,
+    /// whether or not the change is refused, and when it no longer exists (it
+    /// already fired, or was cancelled) the change is refused as stale, so a
+    /// timer acts at most once.
     async fn update(
         &self,
         id: RequestId,
@@ -266,7 +269,14 @@ pub trait Store: Send + Sync {
     async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Takes lease `name` from `stale`, known to be dead, before it expires.
     /// False when someone else took it meanwhile.
-    async fn take_over_lease(&self, name: &str, stale: &str, holder: &str, now: Timestamp, ttl: Span) -> Result<bool, StoreError>;
+    async fn take_over_lease(
+        &self,
+        name: &str,
+        stale: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Span,
+    ) -> Result<bool, StoreError>;
     /// When job `name` runs next, if it was scheduled with this same `schedule`.
     async fn job_next_run(
         &self,

@@ -298,6 +298,37 @@ mod tests {
         assert_eq!(origin_of("https://slack.com/api"), "https://slack.com/");
     }
 
+    #[test]
+    fn slack_errors_map_to_what_the_outbox_can_act_on() {
+        use slack_morphism::errors::*;
+        let limited = SlackClientError::RateLimitError(
+            SlackRateLimitError::new().with_retry_after(Duration::from_secs(3)),
+        );
+        assert_eq!(
+            chat_error(&limited),
+            ChatError::RateLimited {
+                retry_after_ms: 3000
+            }
+        );
+        let api = |code: &str| {
+            chat_error(&SlackClientError::ApiError(SlackClientApiError::new(
+                code.into(),
+            )))
+        };
+        assert!(
+            matches!(api("channel_not_found"), ChatError::Permanent(m) if m.contains("channel_not_found"))
+        );
+        assert!(matches!(api("internal_error"), ChatError::Transient(_)));
+        assert!(matches!(api("ratelimited"), ChatError::RateLimited { .. }));
+        let http = |status: u16| {
+            chat_error(&SlackClientError::HttpError(SlackClientHttpError::new(
+                axum::http::StatusCode::from_u16(status).unwrap(),
+            )))
+        };
+        assert!(matches!(http(503), ChatError::Transient(_)));
+        assert!(matches!(http(404), ChatError::Permanent(_)));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn one_channel_is_paced_and_others_are_not() {
         let pacer = Pacer {

@@ -383,10 +383,14 @@ impl Inbound {
             if let Some(trigger) = cmd.trigger_id.as_deref() {
                 let default = self.engine.grammar().durations.default.to_string();
                 let form = request_form(&default, cmd.channel_id.as_deref());
-                match self.api.open_view(trigger, form).await {
-                    Ok(()) => return Ack::Empty,
+                // The trigger is good for 3 s, so this cannot wait longer anyway.
+                let opened =
+                    tokio::time::timeout(self.deadline, self.api.open_view(trigger, form)).await;
+                match opened {
+                    Ok(Ok(())) => return Ack::Empty,
                     // Without the form, the usage message below says what to type.
-                    Err(e) => tracing::warn!(error = %e, "cannot open the request form"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot open the request form"),
+                    Err(_) => tracing::warn!("views.open took too long; showing the usage instead"),
                 }
             }
         }

@@ -100,8 +100,11 @@ impl Writer {
         // Each job's savepoint keeps the pages it changes for undo; in a
         // temporary file that would be a system call per page.
         conn.execute_batch("PRAGMA temp_store = MEMORY")?;
-        // The checkpointing thread does it instead (see the module header).
+        // No checkpoints on this thread: the checkpointing thread runs them.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        // A log grown large under a burst is cut back to 64 MiB once a
+        // checkpoint has let it start over.
+        conn.execute_batch("PRAGMA journal_size_limit = 67108864")?;
         let spawn_error =
             |e: std::io::Error| StoreError::Other(format!("cannot start the store's threads: {e}"));
         let (due, checkpoints_due) = std::sync::mpsc::sync_channel(1);
@@ -180,14 +183,12 @@ fn serve(
             }
         }
         if !group.is_empty() {
-            DEBUG_GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            DEBUG_JOBS.fetch_add(group.len(), std::sync::atomic::Ordering::Relaxed);
             let outcome = commit_group(&conn, &mut group);
             for task in group.drain(..) {
                 task.answer(outcome.clone());
             }
             commits = commits.wrapping_add(1);
-            if commits % CHECKPOINT_EVERY == 0 {
+            if commits.is_multiple_of(CHECKPOINT_EVERY) {
                 // Full means one is already due: the checkpoint will cover this too.
                 let _ = checkpoint_due.try_send(());
             }
@@ -245,9 +246,6 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn Task>]) -> Result<(), Store
     conn.prepare_cached("COMMIT")?.execute([])?;
     Ok(())
 }
-
-pub static DEBUG_GROUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-pub static DEBUG_JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[cfg(test)]
 mod tests {

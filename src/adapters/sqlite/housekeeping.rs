@@ -102,7 +102,9 @@ pub(super) fn take_over_lease(
     ttl: Span,
 ) -> Result<bool, StoreError> {
     let changed = conn
-        .prepare_cached("UPDATE leases SET holder = ?1, expires_at = ?2 WHERE name = ?3 AND holder = ?4")?
+        .prepare_cached(
+            "UPDATE leases SET holder = ?1, expires_at = ?2 WHERE name = ?3 AND holder = ?4",
+        )?
         .execute(params![holder, now.plus(ttl).as_millis(), name, stale])?;
     Ok(changed > 0)
 }

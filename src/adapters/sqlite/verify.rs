@@ -1,127 +1,170 @@
-//! Verifying the Logbook's hash chain: one thread reads the events in order
-//! while the other cores check the links.
+//! Verifying the Logbook's hash chain on every core.
 //!
-//! A link only needs its event and the *stored* hash of the event before it,
-//! so the chain is cut into chunks that each carry the stored hash preceding
-//! them, and chunks are checked in parallel. The break reported is the first
-//! one of the earliest broken chunk, which is exactly what a check from the
-//! first event onwards would report.
+//! A link only needs its event and the *stored* hash of the event before it.
+//! So the events are cut into consecutive parts, each cut right after an
+//! existing event, and each part is read and checked by a thread of its own
+//! (with a connection of its own), starting from the stored hash at its cut:
+//! the link across a cut is checked by the part after it. The break reported
+//! is the first one of the earliest broken part, which is exactly the break a
+//! check from the first event onwards would report.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::app::ports::{StoreError, Verification};
 use crate::domain::logbook::{check_link, ChainBreak, Hash, LogEvent, GENESIS};
 use crate::domain::time::Timestamp;
 
-/// Events per chunk: large enough that handing a chunk over costs nothing
-/// next to checking it, small enough that a few in flight use little memory.
-const CHUNK: usize = 4096;
-/// Chunks queued per checking thread before the reader waits.
-const QUEUED: usize = 2;
+/// A thread stops early, once an earlier part is known to be broken, at most
+/// this many events later.
+const STOP_CHECK_EVERY: usize = 4096;
 
-struct Chunk {
-    index: usize,
-    prev_seq: u64,
-    prev: Hash,
-    events: Vec<(LogEvent, Vec<u8>)>,
+/// Checks the chain of every event committed when it starts, on a
+/// connection from `open` per core.
+pub(super) fn verify<F>(open: F) -> Result<Verification, StoreError>
+where
+    F: Fn() -> Result<Connection, StoreError> + Sync,
+{
+    let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+    verify_in_parts(open, parts.clamp(1, 8))
 }
 
-impl Chunk {
-    fn new(index: usize, prev_seq: u64, prev: Hash, size: usize) -> Self {
-        Self {
-            index,
-            prev_seq,
-            prev,
-            events: Vec::with_capacity(size),
-        }
-    }
-
-    fn check(&self) -> Result<(), ChainBreak> {
-        let (mut prev_seq, mut prev) = (self.prev_seq, self.prev);
-        for (event, stored) in &self.events {
-            let Ok(stored) = Hash::try_from(stored.as_slice()) else {
-                return Err(ChainBreak::Mismatch { seq: event.seq });
-            };
-            check_link(prev_seq, &prev, event, &stored)?;
-            prev_seq = event.seq;
-            prev = stored;
-        }
-        Ok(())
-    }
+/// Where a part starts: after event `seq`, whose stored hash is `hash`; the
+/// first part starts before the first event (`None`), from the genesis hash.
+#[derive(Clone, Copy)]
+struct Start {
+    seq: Option<i64>,
+    hash: Hash,
 }
 
-/// Checks the whole chain of the Logbook read through `conn`.
-pub(super) fn verify(conn: &Connection) -> Result<Verification, StoreError> {
-    verify_in_chunks(conn, CHUNK)
-}
-
-fn verify_in_chunks(conn: &Connection, chunk_size: usize) -> Result<Verification, StoreError> {
-    // The reading thread takes a core of its own; the rest check.
-    let checkers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8);
-    let broken = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let (results, outcomes) = mpsc::channel();
-        let mut queues = Vec::with_capacity(checkers);
-        for _ in 0..checkers {
-            let (queue, chunks) = mpsc::sync_channel::<Chunk>(QUEUED);
-            let results = results.clone();
-            let broken = &broken;
-            scope.spawn(move || {
-                for chunk in chunks {
-                    let outcome = chunk.check();
-                    let failed = outcome.is_err();
-                    let _ = results.send((chunk.index, outcome));
-                    if failed {
-                        // Later chunks of this queue cannot hold an earlier break.
-                        broken.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                }
+fn verify_in_parts<F>(open: F, parts: usize) -> Result<Verification, StoreError>
+where
+    F: Fn() -> Result<Connection, StoreError> + Sync,
+{
+    let conn = open()?;
+    let (first, last): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT MIN(seq), MAX(seq) FROM logbook", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(Verification::Intact {
+            events: 0,
+            head: hex::encode(GENESIS),
+        });
+    };
+    // Parts of about equal numbers of events (sequence numbers are dense in an
+    // intact Logbook). Part i covers the events after starts[i] up to the next start.
+    let mut starts = vec![Start {
+        seq: None,
+        hash: GENESIS,
+    }];
+    for i in 1..parts {
+        let target = first as i128 + (last as i128 - first as i128) * i as i128 / parts as i128;
+        let cut: Option<(i64, Vec<u8>)> = conn
+            .query_row(
+                "SELECT seq, hash FROM logbook WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1",
+                [target as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((seq, hash)) = cut {
+            if starts
+                .last()
+                .is_some_and(|s| s.seq.is_some_and(|p| p >= seq))
+                || seq >= last
+            {
+                continue;
+            }
+            // A malformed hash is reported by the part holding its event, which
+            // comes first; the part after it only needs some value to start from.
+            let hash = Hash::try_from(hash.as_slice()).unwrap_or(GENESIS);
+            starts.push(Start {
+                seq: Some(seq),
+                hash,
             });
-            queues.push(queue);
         }
-        drop(results);
-        let read = read_chunks(conn, chunk_size, &queues, &broken);
-        drop(queues);
-        let first = outcomes
+    }
+    drop(conn);
+
+    // The lowest part found broken so far: later parts may stop.
+    let broken = AtomicUsize::new(usize::MAX);
+    let outcomes: Vec<Result<Part, StoreError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = starts
             .iter()
-            .filter_map(|(index, outcome)| outcome.err().map(|brk| (index, brk)))
-            .min_by_key(|(index, _)| *index);
-        if let Some((_, brk)) = first {
-            return Ok(Verification::Broken(brk));
+            .enumerate()
+            .map(|(index, start)| {
+                let end = starts.get(index + 1).and_then(|s| s.seq).unwrap_or(last);
+                let (open, broken, start) = (&open, &broken, *start);
+                scope.spawn(move || check_part(&open()?, index, start, end, broken))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(StoreError::Other("a verification thread failed".into()))
+                })
+            })
+            .collect()
+    });
+
+    let mut head = (0u64, GENESIS);
+    for outcome in outcomes {
+        match outcome? {
+            Part::Broken(brk) => return Ok(Verification::Broken(brk)),
+            Part::Stopped => break,
+            Part::Intact {
+                last_seq,
+                last_hash,
+            } => head = (last_seq, last_hash),
         }
-        let (events, head) = read?;
-        Ok(Verification::Intact {
-            events,
-            head: hex::encode(head),
-        })
+    }
+    Ok(Verification::Intact {
+        events: head.0,
+        head: hex::encode(head.1),
     })
 }
 
-/// Reads every event in order into chunks, dealt round-robin to the checkers.
-/// Stops early once a checker found a break. Returns the last event's
-/// sequence number and stored hash.
-fn read_chunks(
+enum Part {
+    Intact {
+        last_seq: u64,
+        last_hash: Hash,
+    },
+    Broken(ChainBreak),
+    /// Gave up because an earlier part is broken.
+    Stopped,
+}
+
+/// Checks the events after `start` up to `end`, in order.
+fn check_part(
     conn: &Connection,
-    chunk_size: usize,
-    queues: &[mpsc::SyncSender<Chunk>],
-    broken: &AtomicBool,
-) -> Result<(u64, Hash), StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, at, actor, request, action, details, hash FROM logbook ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([])?;
-    let (mut last_seq, mut last_hash) = (0u64, GENESIS);
-    let mut chunk = Chunk::new(0, last_seq, last_hash, chunk_size);
-    let deal = |chunk: Chunk| -> bool {
-        !broken.load(Ordering::Relaxed) && queues[chunk.index % queues.len()].send(chunk).is_ok()
+    index: usize,
+    start: Start,
+    end: i64,
+    broken: &AtomicUsize,
+) -> Result<Part, StoreError> {
+    const COLUMNS: &str = "SELECT seq, at, actor, request, action, details, hash FROM logbook";
+    let mut stmt;
+    let mut rows = match start.seq {
+        None => {
+            stmt = conn.prepare(&format!("{COLUMNS} WHERE seq <= ?1 ORDER BY seq"))?;
+            stmt.query([end])?
+        }
+        Some(after) => {
+            stmt = conn.prepare(&format!(
+                "{COLUMNS} WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
+            ))?;
+            stmt.query([after, end])?
+        }
     };
+    let (mut prev_seq, mut prev) = (start.seq.map_or(0, |s| s as u64), start.hash);
+    let mut read = 0usize;
     while let Some(row) = rows.next()? {
+        read += 1;
+        if read.is_multiple_of(STOP_CHECK_EVERY) && broken.load(Ordering::Relaxed) < index {
+            return Ok(Part::Stopped);
+        }
         let event = LogEvent {
             seq: row.get::<_, i64>(0)? as u64,
             at: Timestamp::from_millis(row.get(1)?),
@@ -130,40 +173,47 @@ fn read_chunks(
             action: row.get(4)?,
             details: row.get(5)?,
         };
-        let stored: Vec<u8> = row.get(6)?;
-        last_seq = event.seq;
-        // A malformed hash is reported by the chunk holding its event, which comes
-        // first; the chunk after it only needs some value to start from.
-        last_hash = Hash::try_from(stored.as_slice()).unwrap_or(GENESIS);
-        chunk.events.push((event, stored));
-        if chunk.events.len() >= chunk_size {
-            let next = Chunk::new(chunk.index + 1, last_seq, last_hash, chunk_size);
-            if !deal(std::mem::replace(&mut chunk, next)) {
-                return Ok((last_seq, last_hash));
+        let stored = row.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
+        let link = match Hash::try_from(stored) {
+            Ok(stored) => check_link(prev_seq, &prev, &event, &stored).map(|()| stored),
+            Err(_) => Err(ChainBreak::Mismatch { seq: event.seq }),
+        };
+        match link {
+            Ok(stored) => (prev_seq, prev) = (event.seq, stored),
+            Err(brk) => {
+                broken.fetch_min(index, Ordering::Relaxed);
+                return Ok(Part::Broken(brk));
             }
         }
     }
-    if !chunk.events.is_empty() {
-        deal(chunk);
-    }
-    Ok((last_seq, last_hash))
+    Ok(Part::Intact {
+        last_seq: prev_seq,
+        last_hash: prev,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use proptest::prelude::*;
 
     use super::*;
     use crate::domain::logbook::chain_hash;
 
-    /// The Logbook as the first migration creates it, without the triggers
-    /// that refuse edits, holding `n` chained events.
-    fn logbook(n: u64) -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
+    /// A database with the Logbook as the first migration creates it, without
+    /// the triggers that refuse edits, holding `n` chained events.
+    fn logbook(n: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logbook.db");
+        let conn = Connection::open(&path).unwrap();
+        // Nothing here needs to survive a crash.
+        conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+            .unwrap();
         conn.execute_batch(include_str!("../../../migrations/0001_init.sql"))
             .unwrap();
         conn.execute_batch(
-            "DROP TRIGGER logbook_refuses_update; DROP TRIGGER logbook_refuses_delete;",
+            "DROP TRIGGER logbook_refuses_update; DROP TRIGGER logbook_refuses_delete; BEGIN;",
         )
         .unwrap();
         let mut prev = GENESIS;
@@ -188,11 +238,17 @@ mod tests {
             .unwrap();
             prev = hash;
         }
-        conn
+        conn.execute_batch("COMMIT").unwrap();
+        (dir, path)
+    }
+
+    fn in_parts(path: &Path, parts: usize) -> Verification {
+        verify_in_parts(|| Ok(Connection::open(path)?), parts).unwrap()
     }
 
     /// The plain check, from the first event to the last, to compare with.
-    fn one_by_one(conn: &Connection) -> Verification {
+    fn one_by_one(path: &Path) -> Verification {
+        let conn = Connection::open(path).unwrap();
         let mut stmt = conn
             .prepare(
                 "SELECT seq, at, actor, request, action, details, hash FROM logbook ORDER BY seq",
@@ -231,33 +287,37 @@ mod tests {
         /// Swaps two neighbours, each keeping its stored hash.
         Swap(u64),
         BadHash(u64),
+        /// Moves an event before the first.
+        Negative(u64),
     }
 
     impl Tamper {
-        fn apply(&self, conn: &Connection) {
+        fn apply(&self, path: &Path) {
             let sql = match self {
                 Tamper::Edit(k) => format!("UPDATE logbook SET details = '{{}}' WHERE seq = {k}"),
                 Tamper::Delete(k) => format!("DELETE FROM logbook WHERE seq = {k}"),
                 Tamper::Swap(k) => format!(
-                    "UPDATE logbook SET seq = -1 WHERE seq = {k}; UPDATE logbook SET seq = {k} WHERE seq = {k} + 1; \
-                     UPDATE logbook SET seq = {k} + 1 WHERE seq = -1;"
+                    "UPDATE logbook SET seq = -1000 WHERE seq = {k}; UPDATE logbook SET seq = {k} WHERE seq = {k} + 1; \
+                     UPDATE logbook SET seq = {k} + 1 WHERE seq = -1000;"
                 ),
                 Tamper::BadHash(k) => format!("UPDATE logbook SET hash = X'00' WHERE seq = {k}"),
+                Tamper::Negative(k) => format!("UPDATE logbook SET seq = -{k} WHERE seq = {k}"),
             };
+            let conn = Connection::open(path).unwrap();
+            conn.execute_batch("PRAGMA synchronous = OFF").unwrap();
             conn.execute_batch(&sql).unwrap();
         }
     }
 
     #[test]
-    fn an_intact_chain_verifies_across_chunks() {
-        let conn = logbook(3 * CHUNK as u64 + 5);
-        let found = verify(&conn).unwrap();
-        assert_eq!(found, one_by_one(&conn));
-        assert!(
-            matches!(found, Verification::Intact { events, .. } if events == 3 * CHUNK as u64 + 5)
-        );
+    fn an_intact_chain_verifies_in_parts() {
+        let (_dir, path) = logbook(1_001);
+        let found = in_parts(&path, 4);
+        assert_eq!(found, one_by_one(&path));
+        assert!(matches!(found, Verification::Intact { events: 1_001, .. }));
+        let (_dir, empty) = logbook(0);
         assert_eq!(
-            verify(&logbook(0)).unwrap(),
+            in_parts(&empty, 4),
             Verification::Intact {
                 events: 0,
                 head: hex::encode(GENESIS)
@@ -266,40 +326,42 @@ mod tests {
     }
 
     #[test]
-    fn the_earliest_break_is_named_whichever_chunk_is_checked_first() {
-        let conn = logbook(4 * CHUNK as u64);
-        Tamper::Edit(3 * CHUNK as u64 + 7).apply(&conn);
-        Tamper::Delete(CHUNK as u64 + 1).apply(&conn);
+    fn the_earliest_break_is_named_whichever_part_finds_one_first() {
+        let (_dir, path) = logbook(20_000);
+        // The last part breaks at once; the first only near its end.
+        Tamper::Edit(15_001).apply(&path);
+        Tamper::Delete(4_999).apply(&path);
         assert_eq!(
-            verify(&conn).unwrap(),
+            in_parts(&path, 4),
             Verification::Broken(ChainBreak::Gap {
-                expected: CHUNK as u64 + 1,
-                found: CHUNK as u64 + 2
+                expected: 4_999,
+                found: 5_000
             })
         );
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
+        #![proptest_config(ProptestConfig::with_cases(150))]
 
         #[test]
-        fn chunked_verification_names_the_break_a_plain_check_names(
-            n in 0u64..60,
-            chunk in 1usize..9,
-            tampers in proptest::collection::vec((0usize..4, 0u64..60), 0..3),
+        fn checking_in_parts_names_the_break_a_plain_check_names(
+            n in 0u64..40,
+            parts in 1usize..9,
+            tampers in proptest::collection::vec((0usize..5, 0u64..40), 0..3),
         ) {
-            let conn = logbook(n);
+            let (_dir, path) = logbook(n);
             for (kind, k) in tampers {
                 let k = 1 + k % n.max(1);
                 let tamper = match kind {
                     0 => Tamper::Edit(k),
                     1 => Tamper::Delete(k),
                     2 if k < n => Tamper::Swap(k),
+                    3 => Tamper::Negative(k),
                     _ => Tamper::BadHash(k),
                 };
-                tamper.apply(&conn);
+                tamper.apply(&path);
             }
-            prop_assert_eq!(verify_in_chunks(&conn, chunk).unwrap(), one_by_one(&conn));
+            prop_assert_eq!(in_parts(&path, parts), one_by_one(&path));
         }
     }
 }

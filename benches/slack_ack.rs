@@ -1,0 +1,291 @@
+//! How fast Passport acknowledges `/passport request` over HTTP, open loop.
+//!
+//! Run with `cargo bench --bench slack_ack` (release build). Requests are sent
+//! at a fixed rate whatever the answers, each a unique slash command signed as
+//! Slack signs it; latency runs from the moment each request is sent to its
+//! answer. The application is the real one (`startup::slack_app` and its
+//! router, a fresh SQLite file, the dry-run provisioner) with a tiny stand-in
+//! for Slack's Web API, which it asks only for the requester's name (once,
+//! then cached). Every request is committed before it is answered; at the end
+//! the number of stored requests is checked against the answers.
+//!
+//! Settings: `PASSPORT_BENCH_RATES` (default `500,2000,10000` requests per
+//! second), `PASSPORT_BENCH_SECS` (default 10 per rate; the figure for
+//! 10,000 req/s is over 30 s), `PASSPORT_BENCH_COMMAND=help` (acknowledge
+//! `/passport help` instead: signature, parsing and answer, no engine). The server and the load generator run on
+//! separate runtimes in this one process, on the same machine; the peak memory
+//! printed is that of the whole process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::routing::any;
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+use passport::adapters::clock::SystemClock;
+use passport::adapters::slack::SlackConfig;
+use passport::app::ports::Clock;
+use passport::config::{Config, Secret};
+use passport::http::verify::sign;
+use passport::startup::{self, SlackOptions};
+
+const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+const USER: &str = "U0BENCH";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Answers every Web API call with success; `users.info` with a name.
+async fn stand_in_for_slack() -> String {
+    let router = Router::new().route(
+        "/api/{method}",
+        any(|| async {
+            Json(json!({
+                "ok": true,
+                "user": { "id": USER, "name": "bench" },
+                "users": [],
+                "channel": { "id": "D0BENCH" },
+                "ts": "1700000000.000001",
+                "message": { "ts": "1700000000.000001", "text": "" },
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+struct Server {
+    base: String,
+    app: startup::App,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_server() -> Server {
+    let api_url = stand_in_for_slack().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::default();
+    c.store.path = dir.path().join("passport.db");
+    c.groups = BTreeMap::from([
+        ("approvers".into(), vec!["U0LEAD".into()]),
+        ("admins".into(), vec!["U0BOSS".into()]),
+    ]);
+    c.jobs.reconcile = "off".into();
+    c.jobs.digest = "off".into();
+    c.jobs.checkpoint = "off".into();
+    c.slack = Some(SlackConfig {
+        signing_secret: Some(Secret::from(SECRET)),
+        bot_token: Some(Secret::from("xoxb-bench")),
+        approvals_channel: "C0APPROVALS".into(),
+        audit_channel: "C0AUDIT".into(),
+        api_url,
+        ..SlackConfig::default()
+    });
+    let settings = c.validate().unwrap();
+    let built = startup::slack_app(
+        &settings,
+        settings.slack.as_ref().unwrap(),
+        SlackOptions {
+            clock: Arc::new(SystemClock),
+            provisioner: Arc::new(passport::adapters::dry_run::DryRunProvisioner::new(
+                Vec::new(),
+                None,
+            )),
+            ack_deadline: Duration::from_millis(2500),
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = built.router;
+    tokio::spawn(async move {
+        passport::http::serve(listener, router, std::future::pending())
+            .await
+            .unwrap()
+    });
+    Server {
+        base,
+        app: built.app,
+        _dir: dir,
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+fn help_only() -> bool {
+    std::env::var("PASSPORT_BENCH_COMMAND").is_ok_and(|c| c == "help")
+}
+
+/// The command sent: a new request by default. `PASSPORT_BENCH_COMMAND=help`
+/// measures the acknowledgement without the engine and the database.
+fn command_text(n: u64) -> String {
+    if help_only() {
+        "help".into()
+    } else {
+        format!("request i-0123456789abcdef0 1h ticket#{n} load test")
+    }
+}
+
+fn signed_request(base: &str) -> axum::http::Request<Full<Bytes>> {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let body = serde_urlencoded::to_string([
+        ("team_id", "T0BENCH"),
+        ("channel_id", "C0GENERAL"),
+        ("user_id", USER),
+        ("user_name", "bench"),
+        ("command", "/passport"),
+        ("text", &command_text(n)),
+        (
+            "response_url",
+            "https://hooks.slack.com/commands/T0BENCH/1/x",
+        ),
+        ("trigger_id", &format!("{n}.bench")),
+    ])
+    .unwrap();
+    let ts = (SystemClock.now().as_millis() / 1000).to_string();
+    axum::http::Request::post(format!("{base}/slack/commands"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", &ts)
+        .header(
+            "x-slack-signature",
+            sign(SECRET.as_bytes(), &ts, body.as_bytes()),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+struct Outcome {
+    latencies: Vec<Duration>,
+    errors: u64,
+    acknowledged: u64,
+}
+
+async fn load(base: String, rate: u64, secs: u64) -> Outcome {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(4096)
+        .build_http();
+    let total = rate * secs;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        // Open loop: request i goes out at its time, answered or not.
+        tokio::time::sleep_until(start + Duration::from_nanos(i * 1_000_000_000 / rate)).await;
+        let req = signed_request(&base);
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let res = client.request(req).await;
+            let ok = match res {
+                Ok(res) if res.status() == 200 => {
+                    let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                    matches!(body, Ok(b) if help_only() || String::from_utf8_lossy(&b).contains("AR-"))
+                }
+                _ => false,
+            };
+            (sent.elapsed(), ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let (mut errors, mut acknowledged) = (0, 0);
+    for t in tasks {
+        let (latency, ok) = t.await.unwrap();
+        latencies.push(latency);
+        if ok {
+            acknowledged += 1;
+        } else {
+            errors += 1;
+        }
+    }
+    Outcome {
+        latencies,
+        errors,
+        acknowledged,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn main() {
+    startup::install_crypto_provider();
+    let secs: u64 = env_or("PASSPORT_BENCH_SECS", "10").parse().unwrap();
+    let rates: Vec<u64> = env_or("PASSPORT_BENCH_RATES", "500,2000,10000")
+        .split(',')
+        .map(|r| r.trim().parse().unwrap())
+        .collect();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("slack_ack: open-loop signed /passport request, {secs} s per rate");
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "req/s", "p50 ms", "p99 ms", "max ms", "sent", "errors", "stored"
+    );
+    for rate in rates {
+        let server = server_rt.block_on(start_server());
+        let base = server.base.clone();
+        // Warm up: the first request fetches the requester's name.
+        client_rt.block_on(load(base.clone(), 50, 1));
+        let outcome = client_rt.block_on(load(base, rate, secs));
+        let stored: u64 = rusqlite::Connection::open(server._dir.path().join("passport.db"))
+            .and_then(|c| c.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0)))
+            .unwrap_or(0);
+        let mut sorted = outcome.latencies.clone();
+        sorted.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{:>8} {:>10.2} {:>10.2} {:>10.2} {:>10} {:>8} {:>8}",
+            rate,
+            ms(percentile(&sorted, 0.50)),
+            ms(percentile(&sorted, 0.99)),
+            ms(sorted.last().copied().unwrap_or_default()),
+            sorted.len(),
+            outcome.errors,
+            stored,
+        );
+        // Warm-up requests are stored too: every acknowledged one must be.
+        if !help_only() && stored < outcome.acknowledged {
+            println!(
+                "  LOST: {} requests were acknowledged but only {stored} stored",
+                outcome.acknowledged
+            );
+        }
+        server_rt.block_on(server.app.store.close());
+    }
+    println!("peak memory (whole process): {:.1} MiB", peak_rss_mib());
+}
