@@ -296,3 +296,48 @@ fn a_kill_between_commit_and_delivery_loses_and_repeats_nothing() {
     let third = run_with_input(dir.path(), &["console"], "");
     assert_eq!(stdout(&third), "", "nothing is delivered twice");
 }
+
+/// A checkpoint taken earlier catches what a chain check alone cannot: events
+/// deleted from the end.
+#[test]
+fn audit_verify_checks_against_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run_with_input(dir.path(), &["console"], ROUND)
+        .status
+        .success());
+    let head = sqlite(
+        dir.path(),
+        "SELECT seq || ':' || lower(hex(hash)) FROM logbook ORDER BY seq DESC LIMIT 1;",
+    );
+    let checkpoint = stdout(&head).trim().to_owned();
+    let ok = passport(
+        dir.path(),
+        &["audit", "verify", "--checkpoint", &checkpoint],
+    )
+    .output()
+    .unwrap();
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("matches"), "{}", stdout(&ok));
+    let bad = passport(dir.path(), &["audit", "verify", "--checkpoint", "3:nothex"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not SEQ:HASH"));
+    // Cut the last two events: the chain alone still verifies, the checkpoint does not.
+    let cut = sqlite(dir.path(), "DROP TRIGGER logbook_refuses_delete; DELETE FROM logbook WHERE seq > (SELECT MAX(seq) - 2 FROM logbook);");
+    assert!(cut.status.success());
+    let plain = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    assert!(plain.status.success());
+    let caught = passport(
+        dir.path(),
+        &["audit", "verify", "--checkpoint", &checkpoint],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(caught.status.code(), Some(1));
+    assert!(
+        stdout(&caught).contains("events were deleted from its end"),
+        "{}",
+        stdout(&caught)
+    );
+}
