@@ -107,6 +107,10 @@ fn start_moto() -> Option<Moto> {
         );
         return None;
     };
+    // One start at a time: between finding a free port and moto listening on it,
+    // another test must not be handed the same port.
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -132,6 +136,11 @@ fn start_moto() -> Option<Moto> {
             "moto did not start listening within a minute"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // Something answered on the port; make sure it is our moto, still running.
+    std::thread::sleep(Duration::from_millis(100));
+    if let Ok(Some(status)) = moto.child.try_wait() {
+        panic!("{} exited at start: {status}", binary.display());
     }
     Some(moto)
 }
