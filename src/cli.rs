@@ -338,13 +338,13 @@ async fn serve_slack(
     slack: &crate::adapters::slack::SlackSettings,
 ) -> anyhow::Result<i32> {
     use crate::adapters::slack::SlackMode;
-    let provisioner = if settings.aws.is_some() {
+    let (provisioner, courier) = if settings.aws.is_some() {
         // The AWS provisioner keeps its command ids in the database: bring the
         // schema up to date before it opens it.
         open_store(settings).await?.close().await;
         startup::provisioner(settings, None).await?
     } else {
-        startup::logged_dry_run(settings)
+        (startup::logged_dry_run(settings), None)
     };
     let built = startup::slack_app(
         settings,
@@ -357,6 +357,12 @@ async fn serve_slack(
     )
     .await
     .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
+    if let Some(courier) = &courier {
+        courier.attach(
+            built.app.store.clone(),
+            std::slice::from_ref(&built.surface),
+        );
+    }
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
         .with_context(|| {

@@ -10,6 +10,7 @@ use crate::adapters::clock::OffsetClock;
 use crate::adapters::console::{ConsoleSurface, Output};
 use crate::adapters::directory::StaticDirectory;
 use crate::adapters::dry_run::{DryRunProvisioner, Sink};
+use crate::adapters::password_courier::PasswordCourier;
 use crate::adapters::slack::blocks::Mentions;
 use crate::adapters::slack::socket::SocketMode;
 use crate::adapters::slack::{
@@ -46,23 +47,28 @@ pub enum StartError {
 /// The AWS provisioner when `[aws]` is configured (after checking that the SSM
 /// documents are installed and current), else the dry-run provisioner printing
 /// to `sink`. Call after the store is open: it applies the migrations.
+/// With AWS, also the courier that takes Windows passwords to the requester:
+/// attach the store and the chat surfaces to it once they exist.
 pub async fn provisioner(
     settings: &Settings,
     sink: Option<Sink>,
-) -> Result<Arc<dyn Provisioner>, StartError> {
+) -> Result<(Arc<dyn Provisioner>, Option<Arc<PasswordCourier>>), StartError> {
     match &settings.aws {
         Some(aws) => {
-            // Windows passwords need a direct-message path that keeps them out of
-            // the outbox; until then the AWS provisioner refuses Windows grants per
-            // instance with a clear message.
+            let courier = Arc::new(PasswordCourier::new());
+            let passwords: Arc<dyn crate::adapters::aws::PasswordSink> = Arc::new(courier.clone());
             let p =
-                crate::adapters::aws::serve_provisioner(aws, &settings.store_path, None).await?;
-            Ok(Arc::new(p))
+                crate::adapters::aws::serve_provisioner(aws, &settings.store_path, Some(passwords))
+                    .await?;
+            Ok((Arc::new(p), Some(courier)))
         }
-        None => Ok(Arc::new(DryRunProvisioner::new(
-            settings.dry_run_instances.clone(),
-            sink,
-        ))),
+        None => Ok((
+            Arc::new(DryRunProvisioner::new(
+                settings.dry_run_instances.clone(),
+                sink,
+            )),
+            None,
+        )),
     }
 }
 
@@ -79,7 +85,7 @@ pub async fn console_app(
         let mut o = sink_out.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(o, "{line}");
     });
-    let provisioner = provisioner(settings, Some(sink)).await?;
+    let (provisioner, courier) = provisioner(settings, Some(sink)).await?;
     let surfaces: Vec<Arc<dyn ChatSurface>> = vec![Arc::new(ConsoleSurface::new(out))];
     let engine = Engine::new(
         Ports {
@@ -96,6 +102,9 @@ pub async fn console_app(
             ..EngineSettings::default()
         },
     );
+    if let Some(courier) = &courier {
+        courier.attach(store.clone(), &surfaces);
+    }
     let dispatcher = Dispatcher::new(store.clone(), clock, surfaces).one_lane_at_a_time();
     let (engine, dispatcher) = (Arc::new(engine), Arc::new(dispatcher));
     let scheduler = Arc::new(Scheduler::new(
@@ -289,6 +298,8 @@ pub struct SlackOptions {
 /// The application with Slack as its chat surface.
 pub struct SlackApp {
     pub app: App,
+    /// The Slack chat surface, e.g. for the Windows password courier.
+    pub surface: Arc<dyn ChatSurface>,
     /// `/slack/…` (in HTTP mode, or when a signing secret is set) and `/healthz`.
     pub router: axum::Router,
     /// The Socket Mode connection to start, in Socket Mode.
@@ -348,7 +359,7 @@ pub async fn slack_app(
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         options.clock.clone(),
-        vec![surface],
+        vec![surface.clone()],
     ));
     let scheduler = Arc::new(Scheduler::new(
         engine.clone(),
@@ -373,6 +384,7 @@ pub async fn slack_app(
         _ => None,
     };
     Ok(SlackApp {
+        surface: surface.clone(),
         app: App {
             engine,
             dispatcher,

@@ -5,5 +5,6 @@ pub mod clock;
 pub mod console;
 pub mod directory;
 pub mod dry_run;
+pub mod password_courier;
 pub mod slack;
 pub mod sqlite;

@@ -222,7 +222,7 @@ pub fn connection_details(req: &AccessRequest) -> String {
                 info.id
             ),
             Platform::Windows => format!(
-                "aws ssm start-session --target {} --document-name AWS-StartPortForwardingSession --parameters portNumber=3389,localPortNumber=13389, then RDP to localhost:13389 as {user}",
+                "aws ssm start-session --target {} --document-name AWS-StartPortForwardingSession --parameters portNumber=3389,localPortNumber=13389, then RDP to localhost:13389 as {user} with the password Passport sends you by direct message",
                 info.id
             ),
         };
