@@ -781,17 +781,13 @@ impl Engine {
     // -----------------------------------------------------------------------
     // read-only
 
-    async fn may_see(&self, actor: &Actor, req: &AccessRequest) -> bool {
-        if req.is_requester(&actor.person.id) {
-            return true;
-        }
-        let who = self.membership(&actor.person).await;
-        self.policy.is_admin(&who) || req.is_approver(&who)
+    fn may_see(&self, who: &Membership, req: &AccessRequest) -> bool {
+        req.is_requester(&who.user) || self.policy.is_admin(who) || req.is_approver(who)
     }
 
     async fn load_visible(&self, actor: &Actor, id: RequestId) -> Result<AccessRequest, AppError> {
         let req = self.store.get(id).await?.ok_or(AppError::NotFound(id))?;
-        if !self.may_see(actor, &req).await {
+        if !self.may_see(&self.membership(&actor.person).await, &req) {
             return Err(RefusalKind::NotAllowed(format!(
                 "only the requester, its approvers and admins can see {id}"
             ))
@@ -802,13 +798,15 @@ impl Engine {
 
     async fn list(&self, actor: &Actor, filter: ListFilter) -> Result<String, AppError> {
         let rows = self.store.list(filter, &actor.person.id, 200).await?;
+        // Groups are resolved once, not once per row (a directory lookup may be remote).
+        let who = self.membership(&actor.person).await;
         let mut lines = Vec::new();
         let now = self.clock.now();
         for req in rows {
             if lines.len() >= 20 {
                 break;
             }
-            if self.may_see(actor, &req).await {
+            if self.may_see(&who, &req) {
                 lines.push(format!(
                     "{} · {} · {} · {} instance(s) · {} · {}",
                     req.id,
