@@ -206,7 +206,11 @@ async fn expiry_latency(dir: &Path, active: usize, spread: Span) -> anyhow::Resu
     );
     let expiries: HashMap<RequestId, Timestamp> = rig
         .store
-        .requests_in(&[RequestState::Active], active as u32 + 10)
+        .requests_in(
+            &[RequestState::Active],
+            Default::default(),
+            active as u32 + 10,
+        )
         .await?
         .into_iter()
         .filter_map(|r| Some((r.id, r.expires_at?)))

@@ -31,7 +31,8 @@ use tokio::sync::Semaphore;
 
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
-    Creation, MessageRef, Mutation, OutboxCounts, Pending, Store, StoreError, Verification,
+    Creation, MessageRef, Mutation, OutboxCounts, Pending, RequestFilter, Store, StoreError,
+    Verification,
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
@@ -823,10 +824,11 @@ impl Store for SqliteStore {
     async fn requests_in(
         &self,
         states: &[RequestState],
+        filter: RequestFilter,
         limit: u32,
     ) -> Result<Vec<AccessRequest>, StoreError> {
         let states = states.to_vec();
-        self.read(move |conn| housekeeping::requests_in(conn, &states, limit))
+        self.read(move |conn| housekeeping::requests_in(conn, &states, filter, limit))
             .await
     }
 

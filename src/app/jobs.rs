@@ -13,7 +13,7 @@ use crate::domain::time::{Span, Timestamp};
 use super::effects::{Effects, TimerKind};
 use super::engine::{summarise, Engine};
 use super::messages;
-use super::ports::{RevokeSpec, StoreError};
+use super::ports::{RequestFilter, RevokeSpec, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
@@ -82,6 +82,14 @@ pub struct ReconcileReport {
     pub leftovers: usize,
 }
 
+/// States of requests whose access has ended; their grants may still need removing.
+const ENDED: [RequestState; 4] = [
+    RequestState::Completed,
+    RequestState::Expired,
+    RequestState::Revoked,
+    RequestState::Failed,
+];
+
 /// How far back reconciliation re-checks ended requests.
 const RECHECK_WINDOW: Span = Span::from_hours(24 * 7);
 
@@ -139,13 +147,11 @@ impl Engine {
     /// re-created or kept while it was offline.
     pub async fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
         let mut report = ReconcileReport::default();
-        let ended = [
-            RequestState::Completed,
-            RequestState::Expired,
-            RequestState::Revoked,
-            RequestState::Failed,
-        ];
-        for req in self.store.requests_in(&ended, 1000).await? {
+        let holding = RequestFilter {
+            holding_users: true,
+            ..RequestFilter::default()
+        };
+        for req in self.store.requests_in(&ENDED, holding, 1000).await? {
             if !req.pending_removals().is_empty()
                 && !self.store.has_timer(req.id, TimerKind::Remove).await?
             {
@@ -264,28 +270,29 @@ impl Engine {
         let now = self.clock.now();
         let active = self
             .store
-            .requests_in(&[RequestState::Active], 1000)
+            .requests_in(&[RequestState::Active], RequestFilter::default(), 1000)
             .await?;
         let failed: Vec<_> = self
             .store
-            .requests_in(&[RequestState::Failed], 1000)
-            .await?
-            .into_iter()
-            .filter(|r| {
-                r.decision.as_ref().map_or(r.created_at, |d| d.at)
-                    >= now.minus(Span::from_hours(24))
-                    || r.created_at >= now.minus(Span::from_hours(24))
-            })
-            .collect();
-        let ended = [
-            RequestState::Completed,
-            RequestState::Expired,
-            RequestState::Revoked,
-            RequestState::Failed,
-        ];
+            .requests_in(
+                &[RequestState::Failed],
+                RequestFilter {
+                    changed_since: Some(now.minus(Span::from_hours(24))),
+                    ..RequestFilter::default()
+                },
+                1000,
+            )
+            .await?;
         let failing: Vec<_> = self
             .store
-            .requests_in(&ended, 1000)
+            .requests_in(
+                &ENDED,
+                RequestFilter {
+                    holding_users: true,
+                    ..RequestFilter::default()
+                },
+                1000,
+            )
             .await?
             .into_iter()
             .filter(|r| {

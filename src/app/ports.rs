@@ -181,6 +181,16 @@ pub enum Verification {
     Broken(ChainBreak),
 }
 
+/// Narrows [`Store::requests_in`] in the database, so callers never load
+/// every request of a state to keep a few.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestFilter {
+    /// Only requests changed at or after this time.
+    pub changed_since: Option<Timestamp>,
+    /// Only requests with a grant that may still hold a user.
+    pub holding_users: bool,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     async fn create(
@@ -289,10 +299,11 @@ pub trait Store: Send + Sync {
         schedule: &str,
         next: Timestamp,
     ) -> Result<(), StoreError>;
-    /// Requests in any of `states`, oldest first.
+    /// Requests in any of `states` matching `filter`, oldest first.
     async fn requests_in(
         &self,
         states: &[RequestState],
+        filter: RequestFilter,
         limit: u32,
     ) -> Result<Vec<AccessRequest>, StoreError>;
     /// Ended requests updated since `since` whose removal reconciliation has not checked yet.

@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::app::effects::{Effects, TimerKind};
-use crate::app::ports::StoreError;
+use crate::app::ports::{RequestFilter, StoreError};
 use crate::domain::request::{AccessRequest, RequestState};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
@@ -138,14 +138,21 @@ pub(super) fn set_job_next_run(
 pub(super) fn requests_in(
     conn: &Connection,
     states: &[RequestState],
+    filter: RequestFilter,
     limit: u32,
 ) -> Result<Vec<AccessRequest>, StoreError> {
     let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     let list = serde_json::to_string(&names).map_err(|e| StoreError::Other(e.to_string()))?;
     requests(
         conn,
-        "SELECT body FROM requests WHERE state IN (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
-        params![list, i64::from(limit)],
+        "SELECT body FROM requests WHERE state IN (SELECT value FROM json_each(?1)) \
+         AND updated_at >= ?2 AND (?3 = 0 OR open_grants > 0) ORDER BY id LIMIT ?4",
+        params![
+            list,
+            filter.changed_since.map_or(i64::MIN, Timestamp::as_millis),
+            filter.holding_users,
+            i64::from(limit)
+        ],
     )
 }
 
