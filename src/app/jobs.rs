@@ -223,19 +223,15 @@ impl Engine {
                     id,
                     None,
                     self.mutation(move |req, fx| {
+                        req.record_removal_check(&failed);
                         if failed.is_empty() {
-                            req.removal_verified = true;
                             fx.log(now, "passport", Some(id), "removal_verified", format!("reconciliation: `{}` is gone from every instance", req.username), json!({}));
                             return Ok(());
                         }
-                        let mut labels = Vec::new();
-                        for o in &failed {
-                            if let Some(g) = req.grants.iter_mut().find(|g| g.instance == o.instance) {
-                                g.state = GrantState::RemovalFailed;
-                                g.detail = o.detail.clone();
-                            }
-                            labels.push(messages::instance_label(req, &o.instance));
-                        }
+                        let labels: Vec<String> = failed
+                            .iter()
+                            .map(|o| messages::instance_label(req, &o.instance))
+                            .collect();
                         let text = format!(
                             "reconciliation: `{}` could not be confirmed removed from {}; removal is being retried",
                             req.username,

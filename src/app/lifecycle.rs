@@ -488,8 +488,6 @@ fn record_refresh(
     now: Timestamp,
 ) {
     let id = req.id;
-    let active = req.state == RequestState::Active;
-    let mut again = false;
     for o in outcomes {
         let label = messages::instance_label(req, &o.instance);
         if o.ok {
@@ -517,14 +515,8 @@ fn record_refresh(
                 actions: Vec::new(),
             });
         }
-        if o.ok && !active {
-            if let Some(g) = req.grants.iter_mut().find(|g| g.instance == o.instance) {
-                g.state = GrantState::Removing;
-                again = true;
-            }
-        }
     }
-    if again {
+    if !req.record_refresh(outcomes).is_empty() {
         fx.schedule(TimerKind::Remove, now);
     }
 }

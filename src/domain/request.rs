@@ -656,6 +656,39 @@ impl AccessRequest {
         }
     }
 
+    /// Records a refresh of on-instance expiries. A user that a refresh
+    /// re-created after the request ended (an extension racing a completion)
+    /// is marked for removal again; returns those instances.
+    pub fn record_refresh(&mut self, outcomes: &[InstanceOutcome]) -> Vec<InstanceId> {
+        if self.state == RequestState::Active {
+            return Vec::new();
+        }
+        let mut again = Vec::new();
+        for o in outcomes.iter().filter(|o| o.ok) {
+            if let Some(g) = self.grants.iter_mut().find(|g| g.instance == o.instance) {
+                g.state = GrantState::Removing;
+                again.push(g.instance.clone());
+            }
+        }
+        again
+    }
+
+    /// Records reconciliation's second removal of an ended request: with no
+    /// failure the removal is verified; instances that failed may still hold
+    /// the user and go back to `removal_failed`.
+    pub fn record_removal_check(&mut self, failed: &[InstanceOutcome]) {
+        if failed.is_empty() {
+            self.removal_verified = true;
+            return;
+        }
+        for o in failed {
+            if let Some(g) = self.grants.iter_mut().find(|g| g.instance == o.instance) {
+                g.state = GrantState::RemovalFailed;
+                g.detail = o.detail.clone();
+            }
+        }
+    }
+
     /// Grants whose user still needs removing.
     pub fn pending_removals(&self) -> Vec<InstanceId> {
         self.grants
@@ -2260,5 +2293,35 @@ mod tests {
                 assert_eq!(r.decision, original.decision, "{call_name} on {name}");
             }
         }
+    }
+
+    #[test]
+    fn a_refresh_after_the_end_marks_the_recreated_user_for_removal() {
+        let mut r = active();
+        assert!(
+            r.record_refresh(&[ok(1)]).is_empty(),
+            "while active a refresh changes nothing"
+        );
+        r.state = RequestState::Completed;
+        for g in &mut r.grants {
+            g.state = GrantState::Removed;
+        }
+        assert_eq!(
+            r.record_refresh(&[ok(1), failed(2, "offline")]),
+            vec![iid(1)]
+        );
+        assert_eq!(r.grants[0].state, GrantState::Removing);
+        assert_eq!(r.grants[1].state, GrantState::Removed);
+    }
+
+    #[test]
+    fn a_removal_check_verifies_or_reopens_removal() {
+        let mut r = active();
+        r.record_removal_check(&[failed(2, "Undeliverable")]);
+        assert_eq!(r.grants[1].state, GrantState::RemovalFailed);
+        assert_eq!(r.grants[1].detail.as_deref(), Some("Undeliverable"));
+        assert!(!r.removal_verified);
+        r.record_removal_check(&[]);
+        assert!(r.removal_verified);
     }
 }
