@@ -555,16 +555,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        self.read(|conn| {
-            let due: Option<i64> = conn
-                .prepare_cached("SELECT MIN(due_at) FROM timers")?
-                .query_row([], |r| r.get(0))?;
-            Ok(due.map(Timestamp::from_millis))
-        })
-        .await
-    }
-
     async fn reschedule_timer(&self, id: TimerId, due: Timestamp) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.prepare_cached(

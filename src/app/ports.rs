@@ -218,7 +218,6 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<AccessRequest>, StoreError>;
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<Timer>, StoreError>;
-    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError>;
     /// Moves a timer later and counts an attempt, e.g. to retry a job whose provisioner was unavailable.
     async fn reschedule_timer(&self, id: TimerId, due: Timestamp) -> Result<(), StoreError>;
     async fn delete_timer(&self, id: TimerId) -> Result<(), StoreError>;
