@@ -175,9 +175,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve => {
             let (loaded, settings) = load(cli.config.as_deref())?;
             init_logging(&loaded.config.log.level);
-            match &settings.slack {
-                Some(slack) => serve_slack(&loaded, &settings, slack).await,
-                None => console(&loaded, &settings, true).await,
+            match (&settings.slack, &settings.discord) {
+                (Some(slack), _) => serve_slack(&loaded, &settings, slack).await,
+                (None, Some(discord)) => serve_discord(&loaded, &settings, discord).await,
+                (None, None) => console(&loaded, &settings, true).await,
             }
         }
         Command::Audit { command } => {
@@ -398,6 +399,86 @@ async fn serve_slack(
         s.abort();
     }
     // Deliver what the last commands queued, briefly; the rest waits in the outbox.
+    let _ = startup::finish_deliveries(&app, startup::SHUTDOWN_GRACE).await;
+    background.abort();
+    app.scheduler.release().await;
+    app.store.close().await;
+    served.context("the HTTP server failed")?;
+    Ok(0)
+}
+
+/// `serve` with Discord: the gateway connection (or the HTTP interactions
+/// endpoint), timers and outbox delivery, until Ctrl-C or SIGTERM.
+async fn serve_discord(
+    loaded: &Loaded,
+    settings: &Settings,
+    discord: &crate::adapters::discord::DiscordSettings,
+) -> anyhow::Result<i32> {
+    use crate::adapters::discord::DiscordMode;
+    let (provisioner, courier) = if settings.aws.is_some() {
+        open_store(settings).await?.close().await;
+        startup::provisioner(settings, None).await?
+    } else {
+        (startup::logged_dry_run(settings), None)
+    };
+    let built = startup::discord_app(
+        settings,
+        discord,
+        startup::DiscordOptions {
+            clock: Arc::new(SystemClock),
+            provisioner,
+            ack_deadline: crate::adapters::discord::inbound::ACK_DEADLINE,
+        },
+    )
+    .await
+    .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
+    if let Some(courier) = &courier {
+        courier.attach(
+            built.app.store.clone(),
+            std::slice::from_ref(&built.surface),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (http.listen): is another process using it?",
+                settings.http.listen
+            )
+        })?;
+    let mode = match discord.mode {
+        DiscordMode::Gateway => "Discord over the gateway",
+        DiscordMode::Http => "Discord over HTTP (/discord/interactions)",
+    };
+    eprintln!(
+        "Passport {} · database {} · config {} · {mode} · listening on {} · {}",
+        env!("CARGO_PKG_VERSION"),
+        settings.store_path.display(),
+        loaded
+            .file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into()),
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        provisioner_label(settings),
+    );
+    let registering = {
+        let (api, discord) = (built.api.clone(), discord.clone());
+        tokio::spawn(async move {
+            crate::adapters::discord::register_commands(api, &discord).await;
+        })
+    };
+    let app = built.app;
+    let background = app.scheduler.clone().spawn();
+    let gateway = built.gateway.map(|g| g.spawn());
+    let served = crate::http::serve(listener, built.router, startup::shutdown_signal()).await;
+    registering.abort();
+    if let Some(g) = gateway {
+        g.abort();
+    }
     let _ = startup::finish_deliveries(&app, startup::SHUTDOWN_GRACE).await;
     background.abort();
     app.scheduler.release().await;

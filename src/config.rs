@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::aws::{AwsConfig, AwsSettings};
+use crate::adapters::discord::{DiscordConfig, DiscordSettings};
 use crate::adapters::slack::{SlackConfig, SlackSettings};
 use crate::adapters::sqlite::Durability;
 use crate::app::jobs::{Job, JobKind, Jobs};
@@ -78,6 +79,8 @@ pub struct Config {
     pub aws: Option<AwsConfig>,
     /// Slack; absent means no Slack (the console is used when no chat platform is configured).
     pub slack: Option<SlackConfig>,
+    /// Discord; absent means no Discord.
+    pub discord: Option<DiscordConfig>,
     pub http: HttpConfig,
 }
 
@@ -308,7 +311,7 @@ impl Config {
 
     /// True when no chat platform is configured, so the console is the surface.
     pub fn console_only(&self) -> bool {
-        self.slack.is_none()
+        self.slack.is_none() && self.discord.is_none()
     }
 
     /// The groups in force: the configured ones, or the built-in local demo
@@ -456,9 +459,13 @@ impl Config {
                         .slack
                         .as_ref()
                         .is_some_and(|s| s.usergroups.contains_key(g));
-                    if !groups.contains_key(g) && !slack_group {
+                    let discord_group = self
+                        .discord
+                        .as_ref()
+                        .is_some_and(|d| d.roles.contains_key(g));
+                    if !groups.contains_key(g) && !slack_group && !discord_group {
                         errors.push(format!(
-                            "{field}.approvers: group {g:?} is not defined under [groups] or [slack.usergroups]"
+                            "{field}.approvers: group {g:?} is not defined under [groups], [slack.usergroups] or [discord.roles]"
                         ));
                     }
                 }
@@ -596,6 +603,17 @@ impl Config {
             }
             None => None,
         };
+        let discord = match self.discord.as_ref().map(DiscordConfig::validate) {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                errors.extend(e);
+                None
+            }
+            None => None,
+        };
+        if self.slack.is_some() && self.discord.is_some() {
+            errors.push("slack, discord: both are configured: Passport serves one chat platform; run a second Passport with its own [store] path for the other".into());
+        }
         let http = match self.http.validate() {
             Ok(h) => Some(h),
             Err(e) => {
@@ -634,6 +652,7 @@ impl Config {
             jobs,
             aws,
             slack,
+            discord,
             http: http.unwrap_or(HttpSettings {
                 listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
             }),
@@ -661,6 +680,8 @@ pub struct Settings {
     pub aws: Option<AwsSettings>,
     /// Present when Slack is configured.
     pub slack: Option<SlackSettings>,
+    /// Present when Discord is configured.
+    pub discord: Option<DiscordSettings>,
     pub http: HttpSettings,
     pub store_path: PathBuf,
     pub durability: Durability,

@@ -9,6 +9,12 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use crate::adapters::clock::OffsetClock;
 use crate::adapters::console::{ConsoleSurface, Output};
 use crate::adapters::directory::StaticDirectory;
+use crate::adapters::discord::gateway::Gateway;
+use crate::adapters::discord::render::Mentions as DiscordMentions;
+use crate::adapters::discord::{
+    DiscordApi, DiscordDirectory, DiscordMode, DiscordSettings, DiscordSurface,
+    Inbound as DiscordInbound,
+};
 use crate::adapters::dry_run::{DryRunProvisioner, Sink};
 use crate::adapters::password_courier::PasswordCourier;
 use crate::adapters::slack::blocks::Mentions;
@@ -23,7 +29,7 @@ use crate::app::ports::{ChatSurface, Clock, Provisioner, StoreError};
 use crate::config::Settings;
 use crate::domain::time::Span;
 use crate::domain::values::{parse_span, Person, RequestId, UserId};
-use crate::http::{self, HttpState, SlackEndpoints};
+use crate::http::{self, DiscordEndpoints, HttpState, SlackEndpoints};
 use crate::scheduler::Scheduler;
 
 /// The running application: one engine, one dispatcher, shared state.
@@ -378,6 +384,7 @@ pub async fn slack_app(
     let router = http::router(HttpState {
         store: store.clone(),
         slack: endpoints,
+        discord: None,
     });
     let socket = match (slack.mode, &slack.app_token) {
         (SlackMode::Socket, Some(token)) => Some(SocketMode::new(api, token.clone(), inbound)),
@@ -393,5 +400,117 @@ pub async fn slack_app(
         },
         router,
         socket,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Discord
+
+/// What `discord_app` needs beyond the settings.
+#[derive(Clone)]
+pub struct DiscordOptions {
+    pub clock: Arc<dyn Clock>,
+    pub provisioner: Arc<dyn Provisioner>,
+    /// How long an answer to Discord waits for the work (Discord allows 3 s).
+    pub ack_deadline: Duration,
+}
+
+/// The application with Discord as its chat surface.
+pub struct DiscordApp {
+    pub app: App,
+    /// The Discord chat surface, e.g. for the Windows password courier.
+    pub surface: Arc<dyn ChatSurface>,
+    pub api: Arc<DiscordApi>,
+    pub inbound: Arc<DiscordInbound>,
+    /// `/discord/interactions` (when a public key is set) and `/healthz`.
+    pub router: axum::Router,
+    /// The gateway connection to start, in gateway mode.
+    pub gateway: Option<Gateway>,
+}
+
+/// Builds the Discord application: SQLite store, Discord surface and
+/// directory, the engine, dispatcher and scheduler, the inbound handlers and
+/// the router. Registering `/passport` is left to the caller
+/// ([`crate::adapters::discord::register_commands`]).
+pub async fn discord_app(
+    settings: &Settings,
+    discord: &DiscordSettings,
+    options: DiscordOptions,
+) -> Result<DiscordApp, StoreError> {
+    let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
+    let api = DiscordApi::new(discord);
+    let mentions = DiscordMentions {
+        roles: discord.roles.clone(),
+        groups: settings.groups.clone(),
+    };
+    let surface: Arc<dyn ChatSurface> = Arc::new(DiscordSurface::new(
+        api.clone(),
+        discord.approvals_channel.clone(),
+        discord.audit_channel.clone(),
+        mentions,
+    ));
+    let directory = Arc::new(DiscordDirectory::new(
+        &settings.groups,
+        api.clone(),
+        discord.guild_id,
+        discord.roles.clone(),
+        discord.cache_ttl,
+    ));
+    let engine = Arc::new(Engine::new(
+        Ports {
+            store: store.clone(),
+            provisioner: options.provisioner,
+            directory: directory.clone(),
+            clock: options.clock.clone(),
+        },
+        settings.policy.clone(),
+        settings.grammar.clone(),
+        EngineSettings {
+            warnings: settings.warnings.clone(),
+            surfaces: vec![surface.name().to_owned()],
+            ..EngineSettings::default()
+        },
+    ));
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        options.clock.clone(),
+        vec![surface.clone()],
+    ));
+    let scheduler = Arc::new(Scheduler::new(
+        engine.clone(),
+        dispatcher.clone(),
+        settings.jobs.clone(),
+    ));
+    let inbound = Arc::new(
+        DiscordInbound::new(engine.clone(), api.clone(), directory, discord.guild_id)
+            .with_deadline(options.ack_deadline),
+    );
+    let endpoints = discord
+        .public_key
+        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+        .map(|public_key| DiscordEndpoints {
+            inbound: inbound.clone(),
+            public_key,
+            clock: options.clock.clone(),
+        });
+    let router = http::router(HttpState {
+        store: store.clone(),
+        slack: None,
+        discord: endpoints,
+    });
+    let gateway = (discord.mode == DiscordMode::Gateway)
+        .then(|| Gateway::new(discord.clone(), inbound.clone()));
+    Ok(DiscordApp {
+        surface: surface.clone(),
+        app: App {
+            engine,
+            dispatcher,
+            store,
+            scheduler,
+        },
+        api,
+        inbound,
+        router,
+        gateway,
     })
 }

@@ -848,12 +848,17 @@ impl Store for SqliteStore {
     async fn request_for_message(
         &self,
         surface: &str,
-        channel: &str,
+        channel: Option<&str>,
         message: &str,
     ) -> Result<Option<RequestId>, StoreError> {
-        let (surface, channel, message) =
-            (surface.to_owned(), channel.to_owned(), message.to_owned());
-        self.read(move |conn| housekeeping::request_for_message(conn, &surface, &channel, &message))
-            .await
+        let (surface, channel, message) = (
+            surface.to_owned(),
+            channel.map(str::to_owned),
+            message.to_owned(),
+        );
+        self.read(move |conn| {
+            housekeeping::request_for_message(conn, &surface, channel.as_deref(), &message)
+        })
+        .await
     }
 }

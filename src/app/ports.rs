@@ -317,11 +317,12 @@ pub trait Store: Send + Sync {
     /// The stored hash (hex) of event `seq`, if it exists.
     async fn logbook_hash_at(&self, seq: u64) -> Result<Option<String>, StoreError>;
     /// The request whose card is `message` in `channel` on `surface`, so a reply
-    /// typed in that card's thread acts on it.
+    /// typed in that card's thread acts on it. Without `channel`, `message`
+    /// alone must match (on surfaces whose message ids are unique everywhere).
     async fn request_for_message(
         &self,
         surface: &str,
-        channel: &str,
+        channel: Option<&str>,
         message: &str,
     ) -> Result<Option<RequestId>, StoreError>;
 }

@@ -10,7 +10,7 @@ use super::verify::VerifyError;
 pub enum HttpError {
     #[error("request body is over {0} bytes")]
     TooLarge(usize),
-    #[error("request is not signed by Slack: {0}")]
+    #[error("request signature refused: {0}")]
     Unauthorized(#[from] VerifyError),
     #[error("{0}")]
     BadRequest(String),

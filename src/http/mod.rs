@@ -1,8 +1,9 @@
-//! The HTTP server: Slack's endpoints and `/healthz`, on axum.
+//! The HTTP server: Slack's endpoints, Discord's interactions endpoint and
+//! `/healthz`, on axum.
 //!
-//! Every `/slack/…` request is read up to [`MAX_BODY`] bytes (more is 413)
-//! and its signature checked ([`verify`]) before anything parses it (a bad
-//! one is 401, logged without the body). Errors become statuses in one place
+//! Every `/slack/…` and `/discord/…` request is read up to [`MAX_BODY`] bytes
+//! (more is 413) and its signature checked ([`verify`]) before anything
+//! parses it (a bad one is 401, logged without the body). Errors become statuses in one place
 //! ([`error::HttpError`]).
 
 pub mod error;
@@ -20,6 +21,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::adapters::discord::inbound::Interaction as DiscordInteraction;
+use crate::adapters::discord::Inbound as DiscordInbound;
 use crate::adapters::slack::inbound::{EventBody, Interaction, SlashCommand};
 use crate::adapters::slack::{Ack, Answer, Inbound};
 use crate::app::ports::{Clock, Store};
@@ -27,7 +30,7 @@ use crate::config::Secret;
 
 pub use error::HttpError;
 
-/// Slack's payloads are a few KiB; anything much larger is not from Slack.
+/// Slack's and Discord's payloads are a few KiB; anything much larger is not from them.
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// What `[http]` in `passport.toml` says.
@@ -73,11 +76,22 @@ pub struct SlackEndpoints {
     pub clock: Arc<dyn Clock>,
 }
 
+/// What Discord's interactions endpoint needs.
+#[derive(Clone)]
+pub struct DiscordEndpoints {
+    pub inbound: Arc<DiscordInbound>,
+    pub public_key: ed25519_dalek::VerifyingKey,
+    /// Signature timestamps are checked against this clock.
+    pub clock: Arc<dyn Clock>,
+}
+
 #[derive(Clone)]
 pub struct HttpState {
     pub store: Arc<dyn Store>,
     /// Present when Slack calls Passport over HTTP.
     pub slack: Option<SlackEndpoints>,
+    /// Present when Discord calls Passport over HTTP.
+    pub discord: Option<DiscordEndpoints>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -87,6 +101,9 @@ pub fn router(state: HttpState) -> Router {
             .route("/slack/commands", post(commands))
             .route("/slack/interactions", post(interactions))
             .route("/slack/events", post(events));
+    }
+    if state.discord.is_some() {
+        router = router.route("/discord/interactions", post(discord_interactions));
     }
     router.with_state(state)
 }
@@ -120,16 +137,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Reads the body within [`MAX_BODY`] and checks Slack's signature over it.
-async fn verified(
-    state: &HttpState,
-    path: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(Bytes, Arc<Inbound>), HttpError> {
-    let Some(slack) = &state.slack else {
-        return Err(HttpError::Unavailable("Slack is not configured".into()));
-    };
+/// Reads the body within [`MAX_BODY`].
+async fn read_body(path: &str, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
     let declared = header(headers, "content-length").and_then(|l| l.parse::<usize>().ok());
     if declared.is_some_and(|l| l > MAX_BODY) {
         tracing::warn!(path, length = declared, "request refused: body too large");
@@ -145,6 +154,20 @@ async fn verified(
             HttpError::BadRequest("cannot read the request body".into())
         }
     })?;
+    Ok(bytes)
+}
+
+/// Reads the body within [`MAX_BODY`] and checks Slack's signature over it.
+async fn verified(
+    state: &HttpState,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Arc<Inbound>), HttpError> {
+    let Some(slack) = &state.slack else {
+        return Err(HttpError::Unavailable("Slack is not configured".into()));
+    };
+    let bytes = read_body(path, headers, body).await?;
     let now_secs = slack.clock.now().as_millis().div_euclid(1000);
     verify::verify(
         slack.signing_secret.expose().as_bytes(),
@@ -213,4 +236,38 @@ async fn events(
     let event: EventBody = serde_json::from_slice(&bytes)
         .map_err(|_| HttpError::BadRequest("not an Events API payload".into()))?;
     Ok(answer(inbound.event(event).await))
+}
+
+/// `POST /discord/interactions`: checks Discord's Ed25519 signature, then
+/// answers the interaction (PING with PONG).
+async fn discord_interactions(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    const PATH: &str = "/discord/interactions";
+    let Some(discord) = &state.discord else {
+        return Err(HttpError::Unavailable("Discord is not configured".into()));
+    };
+    let bytes = read_body(PATH, &headers, body).await?;
+    let now_secs = discord.clock.now().as_millis().div_euclid(1000);
+    verify::verify_discord(
+        &discord.public_key,
+        header(&headers, "x-signature-timestamp"),
+        header(&headers, "x-signature-ed25519"),
+        &bytes,
+        now_secs,
+    )
+    .map_err(|e| {
+        tracing::warn!(path = PATH, reason = %e, "request refused: not signed by Discord");
+        HttpError::Unauthorized(e)
+    })?;
+    let interaction: DiscordInteraction = serde_json::from_slice(&bytes)
+        .map_err(|_| HttpError::BadRequest("not an interaction".into()))?;
+    let inbound = discord.inbound.clone();
+    let (answer, pending) = inbound.interaction(interaction).await;
+    if let Some(p) = pending {
+        tokio::spawn(async move { inbound.finish(p).await });
+    }
+    Ok(Json(answer).into_response())
 }

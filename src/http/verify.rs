@@ -1,7 +1,12 @@
-//! Checks that a request comes from Slack: `X-Slack-Signature` must be
-//! `v0=` + hex HMAC-SHA256 of `v0:{X-Slack-Request-Timestamp}:{raw body}` with
-//! the signing secret, and the timestamp within 5 minutes of now. The
-//! comparison takes the same time whatever the signature.
+//! Checks that a request comes from Slack or Discord.
+//!
+//! - Slack: `X-Slack-Signature` must be `v0=` + hex HMAC-SHA256 of
+//!   `v0:{X-Slack-Request-Timestamp}:{raw body}` with the signing secret. The
+//!   comparison takes the same time whatever the signature.
+//! - Discord: `X-Signature-Ed25519` must be the hex Ed25519 signature of
+//!   `{X-Signature-Timestamp}{raw body}` by the application's public key.
+//!
+//! Either way the timestamp must be within 5 minutes of now.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -13,7 +18,7 @@ pub const MAX_SKEW_SECS: i64 = 5 * 60;
 pub enum VerifyError {
     #[error("missing header {0}")]
     Missing(&'static str),
-    #[error("X-Slack-Request-Timestamp is not a number")]
+    #[error("the timestamp header is not a number")]
     BadTimestamp,
     #[error("timestamp is {0} s away from now (at most 300 s allowed)")]
     Stale(i64),
@@ -40,7 +45,43 @@ pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
     )
 }
 
-/// Verifies a request at `now_secs` (Unix time).
+fn check_timestamp(timestamp: &str, now_secs: i64) -> Result<(), VerifyError> {
+    let at: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
+    let skew = now_secs.saturating_sub(at);
+    if skew.abs() > MAX_SKEW_SECS {
+        return Err(VerifyError::Stale(skew));
+    }
+    Ok(())
+}
+
+/// Verifies a Discord interaction at `now_secs` (Unix time).
+pub fn verify_discord(
+    public_key: &ed25519_dalek::VerifyingKey,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<(), VerifyError> {
+    let timestamp = timestamp.ok_or(VerifyError::Missing("X-Signature-Timestamp"))?;
+    let signature = signature.ok_or(VerifyError::Missing("X-Signature-Ed25519"))?;
+    check_timestamp(timestamp, now_secs)?;
+    let bytes: [u8; 64] = hex::decode(signature.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(VerifyError::Mismatch)?;
+    let signature = ed25519_dalek::Signature::from_bytes(&bytes);
+    let mut message = Vec::with_capacity(timestamp.len() + body.len());
+    message.extend_from_slice(timestamp.as_bytes());
+    message.extend_from_slice(body);
+    public_key
+        .verify_strict(&message, &signature)
+        .map_err(|_| VerifyError::Mismatch)
+}
+
+/// Verifies a Slack request at `now_secs` (Unix time).
 pub fn verify(
     secret: &[u8],
     timestamp: Option<&str>,
@@ -50,14 +91,7 @@ pub fn verify(
 ) -> Result<(), VerifyError> {
     let timestamp = timestamp.ok_or(VerifyError::Missing("X-Slack-Request-Timestamp"))?;
     let signature = signature.ok_or(VerifyError::Missing("X-Slack-Signature"))?;
-    let at: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| VerifyError::BadTimestamp)?;
-    let skew = now_secs.saturating_sub(at);
-    if skew.abs() > MAX_SKEW_SECS {
-        return Err(VerifyError::Stale(skew));
-    }
+    check_timestamp(timestamp, now_secs)?;
     let given = signature
         .strip_prefix("v0=")
         .and_then(|h| hex::decode(h).ok())
@@ -119,6 +153,50 @@ mod tests {
         assert_eq!(
             verify(SECRET, Some("soon"), Some(&good), body, now),
             Err(VerifyError::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn discord_signatures_verify_and_nothing_else_does() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let public = key.verifying_key();
+        let (ts, body) = ("1700000000", br#"{"type":1}"#.as_slice());
+        let sign = |ts: &str, body: &[u8]| {
+            let mut m = ts.as_bytes().to_vec();
+            m.extend_from_slice(body);
+            hex::encode(key.sign(&m).to_bytes())
+        };
+        let good = sign(ts, body);
+        let now = 1_700_000_000;
+        let check = |ts: Option<&str>, sig: Option<&str>, body: &[u8], now: i64| {
+            verify_discord(&public, ts, sig, body, now)
+        };
+        assert_eq!(check(Some(ts), Some(&good), body, now + 299), Ok(()));
+        assert_eq!(
+            check(Some(ts), Some(&good), br#"{"type":2}"#, now),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check(Some("1700000001"), Some(&good), body, now),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check(Some(ts), Some(&good), body, now + 301),
+            Err(VerifyError::Stale(301))
+        );
+        assert_eq!(
+            check(Some(ts), Some("00"), body, now),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check(Some(ts), None, body, now),
+            Err(VerifyError::Missing("X-Signature-Ed25519"))
+        );
+        let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        assert_eq!(
+            verify_discord(&other, Some(ts), Some(&good), body, now),
+            Err(VerifyError::Mismatch)
         );
     }
 }

@@ -19,13 +19,13 @@
 //! are made idempotent by the engine (`you already approved AR-1`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
+use crate::adapters::seen::Seen;
 use crate::app::engine::{Actor, Engine, Reply};
 use crate::domain::command::{help_text, COMMANDS};
 use crate::domain::values::{
@@ -39,8 +39,6 @@ use super::surface::SURFACE;
 
 /// How long the answer to Slack waits for the work, by default: Slack gives 3 s.
 pub const ACK_DEADLINE: Duration = Duration::from_millis(2500);
-/// How long deliveries are remembered: longer than the 5-minute signature window.
-const DEDUPE_TTL: Duration = Duration::from_secs(10 * 60);
 
 // ---------------------------------------------------------------------------
 // Payloads
@@ -216,33 +214,6 @@ pub enum Answer {
 }
 
 // ---------------------------------------------------------------------------
-// Deduplication
-
-/// Keys of deliveries seen recently.
-struct Seen {
-    ttl: Duration,
-    at: Mutex<HashMap<String, Instant>>,
-}
-
-impl Seen {
-    /// True the first time `key` is seen within the time to live.
-    fn first(&self, key: &str) -> bool {
-        let now = Instant::now();
-        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
-        if at.len() >= 4096 && at.len().is_power_of_two() {
-            at.retain(|_, seen| now.duration_since(*seen) < self.ttl);
-        }
-        match at.get(key) {
-            Some(seen) if now.duration_since(*seen) < self.ttl => false,
-            _ => {
-                at.insert(key.to_owned(), now);
-                true
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Handling
 
 pub struct Inbound {
@@ -295,10 +266,7 @@ impl Inbound {
             engine,
             api,
             people,
-            seen: Seen {
-                ttl: DEDUPE_TTL,
-                at: Mutex::new(HashMap::new()),
-            },
+            seen: Seen::default(),
             deadline: ACK_DEADLINE,
         }
     }
@@ -346,7 +314,7 @@ impl Inbound {
         match self
             .engine
             .store()
-            .request_for_message(SURFACE, channel, ts)
+            .request_for_message(SURFACE, Some(channel), ts)
             .await
         {
             Ok(found) => found,
@@ -685,17 +653,6 @@ mod tests {
         for no in ["thanks!", "+1", "looks good", "", "doneness is relative"] {
             assert!(!looks_like_command(no), "{no}");
         }
-    }
-
-    #[test]
-    fn deliveries_are_seen_once() {
-        let seen = Seen {
-            ttl: Duration::from_secs(60),
-            at: Mutex::new(HashMap::new()),
-        };
-        assert!(seen.first("event:Ev1"));
-        assert!(!seen.first("event:Ev1"));
-        assert!(seen.first("event:Ev2"));
     }
 
     #[test]

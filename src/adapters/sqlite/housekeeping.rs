@@ -194,15 +194,21 @@ pub(super) fn logbook_head(conn: &Connection) -> Result<Option<(u64, String)>, S
 pub(super) fn request_for_message(
     conn: &Connection,
     surface: &str,
-    channel: &str,
+    channel: Option<&str>,
     message: &str,
 ) -> Result<Option<RequestId>, StoreError> {
-    let id: Option<i64> = conn
-        .prepare_cached(
-            "SELECT request FROM chat_refs WHERE surface = ?1 AND channel = ?2 AND message = ?3",
-        )?
-        .query_row(params![surface, channel, message], |r| r.get(0))
-        .optional()?;
+    let id: Option<i64> = match channel {
+        Some(channel) => conn
+            .prepare_cached(
+                "SELECT request FROM chat_refs WHERE surface = ?1 AND channel = ?2 AND message = ?3",
+            )?
+            .query_row(params![surface, channel, message], |r| r.get(0))
+            .optional()?,
+        None => conn
+            .prepare_cached("SELECT request FROM chat_refs WHERE surface = ?1 AND message = ?2")?
+            .query_row(params![surface, message], |r| r.get(0))
+            .optional()?,
+    };
     Ok(id
         .and_then(|n| u64::try_from(n).ok())
         .and_then(RequestId::new))

@@ -1,0 +1,430 @@
+//! What Discord sends Passport: `/passport` commands, button clicks and (over
+//! the gateway) messages in request threads, whether they arrive at
+//! `/discord/interactions` or over the gateway.
+//!
+//! Interactions are read into the few fields Passport uses, so fields Discord
+//! adds later never make a click fail. Each becomes a line of the command
+//! grammar typed by the person who sent it, and goes through
+//! [`Engine::handle_line`]; a button's custom id is the command it stands for.
+//!
+//! Discord wants an answer within 3 seconds. The work runs in its own task;
+//! the answer waits for it at most [`Inbound::deadline`]: then it carries the
+//! result, or else it is a deferred answer that the result replaces later
+//! (`PATCH …/messages/@original`). Answers to commands and clicks are shown
+//! only to the person (ephemeral).
+//!
+//! **Invariant:** one interaction, one effect. A signed request replayed
+//! within the 5-minute signature window is recognised by its interaction id
+//! and acknowledged without acting. Double clicks are distinct interactions
+//! and are made idempotent by the engine (`you already approved AR-1`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::adapters::seen::Seen;
+use crate::adapters::slack::inbound::looks_like_command;
+use crate::app::engine::{Actor, Engine, Reply};
+use crate::domain::command::help_text;
+use crate::domain::values::{Person, RequestId, UserId};
+
+use super::api::DiscordApi;
+use super::commands::{command_line, SubmittedOption};
+use super::identity::DiscordDirectory;
+use super::render::{text_message, CUSTOM_ID_PREFIX};
+use super::surface::SURFACE;
+
+/// How long the answer to Discord waits for the work, by default: Discord gives 3 s.
+pub const ACK_DEADLINE: Duration = Duration::from_millis(2500);
+
+/// Interaction types.
+pub const PING: u8 = 1;
+pub const APPLICATION_COMMAND: u8 = 2;
+pub const MESSAGE_COMPONENT: u8 = 3;
+
+/// Interaction callback types.
+const PONG: u8 = 1;
+const CHANNEL_MESSAGE: u8 = 4;
+const DEFERRED_CHANNEL_MESSAGE: u8 = 5;
+const DEFERRED_UPDATE_MESSAGE: u8 = 6;
+/// Message flag: shown only to the person who acted.
+const EPHEMERAL: u64 = 64;
+
+// ---------------------------------------------------------------------------
+// Payloads
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct UserPayload {
+    pub id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub global_name: Option<String>,
+    #[serde(default)]
+    pub bot: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct MemberPayload {
+    #[serde(default)]
+    pub user: Option<UserPayload>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ChannelPayload {
+    pub id: String,
+    #[serde(rename = "type", default)]
+    pub kind: u8,
+    #[serde(default)]
+    pub parent_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct DataPayload {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub options: Vec<SubmittedOption>,
+    #[serde(default)]
+    pub custom_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct MessagePayload {
+    pub id: String,
+    #[serde(default)]
+    pub channel_id: Option<String>,
+}
+
+/// An interaction, over HTTP or the gateway.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Interaction {
+    #[serde(rename = "type")]
+    pub kind: u8,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub guild_id: Option<String>,
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    #[serde(default)]
+    pub channel: Option<ChannelPayload>,
+    #[serde(default)]
+    pub member: Option<MemberPayload>,
+    #[serde(default)]
+    pub user: Option<UserPayload>,
+    #[serde(default)]
+    pub data: Option<DataPayload>,
+    #[serde(default)]
+    pub message: Option<MessagePayload>,
+}
+
+impl Interaction {
+    /// Who acted: the member's user in a server, the user in a DM.
+    pub fn actor(&self) -> Option<&UserPayload> {
+        self.member
+            .as_ref()
+            .and_then(|m| m.user.as_ref())
+            .or(self.user.as_ref())
+    }
+
+    fn channel(&self) -> Option<&str> {
+        self.channel
+            .as_ref()
+            .map(|c| c.id.as_str())
+            .or(self.channel_id.as_deref())
+    }
+
+    /// The command line this interaction stands for, if it stands for one.
+    pub fn command_line(&self) -> Option<String> {
+        let data = self.data.as_ref()?;
+        match self.kind {
+            APPLICATION_COMMAND => Some(command_line(&data.options)),
+            MESSAGE_COMPONENT => data
+                .custom_id
+                .as_deref()
+                .and_then(|id| id.strip_prefix(CUSTOM_ID_PREFIX))
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned),
+            _ => None,
+        }
+    }
+}
+
+/// The result of work that outlived the answer: it replaces the deferred answer.
+pub struct Pending {
+    token: String,
+    work: tokio::task::JoinHandle<Reply>,
+}
+
+fn reply_text(reply: &Reply) -> String {
+    if reply.ok {
+        reply.text.clone()
+    } else {
+        format!("⚠️ {}", reply.text)
+    }
+}
+
+const FAILED: &str = "⚠️ Passport hit an internal error and may not have acted: check with `/passport list`, and tell your admins if it happens again";
+
+fn ephemeral(text: &str) -> Value {
+    let mut data = text_message(text, &[]);
+    data["flags"] = json!(EPHEMERAL);
+    json!({ "type": CHANNEL_MESSAGE, "data": data })
+}
+
+// ---------------------------------------------------------------------------
+// Handling
+
+pub struct Inbound {
+    engine: Arc<Engine>,
+    api: Arc<DiscordApi>,
+    directory: Arc<DiscordDirectory>,
+    guild: String,
+    seen: Seen,
+    /// How long an answer waits for the work.
+    pub deadline: Duration,
+}
+
+impl Inbound {
+    pub fn new(
+        engine: Arc<Engine>,
+        api: Arc<DiscordApi>,
+        directory: Arc<DiscordDirectory>,
+        guild: u64,
+    ) -> Self {
+        Self {
+            engine,
+            api,
+            directory,
+            guild: guild.to_string(),
+            seen: Seen::default(),
+            deadline: ACK_DEADLINE,
+        }
+    }
+
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    async fn run(&self, user: &UserPayload, text: &str, thread: Option<RequestId>) -> Reply {
+        let id = match UserId::parse(&user.id) {
+            Ok(id) => id,
+            Err(e) => {
+                return Reply {
+                    ok: false,
+                    text: e.0,
+                    request: None,
+                }
+            }
+        };
+        let handle = user
+            .username
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| user.id.clone());
+        let actor = Actor {
+            person: Person { id, handle },
+            surface: SURFACE.into(),
+        };
+        self.engine.handle_line(&actor, text, thread).await
+    }
+
+    /// The request whose card or thread has the id `message` (a thread's
+    /// channel id is its card's message id).
+    async fn request_of(&self, message: Option<&str>) -> Option<RequestId> {
+        let message = message.filter(|m| !m.is_empty())?;
+        match self
+            .engine
+            .store()
+            .request_for_message(SURFACE, None, message)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up the request of a Discord thread");
+                None
+            }
+        }
+    }
+
+    /// Handles an interaction: answers what to send Discord at once and, when
+    /// the work outlives that answer, the work whose result replaces it
+    /// ([`Inbound::finish`]).
+    pub async fn interaction(self: &Arc<Self>, i: Interaction) -> (Value, Option<Pending>) {
+        if i.kind == PING {
+            return (json!({ "type": PONG }), None);
+        }
+        if !matches!(i.kind, APPLICATION_COMMAND | MESSAGE_COMPONENT) {
+            return (
+                ephemeral("Passport does not handle this kind of interaction"),
+                None,
+            );
+        }
+        if !i.id.is_empty() && !self.seen.first(&format!("interaction:{}", i.id)) {
+            tracing::info!("repeated interaction ignored");
+            return (json!({ "type": DEFERRED_UPDATE_MESSAGE }), None);
+        }
+        if i.guild_id.as_deref().is_some_and(|g| g != self.guild) {
+            return (
+                ephemeral("Passport works only in the server it is set up for: ask there"),
+                None,
+            );
+        }
+        let Some(user) = i.actor().cloned() else {
+            return (ephemeral("Passport cannot tell who you are"), None);
+        };
+        if let Some(member) = &i.member {
+            self.directory.saw_member(&user.id, &member.roles);
+        }
+        let Some(line) = i.command_line() else {
+            return (
+                ephemeral("Passport does not know this button or command"),
+                None,
+            );
+        };
+        if i.kind == APPLICATION_COMMAND && line.eq_ignore_ascii_case("help") {
+            return (ephemeral(&help_text("/passport ")), None);
+        }
+        let this = self.clone();
+        let (channel, message) = (
+            i.channel().map(str::to_owned),
+            i.message.as_ref().map(|m| m.id.clone()),
+        );
+        let mut work = tokio::spawn(async move {
+            // A command in a thread, or a click on a card or in its thread,
+            // acts within that request.
+            let thread = match this.request_of(message.as_deref()).await {
+                Some(r) => Some(r),
+                None => this.request_of(channel.as_deref()).await,
+            };
+            this.run(&user, &line, thread).await
+        });
+        match tokio::time::timeout(self.deadline, &mut work).await {
+            Ok(Ok(reply)) => (ephemeral(&reply_text(&reply)), None),
+            Ok(Err(_)) => (ephemeral(FAILED), None),
+            Err(_) => (
+                json!({ "type": DEFERRED_CHANNEL_MESSAGE, "data": { "flags": EPHEMERAL } }),
+                Some(Pending {
+                    token: i.token.clone(),
+                    work,
+                }),
+            ),
+        }
+    }
+
+    /// Waits for work that outlived its answer and puts its result in place
+    /// of the deferred answer, retrying on rate limits and temporary failures.
+    pub async fn finish(&self, pending: Pending) {
+        use crate::app::ports::ChatError;
+        let text = match pending.work.await {
+            Ok(reply) => reply_text(&reply),
+            Err(_) => FAILED.to_owned(),
+        };
+        let message = text_message(&text, &[]);
+        for attempt in 0..5u32 {
+            match self.api.edit_original(&pending.token, &message).await {
+                Ok(()) => return,
+                Err(ChatError::RateLimited { retry_after_ms }) => {
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+                }
+                Err(ChatError::Transient(e)) => {
+                    tracing::warn!(error = %e, attempt, "cannot answer a deferred interaction; retrying");
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot answer a deferred interaction");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An interaction that came over the gateway: the answer goes back
+    /// through the REST callback.
+    pub async fn over_gateway(self: &Arc<Self>, i: Interaction) {
+        let (id, token) = (i.id.clone(), i.token.clone());
+        let (answer, pending) = self.interaction(i).await;
+        if let Err(e) = self.api.interaction_callback(&id, &token, &answer).await {
+            tracing::warn!(error = %e, "cannot answer an interaction");
+        }
+        if let Some(p) = pending {
+            self.finish(p).await;
+        }
+    }
+
+    /// A message someone wrote in a channel (over the gateway). In a
+    /// request's thread, a command (`extend 1h`, `+30m`, `done`) acts on that
+    /// request and is answered in the thread; anything else is conversation
+    /// and gets no answer.
+    pub async fn thread_message(
+        self: &Arc<Self>,
+        author: UserPayload,
+        channel: &str,
+        message: &str,
+        text: &str,
+    ) {
+        if author.bot == Some(true) || !looks_like_command(text) {
+            return;
+        }
+        if !self.seen.first(&format!("message:{message}")) {
+            return;
+        }
+        let Some(request) = self.request_of(Some(channel)).await else {
+            return;
+        };
+        let reply = self.run(&author, text, Some(request)).await;
+        let mut answer = text_message(&reply_text(&reply), &[]);
+        answer["message_reference"] = json!({ "message_id": message, "fail_if_not_exists": false });
+        if let Err(e) = self.api.post_message(channel, &answer).await {
+            tracing::warn!(error = %e, "cannot answer in a request's thread");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_with_unknown_fields_parse() {
+        let i: Interaction = serde_json::from_value(json!({
+            "type": 3,
+            "id": "1",
+            "token": "t",
+            "application_id": "2",
+            "guild_id": "3",
+            "channel": {"id": "4", "type": 11, "parent_id": "5", "brand_new": true},
+            "member": {"user": {"id": "6", "username": "lead1"}, "roles": ["7"], "avatar": null},
+            "message": {"id": "8", "channel_id": "4", "embeds": [{"type": "brand_new"}]},
+            "data": {"custom_id": "passport:approve AR-1", "component_type": 2},
+            "entitlements": [],
+        }))
+        .unwrap();
+        assert_eq!(i.command_line().as_deref(), Some("approve AR-1"));
+        assert_eq!(i.actor().unwrap().username.as_deref(), Some("lead1"));
+        assert_eq!(i.channel(), Some("4"));
+    }
+
+    #[test]
+    fn foreign_buttons_stand_for_nothing() {
+        let i = Interaction {
+            kind: MESSAGE_COMPONENT,
+            data: Some(DataPayload {
+                custom_id: Some("other-bot:approve AR-1".into()),
+                ..DataPayload::default()
+            }),
+            ..Interaction::default()
+        };
+        assert_eq!(i.command_line(), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! [`DiscordSurface`]: the chat surface on Discord. Cards go to the approvals
+//! channel (or the rule's channel) and are edited in place; each card gets a
+//! thread (whose channel id is the card's message id) for the lifecycle;
+//! direct messages go through a DM channel; audit lines to the audit channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::app::ports::{ChatError, ChatSurface, MessageRef};
+use crate::domain::notice::{Action, CardView};
+use crate::domain::values::UserId;
+
+use super::api::DiscordApi;
+use super::render::{audit_message, card_message, text_message, thread_name, Mentions};
+
+/// The name notices and chat references use for Discord.
+pub const SURFACE: &str = "discord";
+
+pub struct DiscordSurface {
+    api: Arc<DiscordApi>,
+    approvals_channel: String,
+    audit_channel: String,
+    mentions: Mentions,
+    /// User id → direct-message channel id.
+    dm_channels: Mutex<HashMap<String, String>>,
+}
+
+impl DiscordSurface {
+    pub fn new(
+        api: Arc<DiscordApi>,
+        approvals_channel: String,
+        audit_channel: String,
+        mentions: Mentions,
+    ) -> Self {
+        Self {
+            api,
+            approvals_channel,
+            audit_channel,
+            mentions,
+            dm_channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn dm_channel(&self, user: &UserId) -> Result<String, ChatError> {
+        let cached = self
+            .dm_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user.as_str())
+            .cloned();
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let channel = self.api.open_dm(user.as_str()).await?;
+        self.dm_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.as_str().to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+#[async_trait]
+impl ChatSurface for DiscordSurface {
+    fn name(&self) -> &str {
+        SURFACE
+    }
+
+    async fn post_card(&self, card: &CardView) -> Result<MessageRef, ChatError> {
+        let channel = card
+            .channel
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .unwrap_or(&self.approvals_channel)
+            .to_owned();
+        let message = self
+            .api
+            .post_message(&channel, &card_message(card, &self.mentions))
+            .await?;
+        // The card is posted, so this never fails the delivery (which would
+        // post a second card); a reply starts the thread if this did not.
+        if let Err(e) = self
+            .api
+            .start_thread(&channel, &message, &thread_name(card))
+            .await
+        {
+            tracing::warn!(request = %card.request, error = %e, "cannot start the card's thread yet");
+        }
+        Ok(MessageRef { channel, message })
+    }
+
+    async fn update_card(&self, at: &MessageRef, card: &CardView) -> Result<(), ChatError> {
+        self.api
+            .edit_message(
+                &at.channel,
+                &at.message,
+                &card_message(card, &self.mentions),
+            )
+            .await
+    }
+
+    async fn reply_in_thread(
+        &self,
+        at: &MessageRef,
+        text: &str,
+        actions: &[Action],
+    ) -> Result<(), ChatError> {
+        // The thread's channel id is the card's message id.
+        let message = text_message(text, actions);
+        match self.api.post_message(&at.message, &message).await {
+            Ok(_) => Ok(()),
+            Err(ChatError::Permanent(e)) if e.contains("code 10003") => {
+                // No thread yet (starting it with the card failed): start it now.
+                self.api
+                    .start_thread(&at.channel, &at.message, "Passport access request")
+                    .await?;
+                self.api
+                    .post_message(&at.message, &message)
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn direct_message(
+        &self,
+        user: &UserId,
+        text: &str,
+        actions: &[Action],
+    ) -> Result<(), ChatError> {
+        let channel = self.dm_channel(user).await?;
+        self.api
+            .post_message(&channel, &text_message(text, actions))
+            .await
+            .map(|_| ())
+    }
+
+    async fn post_audit(&self, line: &str) -> Result<(), ChatError> {
+        self.api
+            .post_message(&self.audit_channel, &audit_message(line))
+            .await
+            .map(|_| ())
+    }
+}

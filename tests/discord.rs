@@ -1,0 +1,1068 @@
+//! Discord, end to end over real HTTP: the real application on port 0 with a
+//! fresh SQLite file, interactions signed with an Ed25519 key exactly as
+//! Discord signs them, and a fake Discord REST API on 127.0.0.1 that records
+//! what Passport posts. Time is the engine's hand-moved clock; nothing sleeps
+//! to wait for a timer. The gateway shares the handlers; its mapping from
+//! serenity's types is tested directly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fake_discord;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use ed25519_dalek::{Signer, SigningKey};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use fake_discord::{FakeDiscord, APPLICATION_ID, BOT_TOKEN, GUILD_ID};
+use passport::adapters::clock::ManualClock;
+use passport::adapters::discord::gateway::from_gateway;
+use passport::adapters::discord::inbound::UserPayload;
+use passport::adapters::discord::DiscordConfig;
+use passport::app::ports::{Clock, Store};
+use passport::config::{Config, DryRunInstance, RuleConfig, Secret};
+use passport::domain::notice::Notice;
+use passport::domain::request::RequestState;
+use passport::domain::time::Span;
+use passport::domain::values::RequestId;
+use passport::startup::{self, DiscordOptions};
+
+const APPROVALS: &str = "1500000000000000001";
+const AUDIT: &str = "1500000000000000002";
+const GENERAL: &str = "1500000000000000003";
+const APPROVER_ROLE: &str = "1600000000000000001";
+const SRE_ROLE: &str = "1600000000000000002";
+const WEB: &str = "i-0123456789abcdef0";
+const PROD: &str = "i-0aaaaaaaaaaaaaaa1";
+
+const DEV: &str = "1700000000000000001";
+const LEAD1: &str = "1700000000000000002";
+const LEAD2: &str = "1700000000000000003";
+const SRE1: &str = "1700000000000000004";
+const SRE2: &str = "1700000000000000005";
+const OTHER: &str = "1700000000000000009";
+
+const SEED: [u8; 32] = [7; 32];
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+fn unique() -> u64 {
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+struct TestApp {
+    base: String,
+    fake: FakeDiscord,
+    built: startup::DiscordApp,
+    clock: ManualClock,
+    db: PathBuf,
+    server: tokio::task::JoinHandle<()>,
+    http: HttpClient,
+    _dir: Option<tempfile::TempDir>,
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The text of an immediate answer (type 4).
+    fn text(&self) -> String {
+        let v = self.json();
+        let content = v["data"]["content"].as_str().unwrap_or_default();
+        let embed = v["data"]["embeds"][0]["description"]
+            .as_str()
+            .unwrap_or_default();
+        format!("{content}{embed}")
+    }
+}
+
+fn handle_of(user: &str) -> &'static str {
+    match user {
+        DEV => "dev1",
+        LEAD1 => "lead1",
+        LEAD2 => "lead2",
+        SRE1 => "sre1",
+        SRE2 => "sre2",
+        _ => "other",
+    }
+}
+
+fn roles_of(user: &str) -> Vec<&'static str> {
+    match user {
+        LEAD1 | LEAD2 => vec![APPROVER_ROLE],
+        SRE1 | SRE2 => vec![SRE_ROLE],
+        _ => vec![],
+    }
+}
+
+/// approvers: the role APPROVER_ROLE (LEAD1, LEAD2); sre-leads: the role
+/// SRE_ROLE (SRE1, SRE2); env=prod needs 2 sre-leads approvals.
+fn config(db: &Path, fake: &FakeDiscord, mode: &str) -> Config {
+    let mut c = Config::default();
+    c.store.path = db.to_path_buf();
+    c.groups = BTreeMap::from([("admins".into(), vec!["1700000000000000100".into()])]);
+    c.policy.requesters = vec!["*".into()];
+    c.policy.rules = vec![RuleConfig {
+        name: "prod".into(),
+        tags: BTreeMap::from([("env".into(), "prod".into())]),
+        approvers: vec!["group:sre-leads".into()],
+        approvals: 2,
+        ..RuleConfig::default()
+    }];
+    c.policy.default.approvers = vec!["group:approvers".into()];
+    c.requests.ticket_url = Some("https://tickets.example.com/browse/{ticket}".into());
+    c.dry_run.instances = vec![
+        DryRunInstance {
+            id: WEB.into(),
+            name: Some("web-1".into()),
+            platform: "linux".into(),
+            state: "running".into(),
+            tags: BTreeMap::from([("env".into(), "staging".into())]),
+            private_ips: vec!["10.0.1.15".into()],
+        },
+        DryRunInstance {
+            id: PROD.into(),
+            name: Some("db-prod-1".into()),
+            platform: "linux".into(),
+            state: "running".into(),
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            private_ips: vec!["10.1.1.20".into()],
+        },
+    ];
+    c.jobs.reconcile = "off".into();
+    c.jobs.digest = "off".into();
+    c.jobs.checkpoint = "off".into();
+    c.discord = Some(DiscordConfig {
+        mode: mode.into(),
+        bot_token: Some(Secret::from(BOT_TOKEN)),
+        application_id: APPLICATION_ID.into(),
+        public_key: hex::encode(SigningKey::from_bytes(&SEED).verifying_key().to_bytes()),
+        guild_id: GUILD_ID.into(),
+        approvals_channel: APPROVALS.into(),
+        audit_channel: AUDIT.into(),
+        api_url: fake.api_url(),
+        roles: BTreeMap::from([
+            ("approvers".into(), APPROVER_ROLE.into()),
+            ("sre-leads".into(), SRE_ROLE.into()),
+        ]),
+        ..DiscordConfig::default()
+    });
+    c
+}
+
+async fn spawn_app() -> TestApp {
+    spawn_app_with(Duration::from_millis(2500)).await
+}
+
+async fn spawn_app_with(deadline: Duration) -> TestApp {
+    startup::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    for c in [APPROVALS, AUDIT, GENERAL] {
+        fake.add_channel(c);
+    }
+    for u in [DEV, LEAD1, LEAD2, SRE1, SRE2, OTHER] {
+        fake.add_member(u, handle_of(u), &roles_of(u));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("passport.db");
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let mut app = start(&fake, &db, clock, deadline).await;
+    app._dir = Some(dir);
+    app
+}
+
+async fn start(fake: &FakeDiscord, db: &Path, clock: ManualClock, deadline: Duration) -> TestApp {
+    let settings = config(db, fake, "http").validate().unwrap();
+    let discord = settings.discord.clone().unwrap();
+    let built = startup::discord_app(
+        &settings,
+        &discord,
+        DiscordOptions {
+            clock: Arc::new(clock.clone()),
+            provisioner: startup::logged_dry_run(&settings),
+            ack_deadline: deadline,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(built.gateway.is_none(), "HTTP mode starts no gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = built.router.clone();
+    let server = tokio::spawn(async move {
+        passport::http::serve(listener, router, std::future::pending())
+            .await
+            .unwrap();
+    });
+    TestApp {
+        base,
+        fake: fake.clone(),
+        built,
+        clock,
+        db: db.to_path_buf(),
+        server,
+        http: Client::builder(TokioExecutor::new()).build_http(),
+        _dir: None,
+    }
+}
+
+fn member(user: &str) -> Value {
+    json!({
+        "user": {
+            "id": user, "username": handle_of(user), "discriminator": "0",
+            "global_name": handle_of(user).to_uppercase(), "avatar": null,
+        },
+        "roles": roles_of(user),
+        "joined_at": "2024-01-01T00:00:00.000000+00:00",
+        "deaf": false, "mute": false, "flags": 0, "pending": false,
+        "permissions": "2248473465835073", "nick": null, "avatar": null,
+    })
+}
+
+fn option(name: &str, value: &str) -> Value {
+    json!({ "type": 3, "name": name, "value": value })
+}
+
+/// A `/passport <sub>` interaction in `channel` (with `parent` when it is a thread).
+fn command_interaction(
+    user: &str,
+    channel: &str,
+    parent: Option<&str>,
+    sub: &str,
+    options: &[(&str, &str)],
+) -> Value {
+    let n = unique();
+    let mut ch = json!({ "id": channel, "type": 0, "guild_id": GUILD_ID, "name": "access" });
+    if let Some(p) = parent {
+        ch["type"] = json!(11);
+        ch["parent_id"] = json!(p);
+    }
+    json!({
+        "type": 2,
+        "id": (1_800_000_000_000_000_000u64 + n).to_string(),
+        "application_id": APPLICATION_ID,
+        "token": format!("interaction-token-{n}"),
+        "version": 1,
+        "guild_id": GUILD_ID,
+        "channel_id": channel,
+        "channel": ch,
+        "member": member(user),
+        "app_permissions": "2248473465835073",
+        "locale": "en-US",
+        "guild_locale": "en-US",
+        "entitlements": [],
+        "attachment_size_limit": 10485760,
+        "authorizing_integration_owners": { "0": GUILD_ID },
+        "context": 0,
+        "data": {
+            "id": "1900000000000000001",
+            "name": "passport",
+            "type": 1,
+            "guild_id": GUILD_ID,
+            "options": [{
+                "type": 1,
+                "name": sub,
+                "options": options.iter().map(|(k, v)| option(k, v)).collect::<Vec<_>>(),
+            }],
+        },
+    })
+}
+
+/// A click on the button `custom_id` of `message` in `channel`.
+fn click_interaction(user: &str, channel: &str, message: &str, custom_id: &str) -> Value {
+    let n = unique();
+    json!({
+        "type": 3,
+        "id": (1_800_000_000_000_000_000u64 + n).to_string(),
+        "application_id": APPLICATION_ID,
+        "token": format!("interaction-token-{n}"),
+        "version": 1,
+        "guild_id": GUILD_ID,
+        "channel_id": channel,
+        "channel": { "id": channel, "type": 0, "guild_id": GUILD_ID, "name": "access" },
+        "member": member(user),
+        "app_permissions": "2248473465835073",
+        "locale": "en-US",
+        "guild_locale": "en-US",
+        "entitlements": [],
+        "attachment_size_limit": 10485760,
+        "message": {
+            "id": message, "channel_id": channel, "type": 0, "content": "", "embeds": [],
+            "components": [], "author": { "id": fake_discord::BOT_USER_ID, "username": "Passport", "discriminator": "0000", "avatar": null, "bot": true },
+            "attachments": [], "mentions": [], "mention_roles": [], "pinned": false,
+            "mention_everyone": false, "tts": false, "timestamp": "2026-11-25T10:00:00.000000+00:00",
+            "edited_timestamp": null, "flags": 0,
+        },
+        "data": { "custom_id": custom_id, "component_type": 2 },
+    })
+}
+
+impl TestApp {
+    fn now_secs(&self) -> i64 {
+        self.clock.now().as_millis() / 1000
+    }
+
+    async fn post_raw(&self, body: &str, headers: &[(&str, String)]) -> Answer {
+        let mut req = axum::http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/discord/interactions", self.base))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let res = self
+            .http
+            .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// Signs `body` as Discord does, `skew` seconds before the application's clock.
+    fn signed_at(&self, body: &str, skew: i64) -> Vec<(&'static str, String)> {
+        let ts = (self.now_secs() - skew).to_string();
+        let key = SigningKey::from_bytes(&SEED);
+        let mut message = ts.as_bytes().to_vec();
+        message.extend_from_slice(body.as_bytes());
+        vec![
+            (
+                "x-signature-ed25519",
+                hex::encode(key.sign(&message).to_bytes()),
+            ),
+            ("x-signature-timestamp", ts),
+        ]
+    }
+
+    async fn send(&self, interaction: &Value) -> Answer {
+        let body = interaction.to_string();
+        let headers = self.signed_at(&body, 0);
+        self.post_raw(&body, &headers).await
+    }
+
+    async fn command(&self, user: &str, sub: &str, options: &[(&str, &str)]) -> Answer {
+        self.send(&command_interaction(user, GENERAL, None, sub, options))
+            .await
+    }
+
+    /// `/passport <sub>` typed in the thread of the card `card`.
+    async fn command_in_thread(
+        &self,
+        user: &str,
+        card: &str,
+        sub: &str,
+        options: &[(&str, &str)],
+    ) -> Answer {
+        self.send(&command_interaction(
+            user,
+            card,
+            Some(APPROVALS),
+            sub,
+            options,
+        ))
+        .await
+    }
+
+    async fn click(&self, user: &str, channel: &str, message: &str, command: &str) -> Answer {
+        self.send(&click_interaction(
+            user,
+            channel,
+            message,
+            &format!("passport:{command}"),
+        ))
+        .await
+    }
+
+    async fn settle(&self) {
+        self.built.app.scheduler.settle().await.unwrap();
+    }
+
+    /// Delivers until the outbox is empty, moving the clock past each Retry-After.
+    async fn deliver_everything(&self) {
+        for _ in 0..200 {
+            self.settle().await;
+            let counts = self.built.app.store.outbox_counts().await.unwrap();
+            if counts.pending == 0 {
+                return;
+            }
+            self.clock.advance(Span::from_secs(1));
+        }
+        panic!("the outbox never emptied");
+    }
+
+    /// The card of `request`: (channel, message id) of its post.
+    async fn card(&self, request: u64) -> (String, String) {
+        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
+        let at = self
+            .built
+            .app
+            .store
+            .chat_ref(id, "discord")
+            .await
+            .unwrap()
+            .expect("the card was posted");
+        (at.channel, at.message)
+    }
+
+    async fn state(&self, request: u64) -> RequestState {
+        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
+        self.built.app.store.get(id).await.unwrap().unwrap().state
+    }
+
+    async fn events(&self, request: u64, action: &str) -> usize {
+        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
+        self.built
+            .app
+            .store
+            .audit_events(Some(id), None)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == action)
+            .count()
+    }
+
+    async fn stop(self) -> (FakeDiscord, PathBuf, ManualClock, Option<tempfile::TempDir>) {
+        self.server.abort();
+        self.built.app.store.close().await;
+        (self.fake, self.db, self.clock, self._dir)
+    }
+
+    /// Every notice in the outbox, in the order they were queued.
+    fn outbox(&self) -> Vec<(Notice, bool)> {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT notice, delivered_at IS NOT NULL FROM outbox ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| {
+            let notice: String = r.get(0)?;
+            Ok((serde_json::from_str(&notice).unwrap(), r.get(1)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// Checks that Discord got every notice exactly once, in order within
+    /// each lane: each request's thread, each person's direct messages, the
+    /// audit channel.
+    async fn assert_delivered_in_order(&self) {
+        let counts = self.built.app.store.outbox_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.dead), (0, 0), "{counts:?}");
+        let mut threads: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut dms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut audit = Vec::new();
+        let shown = |t: &str| {
+            if t.chars().count() <= 2000 {
+                t.to_owned()
+            } else {
+                t.lines().next().unwrap_or_default().to_owned()
+            }
+        };
+        for (notice, delivered) in self.outbox() {
+            assert!(delivered);
+            match notice {
+                Notice::Thread { request, text, .. } => threads
+                    .entry(request.number())
+                    .or_default()
+                    .push(shown(&text)),
+                Notice::Direct { user, text, .. } => {
+                    dms.entry(user.to_string()).or_default().push(shown(&text))
+                }
+                Notice::Audit { text } => audit.push(shown(&text)),
+                Notice::Card(_) => {}
+            }
+        }
+        for (request, expected) in threads {
+            let (_, message) = self.card(request).await;
+            assert_eq!(
+                self.fake.thread(&message),
+                expected,
+                "thread of AR-{request}"
+            );
+        }
+        for (user, expected) in dms {
+            assert_eq!(self.fake.dms(&user), expected, "direct messages to {user}");
+        }
+        let posted: Vec<String> = self
+            .fake
+            .posts_in(AUDIT)
+            .iter()
+            .map(|c| c.content())
+            .collect();
+        assert_eq!(posted, audit, "audit channel");
+    }
+}
+
+fn contains(haystack: &[String], needle: &str) -> bool {
+    haystack.iter().any(|h| h.contains(needle))
+}
+
+fn is_ephemeral(answer: &Answer) -> bool {
+    answer.json()["type"] == 4 && answer.json()["data"]["flags"] == 64
+}
+
+// ---------------------------------------------------------------------------
+// The whole lifecycle
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_goes_from_slash_command_to_final_card() {
+    let app = spawn_app().await;
+
+    // Discord checks the endpoint with a PING.
+    let ping = app.send(&json!({ "type": 1, "id": "1", "token": "t", "application_id": APPLICATION_ID, "version": 1 })).await;
+    assert_eq!((ping.status, ping.json()), (200, json!({ "type": 1 })));
+
+    // Request.
+    let answer = app
+        .command(
+            DEV,
+            "request",
+            &[
+                ("instances", WEB),
+                ("duration", "2h"),
+                ("ticket", "ticket#123"),
+                ("reason", "disk **full** @everyone"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(is_ephemeral(&answer), "{}", answer.body);
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    app.settle().await;
+
+    // The card: in the approvals channel, notifying the approver role only,
+    // with Approve and Deny buttons that carry the command text.
+    let cards = app.fake.posts_in(APPROVALS);
+    assert_eq!(cards.len(), 1, "{cards:?}");
+    let card = &cards[0];
+    let (channel, message) = app.card(1).await;
+    assert_eq!(channel, APPROVALS);
+    assert_eq!(card.message.as_deref(), Some(message.as_str()));
+    let ids = card.custom_ids();
+    assert!(ids.iter().any(|v| v == "passport:approve AR-1"), "{ids:?}");
+    assert!(
+        ids.iter().any(|v| v.starts_with("passport:deny AR-1")),
+        "{ids:?}"
+    );
+    assert!(
+        card.content().contains(&format!("<@&{APPROVER_ROLE}>")),
+        "{}",
+        card.content()
+    );
+    assert_eq!(card.body["allowed_mentions"]["parse"], json!([]));
+    assert_eq!(
+        card.body["allowed_mentions"]["roles"],
+        json!([APPROVER_ROLE])
+    );
+    let text = card.embed_text();
+    assert!(
+        text.contains("web-1") && text.contains("env staging"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(https://tickets.example.com/browse/123)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\\*\\*full\\*\\* \\@everyone"),
+        "people's text is escaped: {text}"
+    );
+    // The lifecycle thread hangs off the card.
+    assert!(app.fake.has_thread(&message));
+
+    // Someone without the role cannot approve; an approver clicks Approve.
+    let answer = app.click(OTHER, &channel, &message, "approve AR-1").await;
+    assert!(answer.text().starts_with("⚠️"), "{}", answer.body);
+    let answer = app.click(LEAD1, &channel, &message, "approve AR-1").await;
+    assert_eq!(answer.status, 200);
+    assert!(is_ephemeral(&answer));
+    assert!(answer.text().contains("AR-1 approved"), "{}", answer.body);
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+
+    // The card was edited in place; its last version has no buttons and says who approved.
+    let edits = app.fake.edits(&message);
+    assert!(!edits.is_empty());
+    let last = edits.last().unwrap();
+    assert!(
+        last.custom_ids().is_empty(),
+        "no stale buttons: {:?}",
+        last.body
+    );
+    assert!(last.embed_text().contains("lead1"), "{:?}", last.body);
+    assert!(last.body["allowed_mentions"]["roles"] == json!([]));
+    // The thread carries the lifecycle, and the requester was told directly.
+    let thread = app.fake.thread(&message);
+    assert!(contains(&thread, "approved"), "{thread:?}");
+    assert!(!app.fake.dms(DEV).is_empty());
+
+    // The requester extends from the thread (no AR-n needed there); someone else may not.
+    let answer = app
+        .command_in_thread(DEV, &message, "extend", &[("duration", "1h")])
+        .await;
+    assert!(
+        answer.text().contains("AR-1 extended by 1h"),
+        "{}",
+        answer.body
+    );
+    let answer = app
+        .command_in_thread(OTHER, &message, "extend", &[("duration", "1h")])
+        .await;
+    assert!(answer.text().starts_with("⚠️"), "{}", answer.body);
+    assert_eq!(app.events(1, "extended").await, 1);
+    app.settle().await;
+
+    // A warning in the thread has Extend and Complete buttons; Complete finishes.
+    app.clock.advance(Span::from_minutes(170));
+    app.settle().await;
+    let warning = app
+        .fake
+        .posts_in(&message)
+        .into_iter()
+        .rev()
+        .find(|c| !c.custom_ids().is_empty())
+        .expect("a warning with buttons");
+    let ids = warning.custom_ids();
+    assert!(
+        ids.contains(&"passport:extend AR-1 1h".to_owned()),
+        "{ids:?}"
+    );
+    let answer = app
+        .click(
+            DEV,
+            &message,
+            warning.message.as_deref().unwrap(),
+            "complete AR-1",
+        )
+        .await;
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Completed);
+    let last = app.fake.edits(&message).last().cloned().unwrap();
+    assert!(last.embed_text().contains("Completed"), "{:?}", last.body);
+    assert!(last.custom_ids().is_empty());
+
+    // Every Logbook event reached the audit channel, and every notice its lane, in order.
+    assert!(!app.fake.posts_in(AUDIT).is_empty());
+    app.assert_delivered_in_order().await;
+    // Nothing Passport sent broke Discord's limits.
+    let refused: Vec<_> = app.fake.calls().into_iter().filter(|c| !c.ok()).collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prod_request_needs_two_members_of_the_role() {
+    let app = spawn_app().await;
+    app.command(
+        DEV,
+        "request",
+        &[
+            ("instances", PROD),
+            ("ticket", "ticket#9"),
+            ("reason", "migrate"),
+        ],
+    )
+    .await;
+    app.settle().await;
+    let (channel, message) = app.card(1).await;
+    let card = &app.fake.posts_in(APPROVALS)[0];
+    assert!(
+        card.content().contains(&format!("<@&{SRE_ROLE}>")),
+        "{}",
+        card.content()
+    );
+
+    // LEAD1 approves other things, not prod.
+    let answer = app.click(LEAD1, &channel, &message, "approve AR-1").await;
+    assert!(answer.text().starts_with("⚠️"), "{}", answer.body);
+    app.click(SRE1, &channel, &message, "approve AR-1").await;
+    assert_eq!(app.state(1).await, RequestState::Pending);
+    app.click(SRE2, &channel, &message, "approve AR-1").await;
+    assert_ne!(app.state(1).await, RequestState::Pending);
+}
+
+// ---------------------------------------------------------------------------
+// Refusals
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_badly_signed_and_stale_interactions_are_refused() {
+    let app = spawn_app().await;
+    let body = command_interaction(
+        DEV,
+        GENERAL,
+        None,
+        "request",
+        &[("instances", WEB), ("ticket", "ticket#1")],
+    )
+    .to_string();
+
+    let none = app.post_raw(&body, &[]).await;
+    assert_eq!(none.status, 401);
+    let mut headers = app.signed_at(&body, 0);
+    headers[0].1.replace_range(0..2, "00");
+    assert_eq!(app.post_raw(&body, &headers).await.status, 401);
+    let other_body = body.replace("ticket#1", "ticket#2");
+    let headers = app.signed_at(&body, 0);
+    assert_eq!(app.post_raw(&other_body, &headers).await.status, 401);
+    let stale = app.signed_at(&body, 301);
+    assert_eq!(app.post_raw(&body, &stale).await.status, 401);
+    // Signed by another key.
+    let ts = app.now_secs().to_string();
+    let mut m = ts.as_bytes().to_vec();
+    m.extend_from_slice(body.as_bytes());
+    let forged = SigningKey::from_bytes(&[9; 32]).sign(&m);
+    let headers = vec![
+        ("x-signature-ed25519", hex::encode(forged.to_bytes())),
+        ("x-signature-timestamp", ts),
+    ];
+    assert_eq!(app.post_raw(&body, &headers).await.status, 401);
+    // Too large.
+    let big = format!("{{\"type\":1,\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
+    let headers = app.signed_at(&big, 0);
+    assert_eq!(app.post_raw(&big, &headers).await.status, 413);
+
+    app.settle().await;
+    assert!(app.fake.posts_in(APPROVALS).is_empty(), "nothing acted");
+    let fresh = app.signed_at(&body, 0);
+    assert_eq!(app.post_raw(&body, &fresh).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_clicks_and_replays_cause_one_effect() {
+    let app = spawn_app().await;
+    app.command(
+        DEV,
+        "request",
+        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+    )
+    .await;
+    app.settle().await;
+    let (channel, message) = app.card(1).await;
+
+    // A replay of the very same signed interaction.
+    let click = click_interaction(LEAD1, &channel, &message, "passport:approve AR-1");
+    let first = app.send(&click).await;
+    assert!(first.text().contains("approved"), "{}", first.body);
+    let replay = app.send(&click).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.json()["type"], 6, "acknowledged without acting");
+
+    // Two clicks, and two approvers racing.
+    let (a, b, c) = tokio::join!(
+        app.click(LEAD1, &channel, &message, "approve AR-1"),
+        app.click(LEAD2, &channel, &message, "approve AR-1"),
+        app.click(LEAD1, &channel, &message, "approve AR-1"),
+    );
+    for x in [&a, &b, &c] {
+        assert_eq!(x.status, 200);
+    }
+    app.settle().await;
+    assert_eq!(app.events(1, "approved").await, 1);
+    assert_eq!(app.state(1).await, RequestState::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_approves_their_own_request_and_other_servers_are_refused() {
+    let app = spawn_app().await;
+    app.command(
+        LEAD1,
+        "request",
+        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+    )
+    .await;
+    app.settle().await;
+    let (channel, message) = app.card(1).await;
+    let answer = app.click(LEAD1, &channel, &message, "approve AR-1").await;
+    assert!(answer.text().starts_with("⚠️"), "{}", answer.body);
+    assert_eq!(app.state(1).await, RequestState::Pending);
+
+    let mut foreign = click_interaction(LEAD2, &channel, &message, "passport:approve AR-1");
+    foreign["guild_id"] = json!("1399999999999999999");
+    let answer = app.send(&foreign).await;
+    assert!(
+        answer.text().contains("only in the server"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(app.state(1).await, RequestState::Pending);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_and_bad_input_get_clear_answers() {
+    let app = spawn_app().await;
+    let help = app.command(DEV, "help", &[]).await;
+    assert!(is_ephemeral(&help));
+    assert!(help.text().contains("/passport request"), "{}", help.body);
+    let bad = app
+        .command(
+            DEV,
+            "request",
+            &[("instances", "web-1"), ("ticket", "ticket#1")],
+        )
+        .await;
+    assert!(bad.text().starts_with("⚠️"), "{}", bad.body);
+    assert!(bad.text().contains("i-"), "says what to type: {}", bad.body);
+    let outside = app.command(DEV, "extend", &[("duration", "1h")]).await;
+    assert!(outside.text().contains("AR-12"), "{}", outside.body);
+}
+
+// ---------------------------------------------------------------------------
+// Delivery
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_loses_nothing_and_keeps_each_thread_in_order() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.command(
+            DEV,
+            "request",
+            &[
+                ("instances", WEB),
+                ("ticket", &format!("ticket#{i}")),
+                ("reason", "r"),
+            ],
+        )
+        .await;
+    }
+    app.settle().await;
+    for n in 1..=3 {
+        let (channel, message) = app.card(n).await;
+        app.click(LEAD1, &channel, &message, &format!("approve AR-{n}"))
+            .await;
+    }
+    app.settle().await;
+    // Every call for a while answers 429.
+    app.fake.rate_limit_next(25, 2.0);
+    for n in 1..=3 {
+        let (_, message) = app.card(n).await;
+        app.command_in_thread(DEV, &message, "complete", &[]).await;
+    }
+    // Nothing is retried before Retry-After has passed on the clock.
+    app.settle().await;
+    let limited = app
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.status == 429)
+        .count();
+    assert!(limited >= 1);
+    app.settle().await;
+    assert_eq!(
+        app.fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.status == 429)
+            .count(),
+        limited,
+        "a rate-limited lane waits for Retry-After"
+    );
+    app.deliver_everything().await;
+    assert_eq!(
+        app.fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.status == 429)
+            .count(),
+        25
+    );
+    app.assert_delivered_in_order().await;
+    for n in 1..=3 {
+        assert_eq!(app.state(n).await, RequestState::Completed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_commit_and_delivery_delivers_once() {
+    let app = spawn_app().await;
+    app.command(
+        DEV,
+        "request",
+        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+    )
+    .await;
+    // Stop before anything was delivered.
+    let (fake, db, clock, dir) = app.stop().await;
+    assert!(fake.posts_in(APPROVALS).is_empty());
+    let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
+    app._dir = dir;
+    app.deliver_everything().await;
+    assert_eq!(app.fake.posts_in(APPROVALS).len(), 1);
+    app.deliver_everything().await;
+    assert_eq!(app.fake.posts_in(APPROVALS).len(), 1);
+    app.assert_delivered_in_order().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_work_is_deferred_then_the_answer_replaces_it() {
+    let app = spawn_app_with(Duration::ZERO).await;
+    let answer = app
+        .command(
+            DEV,
+            "request",
+            &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+        )
+        .await;
+    assert_eq!(answer.json(), json!({ "type": 5, "data": { "flags": 64 } }));
+    for _ in 0..200 {
+        if !app.fake.original_edits().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let edits = app.fake.original_edits();
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert!(edits[0].content().contains("AR-1"), "{:?}", edits[0].body);
+}
+
+// ---------------------------------------------------------------------------
+// Commands and the gateway
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passport_registers_its_command_with_typed_options() {
+    let app = spawn_app().await;
+    let discord = config(&app.db, &app.fake, "http")
+        .validate()
+        .unwrap()
+        .discord
+        .unwrap();
+    passport::adapters::discord::register_commands(app.built.api.clone(), &discord).await;
+    let commands = app.fake.commands();
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(commands[0]["name"], "passport");
+    let subs: Vec<&str> = commands[0]["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for s in [
+        "request", "approve", "deny", "extend", "complete", "cancel", "revoke", "list", "show",
+        "audit", "help",
+    ] {
+        assert!(subs.contains(&s), "{s} in {subs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_interactions_map_to_the_same_commands() {
+    // As the gateway delivers them: serenity's own model types.
+    let command: serenity::all::Interaction = serde_json::from_value(command_interaction(
+        DEV,
+        GENERAL,
+        None,
+        "request",
+        &[
+            ("instances", WEB),
+            ("ticket", "ticket#1"),
+            ("duration", "2h"),
+            ("reason", "disk full"),
+        ],
+    ))
+    .unwrap();
+    let mapped = from_gateway(&command).unwrap();
+    assert_eq!(
+        mapped.command_line().as_deref(),
+        Some(format!("request {WEB} 2h ticket#1 disk full").as_str())
+    );
+    assert_eq!(mapped.actor().unwrap().id, DEV);
+    assert_eq!(mapped.member.as_ref().unwrap().roles, Vec::<String>::new());
+
+    let click: serenity::all::Interaction = serde_json::from_value(click_interaction(
+        LEAD1,
+        APPROVALS,
+        "1400000000000000001",
+        "passport:approve AR-7",
+    ))
+    .unwrap();
+    let mapped = from_gateway(&click).unwrap();
+    assert_eq!(mapped.command_line().as_deref(), Some("approve AR-7"));
+    assert_eq!(
+        mapped.member.as_ref().unwrap().roles,
+        vec![APPROVER_ROLE.to_owned()]
+    );
+    assert_eq!(mapped.message.as_ref().unwrap().id, "1400000000000000001");
+
+    // Over the gateway the answer goes back through the callback route, and a
+    // message written in a request's thread acts on that request.
+    let app = spawn_app().await;
+    let inbound = app.built.inbound.clone();
+    inbound
+        .over_gateway(
+            from_gateway(
+                &serde_json::from_value(command_interaction(
+                    DEV,
+                    GENERAL,
+                    None,
+                    "request",
+                    &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+                ))
+                .unwrap(),
+            )
+            .unwrap(),
+        )
+        .await;
+    let callbacks = app.fake.callbacks();
+    assert_eq!(callbacks.len(), 1);
+    assert!(
+        callbacks[0].content().contains("AR-1"),
+        "{:?}",
+        callbacks[0].body
+    );
+    app.settle().await;
+    let (channel, message) = app.card(1).await;
+    app.click(LEAD1, &channel, &message, "approve AR-1").await;
+    app.settle().await;
+    let author = |id: &str| UserPayload {
+        id: id.into(),
+        username: Some(handle_of(id).into()),
+        global_name: None,
+        bot: Some(false),
+    };
+    inbound
+        .thread_message(author(OTHER), &message, "1990000000000000001", "extend 1h")
+        .await;
+    inbound
+        .thread_message(
+            author(DEV),
+            &message,
+            "1990000000000000002",
+            "thanks, looks good",
+        )
+        .await;
+    inbound
+        .thread_message(author(DEV), &message, "1990000000000000003", "extend 1h")
+        .await;
+    assert_eq!(app.events(1, "extended").await, 1);
+    let thread = app.fake.thread(&message);
+    assert!(
+        contains(&thread, "⚠️"),
+        "the refusal is answered: {thread:?}"
+    );
+    assert!(contains(&thread, "AR-1 extended by 1h"), "{thread:?}");
+    assert!(!contains(&thread, "looks good"));
+    inbound
+        .thread_message(author(DEV), &message, "1990000000000000004", "done")
+        .await;
+    assert_eq!(app.state(1).await, RequestState::Completed);
+}
