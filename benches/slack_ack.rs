@@ -7,7 +7,10 @@
 //! router, a fresh SQLite file, the dry-run provisioner) with a tiny stand-in
 //! for Slack's Web API, which it asks only for the requester's name (once,
 //! then cached). Every request is committed before it is answered; at the end
-//! the number of stored requests is checked against the answers.
+//! the number of stored requests is checked against the answers. Each rate is
+//! preceded by 3 unmeasured seconds at that rate, so that the generator has
+//! opened its connections before the measured run (`PASSPORT_BENCH_TIMELINE=1`
+//! prints p99 and max per second of the run).
 //!
 //! Settings: `PASSPORT_BENCH_RATES` (default `500,2000,10000` requests per
 //! second), `PASSPORT_BENCH_SECS` (default 10 per rate; the figure for
@@ -37,6 +40,10 @@ use passport::app::ports::Clock;
 use passport::config::{Config, Secret};
 use passport::http::verify::sign;
 use passport::startup::{self, SlackOptions};
+
+/// The allocator of the `passport` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const USER: &str = "U0BENCH";
@@ -123,6 +130,9 @@ async fn start_server() -> Server {
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
+/// Seconds at the measured rate before each measured run.
+const WARM_UP_SECS: u64 = 3;
+static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn help_only() -> bool {
     std::env::var("PASSPORT_BENCH_COMMAND").is_ok_and(|c| c == "help")
@@ -168,6 +178,8 @@ fn signed_request(base: &str) -> axum::http::Request<Full<Bytes>> {
 
 struct Outcome {
     latencies: Vec<Duration>,
+    /// When each request was sent, from the start of the run.
+    sent_at: Vec<Duration>,
     errors: u64,
     acknowledged: u64,
 }
@@ -178,30 +190,42 @@ async fn load(base: String, rate: u64, secs: u64) -> Outcome {
         .build_http();
     let total = rate * secs;
     let start = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
+    // Results come back over a channel, so a finished request's task is freed
+    // at once and the generator's own memory stays small.
+    let (results, mut received) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..total {
         // Open loop: request i goes out at its time, answered or not.
         tokio::time::sleep_until(start + Duration::from_nanos(i * 1_000_000_000 / rate)).await;
         let req = signed_request(&base);
         let client = client.clone();
-        tasks.push(tokio::spawn(async move {
+        let results = results.clone();
+        tokio::spawn(async move {
             let sent = Instant::now();
+            let offset = sent.duration_since(start.into_std());
             let res = client.request(req).await;
             let ok = match res {
                 Ok(res) if res.status() == 200 => {
                     let body = res.into_body().collect().await.map(|b| b.to_bytes());
-                    matches!(body, Ok(b) if help_only() || String::from_utf8_lossy(&b).contains("AR-"))
+                    let ok = matches!(&body, Ok(b) if help_only() || String::from_utf8_lossy(b).contains("AR-"));
+                    if !ok && !REPORTED.swap(true, Ordering::Relaxed) {
+                        if let Ok(b) = &body {
+                            eprintln!("first failed answer: {}", String::from_utf8_lossy(b));
+                        }
+                    }
+                    ok
                 }
                 _ => false,
             };
-            (sent.elapsed(), ok)
-        }));
+            let _ = results.send((sent.elapsed(), ok, offset));
+        });
     }
-    let mut latencies = Vec::with_capacity(tasks.len());
+    drop(results);
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut sent_at = Vec::with_capacity(total as usize);
     let (mut errors, mut acknowledged) = (0, 0);
-    for t in tasks {
-        let (latency, ok) = t.await.unwrap();
+    while let Some((latency, ok, offset)) = received.recv().await {
         latencies.push(latency);
+        sent_at.push(offset);
         if ok {
             acknowledged += 1;
         } else {
@@ -210,6 +234,7 @@ async fn load(base: String, rate: u64, secs: u64) -> Outcome {
     }
     Outcome {
         latencies,
+        sent_at,
         errors,
         acknowledged,
     }
@@ -259,8 +284,11 @@ fn main() {
     for rate in rates {
         let server = server_rt.block_on(start_server());
         let base = server.base.clone();
-        // Warm up: the first request fetches the requester's name.
+        // Warm up, unmeasured: the first request fetches the requester's
+        // name; then 3 s at the rate, so that the generator has opened the
+        // connections it needs before the measured run starts.
         client_rt.block_on(load(base.clone(), 50, 1));
+        let warm_up = client_rt.block_on(load(base.clone(), rate, WARM_UP_SECS));
         let outcome = client_rt.block_on(load(base, rate, secs));
         let stored: u64 = rusqlite::Connection::open(server._dir.path().join("passport.db"))
             .and_then(|c| c.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0)))
@@ -278,12 +306,25 @@ fn main() {
             outcome.errors,
             stored,
         );
+        if std::env::var("PASSPORT_BENCH_TIMELINE").is_ok() {
+            // p99 and max of the requests sent in each second of the run.
+            let mut seconds: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+            for (l, at) in outcome.latencies.iter().zip(&outcome.sent_at) {
+                seconds.entry(at.as_secs()).or_default().push(*l);
+            }
+            for (second, mut ls) in seconds {
+                ls.sort();
+                println!(
+                    "  second {second:>3}: p99 {:>8.2} ms, max {:>8.2} ms",
+                    ms(percentile(&ls, 0.99)),
+                    ms(ls.last().copied().unwrap_or_default())
+                );
+            }
+        }
         // Warm-up requests are stored too: every acknowledged one must be.
-        if !help_only() && stored < outcome.acknowledged {
-            println!(
-                "  LOST: {} requests were acknowledged but only {stored} stored",
-                outcome.acknowledged
-            );
+        let acknowledged = outcome.acknowledged + warm_up.acknowledged + 50;
+        if !help_only() && stored < acknowledged {
+            println!("  LOST: {acknowledged} requests were acknowledged but only {stored} stored");
         }
         server_rt.block_on(server.app.store.close());
     }

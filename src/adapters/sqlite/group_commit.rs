@@ -102,9 +102,9 @@ impl Writer {
         conn.execute_batch("PRAGMA temp_store = MEMORY")?;
         // No checkpoints on this thread: the checkpointing thread runs them.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
-        // A log grown large under a burst is cut back to 64 MiB once a
+        // A log grown large under a burst is cut back to 256 MiB once a
         // checkpoint has let it start over.
-        conn.execute_batch("PRAGMA journal_size_limit = 67108864")?;
+        conn.execute_batch("PRAGMA journal_size_limit = 268435456")?;
         let spawn_error =
             |e: std::io::Error| StoreError::Other(format!("cannot start the store's threads: {e}"));
         let (due, checkpoints_due) = std::sync::mpsc::sync_channel(1);
