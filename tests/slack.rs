@@ -1006,6 +1006,31 @@ async fn a_restart_between_commit_and_delivery_delivers_once() {
     app.assert_delivered_in_order().await;
 }
 
+#[tokio::test]
+async fn an_event_redelivered_after_a_restart_acts_once() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    app.settle().await;
+    let body = app.event_body("Ev0RESTART", DEV, &channel, &ts, "extend 1h");
+    let headers = app.signed(&body);
+    app.post("/slack/events", "application/json", &body, &headers)
+        .await;
+    assert_eq!(app.events(1, "extended").await, 1);
+    // Passport restarts (its memory of deliveries is gone), and Slack, which
+    // saw no answer in time, delivers the same event again.
+    let app = app.restart().await;
+    let headers = app.signed(&body);
+    let answer = app
+        .post("/slack/events", "application/json", &body, &headers)
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(app.events(1, "extended").await, 1);
+}
+
 impl TestApp {
     /// Stops the server, closes the database and starts again on the same file.
     async fn restart(mut self) -> TestApp {

@@ -733,6 +733,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn first_delivery(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |conn| housekeeping::first_delivery(conn, &key, now))
+            .await
+    }
+
     async fn ssh_key(&self, user: &UserId) -> Result<Option<SshPublicKey>, StoreError> {
         let user = user.clone();
         self.read(move |conn| housekeeping::ssh_key(conn, &user))

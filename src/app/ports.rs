@@ -319,6 +319,10 @@ pub trait Store: Send + Sync {
     /// The request whose card is `message` in `channel` on `surface`, so a reply
     /// typed in that card's thread acts on it. Without `channel`, `message`
     /// alone must match (on surfaces whose message ids are unique everywhere).
+    /// Records the delivery `key` at `now`: true the first time, false when
+    /// it was recorded before (within a day). The record is committed before
+    /// this answers, so a redelivery after a restart is recognised.
+    async fn first_delivery(&self, key: &str, now: Timestamp) -> Result<bool, StoreError>;
     async fn request_for_message(
         &self,
         surface: &str,

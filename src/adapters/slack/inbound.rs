@@ -15,7 +15,9 @@
 //! were not answered (`X-Slack-Retry-Num`), and a signed request can be
 //! replayed within the 5-minute signature window: deliveries are remembered
 //! by `event_id` or `trigger_id` for longer than that window and repeats are
-//! acknowledged without acting. Double clicks carry distinct trigger ids and
+//! acknowledged without acting. Thread commands from events are also
+//! recorded in the database before they act, so a redelivery after a restart
+//! acts once too. Double clicks carry distinct trigger ids and
 //! are made idempotent by the engine (`you already approved AR-1`).
 
 use std::collections::HashMap;
@@ -621,10 +623,29 @@ impl Inbound {
             return Ack::Empty;
         }
         let this = self.clone();
+        let event_id = body.event_id.clone().filter(|e| !e.is_empty());
         let mut task = tokio::spawn(async move {
             let Some(request) = this.thread_of(&channel, &thread_ts).await else {
                 return;
             };
+            // Slack redelivers an event it thinks went unanswered, also after
+            // Passport restarted: the key is kept in the database too.
+            if let Some(id) = event_id {
+                let key = format!("slack:event:{id}");
+                match this
+                    .engine
+                    .store()
+                    .first_delivery(&key, this.engine.now())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!("event delivered again after a restart; ignored");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot record a Slack event's delivery"),
+                }
+            }
             let reply = this.run(&user, None, &text, Some(request)).await;
             this.tell(&user, Some(&channel), Some(&thread_ts), &reply_text(&reply))
                 .await;

@@ -221,3 +221,19 @@ pub(super) fn logbook_hash_at(conn: &Connection, seq: u64) -> Result<Option<Stri
         .optional()?;
     Ok(hash.map(hex::encode))
 }
+
+/// How long delivery keys are kept: far longer than any platform redelivers.
+const DELIVERIES_KEPT_MS: i64 = 24 * 3600 * 1000;
+
+pub(super) fn first_delivery(
+    conn: &Connection,
+    key: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    conn.prepare_cached("DELETE FROM deliveries WHERE seen_at < ?1")?
+        .execute([now.as_millis() - DELIVERIES_KEPT_MS])?;
+    let inserted = conn
+        .prepare_cached("INSERT OR IGNORE INTO deliveries (key, seen_at) VALUES (?1, ?2)")?
+        .execute(params![key, now.as_millis()])?;
+    Ok(inserted == 1)
+}
