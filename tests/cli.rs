@@ -237,6 +237,52 @@ fn check_config_names_each_bad_field() {
 }
 
 #[test]
+fn check_config_takes_discord_from_the_environment_and_hides_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "MTIzNDU2Nzg5MDEyMzQ1Njc4.Gabcde.very-secret-part";
+    let discord = |c: &mut Command| {
+        c.env("PASSPORT_DISCORD__BOT_TOKEN", token)
+            .env("PASSPORT_DISCORD__APPLICATION_ID", "1200000000000000001")
+            .env("PASSPORT_DISCORD__GUILD_ID", "1300000000000000001")
+            .env("PASSPORT_DISCORD__APPROVALS_CHANNEL", "1500000000000000001")
+            .env("PASSPORT_DISCORD__AUDIT_CHANNEL", "1500000000000000002")
+            .env("PASSPORT_DISCORD__ROLES__APPROVERS", "1600000000000000001");
+    };
+    let mut c = passport(dir.path(), &["check-config"]);
+    discord(&mut c);
+    let ok = c.output().unwrap();
+    let out = stdout(&ok);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        out.contains("[discord]") && out.contains("mode = \"gateway\""),
+        "{out}"
+    );
+    assert!(out.contains("bot_token = \"[redacted]\""), "{out}");
+    assert!(!out.contains(token), "{out}");
+
+    let mut both = passport(dir.path(), &["check-config"]);
+    discord(&mut both);
+    let both = both
+        .env("PASSPORT_SLACK__BOT_TOKEN", "xoxb-1-2-abc")
+        .env(
+            "PASSPORT_SLACK__SIGNING_SECRET",
+            "8f742231b10e8888abcd99yyyzzz85a5",
+        )
+        .env("PASSPORT_SLACK__APPROVALS_CHANNEL", "C0APPROVALS")
+        .env("PASSPORT_SLACK__AUDIT_CHANNEL", "C0AUDIT")
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(err.contains("both are configured"), "{err}");
+    assert!(!err.contains(token), "{err}");
+}
+
+#[test]
 fn migrate_creates_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let out = passport(dir.path(), &["migrate"]).output().unwrap();

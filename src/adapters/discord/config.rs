@@ -19,20 +19,25 @@ pub struct DiscordConfig {
     /// The bot token (Developer Portal → Bot → Reset Token).
     pub bot_token: Option<Secret>,
     /// The application id (Developer Portal → General Information).
+    #[serde(deserialize_with = "id_text")]
     pub application_id: String,
     /// The application's public key, 64 hex digits: checks the signature of
     /// every interaction Discord sends to `/discord/interactions`.
     pub public_key: String,
     /// The server (guild) Passport works in; its commands are registered there.
+    #[serde(deserialize_with = "id_text")]
     pub guild_id: String,
     /// Where request cards go (a channel id), unless a policy rule names its own channel.
+    #[serde(deserialize_with = "id_text")]
     pub approvals_channel: String,
     /// Where every Logbook event is posted as one line (a channel id).
+    #[serde(deserialize_with = "id_text")]
     pub audit_channel: String,
     /// The REST API base URL.
     pub api_url: String,
     /// Passport group name → Discord role id: members with the role count as
     /// members of the Passport group.
+    #[serde(deserialize_with = "id_texts")]
     pub roles: BTreeMap<String, String>,
     /// Where `/passport` is registered at start: `guild` (at once, in
     /// `guild_id`), `global` (every server the bot is in) or `off`.
@@ -60,6 +65,33 @@ impl Default for DiscordConfig {
 }
 
 pub const DEFAULT_API_URL: &str = "https://discord.com/api";
+
+/// A Discord id as written: `"123…"` in TOML, or a bare number (which is what
+/// an environment variable of digits becomes).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdText {
+    Text(String),
+    Number(u64),
+}
+
+impl IdText {
+    fn into_text(self) -> String {
+        match self {
+            IdText::Text(t) => t,
+            IdText::Number(n) => n.to_string(),
+        }
+    }
+}
+
+fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    IdText::deserialize(d).map(IdText::into_text)
+}
+
+fn id_texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let map = BTreeMap::<String, IdText>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.into_text())).collect())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiscordMode {
@@ -326,6 +358,17 @@ mod tests {
             ..valid()
         };
         assert!(gateway.validate().is_ok());
+    }
+
+    #[test]
+    fn ids_may_be_written_as_numbers() {
+        let c: DiscordConfig = toml::from_str(
+            "guild_id = 1300000000000000001\napplication_id = \"1200000000000000001\"\n[roles]\napprovers = 1600000000000000001\n",
+        )
+        .unwrap();
+        assert_eq!(c.guild_id, "1300000000000000001");
+        assert_eq!(c.application_id, "1200000000000000001");
+        assert_eq!(c.roles["approvers"], "1600000000000000001");
     }
 
     #[test]
