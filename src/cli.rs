@@ -331,6 +331,36 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
     Ok(0)
 }
 
+/// What a chat platform brings to `serve`.
+struct Chat {
+    app: startup::App,
+    surface: Arc<dyn crate::app::ports::ChatSurface>,
+    router: axum::Router,
+    /// How the platform reaches Passport, for the start-up banner.
+    mode: &'static str,
+    /// Starts the platform's own tasks (Socket Mode, the gateway, command
+    /// registration) once the HTTP server can listen.
+    start: Box<dyn FnOnce() -> Vec<tokio::task::JoinHandle<()>> + Send>,
+}
+
+/// The provisioner `serve` uses: AWS when configured (with the courier for
+/// Windows passwords), else the dry run, logged.
+async fn serve_provisioner(
+    settings: &Settings,
+) -> anyhow::Result<(
+    Arc<dyn crate::app::ports::Provisioner>,
+    Option<Arc<crate::adapters::password_courier::PasswordCourier>>,
+)> {
+    if settings.aws.is_some() {
+        // The AWS provisioner keeps its command ids in the database: bring the
+        // schema up to date before it opens it.
+        open_store(settings).await?.close().await;
+        Ok(startup::provisioner(settings, None).await?)
+    } else {
+        Ok((startup::logged_dry_run(settings), None))
+    }
+}
+
 /// `serve` with Slack: the HTTP server (and in Socket Mode the Socket Mode
 /// connection), timers and outbox delivery, until Ctrl-C or SIGTERM.
 async fn serve_slack(
@@ -339,14 +369,7 @@ async fn serve_slack(
     slack: &crate::adapters::slack::SlackSettings,
 ) -> anyhow::Result<i32> {
     use crate::adapters::slack::SlackMode;
-    let (provisioner, courier) = if settings.aws.is_some() {
-        // The AWS provisioner keeps its command ids in the database: bring the
-        // schema up to date before it opens it.
-        open_store(settings).await?.close().await;
-        startup::provisioner(settings, None).await?
-    } else {
-        (startup::logged_dry_run(settings), None)
-    };
+    let (provisioner, courier) = serve_provisioner(settings).await?;
     let built = startup::slack_app(
         settings,
         slack,
@@ -358,53 +381,20 @@ async fn serve_slack(
     )
     .await
     .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
-    if let Some(courier) = &courier {
-        courier.attach(
-            built.app.store.clone(),
-            std::slice::from_ref(&built.surface),
-        );
-    }
-    let listener = tokio::net::TcpListener::bind(settings.http.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (http.listen): is another process using it?",
-                settings.http.listen
-            )
-        })?;
-    let mode = match slack.mode {
-        SlackMode::Http => "Slack over HTTP (/slack/commands, /slack/interactions, /slack/events)",
-        SlackMode::Socket => "Slack over Socket Mode",
+    let socket = built.socket;
+    let chat = Chat {
+        app: built.app,
+        surface: built.surface,
+        router: built.router,
+        mode: match slack.mode {
+            SlackMode::Http => {
+                "Slack over HTTP (/slack/commands, /slack/interactions, /slack/events)"
+            }
+            SlackMode::Socket => "Slack over Socket Mode",
+        },
+        start: Box::new(move || socket.into_iter().map(|s| s.spawn()).collect()),
     };
-    eprintln!(
-        "Passport {} · database {} · config {} · {mode} · listening on {} · {}",
-        env!("CARGO_PKG_VERSION"),
-        settings.store_path.display(),
-        loaded
-            .file
-            .as_ref()
-            .map(|f| f.display().to_string())
-            .unwrap_or_else(|| "built-in defaults".into()),
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        provisioner_label(settings),
-    );
-    let app = built.app;
-    let background = app.scheduler.clone().spawn();
-    let socket = built.socket.map(|s| s.spawn());
-    let served = crate::http::serve(listener, built.router, startup::shutdown_signal()).await;
-    if let Some(s) = socket {
-        s.abort();
-    }
-    // Deliver what the last commands queued, briefly; the rest waits in the outbox.
-    let _ = startup::finish_deliveries(&app, startup::SHUTDOWN_GRACE).await;
-    background.abort();
-    app.scheduler.release().await;
-    app.store.close().await;
-    served.context("the HTTP server failed")?;
-    Ok(0)
+    serve_chat(loaded, settings, chat, courier).await
 }
 
 /// `serve` with Discord: the gateway connection (or the HTTP interactions
@@ -415,12 +405,7 @@ async fn serve_discord(
     discord: &crate::adapters::discord::DiscordSettings,
 ) -> anyhow::Result<i32> {
     use crate::adapters::discord::DiscordMode;
-    let (provisioner, courier) = if settings.aws.is_some() {
-        open_store(settings).await?.close().await;
-        startup::provisioner(settings, None).await?
-    } else {
-        (startup::logged_dry_run(settings), None)
-    };
+    let (provisioner, courier) = serve_provisioner(settings).await?;
     let built = startup::discord_app(
         settings,
         discord,
@@ -432,11 +417,38 @@ async fn serve_discord(
     )
     .await
     .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
+    let (api, gateway, discord) = (built.api, built.gateway, discord.clone());
+    let chat = Chat {
+        app: built.app,
+        surface: built.surface,
+        router: built.router,
+        mode: match discord.mode {
+            DiscordMode::Gateway => "Discord over the gateway",
+            DiscordMode::Http => "Discord over HTTP (/discord/interactions)",
+        },
+        start: Box::new(move || {
+            let registering = tokio::spawn(async move {
+                crate::adapters::discord::register_commands(api, &discord).await;
+            });
+            std::iter::once(registering)
+                .chain(gateway.map(|g| g.spawn()))
+                .collect()
+        }),
+    };
+    serve_chat(loaded, settings, chat, courier).await
+}
+
+/// Runs a chat platform: the HTTP server, the platform's own tasks, timers
+/// and outbox delivery, until Ctrl-C or SIGTERM; then delivers what it can
+/// within the grace period and closes the database.
+async fn serve_chat(
+    loaded: &Loaded,
+    settings: &Settings,
+    chat: Chat,
+    courier: Option<Arc<crate::adapters::password_courier::PasswordCourier>>,
+) -> anyhow::Result<i32> {
     if let Some(courier) = &courier {
-        courier.attach(
-            built.app.store.clone(),
-            std::slice::from_ref(&built.surface),
-        );
+        courier.attach(chat.app.store.clone(), std::slice::from_ref(&chat.surface));
     }
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -446,12 +458,8 @@ async fn serve_discord(
                 settings.http.listen
             )
         })?;
-    let mode = match discord.mode {
-        DiscordMode::Gateway => "Discord over the gateway",
-        DiscordMode::Http => "Discord over HTTP (/discord/interactions)",
-    };
     eprintln!(
-        "Passport {} · database {} · config {} · {mode} · listening on {} · {}",
+        "Passport {} · database {} · config {} · {} · listening on {} · {}",
         env!("CARGO_PKG_VERSION"),
         settings.store_path.display(),
         loaded
@@ -459,26 +467,21 @@ async fn serve_discord(
             .as_ref()
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "built-in defaults".into()),
+        chat.mode,
         listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
         provisioner_label(settings),
     );
-    let registering = {
-        let (api, discord) = (built.api.clone(), discord.clone());
-        tokio::spawn(async move {
-            crate::adapters::discord::register_commands(api, &discord).await;
-        })
-    };
-    let app = built.app;
+    let app = chat.app;
     let background = app.scheduler.clone().spawn();
-    let gateway = built.gateway.map(|g| g.spawn());
-    let served = crate::http::serve(listener, built.router, startup::shutdown_signal()).await;
-    registering.abort();
-    if let Some(g) = gateway {
-        g.abort();
+    let tasks = (chat.start)();
+    let served = crate::http::serve(listener, chat.router, startup::shutdown_signal()).await;
+    for task in tasks {
+        task.abort();
     }
+    // Deliver what the last commands queued, briefly; the rest waits in the outbox.
     let _ = startup::finish_deliveries(&app, startup::SHUTDOWN_GRACE).await;
     background.abort();
     app.scheduler.release().await;

@@ -25,7 +25,7 @@ use crate::adapters::slack::{
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::dispatch::Dispatcher;
 use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
-use crate::app::ports::{ChatSurface, Clock, Provisioner, StoreError};
+use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, StoreError};
 use crate::config::Settings;
 use crate::domain::time::Span;
 use crate::domain::values::{parse_span, Person, RequestId, UserId};
@@ -322,6 +322,45 @@ pub fn logged_dry_run(settings: &Settings) -> Arc<dyn Provisioner> {
     ))
 }
 
+/// The engine, dispatcher and scheduler on `store`, with `surface` as the
+/// one chat surface: what every chat platform's application shares.
+fn chat_app(
+    settings: &Settings,
+    store: Arc<SqliteStore>,
+    surface: Arc<dyn ChatSurface>,
+    directory: Arc<dyn Directory>,
+    provisioner: Arc<dyn Provisioner>,
+    clock: Arc<dyn Clock>,
+) -> App {
+    let engine = Arc::new(Engine::new(
+        Ports {
+            store: store.clone(),
+            provisioner,
+            directory,
+            clock: clock.clone(),
+        },
+        settings.policy.clone(),
+        settings.grammar.clone(),
+        EngineSettings {
+            warnings: settings.warnings.clone(),
+            surfaces: vec![surface.name().to_owned()],
+            ..EngineSettings::default()
+        },
+    ));
+    let dispatcher = Arc::new(Dispatcher::new(store.clone(), clock, vec![surface]));
+    let scheduler = Arc::new(Scheduler::new(
+        engine.clone(),
+        dispatcher.clone(),
+        settings.jobs.clone(),
+    ));
+    App {
+        engine,
+        dispatcher,
+        store,
+        scheduler,
+    }
+}
+
 /// Builds the Slack application: SQLite store, Slack surface and directory,
 /// the engine, dispatcher and scheduler, the inbound handlers and the router.
 pub async fn slack_app(
@@ -347,34 +386,17 @@ pub async fn slack_app(
         slack.usergroups.clone(),
         slack.cache_ttl,
     ));
-    let engine = Arc::new(Engine::new(
-        Ports {
-            store: store.clone(),
-            provisioner: options.provisioner,
-            directory,
-            clock: options.clock.clone(),
-        },
-        settings.policy.clone(),
-        settings.grammar.clone(),
-        EngineSettings {
-            warnings: settings.warnings.clone(),
-            surfaces: vec![surface.name().to_owned()],
-            ..EngineSettings::default()
-        },
-    ));
-    let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
+    let app = chat_app(
+        settings,
+        store,
+        surface.clone(),
+        directory,
+        options.provisioner,
         options.clock.clone(),
-        vec![surface.clone()],
-    ));
-    let scheduler = Arc::new(Scheduler::new(
-        engine.clone(),
-        dispatcher.clone(),
-        settings.jobs.clone(),
-    ));
+    );
     let people = Arc::new(People::new(api.clone()));
     let inbound = Arc::new(
-        Inbound::new(engine.clone(), api.clone(), people).with_deadline(options.ack_deadline),
+        Inbound::new(app.engine.clone(), api.clone(), people).with_deadline(options.ack_deadline),
     );
     let endpoints = slack.signing_secret.clone().map(|secret| SlackEndpoints {
         inbound: inbound.clone(),
@@ -382,7 +404,7 @@ pub async fn slack_app(
         clock: options.clock.clone(),
     });
     let router = http::router(HttpState {
-        store: store.clone(),
+        store: app.store.clone(),
         slack: endpoints,
         discord: None,
     });
@@ -391,13 +413,8 @@ pub async fn slack_app(
         _ => None,
     };
     Ok(SlackApp {
-        surface: surface.clone(),
-        app: App {
-            engine,
-            dispatcher,
-            store,
-            scheduler,
-        },
+        surface,
+        app,
         router,
         socket,
     })
@@ -456,33 +473,16 @@ pub async fn discord_app(
         discord.roles.clone(),
         discord.cache_ttl,
     ));
-    let engine = Arc::new(Engine::new(
-        Ports {
-            store: store.clone(),
-            provisioner: options.provisioner,
-            directory: directory.clone(),
-            clock: options.clock.clone(),
-        },
-        settings.policy.clone(),
-        settings.grammar.clone(),
-        EngineSettings {
-            warnings: settings.warnings.clone(),
-            surfaces: vec![surface.name().to_owned()],
-            ..EngineSettings::default()
-        },
-    ));
-    let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
+    let app = chat_app(
+        settings,
+        store,
+        surface.clone(),
+        directory.clone(),
+        options.provisioner,
         options.clock.clone(),
-        vec![surface.clone()],
-    ));
-    let scheduler = Arc::new(Scheduler::new(
-        engine.clone(),
-        dispatcher.clone(),
-        settings.jobs.clone(),
-    ));
+    );
     let inbound = Arc::new(
-        DiscordInbound::new(engine.clone(), api.clone(), directory, discord.guild_id)
+        DiscordInbound::new(app.engine.clone(), api.clone(), directory, discord.guild_id)
             .with_deadline(options.ack_deadline),
     );
     let endpoints = discord
@@ -494,20 +494,15 @@ pub async fn discord_app(
             clock: options.clock.clone(),
         });
     let router = http::router(HttpState {
-        store: store.clone(),
+        store: app.store.clone(),
         slack: None,
         discord: endpoints,
     });
     let gateway = (discord.mode == DiscordMode::Gateway)
         .then(|| Gateway::new(discord.clone(), inbound.clone()));
     Ok(DiscordApp {
-        surface: surface.clone(),
-        app: App {
-            engine,
-            dispatcher,
-            store,
-            scheduler,
-        },
+        surface,
+        app,
         api,
         inbound,
         router,

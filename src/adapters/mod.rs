@@ -1,10 +1,12 @@
 //! Adapters: the outside world behind the ports.
 
 pub mod aws;
+pub mod chat_retry;
 pub mod clock;
 pub mod console;
 pub mod directory;
 pub mod discord;
+pub mod dm_channels;
 pub mod dry_run;
 pub mod password_courier;
 pub mod seen;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::adapters::chat_retry::with_retries;
 use crate::adapters::seen::Seen;
 use crate::adapters::slack::inbound::looks_like_command;
 use crate::app::engine::{Actor, Engine, Reply};
@@ -325,27 +326,17 @@ impl Inbound {
     /// Waits for work that outlived its answer and puts its result in place
     /// of the deferred answer, retrying on rate limits and temporary failures.
     pub async fn finish(&self, pending: Pending) {
-        use crate::app::ports::ChatError;
         let text = match pending.work.await {
             Ok(reply) => reply_text(&reply),
             Err(_) => FAILED.to_owned(),
         };
         let message = text_message(&text, &[]);
-        for attempt in 0..5u32 {
-            match self.api.edit_original(&pending.token, &message).await {
-                Ok(()) => return,
-                Err(ChatError::RateLimited { retry_after_ms }) => {
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
-                }
-                Err(ChatError::Transient(e)) => {
-                    tracing::warn!(error = %e, attempt, "cannot answer a deferred interaction; retrying");
-                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot answer a deferred interaction");
-                    return;
-                }
-            }
+        let sent = with_retries("the answer to a deferred interaction", || {
+            self.api.edit_original(&pending.token, &message)
+        })
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot answer a deferred interaction");
         }
     }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::adapters::chat_retry::with_retries;
 use crate::adapters::seen::Seen;
 use crate::app::engine::{Actor, Engine, Reply};
 use crate::domain::command::{help_text, COMMANDS};
@@ -420,21 +421,12 @@ impl Inbound {
             tracing::warn!("a slash command came without response_url; its answer is lost");
             return;
         };
-        for attempt in 0..5u32 {
-            match self.api.respond(url, text).await {
-                Ok(()) => return,
-                Err(crate::app::ports::ChatError::RateLimited { retry_after_ms }) => {
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
-                }
-                Err(crate::app::ports::ChatError::Transient(e)) => {
-                    tracing::warn!(error = %e, attempt, "cannot answer through response_url; retrying");
-                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot answer through response_url");
-                    return;
-                }
-            }
+        let sent = with_retries("an answer through response_url", || {
+            self.api.respond(url, text)
+        })
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot answer through response_url");
         }
     }
 
@@ -442,26 +434,16 @@ impl Inbound {
     /// thread) when given, retrying on rate limits; else, or when the bot
     /// cannot post there, as a direct message.
     async fn tell(&self, user: &str, channel: Option<&str>, thread_ts: Option<&str>, text: &str) {
-        use crate::app::ports::ChatError;
         if let Some(channel) = channel.filter(|c| !c.is_empty()) {
-            for attempt in 0..5u32 {
-                match self
-                    .api
+            let sent = with_retries("an ephemeral answer", || {
+                self.api
                     .post_ephemeral(channel, user, text_content(text, &[]), thread_ts)
-                    .await
-                {
-                    Ok(()) => return,
-                    Err(ChatError::RateLimited { retry_after_ms }) => {
-                        tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
-                    }
-                    Err(ChatError::Transient(e)) => {
-                        tracing::warn!(error = %e, attempt, "cannot post an ephemeral answer; retrying");
-                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-                    }
-                    Err(e) => {
-                        tracing::info!(error = %e, "cannot answer in the channel; answering directly");
-                        break;
-                    }
+            })
+            .await;
+            match sent {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot answer in the channel; answering directly")
                 }
             }
         }

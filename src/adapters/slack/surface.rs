@@ -3,11 +3,11 @@
 //! under the card; direct messages through `conversations.open`; audit lines to
 //! the audit channel.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::adapters::dm_channels::DmChannels;
 use crate::app::ports::{ChatError, ChatSurface, MessageRef};
 use crate::domain::notice::{Action, CardView};
 use crate::domain::values::UserId;
@@ -23,8 +23,7 @@ pub struct SlackSurface {
     approvals_channel: String,
     audit_channel: String,
     mentions: Mentions,
-    /// User id → direct-message channel id.
-    dm_channels: Mutex<HashMap<String, String>>,
+    dm_channels: DmChannels,
 }
 
 impl SlackSurface {
@@ -39,26 +38,14 @@ impl SlackSurface {
             approvals_channel,
             audit_channel,
             mentions,
-            dm_channels: Mutex::new(HashMap::new()),
+            dm_channels: DmChannels::default(),
         }
     }
 
     async fn dm_channel(&self, user: &UserId) -> Result<String, ChatError> {
-        let cached = self
-            .dm_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(user.as_str())
-            .cloned();
-        if let Some(c) = cached {
-            return Ok(c);
-        }
-        let channel = self.api.open_dm(user.as_str()).await?;
         self.dm_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user.as_str().to_owned(), channel.clone());
-        Ok(channel)
+            .of(user, || self.api.open_dm(user.as_str()))
+            .await
     }
 }
 
