@@ -1098,12 +1098,17 @@ async fn commands_recorded_in_sqlite_survive_a_restart() {
 
 #[tokio::test]
 async fn pruning_forgets_only_old_settled_commands() {
-    use passport::adapters::aws::store::{CommandStore, Operation, SentCommand, Settled};
-
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteCommandStore::open(&dir.path().join("passport.db"))
+    let sqlite = SqliteCommandStore::open(&dir.path().join("passport.db"))
         .await
         .unwrap();
+    prunes_only_old_settled_commands(&sqlite).await;
+    prunes_only_old_settled_commands(&passport::adapters::aws::MemoryCommandStore::new()).await;
+}
+
+async fn prunes_only_old_settled_commands(store: &dyn passport::adapters::aws::CommandStore) {
+    use passport::adapters::aws::store::{Operation, SentCommand, Settled};
+
     let request = RequestId::new(27).unwrap();
     let a = InstanceId::parse(&id(1)).unwrap();
     let b = InstanceId::parse(&id(2)).unwrap();

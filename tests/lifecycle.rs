@@ -183,6 +183,13 @@ async fn reconciliation_finds_and_removes_a_leftover_user() {
     let revokes = app.provisioner.revokes().len();
     assert_eq!(app.engine.reconcile().await.unwrap(), Default::default());
     assert_eq!(app.provisioner.revokes().len(), revokes);
+    // Each pass lets the provisioner forget its records of work finished over a week ago.
+    let forgotten = app.provisioner.forgotten_before.lock().unwrap().clone();
+    assert_eq!(forgotten.len(), 3);
+    assert_eq!(
+        app.engine.now().since(*forgotten.last().unwrap()),
+        passport::app::jobs::PROVISIONER_RECORDS_KEPT
+    );
 }
 
 #[tokio::test]

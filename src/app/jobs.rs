@@ -80,7 +80,13 @@ pub struct ReconcileReport {
     pub removals_rescheduled: usize,
     pub verified: usize,
     pub leftovers: usize,
+    /// The provisioner's records of finished work it forgot.
+    pub forgotten: u64,
 }
+
+/// How long the provisioner keeps records of finished work (the Logbook keeps
+/// the outcomes for good).
+pub const PROVISIONER_RECORDS_KEPT: Span = Span::from_hours(7 * 24);
 
 /// States of requests whose access has ended; their grants may still need removing.
 const ENDED: [RequestState; 4] = [
@@ -256,6 +262,11 @@ impl Engine {
             });
             fx.route(&self.settings.surfaces, "");
             self.store.record(fx, self.clock.now()).await?;
+        }
+        let before = self.clock.now().minus(PROVISIONER_RECORDS_KEPT);
+        match self.provisioner.forget_finished(before).await {
+            Ok(n) => report.forgotten = n,
+            Err(e) => tracing::warn!(error = %e, "cannot forget the provisioner's old records"),
         }
         Ok(report)
     }

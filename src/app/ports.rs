@@ -123,6 +123,12 @@ pub trait Provisioner: Send + Sync {
     async fn grant(&self, spec: &GrantSpec) -> Result<Vec<InstanceOutcome>, ProvisionError>;
     /// Removes the user from every instance. Idempotent: an absent user is success.
     async fn revoke(&self, spec: &RevokeSpec) -> Result<Vec<InstanceOutcome>, ProvisionError>;
+    /// Forgets the provisioner's own records of work sent before `before`
+    /// that has finished (housekeeping, from reconciliation). Returns how
+    /// many it forgot; work still running is kept.
+    async fn forget_finished(&self, _before: Timestamp) -> Result<u64, ProvisionError> {
+        Ok(0)
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -192,6 +192,8 @@ pub struct FakeProvisioner {
     pub unavailable: Mutex<bool>,
     pub grants: Mutex<Vec<Call>>,
     pub revokes: Mutex<Vec<Call>>,
+    /// The `before` of every request to forget finished work.
+    pub forgotten_before: Mutex<Vec<Timestamp>>,
 }
 
 impl FakeProvisioner {
@@ -208,6 +210,11 @@ impl FakeProvisioner {
 impl Provisioner for FakeProvisioner {
     fn name(&self) -> &str {
         "fake"
+    }
+
+    async fn forget_finished(&self, before: Timestamp) -> Result<u64, ProvisionError> {
+        self.forgotten_before.lock().unwrap().push(before);
+        Ok(0)
     }
 
     async fn describe(&self, ids: &[InstanceId]) -> Result<Vec<Described>, ProvisionError> {

@@ -872,6 +872,16 @@ impl Provisioner for AwsProvisioner {
         true
     }
 
+    async fn forget_finished(
+        &self,
+        before: crate::domain::time::Timestamp,
+    ) -> Result<u64, ProvisionError> {
+        self.store
+            .prune(before.as_millis())
+            .await
+            .map_err(|e| ProvisionError::Unavailable(e.to_string()))
+    }
+
     async fn describe(&self, ids: &[InstanceId]) -> Result<Vec<Described>, ProvisionError> {
         let mut unique: Vec<InstanceId> = Vec::new();
         for id in ids {

@@ -100,6 +100,9 @@ pub trait CommandStore: Send + Sync {
         request: RequestId,
         instances: &[InstanceId],
     ) -> Result<BTreeMap<InstanceId, LastCommand>, CommandStoreError>;
+    /// Forgets commands sent before `before_ms` whose every invocation has
+    /// settled; returns how many. Commands still open are kept so they can be resumed.
+    async fn prune(&self, before_ms: i64) -> Result<u64, CommandStoreError>;
 }
 
 fn request_key(request: RequestId) -> Result<i64, CommandStoreError> {
@@ -142,10 +145,7 @@ impl SqliteCommandStore {
         Self { pool }
     }
 
-    /// Forgets commands sent before `before_ms` (ms since the epoch) whose
-    /// every invocation has settled, e.g. from a housekeeping job, and returns
-    /// how many were forgotten. Commands still open are kept so they can be resumed.
-    pub async fn prune(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
+    async fn prune_settled(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
         let done = "SELECT command_id FROM ssm_commands c
                     WHERE c.sent_at < ?1
                       AND NOT EXISTS (SELECT 1 FROM ssm_invocations i
@@ -178,6 +178,10 @@ impl SqliteCommandStore {
 
 #[async_trait]
 impl CommandStore for SqliteCommandStore {
+    async fn prune(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
+        self.prune_settled(before_ms).await
+    }
+
     async fn record_sent(&self, command: &SentCommand) -> Result<(), CommandStoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -311,6 +315,15 @@ impl MemoryCommandStore {
 
 #[async_trait]
 impl CommandStore for MemoryCommandStore {
+    async fn prune(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
+        let mut commands = self.lock();
+        let before = commands.len();
+        commands.retain(|(c, invocations)| {
+            c.sent_at_ms >= before_ms || invocations.values().any(Option::is_none)
+        });
+        Ok((before - commands.len()) as u64)
+    }
+
     async fn record_sent(&self, command: &SentCommand) -> Result<(), CommandStoreError> {
         let invocations = command
             .instances
