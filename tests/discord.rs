@@ -1066,3 +1066,26 @@ async fn gateway_interactions_map_to_the_same_commands() {
         .await;
     assert_eq!(app.state(1).await, RequestState::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_that_could_not_start_with_its_card_starts_with_the_first_reply() {
+    let app = spawn_app().await;
+    app.fake.rate_limit_next_of(&["start_thread"], 1, 0.0);
+    app.command(
+        DEV,
+        "request",
+        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+    )
+    .await;
+    app.settle().await;
+    let (channel, message) = app.card(1).await;
+    assert!(
+        !app.fake.has_thread(&message),
+        "the card went out without its thread"
+    );
+    app.click(LEAD1, &channel, &message, "approve AR-1").await;
+    app.deliver_everything().await;
+    assert!(app.fake.has_thread(&message));
+    assert!(contains(&app.fake.thread(&message), "approved"));
+    app.assert_delivered_in_order().await;
+}

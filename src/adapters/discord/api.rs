@@ -29,6 +29,21 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const THREAD_EXISTS: i64 = 160_004;
 /// Discord's error code for "Unknown Member".
 const UNKNOWN_MEMBER: i64 = 10_007;
+/// Discord's error code for "Unknown Channel" (also: a thread not started yet).
+const UNKNOWN_CHANNEL: i64 = 10_003;
+
+/// A failed call: how the outbox should treat it, and Discord's JSON error
+/// code when Discord refused it, so callers decide on the code, not on text.
+struct Failure {
+    error: ChatError,
+    code: Option<i64>,
+}
+
+impl From<ChatError> for Failure {
+    fn from(error: ChatError) -> Self {
+        Self { error, code: None }
+    }
+}
 
 /// A guild member as Passport needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +112,15 @@ impl DiscordApi {
         method: LightMethod,
         body: Option<&Value>,
     ) -> Result<Value, ChatError> {
+        self.request(route, method, body).await.map_err(|f| f.error)
+    }
+
+    async fn request(
+        &self,
+        route: Route<'_>,
+        method: LightMethod,
+        body: Option<&Value>,
+    ) -> Result<Value, Failure> {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
@@ -133,19 +157,22 @@ impl DiscordApi {
         if status.as_u16() == 429 {
             return Err(ChatError::RateLimited {
                 retry_after_ms: retry_after_ms(&headers, &body),
-            });
+            }
+            .into());
         }
+        let code = body["code"].as_i64();
         let detail = format!(
             "Discord answered {} (code {}: {})",
             status.as_u16(),
-            body["code"].as_i64().unwrap_or(0),
+            code.unwrap_or(0),
             body["message"].as_str().unwrap_or("no message")
         );
-        if status.is_server_error() {
-            Err(ChatError::Transient(detail))
+        let error = if status.is_server_error() {
+            ChatError::Transient(detail)
         } else {
-            Err(ChatError::Permanent(detail))
-        }
+            ChatError::Permanent(detail)
+        };
+        Err(Failure { error, code })
     }
 
     /// Posts a message; answers its id.
@@ -188,10 +215,40 @@ impl DiscordApi {
             message_id: MessageId::new(id(message_id)?),
         };
         let body = json!({ "name": name, "auto_archive_duration": 10080 });
-        match self.call(route, LightMethod::Post, Some(&body)).await {
+        match self.request(route, LightMethod::Post, Some(&body)).await {
             Ok(_) => Ok(()),
-            Err(ChatError::Permanent(e)) if e.contains(&format!("code {THREAD_EXISTS}")) => Ok(()),
-            Err(e) => Err(e),
+            Err(f) if f.code == Some(THREAD_EXISTS) => Ok(()),
+            Err(f) => Err(f.error),
+        }
+    }
+
+    /// Posts in the thread of the card `card` in `channel` (the thread's
+    /// channel id is the card's message id), starting the thread first if
+    /// it does not exist yet.
+    pub async fn post_in_thread(
+        &self,
+        channel: &str,
+        card: &str,
+        message: &Value,
+    ) -> Result<(), ChatError> {
+        let route = || -> Result<Route<'static>, ChatError> {
+            Ok(Route::ChannelMessages {
+                channel_id: ChannelId::new(id(card)?),
+            })
+        };
+        match self
+            .request(route()?, LightMethod::Post, Some(message))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(f) if f.code == Some(UNKNOWN_CHANNEL) => {
+                self.start_thread(channel, card, "Passport access request")
+                    .await?;
+                self.call(route()?, LightMethod::Post, Some(message))
+                    .await
+                    .map(|_| ())
+            }
+            Err(f) => Err(f.error),
         }
     }
 
@@ -213,7 +270,7 @@ impl DiscordApi {
             guild_id: GuildId::new(guild),
             user_id: DiscordUserId::new(id(user)?),
         };
-        match self.call(route, LightMethod::Get, None).await {
+        match self.request(route, LightMethod::Get, None).await {
             Ok(m) => Ok(Some(MemberInfo {
                 username: m["user"]["username"]
                     .as_str()
@@ -228,10 +285,8 @@ impl DiscordApi {
                     })
                     .unwrap_or_default(),
             })),
-            Err(ChatError::Permanent(e)) if e.contains(&format!("code {UNKNOWN_MEMBER}")) => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
+            Err(f) if f.code == Some(UNKNOWN_MEMBER) => Ok(None),
+            Err(f) => Err(f.error),
         }
     }
 

@@ -95,22 +95,10 @@ impl ChatSurface for DiscordSurface {
         text: &str,
         actions: &[Action],
     ) -> Result<(), ChatError> {
-        // The thread's channel id is the card's message id.
-        let message = text_message(text, actions);
-        match self.api.post_message(&at.message, &message).await {
-            Ok(_) => Ok(()),
-            Err(ChatError::Permanent(e)) if e.contains("code 10003") => {
-                // No thread yet (starting it with the card failed): start it now.
-                self.api
-                    .start_thread(&at.channel, &at.message, "Passport access request")
-                    .await?;
-                self.api
-                    .post_message(&at.message, &message)
-                    .await
-                    .map(|_| ())
-            }
-            Err(e) => Err(e),
-        }
+        // Starting the thread with the card may have failed: this starts it then.
+        self.api
+            .post_in_thread(&at.channel, &at.message, &text_message(text, actions))
+            .await
     }
 
     async fn direct_message(
