@@ -22,6 +22,16 @@ pub const LEASE_TTL: Span = Span::from_secs(15);
 /// The longest the loop sleeps, so the lease is renewed in time.
 const MAX_SLEEP: Span = Span::from_secs(5);
 
+/// Clears a "pass running" flag when the pass ends, also when it panics, so
+/// that a panicking pass never stops the next one.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 pub struct Scheduler {
     engine: Arc<Engine>,
     dispatcher: Arc<Dispatcher>,
@@ -142,10 +152,10 @@ impl Scheduler {
                 self.jobs_running.clone(),
             );
             tokio::spawn(async move {
+                let _running = Running(running);
                 if let Err(e) = engine.run_jobs_due(&jobs).await {
                     tracing::error!(error = %e, "could not run scheduled jobs");
                 }
-                running.store(false, Ordering::SeqCst);
             });
         }
         // Deliveries too: a backlog of notices must not hold up the next expiry.
@@ -157,6 +167,7 @@ impl Scheduler {
                 self.engine.wake.clone(),
             );
             tokio::spawn(async move {
+                let running = Running(delivering);
                 let progressed = match dispatcher.deliver_due().await {
                     Ok(report) => {
                         *next_retry.lock().unwrap_or_else(|e| e.into_inner()) = report.next_retry;
@@ -167,7 +178,7 @@ impl Scheduler {
                         false
                     }
                 };
-                delivering.store(false, Ordering::SeqCst);
+                drop(running);
                 if progressed {
                     // Notices may have arrived while this pass ran: look again.
                     wake.notify_waiters();

@@ -441,3 +441,20 @@ async fn a_crash_after_any_step_loses_and_repeats_nothing() {
         app.close().await;
     }
 }
+
+#[tokio::test]
+async fn a_timer_that_fails_is_put_off_rather_than_retried_at_once() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = app.new_request(WEB, "1h ticket#1 x").await;
+    // The stored request can no longer be read, so its approval timeout fails.
+    rusqlite::Connection::open(&app.db)
+        .unwrap()
+        .execute("UPDATE requests SET body = 'not json'", [])
+        .unwrap();
+    app.clock.advance(Span::from_hours(25));
+    assert_eq!(app.engine.run_due().await.unwrap(), 1);
+    // Put off by the backoff, not due again at once.
+    assert_eq!(app.engine.run_due().await.unwrap(), 0);
+    let next = app.engine.next_timer_due().await.unwrap().unwrap();
+    assert!(next > app.engine.now(), "{next} for {id}");
+}

@@ -109,8 +109,13 @@ impl Engine {
             match self.store.job_next_run(name, &job.expression).await? {
                 Some(next) if next > now => continue,
                 Some(_) => {
-                    self.run_job(job.kind).await?;
-                    ran += 1;
+                    // A failing job waits for its next slot and does not hold up the others.
+                    match self.run_job(job.kind).await {
+                        Ok(()) => ran += 1,
+                        Err(e) => {
+                            tracing::error!(job = name, error = %e, "scheduled job failed; it runs again at its next time")
+                        }
+                    }
                 }
                 // Newly configured (or rescheduled): first run at its next time.
                 None => {}

@@ -38,6 +38,25 @@ fn stale(id: RequestId, what: &str) -> RefusalKind {
     RefusalKind::WrongState(format!("{id}: {what}"))
 }
 
+/// Timers a pass of `run_due` has claimed; unclaimed when dropped.
+struct Claim<'a> {
+    engine: &'a Engine,
+    ids: Vec<i64>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .engine
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for id in &self.ids {
+            in_flight.remove(id);
+        }
+    }
+}
+
 impl Engine {
     /// Runs every timer due now. Timers of one request run one after another,
     /// in due order; different requests run concurrently. Returns how many ran.
@@ -51,27 +70,32 @@ impl Engine {
         if claimed.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = claimed.iter().map(|t| t.id).collect();
+        // Released when this pass ends, also when a timer panics: a timer
+        // left marked as running would never run again.
+        let claim = Claim {
+            engine: self,
+            ids: claimed.iter().map(|t| t.id).collect(),
+        };
+        let count = claimed.len();
         let mut by_request: BTreeMap<RequestId, Vec<Timer>> = BTreeMap::new();
         for t in claimed {
             by_request.entry(t.request).or_default().push(t);
         }
-        let count = ids.len();
         stream::iter(by_request.into_values())
             .for_each_concurrent(CONCURRENT_REQUESTS, |timers| async move {
                 for t in timers {
                     if let Err(e) = self.fire(&t).await {
-                        tracing::error!(request = %t.request, timer = t.kind.encode(), error = %e, "timer failed; it will run again");
+                        // Not at once: a failure that repeats would spin the scheduler.
+                        let again = self.clock.now().plus(backoff(t.attempts));
+                        tracing::error!(request = %t.request, timer = t.kind.encode(), error = %e, retry_at = %again, "timer failed; it will run again");
+                        if let Err(e) = self.store.reschedule_timer(t.id, again).await {
+                            tracing::error!(request = %t.request, error = %e, "cannot put off a failed timer");
+                        }
                     }
                 }
             })
             .await;
-        {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            for id in ids {
-                in_flight.remove(&id);
-            }
-        }
+        drop(claim);
         self.wake.notify_waiters();
         Ok(count)
     }
