@@ -10,15 +10,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::adapters::aws::PasswordSink;
+use crate::adapters::chat_retry::with_retries;
 use crate::app::ports::{ChatError, ChatSurface, Store};
 use crate::domain::values::{InstanceId, RequestId, Username};
-
-const ATTEMPTS: u32 = 6;
 
 /// The store and the chat surfaces, attached once they exist (the provisioner
 /// that uses the courier is built before them).
@@ -70,24 +68,14 @@ impl PasswordCourier {
             "Password for `{username}` on {instance} ({request}): {}\nUse it over RDP while the access lasts. Passport keeps no copy; a new one is set whenever access is granted again.",
             password.expose_secret()
         );
-        let mut wait = Duration::from_secs(1);
-        for attempt in 1..=ATTEMPTS {
-            match surface.direct_message(&req.requester.id, &text, &[]).await {
-                Ok(()) => return Ok(()),
-                Err(ChatError::Permanent(e)) => {
-                    return Err(format!("the chat platform refused the message: {e}"))
-                }
-                Err(ChatError::RateLimited { retry_after_ms }) if attempt < ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms.max(100))).await;
-                }
-                Err(_) if attempt < ATTEMPTS => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err("gave up".into())
+        with_retries("a Windows password", || {
+            surface.direct_message(&req.requester.id, &text, &[])
+        })
+        .await
+        .map_err(|e| match e {
+            ChatError::Permanent(e) => format!("the chat platform refused the message: {e}"),
+            e => e.to_string(),
+        })
     }
 }
 

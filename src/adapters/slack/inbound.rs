@@ -335,6 +335,8 @@ impl Inbound {
 
     /// `/passport …`.
     pub async fn command(self: &Arc<Self>, cmd: SlashCommand, answer: Answer) -> Ack {
+        // One deadline for the whole answer, however many steps it waits on.
+        let until = tokio::time::Instant::now() + self.deadline;
         if !self.first_delivery("trigger", cmd.trigger_id.as_deref()) {
             tracing::info!("repeated slash command delivery ignored");
             return Ack::Empty;
@@ -356,7 +358,7 @@ impl Inbound {
                 let form = request_form(&default, cmd.channel_id.as_deref());
                 // The trigger is good for 3 s, so this cannot wait longer anyway.
                 let opened =
-                    tokio::time::timeout(self.deadline, self.api.open_view(trigger, form)).await;
+                    tokio::time::timeout_at(until, self.api.open_view(trigger, form)).await;
                 match opened {
                     Ok(Ok(())) => return Ack::Empty,
                     // Without the form, the usage message below says what to type.
@@ -387,7 +389,7 @@ impl Inbound {
             }
             Answer::InlineOrLater => {
                 let mut work = work;
-                match tokio::time::timeout(self.deadline, &mut work).await {
+                match tokio::time::timeout_at(until, &mut work).await {
                     Ok(Ok(reply)) => Ack::Json(ephemeral(&reply_text(&reply))),
                     Ok(Err(_)) => Ack::Json(ephemeral(FAILED)),
                     Err(_) => {
