@@ -695,10 +695,19 @@ impl Store for SqliteStore {
         since: Option<Timestamp>,
     ) -> Result<Vec<LogEvent>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            // One statement per case, so each can use its index
+            // (`logbook_by_request`, `logbook_by_time`); `x IS NULL OR …`
+            // would read the whole Logbook every time.
+            let filter = match (request.is_some(), since.is_some()) {
+                (true, true) => "request = ?1 AND at >= ?2",
+                (true, false) => "request = ?1 AND ?2 IS NULL",
+                (false, true) => "?1 IS NULL AND at >= ?2",
+                (false, false) => "?1 IS NULL AND ?2 IS NULL",
+            };
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT seq, at, actor, request, action, details FROM logbook \
-                 WHERE (?1 IS NULL OR request = ?1) AND (?2 IS NULL OR at >= ?2) ORDER BY seq",
-            )?;
+                 WHERE {filter} ORDER BY seq"
+            ))?;
             let mut rows = stmt.query(params![
                 request.map(|r| r.to_string()),
                 since.map(Timestamp::as_millis)

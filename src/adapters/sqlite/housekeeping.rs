@@ -9,7 +9,7 @@ use crate::domain::request::{AccessRequest, RequestState};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
 
-use super::{append_events, id_of, insert_outbox, requests};
+use super::{append_events, id_of, insert_outbox, requests, to_id};
 
 /// Events and notices that belong to no request.
 pub(super) fn record(conn: &Connection, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
@@ -209,9 +209,7 @@ pub(super) fn request_for_message(
             .query_row(params![surface, message], |r| r.get(0))
             .optional()?,
     };
-    Ok(id
-        .and_then(|n| u64::try_from(n).ok())
-        .and_then(RequestId::new))
+    id.map(to_id).transpose()
 }
 
 pub(super) fn logbook_hash_at(conn: &Connection, seq: u64) -> Result<Option<String>, StoreError> {
