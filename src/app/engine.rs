@@ -162,6 +162,16 @@ impl Engine {
 
     pub async fn handle(&self, actor: &Actor, command: Command) -> Reply {
         let id = command.request_id();
+        // Only a command that may have committed something gives the
+        // scheduler new work (timers, notices) to look at.
+        let reads_only = matches!(
+            command,
+            Command::List(_)
+                | Command::Show(_)
+                | Command::Audit(_)
+                | Command::KeyShow
+                | Command::Help
+        );
         let result = match command {
             Command::Request(spec) => self.request(actor, spec).await,
             Command::Approve(id) => self.approve(actor, id).await,
@@ -181,7 +191,9 @@ impl Engine {
         };
         match result {
             Ok((text, request)) => {
-                self.wake.notify_waiters();
+                if !reads_only {
+                    self.wake.notify_waiters();
+                }
                 Reply::ok(text, request.or(id))
             }
             Err(AppError::Store(e)) => {
