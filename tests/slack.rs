@@ -1178,6 +1178,36 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
         .calls()
         .iter()
         .any(|c| c.method == "socket.ack" && c.params["envelope_id"] == "env-2"));
+
+    // A form submitted with a bad field: the errors travel in the acknowledgement.
+    let form = json!({
+        "type": "view_submission",
+        "user": { "id": DEV, "username": "dev1" },
+        "trigger_id": "79.1.c",
+        "view": {
+            "id": "V0FAKE", "type": "modal", "callback_id": "passport_request",
+            "private_metadata": "C0GENERAL", "blocks": [],
+            "state": { "values": {
+                "instances": { "value": { "type": "plain_text_input", "value": "web-1" } },
+                "ticket": { "value": { "type": "plain_text_input", "value": "ticket#4" } },
+                "reason": { "value": { "type": "plain_text_input", "value": "r" } }
+            } }
+        }
+    });
+    fake.socket_send(&json!({ "envelope_id": "env-3", "type": "interactive", "payload": form }));
+    let acked = || {
+        fake.calls()
+            .into_iter()
+            .find(|c| c.method == "socket.ack" && c.params["envelope_id"] == "env-3")
+    };
+    eventually("the form's acknowledgement", || acked().is_some()).await;
+    let ack = acked().unwrap();
+    assert_eq!(
+        ack.params["payload"]["response_action"], "errors",
+        "{:?}",
+        ack.params
+    );
+    assert!(ack.params["payload"]["errors"]["instances"].is_string());
     socket.abort();
     built.app.store.close().await;
 }

@@ -2,9 +2,12 @@
 //! WebSocket to Slack (`apps.connections.open` with the app-level token) and
 //! receives the same slash commands, clicks and events there.
 //!
-//! Every envelope is acknowledged before it is handled, so Slack never
-//! redelivers because a handler was slow; the handlers are those of HTTP mode
-//! ([`Inbound`]), and a slash command's answer goes through its `response_url`.
+//! Slash commands and events are acknowledged before they are handled, so
+//! Slack never redelivers because a handler was slow; a slash command's
+//! answer goes through its `response_url`. Clicks and form submissions are
+//! acknowledged with the handler's answer, which waits for the work at most
+//! the 2.5-second deadline, because a form's field errors travel in the
+//! acknowledgement. The handlers are those of HTTP mode ([`Inbound`]).
 //! A dropped connection, a `disconnect` notice (Slack refreshes connections
 //! every few hours) or a silent one is replaced, with exponential backoff
 //! between failed attempts.
@@ -21,7 +24,19 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::config::Secret;
 
 use super::api::SlackApi;
-use super::inbound::{Answer, EventBody, Inbound, Interaction, SlashCommand};
+use super::inbound::{Ack, Answer, EventBody, Inbound, Interaction, SlashCommand};
+
+/// The sending half of a connection, shared by the tasks that acknowledge.
+type Writer = Arc<
+    tokio::sync::Mutex<
+        futures::stream::SplitSink<
+            tokio_tungstenite::WebSocketStream<
+                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+            >,
+            Message,
+        >,
+    >,
+>;
 
 /// A connection that has said nothing for this long is taken as dead (Slack
 /// pings every few seconds).
@@ -91,7 +106,8 @@ impl SocketMode {
         let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .map_err(|e| format!("cannot open the WebSocket: {e}"))?;
-        let (mut write, mut read) = ws.split();
+        let (write, mut read) = ws.split();
+        let write: Writer = Arc::new(tokio::sync::Mutex::new(write));
         let mut greeted = false;
         loop {
             let next = match tokio::time::timeout(SILENCE, read.next()).await {
@@ -110,7 +126,7 @@ impl SocketMode {
                 Some(Err(e)) => return Err(format!("WebSocket error: {e}")),
                 Some(Ok(Message::Text(t))) => t.to_string(),
                 Some(Ok(Message::Ping(p))) => {
-                    let _ = write.send(Message::Pong(p)).await;
+                    let _ = write.lock().await.send(Message::Pong(p)).await;
                     continue;
                 }
                 Some(Ok(_)) => continue,
@@ -131,11 +147,12 @@ impl SocketMode {
                     tracing::info!(reason = ?envelope.reason, "Slack asked to reconnect");
                     return Ok(Ended::Reconnect);
                 }
+                "interactive" => self.interact(envelope, write.clone()),
                 kind => {
                     // Acknowledge first: the handler may take longer than Slack waits.
                     if let Some(id) = &envelope.envelope_id {
                         let ack = json!({ "envelope_id": id }).to_string();
-                        if let Err(e) = write.send(Message::Text(ack.into())).await {
+                        if let Err(e) = write.lock().await.send(Message::Text(ack.into())).await {
                             return Err(format!("cannot acknowledge an envelope: {e}"));
                         }
                     }
@@ -143,6 +160,37 @@ impl SocketMode {
                 }
             }
         }
+    }
+
+    /// A click or form submission: handled first (within the deadline), then
+    /// acknowledged with the handler's answer, e.g. a form's field errors.
+    fn interact(&self, envelope: Envelope, write: Writer) {
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move {
+            let answer = match envelope.payload.map(serde_json::from_value::<Interaction>) {
+                Some(Ok(i)) => inbound.interaction(i).await,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Socket Mode interaction not understood; ignored");
+                    Ack::Empty
+                }
+                None => Ack::Empty,
+            };
+            let Some(id) = envelope.envelope_id else {
+                return;
+            };
+            let ack = match answer {
+                Ack::Json(payload) => json!({ "envelope_id": id, "payload": payload }),
+                Ack::Empty => json!({ "envelope_id": id }),
+            };
+            let sent = write
+                .lock()
+                .await
+                .send(Message::Text(ack.to_string().into()))
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "cannot acknowledge an interaction");
+            }
+        });
     }
 
     fn dispatch(&self, kind: &str, payload: Option<Value>) {
@@ -154,13 +202,6 @@ impl SocketMode {
                 "slash_commands" => match serde_json::from_value::<SlashCommand>(payload) {
                     Ok(cmd) => {
                         inbound.command(cmd, Answer::Later).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
-                "interactive" => match serde_json::from_value::<Interaction>(payload) {
-                    Ok(i) => {
-                        inbound.interaction(i).await;
                         Ok(())
                     }
                     Err(e) => Err(e),
