@@ -273,7 +273,7 @@ async fn engine_throughput(
     stop_timers.notify_one();
     timers.await??;
 
-    while !store.pending_notices(1).await?.is_empty() {
+    while !store.pending_notices(1, 1).await?.is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let delivery_elapsed = started.elapsed();

@@ -458,3 +458,32 @@ async fn a_timer_that_fails_is_put_off_rather_than_retried_at_once() {
     let next = app.engine.next_timer_due().await.unwrap().unwrap();
     assert!(next > app.engine.now(), "{next} for {id}");
 }
+
+#[tokio::test]
+async fn a_long_waiting_lane_does_not_hide_newer_notices() {
+    use passport::app::effects::Effects;
+    use passport::app::ports::ChatError;
+    use passport::domain::notice::Notice;
+
+    let (app, _dir) = TestApp::spawn().await;
+    // The audit channel rate-limits for a long while, with 2,100 lines waiting.
+    let mut fx = Effects::default();
+    for i in 0..2100 {
+        fx.notify(Notice::Audit {
+            text: format!("line {i}"),
+        });
+    }
+    fx.route(&["test".to_owned()], "");
+    app.store.record(fx, app.engine.now()).await.unwrap();
+    app.surface.fail_next(vec![ChatError::RateLimited {
+        retry_after_ms: 3_600_000,
+    }]);
+    app.dispatcher.deliver_due().await.unwrap();
+    // A request made now still gets its card at once.
+    let id = app.new_request(WEB, "1h ticket#1 x").await;
+    app.dispatcher.deliver_due().await.unwrap();
+    assert!(
+        app.surface.card(id).is_some(),
+        "the card waited behind the audit lane"
+    );
+}

@@ -571,13 +571,16 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn pending_notices(&self, limit: u32) -> Result<Vec<Pending>, StoreError> {
+    async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, surface, lane, notice, attempts, next_attempt_at FROM outbox \
-                 WHERE delivered_at IS NULL AND dead_at IS NULL ORDER BY id LIMIT ?1",
+                 WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
+                     (PARTITION BY surface, lane ORDER BY id) AS n FROM outbox \
+                     WHERE delivered_at IS NULL AND dead_at IS NULL) WHERE n <= ?2) \
+                 ORDER BY id LIMIT ?1",
             )?;
-            let mut rows = stmt.query([i64::from(limit)])?;
+            let mut rows = stmt.query([i64::from(limit), i64::from(per_lane)])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 let notice = row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;

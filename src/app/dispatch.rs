@@ -18,6 +18,8 @@ use super::ports::{ChatError, ChatSurface, Clock, Pending, Store, StoreError};
 
 /// Lanes delivered at the same time.
 const CONCURRENT_LANES: usize = 16;
+/// Notices of one lane taken per pass.
+const PER_LANE: u32 = 20;
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 
@@ -75,7 +77,10 @@ impl Dispatcher {
         let _pass = self.gate.lock().await;
         let mut report = DeliveryReport::default();
         loop {
-            let pending = self.store.pending_notices(2000).await?;
+            // A few notices of each lane per pass: a long lane (a paced audit
+            // channel with a backlog) neither hides the others nor holds the
+            // pass for long.
+            let pending = self.store.pending_notices(2000, PER_LANE).await?;
             if pending.is_empty() {
                 return Ok(report);
             }

@@ -228,7 +228,9 @@ pub trait Store: Send + Sync {
     async fn reschedule_timer(&self, id: TimerId, due: Timestamp) -> Result<(), StoreError>;
     async fn delete_timer(&self, id: TimerId) -> Result<(), StoreError>;
 
-    async fn pending_notices(&self, limit: u32) -> Result<Vec<Pending>, StoreError>;
+    /// Undelivered notices, oldest first: at most `per_lane` of each lane and
+    /// `limit` in all, so that one long lane cannot hide the others.
+    async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError>;
     async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError>;
     async fn mark_retry(
         &self,
