@@ -92,38 +92,20 @@ pub async fn console_app(
         let _ = writeln!(o, "{line}");
     });
     let (provisioner, courier) = provisioner(settings, Some(sink)).await?;
-    let surfaces: Vec<Arc<dyn ChatSurface>> = vec![Arc::new(ConsoleSurface::new(out))];
-    let engine = Engine::new(
-        Ports {
-            store: store.clone(),
-            provisioner,
-            directory: Arc::new(StaticDirectory::new(&settings.groups)),
-            clock: clock.clone(),
-        },
-        settings.policy.clone(),
-        settings.grammar.clone(),
-        EngineSettings {
-            warnings: settings.warnings.clone(),
-            surfaces: surfaces.iter().map(|s| s.name().to_owned()).collect(),
-            ..EngineSettings::default()
-        },
-    );
+    let surface: Arc<dyn ChatSurface> = Arc::new(ConsoleSurface::new(out));
     if let Some(courier) = &courier {
-        courier.attach(store.clone(), &surfaces);
+        courier.attach(store.clone(), std::slice::from_ref(&surface));
     }
-    let dispatcher = Dispatcher::new(store.clone(), clock, surfaces).one_lane_at_a_time();
-    let (engine, dispatcher) = (Arc::new(engine), Arc::new(dispatcher));
-    let scheduler = Arc::new(Scheduler::new(
-        engine.clone(),
-        dispatcher.clone(),
-        settings.jobs.clone(),
-    ));
-    Ok(App {
-        engine,
-        dispatcher,
+    Ok(assemble(
+        settings,
         store,
-        scheduler,
-    })
+        surface,
+        Arc::new(StaticDirectory::new(&settings.groups)),
+        provisioner,
+        clock,
+        // The console's output reads in the order things happened.
+        Dispatcher::one_lane_at_a_time,
+    ))
 }
 
 /// Runs everything due now and delivers every notice that can go, until
@@ -322,15 +304,17 @@ pub fn logged_dry_run(settings: &Settings) -> Arc<dyn Provisioner> {
     ))
 }
 
-/// The engine, dispatcher and scheduler on `store`, with `surface` as the
-/// one chat surface: what every chat platform's application shares.
-fn chat_app(
+/// The engine, dispatcher (as `delivery` tunes it) and scheduler on
+/// `store`, with `surface` as the one chat surface: what the console and every
+/// chat platform share.
+fn assemble(
     settings: &Settings,
     store: Arc<SqliteStore>,
     surface: Arc<dyn ChatSurface>,
     directory: Arc<dyn Directory>,
     provisioner: Arc<dyn Provisioner>,
     clock: Arc<dyn Clock>,
+    delivery: fn(Dispatcher) -> Dispatcher,
 ) -> App {
     let engine = Arc::new(Engine::new(
         Ports {
@@ -347,7 +331,11 @@ fn chat_app(
             ..EngineSettings::default()
         },
     ));
-    let dispatcher = Arc::new(Dispatcher::new(store.clone(), clock, vec![surface]));
+    let dispatcher = Arc::new(delivery(Dispatcher::new(
+        store.clone(),
+        clock,
+        vec![surface],
+    )));
     let scheduler = Arc::new(Scheduler::new(
         engine.clone(),
         dispatcher.clone(),
@@ -386,13 +374,14 @@ pub async fn slack_app(
         slack.usergroups.clone(),
         slack.cache_ttl,
     ));
-    let app = chat_app(
+    let app = assemble(
         settings,
         store,
         surface.clone(),
         directory,
         options.provisioner,
         options.clock.clone(),
+        std::convert::identity,
     );
     let people = Arc::new(People::new(api.clone()));
     let inbound = Arc::new(
@@ -473,13 +462,14 @@ pub async fn discord_app(
         discord.roles.clone(),
         discord.cache_ttl,
     ));
-    let app = chat_app(
+    let app = assemble(
         settings,
         store,
         surface.clone(),
         directory.clone(),
         options.provisioner,
         options.clock.clone(),
+        std::convert::identity,
     );
     let inbound = Arc::new(
         DiscordInbound::new(app.engine.clone(), api.clone(), directory, discord.guild_id)
