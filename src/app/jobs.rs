@@ -199,16 +199,10 @@ impl Engine {
         }
         let since = self.clock.now().minus(RECHECK_WINDOW);
         for req in self.store.ended_unverified(since, 200).await? {
-            let instances: Vec<_> = req
-                .grants
-                .iter()
-                .filter(|g| g.state == GrantState::Removed)
-                .filter_map(|g| req.instance(&g.instance).cloned())
-                .collect();
             let spec = RevokeSpec {
                 request: req.id,
                 username: req.username.clone(),
-                instances,
+                instances: req.instances_in(GrantState::Removed),
             };
             let outcomes = if spec.instances.is_empty() {
                 Vec::new()

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::domain::notice::Notice;
 use crate::domain::request::{
-    AccessRequest, GrantState, InstanceOutcome, RefusalKind, RequestState,
+    AccessRequest, GrantState, InstanceInfo, InstanceOutcome, RefusalKind, RequestState,
 };
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, RequestId};
@@ -36,6 +36,18 @@ pub fn backoff(attempts: u32) -> Span {
 
 fn stale(id: RequestId, what: &str) -> RefusalKind {
     RefusalKind::WrongState(format!("{id}: {what}"))
+}
+
+/// The outcome of a provisioner call that failed as a whole: every instance failed, with its error.
+fn all_failed(instances: &[InstanceInfo], error: &ProvisionError) -> Vec<InstanceOutcome> {
+    instances
+        .iter()
+        .map(|i| InstanceOutcome {
+            instance: i.id.clone(),
+            ok: false,
+            detail: Some(error.to_string()),
+        })
+        .collect()
 }
 
 /// Timers a pass of `run_due` has claimed; unclaimed when dropped.
@@ -257,24 +269,19 @@ impl Engine {
             _ => return self.store.delete_timer(t.id).await,
         };
         let was_active = req.state == RequestState::Active;
+        let instances = req.instances_in(wanted);
+        if instances.is_empty() {
+            return self.store.delete_timer(t.id).await;
+        }
         let ssh_public_key = self
             .store
             .ssh_key(&req.requester.id)
             .await?
             .map(|k| k.as_str().to_owned());
-        let instances: Vec<_> = req
-            .grants
-            .iter()
-            .filter(|g| g.state == wanted)
-            .filter_map(|g| req.instance(&g.instance).cloned())
-            .collect();
-        if instances.is_empty() {
-            return self.store.delete_timer(t.id).await;
-        }
         let spec = GrantSpec {
             request: req.id,
             username: req.username.clone(),
-            instances: instances.clone(),
+            instances,
             expires_at,
             sudo: req.requirement.sudo,
             ssh_public_key,
@@ -288,14 +295,7 @@ impl Engine {
                     .reschedule_timer(t.id, now.plus(backoff(t.attempts)))
                     .await;
             }
-            Err(e) => instances
-                .iter()
-                .map(|i| InstanceOutcome {
-                    instance: i.id.clone(),
-                    ok: false,
-                    detail: Some(e.to_string()),
-                })
-                .collect(),
+            Err(e) => all_failed(&spec.instances, &e),
         };
         let id = req.id;
         let warnings = self.settings.warnings.clone();
@@ -451,18 +451,11 @@ impl Engine {
         let spec = RevokeSpec {
             request: req.id,
             username: req.username.clone(),
-            instances: instances.clone(),
+            instances,
         };
         let outcomes = match self.provisioner.revoke(&spec).await {
             Ok(outcomes) => outcomes,
-            Err(e) => instances
-                .iter()
-                .map(|i| InstanceOutcome {
-                    instance: i.id.clone(),
-                    ok: false,
-                    detail: Some(e.to_string()),
-                })
-                .collect(),
+            Err(e) => all_failed(&spec.instances, &e),
         };
         let now = self.clock.now();
         let id = req.id;

@@ -988,6 +988,15 @@ impl AccessRequest {
     pub fn instance(&self, id: &InstanceId) -> Option<&InstanceInfo> {
         self.instances.iter().find(|i| &i.id == id)
     }
+
+    /// The instances whose grant is in `state`, in grant order.
+    pub fn instances_in(&self, state: GrantState) -> Vec<InstanceInfo> {
+        self.grants
+            .iter()
+            .filter(|g| g.state == state)
+            .filter_map(|g| self.instance(&g.instance).cloned())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -1260,6 +1269,23 @@ mod tests {
 
     // ------------------------------------------------------------------
     // A new request
+
+    #[test]
+    fn instances_are_picked_by_the_state_of_their_grant() {
+        let mut r = provisioning();
+        let ids = |r: &AccessRequest, s| -> Vec<InstanceId> {
+            r.instances_in(s).into_iter().map(|i| i.id).collect()
+        };
+        assert_eq!(ids(&r, GrantState::Provisioning), vec![iid(1), iid(2)]);
+        let failed = InstanceOutcome {
+            ok: false,
+            detail: Some("no agent".into()),
+            ..ok(2)
+        };
+        r.record_provisioning(&[ok(1), failed], at(2)).unwrap();
+        assert_eq!(ids(&r, GrantState::Active), vec![iid(1)]);
+        assert!(ids(&r, GrantState::Provisioning).is_empty());
+    }
 
     #[test]
     fn new_request_is_pending_with_one_pending_grant_per_instance() {
