@@ -385,7 +385,8 @@ pub async fn slack_app(
     );
     let people = Arc::new(People::new(api.clone()));
     let inbound = Arc::new(
-        Inbound::new(app.engine.clone(), api.clone(), people).with_deadline(options.ack_deadline),
+        Inbound::new(app.engine.clone(), api.clone(), people, surface.clone())
+            .with_deadline(options.ack_deadline),
     );
     let endpoints = slack.signing_secret.clone().map(|secret| SlackEndpoints {
         inbound: inbound.clone(),

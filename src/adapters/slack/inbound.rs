@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use crate::adapters::chat_retry::with_retries;
 use crate::adapters::seen::Seen;
 use crate::app::engine::{Actor, Engine, Reply};
+use crate::app::ports::ChatSurface;
 use crate::domain::command::{help_text, COMMANDS};
 use crate::domain::values::{
     parse_span, GrantDuration, InstanceIds, Reason, RequestId, Ticket, UserId,
@@ -223,6 +224,8 @@ pub struct Inbound {
     engine: Arc<Engine>,
     api: Arc<SlackApi>,
     people: Arc<People>,
+    /// Direct messages go through the surface, which remembers each DM channel.
+    surface: Arc<dyn ChatSurface>,
     seen: Seen,
     /// How long an answer waits for the work.
     pub deadline: Duration,
@@ -264,11 +267,17 @@ pub fn looks_like_command(text: &str) -> bool {
 }
 
 impl Inbound {
-    pub fn new(engine: Arc<Engine>, api: Arc<SlackApi>, people: Arc<People>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        api: Arc<SlackApi>,
+        people: Arc<People>,
+        surface: Arc<dyn ChatSurface>,
+    ) -> Self {
         Self {
             engine,
             api,
             people,
+            surface,
             seen: Seen::default(),
             deadline: ACK_DEADLINE,
         }
@@ -449,13 +458,14 @@ impl Inbound {
                 }
             }
         }
-        let sent = match self.api.open_dm(user).await {
-            Ok(dm) => self
-                .api
-                .post_message(&dm, text_content(text, &[]), None)
+        let sent = match UserId::parse(user) {
+            Ok(id) => {
+                with_retries("a direct answer", || {
+                    self.surface.direct_message(&id, text, &[])
+                })
                 .await
-                .map(|_| ()),
-            Err(e) => Err(e),
+            }
+            Err(e) => Err(crate::app::ports::ChatError::Permanent(e.0)),
         };
         if let Err(e) = sent {
             tracing::warn!(error = %e, "cannot send an answer as a direct message");
