@@ -381,13 +381,17 @@ fn insert_outbox(conn: &Connection, fx: &Effects, at: Timestamp) -> Result<(), S
     Ok(())
 }
 
-/// Chains `events` after the Logbook's head. Returns the last sequence number.
-fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<u64, StoreError> {
-    let head: Option<(i64, Vec<u8>)> = conn
+/// The Logbook's last event: its sequence number and hash.
+fn logbook_head(conn: &Connection) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    Ok(conn
         .prepare_cached("SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (mut seq, mut prev) = match head {
+        .optional()?)
+}
+
+/// Chains `events` after the Logbook's head. Returns the last sequence number.
+fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<u64, StoreError> {
+    let (mut seq, mut prev) = match logbook_head(conn)? {
         Some((seq, hash)) => (
             seq as u64,
             Hash::try_from(hash.as_slice())

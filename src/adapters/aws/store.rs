@@ -140,11 +140,6 @@ impl SqliteCommandStore {
         Ok(Self { pool })
     }
 
-    /// Uses a pool on a database whose migrations are already applied.
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        Self { pool }
-    }
-
     async fn prune_settled(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
         let done = "SELECT command_id FROM ssm_commands c
                     WHERE c.sent_at < ?1

@@ -184,11 +184,7 @@ pub(super) fn has_timer(
 }
 
 pub(super) fn logbook_head(conn: &Connection) -> Result<Option<(u64, String)>, StoreError> {
-    let head: Option<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    Ok(head.map(|(seq, hash)| (seq as u64, hex::encode(hash))))
+    Ok(super::logbook_head(conn)?.map(|(seq, hash)| (seq as u64, hex::encode(hash))))
 }
 
 pub(super) fn request_for_message(
