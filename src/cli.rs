@@ -290,9 +290,17 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
     } else {
         Arc::new(clock.clone())
     };
-    let app = startup::console_app(settings, out.clone(), clock_arc)
-        .await
-        .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
+    let app = match startup::console_app(settings, out.clone(), clock_arc).await {
+        Ok(app) => app,
+        // The AWS error says what failed; only the store's needs the file named.
+        Err(startup::StartError::Store(e)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot open the database {}",
+                settings.store_path.display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let approvers = settings
         .groups
         .get("approvers")
@@ -482,7 +490,9 @@ async fn serve_chat(
         task.abort();
     }
     // Deliver what the last commands queued, briefly; the rest waits in the outbox.
-    let _ = startup::finish_deliveries(&app, startup::SHUTDOWN_GRACE).await;
+    if let Err(e) = startup::finish_deliveries(&app, startup::SHUTDOWN_GRACE).await {
+        tracing::warn!(error = %e, "could not deliver the last notices; they stay in the outbox for the next start");
+    }
     background.abort();
     app.scheduler.release().await;
     app.store.close().await;
