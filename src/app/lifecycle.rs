@@ -273,11 +273,18 @@ impl Engine {
         if instances.is_empty() {
             return self.store.delete_timer(t.id).await;
         }
-        let ssh_public_key = self
-            .store
-            .ssh_key(&req.requester.id)
-            .await?
-            .map(|k| k.as_str().to_owned());
+        // With a CA, instances trust its keys and people log in with
+        // certificates; without one, the registered key is installed.
+        let (trusted_ca_keys, ssh_public_key) = match &self.certificates {
+            Some(ca) => (ca.signer.trusted_keys(), None),
+            None => (
+                Vec::new(),
+                self.store
+                    .ssh_key(&req.requester.id)
+                    .await?
+                    .map(|k| k.as_str().to_owned()),
+            ),
+        };
         let spec = GrantSpec {
             request: req.id,
             username: req.username.clone(),
@@ -285,6 +292,8 @@ impl Engine {
             expires_at,
             sudo: req.requirement.sudo,
             ssh_public_key,
+            trusted_ca_keys,
+            port_forwarding: req.requirement.port_forwarding,
         };
         let outcomes = match self.provisioner.grant(&spec).await {
             Ok(outcomes) => outcomes,
