@@ -275,3 +275,37 @@ async fn without_a_ca_grants_install_the_registered_key() {
     assert!(grants[0].trusted_ca_keys.is_empty());
     app.close().await;
 }
+
+#[tokio::test]
+async fn the_access_message_offers_a_certificate_and_the_ssh_line_uses_it() {
+    let (app, _dir) = app_with(ca(CaKeyType::Ed25519)).await;
+    assert!(app.run("dev1", &format!("key set {KEY}")).await.ok);
+    let id = app.active_request("1h").await;
+    let (text, actions) = app
+        .surface
+        .all()
+        .into_iter()
+        .find_map(|p| match p {
+            Posted::Direct(user, text, actions) if user == "dev1" && text.contains("is active") => {
+                Some((text, actions))
+            }
+            _ => None,
+        })
+        .expect("the connection details by direct message");
+    assert!(text.contains(&format!("`/passport cert {id}`")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "ssh -o CertificateFile=~/.ssh/passport-{id}-cert.pub"
+        )),
+        "{text}"
+    );
+    let button = actions
+        .iter()
+        .find(|a| a.label == "Get SSH certificate")
+        .expect("a certificate button");
+    // The button is the command: clicking it issues the certificate.
+    let reply = app.run("dev1", &button.command).await;
+    assert!(reply.ok, "{}", reply.text);
+    assert_eq!(app.count(id, "certificate_issued").await, 1);
+    app.close().await;
+}

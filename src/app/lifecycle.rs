@@ -308,6 +308,7 @@ impl Engine {
         };
         let id = req.id;
         let warnings = self.settings.warnings.clone();
+        let certificates = self.certificates.is_some();
         // The access clock starts when the grant has come back, not when it was sent.
         let now = self.clock.now();
         let on_instance_until = expires_at;
@@ -356,8 +357,10 @@ impl Engine {
                         fx.notify(Notice::Direct {
                             user: req.requester.id.clone(),
                             request: Some(id),
-                            text: messages::connection_details(req),
-                            actions: Vec::new(),
+                            text: messages::connection_details(req, certificates),
+                            actions: messages::certificate_action(req, certificates)
+                                .into_iter()
+                                .collect(),
                         });
                     }
                 }
@@ -377,7 +380,7 @@ impl Engine {
                         // (nearly) before Passport's own: move it.
                         fx.schedule(TimerKind::Refresh, now);
                     }
-                    let details = messages::connection_details(req);
+                    let details = messages::connection_details(req, certificates);
                     let failed = req.grants.iter().any(|g| g.state == GrantState::Failed);
                     let retry_hint = if failed {
                         "\nFix the failed instances, then retry them."
@@ -399,7 +402,10 @@ impl Engine {
                         text: format!(
                             "{details}\nReply `extend {id} 1h` or `complete {id}` at any time."
                         ),
-                        actions: messages::extend_complete(req),
+                        actions: messages::certificate_action(req, certificates)
+                            .into_iter()
+                            .chain(messages::extend_complete(req))
+                            .collect(),
                     });
                 }
                 RequestState::Failed => {
