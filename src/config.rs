@@ -495,6 +495,11 @@ impl Config {
                             None
                         }
                     });
+            if extension_approval_over.is_some() && rc.approvals == 0 {
+                errors.push(format!(
+                    "{field}.extension_approval_over: this rule approves automatically (approvals = 0), so nobody could approve its extensions: set approvals to 1 or more, or remove extension_approval_over"
+                ));
+            }
             Rule {
                 name: rc.name.clone(),
                 tags: rc.tags.clone(),
@@ -719,6 +724,25 @@ mod tests {
             vec![Span::from_minutes(15), Span::from_minutes(5)]
         );
         assert!(s.groups.contains_key("approvers"));
+    }
+
+    #[test]
+    fn an_extension_nobody_could_approve_is_a_configuration_error() {
+        let mut c = Config::default();
+        c.policy.rules.push(RuleConfig {
+            name: "dev".into(),
+            tags: BTreeMap::from([("env".into(), "dev".into())]),
+            approvals: 0,
+            extension_approval_over: Some("1h".into()),
+            ..RuleConfig::default()
+        });
+        let errs = c.validate().unwrap_err().to_string();
+        assert!(
+            errs.contains(
+                "policy.rules[0].extension_approval_over: this rule approves automatically"
+            ),
+            "{errs}"
+        );
     }
 
     #[test]

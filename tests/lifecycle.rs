@@ -62,7 +62,8 @@ async fn extensions_past_the_threshold_wait_for_an_approver() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(ask[0].command, format!("approve {id}"));
+    // The button names the extension it was shown for.
+    assert_eq!(ask[0].command, format!("approve {id} +1h"));
     let r = app.run_in_thread("dev1", id, "extend 10m").await;
     assert!(!r.ok && r.text.contains("already waiting"), "{}", r.text);
     let r = app.run_in_thread("dev1", id, "approve").await;
@@ -70,7 +71,20 @@ async fn extensions_past_the_threshold_wait_for_an_approver() {
     let r = app.run_in_thread("lead1", id, "approve").await;
     assert!(!r.ok, "only the request's approvers: {}", r.text);
     let grants_before = app.provisioner.grants().len();
-    let r = app.run_in_thread("sre3", id, "approve").await;
+    // prod needs 2 sre-leads, and so does an extension past its threshold.
+    let r = app.run_in_thread("sre1", id, "approve").await;
+    assert!(
+        r.ok && r.text.contains("still needs 1 more approval"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        app.request(id).await.expires_at,
+        Some(first_expiry.plus(mins(30)))
+    );
+    let r = app.run_in_thread("sre1", id, &ask[0].command).await;
+    assert!(!r.ok && r.text.contains("already approved"), "{}", r.text);
+    let r = app.run_in_thread("sre3", id, &ask[0].command).await;
     assert!(r.ok, "{}", r.text);
     assert_eq!(
         app.request(id).await.expires_at,
@@ -87,6 +101,74 @@ async fn extensions_past_the_threshold_wait_for_an_approver() {
         .iter()
         .any(|d| d.contains("extension of") && d.contains("approved by sre3")));
     assert_eq!(app.count(id, "extension_requested").await, 1);
+    assert_eq!(app.count(id, "extension_approval_recorded").await, 1);
+}
+
+#[tokio::test]
+async fn an_old_extension_button_cannot_approve_a_later_extension() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = active_prod(&app, "1h").await;
+    assert!(app.run_in_thread("dev1", id, "extend 90m").await.ok);
+    let old = app
+        .surface
+        .all()
+        .into_iter()
+        .find_map(|p| match p {
+            Posted::Thread(_, text, actions) if text.contains("asks to extend by 1h30m") => {
+                Some(actions[0].command.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(app.run_in_thread("sre1", id, "deny not now").await.ok);
+    assert!(app.run_in_thread("dev1", id, "extend 3h").await.ok);
+    let expiry = app.request(id).await.expires_at;
+    // A click on the +1h30m prompt's button is refused while +3h waits.
+    for approver in ["sre2", "sre3"] {
+        let r = app.run_in_thread(approver, id, &old).await;
+        assert!(!r.ok, "{}", r.text);
+        assert!(r.text.contains("no longer waiting"), "{}", r.text);
+        assert!(r.text.contains("by 3h"), "{}", r.text);
+    }
+    assert_eq!(app.request(id).await.expires_at, expiry);
+    assert!(app
+        .request(id)
+        .await
+        .pending_extension
+        .unwrap()
+        .approvals
+        .is_empty());
+    // Without anything pending, the old button says so too.
+    assert!(app.run_in_thread("sre1", id, "deny no").await.ok);
+    let r = app.run_in_thread("sre2", id, &old).await;
+    assert!(!r.ok && r.text.contains("no longer waiting"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn one_approver_of_a_weaker_rule_cannot_approve_a_guarded_extension() {
+    // A request on prod (2 sre-leads, extensions past 1h need them again) and a
+    // plain instance (1 approver): the plain rule's approver alone is not enough.
+    let (app, _dir) = TestApp::spawn().await;
+    let id = app
+        .new_request(&format!("{PROD},{WEB}"), "1h INC-2 both")
+        .await;
+    for who in ["sre1", "sre2", "lead1"] {
+        let r = app.run(who, &format!("approve {id}")).await;
+        assert!(r.ok, "{who}: {}", r.text);
+    }
+    assert_eq!(app.request(id).await.state, RequestState::Active);
+    assert!(app.run_in_thread("dev1", id, "extend 2h").await.ok);
+    let r = app.run_in_thread("lead1", id, "approve").await;
+    assert!(!r.ok, "{}", r.text);
+    assert!(
+        r.text.contains("not an approver for the extension"),
+        "{}",
+        r.text
+    );
+    assert!(app.run_in_thread("sre1", id, "approve").await.ok);
+    assert!(app.request(id).await.pending_extension.is_some());
+    assert!(app.run_in_thread("sre2", id, "approve").await.ok);
+    assert!(app.request(id).await.pending_extension.is_none());
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@ use crate::domain::command::{help_text, Command, Grammar, ListFilter, RequestSpe
 use crate::domain::notice::Notice;
 use crate::domain::policy::{Membership, Policy};
 use crate::domain::request::{
-    AccessRequest, ApprovalOutcome, NewRequest, Refusal, RefusalKind, RequestState,
+    AccessRequest, ApprovalOutcome, ExtensionApproval, NewRequest, Refusal, RefusalKind,
+    RequestState,
 };
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{GrantDuration, InputError, Person, Reason, RequestId, SshPublicKey};
@@ -205,7 +206,8 @@ impl Engine {
         );
         let result = match command {
             Command::Request(spec) => self.request(actor, spec).await,
-            Command::Approve(id) => self.approve(actor, id).await,
+            Command::Approve(id) => self.approve(actor, id, None).await,
+            Command::ApproveExtension(id, by) => self.approve(actor, id, Some(by)).await,
             Command::Deny(id, reason) => self.deny(actor, id, reason).await,
             Command::Cancel(id) => self.cancel(actor, id).await,
             Command::Complete(id) => self.complete(actor, id).await,
@@ -422,18 +424,50 @@ impl Engine {
     // -----------------------------------------------------------------------
     // decisions
 
+    /// Approves a pending request, or its pending extension. `extension` is the
+    /// length a button was shown for: approving then needs that extension to be
+    /// the one waiting.
     async fn approve(
         &self,
         actor: &Actor,
         id: RequestId,
+        extension: Option<Span>,
     ) -> Result<(String, Option<RequestId>), AppError> {
         let who = self.membership(&actor.person).await;
         let person = actor.person.clone();
         let now = self.clock.now();
         let warnings = self.settings.warnings.clone();
         self.change(id, move |req, fx| {
+            if let Some(shown) = extension {
+                match &req.pending_extension {
+                    Some(pending) if pending.by == shown => {}
+                    Some(pending) => {
+                        return Err(RefusalKind::WrongState(format!(
+                            "that button was for an extension of {id} by {shown}, which is no longer waiting; the extension waiting now is by {}: approve it with its own button, or type `approve {id} +{}`",
+                            pending.by, pending.by
+                        )))
+                    }
+                    None => {
+                        return Err(RefusalKind::WrongState(format!(
+                            "that button was for an extension of {id} by {shown}, which is no longer waiting"
+                        )))
+                    }
+                }
+            }
             if req.state == RequestState::Active && req.pending_extension.is_some() {
-                let ext = req.approve_extension(&who, now)?;
+                let ext = match req.approve_extension(&who, &person.handle, now)? {
+                    ExtensionApproval::Extended(ext) => ext,
+                    ExtensionApproval::Recorded { still_needed } => {
+                        let summary = format!(
+                            "approval of the extension by {} recorded; still needs {still_needed}",
+                            person.handle
+                        );
+                        fx.log(now, person.id.as_str(), Some(id), "extension_approval_recorded", summary.clone(), json!({}));
+                        fx.notify(Notice::Thread { request: id, text: format!("✅ {summary}"), actions: Vec::new() });
+                        fx.reply = format!("your approval of the extension of {id} is recorded; it still needs {still_needed}");
+                        return Ok(());
+                    }
+                };
                 let summary = format!(
                     "extension by {} approved by {}, now until {}",
                     ext.added, person.handle, ext.new_expiry
@@ -699,7 +733,7 @@ impl Engine {
                 fx.notify(Notice::Thread {
                     request: id,
                     text: format!("⏳ {summary}"),
-                    actions: messages::approve_deny(req),
+                    actions: messages::approve_deny_extension(req, asked),
                 });
                 fx.reply = format!(
                     "the extension of {id} by {asked} is waiting for an approver: they have been asked in the request's thread"

@@ -4,7 +4,7 @@
 use crate::domain::notice::{Action, ActionStyle, CardInstance, CardView};
 use crate::domain::policy::Principal;
 use crate::domain::request::{AccessRequest, GrantState, Platform, RequestState};
-use crate::domain::time::Timestamp;
+use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{SshPublicKey, TicketRules};
 
 pub fn approve_deny(req: &AccessRequest) -> Vec<Action> {
@@ -29,6 +29,16 @@ pub fn retry_action(req: &AccessRequest) -> Action {
         command: format!("retry {}", req.id),
         style: ActionStyle::Plain,
     }
+}
+
+/// Approve and Deny under an extension prompt. Approve names the extension's
+/// length, so it cannot approve a later, different extension.
+pub fn approve_deny_extension(req: &AccessRequest, by: Span) -> Vec<Action> {
+    let mut actions = approve_deny(req);
+    if let Some(approve) = actions.first_mut() {
+        approve.command = format!("approve {} +{by}", req.id);
+    }
+    actions
 }
 
 /// Extend and Complete buttons for an active request.

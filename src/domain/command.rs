@@ -50,6 +50,10 @@ pub enum ListFilter {
 pub enum Command {
     Request(RequestSpec),
     Approve(RequestId),
+    /// Approve the pending extension of exactly this length: what an extension
+    /// prompt's button carries, so a click under an old prompt cannot approve
+    /// a later, different extension.
+    ApproveExtension(RequestId, super::time::Span),
     Deny(RequestId, Option<Reason>),
     Complete(RequestId),
     Extend(RequestId, GrantDuration),
@@ -74,6 +78,7 @@ impl Command {
     pub fn request_id(&self) -> Option<RequestId> {
         match self {
             Command::Approve(id)
+            | Command::ApproveExtension(id, _)
             | Command::Deny(id, _)
             | Command::Complete(id)
             | Command::Extend(id, _)
@@ -232,8 +237,22 @@ impl Grammar {
             "request" => self.parse_request(&tokens[1..], line).map(Command::Request),
             "approve" => {
                 let id = id_at(1)?;
-                no_more(2)?;
-                Ok(Command::Approve(id))
+                match tokens.get(2) {
+                    Some(by) if by.starts_with('+') => {
+                        no_more(3)?;
+                        let by = super::values::parse_span(by).ok_or_else(|| {
+                            usage_error(
+                                name,
+                                &format!("{} is not an extension length like +30m", quote(by)),
+                            )
+                        })?;
+                        Ok(Command::ApproveExtension(id, by))
+                    }
+                    _ => {
+                        no_more(2)?;
+                        Ok(Command::Approve(id))
+                    }
+                }
             }
             "deny" => Ok(Command::Deny(id_at(1)?, rest_from(2)?)),
             "complete" | "done" => {

@@ -113,6 +113,9 @@ pub struct RuleRequirement {
     pub rule: String,
     pub approvers: Vec<Principal>,
     pub approvals: u32,
+    /// Extensions adding more than this in total need this rule's approvals again.
+    #[serde(default)]
+    pub extension_approval_over: Option<Span>,
 }
 
 /// What a request needs before it may be granted, and the bounds it is granted within.
@@ -172,6 +175,45 @@ impl Requirement {
 
     pub fn satisfied(&self, approvals: &[Approval]) -> bool {
         self.progress(approvals).iter().all(RuleProgress::satisfied)
+    }
+
+    /// What approvals are still missing, e.g. "1 more approval from group sre-leads".
+    pub fn still_needed(&self, approvals: &[Approval]) -> String {
+        let parts: Vec<String> = self
+            .progress(approvals)
+            .iter()
+            .filter(|p| !p.satisfied())
+            .map(|p| {
+                let missing = p.rule.approvals - p.have;
+                let who: Vec<String> = p.rule.approvers.iter().map(ToString::to_string).collect();
+                let noun = if missing == 1 {
+                    "approval"
+                } else {
+                    "approvals"
+                };
+                format!("{missing} more {noun} from {}", who.join(" or "))
+            })
+            .collect();
+        if parts.is_empty() {
+            "no more approvals".into()
+        } else {
+            parts.join(" and ")
+        }
+    }
+
+    /// The rules an extension bringing the total extended time to `total`
+    /// must be approved by again: those whose `extension_approval_over` it
+    /// passes, each with its own approvals.
+    pub fn for_extension(&self, total: Span) -> Requirement {
+        Requirement {
+            rules: self
+                .rules
+                .iter()
+                .filter(|r| r.extension_approval_over.is_some_and(|over| total > over))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
     }
 
     /// "2 approvals from group sre-leads and 1 from security-oncall", or "none (auto-approved)".
@@ -237,6 +279,7 @@ impl Policy {
                     rule: r.name.clone(),
                     approvers: r.approvers.clone(),
                     approvals: r.approvals,
+                    extension_approval_over: r.extension_approval_over,
                 })
                 .collect(),
             max_duration,

@@ -246,6 +246,23 @@ pub struct AccessRequest {
 pub struct PendingExtension {
     pub by: Span,
     pub asked_at: Timestamp,
+    /// What must approve it: the rules whose extension threshold it passes,
+    /// each with its own approvals. Empty in requests stored before this was
+    /// recorded; those fall back to every rule that needs approvals.
+    #[serde(default)]
+    pub requirement: Option<Requirement>,
+    /// Approvals recorded for this extension so far.
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+}
+
+/// What approving a pending extension did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtensionApproval {
+    /// Recorded; more approvals are still needed.
+    Recorded { still_needed: String },
+    /// Approved: the access is extended.
+    Extended(Extension),
 }
 
 /// Why a command cannot be carried out; the message is shown to the person.
@@ -469,27 +486,7 @@ impl AccessRequest {
 
     /// What approvals are still missing, e.g. "1 more approval from group sre-leads".
     pub fn still_needed(&self) -> String {
-        let parts: Vec<String> = self
-            .requirement
-            .progress(&self.approvals)
-            .iter()
-            .filter(|p| !p.satisfied())
-            .map(|p| {
-                let missing = p.rule.approvals - p.have;
-                let who: Vec<String> = p.rule.approvers.iter().map(ToString::to_string).collect();
-                let noun = if missing == 1 {
-                    "approval"
-                } else {
-                    "approvals"
-                };
-                format!("{missing} more {noun} from {}", who.join(" or "))
-            })
-            .collect();
-        if parts.is_empty() {
-            "no more approvals".into()
-        } else {
-            parts.join(" and ")
-        }
+        self.requirement.still_needed(&self.approvals)
     }
 
     pub fn deny(
@@ -858,38 +855,86 @@ impl AccessRequest {
         // Dry-run the extension on a copy to apply every check and the cap.
         let mut probe = self.clone();
         let ext = probe.extend(who, by, now)?;
+        let total = Span::from_millis(self.extended_by.as_millis() + by.span().as_millis());
         self.pending_extension = Some(PendingExtension {
             by: ext.added,
             asked_at: now,
+            requirement: Some(self.requirement.for_extension(total)),
+            approvals: Vec::new(),
         });
         Ok(ext.added)
     }
 
     /// An approver approves the waiting extension.
+    /// Records `who`'s approval of the pending extension. It is granted once
+    /// every rule whose extension threshold it passes has its own approvals
+    /// (N of M each), never by one approver of any rule of the request.
     pub fn approve_extension(
         &mut self,
         who: &Membership,
+        handle: &str,
         now: Timestamp,
-    ) -> Result<Extension, Refusal> {
-        let Some(pending) = self.pending_extension.clone() else {
+    ) -> Result<ExtensionApproval, Refusal> {
+        let Some(mut pending) = self.pending_extension.clone() else {
             return Err(RefusalKind::WrongState(format!(
                 "{} has no extension waiting for approval",
                 self.id
             )));
         };
+        let needs = match &pending.requirement {
+            Some(needs) if !needs.rules.is_empty() => needs.clone(),
+            _ => Requirement {
+                rules: self
+                    .requirement
+                    .rules
+                    .iter()
+                    .filter(|r| r.approvals > 0)
+                    .cloned()
+                    .collect(),
+                ..self.requirement.clone()
+            },
+        };
         if self.is_requester(&who.user) {
             return Err(RefusalKind::NotAllowed(format!(
                 "you cannot approve your own extension of {}: ask an approver ({})",
                 self.id,
-                self.requirement.describe()
+                needs.describe()
             )));
         }
-        if !self.is_approver(who) {
-            return Err(RefusalKind::NotAllowed(format!(
-                "you are not an approver for {}: it needs {}",
+        if pending.approvals.iter().any(|a| a.by == who.user) {
+            return Err(RefusalKind::AlreadyDone(format!(
+                "you already approved the extension of {}; it still needs {}",
                 self.id,
-                self.requirement.describe()
+                needs.still_needed(&pending.approvals)
             )));
+        }
+        let progress = needs.progress(&pending.approvals);
+        let counts_for: Vec<String> = needs
+            .rules_for(who)
+            .into_iter()
+            .filter(|rule| {
+                progress
+                    .iter()
+                    .any(|p| &p.rule.rule == rule && !p.satisfied())
+            })
+            .collect();
+        if counts_for.is_empty() {
+            return Err(RefusalKind::NotAllowed(format!(
+                "you are not an approver for the extension of {}: it needs {}",
+                self.id,
+                needs.still_needed(&pending.approvals)
+            )));
+        }
+        pending.approvals.push(Approval {
+            by: who.user.clone(),
+            handle: handle.to_owned(),
+            at: now,
+            counts_for,
+        });
+        if !needs.satisfied(&pending.approvals) {
+            let still_needed = needs.still_needed(&pending.approvals);
+            self.pending_extension = Some(pending);
+            return Ok(ExtensionApproval::Recorded { still_needed });
         }
         let requester = self.requester.id.clone();
         let by = GrantDuration::within(
@@ -902,7 +947,7 @@ impl AccessRequest {
         .map_err(|e| RefusalKind::WrongState(e.0))?;
         let ext = self.extend(&requester, by, now)?;
         self.pending_extension = None;
-        Ok(ext)
+        Ok(ExtensionApproval::Extended(ext))
     }
 
     /// An approver turns the waiting extension down; access keeps its expiry.
@@ -1057,6 +1102,7 @@ mod tests {
             rule: name.to_owned(),
             approvers: vec![Principal::Group(group.to_owned())],
             approvals,
+            extension_approval_over: None,
         }
     }
 
@@ -1331,6 +1377,7 @@ mod tests {
             rule: "open".to_owned(),
             approvers: vec![Principal::Anyone],
             approvals: 1,
+            extension_approval_over: None,
         };
         let mut r = request_for(
             requirement(vec![anyone], Span::from_hours(12)),
