@@ -387,3 +387,68 @@ fn audit_verify_checks_against_a_checkpoint() {
         stdout(&caught)
     );
 }
+
+/// What Kubernetes injects into every pod of a namespace with a Service named
+/// `passport` (service links).
+const SERVICE_LINKS: [(&str, &str); 8] = [
+    ("PASSPORT_SERVICE_HOST", "10.96.0.12"),
+    ("PASSPORT_SERVICE_PORT", "8080"),
+    ("PASSPORT_SERVICE_PORT_HTTP", "8080"),
+    ("PASSPORT_PORT", "tcp://10.96.0.12:8080"),
+    ("PASSPORT_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+    ("PASSPORT_PORT_8080_TCP_PROTO", "tcp"),
+    ("PASSPORT_PORT_8080_TCP_PORT", "8080"),
+    ("PASSPORT_PORT_8080_TCP_ADDR", "10.96.0.12"),
+];
+
+#[test]
+fn kubernetes_service_link_variables_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = passport(dir.path(), &["check-config"])
+        .envs(SERVICE_LINKS)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // `serve` with no chat platform reads commands like `console`, then keeps
+    // running its timers until stopped: it answers, and is then killed.
+    let mut serve = passport(dir.path(), &["serve"]);
+    serve.envs(SERVICE_LINKS);
+    let mut child = serve.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"dev1: /passport help\n")
+        .unwrap();
+    let answered = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("[reply to dev1]"));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(answered, "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_misspelt_variable_is_named_with_its_correction() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = passport(dir.path(), &["check-config"])
+        .envs(SERVICE_LINKS)
+        .env("PASSPORT_SLACK_BOT_TOKEN", "xoxb-1-2-abc")
+        .env("PASSPORT_SERVICE_HOSTNAME", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PASSPORT_SLACK_BOT_TOKEN")
+            && err.contains("did you mean PASSPORT_SLACK__BOT_TOKEN?"),
+        "{err}"
+    );
+    assert!(err.contains("PASSPORT_SERVICE_HOSTNAME"), "{err}");
+    assert!(!err.contains("xoxb-1-2-abc"), "{err}");
+}
