@@ -26,12 +26,13 @@ use crate::domain::time::Span;
 use crate::domain::values::{parse_span, DurationLimits, InstanceId, TicketRules};
 use crate::http::{HttpConfig, HttpSettings};
 
-/// `PASSPORT_…` variables that are not configuration: the log filter read by
-/// the CLI, and the test and benchmark settings. Every other one is a field,
-/// so a misspelt field is reported rather than ignored.
+/// `PASSPORT_…` variables that are not configuration: the log filter and the
+/// configuration file's path read by the CLI, and the test and benchmark
+/// settings. Every other one is a field, so a misspelt field is reported
+/// rather than ignored.
 fn is_tool_variable(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key == "log" || key == "moto_server" || key.starts_with("bench_")
+    key == "log" || key == "config" || key == "moto_server" || key.starts_with("bench_")
 }
 
 /// The variables Kubernetes injects into every pod of a namespace that has a
@@ -411,7 +412,7 @@ impl Config {
         let chosen = match file {
             Some(f) if !f.exists() => {
                 return Err(ConfigErrors(vec![format!(
-                    "config file {} does not exist: check the --config path",
+                    "config file {} does not exist: check the --config path (or PASSPORT_CONFIG)",
                     f.display()
                 )]))
             }

@@ -452,3 +452,54 @@ fn a_misspelt_variable_is_named_with_its_correction() {
     assert!(err.contains("PASSPORT_SERVICE_HOSTNAME"), "{err}");
     assert!(!err.contains("xoxb-1-2-abc"), "{err}");
 }
+
+#[test]
+fn passport_config_names_the_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(
+        etc.join("passport.toml"),
+        "[requests]\nmax_duration = \"4h\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("other.toml"),
+        "[requests]\nmax_duration = \"3h\"\n",
+    )
+    .unwrap();
+    let from_env = passport(dir.path(), &["check-config"])
+        .env("PASSPORT_CONFIG", etc.join("passport.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        from_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_env.stderr)
+    );
+    let out = stdout(&from_env);
+    assert!(out.contains("max_duration = \"4h\""), "{out}");
+    assert!(out.contains("etc/passport.toml"), "{out}");
+
+    // --config on the command line wins over the variable.
+    let flag = passport(dir.path(), &["check-config", "--config", "etc/other.toml"])
+        .env("PASSPORT_CONFIG", etc.join("passport.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&flag).contains("max_duration = \"3h\""),
+        "{}",
+        stdout(&flag)
+    );
+
+    let missing = passport(dir.path(), &["check-config"])
+        .env("PASSPORT_CONFIG", "nope.toml")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("nope.toml does not exist"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
