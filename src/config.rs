@@ -177,11 +177,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// A secret from configuration. `Debug`, `Display` and serialization never show it.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
+///
+/// **Invariant:** a secret never ends with a line ending. A secret copied from
+/// a file (a Kubernetes or Docker secret, `$(cat file)` kept verbatim) often
+/// ends with `\n` or `\r\n`; every secret is built through [`Secret::new`],
+/// which drops it, so what is validated is what is used (HMAC keys, tokens).
+#[derive(Clone)]
 pub struct Secret(SecretString);
 
 impl Secret {
+    /// The secret `value`, without the line endings it may end with.
+    pub fn new(value: impl Into<String>) -> Self {
+        let mut value: String = value.into();
+        let kept = value.trim_end_matches(['\r', '\n']).len();
+        value.truncate(kept);
+        Self(SecretString::from(value))
+    }
+
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
@@ -189,7 +201,67 @@ impl Secret {
 
 impl From<&str> for Secret {
     fn from(value: &str) -> Self {
-        Self(SecretString::from(value.to_owned()))
+        Self::new(value)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Takes text only. Serde's own messages for other types quote the
+        /// value, so each of those is refused without showing it.
+        struct Text;
+
+        fn not_text<E: serde::de::Error>() -> E {
+            E::custom("a secret must be text (its value is not shown)")
+        }
+
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret as text")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_char<E: serde::de::Error>(self, _: char) -> Result<Secret, E> {
+                Err(not_text())
+            }
+        }
+
+        // `any`, not `string`: some formats refuse a non-string for `string`
+        // themselves, with a message that quotes the value.
+        deserializer.deserialize_any(Text)
     }
 }
 
@@ -958,5 +1030,22 @@ mod tests {
             "{errors:?}"
         );
         assert!(!errors[2].contains("did you mean"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_secret_loses_the_line_ending_of_its_file_and_nothing_else() {
+        for written in ["abc\n", "abc\r\n", "abc\n\n", "abc"] {
+            let s: Secret = serde_json::from_value(serde_json::json!(written)).unwrap();
+            assert_eq!(s.expose(), "abc", "{written:?}");
+        }
+        assert_eq!(Secret::from("a b\n").expose(), "a b");
+        let err = serde_json::from_value::<Secret>(serde_json::json!(123456789))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("must be text") && !err.contains("123456789"),
+            "{err}"
+        );
     }
 }

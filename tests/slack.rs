@@ -160,9 +160,34 @@ async fn spawn_app_with(deadline: Duration) -> TestApp {
     app
 }
 
+/// Like [`spawn_app`], with the configuration changed by `edit` first.
+async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("passport.db");
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let mut config = config(&db, &fake);
+    edit(&mut config);
+    let mut app = start_with(config, &fake, &db, clock, Duration::from_millis(2500)).await;
+    app._dir = Some(dir);
+    app
+}
+
 /// Starts the application on an existing database (a restart).
 async fn start(fake: &FakeSlack, db: &Path, clock: ManualClock, deadline: Duration) -> TestApp {
-    let settings = config(db, fake).validate().unwrap();
+    start_with(config(db, fake), fake, db, clock, deadline).await
+}
+
+async fn start_with(
+    config: Config,
+    fake: &FakeSlack,
+    db: &Path,
+    clock: ManualClock,
+    deadline: Duration,
+) -> TestApp {
+    let settings = config.validate().unwrap();
     let slack = settings.slack.clone().unwrap();
     let built = startup::slack_app(
         &settings,
@@ -1353,4 +1378,31 @@ async fn request_with_no_arguments_opens_a_form_that_requests_access() {
     let req = app.built.store.get(id).await.unwrap().unwrap();
     assert_eq!(req.state, RequestState::Pending);
     assert_eq!(req.ticket.to_string(), "INC-42");
+}
+
+// ---------------------------------------------------------------------------
+// Configuration
+
+/// A secret as read from a file, line ending included.
+fn secret_from_file(text: &str) -> Secret {
+    serde_json::from_value(json!(text)).unwrap()
+}
+
+#[tokio::test]
+async fn secrets_ending_in_a_newline_still_sign_and_authorize() {
+    let app = spawn_app_configured(|c| {
+        let slack = c.slack.as_mut().unwrap();
+        slack.signing_secret = Some(secret_from_file(&format!("{SECRET}\n")));
+        slack.bot_token = Some(secret_from_file(&format!("{BOT_TOKEN}\r\n")));
+    })
+    .await;
+    // Signed with the secret itself, as Slack signs.
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    // The card went out with the bot token.
+    app.settle().await;
+    assert_eq!(app.fake.posts_in(APPROVALS).len(), 1);
 }
