@@ -1406,3 +1406,82 @@ async fn secrets_ending_in_a_newline_still_sign_and_authorize() {
     app.settle().await;
     assert_eq!(app.fake.posts_in(APPROVALS).len(), 1);
 }
+
+// ---------------------------------------------------------------------------
+// What Slack sends besides commands
+
+#[tokio::test]
+async fn the_certificate_check_is_answered_with_an_empty_200() {
+    let app = spawn_app().await;
+    let body = "ssl_check=1&token=legacy-verification-token";
+    // Slack may send it unsigned.
+    let unsigned = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            body,
+            &[],
+        )
+        .await;
+    assert_eq!((unsigned.status, unsigned.body.as_str()), (200, ""));
+    let signed = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            body,
+            &app.signed(body),
+        )
+        .await;
+    assert_eq!((signed.status, signed.body.as_str()), (200, ""));
+    // Anything else unsigned is still refused.
+    let command = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
+    let forged = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &command,
+            &[],
+        )
+        .await;
+    assert_eq!(forged.status, 401);
+    app.settle().await;
+    assert!(app.fake.posts_in(APPROVALS).is_empty());
+}
+
+#[tokio::test]
+async fn a_thread_reply_also_sent_to_the_channel_is_a_thread_reply() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    app.settle().await;
+
+    let mut body: Value = serde_json::from_str(&app.event_body(
+        &format!("Ev{}", unique()),
+        DEV,
+        &channel,
+        &ts,
+        "extend 30m",
+    ))
+    .unwrap();
+    body["event"]["subtype"] = json!("thread_broadcast");
+    body["event"]["root"] = json!({ "ts": ts, "text": "…", "user": "U0PASSPORT" });
+    let body = body.to_string();
+    let answer = app
+        .post(
+            "/slack/events",
+            "application/json",
+            &body,
+            &app.signed(&body),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(app.events(1, "extended").await, 1);
+    assert!(
+        contains(&app.fake.ephemerals(DEV), "AR-1 extended by 30m"),
+        "{:?}",
+        app.fake.ephemerals(DEV)
+    );
+}
