@@ -26,7 +26,7 @@ use crate::startup;
 pub struct Cli {
     /// Configuration file (default: ./passport.toml when it exists). Environment
     /// variables PASSPORT_… override it, with __ for nesting (PASSPORT_STORE__PATH).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = "PASSPORT_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,

@@ -27,20 +27,174 @@ use crate::domain::time::Span;
 use crate::domain::values::{parse_span, DurationLimits, InstanceId, TicketRules};
 use crate::http::{HttpConfig, HttpSettings};
 
-/// `PASSPORT_…` variables that are not configuration: the log filter read by
-/// the CLI, and the test and benchmark settings. Every other one is a field,
-/// so a misspelt field is reported rather than ignored.
+/// `PASSPORT_…` variables that are not configuration: the log filter and the
+/// configuration file's path read by the CLI, and the test and benchmark
+/// settings. Every other one is a field, so a misspelt field is reported
+/// rather than ignored.
 fn is_tool_variable(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key == "log" || key == "moto_server" || key.starts_with("bench_")
+    key == "log" || key == "config" || key == "moto_server" || key.starts_with("bench_")
+}
+
+/// The variables Kubernetes injects into every pod of a namespace that has a
+/// Service named `passport` (service links): `PASSPORT_SERVICE_HOST`,
+/// `PASSPORT_SERVICE_PORT`, `PASSPORT_SERVICE_PORT_<NAME>`, `PASSPORT_PORT`,
+/// `PASSPORT_PORT_<N>_<PROTO>` and `PASSPORT_PORT_<N>_<PROTO>_{PROTO,PORT,ADDR}`.
+/// They are not configuration, and only these exact shapes are skipped so that
+/// a misspelt field is still reported. `key` is the part after `PASSPORT_`.
+fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    if matches!(key.as_str(), "SERVICE_HOST" | "SERVICE_PORT" | "PORT") {
+        return true;
+    }
+    if let Some(name) = key.strip_prefix("SERVICE_PORT_") {
+        // A named port: an IANA service name, upper-cased with `-` as `_`.
+        return !name.is_empty()
+            && !name.contains("__")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    }
+    let Some(rest) = key.strip_prefix("PORT_") else {
+        return false;
+    };
+    let mut parts = rest.split('_');
+    let number = parts.next().unwrap_or_default();
+    let protocol = parts.next().unwrap_or_default();
+    let detail = parts.next();
+    !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && matches!(protocol, "TCP" | "UDP" | "SCTP")
+        && matches!(detail, None | Some("PROTO" | "PORT" | "ADDR"))
+        && parts.next().is_none()
+}
+
+/// `PASSPORT_…` variables that are never read as configuration.
+fn is_ignored_variable(key: &str) -> bool {
+    is_tool_variable(key) || is_service_link(key)
+}
+
+const ENV_PREFIX: &str = "PASSPORT_";
+
+/// The `PASSPORT_…` variable that sets the field at `path` (`["slack", "bot_token"]`).
+fn variable_name(path: &[String]) -> String {
+    format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase())
+}
+
+/// Every field path the configuration has, each as its segments, and whether
+/// the field is a map with names of the operator's choosing (`groups`, `tags`,
+/// `slack.usergroups`): below those, any name is valid. Optional sections are
+/// listed with their defaults so that their fields count too.
+fn known_paths() -> Vec<(Vec<String>, bool)> {
+    fn walk(
+        value: &serde_json::Value,
+        prefix: &mut Vec<String>,
+        out: &mut Vec<(Vec<String>, bool)>,
+    ) {
+        if let serde_json::Value::Object(map) = value {
+            for (key, child) in map {
+                prefix.push(key.clone());
+                // Structs always have fields; an empty object is a map.
+                let is_map = matches!(child, serde_json::Value::Object(m) if m.is_empty());
+                out.push((prefix.clone(), is_map));
+                walk(child, prefix, out);
+                prefix.pop();
+            }
+        }
+    }
+    let full = Config {
+        aws: Some(AwsConfig::default()),
+        slack: Some(SlackConfig::default()),
+        discord: Some(DiscordConfig::default()),
+        ..Config::default()
+    };
+    let mut out = Vec::new();
+    if let Ok(value) = serde_json::to_value(&full) {
+        walk(&value, &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+/// The `PASSPORT_…` variables in `vars` that name no configuration field, each
+/// as a message naming the variable and, when one is close, the valid name
+/// that was probably meant. Returns the rejected keys (as figment sees them,
+/// after the prefix) with the messages.
+fn unknown_variables(vars: impl Iterator<Item = String>) -> (Vec<String>, Vec<String>) {
+    let known = known_paths();
+    let mut keys = Vec::new();
+    let mut errors = Vec::new();
+    for name in vars {
+        let Some(key) = name
+            .get(..ENV_PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+            .map(|_| &name[ENV_PREFIX.len()..])
+        else {
+            continue;
+        };
+        if key.is_empty() || is_ignored_variable(key) {
+            continue;
+        }
+        let path: Vec<String> = key.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let valid = known.iter().any(|(field, is_map)| {
+            *field == path || (*is_map && path.len() > field.len() && path.starts_with(field))
+        });
+        if valid {
+            continue;
+        }
+        let upper = name.to_ascii_uppercase();
+        let closest = known
+            .iter()
+            .map(|(field, _)| variable_name(field))
+            .map(|candidate| (edit_distance(&upper, &candidate), candidate))
+            .min();
+        let hint = match closest {
+            Some((d, candidate)) if d <= 2.max(key.len() / 4) => {
+                format!("did you mean {candidate}?")
+            }
+            _ => "name a field with __ between levels, e.g. PASSPORT_STORE__PATH (passport.example.toml lists every field)".to_owned(),
+        };
+        errors.push(format!(
+            "{name}: not a configuration variable (it would set {}): {hint}",
+            path.join(".")
+        ));
+        keys.push(key.to_ascii_lowercase());
+    }
+    (keys, errors)
+}
+
+/// Levenshtein distance between two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 /// A secret from configuration. `Debug`, `Display` and serialization never show it.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
+///
+/// **Invariant:** a secret never ends with a line ending. A secret copied from
+/// a file (a Kubernetes or Docker secret, `$(cat file)` kept verbatim) often
+/// ends with `\n` or `\r\n`; every secret is built through [`Secret::new`],
+/// which drops it, so what is validated is what is used (HMAC keys, tokens).
+#[derive(Clone)]
 pub struct Secret(SecretString);
 
 impl Secret {
+    /// The secret `value`, without the line endings it may end with.
+    pub fn new(value: impl Into<String>) -> Self {
+        let mut value: String = value.into();
+        let kept = value.trim_end_matches(['\r', '\n']).len();
+        value.truncate(kept);
+        Self(SecretString::from(value))
+    }
+
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
@@ -48,7 +202,67 @@ impl Secret {
 
 impl From<&str> for Secret {
     fn from(value: &str) -> Self {
-        Self(SecretString::from(value.to_owned()))
+        Self::new(value)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Takes text only. Serde's own messages for other types quote the
+        /// value, so each of those is refused without showing it.
+        struct Text;
+
+        fn not_text<E: serde::de::Error>() -> E {
+            E::custom("a secret must be text (its value is not shown)")
+        }
+
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret as text")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+
+            fn visit_char<E: serde::de::Error>(self, _: char) -> Result<Secret, E> {
+                Err(not_text())
+            }
+        }
+
+        // `any`, not `string`: some formats refuse a non-string for `string`
+        // themselves, with a message that quotes the value.
+        deserializer.deserialize_any(Text)
     }
 }
 
@@ -277,7 +491,7 @@ impl Config {
         let chosen = match file {
             Some(f) if !f.exists() => {
                 return Err(ConfigErrors(vec![format!(
-                    "config file {} does not exist: check the --config path",
+                    "config file {} does not exist: check the --config path (or PASSPORT_CONFIG)",
                     f.display()
                 )]))
             }
@@ -289,27 +503,37 @@ impl Config {
         if let Some(f) = &chosen {
             fig = fig.merge(Toml::file(f));
         }
-        // Skip the variables that are not configuration (see is_tool_variable).
+        // Variables that are not configuration are skipped (is_ignored_variable);
+        // those that name no field are reported by their own name, not by the
+        // field figment would make of them.
+        let (unknown, mut errors) =
+            unknown_variables(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
         fig = fig.merge(
-            Env::prefixed("PASSPORT_")
-                .filter(|key| !is_tool_variable(key.as_str()))
+            Env::prefixed(ENV_PREFIX)
+                .filter(move |key| {
+                    let key = key.as_str();
+                    !is_ignored_variable(key)
+                        && !unknown.iter().any(|u| u.eq_ignore_ascii_case(key))
+                })
                 .split("__"),
         );
-        let config: Config = fig.extract().map_err(|e| {
-            ConfigErrors(
-                e.into_iter()
-                    .map(|e| {
-                        let path = e.path.join(".");
-                        let field = if path.is_empty() {
-                            String::new()
-                        } else {
-                            format!("{path}: ")
-                        };
-                        format!("{field}{}", e.kind)
-                    })
-                    .collect(),
-            )
-        })?;
+        let extracted: Result<Config, _> = fig.extract();
+        let config = match extracted {
+            Ok(config) if errors.is_empty() => config,
+            Ok(_) => return Err(ConfigErrors(errors)),
+            Err(e) => {
+                errors.extend(e.into_iter().map(|e| {
+                    let path = e.path.join(".");
+                    let field = if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{path}: ")
+                    };
+                    format!("{field}{}", e.kind)
+                }));
+                return Err(ConfigErrors(errors));
+            }
+        };
         Ok(Loaded {
             config,
             file: chosen,
@@ -782,5 +1006,89 @@ mod tests {
         assert_eq!(format!("{s:?}"), "[redacted]");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"[redacted]\"");
         assert_eq!(s.expose(), "xoxb-very-secret");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        for key in [
+            "SERVICE_HOST",
+            "SERVICE_PORT",
+            "SERVICE_PORT_HTTP",
+            "SERVICE_PORT_METRICS_2",
+            "PORT",
+            "PORT_8080_TCP",
+            "PORT_8080_TCP_PROTO",
+            "PORT_8080_TCP_PORT",
+            "PORT_8080_TCP_ADDR",
+            "PORT_53_UDP",
+        ] {
+            assert!(is_service_link(key), "{key}");
+        }
+        for key in [
+            "SERVICE",
+            "SERVICE_HOSTNAME",
+            "SERVICE_PORT_",
+            "PORT_",
+            "PORT_HTTP",
+            "PORT_8080",
+            "PORT_8080_TCP_HOST",
+            "PORT_8080_TCP_ADDR_X",
+            "PORTS",
+            "SLACK__BOT_TOKEN",
+        ] {
+            assert!(!is_service_link(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_variable_is_named_with_the_closest_valid_one() {
+        let vars = [
+            "HOME",
+            "PASSPORT_SLACK__BOT_TOKEN",
+            "PASSPORT_GROUPS__ON_CALL",
+            "PASSPORT_POLICY__DEFAULT__TAGS__ENV",
+            "PASSPORT_AWS__REGION",
+            "PASSPORT_LOG",
+            "PASSPORT_SERVICE_HOST",
+            "PASSPORT_SLACK_BOT_TOKEN",
+            "PASSPORT_REQUESTS__MAX_DURATON",
+            "PASSPORT_NOTHING_LIKE_IT_AT_ALL",
+        ];
+        let (keys, errors) = unknown_variables(vars.iter().map(|v| (*v).to_owned()));
+        assert_eq!(
+            keys,
+            vec![
+                "slack_bot_token",
+                "requests__max_duraton",
+                "nothing_like_it_at_all"
+            ]
+        );
+        assert!(
+            errors[0].starts_with("PASSPORT_SLACK_BOT_TOKEN: ")
+                && errors[0].ends_with("did you mean PASSPORT_SLACK__BOT_TOKEN?"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].ends_with("did you mean PASSPORT_REQUESTS__MAX_DURATION?"),
+            "{errors:?}"
+        );
+        assert!(!errors[2].contains("did you mean"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_secret_loses_the_line_ending_of_its_file_and_nothing_else() {
+        for written in ["abc\n", "abc\r\n", "abc\n\n", "abc"] {
+            let s: Secret = serde_json::from_value(serde_json::json!(written)).unwrap();
+            assert_eq!(s.expose(), "abc", "{written:?}");
+        }
+        assert_eq!(Secret::from("a b\n").expose(), "a b");
+        let err = serde_json::from_value::<Secret>(serde_json::json!(123456789))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("must be text") && !err.contains("123456789"),
+            "{err}"
+        );
     }
 }

@@ -499,3 +499,119 @@ fn ca_rotate_creates_the_next_key_and_prints_the_steps() {
         "{text}"
     );
 }
+
+/// What Kubernetes injects into every pod of a namespace with a Service named
+/// `passport` (service links).
+const SERVICE_LINKS: [(&str, &str); 8] = [
+    ("PASSPORT_SERVICE_HOST", "10.96.0.12"),
+    ("PASSPORT_SERVICE_PORT", "8080"),
+    ("PASSPORT_SERVICE_PORT_HTTP", "8080"),
+    ("PASSPORT_PORT", "tcp://10.96.0.12:8080"),
+    ("PASSPORT_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+    ("PASSPORT_PORT_8080_TCP_PROTO", "tcp"),
+    ("PASSPORT_PORT_8080_TCP_PORT", "8080"),
+    ("PASSPORT_PORT_8080_TCP_ADDR", "10.96.0.12"),
+];
+
+#[test]
+fn kubernetes_service_link_variables_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = passport(dir.path(), &["check-config"])
+        .envs(SERVICE_LINKS)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // `serve` with no chat platform reads commands like `console`, then keeps
+    // running its timers until stopped: it answers, and is then killed.
+    let mut serve = passport(dir.path(), &["serve"]);
+    serve.envs(SERVICE_LINKS);
+    let mut child = serve.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"dev1: /passport help\n")
+        .unwrap();
+    let answered = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("[reply to dev1]"));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(answered, "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_misspelt_variable_is_named_with_its_correction() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = passport(dir.path(), &["check-config"])
+        .envs(SERVICE_LINKS)
+        .env("PASSPORT_SLACK_BOT_TOKEN", "xoxb-1-2-abc")
+        .env("PASSPORT_SERVICE_HOSTNAME", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PASSPORT_SLACK_BOT_TOKEN")
+            && err.contains("did you mean PASSPORT_SLACK__BOT_TOKEN?"),
+        "{err}"
+    );
+    assert!(err.contains("PASSPORT_SERVICE_HOSTNAME"), "{err}");
+    assert!(!err.contains("xoxb-1-2-abc"), "{err}");
+}
+
+#[test]
+fn passport_config_names_the_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(
+        etc.join("passport.toml"),
+        "[requests]\nmax_duration = \"4h\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("other.toml"),
+        "[requests]\nmax_duration = \"3h\"\n",
+    )
+    .unwrap();
+    let from_env = passport(dir.path(), &["check-config"])
+        .env("PASSPORT_CONFIG", etc.join("passport.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        from_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_env.stderr)
+    );
+    let out = stdout(&from_env);
+    assert!(out.contains("max_duration = \"4h\""), "{out}");
+    assert!(out.contains("etc/passport.toml"), "{out}");
+
+    // --config on the command line wins over the variable.
+    let flag = passport(dir.path(), &["check-config", "--config", "etc/other.toml"])
+        .env("PASSPORT_CONFIG", etc.join("passport.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&flag).contains("max_duration = \"3h\""),
+        "{}",
+        stdout(&flag)
+    );
+
+    let missing = passport(dir.path(), &["check-config"])
+        .env("PASSPORT_CONFIG", "nope.toml")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("nope.toml does not exist"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}

@@ -160,9 +160,34 @@ async fn spawn_app_with(deadline: Duration) -> TestApp {
     app
 }
 
+/// Like [`spawn_app`], with the configuration changed by `edit` first.
+async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("passport.db");
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let mut config = config(&db, &fake);
+    edit(&mut config);
+    let mut app = start_with(config, &fake, &db, clock, Duration::from_millis(2500)).await;
+    app._dir = Some(dir);
+    app
+}
+
 /// Starts the application on an existing database (a restart).
 async fn start(fake: &FakeSlack, db: &Path, clock: ManualClock, deadline: Duration) -> TestApp {
-    let settings = config(db, fake).validate().unwrap();
+    start_with(config(db, fake), fake, db, clock, deadline).await
+}
+
+async fn start_with(
+    config: Config,
+    fake: &FakeSlack,
+    db: &Path,
+    clock: ManualClock,
+    deadline: Duration,
+) -> TestApp {
+    let settings = config.validate().unwrap();
     let slack = settings.slack.clone().unwrap();
     let built = startup::slack_app(
         &settings,
@@ -675,22 +700,46 @@ async fn the_events_url_check_is_answered_with_its_challenge() {
     );
 }
 
+/// `/healthz` is unauthenticated and polled often, so it must not cost more as
+/// the outbox (never pruned) grows: with a large outbox, and then with the
+/// outbox table gone altogether, it still answers at once.
 #[tokio::test]
-async fn health_reports_the_outbox() {
+async fn health_answers_without_reading_the_outbox() {
     let app = spawn_app().await;
-    let res = app
-        .http
-        .request(
-            axum::http::Request::get(format!("{}/healthz", app.base))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
+    let get_health = || async {
+        let res = app
+            .http
+            .request(
+                axum::http::Request::get(format!("{}/healthz", app.base))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
         )
-        .await
+    };
+    let conn = rusqlite::Connection::open(&app.db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000) \
+         INSERT INTO outbox (surface, lane, notice, created_at, next_attempt_at, delivered_at) \
+         SELECT 'slack', 'audit', '{}', 0, 0, 0 FROM n;",
+    )
+    .unwrap();
+    let (status, body) = get_health().await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({ "status": "ok" }));
+    // Any query of the outbox would now fail, and the answer be 503.
+    conn.execute_batch("ALTER TABLE outbox RENAME TO outbox_elsewhere;")
         .unwrap();
-    assert_eq!(res.status(), 200);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["status"], "ok");
+    let (status, body) = get_health().await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok");
 }
 
 // ---------------------------------------------------------------------------
@@ -1353,4 +1402,110 @@ async fn request_with_no_arguments_opens_a_form_that_requests_access() {
     let req = app.built.store.get(id).await.unwrap().unwrap();
     assert_eq!(req.state, RequestState::Pending);
     assert_eq!(req.ticket.to_string(), "INC-42");
+}
+
+// ---------------------------------------------------------------------------
+// Configuration
+
+/// A secret as read from a file, line ending included.
+fn secret_from_file(text: &str) -> Secret {
+    serde_json::from_value(json!(text)).unwrap()
+}
+
+#[tokio::test]
+async fn secrets_ending_in_a_newline_still_sign_and_authorize() {
+    let app = spawn_app_configured(|c| {
+        let slack = c.slack.as_mut().unwrap();
+        slack.signing_secret = Some(secret_from_file(&format!("{SECRET}\n")));
+        slack.bot_token = Some(secret_from_file(&format!("{BOT_TOKEN}\r\n")));
+    })
+    .await;
+    // Signed with the secret itself, as Slack signs.
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    // The card went out with the bot token.
+    app.settle().await;
+    assert_eq!(app.fake.posts_in(APPROVALS).len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// What Slack sends besides commands
+
+#[tokio::test]
+async fn the_certificate_check_is_answered_with_an_empty_200() {
+    let app = spawn_app().await;
+    let body = "ssl_check=1&token=legacy-verification-token";
+    // Slack may send it unsigned.
+    let unsigned = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            body,
+            &[],
+        )
+        .await;
+    assert_eq!((unsigned.status, unsigned.body.as_str()), (200, ""));
+    let signed = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            body,
+            &app.signed(body),
+        )
+        .await;
+    assert_eq!((signed.status, signed.body.as_str()), (200, ""));
+    // Anything else unsigned is still refused.
+    let command = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
+    let forged = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &command,
+            &[],
+        )
+        .await;
+    assert_eq!(forged.status, 401);
+    app.settle().await;
+    assert!(app.fake.posts_in(APPROVALS).is_empty());
+}
+
+#[tokio::test]
+async fn a_thread_reply_also_sent_to_the_channel_is_a_thread_reply() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    app.settle().await;
+
+    let mut body: Value = serde_json::from_str(&app.event_body(
+        &format!("Ev{}", unique()),
+        DEV,
+        &channel,
+        &ts,
+        "extend 30m",
+    ))
+    .unwrap();
+    body["event"]["subtype"] = json!("thread_broadcast");
+    body["event"]["root"] = json!({ "ts": ts, "text": "…", "user": "U0PASSPORT" });
+    let body = body.to_string();
+    let answer = app
+        .post(
+            "/slack/events",
+            "application/json",
+            &body,
+            &app.signed(&body),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(app.events(1, "extended").await, 1);
+    assert!(
+        contains(&app.fake.ephemerals(DEV), "AR-1 extended by 30m"),
+        "{:?}",
+        app.fake.ephemerals(DEV)
+    );
 }

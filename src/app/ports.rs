@@ -245,7 +245,10 @@ pub trait Store: Send + Sync {
         error: &str,
     ) -> Result<(), StoreError>;
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError>;
+    /// Counts the whole outbox: for tests, benchmarks and reports, never on a hot path.
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+    /// Whether the database answers at all, at a constant cost (`/healthz`).
+    async fn ping(&self) -> Result<(), StoreError>;
     async fn chat_ref(
         &self,
         request: RequestId,

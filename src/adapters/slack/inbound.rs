@@ -604,8 +604,13 @@ impl Inbound {
             return Ack::Empty;
         };
         // Only people's own messages in a thread; never the bot's (or any bot's),
-        // edits, joins or other subtypes.
-        if event.kind != "message" || event.subtype.is_some() || event.bot_id.is_some() {
+        // edits, joins or other subtypes. A reply also sent to the channel
+        // (`thread_broadcast`) is a thread reply like any other.
+        let ordinary = match event.subtype.as_deref() {
+            None | Some("thread_broadcast") => true,
+            Some(_) => false,
+        };
+        if event.kind != "message" || !ordinary || event.bot_id.is_some() {
             return Ack::Empty;
         }
         let (Some(user), Some(channel), Some(thread_ts), Some(text)) =
