@@ -829,8 +829,18 @@ impl Sandbox {
     /// /etc/ssh/sshd_config (so with what the grant wrote there), and runs `command`.
     /// Exit code 97: sshd could not start.
     fn login(&self, user: &str, identity: &str, command: &str) -> Output {
+        self.login_with(user, identity, "-T", command)
+    }
+
+    /// `login` with one more ssh option (`-tt` asks for a terminal).
+    fn login_with(&self, user: &str, identity: &str, option: &str, command: &str) -> Output {
         self.run_with(
-            &[("LOGIN", user), ("IDENTITY", identity), ("COMMAND", command)],
+            &[
+                ("LOGIN", user),
+                ("IDENTITY", identity),
+                ("OPTION", option),
+                ("COMMAND", command),
+            ],
             r#"
             set -e
             mkdir -p /run/sshd
@@ -857,7 +867,7 @@ impl Sandbox {
                 sleep 0.05
             done
             set +e
-            ssh -F /dev/null -i "$IDENTITY" -p 2222 -o BatchMode=yes -o IdentitiesOnly=yes \
+            ssh -F /dev/null "$OPTION" -i "$IDENTITY" -p 2222 -o BatchMode=yes -o IdentitiesOnly=yes \
                 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
                 -o ConnectTimeout=10 -o LogLevel=ERROR "$LOGIN@127.0.0.1" "$COMMAND"
             rc=$?
@@ -1505,6 +1515,10 @@ fn in_key_mode_the_user_cannot_stretch_or_widen_the_key() {
         line.starts_with("restrict,pty,expiry-time=\""),
         "restrict and the expiry come first: {line}"
     );
+    // restrict takes the terminal away; pty gives it back for interactive work.
+    let out = sb.login_with("pp-kit-30", "/root/id", "-tt", "tty");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("/dev/pts/"), "{}", text(&out.stdout));
 
     // Whatever the user writes in their home, including an authorized_keys without the
     // expiry for their own key and for a second key they hold, sshd never reads it.

@@ -632,13 +632,15 @@ configure_sshd() {
     if grep -Eiq '^[[:space:]]*Include[[:space:]]+(/etc/ssh/)?sshd_config\.d/\*\.conf([[:space:]]|$)' "$main_conf"; then
         [ -d "$dropin_dir" ] || ensure_dir "$dropin_dir" 0755
         save_conf "$dropin_conf"
-        passport_block | put_file "$dropin_conf" 0644
+        passport_block >"$work/put"
+        put_file "$dropin_conf" 0644 <"$work/put"
         [ "$put_changed" = 0 ] || conf_changed=1
         # A block from a time when sshd_config had no Include goes.
         if grep -qxF "$block_begin" "$main_conf"; then
             save_conf "$main_conf"
             awk -v b="$block_begin" -v e="$block_end" '$0 == b { skip = 1; next } skip && $0 == e { skip = 0; next } !skip' \
-                "$main_conf" | put_file "$main_conf" 0644
+                "$main_conf" >"$work/put"
+            put_file "$main_conf" 0644 <"$work/put"
             conf_changed=1
         fi
         where=$dropin_conf
@@ -655,7 +657,21 @@ configure_sshd() {
         where="the end of $main_conf"
     fi
 
+    sshd_ok=yes
     if ! out=$("$sshd" -t 2>&1); then
+        sshd_ok=no
+        # Debian's sshd wants its privilege separation directory, which only its service
+        # creates: make it when sshd has not run yet, as that service would.
+        privsep=$(printf '%s\n' "$out" | sed -n 's/^Missing privilege separation directory: \(\/[^ ]*\)$/\1/p')
+        if [ -n "$privsep" ] && [ ! -e "$privsep" ]; then
+            mkdir -p "$privsep"
+            chmod 0755 "$privsep"
+            if out=$("$sshd" -t 2>&1); then
+                sshd_ok=yes
+            fi
+        fi
+    fi
+    if [ "$sshd_ok" = no ]; then
         restore_conf
         passport_fail "sshd rejects the configuration with Passport's block in $where, so the old one was put back: $(oneline "$out")"
     fi
@@ -786,11 +802,12 @@ mv -f "$passport_state/users/.$user.new" "$passport_state/users/$user"
 options=restrict,pty
 [ "$forwarding" = false ] || options="$options,port-forwarding"
 if [ "$mode" = certificate ]; then
-    printf '%s %s\n' "$options" "$user" | put_file "$passport_sshd/principals/$user" 0644
+    printf '%s %s\n' "$options" "$user" >"$work/put"
+    put_file "$passport_sshd/principals/$user" 0644 <"$work/put"
     rm -f "$passport_sshd/authorized_keys/$user"
 else
-    printf '%s,expiry-time="%s" %s\n' "$options" "$key_expiry" "$key" |
-        put_file "$passport_sshd/authorized_keys/$user" 0644
+    printf '%s,expiry-time="%s" %s\n' "$options" "$key_expiry" "$key" >"$work/put"
+    put_file "$passport_sshd/authorized_keys/$user" 0644 <"$work/put"
     rm -f "$passport_sshd/principals/$user"
 fi
 
@@ -832,7 +849,8 @@ helper=$passport_state/revoke-user.sh
     echo 'else'
     echo '    passport_revoke "$@"'
     echo 'fi'
-} | put_file "$helper" 0700
+} >"$work/put"
+put_file "$helper" 0700 <"$work/put"
 
 passport_unschedule "$user"
 units=/etc/systemd/system
@@ -846,7 +864,8 @@ if [ "$scheduler" = systemd ]; then
         echo '[Service]'
         echo 'Type=oneshot'
         echo "ExecStart=/bin/sh $helper $user $req $expires"
-    } | put_file "$units/$unit.service" 0644
+    } >"$work/put"
+    put_file "$units/$unit.service" 0644 <"$work/put"
     # Persistent: a removal missed while the instance was off runs at the next boot.
     {
         echo '[Unit]'
@@ -860,7 +879,8 @@ if [ "$scheduler" = systemd ]; then
         echo
         echo '[Install]'
         echo 'WantedBy=timers.target'
-    } | put_file "$units/$unit.timer" 0644
+    } >"$work/put"
+    put_file "$units/$unit.timer" 0644 <"$work/put"
     out=$(systemctl daemon-reload 2>&1) ||
         passport_fail "systemctl daemon-reload failed: $out"
     out=$(systemctl enable "$unit.timer" 2>&1) ||
@@ -890,7 +910,8 @@ if [ "$scheduler" = systemd ]; then
         echo
         echo '[Install]'
         echo 'WantedBy=multi-user.target'
-    } | put_file "$units/passport-sweep.service" 0644
+    } >"$work/put"
+    put_file "$units/passport-sweep.service" 0644 <"$work/put"
     sweep_changed=$put_changed
     {
         echo '[Unit]'
@@ -904,7 +925,8 @@ if [ "$scheduler" = systemd ]; then
         echo
         echo '[Install]'
         echo 'WantedBy=timers.target'
-    } | put_file "$units/passport-sweep.timer" 0644
+    } >"$work/put"
+    put_file "$units/passport-sweep.timer" 0644 <"$work/put"
     if [ "$sweep_changed" = 1 ] || [ "$put_changed" = 1 ]; then
         out=$(systemctl daemon-reload 2>&1) ||
             passport_fail "systemctl daemon-reload failed: $out"
@@ -922,7 +944,8 @@ elif [ -d /etc/cron.d ]; then
         echo 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
         echo "@reboot root /bin/sh $helper --sweep"
         echo "*/5 * * * * root /bin/sh $helper --sweep"
-    } | put_file /etc/cron.d/passport-sweep 0644
+    } >"$work/put"
+    put_file /etc/cron.d/passport-sweep 0644 <"$work/put"
     sweep="/etc/cron.d/passport-sweep"
 else
     sweep="none (no systemd and no /etc/cron.d: install cron)"

@@ -83,13 +83,14 @@ set -eu
 sandbox=$1
 mounts=$2
 shift 2
+# Before the binds below: /tmp, which usually holds the sandbox, is the last of them.
+if [ -d "$sandbox/usr-local-sbin" ]; then
+    mount --bind "$sandbox/usr-local-sbin" /usr/local/sbin
+fi
 for d in $mounts; do
     mount --bind "$sandbox/$d" "/$d"
 done
 mount -t tmpfs -o mode=1777,nosuid,nodev sandbox-shm /dev/shm
-if [ -d "$sandbox/usr-local-sbin" ]; then
-    mount --bind "$sandbox/usr-local-sbin" /usr/local/sbin
-fi
 if command -v ip >/dev/null 2>&1; then
     ip link set lo up
 fi
