@@ -448,18 +448,11 @@ public_key() {
     fi
 }
 
-if [ "$key" = none ] && [ "$ca_keys" = none ]; then
-    passport_fail "SshPublicKey and TrustedCaKeys are both none: send the requester's key, or the CA keys for certificate logins"
-fi
-if [ "$key" != none ] && [ "$ca_keys" != none ]; then
-    passport_fail "SshPublicKey and TrustedCaKeys are both set: exactly one of them must be none"
-fi
 : >"$work/ca.pub"
 if [ "$key" != none ]; then
-    mode=key
     public_key SshPublicKey "$key" 8192
-else
-    mode=certificate
+fi
+if [ "$ca_keys" != none ]; then
     # Up to 4 keys joined by commas (a rotation sends the old and the new one).
     rest=$ca_keys
     count=0
@@ -473,6 +466,14 @@ else
         rest=${rest#*,}
     done
 fi
+if [ "$key" = none ] && [ "$ca_keys" = none ]; then
+    passport_fail "SshPublicKey and TrustedCaKeys are both none: send the requester's key, or the CA keys for certificate logins"
+fi
+if [ "$key" != none ] && [ "$ca_keys" != none ]; then
+    passport_fail "SshPublicKey and TrustedCaKeys are both set: exactly one of them must be none"
+fi
+mode=key
+[ "$key" != none ] || mode=certificate
 
 case $uid_range in
     *-*) ;;
