@@ -453,7 +453,11 @@ fn refused_by_the_script_only(
 fn refused_in_certificate_mode(
     valid: &BTreeMap<&'static str, String>,
 ) -> Vec<(&'static str, String)> {
-    let key = valid["TrustedCaKeys"].split(',').next().unwrap().to_string();
+    let key = valid["TrustedCaKeys"]
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
     let body = key.split(' ').nth(1).unwrap().to_string();
     vec![
         // Both none: no way in at all.
@@ -1038,10 +1042,14 @@ fn assert_granted(sb: &Sandbox, g: &Grant) {
 
     let home = sb.host(&format!("home/{}", g.user));
     assert_eq!(mode(&home), (0o700, uid, gid), "home");
-    assert!(
-        !home.join(".ssh/authorized_keys").exists(),
-        "nothing of Passport's in the home"
-    );
+    // Nothing of Passport's in the home: whatever is there is the user's own.
+    if let Ok(m) = fs::symlink_metadata(home.join(".ssh/authorized_keys")) {
+        assert_eq!(
+            m.uid(),
+            uid,
+            "an authorized_keys in the home not made by the user"
+        );
+    }
 
     // sshd reads Passport users' keys and principals from root's files only.
     assert_passport_sshd_config(sb);
@@ -1517,7 +1525,11 @@ fn in_key_mode_the_user_cannot_stretch_or_widen_the_key() {
     // restrict takes the terminal away; pty gives it back for interactive work.
     let out = sb.login_with("pp-kit-30", "/root/id", "-tt", "tty");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("/dev/pts/"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("/dev/pts/"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // Whatever the user writes in their home, including an authorized_keys without the
     // expiry for their own key and for a second key they hold, sshd never reads it.
@@ -1856,7 +1868,10 @@ fn a_certificate_from_the_trusted_ca_logs_in_as_its_principal_only() {
     sb.revoke_ok("pp-cat-40", "AR-40");
     assert_revoked_but_others(&sb, "pp-cat-40");
     let out = sb.login("pp-cat-40", &cat_id, "true");
-    assert!(!out.status.success(), "the certificate logs in after revoke");
+    assert!(
+        !out.status.success(),
+        "the certificate logs in after revoke"
+    );
 }
 
 /// Like assert_revoked, when other users (with their at jobs) are still granted.
@@ -1876,7 +1891,9 @@ fn assert_revoked_but_others(sb: &Sandbox, user: &str) {
     for (id, _, _) in sb.at_jobs() {
         let body = sb.ok(&format!("at -c {id}"));
         assert!(
-            !body.lines().any(|l| l == format!("# passport-expire {user}")),
+            !body
+                .lines()
+                .any(|l| l == format!("# passport-expire {user}")),
             "the removal job of {user} is left"
         );
     }
@@ -2040,9 +2057,7 @@ fn three_grants_get_three_new_uids_and_revoke_leaves_nothing_behind() {
         uids.windows(2).all(|w| w[0] < w[1]),
         "a new, higher UID each time: {uids:?}"
     );
-    assert!(uids
-        .iter()
-        .all(|u| (10_000_000..=19_999_999).contains(u)));
+    assert!(uids.iter().all(|u| (10_000_000..=19_999_999).contains(u)));
     // The counter survives the users.
     assert_eq!(
         sb.file("var/lib/passport/next-uid").trim(),
@@ -2277,10 +2292,15 @@ fn under_systemd_the_removal_is_a_persistent_timer_on_disk_with_a_sweep() {
         )
     );
     let sweep_service = sb.file(&format!("{units}/passport-sweep.service"));
-    assert!(sweep_service.contains("\nExecStart=/bin/sh /var/lib/passport/revoke-user.sh --sweep\n"));
+    assert!(
+        sweep_service.contains("\nExecStart=/bin/sh /var/lib/passport/revoke-user.sh --sweep\n")
+    );
     assert!(sweep_service.contains("\nWantedBy=multi-user.target\n"));
     let sweep_timer = sb.file(&format!("{units}/passport-sweep.timer"));
-    assert!(sweep_timer.contains("\nOnUnitActiveSec=5min\n"), "{sweep_timer}");
+    assert!(
+        sweep_timer.contains("\nOnUnitActiveSec=5min\n"),
+        "{sweep_timer}"
+    );
     for unit in [
         &timer,
         &service,
