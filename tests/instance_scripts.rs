@@ -2098,7 +2098,7 @@ fn a_used_up_uid_range_is_refused_and_never_recycled() {
     assert!(!out.status.success(), "a UID was given twice");
     assert_eq!(
         text(&out.stderr),
-        "passport grant: UidRange 20000-20001 is used up on this instance (UIDs are never given twice); configure a new range\n"
+        "passport grant: UidRange 20000-20001 is used up on this instance (UIDs are never given twice); configure a range above 20001\n"
     );
     assert!(sb.entry("etc/passwd", "pp-u-48").is_none());
     assert!(sb.entry("etc/group", "pp-u-48").is_none());
@@ -2374,4 +2374,79 @@ fn under_systemd_the_removal_is_a_persistent_timer_on_disk_with_a_sweep() {
         !calls.contains("stop passport-expire-pp-sys-54.service"),
         "the running removal is not stopped from within: {calls}"
     );
+}
+
+#[test]
+fn a_running_sshd_is_reloaded_only_when_the_block_changes() {
+    let test = "a_running_sshd_is_reloaded_only_when_the_block_changes";
+    let Some(sb) = sandbox(test) else {
+        return;
+    };
+    if !sb.sshd_works(test) {
+        return;
+    }
+    let g1 = Grant::new("pp-hup-55", "AR-55");
+    let g2 = Grant::new("pp-hup-56", "AR-56");
+    let env = |g: &Grant, prefix: &str| -> String {
+        g.values(&sb.key)
+            .iter()
+            .map(|(k, v)| format!("{prefix}{k}='{v}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // One sandbox call: sshd (with the pid file of the configuration, which the grant
+    // reads) runs while two grants happen; only the first one changes the block.
+    let out = sb.ok(&format!(
+        r#"
+        mkdir -p /run/sshd
+        /usr/sbin/sshd -o Port=2222 -o ListenAddress=127.0.0.1 -o UsePAM=no -E /tmp/sshd.log
+        i=0
+        while [ ! -s /run/sshd.pid ] && [ "$i" -lt 200 ]; do i=$((i + 1)); sleep 0.05; done
+        env {} sh /root/ssm/grant-linux.sh >/dev/null
+        sleep 1
+        echo "after the first grant: $(grep -c 'Received SIGHUP' /tmp/sshd.log)"
+        env {} sh /root/ssm/grant-linux.sh >/dev/null
+        sleep 1
+        echo "after the second grant: $(grep -c 'Received SIGHUP' /tmp/sshd.log)"
+        "#,
+        env(&g1, "SSM_"),
+        env(&g2, "SSM_")
+    ));
+    assert!(out.contains("after the first grant: 1"), "{out}");
+    assert!(out.contains("after the second grant: 1"), "{out}");
+    assert_granted_but_others(&sb, &g1);
+}
+
+/// assert_granted without the at-queue check (other users have jobs too).
+fn assert_granted_but_others(sb: &Sandbox, g: &Grant) {
+    let passwd = sb.entry("etc/passwd", &g.user).expect("a passwd entry");
+    assert_eq!(passwd[4], format!("passport {}", g.req));
+    assert!(sb
+        .host(&format!("etc/ssh/passport/authorized_keys/{}", g.user))
+        .exists());
+    assert_passport_sshd_config(sb);
+}
+
+#[test]
+fn revoke_cleans_up_after_a_uid_whose_account_is_already_gone() {
+    let Some(sb) = sandbox("revoke_cleans_up_after_a_uid_whose_account_is_already_gone") else {
+        return;
+    };
+    sb.grant_ok(&Grant::new("pp-gone-57", "AR-57"));
+    let uid = sb.entry("etc/passwd", "pp-gone-57").unwrap()[2].clone();
+    // The account was removed by hand, its setuid shell in /var/tmp was not.
+    sb.ok(&format!(
+        "setpriv --reuid={uid} --regid={uid} --clear-groups sh -c 'cp /bin/sh /var/tmp/kept && chmod 4755 /var/tmp/kept' && userdel pp-gone-57"
+    ));
+    assert!(sb.host("var/tmp/kept").exists());
+    let out = sb.revoke_ok("pp-gone-57", "AR-57");
+    assert!(
+        out.contains("pp-gone-57 was already absent (AR-57)"),
+        "{out}"
+    );
+    assert!(
+        !sb.host("var/tmp/kept").exists(),
+        "the UID's setuid file outlived the revoke"
+    );
+    assert_revoked(&sb, "pp-gone-57");
 }

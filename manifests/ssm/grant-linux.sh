@@ -380,7 +380,9 @@ passport_sweep() {
         _pp_request=$(passport_state_value "$_pp_name" request)
         passport_digits "$_pp_expiry" 10 || continue
         [ "$_pp_expiry" -le "$_pp_now" ] || continue
-        (passport_revoke "$_pp_name" "$_pp_request" "$_pp_expiry") || _pp_failed=1
+        # A process of its own for each: set -e holds there, and one failure does not
+        # stop the others.
+        /bin/sh "$passport_state/revoke-user.sh" "$_pp_name" "$_pp_request" "$_pp_expiry" || _pp_failed=1
     done
     return "$_pp_failed"
 }
@@ -676,7 +678,9 @@ configure_sshd() {
         restore_conf
         passport_fail "sshd rejects the configuration with Passport's block in $where, so the old one was put back: $(oneline "$out")"
     fi
-    if ! effective=$("$sshd" -T -C "user=$user,host=localhost,addr=127.0.0.1" 2>&1); then
+    # laddr and lport too: sshd -T refuses a test that leaves out what a Match block of
+    # the configuration asks about.
+    if ! effective=$("$sshd" -T -C "user=$user,host=localhost,addr=127.0.0.1,laddr=127.0.0.1,lport=22" 2>&1); then
         restore_conf
         passport_fail "sshd -T cannot show the configuration for $user, so the old one was put back: $(oneline "$effective")"
     fi
@@ -756,7 +760,7 @@ next_uid() {
         fi
         candidate=$((candidate + 1))
     done
-    passport_fail "UidRange $uid_first-$uid_last is used up on this instance (UIDs are never given twice); configure a new range"
+    passport_fail "UidRange $uid_first-$uid_last is used up on this instance (UIDs are never given twice); configure a range above $((candidate - 1))"
 }
 
 if [ "$existing" = yes ]; then

@@ -343,7 +343,9 @@ passport_sweep() {
         _pp_request=$(passport_state_value "$_pp_name" request)
         passport_digits "$_pp_expiry" 10 || continue
         [ "$_pp_expiry" -le "$_pp_now" ] || continue
-        (passport_revoke "$_pp_name" "$_pp_request" "$_pp_expiry") || _pp_failed=1
+        # A process of its own for each: set -e holds there, and one failure does not
+        # stop the others.
+        /bin/sh "$passport_state/revoke-user.sh" "$_pp_name" "$_pp_request" "$_pp_expiry" || _pp_failed=1
     done
     return "$_pp_failed"
 }
