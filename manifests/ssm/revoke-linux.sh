@@ -7,9 +7,13 @@
 #   SSM_Username   pp-<handle>-<n>, at most 32 characters
 #   SSM_RequestId  AR-<n>, with the n the username ends in
 #
-# Ends the user's sessions and processes, removes the user and their home, the sudo
-# drop-in and the on-instance removal job. Idempotent: success when the user is already
-# gone. Refuses (exit 1, reason on stderr) to remove an account Passport did not create.
+# Takes away the sudo drop-in and the files sshd lets the user in with (always, even
+# for an account it then refuses), ends every process of the user's UID, removes their
+# at jobs and crontab, the user and their home, every file the UID left on local file
+# systems (setuid and setgid ones first), the removal timer or at job and the state.
+# Idempotent: success when the user is already gone, and the UID recorded at grant is
+# still cleaned up after. Refuses (exit 1, reason on stderr) to remove an account
+# Passport did not create.
 set -eu
 umask 077
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
