@@ -2450,3 +2450,39 @@ fn revoke_cleans_up_after_a_uid_whose_account_is_already_gone() {
     );
     assert_revoked(&sb, "pp-gone-57");
 }
+
+#[test]
+fn a_setuid_file_revoke_cannot_remove_fails_it_and_a_retry_finishes() {
+    let test = "a_setuid_file_revoke_cannot_remove_fails_it_and_a_retry_finishes";
+    let Some(sb) = sandbox(test) else {
+        return;
+    };
+    sb.grant_ok(&Grant::new("pp-imm-58", "AR-58"));
+    let uid = sb.entry("etc/passwd", "pp-imm-58").unwrap()[2].clone();
+    sb.ok(&format!(
+        "setpriv --reuid={uid} --regid={uid} --clear-groups sh -c 'cp /bin/sh /var/tmp/imm && chmod 4755 /var/tmp/imm'"
+    ));
+    // An immutable file stands for one root cannot delete (not every file system has
+    // the attribute).
+    if !sb.run_with(&[], "chattr +i /var/tmp/imm").status.success() {
+        eprintln!("{test}: skipped: chattr +i does not work here");
+        return;
+    }
+    let out = sb.revoke("pp-imm-58", "AR-58");
+    assert!(
+        !out.status.success(),
+        "revoke succeeded with a setuid file left"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "passport revoke: could not remove the setuid/setgid files of uid {uid}: /var/tmp/imm\n"
+        )
+    );
+    // The state keeps the UID, so the retry Passport makes cleans up after it.
+    sb.ok("chattr -i /var/tmp/imm");
+    let out = sb.revoke_ok("pp-imm-58", "AR-58");
+    assert!(out.contains("pp-imm-58 was already absent"), "{out}");
+    assert!(!sb.host("var/tmp/imm").exists());
+    assert_revoked(&sb, "pp-imm-58");
+}

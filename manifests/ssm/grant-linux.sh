@@ -250,16 +250,20 @@ passport_remove_files() {
     while IFS= read -r _pp_root; do
         [ -n "$_pp_root" ] || continue
         find "$_pp_root" -xdev \( ! -type d \( -user "$1" -o -group "$1" \) \( -perm -4000 -o -perm -2000 \) -delete \) \
-            -o \( -user "$1" \( ! -type d -o -empty \) -delete \) 2>/dev/null || _pp_failed="$_pp_failed $_pp_root"
+            -o \( -user "$1" \( ! -type d -o -empty \) -delete \) 2>/dev/null || _pp_failed="$_pp_failed$_pp_root
+"
     done <<PASSPORT_ROOTS
 $_pp_roots
 PASSPORT_ROOTS
-    for _pp_root in $_pp_failed; do
+    while IFS= read -r _pp_root; do
+        [ -n "$_pp_root" ] || continue
         _pp_left=$(find "$_pp_root" -xdev ! -type d \( -user "$1" -o -group "$1" \) \
             \( -perm -4000 -o -perm -2000 \) -print 2>/dev/null | head -n 3)
         # shellcheck disable=SC2086 # the paths on one line
         [ -z "$_pp_left" ] || passport_fail "could not remove the setuid/setgid files of uid $1:" $_pp_left
-    done
+    done <<PASSPORT_FAILED
+$_pp_failed
+PASSPORT_FAILED
 }
 
 # passport_remove_access USER: what lets USER in or up, all of it Passport's own files:
