@@ -176,6 +176,8 @@ fn main() -> anyhow::Result<()> {
             ),
             sudo: false,
             ssh_public_key: Some(KEY.into()),
+            trusted_ca_keys: Vec::new(),
+            port_forwarding: false,
         };
         let started = Instant::now();
         let outcomes = provisioner.grant(&spec).await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::adapters::clock::{OffsetClock, SystemClock};
 use crate::adapters::console::stdout_output;
 use crate::adapters::sqlite::SqliteStore;
+use crate::adapters::ssh_ca::{CaKeySource, CaKeyType, CertificateAuthority};
 use crate::app::engine::timeline;
 use crate::app::ports::{Store, Verification};
 use crate::config::{Config, Loaded, Settings};
@@ -48,6 +49,11 @@ pub enum Command {
         #[command(subcommand)]
         command: SsmCommand,
     },
+    /// Passport's SSH certificate authority: create, show and rotate its key.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Inspect the Logbook, the hash-chained audit trail.
     Audit {
         #[command(subcommand)]
@@ -61,6 +67,31 @@ pub enum SsmCommand {
     Install,
     /// Check that the documents in SSM are this version's; exits 1 when missing or outdated.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA key (never replacing one) and print its public key line.
+    Init {
+        /// ed25519 (default), or rsa (4096 bits, signing with rsa-sha2-512) for old sshd.
+        #[arg(long = "type", value_name = "TYPE", default_value = "ed25519")]
+        kind: String,
+        /// Where to write it (default: [ssh_ca] key_path).
+        #[arg(long, value_name = "FILE")]
+        key_path: Option<PathBuf>,
+    },
+    /// Print the public key lines instances trust: the signing key, then keys of a rotation.
+    Show,
+    /// Start a rotation: create the next CA key and print the steps that move to
+    /// it without a moment where logins fail.
+    Rotate {
+        /// Where to write the new key.
+        #[arg(long, value_name = "FILE")]
+        key_path: PathBuf,
+        /// ed25519 (default) or rsa.
+        #[arg(long = "type", value_name = "TYPE", default_value = "ed25519")]
+        kind: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +212,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 (None, None) => console(&loaded, &settings, true).await,
             }
         }
+        Command::Ca { command } => {
+            let (_, settings) = load(cli.config.as_deref())?;
+            init_logging("warn");
+            ca(&settings, command)
+        }
         Command::Audit { command } => {
             let (_, settings) = load(cli.config.as_deref())?;
             init_logging("warn");
@@ -188,6 +224,86 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let code = audit(&store, command).await?;
             store.close().await;
             Ok(code)
+        }
+    }
+}
+
+fn ca_kind(text: &str) -> anyhow::Result<CaKeyType> {
+    CaKeyType::parse(text)
+        .with_context(|| format!("--type {text:?} is not a CA key type: use ed25519 or rsa"))
+}
+
+fn ca(settings: &Settings, command: CaCommand) -> anyhow::Result<i32> {
+    match command {
+        CaCommand::Init { kind, key_path } => {
+            let kind = ca_kind(&kind)?;
+            let path = match (key_path, settings.ssh_ca.as_ref().map(|c| &c.key)) {
+                (Some(path), _) => path,
+                (None, Some(CaKeySource::File(path))) => path.clone(),
+                (None, Some(CaKeySource::Secret(_))) => bail!("the CA key comes from PASSPORT_SSH_CA__KEY here: pass --key-path to write a new key to a file, then put that file's contents in the secret"),
+                (None, None) => bail!("where should the key go? pass --key-path FILE, or set [ssh_ca] key_path"),
+            };
+            let authority = CertificateAuthority::generate(kind)?;
+            authority.save_new(&path)?;
+            println!(
+                "# SSH CA key written to {} (mode 0600), {}",
+                path.display(),
+                authority.fingerprint()
+            );
+            println!("{}", authority.public_key_line());
+            Ok(0)
+        }
+        CaCommand::Show => {
+            let Some(ca) = &settings.ssh_ca else {
+                bail!("no [ssh_ca] section in the configuration: create a key with `passport ca init --key-path FILE` and set [ssh_ca] key_path");
+            };
+            let authority = ca.authority()?;
+            println!("# signing key, {}", authority.fingerprint());
+            println!("{}", authority.public_key_line());
+            for line in &ca.next_public_keys {
+                println!("# next key (trusted, not yet signing)\n{line}");
+            }
+            for line in &ca.previous_public_keys {
+                println!("# previous key (trusted until its certificates run out)\n{line}");
+            }
+            Ok(0)
+        }
+        CaCommand::Rotate { key_path, kind } => {
+            let kind = ca_kind(&kind)?;
+            let Some(ca) = &settings.ssh_ca else {
+                bail!("no [ssh_ca] section in the configuration: there is no CA to rotate yet; `passport ca init` creates the first key");
+            };
+            let current = ca.authority()?;
+            let next = CertificateAuthority::generate(kind)?;
+            next.save_new(&key_path)?;
+            let plain = |line: &str| line.split(' ').take(2).collect::<Vec<_>>().join(" ");
+            // The longest access is 12h; an hour on top covers the on-instance grace and clock skew.
+            let wait = "13h";
+            println!(
+                "# new SSH CA key written to {} (mode 0600), {}",
+                key_path.display(),
+                next.fingerprint()
+            );
+            println!("# 1. Trust it everywhere first: add to [ssh_ca] and restart Passport:");
+            println!(
+                "#      next_public_keys = [\"{}\"]",
+                plain(next.public_key_line())
+            );
+            println!(
+                "#    Every grant and extension from then on installs both keys on its instances."
+            );
+            println!("# 2. After {wait} (the longest access granted before step 1 has ended), sign with it:");
+            println!("#      key_path = \"{}\"", key_path.display());
+            println!(
+                "#      previous_public_keys = [\"{}\"]",
+                plain(current.public_key_line())
+            );
+            println!("#    and remove it from next_public_keys; restart Passport.");
+            println!(
+                "# 3. After another {wait} (every certificate of the old key has run out), remove"
+            );
+            println!("#    previous_public_keys and delete the old key file.");
+            Ok(0)
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::adapters::aws::{AwsConfig, AwsSettings};
 use crate::adapters::discord::{DiscordConfig, DiscordSettings};
 use crate::adapters::slack::{SlackConfig, SlackSettings};
 use crate::adapters::sqlite::Durability;
+use crate::adapters::ssh_ca::{SshCaConfig, SshCaSettings};
 use crate::app::jobs::{Job, JobKind, Jobs};
 use crate::domain::command::Grammar;
 use crate::domain::policy::{Policy, Principal, Rule};
@@ -82,6 +83,9 @@ pub struct Config {
     /// Discord; absent means no Discord.
     pub discord: Option<DiscordConfig>,
     pub http: HttpConfig,
+    /// Passport's SSH certificate authority; absent means Linux users log in
+    /// with the requester's registered key.
+    pub ssh_ca: Option<SshCaConfig>,
 }
 
 /// Scheduled jobs: cron expressions with a seconds field, in UTC; `""` or
@@ -146,6 +150,8 @@ pub struct RuleConfig {
     pub approvals: u32,
     pub max_duration: Option<String>,
     pub sudo: bool,
+    /// Certificates for this rule's instances carry `permit-port-forwarding`.
+    pub port_forwarding: bool,
     pub channel: Option<String>,
     /// Extensions adding more than this in total wait for an approver's click.
     pub extension_approval_over: Option<String>,
@@ -237,6 +243,7 @@ impl Default for RuleConfig {
             approvals: 1,
             max_duration: None,
             sudo: false,
+            port_forwarding: false,
             channel: None,
             extension_approval_over: None,
         }
@@ -495,6 +502,7 @@ impl Config {
                 approvals: rc.approvals,
                 max_duration,
                 sudo: rc.sudo,
+                port_forwarding: rc.port_forwarding,
                 channel: rc.channel.clone(),
                 extension_approval_over,
             }
@@ -611,6 +619,14 @@ impl Config {
             }
             None => None,
         };
+        let ssh_ca = match self.ssh_ca.as_ref().map(SshCaConfig::validate) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                errors.extend(e);
+                None
+            }
+            None => None,
+        };
         if self.slack.is_some() && self.discord.is_some() {
             errors.push("slack, discord: both are configured: Passport serves one chat platform; run a second Passport with its own [store] path for the other".into());
         }
@@ -656,6 +672,7 @@ impl Config {
             http: http.unwrap_or(HttpSettings {
                 listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
             }),
+            ssh_ca,
             store_path: self.store.path.clone(),
             durability: self.store.durability,
         })
@@ -683,6 +700,8 @@ pub struct Settings {
     /// Present when Discord is configured.
     pub discord: Option<DiscordSettings>,
     pub http: HttpSettings,
+    /// Present when the SSH CA is configured.
+    pub ssh_ca: Option<SshCaSettings>,
     pub store_path: PathBuf,
     pub durability: Durability,
 }

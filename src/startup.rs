@@ -48,6 +48,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("the AWS provisioner cannot start: {0}")]
     Aws(#[from] crate::adapters::aws::AwsStartError),
+    #[error("the SSH CA cannot start: {0}")]
+    SshCa(#[from] crate::adapters::ssh_ca::CaError),
 }
 
 /// The AWS provisioner when `[aws]` is configured (after checking that the SSM
@@ -96,7 +98,7 @@ pub async fn console_app(
     if let Some(courier) = &courier {
         courier.attach(store.clone(), std::slice::from_ref(&surface));
     }
-    Ok(assemble(
+    assemble(
         settings,
         store,
         surface,
@@ -105,7 +107,7 @@ pub async fn console_app(
         clock,
         // The console's output reads in the order things happened.
         Dispatcher::one_lane_at_a_time,
-    ))
+    )
 }
 
 /// Runs everything due now and delivers every notice that can go, until
@@ -315,8 +317,8 @@ fn assemble(
     provisioner: Arc<dyn Provisioner>,
     clock: Arc<dyn Clock>,
     delivery: fn(Dispatcher) -> Dispatcher,
-) -> App {
-    let engine = Arc::new(Engine::new(
+) -> Result<App, StartError> {
+    let engine = Engine::new(
         Ports {
             store: store.clone(),
             provisioner,
@@ -330,7 +332,11 @@ fn assemble(
             surfaces: vec![surface.name().to_owned()],
             ..EngineSettings::default()
         },
-    ));
+    );
+    let engine = Arc::new(match &settings.ssh_ca {
+        Some(ca) => engine.with_certificates(Arc::new(ca.load()?), ca.backdate),
+        None => engine,
+    });
     let dispatcher = Arc::new(delivery(Dispatcher::new(
         store.clone(),
         clock,
@@ -341,12 +347,12 @@ fn assemble(
         dispatcher.clone(),
         settings.jobs.clone(),
     ));
-    App {
+    Ok(App {
         engine,
         dispatcher,
         store,
         scheduler,
-    }
+    })
 }
 
 /// Builds the Slack application: SQLite store, Slack surface and directory,
@@ -355,7 +361,7 @@ pub async fn slack_app(
     settings: &Settings,
     slack: &SlackSettings,
     options: SlackOptions,
-) -> Result<SlackApp, StoreError> {
+) -> Result<SlackApp, StartError> {
     let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
     let api = SlackApi::new(&slack.api_url, &slack.bot_token, slack.channel_pace);
     let mentions = Mentions {
@@ -382,7 +388,7 @@ pub async fn slack_app(
         options.provisioner,
         options.clock.clone(),
         std::convert::identity,
-    );
+    )?;
     let people = Arc::new(People::new(api.clone()));
     let inbound = Arc::new(
         Inbound::new(app.engine.clone(), api.clone(), people, surface.clone())
@@ -443,7 +449,7 @@ pub async fn discord_app(
     settings: &Settings,
     discord: &DiscordSettings,
     options: DiscordOptions,
-) -> Result<DiscordApp, StoreError> {
+) -> Result<DiscordApp, StartError> {
     let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
     let api = DiscordApi::new(discord);
     let mentions = DiscordMentions {
@@ -471,7 +477,7 @@ pub async fn discord_app(
         options.provisioner,
         options.clock.clone(),
         std::convert::identity,
-    );
+    )?;
     let inbound = Arc::new(
         DiscordInbound::new(app.engine.clone(), api.clone(), directory, discord.guild_id)
             .with_deadline(options.ack_deadline),

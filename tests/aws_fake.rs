@@ -393,6 +393,8 @@ fn grant_spec(request: u64, instances: Vec<InstanceInfo>) -> GrantSpec {
         expires_at: Timestamp::from_millis(1_790_003_600_000),
         sudo: false,
         ssh_public_key: Some(KEY.into()),
+        trusted_ca_keys: Vec::new(),
+        port_forwarding: false,
     }
 }
 

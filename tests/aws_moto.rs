@@ -256,6 +256,8 @@ fn grant_spec(request: u64, instances: Vec<InstanceInfo>, expires_ms: i64) -> Gr
         expires_at: Timestamp::from_millis(expires_ms),
         sudo: false,
         ssh_public_key: Some(KEY.into()),
+        trusted_ca_keys: Vec::new(),
+        port_forwarding: false,
     }
 }
 

@@ -387,3 +387,115 @@ fn audit_verify_checks_against_a_checkpoint() {
         stdout(&caught)
     );
 }
+
+#[test]
+fn ca_init_writes_a_private_key_and_show_prints_its_public_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ca/key");
+    let key_env = key.to_str().unwrap();
+    let init = passport(dir.path(), &["ca", "init", "--key-path", key_env])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let line = stdout(&init).lines().last().unwrap().to_owned();
+    assert!(line.starts_with("ssh-ed25519 AAAA"), "{line}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A second init never replaces the key.
+    let again = passport(dir.path(), &["ca", "init", "--key-path", key_env])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwrites"));
+
+    let show = passport(dir.path(), &["ca", "show"])
+        .env("PASSPORT_SSH_CA__KEY_PATH", &key)
+        .output()
+        .unwrap();
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    assert!(stdout(&show).contains(&line), "{}", stdout(&show));
+}
+
+#[test]
+fn a_ca_key_readable_by_others_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ca-key");
+    let init = passport(
+        dir.path(),
+        &["ca", "init", "--key-path", key.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(init.status.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = passport(dir.path(), &["serve"])
+        .env("PASSPORT_SSH_CA__KEY_PATH", &key)
+        .spawn()
+        .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by group or others (mode 0644)"),
+        "{err}"
+    );
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn ca_rotate_creates_the_next_key_and_prints_the_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    let new = dir.path().join("new");
+    let init = passport(
+        dir.path(),
+        &["ca", "init", "--key-path", old.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let old_line = stdout(&init).lines().last().unwrap().to_owned();
+    let out = passport(
+        dir.path(),
+        &[
+            "ca",
+            "rotate",
+            "--key-path",
+            new.to_str().unwrap(),
+            "--type",
+            "ed25519",
+        ],
+    )
+    .env("PASSPORT_SSH_CA__KEY_PATH", &old)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(new.exists());
+    assert!(
+        text.contains("next_public_keys = [\"ssh-ed25519 AAAA"),
+        "{text}"
+    );
+    let old_plain = old_line.rsplit_once(' ').unwrap().0;
+    assert!(
+        text.contains(&format!("previous_public_keys = [\"{old_plain}\"]")),
+        "{text}"
+    );
+}

@@ -64,8 +64,16 @@ impl Provisioner for DryRunProvisioner {
                     Platform::Linux => "Passport-GrantLinux",
                     Platform::Windows => "Passport-GrantWindows",
                 };
+                let login = if spec.trusted_ca_keys.is_empty() || i.platform != Platform::Linux {
+                    String::new()
+                } else {
+                    format!(
+                        " login=certificate ({} CA keys)",
+                        spec.trusted_ca_keys.len()
+                    )
+                };
                 self.say(format!(
-                    "[dry-run] {} → {}: {document} username={} expires={} sudo={}",
+                    "[dry-run] {} → {}: {document} username={} expires={} sudo={}{login}",
                     spec.request,
                     i.id,
                     spec.username,

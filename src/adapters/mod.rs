@@ -12,3 +12,4 @@ pub mod password_courier;
 pub mod seen;
 pub mod slack;
 pub mod sqlite;
+pub mod ssh_ca;

@@ -197,6 +197,7 @@ mod tests {
                         rules: Vec::new(),
                         max_duration: Span::from_hours(12),
                         sudo: false,
+                        port_forwarding: false,
                         channel: None,
                         extension_approval_over: None,
                     },

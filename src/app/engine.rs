@@ -19,11 +19,13 @@ use crate::domain::request::{
     AccessRequest, ApprovalOutcome, NewRequest, Refusal, RefusalKind, RequestState,
 };
 use crate::domain::time::{Span, Timestamp};
-use crate::domain::values::{GrantDuration, InputError, Person, Reason, RequestId};
+use crate::domain::values::{GrantDuration, InputError, Person, Reason, RequestId, SshPublicKey};
 
 use super::effects::{Effects, TimerId, TimerKind};
 use super::messages;
-use super::ports::{Clock, Described, Directory, Mutation, Provisioner, Store, StoreError};
+use super::ports::{
+    CertificateSigner, Clock, Described, Directory, Mutation, Provisioner, Store, StoreError,
+};
 
 /// Settings the use cases need beyond the policy and grammar.
 #[derive(Debug, Clone)]
@@ -81,6 +83,17 @@ impl Reply {
     }
 }
 
+/// A certificate issued by [`Engine::certificate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// The OpenSSH certificate line.
+    pub certificate: String,
+    pub serial: u64,
+    pub valid_before: Timestamp,
+    /// What to tell the person: the certificate and how to connect with it.
+    pub answer: String,
+}
+
 /// Why a command failed, grouped by what the person can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -116,6 +129,16 @@ pub struct Engine {
     /// Wakes the scheduler and the outbox dispatcher after a commit.
     pub wake: Arc<Notify>,
     pub(super) in_flight: Mutex<HashSet<TimerId>>,
+    /// Passport's SSH CA, when configured.
+    pub(super) certificates: Option<Certificates>,
+}
+
+/// The SSH CA and how far back certificates are dated.
+#[derive(Clone)]
+pub(super) struct Certificates {
+    pub(super) signer: Arc<dyn CertificateSigner>,
+    /// `valid_after` is this much before issue, for clocks running behind.
+    pub(super) backdate: Span,
 }
 
 pub struct Ports {
@@ -137,7 +160,15 @@ impl Engine {
             settings,
             wake: Arc::new(Notify::new()),
             in_flight: Mutex::new(HashSet::new()),
+            certificates: None,
         }
+    }
+
+    /// Issues certificates from `signer` (`cert AR-n`) and has Linux grants
+    /// trust its keys instead of installing the requester's key.
+    pub fn with_certificates(mut self, signer: Arc<dyn CertificateSigner>, backdate: Span) -> Self {
+        self.certificates = Some(Certificates { signer, backdate });
+        self
     }
 
     pub fn grammar(&self) -> &Grammar {
@@ -184,6 +215,10 @@ impl Engine {
             Command::Show(id) => self.show(actor, id).await.map(|t| (t, Some(id))),
             Command::Audit(id) => self.audit(actor, id).await.map(|t| (t, Some(id))),
             Command::Retry(id) => self.retry(actor, id).await,
+            Command::Cert(id) => self
+                .certificate(actor, id, None)
+                .await
+                .map(|issued| (issued.answer, Some(id))),
             Command::KeySet(key) => self.key(actor, KeyCommand::Set(key)).await,
             Command::KeyShow => self.key(actor, KeyCommand::Show).await,
             Command::KeyRemove => self.key(actor, KeyCommand::Remove).await,
@@ -280,7 +315,9 @@ impl Engine {
             ))
             .into());
         }
-        if self.provisioner.requires_ssh_key()
+        // With a CA, Linux logins use certificates and no key is installed.
+        if self.certificates.is_none()
+            && self.provisioner.requires_ssh_key()
             && instances
                 .iter()
                 .any(|i| i.platform == crate::domain::request::Platform::Linux)
@@ -639,6 +676,12 @@ impl Engine {
         let person = actor.person.clone();
         let now = self.clock.now();
         let warnings = self.settings.warnings.clone();
+        // A certificate ends where the access ended before; say how to get one to the new end.
+        let certificate_hint = if self.certificates.is_some() {
+            format!("; `cert {id}` gives you a certificate valid to the new end")
+        } else {
+            String::new()
+        };
         self.change(id, move |req, fx| {
             if req.state == RequestState::Active && req.pending_extension.is_some() {
                 return Err(RefusalKind::AlreadyDone(format!(
@@ -676,7 +719,7 @@ impl Engine {
             } else {
                 format!("{} more can be added", ext.remaining_allowance)
             };
-            fx.reply = format!("{id} extended by {}{capped}: access now ends at {} ({room})", ext.added, ext.new_expiry);
+            fx.reply = format!("{id} extended by {}{capped}: access now ends at {} ({room}){certificate_hint}", ext.added, ext.new_expiry);
             Ok(())
         })
         .await
@@ -720,6 +763,88 @@ impl Engine {
             Ok(())
         })
         .await
+    }
+
+    /// Signs a certificate for `key` (or the person's registered key) valid
+    /// until the access of `id` ends, and records it in the Logbook in the
+    /// same transaction that numbers it.
+    pub async fn certificate(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+        key: Option<SshPublicKey>,
+    ) -> Result<IssuedCertificate, AppError> {
+        let Some(ca) = self.certificates.clone() else {
+            return Err(RefusalKind::NotAllowed(
+                "this Passport has no SSH certificate authority: your registered key logs in as it is (`key show`)".into(),
+            )
+            .into());
+        };
+        // Checked again in the transaction; first so that nobody else learns
+        // whether the requester has a key.
+        let req = self.store.get(id).await?.ok_or(AppError::NotFound(id))?;
+        if !req.is_requester(&actor.person.id) {
+            return Err(RefusalKind::NotAllowed(format!(
+                "only the requester of {id} can get a certificate for it"
+            ))
+            .into());
+        }
+        let key = match key {
+            Some(key) => key,
+            None => self.store.ssh_key(&actor.person.id).await?.ok_or_else(|| {
+                RefusalKind::NotAllowed(
+                    "you have no SSH key registered: `key set <your public key>` registers one, then ask for the certificate again".into(),
+                )
+            })?,
+        };
+        let person = actor.person.clone();
+        let now = self.clock.now();
+        let issued: Arc<Mutex<Option<IssuedCertificate>>> = Arc::default();
+        let out = Arc::clone(&issued);
+        self.change(id, move |req, fx| {
+            let spec = req.issue_certificate(&person.id, now, ca.backdate)?;
+            let line = ca
+                .signer
+                .sign(&spec, &key)
+                .map_err(|e| RefusalKind::NotAllowed(format!("no certificate was issued: {e}")))?;
+            fx.log(
+                now,
+                person.id.as_str(),
+                Some(id),
+                "certificate_issued",
+                format!(
+                    "certificate {} issued to {} for `{}` until {} (key {})",
+                    spec.serial,
+                    person.handle,
+                    spec.principal,
+                    spec.valid_before,
+                    key.fingerprint()
+                ),
+                json!({
+                    "serial": spec.serial,
+                    "key_id": spec.key_id,
+                    "principal": spec.principal,
+                    "fingerprint": key.fingerprint(),
+                    "ca": ca.signer.fingerprint(),
+                    "valid_after": spec.valid_after.rfc3339(),
+                    "valid_before": spec.valid_before.rfc3339(),
+                    "port_forwarding": spec.port_forwarding,
+                }),
+            );
+            let answer = messages::certificate_answer(req, &line, &key, spec.serial);
+            if let Ok(mut slot) = out.lock() {
+                *slot = Some(IssuedCertificate {
+                    certificate: line,
+                    serial: spec.serial,
+                    valid_before: spec.valid_before,
+                    answer,
+                });
+            }
+            Ok(())
+        })
+        .await?;
+        let issued = issued.lock().ok().and_then(|mut slot| slot.take());
+        issued.ok_or_else(|| AppError::Store(StoreError::Other("the certificate was lost".into())))
     }
 
     async fn key(

@@ -273,11 +273,18 @@ impl Engine {
         if instances.is_empty() {
             return self.store.delete_timer(t.id).await;
         }
-        let ssh_public_key = self
-            .store
-            .ssh_key(&req.requester.id)
-            .await?
-            .map(|k| k.as_str().to_owned());
+        // With a CA, instances trust its keys and people log in with
+        // certificates; without one, the registered key is installed.
+        let (trusted_ca_keys, ssh_public_key) = match &self.certificates {
+            Some(ca) => (ca.signer.trusted_keys(), None),
+            None => (
+                Vec::new(),
+                self.store
+                    .ssh_key(&req.requester.id)
+                    .await?
+                    .map(|k| k.as_str().to_owned()),
+            ),
+        };
         let spec = GrantSpec {
             request: req.id,
             username: req.username.clone(),
@@ -285,6 +292,8 @@ impl Engine {
             expires_at,
             sudo: req.requirement.sudo,
             ssh_public_key,
+            trusted_ca_keys,
+            port_forwarding: req.requirement.port_forwarding,
         };
         let outcomes = match self.provisioner.grant(&spec).await {
             Ok(outcomes) => outcomes,
@@ -299,6 +308,7 @@ impl Engine {
         };
         let id = req.id;
         let warnings = self.settings.warnings.clone();
+        let certificates = self.certificates.is_some();
         // The access clock starts when the grant has come back, not when it was sent.
         let now = self.clock.now();
         let on_instance_until = expires_at;
@@ -347,8 +357,10 @@ impl Engine {
                         fx.notify(Notice::Direct {
                             user: req.requester.id.clone(),
                             request: Some(id),
-                            text: messages::connection_details(req),
-                            actions: Vec::new(),
+                            text: messages::connection_details(req, certificates),
+                            actions: messages::certificate_action(req, certificates)
+                                .into_iter()
+                                .collect(),
                         });
                     }
                 }
@@ -368,7 +380,7 @@ impl Engine {
                         // (nearly) before Passport's own: move it.
                         fx.schedule(TimerKind::Refresh, now);
                     }
-                    let details = messages::connection_details(req);
+                    let details = messages::connection_details(req, certificates);
                     let failed = req.grants.iter().any(|g| g.state == GrantState::Failed);
                     let retry_hint = if failed {
                         "\nFix the failed instances, then retry them."
@@ -390,7 +402,10 @@ impl Engine {
                         text: format!(
                             "{details}\nReply `extend {id} 1h` or `complete {id}` at any time."
                         ),
-                        actions: messages::extend_complete(req),
+                        actions: messages::certificate_action(req, certificates)
+                            .into_iter()
+                            .chain(messages::extend_complete(req))
+                            .collect(),
                     });
                 }
                 RequestState::Failed => {

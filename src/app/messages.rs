@@ -5,7 +5,7 @@ use crate::domain::notice::{Action, ActionStyle, CardInstance, CardView};
 use crate::domain::policy::Principal;
 use crate::domain::request::{AccessRequest, GrantState, Platform, RequestState};
 use crate::domain::time::Timestamp;
-use crate::domain::values::TicketRules;
+use crate::domain::values::{SshPublicKey, TicketRules};
 
 pub fn approve_deny(req: &AccessRequest) -> Vec<Action> {
     vec![
@@ -199,14 +199,40 @@ pub fn platform_name(p: Platform) -> &'static str {
     }
 }
 
-/// How to connect, for the thread and the requester's direct message.
-pub fn connection_details(req: &AccessRequest) -> String {
+/// The "Get SSH certificate" button, when Passport has a CA and the request
+/// has a Linux instance with active access.
+pub fn certificate_action(req: &AccessRequest, certificates: bool) -> Option<Action> {
+    let linux = req
+        .instances_in(GrantState::Active)
+        .iter()
+        .any(|i| i.platform == Platform::Linux);
+    (certificates && linux).then(|| Action {
+        label: "Get SSH certificate".into(),
+        command: format!("cert {}", req.id),
+        style: ActionStyle::Primary,
+    })
+}
+
+/// How to connect, for the thread and the requester's direct message. With
+/// `certificates`, Linux logins use a certificate from `cert AR-n`.
+pub fn connection_details(req: &AccessRequest, certificates: bool) -> String {
     let user = &req.username;
     let mut out = format!(
         "Access to {} is active until {} as user `{user}`.",
         req.id,
         req.expires_at.map(|e| e.to_string()).unwrap_or_default()
     );
+    let certificate = if certificates {
+        format!(" -o CertificateFile=~/.ssh/passport-{}-cert.pub", req.id)
+    } else {
+        String::new()
+    };
+    if certificate_action(req, certificates).is_some() {
+        out.push_str(&format!(
+            " Linux logins use an SSH certificate that ends with the access: `/passport cert {}` gives you one for your registered key.",
+            req.id
+        ));
+    }
     for g in req.grants.iter().filter(|g| g.state == GrantState::Active) {
         let Some(info) = req.instance(&g.instance) else {
             continue;
@@ -218,7 +244,7 @@ pub fn connection_details(req: &AccessRequest) -> String {
         };
         let how = match info.platform {
             Platform::Linux => format!(
-                "ssh -o ProxyCommand='aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p' {user}@{}",
+                "ssh{certificate} -o ProxyCommand='aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p' {user}@{}",
                 info.id
             ),
             Platform::Windows => format!(
@@ -231,6 +257,44 @@ pub fn connection_details(req: &AccessRequest) -> String {
             instance_label(req, &g.instance)
         ));
     }
+    out
+}
+
+/// The answer to `cert AR-n`: the certificate, a line that saves it next to
+/// the person's key, and one ssh command per Linux instance that uses it.
+pub fn certificate_answer(
+    req: &AccessRequest,
+    certificate: &str,
+    key: &SshPublicKey,
+    serial: u64,
+) -> String {
+    let identity = match key.kind() {
+        "ssh-ed25519" => "~/.ssh/id_ed25519",
+        "ssh-rsa" => "~/.ssh/id_rsa",
+        _ => "~/.ssh/id_ecdsa",
+    };
+    let file = format!("~/.ssh/passport-{}-cert.pub", req.id);
+    let mut out = format!(
+        "SSH certificate {serial} for `{}` (key {}), valid until {}. Save it:\n`printf '%s\\n' '{certificate}' > {file}`",
+        req.username,
+        key.fingerprint(),
+        req.expires_at.map(|e| e.to_string()).unwrap_or_default(),
+    );
+    for g in req.grants.iter().filter(|g| g.state == GrantState::Active) {
+        let Some(info) = req.instance(&g.instance) else {
+            continue;
+        };
+        if info.platform != Platform::Linux {
+            continue;
+        }
+        out.push_str(&format!(
+            "\n• {}: `ssh -i {identity} -o CertificateFile={file} -o ProxyCommand='aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p' {}@{}`",
+            instance_label(req, &g.instance),
+            req.username,
+            info.id
+        ));
+    }
+    out.push_str("\nThe certificate ends with the access; after an extension, ask for a new one.");
     out
 }
 

@@ -88,8 +88,14 @@ pub struct GrantSpec {
     pub instances: Vec<InstanceInfo>,
     pub expires_at: Timestamp,
     pub sudo: bool,
-    /// The requester's registered OpenSSH public key, installed for Linux users.
+    /// The requester's registered OpenSSH public key, installed for Linux
+    /// users when Passport has no SSH CA (`trusted_ca_keys` is empty).
     pub ssh_public_key: Option<String>,
+    /// `<type> <base64>` of the CA keys Linux instances trust for Passport's
+    /// users, the signing key first. Empty without an SSH CA.
+    pub trusted_ca_keys: Vec<String>,
+    /// Whether the user may forward ports over SSH.
+    pub port_forwarding: bool,
 }
 
 /// What to remove from the instances.
@@ -337,4 +343,33 @@ pub trait Store: Send + Sync {
         channel: Option<&str>,
         message: &str,
     ) -> Result<Option<RequestId>, StoreError>;
+}
+
+// ---------------------------------------------------------------------------
+// SSH certificate authority
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// The key or the validity cannot go into a certificate; shown to the person.
+    #[error("{0}")]
+    BadKey(String),
+    /// Signing itself failed.
+    #[error("signing failed: {0}")]
+    Failed(String),
+}
+
+/// Passport's SSH CA: signs user certificates and names the CA keys
+/// instances must trust.
+pub trait CertificateSigner: Send + Sync {
+    /// `<type> <base64>` of every CA key instances trust, the signing key first,
+    /// then keys staged for or retired by a rotation.
+    fn trusted_keys(&self) -> Vec<String>;
+    /// The signing key's fingerprint, `SHA256:…`.
+    fn fingerprint(&self) -> String;
+    /// The certificate line for `key`, signed now.
+    fn sign(
+        &self,
+        spec: &crate::domain::certificate::CertificateSpec,
+        key: &SshPublicKey,
+    ) -> Result<String, SignError>;
 }

@@ -60,6 +60,8 @@ pub enum Command {
     Audit(RequestId),
     /// Provision again the instances that failed.
     Retry(RequestId),
+    /// A certificate from Passport's SSH CA for the caller's registered key.
+    Cert(RequestId),
     /// Register (or replace) the caller's SSH public key.
     KeySet(SshPublicKey),
     KeyShow,
@@ -79,7 +81,8 @@ impl Command {
             | Command::Revoke(id, _)
             | Command::Show(id)
             | Command::Audit(id)
-            | Command::Retry(id) => Some(*id),
+            | Command::Retry(id)
+            | Command::Cert(id) => Some(*id),
             Command::Request(_)
             | Command::List(_)
             | Command::KeySet(_)
@@ -113,6 +116,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "show", usage: "show AR-n", summary: "show one request and its instances" },
     CommandSpec { name: "audit", usage: "audit AR-n", summary: "show the Logbook timeline of a request" },
     CommandSpec { name: "retry", usage: "retry AR-n", summary: "set up access again on the instances that failed" },
+    CommandSpec { name: "cert", usage: "cert AR-n", summary: "get an SSH certificate for your registered key, valid until the access ends" },
     CommandSpec { name: "key", usage: "key set <ssh public key> | key show | key remove", summary: "register the SSH key your Linux users log in with" },
     CommandSpec { name: "help", usage: "help", summary: "show this help" },
 ];
@@ -184,7 +188,7 @@ impl Grammar {
             }
             let takes_id = [
                 "approve", "deny", "complete", "extend", "cancel", "revoke", "show", "audit",
-                "retry",
+                "retry", "cert",
             ];
             if takes_id.contains(&name.as_str())
                 && tokens.get(1).is_none_or(|t| RequestId::parse(t).is_err())
@@ -281,6 +285,11 @@ impl Grammar {
                 let id = id_at(1)?;
                 no_more(2)?;
                 Ok(Command::Retry(id))
+            }
+            "cert" => {
+                let id = id_at(1)?;
+                no_more(2)?;
+                Ok(Command::Cert(id))
             }
             "key" => match tokens.get(1).map(|t| t.to_ascii_lowercase()).as_deref() {
                 Some("set") => Ok(Command::KeySet(SshPublicKey::parse(&rest_of_line(

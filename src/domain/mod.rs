@@ -2,6 +2,7 @@
 //! approval policy and the Logbook's hash chain. Plain Rust with no IO: nothing
 //! here can fail for reasons outside its inputs.
 
+pub mod certificate;
 pub mod command;
 pub mod logbook;
 pub mod notice;

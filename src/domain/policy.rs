@@ -76,6 +76,8 @@ pub struct Rule {
     pub approvals: u32,
     pub max_duration: Option<Span>,
     pub sudo: bool,
+    /// Certificates carry `permit-port-forwarding` (default off).
+    pub port_forwarding: bool,
     /// Approvals channel for requests that match this rule.
     pub channel: Option<String>,
     /// Extensions that would add more than this in total wait for an approver.
@@ -119,6 +121,9 @@ pub struct Requirement {
     pub rules: Vec<RuleRequirement>,
     pub max_duration: Span,
     pub sudo: bool,
+    /// SSH port forwarding, only when every rule allows it.
+    #[serde(default)]
+    pub port_forwarding: bool,
     pub channel: Option<String>,
     /// Extensions adding more than this in total need an approver's click.
     #[serde(default)]
@@ -236,6 +241,7 @@ impl Policy {
                 .collect(),
             max_duration,
             sudo: matched.iter().all(|r| r.sudo),
+            port_forwarding: matched.iter().all(|r| r.port_forwarding),
             channel: matched.iter().find_map(|r| r.channel.clone()),
             extension_approval_over: matched
                 .iter()
@@ -288,6 +294,7 @@ mod tests {
             approvals,
             max_duration: max_h.map(Span::from_hours),
             sudo,
+            port_forwarding: false,
             channel: None,
             extension_approval_over: None,
         }

@@ -236,6 +236,9 @@ pub struct AccessRequest {
     /// Reconciliation ran the removal again after the request ended and found nothing left.
     #[serde(default)]
     pub removal_verified: bool,
+    /// Certificates issued so far from Passport's SSH CA; numbers their serials.
+    #[serde(default)]
+    pub certificates_issued: u32,
 }
 
 /// An extension asked for but not yet approved.
@@ -329,6 +332,7 @@ impl AccessRequest {
             approval_deadline: n.now.plus(n.approval_window),
             activated_at: None,
             expires_at: None,
+            certificates_issued: 0,
             extended_by: Span::ZERO,
             decision: None,
             pending_extension: None,
@@ -1061,6 +1065,7 @@ mod tests {
             rules,
             max_duration,
             sudo: false,
+            port_forwarding: false,
             channel: None,
             extension_approval_over: None,
         }

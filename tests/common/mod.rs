@@ -181,6 +181,10 @@ pub struct Call {
     pub username: String,
     pub expires_at: Option<Timestamp>,
     pub sudo: bool,
+    /// Grants only: the key installed, or the CA keys trusted instead.
+    pub ssh_public_key: Option<String>,
+    pub trusted_ca_keys: Vec<String>,
+    pub port_forwarding: bool,
 }
 
 #[derive(Default)]
@@ -249,6 +253,9 @@ impl Provisioner for FakeProvisioner {
                     username: spec.username.to_string(),
                     expires_at: Some(spec.expires_at),
                     sudo: spec.sudo,
+                    ssh_public_key: spec.ssh_public_key.clone(),
+                    trusted_ca_keys: spec.trusted_ca_keys.clone(),
+                    port_forwarding: spec.port_forwarding,
                 });
                 let ok = !fail.contains(&i.id);
                 InstanceOutcome {
@@ -275,6 +282,9 @@ impl Provisioner for FakeProvisioner {
                     username: spec.username.to_string(),
                     expires_at: None,
                     sudo: false,
+                    ssh_public_key: None,
+                    trusted_ca_keys: Vec::new(),
+                    port_forwarding: false,
                 });
                 let left = fails.entry(i.id.clone()).or_insert(0);
                 let ok = *left == 0;
@@ -425,6 +435,19 @@ impl TestApp {
             // Scheduled jobs are off unless a test turns them on.
             jobs: passport::app::jobs::Jobs::default(),
         }
+    }
+
+    /// The same application with Passport's SSH CA.
+    pub fn with_certificates(
+        mut self,
+        signer: Arc<dyn passport::app::ports::CertificateSigner>,
+        backdate: Span,
+    ) -> Self {
+        let engine = Arc::try_unwrap(self.engine)
+            .ok()
+            .expect("the engine is not shared yet");
+        self.engine = Arc::new(engine.with_certificates(signer, backdate));
+        self
     }
 
     pub async fn close(self) {

@@ -47,6 +47,10 @@ pub struct AwsConfig {
     pub resume_tolerance: String,
     /// How long `InvocationDoesNotExist` is taken to mean "not yet" after a send.
     pub invocation_grace: String,
+    /// UIDs for Passport's Linux users, `FIRST-LAST`. Each instance counts
+    /// upwards through it and never gives a UID out twice. It must not overlap
+    /// any other account or subordinate id range (/etc/subuid) on the fleet.
+    pub uid_range: String,
 }
 
 /// Names of the SSM documents Passport runs.
@@ -87,6 +91,7 @@ impl Default for AwsConfig {
             check_ssm_online: true,
             resume_tolerance: "2m".into(),
             invocation_grace: "2m".into(),
+            uid_range: UidRange::DEFAULT.to_string(),
         }
     }
 }
@@ -108,6 +113,44 @@ pub struct AwsSettings {
     pub check_ssm_online: bool,
     pub resume_tolerance: Duration,
     pub invocation_grace: Duration,
+    pub uid_range: UidRange,
+}
+
+/// The UIDs Passport's Linux users are given, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl UidRange {
+    pub const DEFAULT: Self = Self {
+        first: 10_000_000,
+        last: 19_999_999,
+    };
+
+    /// `FIRST-LAST`, at least 1000 UIDs, all above the system and ordinary
+    /// user ranges (60000 and up) and below the 32-bit "nobody" values.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a UID range: use FIRST-LAST with 60000 <= FIRST, at least 1000 UIDs and LAST < 4294967294, e.g. \"10000000-19999999\""
+            )
+        };
+        let (first, last) = text.trim().split_once('-').ok_or_else(bad)?;
+        let first: u32 = first.trim().parse().map_err(|_| bad())?;
+        let last: u32 = last.trim().parse().map_err(|_| bad())?;
+        if first < 60_000 || last >= 4_294_967_294 || last < first.saturating_add(999) {
+            return Err(bad());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl std::fmt::Display for UidRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
 }
 
 impl Default for AwsSettings {
@@ -128,6 +171,7 @@ impl Default for AwsSettings {
             check_ssm_online: true,
             resume_tolerance: Duration::from_secs(120),
             invocation_grace: Duration::from_secs(120),
+            uid_range: UidRange::DEFAULT,
         }
     }
 }
@@ -207,6 +251,10 @@ impl AwsConfig {
                 ));
             }
         }
+        let uid_range = UidRange::parse(&self.uid_range).unwrap_or_else(|e| {
+            errors.push(format!("aws.uid_range: {e}"));
+            UidRange::DEFAULT
+        });
         let names = [
             ("grant_linux", &self.documents.grant_linux),
             ("revoke_linux", &self.documents.revoke_linux),
@@ -239,6 +287,7 @@ impl AwsConfig {
             check_ssm_online: self.check_ssm_online,
             resume_tolerance,
             invocation_grace,
+            uid_range,
         })
     }
 }

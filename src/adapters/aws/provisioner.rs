@@ -869,6 +869,7 @@ impl Provisioner for AwsProvisioner {
     }
 
     fn requires_ssh_key(&self) -> bool {
+        // Only without a CA, which the engine knows: see Engine::request.
         true
     }
 
@@ -972,15 +973,25 @@ impl Provisioner for AwsProvisioner {
             &spec.instances,
             |platform| match platform {
                 Platform::Linux => {
-                    let key = spec
-                        .ssh_public_key
-                        .as_deref()
-                        .and_then(bare_public_key)
-                        .ok_or_else(|| {
-                            "no SSH public key is registered for the requester: register one with `/passport key set <openssh public key>` and request again".to_owned()
-                        })?;
+                    // With a CA the instance trusts its keys and no personal
+                    // key is installed; without one, the registered key is.
+                    let (key, cas) = if spec.trusted_ca_keys.is_empty() {
+                        let key = spec
+                            .ssh_public_key
+                            .as_deref()
+                            .and_then(bare_public_key)
+                            .ok_or_else(|| {
+                                "no SSH public key is registered for the requester: register one with `/passport key set <openssh public key>` and request again".to_owned()
+                            })?;
+                        (key, "none".to_owned())
+                    } else {
+                        ("none".to_owned(), spec.trusted_ca_keys.join(","))
+                    };
                     let mut p = base();
                     p.insert("SshPublicKey".into(), vec![key]);
+                    p.insert("TrustedCaKeys".into(), vec![cas]);
+                    p.insert("PortForwarding".into(), vec![spec.port_forwarding.to_string()]);
+                    p.insert("UidRange".into(), vec![self.settings.uid_range.to_string()]);
                     Ok((p, None))
                 }
                 Platform::Windows => {

@@ -130,6 +130,12 @@ const SUBCOMMANDS: &[Sub] = &[
         line: &["request"],
     },
     Sub {
+        name: "cert",
+        description: "Get an SSH certificate for your registered key, valid until the access ends",
+        options: &[REQUEST_ID],
+        line: &["request"],
+    },
+    Sub {
         name: "key",
         description: "Register the SSH key your Linux users log in with",
         options: &[
