@@ -30,7 +30,10 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use passport::domain::values::{RequestId, Username};
+use passport::adapters::ssh_ca::{CaKeyType, CertificateAuthority};
+use passport::domain::certificate::CertificateSpec;
+use passport::domain::time::Timestamp;
+use passport::domain::values::{RequestId, SshPublicKey, Username};
 use regex::Regex;
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -1795,6 +1798,46 @@ fn user_with_certificate(sb: &Sandbox, name: &str, ca: &str, principal: &str) ->
     format!("/root/{name}")
 }
 
+/// What Passport sends as TrustedCaKeys for its CA: the public key line without its
+/// comment.
+fn passport_ca_key(ca: &CertificateAuthority) -> String {
+    ca.public_key_line()
+        .split(' ')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A user key pair at root/<name> in the sandbox with a certificate that Passport's
+/// own CA signed for `principal`, valid from a minute ago for an hour, saved where ssh
+/// finds it (`<key>-cert.pub`). Returns the path ssh is given and the certificate line.
+fn user_with_passport_certificate(
+    sb: &Sandbox,
+    name: &str,
+    ca: &CertificateAuthority,
+    principal: &str,
+) -> (String, String) {
+    let public = make_key(&sb.host(&format!("root/{name}")), "ed25519", None);
+    let now_ms = i64::try_from(now()).unwrap() * 1000;
+    let spec = CertificateSpec {
+        serial: 1,
+        principal: principal.to_string(),
+        key_id: "AR-40 tester".to_string(),
+        valid_after: Timestamp::from_millis(now_ms - 60_000),
+        valid_before: Timestamp::from_millis(now_ms + 3_600_000),
+        port_forwarding: false,
+    };
+    let line = ca
+        .sign(&spec, &SshPublicKey::parse(&public).unwrap(), None)
+        .unwrap();
+    fs::write(
+        sb.host(&format!("root/{name}-cert.pub")),
+        format!("{line}\n"),
+    )
+    .unwrap();
+    (format!("/root/{name}"), line)
+}
+
 #[test]
 fn a_certificate_from_the_trusted_ca_logs_in_as_its_principal_only() {
     let test = "a_certificate_from_the_trusted_ca_logs_in_as_its_principal_only";
@@ -1804,7 +1847,9 @@ fn a_certificate_from_the_trusted_ca_logs_in_as_its_principal_only() {
     if !sb.sshd_works(test) {
         return;
     }
-    let ca = make_key(&sb.host("root/ca"), "ed25519", None);
+    // Passport's own CA signs the real certificates; ssh-keygen makes the other CA.
+    let passport_ca = CertificateAuthority::generate(CaKeyType::Ed25519).unwrap();
+    let ca = passport_ca_key(&passport_ca);
     let other_ca = make_key(&sb.host("root/other_ca"), "ed25519", None);
     let cat = Grant::certificate("pp-cat-40", "AR-40", &ca);
     let out = sb.grant_ok(&cat);
@@ -1812,7 +1857,7 @@ fn a_certificate_from_the_trusted_ca_logs_in_as_its_principal_only() {
     assert_granted(&sb, &cat);
     sb.grant_ok(&Grant::certificate("pp-dog-41", "AR-41", &ca));
 
-    let cat_id = user_with_certificate(&sb, "cat", "ca", "pp-cat-40");
+    let (cat_id, _) = user_with_passport_certificate(&sb, "cat", &passport_ca, "pp-cat-40");
     let out = sb.login("pp-cat-40", &cat_id, "id -un");
     assert!(out.status.success(), "login refused: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "pp-cat-40\n");
@@ -2485,4 +2530,50 @@ fn a_setuid_file_revoke_cannot_remove_fails_it_and_a_retry_finishes() {
     assert!(out.contains("pp-imm-58 was already absent"), "{out}");
     assert!(!sb.host("var/tmp/imm").exists());
     assert_revoked(&sb, "pp-imm-58");
+}
+
+#[test]
+fn a_certificate_from_passports_rsa_ca_is_read_by_ssh_keygen_and_logs_in() {
+    let test = "a_certificate_from_passports_rsa_ca_is_read_by_ssh_keygen_and_logs_in";
+    let Some(sb) = sandbox(test) else {
+        return;
+    };
+    let ca = CertificateAuthority::generate(CaKeyType::Rsa).unwrap();
+    let trusted = passport_ca_key(&ca);
+    assert!(trusted.starts_with("ssh-rsa "), "{trusted}");
+    let g = Grant::certificate("pp-rsa-59", "AR-59", &trusted);
+    sb.grant_ok(&g);
+    assert_granted(&sb, &g);
+    let (id, _) = user_with_passport_certificate(&sb, "rsa_user", &ca, "pp-rsa-59");
+
+    // OpenSSH's own reading of the certificate.
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(sb.host("root/rsa_user-cert.pub"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen -L: {}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"),
+        "{listing}"
+    );
+    assert!(listing.contains("(using rsa-sha2-512)"), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .skip_while(|l| !l.contains("Principals:"))
+            .nth(1)
+            .map(str::trim)
+            == Some("pp-rsa-59"),
+        "{listing}"
+    );
+
+    if !sb.sshd_works(test) {
+        return;
+    }
+    let out = sb.login("pp-rsa-59", &id, "id -un");
+    assert!(out.status.success(), "login refused: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "pp-rsa-59\n");
 }
