@@ -5,7 +5,8 @@
 #   tests/sandbox/enter.sh SANDBOX_DIR COMMAND [ARG...]
 #
 # SANDBOX_DIR holds private copies of what the scripts write: etc/ (a copy of /etc),
-# home/, root/, tmp/, run/, var/lib/, var/log/, var/mail/ and var/spool/cron/. It is
+# home/, root/, tmp/, run/, var/lib/, var/log/, var/mail/, var/spool/cron/ and var/tmp/;
+# /dev/shm is a fresh tmpfs in every call. It is
 # filled on first use and kept between calls, so a test can grant in one call, look at
 # the files from the host, and revoke in the next call.
 #
@@ -15,7 +16,10 @@
 # exits, every process left in the sandbox (atd, sshd, user sessions) is killed with it.
 #
 # atd is started in every call so that `at` jobs queue as on a real instance; set
-# SANDBOX_NO_ATD=1 to leave it stopped (a machine without any scheduler).
+# SANDBOX_NO_ATD=1 to leave it stopped (a machine without any scheduler). When
+# SANDBOX_DIR/usr-local-sbin exists it is mounted over /usr/local/sbin, the first
+# directory of the scripts' PATH: that is how a test puts stand-in commands in place
+# (a recording systemctl, for one).
 set -eu
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -34,7 +38,7 @@ esac
 
 # The directories bind-mounted over the host. /tmp comes last: the sandbox directory
 # itself usually lives under /tmp and must stay reachable until every bind is done.
-mounts="etc home root run var/lib var/log var/mail var/spool/cron tmp"
+mounts="etc home root run var/lib var/log var/mail var/spool/cron var/tmp tmp"
 
 prepare() {
     mkdir -p "$sandbox"
@@ -42,10 +46,10 @@ prepare() {
     # Leave no Passport leftovers of the host (there should be none) in the copy.
     rm -f "$sandbox"/etc/sudoers.d/passport-*
     mkdir -p "$sandbox/home" "$sandbox/root" "$sandbox/run/lock" "$sandbox/run/sshd" \
-        "$sandbox/var/lib" "$sandbox/var/log" "$sandbox/var/mail" "$sandbox/tmp"
+        "$sandbox/var/lib" "$sandbox/var/log" "$sandbox/var/mail" "$sandbox/var/tmp" "$sandbox/tmp"
     chmod 0755 "$sandbox/home" "$sandbox/run" "$sandbox/run/sshd" "$sandbox/var/lib" "$sandbox/var/log"
     chmod 0700 "$sandbox/root"
-    chmod 1777 "$sandbox/tmp" "$sandbox/run/lock"
+    chmod 1777 "$sandbox/tmp" "$sandbox/var/tmp" "$sandbox/run/lock"
     chown root:mail "$sandbox/var/mail" 2>/dev/null || true
     chmod 2775 "$sandbox/var/mail"
     : >"$sandbox/var/log/lastlog"
@@ -79,9 +83,14 @@ set -eu
 sandbox=$1
 mounts=$2
 shift 2
+# Before the binds below: /tmp, which usually holds the sandbox, is the last of them.
+if [ -d "$sandbox/usr-local-sbin" ]; then
+    mount --bind "$sandbox/usr-local-sbin" /usr/local/sbin
+fi
 for d in $mounts; do
     mount --bind "$sandbox/$d" "/$d"
 done
+mount -t tmpfs -o mode=1777,nosuid,nodev sandbox-shm /dev/shm
 if command -v ip >/dev/null 2>&1; then
     ip link set lo up
 fi
