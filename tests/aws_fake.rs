@@ -805,8 +805,21 @@ async fn parameters_and_documents_follow_the_platform() {
     let names = |c: &CommandRequest| c.parameters.keys().cloned().collect::<Vec<_>>();
     assert_eq!(
         names(l),
-        ["ExpiresAt", "RequestId", "SshPublicKey", "Sudo", "Username"]
+        [
+            "ExpiresAt",
+            "PortForwarding",
+            "RequestId",
+            "SshPublicKey",
+            "Sudo",
+            "TrustedCaKeys",
+            "UidRange",
+            "Username"
+        ]
     );
+    // Without a CA: the key is installed, no CA is trusted.
+    assert_eq!(l.parameters["TrustedCaKeys"], ["none"]);
+    assert_eq!(l.parameters["PortForwarding"], ["false"]);
+    assert_eq!(l.parameters["UidRange"], ["10000000-19999999"]);
     assert_eq!(l.parameters["Username"], ["pp-alice-17"]);
     assert_eq!(l.parameters["RequestId"], ["AR-17"]);
     assert_eq!(l.parameters["ExpiresAt"], ["1790003600"]);
@@ -843,6 +856,29 @@ async fn parameters_and_documents_follow_the_platform() {
         assert_eq!(names(c), ["RequestId", "Username"]);
         assert_eq!(c.comment, "Passport AR-17: revoke pp-alice-17");
     }
+
+    // With a CA: its keys are trusted and no personal key is sent.
+    rig.fake.script(&linux, Script::ends(End::Success));
+    let ca_keys = vec![
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx"
+            .to_owned(),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+            .to_owned(),
+    ];
+    let mut with_ca = grant_spec(19, vec![info(&linux, Platform::Linux)]);
+    with_ca.trusted_ca_keys = ca_keys.clone();
+    with_ca.port_forwarding = true;
+    assert!(provisioner
+        .grant(&with_ca)
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| o.ok));
+    let sent = rig.fake.sent();
+    let c = sent.last().unwrap();
+    assert_eq!(c.parameters["SshPublicKey"], ["none"]);
+    assert_eq!(c.parameters["TrustedCaKeys"], [ca_keys.join(",")]);
+    assert_eq!(c.parameters["PortForwarding"], ["true"]);
 }
 
 #[tokio::test]
