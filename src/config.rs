@@ -106,6 +106,7 @@ fn known_paths() -> Vec<(Vec<String>, bool)> {
         aws: Some(AwsConfig::default()),
         slack: Some(SlackConfig::default()),
         discord: Some(DiscordConfig::default()),
+        ssh_ca: Some(SshCaConfig::default()),
         ..Config::default()
     };
     let mut out = Vec::new();

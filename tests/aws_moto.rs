@@ -427,7 +427,10 @@ async fn grant_and_revoke_send_our_documents_with_parameters_and_targets() {
         one("SshPublicKey").as_deref(),
         Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx")
     );
-    assert_eq!(params.len(), 5);
+    assert_eq!(one("TrustedCaKeys").as_deref(), Some("none"));
+    assert_eq!(one("PortForwarding").as_deref(), Some("false"));
+    assert_eq!(one("UidRange").as_deref(), Some("10000000-19999999"));
+    assert_eq!(params.len(), 8);
 
     let revoke = &commands[1];
     assert_eq!(revoke.document_name(), Some("Passport-RevokeLinux"));
