@@ -91,6 +91,7 @@ async fn start_server() -> Server {
     c.jobs.reconcile = "off".into();
     c.jobs.digest = "off".into();
     c.jobs.checkpoint = "off".into();
+    c.provisioner = Some(passport::config::ProvisionerChoice::DryRun);
     c.slack = Some(SlackConfig {
         signing_secret: Some(Secret::from(SECRET)),
         bot_token: Some(Secret::from("xoxb-bench")),

@@ -288,6 +288,10 @@ pub struct Config {
     /// Group name → member user ids. Built-in local groups are used when no
     /// group is configured and no chat platform is set up (see README).
     pub groups: BTreeMap<String, Vec<String>>,
+    /// `"aws"` or `"dry-run"`. Unset: AWS when `[aws]` is configured, else the
+    /// dry-run provisioner, which a chat platform accepts only when it is
+    /// written here explicitly.
+    pub provisioner: Option<ProvisionerChoice>,
     pub dry_run: DryRunConfig,
     pub log: LogConfig,
     pub jobs: JobsConfig,
@@ -370,6 +374,14 @@ pub struct RuleConfig {
     pub channel: Option<String>,
     /// Extensions adding more than this in total wait for an approver's click.
     pub extension_approval_over: Option<String>,
+}
+
+/// Which provisioner `provisioner = "…"` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProvisionerChoice {
+    Aws,
+    DryRun,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -547,9 +559,10 @@ impl Config {
     }
 
     /// The groups in force: the configured ones, or the built-in local demo
-    /// groups when none are configured and only the console is in use.
+    /// groups when none are configured, only the console is in use and
+    /// nothing is provisioned for real (no `[aws]`).
     pub fn effective_groups(&self) -> BTreeMap<String, Vec<String>> {
-        if self.groups.is_empty() && self.console_only() {
+        if self.groups.is_empty() && self.console_only() && self.aws.is_none() {
             BTreeMap::from([
                 (
                     "approvers".to_owned(),
@@ -575,6 +588,15 @@ impl Config {
                 }
             }
         };
+        match (self.provisioner, self.aws.is_some()) {
+            (Some(ProvisionerChoice::Aws), false) => errors.push("provisioner: \"aws\" needs an [aws] section (see manifests/iam/README.md)".into()),
+            (Some(ProvisionerChoice::DryRun), true) => errors.push("provisioner: \"dry-run\" and an [aws] section contradict each other: remove one".into()),
+            (None, false) if !self.console_only() => errors.push("provisioner: a chat platform is configured but no [aws] section, so Passport would only pretend to grant access: add [aws] (see manifests/iam/README.md), or write provisioner = \"dry-run\" to try Passport without AWS (every card and message then says DRY RUN)".into()),
+            _ => {}
+        }
+        if self.aws.is_some() && self.groups.is_empty() {
+            errors.push("groups: [aws] provisions real users, so the approvers and admins must be configured: add a [groups] section (the built-in demo groups approvers = lead1, lead2 and admins = admin exist only without [aws])".into());
+        }
         let r = &self.requests;
         let default = span("requests.default_duration", &r.default_duration);
         let min = span("requests.min_duration", &r.min_duration);
@@ -895,6 +917,7 @@ impl Config {
             warnings,
             groups,
             dry_run_instances: known,
+            dry_run_label: self.aws.is_none() && !self.console_only(),
             jobs,
             aws,
             slack,
@@ -923,6 +946,9 @@ pub struct Settings {
     pub warnings: Vec<Span>,
     pub groups: BTreeMap<String, Vec<String>>,
     pub dry_run_instances: Vec<InstanceInfo>,
+    /// A chat platform runs on the dry-run provisioner (asked for explicitly):
+    /// every card and message says DRY RUN.
+    pub dry_run_label: bool,
     pub jobs: Jobs,
     pub aws: Option<AwsSettings>,
     /// Present when Slack is configured.
@@ -939,6 +965,26 @@ pub struct Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_aws_the_demo_approvers_never_apply() {
+        let mut c = Config {
+            aws: Some(AwsConfig::default()),
+            ..Config::default()
+        };
+        assert!(c.effective_groups().is_empty());
+        let errs = c.validate().unwrap_err().to_string();
+        assert!(
+            errs.contains("groups: [aws] provisions real users"),
+            "{errs}"
+        );
+        c.groups = BTreeMap::from([
+            ("approvers".into(), vec!["U0LEAD".into()]),
+            ("admins".into(), vec!["U0BOSS".into()]),
+        ]);
+        let settings = c.validate().unwrap();
+        assert_eq!(settings.groups["approvers"], vec!["U0LEAD".to_owned()]);
+    }
 
     #[test]
     fn defaults_validate() {

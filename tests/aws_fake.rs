@@ -771,6 +771,39 @@ async fn a_missing_document_is_rejected_saying_what_to_run() {
 }
 
 #[tokio::test]
+async fn aws_error_text_never_reaches_people() {
+    let rig = rig(fast());
+    let fleet = linux_fleet(&rig, 1);
+    let secret = "User: arn:aws:sts::123456789012:assumed-role/passport-bot/i-0abc is not authorized to perform: ssm:SendCommand. Encoded authorization failure message: AbCdEf123";
+    for code in ["AccessDeniedException", "ValidationException"] {
+        *rig.fake.send_error.lock().unwrap() = Some(ApiError::service(code, secret));
+        let shown = match rig.provisioner.grant(&grant_spec(18, fleet.clone())).await {
+            Ok(outcomes) => outcomes
+                .iter()
+                .map(|o| detail(o).to_owned())
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => e.to_string(),
+        };
+        assert!(shown.contains(code), "{shown}");
+        let id = ApiError::service(code, secret).id();
+        assert!(
+            shown.contains(&format!("error {id}")),
+            "the error id ties it to the log: {shown}"
+        );
+        for leak in [
+            "123456789012",
+            "arn:aws",
+            "passport-bot",
+            "AbCdEf123",
+            "not authorized",
+        ] {
+            assert!(!shown.contains(leak), "{leak} shown in {shown}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn parameters_and_documents_follow_the_platform() {
     let rig = rig(fast());
     let passwords = Arc::new(Passwords::default());

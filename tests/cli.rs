@@ -241,7 +241,8 @@ fn check_config_takes_discord_from_the_environment_and_hides_its_token() {
     let dir = tempfile::tempdir().unwrap();
     let token = "MTIzNDU2Nzg5MDEyMzQ1Njc4.Gabcde.very-secret-part";
     let discord = |c: &mut Command| {
-        c.env("PASSPORT_DISCORD__BOT_TOKEN", token)
+        c.env("PASSPORT_PROVISIONER", "dry-run")
+            .env("PASSPORT_DISCORD__BOT_TOKEN", token)
             .env("PASSPORT_DISCORD__APPLICATION_ID", "1200000000000000001")
             .env("PASSPORT_DISCORD__GUILD_ID", "1300000000000000001")
             .env("PASSPORT_DISCORD__APPROVALS_CHANNEL", "1500000000000000001")
@@ -263,6 +264,17 @@ fn check_config_takes_discord_from_the_environment_and_hides_its_token() {
     );
     assert!(out.contains("bot_token = \"[redacted]\""), "{out}");
     assert!(!out.contains(token), "{out}");
+
+    // Without [aws], a chat platform must ask for the dry run in writing.
+    let mut pretend = passport(dir.path(), &["check-config"]);
+    discord(&mut pretend);
+    let pretend = pretend.env_remove("PASSPORT_PROVISIONER").output().unwrap();
+    assert_eq!(pretend.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&pretend.stderr);
+    assert!(
+        err.contains("would only pretend to grant access") && err.contains("provisioner = \"dry-run\""),
+        "{err}"
+    );
 
     let mut both = passport(dir.path(), &["check-config"]);
     discord(&mut both);

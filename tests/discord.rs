@@ -148,6 +148,7 @@ fn config(db: &Path, fake: &FakeDiscord, mode: &str) -> Config {
     c.jobs.reconcile = "off".into();
     c.jobs.digest = "off".into();
     c.jobs.checkpoint = "off".into();
+    c.provisioner = Some(passport::config::ProvisionerChoice::DryRun);
     c.discord = Some(DiscordConfig {
         mode: mode.into(),
         bot_token: Some(Secret::from(BOT_TOKEN)),

@@ -11,21 +11,47 @@ use crate::domain::request::Platform;
 use crate::domain::values::InstanceId;
 
 /// An error from an AWS call, sorted by what the caller can do about it.
+///
+/// Its `Display` is what people may see: the error code and an error id, never
+/// AWS's message, which can name the account, role ARNs or carry an encoded
+/// authorization message. [`ApiError::detail`] has everything, for the log,
+/// which records it under the same id ([`ApiError::log`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// The service asked us to slow down; worth retrying after a pause.
-    #[error("throttled by AWS: {0}")]
+    #[error("throttled by AWS (error {})", self.id())]
     Throttled(String),
     /// A network failure, a timeout or a server error (5xx); worth retrying.
-    #[error("AWS is not answering: {0}")]
+    #[error("AWS is not answering (error {})", self.id())]
     Transient(String),
     /// The service refused the call; `code` is its error code, e.g.
     /// `InvocationDoesNotExist`, `InvalidDocument`, `AccessDeniedException`.
-    #[error("{code}: {message}")]
+    #[error("{code} (error {})", self.id())]
     Service { code: String, message: String },
 }
 
 impl ApiError {
+    /// Everything AWS said, for the log only.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Throttled(text) => format!("throttled: {text}"),
+            Self::Transient(text) => format!("not answering: {text}"),
+            Self::Service { code, message } => format!("{code}: {message}"),
+        }
+    }
+
+    /// A short id that ties what a person is shown to the logged detail.
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(&Sha256::digest(self.detail().as_bytes())[..4])
+    }
+
+    /// Logs the detail under the error's id, once, where the error arises.
+    pub fn log(self) -> Self {
+        tracing::warn!(error_id = %self.id(), detail = %self.detail(), "AWS call failed");
+        self
+    }
+
     pub fn service(code: &str, message: &str) -> Self {
         Self::Service {
             code: code.to_owned(),

@@ -103,7 +103,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let text = DisplayErrorContext(&err).to_string();
-    match &err {
+    let sorted = match &err {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("Unknown").to_owned();
             let message = service
@@ -124,7 +124,8 @@ where
             message: text,
         },
         _ => ApiError::Transient(text),
-    }
+    };
+    sorted.log()
 }
 
 #[async_trait]
