@@ -456,7 +456,7 @@ async fn serve_chat(
     courier: Option<Arc<crate::adapters::password_courier::PasswordCourier>>,
 ) -> anyhow::Result<i32> {
     if let Some(courier) = &courier {
-        courier.attach(chat.app.store.clone(), std::slice::from_ref(&chat.surface));
+        startup::attach_courier(courier, &chat.app, &chat.surface, settings);
     }
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await

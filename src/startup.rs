@@ -16,7 +16,7 @@ use crate::adapters::discord::{
     Inbound as DiscordInbound,
 };
 use crate::adapters::dry_run::{DryRunProvisioner, Sink};
-use crate::adapters::password_courier::PasswordCourier;
+use crate::adapters::password_courier::{CourierWiring, PasswordCourier};
 use crate::adapters::slack::blocks::Mentions;
 use crate::adapters::slack::socket::SocketMode;
 use crate::adapters::slack::{
@@ -39,6 +39,7 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub store: Arc<SqliteStore>,
     pub scheduler: Arc<Scheduler>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Why the application could not start.
@@ -93,19 +94,42 @@ pub async fn console_app(
     });
     let (provisioner, courier) = provisioner(settings, Some(sink)).await?;
     let surface: Arc<dyn ChatSurface> = Arc::new(ConsoleSurface::new(out));
-    if let Some(courier) = &courier {
-        courier.attach(store.clone(), std::slice::from_ref(&surface));
-    }
-    Ok(assemble(
+    let app = assemble(
         settings,
         store,
-        surface,
+        surface.clone(),
         Arc::new(StaticDirectory::new(&settings.groups)),
         provisioner,
         clock,
         // The console's output reads in the order things happened.
         Dispatcher::one_lane_at_a_time,
-    ))
+    );
+    if let Some(courier) = &courier {
+        attach_courier(courier, &app, &surface, settings);
+    }
+    Ok(app)
+}
+
+/// Attaches the Windows password courier to the built application: its store,
+/// chat surface and clock, and how long password messages stay in the chat
+/// (`aws.password_message_ttl`).
+pub fn attach_courier(
+    courier: &PasswordCourier,
+    app: &App,
+    surface: &Arc<dyn ChatSurface>,
+    settings: &Settings,
+) {
+    let ttl = settings
+        .aws
+        .as_ref()
+        .map(|aws| aws.password_message_ttl)
+        .unwrap_or_else(|| crate::adapters::aws::AwsSettings::default().password_message_ttl);
+    courier.attach(CourierWiring {
+        store: app.store.clone(),
+        surfaces: vec![surface.clone()],
+        clock: app.clock.clone(),
+        password_message_ttl: Span::from_millis(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+    });
 }
 
 /// Runs everything due now and delivers every notice that can go, until
@@ -333,7 +357,7 @@ fn assemble(
     ));
     let dispatcher = Arc::new(delivery(Dispatcher::new(
         store.clone(),
-        clock,
+        clock.clone(),
         vec![surface],
     )));
     let scheduler = Arc::new(Scheduler::new(
@@ -346,6 +370,7 @@ fn assemble(
         dispatcher,
         store,
         scheduler,
+        clock,
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod group_commit;
 mod housekeeping;
+mod password_messages;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -31,8 +32,8 @@ use tokio::sync::Semaphore;
 
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
-    Creation, MessageRef, Mutation, OutboxCounts, Pending, RequestFilter, Store, StoreError,
-    Verification,
+    Creation, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending, PendingDeletion,
+    RequestFilter, Store, StoreError, Verification,
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
@@ -746,6 +747,42 @@ impl Store for SqliteStore {
 
     async fn record(&self, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
         self.write(move |conn| housekeeping::record(conn, &fx, now))
+            .await
+    }
+
+    async fn save_password_message(&self, message: &PasswordMessage) -> Result<(), StoreError> {
+        let message = message.clone();
+        self.write(move |conn| password_messages::save(conn, &message))
+            .await
+    }
+
+    async fn due_password_messages(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PendingDeletion>, StoreError> {
+        self.read(move |conn| password_messages::due(conn, now, limit))
+            .await
+    }
+
+    async fn retry_password_message(
+        &self,
+        id: i64,
+        due: Timestamp,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| password_messages::retry(conn, id, due, &error))
+            .await
+    }
+
+    async fn password_message_deleted(
+        &self,
+        id: i64,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| password_messages::deleted(conn, id, &fx, now))
             .await
     }
 

@@ -47,6 +47,9 @@ pub struct AwsConfig {
     pub resume_tolerance: String,
     /// How long `InvocationDoesNotExist` is taken to mean "not yet" after a send.
     pub invocation_grace: String,
+    /// How long the direct message carrying a Windows password stays in the
+    /// chat before Passport deletes it (1m to 24h).
+    pub password_message_ttl: String,
 }
 
 /// Names of the SSM documents Passport runs.
@@ -87,6 +90,7 @@ impl Default for AwsConfig {
             check_ssm_online: true,
             resume_tolerance: "2m".into(),
             invocation_grace: "2m".into(),
+            password_message_ttl: "10m".into(),
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct AwsSettings {
     pub check_ssm_online: bool,
     pub resume_tolerance: Duration,
     pub invocation_grace: Duration,
+    pub password_message_ttl: Duration,
 }
 
 impl Default for AwsSettings {
@@ -128,6 +133,7 @@ impl Default for AwsSettings {
             check_ssm_online: true,
             resume_tolerance: Duration::from_secs(120),
             invocation_grace: Duration::from_secs(120),
+            password_message_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -151,12 +157,21 @@ impl AwsConfig {
         let poll_max = duration("poll_max", &self.poll_max);
         let resume_tolerance = duration("resume_tolerance", &self.resume_tolerance);
         let invocation_grace = duration("invocation_grace", &self.invocation_grace);
+        let password_message_ttl = duration("password_message_ttl", &self.password_message_ttl);
 
         // SendCommand accepts a delivery timeout of 30 seconds to 30 days.
         if !(Duration::from_secs(30)..=Duration::from_secs(2_592_000)).contains(&delivery_timeout) {
             errors.push(format!(
                 "aws.delivery_timeout: {:?} is outside what SSM accepts: use 30s to 720h",
                 self.delivery_timeout
+            ));
+        }
+        // Long enough to read and copy the password; never kept in the chat past a day.
+        if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&password_message_ttl)
+        {
+            errors.push(format!(
+                "aws.password_message_ttl: {:?} must be between 1m and 24h",
+                self.password_message_ttl
             ));
         }
         if execution_timeout.is_zero() {
@@ -239,6 +254,7 @@ impl AwsConfig {
             check_ssm_online: self.check_ssm_online,
             resume_tolerance,
             invocation_grace,
+            password_message_ttl,
         })
     }
 }
@@ -296,6 +312,7 @@ mod tests {
             region: Some("EU West".into()),
             endpoint_url: Some("localhost:5000".into()),
             delivery_timeout: "5 minutes".into(),
+            password_message_ttl: "30s".into(),
             batch_size: 80,
             concurrency: 0,
             documents: DocumentNames {
@@ -309,6 +326,7 @@ mod tests {
             "aws.region",
             "aws.endpoint_url",
             "aws.delivery_timeout",
+            "aws.password_message_ttl",
             "aws.batch_size",
             "aws.concurrency",
             "aws.documents.grant_linux",
@@ -343,6 +361,7 @@ mod tests {
             r#"
             region = "eu-west-1"
             delivery_timeout = "2m"
+            password_message_ttl = "3m"
             [documents]
             grant_linux = "Acme-GrantLinux"
             "#,
@@ -351,6 +370,7 @@ mod tests {
         let settings = config.validate().unwrap();
         assert_eq!(settings.region.as_deref(), Some("eu-west-1"));
         assert_eq!(settings.delivery_timeout, Duration::from_secs(120));
+        assert_eq!(settings.password_message_ttl, Duration::from_secs(180));
         assert_eq!(settings.documents.grant_linux, "Acme-GrantLinux");
         assert_eq!(settings.documents.revoke_linux, "Passport-RevokeLinux");
     }
