@@ -445,15 +445,17 @@ fn password_exposure(line: &str) -> Option<String> {
         return None;
     }
     let method = Regex::new(r"(\.|::)[A-Za-z]+$").unwrap();
+    let assigned_from = Regex::new(r"^\$[\w:]+\s*=\s*$").unwrap();
+    let assigned_to = Regex::new(r"^(\[\$?\w+\])?\s*=").unwrap();
     for m in var.find_iter(code) {
         let before = &code[..m.start()];
-        if Regex::new(r"^\$[\w:]+\s*=\s*$").unwrap().is_match(before) {
+        if assigned_from.is_match(before) {
             // Assigned the value of a method call, checked as the rest of the line.
             continue;
         }
         if m.start() == 0 {
             let rest = &code[m.end()..];
-            if Regex::new(r"^(\[\$?\w+\])?\s*=").unwrap().is_match(rest) {
+            if assigned_to.is_match(rest) {
                 continue;
             }
         }
