@@ -231,6 +231,11 @@ async fn engine_throughput(
         settings.grammar.clone(),
         EngineSettings {
             warnings: settings.warnings.clone(),
+            // Load from a few simulated people: no per-person limits.
+            limits: passport::app::engine::PersonLimits {
+                max_pending: 0,
+                commands_per_minute: 0,
+            },
             surfaces: vec![null.name().to_owned()],
             ..EngineSettings::default()
         },

@@ -105,6 +105,11 @@ async fn rig(db: &Path, clock: Arc<dyn Clock>) -> anyhow::Result<Rig> {
         settings.grammar.clone(),
         EngineSettings {
             warnings: settings.warnings.clone(),
+            // Load from a few simulated people: no per-person limits.
+            limits: passport::app::engine::PersonLimits {
+                max_pending: 0,
+                commands_per_minute: 0,
+            },
             surfaces: vec![surface.name().to_owned()],
             ..EngineSettings::default()
         },

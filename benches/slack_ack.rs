@@ -91,6 +91,9 @@ async fn start_server() -> Server {
     c.jobs.reconcile = "off".into();
     c.jobs.digest = "off".into();
     c.jobs.checkpoint = "off".into();
+    // The generator sends far more per requester than any person would.
+    c.requests.max_pending_per_requester = 0;
+    c.requests.commands_per_minute = 0;
     c.provisioner = Some(passport::config::ProvisionerChoice::DryRun);
     c.slack = Some(SlackConfig {
         signing_secret: Some(Secret::from(SECRET)),
@@ -111,6 +114,7 @@ async fn start_server() -> Server {
                 None,
             )),
             ack_deadline: Duration::from_millis(2500),
+            dry_run_label: false,
         },
     )
     .await

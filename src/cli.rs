@@ -501,6 +501,7 @@ async fn serve_slack(
             clock: Arc::new(SystemClock),
             provisioner,
             ack_deadline: crate::adapters::slack::inbound::ACK_DEADLINE,
+            dry_run_label: settings.dry_run_label,
         },
     )
     .await
@@ -537,6 +538,7 @@ async fn serve_discord(
             clock: Arc::new(SystemClock),
             provisioner,
             ack_deadline: crate::adapters::discord::inbound::ACK_DEADLINE,
+            dry_run_label: settings.dry_run_label,
         },
     )
     .await
@@ -572,7 +574,7 @@ async fn serve_chat(
     courier: Option<Arc<crate::adapters::password_courier::PasswordCourier>>,
 ) -> anyhow::Result<i32> {
     if let Some(courier) = &courier {
-        courier.attach(chat.app.store.clone(), std::slice::from_ref(&chat.surface));
+        startup::attach_courier(courier, &chat.app, &chat.surface, settings);
     }
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await

@@ -19,6 +19,7 @@ use crate::adapters::discord::{DiscordConfig, DiscordSettings};
 use crate::adapters::slack::{SlackConfig, SlackSettings};
 use crate::adapters::sqlite::Durability;
 use crate::adapters::ssh_ca::{SshCaConfig, SshCaSettings};
+use crate::app::engine::PersonLimits;
 use crate::app::jobs::{Job, JobKind, Jobs};
 use crate::domain::command::Grammar;
 use crate::domain::policy::{Policy, Principal, Rule};
@@ -349,6 +350,10 @@ pub struct RequestsConfig {
     pub ticket_url: Option<String>,
     pub approval_window: String,
     pub warnings: Vec<String>,
+    /// Pending requests one requester may have open at once; 0 for no cap.
+    pub max_pending_per_requester: u32,
+    /// Commands that change something one person may send per minute; 0 for no limit.
+    pub commands_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -441,6 +446,8 @@ impl Default for RequestsConfig {
             ticket_url: None,
             approval_window: "1h".into(),
             warnings: vec!["15m".into(), "5m".into()],
+            max_pending_per_requester: 5,
+            commands_per_minute: 60,
         }
     }
 }
@@ -577,6 +584,15 @@ impl Config {
 
     pub fn validate(&self) -> Result<Settings, ConfigErrors> {
         let mut errors = Vec::new();
+        match (self.provisioner, self.aws.is_some()) {
+            (Some(ProvisionerChoice::Aws), false) => errors.push("provisioner: \"aws\" needs an [aws] section (see manifests/iam/README.md)".into()),
+            (Some(ProvisionerChoice::DryRun), true) => errors.push("provisioner: \"dry-run\" and an [aws] section contradict each other: remove one".into()),
+            (None, false) if !self.console_only() => errors.push("provisioner: a chat platform is configured but no [aws] section, so Passport would only pretend to grant access: add [aws] (see manifests/iam/README.md), or write provisioner = \"dry-run\" to try Passport without AWS (every card and message then says DRY RUN)".into()),
+            _ => {}
+        }
+        if self.aws.is_some() && self.groups.is_empty() {
+            errors.push("groups: [aws] provisions real users, so the approvers and admins must be configured: add a [groups] section (the built-in demo groups approvers = lead1, lead2 and admins = admin exist only without [aws])".into());
+        }
         let mut span = |field: &str, text: &str| -> Span {
             match parse_span(text) {
                 Some(s) if s > Span::ZERO => s,
@@ -588,15 +604,6 @@ impl Config {
                 }
             }
         };
-        match (self.provisioner, self.aws.is_some()) {
-            (Some(ProvisionerChoice::Aws), false) => errors.push("provisioner: \"aws\" needs an [aws] section (see manifests/iam/README.md)".into()),
-            (Some(ProvisionerChoice::DryRun), true) => errors.push("provisioner: \"dry-run\" and an [aws] section contradict each other: remove one".into()),
-            (None, false) if !self.console_only() => errors.push("provisioner: a chat platform is configured but no [aws] section, so Passport would only pretend to grant access: add [aws] (see manifests/iam/README.md), or write provisioner = \"dry-run\" to try Passport without AWS (every card and message then says DRY RUN)".into()),
-            _ => {}
-        }
-        if self.aws.is_some() && self.groups.is_empty() {
-            errors.push("groups: [aws] provisions real users, so the approvers and admins must be configured: add a [groups] section (the built-in demo groups approvers = lead1, lead2 and admins = admin exist only without [aws])".into());
-        }
         let r = &self.requests;
         let default = span("requests.default_duration", &r.default_duration);
         let min = span("requests.min_duration", &r.min_duration);
@@ -916,6 +923,10 @@ impl Config {
             },
             warnings,
             groups,
+            limits: PersonLimits {
+                max_pending: r.max_pending_per_requester,
+                commands_per_minute: r.commands_per_minute,
+            },
             dry_run_instances: known,
             dry_run_label: self.aws.is_none() && !self.console_only(),
             jobs,
@@ -946,6 +957,7 @@ pub struct Settings {
     pub warnings: Vec<Span>,
     pub groups: BTreeMap<String, Vec<String>>,
     pub dry_run_instances: Vec<InstanceInfo>,
+    pub limits: PersonLimits,
     /// A chat platform runs on the dry-run provisioner (asked for explicitly):
     /// every card and message says DRY RUN.
     pub dry_run_label: bool,

@@ -40,7 +40,8 @@ pub struct Scheduler {
     held: AtomicBool,
     jobs_running: Arc<AtomicBool>,
     delivering: Arc<AtomicBool>,
-    /// When a notice waiting for a retry is due, as the last delivery pass found.
+    /// When a notice waiting for a retry, or a password message to delete, is
+    /// due, as the last delivery pass found.
     next_retry: Arc<Mutex<Option<Timestamp>>>,
 }
 
@@ -124,7 +125,7 @@ impl Scheduler {
         for _ in 0..100 {
             let ran = self.engine.run_due().await? + self.engine.run_jobs_due(&self.jobs).await?;
             let report = self.dispatcher.deliver_due().await?;
-            if ran == 0 && report.delivered == 0 {
+            if ran == 0 && report.delivered == 0 && report.deleted == 0 {
                 return Ok(());
             }
         }
@@ -170,8 +171,13 @@ impl Scheduler {
                 let running = Running(delivering);
                 let progressed = match dispatcher.deliver_due().await {
                     Ok(report) => {
-                        *next_retry.lock().unwrap_or_else(|e| e.into_inner()) = report.next_retry;
-                        report.delivered + report.dead > 0
+                        // A password message due for deletion wakes the loop like a retry.
+                        *next_retry.lock().unwrap_or_else(|e| e.into_inner()) =
+                            [report.next_retry, report.next_deletion]
+                                .into_iter()
+                                .flatten()
+                                .min();
+                        report.delivered + report.dead + report.deleted > 0
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "could not deliver notices");

@@ -15,8 +15,8 @@ use crate::adapters::discord::{
     DiscordApi, DiscordDirectory, DiscordMode, DiscordSettings, DiscordSurface,
     Inbound as DiscordInbound,
 };
-use crate::adapters::dry_run::{DryRunProvisioner, Sink};
-use crate::adapters::password_courier::PasswordCourier;
+use crate::adapters::dry_run::{DryRunLabel, DryRunProvisioner, Sink};
+use crate::adapters::password_courier::{CourierWiring, PasswordCourier};
 use crate::adapters::slack::blocks::Mentions;
 use crate::adapters::slack::socket::SocketMode;
 use crate::adapters::slack::{
@@ -39,6 +39,7 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub store: Arc<SqliteStore>,
     pub scheduler: Arc<Scheduler>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Why the application could not start.
@@ -95,19 +96,42 @@ pub async fn console_app(
     });
     let (provisioner, courier) = provisioner(settings, Some(sink)).await?;
     let surface: Arc<dyn ChatSurface> = Arc::new(ConsoleSurface::new(out));
-    if let Some(courier) = &courier {
-        courier.attach(store.clone(), std::slice::from_ref(&surface));
-    }
-    assemble(
+    let app = assemble(
         settings,
         store,
-        surface,
+        surface.clone(),
         Arc::new(StaticDirectory::new(&settings.groups)),
         provisioner,
         clock,
         // The console's output reads in the order things happened.
         Dispatcher::one_lane_at_a_time,
-    )
+    )?;
+    if let Some(courier) = &courier {
+        attach_courier(courier, &app, &surface, settings);
+    }
+    Ok(app)
+}
+
+/// Attaches the Windows password courier to the built application: its store,
+/// chat surface and clock, and how long password messages stay in the chat
+/// (`aws.password_message_ttl`).
+pub fn attach_courier(
+    courier: &PasswordCourier,
+    app: &App,
+    surface: &Arc<dyn ChatSurface>,
+    settings: &Settings,
+) {
+    let ttl = settings
+        .aws
+        .as_ref()
+        .map(|aws| aws.password_message_ttl)
+        .unwrap_or_else(|| crate::adapters::aws::AwsSettings::default().password_message_ttl);
+    courier.attach(CourierWiring {
+        store: app.store.clone(),
+        surfaces: vec![surface.clone()],
+        clock: app.clock.clone(),
+        password_message_ttl: Span::from_millis(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+    });
 }
 
 /// Runs everything due now and delivers every notice that can go, until
@@ -283,6 +307,8 @@ pub struct SlackOptions {
     pub provisioner: Arc<dyn Provisioner>,
     /// How long an answer to Slack waits for the work (Slack allows 3 s).
     pub ack_deadline: Duration,
+    /// Mark every card and message DRY RUN (`provisioner = "dry-run"`).
+    pub dry_run_label: bool,
 }
 
 /// The application with Slack as its chat surface.
@@ -294,6 +320,15 @@ pub struct SlackApp {
     pub router: axum::Router,
     /// The Socket Mode connection to start, in Socket Mode.
     pub socket: Option<SocketMode>,
+}
+
+/// `surface`, marking everything DRY RUN when `dry_run` is set.
+fn labelled(surface: Arc<dyn ChatSurface>, dry_run: bool) -> Arc<dyn ChatSurface> {
+    if dry_run {
+        Arc::new(DryRunLabel::new(surface))
+    } else {
+        surface
+    }
 }
 
 /// The dry-run provisioner, its lines logged: what `serve` uses while no AWS
@@ -330,6 +365,7 @@ fn assemble(
         EngineSettings {
             warnings: settings.warnings.clone(),
             surfaces: vec![surface.name().to_owned()],
+            limits: settings.limits,
             ..EngineSettings::default()
         },
     );
@@ -339,7 +375,7 @@ fn assemble(
     });
     let dispatcher = Arc::new(delivery(Dispatcher::new(
         store.clone(),
-        clock,
+        clock.clone(),
         vec![surface],
     )));
     let scheduler = Arc::new(Scheduler::new(
@@ -352,6 +388,7 @@ fn assemble(
         dispatcher,
         store,
         scheduler,
+        clock,
     })
 }
 
@@ -383,7 +420,7 @@ pub async fn slack_app(
     let app = assemble(
         settings,
         store,
-        surface.clone(),
+        labelled(surface.clone(), options.dry_run_label),
         directory,
         options.provisioner,
         options.clock.clone(),
@@ -426,6 +463,8 @@ pub struct DiscordOptions {
     pub provisioner: Arc<dyn Provisioner>,
     /// How long an answer to Discord waits for the work (Discord allows 3 s).
     pub ack_deadline: Duration,
+    /// Mark every card and message DRY RUN (`provisioner = "dry-run"`).
+    pub dry_run_label: bool,
 }
 
 /// The application with Discord as its chat surface.
@@ -472,7 +511,7 @@ pub async fn discord_app(
     let app = assemble(
         settings,
         store,
-        surface.clone(),
+        labelled(surface.clone(), options.dry_run_label),
         directory.clone(),
         options.provisioner,
         options.clock.clone(),

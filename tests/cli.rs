@@ -272,7 +272,8 @@ fn check_config_takes_discord_from_the_environment_and_hides_its_token() {
     assert_eq!(pretend.status.code(), Some(2));
     let err = String::from_utf8_lossy(&pretend.stderr);
     assert!(
-        err.contains("would only pretend to grant access") && err.contains("provisioner = \"dry-run\""),
+        err.contains("would only pretend to grant access")
+            && err.contains("provisioner = \"dry-run\""),
         "{err}"
     );
 

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake_discord;
+mod windows_passwords;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
 use fake_discord::{FakeDiscord, APPLICATION_ID, BOT_TOKEN, GUILD_ID};
+use passport::adapters::aws::AwsConfig;
 use passport::adapters::clock::ManualClock;
 use passport::adapters::discord::gateway::from_gateway;
 use passport::adapters::discord::inbound::UserPayload;
@@ -34,6 +36,7 @@ use passport::domain::request::RequestState;
 use passport::domain::time::Span;
 use passport::domain::values::RequestId;
 use passport::startup::{self, DiscordOptions};
+use windows_passwords::WindowsPasswords;
 
 const APPROVALS: &str = "1500000000000000001";
 const AUDIT: &str = "1500000000000000002";
@@ -42,6 +45,7 @@ const APPROVER_ROLE: &str = "1600000000000000001";
 const SRE_ROLE: &str = "1600000000000000002";
 const WEB: &str = "i-0123456789abcdef0";
 const PROD: &str = "i-0aaaaaaaaaaaaaaa1";
+const WIN: &str = "i-0ccccccccccccccc3";
 
 const DEV: &str = "1700000000000000001";
 const LEAD1: &str = "1700000000000000002";
@@ -64,6 +68,8 @@ struct TestApp {
     base: String,
     fake: FakeDiscord,
     built: startup::DiscordApp,
+    /// The provisioner: the dry run, with Windows passwords sent through the courier.
+    passwords: Arc<WindowsPasswords>,
     clock: ManualClock,
     db: PathBuf,
     server: tokio::task::JoinHandle<()>,
@@ -144,6 +150,14 @@ fn config(db: &Path, fake: &FakeDiscord, mode: &str) -> Config {
             tags: BTreeMap::from([("env".into(), "prod".into())]),
             private_ips: vec!["10.1.1.20".into()],
         },
+        DryRunInstance {
+            id: WIN.into(),
+            name: Some("win-1".into()),
+            platform: "windows".into(),
+            state: "running".into(),
+            tags: BTreeMap::from([("env".into(), "staging".into())]),
+            private_ips: vec!["10.0.1.30".into()],
+        },
     ];
     c.jobs.reconcile = "off".into();
     c.jobs.digest = "off".into();
@@ -189,19 +203,42 @@ async fn spawn_app_with(deadline: Duration) -> TestApp {
 }
 
 async fn start(fake: &FakeDiscord, db: &Path, clock: ManualClock, deadline: Duration) -> TestApp {
-    let settings = config(db, fake, "http").validate().unwrap();
+    start_with(fake, db, clock, deadline, None).await
+}
+
+/// Starts the application, with `aws.password_message_ttl` set to `ttl` if given.
+async fn start_with(
+    fake: &FakeDiscord,
+    db: &Path,
+    clock: ManualClock,
+    deadline: Duration,
+    ttl: Option<&str>,
+) -> TestApp {
+    let mut config = config(db, fake, "http");
+    if let Some(ttl) = ttl {
+        // The provisioner is the test's own; [aws] only carries the ttl.
+        config.provisioner = None;
+        config.aws = Some(AwsConfig {
+            password_message_ttl: ttl.into(),
+            ..AwsConfig::default()
+        });
+    }
+    let settings = config.validate().unwrap();
     let discord = settings.discord.clone().unwrap();
+    let passwords = Arc::new(WindowsPasswords::new(startup::logged_dry_run(&settings)));
     let built = startup::discord_app(
         &settings,
         &discord,
         DiscordOptions {
             clock: Arc::new(clock.clone()),
-            provisioner: startup::logged_dry_run(&settings),
+            provisioner: passwords.clone(),
             ack_deadline: deadline,
+            dry_run_label: false,
         },
     )
     .await
     .unwrap();
+    startup::attach_courier(&passwords.courier, &built.app, &built.surface, &settings);
     assert!(built.gateway.is_none(), "HTTP mode starts no gateway");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -215,6 +252,7 @@ async fn start(fake: &FakeDiscord, db: &Path, clock: ManualClock, deadline: Dura
         base,
         fake: fake.clone(),
         built,
+        passwords,
         clock,
         db: db.to_path_buf(),
         server,
@@ -503,7 +541,14 @@ impl TestApp {
             );
         }
         for (user, expected) in dms {
-            assert_eq!(self.fake.dms(&user), expected, "direct messages to {user}");
+            // Windows passwords go straight to the person, never through the outbox.
+            let posted: Vec<String> = self
+                .fake
+                .dms(&user)
+                .into_iter()
+                .filter(|t| !t.starts_with("Password for"))
+                .collect();
+            assert_eq!(posted, expected, "direct messages to {user}");
         }
         let posted: Vec<String> = self
             .fake
@@ -1089,4 +1134,177 @@ async fn a_thread_that_could_not_start_with_its_card_starts_with_the_first_reply
     assert!(app.fake.has_thread(&message));
     assert!(contains(&app.fake.thread(&message), "approved"));
     app.assert_delivered_in_order().await;
+}
+
+// ---------------------------------------------------------------------------
+// Windows passwords: the direct message is deleted after its ttl
+
+impl TestApp {
+    /// Requests access to the Windows instance and approves it; the grant sends
+    /// the password by direct message. Answers that message's (channel, id).
+    async fn windows_grant(&self) -> (String, String) {
+        let answer = self
+            .command(
+                DEV,
+                "request",
+                &[
+                    ("instances", WIN),
+                    ("ticket", "ticket#1"),
+                    ("reason", "rdp"),
+                ],
+            )
+            .await;
+        assert!(answer.text().contains("AR-1"), "{}", answer.body);
+        self.settle().await;
+        let (channel, message) = self.card(1).await;
+        self.click(LEAD1, &channel, &message, "approve AR-1").await;
+        self.deliver_everything().await;
+        assert_eq!(self.state(1).await, RequestState::Active);
+        let sent = self.passwords.sent();
+        assert_eq!(sent.len(), 1);
+        let dm = self
+            .fake
+            .dm_calls(DEV)
+            .into_iter()
+            .find(|c| c.content().contains(&sent[0]))
+            .expect("the password went to the requester's direct messages");
+        let at = (dm.channel.unwrap(), dm.message.unwrap());
+        assert!(self.fake.message_exists(&at.1));
+        at
+    }
+
+    async fn deletion_due(&self) -> passport::domain::time::Timestamp {
+        let due = self
+            .built
+            .app
+            .store
+            .due_password_messages(passport::domain::time::Timestamp::from_millis(i64::MAX), 10)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1, "{due:?}");
+        due[0].message.due
+    }
+
+    /// The notes about deleted password messages in AR-1's thread.
+    async fn deletion_notes(&self) -> Vec<String> {
+        let (_, card) = self.card(1).await;
+        self.fake
+            .thread(&card)
+            .into_iter()
+            .filter(|t| t.starts_with("🧹 the password message"))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windows_password_message_is_deleted_after_ten_minutes_and_not_before() {
+    let app = spawn_app().await;
+    let sent_at = app.clock.now();
+    let (channel, message) = app.windows_grant().await;
+    let due = app.deletion_due().await;
+    assert_eq!(due.since(sent_at), Span::from_minutes(10));
+
+    app.clock.set(due.minus(Span::from_secs(1)));
+    app.deliver_everything().await;
+    assert!(app.fake.deleted().is_empty(), "deleted too early");
+
+    app.clock.set(due.plus(Span::from_secs(1)));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted(), vec![(channel, message.clone())]);
+    assert!(!app.fake.message_exists(&message));
+    let note = app.deletion_notes().await;
+    assert_eq!(note.len(), 1, "{note:?}");
+    assert!(
+        note[0].contains(&format!("on {WIN} was deleted from")) && note[0].contains("after 10m"),
+        "{note:?}"
+    );
+    assert_eq!(app.events(1, "password_message_deleted").await, 1);
+    app.clock.advance(Span::from_hours(1));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.ok_calls("delete_message").len(), 1);
+    app.assert_delivered_in_order().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_before_the_due_time_still_deletes_the_password_message() {
+    let app = spawn_app().await;
+    let (channel, message) = app.windows_grant().await;
+    app.clock.advance(Span::from_minutes(5));
+    app.settle().await;
+    let (fake, db, clock, dir) = app.stop().await;
+    let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
+    app._dir = dir;
+    app.settle().await;
+    assert!(app.fake.deleted().is_empty());
+
+    app.clock.advance(Span::from_minutes(6));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted(), vec![(channel, message)]);
+    assert_eq!(app.deletion_notes().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_ttl_a_429_and_a_message_already_gone_are_all_handled() {
+    startup::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    for c in [APPROVALS, AUDIT, GENERAL] {
+        fake.add_channel(c);
+    }
+    for u in [DEV, LEAD1, LEAD2, SRE1, SRE2, OTHER] {
+        fake.add_member(u, handle_of(u), &roles_of(u));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let mut app = start_with(
+        &fake,
+        &dir.path().join("passport.db"),
+        clock,
+        Duration::from_millis(2500),
+        Some("3m"),
+    )
+    .await;
+    app._dir = Some(dir);
+    let sent_at = app.clock.now();
+    let (channel, message) = app.windows_grant().await;
+    assert!(app
+        .fake
+        .dms(DEV)
+        .iter()
+        .any(|t| t.contains("deleted in 3m")));
+    let due = app.deletion_due().await;
+    assert_eq!(due.since(sent_at), Span::from_minutes(3));
+
+    // Discord answers 429 first: the deletion waits Retry-After, then happens.
+    app.fake.rate_limit_next_of(&["delete_message"], 1, 20.0);
+    app.clock.set(due.plus(Span::from_secs(1)));
+    app.settle().await;
+    assert!(app.fake.deleted().is_empty());
+    assert!(app.deletion_notes().await.is_empty());
+    app.clock.advance(Span::from_secs(21));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted(), vec![(channel, message)]);
+    assert!(app.deletion_notes().await[0].contains("after 3m"));
+
+    // A message already gone (404, 10008 Unknown Message) counts as deleted.
+    app.command(DEV, "extend", &[("request", "AR-1"), ("duration", "30m")])
+        .await;
+    app.deliver_everything().await;
+    assert_eq!(
+        app.passwords.sent().len(),
+        2,
+        "a new password after the extension"
+    );
+    let last = app.fake.dm_calls(DEV).last().unwrap().clone();
+    app.fake.remove_message(last.message.as_deref().unwrap());
+    app.clock.advance(Span::from_minutes(4));
+    app.deliver_everything().await;
+    let unknown = app
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.route == "delete_message" && c.status == 404)
+        .count();
+    assert_eq!(unknown, 1);
+    assert_eq!(app.deletion_notes().await.len(), 2);
+    assert_eq!(app.events(1, "password_message_deleted").await, 2);
 }

@@ -783,3 +783,61 @@ async fn the_logbook_chain_verifies_after_a_busy_round() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_requester_with_too_many_pending_requests_is_refused() {
+    let (app, _dir) = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(app.new_request(WEB, &format!("1h ticket#{n} work")).await);
+    }
+    let sixth = app
+        .run("dev1", &format!("request {WEB} 1h ticket#6 more"))
+        .await;
+    assert!(!sixth.ok);
+    assert!(
+        sixth.text.contains("already have 5 requests waiting"),
+        "{}",
+        sixth.text
+    );
+    // Someone else is not held back by dev1's queue.
+    let other = app
+        .run("dev2", &format!("request {WEB} 1h ticket#7 mine"))
+        .await;
+    assert!(other.ok, "{}", other.text);
+    // A decision frees a place.
+    assert!(app.run("dev1", &format!("cancel {}", ids[0])).await.ok);
+    assert!(
+        app.run("dev1", &format!("request {WEB} 1h ticket#8 now"))
+            .await
+            .ok
+    );
+}
+
+#[tokio::test]
+async fn one_person_sending_too_many_commands_is_slowed_down() {
+    let (app, _dir) = TestApp::spawn().await;
+    for _ in 0..60 {
+        let r = app.run("dev1", "cancel AR-999").await;
+        assert!(!r.text.contains("slow down"), "{}", r.text);
+    }
+    let r = app.run("dev1", "cancel AR-999").await;
+    assert!(
+        !r.ok && r.text.contains("slow down: at most 60 commands a minute"),
+        "{}",
+        r.text
+    );
+    // Reading is never limited, and others are not affected.
+    assert!(app.run("dev1", "list").await.ok);
+    assert!(!app
+        .run("dev2", "cancel AR-999")
+        .await
+        .text
+        .contains("slow down"));
+    app.advance(Span::from_minutes(1)).await;
+    assert!(!app
+        .run("dev1", "cancel AR-999")
+        .await
+        .text
+        .contains("slow down"));
+}

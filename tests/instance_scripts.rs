@@ -517,6 +517,152 @@ fn the_removal_logic_is_the_same_in_grant_and_revoke() {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The Windows password and PowerShell logging
+//
+// Module logging (event 4103) records the value bound to every parameter of every command,
+// and script-block logging (4104) the script text. So the plain password may live only in
+// variables named `$password…`, which may be read only inside the parentheses of .NET
+// method calls or copied by plain assignment; never on a line that runs a command, pipes,
+// or builds a double-quoted (interpolating) string.
+
+/// Why a line of PowerShell exposes the plain password to logging, if it does.
+fn password_exposure(line: &str) -> Option<String> {
+    let code = line.trim();
+    if code.starts_with('#') {
+        return None;
+    }
+    if code.to_ascii_lowercase().contains("-asplaintext") {
+        return Some("uses -AsPlainText".into());
+    }
+    let var = Regex::new(r"(?i)\$password\w*").unwrap();
+    if !var.is_match(code) {
+        return None;
+    }
+    // A command (Verb-Noun, or a call with & or a pipeline) binds what follows it.
+    let command = Regex::new(r"(^|[\s(;{=])[A-Za-z]+-[A-Za-z]+($|[\s(])").unwrap();
+    if command.is_match(code) || code.contains('&') || code.contains('|') {
+        return Some("a plain password variable on a line that runs a command".into());
+    }
+    if code.contains('"') {
+        return Some("a plain password variable near a double-quoted string".into());
+    }
+    // `$x = $y`, `$x[$i] = $y[$j]`: a copy, nothing is bound or printed.
+    let copy = Regex::new(r"^\$[\w:]+(\[\$?\w+\])?\s*=\s*(\$[\w:]+(\[\$?\w+\])?|\[char\]0|\[\w+\[\]\]::new\(\$?\w+\))$")
+        .unwrap();
+    if copy.is_match(code) {
+        return None;
+    }
+    let method = Regex::new(r"(\.|::)[A-Za-z]+$").unwrap();
+    let assigned_from = Regex::new(r"^\$[\w:]+\s*=\s*$").unwrap();
+    let assigned_to = Regex::new(r"^(\[\$?\w+\])?\s*=").unwrap();
+    for m in var.find_iter(code) {
+        let before = &code[..m.start()];
+        if assigned_from.is_match(before) {
+            // Assigned the value of a method call, checked as the rest of the line.
+            continue;
+        }
+        if m.start() == 0 {
+            let rest = &code[m.end()..];
+            if assigned_to.is_match(rest) {
+                continue;
+            }
+        }
+        // The innermost parenthesis still open before the variable must be a method's.
+        let mut depth = 0i32;
+        let mut open = None;
+        for (i, c) in before.char_indices().rev() {
+            match c {
+                ')' => depth += 1,
+                '(' if depth == 0 => {
+                    open = Some(i);
+                    break;
+                }
+                '(' => depth -= 1,
+                _ => {}
+            }
+        }
+        let in_method = open.is_some_and(|i| method.is_match(&before[..i]));
+        if !in_method {
+            return Some(format!(
+                "{} is used outside the arguments of a .NET method call",
+                m.as_str()
+            ));
+        }
+    }
+    None
+}
+
+#[test]
+fn the_windows_password_is_never_bound_to_a_cmdlet_or_written_in_script_text() {
+    let script = read_ssm("grant-windows.ps1");
+    let exposed: Vec<String> = script
+        .lines()
+        .enumerate()
+        .filter_map(|(n, line)| {
+            password_exposure(line).map(|why| format!("line {}: {why}: {}", n + 1, line.trim()))
+        })
+        .collect();
+    assert!(
+        exposed.is_empty(),
+        "grant-windows.ps1 would let PowerShell logging record the password:\n{}",
+        exposed.join("\n")
+    );
+    assert!(!script.contains("ConvertTo-SecureString"));
+    // The password reaches the account cmdlets only as the SecureString.
+    for line in script.lines().filter(|l| l.contains("-Password ")) {
+        assert!(line.contains("-Password $secure "), "{line}");
+    }
+    // It is made in a buffer, copied into the SecureString, encrypted and zeroed.
+    for needed in [
+        "$passwordChars = [char[]]::new(",
+        ".AppendChar($passwordChars[$i])",
+        "$passwordBytes = [Text.Encoding]::UTF8.GetBytes($passwordChars)",
+        "$rsa.Encrypt($passwordBytes, ",
+        "[Array]::Clear($passwordChars, ",
+        "[Array]::Clear($passwordBytes, ",
+        "Write-Output ('PASSPORT-PASSWORD-RSA-OAEP-SHA256:' + [Convert]::ToBase64String(",
+    ] {
+        assert!(script.contains(needed), "grant-windows.ps1 lacks {needed}");
+    }
+}
+
+#[test]
+fn the_password_check_catches_what_logging_would_record() {
+    for exposing in [
+        "$secure = ConvertTo-SecureString -String $password -AsPlainText -Force",
+        "$secure = ConvertTo-SecureString $passwordText -AsPlainText -Force",
+        "Set-LocalUser -Name $u -Password $passwordChars",
+        "New-LocalUser -Name $u -Password (New-Secure $passwordBytes)",
+        "Write-Output $password",
+        "$line = \"password: $passwordChars\"",
+        "$passwordChars | Out-Null",
+        "& $send $passwordBytes",
+        "Protect-Password $passwordBytes",
+        "$x = Get-Hash($passwordBytes)",
+        "if ($passwordChars.Length -gt 0) { }",
+        "$passwordText = -join $passwordChars",
+    ] {
+        assert!(
+            password_exposure(exposing).is_some(),
+            "not caught: {exposing}"
+        );
+    }
+    for safe in [
+        "$passwordChars[$i] = $set[$k]",
+        "$passwordSwap = $passwordChars[$i]",
+        "$passwordChars[$i] = $passwordChars[$j]",
+        "$passwordSwap = [char]0",
+        "$passwordChars = [char[]]::new($charCount)",
+        "$passwordBytes = [Text.Encoding]::UTF8.GetBytes($passwordChars)",
+        "$c = $rsa.Encrypt($passwordBytes, [System.Security.Cryptography.RSAEncryptionPadding]::OaepSHA256)",
+        "[Array]::Clear($passwordBytes, 0, $passwordBytes.Length)",
+        "# a comment may say -AsPlainText and $password",
+    ] {
+        assert_eq!(password_exposure(safe), None, "{safe}");
+    }
+}
+
 #[test]
 fn linux_scripts_parse_in_sh_and_bash_and_pass_shellcheck() {
     for script in ["grant-linux.sh", "revoke-linux.sh"] {

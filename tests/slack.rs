@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake_slack;
+mod windows_passwords;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
 use fake_slack::{FakeSlack, BOT_TOKEN};
+use passport::adapters::aws::AwsConfig;
 use passport::adapters::clock::ManualClock;
 use passport::adapters::slack::blocks::{clip, escape, MAX_TEXT};
 use passport::adapters::slack::SlackConfig;
@@ -31,12 +33,14 @@ use passport::domain::time::Span;
 use passport::domain::values::RequestId;
 use passport::http::verify::sign;
 use passport::startup::{self, SlackOptions};
+use windows_passwords::WindowsPasswords;
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const APPROVALS: &str = "C0APPROVALS";
 const AUDIT: &str = "C0AUDIT";
 const WEB: &str = "i-0123456789abcdef0";
 const PROD: &str = "i-0aaaaaaaaaaaaaaa1";
+const WIN: &str = "i-0ccccccccccccccc3";
 
 const DEV: &str = "U0DEV1";
 const LEAD1: &str = "U0LEAD1";
@@ -51,6 +55,10 @@ struct TestApp {
     base: String,
     fake: FakeSlack,
     built: startup::App,
+    /// The provisioner: the dry run, with Windows passwords sent through the courier.
+    passwords: Arc<WindowsPasswords>,
+    /// `aws.password_message_ttl`, when the test sets one.
+    ttl: Option<String>,
     clock: ManualClock,
     db: PathBuf,
     server: tokio::task::JoinHandle<()>,
@@ -113,6 +121,14 @@ fn config(db: &Path, fake: &FakeSlack) -> Config {
             tags: BTreeMap::from([("env".into(), "prod".into())]),
             private_ips: vec!["10.1.1.20".into()],
         },
+        DryRunInstance {
+            id: WIN.into(),
+            name: Some("win-1".into()),
+            platform: "windows".into(),
+            state: "running".into(),
+            tags: BTreeMap::from([("env".into(), "staging".into())]),
+            private_ips: vec!["10.0.1.30".into()],
+        },
     ];
     c.jobs.reconcile = "off".into();
     c.jobs.digest = "off".into();
@@ -171,36 +187,50 @@ async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
     let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
     let mut config = config(&db, &fake);
     edit(&mut config);
-    let mut app = start_with(config, &fake, &db, clock, Duration::from_millis(2500)).await;
+    let mut app = start_with(config, &fake, &db, clock, Duration::from_millis(2500), None).await;
     app._dir = Some(dir);
     app
 }
 
 /// Starts the application on an existing database (a restart).
 async fn start(fake: &FakeSlack, db: &Path, clock: ManualClock, deadline: Duration) -> TestApp {
-    start_with(config(db, fake), fake, db, clock, deadline).await
+    start_with(config(db, fake), fake, db, clock, deadline, None).await
 }
 
+/// Starts the application with `config`, and `aws.password_message_ttl` set
+/// to `ttl` if given.
 async fn start_with(
-    config: Config,
+    mut config: Config,
     fake: &FakeSlack,
     db: &Path,
     clock: ManualClock,
     deadline: Duration,
+    ttl: Option<String>,
 ) -> TestApp {
+    if let Some(ttl) = &ttl {
+        // The provisioner is the test's own; [aws] only carries the ttl.
+        config.provisioner = None;
+        config.aws = Some(AwsConfig {
+            password_message_ttl: ttl.clone(),
+            ..AwsConfig::default()
+        });
+    }
     let settings = config.validate().unwrap();
     let slack = settings.slack.clone().unwrap();
+    let passwords = Arc::new(WindowsPasswords::new(startup::logged_dry_run(&settings)));
     let built = startup::slack_app(
         &settings,
         &slack,
         SlackOptions {
             clock: Arc::new(clock.clone()),
-            provisioner: startup::logged_dry_run(&settings),
+            provisioner: passwords.clone(),
             ack_deadline: deadline,
+            dry_run_label: false,
         },
     )
     .await
     .unwrap();
+    startup::attach_courier(&passwords.courier, &built.app, &built.surface, &settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = built.router;
@@ -213,6 +243,8 @@ async fn start_with(
         base,
         fake: fake.clone(),
         built: built.app,
+        passwords,
+        ttl,
         clock,
         db: db.to_path_buf(),
         server,
@@ -476,7 +508,14 @@ impl TestApp {
             assert_eq!(self.fake.thread(&ts), expected, "thread of AR-{request}");
         }
         for (user, expected) in dms {
-            assert_eq!(self.fake.dms(&user), expected, "direct messages to {user}");
+            // Windows passwords go straight to the person, never through the outbox.
+            let posted: Vec<String> = self
+                .fake
+                .dms(&user)
+                .into_iter()
+                .filter(|t| !t.starts_with("Password for"))
+                .collect();
+            assert_eq!(posted, expected, "direct messages to {user}");
         }
         let posted: Vec<String> = self.fake.posts_in(AUDIT).iter().map(|c| c.text()).collect();
         assert_eq!(posted, audit, "audit channel");
@@ -1085,8 +1124,17 @@ impl TestApp {
     /// Stops the server, closes the database and starts again on the same file.
     async fn restart(mut self) -> TestApp {
         let dir = self._dir.take();
+        let ttl = self.ttl.clone();
         let (fake, db, clock) = self.stop().await;
-        let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
+        let mut app = start_with(
+            config(&db, &fake),
+            &fake,
+            &db,
+            clock,
+            Duration::from_millis(2500),
+            ttl,
+        )
+        .await;
         app._dir = dir;
         app
     }
@@ -1165,6 +1213,7 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
             clock: Arc::new(clock.clone()),
             provisioner: startup::logged_dry_run(&settings),
             ack_deadline: Duration::from_millis(2500),
+            dry_run_label: false,
         },
     )
     .await
@@ -1509,4 +1558,211 @@ async fn a_thread_reply_also_sent_to_the_channel_is_a_thread_reply() {
         "{:?}",
         app.fake.ephemerals(DEV)
     );
+}
+
+// ---------------------------------------------------------------------------
+// Windows passwords: the direct message is deleted after its ttl
+
+impl TestApp {
+    /// Requests access to the Windows instance and approves it; the grant sends
+    /// the password by direct message. Answers the (channel, ts) of that message.
+    async fn windows_grant(&self) -> (String, String) {
+        let answer = self
+            .command(DEV, &format!("request {WIN} 1h ticket#1 rdp"))
+            .await;
+        assert!(answer.text().contains("AR-1"), "{}", answer.body);
+        self.settle().await;
+        let (channel, ts) = self.card(1).await;
+        self.click(LEAD1, "approve AR-1", &channel, &ts).await;
+        self.deliver_everything().await;
+        assert_eq!(self.state(1).await, RequestState::Active);
+        let sent = self.passwords.sent();
+        assert_eq!(sent.len(), 1);
+        let dm = self
+            .fake
+            .dm_calls(DEV)
+            .into_iter()
+            .find(|c| c.text().contains(&sent[0]))
+            .expect("the password went to the requester's direct messages");
+        assert!(
+            dm.text().contains("deleted in"),
+            "the message says it will be deleted: {}",
+            dm.text()
+        );
+        let at = (dm.channel.unwrap(), dm.ts.unwrap());
+        assert!(self.fake.message_exists(&at.0, &at.1));
+        at
+    }
+
+    /// When the password message waiting for deletion is due.
+    async fn deletion_due(&self) -> passport::domain::time::Timestamp {
+        let due = self
+            .built
+            .store
+            .due_password_messages(passport::domain::time::Timestamp::from_millis(i64::MAX), 10)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1, "{due:?}");
+        due[0].message.due
+    }
+
+    /// The notes about deleted password messages in AR-1's thread.
+    async fn deletion_notes(&self) -> Vec<String> {
+        let (_, ts) = self.card(1).await;
+        self.fake
+            .thread(&ts)
+            .into_iter()
+            .filter(|t| t.starts_with("🧹 the password message"))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_windows_password_message_is_deleted_after_ten_minutes_and_not_before() {
+    let app = spawn_app().await;
+    let sent_at = app.clock.now();
+    let (channel, ts) = app.windows_grant().await;
+    let due = app.deletion_due().await;
+    assert_eq!(due.since(sent_at), Span::from_minutes(10));
+
+    app.clock.set(due.minus(Span::from_secs(1)));
+    app.deliver_everything().await;
+    assert!(app.fake.deleted().is_empty(), "deleted too early");
+    assert!(app.fake.message_exists(&channel, &ts));
+
+    app.clock.set(due.plus(Span::from_secs(1)));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted(), vec![(channel.clone(), ts.clone())]);
+    assert!(!app.fake.message_exists(&channel, &ts));
+    let deletes = app.fake.ok_calls("chat.delete");
+    assert_eq!(deletes[0].params["channel"], json!(channel));
+    assert_eq!(deletes[0].params["ts"], json!(ts));
+    assert_eq!(
+        app.deletion_notes().await,
+        vec![format!(
+            "🧹 the password message for `pp-dev1-1` on {WIN} was deleted from dev1's direct messages after 10m; grant again for a new password"
+        )]
+    );
+    assert_eq!(app.events(1, "password_message_deleted").await, 1);
+
+    // Once only.
+    app.clock.advance(Span::from_hours(1));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.ok_calls("chat.delete").len(), 1);
+    assert_eq!(app.deletion_notes().await.len(), 1);
+    app.assert_delivered_in_order().await;
+
+    // The database knows where the message was, never what it said.
+    let password = app.passwords.sent()[0].clone();
+    let db = app.db.clone();
+    app.stop().await;
+    for file in [db.clone(), db.with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "{} holds the password",
+            file.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restart_before_the_due_time_still_deletes_the_password_message() {
+    let app = spawn_app().await;
+    let (channel, ts) = app.windows_grant().await;
+    app.clock.advance(Span::from_minutes(5));
+    app.settle().await;
+    let app = app.restart().await;
+    app.settle().await;
+    assert!(app.fake.deleted().is_empty());
+
+    app.clock.advance(Span::from_minutes(6));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted(), vec![(channel, ts)]);
+    assert_eq!(app.deletion_notes().await.len(), 1);
+    assert_eq!(app.events(1, "password_message_deleted").await, 1);
+}
+
+#[tokio::test]
+async fn a_configured_password_message_ttl_is_honoured() {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let db = dir.path().join("passport.db");
+    let mut app = start_with(
+        config(&db, &fake),
+        &fake,
+        &db,
+        clock,
+        Duration::from_millis(2500),
+        Some("3m".into()),
+    )
+    .await;
+    app._dir = Some(dir);
+    let sent_at = app.clock.now();
+    let (channel, ts) = app.windows_grant().await;
+    assert!(app
+        .fake
+        .dms(DEV)
+        .iter()
+        .any(|t| t.contains("deleted in 3m")));
+    let due = app.deletion_due().await;
+    assert_eq!(due.since(sent_at), Span::from_minutes(3));
+
+    app.clock.set(due.minus(Span::from_secs(1)));
+    app.deliver_everything().await;
+    assert!(app.fake.deleted().is_empty());
+    app.clock.set(due.plus(Span::from_secs(1)));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted(), vec![(channel, ts)]);
+    assert!(app.deletion_notes().await[0].contains("after 3m"));
+}
+
+#[tokio::test]
+async fn a_rate_limited_deletion_is_retried_and_a_message_already_gone_counts_as_deleted() {
+    let app = spawn_app().await;
+    let (channel, ts) = app.windows_grant().await;
+    app.fake.rate_limit_next_of(&["chat.delete"], 2, 30);
+    app.clock.advance(Span::from_minutes(10));
+    app.settle().await;
+    assert!(app.fake.deleted().is_empty(), "rate limited");
+    assert!(app.deletion_notes().await.is_empty());
+    // Retried after Retry-After, never dropped.
+    app.clock.advance(Span::from_secs(31));
+    app.settle().await;
+    assert!(app.fake.deleted().is_empty(), "rate limited again");
+    app.clock.advance(Span::from_secs(31));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted(), vec![(channel, ts)]);
+    assert_eq!(app.deletion_notes().await.len(), 1);
+
+    // The requester deleted the next one themselves: Slack answers
+    // message_not_found, and that is as good as deleted.
+    app.command(DEV, "extend AR-1 30m").await;
+    app.deliver_everything().await;
+    let (channel, ts) = {
+        let last = app.fake.dm_calls(DEV).into_iter().rev().find(|c| {
+            c.text()
+                .contains(app.passwords.sent().last().unwrap().as_str())
+        });
+        let last = last.expect("a new password after the extension");
+        (last.channel.unwrap(), last.ts.unwrap())
+    };
+    assert_eq!(app.passwords.sent().len(), 2);
+    app.fake.remove_message(&channel, &ts);
+    app.clock.advance(Span::from_minutes(11));
+    app.deliver_everything().await;
+    let refused: Vec<_> = app
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "chat.delete" && c.error.as_deref() == Some("message_not_found"))
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(app.deletion_notes().await.len(), 2);
+    assert_eq!(app.events(1, "password_message_deleted").await, 2);
 }

@@ -20,8 +20,10 @@
 # the instance only encrypted to SSM_PublicKey (RSA-OAEP with SHA-256), as the one
 # stdout line
 #   PASSPORT-PASSWORD-RSA-OAEP-SHA256:<base64 ciphertext of the UTF-8 password>
-# so it never appears in clear in the command history or logs. Every run sets a new
-# password (an extension too) and prints it that way.
+# so it never appears in clear in the command history or logs. On the instance it never
+# is a PowerShell string, a cmdlet parameter or script text either, so PowerShell's
+# module and script-block logging cannot record it (see "the password" below).
+# Every run sets a new password (an extension too) and prints it that way.
 #
 # Idempotent: a run with a later SSM_ExpiresAt moves the account expiry and the task.
 # On failure it exits 1 with the reason on stderr. Needs Windows PowerShell 5.1 and
@@ -248,33 +250,57 @@ try {
 
 # --- the password -------------------------------------------------------------------
 
+# The password never becomes a PowerShell string, a cmdlet parameter or script text:
+# module logging (event 4103) records the value of every parameter a command is bound
+# to, and script-block logging (4104) records the script text. It is drawn character by
+# character into a char buffer, copied into a SecureString (which cmdlets receive, and
+# logging shows only as "System.Security.SecureString") and, as UTF-8, into a byte
+# buffer that only .NET methods read to encrypt it. Both buffers are zeroed at once.
+
+# An unbiased random index below $Count (rejection sampling on one random byte). The
+# count is no secret; the index is returned, never passed on as a parameter.
+function Get-PassportIndex([int]$Count) {
+    $limit = 256 - (256 % $Count)
+    do { $script:PassportRng.GetBytes($script:PassportRandomByte) } while ($script:PassportRandomByte[0] -ge $limit)
+    return [int]$script:PassportRandomByte[0] % $Count
+}
+
+# Sets $script:PassportSecure (the password, read-only) and $script:PassportCipher (its
+# UTF-8 bytes encrypted to the one-time key with RSA-OAEP SHA-256).
 function New-PassportPassword {
-    $upper = 'ABCDEFGHJKLMNPQRSTUVWXYZ'
-    $lower = 'abcdefghijkmnopqrstuvwxyz'
-    $digits = '23456789'
-    $symbols = '!#%+-=?@^_'
-    $rng = [System.Security.Cryptography.RandomNumberGenerator]::Create()
-    $byte = New-Object byte[] 1
-    # An unbiased index below $Count (rejection sampling on one random byte).
-    $pick = {
-        param([int]$Count)
-        $limit = 256 - (256 % $Count)
-        do { $rng.GetBytes($byte) } while ($byte[0] -ge $limit)
-        return [int]$byte[0] % $Count
+    $classes = 'ABCDEFGHJKLMNPQRSTUVWXYZ', 'abcdefghijkmnopqrstuvwxyz', '23456789', '!#%+-=?@^_'
+    $all = -join $classes
+    $charCount = 28
+    $script:PassportRng = [System.Security.Cryptography.RandomNumberGenerator]::Create()
+    $script:PassportRandomByte = [byte[]]::new(1)
+    $passwordChars = [char[]]::new($charCount)
+    $passwordBytes = [byte[]]::new(0)
+    try {
+        # One character of each class, then any, shuffled (Fisher-Yates) so the
+        # guaranteed classes are not always in front.
+        for ($i = 0; $i -lt $charCount; $i++) {
+            $set = $all
+            if ($i -lt $classes.Count) { $set = $classes[$i] }
+            $k = Get-PassportIndex $set.Length
+            $passwordChars[$i] = $set[$k]
+        }
+        for ($i = $charCount - 1; $i -gt 0; $i--) {
+            $j = Get-PassportIndex ($i + 1)
+            $passwordSwap = $passwordChars[$i]
+            $passwordChars[$i] = $passwordChars[$j]
+            $passwordChars[$j] = $passwordSwap
+        }
+        $passwordSwap = [char]0
+        $script:PassportSecure = New-Object System.Security.SecureString
+        for ($i = 0; $i -lt $charCount; $i++) { $script:PassportSecure.AppendChar($passwordChars[$i]) }
+        $script:PassportSecure.MakeReadOnly()
+        $passwordBytes = [Text.Encoding]::UTF8.GetBytes($passwordChars)
+        $script:PassportCipher = $rsa.Encrypt($passwordBytes, [System.Security.Cryptography.RSAEncryptionPadding]::OaepSHA256)
+    } finally {
+        [Array]::Clear($passwordChars, 0, $charCount)
+        [Array]::Clear($passwordBytes, 0, $passwordBytes.Length)
+        $script:PassportRng.Dispose()
     }
-    $all = $upper + $lower + $digits + $symbols
-    $chars = New-Object System.Collections.Generic.List[char]
-    foreach ($set in $upper, $lower, $digits, $symbols) { $chars.Add($set[(& $pick $set.Length)]) }
-    for ($i = 0; $i -lt 24; $i++) { $chars.Add($all[(& $pick $all.Length)]) }
-    # Fisher-Yates, so the guaranteed classes are not always in front.
-    for ($i = $chars.Count - 1; $i -gt 0; $i--) {
-        $j = & $pick ($i + 1)
-        $swap = $chars[$i]
-        $chars[$i] = $chars[$j]
-        $chars[$j] = $swap
-    }
-    $rng.Dispose()
-    return -join $chars
 }
 
 # --- the account --------------------------------------------------------------------
@@ -342,8 +368,9 @@ try {
     }
     Initialize-PassportState
 
-    $password = New-PassportPassword
-    $secure = ConvertTo-SecureString -String $password -AsPlainText -Force
+    New-PassportPassword
+    $rsa.Dispose()
+    $secure = $script:PassportSecure
     if ($user) {
         Set-LocalUser -SID $user.SID -Password $secure -AccountExpires $expiresLocal -PasswordNeverExpires $true
         Enable-LocalUser -SID $user.SID
@@ -392,10 +419,8 @@ try {
         -Settings $settings -Principal $principal -Description "Passport: remove $Username ($RequestId) at expiry" -Force | Out-Null
 
     # --- the password, encrypted to the one-time key --------------------------------
-    $cipher = $rsa.Encrypt([Text.Encoding]::UTF8.GetBytes($password), [System.Security.Cryptography.RSAEncryptionPadding]::OaepSHA256)
-    $rsa.Dispose()
-    $password = $null
-    Write-Output ('PASSPORT-PASSWORD-RSA-OAEP-SHA256:' + [Convert]::ToBase64String($cipher))
+    $secure.Dispose()
+    Write-Output ('PASSPORT-PASSWORD-RSA-OAEP-SHA256:' + [Convert]::ToBase64String($script:PassportCipher))
     Write-Output ("passport grant: $Username $action for $RequestId until " + $expiresLocal.ToString('yyyy-MM-dd HH:mm:ss') +
         ' (instance time; administrators ' + $Sudo + ', removal by task ' + $PassportTaskPath + "Expire-$Username)")
 } catch {

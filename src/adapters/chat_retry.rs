@@ -12,16 +12,17 @@ use crate::app::ports::ChatError;
 const ATTEMPTS: u32 = 5;
 
 /// Runs `send` until it succeeds, is refused, or has failed [`ATTEMPTS`]
-/// times; `what` names the answer in logs. Answers the last error.
-pub async fn with_retries<F, Fut>(what: &str, mut send: F) -> Result<(), ChatError>
+/// times; `what` names the answer in logs. Answers what `send` answered
+/// (e.g. where the message landed), or the last error.
+pub async fn with_retries<T, F, Fut>(what: &str, mut send: F) -> Result<T, ChatError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), ChatError>>,
+    Fut: Future<Output = Result<T, ChatError>>,
 {
     let mut last = ChatError::Transient("not sent".into());
     for attempt in 0..ATTEMPTS {
         match send().await {
-            Ok(()) => return Ok(()),
+            Ok(sent) => return Ok(sent),
             Err(ChatError::RateLimited { retry_after_ms }) => {
                 tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
                 last = ChatError::RateLimited { retry_after_ms };
@@ -60,7 +61,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
 
         let calls = AtomicU32::new(0);
-        let refused = with_retries("an answer", || async {
+        let refused: Result<(), ChatError> = with_retries("an answer", || async {
             calls.fetch_add(1, Ordering::SeqCst);
             Err(ChatError::Permanent("channel_not_found".into()))
         })

@@ -20,11 +20,16 @@ pub fn stdout_output() -> Output {
 
 pub struct ConsoleSurface {
     out: Output,
+    /// Numbers direct messages, so that one can be named when it is deleted.
+    next_dm: AtomicU64,
 }
 
 impl ConsoleSurface {
     pub fn new(out: Output) -> Self {
-        Self { out }
+        Self {
+            out,
+            next_dm: AtomicU64::new(1),
+        }
     }
 
     fn print(&self, text: &str) -> Result<(), ChatError> {
@@ -141,16 +146,28 @@ impl ChatSurface for ConsoleSurface {
         user: &UserId,
         text: &str,
         actions: &[Action],
-    ) -> Result<(), ChatError> {
+    ) -> Result<MessageRef, ChatError> {
         self.print(&format!(
             "[dm {user}] {}{}",
             indent(text),
             render_actions(actions)
-        ))
+        ))?;
+        Ok(MessageRef {
+            channel: format!("dm {user}"),
+            message: self.next_dm.fetch_add(1, Ordering::Relaxed).to_string(),
+        })
     }
 
     async fn post_audit(&self, line: &str) -> Result<(), ChatError> {
         self.print(&format!("[audit] {line}"))
+    }
+
+    async fn delete_message(&self, at: &MessageRef) -> Result<(), ChatError> {
+        // Printed text cannot be taken back; the line says it would be.
+        self.print(&format!(
+            "[deleted] message {} of {}",
+            at.message, at.channel
+        ))
     }
 }
 
@@ -196,11 +213,19 @@ impl ChatSurface for NullSurface {
         _user: &UserId,
         _text: &str,
         _actions: &[Action],
-    ) -> Result<(), ChatError> {
-        Ok(())
+    ) -> Result<MessageRef, ChatError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Ok(MessageRef {
+            channel: "null-dm".into(),
+            message: n.to_string(),
+        })
     }
 
     async fn post_audit(&self, _line: &str) -> Result<(), ChatError> {
+        Ok(())
+    }
+
+    async fn delete_message(&self, _at: &MessageRef) -> Result<(), ChatError> {
         Ok(())
     }
 }

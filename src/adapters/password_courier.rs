@@ -7,6 +7,11 @@
 //! long, or the process stops first), the requester gets a new password by
 //! running the grant again (`retry AR-n` for a failed instance, or an
 //! extension), since every grant sets a new one.
+//!
+//! Nor does the password stay in the chat: where the direct message landed
+//! (never what it said) is recorded in `password_messages`, and the
+//! dispatcher deletes the message once `password_message_ttl` has passed,
+//! after a restart too, with a note in the request's thread.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -15,14 +20,27 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::adapters::aws::PasswordSink;
 use crate::adapters::chat_retry::with_retries;
-use crate::app::ports::{ChatError, ChatSurface, Store};
+use crate::app::ports::{ChatError, ChatSurface, Clock, PasswordMessage, Store};
+use crate::domain::time::Span;
 use crate::domain::values::{InstanceId, RequestId, Username};
 
-/// The store and the chat surfaces, attached once they exist (the provisioner
-/// that uses the courier is built before them).
+/// The store, the chat surfaces and the clock, attached once they exist (the
+/// provisioner that uses the courier is built before them).
 struct Attached {
     store: Arc<dyn Store>,
     surfaces: HashMap<String, Arc<dyn ChatSurface>>,
+    clock: Arc<dyn Clock>,
+    /// How long a password message stays in the chat.
+    ttl: Span,
+}
+
+/// What the courier needs once the application is built.
+pub struct CourierWiring {
+    pub store: Arc<dyn Store>,
+    pub surfaces: Vec<Arc<dyn ChatSurface>>,
+    pub clock: Arc<dyn Clock>,
+    /// How long a password message stays in the chat before it is deleted.
+    pub password_message_ttl: Span,
 }
 
 #[derive(Default)]
@@ -35,17 +53,22 @@ impl PasswordCourier {
         Self::default()
     }
 
-    pub fn attach(&self, store: Arc<dyn Store>, surfaces: &[Arc<dyn ChatSurface>]) {
+    pub fn attach(&self, wiring: CourierWiring) {
         let _ = self.attached.set(Attached {
-            store,
-            surfaces: surfaces
+            store: wiring.store,
+            surfaces: wiring
+                .surfaces
                 .iter()
                 .map(|s| (s.name().to_owned(), s.clone()))
                 .collect(),
+            clock: wiring.clock,
+            ttl: wiring.password_message_ttl,
         });
     }
 
-    /// Sends the message; errors name the request and instance, never the password.
+    /// Sends the message and records where it landed, for its deletion once
+    /// the ttl has passed; errors name the request and instance, never the
+    /// password.
     pub async fn send(
         &self,
         request: RequestId,
@@ -53,8 +76,12 @@ impl PasswordCourier {
         username: &Username,
         password: &SecretString,
     ) -> Result<(), String> {
-        let Attached { store, surfaces } =
-            self.attached.get().ok_or("Passport is still starting")?;
+        let Attached {
+            store,
+            surfaces,
+            clock,
+            ttl,
+        } = self.attached.get().ok_or("Passport is still starting")?;
         let req = store
             .get(request)
             .await
@@ -65,17 +92,45 @@ impl PasswordCourier {
             .or_else(|| surfaces.values().next())
             .ok_or("no chat surface is configured")?;
         let text = format!(
-            "Password for `{username}` on {instance} ({request}): {}\nUse it over RDP while the access lasts. Passport keeps no copy; a new one is set whenever access is granted again.",
+            "Password for `{username}` on {instance} ({request}): {}\nUse it over RDP while the access lasts. This message is deleted in {ttl}. Passport keeps no copy; a new one is set whenever access is granted again.",
             password.expose_secret()
         );
-        with_retries("a Windows password", || {
+        let at = with_retries("a Windows password", || {
             surface.direct_message(&req.requester.id, &text, &[])
         })
         .await
         .map_err(|e| match e {
             ChatError::Permanent(e) => format!("the chat platform refused the message: {e}"),
             e => e.to_string(),
-        })
+        })?;
+        let sent_at = clock.now();
+        let message = PasswordMessage {
+            request,
+            instance: instance.clone(),
+            username: username.clone(),
+            surface: surface.name().to_owned(),
+            at,
+            sent_at,
+            due: sent_at.plus(*ttl),
+        };
+        // The message is out; only its deletion is at stake now. A busy
+        // database is worth a few more tries.
+        let mut tries = 0u32;
+        loop {
+            match store.save_password_message(&message).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(%request, %instance, error = %e, "cannot record the password message yet; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200u64 << tries)).await;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the password was sent, but its message could not be recorded for deletion ({e}): delete it from the chat by hand"
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -109,13 +164,14 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::adapters::clock::ManualClock;
     use crate::adapters::sqlite::{Durability, SqliteStore};
     use crate::app::effects::Effects;
     use crate::app::ports::MessageRef;
     use crate::domain::notice::{Action, CardView};
     use crate::domain::policy::Requirement;
     use crate::domain::request::{AccessRequest, InstanceInfo, NewRequest, Platform};
-    use crate::domain::time::{Span, Timestamp};
+    use crate::domain::time::Timestamp;
     use crate::domain::values::{
         DurationLimits, GrantDuration, Person, Ticket, TicketRules, UserId,
     };
@@ -150,19 +206,23 @@ mod tests {
             user: &UserId,
             text: &str,
             _: &[Action],
-        ) -> Result<(), ChatError> {
+        ) -> Result<MessageRef, ChatError> {
             let mut fail = self.fail_first.lock().unwrap();
             if *fail > 0 {
                 *fail -= 1;
                 return Err(ChatError::RateLimited { retry_after_ms: 1 });
             }
-            self.sent
-                .lock()
-                .unwrap()
-                .push((user.to_string(), text.to_owned()));
-            Ok(())
+            let mut sent = self.sent.lock().unwrap();
+            sent.push((user.to_string(), text.to_owned()));
+            Ok(MessageRef {
+                channel: format!("D{user}"),
+                message: sent.len().to_string(),
+            })
         }
         async fn post_audit(&self, _: &str) -> Result<(), ChatError> {
+            Ok(())
+        }
+        async fn delete_message(&self, _: &MessageRef) -> Result<(), ChatError> {
             Ok(())
         }
     }
@@ -213,7 +273,13 @@ mod tests {
         let dms = Arc::new(Dms::default());
         *dms.fail_first.lock().unwrap() = 2;
         let courier = PasswordCourier::new();
-        courier.attach(store.clone(), &[dms.clone() as Arc<dyn ChatSurface>]);
+        let clock = ManualClock::new(Timestamp::from_millis(1_000));
+        courier.attach(CourierWiring {
+            store: store.clone(),
+            surfaces: vec![dms.clone() as Arc<dyn ChatSurface>],
+            clock: Arc::new(clock),
+            password_message_ttl: Span::from_minutes(10),
+        });
         let secret = SecretString::from("Corr3ct-Horse-Battery".to_owned());
         courier
             .send(
@@ -228,6 +294,26 @@ mod tests {
         assert_eq!(sent.len(), 1, "delivered once, after the rate limits");
         assert_eq!(sent[0].0, "dev1");
         assert!(sent[0].1.contains("Corr3ct-Horse-Battery"));
+        assert!(sent[0].1.contains("deleted in 10m"));
+        // Where it landed is recorded for its deletion, due ten minutes later.
+        let due = store
+            .due_password_messages(Timestamp::from_millis(i64::MAX), 10)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].message.request, id);
+        assert_eq!(due[0].message.surface, "test");
+        assert_eq!(
+            due[0].message.at,
+            MessageRef {
+                channel: "Ddev1".into(),
+                message: "1".into()
+            }
+        );
+        assert_eq!(
+            due[0].message.due,
+            Timestamp::from_millis(1_000).plus(Span::from_minutes(10))
+        );
         // Nothing of it in the database: not in the outbox, not in the Logbook.
         store.close().await;
         let raw = std::fs::read(dir.path().join("p.db")).unwrap();

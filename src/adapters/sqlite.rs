@@ -17,6 +17,7 @@
 
 mod group_commit;
 mod housekeeping;
+mod password_messages;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -31,8 +32,8 @@ use tokio::sync::Semaphore;
 
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
-    Creation, MessageRef, Mutation, OutboxCounts, Pending, RequestFilter, Store, StoreError,
-    Verification,
+    Creation, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending, PendingDeletion,
+    RequestFilter, Store, StoreError, Verification,
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
@@ -495,6 +496,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pending_count(&self, requester: &UserId) -> Result<u64, StoreError> {
+        let requester = requester.as_str().to_owned();
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = ?2",
+                )?
+                .query_row(params![requester, RequestState::Pending.as_str()], |row| {
+                    row.get(0)
+                })?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn list(
         &self,
         filter: ListFilter,
@@ -757,6 +773,42 @@ impl Store for SqliteStore {
 
     async fn record(&self, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
         self.write(move |conn| housekeeping::record(conn, &fx, now))
+            .await
+    }
+
+    async fn save_password_message(&self, message: &PasswordMessage) -> Result<(), StoreError> {
+        let message = message.clone();
+        self.write(move |conn| password_messages::save(conn, &message))
+            .await
+    }
+
+    async fn due_password_messages(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PendingDeletion>, StoreError> {
+        self.read(move |conn| password_messages::due(conn, now, limit))
+            .await
+    }
+
+    async fn retry_password_message(
+        &self,
+        id: i64,
+        due: Timestamp,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| password_messages::retry(conn, id, due, &error))
+            .await
+    }
+
+    async fn password_message_deleted(
+        &self,
+        id: i64,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| password_messages::deleted(conn, id, &fx, now))
             .await
     }
 

@@ -5,16 +5,24 @@
 //! (a request's card and thread, one person's direct messages, the audit
 //! channel) go out strictly in order: a lane waits while its oldest notice is
 //! being retried. Rate limits are honoured through `Retry-After`.
+//!
+//! It also deletes the direct messages that carried Windows passwords when
+//! they are due (rows of `password_messages`), then records the deletion with
+//! its Logbook event and thread note in one transaction. A message already
+//! gone counts as deleted; every failure is retried later, never dropped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
+use serde_json::json;
 
 use crate::domain::notice::Notice;
 use crate::domain::time::{Span, Timestamp};
 
-use super::ports::{ChatError, ChatSurface, Clock, Pending, Store, StoreError};
+use super::effects::Effects;
+use super::messages;
+use super::ports::{ChatError, ChatSurface, Clock, Pending, PendingDeletion, Store, StoreError};
 
 /// Lanes delivered at the same time.
 const CONCURRENT_LANES: usize = 16;
@@ -22,6 +30,8 @@ const CONCURRENT_LANES: usize = 16;
 const PER_LANE: u32 = 20;
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;
+/// Password messages deleted per pass.
+const DELETIONS_PER_PASS: u32 = 200;
 
 pub struct Dispatcher {
     store: Arc<dyn Store>,
@@ -39,11 +49,28 @@ pub struct DeliveryReport {
     pub dead: usize,
     /// When the next notice becomes due, if one is waiting for a retry.
     pub next_retry: Option<Timestamp>,
+    /// Password messages deleted from the chat.
+    pub deleted: usize,
+    /// When the next password message is due for deletion (or its retry).
+    pub next_deletion: Option<Timestamp>,
 }
 
 fn retry_delay(attempts: u32) -> Span {
     // 1 s, 2 s, 4 s … capped at 5 minutes.
     Span::from_secs((1i64 << attempts.min(9)).min(300))
+}
+
+/// When to try a failed deletion again: as the platform asks after a rate
+/// limit, else with backoff; a refusal (which may be fixed, e.g. a missing
+/// permission) waits longer.
+fn deletion_retry(e: &ChatError, attempts: u32) -> Span {
+    match e {
+        ChatError::RateLimited { retry_after_ms } => {
+            Span::from_millis((*retry_after_ms as i64).max(100))
+        }
+        ChatError::Transient(_) => retry_delay(attempts),
+        ChatError::Permanent(_) => Span::from_secs((60i64 << attempts.min(6)).min(3600)),
+    }
 }
 
 impl Dispatcher {
@@ -72,9 +99,92 @@ impl Dispatcher {
         self
     }
 
-    /// Delivers what is due now, lane by lane, until every lane is empty or waiting.
+    /// Deletes the password messages due now, then delivers what is due now,
+    /// lane by lane, until every lane is empty or waiting.
     pub async fn deliver_due(&self) -> Result<DeliveryReport, StoreError> {
         let _pass = self.gate.lock().await;
+        let (deleted, next_deletion) = self.delete_due().await?;
+        let mut report = self.deliver_outbox().await?;
+        report.deleted = deleted;
+        report.next_deletion = next_deletion;
+        Ok(report)
+    }
+
+    /// Deletes every password message due now. Answers how many were deleted
+    /// and when the next one is due.
+    async fn delete_due(&self) -> Result<(usize, Option<Timestamp>), StoreError> {
+        let due = self
+            .store
+            .due_password_messages(self.clock.now(), DELETIONS_PER_PASS)
+            .await?;
+        let mut deleted = 0;
+        for d in due {
+            if self.delete(&d).await? {
+                deleted += 1;
+            }
+        }
+        let next = self
+            .store
+            .due_password_messages(Timestamp::from_millis(i64::MAX), 1)
+            .await?
+            .first()
+            .map(|d| d.message.due);
+        Ok((deleted, next))
+    }
+
+    /// Deletes one password message and records it; true when it was deleted.
+    async fn delete(&self, d: &PendingDeletion) -> Result<bool, StoreError> {
+        let m = &d.message;
+        let result = match self.surfaces.get(&m.surface) {
+            Some(surface) => surface.delete_message(&m.at).await,
+            None => Err(ChatError::Transient(format!(
+                "chat surface {} not configured",
+                m.surface
+            ))),
+        };
+        let now = self.clock.now();
+        if let Err(e) = result {
+            let again = now.plus(deletion_retry(&e, d.attempts));
+            tracing::warn!(request = %m.request, instance = %m.instance, error = %e, retry_at = %again, "password message not deleted yet; will retry");
+            self.store
+                .retry_password_message(d.id, again, &e.to_string())
+                .await?;
+            return Ok(false);
+        }
+        let requester = match self.store.get(m.request).await? {
+            Some(req) => req.requester.handle,
+            None => "the requester".to_owned(),
+        };
+        let after = now.since(m.sent_at).to_nearest_minute();
+        let summary =
+            messages::password_message_deleted(&m.username, &m.instance, &requester, after);
+        let mut fx = Effects::default();
+        fx.log(
+            now,
+            "passport",
+            Some(m.request),
+            "password_message_deleted",
+            summary.clone(),
+            json!({
+                "instance": m.instance.as_str(),
+                "username": m.username.as_str(),
+                "surface": m.surface,
+            }),
+        );
+        fx.notify(Notice::Thread {
+            request: m.request,
+            text: format!("🧹 {summary}; grant again for a new password"),
+            actions: Vec::new(),
+        });
+        let mut surfaces: Vec<String> = self.surfaces.keys().cloned().collect();
+        surfaces.sort();
+        fx.route(&surfaces, &m.surface);
+        self.store.password_message_deleted(d.id, fx, now).await?;
+        tracing::info!(request = %m.request, instance = %m.instance, "password message deleted from the chat");
+        Ok(true)
+    }
+
+    async fn deliver_outbox(&self) -> Result<DeliveryReport, StoreError> {
         let mut report = DeliveryReport::default();
         loop {
             // A few notices of each lane per pass: a long lane (a paced audit
@@ -216,7 +326,7 @@ impl Dispatcher {
                 text,
                 actions,
                 ..
-            } => surface.direct_message(user, text, actions).await,
+            } => surface.direct_message(user, text, actions).await.map(drop),
             Notice::Audit { text } => surface.post_audit(text).await,
         }
     }

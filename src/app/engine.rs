@@ -38,6 +38,26 @@ pub struct EngineSettings {
     /// How long the on-instance expiry outlasts Passport's own, so the
     /// instance's dead-man removal never cuts access before the bot does.
     pub on_instance_grace: Span,
+    pub limits: PersonLimits,
+}
+
+/// What one person may do, so nobody can push everyone else's cards past
+/// their approval window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersonLimits {
+    /// Pending requests one requester may have at once; 0 for no cap.
+    pub max_pending: u32,
+    /// Commands that change something, per person per minute; 0 for no limit.
+    pub commands_per_minute: u32,
+}
+
+impl Default for PersonLimits {
+    fn default() -> Self {
+        Self {
+            max_pending: 5,
+            commands_per_minute: 60,
+        }
+    }
 }
 
 impl Default for EngineSettings {
@@ -46,6 +66,7 @@ impl Default for EngineSettings {
             warnings: vec![Span::from_minutes(15), Span::from_minutes(5)],
             surfaces: vec!["console".into()],
             on_instance_grace: Span::from_minutes(5),
+            limits: PersonLimits::default(),
         }
     }
 }
@@ -132,6 +153,10 @@ pub struct Engine {
     pub(super) in_flight: Mutex<HashSet<TimerId>>,
     /// Passport's SSH CA, when configured.
     pub(super) certificates: Option<Certificates>,
+    /// Commands counted per person in the current minute (in memory: a
+    /// restart forgives, which a limit against floods can afford).
+    pub(super) recent:
+        Mutex<std::collections::HashMap<crate::domain::values::UserId, (Timestamp, u32)>>,
 }
 
 /// The SSH CA and how far back certificates are dated.
@@ -162,7 +187,46 @@ impl Engine {
             wake: Arc::new(Notify::new()),
             in_flight: Mutex::new(HashSet::new()),
             certificates: None,
+            recent: Mutex::default(),
         }
+    }
+
+    /// Counts one command of `user` at `now`; refuses when the person has
+    /// sent `commands_per_minute` already in the last minute's window.
+    fn count_command(
+        &self,
+        user: &crate::domain::values::UserId,
+        now: Timestamp,
+    ) -> Result<(), AppError> {
+        let limit = self.settings.limits.commands_per_minute;
+        if limit == 0 {
+            return Ok(());
+        }
+        let window = Span::from_minutes(1);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() > 10_000 {
+            recent.retain(|_, (start, _)| now.since(*start) < window);
+        }
+        let entry = recent.entry(user.clone()).or_insert((now, 0));
+        if now.since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= limit {
+            let wait = window
+                .saturating_sub(now.since(entry.0))
+                .to_nearest_minute();
+            let wait = if wait < Span::from_minutes(1) {
+                "a minute".to_owned()
+            } else {
+                wait.to_string()
+            };
+            return Err(RefusalKind::NotAllowed(format!(
+                "slow down: at most {limit} commands a minute; try again in {wait}"
+            ))
+            .into());
+        }
+        entry.1 += 1;
+        Ok(())
     }
 
     /// Issues certificates from `signer` (`cert AR-n`) and has Linux grants
@@ -204,6 +268,11 @@ impl Engine {
                 | Command::KeyShow
                 | Command::Help
         );
+        if !reads_only {
+            if let Err(e) = self.count_command(&actor.person.id, self.clock.now()) {
+                return Reply::error(e.to_string(), id);
+            }
+        }
         let result = match command {
             Command::Request(spec) => self.request(actor, spec).await,
             Command::Approve(id) => self.approve(actor, id, None).await,
@@ -295,6 +364,13 @@ impl Engine {
             return Err(RefusalKind::NotAllowed(
                 "you are not allowed to request access: ask a Passport admin to add you to the requesters".into(),
             )
+            .into());
+        }
+        let cap = self.settings.limits.max_pending;
+        if cap > 0 && self.store.pending_count(&actor.person.id).await? >= u64::from(cap) {
+            return Err(RefusalKind::NotAllowed(format!(
+                "you already have {cap} requests waiting for approval: cancel one (`list mine`, then `cancel AR-n`) or wait for a decision"
+            ))
             .into());
         }
         let described = self

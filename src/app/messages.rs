@@ -5,7 +5,7 @@ use crate::domain::notice::{Action, ActionStyle, CardInstance, CardView};
 use crate::domain::policy::Principal;
 use crate::domain::request::{AccessRequest, GrantState, Platform, RequestState};
 use crate::domain::time::{Span, Timestamp};
-use crate::domain::values::{SshPublicKey, TicketRules};
+use crate::domain::values::{InstanceId, SshPublicKey, TicketRules, Username};
 
 pub fn approve_deny(req: &AccessRequest) -> Vec<Action> {
     vec![
@@ -340,4 +340,17 @@ pub fn provisioning_report(req: &AccessRequest) -> String {
         out.push_str(&failed.join("\n"));
     }
     out
+}
+
+/// The note, thread line and Logbook summary, for a password message deleted
+/// `after` it was sent.
+pub fn password_message_deleted(
+    username: &Username,
+    instance: &InstanceId,
+    requester: &str,
+    after: Span,
+) -> String {
+    format!(
+        "the password message for `{username}` on {instance} was deleted from {requester}'s direct messages after {after}"
+    )
 }

@@ -57,13 +57,18 @@ pub trait ChatSurface: Send + Sync {
         text: &str,
         actions: &[Action],
     ) -> Result<(), ChatError>;
+    /// Sends a direct message and answers where it landed, so that it can
+    /// be deleted later (the Windows password courier does).
     async fn direct_message(
         &self,
         user: &UserId,
         text: &str,
         actions: &[Action],
-    ) -> Result<(), ChatError>;
+    ) -> Result<MessageRef, ChatError>;
     async fn post_audit(&self, line: &str) -> Result<(), ChatError>;
+    /// Deletes a message this bot posted. A message that is gone already
+    /// counts as deleted.
+    async fn delete_message(&self, at: &MessageRef) -> Result<(), ChatError>;
 }
 
 // ---------------------------------------------------------------------------
@@ -186,6 +191,29 @@ pub struct OutboxCounts {
     pub dead: u64,
 }
 
+/// A direct message that carried a Windows password, to be deleted from the
+/// chat at `due`. It says where the message is, never what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordMessage {
+    pub request: RequestId,
+    pub instance: InstanceId,
+    pub username: Username,
+    /// The chat surface it was sent on, and where.
+    pub surface: String,
+    pub at: MessageRef,
+    pub sent_at: Timestamp,
+    pub due: Timestamp,
+}
+
+/// A stored [`PasswordMessage`] waiting to be deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDeletion {
+    pub id: i64,
+    pub message: PasswordMessage,
+    /// Failed deletions so far.
+    pub attempts: u32,
+}
+
 /// The result of verifying the Logbook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
@@ -222,6 +250,8 @@ pub trait Store: Send + Sync {
         change: Mutation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
     async fn get(&self, id: RequestId) -> Result<Option<AccessRequest>, StoreError>;
+    /// How many requests of `requester` wait for approval.
+    async fn pending_count(&self, requester: &UserId) -> Result<u64, StoreError>;
     async fn list(
         &self,
         filter: ListFilter,
@@ -346,6 +376,32 @@ pub trait Store: Send + Sync {
         channel: Option<&str>,
         message: &str,
     ) -> Result<Option<RequestId>, StoreError>;
+
+    // -- password messages ---------------------------------------------------
+
+    /// Records a password message, to be deleted from the chat at its due time.
+    async fn save_password_message(&self, message: &PasswordMessage) -> Result<(), StoreError>;
+    /// Password messages due for deletion at `now`, earliest first.
+    async fn due_password_messages(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PendingDeletion>, StoreError>;
+    /// Puts off a deletion that failed, counting an attempt.
+    async fn retry_password_message(
+        &self,
+        id: i64,
+        due: Timestamp,
+        error: &str,
+    ) -> Result<(), StoreError>;
+    /// Forgets a deleted password message and writes `fx` (its Logbook event
+    /// and notices) in the same transaction.
+    async fn password_message_deleted(
+        &self,
+        id: i64,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
 }
 
 // ---------------------------------------------------------------------------

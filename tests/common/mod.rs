@@ -40,6 +40,7 @@ pub enum Posted {
     Thread(String, String, Vec<Action>),
     Direct(String, String, Vec<Action>),
     Audit(String),
+    Deleted(MessageRef),
 }
 
 #[derive(Default)]
@@ -154,19 +155,28 @@ impl ChatSurface for RecordingSurface {
         user: &UserId,
         text: &str,
         actions: &[Action],
-    ) -> Result<(), ChatError> {
+    ) -> Result<MessageRef, ChatError> {
         self.gate()?;
         self.push(Posted::Direct(
             user.to_string(),
             text.to_owned(),
             actions.to_vec(),
         ));
-        Ok(())
+        Ok(MessageRef {
+            channel: format!("dm:{user}"),
+            message: self.posted.lock().unwrap().len().to_string(),
+        })
     }
 
     async fn post_audit(&self, line: &str) -> Result<(), ChatError> {
         self.gate()?;
         self.push(Posted::Audit(line.to_owned()));
+        Ok(())
+    }
+
+    async fn delete_message(&self, at: &MessageRef) -> Result<(), ChatError> {
+        self.gate()?;
+        self.push(Posted::Deleted(at.clone()));
         Ok(())
     }
 }

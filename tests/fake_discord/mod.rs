@@ -1,6 +1,6 @@
 //! A fake Discord REST API (v10) on 127.0.0.1 that speaks Discord's HTTP
 //! protocol the way serenity expects it: it records every call (messages
-//! created and edited, threads started from messages, DM channels opened,
+//! created, edited and deleted, threads started from messages, DM channels opened,
 //! guild members looked up, application commands overwritten, interaction
 //! callbacks, edits of the original interaction response and follow-ups),
 //! refuses payloads over Discord's limits with Discord's error bodies
@@ -49,7 +49,7 @@ const THREAD_ARCHIVE_DURATIONS: [u64; 4] = [60, 1440, 4320, 10080];
 /// One request the fake answered.
 #[derive(Debug, Clone)]
 pub struct Call {
-    /// `create_message`, `edit_message`, `start_thread`, `open_dm`,
+    /// `create_message`, `edit_message`, `delete_message`, `start_thread`, `open_dm`,
     /// `get_member`, `put_guild_commands`, `put_global_commands`,
     /// `interaction_callback`, `edit_original`, `followup` or `unknown`.
     pub route: String,
@@ -568,6 +568,24 @@ impl FakeDiscord {
             .collect()
     }
 
+    /// Messages deleted, as (channel, message id), in order.
+    pub fn deleted(&self) -> Vec<(String, String)> {
+        self.ok_calls("delete_message")
+            .into_iter()
+            .filter_map(|c| Some((c.channel?, c.message?)))
+            .collect()
+    }
+
+    /// Whether the message `id` exists (was posted, not deleted).
+    pub fn message_exists(&self, id: &str) -> bool {
+        self.lock().messages.contains_key(id)
+    }
+
+    /// Removes a message as its reader would, without a call being recorded.
+    pub fn remove_message(&self, id: &str) {
+        self.lock().messages.remove(id);
+    }
+
     /// The DM channel opened for `user_id`, if one was.
     pub fn dm_channel(&self, user_id: &str) -> Option<String> {
         self.lock().dms.get(user_id).cloned()
@@ -669,6 +687,7 @@ impl FakeDiscord {
 enum Route {
     CreateMessage { channel: String },
     EditMessage { channel: String, message: String },
+    DeleteMessage { channel: String, message: String },
     StartThread { channel: String, message: String },
     OpenDm,
     GetMember { guild: String, user: String },
@@ -691,6 +710,10 @@ impl Route {
         match (method.as_str(), segs.as_slice()) {
             ("POST", ["channels", c, "messages"]) => Self::CreateMessage { channel: s(c) },
             ("PATCH", ["channels", c, "messages", m]) => Self::EditMessage {
+                channel: s(c),
+                message: s(m),
+            },
+            ("DELETE", ["channels", c, "messages", m]) => Self::DeleteMessage {
                 channel: s(c),
                 message: s(m),
             },
@@ -728,6 +751,7 @@ impl Route {
         match self {
             Self::CreateMessage { .. } => "create_message",
             Self::EditMessage { .. } => "edit_message",
+            Self::DeleteMessage { .. } => "delete_message",
             Self::StartThread { .. } => "start_thread",
             Self::OpenDm => "open_dm",
             Self::GetMember { .. } => "get_member",
@@ -744,6 +768,7 @@ impl Route {
         match self {
             Self::CreateMessage { channel }
             | Self::EditMessage { channel, .. }
+            | Self::DeleteMessage { channel, .. }
             | Self::StartThread { channel, .. } => Some(channel.clone()),
             _ => None,
         }
@@ -751,9 +776,9 @@ impl Route {
 
     fn message(&self) -> Option<String> {
         match self {
-            Self::EditMessage { message, .. } | Self::StartThread { message, .. } => {
-                Some(message.clone())
-            }
+            Self::EditMessage { message, .. }
+            | Self::DeleteMessage { message, .. }
+            | Self::StartThread { message, .. } => Some(message.clone()),
             _ => None,
         }
     }
@@ -912,6 +937,7 @@ fn serve(
     let o = match &route {
         Route::CreateMessage { channel } => create_message(&mut d, channel, &body),
         Route::EditMessage { channel, message } => edit_message(&mut d, channel, message, &body),
+        Route::DeleteMessage { channel, message } => delete_message(&mut d, channel, message),
         Route::StartThread { channel, message } => start_thread(&mut d, channel, message, &body),
         Route::OpenDm => open_dm(&mut d, &body),
         Route::GetMember { guild, user } => get_member(&d, guild, user),
@@ -981,6 +1007,19 @@ fn edit_message(d: &mut Discord, channel: &str, message: &str, body: &Value) -> 
     Outcome::ok(d.message_json(message, 1))
         .channel(channel)
         .message(message)
+}
+
+/// `DELETE /channels/{channel}/messages/{message}`: 204 No Content, or 404
+/// `10008 Unknown Message` when it is gone already (or in another channel).
+fn delete_message(d: &mut Discord, channel: &str, message: &str) -> Outcome {
+    if !d.channels.contains_key(channel) {
+        return unknown_channel();
+    }
+    if d.messages.get(message).is_none_or(|m| m.channel != channel) {
+        return unknown_message();
+    }
+    d.messages.remove(message);
+    Outcome::no_content().channel(channel).message(message)
 }
 
 fn start_thread(d: &mut Discord, channel: &str, message: &str, body: &Value) -> Outcome {

@@ -1,5 +1,5 @@
 //! A fake Slack Web API on 127.0.0.1 that speaks Slack's HTTP protocol:
-//! it records every call (`chat.postMessage`, `chat.update`,
+//! it records every call (`chat.postMessage`, `chat.update`, `chat.delete`,
 //! `chat.postEphemeral`, `conversations.open`, `users.info`,
 //! `usergroups.users.list`, `views.open`, and posts to `response_url`s),
 //! refuses payloads over Slack's limits the way Slack does, and can answer
@@ -191,6 +191,37 @@ impl FakeSlack {
             .into_iter()
             .filter(|c| c.params["ts"].as_str() == Some(ts))
             .collect()
+    }
+
+    /// Messages deleted with `chat.delete`, as (channel, ts), in order.
+    pub fn deleted(&self) -> Vec<(String, String)> {
+        self.ok_calls("chat.delete")
+            .into_iter()
+            .filter_map(|c| Some((c.channel?, c.ts?)))
+            .collect()
+    }
+
+    /// Whether the message `ts` in `channel` exists (was posted, not deleted).
+    pub fn message_exists(&self, channel: &str, ts: &str) -> bool {
+        self.inner
+            .messages
+            .lock()
+            .unwrap()
+            .contains(&(channel.to_owned(), ts.to_owned()))
+    }
+
+    /// Removes a message as its reader would, without a call being recorded.
+    pub fn remove_message(&self, channel: &str, ts: &str) {
+        self.inner
+            .messages
+            .lock()
+            .unwrap()
+            .remove(&(channel.to_owned(), ts.to_owned()));
+    }
+
+    /// Direct messages to `user` as calls, with the channel and ts Slack gave them.
+    pub fn dm_calls(&self, user: &str) -> Vec<Call> {
+        self.posts_in(&format!("D{user}"))
     }
 
     /// Ephemeral messages shown to `user`.
@@ -410,6 +441,22 @@ async fn api(
                 "message": { "text": p["text"] },
             }))
             .into_response()
+        }
+        // Form or JSON body with `channel` and `ts`; a message already deleted
+        // (or never posted) is `message_not_found`, as Slack answers.
+        "chat.delete" => {
+            let (channel, ts) = (str_param("channel"), str_param("ts"));
+            if !inner
+                .messages
+                .lock()
+                .unwrap()
+                .remove(&(channel.clone(), ts.clone()))
+            {
+                record(Some("message_not_found"), None, None);
+                return slack_error("message_not_found");
+            }
+            record(None, Some(channel.clone()), Some(ts.clone()));
+            Json(json!({ "ok": true, "channel": channel, "ts": ts })).into_response()
         }
         "chat.postEphemeral" => {
             if let Some(e) = limit_error(&p) {

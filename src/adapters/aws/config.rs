@@ -51,6 +51,9 @@ pub struct AwsConfig {
     /// upwards through it and never gives a UID out twice. It must not overlap
     /// any other account or subordinate id range (/etc/subuid) on the fleet.
     pub uid_range: String,
+    /// How long the direct message carrying a Windows password stays in the
+    /// chat before Passport deletes it (1m to 24h).
+    pub password_message_ttl: String,
 }
 
 /// Names of the SSM documents Passport runs.
@@ -92,6 +95,7 @@ impl Default for AwsConfig {
             resume_tolerance: "2m".into(),
             invocation_grace: "2m".into(),
             uid_range: UidRange::DEFAULT.to_string(),
+            password_message_ttl: "10m".into(),
         }
     }
 }
@@ -114,6 +118,7 @@ pub struct AwsSettings {
     pub resume_tolerance: Duration,
     pub invocation_grace: Duration,
     pub uid_range: UidRange,
+    pub password_message_ttl: Duration,
 }
 
 /// The UIDs Passport's Linux users are given, inclusive.
@@ -172,6 +177,7 @@ impl Default for AwsSettings {
             resume_tolerance: Duration::from_secs(120),
             invocation_grace: Duration::from_secs(120),
             uid_range: UidRange::DEFAULT,
+            password_message_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -195,12 +201,21 @@ impl AwsConfig {
         let poll_max = duration("poll_max", &self.poll_max);
         let resume_tolerance = duration("resume_tolerance", &self.resume_tolerance);
         let invocation_grace = duration("invocation_grace", &self.invocation_grace);
+        let password_message_ttl = duration("password_message_ttl", &self.password_message_ttl);
 
         // SendCommand accepts a delivery timeout of 30 seconds to 30 days.
         if !(Duration::from_secs(30)..=Duration::from_secs(2_592_000)).contains(&delivery_timeout) {
             errors.push(format!(
                 "aws.delivery_timeout: {:?} is outside what SSM accepts: use 30s to 720h",
                 self.delivery_timeout
+            ));
+        }
+        // Long enough to read and copy the password; never kept in the chat past a day.
+        if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&password_message_ttl)
+        {
+            errors.push(format!(
+                "aws.password_message_ttl: {:?} must be between 1m and 24h",
+                self.password_message_ttl
             ));
         }
         if execution_timeout.is_zero() {
@@ -288,6 +303,7 @@ impl AwsConfig {
             resume_tolerance,
             invocation_grace,
             uid_range,
+            password_message_ttl,
         })
     }
 }
@@ -345,6 +361,7 @@ mod tests {
             region: Some("EU West".into()),
             endpoint_url: Some("localhost:5000".into()),
             delivery_timeout: "5 minutes".into(),
+            password_message_ttl: "30s".into(),
             batch_size: 80,
             concurrency: 0,
             documents: DocumentNames {
@@ -358,6 +375,7 @@ mod tests {
             "aws.region",
             "aws.endpoint_url",
             "aws.delivery_timeout",
+            "aws.password_message_ttl",
             "aws.batch_size",
             "aws.concurrency",
             "aws.documents.grant_linux",
@@ -392,6 +410,7 @@ mod tests {
             r#"
             region = "eu-west-1"
             delivery_timeout = "2m"
+            password_message_ttl = "3m"
             [documents]
             grant_linux = "Acme-GrantLinux"
             "#,
@@ -400,6 +419,7 @@ mod tests {
         let settings = config.validate().unwrap();
         assert_eq!(settings.region.as_deref(), Some("eu-west-1"));
         assert_eq!(settings.delivery_timeout, Duration::from_secs(120));
+        assert_eq!(settings.password_message_ttl, Duration::from_secs(180));
         assert_eq!(settings.documents.grant_linux, "Acme-GrantLinux");
         assert_eq!(settings.documents.revoke_linux, "Passport-RevokeLinux");
     }

@@ -31,6 +31,8 @@ const THREAD_EXISTS: i64 = 160_004;
 const UNKNOWN_MEMBER: i64 = 10_007;
 /// Discord's error code for "Unknown Channel" (also: a thread not started yet).
 const UNKNOWN_CHANNEL: i64 = 10_003;
+/// Discord's error code for "Unknown Message".
+const UNKNOWN_MESSAGE: i64 = 10_008;
 
 /// A failed call: how the outbox should treat it, and Discord's JSON error
 /// code when Discord refused it, so callers decide on the code, not on text.
@@ -200,6 +202,20 @@ impl DiscordApi {
         self.call(route, LightMethod::Patch, Some(message))
             .await
             .map(|_| ())
+    }
+
+    /// Deletes a message the bot posted (204 No Content). One that is gone
+    /// already (404, `10008 Unknown Message`) counts as deleted.
+    pub async fn delete_message(&self, channel: &str, message_id: &str) -> Result<(), ChatError> {
+        let route = Route::ChannelMessage {
+            channel_id: ChannelId::new(id(channel)?),
+            message_id: MessageId::new(id(message_id)?),
+        };
+        match self.request(route, LightMethod::Delete, None).await {
+            Ok(_) => Ok(()),
+            Err(f) if f.code == Some(UNKNOWN_MESSAGE) => Ok(()),
+            Err(f) => Err(f.error),
+        }
     }
 
     /// Starts the thread of a message (its id becomes the thread's channel

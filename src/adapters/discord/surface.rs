@@ -106,12 +106,13 @@ impl ChatSurface for DiscordSurface {
         user: &UserId,
         text: &str,
         actions: &[Action],
-    ) -> Result<(), ChatError> {
+    ) -> Result<MessageRef, ChatError> {
         let channel = self.dm_channel(user).await?;
-        self.api
+        let message = self
+            .api
             .post_message(&channel, &text_message(text, actions))
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(MessageRef { channel, message })
     }
 
     async fn post_audit(&self, line: &str) -> Result<(), ChatError> {
@@ -119,5 +120,9 @@ impl ChatSurface for DiscordSurface {
             .post_message(&self.audit_channel, &audit_message(line))
             .await
             .map(|_| ())
+    }
+
+    async fn delete_message(&self, at: &MessageRef) -> Result<(), ChatError> {
+        self.api.delete_message(&at.channel, &at.message).await
     }
 }

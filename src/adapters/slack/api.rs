@@ -186,6 +186,17 @@ impl SlackApi {
             .map_err(|e| chat_error(&e))
     }
 
+    /// Deletes a message the bot posted (`chat.delete`). One that is gone
+    /// already (`message_not_found`) counts as deleted.
+    pub async fn delete_message(&self, channel: &str, ts: &str) -> Result<(), ChatError> {
+        let req = SlackApiChatDeleteRequest::new(channel.into(), ts.into());
+        match self.session().chat_delete(&req).await {
+            Ok(_) => Ok(()),
+            Err(SlackClientError::ApiError(a)) if a.code == "message_not_found" => Ok(()),
+            Err(e) => Err(chat_error(&e)),
+        }
+    }
+
     pub async fn post_ephemeral(
         &self,
         channel: &str,

@@ -1,7 +1,7 @@
 //! [`SlackSurface`]: the chat surface on Slack. Cards go to the approvals
 //! channel (or the rule's channel) and are edited in place; thread replies go
 //! under the card; direct messages through `conversations.open`; audit lines to
-//! the audit channel.
+//! the audit channel. A message is deleted with `chat.delete`.
 
 use std::sync::Arc;
 
@@ -95,12 +95,16 @@ impl ChatSurface for SlackSurface {
         user: &UserId,
         text: &str,
         actions: &[Action],
-    ) -> Result<(), ChatError> {
+    ) -> Result<MessageRef, ChatError> {
         let channel = self.dm_channel(user).await?;
-        self.api
+        let posted = self
+            .api
             .post_message(&channel, text_content(text, actions), None)
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(MessageRef {
+            channel: posted.channel,
+            message: posted.ts,
+        })
     }
 
     async fn post_audit(&self, line: &str) -> Result<(), ChatError> {
@@ -108,5 +112,9 @@ impl ChatSurface for SlackSurface {
             .post_message(&self.audit_channel, audit_content(line), None)
             .await
             .map(|_| ())
+    }
+
+    async fn delete_message(&self, at: &MessageRef) -> Result<(), ChatError> {
+        self.api.delete_message(&at.channel, &at.message).await
     }
 }
