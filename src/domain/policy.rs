@@ -160,6 +160,20 @@ impl Requirement {
             .collect()
     }
 
+    /// The rules `who` may approve for that still lack approvals: what an
+    /// approval by `who` would count towards.
+    pub fn still_open_for(&self, who: &Membership, approvals: &[Approval]) -> Vec<String> {
+        let progress = self.progress(approvals);
+        self.rules_for(who)
+            .into_iter()
+            .filter(|rule| {
+                progress
+                    .iter()
+                    .any(|p| &p.rule.rule == rule && !p.satisfied())
+            })
+            .collect()
+    }
+
     pub fn progress<'a>(&'a self, approvals: &[Approval]) -> Vec<RuleProgress<'a>> {
         self.rules
             .iter()

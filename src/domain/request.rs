@@ -438,17 +438,7 @@ impl AccessRequest {
                 self.still_needed()
             )));
         }
-        let progress = self.requirement.progress(&self.approvals);
-        let counts_for: Vec<String> = self
-            .requirement
-            .rules_for(who)
-            .into_iter()
-            .filter(|rule| {
-                progress
-                    .iter()
-                    .any(|p| &p.rule.rule == rule && !p.satisfied())
-            })
-            .collect();
+        let counts_for = self.requirement.still_open_for(who, &self.approvals);
         if counts_for.is_empty() {
             return Err(RefusalKind::NotAllowed(format!(
                 "you are not an approver for {}: it needs {}",
@@ -908,16 +898,7 @@ impl AccessRequest {
                 needs.still_needed(&pending.approvals)
             )));
         }
-        let progress = needs.progress(&pending.approvals);
-        let counts_for: Vec<String> = needs
-            .rules_for(who)
-            .into_iter()
-            .filter(|rule| {
-                progress
-                    .iter()
-                    .any(|p| &p.rule.rule == rule && !p.satisfied())
-            })
-            .collect();
+        let counts_for = needs.still_open_for(who, &pending.approvals);
         if counts_for.is_empty() {
             return Err(RefusalKind::NotAllowed(format!(
                 "you are not an approver for the extension of {}: it needs {}",
