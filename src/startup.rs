@@ -411,6 +411,13 @@ pub async fn slack_app(
         slack.audit_channel.clone(),
         mentions,
     ));
+    for (group, usergroup) in &slack.usergroups {
+        tracing::warn!(
+            group = %group,
+            usergroup = %usergroup,
+            "Passport group {group} is the Slack user group {usergroup}: unless an admin restricted it, any member of the workspace can edit user groups and so make themselves a member; limit who may manage user groups (workspace settings), or list the members under [groups]"
+        );
+    }
     let directory = Arc::new(SlackDirectory::new(
         &settings.groups,
         api.clone(),
@@ -501,6 +508,13 @@ pub async fn discord_app(
         discord.audit_channel.clone(),
         mentions,
     ));
+    for (group, role) in &discord.roles {
+        tracing::warn!(
+            group = %group,
+            role = %role,
+            "Passport group {group} is the Discord role {role}: whoever may manage roles above it can give it to anyone; keep it above every role with Manage Roles, or list the members under [groups]"
+        );
+    }
     let directory = Arc::new(DiscordDirectory::new(
         &settings.groups,
         api.clone(),

@@ -686,6 +686,28 @@ async fn a_prod_request_needs_two_members_of_the_slack_user_group() {
     assert_eq!(app.fake.ok_calls("usergroups.users.list").len(), 1);
 }
 
+#[tokio::test]
+async fn user_group_membership_fails_closed_once_the_cache_has_run_out() {
+    // A ttl of 0: every look-up asks Slack, so the cache has always run out.
+    let app = spawn_app_configured(|c| c.slack.as_mut().unwrap().cache_ttl = "0".into()).await;
+    app.command(DEV, &format!("request {PROD} 1h ticket#9 migrate"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(SRE1, "approve AR-1", &channel, &ts).await;
+    assert_eq!(app.events(1, "approval_recorded").await, 1);
+    // Slack can no longer say who is in the group: nobody counts as a member,
+    // although SRE2 was one the last time Slack answered.
+    app.fake.drop_usergroup("S0SRELEADS");
+    app.click(SRE2, "approve AR-1", &channel, &ts).await;
+    assert!(
+        app.fake.ephemerals(SRE2)[0].starts_with(":warning:"),
+        "{:?}",
+        app.fake.ephemerals(SRE2)
+    );
+    assert_eq!(app.state(1).await, RequestState::Pending);
+}
+
 // ---------------------------------------------------------------------------
 // Acknowledgement and help
 

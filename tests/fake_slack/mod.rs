@@ -145,6 +145,12 @@ impl FakeSlack {
             .insert(id.into(), members.iter().map(|m| (*m).to_owned()).collect());
     }
 
+    /// Forgets user group `id`: `usergroups.users.list` then answers
+    /// `no_such_subteam`, as Slack does for a deleted or unreachable group.
+    pub fn drop_usergroup(&self, id: &str) {
+        self.inner.usergroups.lock().unwrap().remove(id);
+    }
+
     /// Answers the next `calls` calls with 429 and `Retry-After: retry_after_secs`.
     pub fn rate_limit_next(&self, calls: u32, retry_after_secs: u64) {
         self.rate_limit_next_of(&[], calls, retry_after_secs);

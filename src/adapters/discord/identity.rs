@@ -66,18 +66,17 @@ impl DiscordDirectory {
         );
     }
 
-    /// The roles of `user`. On failure the last known roles are used; with
-    /// none known, the user has none (fail closed).
+    /// The roles of `user`, cached for the ttl. When the cache has run out and
+    /// Discord cannot say, the user has none (fail closed): approver rights
+    /// never outlive what Discord last confirmed.
     async fn roles_of(&self, user: &str) -> BTreeSet<String> {
         let now = Instant::now();
-        let last = {
+        {
             let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-            match members.get(user) {
-                Some(c) if c.until > now => return c.roles.clone(),
-                Some(c) => Some(c.roles.clone()),
-                None => None,
+            if let Some(c) = members.get(user).filter(|c| c.until > now) {
+                return c.roles.clone();
             }
-        };
+        }
         match self.api.member(self.guild, user).await {
             Ok(member) => {
                 let roles = member.map(|m| m.roles).unwrap_or_default();
@@ -85,8 +84,8 @@ impl DiscordDirectory {
                 roles.into_iter().collect()
             }
             Err(e) => {
-                tracing::warn!(user, error = %e, "cannot read a member's roles; using the last known ones");
-                last.unwrap_or_default()
+                tracing::warn!(user, error = %e, "cannot read a member's roles and the cached ones have run out; no roles count until Discord answers");
+                BTreeSet::new()
             }
         }
     }

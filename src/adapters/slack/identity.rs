@@ -91,8 +91,12 @@ pub struct SlackDirectory {
     /// Passport group name → Slack user group id.
     usergroups: BTreeMap<String, String>,
     ttl: Duration,
-    members: tokio::sync::Mutex<HashMap<String, Cached<BTreeSet<String>>>>,
+    /// One slot per user group: look-ups of one group share one call (they
+    /// wait on its slot), and different groups never wait for each other.
+    members: Mutex<HashMap<String, Arc<GroupSlot>>>,
 }
+
+type GroupSlot = tokio::sync::Mutex<Option<Cached<BTreeSet<String>>>>;
 
 impl SlackDirectory {
     pub fn new(
@@ -106,37 +110,36 @@ impl SlackDirectory {
             api,
             usergroups,
             ttl,
-            members: tokio::sync::Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Members of one Slack user group. On failure the last known members are
-    /// used; with none known, nobody counts as a member (fail closed).
+    /// Members of one Slack user group, cached for the ttl. When the cache has
+    /// run out and Slack cannot say, nobody counts as a member (fail closed):
+    /// approver rights never outlive what the directory last confirmed.
     async fn members_of(&self, usergroup: &str) -> BTreeSet<String> {
-        // One lookup at a time, so a burst of clicks asks Slack once.
-        let mut members = self.members.lock().await;
+        let slot = {
+            let mut slots = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(usergroup.to_owned()).or_default().clone()
+        };
+        // Held across the call so that a burst of clicks asks Slack once.
+        let mut cached = slot.lock().await;
         let now = Instant::now();
-        if let Some(c) = members.get(usergroup).filter(|c| c.until > now) {
+        if let Some(c) = cached.as_ref().filter(|c| c.until > now) {
             return c.value.clone();
         }
         match self.api.usergroup_members(usergroup).await {
             Ok(list) => {
                 let set: BTreeSet<String> = list.into_iter().collect();
-                members.insert(
-                    usergroup.to_owned(),
-                    Cached {
-                        value: set.clone(),
-                        until: now + self.ttl,
-                    },
-                );
+                *cached = Some(Cached {
+                    value: set.clone(),
+                    until: now + self.ttl,
+                });
                 set
             }
             Err(e) => {
-                tracing::warn!(usergroup, error = %e, "usergroups.users.list failed; using the last known members");
-                members
-                    .get(usergroup)
-                    .map(|c| c.value.clone())
-                    .unwrap_or_default()
+                tracing::warn!(usergroup, error = %e, "usergroups.users.list failed and the cached members have run out; nobody counts as a member until Slack answers");
+                BTreeSet::new()
             }
         }
     }
