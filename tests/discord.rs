@@ -852,6 +852,31 @@ async fn nobody_approves_their_own_request_and_other_servers_are_refused() {
         answer.body
     );
     assert_eq!(app.state(1).await, RequestState::Pending);
+
+    // A command from outside any server (a direct message to the app) is refused too.
+    let mut direct = command_interaction(
+        LEAD2,
+        "1500000000000000099",
+        None,
+        "approve",
+        &[("request", "AR-1")],
+    );
+    let who = direct["member"]["user"].clone();
+    let body = direct.as_object_mut().unwrap();
+    body.remove("guild_id");
+    body.remove("member");
+    body.insert("user".into(), who);
+    body.insert(
+        "channel".into(),
+        json!({ "id": "1500000000000000099", "type": 1 }),
+    );
+    let answer = app.send(&direct).await;
+    assert!(
+        answer.text().contains("only in the server"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(app.state(1).await, RequestState::Pending);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

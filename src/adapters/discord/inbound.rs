@@ -275,7 +275,13 @@ impl Inbound {
             tracing::info!("repeated interaction ignored");
             return (json!({ "type": DEFERRED_UPDATE_MESSAGE }), None);
         }
-        if i.guild_id.as_deref().is_some_and(|g| g != self.guild) {
+        let elsewhere = match i.guild_id.as_deref() {
+            Some(guild) => guild != self.guild,
+            // Buttons on Passport's own direct messages come without a server;
+            // a command typed outside the server (a DM, another app context) never may.
+            None => i.kind == APPLICATION_COMMAND,
+        };
+        if elsewhere {
             return (
                 ephemeral("Passport works only in the server it is set up for: ask there"),
                 None,
