@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::domain::certificate::CertificateSpec;
 use crate::domain::command::{help_text, Command, Grammar, ListFilter, RequestSpec};
 use crate::domain::notice::Notice;
 use crate::domain::policy::{Membership, Policy};
@@ -909,52 +910,57 @@ impl Engine {
         };
         let person = actor.person.clone();
         let now = self.clock.now();
-        let issued: Arc<Mutex<Option<IssuedCertificate>>> = Arc::default();
-        let out = Arc::clone(&issued);
-        self.change(id, move |req, fx| {
+        // The serial is taken and the Logbook event written in the request's
+        // transaction; signing happens after the commit, so a slow (RSA) CA
+        // never holds the database writer. A certificate therefore never exists
+        // without its Logbook record.
+        let reserved: Arc<Mutex<Option<CertificateSpec>>> = Arc::default();
+        let slot = Arc::clone(&reserved);
+        let fingerprint = key.fingerprint();
+        let ca_fingerprint = ca.signer.fingerprint();
+        let mutation = self.mutation(move |req, fx| {
             let spec = req.issue_certificate(&person.id, now, ca.backdate)?;
-            let line = ca
-                .signer
-                .sign(&spec, &key)
-                .map_err(|e| RefusalKind::NotAllowed(format!("no certificate was issued: {e}")))?;
             fx.log(
                 now,
                 person.id.as_str(),
                 Some(id),
                 "certificate_issued",
                 format!(
-                    "certificate {} issued to {} for `{}` until {} (key {})",
-                    spec.serial,
-                    person.handle,
-                    spec.principal,
-                    spec.valid_before,
-                    key.fingerprint()
+                    "certificate {} issued to {} for `{}` until {} (key {fingerprint})",
+                    spec.serial, person.handle, spec.principal, spec.valid_before,
                 ),
                 json!({
                     "serial": spec.serial,
                     "key_id": spec.key_id,
                     "principal": spec.principal,
-                    "fingerprint": key.fingerprint(),
-                    "ca": ca.signer.fingerprint(),
+                    "fingerprint": fingerprint,
+                    "ca": ca_fingerprint,
                     "valid_after": spec.valid_after.rfc3339(),
                     "valid_before": spec.valid_before.rfc3339(),
                     "port_forwarding": spec.port_forwarding,
                 }),
             );
-            let answer = messages::certificate_answer(req, &line, &key, spec.serial);
-            if let Ok(mut slot) = out.lock() {
-                *slot = Some(IssuedCertificate {
-                    certificate: line,
-                    serial: spec.serial,
-                    valid_before: spec.valid_before,
-                    answer,
-                });
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(spec);
             }
             Ok(())
+        });
+        let (req, _) = self.store.update(id, None, mutation).await??;
+        let spec = reserved
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .ok_or_else(|| AppError::Store(StoreError::Other("the certificate was lost".into())))?;
+        let line = ca.signer.sign(&spec, &key).map_err(|e| {
+            tracing::error!(request = %id, serial = spec.serial, error = %e, "a recorded certificate could not be signed");
+            RefusalKind::NotAllowed(format!("no certificate was issued: {e}"))
+        })?;
+        Ok(IssuedCertificate {
+            answer: messages::certificate_answer(&req, &line, &key, spec.serial),
+            certificate: line,
+            serial: spec.serial,
+            valid_before: spec.valid_before,
         })
-        .await?;
-        let issued = issued.lock().ok().and_then(|mut slot| slot.take());
-        issued.ok_or_else(|| AppError::Store(StoreError::Other("the certificate was lost".into())))
     }
 
     async fn key(
