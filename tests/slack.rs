@@ -1295,6 +1295,14 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
         "{:?}",
         fake.ephemerals(LEAD1)
     );
+    // The fake records the acknowledgement when its socket task reads it,
+    // which under load can come after the reply it has already recorded.
+    eventually("the acknowledgement of env-2", || {
+        fake.calls()
+            .iter()
+            .any(|c| c.method == "socket.ack" && c.params["envelope_id"] == "env-2")
+    })
+    .await;
     assert!(fake
         .calls()
         .iter()
