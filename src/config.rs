@@ -376,6 +376,8 @@ pub struct RuleConfig {
     pub sudo: bool,
     /// Certificates for this rule's instances carry `permit-port-forwarding`.
     pub port_forwarding: bool,
+    /// Session Manager may forward to other hosts through this rule's instances.
+    pub remote_port_forwarding: bool,
     pub channel: Option<String>,
     /// Extensions adding more than this in total wait for an approver's click.
     pub extension_approval_over: Option<String>,
@@ -478,6 +480,7 @@ impl Default for RuleConfig {
             max_duration: None,
             sudo: false,
             port_forwarding: false,
+            remote_port_forwarding: false,
             channel: None,
             extension_approval_over: None,
         }
@@ -762,6 +765,7 @@ impl Config {
                 max_duration,
                 sudo: rc.sudo,
                 port_forwarding: rc.port_forwarding,
+                remote_port_forwarding: rc.remote_port_forwarding,
                 channel: rc.channel.clone(),
                 extension_approval_over,
             }

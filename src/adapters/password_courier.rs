@@ -258,6 +258,7 @@ mod tests {
                         max_duration: Span::from_hours(12),
                         sudo: false,
                         port_forwarding: false,
+                        remote_port_forwarding: false,
                         channel: None,
                         extension_approval_over: None,
                     },

@@ -26,7 +26,8 @@ use crate::domain::values::{GrantDuration, InputError, Person, Reason, RequestId
 use super::effects::{Effects, TimerId, TimerKind};
 use super::messages;
 use super::ports::{
-    CertificateSigner, Clock, Described, Directory, Mutation, Provisioner, Store, StoreError,
+    CertificateSigner, Clock, Described, Directory, Mutation, ProvisionError, Provisioner,
+    SessionBroker, SessionCredentials, Store, StoreError,
 };
 
 /// Settings the use cases need beyond the policy and grammar.
@@ -154,6 +155,8 @@ pub struct Engine {
     pub(super) in_flight: Mutex<HashSet<TimerId>>,
     /// Passport's SSH CA, when configured.
     pub(super) certificates: Option<Certificates>,
+    /// Scoped Session Manager credentials, when `[aws] session_role_arn` is set.
+    pub(super) sessions: Option<Arc<dyn SessionBroker>>,
     /// Commands counted per person in the current minute (in memory: a
     /// restart forgives, which a limit against floods can afford).
     pub(super) recent:
@@ -188,6 +191,7 @@ impl Engine {
             wake: Arc::new(Notify::new()),
             in_flight: Mutex::new(HashSet::new()),
             certificates: None,
+            sessions: None,
             recent: Mutex::default(),
         }
     }
@@ -235,6 +239,70 @@ impl Engine {
     pub fn with_certificates(mut self, signer: Arc<dyn CertificateSigner>, backdate: Span) -> Self {
         self.certificates = Some(Certificates { signer, backdate });
         self
+    }
+
+    /// Hands out Session Manager credentials scoped to a request
+    /// (`session_credentials`) and ends its sessions when access ends.
+    pub fn with_sessions(mut self, broker: Arc<dyn SessionBroker>) -> Self {
+        self.sessions = Some(broker);
+        self
+    }
+
+    /// The session broker, when one is configured.
+    pub fn sessions(&self) -> Option<&Arc<dyn SessionBroker>> {
+        self.sessions.as_ref()
+    }
+
+    /// AWS credentials that can open Session Manager sessions only to the
+    /// active instances of `id`, only with the documents its rules allow, and
+    /// only until its access ends. Recorded in the Logbook (the access key
+    /// id, never the secret).
+    pub async fn session_credentials(
+        &self,
+        actor: &Actor,
+        id: RequestId,
+    ) -> Result<SessionCredentials, AppError> {
+        let Some(broker) = self.sessions.clone() else {
+            return Err(RefusalKind::NotAllowed(
+                "this Passport hands out no Session Manager credentials (`[aws] session_role_arn` is not set): ask your admins".into(),
+            )
+            .into());
+        };
+        let now = self.clock.now();
+        let req = self.store.get(id).await?.ok_or(AppError::NotFound(id))?;
+        let scope = req.session_scope(&actor.person.id, now)?;
+        let credentials = broker.credentials(&scope, now).await.map_err(|e| match e {
+            ProvisionError::Unavailable(why) => AppError::Unavailable(why),
+            ProvisionError::Rejected(why) => RefusalKind::NotAllowed(format!(
+                "AWS refused Session Manager credentials for {id} ({why}): tell your admins"
+            ))
+            .into(),
+        })?;
+        let mut fx = Effects::default();
+        fx.log(
+            now,
+            actor.person.id.as_str(),
+            Some(id),
+            "session_credentials_issued",
+            format!(
+                "Session Manager credentials {} issued to {} for {} instance(s) until {}",
+                credentials.access_key_id,
+                actor.person.handle,
+                scope.instances.len(),
+                credentials.expiration,
+            ),
+            json!({
+                "access_key_id": credentials.access_key_id,
+                "instances": scope.instances.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
+                "ssh": scope.ssh,
+                "port_forwarding": scope.port_forwarding,
+                "remote_port_forwarding": scope.remote_port_forwarding,
+                "expiration": credentials.expiration.rfc3339(),
+                "access_ends_at": scope.not_after.rfc3339(),
+            }),
+        );
+        self.store.record(fx, now).await?;
+        Ok(credentials)
     }
 
     pub fn grammar(&self) -> &Grammar {

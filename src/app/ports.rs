@@ -10,6 +10,7 @@ use crate::domain::command::ListFilter;
 use crate::domain::logbook::{ChainBreak, LogEvent};
 use crate::domain::notice::{Action, CardView, Notice};
 use crate::domain::request::{AccessRequest, InstanceInfo, InstanceOutcome, Refusal, RequestState};
+use crate::domain::session::SessionScope;
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
 
@@ -140,6 +141,52 @@ pub trait Provisioner: Send + Sync {
     async fn forget_finished(&self, _before: Timestamp) -> Result<u64, ProvisionError> {
         Ok(0)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Sessions
+
+/// AWS credentials that can open Session Manager sessions only within one
+/// [`SessionScope`], and only until it ends.
+#[derive(Clone)]
+pub struct SessionCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: secrecy::SecretString,
+    pub session_token: secrecy::SecretString,
+    /// When AWS stops honouring them (never after the scope's `not_after`
+    /// for starting sessions: the session policy says so).
+    pub expiration: Timestamp,
+    pub region: String,
+}
+
+impl std::fmt::Debug for SessionCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("expiration", &self.expiration)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Issues scoped Session Manager credentials and ends the sessions opened
+/// with them.
+#[async_trait]
+pub trait SessionBroker: Send + Sync {
+    /// Credentials for `scope`, living as short as AWS allows.
+    async fn credentials(
+        &self,
+        scope: &SessionScope,
+        now: Timestamp,
+    ) -> Result<SessionCredentials, ProvisionError>;
+    /// Terminates the Session Manager sessions still open on `instances` that
+    /// were started with this request's credentials (`username` is their role
+    /// session name). Returns the ids of the sessions it ended.
+    async fn end_sessions(
+        &self,
+        username: &Username,
+        instances: &[InstanceId],
+    ) -> Result<Vec<String>, ProvisionError>;
 }
 
 // ---------------------------------------------------------------------------

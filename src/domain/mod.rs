@@ -8,5 +8,6 @@ pub mod logbook;
 pub mod notice;
 pub mod policy;
 pub mod request;
+pub mod session;
 pub mod time;
 pub mod values;

@@ -78,6 +78,8 @@ pub struct Rule {
     pub sudo: bool,
     /// Certificates carry `permit-port-forwarding` (default off).
     pub port_forwarding: bool,
+    /// Session Manager may forward to other hosts through the instance (default off).
+    pub remote_port_forwarding: bool,
     /// Approvals channel for requests that match this rule.
     pub channel: Option<String>,
     /// Extensions that would add more than this in total wait for an approver.
@@ -127,6 +129,9 @@ pub struct Requirement {
     /// SSH port forwarding, only when every rule allows it.
     #[serde(default)]
     pub port_forwarding: bool,
+    /// `AWS-StartPortForwardingSessionToRemoteHost`, only when every rule allows it.
+    #[serde(default)]
+    pub remote_port_forwarding: bool,
     pub channel: Option<String>,
     /// Extensions adding more than this in total need an approver's click.
     #[serde(default)]
@@ -299,6 +304,7 @@ impl Policy {
             max_duration,
             sudo: matched.iter().all(|r| r.sudo),
             port_forwarding: matched.iter().all(|r| r.port_forwarding),
+            remote_port_forwarding: matched.iter().all(|r| r.remote_port_forwarding),
             channel: matched.iter().find_map(|r| r.channel.clone()),
             extension_approval_over: matched
                 .iter()
@@ -352,6 +358,7 @@ mod tests {
             max_duration: max_h.map(Span::from_hours),
             sudo,
             port_forwarding: false,
+            remote_port_forwarding: false,
             channel: None,
             extension_approval_over: None,
         }

@@ -1093,6 +1093,7 @@ mod tests {
             max_duration,
             sudo: false,
             port_forwarding: false,
+            remote_port_forwarding: false,
             channel: None,
             extension_approval_over: None,
         }
