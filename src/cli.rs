@@ -54,6 +54,13 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Ask the running server's /readyz (or /healthz) and exit 0 when it
+    /// answers 200: a container HEALTHCHECK that needs no curl in the image.
+    Healthcheck {
+        /// The URL to ask. Default: /healthz on [http] listen, reached over loopback.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Inspect the Logbook, the hash-chained audit trail.
     Audit {
         #[command(subcommand)]
@@ -217,6 +224,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             init_logging("warn");
             ca(&settings, command)
         }
+        Command::Healthcheck { url } => {
+            let url = match url {
+                Some(url) => url,
+                None => {
+                    let (_, settings) = load(cli.config.as_deref())?;
+                    let mut addr = settings.http.listen;
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(if addr.is_ipv4() {
+                            std::net::Ipv4Addr::LOCALHOST.into()
+                        } else {
+                            std::net::Ipv6Addr::LOCALHOST.into()
+                        });
+                    }
+                    format!("http://{addr}/healthz")
+                }
+            };
+            healthcheck(&url).await
+        }
         Command::Audit { command } => {
             let (_, settings) = load(cli.config.as_deref())?;
             init_logging("warn");
@@ -224,6 +249,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let code = audit(&store, command).await?;
             store.close().await;
             Ok(code)
+        }
+    }
+}
+
+/// GETs `url` within 5 seconds: 0 on 200, 1 otherwise, saying why.
+async fn healthcheck(url: &str) -> anyhow::Result<i32> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .context("cannot build an HTTP client")?;
+    match client.get(url).send().await {
+        Ok(answer) if answer.status().is_success() => {
+            println!("{url}: {}", answer.status());
+            Ok(0)
+        }
+        Ok(answer) => {
+            println!("{url}: {}", answer.status());
+            Ok(1)
+        }
+        Err(e) => {
+            println!("{url}: no answer ({e})");
+            Ok(1)
         }
     }
 }

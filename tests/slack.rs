@@ -804,6 +804,65 @@ async fn health_answers_without_reading_the_outbox() {
     assert_eq!(body["status"], "ok");
 }
 
+/// `/readyz` answers 200 while the database takes writes, and 503 while
+/// another process holds its write lock; `passport healthcheck` (the image's
+/// HEALTHCHECK) reads the same answer.
+#[tokio::test]
+async fn readiness_follows_whether_the_database_takes_writes() {
+    let app = spawn_app().await;
+    let ready = || async {
+        app.http
+            .request(
+                axum::http::Request::get(format!("{}/readyz", app.base))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(ready().await, 200);
+    let healthcheck = |url: String| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_passport"))
+                .args(["healthcheck", "--url", &url])
+                .env_remove("PASSPORT_CONFIG")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let out = healthcheck(format!("{}/readyz", app.base)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let conn = rusqlite::Connection::open(&app.db).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    assert_eq!(ready().await, 503);
+    let out = healthcheck(format!("{}/readyz", app.base)).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    conn.execute_batch("ROLLBACK;").unwrap();
+    // The writer gets the lock back once the other process lets go.
+    let mut status = ready().await;
+    for _ in 0..50 {
+        if status == 200 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        status = ready().await;
+    }
+    assert_eq!(status, 200);
+}
+
 // ---------------------------------------------------------------------------
 // Verification
 

@@ -684,6 +684,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn ping_writer(&self) -> Result<(), StoreError> {
+        self.write(|conn| {
+            conn.prepare_cached("SELECT 1")?
+                .query_row([], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn chat_ref(
         &self,
         request: RequestId,

@@ -326,6 +326,9 @@ pub trait Store: Send + Sync {
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
     /// Whether the database answers at all, at a constant cost (`/healthz`).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Whether a write transaction goes through the writer and commits now
+    /// (`/readyz`): a wedged writer or a locked database fails it.
+    async fn ping_writer(&self) -> Result<(), StoreError>;
     async fn chat_ref(
         &self,
         request: RequestId,

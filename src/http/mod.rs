@@ -1,5 +1,5 @@
-//! The HTTP server: Slack's endpoints, Discord's interactions endpoint and
-//! `/healthz`, on axum.
+//! The HTTP server: Slack's endpoints, Discord's interactions endpoint,
+//! `/healthz` (alive) and `/readyz` (the database takes writes), on axum.
 //!
 //! Every `/slack/…` and `/discord/…` request is read up to [`MAX_BODY`] bytes
 //! (more is 413) and its signature checked ([`verify`]) before anything
@@ -95,7 +95,9 @@ pub struct HttpState {
 }
 
 pub fn router(state: HttpState) -> Router {
-    let mut router = Router::new().route("/healthz", get(healthz));
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     if state.slack.is_some() {
         router = router
             .route("/slack/commands", post(commands))
@@ -128,6 +130,26 @@ async fn healthz(State(state): State<HttpState>) -> Result<Response, HttpError> 
         Err(e) => {
             tracing::error!(error = %e, "health check cannot read the database");
             Err(HttpError::Unavailable("database unavailable".into()))
+        }
+    }
+}
+
+/// How long `/readyz` waits for the database writer.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Readiness: the database's writer commits a transaction within
+/// [`READY_WITHIN`]. A pod whose writer is wedged or whose database is locked
+/// by another process is taken out of the Service until it recovers.
+async fn readyz(State(state): State<HttpState>) -> Result<Response, HttpError> {
+    match tokio::time::timeout(READY_WITHIN, state.store.ping_writer()).await {
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" })).into_response()),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "readiness check cannot write to the database");
+            Err(HttpError::Unavailable("database not writable".into()))
+        }
+        Err(_) => {
+            tracing::warn!("readiness check: the database writer did not answer within 2s");
+            Err(HttpError::Unavailable("database writer busy".into()))
         }
     }
 }
