@@ -61,6 +61,19 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// Copy the live database consistently (SQLite's online backup, safe while
+    /// `serve` runs) to a new FILE, then verify the copy's Logbook. Needs only [store].
+    Backup {
+        /// The new file to write; an existing file is never overwritten.
+        file: PathBuf,
+    },
+    /// Put a backup in place of the database (`serve` must be stopped). The
+    /// backup's Logbook is verified first; the current database is kept beside
+    /// it as <path>.before-restore-<time>. Needs only [store].
+    Restore {
+        /// A file written by `passport backup`.
+        file: PathBuf,
+    },
     /// Inspect the Logbook, the hash-chained audit trail.
     Audit {
         #[command(subcommand)]
@@ -130,6 +143,79 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Loaded, Settings)> {
     let loaded = Config::load(path)?;
     let settings = loaded.config.validate()?;
     Ok((loaded, settings))
+}
+
+/// The database's path and durability alone: commands that only read or copy
+/// the database (audit, backup, restore) work with a copy of it and no chat
+/// secrets, so they validate nothing else.
+fn store_only(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<(PathBuf, crate::adapters::sqlite::Durability)> {
+    let loaded = Config::load(path)?;
+    Ok((
+        loaded.config.store.path.clone(),
+        loaded.config.store.durability,
+    ))
+}
+
+async fn backup(database: &std::path::Path, file: &std::path::Path) -> anyhow::Result<i32> {
+    let (from, to) = (database.to_owned(), file.to_owned());
+    let bytes =
+        tokio::task::spawn_blocking(move || crate::adapters::sqlite::backup::backup(&from, &to))
+            .await
+            .context("the backup stopped")??;
+    println!(
+        "copied {} to {} ({bytes} bytes)",
+        database.display(),
+        file.display()
+    );
+    match crate::adapters::sqlite::verify_logbook_file(file).await? {
+        Verification::Intact { events, head } => {
+            println!("the copy's Logbook is intact: {events} events, head {head}");
+            Ok(0)
+        }
+        Verification::Broken(brk) => {
+            println!(
+                "the copy's Logbook is broken at event {}: {brk}; the database itself needs `passport audit verify`",
+                brk.seq()
+            );
+            Ok(1)
+        }
+    }
+}
+
+async fn restore(file: &std::path::Path, database: &std::path::Path) -> anyhow::Result<i32> {
+    match crate::adapters::sqlite::verify_logbook_file(file)
+        .await
+        .with_context(|| format!("{} is not a Passport database", file.display()))?
+    {
+        Verification::Intact { events, head } => {
+            println!("the backup's Logbook is intact: {events} events, head {head}");
+        }
+        Verification::Broken(brk) => {
+            println!(
+                "the backup's Logbook is broken at event {}: {brk}; nothing was restored",
+                brk.seq()
+            );
+            return Ok(1);
+        }
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (from, to) = (file.to_owned(), database.to_owned());
+    let kept = tokio::task::spawn_blocking(move || {
+        crate::adapters::sqlite::backup::restore(&from, &to, now)
+    })
+    .await
+    .context("the restore stopped")??;
+    if let Some(kept) = kept {
+        println!("the database it replaced is kept as {}", kept.display());
+    }
+    println!(
+        "restored {} from {}: start `passport serve` again",
+        database.display(),
+        file.display()
+    );
+    Ok(0)
 }
 
 fn init_logging(level: &str) {
@@ -242,10 +328,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             healthcheck(&url).await
         }
-        Command::Audit { command } => {
-            let (_, settings) = load(cli.config.as_deref())?;
+        Command::Backup { file } => {
+            let (path, _) = store_only(cli.config.as_deref())?;
             init_logging("warn");
-            let store = open_store(&settings).await?;
+            backup(&path, &file).await
+        }
+        Command::Restore { file } => {
+            let (path, _) = store_only(cli.config.as_deref())?;
+            init_logging("warn");
+            restore(&file, &path).await
+        }
+        Command::Audit { command } => {
+            let (path, durability) = store_only(cli.config.as_deref())?;
+            init_logging("warn");
+            let store = SqliteStore::open(&path, durability)
+                .await
+                .with_context(|| format!("cannot open the database {}", path.display()))?;
             let code = audit(&store, command).await?;
             store.close().await;
             Ok(code)

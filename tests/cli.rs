@@ -628,3 +628,122 @@ fn passport_config_names_the_configuration_file() {
         String::from_utf8_lossy(&missing.stderr)
     );
 }
+
+/// `passport backup` copies the database consistently while `serve` writes to
+/// it, and verifies the copy; an auditor with only the copy and a
+/// configuration without chat secrets verifies it too; `passport restore`
+/// refuses while `serve` has the database open, and otherwise puts the copy
+/// in place and keeps the old file.
+#[test]
+fn backup_copies_a_database_serve_is_writing_and_restore_puts_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let unlimited = [
+        ("PASSPORT_REQUESTS__MAX_PENDING_PER_REQUESTER", "0"),
+        ("PASSPORT_REQUESTS__COMMANDS_PER_MINUTE", "0"),
+    ];
+    let mut serve = passport(dir.path(), &["serve"])
+        .envs(unlimited)
+        .spawn()
+        .unwrap();
+    let mut stdin = serve.stdin.take().unwrap();
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    // The database exists once the first answer is out.
+    stdin
+        .write_all(b"dev1: /passport request i-0123456789abcdef0 1h ticket#1 first\n")
+        .unwrap();
+    assert!(lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("[reply to dev1]")));
+    let reader = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let writer = std::thread::spawn(move || {
+        for n in 2..400 {
+            let line = format!(
+                "dev{}: /passport request i-0123456789abcdef0 1h ticket#{n} load\nlead1: /passport approve AR-{n}\n",
+                n % 7
+            );
+            if stdin.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stdin
+    });
+    let copy = dir.path().join("copy.db");
+    let out = passport(dir.path(), &["backup", copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("the copy's Logbook is intact"),
+        "{}",
+        stdout(&out)
+    );
+    // A second backup never overwrites the first.
+    let again = passport(dir.path(), &["backup", copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    // While serve has the database open, restore refuses and changes nothing.
+    let refused = passport(dir.path(), &["restore", copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop `passport serve`"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let stdin = writer.join().unwrap();
+    drop(stdin);
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    reader.join().unwrap();
+
+    // The auditor: the copy, and a configuration whose chat section has no secrets.
+    let audit = dir.path().join("audit");
+    std::fs::create_dir(&audit).unwrap();
+    std::fs::write(
+        audit.join("passport.toml"),
+        "[slack]\nmode = \"http\"\napprovals_channel = \"#access\"\naudit_channel = \"#audit\"\n",
+    )
+    .unwrap();
+    let verified = passport(&audit, &["audit", "verify"])
+        .env("PASSPORT_STORE__PATH", &copy)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success() && stdout(&verified).contains("Logbook intact"),
+        "{}{}",
+        stdout(&verified),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+
+    let restored = passport(dir.path(), &["restore", copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        restored.status.success(),
+        "{}{}",
+        stdout(&restored),
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let kept = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("passport.db.before-restore-")
+        });
+    assert!(kept, "the replaced database is kept");
+    let verified = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    assert!(verified.status.success(), "{}", stdout(&verified));
+}

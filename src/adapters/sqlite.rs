@@ -15,6 +15,7 @@
 //! driver thread and back, as an async driver does, costs several times more
 //! than running it.
 
+pub mod backup;
 mod group_commit;
 mod housekeeping;
 mod password_messages;
@@ -144,6 +145,24 @@ fn connect_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = connect(path)?;
     conn.execute_batch("PRAGMA query_only = ON")?;
     Ok(conn)
+}
+
+/// Verifies the Logbook of the database file at `path` without changing it
+/// (no migration, read-only): how a backup is checked.
+pub async fn verify_logbook_file(path: &Path) -> Result<Verification, StoreError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        verify::verify(|| {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(conn)
+        })
+    })
+    .await
+    .map_err(|e| StoreError::Other(format!("verification failed: {e}")))?
 }
 
 impl SqliteStore {
