@@ -12,7 +12,7 @@ use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::ssh_ca::{CaKeySource, CaKeyType, CertificateAuthority};
 use crate::app::engine::timeline;
 use crate::app::ports::{Store, Verification};
-use crate::config::{Config, Loaded, Settings};
+use crate::config::{Config, Loaded, LogFormat, Settings};
 use crate::domain::time::Timestamp;
 use crate::domain::values::RequestId;
 use crate::startup;
@@ -218,16 +218,28 @@ async fn restore(file: &std::path::Path, database: &std::path::Path) -> anyhow::
     Ok(0)
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PASSPORT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
+        // One object per line with the event's fields at the top level
+        // (`request`, `surface`, `seq`, …) and the current span's fields.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
@@ -241,7 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Ssm { command } => {
             let (_, settings) = load(cli.config.as_deref())?;
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             let Some(aws) = settings.aws.as_ref() else {
                 bail!("no [aws] section in the configuration: add one (see manifests/iam/README.md) before installing the SSM documents");
             };
@@ -285,7 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Migrate => {
             let (_, settings) = load(cli.config.as_deref())?;
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             let store = open_store(&settings).await?;
             store.close().await;
             println!("database {} is up to date", settings.store_path.display());
@@ -293,12 +305,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Console => {
             let (loaded, settings) = load(cli.config.as_deref())?;
-            init_logging(&loaded.config.log.level);
+            init_logging(&loaded.config.log.level, loaded.config.log.format);
             console(&loaded, &settings, false).await
         }
         Command::Serve => {
             let (loaded, settings) = load(cli.config.as_deref())?;
-            init_logging(&loaded.config.log.level);
+            init_logging(&loaded.config.log.level, loaded.config.log.format);
             match (&settings.slack, &settings.discord) {
                 (Some(slack), _) => serve_slack(&loaded, &settings, slack).await,
                 (None, Some(discord)) => serve_discord(&loaded, &settings, discord).await,
@@ -307,7 +319,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Ca { command } => {
             let (_, settings) = load(cli.config.as_deref())?;
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             ca(&settings, command)
         }
         Command::Healthcheck { url } => {
@@ -330,17 +342,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Backup { file } => {
             let (path, _) = store_only(cli.config.as_deref())?;
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             backup(&path, &file).await
         }
         Command::Restore { file } => {
             let (path, _) = store_only(cli.config.as_deref())?;
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             restore(&file, &path).await
         }
         Command::Audit { command } => {
             let (path, durability) = store_only(cli.config.as_deref())?;
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             let store = SqliteStore::open(&path, durability)
                 .await
                 .with_context(|| format!("cannot open the database {}", path.display()))?;
@@ -567,16 +579,34 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         .get("approvers")
         .map(|m| m.join(", "))
         .unwrap_or_default();
-    eprintln!(
+    let config_from = loaded
+        .file
+        .as_ref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
+    let json_logs = loaded.config.log.format == LogFormat::Json;
+    if json_logs {
+        // Standard error carries only JSON lines for the log collector.
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            database = %settings.store_path.display(),
+            config = %config_from,
+            surface = "console",
+            provisioner = provisioner_label(settings),
+            "Passport started"
+        );
+    } else {
+        eprintln!(
         "Passport {} · database {} · config {} · console (no Slack or Discord configured) · {}\n\
          Type `<user>: <command>`, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`, then `lead1: /passport approve AR-1`.{}\n\
          `<user> in AR-n: <command>` types in a request's thread; `/passport help` lists the commands. See passport.example.toml to configure groups, policy and instances.",
         env!("CARGO_PKG_VERSION"),
         settings.store_path.display(),
-        loaded.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+        config_from,
         provisioner_label(settings),
         if approvers.is_empty() { String::new() } else { format!(" Approvers: {approvers}.") },
     );
+    }
     // `serve` runs timers in real time in the background; `console` runs them
     // only after each line (and its clock moves with `!advance`), so its output
     // is the same on every run.
@@ -586,7 +616,7 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         startup::run_console(&app, stdin, &out, if serve { None } else { Some(&clock) }).await;
     if serve && result.is_ok() {
         // Input ended but the bot keeps running its timers until stopped.
-        eprintln!(
+        tracing::info!(
             "input closed; Passport keeps running timers and deliveries until stopped (Ctrl-C)"
         );
         startup::shutdown_signal().await;
@@ -729,21 +759,21 @@ async fn serve_chat(
                 settings.http.listen
             )
         })?;
-    eprintln!(
-        "Passport {} · database {} · config {} · {} · listening on {} · {}",
-        env!("CARGO_PKG_VERSION"),
-        settings.store_path.display(),
-        loaded
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        database = %settings.store_path.display(),
+        config = %loaded
             .file
             .as_ref()
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "built-in defaults".into()),
-        chat.mode,
-        listener
+        mode = %chat.mode,
+        listen = %listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
-        provisioner_label(settings),
+        provisioner = provisioner_label(settings),
+        "Passport started"
     );
     let app = chat.app;
     let background = app.scheduler.clone().spawn();

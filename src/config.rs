@@ -426,6 +426,17 @@ fn default_state() -> String {
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `passport=debug`.
     pub level: String,
+    /// `text` (readable lines) or `json` (one JSON object per line, for log
+    /// collectors; fields such as `request` and `surface` become keys).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for StoreConfig {
@@ -491,6 +502,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }

@@ -747,3 +747,39 @@ fn backup_copies_a_database_serve_is_writing_and_restore_puts_it_back() {
     let verified = passport(dir.path(), &["audit", "verify"]).output().unwrap();
     assert!(verified.status.success(), "{}", stdout(&verified));
 }
+
+/// `[log] format = "json"`: every line on standard error is one JSON object
+/// with the level, the message and the event's fields as keys.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = passport(dir.path(), &["serve"]);
+    serve
+        .env("PASSPORT_LOG__FORMAT", "json")
+        .env("PASSPORT_LOG__LEVEL", "debug");
+    let mut child = serve.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"dev1: /passport request i-0123456789abcdef0 1h ticket#1 x\nlead1: /passport approve AR-1\n")
+        .unwrap();
+    let answered = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("AR-1") && line.contains("lead1"));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(answered);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "serve logged nothing at debug");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+}
