@@ -445,6 +445,7 @@ pub async fn slack_app(
     });
     let router = http::router(HttpState {
         store: app.store.clone(),
+        clock: app.clock.clone(),
         slack: endpoints,
         discord: None,
     });
@@ -545,6 +546,7 @@ pub async fn discord_app(
         });
     let router = http::router(HttpState {
         store: app.store.clone(),
+        clock: app.clock.clone(),
         slack: None,
         discord: endpoints,
     });

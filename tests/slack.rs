@@ -863,6 +863,96 @@ async fn readiness_follows_whether_the_database_takes_writes() {
     assert_eq!(status, 200);
 }
 
+/// `/metrics` after one request's lifecycle: the Logbook counters, the chat
+/// deliveries and the HTTP latencies moved, the database gauges are there,
+/// and every metric the shipped alert rules use is exported.
+#[tokio::test]
+async fn metrics_move_through_a_lifecycle_and_cover_every_alert_rule() {
+    let app = spawn_app().await;
+    let scrape = || async {
+        let res = app
+            .http
+            .request(
+                axum::http::Request::get(format!("{}/metrics", app.base))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    // Counters are per process and other tests run beside this one: compare.
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = scrape().await;
+    let created = "passport_logbook_events_total{action=\"requested\"}";
+    let approved = "passport_logbook_events_total{action=\"approved\"}";
+
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#1 metrics"))
+        .await;
+    assert_eq!(answer.status, 200);
+    app.settle().await;
+    app.command(LEAD1, "approve AR-1").await;
+    app.deliver_everything().await;
+    app.command(DEV, "complete AR-1").await;
+    app.deliver_everything().await;
+
+    let after = scrape().await;
+    assert!(value(&after, created) > value(&before, created), "{after}");
+    assert!(
+        value(&after, approved) > value(&before, approved),
+        "{after}"
+    );
+    assert!(
+        after.contains("passport_chat_deliveries_total{surface=\"slack\",outcome=\"delivered\"}"),
+        "{after}"
+    );
+    assert!(after.contains("passport_http_request_duration_seconds_bucket{endpoint=\"/slack/commands\",method=\"POST\",status=\"200\""), "{after}");
+    assert!(
+        after.contains("passport_time_to_approval_seconds_count"),
+        "{after}"
+    );
+    assert!(
+        after.contains("passport_requests{state=\"completed\"} 1"),
+        "{after}"
+    );
+    assert!(after.contains("passport_removals_overdue 0"), "{after}");
+    assert!(after.contains("passport_outbox_pending 0"), "{after}");
+
+    // The shipped alert rules name only metrics that exist.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/prometheus/passport-alerts.yaml"),
+    )
+    .unwrap();
+    let names = regex::Regex::new(r"passport_[a-z_]+").unwrap();
+    let mut checked = 0;
+    for line in rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+    {
+        for name in names.find_iter(line) {
+            let name = name.as_str().trim_end_matches("_bucket");
+            assert!(
+                after.lines().any(|l| l.starts_with(name)),
+                "the alert rules use {name}, which /metrics does not export"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} metric names found in the alert rules"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Verification
 

@@ -33,8 +33,8 @@ use tokio::sync::Semaphore;
 
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
-    Creation, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending, PendingDeletion,
-    RequestFilter, Store, StoreError, Verification,
+    Creation, Gauges, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending,
+    PendingDeletion, RequestFilter, Store, StoreError, Verification, REMOVAL_GRACE,
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
@@ -424,6 +424,11 @@ fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<u64, StoreErr
     )?;
     for e in events {
         seq += 1;
+        // Every state change has its Logbook event, so counting events by
+        // action counts requests, approvals, grants and removals by outcome.
+        // (A group commit that fails after this is retried, and may count twice.)
+        metrics::counter!("passport_logbook_events_total", "action" => e.action.clone())
+            .increment(1);
         let details = e.details.to_string();
         let hash = chain_hash(
             &prev,
@@ -687,6 +692,50 @@ impl Store for SqliteStore {
                 pending: pending as u64,
                 delivered: delivered as u64,
                 dead: dead as u64,
+            })
+        })
+        .await
+    }
+
+    async fn gauges(&self, now: Timestamp) -> Result<Gauges, StoreError> {
+        let late = now.minus(REMOVAL_GRACE).as_millis();
+        self.read(move |conn| {
+            let requests = conn
+                .prepare_cached("SELECT state, COUNT(*) FROM requests GROUP BY state")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .map(|row| row.map(|(state, n)| (state, n.max(0) as u64)))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Past their expiry, or ended (updated_at is when) long enough ago,
+            // and still holding a grant.
+            let removals_overdue: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM requests WHERE open_grants > 0 \
+                     AND ((expires_at IS NOT NULL AND expires_at < ?1) \
+                          OR (state IN ('completed', 'expired', 'revoked', 'cancelled', 'denied', 'approval_timed_out', 'failed') AND updated_at < ?1))",
+                )?
+                .query_row([late], |r| r.get(0))?;
+            let (outbox_pending, oldest): (i64, Option<i64>) = conn
+                .prepare_cached(
+                    "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let outbox_set_aside: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL",
+                )?
+                .query_row([], |r| r.get(0))?;
+            let timers_overdue: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM timers WHERE due_at < ?1")?
+                .query_row([late], |r| r.get(0))?;
+            Ok(Gauges {
+                requests,
+                removals_overdue: removals_overdue.max(0) as u64,
+                outbox_pending: outbox_pending.max(0) as u64,
+                outbox_oldest_seconds: oldest
+                    .map(|at| ((now.as_millis() - at).max(0) as f64) / 1000.0)
+                    .unwrap_or(0.0),
+                outbox_set_aside: outbox_set_aside.max(0) as u64,
+                timers_overdue: timers_overdue.max(0) as u64,
             })
         })
         .await

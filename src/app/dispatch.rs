@@ -255,9 +255,16 @@ impl Dispatcher {
             match self.send(surface.as_ref(), &p).await {
                 Ok(()) => {
                     self.store.mark_delivered(p.id, self.clock.now()).await?;
+                    metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => "delivered").increment(1);
                     report.delivered += 1;
                 }
                 Err(e) => {
+                    let outcome = match &e {
+                        ChatError::RateLimited { .. } => "rate_limited",
+                        ChatError::Transient(_) => "transient_error",
+                        ChatError::Permanent(_) => "refused",
+                    };
+                    metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => outcome).increment(1);
                     let now = self.clock.now();
                     let (next, dead) = match &e {
                         ChatError::RateLimited { retry_after_ms } => (

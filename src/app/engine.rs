@@ -638,6 +638,8 @@ impl Engine {
                     let names: Vec<&str> = req.approvals.iter().map(|a| a.handle.as_str()).collect();
                     let summary = format!("approved by {}", names.join(", "));
                     fx.log(now, person.id.as_str(), Some(id), "approved", summary.clone(), json!({ "approvers": names }));
+                    metrics::histogram!("passport_time_to_approval_seconds")
+                        .record(now.since(req.created_at).as_millis() as f64 / 1000.0);
                     fx.cancel.push(TimerKind::ApprovalTimeout);
                     fx.notify(Notice::Thread {
                         request: id,

@@ -231,6 +231,26 @@ pub struct Pending {
     pub next_attempt_at: Timestamp,
 }
 
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Gauges {
+    /// Requests per state (`pending`, `active`, …).
+    pub requests: Vec<(String, u64)>,
+    /// Requests whose users should be gone from their instances by now and
+    /// may not be: ended (or past expiry) more than [`REMOVAL_GRACE`] ago with
+    /// grants still open. The alert that matters most.
+    pub removals_overdue: u64,
+    /// Notices not yet delivered, and how old the oldest is.
+    pub outbox_pending: u64,
+    pub outbox_oldest_seconds: f64,
+    /// Notices set aside after repeated failures.
+    pub outbox_set_aside: u64,
+    /// Timers due more than [`REMOVAL_GRACE`] ago that have not run.
+    pub timers_overdue: u64,
+}
+
+/// How late a removal or a timer may be before it counts as overdue.
+pub const REMOVAL_GRACE: Span = Span::from_minutes(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OutboxCounts {
     pub pending: u64,
@@ -324,6 +344,9 @@ pub trait Store: Send + Sync {
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError>;
     /// Counts the whole outbox: for tests, benchmarks and reports, never on a hot path.
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+    /// What `/metrics` reports from the database, read at each scrape with
+    /// indexed queries only.
+    async fn gauges(&self, now: Timestamp) -> Result<Gauges, StoreError>;
     /// Whether the database answers at all, at a constant cost (`/healthz`).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Whether a write transaction goes through the writer and commits now

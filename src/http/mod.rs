@@ -7,6 +7,7 @@
 //! ([`error::HttpError`]).
 
 pub mod error;
+pub mod metrics;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -88,6 +89,8 @@ pub struct DiscordEndpoints {
 #[derive(Clone)]
 pub struct HttpState {
     pub store: Arc<dyn Store>,
+    /// What `/metrics` reads "overdue" against.
+    pub clock: Arc<dyn Clock>,
     /// Present when Slack calls Passport over HTTP.
     pub slack: Option<SlackEndpoints>,
     /// Present when Discord calls Passport over HTTP.
@@ -97,7 +100,14 @@ pub struct HttpState {
 pub fn router(state: HttpState) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(metrics::metrics).with_state(metrics::MetricsState {
+                store: state.store.clone(),
+                clock: state.clock.clone(),
+            }),
+        );
     if state.slack.is_some() {
         router = router
             .route("/slack/commands", post(commands))
@@ -107,7 +117,10 @@ pub fn router(state: HttpState) -> Router {
     if state.discord.is_some() {
         router = router.route("/discord/interactions", post(discord_interactions));
     }
-    router.with_state(state)
+    // Outermost, so every route (and unmatched paths) is timed.
+    router
+        .with_state(state)
+        .layer(axum::middleware::from_fn(metrics::track))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.

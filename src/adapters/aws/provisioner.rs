@@ -563,6 +563,9 @@ impl AwsProvisioner {
                     }
                 };
                 if let Some(settled) = settled {
+                    metrics::counter!("passport_ssm_invocations_total", "status" => settled.status.clone()).increment(1);
+                    metrics::histogram!("passport_ssm_invocation_seconds", "ok" => if settled.ok { "true" } else { "false" })
+                        .record(u64::try_from(now - sent_at_ms).unwrap_or(0) as f64 / 1000.0);
                     if let Err(e) = self
                         .store
                         .record_settled(command_id, &instance, &settled)
