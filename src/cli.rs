@@ -74,10 +74,29 @@ pub enum Command {
         /// A file written by `passport backup`.
         file: PathBuf,
     },
+    /// Chat notices set aside after the platform refused them repeatedly:
+    /// list them, or put them back in line. Needs only [store].
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Inspect the Logbook, the hash-chained audit trail.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Print the set-aside notices, oldest first, with why the platform refused them.
+    List,
+    /// Send these set-aside notices again (by id from `list`), or all of them
+    /// with --all; the running `serve` delivers them.
+    Retry {
+        ids: Vec<i64>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
     },
 }
 
@@ -156,6 +175,49 @@ fn store_only(
         loaded.config.store.path.clone(),
         loaded.config.store.durability,
     ))
+}
+
+async fn outbox(store: &SqliteStore, command: OutboxCommand) -> anyhow::Result<i32> {
+    match command {
+        OutboxCommand::List => {
+            let notices = store.set_aside(1000).await?;
+            if notices.is_empty() {
+                println!("no notice is set aside");
+            }
+            for n in notices {
+                println!(
+                    "{}\t{}\t{}\t{}\tset aside {} after {} attempt(s): {}",
+                    n.id,
+                    n.surface,
+                    n.lane,
+                    n.request
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    n.set_aside_at,
+                    n.attempts,
+                    n.last_error
+                );
+            }
+            Ok(0)
+        }
+        OutboxCommand::Retry { ids, all } => {
+            if ids.is_empty() && !all {
+                bail!("name the notices to send again (ids from `passport outbox list`), or --all");
+            }
+            let now = Timestamp::from_millis(
+                i64::try_from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis())
+                        .unwrap_or(0),
+                )
+                .unwrap_or(0),
+            );
+            let n = store.revive((!all).then_some(ids), now).await?;
+            println!("{n} notice(s) put back in line: the running `passport serve` sends them");
+            Ok(0)
+        }
+    }
 }
 
 async fn backup(database: &std::path::Path, file: &std::path::Path) -> anyhow::Result<i32> {
@@ -339,6 +401,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             };
             healthcheck(&url).await
+        }
+        Command::Outbox { command } => {
+            let (path, durability) = store_only(cli.config.as_deref())?;
+            init_logging("warn", LogFormat::Text);
+            let store = SqliteStore::open(&path, durability)
+                .await
+                .with_context(|| format!("cannot open the database {}", path.display()))?;
+            let code = outbox(&store, command).await;
+            store.close().await;
+            code
         }
         Command::Backup { file } => {
             let (path, _) = store_only(cli.config.as_deref())?;

@@ -337,6 +337,9 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// `normal` survives a crash of the process; `full` also a power cut, at some speed.
     pub durability: Durability,
+    /// Delivered chat notices older than this are deleted by reconciliation
+    /// (the Logbook keeps what happened for good).
+    pub outbox_retention: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -444,6 +447,7 @@ impl Default for StoreConfig {
         Self {
             path: PathBuf::from("./passport.db"),
             durability: Durability::Normal,
+            outbox_retention: "720h".into(),
         }
     }
 }
@@ -624,6 +628,7 @@ impl Config {
         let min = span("requests.min_duration", &r.min_duration);
         let max = span("requests.max_duration", &r.max_duration);
         let approval_window = span("requests.approval_window", &r.approval_window);
+        let outbox_retention = span("store.outbox_retention", &self.store.outbox_retention);
         let warnings: Vec<Span> = r
             .warnings
             .iter()
@@ -955,6 +960,7 @@ impl Config {
             ssh_ca,
             store_path: self.store.path.clone(),
             durability: self.store.durability,
+            outbox_retention,
         })
     }
 
@@ -988,6 +994,7 @@ pub struct Settings {
     pub ssh_ca: Option<SshCaSettings>,
     pub store_path: PathBuf,
     pub durability: Durability,
+    pub outbox_retention: Span,
 }
 
 #[cfg(test)]

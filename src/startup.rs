@@ -366,6 +366,7 @@ fn assemble(
             warnings: settings.warnings.clone(),
             surfaces: vec![surface.name().to_owned()],
             limits: settings.limits,
+            outbox_retention: settings.outbox_retention,
             ..EngineSettings::default()
         },
     );

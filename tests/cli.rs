@@ -783,3 +783,48 @@ fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+/// `passport outbox list` shows notices set aside with why, and `outbox
+/// retry` puts them back in line for the running serve.
+#[test]
+fn outbox_list_and_retry_handle_set_aside_notices() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_input(
+        dir.path(),
+        &["console"],
+        "dev1: /passport request i-0123456789abcdef0 1h ticket#1 x\n",
+    );
+    assert!(out.status.success());
+    let empty = passport(dir.path(), &["outbox", "list"]).output().unwrap();
+    assert!(
+        stdout(&empty).contains("no notice is set aside"),
+        "{}",
+        stdout(&empty)
+    );
+    let set_aside = sqlite(
+        dir.path(),
+        "UPDATE outbox SET delivered_at = NULL, dead_at = 1, attempts = 5, last_error = 'channel_not_found' WHERE id = 1;",
+    );
+    assert!(set_aside.status.success());
+    let listed = passport(dir.path(), &["outbox", "list"]).output().unwrap();
+    let text = stdout(&listed);
+    assert!(
+        text.starts_with("1\t") && text.contains("channel_not_found"),
+        "{text}"
+    );
+    let refused = passport(dir.path(), &["outbox", "retry"]).output().unwrap();
+    assert!(!refused.status.success());
+    let retried = passport(dir.path(), &["outbox", "retry", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&retried).contains("1 notice(s) put back in line"),
+        "{}",
+        stdout(&retried)
+    );
+    let left = sqlite(
+        dir.path(),
+        "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL;",
+    );
+    assert_eq!(stdout(&left).trim(), "0");
+}

@@ -569,3 +569,24 @@ async fn a_long_waiting_lane_does_not_hide_newer_notices() {
         "the card waited behind the audit lane"
     );
 }
+
+/// Delivered notices are deleted by reconciliation once older than
+/// `outbox_retention` (30 days by default); undelivered ones never are.
+#[tokio::test]
+async fn reconciliation_prunes_delivered_notices_past_their_retention() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = app.active_request("1h").await;
+    assert!(app.run("dev1", &format!("complete {id}")).await.ok);
+    app.settle().await;
+    let delivered = app.store.outbox_counts().await.unwrap().delivered;
+    assert!(delivered > 0);
+    // Young notices stay.
+    assert_eq!(app.engine.reconcile().await.unwrap().pruned, 0);
+    app.advance(Span::from_hours(721)).await;
+    let report = app.engine.reconcile().await.unwrap();
+    assert_eq!(report.pruned, delivered);
+    // What was delivered since (the day's digest) is young and stays.
+    assert_eq!(app.engine.reconcile().await.unwrap().pruned, 0);
+    // The Logbook keeps everything.
+    assert!(app.store.verify_logbook().await.is_ok());
+}

@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Creation, Gauges, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending,
-    PendingDeletion, RequestFilter, Store, StoreError, Verification, REMOVAL_GRACE,
+    PendingDeletion, RequestFilter, SetAside, Store, StoreError, Verification, REMOVAL_GRACE,
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
@@ -676,6 +676,87 @@ impl Store for SqliteStore {
             conn.prepare_cached("UPDATE outbox SET dead_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3")?
                 .execute(params![now.as_millis(), error, id])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn set_aside(&self, limit: u32) -> Result<Vec<SetAside>, StoreError> {
+        self.read(move |conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT id, surface, lane, request, created_at, dead_at, attempts, COALESCE(last_error, '') \
+                     FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL ORDER BY id LIMIT ?1",
+                )?
+                .query_map([i64::from(limit)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, String>(7)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, surface, lane, request, created, dead, attempts, last_error)| {
+                    Ok(SetAside {
+                        id,
+                        surface,
+                        lane,
+                        request: request.map(to_id).transpose()?,
+                        created_at: Timestamp::from_millis(created),
+                        set_aside_at: Timestamp::from_millis(dead),
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        last_error,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn revive(&self, ids: Option<Vec<i64>>, now: Timestamp) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let at = now.as_millis();
+            let n = match ids {
+                None => conn
+                    .prepare_cached(
+                        "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = ?1 \
+                         WHERE dead_at IS NOT NULL AND delivered_at IS NULL",
+                    )?
+                    .execute([at])?,
+                Some(ids) => {
+                    let mut one = conn.prepare_cached(
+                        "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = ?1 \
+                         WHERE id = ?2 AND dead_at IS NOT NULL AND delivered_at IS NULL",
+                    )?;
+                    let mut n = 0;
+                    for id in ids {
+                        n += one.execute(params![at, id])?;
+                    }
+                    n
+                }
+            };
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn prune_delivered(&self, before: Timestamp, limit: u64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+                     WHERE delivered_at IS NOT NULL AND delivered_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![
+                    before.as_millis(),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ])?;
+            Ok(n as u64)
         })
         .await
     }

@@ -41,6 +41,8 @@ pub struct EngineSettings {
     /// instance's dead-man removal never cuts access before the bot does.
     pub on_instance_grace: Span,
     pub limits: PersonLimits,
+    /// Delivered notices older than this are pruned by reconciliation.
+    pub outbox_retention: Span,
 }
 
 /// What one person may do, so nobody can push everyone else's cards past
@@ -69,6 +71,7 @@ impl Default for EngineSettings {
             surfaces: vec!["console".into()],
             on_instance_grace: Span::from_minutes(5),
             limits: PersonLimits::default(),
+            outbox_retention: Span::from_hours(720),
         }
     }
 }

@@ -82,7 +82,12 @@ pub struct ReconcileReport {
     pub leftovers: usize,
     /// The provisioner's records of finished work it forgot.
     pub forgotten: u64,
+    /// Delivered notices past `outbox_retention`, deleted.
+    pub pruned: u64,
 }
+
+/// Delivered notices deleted per write transaction.
+const PRUNE_BATCH: u64 = 5_000;
 
 /// How long the provisioner keeps records of finished work (the Logbook keeps
 /// the outcomes for good).
@@ -266,6 +271,16 @@ impl Engine {
         match self.provisioner.forget_finished(before).await {
             Ok(n) => report.forgotten = n,
             Err(e) => tracing::warn!(error = %e, "cannot forget the provisioner's old records"),
+        }
+        // In batches, so the writer is never held for long; what is left
+        // goes at the next run.
+        let before = self.clock.now().minus(self.settings.outbox_retention);
+        for _ in 0..20 {
+            let pruned = self.store.prune_delivered(before, PRUNE_BATCH).await?;
+            report.pruned += pruned;
+            if pruned < PRUNE_BATCH {
+                break;
+            }
         }
         Ok(report)
     }

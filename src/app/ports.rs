@@ -231,6 +231,19 @@ pub struct Pending {
     pub next_attempt_at: Timestamp,
 }
 
+/// A notice the chat platform kept refusing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    pub id: i64,
+    pub surface: String,
+    pub lane: String,
+    pub request: Option<RequestId>,
+    pub created_at: Timestamp,
+    pub set_aside_at: Timestamp,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Gauges {
     /// Requests per state (`pending`, `active`, …).
@@ -342,6 +355,13 @@ pub trait Store: Send + Sync {
         error: &str,
     ) -> Result<(), StoreError>;
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError>;
+    /// Notices set aside after repeated refusals, oldest first.
+    async fn set_aside(&self, limit: u32) -> Result<Vec<SetAside>, StoreError>;
+    /// Puts set-aside notices (these ids, or all with `None`) back in line to
+    /// be sent at `now`. Returns how many.
+    async fn revive(&self, ids: Option<Vec<i64>>, now: Timestamp) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` notices delivered before `before`.
+    async fn prune_delivered(&self, before: Timestamp, limit: u64) -> Result<u64, StoreError>;
     /// Counts the whole outbox: for tests, benchmarks and reports, never on a hot path.
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
     /// What `/metrics` reports from the database, read at each scrape with
