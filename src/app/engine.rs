@@ -299,8 +299,7 @@ impl Engine {
             if req.state != RequestState::Active {
                 return Err(RefusalKind::WrongState(format!(
                     "{id} ended while the credentials were being made: request access again"
-                ))
-                .into());
+                )));
             }
             fx.log(
                 now,

@@ -159,12 +159,12 @@ impl RoleArn {
                 "it must start with arn:<partition>:iam:: and name an account",
             ));
         };
-        if !matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
-            && !(partition.starts_with("aws-iso")
+        let known = matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
+            || (partition.starts_with("aws-iso")
                 && partition
                     .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'-'))
-        {
+                    .all(|b| b.is_ascii_lowercase() || b == b'-'));
+        if !known {
             return Err(bad("unknown partition: use aws, aws-cn or aws-us-gov"));
         }
         if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
