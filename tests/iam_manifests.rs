@@ -65,7 +65,9 @@ fn the_bot_may_assume_the_session_role_and_end_passports_sessions() {
     assert_eq!(list(&end["Resource"]), ["arn:aws:ssm:*:*:session/pp-*"]);
     // The bot itself never starts sessions.
     for s in bot["Statement"].as_array().unwrap() {
-        assert!(!list(&s["Action"]).iter().any(|a| a == "ssm:StartSession" || a.ends_with('*')));
+        assert!(!list(&s["Action"])
+            .iter()
+            .any(|a| a == "ssm:StartSession" || a.ends_with('*')));
     }
 }
 
@@ -78,11 +80,19 @@ fn the_session_role_can_do_no_more_than_a_session_policy_can_name() {
     actions.sort();
     assert_eq!(
         actions,
-        ["ssm:ResumeSession", "ssm:StartSession", "ssm:TerminateSession"]
+        [
+            "ssm:ResumeSession",
+            "ssm:StartSession",
+            "ssm:TerminateSession"
+        ]
     );
     let start = statement(&role, "StartSessionsOnInstancesWithTheirDocuments");
     let mut expected = vec!["arn:aws:ec2:*:*:instance/*".to_owned()];
-    for document in [SSH_DOCUMENT, PORT_FORWARDING_DOCUMENT, REMOTE_PORT_FORWARDING_DOCUMENT] {
+    for document in [
+        SSH_DOCUMENT,
+        PORT_FORWARDING_DOCUMENT,
+        REMOTE_PORT_FORWARDING_DOCUMENT,
+    ] {
         expected.push(format!("arn:aws:ssm:*::document/{document}"));
     }
     assert_eq!(list(&start["Resource"]), expected);
@@ -106,7 +116,10 @@ fn only_the_bot_may_assume_the_session_role_and_only_for_one_request() {
             json!({ "AWS": "arn:aws:iam::123456789012:role/passport-bot" }),
             "only Passport's bot role"
         );
-        assert!(s["Condition"].is_object(), "every action has conditions: {s}");
+        assert!(
+            s["Condition"].is_object(),
+            "every action has conditions: {s}"
+        );
         actions.extend(list(&s["Action"]));
     }
     actions.sort();
@@ -129,8 +142,7 @@ fn only_the_bot_may_assume_the_session_role_and_only_for_one_request() {
         json!(["passport:request", "passport:requester"])
     );
     assert_eq!(
-        tags["Condition"]["Null"]["sts:TransitiveTagKeys"],
-        "true",
+        tags["Condition"]["Null"]["sts:TransitiveTagKeys"], "true",
         "no tag outlives the session"
     );
 }
