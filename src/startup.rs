@@ -105,7 +105,8 @@ pub async fn console_app(
         clock,
         // The console's output reads in the order things happened.
         Dispatcher::one_lane_at_a_time,
-    )?;
+    )
+    .await?;
     if let Some(courier) = &courier {
         attach_courier(courier, &app, &surface, settings);
     }
@@ -344,7 +345,7 @@ pub fn logged_dry_run(settings: &Settings) -> Arc<dyn Provisioner> {
 /// The engine, dispatcher (as `delivery` tunes it) and scheduler on
 /// `store`, with `surface` as the one chat surface: what the console and every
 /// chat platform share.
-fn assemble(
+async fn assemble(
     settings: &Settings,
     store: Arc<SqliteStore>,
     surface: Arc<dyn ChatSurface>,
@@ -370,8 +371,16 @@ fn assemble(
             ..EngineSettings::default()
         },
     );
-    let engine = Arc::new(match &settings.ssh_ca {
+    let engine = match &settings.ssh_ca {
         Some(ca) => engine.with_certificates(Arc::new(ca.load()?), ca.backdate),
+        None => engine,
+    };
+    let broker = match &settings.aws {
+        Some(aws) => crate::adapters::aws::session_broker(aws).await,
+        None => None,
+    };
+    let engine = Arc::new(match broker {
+        Some(broker) => engine.with_sessions(Arc::new(broker)),
         None => engine,
     });
     let dispatcher = Arc::new(delivery(Dispatcher::new(
@@ -433,7 +442,8 @@ pub async fn slack_app(
         options.provisioner,
         options.clock.clone(),
         std::convert::identity,
-    )?;
+    )
+    .await?;
     let people = Arc::new(People::new(api.clone()));
     let inbound = Arc::new(
         Inbound::new(app.engine.clone(), api.clone(), people, surface.clone())
@@ -532,7 +542,8 @@ pub async fn discord_app(
         options.provisioner,
         options.clock.clone(),
         std::convert::identity,
-    )?;
+    )
+    .await?;
     let inbound = Arc::new(
         DiscordInbound::new(app.engine.clone(), api.clone(), directory, discord.guild_id)
             .with_deadline(options.ack_deadline),

@@ -1,6 +1,8 @@
 //! The AWS provisioner against a real `moto` server (a local AWS-compatible
 //! server) through the real SDK: discovery, SendCommand wiring and batching,
-//! command ids kept across a restart, and the SSM documents.
+//! command ids kept across a restart, the SSM documents, and the STS
+//! AssumeRole that scoped Session Manager credentials come from (through a
+//! recording proxy, since moto neither evaluates nor echoes session policies).
 //!
 //! moto answers every command with `Success` at once and lacks
 //! DescribeInstanceInformation, so these tests turn the SSM-online check off;
@@ -618,4 +620,188 @@ async fn documents_are_installed_checked_updated_and_rolled_back() {
         )
     );
     check_documents(&ssm, &docs).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Session Manager credentials (STS AssumeRole)
+
+/// An HTTP proxy on a free loopback port that forwards everything to
+/// `upstream` and keeps each request's body, to see exactly what the SDK sent.
+struct RecordingProxy {
+    url: String,
+    bodies: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn recording_proxy(upstream: &str) -> RecordingProxy {
+    use axum::body::Body;
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+
+    #[derive(Clone)]
+    struct Forward {
+        upstream: String,
+        client: reqwest::Client,
+        bodies: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    async fn forward(State(f): State<Forward>, request: Request) -> Response {
+        let (parts, body) = request.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        f.bodies
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&bytes).into_owned());
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut headers = parts.headers.clone();
+        headers.remove(axum::http::header::HOST);
+        let answer = f
+            .client
+            .request(parts.method, format!("{}{path}", f.upstream))
+            .headers(headers)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let mut response = Response::builder().status(answer.status());
+        for (name, value) in answer.headers() {
+            if name != axum::http::header::TRANSFER_ENCODING {
+                response = response.header(name, value);
+            }
+        }
+        response
+            .body(Body::from(answer.bytes().await.unwrap()))
+            .unwrap()
+    }
+
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let state = Forward {
+        upstream: upstream.to_owned(),
+        client: reqwest::Client::new(),
+        bodies: bodies.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(forward).with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    RecordingProxy { url, bodies }
+}
+
+#[tokio::test]
+async fn assume_role_asks_for_the_role_duration_identity_tags_and_exact_policy() {
+    use passport::adapters::aws::sdk::SdkSts;
+    use passport::adapters::aws::sessions::{owned_by, StsSessionBroker};
+    use passport::adapters::aws::RoleArn;
+    use passport::app::ports::SessionBroker;
+    use passport::domain::session::SessionScope;
+    use passport::domain::values::UserId;
+    use secrecy::ExposeSecret;
+
+    let moto = moto_or_skip!();
+    let proxy = recording_proxy(&moto.url).await;
+    let settings = AwsSettings {
+        endpoint_url: Some(proxy.url.clone()),
+        ..settings(&moto)
+    };
+    let sdk = sdk(&settings).await;
+    let role = RoleArn::parse("arn:aws:iam::123456789012:role/passport-session").unwrap();
+    let broker = StsSessionBroker::new(
+        Arc::new(SdkSts::new(&sdk)),
+        Arc::new(SdkSsm::new(&sdk)),
+        role.clone(),
+        REGION.into(),
+    );
+    let request = RequestId::new(42).unwrap();
+    let username = Username::for_request("ann", request);
+    let a = InstanceId::parse("i-0123456789abcdef0").unwrap();
+    let b = InstanceId::parse("i-0fedcba9876543210").unwrap();
+    let now = Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
+    let scope = SessionScope {
+        request,
+        username: username.clone(),
+        requester: UserId::parse("U024BE7LH").unwrap(),
+        handle: "ann <ops>".into(),
+        instances: vec![a.clone(), b.clone()],
+        ssh: true,
+        port_forwarding: true,
+        remote_port_forwarding: false,
+        not_after: Timestamp::parse_rfc3339("2030-01-02T03:04:05Z").unwrap(),
+    };
+
+    let credentials = broker.credentials(&scope, now).await.unwrap();
+    assert!(!credentials.access_key_id.is_empty());
+    assert!(!credentials.secret_access_key.expose_secret().is_empty());
+    assert!(!credentials.session_token.expose_secret().is_empty());
+    assert_eq!(credentials.region, REGION);
+    let lives = credentials.expiration.as_millis() - now.as_millis();
+    assert!((850_000..=960_000).contains(&lives), "{lives} ms");
+
+    // What the SDK sent, decoded.
+    let bodies = proxy.bodies.lock().unwrap().clone();
+    let sent: Vec<(String, String)> = bodies
+        .iter()
+        .map(|b| serde_urlencoded::from_str::<Vec<(String, String)>>(b).unwrap())
+        .find(|form| form.iter().any(|(k, v)| k == "Action" && v == "AssumeRole"))
+        .expect("an AssumeRole call");
+    let field = |name: &str| {
+        sent.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} not sent: {sent:?}"))
+    };
+    assert_eq!(field("RoleArn"), role.as_str());
+    assert_eq!(field("RoleSessionName"), "pp-ann-42");
+    assert_eq!(field("SourceIdentity"), "U024BE7LH");
+    assert_eq!(field("DurationSeconds"), "900");
+    assert_eq!(field("Tags.member.1.Key"), "passport:request");
+    assert_eq!(field("Tags.member.1.Value"), "AR-42");
+    assert_eq!(field("Tags.member.2.Key"), "passport:requester");
+    assert_eq!(field("Tags.member.2.Value"), "ann _ops_");
+    assert!(!sent.iter().any(|(k, _)| k.starts_with("TransitiveTagKeys")));
+    let policy: serde_json::Value = serde_json::from_str(&field("Policy")).unwrap();
+    let start = &policy["Statement"][0];
+    assert_eq!(start["Action"], "ssm:StartSession");
+    assert_eq!(
+        start["Resource"],
+        serde_json::json!([
+            "arn:aws:ec2:eu-west-1:123456789012:instance/i-0123456789abcdef0",
+            "arn:aws:ec2:eu-west-1:123456789012:instance/i-0fedcba9876543210",
+            "arn:aws:ssm:eu-west-1::document/AWS-StartSSHSession",
+            "arn:aws:ssm:eu-west-1::document/AWS-StartPortForwardingSession",
+        ])
+    );
+    assert_eq!(
+        start["Condition"]["DateLessThan"]["aws:CurrentTime"],
+        "2030-01-02T03:04:05Z"
+    );
+    assert_eq!(
+        policy["Statement"][1]["Resource"],
+        "arn:aws:ssm:eu-west-1:123456789012:session/pp-ann-42-*"
+    );
+
+    // The credentials work, and are the role session whose sessions
+    // `end_sessions` recognises as this request's.
+    let assumed = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(&moto.url)
+        .credentials_provider(Credentials::new(
+            credentials.access_key_id.clone(),
+            credentials.secret_access_key.expose_secret().to_owned(),
+            Some(credentials.session_token.expose_secret().to_owned()),
+            None,
+            "assumed",
+        ))
+        .load()
+        .await;
+    let me = aws_sdk_sts::Client::new(&assumed)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap();
+    let arn = me.arn().unwrap();
+    assert!(owned_by(arn, &role, &username), "{arn}");
 }

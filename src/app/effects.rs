@@ -24,6 +24,10 @@ pub enum TimerKind {
     Refresh,
     /// Remove the users from every grant marked for removal.
     Remove,
+    /// End the Session Manager sessions still open with this request's
+    /// credentials: a retry after a failure, and a last sweep once every
+    /// credential issued for it has expired.
+    EndSessions,
 }
 
 impl TimerKind {
@@ -35,6 +39,7 @@ impl TimerKind {
             Self::Provision => "provision".into(),
             Self::Refresh => "refresh".into(),
             Self::Remove => "remove".into(),
+            Self::EndSessions => "end_sessions".into(),
         }
     }
 
@@ -45,6 +50,7 @@ impl TimerKind {
             "provision" => Self::Provision,
             "refresh" => Self::Refresh,
             "remove" => Self::Remove,
+            "end_sessions" => Self::EndSessions,
             other => Self::Warning(Span::from_millis(
                 other.strip_prefix("warning:")?.parse().ok()?,
             )),
@@ -170,6 +176,7 @@ mod tests {
             TimerKind::Provision,
             TimerKind::Refresh,
             TimerKind::Remove,
+            TimerKind::EndSessions,
         ] {
             assert_eq!(TimerKind::decode(&kind.encode()), Some(kind));
         }

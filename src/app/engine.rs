@@ -281,30 +281,54 @@ impl Engine {
             ))
             .into(),
         })?;
-        let mut fx = Effects::default();
-        fx.log(
-            now,
-            actor.person.id.as_str(),
-            Some(id),
-            "session_credentials_issued",
-            format!(
-                "Session Manager credentials {} issued to {} for {} instance(s) until {}",
-                credentials.access_key_id,
-                actor.person.handle,
-                scope.instances.len(),
-                credentials.expiration,
-            ),
-            json!({
-                "access_key_id": credentials.access_key_id,
-                "instances": scope.instances.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
-                "ssh": scope.ssh,
-                "port_forwarding": scope.port_forwarding,
-                "remote_port_forwarding": scope.remote_port_forwarding,
-                "expiration": credentials.expiration.rfc3339(),
-                "access_ends_at": scope.not_after.rfc3339(),
-            }),
+        // Recorded in a change of the request, which refuses when the access
+        // ended while STS was answering: so every credential handed out is in
+        // the Logbook before the end, where the removal looks for them to end
+        // their sessions (`lifecycle.rs`), and none is handed out after it.
+        let who = actor.person.clone();
+        let issued = credentials.clone();
+        let instances: Vec<String> = scope
+            .instances
+            .iter()
+            .map(|i| i.as_str().to_owned())
+            .collect();
+        let (ssh, port_forwarding, remote) = (
+            scope.ssh,
+            scope.port_forwarding,
+            scope.remote_port_forwarding,
         );
-        self.store.record(fx, now).await?;
+        let not_after = scope.not_after;
+        self.change(id, move |req, fx| {
+            if req.state != RequestState::Active {
+                return Err(RefusalKind::WrongState(format!(
+                    "{id} ended while the credentials were being made: request access again"
+                )));
+            }
+            fx.log(
+                now,
+                who.id.as_str(),
+                Some(id),
+                "session_credentials_issued",
+                format!(
+                    "Session Manager credentials {} issued to {} for {} instance(s) until {}",
+                    issued.access_key_id,
+                    who.handle,
+                    instances.len(),
+                    issued.expiration,
+                ),
+                json!({
+                    "access_key_id": issued.access_key_id,
+                    "instances": instances,
+                    "ssh": ssh,
+                    "port_forwarding": port_forwarding,
+                    "remote_port_forwarding": remote,
+                    "expiration": issued.expiration.rfc3339(),
+                    "access_ends_at": not_after.rfc3339(),
+                }),
+            );
+            Ok(())
+        })
+        .await?;
         Ok(credentials)
     }
 

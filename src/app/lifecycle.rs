@@ -136,6 +136,7 @@ impl Engine {
             TimerKind::Expiry => self.expire(t).await,
             TimerKind::Provision | TimerKind::Refresh => self.provision(t).await,
             TimerKind::Remove => self.remove(t).await,
+            TimerKind::EndSessions => self.end_sessions_job(t).await,
         }
     }
 
@@ -468,7 +469,25 @@ impl Engine {
             username: req.username.clone(),
             instances,
         };
-        let outcomes = match self.provisioner.revoke(&spec).await {
+        // The first removal also ends the Session Manager sessions opened
+        // with the request's credentials, alongside the revoke and bounded,
+        // so it never holds the removal up; it retries on its own timer.
+        let sessions = if t.attempts == 0 {
+            self.credentials_issued(&req).await?
+        } else {
+            None
+        };
+        let (revoked, ended) = match sessions {
+            Some(latest) => {
+                let (revoked, ended) = tokio::join!(
+                    self.provisioner.revoke(&spec),
+                    self.end_sessions_bounded(&req)
+                );
+                (revoked, Some((ended, latest)))
+            }
+            None => (self.provisioner.revoke(&spec).await, None),
+        };
+        let outcomes = match revoked {
             Ok(outcomes) => outcomes,
             Err(e) => all_failed(&spec.instances, &e),
         };
@@ -476,6 +495,10 @@ impl Engine {
         let id = req.id;
         let attempts = t.attempts + 1;
         self.apply(t, move |req, fx| {
+            if let Some((ended, latest)) = &ended {
+                record_sessions_ended(req, fx, now, ended, 1);
+                schedule_sweep(fx, now, *latest);
+            }
             req.record_removal(&outcomes);
             let mut removed = Vec::new();
             for o in &outcomes {
@@ -508,6 +531,164 @@ impl Engine {
             Ok(())
         })
         .await
+    }
+}
+
+/// How long ending a request's sessions may take before it counts as failed
+/// (and is retried on its own timer).
+const SESSION_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Ending sessions is given up (and the audit channel told) after this many attempts.
+const MAX_SESSION_END_ATTEMPTS: u32 = 8;
+/// The last sweep runs this long after the last credential expired, for
+/// clocks that differ.
+const SWEEP_MARGIN: Span = Span::from_minutes(1);
+
+/// Ended states: only their sessions are ended.
+fn has_ended(state: RequestState) -> bool {
+    matches!(
+        state,
+        RequestState::Completed
+            | RequestState::Expired
+            | RequestState::Revoked
+            | RequestState::Failed
+    )
+}
+
+impl Engine {
+    /// When the last Session Manager credential issued for `req` expires,
+    /// if any was and a broker is configured. Every credential handed out is
+    /// in the Logbook, written in a transaction that saw the request active
+    /// (`Engine::session_credentials`), so one issued before the end is found
+    /// here and none can be issued after it.
+    async fn credentials_issued(
+        &self,
+        req: &AccessRequest,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        if self.sessions.is_none() {
+            return Ok(None);
+        }
+        let events = self.store.audit_events(Some(req.id), None).await?;
+        Ok(events
+            .iter()
+            .filter(|e| e.action == "session_credentials_issued")
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.details)
+                    .ok()
+                    .and_then(|d| {
+                        d.get("expiration")?
+                            .as_str()
+                            .and_then(Timestamp::parse_rfc3339)
+                    })
+                    // Unreadable: at most the longest STS credential from its issue.
+                    .unwrap_or_else(|| e.at.plus(Span::from_hours(12)))
+            })
+            .max())
+    }
+
+    /// Ends the sessions of `req` on all its instances, within [`SESSION_END_TIMEOUT`].
+    async fn end_sessions_bounded(&self, req: &AccessRequest) -> Result<Vec<String>, String> {
+        let Some(broker) = &self.sessions else {
+            return Ok(Vec::new());
+        };
+        let instances: Vec<InstanceId> = req.instances.iter().map(|i| i.id.clone()).collect();
+        match tokio::time::timeout(
+            SESSION_END_TIMEOUT,
+            broker.end_sessions(&req.username, &instances),
+        )
+        .await
+        {
+            Ok(Ok(ended)) => Ok(ended),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "AWS did not answer within {}s",
+                SESSION_END_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// The `EndSessions` timer: a retry after a failure, or the last sweep
+    /// once the request's credentials have expired.
+    async fn end_sessions_job(&self, t: &Timer) -> Result<(), StoreError> {
+        let req = match (&self.sessions, self.store.get(t.request).await?) {
+            (Some(_), Some(req)) if has_ended(req.state) => req,
+            _ => return self.store.delete_timer(t.id).await,
+        };
+        let ended = self.end_sessions_bounded(&req).await;
+        let now = self.clock.now();
+        let attempts = t.attempts + 1;
+        self.apply(t, move |req, fx| {
+            record_sessions_ended(req, fx, now, &ended, attempts);
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Logs each session ended, or the failure; a failure is retried on an
+/// `EndSessions` timer until [`MAX_SESSION_END_ATTEMPTS`], then reported.
+fn record_sessions_ended(
+    req: &AccessRequest,
+    fx: &mut Effects,
+    now: Timestamp,
+    ended: &Result<Vec<String>, String>,
+    attempts: u32,
+) {
+    let id = req.id;
+    match ended {
+        Ok(sessions) => {
+            for session in sessions {
+                fx.log(
+                    now,
+                    "passport",
+                    Some(id),
+                    "session_terminated",
+                    format!(
+                        "Session Manager session {session} of `{}` ended",
+                        req.username
+                    ),
+                    json!({ "session_id": session }),
+                );
+            }
+        }
+        Err(why) => {
+            let retry =
+                (attempts < MAX_SESSION_END_ATTEMPTS).then(|| now.plus(backoff(attempts - 1)));
+            let next = match retry {
+                Some(at) => format!("trying again at {at}"),
+                None => "giving up: end them in the Session Manager console".into(),
+            };
+            let summary = format!(
+                "could not end the Session Manager sessions of `{}` (attempt {attempts}): {why}; {next}",
+                req.username
+            );
+            fx.log(
+                now,
+                "passport",
+                Some(id),
+                "session_termination_failed",
+                summary.clone(),
+                json!({ "error": why, "attempt": attempts }),
+            );
+            match retry {
+                Some(due) => fx.timers.push(NewTimer {
+                    kind: TimerKind::EndSessions,
+                    due,
+                    attempts,
+                }),
+                None => fx.notify(Notice::Audit {
+                    text: format!("🚨 {id}: {summary}"),
+                }),
+            }
+        }
+    }
+}
+
+/// A credential issued before an early end (complete, revoke) may still
+/// start sessions until it expires, since its policy allowed them until the
+/// planned end: one more sweep when the last one has expired ends those too.
+fn schedule_sweep(fx: &mut Effects, now: Timestamp, latest: Timestamp) {
+    if latest > now {
+        fx.schedule(TimerKind::EndSessions, latest.plus(SWEEP_MARGIN));
     }
 }
 

@@ -460,6 +460,15 @@ impl TestApp {
         self
     }
 
+    /// The same application handing out Session Manager credentials from `broker`.
+    pub fn with_sessions(mut self, broker: Arc<dyn passport::app::ports::SessionBroker>) -> Self {
+        let engine = Arc::try_unwrap(self.engine)
+            .ok()
+            .expect("the engine is not shared yet");
+        self.engine = Arc::new(engine.with_sessions(broker));
+        self
+    }
+
     pub async fn close(self) {
         self.store.close().await;
     }

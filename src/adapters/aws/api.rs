@@ -224,3 +224,65 @@ pub trait SsmApi: Send + Sync {
     async fn update_document(&self, name: &str, content: &str) -> Result<String, ApiError>;
     async fn set_default_version(&self, name: &str, version: &str) -> Result<(), ApiError>;
 }
+
+/// A Session Manager session as DescribeSessions reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub target: String,
+    /// Who started it: for an assumed role,
+    /// `arn:<partition>:sts::<account>:assumed-role/<role name>/<role session name>`.
+    pub owner: String,
+}
+
+/// What Passport asks STS for (AssumeRole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRoleRequest {
+    pub role_arn: String,
+    pub role_session_name: String,
+    pub source_identity: String,
+    /// The inline session policy, JSON.
+    pub policy: String,
+    pub duration_seconds: i32,
+    /// Session tags, in order.
+    pub tags: Vec<(String, String)>,
+}
+
+/// Temporary credentials from AssumeRole. The secret and the token never
+/// appear in `Debug`.
+#[derive(Clone)]
+pub struct AssumedCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: secrecy::SecretString,
+    pub session_token: secrecy::SecretString,
+    /// Milliseconds since the epoch.
+    pub expiration_ms: i64,
+}
+
+impl std::fmt::Debug for AssumedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssumedCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("expiration_ms", &self.expiration_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Session Manager calls that end sessions: a separate trait from
+/// [`SsmApi`] so that a session broker needs nothing of Run Command.
+#[async_trait]
+pub trait SessionsApi: Send + Sync {
+    /// The sessions in state `Active` whose target is `target` (DescribeSessions).
+    async fn active_sessions(&self, target: &InstanceId) -> Result<Vec<SessionInfo>, ApiError>;
+    /// Ends a session for good (TerminateSession). Ending one that has ended
+    /// already succeeds.
+    async fn terminate_session(&self, session_id: &str) -> Result<(), ApiError>;
+}
+
+#[async_trait]
+pub trait StsApi: Send + Sync {
+    async fn assume_role(
+        &self,
+        request: &AssumeRoleRequest,
+    ) -> Result<AssumedCredentials, ApiError>;
+}

@@ -54,6 +54,10 @@ pub struct AwsConfig {
     /// How long the direct message carrying a Windows password stays in the
     /// chat before Passport deletes it (1m to 24h).
     pub password_message_ttl: String,
+    /// The IAM role Passport assumes to hand out Session Manager credentials
+    /// scoped to one request (`arn:aws:iam::123456789012:role/passport-session`).
+    /// Unset: Passport hands out no credentials.
+    pub session_role_arn: Option<String>,
 }
 
 /// Names of the SSM documents Passport runs.
@@ -96,6 +100,7 @@ impl Default for AwsConfig {
             invocation_grace: "2m".into(),
             uid_range: UidRange::DEFAULT.to_string(),
             password_message_ttl: "10m".into(),
+            session_role_arn: None,
         }
     }
 }
@@ -119,6 +124,98 @@ pub struct AwsSettings {
     pub invocation_grace: Duration,
     pub uid_range: UidRange,
     pub password_message_ttl: Duration,
+    /// The role Session Manager credentials are assumed from, when set.
+    pub session_role: Option<RoleArn>,
+}
+
+/// An IAM role's ARN, `arn:<partition>:iam::<account>:role/<path/name>`,
+/// split into the parts the session policy needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleArn {
+    arn: String,
+    partition: String,
+    account: String,
+    /// The name without its path: what `assumed-role/<name>/…` says.
+    name: String,
+}
+
+impl RoleArn {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "{text:?} is not an IAM role ARN ({why}): use arn:<partition>:iam::<12-digit account>:role/<path/name>, e.g. \"arn:aws:iam::123456789012:role/passport-session\""
+            )
+        };
+        let mut parts = text.splitn(6, ':');
+        let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(bad(
+                "it must start with arn:<partition>:iam:: and name an account",
+            ));
+        };
+        let known = matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
+            || (partition.starts_with("aws-iso")
+                && partition
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-'));
+        if !known {
+            return Err(bad("unknown partition: use aws, aws-cn or aws-us-gov"));
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("the account must be 12 digits"));
+        }
+        let Some(path_and_name) = resource.strip_prefix("role/") else {
+            return Err(bad("the resource must be role/<name>"));
+        };
+        // IAM: names of 1 to 64 of [\w+=,.@-], paths of the same characters and `/`.
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b);
+        let name = path_and_name.rsplit('/').next().unwrap_or("");
+        if name.is_empty()
+            || name.len() > 64
+            || path_and_name.len() > 512 + 64
+            || !path_and_name.bytes().all(|b| allowed(b) || b == b'/')
+            || path_and_name.contains("//")
+        {
+            return Err(bad(
+                "the role name must be 1 to 64 of letters, digits and +=,.@_-",
+            ));
+        }
+        Ok(Self {
+            arn: text.to_owned(),
+            partition: partition.to_owned(),
+            account: account.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.arn
+    }
+
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// The role's name without its path.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for RoleArn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.arn)
+    }
 }
 
 /// The UIDs Passport's Linux users are given, inclusive.
@@ -178,6 +275,7 @@ impl Default for AwsSettings {
             invocation_grace: Duration::from_secs(120),
             uid_range: UidRange::DEFAULT,
             password_message_ttl: Duration::from_secs(600),
+            session_role: None,
         }
     }
 }
@@ -284,6 +382,18 @@ impl AwsConfig {
             }
         }
 
+        let session_role = match self.session_role_arn.as_deref().map(RoleArn::parse) {
+            Some(Ok(role)) => Some(role),
+            Some(Err(e)) => {
+                errors.push(format!("aws.session_role_arn: {e}"));
+                None
+            }
+            None => None,
+        };
+        if session_role.is_some() && self.region.is_none() {
+            errors.push("aws.session_role_arn: needs aws.region too, because the session policy names the instances by their ARN, which holds the region: set region, e.g. \"eu-west-1\"".into());
+        }
+
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -304,6 +414,7 @@ impl AwsConfig {
             invocation_grace,
             uid_range,
             password_message_ttl,
+            session_role,
         })
     }
 }
@@ -368,6 +479,7 @@ mod tests {
                 grant_linux: "AWS-RunShellScript".into(),
                 ..DocumentNames::default()
             },
+            session_role_arn: Some("arn:aws:iam::123:user/passport".into()),
             ..AwsConfig::default()
         };
         let errors = config.validate().unwrap_err().join("\n");
@@ -379,9 +491,66 @@ mod tests {
             "aws.batch_size",
             "aws.concurrency",
             "aws.documents.grant_linux",
+            "aws.session_role_arn",
         ] {
             assert!(errors.contains(field), "{field} not named in:\n{errors}");
         }
+    }
+
+    #[test]
+    fn session_role_arns_are_checked_and_split() {
+        let role =
+            RoleArn::parse("arn:aws-us-gov:iam::123456789012:role/ops/passport-session").unwrap();
+        assert_eq!(role.partition(), "aws-us-gov");
+        assert_eq!(role.account(), "123456789012");
+        assert_eq!(role.name(), "passport-session");
+        assert_eq!(
+            role.as_str(),
+            "arn:aws-us-gov:iam::123456789012:role/ops/passport-session"
+        );
+        for bad in [
+            "",
+            "passport-session",
+            "arn:aws:iam::123456789012:user/passport",
+            "arn:aws:iam::12345678901:role/passport",
+            "arn:aws:iam:eu-west-1:123456789012:role/passport",
+            "arn:aws:sts::123456789012:role/passport",
+            "arn:nope:iam::123456789012:role/passport",
+            "arn:aws:iam::123456789012:role/",
+            "arn:aws:iam::123456789012:role/has space",
+            "arn:aws:iam::123456789012:role/a//b",
+        ] {
+            let e = RoleArn::parse(bad).unwrap_err();
+            assert!(
+                e.contains("arn:<partition>:iam::<12-digit account>:role/"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_role_needs_a_region() {
+        let config = AwsConfig {
+            session_role_arn: Some("arn:aws:iam::123456789012:role/passport-session".into()),
+            ..AwsConfig::default()
+        };
+        let errors = config.validate().unwrap_err().join("\n");
+        assert!(
+            errors.contains("aws.session_role_arn: needs aws.region"),
+            "{errors}"
+        );
+        let config = AwsConfig {
+            region: Some("eu-west-1".into()),
+            ..config
+        };
+        let settings = config.validate().unwrap();
+        assert_eq!(
+            settings
+                .session_role
+                .map(|r| r.name().to_owned())
+                .as_deref(),
+            Some("passport-session")
+        );
     }
 
     #[test]

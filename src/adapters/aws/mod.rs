@@ -9,6 +9,9 @@
 //! - [`documents`]: the built-in SSM documents, `ssm install` and the check
 //!   `serve` makes before provisioning.
 //! - [`password`]: one-time keys that bring Windows passwords back encrypted.
+//! - [`sessions`]: [`StsSessionBroker`], Session Manager credentials scoped to
+//!   one request (STS AssumeRole with a session policy) and the ending of
+//!   the sessions opened with them.
 //! - [`wiring`]: what start-up and the command line call.
 //!
 //! **Invariant:** nothing a person typed reaches an instance except as an SSM
@@ -21,12 +24,14 @@ pub mod documents;
 pub mod password;
 pub mod provisioner;
 pub mod sdk;
+pub mod sessions;
 pub mod store;
 pub mod wiring;
 
-pub use config::{AwsConfig, AwsSettings, DocumentNames};
+pub use config::{AwsConfig, AwsSettings, DocumentNames, RoleArn};
 pub use documents::{check_documents, install_documents, DocumentsError, InstallAction};
 pub use password::PasswordSink;
 pub use provisioner::{AwsProvisioner, SSM_UNREACHABLE};
+pub use sessions::StsSessionBroker;
 pub use store::{CommandStore, MemoryCommandStore, SqliteCommandStore};
-pub use wiring::{serve_provisioner, ssm_check, ssm_install, AwsStartError};
+pub use wiring::{serve_provisioner, session_broker, ssm_check, ssm_install, AwsStartError};

@@ -853,7 +853,7 @@ fn state_problem(state: &str) -> Option<String> {
     }
 }
 
-fn provision_error(what: &str, e: ApiError) -> ProvisionError {
+pub(super) fn provision_error(what: &str, e: ApiError) -> ProvisionError {
     if e.is_retryable() {
         ProvisionError::Unavailable(format!("{what}: {e}"))
     } else if e.is_access_denied() {

@@ -1,4 +1,4 @@
-//! [`Ec2Api`] and [`SsmApi`] on the AWS SDK, and the SDK's configuration:
+//! [`Ec2Api`], [`SsmApi`], [`SessionsApi`] and [`StsApi`] on the AWS SDK, and the SDK's configuration:
 //! the usual credential chain, adaptive retries, an optional endpoint.
 
 use std::collections::BTreeMap;
@@ -11,11 +11,15 @@ use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_ssm::types::{DocumentFormat, DocumentType, InstanceInformationStringFilter};
+use aws_sdk_ssm::types::{
+    DocumentFormat, DocumentType, InstanceInformationStringFilter, SessionFilter, SessionFilterKey,
+    SessionState,
+};
 
 use super::api::{
-    ApiError, CommandRequest, DocumentState, DocumentVersions, Ec2Api, Ec2Instance, Invocation,
-    InvocationStatus, ManagedInstance, SsmApi,
+    ApiError, AssumeRoleRequest, AssumedCredentials, CommandRequest, DocumentState,
+    DocumentVersions, Ec2Api, Ec2Instance, Invocation, InvocationStatus, ManagedInstance,
+    SessionInfo, SessionsApi, SsmApi, StsApi,
 };
 use super::config::AwsSettings;
 use crate::domain::request::Platform;
@@ -78,6 +82,20 @@ impl SdkSsm {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
             client: aws_sdk_ssm::Client::new(config),
+        }
+    }
+}
+
+/// STS through the SDK.
+#[derive(Clone, Debug)]
+pub struct SdkSts {
+    client: aws_sdk_sts::Client,
+}
+
+impl SdkSts {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_sts::Client::new(config),
         }
     }
 }
@@ -426,5 +444,99 @@ impl SsmApi for SdkSsm {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionsApi for SdkSsm {
+    async fn active_sessions(&self, target: &InstanceId) -> Result<Vec<SessionInfo>, ApiError> {
+        let filter = SessionFilter::builder()
+            .key(SessionFilterKey::TargetId)
+            .value(target.as_str())
+            .build()
+            .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()))?;
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .describe_sessions()
+                .state(SessionState::Active)
+                .filters(filter.clone())
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(classify)?;
+            for session in out.sessions() {
+                let Some(id) = session.session_id() else {
+                    continue;
+                };
+                found.push(SessionInfo {
+                    id: id.to_owned(),
+                    target: session.target().unwrap_or("").to_owned(),
+                    owner: session.owner().unwrap_or("").to_owned(),
+                });
+            }
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn terminate_session(&self, session_id: &str) -> Result<(), ApiError> {
+        self.client
+            .terminate_session()
+            .session_id(session_id)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StsApi for SdkSts {
+    async fn assume_role(
+        &self,
+        request: &AssumeRoleRequest,
+    ) -> Result<AssumedCredentials, ApiError> {
+        let mut call = self
+            .client
+            .assume_role()
+            .role_arn(&request.role_arn)
+            .role_session_name(&request.role_session_name)
+            .source_identity(&request.source_identity)
+            .policy(&request.policy)
+            .duration_seconds(request.duration_seconds);
+        for (key, value) in &request.tags {
+            let tag = aws_sdk_sts::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()))?;
+            call = call.tags(tag);
+        }
+        let out = call.send().await.map_err(classify)?;
+        // The answer holds the secret: only the fields below leave this
+        // function, and none of them is ever logged whole.
+        let credentials = out
+            .credentials()
+            .ok_or_else(|| ApiError::Transient("AssumeRole answered without credentials".into()))?;
+        let expiration = credentials.expiration();
+        let expiration_ms = expiration
+            .secs()
+            .saturating_mul(1000)
+            .saturating_add(i64::from(expiration.subsec_nanos() / 1_000_000));
+        Ok(AssumedCredentials {
+            access_key_id: credentials.access_key_id().to_owned(),
+            secret_access_key: credentials.secret_access_key().to_owned().into(),
+            session_token: credentials.session_token().to_owned().into(),
+            expiration_ms,
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! Entry points for start-up and the command line: building the provisioner
 //! for `serve` (refusing when the SSM documents are not ready) and the
-//! `passport ssm install` / `passport ssm check` commands.
+//! `passport ssm install` / `passport ssm check` commands, and the session
+//! broker when `session_role_arn` is set.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use super::config::AwsSettings;
 use super::documents::DocumentsError;
 use super::password::PasswordSink;
 use super::provisioner::AwsProvisioner;
+use super::sdk::{sdk_loader, SdkSsm, SdkSts};
+use super::sessions::StsSessionBroker;
 use super::store::{CommandStoreError, MemoryCommandStore, SqliteCommandStore};
 use crate::app::ports::ProvisionError;
 
@@ -65,4 +68,20 @@ pub async fn ssm_check(settings: &AwsSettings) -> Result<(), AwsStartError> {
         AwsProvisioner::connect(settings, Arc::new(MemoryCommandStore::new())).await?;
     provisioner.check_documents().await?;
     Ok(())
+}
+
+/// The session broker `serve` runs with when `session_role_arn` is set:
+/// STS and Session Manager through the usual credential chain (the bot's
+/// own role, which the session role trusts). `None` without a session role.
+pub async fn session_broker(settings: &AwsSettings) -> Option<StsSessionBroker> {
+    let role = settings.session_role.clone()?;
+    // Validation makes a session role come with a region.
+    let region = settings.region.clone()?;
+    let sdk = sdk_loader(settings).load().await;
+    Some(StsSessionBroker::new(
+        Arc::new(SdkSts::new(&sdk)),
+        Arc::new(SdkSsm::new(&sdk)),
+        role,
+        region,
+    ))
 }
