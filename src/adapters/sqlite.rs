@@ -36,13 +36,13 @@ use crate::app::ports::{
     Creation, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending, PendingDeletion,
     Recording, RequestFilter, Store, StoreError, Verification,
 };
-use crate::domain::signin::{
-    ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
-};
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
 use crate::domain::notice::Notice;
 use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
+use crate::domain::signin::{
+    ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
+};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
 

@@ -130,6 +130,9 @@ pub enum AppError {
     Refused(#[from] RefusalKind),
     #[error("{0} does not exist: check the number, or `list` your requests")]
     NotFound(RequestId),
+    /// Too many commands too fast: the text says how long to wait.
+    #[error("{0}")]
+    Limited(String),
     #[error("cannot reach AWS right now ({0}): try again in a few minutes")]
     Unavailable(String),
     #[error(transparent)]
@@ -237,10 +240,9 @@ impl Engine {
             } else {
                 wait.to_string()
             };
-            return Err(RefusalKind::NotAllowed(format!(
+            return Err(AppError::Limited(format!(
                 "slow down: at most {limit} commands a minute; try again in {wait}"
-            ))
-            .into());
+            )));
         }
         entry.1 += 1;
         Ok(())

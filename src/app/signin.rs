@@ -230,7 +230,13 @@ impl Engine {
         // A start is not a Logbook event: anyone may start one, and the
         // Logbook records what people did. The log line names the attempt.
         self.store
-            .login_start(&login, &code.hash(), &secret.hash(), Effects::default(), now)
+            .login_start(
+                &login,
+                &code.hash(),
+                &secret.hash(),
+                Effects::default(),
+                now,
+            )
             .await?;
         tracing::info!(login = %login.id, host = %login.host, address, "sign-in started");
         Ok(Started {
@@ -415,10 +421,7 @@ impl Engine {
             let summary = if by.id.as_str() == whose_text {
                 format!("{} signed out: {n} {what} ended", by.handle)
             } else {
-                format!(
-                    "{} signed out {whose_text}: {n} {what} ended",
-                    by.handle
-                )
+                format!("{} signed out {whose_text}: {n} {what} ended", by.handle)
             };
             fx.log(
                 now,
@@ -431,7 +434,10 @@ impl Engine {
             fx.route(&surfaces, &origin);
             fx
         });
-        let n = self.store.revoke_tokens(&scope, &actor.person.id, record, now).await?;
+        let n = self
+            .store
+            .revoke_tokens(&scope, &actor.person.id, record, now)
+            .await?;
         self.wake.notify_waiters();
         Ok(n)
     }
@@ -450,8 +456,7 @@ impl Engine {
             };
             if !self.policy.is_admin(&who) {
                 return Err(RefusalKind::NotAllowed(
-                    "only admins can end someone else's sign-ins: `logout` alone ends yours"
-                        .into(),
+                    "only admins can end someone else's sign-ins: `logout` alone ends yours".into(),
                 )
                 .into());
             }
@@ -480,11 +485,10 @@ impl Engine {
         let now = self.clock.now();
         let key = format!("{}:{}", actor.surface, actor.person.id);
         if let Some(wait) = self.signin.guesses.wait(&key, now) {
-            return Err(RefusalKind::NotAllowed(format!(
+            return Err(AppError::Limited(format!(
                 "too many unknown sign-in codes: wait {} before typing another",
                 wait_text(wait)
-            ))
-            .into());
+            )));
         }
         let who = ChatIdentity {
             person: actor.person.clone(),

@@ -5,11 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::signin::LoginCode;
 use super::values::{
     looks_like_duration, parse_span, quote, DurationLimits, GrantDuration, InputError, InstanceIds,
     Reason, RequestId, SshPublicKey, Ticket, TicketRules, UserId,
 };
-use super::signin::LoginCode;
 
 /// What the grammar needs to know from configuration.
 #[derive(Debug, Clone)]
@@ -351,7 +351,12 @@ impl Grammar {
                     }
                     3 => (tokens[1].to_owned(), Some(tokens[2])),
                     1 => return Err(usage_error(name, "which code?")),
-                    _ => return Err(usage_error(name, &format!("unexpected {}", quote(tokens[3])))),
+                    _ => {
+                        return Err(usage_error(
+                            name,
+                            &format!("unexpected {}", quote(tokens[3])),
+                        ))
+                    }
                 };
                 let step = match step.map(str::to_ascii_lowercase).as_deref() {
                     None => LoginStep::Show,
@@ -379,7 +384,8 @@ impl Grammar {
         }
     }
 
-    fn extension(&self, text: &str) -> Result<GrantDuration, InputError> {
+    /// Parses the length of an extension: at least a minute, at most the cap.
+    pub fn extension(&self, text: &str) -> Result<GrantDuration, InputError> {
         // An extension may be short, but not shorter than a minute or longer than the cap.
         let limits = DurationLimits {
             min: super::time::Span::from_minutes(1),
@@ -447,7 +453,10 @@ fn mentioned_user(text: &str) -> Result<UserId, InputError> {
     if inner.is_empty() || inner.starts_with('<') || inner.starts_with('@') {
         return Err(usage_error(
             "logout",
-            &format!("{} is not a user: mention them, e.g. `logout @name`", quote(text)),
+            &format!(
+                "{} is not a user: mention them, e.g. `logout @name`",
+                quote(text)
+            ),
         ));
     }
     UserId::parse(inner)
@@ -557,9 +566,18 @@ mod tests {
         assert!(g.parse("login").unwrap_err().0.contains("which code?"));
         assert_eq!(g.parse("logout").unwrap(), Command::Logout(None));
         let u = |s: &str| Some(UserId::parse(s).unwrap());
-        assert_eq!(g.parse("logout <@U0DEV|dev>").unwrap(), Command::Logout(u("U0DEV")));
-        assert_eq!(g.parse("logout <@!1234>").unwrap(), Command::Logout(u("1234")));
-        assert_eq!(g.parse("logout U0DEV").unwrap(), Command::Logout(u("U0DEV")));
+        assert_eq!(
+            g.parse("logout <@U0DEV|dev>").unwrap(),
+            Command::Logout(u("U0DEV"))
+        );
+        assert_eq!(
+            g.parse("logout <@!1234>").unwrap(),
+            Command::Logout(u("1234"))
+        );
+        assert_eq!(
+            g.parse("logout U0DEV").unwrap(),
+            Command::Logout(u("U0DEV"))
+        );
         assert!(g.parse("logout @dev").is_err());
         for spec in COMMANDS {
             assert!(help_text("/passport ").contains(spec.usage));

@@ -480,7 +480,8 @@ mod tests {
     fn only_the_person_who_typed_the_code_confirms_it_once() {
         let mut a = attempt();
         let now = Timestamp::from_millis(1000);
-        a.claim(&person("U1"), now).unwrap_or_else(|e| panic!("{e}"));
+        a.claim(&person("U1"), now)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(a.claim(&person("U2"), now).is_err());
         assert!(a.confirm(&person("U2"), now).is_err());
         a.confirm(&person("U1"), now)

@@ -156,13 +156,21 @@ const SUBCOMMANDS: &[Sub] = &[
     Sub {
         name: "login",
         description: "Sign in the terminal that shows this code (passport login)",
-        options: &[opt("code", "The code your terminal shows, e.g. ABCD-EFGH", true)],
+        options: &[opt(
+            "code",
+            "The code your terminal shows, e.g. ABCD-EFGH",
+            true,
+        )],
         line: &["code"],
     },
     Sub {
         name: "logout",
         description: "End your terminal sign-ins; admins may end someone else's",
-        options: &[opt("user", "For admins: whose sign-ins to end, e.g. @name", false)],
+        options: &[opt(
+            "user",
+            "For admins: whose sign-ins to end, e.g. @name",
+            false,
+        )],
         line: &["user"],
     },
     Sub {

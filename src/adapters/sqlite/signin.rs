@@ -100,9 +100,8 @@ pub(super) fn by_id(
     conn: &Connection,
     id: &LoginId,
 ) -> Result<Option<(LoginAttempt, SecretHash)>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {LOGIN_COLUMNS} FROM logins WHERE id = ?1"
-    ))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {LOGIN_COLUMNS} FROM logins WHERE id = ?1"))?;
     let mut rows = stmt.query([id.as_str()])?;
     match rows.next()? {
         Some(row) => Ok(Some(login_of(row)?)),
@@ -149,7 +148,9 @@ pub(super) fn collect(
     now: Timestamp,
 ) -> Result<Option<i64>, StoreError> {
     let changed = conn
-        .prepare_cached("UPDATE logins SET state = 'collected' WHERE id = ?1 AND state = 'confirmed'")?
+        .prepare_cached(
+            "UPDATE logins SET state = 'collected' WHERE id = ?1 AND state = 'confirmed'",
+        )?
         .execute([id.as_str()])?;
     if changed == 0 {
         return Ok(None);
