@@ -1180,3 +1180,91 @@ async fn every_documented_operation_answers_as_documented() {
     }
     assert_eq!(seen.len(), 12, "{seen:?}");
 }
+
+// ---------------------------------------------------------------------------
+// schemathesis, an independent client of the document
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// `PASSPORT_SCHEMATHESIS` (set by scripts/test, which installs it), else
+/// the virtualenv scripts/test makes.
+fn schemathesis() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PASSPORT_SCHEMATHESIS") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "PASSPORT_SCHEMATHESIS={} is not a file: run scripts/test, which installs schemathesis",
+            path.display()
+        );
+        return Some(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    let venv = home.join(".cache/passport/schemathesis-venv/bin/st");
+    venv.is_file().then_some(venv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_wrong_with_the_api() {
+    let Some(st) = schemathesis() else {
+        assert!(
+            !under_ci(),
+            "schemathesis was not found and CI is set: run scripts/test, or set PASSPORT_SCHEMATHESIS to its `st`"
+        );
+        eprintln!(
+            "\n!!! SKIPPED: schemathesis was not found. Run scripts/test, or \
+             `python3 -m venv ~/.cache/passport/schemathesis-venv && ~/.cache/passport/schemathesis-venv/bin/pip install 'schemathesis>=4,<5'`, \
+             or set PASSPORT_SCHEMATHESIS. !!!\n"
+        );
+        return;
+    };
+    // No per-person command limit, so that more calls reach the use cases.
+    let app = spawn_app_configured(|c| c.requests.commands_per_minute = 0).await;
+    let token = app.sign_in(DEV).await;
+    app.active_request(&token).await;
+    let schema = format!("{}/api/v1/openapi.json", app.base);
+    let work = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec![
+        "run".into(),
+        schema,
+        "--checks".into(),
+        "all".into(),
+        // Data valid by the schemas may still be refused by the policy (an
+        // instance Passport does not know, a ticket of the wrong form, a
+        // request in the wrong state): 4xx is the right answer there.
+        "--exclude-checks".into(),
+        "positive_data_acceptance".into(),
+        // Logging out would end the token every other call uses.
+        "--exclude-operation-id".into(),
+        "logout".into(),
+        "--header".into(),
+        format!("Authorization: Bearer {token}"),
+        "--max-examples".into(),
+        "20".into(),
+        "--workers".into(),
+        "1".into(),
+        "--seed".into(),
+        "1".into(),
+        "--generation-database".into(),
+        "none".into(),
+        "--no-color".into(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(st)
+            .args(&args)
+            .current_dir(work.path())
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{stdout}\n{stderr}"
+    );
+    // The token never reaches the log output, whatever schemathesis sent.
+    assert!(!log_text().contains(&token));
+}
