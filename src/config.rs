@@ -998,6 +998,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_api_token_lifetime_is_validated_and_named() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.validate().map(|s| s.api.token_ttl).ok(),
+            Some(Span::from_hours(12))
+        );
+        c.api.token_ttl = "2d".into();
+        let errs = c.validate().unwrap_err().to_string();
+        assert!(errs.contains("api.token_ttl: \"2d\""), "{errs}");
+        c.api.token_ttl = "168h".into();
+        assert_eq!(
+            c.validate().map(|s| s.api.token_ttl).ok(),
+            Some(Span::from_hours(168))
+        );
+    }
+
+    #[test]
     fn with_aws_the_demo_approvers_never_apply() {
         let mut c = Config {
             aws: Some(AwsConfig::default()),
