@@ -26,7 +26,7 @@ use crate::domain::policy::{Policy, Principal, Rule};
 use crate::domain::request::{InstanceInfo, Platform};
 use crate::domain::time::Span;
 use crate::domain::values::{parse_span, DurationLimits, InstanceId, TicketRules};
-use crate::http::{HttpConfig, HttpSettings};
+use crate::http::{ApiConfig, ApiSettings, HttpConfig, HttpSettings};
 
 /// `PASSPORT_…` variables that are not configuration: the log filter and the
 /// configuration file's path read by the CLI, and the test and benchmark
@@ -34,7 +34,11 @@ use crate::http::{HttpConfig, HttpSettings};
 /// rather than ignored.
 fn is_tool_variable(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key == "log" || key == "config" || key == "moto_server" || key.starts_with("bench_")
+    key == "log"
+        || key == "config"
+        || key == "moto_server"
+        || key == "schemathesis"
+        || key.starts_with("bench_")
 }
 
 /// The variables Kubernetes injects into every pod of a namespace that has a
@@ -303,6 +307,8 @@ pub struct Config {
     /// Discord; absent means no Discord.
     pub discord: Option<DiscordConfig>,
     pub http: HttpConfig,
+    /// The API for the `passport` client.
+    pub api: ApiConfig,
     /// Passport's SSH certificate authority; absent means Linux users log in
     /// with the requester's registered key.
     pub ssh_ca: Option<SshCaConfig>,
@@ -933,6 +939,13 @@ impl Config {
                 None
             }
         };
+        let api = match self.api.validate() {
+            Ok(a) => a,
+            Err(e) => {
+                errors.extend(e);
+                ApiSettings::default()
+            }
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             errors.push(format!("log.level: {e}"));
         }
@@ -973,6 +986,7 @@ impl Config {
             http: http.unwrap_or(HttpSettings {
                 listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
             }),
+            api,
             ssh_ca,
             store_path: self.store.path.clone(),
             durability: self.store.durability,
@@ -1006,6 +1020,7 @@ pub struct Settings {
     /// Present when Discord is configured.
     pub discord: Option<DiscordSettings>,
     pub http: HttpSettings,
+    pub api: ApiSettings,
     /// Present when the SSH CA is configured.
     pub ssh_ca: Option<SshCaSettings>,
     pub store_path: PathBuf,
@@ -1040,6 +1055,23 @@ mod tests {
             .map(|_| String::new())
             .unwrap_or_else(|e| e.to_string());
         assert!(!errs.contains("aws.session_role_arn"), "{errs}");
+    }
+
+    #[test]
+    fn the_api_token_lifetime_is_validated_and_named() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.validate().map(|s| s.api.token_ttl).ok(),
+            Some(Span::from_hours(12))
+        );
+        c.api.token_ttl = "2d".into();
+        let errs = c.validate().unwrap_err().to_string();
+        assert!(errs.contains("api.token_ttl: \"2d\""), "{errs}");
+        c.api.token_ttl = "168h".into();
+        assert_eq!(
+            c.validate().map(|s| s.api.token_ttl).ok(),
+            Some(Span::from_hours(168))
+        );
     }
 
     #[test]

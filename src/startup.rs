@@ -25,7 +25,7 @@ use crate::adapters::slack::{
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::dispatch::Dispatcher;
 use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
-use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, StoreError};
+use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, SessionBroker, StoreError};
 use crate::config::Settings;
 use crate::domain::time::Span;
 use crate::domain::values::{parse_span, Person, RequestId, UserId};
@@ -101,7 +101,10 @@ pub async fn console_app(
         store,
         surface.clone(),
         Arc::new(StaticDirectory::new(&settings.groups)),
-        provisioner,
+        AwsPorts {
+            provisioner,
+            sessions: None,
+        },
         clock,
         // The console's output reads in the order things happened.
         Dispatcher::one_lane_at_a_time,
@@ -342,6 +345,13 @@ pub fn logged_dry_run(settings: &Settings) -> Arc<dyn Provisioner> {
     ))
 }
 
+/// What reaches AWS: the provisioner and, when configured, the broker of
+/// Session Manager credentials.
+struct AwsPorts {
+    provisioner: Arc<dyn Provisioner>,
+    sessions: Option<Arc<dyn SessionBroker>>,
+}
+
 /// The engine, dispatcher (as `delivery` tunes it) and scheduler on
 /// `store`, with `surface` as the one chat surface: what the console and every
 /// chat platform share.
@@ -350,10 +360,14 @@ async fn assemble(
     store: Arc<SqliteStore>,
     surface: Arc<dyn ChatSurface>,
     directory: Arc<dyn Directory>,
-    provisioner: Arc<dyn Provisioner>,
+    aws: AwsPorts,
     clock: Arc<dyn Clock>,
     delivery: fn(Dispatcher) -> Dispatcher,
 ) -> Result<App, StartError> {
+    let AwsPorts {
+        provisioner,
+        sessions,
+    } = aws;
     let engine = Engine::new(
         Ports {
             store: store.clone(),
@@ -371,16 +385,21 @@ async fn assemble(
             ..EngineSettings::default()
         },
     );
+    let engine = engine.with_token_ttl(settings.api.token_ttl);
     let engine = match &settings.ssh_ca {
         Some(ca) => engine.with_certificates(Arc::new(ca.load()?), ca.backdate),
         None => engine,
     };
-    let broker = match &settings.aws {
-        Some(aws) => crate::adapters::aws::session_broker(aws).await,
-        None => None,
+    // A broker handed in (a test's) wins; otherwise `[aws] session_role_arn`'s.
+    let sessions = match (sessions, &settings.aws) {
+        (Some(broker), _) => Some(broker),
+        (None, Some(aws)) => crate::adapters::aws::session_broker(aws)
+            .await
+            .map(|broker| Arc::new(broker) as Arc<dyn SessionBroker>),
+        (None, None) => None,
     };
-    let engine = Arc::new(match broker {
-        Some(broker) => engine.with_sessions(Arc::new(broker)),
+    let engine = Arc::new(match sessions {
+        Some(broker) => engine.with_sessions(broker),
         None => engine,
     });
     let dispatcher = Arc::new(delivery(Dispatcher::new(
@@ -408,6 +427,16 @@ pub async fn slack_app(
     settings: &Settings,
     slack: &SlackSettings,
     options: SlackOptions,
+) -> Result<SlackApp, StartError> {
+    slack_app_with_sessions(settings, slack, options, None).await
+}
+
+/// [`slack_app`] with `sessions` handing out Session Manager credentials.
+pub async fn slack_app_with_sessions(
+    settings: &Settings,
+    slack: &SlackSettings,
+    options: SlackOptions,
+    sessions: Option<Arc<dyn SessionBroker>>,
 ) -> Result<SlackApp, StartError> {
     let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
     let api = SlackApi::new(&slack.api_url, &slack.bot_token, slack.channel_pace);
@@ -439,7 +468,10 @@ pub async fn slack_app(
         store,
         labelled(surface.clone(), options.dry_run_label),
         directory,
-        options.provisioner,
+        AwsPorts {
+            provisioner: options.provisioner,
+            sessions,
+        },
         options.clock.clone(),
         std::convert::identity,
     )
@@ -459,6 +491,7 @@ pub async fn slack_app(
         clock: app.clock.clone(),
         slack: endpoints,
         discord: None,
+        api: Some(app.engine.clone()),
     });
     let socket = match (slack.mode, &slack.app_token) {
         (SlackMode::Socket, Some(token)) => Some(SocketMode::new(api, token.clone(), inbound)),
@@ -539,7 +572,10 @@ pub async fn discord_app(
         store,
         labelled(surface.clone(), options.dry_run_label),
         directory.clone(),
-        options.provisioner,
+        AwsPorts {
+            provisioner: options.provisioner,
+            sessions: None,
+        },
         options.clock.clone(),
         std::convert::identity,
     )
@@ -561,6 +597,7 @@ pub async fn discord_app(
         clock: app.clock.clone(),
         slack: None,
         discord: endpoints,
+        api: Some(app.engine.clone()),
     });
     let gateway = (discord.mode == DiscordMode::Gateway)
         .then(|| Gateway::new(discord.clone(), inbound.clone()));

@@ -1,13 +1,16 @@
 //! The HTTP server: Slack's endpoints, Discord's interactions endpoint,
-//! `/healthz` (alive) and `/readyz` (the database takes writes), on axum.
+//! `/healthz` (alive), `/readyz` (the database takes writes), `/metrics`, and
+//! the API for the `passport` client (`/api/v1`, [`api`]), on axum.
 //!
 //! Every `/slack/…` and `/discord/…` request is read up to [`MAX_BODY`] bytes
 //! (more is 413) and its signature checked ([`verify`]) before anything
 //! parses it (a bad one is 401, logged without the body). Errors become statuses in one place
 //! ([`error::HttpError`]).
 
+pub mod api;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use crate::adapters::discord::inbound::Interaction as DiscordInteraction;
 use crate::adapters::discord::Inbound as DiscordInbound;
 use crate::adapters::slack::inbound::{EventBody, Interaction, SlashCommand};
 use crate::adapters::slack::{Ack, Answer, Inbound};
+use crate::app::engine::Engine;
 use crate::app::ports::{Clock, Store};
 use crate::config::Secret;
 
@@ -68,6 +72,52 @@ impl HttpConfig {
     }
 }
 
+/// What `[api]` in `passport.toml` says: the API for the `passport` client,
+/// served on the `[http]` listener whenever a chat platform is configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// How long a token from `passport login` works, e.g. `12h`.
+    pub token_ttl: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl: "12h".into(),
+        }
+    }
+}
+
+/// The validated `[api]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiSettings {
+    pub token_ttl: crate::domain::time::Span,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            token_ttl: crate::domain::time::Span::from_hours(12),
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<ApiSettings, Vec<String>> {
+        use crate::domain::time::Span;
+        match crate::domain::values::parse_span(&self.token_ttl) {
+            Some(ttl) if ttl >= Span::from_minutes(5) && ttl <= Span::from_hours(30 * 24) => {
+                Ok(ApiSettings { token_ttl: ttl })
+            }
+            _ => Err(vec![format!(
+                "api.token_ttl: {:?} is not a lifetime for API tokens: use forms like 30m, 12h or 168h (from 5m to 720h)",
+                self.token_ttl
+            )]),
+        }
+    }
+}
+
 /// What Slack's endpoints need.
 #[derive(Clone)]
 pub struct SlackEndpoints {
@@ -95,6 +145,9 @@ pub struct HttpState {
     pub slack: Option<SlackEndpoints>,
     /// Present when Discord calls Passport over HTTP.
     pub discord: Option<DiscordEndpoints>,
+    /// The API for the `passport` client, when a chat platform is configured
+    /// (signing in needs one).
+    pub api: Option<Arc<Engine>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -117,10 +170,14 @@ pub fn router(state: HttpState) -> Router {
     if state.discord.is_some() {
         router = router.route("/discord/interactions", post(discord_interactions));
     }
+    let api = state.api.clone();
+    let router = router.with_state(state);
+    let router = match api {
+        Some(engine) => router.nest(crate::api::PREFIX, api::routes(engine)),
+        None => router,
+    };
     // Outermost, so every route (and unmatched paths) is timed.
-    router
-        .with_state(state)
-        .layer(axum::middleware::from_fn(metrics::track))
+    router.layer(axum::middleware::from_fn(metrics::track))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -129,9 +186,13 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The API records the address a sign-in starts from.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Liveness: the process answers and its database does. It is unauthenticated
