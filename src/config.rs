@@ -26,7 +26,7 @@ use crate::domain::policy::{Policy, Principal, Rule};
 use crate::domain::request::{InstanceInfo, Platform};
 use crate::domain::time::Span;
 use crate::domain::values::{parse_span, DurationLimits, InstanceId, TicketRules};
-use crate::http::{HttpConfig, HttpSettings};
+use crate::http::{ApiConfig, ApiSettings, HttpConfig, HttpSettings};
 
 /// `PASSPORT_…` variables that are not configuration: the log filter and the
 /// configuration file's path read by the CLI, and the test and benchmark
@@ -303,6 +303,8 @@ pub struct Config {
     /// Discord; absent means no Discord.
     pub discord: Option<DiscordConfig>,
     pub http: HttpConfig,
+    /// The API for the `passport` client.
+    pub api: ApiConfig,
     /// Passport's SSH certificate authority; absent means Linux users log in
     /// with the requester's registered key.
     pub ssh_ca: Option<SshCaConfig>,
@@ -900,6 +902,13 @@ impl Config {
                 None
             }
         };
+        let api = match self.api.validate() {
+            Ok(a) => a,
+            Err(e) => {
+                errors.extend(e);
+                ApiSettings::default()
+            }
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             errors.push(format!("log.level: {e}"));
         }
@@ -940,6 +949,7 @@ impl Config {
             http: http.unwrap_or(HttpSettings {
                 listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
             }),
+            api,
             ssh_ca,
             store_path: self.store.path.clone(),
             durability: self.store.durability,
@@ -972,6 +982,7 @@ pub struct Settings {
     /// Present when Discord is configured.
     pub discord: Option<DiscordSettings>,
     pub http: HttpSettings,
+    pub api: ApiSettings,
     /// Present when the SSH CA is configured.
     pub ssh_ca: Option<SshCaSettings>,
     pub store_path: PathBuf,

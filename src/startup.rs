@@ -25,7 +25,7 @@ use crate::adapters::slack::{
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::dispatch::Dispatcher;
 use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
-use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, StoreError};
+use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, SessionBroker, StoreError};
 use crate::config::Settings;
 use crate::domain::time::Span;
 use crate::domain::values::{parse_span, Person, RequestId, UserId};
@@ -105,6 +105,7 @@ pub async fn console_app(
         clock,
         // The console's output reads in the order things happened.
         Dispatcher::one_lane_at_a_time,
+        None,
     )?;
     if let Some(courier) = &courier {
         attach_courier(courier, &app, &surface, settings);
@@ -352,6 +353,7 @@ fn assemble(
     provisioner: Arc<dyn Provisioner>,
     clock: Arc<dyn Clock>,
     delivery: fn(Dispatcher) -> Dispatcher,
+    sessions: Option<Arc<dyn SessionBroker>>,
 ) -> Result<App, StartError> {
     let engine = Engine::new(
         Ports {
@@ -369,8 +371,13 @@ fn assemble(
             ..EngineSettings::default()
         },
     );
-    let engine = Arc::new(match &settings.ssh_ca {
+    let engine = engine.with_token_ttl(settings.api.token_ttl);
+    let engine = match &settings.ssh_ca {
         Some(ca) => engine.with_certificates(Arc::new(ca.load()?), ca.backdate),
+        None => engine,
+    };
+    let engine = Arc::new(match sessions {
+        Some(broker) => engine.with_sessions(broker),
         None => engine,
     });
     let dispatcher = Arc::new(delivery(Dispatcher::new(
@@ -398,6 +405,16 @@ pub async fn slack_app(
     settings: &Settings,
     slack: &SlackSettings,
     options: SlackOptions,
+) -> Result<SlackApp, StartError> {
+    slack_app_with_sessions(settings, slack, options, None).await
+}
+
+/// [`slack_app`] with `sessions` handing out Session Manager credentials.
+pub async fn slack_app_with_sessions(
+    settings: &Settings,
+    slack: &SlackSettings,
+    options: SlackOptions,
+    sessions: Option<Arc<dyn SessionBroker>>,
 ) -> Result<SlackApp, StartError> {
     let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
     let api = SlackApi::new(&slack.api_url, &slack.bot_token, slack.channel_pace);
@@ -432,6 +449,7 @@ pub async fn slack_app(
         options.provisioner,
         options.clock.clone(),
         std::convert::identity,
+        sessions,
     )?;
     let people = Arc::new(People::new(api.clone()));
     let inbound = Arc::new(
@@ -447,6 +465,7 @@ pub async fn slack_app(
         store: app.store.clone(),
         slack: endpoints,
         discord: None,
+        api: Some(app.engine.clone()),
     });
     let socket = match (slack.mode, &slack.app_token) {
         (SlackMode::Socket, Some(token)) => Some(SocketMode::new(api, token.clone(), inbound)),
@@ -530,6 +549,7 @@ pub async fn discord_app(
         options.provisioner,
         options.clock.clone(),
         std::convert::identity,
+        None,
     )?;
     let inbound = Arc::new(
         DiscordInbound::new(app.engine.clone(), api.clone(), directory, discord.guild_id)
@@ -547,6 +567,7 @@ pub async fn discord_app(
         store: app.store.clone(),
         slack: None,
         discord: endpoints,
+        api: Some(app.engine.clone()),
     });
     let gateway = (discord.mode == DiscordMode::Gateway)
         .then(|| Gateway::new(discord.clone(), inbound.clone()));

@@ -18,6 +18,7 @@
 mod group_commit;
 mod housekeeping;
 mod password_messages;
+mod signin;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -33,12 +34,15 @@ use tokio::sync::Semaphore;
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Creation, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending, PendingDeletion,
-    RequestFilter, Store, StoreError, Verification,
+    Recording, RequestFilter, Store, StoreError, Verification,
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
 use crate::domain::notice::Notice;
 use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
+use crate::domain::signin::{
+    ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
+};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
 
@@ -773,6 +777,80 @@ impl Store for SqliteStore {
 
     async fn record(&self, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
         self.write(move |conn| housekeeping::record(conn, &fx, now))
+            .await
+    }
+
+    async fn login_start(
+        &self,
+        login: &LoginAttempt,
+        code: &SecretHash,
+        secret: &SecretHash,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let (login, code, secret) = (login.clone(), code.clone(), secret.clone());
+        self.write(move |conn| signin::start(conn, &login, &code, &secret, &fx, now))
+            .await
+    }
+
+    async fn login_by_code(&self, code: &SecretHash) -> Result<Option<LoginAttempt>, StoreError> {
+        let code = code.clone();
+        self.read(move |conn| signin::by_code(conn, &code)).await
+    }
+
+    async fn login_by_id(
+        &self,
+        id: &LoginId,
+    ) -> Result<Option<(LoginAttempt, SecretHash)>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn| signin::by_id(conn, &id)).await
+    }
+
+    async fn login_save(
+        &self,
+        login: &LoginAttempt,
+        was: LoginState,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let login = login.clone();
+        self.write(move |conn| signin::save(conn, &login, was, &fx, now))
+            .await
+    }
+
+    async fn login_collect(
+        &self,
+        id: &LoginId,
+        token: &SecretHash,
+        owner: &ChatIdentity,
+        expires_at: Timestamp,
+        record: Recording,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        let (id, token, owner) = (id.clone(), token.clone(), owner.clone());
+        self.write(move |conn| signin::collect(conn, &id, &token, &owner, expires_at, record, now))
+            .await
+    }
+
+    async fn token(&self, hash: &SecretHash) -> Result<Option<TokenRecord>, StoreError> {
+        let hash = hash.clone();
+        self.read(move |conn| signin::token(conn, &hash)).await
+    }
+
+    async fn token_refused(&self, id: i64, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
+        self.write(move |conn| signin::refused(conn, id, &fx, now))
+            .await
+    }
+
+    async fn revoke_tokens(
+        &self,
+        scope: &LogoutScope,
+        by: &UserId,
+        record: Recording,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let (scope, by) = (scope.clone(), by.clone());
+        self.write(move |conn| signin::revoke(conn, &scope, &by, record, now))
             .await
     }
 

@@ -118,6 +118,9 @@ pub struct IssuedCertificate {
     pub answer: String,
 }
 
+/// What a person is told when the database failed them.
+pub const STORE_FAILED: &str = "Passport could not save that change, so nothing was done: try again in a minute, and tell your admins if it keeps failing";
+
 /// Why a command failed, grouped by what the person can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -127,6 +130,9 @@ pub enum AppError {
     Refused(#[from] RefusalKind),
     #[error("{0} does not exist: check the number, or `list` your requests")]
     NotFound(RequestId),
+    /// Too many commands too fast: the text says how long to wait.
+    #[error("{0}")]
+    Limited(String),
     #[error("cannot reach AWS right now ({0}): try again in a few minutes")]
     Unavailable(String),
     #[error(transparent)]
@@ -161,6 +167,8 @@ pub struct Engine {
     /// restart forgives, which a limit against floods can afford).
     pub(super) recent:
         Mutex<std::collections::HashMap<crate::domain::values::UserId, (Timestamp, u32)>>,
+    /// Signing in from terminals: the token lifetime and the limits on guessing.
+    pub(super) signin: super::signin::SignIn,
 }
 
 /// The SSH CA and how far back certificates are dated.
@@ -193,7 +201,14 @@ impl Engine {
             certificates: None,
             sessions: None,
             recent: Mutex::default(),
+            signin: super::signin::SignIn::default(),
         }
+    }
+
+    /// API tokens from `passport login` live `ttl` (12h by default).
+    pub fn with_token_ttl(mut self, ttl: Span) -> Self {
+        self.signin = super::signin::SignIn::new(ttl);
+        self
     }
 
     /// Counts one command of `user` at `now`; refuses when the person has
@@ -225,10 +240,9 @@ impl Engine {
             } else {
                 wait.to_string()
             };
-            return Err(RefusalKind::NotAllowed(format!(
+            return Err(AppError::Limited(format!(
                 "slow down: at most {limit} commands a minute; try again in {wait}"
-            ))
-            .into());
+            )));
         }
         entry.1 += 1;
         Ok(())
@@ -327,6 +341,24 @@ impl Engine {
 
     pub async fn handle(&self, actor: &Actor, command: Command) -> Reply {
         let id = command.request_id();
+        match self.execute(actor, command).await {
+            Ok((text, request)) => Reply::ok(text, request.or(id)),
+            Err(AppError::Store(e)) => {
+                tracing::error!(error = %e, "store failure while handling a command");
+                Reply::error(STORE_FAILED.into(), id)
+            }
+            Err(e) => Reply::error(e.to_string(), id),
+        }
+    }
+
+    /// Runs one command: its answer and the request it created or acted on,
+    /// or why it failed, for callers that answer each kind of failure
+    /// differently (the HTTP API). [`Engine::handle`] turns this into a reply.
+    pub async fn execute(
+        &self,
+        actor: &Actor,
+        command: Command,
+    ) -> Result<(String, Option<RequestId>), AppError> {
         // Only a command that may have committed something gives the
         // scheduler new work (timers, notices) to look at.
         let reads_only = matches!(
@@ -338,9 +370,7 @@ impl Engine {
                 | Command::Help
         );
         if !reads_only {
-            if let Err(e) = self.count_command(&actor.person.id, self.clock.now()) {
-                return Reply::error(e.to_string(), id);
-            }
+            self.count_command(&actor.person.id, self.clock.now())?;
         }
         let result = match command {
             Command::Request(spec) => self.request(actor, spec).await,
@@ -362,24 +392,14 @@ impl Engine {
             Command::KeySet(key) => self.key(actor, KeyCommand::Set(key)).await,
             Command::KeyShow => self.key(actor, KeyCommand::Show).await,
             Command::KeyRemove => self.key(actor, KeyCommand::Remove).await,
+            Command::Login(code, step) => self.login_command(actor, code, step).await,
+            Command::Logout(user) => self.logout_command(actor, user).await,
             Command::Help => Ok((help_text("/passport "), None)),
         };
-        match result {
-            Ok((text, request)) => {
-                if !reads_only {
-                    self.wake.notify_waiters();
-                }
-                Reply::ok(text, request.or(id))
-            }
-            Err(AppError::Store(e)) => {
-                tracing::error!(error = %e, "store failure while handling a command");
-                Reply::error(
-                    "Passport could not save that change, so nothing was done: try again in a minute, and tell your admins if it keeps failing".into(),
-                    id,
-                )
-            }
-            Err(e) => Reply::error(e.to_string(), id),
+        if result.is_ok() && !reads_only {
+            self.wake.notify_waiters();
         }
+        result
     }
 
     pub(super) async fn membership(&self, person: &Person) -> Membership {

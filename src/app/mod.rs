@@ -7,3 +7,4 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod messages;
 pub mod ports;
+pub mod signin;

@@ -11,6 +11,9 @@ use crate::domain::logbook::{ChainBreak, LogEvent};
 use crate::domain::notice::{Action, CardView, Notice};
 use crate::domain::request::{AccessRequest, InstanceInfo, InstanceOutcome, Refusal, RequestState};
 use crate::domain::session::SessionScope;
+use crate::domain::signin::{
+    ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
+};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
 
@@ -220,6 +223,10 @@ pub type Mutation = Box<dyn FnOnce(&mut AccessRequest) -> Result<Effects, Refusa
 /// Builds a new request with the id the store assigns.
 pub type Creation = Box<dyn FnOnce(RequestId) -> Result<(AccessRequest, Effects), Refusal> + Send>;
 
+/// Builds what a change records once the store knows a number it assigns
+/// (a token's id, how many tokens a logout ended), in the same transaction.
+pub type Recording = Box<dyn FnOnce(i64) -> Effects + Send>;
+
 /// A notice waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -423,6 +430,62 @@ pub trait Store: Send + Sync {
         channel: Option<&str>,
         message: &str,
     ) -> Result<Option<RequestId>, StoreError>;
+
+    // -- sign-in -------------------------------------------------------------
+
+    /// Records a new sign-in attempt with the hashes of its code and poll
+    /// secret, and `fx`, in one transaction.
+    async fn login_start(
+        &self,
+        login: &LoginAttempt,
+        code: &SecretHash,
+        secret: &SecretHash,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The latest attempt whose code has this hash.
+    async fn login_by_code(&self, code: &SecretHash) -> Result<Option<LoginAttempt>, StoreError>;
+    /// The attempt `id` with the hash of its poll secret.
+    async fn login_by_id(
+        &self,
+        id: &LoginId,
+    ) -> Result<Option<(LoginAttempt, SecretHash)>, StoreError>;
+    /// Saves `login`'s state and claim if its stored state is still `was`,
+    /// with `fx`, in one transaction. False (and nothing written) when another
+    /// change came first.
+    async fn login_save(
+        &self,
+        login: &LoginAttempt,
+        was: LoginState,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Marks the confirmed attempt `id` collected and stores the hash of the
+    /// token handed out for it, with what `record` makes of the token's id,
+    /// in one transaction. `None` when it was not confirmed (collected already).
+    async fn login_collect(
+        &self,
+        id: &LoginId,
+        token: &SecretHash,
+        owner: &ChatIdentity,
+        expires_at: Timestamp,
+        record: Recording,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError>;
+    /// The token with this hash, if any.
+    async fn token(&self, hash: &SecretHash) -> Result<Option<TokenRecord>, StoreError>;
+    /// Records the first refusal of token `id` (`fx`); later ones write nothing,
+    /// so a terminal retrying with a dead token cannot flood the Logbook.
+    async fn token_refused(&self, id: i64, fx: Effects, now: Timestamp) -> Result<(), StoreError>;
+    /// Revokes the live tokens in `scope`, writing what `record` makes of
+    /// their number in the same transaction. Answers how many it revoked.
+    async fn revoke_tokens(
+        &self,
+        scope: &LogoutScope,
+        by: &UserId,
+        record: Recording,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
 
     // -- password messages ---------------------------------------------------
 

@@ -5,9 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::signin::LoginCode;
 use super::values::{
     looks_like_duration, parse_span, quote, DurationLimits, GrantDuration, InputError, InstanceIds,
-    Reason, RequestId, SshPublicKey, Ticket, TicketRules,
+    Reason, RequestId, SshPublicKey, Ticket, TicketRules, UserId,
 };
 
 /// What the grammar needs to know from configuration.
@@ -70,7 +71,20 @@ pub enum Command {
     KeySet(SshPublicKey),
     KeyShow,
     KeyRemove,
+    /// A sign-in code typed in chat, or the Confirm or Cancel button under it.
+    Login(LoginCode, LoginStep),
+    /// End the caller's API tokens, or (admins) someone else's.
+    Logout(Option<UserId>),
     Help,
+}
+
+/// What a `login CODE` line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginStep {
+    /// The code as typed: show where the sign-in comes from, with Confirm and Cancel.
+    Show,
+    Confirm,
+    Cancel,
 }
 
 impl Command {
@@ -93,6 +107,8 @@ impl Command {
             | Command::KeySet(_)
             | Command::KeyShow
             | Command::KeyRemove
+            | Command::Login(..)
+            | Command::Logout(_)
             | Command::Help => None,
         }
     }
@@ -123,6 +139,8 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "retry", usage: "retry AR-n", summary: "set up access again on the instances that failed" },
     CommandSpec { name: "cert", usage: "cert AR-n", summary: "get an SSH certificate for your registered key, valid until the access ends" },
     CommandSpec { name: "key", usage: "key set <ssh public key> | key show | key remove", summary: "register the SSH key your Linux users log in with" },
+    CommandSpec { name: "login", usage: "login <code>", summary: "sign in the terminal that shows this code (`passport login`); you confirm where it comes from first" },
+    CommandSpec { name: "logout", usage: "logout [@user]", summary: "end your terminal sign-ins; admins may end someone else's" },
     CommandSpec { name: "help", usage: "help", summary: "show this help" },
 ];
 
@@ -324,6 +342,40 @@ impl Grammar {
                 }
                 _ => Err(usage_error(name, "set, show or remove your key?")),
             },
+            "login" => {
+                // The code may be typed with a space instead of the dash.
+                let (code, step) = match tokens.len() {
+                    2 => (tokens[1].to_owned(), None),
+                    3 if LoginCode::parse(&format!("{}{}", tokens[1], tokens[2])).is_ok() => {
+                        (format!("{}{}", tokens[1], tokens[2]), None)
+                    }
+                    3 => (tokens[1].to_owned(), Some(tokens[2])),
+                    1 => return Err(usage_error(name, "which code?")),
+                    _ => {
+                        return Err(usage_error(
+                            name,
+                            &format!("unexpected {}", quote(tokens[3])),
+                        ))
+                    }
+                };
+                let step = match step.map(str::to_ascii_lowercase).as_deref() {
+                    None => LoginStep::Show,
+                    Some("confirm") => LoginStep::Confirm,
+                    Some("cancel") => LoginStep::Cancel,
+                    Some(other) => {
+                        return Err(usage_error(name, &format!("unexpected {}", quote(other))))
+                    }
+                };
+                Ok(Command::Login(LoginCode::parse(&code)?, step))
+            }
+            "logout" => {
+                let user = match tokens.get(1) {
+                    None => None,
+                    Some(t) => Some(mentioned_user(t)?),
+                };
+                no_more(2)?;
+                Ok(Command::Logout(user))
+            }
             "help" => Ok(Command::Help),
             other => Err(InputError::new(format!(
                 "unknown command {}: try `request`, `approve`, `extend`, `complete` or `help`",
@@ -332,7 +384,8 @@ impl Grammar {
         }
     }
 
-    fn extension(&self, text: &str) -> Result<GrantDuration, InputError> {
+    /// Parses the length of an extension: at least a minute, at most the cap.
+    pub fn extension(&self, text: &str) -> Result<GrantDuration, InputError> {
         // An extension may be short, but not shorter than a minute or longer than the cap.
         let limits = DurationLimits {
             min: super::time::Span::from_minutes(1),
@@ -386,6 +439,27 @@ impl Grammar {
             reason,
         })
     }
+}
+
+/// The user a mention or id names: Slack's `<@U123>` or `<@U123|name>`,
+/// Discord's `<@123>` or `<@!123>`, or a plain id.
+fn mentioned_user(text: &str) -> Result<UserId, InputError> {
+    let inner = text
+        .strip_prefix("<@")
+        .and_then(|t| t.strip_suffix('>'))
+        .map(|t| t.trim_start_matches('!'))
+        .map(|t| t.split('|').next().unwrap_or(t))
+        .unwrap_or(text);
+    if inner.is_empty() || inner.starts_with('<') || inner.starts_with('@') {
+        return Err(usage_error(
+            "logout",
+            &format!(
+                "{} is not a user: mention them, e.g. `logout @name`",
+                quote(text)
+            ),
+        ));
+    }
+    UserId::parse(inner)
 }
 
 /// The text of `line` from whitespace-separated token `index` on, spacing kept.
@@ -476,6 +550,35 @@ mod tests {
         assert_eq!(g.parse("audit AR-3").unwrap(), Command::Audit(id));
         assert_eq!(g.parse("help").unwrap(), Command::Help);
         assert_eq!(g.parse("").unwrap(), Command::Help);
+        let code = LoginCode::parse("ABCD-EFGH").unwrap();
+        assert_eq!(
+            g.parse("login abcd-efgh").unwrap(),
+            Command::Login(code.clone(), LoginStep::Show)
+        );
+        assert_eq!(
+            g.parse("login ABCD EFGH").unwrap(),
+            Command::Login(code.clone(), LoginStep::Show)
+        );
+        assert_eq!(
+            g.parse("login ABCD-EFGH confirm").unwrap(),
+            Command::Login(code, LoginStep::Confirm)
+        );
+        assert!(g.parse("login").unwrap_err().0.contains("which code?"));
+        assert_eq!(g.parse("logout").unwrap(), Command::Logout(None));
+        let u = |s: &str| Some(UserId::parse(s).unwrap());
+        assert_eq!(
+            g.parse("logout <@U0DEV|dev>").unwrap(),
+            Command::Logout(u("U0DEV"))
+        );
+        assert_eq!(
+            g.parse("logout <@!1234>").unwrap(),
+            Command::Logout(u("1234"))
+        );
+        assert_eq!(
+            g.parse("logout U0DEV").unwrap(),
+            Command::Logout(u("U0DEV"))
+        );
+        assert!(g.parse("logout @dev").is_err());
         for spec in COMMANDS {
             assert!(help_text("/passport ").contains(spec.usage));
         }

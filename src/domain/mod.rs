@@ -9,5 +9,6 @@ pub mod notice;
 pub mod policy;
 pub mod request;
 pub mod session;
+pub mod signin;
 pub mod time;
 pub mod values;

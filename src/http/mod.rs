@@ -1,12 +1,14 @@
-//! The HTTP server: Slack's endpoints, Discord's interactions endpoint and
-//! `/healthz`, on axum.
+//! The HTTP server: Slack's endpoints, Discord's interactions endpoint,
+//! `/healthz` and the API for the `passport` client (`/api/v1`, [`api`]), on axum.
 //!
 //! Every `/slack/…` and `/discord/…` request is read up to [`MAX_BODY`] bytes
 //! (more is 413) and its signature checked ([`verify`]) before anything
 //! parses it (a bad one is 401, logged without the body). Errors become statuses in one place
 //! ([`error::HttpError`]).
 
+pub mod api;
 pub mod error;
+pub mod openapi;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -25,6 +27,7 @@ use crate::adapters::discord::inbound::Interaction as DiscordInteraction;
 use crate::adapters::discord::Inbound as DiscordInbound;
 use crate::adapters::slack::inbound::{EventBody, Interaction, SlashCommand};
 use crate::adapters::slack::{Ack, Answer, Inbound};
+use crate::app::engine::Engine;
 use crate::app::ports::{Clock, Store};
 use crate::config::Secret;
 
@@ -67,6 +70,52 @@ impl HttpConfig {
     }
 }
 
+/// What `[api]` in `passport.toml` says: the API for the `passport` client,
+/// served on the `[http]` listener whenever a chat platform is configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// How long a token from `passport login` works, e.g. `12h`.
+    pub token_ttl: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl: "12h".into(),
+        }
+    }
+}
+
+/// The validated `[api]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiSettings {
+    pub token_ttl: crate::domain::time::Span,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            token_ttl: crate::domain::time::Span::from_hours(12),
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<ApiSettings, Vec<String>> {
+        use crate::domain::time::Span;
+        match crate::domain::values::parse_span(&self.token_ttl) {
+            Some(ttl) if ttl >= Span::from_minutes(5) && ttl <= Span::from_hours(30 * 24) => {
+                Ok(ApiSettings { token_ttl: ttl })
+            }
+            _ => Err(vec![format!(
+                "api.token_ttl: {:?} is not a lifetime for API tokens: use forms like 30m, 12h or 168h (from 5m to 720h)",
+                self.token_ttl
+            )]),
+        }
+    }
+}
+
 /// What Slack's endpoints need.
 #[derive(Clone)]
 pub struct SlackEndpoints {
@@ -92,6 +141,9 @@ pub struct HttpState {
     pub slack: Option<SlackEndpoints>,
     /// Present when Discord calls Passport over HTTP.
     pub discord: Option<DiscordEndpoints>,
+    /// The API for the `passport` client, when a chat platform is configured
+    /// (signing in needs one).
+    pub api: Option<Arc<Engine>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -105,7 +157,12 @@ pub fn router(state: HttpState) -> Router {
     if state.discord.is_some() {
         router = router.route("/discord/interactions", post(discord_interactions));
     }
-    router.with_state(state)
+    let api = state.api.clone();
+    let router = router.with_state(state);
+    match api {
+        Some(engine) => router.nest(crate::api::PREFIX, api::routes(engine)),
+        None => router,
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -114,9 +171,13 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The API records the address a sign-in starts from.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Liveness: the process answers and its database does. It is unauthenticated

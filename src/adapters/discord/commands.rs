@@ -154,6 +154,26 @@ const SUBCOMMANDS: &[Sub] = &[
         line: &["action", "public_key"],
     },
     Sub {
+        name: "login",
+        description: "Sign in the terminal that shows this code (passport login)",
+        options: &[opt(
+            "code",
+            "The code your terminal shows, e.g. ABCD-EFGH",
+            true,
+        )],
+        line: &["code"],
+    },
+    Sub {
+        name: "logout",
+        description: "End your terminal sign-ins; admins may end someone else's",
+        options: &[opt(
+            "user",
+            "For admins: whose sign-ins to end, e.g. @name",
+            false,
+        )],
+        line: &["user"],
+    },
+    Sub {
         name: "help",
         description: "Show how to use Passport",
         options: &[],

@@ -1,0 +1,255 @@
+//! Sign-in attempts and API tokens. Codes, poll secrets and tokens arrive
+//! here already hashed; no statement ever sees one of them in the clear.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::app::effects::Effects;
+use crate::app::ports::{Recording, StoreError};
+use crate::domain::signin::{
+    ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
+};
+use crate::domain::time::Timestamp;
+use crate::domain::values::{Person, UserId};
+
+use super::housekeeping;
+
+const LOGIN_COLUMNS: &str = "id, host, client, address, started_at, expires_at, state, \
+     claimed_by, claimed_handle, claimed_surface, secret_hash";
+
+fn identity(id: String, handle: String, surface: String) -> Result<ChatIdentity, StoreError> {
+    Ok(ChatIdentity {
+        person: Person {
+            id: UserId::parse(&id)
+                .map_err(|e| StoreError::Corrupt(format!("stored user id: {e}")))?,
+            handle,
+        },
+        surface,
+    })
+}
+
+fn login_of(row: &Row<'_>) -> Result<(LoginAttempt, SecretHash), StoreError> {
+    let id: String = row.get(0)?;
+    let state: String = row.get(6)?;
+    let claimed_by: Option<String> = row.get(7)?;
+    let claimed_by = match claimed_by {
+        Some(user) => Some(identity(
+            user,
+            row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+            row.get::<_, Option<String>>(9)?.unwrap_or_default(),
+        )?),
+        None => None,
+    };
+    Ok((
+        LoginAttempt {
+            id: LoginId::parse(&id)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad login id {id:?}")))?,
+            host: row.get(1)?,
+            client: row.get(2)?,
+            address: row.get(3)?,
+            started_at: Timestamp::from_millis(row.get(4)?),
+            expires_at: Timestamp::from_millis(row.get(5)?),
+            state: LoginState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad login state {state:?}")))?,
+            claimed_by,
+        },
+        SecretHash::from_stored(row.get(10)?),
+    ))
+}
+
+pub(super) fn start(
+    conn: &Connection,
+    login: &LoginAttempt,
+    code: &SecretHash,
+    secret: &SecretHash,
+    fx: &Effects,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO logins (id, code_hash, secret_hash, host, client, address, started_at, expires_at, state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        login.id.as_str(),
+        code.as_str(),
+        secret.as_str(),
+        login.host,
+        login.client,
+        login.address,
+        login.started_at.as_millis(),
+        login.expires_at.as_millis(),
+        login.state.as_str(),
+    ])?;
+    housekeeping::record(conn, fx, now)
+}
+
+pub(super) fn by_code(
+    conn: &Connection,
+    code: &SecretHash,
+) -> Result<Option<LoginAttempt>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LOGIN_COLUMNS} FROM logins WHERE code_hash = ?1 ORDER BY started_at DESC LIMIT 1"
+    ))?;
+    let mut rows = stmt.query([code.as_str()])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(login_of(row)?.0)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn by_id(
+    conn: &Connection,
+    id: &LoginId,
+) -> Result<Option<(LoginAttempt, SecretHash)>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {LOGIN_COLUMNS} FROM logins WHERE id = ?1"))?;
+    let mut rows = stmt.query([id.as_str()])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(login_of(row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn save(
+    conn: &Connection,
+    login: &LoginAttempt,
+    was: LoginState,
+    fx: &Effects,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let claim = login.claimed_by.as_ref();
+    let changed = conn
+        .prepare_cached(
+            "UPDATE logins SET state = ?1, claimed_by = ?2, claimed_handle = ?3, claimed_surface = ?4 \
+             WHERE id = ?5 AND state = ?6 \
+             AND (claimed_by IS NULL OR (claimed_by = ?2 AND claimed_surface = ?4))",
+        )?
+        .execute(params![
+            login.state.as_str(),
+            claim.map(|c| c.person.id.as_str()),
+            claim.map(|c| c.person.handle.as_str()),
+            claim.map(|c| c.surface.as_str()),
+            login.id.as_str(),
+            was.as_str(),
+        ])?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    housekeeping::record(conn, fx, now)?;
+    Ok(true)
+}
+
+pub(super) fn collect(
+    conn: &Connection,
+    id: &LoginId,
+    token: &SecretHash,
+    owner: &ChatIdentity,
+    expires_at: Timestamp,
+    record: Recording,
+    now: Timestamp,
+) -> Result<Option<i64>, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE logins SET state = 'collected' WHERE id = ?1 AND state = 'confirmed'",
+        )?
+        .execute([id.as_str()])?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    conn.prepare_cached(
+        "INSERT INTO api_tokens (token_hash, login, user_id, handle, surface, issued_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        token.as_str(),
+        id.as_str(),
+        owner.person.id.as_str(),
+        owner.person.handle,
+        owner.surface,
+        now.as_millis(),
+        expires_at.as_millis(),
+    ])?;
+    let token_id = conn.last_insert_rowid();
+    housekeeping::record(conn, &record(token_id), now)?;
+    Ok(Some(token_id))
+}
+
+pub(super) fn token(
+    conn: &Connection,
+    hash: &SecretHash,
+) -> Result<Option<TokenRecord>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, user_id, handle, surface, issued_at, expires_at, revoked_at, refusal_recorded \
+             FROM api_tokens WHERE token_hash = ?1",
+        )?
+        .query_row([hash.as_str()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })
+        .optional()?;
+    row.map(
+        |(id, user, handle, surface, issued, expires, revoked, refused)| {
+            Ok(TokenRecord {
+                id,
+                owner: identity(user, handle, surface)?,
+                issued_at: Timestamp::from_millis(issued),
+                expires_at: Timestamp::from_millis(expires),
+                revoked_at: revoked.map(Timestamp::from_millis),
+                refusal_recorded: refused != 0,
+            })
+        },
+    )
+    .transpose()
+}
+
+pub(super) fn refused(
+    conn: &Connection,
+    id: i64,
+    fx: &Effects,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let first = conn
+        .prepare_cached(
+            "UPDATE api_tokens SET refusal_recorded = 1 WHERE id = ?1 AND refusal_recorded = 0",
+        )?
+        .execute([id])?;
+    if first == 0 {
+        return Ok(());
+    }
+    housekeeping::record(conn, fx, now)
+}
+
+pub(super) fn revoke(
+    conn: &Connection,
+    scope: &LogoutScope,
+    by: &UserId,
+    record: Recording,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    // Tokens that expired already need no revoking; they stay as they were.
+    let n = match scope {
+        LogoutScope::Token(id) => conn
+            .prepare_cached(
+                "UPDATE api_tokens SET revoked_at = ?1, revoked_by = ?2 \
+                 WHERE id = ?3 AND revoked_at IS NULL AND expires_at > ?1",
+            )?
+            .execute(params![now.as_millis(), by.as_str(), id])?,
+        LogoutScope::User(user) => conn
+            .prepare_cached(
+                "UPDATE api_tokens SET revoked_at = ?1, revoked_by = ?2 \
+                 WHERE user_id = ?3 AND revoked_at IS NULL AND expires_at > ?1",
+            )?
+            .execute(params![now.as_millis(), by.as_str(), user.as_str()])?,
+    };
+    let n = n as u64;
+    housekeeping::record(conn, &record(n as i64), now)?;
+    Ok(n)
+}
