@@ -104,7 +104,9 @@ impl Api {
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| self.protocol(e));
+            // 204 No Content (logout) has no body: read it as JSON null.
+            let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(body).map_err(|e| self.protocol(e));
         }
         let message = serde_json::from_slice::<ApiErrorBody>(&bytes)
             .map(|b| b.error)

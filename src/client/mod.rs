@@ -496,11 +496,15 @@ fn secs(rfc3339: Option<&str>) -> Option<u64> {
         .and_then(|t| u64::try_from(t.as_millis() / 1000).ok())
 }
 
-/// Whether a certificate refusal means the server has no SSH CA.
+/// Whether a certificate refusal means the server has no SSH CA: the server
+/// answers 403 saying "this Passport has no SSH certificate authority".
 fn means_no_ca(e: &ApiError) -> bool {
     match e {
         ApiError::Refused { status, message } => {
-            *status == 501 || (*status == 409 && message.to_ascii_lowercase().contains("ssh ca"))
+            matches!(status, 403 | 501)
+                && message
+                    .to_ascii_lowercase()
+                    .contains("no ssh certificate authority")
         }
         _ => false,
     }
@@ -599,8 +603,8 @@ pub async fn ssh_command(
         [one] => Some(one.as_str()),
         _ => bail!("use `passport ssh [AR-n] [INSTANCE] [-- ssh arguments]`"),
     };
-    let (_, api) = signed_in(dir)?;
     ssm::find_plugin()?;
+    let (_, api) = signed_in(dir)?;
     let how = "name it, e.g. `passport ssh AR-12 i-0123456789abcdef0`";
     let view = resolve_request(&api, named, typed, how).await?;
     let instance = pick_instance(&view, typed, Purpose::Ssh, how).await?;
@@ -639,8 +643,8 @@ pub async fn scp_command(dir: &ClientDir, words: &[String]) -> anyhow::Result<i3
     let Some(first) = hosts.first().copied() else {
         bail!("name a file on an instance as INSTANCE:path, e.g. `passport scp notes.txt i-0123456789abcdef0:/tmp/`");
     };
-    let (_, api) = signed_in(dir)?;
     ssm::find_plugin()?;
+    let (_, api) = signed_in(dir)?;
     let how = "name it, e.g. `passport scp AR-12 FILE i-0123456789abcdef0:/tmp/`";
     let view = resolve_request(&api, named, Some(first), how).await?;
     let mut ids = Vec::new();
@@ -723,8 +727,8 @@ pub async fn forward(
         bail!("use `passport forward [AR-n] INSTANCE LOCAL:REMOTE [--remote-host HOST]`, e.g. `passport forward i-0123456789abcdef0 8080:80`");
     };
     let (local, remote) = ports(spec)?;
-    let (_, api) = signed_in(dir)?;
     ssm::find_plugin()?;
+    let (_, api) = signed_in(dir)?;
     let how = "name it, e.g. `passport forward AR-12 i-0123456789abcdef0 8080:80`";
     let view = resolve_request(&api, named, Some(typed), how).await?;
     let instance = pick_instance(&view, Some(typed), Purpose::Forward, how).await?;
@@ -756,8 +760,8 @@ pub async fn rdp(dir: &ClientDir, words: &[String]) -> anyhow::Result<i32> {
         [one] => Some(one.as_str()),
         _ => bail!("use `passport rdp [AR-n] [INSTANCE]`"),
     };
-    let (_, api) = signed_in(dir)?;
     ssm::find_plugin()?;
+    let (_, api) = signed_in(dir)?;
     let how = "name it, e.g. `passport rdp AR-12 i-0123456789abcdef0`";
     let view = resolve_request(&api, named, typed, how).await?;
     let instance = pick_instance(&view, typed, Purpose::Rdp, how).await?;
