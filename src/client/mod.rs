@@ -546,6 +546,21 @@ async fn identity(api: &Api, dir: &ClientDir, view: &RequestView) -> anyhow::Res
     }
 }
 
+/// The identity for ssh, and the request's scoped credentials fetched at the
+/// same time and saved for `passport proxy`: the server's STS call then
+/// overlaps the certificate instead of following it, and a refusal stops
+/// here with its own words rather than as a closed ssh connection.
+async fn prepare(api: &Api, dir: &ClientDir, view: &RequestView) -> anyhow::Result<Identity> {
+    let id = parse_request_id(&view.id)?;
+    let rdir = dir
+        .ensure_request_dir(id)
+        .with_context(|| format!("cannot create {}", dir.request_dir(id).display()))?;
+    let (identity, credentials) =
+        tokio::join!(identity(api, dir, view), ssm::credentials(api, &rdir, id));
+    credentials?;
+    identity
+}
+
 fn target(
     dir: &ClientDir,
     view: &RequestView,
@@ -608,7 +623,7 @@ pub async fn ssh_command(
     let how = "name it, e.g. `passport ssh AR-12 i-0123456789abcdef0`";
     let view = resolve_request(&api, named, typed, how).await?;
     let instance = pick_instance(&view, typed, Purpose::Ssh, how).await?;
-    let identity = identity(&api, dir, &view).await?;
+    let identity = prepare(&api, dir, &view).await?;
     let t = target(dir, &view, &instance.id, identity)?;
     exec("ssh", &ssh::ssh_args(&t, extra))
 }
@@ -661,7 +676,7 @@ pub async fn scp_command(dir: &ClientDir, words: &[String]) -> anyhow::Result<i3
             None => args.push(arg.clone()),
         }
     }
-    let identity = identity(&api, dir, &view).await?;
+    let identity = prepare(&api, dir, &view).await?;
     let t = target(dir, &view, &ids[0], identity)?;
     // Several instances share one command line: their host keys are then
     // kept under their ids, which are their host names here anyway.
@@ -677,14 +692,22 @@ async fn open_session(
     request: RequestId,
     session: &SessionRequest,
 ) -> Result<i32, SessionError> {
+    // Found before StartSession, so a missing plugin never leaves a session
+    // open; its version is asked meanwhile.
     let plugin = ssm::find_plugin()?;
-    let version = ssm::plugin_version(&plugin)?;
+    let version = {
+        let plugin = plugin.clone();
+        std::thread::spawn(move || ssm::plugin_version(&plugin))
+    };
     let rdir = dir
         .ensure_request_dir(request)
         .map_err(|e| SessionError::Local(format!("cannot create the request's directory: {e}")))?;
     let creds = ssm::credentials(api, &rdir, request).await?;
     let endpoint = ssm::endpoint(&creds.region).await?;
     let response = ssm::start_session(&creds, &endpoint, session).await?;
+    let version = version
+        .join()
+        .map_err(|_| SessionError::Local("cannot ask the plugin its version".to_owned()))??;
     let call = ssm::plugin_call(&version, &response, &creds, session, &endpoint);
     ssm::run_plugin(&plugin, &call)
 }
