@@ -34,7 +34,11 @@ use crate::http::{ApiConfig, ApiSettings, HttpConfig, HttpSettings};
 /// rather than ignored.
 fn is_tool_variable(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key == "log" || key == "config" || key == "moto_server" || key.starts_with("bench_")
+    key == "log"
+        || key == "config"
+        || key == "moto_server"
+        || key == "schemathesis"
+        || key.starts_with("bench_")
 }
 
 /// The variables Kubernetes injects into every pod of a namespace that has a

@@ -101,11 +101,13 @@ pub async fn console_app(
         store,
         surface.clone(),
         Arc::new(StaticDirectory::new(&settings.groups)),
-        provisioner,
+        AwsPorts {
+            provisioner,
+            sessions: None,
+        },
         clock,
         // The console's output reads in the order things happened.
         Dispatcher::one_lane_at_a_time,
-        None,
     )?;
     if let Some(courier) = &courier {
         attach_courier(courier, &app, &surface, settings);
@@ -342,6 +344,13 @@ pub fn logged_dry_run(settings: &Settings) -> Arc<dyn Provisioner> {
     ))
 }
 
+/// What reaches AWS: the provisioner and, when configured, the broker of
+/// Session Manager credentials.
+struct AwsPorts {
+    provisioner: Arc<dyn Provisioner>,
+    sessions: Option<Arc<dyn SessionBroker>>,
+}
+
 /// The engine, dispatcher (as `delivery` tunes it) and scheduler on
 /// `store`, with `surface` as the one chat surface: what the console and every
 /// chat platform share.
@@ -350,11 +359,14 @@ fn assemble(
     store: Arc<SqliteStore>,
     surface: Arc<dyn ChatSurface>,
     directory: Arc<dyn Directory>,
-    provisioner: Arc<dyn Provisioner>,
+    aws: AwsPorts,
     clock: Arc<dyn Clock>,
     delivery: fn(Dispatcher) -> Dispatcher,
-    sessions: Option<Arc<dyn SessionBroker>>,
 ) -> Result<App, StartError> {
+    let AwsPorts {
+        provisioner,
+        sessions,
+    } = aws;
     let engine = Engine::new(
         Ports {
             store: store.clone(),
@@ -446,10 +458,12 @@ pub async fn slack_app_with_sessions(
         store,
         labelled(surface.clone(), options.dry_run_label),
         directory,
-        options.provisioner,
+        AwsPorts {
+            provisioner: options.provisioner,
+            sessions,
+        },
         options.clock.clone(),
         std::convert::identity,
-        sessions,
     )?;
     let people = Arc::new(People::new(api.clone()));
     let inbound = Arc::new(
@@ -546,10 +560,12 @@ pub async fn discord_app(
         store,
         labelled(surface.clone(), options.dry_run_label),
         directory.clone(),
-        options.provisioner,
+        AwsPorts {
+            provisioner: options.provisioner,
+            sessions: None,
+        },
         options.clock.clone(),
         std::convert::identity,
-        None,
     )?;
     let inbound = Arc::new(
         DiscordInbound::new(app.engine.clone(), api.clone(), directory, discord.guild_id)

@@ -454,7 +454,7 @@ fn mentioned_user(text: &str) -> Result<UserId, InputError> {
         return Err(usage_error(
             "logout",
             &format!(
-                "{} is not a user: mention them, e.g. `logout @name`",
+                "{} is not a user id: mention them (`<@U0123ABCD>`) or give their user id, e.g. `logout U0123ABCD`",
                 quote(text)
             ),
         ));

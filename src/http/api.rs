@@ -403,7 +403,7 @@ async fn list(
         )
     })?;
     let state = match query.state.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(RequestState::parse(s).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "unknown state {}: use one of {}",

@@ -222,16 +222,54 @@ const OPERATIONS: &[Op] = &[
     },
 ];
 
+/// Where the answer of one operation leads: the sign-in's poll, and what
+/// can be done with a request just created.
+fn links(op: &Op) -> Option<Value> {
+    match op.id {
+        "startLogin" => Some(json!({
+            "pollLogin": {
+                "operationId": "pollLogin",
+                "requestBody": {
+                    "login_id": "$response.body#/login_id",
+                    "poll_secret": "$response.body#/poll_secret",
+                },
+            },
+        })),
+        "createRequest" => {
+            let mut links = Map::new();
+            for target in [
+                "showRequest",
+                "extendRequest",
+                "completeRequest",
+                "cancelRequest",
+                "issueCertificate",
+                "issueCredentials",
+            ] {
+                links.insert(
+                    target.into(),
+                    json!({
+                        "operationId": target,
+                        "parameters": { "id": "$response.body#/id" },
+                    }),
+                );
+            }
+            Some(Value::Object(links))
+        }
+        _ => None,
+    }
+}
+
 fn operation(op: &Op) -> Value {
     let mut responses = Map::new();
     let (status, description, schema) = op.ok;
-    responses.insert(
-        status.into(),
-        match schema {
-            Some(s) => answer(description, s),
-            None => json!({ "description": description }),
-        },
-    );
+    let mut ok = match schema {
+        Some(s) => answer(description, s),
+        None => json!({ "description": description }),
+    };
+    if let Some(links) = links(op) {
+        ok["links"] = links;
+    }
+    responses.insert(status.into(), ok);
     for code in op.errors {
         let text = ERRORS
             .iter()
@@ -294,8 +332,8 @@ fn schemas() -> Value {
             "error": string("what was wrong and what to do"),
         })),
         "LoginStart": object(&["host", "client"], json!({
-            "host": string("the client machine's host name, shown before confirming"),
-            "client": string("`passport/<version>`"),
+            "host": { "type": "string", "minLength": 1, "maxLength": 100, "description": "the client machine's host name, shown before confirming" },
+            "client": { "type": "string", "minLength": 1, "maxLength": 100, "description": "`passport/<version>`" },
         })),
         "LoginStarted": object(
             &["login_id", "poll_secret", "code", "expires_at", "poll_interval_seconds"],
