@@ -1,4 +1,6 @@
-//! The command line: `serve`, `console`, `migrate`, `check-config`, `audit …`.
+//! The command line: the server's `serve`, `console`, `migrate`, `check-config`,
+//! `ssm`, `ca`, `audit`, and the client's commands (`login`, `ssh`, … in
+//! [`crate::client`]), which need no configuration or database.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,6 +86,92 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The client's commands: they run on an engineer's machine and talk to a
+/// Passport server over `/api/v1`. Files live in the platform's configuration
+/// directory (`passport login` says where), or in PASSPORT_CLIENT_DIR.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Sign in to a Passport server: shows a code to type in Slack or Discord.
+    Login {
+        /// The server's address, e.g. https://passport.example.com
+        server: String,
+    },
+    /// Sign out: ends the token on the server and deletes it (and every
+    /// request's keys and credentials) here.
+    Logout,
+    /// Who the saved sign-in belongs to.
+    Whoami,
+    /// Ask for access, as in chat: `passport request i-… [i-…] 2h ticket#123 reason words…`.
+    Request {
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "WORDS")]
+        words: Vec<String>,
+    },
+    /// Your requests.
+    List,
+    /// One request (default: your active one).
+    Show {
+        #[arg(value_name = "AR-n")]
+        request: Option<String>,
+    },
+    /// Extend an active request: `passport extend [AR-n] 1h`.
+    Extend {
+        #[arg(required = true, num_args = 1..=2, value_name = "[AR-n] DURATION")]
+        args: Vec<String>,
+    },
+    /// End an active request's access now.
+    Complete {
+        #[arg(value_name = "AR-n")]
+        request: Option<String>,
+    },
+    /// Withdraw a request that is not active yet.
+    Cancel {
+        #[arg(value_name = "AR-n")]
+        request: Option<String>,
+    },
+    /// ssh to an instance over Session Manager: `passport ssh [AR-n] [INSTANCE] [-- ssh args]`.
+    /// INSTANCE is an instance id or its Name tag; either may be left out when only one fits.
+    Ssh {
+        #[arg(num_args = 0..=2, value_name = "[AR-n] [INSTANCE]")]
+        target: Vec<String>,
+        /// Passed to ssh after the host: options, then the remote command.
+        #[arg(last = true, value_name = "SSH ARGS")]
+        ssh_args: Vec<String>,
+    },
+    /// Copy files with scp: `passport scp [AR-n] [scp options] SRC… DST`, remote files as INSTANCE:path.
+    Scp {
+        #[arg(required = true, num_args = 2.., allow_hyphen_values = true, value_name = "[AR-n] ARGS")]
+        args: Vec<String>,
+    },
+    /// Forward a local port to a port on an instance (or, with --remote-host, on a host it reaches).
+    Forward {
+        #[arg(required = true, num_args = 2..=3, value_name = "[AR-n] INSTANCE LOCAL:REMOTE")]
+        args: Vec<String>,
+        /// Forward to this host through the instance (when the request allows it).
+        #[arg(long, value_name = "HOST")]
+        remote_host: Option<String>,
+    },
+    /// Remote Desktop to a Windows instance: forwards a free local port to 3389.
+    Rdp {
+        #[arg(num_args = 0..=2, value_name = "[AR-n] [INSTANCE]")]
+        target: Vec<String>,
+    },
+    /// Print ssh Host blocks (i-….passport) for plain ssh, scp, sftp, rsync and editors.
+    SshConfig,
+    /// What ssh's ProxyCommand runs: a Session Manager session to HOST:PORT on stdin/stdout.
+    #[command(hide = true)]
+    Proxy {
+        /// The client directory (default: the platform's).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(long, value_name = "AR-n")]
+        request: String,
+        host: String,
+        port: u16,
     },
 }
 
@@ -313,6 +401,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
 /// Runs the command line; the exit code is 0 on success.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Client(command) => client(command).await,
         Command::Ssm { command } => {
             let (_, settings) = load(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
@@ -454,6 +543,48 @@ async fn healthcheck(url: &str) -> anyhow::Result<i32> {
             println!("{url}: no answer ({e})");
             Ok(1)
         }
+    }
+}
+
+/// The client's commands: no configuration, no database, no log output
+/// (nothing the client knows belongs in a log).
+async fn client(command: ClientCommand) -> anyhow::Result<i32> {
+    use crate::client;
+    if let ClientCommand::Proxy {
+        dir,
+        request,
+        host,
+        port,
+    } = command
+    {
+        let dir = client::client_dir(dir)?;
+        return client::proxy(&dir, &request, &host, port).await;
+    }
+    let dir = client::client_dir(None)?;
+    match command {
+        ClientCommand::Login { server } => client::login(&dir, &server).await,
+        ClientCommand::Logout => client::logout(&dir).await,
+        ClientCommand::Whoami => client::whoami(&dir).await,
+        ClientCommand::Request { words } => client::request(&dir, &words).await,
+        ClientCommand::List => client::list(&dir).await,
+        ClientCommand::Show { request } => client::show(&dir, request.as_deref()).await,
+        ClientCommand::Extend { args } => client::extend(&dir, &args).await,
+        ClientCommand::Complete { request } => {
+            client::finish(&dir, request.as_deref(), "complete").await
+        }
+        ClientCommand::Cancel { request } => {
+            client::finish(&dir, request.as_deref(), "cancel").await
+        }
+        ClientCommand::Ssh { target, ssh_args } => {
+            client::ssh_command(&dir, &target, &ssh_args).await
+        }
+        ClientCommand::Scp { args } => client::scp_command(&dir, &args).await,
+        ClientCommand::Forward { args, remote_host } => {
+            client::forward(&dir, &args, remote_host.as_deref()).await
+        }
+        ClientCommand::Rdp { target } => client::rdp(&dir, &target).await,
+        ClientCommand::SshConfig => client::ssh_config(&dir).await,
+        ClientCommand::Proxy { .. } => Ok(2),
     }
 }
 
