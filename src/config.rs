@@ -38,6 +38,10 @@ fn is_tool_variable(key: &str) -> bool {
         || key == "config"
         || key == "moto_server"
         || key == "schemathesis"
+        || key == "kubernetes_validate"
+        || key == "test_bin"
+        // The client's directory (`passport login`, `ssh`, …), never the server's.
+        || key == "client_dir"
         || key.starts_with("bench_")
 }
 
