@@ -868,20 +868,9 @@ impl Config {
         }
         let aws = match self.aws.as_ref().map(AwsConfig::validate) {
             Some(Ok(aws)) => {
-                if let (Some(role), Some(region)) = (&aws.session_role, &aws.region) {
-                    // Every instance of a request is named in its session policy,
-                    // which STS limits: a request must never be too large for it.
-                    let fits = crate::adapters::aws::sessions::instances_that_fit(
-                        &crate::adapters::aws::sessions::PolicyPlace { role, region },
-                    );
-                    if self.requests.max_instances > fits {
-                        errors.push(format!(
-                            "aws.session_role_arn: the session policy of a request names each of its instances, and STS accepts at most {} characters, enough for {fits} instances in {region}: set requests.max_instances to at most {fits} (it is {})",
-                            crate::adapters::aws::sessions::SESSION_POLICY_LIMIT,
-                            self.requests.max_instances
-                        ));
-                    }
-                }
+                // Requests may have more instances than one session policy can
+                // name (STS takes 2,048 characters): the client asks for the
+                // credentials of the one instance it connects to.
                 Some(aws)
             }
             Some(Err(problems)) => {
@@ -1037,8 +1026,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_session_role_needs_requests_small_enough_for_a_session_policy() {
-        let mut c = Config {
+    fn a_session_role_works_with_requests_of_any_size() {
+        let c = Config {
             aws: Some(AwsConfig {
                 region: Some("eu-west-1".into()),
                 session_role_arn: Some("arn:aws:iam::123456789012:role/passport-session".into()),
@@ -1046,14 +1035,6 @@ mod tests {
             }),
             ..Config::default()
         };
-        let errs = c.validate().unwrap_err().to_string();
-        assert!(
-            errs.contains(
-                "aws.session_role_arn: the session policy of a request names each of its instances"
-            ) && errs.contains("set requests.max_instances to at most 18 (it is 200)"),
-            "{errs}"
-        );
-        c.requests.max_instances = 18;
         let errs = c
             .validate()
             .map(|_| String::new())

@@ -959,6 +959,50 @@ async fn a_certificate_and_credentials_for_an_active_request() {
     assert_eq!(issued.len(), 1);
     assert_eq!(issued[0].instances[0].as_str(), WEB);
 
+    // Scoped to the one instance named, as the client asks; an instance of
+    // no active grant of this request, or no instance id, is refused.
+    let one = app
+        .api(
+            "POST",
+            &format!("/requests/{id}/credentials?instance={WEB}"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    let issued = app.broker.issued.lock().unwrap().clone();
+    assert_eq!(
+        issued[1]
+            .instances
+            .iter()
+            .map(|i| i.as_str())
+            .collect::<Vec<_>>(),
+        vec![WEB]
+    );
+    let other = app
+        .api(
+            "POST",
+            &format!("/requests/{id}/credentials?instance=i-0aaaaaaaaaaaaaaa1"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(other.status, 409, "{}", other.body);
+    assert!(
+        other.body.contains("is not an instance of"),
+        "{}",
+        other.body
+    );
+    let junk = app
+        .api(
+            "POST",
+            &format!("/requests/{id}/credentials?instance=web-1"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(junk.status, 400, "{}", junk.body);
+
     // Completed: no more credentials (wrong state).
     app.api(
         "POST",

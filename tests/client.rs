@@ -966,7 +966,7 @@ async fn ssh_scp_and_forward_reach_the_instance_through_the_plugin() {
     // The credentials were fetched once and kept private.
     let creds = term
         .client_dir()
-        .join(format!("requests/{id}/credentials.json"));
+        .join(format!("requests/{id}/credentials-{WEB}.json"));
     assert_eq!(mode(&creds), 0o600);
     assert_private(&term.client_dir());
 }

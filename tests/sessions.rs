@@ -102,7 +102,7 @@ async fn credentials(
     id: RequestId,
 ) -> Result<SessionCredentials, AppError> {
     app.engine
-        .session_credentials(&TestApp::actor(user), id)
+        .session_credentials(&TestApp::actor(user), id, None)
         .await
 }
 

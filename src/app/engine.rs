@@ -21,7 +21,9 @@ use crate::domain::request::{
     RequestState,
 };
 use crate::domain::time::{Span, Timestamp};
-use crate::domain::values::{GrantDuration, InputError, Person, Reason, RequestId, SshPublicKey};
+use crate::domain::values::{
+    GrantDuration, InputError, InstanceId, Person, Reason, RequestId, SshPublicKey,
+};
 
 use super::effects::{Effects, TimerId, TimerKind};
 use super::messages;
@@ -278,6 +280,7 @@ impl Engine {
         &self,
         actor: &Actor,
         id: RequestId,
+        only: Option<&InstanceId>,
     ) -> Result<SessionCredentials, AppError> {
         let Some(broker) = self.sessions.clone() else {
             return Err(RefusalKind::NotAllowed(
@@ -287,7 +290,7 @@ impl Engine {
         };
         let now = self.clock.now();
         let req = self.store.get(id).await?.ok_or(AppError::NotFound(id))?;
-        let scope = req.session_scope(&actor.person.id, now)?;
+        let scope = req.session_scope(&actor.person.id, now, only)?;
         let credentials = broker.credentials(&scope, now).await.map_err(|e| match e {
             ProvisionError::Unavailable(why) => AppError::Unavailable(why),
             ProvisionError::Rejected(why) => RefusalKind::NotAllowed(format!(

@@ -215,9 +215,19 @@ impl Api {
         .await
     }
 
-    pub async fn credentials(&self, id: RequestId) -> Result<Credentials, ApiError> {
-        self.call::<(), _>(Method::POST, &format!("/requests/{id}/credentials"), None)
-            .await
+    /// Credentials for `instance` only: each set names just the instance it
+    /// is for, so a request of any size fits STS's session-policy limit.
+    pub async fn credentials(
+        &self,
+        id: RequestId,
+        instance: &str,
+    ) -> Result<Credentials, ApiError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/requests/{id}/credentials?instance={instance}"),
+            None,
+        )
+        .await
     }
 }
 

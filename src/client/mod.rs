@@ -550,13 +550,20 @@ async fn identity(api: &Api, dir: &ClientDir, view: &RequestView) -> anyhow::Res
 /// same time and saved for `passport proxy`: the server's STS call then
 /// overlaps the certificate instead of following it, and a refusal stops
 /// here with its own words rather than as a closed ssh connection.
-async fn prepare(api: &Api, dir: &ClientDir, view: &RequestView) -> anyhow::Result<Identity> {
+async fn prepare(
+    api: &Api,
+    dir: &ClientDir,
+    view: &RequestView,
+    instance: &str,
+) -> anyhow::Result<Identity> {
     let id = parse_request_id(&view.id)?;
     let rdir = dir
         .ensure_request_dir(id)
         .with_context(|| format!("cannot create {}", dir.request_dir(id).display()))?;
-    let (identity, credentials) =
-        tokio::join!(identity(api, dir, view), ssm::credentials(api, &rdir, id));
+    let (identity, credentials) = tokio::join!(
+        identity(api, dir, view),
+        ssm::credentials(api, &rdir, id, instance)
+    );
     credentials?;
     identity
 }
@@ -623,7 +630,7 @@ pub async fn ssh_command(
     let how = "name it, e.g. `passport ssh AR-12 i-0123456789abcdef0`";
     let view = resolve_request(&api, named, typed, how).await?;
     let instance = pick_instance(&view, typed, Purpose::Ssh, how).await?;
-    let identity = prepare(&api, dir, &view).await?;
+    let identity = prepare(&api, dir, &view, &instance.id).await?;
     let t = target(dir, &view, &instance.id, identity)?;
     exec("ssh", &ssh::ssh_args(&t, extra))
 }
@@ -676,7 +683,7 @@ pub async fn scp_command(dir: &ClientDir, words: &[String]) -> anyhow::Result<i3
             None => args.push(arg.clone()),
         }
     }
-    let identity = prepare(&api, dir, &view).await?;
+    let identity = prepare(&api, dir, &view, &ids[0]).await?;
     let t = target(dir, &view, &ids[0], identity)?;
     // Several instances share one command line: their host keys are then
     // kept under their ids, which are their host names here anyway.
@@ -702,7 +709,7 @@ async fn open_session(
     let rdir = dir
         .ensure_request_dir(request)
         .map_err(|e| SessionError::Local(format!("cannot create the request's directory: {e}")))?;
-    let creds = ssm::credentials(api, &rdir, request).await?;
+    let creds = ssm::credentials(api, &rdir, request, &session.target).await?;
     let endpoint = ssm::endpoint(&creds.region).await?;
     let response = ssm::start_session(&creds, &endpoint, session).await?;
     let version = version

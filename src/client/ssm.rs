@@ -52,7 +52,10 @@ pub const RESPONSE_VARIABLE: &str = "AWS_SSM_START_SESSION_RESPONSE";
 /// Credentials are renewed when fewer than this many seconds remain.
 const RENEW_BEFORE_MS: i64 = 120_000;
 
-pub const CREDENTIALS_FILE: &str = "credentials.json";
+/// `credentials-<instance>.json` in the request's directory.
+pub fn credentials_file(instance: &str) -> String {
+    format!("credentials-{instance}.json")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -86,14 +89,23 @@ pub fn still_usable(creds: &Credentials, now: Timestamp) -> bool {
     expires.as_millis() - now.as_millis() > RENEW_BEFORE_MS && now < ends
 }
 
-/// The request's scoped credentials: the saved ones while they last, else
-/// new ones from the server (saved 0600 in `dir`).
+/// The request's credentials scoped to `instance`: the saved ones while they
+/// last, else new ones from the server (saved 0600 in `dir`).
 pub async fn credentials(
     api: &Api,
     dir: &Path,
     request: RequestId,
+    instance: &str,
 ) -> Result<Credentials, SessionError> {
-    let path = dir.join(CREDENTIALS_FILE);
+    if !instance
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(SessionError::Local(format!(
+            "{instance:?} is not an instance id"
+        )));
+    }
+    let path = dir.join(credentials_file(instance));
     let now = now();
     if let Ok(bytes) = std::fs::read(&path) {
         if let Ok(saved) = serde_json::from_slice::<Credentials>(&bytes) {
@@ -102,7 +114,7 @@ pub async fn credentials(
             }
         }
     }
-    let fresh = api.credentials(request).await?;
+    let fresh = api.credentials(request, instance).await?;
     if Timestamp::parse_rfc3339(&fresh.access_ends_at).is_none_or(|end| now >= end) {
         return Err(SessionError::Refused(format!(
             "{request}'s access has ended: request access again"

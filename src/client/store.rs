@@ -9,7 +9,8 @@
 //!     id_ed25519              0600  the request's own key pair
 //!     id_ed25519.pub
 //!     id_ed25519-cert.pub           its certificate from Passport's SSH CA
-//!     credentials.json        0600  scoped AWS credentials, reused until near expiry
+//!     credentials-<instance>.json
+//!                             0600  AWS credentials scoped to that instance, reused until near expiry
 //! ```
 
 use std::fs;

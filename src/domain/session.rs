@@ -33,8 +33,14 @@ pub struct SessionScope {
 
 impl AccessRequest {
     /// The Session Manager reach of this request for `who` at `now`: only the
-    /// requester of an active request, only the instances with an active grant.
-    pub fn session_scope(&self, who: &UserId, now: Timestamp) -> Result<SessionScope, RefusalKind> {
+    /// requester of an active request, only the instances with an active grant,
+    /// and of those only `only` when named (what the client connects to).
+    pub fn session_scope(
+        &self,
+        who: &UserId,
+        now: Timestamp,
+        only: Option<&InstanceId>,
+    ) -> Result<SessionScope, RefusalKind> {
         if !self.is_requester(who) {
             return Err(RefusalKind::NotAllowed(format!(
                 "only the requester of {} can connect with it",
@@ -57,7 +63,16 @@ impl AccessRequest {
                 )))
             }
         };
-        let active = self.instances_in(GrantState::Active);
+        let mut active = self.instances_in(GrantState::Active);
+        if let Some(only) = only {
+            active.retain(|i| &i.id == only);
+            if active.is_empty() {
+                return Err(RefusalKind::WrongState(format!(
+                    "{only} is not an instance of {} with active access: `show {}` lists them",
+                    self.id, self.id
+                )));
+            }
+        }
         if active.is_empty() {
             return Err(RefusalKind::WrongState(format!(
                 "{} has no instance with active access: `retry {}` sets up the ones that failed",

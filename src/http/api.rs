@@ -35,7 +35,7 @@ use crate::domain::command::{Command, ListFilter, RequestSpec};
 use crate::domain::request::{AccessRequest, GrantState, Platform, RefusalKind, RequestState};
 use crate::domain::signin::ChatIdentity;
 use crate::domain::values::{
-    GrantDuration, InputError, InstanceIds, Reason, RequestId, SshPublicKey, Ticket,
+    GrantDuration, InputError, InstanceId, InstanceIds, Reason, RequestId, SshPublicKey, Ticket,
 };
 
 /// What went wrong with an API call. [`IntoResponse`] is the one place that
@@ -543,15 +543,33 @@ async fn certificate(
     }))
 }
 
+#[derive(Debug, Deserialize)]
+struct CredentialsQuery {
+    #[serde(default)]
+    instance: Option<String>,
+}
+
 async fn credentials(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: Result<Query<CredentialsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Credentials>> {
     let session = session(&engine, &headers).await?;
     let id = request_id(&id)?;
+    let Query(query) = query.map_err(|_| {
+        ApiError::BadRequest(
+            "unknown query: the only one is `?instance=i-…` (one instance of the request)".into(),
+        )
+    })?;
+    let only = match query.instance.as_deref() {
+        None => None,
+        Some(text) => Some(InstanceId::parse(text)?),
+    };
     let req = own_request(&engine, &session, id).await?;
-    let c = engine.session_credentials(&session.actor, id).await?;
+    let c = engine
+        .session_credentials(&session.actor, id, only.as_ref())
+        .await?;
     Ok(Json(Credentials {
         access_key_id: c.access_key_id,
         secret_access_key: c.secret_access_key.expose_secret().to_owned(),

@@ -64,6 +64,8 @@ struct Op {
     authenticated: bool,
     request_id: bool,
     query_state: bool,
+    /// `?instance=i-…`: credentials for one instance only.
+    query_instance: bool,
     body: Option<&'static str>,
     ok: (&'static str, &'static str, Option<&'static str>),
     errors: &'static [&'static str],
@@ -84,6 +86,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: false,
         request_id: false,
         query_state: false,
+        query_instance: false,
         body: Some("LoginStart"),
         ok: ("201", "the sign-in started", Some("LoginStarted")),
         errors: &["400", "413", "415", "429", "503"],
@@ -96,6 +99,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: false,
         request_id: false,
         query_state: false,
+        query_instance: false,
         body: Some("LoginPoll"),
         ok: ("200", "pending, or confirmed with the token", Some("LoginStatus")),
         errors: &["400", "404", "410", "413", "415", "503"],
@@ -108,6 +112,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: false,
         query_state: false,
+        query_instance: false,
         body: None,
         ok: ("204", "the token no longer works", None),
         errors: AUTH,
@@ -120,6 +125,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: false,
         query_state: false,
+        query_instance: false,
         body: None,
         ok: ("200", "the caller", Some("Me")),
         errors: AUTH,
@@ -132,6 +138,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: false,
         query_state: true,
+        query_instance: false,
         body: None,
         ok: ("200", "the caller's requests", Some("RequestList")),
         errors: &["400", "401", "429", "503"],
@@ -144,6 +151,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: false,
         query_state: false,
+        query_instance: false,
         body: Some("NewRequest"),
         ok: ("201", "the request, with chat's answer in `message`", Some("RequestView")),
         errors: &["400", "401", "403", "409", "413", "415", "429", "503"],
@@ -156,6 +164,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: true,
         query_state: false,
+        query_instance: false,
         body: None,
         ok: ("200", "the request", Some("RequestView")),
         errors: &["401", "404", "429", "503"],
@@ -168,6 +177,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: true,
         query_state: false,
+        query_instance: false,
         body: Some("Extend"),
         ok: ("200", "the request, with chat's answer in `message`", Some("RequestView")),
         errors: BODY_ERRORS,
@@ -180,6 +190,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: true,
         query_state: false,
+        query_instance: false,
         body: None,
         ok: ("200", "the request, with chat's answer in `message`", Some("RequestView")),
         errors: REQUEST_ERRORS,
@@ -192,6 +203,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: true,
         query_state: false,
+        query_instance: false,
         body: None,
         ok: ("200", "the request, with chat's answer in `message`", Some("RequestView")),
         errors: REQUEST_ERRORS,
@@ -204,6 +216,7 @@ const OPERATIONS: &[Op] = &[
         authenticated: true,
         request_id: true,
         query_state: false,
+        query_instance: false,
         body: Some("CertificateRequest"),
         ok: ("200", "the certificate", Some("CertificateIssued")),
         errors: BODY_ERRORS,
@@ -212,10 +225,11 @@ const OPERATIONS: &[Op] = &[
         method: "post",
         path: "/requests/{id}/credentials",
         id: "issueCredentials",
-        summary: "AWS credentials that open Session Manager sessions only to this request's instances",
+        summary: "AWS credentials that open Session Manager sessions only to this request's instances (or the one named)",
         authenticated: true,
         request_id: true,
         query_state: false,
+        query_instance: true,
         body: None,
         ok: ("200", "the credentials", Some("Credentials")),
         errors: REQUEST_ERRORS,
@@ -291,6 +305,13 @@ fn operation(op: &Op) -> Value {
             "name": "state", "in": "query", "required": false,
             "description": "only requests in this state",
             "schema": { "type": "string", "enum": STATES }
+        }));
+    }
+    if op.query_instance {
+        parameters.push(json!({
+            "name": "instance", "in": "query", "required": false,
+            "description": "only this instance of the request (the client names the one it connects to)",
+            "schema": { "type": "string", "pattern": "^i-[0-9a-f]{8}([0-9a-f]{9})?$", "example": "i-0123456789abcdef0" }
         }));
     }
     let mut v = json!({

@@ -45,7 +45,7 @@ pub struct PolicyPlace<'a> {
 /// Why a session policy cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionPolicyError {
-    #[error("the session policy for {instances} instances would be {chars} characters, more than the {SESSION_POLICY_LIMIT} STS accepts (at most {fits} instances fit): connect with a request for fewer instances")]
+    #[error("the session policy for {instances} instances would be {chars} characters, more than the {SESSION_POLICY_LIMIT} STS accepts (at most {fits} instances fit): ask for one instance's credentials (`?instance=i-…`, as the passport client does)")]
     TooLarge {
         instances: usize,
         chars: usize,
