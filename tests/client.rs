@@ -75,6 +75,13 @@ impl SessionBroker for StubBroker {
         scope: &SessionScope,
         now: Timestamp,
     ) -> Result<SessionCredentials, ProvisionError> {
+        // The client asks for the credentials of the one instance it connects to.
+        if scope.instances.len() != 1 {
+            return Err(ProvisionError::Rejected(format!(
+                "credentials asked for {} instances, not the one being reached",
+                scope.instances.len()
+            )));
+        }
         Ok(SessionCredentials {
             access_key_id: ACCESS_KEY.into(),
             secret_access_key: SECRET_KEY.to_owned().into(),
