@@ -56,6 +56,10 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Check this deployment from the inside: configuration, database and its
+    /// file system, SSH CA key, chat token and channels, groups, AWS identity
+    /// and SSM documents. Exits 1 when something is wrong, saying how to fix it.
+    Doctor,
     /// Ask the running server's /readyz (or /healthz) and exit 0 when it
     /// answers 200: a container HEALTHCHECK that needs no curl in the image.
     Healthcheck {
@@ -472,6 +476,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let (_, settings) = load(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
             ca(&settings, command)
+        }
+        Command::Doctor => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            let settings = match loaded.config.validate() {
+                Ok(settings) => settings,
+                Err(e) => {
+                    println!("FAIL  configuration: {e}");
+                    return Ok(1);
+                }
+            };
+            init_logging("error", LogFormat::Text);
+            println!(
+                "ok    configuration: {}",
+                loaded
+                    .file
+                    .as_ref()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_else(|| "built-in defaults and PASSPORT_ variables".into())
+            );
+            let findings = crate::doctor::run(&settings).await;
+            for f in &findings {
+                println!(
+                    "{}  {}: {}",
+                    if f.ok { "ok  " } else { "FAIL" },
+                    f.check,
+                    f.text
+                );
+            }
+            let failed = findings.iter().filter(|f| !f.ok).count();
+            if failed > 0 {
+                println!("{failed} problem(s) found");
+                Ok(1)
+            } else {
+                println!("no problem found");
+                Ok(0)
+            }
         }
         Command::Healthcheck { url } => {
             let url = match url {

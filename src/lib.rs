@@ -12,6 +12,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod http;
 pub mod scheduler;

@@ -953,6 +953,66 @@ async fn metrics_move_through_a_lifecycle_and_cover_every_alert_rule() {
     );
 }
 
+/// `passport doctor` against the fake Slack: the token, each channel the bot
+/// posts to (a rule's too), the user groups and the database are checked,
+/// and a channel the bot was never invited to is named with the fix.
+#[tokio::test]
+async fn doctor_names_a_channel_the_bot_is_not_in() {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "provisioner = \"dry-run\"\n\
+         [store]\npath = {db:?}\n\
+         [slack]\nmode = \"http\"\napprovals_channel = \"#access-requests\"\naudit_channel = \"C0AUDIT\"\n\
+         api_url = {api:?}\nchannel_pace = \"0\"\n\
+         [slack.usergroups]\nsre-leads = \"S0SRELEADS\"\n\
+         [groups]\napprovers = [\"{LEAD1}\"]\nadmins = [\"{LEAD2}\"]\n\
+         [[policy.rules]]\nname = \"prod\"\ntags = {{ env = \"prod\" }}\napprovers = [\"group:sre-leads\"]\nchannel = \"#not-joined\"\n",
+        db = dir.path().join("passport.db").display().to_string(),
+        api = fake.api_url(),
+    );
+    std::fs::write(dir.path().join("passport.toml"), toml).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_passport"))
+                .arg("--config")
+                .arg(dir.join("passport.toml"))
+                .arg("doctor")
+                .current_dir(&dir)
+                .env_remove("PASSPORT_CONFIG")
+                .env("PASSPORT_SLACK__BOT_TOKEN", BOT_TOKEN)
+                .env("PASSPORT_SLACK__SIGNING_SECRET", SECRET)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "ok    slack token: bot passport in Fake Workspace (T0FAKE)",
+        "ok    slack channel: #access-requests: the bot is a member",
+        "ok    slack channel: C0AUDIT: the bot is a member",
+        "FAIL  slack channel: #not-joined: the bot is not a member: type /invite @Passport in it",
+        "ok    slack user group: sre-leads = S0SRELEADS: 2 member(s)",
+        "ok    logbook: intact",
+        "1 problem(s) found",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    assert!(text.contains("ok    database: "), "{text}");
+    assert!(!text.contains(BOT_TOKEN), "the token was printed");
+}
+
 // ---------------------------------------------------------------------------
 // Verification
 

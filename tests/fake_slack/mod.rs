@@ -1,6 +1,7 @@
 //! A fake Slack Web API on 127.0.0.1 that speaks Slack's HTTP protocol:
 //! it records every call (`chat.postMessage`, `chat.update`, `chat.delete`,
-//! `chat.postEphemeral`, `conversations.open`, `users.info`,
+//! `chat.postEphemeral`, `conversations.open`, `users.info`, `auth.test`,
+//! `conversations.list`, `conversations.info`,
 //! `usergroups.users.list`, `views.open`, and posts to `response_url`s),
 //! refuses payloads over Slack's limits the way Slack does, and can answer
 //! 429 with `Retry-After`.
@@ -19,6 +20,14 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 pub const BOT_TOKEN: &str = "xoxb-fake-bot-token";
+
+/// The channels `conversations.list`/`conversations.info` know: id, name,
+/// and whether the bot is a member.
+pub const FAKE_CHANNELS: [(&str, &str, bool); 3] = [
+    ("C0APPROVALS", "access-requests", true),
+    ("C0AUDIT", "passport-audit", true),
+    ("C0LEFT", "not-joined", false),
+];
 
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -399,6 +408,42 @@ async fn api(
     }
     let str_param = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
     match method.as_str() {
+        "auth.test" => {
+            record(None, None, None);
+            Json(json!({
+                "ok": true, "url": "https://fake.slack.com/", "team": "Fake Workspace",
+                "user": "passport", "team_id": "T0FAKE", "user_id": "U0PASSPORT", "bot_id": "B0PASSPORT",
+            }))
+            .into_response()
+        }
+        // The workspace's channels, and whether the bot is in each.
+        "conversations.list" => {
+            record(None, None, None);
+            let channels: Vec<Value> = FAKE_CHANNELS
+                .iter()
+                .map(|(id, name, member)| json!({
+                    "id": id, "name": name, "created": 1_700_000_000, "is_channel": true, "is_member": member,
+                }))
+                .collect();
+            Json(json!({ "ok": true, "channels": channels, "response_metadata": { "next_cursor": "" } }))
+                .into_response()
+        }
+        "conversations.info" => {
+            let channel = str_param("channel");
+            match FAKE_CHANNELS.iter().find(|(id, _, _)| *id == channel) {
+                Some((id, name, member)) => {
+                    record(None, None, None);
+                    Json(json!({ "ok": true, "channel": {
+                        "id": id, "name": name, "created": 1_700_000_000, "is_channel": true, "is_member": member,
+                    } }))
+                    .into_response()
+                }
+                None => {
+                    record(Some("channel_not_found"), None, None);
+                    slack_error("channel_not_found")
+                }
+            }
+        }
         "chat.postMessage" => {
             let channel = str_param("channel");
             if channel.is_empty() {

@@ -34,4 +34,6 @@ pub use password::PasswordSink;
 pub use provisioner::{AwsProvisioner, SSM_UNREACHABLE};
 pub use sessions::StsSessionBroker;
 pub use store::{CommandStore, MemoryCommandStore, SqliteCommandStore};
-pub use wiring::{serve_provisioner, session_broker, ssm_check, ssm_install, AwsStartError};
+pub use wiring::{
+    caller_identity, serve_provisioner, session_broker, ssm_check, ssm_install, AwsStartError,
+};

@@ -85,3 +85,18 @@ pub async fn session_broker(settings: &AwsSettings) -> Option<StsSessionBroker> 
         region,
     ))
 }
+
+/// Who the AWS credentials Passport runs with belong to (`sts:GetCallerIdentity`,
+/// which needs no permission): what `passport doctor` shows.
+pub async fn caller_identity(settings: &AwsSettings) -> Result<String, String> {
+    use aws_sdk_sts::error::ProvideErrorMetadata;
+    let sdk = sdk_loader(settings).load().await;
+    let client = aws_sdk_sts::Client::new(&sdk);
+    match client.get_caller_identity().send().await {
+        Ok(out) => Ok(out.arn().unwrap_or("an unnamed identity").to_owned()),
+        Err(e) => Err(match e.code() {
+            Some(code) => format!("{code}: {}", e.message().unwrap_or("no message")),
+            None => "no answer from AWS STS (network, region or endpoint)".to_owned(),
+        }),
+    }
+}

@@ -249,6 +249,66 @@ impl SlackApi {
         Ok(res.users.into_iter().map(|u| u.to_string()).collect())
     }
 
+    /// `auth.test`: the workspace and bot user the token belongs to.
+    pub async fn auth_test(&self) -> Result<(String, String), ChatError> {
+        let res = self
+            .session()
+            .auth_test()
+            .await
+            .map_err(|e| chat_error(&e))?;
+        Ok((
+            format!("{} ({})", res.team, res.team_id),
+            res.user.unwrap_or_else(|| res.user_id.to_string()),
+        ))
+    }
+
+    /// Whether the bot is a member of `channel` (an id, or `#name`): `None`
+    /// when no such channel is visible to it.
+    pub async fn is_member(&self, channel: &str) -> Result<Option<bool>, ChatError> {
+        let session = self.session();
+        if let Some(name) = channel.strip_prefix('#') {
+            let mut cursor = None;
+            // Pages of 200 channels; a workspace with more than 20,000 is
+            // answered "not found" rather than read forever.
+            for _ in 0..100 {
+                let mut req = SlackApiConversationsListRequest::new()
+                    .with_limit(200)
+                    .with_exclude_archived(true)
+                    .with_types(vec![
+                        SlackConversationType::Public,
+                        SlackConversationType::Private,
+                    ]);
+                if let Some(c) = cursor.take() {
+                    req = req.with_cursor(c);
+                }
+                let res = session
+                    .conversations_list(&req)
+                    .await
+                    .map_err(|e| chat_error(&e))?;
+                if let Some(found) = res
+                    .channels
+                    .iter()
+                    .find(|c| c.name.as_deref() == Some(name))
+                {
+                    return Ok(Some(found.flags.is_member.unwrap_or(false)));
+                }
+                match res.response_metadata.and_then(|m| m.next_cursor) {
+                    Some(next) if !next.0.is_empty() => cursor = Some(next),
+                    _ => return Ok(None),
+                }
+            }
+            return Ok(None);
+        }
+        match session
+            .conversations_info(&SlackApiConversationsInfoRequest::new(channel.into()))
+            .await
+        {
+            Ok(res) => Ok(Some(res.channel.flags.is_member.unwrap_or(false))),
+            Err(SlackClientError::ApiError(e)) if e.code == "channel_not_found" => Ok(None),
+            Err(e) => Err(chat_error(&e)),
+        }
+    }
+
     /// Opens a modal for the person whose action gave `trigger_id` (valid for 3 s).
     pub async fn open_view(&self, trigger_id: &str, view: SlackView) -> Result<(), ChatError> {
         self.session()

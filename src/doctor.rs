@@ -1,0 +1,300 @@
+//! `passport doctor`: checks a deployment from the inside and says what is
+//! wrong and how to fix it. Each check is independent: one failing does not
+//! hide the others.
+
+use std::path::{Path, PathBuf};
+
+use crate::adapters::discord::api::DiscordApi;
+use crate::adapters::slack::api::SlackApi;
+use crate::adapters::sqlite::SqliteStore;
+use crate::app::ports::{Store, Verification};
+use crate::config::Settings;
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub ok: bool,
+    pub check: String,
+    /// What was found; for a failure, what is wrong and what to do.
+    pub text: String,
+}
+
+impl Finding {
+    fn ok(check: &str, text: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            check: check.into(),
+            text: text.into(),
+        }
+    }
+
+    fn fail(check: &str, text: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            check: check.into(),
+            text: text.into(),
+        }
+    }
+}
+
+/// File systems SQLite must not live on: their locks (and shared memory for
+/// WAL) are not reliable, and a broken lock can corrupt the database.
+const NETWORK_FILE_SYSTEMS: [&str; 14] = [
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "afs",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gpfs",
+    "fuse.sshfs",
+    "fuse.s3fs",
+    "fuse.rclone",
+];
+
+/// The file system type of the mount holding `path`, from the text of
+/// `/proc/mounts` (the longest mount point that is a prefix of `path`).
+pub fn file_system_of(mounts: &str, path: &Path) -> Option<String> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _device = fields.next()?;
+            // Spaces in mount points are written as \040.
+            let point = fields.next()?.replace("\\040", " ");
+            let kind = fields.next()?;
+            Some((PathBuf::from(point), kind.to_owned()))
+        })
+        .filter(|(point, _)| path.starts_with(point))
+        .max_by_key(|(point, _)| point.as_os_str().len())
+        .map(|(_, kind)| kind)
+}
+
+/// Whether `kind` is a network file system.
+pub fn is_network_file_system(kind: &str) -> bool {
+    NETWORK_FILE_SYSTEMS.contains(&kind)
+}
+
+/// Runs every check that applies to `settings`.
+pub async fn run(settings: &Settings) -> Vec<Finding> {
+    let mut findings = database(settings).await;
+    if let Some(ca) = &settings.ssh_ca {
+        findings.push(match ca.load() {
+            Ok(loaded) => {
+                use crate::app::ports::CertificateSigner;
+                Finding::ok("ssh ca", format!("signing key {}", loaded.fingerprint()))
+            }
+            Err(e) => Finding::fail("ssh ca", e.to_string()),
+        });
+    }
+    if let Some(slack) = &settings.slack {
+        findings.extend(slack_checks(settings, slack).await);
+    }
+    if let Some(discord) = &settings.discord {
+        findings.extend(discord_checks(settings, discord).await);
+    }
+    if let Some(aws) = &settings.aws {
+        findings.push(match crate::adapters::aws::caller_identity(aws).await {
+            Ok(arn) => Finding::ok("aws identity", arn),
+            Err(e) => Finding::fail(
+                "aws identity",
+                format!("{e}: give Passport AWS credentials (an instance, task or pod role, or a profile) and check [aws] region"),
+            ),
+        });
+        findings.push(match crate::adapters::aws::ssm_check(aws).await {
+            Ok(()) => Finding::ok("ssm documents", "installed at this version"),
+            Err(e) => Finding::fail(
+                "ssm documents",
+                format!("{e}: run `passport ssm install` with the install permissions (manifests/iam/README.md)"),
+            ),
+        });
+    }
+    findings
+}
+
+async fn database(settings: &Settings) -> Vec<Finding> {
+    let path = &settings.store_path;
+    let mut findings = Vec::new();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match std::fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|m| file_system_of(&m, &absolute))
+    {
+        Some(kind) if is_network_file_system(&kind) => findings.push(Finding::fail(
+            "database file system",
+            format!("{} is on {kind}, a network file system where SQLite's locks are not reliable: move the database to a local disk or block volume (EBS, a ReadWriteOnce volume)", absolute.display()),
+        )),
+        Some(kind) => findings.push(Finding::ok("database file system", format!("{} on {kind}", absolute.display()))),
+        None => {}
+    }
+    match SqliteStore::open(path, settings.durability).await {
+        Ok(store) => {
+            findings.push(match store.ping_writer().await {
+                Ok(()) => Finding::ok("database", format!("{} opens and takes writes", path.display())),
+                Err(e) => Finding::fail("database", format!("{} does not take writes ({e}): is another process holding it, or the disk full?", path.display())),
+            });
+            findings.push(match store.verify_logbook().await {
+                Ok(Verification::Intact { events, .. }) => {
+                    Finding::ok("logbook", format!("intact, {events} events"))
+                }
+                Ok(Verification::Broken(brk)) => Finding::fail(
+                    "logbook",
+                    format!("broken at event {}: {brk}; keep this file as evidence and see `passport audit verify`", brk.seq()),
+                ),
+                Err(e) => Finding::fail("logbook", format!("cannot be read: {e}")),
+            });
+            store.close().await;
+        }
+        Err(e) => findings.push(Finding::fail(
+            "database",
+            format!("{} cannot be opened ({e}): check [store] path and that its directory is writable by Passport", path.display()),
+        )),
+    }
+    findings
+}
+
+/// Every channel Passport posts to: the approvals and audit channels, and
+/// each policy rule's own.
+fn channels(settings: &Settings, approvals: &str, audit: &str) -> Vec<String> {
+    let mut all = vec![approvals.to_owned(), audit.to_owned()];
+    for rule in std::iter::once(&settings.policy.default_rule).chain(&settings.policy.rules) {
+        if let Some(c) = &rule.channel {
+            if !all.contains(c) {
+                all.push(c.clone());
+            }
+        }
+    }
+    all
+}
+
+async fn slack_checks(
+    settings: &Settings,
+    slack: &crate::adapters::slack::config::SlackSettings,
+) -> Vec<Finding> {
+    let api = SlackApi::new(&slack.api_url, &slack.bot_token, slack.channel_pace);
+    let mut findings = Vec::new();
+    match api.auth_test().await {
+        Ok((team, user)) => {
+            findings.push(Finding::ok("slack token", format!("bot {user} in {team}")))
+        }
+        Err(e) => {
+            findings.push(Finding::fail(
+                "slack token",
+                format!(
+                    "{e}: set PASSPORT_SLACK__BOT_TOKEN to the app's Bot User OAuth Token (xoxb-…)"
+                ),
+            ));
+            return findings;
+        }
+    }
+    for channel in channels(settings, &slack.approvals_channel, &slack.audit_channel) {
+        findings.push(match api.is_member(&channel).await {
+            Ok(Some(true)) => Finding::ok("slack channel", format!("{channel}: the bot is a member")),
+            Ok(Some(false)) => Finding::fail("slack channel", format!("{channel}: the bot is not a member: type /invite @Passport in it")),
+            Ok(None) => Finding::fail("slack channel", format!("{channel}: not found (archived, misspelt, or private without the bot): check the name in the configuration")),
+            Err(e) => Finding::fail("slack channel", format!("{channel}: cannot be checked ({e}); the app needs the channels:read and groups:read scopes of manifests/slack-app.yaml")),
+        });
+    }
+    for (group, usergroup) in &slack.usergroups {
+        findings.push(match api.usergroup_members(usergroup).await {
+            Ok(members) => Finding::ok("slack user group", format!("{group} = {usergroup}: {} member(s)", members.len())),
+            Err(e) => Finding::fail("slack user group", format!("{group} = {usergroup} cannot be read ({e}): check the id (S…) and the usergroups:read scope")),
+        });
+    }
+    findings
+}
+
+async fn discord_checks(
+    settings: &Settings,
+    discord: &crate::adapters::discord::config::DiscordSettings,
+) -> Vec<Finding> {
+    use serenity::model::id::{ChannelId, GuildId};
+    let api = DiscordApi::new(discord);
+    let http = api.serenity();
+    let mut findings = Vec::new();
+    match http.get_current_user().await {
+        Ok(user) => findings.push(Finding::ok("discord token", format!("bot {}", user.name))),
+        Err(e) => {
+            findings.push(Finding::fail(
+                "discord token",
+                format!("{e}: set PASSPORT_DISCORD__BOT_TOKEN to the bot's token (Developer Portal → Bot → Reset Token)"),
+            ));
+            return findings;
+        }
+    }
+    for channel in channels(settings, &discord.approvals_channel, &discord.audit_channel) {
+        let Ok(id) = channel.parse::<u64>() else {
+            findings.push(Finding::fail(
+                "discord channel",
+                format!("{channel} is not a channel id: copy it with Developer Mode on"),
+            ));
+            continue;
+        };
+        findings.push(match http.get_channel(ChannelId::new(id)).await {
+            Ok(_) => Finding::ok("discord channel", format!("{channel}: the bot can see it")),
+            Err(e) => Finding::fail("discord channel", format!("{channel}: the bot cannot see it ({e}): give it View Channels and Send Messages there")),
+        });
+    }
+    if !discord.roles.is_empty() {
+        match http.get_guild_roles(GuildId::new(discord.guild_id)).await {
+            Ok(roles) => {
+                for (group, role) in &discord.roles {
+                    let found = roles.iter().any(|r| r.id.get().to_string() == *role);
+                    findings.push(if found {
+                        Finding::ok("discord role", format!("{group} = {role}"))
+                    } else {
+                        Finding::fail(
+                            "discord role",
+                            format!(
+                                "{group} = {role}: no such role in the server: copy the role's id"
+                            ),
+                        )
+                    });
+                }
+            }
+            Err(e) => findings.push(Finding::fail(
+                "discord role",
+                format!("the server's roles cannot be read ({e})"),
+            )),
+        }
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTS: &str = "/dev/vda / ext4 rw,relatime 0 0\n\
+        proc /proc proc rw 0 0\n\
+        fs-1.efs.eu-west-1.amazonaws.com:/ /var/lib/passport nfs4 rw 0 0\n\
+        /dev/vdb /var/lib/passport/local ext4 rw 0 0\n\
+        /dev/vdc /mnt/with\\040space xfs rw 0 0\n";
+
+    #[test]
+    fn the_longest_mount_point_decides_the_file_system() {
+        let fs = |p: &str| file_system_of(MOUNTS, Path::new(p));
+        assert_eq!(fs("/var/lib/passport").as_deref(), Some("nfs4"));
+        assert_eq!(fs("/var/lib/passport/db").as_deref(), Some("nfs4"));
+        assert_eq!(fs("/var/lib/passport/local").as_deref(), Some("ext4"));
+        assert_eq!(fs("/var/lib/passportx").as_deref(), Some("ext4"));
+        assert_eq!(fs("/mnt/with space/db").as_deref(), Some("xfs"));
+    }
+
+    #[test]
+    fn network_file_systems_are_named() {
+        assert!(is_network_file_system("nfs4"));
+        assert!(is_network_file_system("cifs"));
+        assert!(!is_network_file_system("ext4"));
+        assert!(!is_network_file_system("xfs"));
+        assert!(!is_network_file_system("overlay"));
+    }
+}
