@@ -1579,7 +1579,10 @@ fn the_app_manifest_points_at_the_endpoints_with_the_least_scopes() {
             "users:read",
             "usergroups:read",
             "channels:history",
-            "groups:history"
+            "groups:history",
+            // `passport doctor`: whether the bot is in each channel it posts to.
+            "channels:read",
+            "groups:read"
         ]
     );
 }
