@@ -296,15 +296,7 @@ async fn outbox(store: &SqliteStore, command: OutboxCommand) -> anyhow::Result<i
             if ids.is_empty() && !all {
                 bail!("name the notices to send again (ids from `passport outbox list`), or --all");
             }
-            let now = Timestamp::from_millis(
-                i64::try_from(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis())
-                        .unwrap_or(0),
-                )
-                .unwrap_or(0),
-            );
+            let now = crate::app::ports::Clock::now(&SystemClock);
             let n = store.revive((!all).then_some(ids), now).await?;
             println!("{n} notice(s) put back in line: the running `passport serve` sends them");
             Ok(0)

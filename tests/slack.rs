@@ -254,6 +254,22 @@ async fn start_with(
 }
 
 impl TestApp {
+    /// `GET path`: the status and the body as text.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let res = self
+            .http
+            .request(
+                axum::http::Request::get(format!("{}{path}", self.base))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     fn now_secs(&self) -> i64 {
         self.clock.now().as_millis() / 1000
     }
@@ -769,20 +785,10 @@ async fn the_events_url_check_is_answered_with_its_challenge() {
 async fn health_answers_without_reading_the_outbox() {
     let app = spawn_app().await;
     let get_health = || async {
-        let res = app
-            .http
-            .request(
-                axum::http::Request::get(format!("{}/healthz", app.base))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = res.status();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let (status, body) = app.get("/healthz").await;
         (
             status,
-            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
         )
     };
     let conn = rusqlite::Connection::open(&app.db).unwrap();
@@ -810,17 +816,7 @@ async fn health_answers_without_reading_the_outbox() {
 #[tokio::test]
 async fn readiness_follows_whether_the_database_takes_writes() {
     let app = spawn_app().await;
-    let ready = || async {
-        app.http
-            .request(
-                axum::http::Request::get(format!("{}/readyz", app.base))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap()
-            .status()
-    };
+    let ready = || async { app.get("/readyz").await.0 };
     assert_eq!(ready().await, 200);
     let healthcheck = |url: String| async move {
         tokio::task::spawn_blocking(move || {
@@ -870,18 +866,9 @@ async fn readiness_follows_whether_the_database_takes_writes() {
 async fn metrics_move_through_a_lifecycle_and_cover_every_alert_rule() {
     let app = spawn_app().await;
     let scrape = || async {
-        let res = app
-            .http
-            .request(
-                axum::http::Request::get(format!("{}/metrics", app.base))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(body.to_vec()).unwrap()
+        let (status, body) = app.get("/metrics").await;
+        assert_eq!(status, 200);
+        body
     };
     // Counters are per process and other tests run beside this one: compare.
     let value = |text: &str, series: &str| -> f64 {
