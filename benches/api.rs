@@ -230,10 +230,15 @@ async fn run(rate: u64, secs: u64) {
             async move {
                 let t0 = Instant::now();
                 let mut ok = true;
-                for (path, body) in [
+                let mut each = [Duration::ZERO; 2];
+                for (i, (path, body)) in [
                     ("certificate", json!({ "public_key": key }).to_string()),
                     ("credentials", String::new()),
-                ] {
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let started = Instant::now();
                     let req = axum::http::Request::builder()
                         .method("POST")
                         .uri(format!("{base}/api/v1/requests/AR-1/{path}"))
@@ -248,8 +253,9 @@ async fn run(rate: u64, secs: u64) {
                         }
                         Err(_) => ok = false,
                     }
+                    each[i] = started.elapsed();
                 }
-                (t0.elapsed(), ok)
+                (t0.elapsed(), each, ok)
             }
         }
     };
@@ -270,27 +276,36 @@ async fn run(rate: u64, secs: u64) {
             }
             continue;
         }
-        let mut latencies = Vec::new();
+        let (mut pairs, mut certificates, mut credentials) = (Vec::new(), Vec::new(), Vec::new());
         let mut errors = 0;
         for t in tasks {
-            let (d, ok) = t.await.unwrap();
-            latencies.push(d);
+            let (d, [certificate, credential], ok) = t.await.unwrap();
+            pairs.push(d);
+            certificates.push(certificate);
+            credentials.push(credential);
             errors += u64::from(!ok);
         }
-        latencies.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "{:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
-            "pairs/s", "p50 ms", "p99 ms", "max ms", "sent", "errors"
+            "{:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "call", "per s", "p50 ms", "p99 ms", "max ms", "sent", "errors"
         );
-        println!(
-            "{:>8} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7}",
-            rate,
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99)),
-            ms(latencies.last().copied().unwrap_or_default()),
-            latencies.len(),
-            errors
-        );
+        for (name, mut latencies) in [
+            ("pair", pairs),
+            ("certificate", certificates),
+            ("credentials", credentials),
+        ] {
+            latencies.sort();
+            println!(
+                "{:>12} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7}",
+                name,
+                rate,
+                ms(percentile(&latencies, 0.5)),
+                ms(percentile(&latencies, 0.99)),
+                ms(latencies.last().copied().unwrap_or_default()),
+                latencies.len(),
+                errors
+            );
+        }
     }
 }

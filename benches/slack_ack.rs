@@ -18,6 +18,11 @@
 //! `/passport help` instead: signature, parsing and answer, no engine). The server and the load generator run on
 //! separate runtimes in this one process, on the same machine; the peak memory
 //! printed is that of the whole process.
+//!
+//! `PASSPORT_BENCH_OBSERVE=1` runs every rate twice in the one process: first
+//! as above, then with what observability costs in `serve`: the Prometheus
+//! recorder installed, `/metrics` scraped every second, and every log line at
+//! `info` written as JSON.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -282,13 +287,60 @@ fn main() {
         .build()
         .unwrap();
     println!("slack_ack: open-loop signed /passport request, {secs} s per rate");
+    let observe = std::env::var("PASSPORT_BENCH_OBSERVE").is_ok();
+    if observe {
+        println!("without metrics or logs:");
+    }
+    pass(&server_rt, &client_rt, &rates, secs, None);
+    if observe {
+        // What `serve` runs with `[log] format = "json"`: the Prometheus
+        // recorder, JSON log lines at `info` (to a file here, as a log
+        // collector would read them), and a scrape of `/metrics` every second
+        // (Prometheus scrapes every 15 to 60 s).
+        let logs = tempfile::NamedTempFile::new().unwrap();
+        let writer = logs.reopen().unwrap();
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::sync::Mutex::new(writer))
+            .init();
+        passport::http::metrics::recorder();
+        println!("with /metrics scraped every second and JSON logs:");
+        pass(
+            &server_rt,
+            &client_rt,
+            &rates,
+            secs,
+            Some(Duration::from_secs(1)),
+        );
+        let lines = std::fs::read_to_string(logs.path())
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        println!("  ({lines} JSON log lines written)");
+    }
+    println!("peak memory (whole process): {:.1} MiB", peak_rss_mib());
+}
+
+/// One run per rate against a fresh server, scraping its `/metrics` every
+/// `scrape` if given.
+fn pass(
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    rates: &[u64],
+    secs: u64,
+    scrape: Option<Duration>,
+) {
     println!(
         "{:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
         "req/s", "p50 ms", "p99 ms", "max ms", "sent", "errors", "stored"
     );
-    for rate in rates {
+    for &rate in rates {
         let server = server_rt.block_on(start_server());
         let base = server.base.clone();
+        let scraper = scrape.map(|every| client_rt.spawn(scrape_metrics(base.clone(), every)));
         // Warm up, unmeasured: the first request fetches the requester's
         // name; then 3 s at the rate, so that the generator has opened the
         // connections it needs before the measured run starts.
@@ -331,7 +383,29 @@ fn main() {
         if !help_only() && stored < acknowledged {
             println!("  LOST: {acknowledged} requests were acknowledged but only {stored} stored");
         }
+        if let Some(scraper) = scraper {
+            scraper.abort();
+        }
         server_rt.block_on(server.app.store.close());
     }
-    println!("peak memory (whole process): {:.1} MiB", peak_rss_mib());
+}
+
+/// Scrapes `{base}/metrics` every `every`, as Prometheus would.
+async fn scrape_metrics(base: String, every: Duration) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let req = axum::http::Request::get(format!("{base}/metrics"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if let Ok(res) = client.request(req).await {
+            assert!(
+                res.status().is_success(),
+                "/metrics answered {}",
+                res.status()
+            );
+            let _ = res.into_body().collect().await;
+        }
+    }
 }

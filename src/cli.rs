@@ -458,6 +458,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve => {
             let (loaded, settings) = load(cli.config.as_deref())?;
             init_logging(&loaded.config.log.level, loaded.config.log.format);
+            // Before anything counts: what happens before the first scrape of
+            // `/metrics` is counted too.
+            crate::http::metrics::recorder();
             match (&settings.slack, &settings.discord) {
                 (Some(slack), _) => serve_slack(&loaded, &settings, slack).await,
                 (None, Some(discord)) => serve_discord(&loaded, &settings, discord).await,

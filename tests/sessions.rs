@@ -104,6 +104,7 @@ async fn credentials(
     app.engine
         .session_credentials(&TestApp::actor(user), id, None)
         .await
+        .map(|(credentials, _)| credentials)
 }
 
 fn session_events(details: &[(String, String)]) -> Vec<String> {

@@ -235,6 +235,42 @@ impl SqliteStore {
         .map_err(|e| StoreError::Other(format!("a read failed: {e}")))?
     }
 
+    /// Runs a point read (a row or a few, found by an index) on the calling
+    /// task. It takes tens of microseconds and, in WAL mode, never waits for
+    /// the writer, so sending it to the blocking pool and back would cost
+    /// more than the read: two thread hand-offs on every API call and
+    /// acknowledgement. Scans and anything that may take long use
+    /// [`Self::read`].
+    async fn look_up<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError>,
+    {
+        let shared = &self.shared;
+        let _permit = shared
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Other("the store is closed".into()))?;
+        let idle = shared
+            .idle_readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => connect_reader(&shared.path)?,
+        };
+        let result = read(&conn);
+        if !shared.read_permits.is_closed() {
+            shared
+                .idle_readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+        result
+    }
+
     async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -515,7 +551,7 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<AccessRequest>, StoreError> {
-        self.read(move |conn| {
+        self.look_up(move |conn| {
             let body: Option<String> = conn
                 .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
                 .query_row([id_of(id)], |r| r.get(0))
@@ -527,7 +563,7 @@ impl Store for SqliteStore {
 
     async fn pending_count(&self, requester: &UserId) -> Result<u64, StoreError> {
         let requester = requester.as_str().to_owned();
-        self.read(move |conn| {
+        self.look_up(move |conn| {
             let n: i64 = conn
                 .prepare_cached(
                     "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = ?2",
@@ -853,7 +889,7 @@ impl Store for SqliteStore {
         surface: &str,
     ) -> Result<Option<MessageRef>, StoreError> {
         let surface = surface.to_owned();
-        self.read(move |conn| {
+        self.look_up(move |conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT channel, message FROM chat_refs WHERE request = ?1 AND surface = ?2",
@@ -954,7 +990,7 @@ impl Store for SqliteStore {
 
     async fn login_by_code(&self, code: &SecretHash) -> Result<Option<LoginAttempt>, StoreError> {
         let code = code.clone();
-        self.read(move |conn| signin::by_code(conn, &code)).await
+        self.look_up(move |conn| signin::by_code(conn, &code)).await
     }
 
     async fn login_by_id(
@@ -962,7 +998,7 @@ impl Store for SqliteStore {
         id: &LoginId,
     ) -> Result<Option<(LoginAttempt, SecretHash)>, StoreError> {
         let id = id.clone();
-        self.read(move |conn| signin::by_id(conn, &id)).await
+        self.look_up(move |conn| signin::by_id(conn, &id)).await
     }
 
     async fn login_save(
@@ -993,7 +1029,7 @@ impl Store for SqliteStore {
 
     async fn token(&self, hash: &SecretHash) -> Result<Option<TokenRecord>, StoreError> {
         let hash = hash.clone();
-        self.read(move |conn| signin::token(conn, &hash)).await
+        self.look_up(move |conn| signin::token(conn, &hash)).await
     }
 
     async fn token_refused(&self, id: i64, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
@@ -1057,7 +1093,7 @@ impl Store for SqliteStore {
 
     async fn ssh_key(&self, user: &UserId) -> Result<Option<SshPublicKey>, StoreError> {
         let user = user.clone();
-        self.read(move |conn| housekeeping::ssh_key(conn, &user))
+        self.look_up(move |conn| housekeeping::ssh_key(conn, &user))
             .await
     }
 
@@ -1093,7 +1129,7 @@ impl Store for SqliteStore {
 
     async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
         let name = name.to_owned();
-        self.read(move |conn| housekeeping::lease_holder(conn, &name))
+        self.look_up(move |conn| housekeeping::lease_holder(conn, &name))
             .await
     }
 
@@ -1118,7 +1154,7 @@ impl Store for SqliteStore {
         schedule: &str,
     ) -> Result<Option<Timestamp>, StoreError> {
         let (name, schedule) = (name.to_owned(), schedule.to_owned());
-        self.read(move |conn| housekeeping::job_next_run(conn, &name, &schedule))
+        self.look_up(move |conn| housekeeping::job_next_run(conn, &name, &schedule))
             .await
     }
 
@@ -1154,16 +1190,16 @@ impl Store for SqliteStore {
     }
 
     async fn has_timer(&self, request: RequestId, kind: TimerKind) -> Result<bool, StoreError> {
-        self.read(move |conn| housekeeping::has_timer(conn, request, kind))
+        self.look_up(move |conn| housekeeping::has_timer(conn, request, kind))
             .await
     }
 
     async fn logbook_head(&self) -> Result<Option<(u64, String)>, StoreError> {
-        self.read(housekeeping::logbook_head).await
+        self.look_up(housekeeping::logbook_head).await
     }
 
     async fn logbook_hash_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
-        self.read(move |conn| housekeeping::logbook_hash_at(conn, seq))
+        self.look_up(move |conn| housekeeping::logbook_hash_at(conn, seq))
             .await
     }
 
@@ -1178,7 +1214,7 @@ impl Store for SqliteStore {
             channel.map(str::to_owned),
             message.to_owned(),
         );
-        self.read(move |conn| {
+        self.look_up(move |conn| {
             housekeeping::request_for_message(conn, &surface, channel.as_deref(), &message)
         })
         .await

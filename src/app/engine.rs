@@ -117,6 +117,8 @@ impl Reply {
 pub struct IssuedCertificate {
     /// The OpenSSH certificate line.
     pub certificate: String,
+    /// The login it is valid for: the request's username.
+    pub principal: String,
     pub serial: u64,
     pub valid_before: Timestamp,
     /// What to tell the person: the certificate and how to connect with it.
@@ -135,6 +137,10 @@ pub enum AppError {
     Refused(#[from] RefusalKind),
     #[error("{0} does not exist: check the number, or `list` your requests")]
     NotFound(RequestId),
+    /// Someone else's request, for something only its requester may do: the
+    /// text says so in chat, and the API answers as for a missing one.
+    #[error("{1}")]
+    NotYours(RequestId, String),
     /// Too many commands too fast: the text says how long to wait.
     #[error("{0}")]
     Limited(String),
@@ -281,7 +287,7 @@ impl Engine {
         actor: &Actor,
         id: RequestId,
         only: Option<&InstanceId>,
-    ) -> Result<SessionCredentials, AppError> {
+    ) -> Result<(SessionCredentials, Timestamp), AppError> {
         let Some(broker) = self.sessions.clone() else {
             return Err(RefusalKind::NotAllowed(
                 "this Passport hands out no Session Manager credentials (`[aws] session_role_arn` is not set): ask your admins".into(),
@@ -290,6 +296,12 @@ impl Engine {
         };
         let now = self.clock.now();
         let req = self.store.get(id).await?.ok_or(AppError::NotFound(id))?;
+        if !req.is_requester(&actor.person.id) {
+            return Err(AppError::NotYours(
+                id,
+                format!("only the requester of {id} can connect with it"),
+            ));
+        }
         let scope = req.session_scope(&actor.person.id, now, only)?;
         let credentials = broker.credentials(&scope, now).await.map_err(|e| match e {
             ProvisionError::Unavailable(why) => AppError::Unavailable(why),
@@ -315,7 +327,7 @@ impl Engine {
             scope.remote_port_forwarding,
         );
         let not_after = scope.not_after;
-        self.change(id, move |req, fx| {
+        let record = self.mutation(move |req, fx| {
             if req.state != RequestState::Active {
                 return Err(RefusalKind::WrongState(format!(
                     "{id} ended while the credentials were being made: request access again"
@@ -344,9 +356,9 @@ impl Engine {
                 }),
             );
             Ok(())
-        })
-        .await?;
-        Ok(credentials)
+        });
+        let (req, _) = self.store.update(id, None, record).await??;
+        Ok((credentials, req.expires_at.unwrap_or(not_after)))
     }
 
     pub fn grammar(&self) -> &Grammar {
@@ -1015,10 +1027,10 @@ impl Engine {
         // whether the requester has a key.
         let req = self.store.get(id).await?.ok_or(AppError::NotFound(id))?;
         if !req.is_requester(&actor.person.id) {
-            return Err(RefusalKind::NotAllowed(format!(
-                "only the requester of {id} can get a certificate for it"
-            ))
-            .into());
+            return Err(AppError::NotYours(
+                id,
+                format!("only the requester of {id} can get a certificate for it"),
+            ));
         }
         let key = match key {
             Some(key) => key,
@@ -1078,6 +1090,7 @@ impl Engine {
         Ok(IssuedCertificate {
             answer: messages::certificate_answer(&req, &line, &key, spec.serial),
             certificate: line,
+            principal: spec.principal.clone(),
             serial: spec.serial,
             valid_before: spec.valid_before,
         })

@@ -123,7 +123,7 @@ impl From<AppError> for ApiError {
             AppError::Refused(RefusalKind::WrongState(why) | RefusalKind::AlreadyDone(why)) => {
                 Self::Conflict(why)
             }
-            AppError::NotFound(id) => Self::not_found(&id.to_string()),
+            AppError::NotFound(id) | AppError::NotYours(id, _) => Self::not_found(&id.to_string()),
             AppError::Limited(why) => Self::TooMany(why),
             AppError::Unavailable(why) => Self::Unavailable(why),
             AppError::Store(e) => {
@@ -532,12 +532,11 @@ async fn certificate(
     let session = session(&engine, &headers).await?;
     let id = request_id(&id)?;
     let asked: CertificateRequest = json_body(&headers, body).await?;
-    let req = own_request(&engine, &session, id).await?;
     let key = SshPublicKey::parse(&asked.public_key)?;
     let issued = engine.certificate(&session.actor, id, Some(key)).await?;
     Ok(Json(CertificateIssued {
         certificate: issued.certificate,
-        principal: req.username.to_string(),
+        principal: issued.principal,
         serial: issued.serial,
         valid_before: issued.valid_before.rfc3339(),
     }))
@@ -566,8 +565,7 @@ async fn credentials(
         None => None,
         Some(text) => Some(InstanceId::parse(text)?),
     };
-    let req = own_request(&engine, &session, id).await?;
-    let c = engine
+    let (c, access_ends_at) = engine
         .session_credentials(&session.actor, id, only.as_ref())
         .await?;
     Ok(Json(Credentials {
@@ -576,6 +574,6 @@ async fn credentials(
         session_token: c.session_token.expose_secret().to_owned(),
         expiration: c.expiration.rfc3339(),
         region: c.region,
-        access_ends_at: req.expires_at.map(|t| t.rfc3339()).unwrap_or_default(),
+        access_ends_at: access_ends_at.rfc3339(),
     }))
 }
