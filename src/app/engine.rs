@@ -1008,14 +1008,15 @@ impl Engine {
         .await
     }
 
-    /// Signs a certificate for `key` (or the person's registered key) valid
-    /// until the access of `id` ends, and records it in the Logbook in the
-    /// same transaction that numbers it.
+    /// Signs a certificate for `key` (an OpenSSH public key line, or the
+    /// person's registered key when `None`) valid until the access of `id`
+    /// ends, and records it in the Logbook in the same transaction that
+    /// numbers it.
     pub async fn certificate(
         &self,
         actor: &Actor,
         id: RequestId,
-        key: Option<SshPublicKey>,
+        key: Option<&str>,
     ) -> Result<IssuedCertificate, AppError> {
         let Some(ca) = self.certificates.clone() else {
             return Err(RefusalKind::NotAllowed(
@@ -1032,8 +1033,10 @@ impl Engine {
                 format!("only the requester of {id} can get a certificate for it"),
             ));
         }
+        // The key is read only once the request is known to be the caller's,
+        // so someone else's answers the same whatever the key.
         let key = match key {
-            Some(key) => key,
+            Some(text) => SshPublicKey::parse(text)?,
             None => self.store.ssh_key(&actor.person.id).await?.ok_or_else(|| {
                 RefusalKind::NotAllowed(
                     "you have no SSH key registered: `key set <your public key>` registers one, then ask for the certificate again".into(),

@@ -35,7 +35,7 @@ use crate::domain::command::{Command, ListFilter, RequestSpec};
 use crate::domain::request::{AccessRequest, GrantState, Platform, RefusalKind, RequestState};
 use crate::domain::signin::ChatIdentity;
 use crate::domain::values::{
-    GrantDuration, InputError, InstanceId, InstanceIds, Reason, RequestId, SshPublicKey, Ticket,
+    GrantDuration, InputError, InstanceId, InstanceIds, Reason, RequestId, Ticket,
 };
 
 /// What went wrong with an API call. [`IntoResponse`] is the one place that
@@ -532,8 +532,9 @@ async fn certificate(
     let session = session(&engine, &headers).await?;
     let id = request_id(&id)?;
     let asked: CertificateRequest = json_body(&headers, body).await?;
-    let key = SshPublicKey::parse(&asked.public_key)?;
-    let issued = engine.certificate(&session.actor, id, Some(key)).await?;
+    let issued = engine
+        .certificate(&session.actor, id, Some(&asked.public_key))
+        .await?;
     Ok(Json(CertificateIssued {
         certificate: issued.certificate,
         principal: issued.principal,
