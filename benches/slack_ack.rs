@@ -22,7 +22,7 @@
 //! `PASSPORT_BENCH_OBSERVE=1` runs every rate twice in the one process: first
 //! as above, then with what observability costs in `serve`: the Prometheus
 //! recorder installed, `/metrics` scraped every second, and every log line at
-//! `info` written as JSON.
+//! `info` written as JSON (`PASSPORT_BENCH_SCRAPE_SECS`, default 1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -308,13 +308,14 @@ fn main() {
             .with_writer(std::sync::Mutex::new(writer))
             .init();
         passport::http::metrics::recorder();
-        println!("with /metrics scraped every second and JSON logs:");
+        let every: u64 = env_or("PASSPORT_BENCH_SCRAPE_SECS", "1").parse().unwrap();
+        println!("with /metrics scraped every {every} s and JSON logs:");
         pass(
             &server_rt,
             &client_rt,
             &rates,
             secs,
-            Some(Duration::from_secs(1)),
+            Some(Duration::from_secs(every)),
         );
         let lines = std::fs::read_to_string(logs.path())
             .map(|t| t.lines().count())
