@@ -920,6 +920,62 @@ async fn readiness_names_slack_when_its_token_is_refused() {
     assert_eq!(auth_tests(), before + 2);
 }
 
+/// Cards Slack keeps refusing are set aside after 5 attempts, and the audit
+/// channel hears of it in one notice per pass, not one per card, saying how
+/// many and how to list and resend them. Set-asides soon after a report wait
+/// and are counted into the next, a few minutes later.
+#[tokio::test]
+async fn set_aside_notices_are_reported_once_in_the_audit_channel() {
+    let app = &spawn_app().await;
+    app.fake
+        .fail_in_channel("chat.postMessage", APPROVALS, "channel_not_found");
+    let reports = || {
+        app.fake
+            .posts_in(AUDIT)
+            .into_iter()
+            .filter(|c| c.ok() && c.text().contains("set aside"))
+            .map(|c| c.text())
+            .collect::<Vec<_>>()
+    };
+    // Retries 1 s, 2 s, 4 s and 8 s apart: 20 seconds covers them.
+    let retry_for = |seconds: u64| async move {
+        for _ in 0..seconds {
+            app.settle().await;
+            app.clock.advance(Span::from_secs(1));
+        }
+        app.settle().await;
+    };
+
+    for ticket in 1..=3 {
+        let answer = app
+            .command(DEV, &format!("request {PROD} 1h ticket#{ticket} migrate"))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    retry_for(20).await;
+    assert_eq!(app.built.store.outbox_counts().await.unwrap().dead, 3);
+    let said = reports();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(said[0].contains("3 notices"), "{}", said[0]);
+    assert!(said[0].contains("channel_not_found"), "{}", said[0]);
+    assert!(said[0].contains("passport outbox list"), "{}", said[0]);
+    assert!(said[0].contains("passport outbox retry"), "{}", said[0]);
+
+    // A fourth, set aside within five minutes of that report, waits.
+    let answer = app
+        .command(LEAD1, &format!("request {PROD} 1h ticket#4 migrate"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    retry_for(20).await;
+    assert_eq!(app.built.store.outbox_counts().await.unwrap().dead, 4);
+    assert_eq!(reports().len(), 1);
+    app.clock.advance(Span::from_minutes(5));
+    app.settle().await;
+    let said = reports();
+    assert_eq!(said.len(), 2, "{said:#?}");
+    assert!(said[1].contains("1 notice could not"), "{}", said[1]);
+}
+
 /// `/metrics` after one request's lifecycle: the Logbook counters, the chat
 /// deliveries and the HTTP latencies moved, the database gauges are there,
 /// and every metric the shipped alert rules use is exported.

@@ -128,6 +128,16 @@ impl FakeSlack {
             .insert(method.to_owned(), code.to_owned());
     }
 
+    /// Answers every later call of `method` in `channel` with `code`, e.g.
+    /// `chat.postMessage` in the approvals channel with `channel_not_found`.
+    pub fn fail_in_channel(&self, method: &str, channel: &str, code: &str) {
+        self.inner
+            .failing
+            .lock()
+            .unwrap()
+            .insert(format!("{method} {channel}"), code.to_owned());
+    }
+
     /// Answers `method` normally again.
     pub fn heal_method(&self, method: &str) {
         self.inner.failing.lock().unwrap().remove(method);
