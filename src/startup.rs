@@ -28,7 +28,7 @@ use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
 use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, SessionBroker, StoreError};
 use crate::config::Settings;
 use crate::domain::time::Span;
-use crate::domain::values::{parse_span, Person, RequestId, UserId};
+use crate::domain::values::{Person, RequestId, UserId};
 use crate::http::ready::{DiscordProbe, Probe, Readiness, SlackProbe};
 use crate::http::{self, DiscordEndpoints, HttpState, SlackEndpoints};
 use crate::scheduler::Scheduler;
@@ -173,7 +173,7 @@ pub fn parse_console_line(line: &str) -> Result<ConsoleLine, String> {
         return Ok(ConsoleLine::Blank);
     }
     if let Some(rest) = line.strip_prefix("!advance") {
-        return parse_span(rest.trim())
+        return Span::parse(rest.trim())
             .map(ConsoleLine::Advance)
             .ok_or_else(|| "`!advance` needs a duration such as 50m or 2h".to_owned());
     }

@@ -107,16 +107,15 @@ impl Default for ApiSettings {
 
 impl ApiConfig {
     pub fn validate(&self) -> Result<ApiSettings, Vec<String>> {
-        use crate::domain::time::Span;
-        match crate::domain::values::parse_span(&self.token_ttl) {
-            Some(ttl) if ttl >= Span::from_minutes(5) && ttl <= Span::from_hours(30 * 24) => {
-                Ok(ApiSettings { token_ttl: ttl })
-            }
-            _ => Err(vec![format!(
-                "api.token_ttl: {:?} is not a lifetime for API tokens: use forms like 30m, 12h or 168h (from 5m to 720h)",
-                self.token_ttl
-            )]),
-        }
+        use crate::domain::time::{parse_setting_within, Span};
+        parse_setting_within(
+            "api.token_ttl",
+            &self.token_ttl,
+            Span::from_minutes(5),
+            Span::from_hours(30 * 24),
+        )
+        .map(|token_ttl| ApiSettings { token_ttl })
+        .map_err(|e| vec![e])
     }
 }
 
