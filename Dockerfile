@@ -40,7 +40,8 @@ USER 10001:10001
 WORKDIR /var/lib/passport
 VOLUME ["/var/lib/passport"]
 # /healthz on this port answers 200 while the process and its database answer;
-# /readyz while the database takes writes.
+# /readyz while the database takes writes and the chat platform (and AWS, with
+# [aws]) answers.
 EXPOSE 8080
 # `passport healthcheck` asks /healthz itself: no curl in the image.
 HEALTHCHECK --interval=30s --timeout=6s --start-period=20s --retries=3 \

@@ -163,6 +163,7 @@ async fn run(rate: u64, secs: u64) {
             provisioner: startup::logged_dry_run(&settings),
             ack_deadline: Duration::from_millis(2500),
             dry_run_label: false,
+            probes: Vec::new(),
         },
         Some(Arc::new(StubBroker)),
     )

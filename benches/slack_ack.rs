@@ -120,6 +120,7 @@ async fn start_server() -> Server {
             )),
             ack_deadline: Duration::from_millis(2500),
             dry_run_label: false,
+            probes: Vec::new(),
         },
     )
     .await

@@ -915,6 +915,7 @@ async fn serve_slack(
             provisioner,
             ack_deadline: crate::adapters::slack::inbound::ACK_DEADLINE,
             dry_run_label: settings.dry_run_label,
+            probes: startup::readiness_probes(settings).await,
         },
     )
     .await
@@ -952,6 +953,7 @@ async fn serve_discord(
             provisioner,
             ack_deadline: crate::adapters::discord::inbound::ACK_DEADLINE,
             dry_run_label: settings.dry_run_label,
+            probes: startup::readiness_probes(settings).await,
         },
     )
     .await

@@ -24,8 +24,8 @@ use crate::app::jobs::{Job, JobKind, Jobs};
 use crate::domain::command::Grammar;
 use crate::domain::policy::{Policy, Principal, Rule};
 use crate::domain::request::{InstanceInfo, Platform};
-use crate::domain::time::Span;
-use crate::domain::values::{parse_span, DurationLimits, InstanceId, TicketRules};
+use crate::domain::time::{parse_setting, Span};
+use crate::domain::values::{DurationLimits, InstanceId, TicketRules};
 use crate::http::{ApiConfig, ApiSettings, HttpConfig, HttpSettings};
 
 /// `PASSPORT_…` variables that are not configuration: the log filter and the
@@ -623,12 +623,16 @@ impl Config {
             errors.push("groups: [aws] provisions real users, so the approvers and admins must be configured: add a [groups] section (the built-in demo groups approvers = lead1, lead2 and admins = admin exist only without [aws])".into());
         }
         let mut span = |field: &str, text: &str| -> Span {
-            match parse_span(text) {
-                Some(s) if s > Span::ZERO => s,
-                _ => {
+            match parse_setting(field, text) {
+                Ok(s) if s > Span::ZERO => s,
+                Ok(_) => {
                     errors.push(format!(
-                        "{field}: {text:?} is not a duration: use forms like 30m, 2h, 1h30m"
+                        "{field}: {text:?} must be longer than zero: use forms like 30m, 2h, 1h30m"
                     ));
+                    Span::ZERO
+                }
+                Err(e) => {
+                    errors.push(e);
                     Span::ZERO
                 }
             }
@@ -767,18 +771,15 @@ impl Config {
                     rc.approvals
                 ));
             }
-            let extension_approval_over =
-                rc.extension_approval_over
-                    .as_ref()
-                    .and_then(|text| match parse_span(text) {
-                        Some(s) => Some(s),
-                        None => {
-                            errors.push(format!(
-                                "{field}.extension_approval_over: {text:?} is not a duration: use forms like 30m, 2h"
-                            ));
-                            None
-                        }
-                    });
+            let extension_approval_over = rc.extension_approval_over.as_ref().and_then(|text| {
+                match parse_setting(&format!("{field}.extension_approval_over"), text) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                }
+            });
             if extension_approval_over.is_some() && rc.approvals == 0 {
                 errors.push(format!(
                     "{field}.extension_approval_over: this rule approves automatically (approvals = 0), so nobody could approve its extensions: set approvals to 1 or more, or remove extension_approval_over"
@@ -1049,9 +1050,17 @@ mod tests {
             c.validate().map(|s| s.api.token_ttl).ok(),
             Some(Span::from_hours(12))
         );
-        c.api.token_ttl = "2d".into();
+        c.api.token_ttl = "31d".into();
         let errs = c.validate().unwrap_err().to_string();
-        assert!(errs.contains("api.token_ttl: \"2d\""), "{errs}");
+        assert!(
+            errs.contains("api.token_ttl: \"31d\" must be from 5m to 720h"),
+            "{errs}"
+        );
+        c.api.token_ttl = "2d".into();
+        assert_eq!(
+            c.validate().map(|s| s.api.token_ttl).ok(),
+            Some(Span::from_hours(48))
+        );
         c.api.token_ttl = "168h".into();
         assert_eq!(
             c.validate().map(|s| s.api.token_ttl).ok(),

@@ -28,7 +28,8 @@ use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
 use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, SessionBroker, StoreError};
 use crate::config::Settings;
 use crate::domain::time::Span;
-use crate::domain::values::{parse_span, Person, RequestId, UserId};
+use crate::domain::values::{Person, RequestId, UserId};
+use crate::http::ready::{DiscordProbe, Probe, Readiness, SlackProbe};
 use crate::http::{self, DiscordEndpoints, HttpState, SlackEndpoints};
 use crate::scheduler::Scheduler;
 
@@ -78,6 +79,15 @@ pub async fn provisioner(
             )),
             None,
         )),
+    }
+}
+
+/// What `/readyz` asks AWS when `[aws]` is configured
+/// ([`crate::adapters::aws::AwsProbe`]); nothing otherwise.
+pub async fn readiness_probes(settings: &Settings) -> Vec<Arc<dyn Probe>> {
+    match &settings.aws {
+        Some(aws) => vec![Arc::new(crate::adapters::aws::AwsProbe::connect(aws).await)],
+        None => Vec::new(),
     }
 }
 
@@ -163,7 +173,7 @@ pub fn parse_console_line(line: &str) -> Result<ConsoleLine, String> {
         return Ok(ConsoleLine::Blank);
     }
     if let Some(rest) = line.strip_prefix("!advance") {
-        return parse_span(rest.trim())
+        return Span::parse(rest.trim())
             .map(ConsoleLine::Advance)
             .ok_or_else(|| "`!advance` needs a duration such as 50m or 2h".to_owned());
     }
@@ -313,6 +323,9 @@ pub struct SlackOptions {
     pub ack_deadline: Duration,
     /// Mark every card and message DRY RUN (`provisioner = "dry-run"`).
     pub dry_run_label: bool,
+    /// What `/readyz` asks besides the database and Slack: AWS when
+    /// configured ([`readiness_probes`]).
+    pub probes: Vec<Arc<dyn Probe>>,
 }
 
 /// The application with Slack as its chat surface.
@@ -486,12 +499,18 @@ pub async fn slack_app_with_sessions(
         signing_secret: secret,
         clock: options.clock.clone(),
     });
+    let readiness = options.probes.into_iter().fold(
+        Readiness::new(app.store.clone(), app.clock.clone())
+            .with_probe(Arc::new(SlackProbe(api.clone()))),
+        Readiness::with_probe,
+    );
     let router = http::router(HttpState {
         store: app.store.clone(),
         clock: app.clock.clone(),
         slack: endpoints,
         discord: None,
         api: Some(app.engine.clone()),
+        readiness: Arc::new(readiness),
     });
     let socket = match (slack.mode, &slack.app_token) {
         (SlackMode::Socket, Some(token)) => Some(SocketMode::new(api, token.clone(), inbound)),
@@ -517,6 +536,9 @@ pub struct DiscordOptions {
     pub ack_deadline: Duration,
     /// Mark every card and message DRY RUN (`provisioner = "dry-run"`).
     pub dry_run_label: bool,
+    /// What `/readyz` asks besides the database and Discord: AWS when
+    /// configured ([`readiness_probes`]).
+    pub probes: Vec<Arc<dyn Probe>>,
 }
 
 /// The application with Discord as its chat surface.
@@ -592,12 +614,18 @@ pub async fn discord_app(
             public_key,
             clock: options.clock.clone(),
         });
+    let readiness = options.probes.into_iter().fold(
+        Readiness::new(app.store.clone(), app.clock.clone())
+            .with_probe(Arc::new(DiscordProbe(api.clone()))),
+        Readiness::with_probe,
+    );
     let router = http::router(HttpState {
         store: app.store.clone(),
         clock: app.clock.clone(),
         slack: None,
         discord: endpoints,
         api: Some(app.engine.clone()),
+        readiness: Arc::new(readiness),
     });
     let gateway = (discord.mode == DiscordMode::Gateway)
         .then(|| Gateway::new(discord.clone(), inbound.clone()));

@@ -222,6 +222,7 @@ async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
             provisioner: startup::logged_dry_run(&settings),
             ack_deadline: Duration::from_millis(2500),
             dry_run_label: false,
+            probes: Vec::new(),
         },
         Some(broker.clone()),
     )

@@ -25,13 +25,17 @@ use passport::adapters::aws::documents::{
 };
 use passport::adapters::aws::sdk::{sdk_loader, SdkSsm};
 use passport::adapters::aws::store::{CommandStore, Operation};
+use passport::adapters::aws::AwsProbe;
 use passport::adapters::aws::{
     AwsProvisioner, AwsSettings, DocumentNames, DocumentsError, SqliteCommandStore,
 };
+use passport::adapters::clock::ManualClock;
+use passport::adapters::sqlite::{Durability, SqliteStore};
 use passport::app::ports::{Described, GrantSpec, Provisioner, RevokeSpec};
 use passport::domain::request::{InstanceInfo, Platform};
 use passport::domain::time::Timestamp;
 use passport::domain::values::{InstanceId, RequestId, Username};
+use passport::http::ready::{Readiness, Report, PROBE_DEADLINE};
 
 const LINUX_AMI: &str = "ami-1e749f67";
 const WINDOWS_AMI: &str = "ami-03cf127a";
@@ -804,4 +808,83 @@ async fn assume_role_asks_for_the_role_duration_identity_tags_and_exact_policy()
         .unwrap();
     let arn = me.arn().unwrap();
     assert!(owned_by(arn, &role, &username), "{arn}");
+}
+
+// ---------------------------------------------------------------------------
+// Readiness
+
+/// `/readyz`'s AWS check against moto: not ready while Passport's documents
+/// are missing (saying to install them), ready once they are; against a
+/// closed loopback port, and against one that accepts but never answers,
+/// not ready, and within the deadline.
+#[tokio::test]
+async fn readiness_asks_aws_within_its_deadline() {
+    let rig = rig(moto_or_skip!()).await;
+    let store = Arc::new(
+        SqliteStore::open(&rig.db, Durability::Normal)
+            .await
+            .unwrap(),
+    );
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let readiness = |settings: &AwsSettings, sdk: &SdkConfig| {
+        Readiness::new(store.clone(), clock.clone())
+            .with_probe(Arc::new(AwsProbe::from_sdk(sdk, settings)))
+    };
+    let aws_check = |report: &Report| {
+        report
+            .checks
+            .iter()
+            .find(|(name, _)| *name == "aws")
+            .map(|(_, outcome)| outcome.clone())
+            .unwrap()
+    };
+
+    // moto loads its built-in SSM documents at the first SSM call, which takes
+    // longer than a probe may; AWS itself answers at once.
+    rig.ssm.list_documents().send().await.unwrap();
+    let report = readiness(&rig.settings, &rig.sdk).check().await;
+    assert!(!report.ready);
+    let said = aws_check(&report).unwrap_err();
+    assert!(said.contains("passport ssm install"), "{said}");
+    assert_eq!(report.to_json()["checks"]["aws"]["state"], "failing");
+
+    let ssm = SdkSsm::new(&rig.sdk);
+    install_documents(&ssm, &passport_documents(&DocumentNames::default()))
+        .await
+        .unwrap();
+    let report = readiness(&rig.settings, &rig.sdk).check().await;
+    assert!(report.ready, "{report:?}");
+    assert_eq!(
+        report.to_json(),
+        serde_json::json!({
+            "status": "ready",
+            "checks": { "store": { "state": "ok" }, "aws": { "state": "ok" } },
+        })
+    );
+
+    // Nothing listens here.
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    // This one accepts connections (the kernel completes them) but never
+    // answers a request.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    for address in [closed, silent.local_addr().unwrap()] {
+        let settings = AwsSettings {
+            endpoint_url: Some(format!("http://{address}")),
+            ..rig.settings.clone()
+        };
+        let sdk = sdk(&settings).await;
+        let started = Instant::now();
+        let report = readiness(&settings, &sdk).check().await;
+        let took = started.elapsed();
+        assert!(!report.ready, "{address}");
+        let said = aws_check(&report).unwrap_err();
+        assert!(said.contains("reach"), "{address}: {said}");
+        assert!(
+            took < PROBE_DEADLINE + Duration::from_secs(1),
+            "{address}: {took:?}"
+        );
+    }
 }

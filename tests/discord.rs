@@ -234,6 +234,7 @@ async fn start_with(
             provisioner: passwords.clone(),
             ack_deadline: deadline,
             dry_run_label: false,
+            probes: Vec::new(),
         },
     )
     .await
@@ -1332,4 +1333,45 @@ async fn a_configured_ttl_a_429_and_a_message_already_gone_are_all_handled() {
     assert_eq!(unknown, 1);
     assert_eq!(app.deletion_notes().await.len(), 2);
     assert_eq!(app.events(1, "password_message_deleted").await, 2);
+}
+
+/// `/readyz` asks Discord for the bot's own user (`GET /users/@me`) and names
+/// Discord in its answer; a token Discord refuses fails the check, saying
+/// which setting to fix.
+#[tokio::test]
+async fn readiness_asks_discord_for_the_bot_user() {
+    use passport::http::ready::{DiscordProbe, Probe};
+    let app = spawn_app().await;
+    let res = app
+        .http
+        .request(
+            axum::http::Request::get(format!("{}/readyz", app.base))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "status": "ready",
+            "checks": { "store": { "state": "ok" }, "discord": { "state": "ok" } },
+        })
+    );
+    assert!(app.fake.calls().iter().any(|c| c.route == "get_me"));
+
+    let mut settings = config(&app.db, &app.fake, "http")
+        .validate()
+        .unwrap()
+        .discord
+        .unwrap();
+    settings.bot_token = Secret::from("not-the-token");
+    let probe = DiscordProbe(passport::adapters::discord::api::DiscordApi::new(&settings));
+    let said = probe.check().await.unwrap_err();
+    assert!(said.contains("401"), "{said}");
+    assert!(said.contains("PASSPORT_DISCORD__BOT_TOKEN"), "{said}");
+    assert!(!said.contains("not-the-token"), "{said}");
 }

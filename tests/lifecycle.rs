@@ -455,7 +455,7 @@ async fn a_crash_after_any_step_loses_and_repeats_nothing() {
         let mut app = TestApp::open(&db, provisioner.clone(), clock.clone(), surface.clone()).await;
         for (i, step) in steps.iter().enumerate() {
             if let Some(by) = step.strip_prefix('+') {
-                clock.advance(passport::domain::values::parse_span(by).unwrap());
+                clock.advance(passport::domain::time::Span::parse(by).unwrap());
             } else {
                 let (who, line) = step.split_once(": ").unwrap();
                 let (user, thread) = match who.split_once(" in ") {

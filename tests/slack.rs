@@ -226,6 +226,7 @@ async fn start_with(
             provisioner: passwords.clone(),
             ack_deadline: deadline,
             dry_run_label: false,
+            probes: Vec::new(),
         },
     )
     .await
@@ -817,7 +818,16 @@ async fn health_answers_without_reading_the_outbox() {
 async fn readiness_follows_whether_the_database_takes_writes() {
     let app = spawn_app().await;
     let ready = || async { app.get("/readyz").await.0 };
-    assert_eq!(ready().await, 200);
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "status": "ready",
+            "checks": { "store": { "state": "ok" }, "slack": { "state": "ok" } },
+        })
+    );
     let healthcheck = |url: String| async move {
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_passport"))
@@ -857,6 +867,113 @@ async fn readiness_follows_whether_the_database_takes_writes() {
         status = ready().await;
     }
     assert_eq!(status, 200);
+}
+
+/// `/readyz` asks Slack's `auth.test` for the bot token: a refused token
+/// makes the pod not ready, and the answer names Slack and what to do. The
+/// outcome is kept for a few seconds, so frequent probes ask Slack once; once
+/// that time has passed (on the injected clock), a healed token is ready again.
+#[tokio::test]
+async fn readiness_names_slack_when_its_token_is_refused() {
+    let app = spawn_app().await;
+    let auth_tests = || {
+        app.fake
+            .calls()
+            .iter()
+            .filter(|c| c.method == "auth.test")
+            .count()
+    };
+    let before = auth_tests();
+    app.fake.fail_method("auth.test", "invalid_auth");
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "not ready");
+    assert_eq!(body["checks"]["store"], json!({ "state": "ok" }));
+    assert_eq!(body["checks"]["slack"]["state"], "failing");
+    let said = body["checks"]["slack"]["message"].as_str().unwrap();
+    assert!(said.contains("invalid_auth"), "{said}");
+    assert!(said.contains("PASSPORT_SLACK__BOT_TOKEN"), "{said}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("slack: "), "{message}");
+    assert!(!message.contains(BOT_TOKEN), "{message}");
+
+    // Probes within a few seconds reuse the outcome: Slack is asked once.
+    app.fake.heal_method("auth.test");
+    for _ in 0..5 {
+        assert_eq!(app.get("/readyz").await.0, 503);
+    }
+    assert_eq!(auth_tests(), before + 1);
+    app.clock.advance(Span::from_secs(4));
+    assert_eq!(app.get("/readyz").await.0, 503);
+    assert_eq!(auth_tests(), before + 1);
+
+    // Once it is older than that, Slack is asked again, and the token works.
+    app.clock.advance(Span::from_secs(2));
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(auth_tests(), before + 2);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["checks"]["slack"], json!({ "state": "ok" }));
+    // The liveness check never asks Slack.
+    assert_eq!(app.get("/healthz").await.0, 200);
+    assert_eq!(auth_tests(), before + 2);
+}
+
+/// Cards Slack keeps refusing are set aside after 5 attempts, and the audit
+/// channel hears of it in one notice per pass, not one per card, saying how
+/// many and how to list and resend them. Set-asides soon after a report wait
+/// and are counted into the next, a few minutes later.
+#[tokio::test]
+async fn set_aside_notices_are_reported_once_in_the_audit_channel() {
+    let app = &spawn_app().await;
+    app.fake
+        .fail_in_channel("chat.postMessage", APPROVALS, "channel_not_found");
+    let reports = || {
+        app.fake
+            .posts_in(AUDIT)
+            .into_iter()
+            .filter(|c| c.ok() && c.text().contains("set aside"))
+            .map(|c| c.text())
+            .collect::<Vec<_>>()
+    };
+    // Retries 1 s, 2 s, 4 s and 8 s apart: 20 seconds covers them.
+    let retry_for = |seconds: u64| async move {
+        for _ in 0..seconds {
+            app.settle().await;
+            app.clock.advance(Span::from_secs(1));
+        }
+        app.settle().await;
+    };
+
+    for ticket in 1..=3 {
+        let answer = app
+            .command(DEV, &format!("request {PROD} 1h ticket#{ticket} migrate"))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    retry_for(20).await;
+    assert_eq!(app.built.store.outbox_counts().await.unwrap().dead, 3);
+    let said = reports();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(said[0].contains("3 notices"), "{}", said[0]);
+    assert!(said[0].contains("channel_not_found"), "{}", said[0]);
+    assert!(said[0].contains("passport outbox list"), "{}", said[0]);
+    assert!(said[0].contains("passport outbox retry"), "{}", said[0]);
+
+    // A fourth, set aside within five minutes of that report, waits.
+    let answer = app
+        .command(LEAD1, &format!("request {PROD} 1h ticket#4 migrate"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    retry_for(20).await;
+    assert_eq!(app.built.store.outbox_counts().await.unwrap().dead, 4);
+    assert_eq!(reports().len(), 1);
+    app.clock.advance(Span::from_minutes(5));
+    app.settle().await;
+    let said = reports();
+    assert_eq!(said.len(), 2, "{said:#?}");
+    assert!(said[1].contains("1 notice could not"), "{}", said[1]);
 }
 
 /// `/metrics` after one request's lifecycle: the Logbook counters, the chat
@@ -1432,6 +1549,7 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
             provisioner: startup::logged_dry_run(&settings),
             ack_deadline: Duration::from_millis(2500),
             dry_run_label: false,
+            probes: Vec::new(),
         },
     )
     .await

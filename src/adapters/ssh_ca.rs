@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::ports::{CertificateSigner, SignError};
 use crate::config::Secret;
 use crate::domain::certificate::CertificateSpec;
-use crate::domain::time::Span;
-use crate::domain::values::parse_span;
+use crate::domain::time::{parse_setting_within, Span};
 use crate::domain::values::SshPublicKey;
 
 /// The comment of a CA key Passport created, shown by `ca show`.
@@ -486,13 +485,15 @@ impl SshCaConfig {
                 ));
             }
         }
-        let backdate = match parse_span(&self.backdate) {
-            Some(span) if span <= Span::from_hours(1) => span,
-            _ => {
-                errors.push(format!(
-                    "ssh_ca.backdate: {:?} is not a duration of at most 1h: use forms like 2m",
-                    self.backdate
-                ));
+        let backdate = match parse_setting_within(
+            "ssh_ca.backdate",
+            &self.backdate,
+            Span::ZERO,
+            Span::from_hours(1),
+        ) {
+            Ok(span) => span,
+            Err(e) => {
+                errors.push(e);
                 Span::ZERO
             }
         };

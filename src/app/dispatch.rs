@@ -6,6 +6,11 @@
 //! channel) go out strictly in order: a lane waits while its oldest notice is
 //! being retried. Rate limits are honoured through `Retry-After`.
 //!
+//! A notice the platform keeps refusing is set aside; the set-asides of a
+//! pass are reported in the audit channel in one notice, at most once per
+//! [`SET_ASIDE_REPORT_EVERY`] (audit notices themselves are not reported:
+//! the report would go where they could not).
+//!
 //! It also deletes the direct messages that carried Windows passwords when
 //! they are due (rows of `password_messages`), then records the deletion with
 //! its Logbook event and thread note in one transaction. A message already
@@ -17,7 +22,7 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use serde_json::json;
 
-use crate::domain::notice::Notice;
+use crate::domain::notice::{Notice, AUDIT_LANE};
 use crate::domain::time::{Span, Timestamp};
 
 use super::effects::Effects;
@@ -30,6 +35,9 @@ const CONCURRENT_LANES: usize = 16;
 const PER_LANE: u32 = 20;
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;
+/// Set-aside notices are reported in the audit channel at most this often;
+/// those set aside in between are counted into the next report.
+pub const SET_ASIDE_REPORT_EVERY: Span = Span::from_minutes(5);
 /// Password messages deleted per pass.
 const DELETIONS_PER_PASS: u32 = 200;
 
@@ -40,6 +48,17 @@ pub struct Dispatcher {
     concurrency: usize,
     /// One delivery pass at a time, so no notice is sent twice by overlapping passes.
     gate: tokio::sync::Mutex<()>,
+    /// Set-aside notices not yet reported in the audit channel.
+    set_aside: std::sync::Mutex<SetAsideTally>,
+}
+
+/// Notices set aside since the last report, per surface, and when that
+/// report was queued.
+#[derive(Default)]
+struct SetAsideTally {
+    /// Surface → (how many, the last refusal).
+    unreported: BTreeMap<String, (usize, String)>,
+    last_report: Option<Timestamp>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +106,7 @@ impl Dispatcher {
                 .map(|s| (s.name().to_owned(), s))
                 .collect(),
             gate: tokio::sync::Mutex::new(()),
+            set_aside: std::sync::Mutex::new(SetAsideTally::default()),
             concurrency: CONCURRENT_LANES,
         }
     }
@@ -105,9 +125,61 @@ impl Dispatcher {
         let _pass = self.gate.lock().await;
         let (deleted, next_deletion) = self.delete_due().await?;
         let mut report = self.deliver_outbox().await?;
+        if self.report_set_aside().await? {
+            // The report goes out in this pass; the lanes it may wait behind
+            // are the audit lanes, which this pass already emptied or left waiting.
+            let more = self.deliver_outbox().await?;
+            report.delivered += more.delivered;
+            report.retried += more.retried;
+            report.dead += more.dead;
+            report.next_retry = more.next_retry;
+        }
         report.deleted = deleted;
         report.next_deletion = next_deletion;
         Ok(report)
+    }
+
+    /// Queues one audit notice per surface saying how many notices were set
+    /// aside since the last report and how to see and resend them, unless the
+    /// last report is less than [`SET_ASIDE_REPORT_EVERY`] old. Answers
+    /// whether it queued one.
+    async fn report_set_aside(&self) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let unreported = {
+            let mut tally = self.set_aside.lock().unwrap_or_else(|e| e.into_inner());
+            let recent = tally
+                .last_report
+                .is_some_and(|at| now.since(at) < SET_ASIDE_REPORT_EVERY && at <= now);
+            if tally.unreported.is_empty() || recent {
+                return Ok(false);
+            }
+            std::mem::take(&mut tally.unreported)
+        };
+        let mut fx = Effects::default();
+        for (surface, (count, refusal)) in &unreported {
+            fx.outbox.push((
+                surface.clone(),
+                Notice::Audit {
+                    text: messages::set_aside_report(*count, MAX_PERMANENT_ATTEMPTS, refusal),
+                },
+            ));
+        }
+        match self.store.record(fx, now).await {
+            Ok(()) => {
+                let mut tally = self.set_aside.lock().unwrap_or_else(|e| e.into_inner());
+                tally.last_report = Some(now);
+                Ok(true)
+            }
+            Err(e) => {
+                // Counted again, so the next pass reports them.
+                let mut tally = self.set_aside.lock().unwrap_or_else(|e| e.into_inner());
+                for (surface, (count, refusal)) in unreported {
+                    let entry = tally.unreported.entry(surface).or_insert((0, refusal));
+                    entry.0 += count;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Deletes every password message due now. Answers how many were deleted
@@ -281,6 +353,16 @@ impl Dispatcher {
                         tracing::error!(surface = %p.surface, lane = %p.lane, error = %e, "notice refused repeatedly; set aside");
                         self.store.mark_dead(p.id, now, &e.to_string()).await?;
                         report.dead += 1;
+                        if p.lane != AUDIT_LANE {
+                            let mut tally =
+                                self.set_aside.lock().unwrap_or_else(|e| e.into_inner());
+                            let entry = tally
+                                .unreported
+                                .entry(p.surface.clone())
+                                .or_insert((0, String::new()));
+                            entry.0 += 1;
+                            entry.1 = e.to_string();
+                        }
                         continue;
                     }
                     tracing::warn!(surface = %p.surface, lane = %p.lane, error = %e, "notice not delivered; will retry");

@@ -354,3 +354,17 @@ pub fn password_message_deleted(
         "the password message for `{username}` on {instance} was deleted from {requester}'s direct messages after {after}"
     )
 }
+
+/// The audit line reporting notices set aside: how many, the last refusal,
+/// and how to see and resend them.
+pub fn set_aside_report(count: usize, attempts: u32, last_refusal: &str) -> String {
+    let notices = if count == 1 {
+        "1 notice".to_owned()
+    } else {
+        format!("{count} notices")
+    };
+    format!(
+        "⚠️ {notices} could not be delivered and {were} set aside after {attempts} refused attempts (last: {last_refusal}). List them with `passport outbox list`; once the cause is fixed, send them again with `passport outbox retry`",
+        were = if count == 1 { "was" } else { "were" },
+    )
+}

@@ -36,8 +36,9 @@ use crate::api::{
     CertificateRequest, Extend, InstanceView, LoginPoll, LoginStart, LoginStatus, NewRequest,
     RequestView,
 };
+use crate::domain::time::Span;
 use crate::domain::time::Timestamp;
-use crate::domain::values::{parse_span, RequestId};
+use crate::domain::values::RequestId;
 
 pub const CLIENT_VERSION: &str = concat!("passport/", env!("CARGO_PKG_VERSION"));
 
@@ -238,7 +239,7 @@ pub fn new_request(words: &[String]) -> Result<NewRequest, String> {
     let mut rest = words[n..].iter();
     let mut next = rest.next();
     let duration = match next {
-        Some(w) if parse_span(w).is_some() => {
+        Some(w) if Span::parse(w).is_some() => {
             let d = w.clone();
             next = rest.next();
             d

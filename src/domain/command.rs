@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::signin::LoginCode;
+use super::time::Span;
 use super::values::{
-    looks_like_duration, parse_span, quote, DurationLimits, GrantDuration, InputError, InstanceIds,
-    Reason, RequestId, SshPublicKey, Ticket, TicketRules, UserId,
+    looks_like_duration, quote, DurationLimits, GrantDuration, InputError, InstanceIds, Reason,
+    RequestId, SshPublicKey, Ticket, TicketRules, UserId,
 };
 
 /// What the grammar needs to know from configuration.
@@ -54,7 +55,7 @@ pub enum Command {
     /// Approve the pending extension of exactly this length: what an extension
     /// prompt's button carries, so a click under an old prompt cannot approve
     /// a later, different extension.
-    ApproveExtension(RequestId, super::time::Span),
+    ApproveExtension(RequestId, Span),
     Deny(RequestId, Option<Reason>),
     Complete(RequestId),
     Extend(RequestId, GrantDuration),
@@ -196,7 +197,7 @@ impl Grammar {
         let name = first.to_ascii_lowercase();
 
         if let Some(id) = thread_request {
-            if first.starts_with('+') && parse_span(first).is_some() {
+            if first.starts_with('+') && Span::parse(first).is_some() {
                 // `+1h 30m` must not silently become one hour.
                 if let Some(extra) = tokens.get(1) {
                     return Err(usage_error(
@@ -258,7 +259,7 @@ impl Grammar {
                 match tokens.get(2) {
                     Some(by) if by.starts_with('+') => {
                         no_more(3)?;
-                        let by = super::values::parse_span(by).ok_or_else(|| {
+                        let by = Span::parse(by).ok_or_else(|| {
                             usage_error(
                                 name,
                                 &format!("{} is not an extension length like +30m", quote(by)),
@@ -415,7 +416,7 @@ impl Grammar {
             InstanceIds::parse(args[..n_instances].iter().copied(), self.max_instances)?;
         let mut next = n_instances;
         let duration = match args.get(next) {
-            Some(t) if parse_span(t).is_some() => {
+            Some(t) if Span::parse(t).is_some() => {
                 next += 1;
                 GrantDuration::parse(t, &self.durations)?
             }

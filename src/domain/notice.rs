@@ -78,6 +78,9 @@ pub enum Notice {
     Audit { text: String },
 }
 
+/// The lane of audit-channel notices.
+pub const AUDIT_LANE: &str = "audit";
+
 impl Notice {
     /// Notices in one lane are delivered strictly in order; lanes are independent.
     /// A request's card and thread share a lane so replies never overtake the card.
@@ -86,7 +89,7 @@ impl Notice {
             Notice::Card(card) => format!("request:{}", card.request.number()),
             Notice::Thread { request, .. } => format!("request:{}", request.number()),
             Notice::Direct { user, .. } => format!("user:{user}"),
-            Notice::Audit { .. } => "audit".to_owned(),
+            Notice::Audit { .. } => AUDIT_LANE.to_owned(),
         }
     }
 

@@ -126,10 +126,86 @@ impl Span {
     }
 }
 
+/// How durations are written, for messages that ask for one.
+pub const SPAN_FORMS: &str =
+    "forms like 90s, 15m, 2h, 1h30m or 7d (units d, h, m, s and ms, largest first), or 0";
+
+/// The units of the duration grammar, largest first, in milliseconds.
+const UNITS: [(&str, i64); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// Digits per number: enough for any sensible duration, few enough that no
+/// sum overflows.
+const MAX_DIGITS: usize = 9;
+
+impl Span {
+    /// Parses the one duration grammar of Passport, used by commands and every
+    /// setting alike: `0`, or one or more `<number><unit>` with the units `d`,
+    /// `h`, `m`, `s` and `ms`, each at most once and largest first (`500ms`,
+    /// `90s`, `15m`, `2h`, `1h30m`, `2m30s`, `7d`), in either case, with an
+    /// optional leading `+` (`extend AR-1 +1h`). Anything else is `None`,
+    /// including numbers of more than nine digits.
+    pub fn parse(text: &str) -> Option<Span> {
+        let text = text.trim();
+        let text = text.strip_prefix('+').unwrap_or(text).to_ascii_lowercase();
+        if text == "0" {
+            return Some(Span::ZERO);
+        }
+        let mut rest = text.as_str();
+        let mut total: i64 = 0;
+        // Index into UNITS of the next unit allowed: each unit once, largest first.
+        let mut next_unit = 0;
+        if rest.is_empty() {
+            return None;
+        }
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 || digits > MAX_DIGITS {
+                return None;
+            }
+            let (number, after) = rest.split_at(digits);
+            let letters = after.bytes().take_while(u8::is_ascii_alphabetic).count();
+            let (unit, after) = after.split_at(letters);
+            let at = UNITS[next_unit..].iter().position(|(u, _)| *u == unit)? + next_unit;
+            let n: i64 = number.parse().ok()?;
+            total = total.checked_add(n.checked_mul(UNITS[at].1)?)?;
+            next_unit = at + 1;
+            rest = after;
+        }
+        Some(Span(total))
+    }
+}
+
+/// A setting's duration ([`Span::parse`]); the error names the field, what
+/// was written and the forms to use.
+pub fn parse_setting(field: &str, text: &str) -> Result<Span, String> {
+    Span::parse(text)
+        .ok_or_else(|| format!("{field}: {text:?} is not a duration: use {SPAN_FORMS}"))
+}
+
+/// [`parse_setting`] within `min..=max`; the error also names the bounds.
+pub fn parse_setting_within(field: &str, text: &str, min: Span, max: Span) -> Result<Span, String> {
+    let span = parse_setting(field, text)?;
+    if span < min || span > max {
+        return Err(format!(
+            "{field}: {text:?} must be from {min} to {max}: use {SPAN_FORMS}"
+        ));
+    }
+    Ok(span)
+}
+
 impl fmt::Display for Span {
     /// Human form in the same notation the grammar accepts: `2h`, `1h30m`, `45m`,
-    /// or seconds for spans under a minute.
+    /// seconds for spans under a minute, milliseconds under a second.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if (1..1000).contains(&self.0) {
+            return write!(f, "{}ms", self.0);
+        }
         let total_secs = self.0 / 1000;
         if total_secs < 60 {
             return write!(f, "{total_secs}s");
@@ -154,6 +230,89 @@ mod tests {
         assert_eq!(Span::from_hours(2).to_string(), "2h");
         assert_eq!(Span::from_minutes(45).to_string(), "45m");
         assert_eq!(Span::from_secs(12).to_string(), "12s");
+    }
+
+    #[test]
+    fn durations_parse_in_the_one_grammar() {
+        let p = |s: &str| Span::parse(s).map(Span::as_millis);
+        assert_eq!(p("0"), Some(0));
+        assert_eq!(p("500ms"), Some(500));
+        assert_eq!(p("90s"), Some(90_000));
+        assert_eq!(p("15m"), Some(900_000));
+        assert_eq!(p("2h"), Some(7_200_000));
+        assert_eq!(p("1h30m"), Some(5_400_000));
+        assert_eq!(p("2m30s"), Some(150_000));
+        assert_eq!(p("7d"), Some(604_800_000));
+        assert_eq!(p("1d12h"), Some(129_600_000));
+        assert_eq!(p("1s500ms"), Some(1_500));
+        assert_eq!(p("90m"), Some(5_400_000));
+        assert_eq!(p("0s"), Some(0));
+        // Spellings accepted before there was one grammar stay valid.
+        assert_eq!(p("+45m"), Some(2_700_000));
+        assert_eq!(p("2H"), Some(7_200_000));
+        assert_eq!(p(" 30m "), Some(1_800_000));
+        assert_eq!(p("720h"), Some(2_592_000_000));
+        for bad in [
+            "",
+            "+",
+            "h",
+            "m",
+            "5",
+            "00",
+            "1m30h",
+            "30s1m",
+            "1h1h",
+            "1.5h",
+            "-1h",
+            "2hrs",
+            "1 h",
+            "1h 30m",
+            "5w",
+            "1y",
+            "ms",
+            "1hm",
+            "1234567890s",
+        ] {
+            assert_eq!(Span::parse(bad), None, "{bad:?}");
+        }
+        // The largest numbers cannot overflow.
+        assert_eq!(p("999999999d"), Some(999_999_999 * 86_400_000));
+        assert!(p("999999999d999999999h999999999m999999999s999999999ms").is_some());
+    }
+
+    #[test]
+    fn setting_errors_name_the_field_the_bounds_and_the_forms() {
+        assert_eq!(
+            parse_setting("aws.poll_max", "15 s"),
+            Err(format!(
+                "aws.poll_max: \"15 s\" is not a duration: use {SPAN_FORMS}"
+            ))
+        );
+        assert_eq!(
+            parse_setting_within("slack.cache_ttl", "2h", Span::ZERO, Span::from_hours(1)),
+            Err(format!(
+                "slack.cache_ttl: \"2h\" must be from 0s to 1h: use {SPAN_FORMS}"
+            ))
+        );
+        assert_eq!(
+            parse_setting_within(
+                "slack.channel_pace",
+                "500ms",
+                Span::ZERO,
+                Span::from_secs(10)
+            ),
+            Ok(Span::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn what_is_displayed_parses_back() {
+        for ms in [
+            1, 500, 1_000, 45_000, 60_000, 5_400_000, 7_200_000, 86_400_000,
+        ] {
+            let span = Span::from_millis(ms);
+            assert_eq!(Span::parse(&span.to_string()), Some(span), "{span}");
+        }
     }
 
     #[test]

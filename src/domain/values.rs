@@ -168,15 +168,24 @@ impl Default for DurationLimits {
 pub struct GrantDuration(Span);
 
 impl GrantDuration {
-    /// Parses `30m`, `2h`, `1h30m`, `90m` (a leading `+` is allowed) within `limits`.
+    /// Parses `30m`, `2h`, `1h30m`, `90m` (a leading `+` is allowed) within
+    /// `limits`: the one duration grammar ([`Span::parse`]), in whole minutes.
     pub fn parse(text: &str, limits: &DurationLimits) -> Result<Self, InputError> {
-        let span = parse_span(text).ok_or_else(|| {
+        let unknown = || {
             InputError::new(format!(
                 "unknown duration {}: use forms like 30m, 2h, 1h30m (max {})",
                 quote(text),
                 limits.max
             ))
-        })?;
+        };
+        let span = Span::parse(text).ok_or_else(unknown)?;
+        if span.as_millis() % 60_000 != 0 {
+            return Err(InputError::new(format!(
+                "duration {} is not in whole minutes: use forms like 30m, 2h, 1h30m (max {})",
+                quote(text),
+                limits.max
+            )));
+        }
         Self::within(span, limits)
     }
 
@@ -206,39 +215,6 @@ impl fmt::Display for GrantDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
-}
-
-/// Parses `<n>h`, `<n>m` or `<n>h<n>m`, with an optional leading `+`. Returns
-/// `None` for anything else, including values too large to be sensible.
-pub fn parse_span(text: &str) -> Option<Span> {
-    let text = text.trim().strip_prefix('+').unwrap_or(text.trim());
-    let lower = text.to_ascii_lowercase();
-    let (hours, rest) = match lower.split_once('h') {
-        Some((h, rest)) => (Some(h), rest),
-        None => (None, lower.as_str()),
-    };
-    let minutes = match rest {
-        "" => None,
-        m => Some(m.strip_suffix('m')?),
-    };
-    if hours.is_none() && minutes.is_none() {
-        return None;
-    }
-    let number = |s: &str| -> Option<i64> {
-        if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    };
-    let h = match hours {
-        Some(h) => number(h)?,
-        None => 0,
-    };
-    let m = match minutes {
-        Some(m) => number(m)?,
-        None => 0,
-    };
-    Some(Span::from_minutes(h * 60 + m))
 }
 
 /// True for tokens a person most likely meant as a duration (`2hrs`, `90 min`),
@@ -697,9 +673,15 @@ mod tests {
             m("2hrs").unwrap_err().0,
             "unknown duration \"2hrs\": use forms like 30m, 2h, 1h30m (max 12h)"
         );
-        for bad in ["", "h", "m", "1m30h", "1.5h", "-1h", "999999h"] {
+        for bad in [
+            "", "h", "m", "1m30h", "1.5h", "-1h", "999999h", "0", "1h30s",
+        ] {
             assert!(m(bad).is_err(), "{bad}");
         }
+        assert!(m("90s").unwrap_err().0.contains("whole minutes"));
+        // The one grammar's other units, within the limits.
+        assert_eq!(m("300s"), Ok(5));
+        assert!(m("1d").unwrap_err().0.contains("maximum is 12h"));
     }
 
     #[test]

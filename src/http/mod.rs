@@ -1,5 +1,6 @@
 //! The HTTP server: Slack's endpoints, Discord's interactions endpoint,
-//! `/healthz` (alive), `/readyz` (the database takes writes), `/metrics`, and
+//! `/healthz` (alive), `/readyz` (the database takes writes, the chat
+//! platform and AWS answer: [`ready`]), `/metrics`, and
 //! the API for the `passport` client (`/api/v1`, [`api`]), on axum.
 //!
 //! Every `/slack/…` and `/discord/…` request is read up to [`MAX_BODY`] bytes
@@ -11,6 +12,7 @@ pub mod api;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod ready;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -105,16 +107,15 @@ impl Default for ApiSettings {
 
 impl ApiConfig {
     pub fn validate(&self) -> Result<ApiSettings, Vec<String>> {
-        use crate::domain::time::Span;
-        match crate::domain::values::parse_span(&self.token_ttl) {
-            Some(ttl) if ttl >= Span::from_minutes(5) && ttl <= Span::from_hours(30 * 24) => {
-                Ok(ApiSettings { token_ttl: ttl })
-            }
-            _ => Err(vec![format!(
-                "api.token_ttl: {:?} is not a lifetime for API tokens: use forms like 30m, 12h or 168h (from 5m to 720h)",
-                self.token_ttl
-            )]),
-        }
+        use crate::domain::time::{parse_setting_within, Span};
+        parse_setting_within(
+            "api.token_ttl",
+            &self.token_ttl,
+            Span::from_minutes(5),
+            Span::from_hours(30 * 24),
+        )
+        .map(|token_ttl| ApiSettings { token_ttl })
+        .map_err(|e| vec![e])
     }
 }
 
@@ -148,6 +149,8 @@ pub struct HttpState {
     /// The API for the `passport` client, when a chat platform is configured
     /// (signing in needs one).
     pub api: Option<Arc<Engine>>,
+    /// What `/readyz` checks.
+    pub readiness: Arc<ready::Readiness>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -208,24 +211,19 @@ async fn healthz(State(state): State<HttpState>) -> Result<Response, HttpError> 
     }
 }
 
-/// How long `/readyz` waits for the database writer.
-const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Readiness: the database's writer commits a transaction within
-/// [`READY_WITHIN`]. A pod whose writer is wedged or whose database is locked
-/// by another process is taken out of the Service until it recovers.
-async fn readyz(State(state): State<HttpState>) -> Result<Response, HttpError> {
-    match tokio::time::timeout(READY_WITHIN, state.store.ping_writer()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" })).into_response()),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "readiness check cannot write to the database");
-            Err(HttpError::Unavailable("database not writable".into()))
-        }
-        Err(_) => {
-            tracing::warn!("readiness check: the database writer did not answer within 2s");
-            Err(HttpError::Unavailable("database writer busy".into()))
-        }
-    }
+/// Readiness: the database's writer commits, the chat platform answers for
+/// the bot's token and AWS answers (when configured), each within
+/// [`ready::PROBE_DEADLINE`]. A pod that cannot do its work is taken out of
+/// the Service until it recovers; the answer names each check, and what to
+/// do about a failing one.
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let report = state.readiness.check().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report.to_json())).into_response()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

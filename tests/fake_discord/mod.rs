@@ -1,6 +1,7 @@
 //! A fake Discord REST API (v10) on 127.0.0.1 that speaks Discord's HTTP
 //! protocol the way serenity expects it: it records every call (messages
 //! created, edited and deleted, threads started from messages, DM channels opened,
+//! the bot's own user (`GET /users/@me`),
 //! guild members looked up, application commands overwritten, interaction
 //! callbacks, edits of the original interaction response and follow-ups),
 //! refuses payloads over Discord's limits with Discord's error bodies
@@ -50,7 +51,7 @@ const THREAD_ARCHIVE_DURATIONS: [u64; 4] = [60, 1440, 4320, 10080];
 #[derive(Debug, Clone)]
 pub struct Call {
     /// `create_message`, `edit_message`, `delete_message`, `start_thread`, `open_dm`,
-    /// `get_member`, `put_guild_commands`, `put_global_commands`,
+    /// `get_me`, `get_member`, `put_guild_commands`, `put_global_commands`,
     /// `interaction_callback`, `edit_original`, `followup` or `unknown`.
     pub route: String,
     pub method: String,
@@ -690,6 +691,7 @@ enum Route {
     DeleteMessage { channel: String, message: String },
     StartThread { channel: String, message: String },
     OpenDm,
+    GetMe,
     GetMember { guild: String, user: String },
     PutGuildCommands { app: String, guild: String },
     PutGlobalCommands { app: String },
@@ -722,6 +724,7 @@ impl Route {
                 message: s(m),
             },
             ("POST", ["users", "@me", "channels"]) => Self::OpenDm,
+            ("GET", ["users", "@me"]) => Self::GetMe,
             ("GET", ["guilds", g, "members", u]) => Self::GetMember {
                 guild: s(g),
                 user: s(u),
@@ -754,6 +757,7 @@ impl Route {
             Self::DeleteMessage { .. } => "delete_message",
             Self::StartThread { .. } => "start_thread",
             Self::OpenDm => "open_dm",
+            Self::GetMe => "get_me",
             Self::GetMember { .. } => "get_member",
             Self::PutGuildCommands { .. } => "put_guild_commands",
             Self::PutGlobalCommands { .. } => "put_global_commands",
@@ -940,6 +944,11 @@ fn serve(
         Route::DeleteMessage { channel, message } => delete_message(&mut d, channel, message),
         Route::StartThread { channel, message } => start_thread(&mut d, channel, message, &body),
         Route::OpenDm => open_dm(&mut d, &body),
+        // The bot's own user, as Discord answers it for a bot token.
+        Route::GetMe => Outcome::ok(json!({
+            "id": APPLICATION_ID, "username": "passport", "discriminator": "0",
+            "global_name": null, "avatar": null, "bot": true,
+        })),
         Route::GetMember { guild, user } => get_member(&d, guild, user),
         Route::PutGuildCommands { app, guild } => {
             put_commands(&mut d, app, Some(guild.as_str()), &body)

@@ -3,8 +3,8 @@
 //! `chat.postEphemeral`, `conversations.open`, `users.info`, `auth.test`,
 //! `conversations.list`, `conversations.info`,
 //! `usergroups.users.list`, `views.open`, and posts to `response_url`s),
-//! refuses payloads over Slack's limits the way Slack does, and can answer
-//! 429 with `Retry-After`.
+//! refuses payloads over Slack's limits the way Slack does, can answer
+//! 429 with `Retry-After`, and can refuse a method with an error code.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -88,6 +88,8 @@ struct Inner {
     /// Socket Mode: what to do on the current connection.
     socket_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Option<String>>>>,
     socket_connections: AtomicU64,
+    /// Methods to refuse, with the error code Slack would give.
+    failing: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Clone)]
@@ -114,6 +116,31 @@ impl FakeSlack {
             format!("ws://{}/link/?ticket=fake", sockets.local_addr().unwrap());
         tokio::spawn(socket_mode(sockets, inner.clone()));
         Self { base, inner }
+    }
+
+    /// Answers every later call of `method` with `{"ok": false, "error": code}`
+    /// (e.g. `auth.test` with `invalid_auth`, as for a revoked token).
+    pub fn fail_method(&self, method: &str, code: &str) {
+        self.inner
+            .failing
+            .lock()
+            .unwrap()
+            .insert(method.to_owned(), code.to_owned());
+    }
+
+    /// Answers every later call of `method` in `channel` with `code`, e.g.
+    /// `chat.postMessage` in the approvals channel with `channel_not_found`.
+    pub fn fail_in_channel(&self, method: &str, channel: &str, code: &str) {
+        self.inner
+            .failing
+            .lock()
+            .unwrap()
+            .insert(format!("{method} {channel}"), code.to_owned());
+    }
+
+    /// Answers `method` normally again.
+    pub fn heal_method(&self, method: &str) {
+        self.inner.failing.lock().unwrap().remove(method);
     }
 
     /// Socket Mode connections accepted so far.
@@ -405,6 +432,21 @@ async fn api(
     if token != BOT_TOKEN && !token.starts_with("xapp-") {
         record(Some("not_authed"), None, None);
         return slack_error("not_authed");
+    }
+    let failing = {
+        let failing = inner.failing.lock().unwrap();
+        let in_channel = format!(
+            "{method} {}",
+            channel_id(p["channel"].as_str().unwrap_or(""))
+        );
+        failing
+            .get(&method)
+            .or_else(|| failing.get(&in_channel))
+            .cloned()
+    };
+    if let Some(code) = failing {
+        record(Some(&code), None, None);
+        return slack_error(&code);
     }
     let str_param = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
     match method.as_str() {

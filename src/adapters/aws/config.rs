@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::time::parse_setting;
+
 /// SSM limits a command to 50 instance ids when they are listed explicitly.
 pub const MAX_BATCH_SIZE: usize = 50;
 
-/// What `[aws]` in `passport.toml` says. Durations are written like `500ms`,
-/// `30s`, `5m` or `1h`.
+/// What `[aws]` in `passport.toml` says. Durations are written in the one
+/// grammar ([`crate::domain::time::Span::parse`]), like `500ms`, `30s`, `5m` or `1h`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AwsConfig {
@@ -284,15 +286,14 @@ impl AwsConfig {
     /// Checks every field and names each bad one (`aws.batch_size: …`).
     pub fn validate(&self) -> Result<AwsSettings, Vec<String>> {
         let mut errors = Vec::new();
-        let mut duration = |field: &str, text: &str| match parse_duration(text) {
-            Some(d) => d,
-            None => {
-                errors.push(format!(
-                    "aws.{field}: {text:?} is not a duration: use forms like 500ms, 30s, 5m, 1h"
-                ));
-                Duration::ZERO
-            }
-        };
+        let mut duration =
+            |field: &str, text: &str| match parse_setting(&format!("aws.{field}"), text) {
+                Ok(span) => span.to_std(),
+                Err(e) => {
+                    errors.push(e);
+                    Duration::ZERO
+                }
+            };
         let delivery_timeout = duration("delivery_timeout", &self.delivery_timeout);
         let execution_timeout = duration("execution_timeout", &self.execution_timeout);
         let poll_initial = duration("poll_initial", &self.poll_initial);
@@ -438,24 +439,6 @@ fn is_document_name(name: &str) -> bool {
         && !lower.starts_with("amazon")
 }
 
-/// Parses `<n>ms`, `<n>s`, `<n>m` or `<n>h`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (digits, unit) = text.split_at(split);
-    if digits.is_empty() || digits.len() > 9 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,14 +546,38 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("m"), None);
-        assert_eq!(parse_duration("5d"), None);
+    fn durations_are_read_in_the_one_grammar() {
+        let with = |poll_initial: &str| {
+            AwsConfig {
+                poll_initial: poll_initial.into(),
+                ..AwsConfig::default()
+            }
+            .validate()
+        };
+        assert_eq!(
+            with("500ms").unwrap().poll_initial,
+            Duration::from_millis(500)
+        );
+        assert_eq!(with("2s").unwrap().poll_initial, Duration::from_secs(2));
+        let c = AwsConfig {
+            poll_max: "1m30s".into(),
+            ..AwsConfig::default()
+        };
+        assert_eq!(c.validate().unwrap().poll_max, Duration::from_secs(90));
+        let errs = with("5").unwrap_err().join("\n");
+        assert!(
+            errs.contains("aws.poll_initial: \"5\" is not a duration: use forms like 90s"),
+            "{errs}"
+        );
+        // Days, as everywhere else.
+        let c = AwsConfig {
+            delivery_timeout: "2d".into(),
+            ..AwsConfig::default()
+        };
+        assert_eq!(
+            c.validate().unwrap().delivery_timeout,
+            Duration::from_secs(172_800)
+        );
     }
 
     #[test]

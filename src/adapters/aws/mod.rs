@@ -35,5 +35,6 @@ pub use provisioner::{AwsProvisioner, SSM_UNREACHABLE};
 pub use sessions::StsSessionBroker;
 pub use store::{CommandStore, MemoryCommandStore, SqliteCommandStore};
 pub use wiring::{
-    caller_identity, serve_provisioner, session_broker, ssm_check, ssm_install, AwsStartError,
+    caller_identity, serve_provisioner, session_broker, ssm_check, ssm_install, AwsProbe,
+    AwsStartError,
 };

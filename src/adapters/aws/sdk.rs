@@ -84,6 +84,23 @@ impl SdkSsm {
             client: aws_sdk_ssm::Client::new(config),
         }
     }
+
+    /// SSM for a readiness probe: one attempt, no retries, and every attempt
+    /// bounded by `within`, so a probe answers in time whatever AWS does.
+    pub fn for_probes(config: &SdkConfig, within: Duration) -> Self {
+        let conf = aws_sdk_ssm::config::Builder::from(config)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(within)
+                    .operation_timeout(within)
+                    .build(),
+            )
+            .build();
+        Self {
+            client: aws_sdk_ssm::Client::from_conf(conf),
+        }
+    }
 }
 
 /// STS through the SDK.

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::api::ApiError;
+use super::api::{ApiError, SsmApi};
 use super::config::AwsSettings;
 use super::documents::DocumentsError;
 use super::password::PasswordSink;
@@ -98,5 +98,62 @@ pub async fn caller_identity(settings: &AwsSettings) -> Result<String, String> {
             Some(code) => format!("{code}: {}", e.message().unwrap_or("no message")),
             None => "no answer from AWS STS (network, region or endpoint)".to_owned(),
         }),
+    }
+}
+
+/// How long one readiness question to AWS may take.
+pub const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What `/readyz` asks AWS: `ssm:DescribeDocument` on the Linux grant
+/// document, a call the bot's policy already allows
+/// (`CheckPassportDocuments`). It answers only when AWS is reachable, the
+/// credentials are valid and SSM holds Passport's documents: what
+/// provisioning needs.
+pub struct AwsProbe {
+    ssm: Arc<dyn SsmApi>,
+    document: String,
+}
+
+impl AwsProbe {
+    /// The probe `serve` runs with: the usual credential chain, one attempt
+    /// bounded by [`PROBE_WITHIN`].
+    pub async fn connect(settings: &AwsSettings) -> Self {
+        let sdk = sdk_loader(settings).load().await;
+        Self::from_sdk(&sdk, settings)
+    }
+
+    /// The probe on an SDK configuration already loaded (tests give theirs
+    /// static credentials).
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, settings: &AwsSettings) -> Self {
+        Self::new(
+            Arc::new(SdkSsm::for_probes(sdk, PROBE_WITHIN)),
+            &settings.documents.grant_linux,
+        )
+    }
+
+    pub fn new(ssm: Arc<dyn SsmApi>, document: &str) -> Self {
+        Self {
+            ssm,
+            document: document.to_owned(),
+        }
+    }
+
+    /// `Ok` when AWS answered with the document; otherwise what is wrong and
+    /// what to do. AWS's own text goes to the log only (the SDK adapter logs
+    /// it under the error's id).
+    pub async fn check(&self) -> Result<(), String> {
+        match self.ssm.describe_document(&self.document).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!(
+                "the SSM document {} does not exist: run `passport ssm install`",
+                self.document
+            )),
+            Err(e @ (ApiError::Transient(_) | ApiError::Throttled(_))) => Err(format!(
+                "{e}: check that this pod reaches AWS SSM (network, region, endpoint)"
+            )),
+            Err(e) => Err(format!(
+                "{e}: check Passport's AWS credentials and the bot policy of manifests/iam"
+            )),
+        }
     }
 }

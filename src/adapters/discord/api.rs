@@ -177,6 +177,13 @@ impl DiscordApi {
         Err(Failure { error, code })
     }
 
+    /// `GET /users/@me`: the bot's own user name, which answers only for a
+    /// valid bot token.
+    pub async fn current_user(&self) -> Result<String, ChatError> {
+        let me = self.call(Route::UserMe, LightMethod::Get, None).await?;
+        Ok(me["username"].as_str().unwrap_or_default().to_owned())
+    }
+
     /// Posts a message; answers its id.
     pub async fn post_message(&self, channel: &str, message: &Value) -> Result<String, ChatError> {
         let route = Route::ChannelMessages {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::slack::config::parse_duration;
 use crate::config::Secret;
+use crate::domain::time::{parse_setting_within, Span};
 
 /// What `[discord]` in `passport.toml` says. Its presence (in the file or
 /// through a `PASSPORT_DISCORD__…` variable) turns Discord on and the console off.
@@ -247,13 +247,15 @@ impl DiscordConfig {
                 CommandScope::Off
             }
         };
-        let cache_ttl = match parse_duration(&self.cache_ttl) {
-            Some(d) if d <= Duration::from_secs(3600) => d,
-            _ => {
-                errors.push(format!(
-                    "discord.cache_ttl: {:?} is not a duration up to 3600s: use forms like 30s or 5m",
-                    self.cache_ttl
-                ));
+        let cache_ttl = match parse_setting_within(
+            "discord.cache_ttl",
+            &self.cache_ttl,
+            Span::ZERO,
+            Span::from_hours(1),
+        ) {
+            Ok(span) => span.to_std(),
+            Err(e) => {
+                errors.push(e);
                 Duration::ZERO
             }
         };

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
+use crate::domain::time::{parse_setting_within, Span};
 
 /// What `[slack]` in `passport.toml` says. Its presence (in the file or
 /// through a `PASSPORT_SLACK__…` variable) turns Slack on and the console off.
@@ -77,26 +78,6 @@ pub struct SlackSettings {
     pub usergroups: BTreeMap<String, String>,
     pub cache_ttl: Duration,
     pub channel_pace: Duration,
-}
-
-/// `500ms`, `30s`, `5m`, `1h`, or `0`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    if t == "0" {
-        return Some(Duration::ZERO);
-    }
-    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit())?);
-    if number.is_empty() || number.len() > 9 {
-        return None;
-    }
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
-        _ => None,
-    }
 }
 
 fn is_channel(text: &str) -> bool {
@@ -210,18 +191,20 @@ impl SlackConfig {
                 ));
             }
         }
-        let mut duration = |field: &str, text: &str, max: Duration| match parse_duration(text) {
-            Some(d) if d <= max => d,
-            _ => {
-                errors.push(format!(
-                    "slack.{field}: {text:?} is not a duration up to {}s: use forms like 500ms, 30s, 5m",
-                    max.as_secs()
-                ));
+        let mut duration = |field: &str, text: &str, max: Span| match parse_setting_within(
+            &format!("slack.{field}"),
+            text,
+            Span::ZERO,
+            max,
+        ) {
+            Ok(span) => span.to_std(),
+            Err(e) => {
+                errors.push(e);
                 Duration::ZERO
             }
         };
-        let cache_ttl = duration("cache_ttl", &self.cache_ttl, Duration::from_secs(3600));
-        let channel_pace = duration("channel_pace", &self.channel_pace, Duration::from_secs(10));
+        let cache_ttl = duration("cache_ttl", &self.cache_ttl, Span::from_hours(1));
+        let channel_pace = duration("channel_pace", &self.channel_pace, Span::from_secs(10));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -304,11 +287,27 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("1.5s"), None);
-        assert_eq!(parse_duration("s"), None);
+    fn durations_are_read_in_the_one_grammar_and_bounded() {
+        let with = |cache_ttl: &str, channel_pace: &str| {
+            SlackConfig {
+                cache_ttl: cache_ttl.into(),
+                channel_pace: channel_pace.into(),
+                ..valid()
+            }
+            .validate()
+        };
+        let s = with("2m", "250ms").unwrap();
+        assert_eq!(s.cache_ttl, Duration::from_secs(120));
+        assert_eq!(s.channel_pace, Duration::from_millis(250));
+        assert_eq!(with("0", "0").unwrap().channel_pace, Duration::ZERO);
+        let errs = with("1.5s", "11s").unwrap_err().join("\n");
+        assert!(
+            errs.contains("slack.cache_ttl: \"1.5s\" is not a duration"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("slack.channel_pace: \"11s\" must be from 0s to 10s"),
+            "{errs}"
+        );
     }
 }

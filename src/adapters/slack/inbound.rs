@@ -32,9 +32,8 @@ use crate::adapters::seen::Seen;
 use crate::app::engine::{Actor, Engine, Reply};
 use crate::app::ports::ChatSurface;
 use crate::domain::command::{help_text, COMMANDS};
-use crate::domain::values::{
-    parse_span, GrantDuration, InstanceIds, Reason, RequestId, Ticket, UserId,
-};
+use crate::domain::time::Span;
+use crate::domain::values::{GrantDuration, InstanceIds, Reason, RequestId, Ticket, UserId};
 
 use super::api::SlackApi;
 use super::blocks::{request_form, text_content, REQUEST_FORM};
@@ -262,7 +261,7 @@ pub fn looks_like_command(text: &str) -> bool {
     };
     let first = first.to_ascii_lowercase();
     first == "done"
-        || (first.starts_with('+') && parse_span(&first).is_some())
+        || (first.starts_with('+') && Span::parse(&first).is_some())
         || COMMANDS.iter().any(|c| c.name == first)
 }
 
