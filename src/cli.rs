@@ -1013,7 +1013,13 @@ async fn serve_chat(
     let app = chat.app;
     let background = app.scheduler.clone().spawn();
     let tasks = (chat.start)();
-    let served = crate::http::serve(listener, chat.router, startup::shutdown_signal()).await;
+    let served = crate::http::server::serve(
+        listener,
+        chat.router,
+        settings.http.limits,
+        startup::shutdown_signal(),
+    )
+    .await;
     for task in tasks {
         task.abort();
     }
