@@ -22,8 +22,11 @@ use tokio::time::timeout;
 use fake_slack::{FakeSlack, BOT_TOKEN};
 use passport::adapters::clock::{ManualClock, SystemClock};
 use passport::adapters::slack::SlackConfig;
+use passport::app::engine::Actor;
 use passport::app::ports::Clock;
 use passport::config::{Config, Secret};
+use passport::domain::time::Span;
+use passport::domain::values::{Person, UserId};
 use passport::http::ServerLimits;
 use passport::startup::{self, SlackOptions};
 
@@ -56,6 +59,7 @@ fn config(db: &Path, fake: &FakeSlack) -> Config {
 
 struct Server {
     addr: SocketAddr,
+    clock: ManualClock,
     app: startup::App,
     fake: FakeSlack,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -78,7 +82,7 @@ async fn spawn(limits: ServerLimits, edit: impl FnOnce(&mut Config)) -> Server {
         &settings,
         &slack,
         SlackOptions {
-            clock: Arc::new(clock),
+            clock: Arc::new(clock.clone()),
             provisioner: startup::logged_dry_run(&settings),
             ack_deadline: Duration::from_millis(2500),
             dry_run_label: false,
@@ -100,6 +104,7 @@ async fn spawn(limits: ServerLimits, edit: impl FnOnce(&mut Config)) -> Server {
     ));
     Server {
         addr,
+        clock,
         app: built.app,
         fake,
         stop: Some(stop),
@@ -327,4 +332,106 @@ async fn shutdown_ends_within_the_grace_period_with_slow_clients_connected() {
     trickling.abort();
     let _ = &server.app;
     let _ = &server.fake;
+}
+
+impl Server {
+    /// Person `n` asks for access to a fresh instance: a card and an audit line.
+    async fn request(&self, n: usize) {
+        let actor = Actor {
+            person: Person {
+                handle: format!("dev{n}"),
+                id: UserId::parse(&format!("U0DEV{n}")).unwrap(),
+            },
+            surface: "slack".into(),
+        };
+        let line = format!("request i-0{n:016x} 1h ticket#{n} disk full");
+        let reply = self.app.engine.handle_line(&actor, &line, None).await;
+        assert!(reply.ok, "{}", reply.text);
+    }
+
+    /// One delivery pass, which must end within the bound.
+    async fn deliver(&self) -> passport::app::dispatch::DeliveryReport {
+        timeout(BOUND, self.app.dispatcher.deliver_due())
+            .await
+            .expect("a delivery pass ends")
+            .unwrap()
+    }
+
+    /// Calls that deliver notices: posts and opening direct messages.
+    fn delivery_calls(&self) -> usize {
+        self.fake
+            .calls()
+            .iter()
+            .filter(|c| c.method == "chat.postMessage" || c.method == "conversations.open")
+            .count()
+    }
+}
+
+fn quick_calls(c: &mut Config) {
+    c.slack.as_mut().unwrap().call_timeout = "300ms".into();
+}
+
+#[tokio::test]
+async fn a_stalled_channel_delays_only_its_own_lane() {
+    let server = spawn(short_limits(), quick_calls).await;
+    server.fake.stall_channel("C0AUDIT");
+    for n in 1..=4 {
+        server.request(n).await;
+    }
+    let report = server.deliver().await;
+    let cards = server
+        .fake
+        .posts_in("C0APPROVALS")
+        .into_iter()
+        .filter(|c| c.ok())
+        .count();
+    assert_eq!(
+        cards, 4,
+        "every card went out while the audit channel stalled"
+    );
+    assert!(report.retried >= 1, "{report:?}");
+    // Later passes go on delivering other lanes; the stalled one waits its turn.
+    server.request(5).await;
+    server.clock.advance(Span::from_secs(2));
+    server.deliver().await;
+    let cards = server
+        .fake
+        .posts_in("C0APPROVALS")
+        .into_iter()
+        .filter(|c| c.ok())
+        .count();
+    assert_eq!(cards, 5);
+}
+
+#[tokio::test]
+async fn a_slack_outage_costs_a_bounded_number_of_calls_and_loses_nothing() {
+    let server = spawn(short_limits(), quick_calls).await;
+    server.fake.set_down(true);
+    for n in 1..=40 {
+        server.request(n).await;
+    }
+    server.fake.clear();
+    // Two minutes of outage, a pass every second.
+    for _ in 0..120 {
+        server.deliver().await;
+        server.clock.advance(Span::from_secs(1));
+    }
+    let calls = server.delivery_calls();
+    // 41 lanes (40 cards and the audit channel): trying each notice on its own
+    // backoff would cost hundreds of calls. The breaker allows the lanes in
+    // flight when it opens (16 at most) and one probe per backoff interval
+    // (1, 2, 4 … 60 s: under 10 in two minutes).
+    assert!(calls <= 16 + 10, "{calls} calls during the outage");
+    server.fake.set_down(false);
+    for _ in 0..10 {
+        server.clock.advance(Span::from_secs(61));
+        server.deliver().await;
+    }
+    let cards = server
+        .fake
+        .posts_in("C0APPROVALS")
+        .into_iter()
+        .filter(|c| c.ok())
+        .count();
+    assert_eq!(cards, 40, "every card went out once Slack was back");
 }

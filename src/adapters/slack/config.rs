@@ -34,6 +34,8 @@ pub struct SlackConfig {
     pub cache_ttl: String,
     /// The least time between two messages to one channel.
     pub channel_pace: String,
+    /// How long one Web API call may take before it counts as failed.
+    pub call_timeout: String,
 }
 
 impl Default for SlackConfig {
@@ -49,6 +51,7 @@ impl Default for SlackConfig {
             usergroups: BTreeMap::new(),
             cache_ttl: "60s".into(),
             channel_pace: "1s".into(),
+            call_timeout: "10s".into(),
         }
     }
 }
@@ -77,6 +80,7 @@ pub struct SlackSettings {
     pub usergroups: BTreeMap<String, String>,
     pub cache_ttl: Duration,
     pub channel_pace: Duration,
+    pub call_timeout: Duration,
 }
 
 /// `500ms`, `30s`, `5m`, `1h`, or `0`.
@@ -222,6 +226,12 @@ impl SlackConfig {
         };
         let cache_ttl = duration("cache_ttl", &self.cache_ttl, Duration::from_secs(3600));
         let channel_pace = duration("channel_pace", &self.channel_pace, Duration::from_secs(10));
+        let call_timeout = duration("call_timeout", &self.call_timeout, Duration::from_secs(60));
+        if call_timeout.is_zero() && !errors.iter().any(|e| e.starts_with("slack.call_timeout")) {
+            errors.push(
+                "slack.call_timeout: must be more than 0: use forms like 500ms or 10s".into(),
+            );
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -239,6 +249,7 @@ impl SlackConfig {
             usergroups: self.usergroups.clone(),
             cache_ttl,
             channel_pace,
+            call_timeout,
         })
     }
 }
