@@ -1018,18 +1018,72 @@ async fn serve_chat(
     let app = chat.app;
     let background = app.scheduler.clone().spawn();
     let tasks = (chat.start)();
-    let served = crate::http::serve(listener, chat.router, startup::shutdown_signal()).await;
+    let grace = settings.http.limits.shutdown_grace;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(crate::http::server::serve(
+        listener,
+        chat.router,
+        settings.http.limits,
+        async move {
+            let mut stopping = stopping;
+            let _ = stopping.wait_for(|stop| *stop).await;
+        },
+    ));
+    // The server only ends early when it fails.
+    let early = tokio::select! {
+        _ = startup::shutdown_signal() => None,
+        served = &mut server => Some(served),
+    };
+    // From here everything is bounded by one deadline, whatever is queued or
+    // stalled: the HTTP drain and the last deliveries run side by side.
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(grace = ?grace, "stopping");
+    let _ = stop.send(true);
     for task in tasks {
         task.abort();
     }
-    // Deliver what the last commands queued, briefly; the rest waits in the outbox.
-    if let Err(e) = startup::finish_deliveries(&app, startup::SHUTDOWN_GRACE).await {
-        tracing::warn!(error = %e, "could not deliver the last notices; they stay in the outbox for the next start");
-    }
     background.abort();
-    app.scheduler.release().await;
-    app.store.close().await;
-    served.context("the HTTP server failed")?;
+    let served = match early {
+        Some(served) => served,
+        None => {
+            let last = async {
+                // Deliver what the last commands queued, briefly; the rest waits in the outbox.
+                match tokio::time::timeout_at(deadline, startup::finish_deliveries(&app, grace)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not deliver the last notices; they stay in the outbox for the next start"),
+                    Err(_) => tracing::warn!("the shutdown grace period ended with notices still undelivered; they stay in the outbox for the next start"),
+                }
+            };
+            let drained = async {
+                let margin = std::time::Duration::from_millis(500);
+                match tokio::time::timeout_at(deadline + margin, &mut server).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            };
+            tokio::join!(last, drained).1
+        }
+    };
+    // Tasks still stalled on a peer hold nothing these wait for, but a bound
+    // costs nothing.
+    let closing = async {
+        app.scheduler.release().await;
+        app.store.close().await;
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(2), closing)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the database did not close within 2s; SQLite recovers it at the next start"
+        );
+    }
+    served
+        .context("the HTTP server stopped unexpectedly")?
+        .context("the HTTP server failed")?;
     Ok(0)
 }
 

@@ -977,9 +977,7 @@ impl Config {
             aws,
             slack,
             discord,
-            http: http.unwrap_or(HttpSettings {
-                listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
-            }),
+            http: http.unwrap_or_default(),
             api,
             ssh_ca,
             store_path: self.store.path.clone(),

@@ -179,7 +179,12 @@ async fn slack_checks(
     settings: &Settings,
     slack: &crate::adapters::slack::config::SlackSettings,
 ) -> Vec<Finding> {
-    let api = SlackApi::new(&slack.api_url, &slack.bot_token, slack.channel_pace);
+    let api = SlackApi::new(
+        &slack.api_url,
+        &slack.bot_token,
+        slack.channel_pace,
+        slack.call_timeout,
+    );
     let mut findings = Vec::new();
     match api.auth_test().await {
         Ok((team, user)) => {

@@ -452,7 +452,12 @@ pub async fn slack_app_with_sessions(
     sessions: Option<Arc<dyn SessionBroker>>,
 ) -> Result<SlackApp, StartError> {
     let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
-    let api = SlackApi::new(&slack.api_url, &slack.bot_token, slack.channel_pace);
+    let api = SlackApi::new(
+        &slack.api_url,
+        &slack.bot_token,
+        slack.channel_pace,
+        slack.call_timeout,
+    );
     let mentions = Mentions {
         usergroups: slack.usergroups.clone(),
         groups: settings.groups.clone(),

@@ -8,10 +8,14 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_passport");
+/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`
+/// (a copy, when several checkouts share one target directory).
+fn bin() -> String {
+    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
+}
 
 fn passport(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.args(args)
         .current_dir(dir)
         .env("PASSPORT_STORE__PATH", dir.join("passport.db"))
@@ -827,4 +831,108 @@ fn outbox_list_and_retry_handle_set_aside_notices() {
         "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL;",
     );
     assert_eq!(stdout(&left).trim(), "0");
+}
+
+/// `serve` stops within its grace period whatever is queued: Slack's Web API
+/// accepts connections and never answers, thousands of notices wait, and a
+/// client trickles a request's head. What was not delivered stays in the
+/// outbox for the next start.
+#[test]
+fn sigterm_stops_serve_within_the_grace_period_with_slack_stalled_and_a_backlog() {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    let dir = tempfile::tempdir().unwrap();
+    let migrated = passport(dir.path(), &["migrate"]).output().unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    // 2,000 audit lines and 1,000 direct messages to 1,000 people.
+    let queued = sqlite(
+        dir.path(),
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) \
+         INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
+         SELECT 'slack', \
+                CASE WHEN i <= 2000 THEN 'audit' ELSE 'user:U0P' || i END, NULL, \
+                CASE WHEN i <= 2000 THEN json_object('type', 'audit', 'text', 'line ' || i) \
+                     ELSE json_object('type', 'direct', 'user', 'U0P' || i, 'request', NULL, \
+                                      'text', 'hello', 'actions', json_array()) END, \
+                0, 0 FROM n;",
+    );
+    assert!(queued.status.success(), "{}", stdout(&queued));
+    // Slack's Web API: accepts, reads, never answers.
+    let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}/api", stalled.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in stalled.incoming().flatten() {
+            let mut reader = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+            });
+            held.push(s);
+        }
+    });
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = passport(dir.path(), &["serve"])
+        .env("PASSPORT_PROVISIONER", "dry-run")
+        .env("PASSPORT_SLACK__BOT_TOKEN", "xoxb-1-2-abc")
+        .env(
+            "PASSPORT_SLACK__SIGNING_SECRET",
+            "8f742231b10e8888abcd99yyyzzz85a5",
+        )
+        .env("PASSPORT_SLACK__APPROVALS_CHANNEL", "C0APPROVALS")
+        .env("PASSPORT_SLACK__AUDIT_CHANNEL", "C0AUDIT")
+        .env("PASSPORT_SLACK__API_URL", &api)
+        .env("PASSPORT_SLACK__USERGROUPS__APPROVERS", "S0APPROVERS")
+        .env("PASSPORT_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PASSPORT_HTTP__SHUTDOWN_GRACE", "2s")
+        .env("PASSPORT_HTTP__HEADER_TIMEOUT", "120s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Up and delivering (into the stall), with a slow client connected.
+    let started = Instant::now();
+    let mut slow = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("serve never listened: {e}"),
+        }
+    };
+    slow.write_all(b"POST /slack/commands HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(2 + 5) {
+            child.kill().unwrap();
+            panic!("serve did not stop within the grace period (2s) and a margin");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let pending = sqlite(
+        dir.path(),
+        "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL;",
+    );
+    assert_eq!(stdout(&pending).trim(), "3000", "nothing was lost");
 }

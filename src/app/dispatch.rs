@@ -11,13 +11,19 @@
 //! [`SET_ASIDE_REPORT_EVERY`] (audit notices themselves are not reported:
 //! the report would go where they could not).
 //!
+//! A peer that is down costs bounded work: after a few temporary failures in
+//! a row on one surface (whatever the lanes), that surface's breaker opens and
+//! no lane of it is tried until the backoff has passed; then one lane probes,
+//! and only its success lets the others go again. A single stalled channel
+//! among working ones never opens it: any success closes it.
+//!
 //! It also deletes the direct messages that carried Windows passwords when
 //! they are due (rows of `password_messages`), then records the deletion with
 //! its Logbook event and thread note in one transaction. A message already
 //! gone counts as deleted; every failure is retried later, never dropped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
 use serde_json::json;
@@ -40,6 +46,79 @@ const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 pub const SET_ASIDE_REPORT_EVERY: Span = Span::from_minutes(5);
 /// Password messages deleted per pass.
 const DELETIONS_PER_PASS: u32 = 200;
+/// Temporary failures in a row on one surface that open its breaker.
+const BREAKER_THRESHOLD: u32 = 3;
+/// The longest a surface's breaker stays open between two probes.
+const BREAKER_MAX: Span = Span::from_secs(60);
+
+/// One surface's breaker: how many temporary failures in a row, and until
+/// when nothing but a probe may be sent.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Timestamp>,
+}
+
+/// The breakers of every surface.
+#[derive(Debug, Default)]
+struct Breakers(Mutex<HashMap<String, Breaker>>);
+
+/// Whether a lane of a surface may go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Go,
+    /// The breaker is open: wait until then.
+    Wait(Timestamp),
+    /// The breaker was open and its time has passed: this lane alone probes.
+    Probe,
+}
+
+impl Breakers {
+    fn with<T>(&self, surface: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(all.entry(surface.to_owned()).or_default())
+    }
+
+    /// Whether a lane of `surface` may start at `now`. A probe moves the
+    /// breaker's time on by the longest wait, so there is one probe at a time
+    /// and a probe that never reports back is followed by another.
+    fn admit(&self, surface: &str, now: Timestamp) -> Admission {
+        self.with(surface, |b| match b.open_until {
+            None => Admission::Go,
+            Some(until) if now < until => Admission::Wait(until),
+            Some(_) => {
+                b.open_until = Some(now.plus(BREAKER_MAX));
+                Admission::Probe
+            }
+        })
+    }
+
+    /// Whether a lane already running may send its next notice.
+    fn is_open(&self, surface: &str) -> bool {
+        self.with(surface, |b| b.open_until.is_some())
+    }
+
+    fn succeeded(&self, surface: &str) {
+        self.with(surface, |b| *b = Breaker::default());
+    }
+
+    fn failed(&self, surface: &str, now: Timestamp) {
+        self.with(surface, |b| {
+            b.failures = b.failures.saturating_add(1);
+            if b.failures >= BREAKER_THRESHOLD {
+                let doublings = (b.failures - BREAKER_THRESHOLD).min(6);
+                let wait = Span::from_secs(1i64 << doublings).min(BREAKER_MAX);
+                if b.open_until.is_none() {
+                    tracing::warn!(
+                        surface,
+                        "the chat platform keeps failing; delivery pauses and probes with backoff"
+                    );
+                }
+                b.open_until = Some(now.plus(wait));
+            }
+        });
+    }
+}
 
 pub struct Dispatcher {
     store: Arc<dyn Store>,
@@ -50,6 +129,7 @@ pub struct Dispatcher {
     gate: tokio::sync::Mutex<()>,
     /// Set-aside notices not yet reported in the audit channel.
     set_aside: std::sync::Mutex<SetAsideTally>,
+    breakers: Breakers,
 }
 
 /// Notices set aside since the last report, per surface, and when that
@@ -108,6 +188,7 @@ impl Dispatcher {
             gate: tokio::sync::Mutex::new(()),
             set_aside: std::sync::Mutex::new(SetAsideTally::default()),
             concurrency: CONCURRENT_LANES,
+            breakers: Breakers::default(),
         }
     }
 
@@ -280,15 +361,18 @@ impl Dispatcher {
             let lanes: Vec<Vec<Pending>> =
                 order.into_iter().filter_map(|k| lanes.remove(&k)).collect();
             let mut waiting: Option<Timestamp> = None;
+            let mut wait_until = |at: Timestamp| {
+                waiting = Some(waiting.map_or(at, |w: Timestamp| w.min(at)));
+            };
             let mut runnable = Vec::new();
             for lane in lanes {
                 match lane.first() {
-                    Some(head) if head.next_attempt_at > now => {
-                        waiting = Some(waiting.map_or(head.next_attempt_at, |w: Timestamp| {
-                            w.min(head.next_attempt_at)
-                        }));
-                    }
-                    Some(_) => runnable.push(lane),
+                    Some(head) if head.next_attempt_at > now => wait_until(head.next_attempt_at),
+                    Some(head) => match self.breakers.admit(&head.surface, now) {
+                        Admission::Go => runnable.push((lane, false)),
+                        Admission::Probe => runnable.push((lane, true)),
+                        Admission::Wait(until) => wait_until(until),
+                    },
                     None => {}
                 }
             }
@@ -297,7 +381,7 @@ impl Dispatcher {
                 return Ok(report);
             }
             let results: Vec<Result<DeliveryReport, StoreError>> = stream::iter(runnable)
-                .map(|lane| self.deliver_lane(lane))
+                .map(|(lane, probe)| self.deliver_lane(lane, probe))
                 .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
@@ -312,9 +396,20 @@ impl Dispatcher {
         }
     }
 
-    async fn deliver_lane(&self, lane: Vec<Pending>) -> Result<DeliveryReport, StoreError> {
+    /// Delivers a lane's notices in order; `probe` when it is the one lane
+    /// trying a surface whose breaker is open.
+    async fn deliver_lane(
+        &self,
+        lane: Vec<Pending>,
+        probe: bool,
+    ) -> Result<DeliveryReport, StoreError> {
         let mut report = DeliveryReport::default();
-        for p in lane {
+        for (i, p) in lane.into_iter().enumerate() {
+            // A breaker that opened while this pass ran stops the lane (the
+            // probe's first notice goes regardless); the next pass waits.
+            if !(probe && i == 0) && self.breakers.is_open(&p.surface) {
+                break;
+            }
             let Some(surface) = self.surfaces.get(&p.surface) else {
                 // A surface that is no longer configured: its notices wait until it is again.
                 let next = self.clock.now().plus(Span::from_minutes(10));
@@ -326,6 +421,7 @@ impl Dispatcher {
             };
             match self.send(surface.as_ref(), &p).await {
                 Ok(()) => {
+                    self.breakers.succeeded(&p.surface);
                     self.store.mark_delivered(p.id, self.clock.now()).await?;
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => "delivered").increment(1);
                     report.delivered += 1;
@@ -338,6 +434,13 @@ impl Dispatcher {
                     };
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => outcome).increment(1);
                     let now = self.clock.now();
+                    match &e {
+                        ChatError::Transient(_) => self.breakers.failed(&p.surface, now),
+                        // The platform answered: it is up.
+                        ChatError::Permanent(_) | ChatError::RateLimited { .. } => {
+                            self.breakers.succeeded(&p.surface)
+                        }
+                    }
                     let (next, dead) = match &e {
                         ChatError::RateLimited { retry_after_ms } => (
                             now.plus(Span::from_millis((*retry_after_ms as i64).max(100))),

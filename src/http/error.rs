@@ -16,6 +16,8 @@ pub enum HttpError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("the request body did not arrive in time")]
+    TimedOut,
 }
 
 impl IntoResponse for HttpError {
@@ -31,6 +33,10 @@ impl IntoResponse for HttpError {
             }
             HttpError::BadRequest(what) => (StatusCode::BAD_REQUEST, what.clone()),
             HttpError::Unavailable(what) => (StatusCode::SERVICE_UNAVAILABLE, what.clone()),
+            HttpError::TimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time: send it whole, at once".into(),
+            ),
         };
         (status, body).into_response()
     }

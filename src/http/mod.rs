@@ -13,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod ready;
+pub mod server;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -34,8 +35,10 @@ use crate::adapters::slack::{Ack, Answer, Inbound};
 use crate::app::engine::Engine;
 use crate::app::ports::{Clock, Store};
 use crate::config::Secret;
+use crate::domain::time::{parse_setting_within, Span};
 
 pub use error::HttpError;
+pub use server::ServerLimits;
 
 /// Slack's and Discord's payloads are a few KiB; anything much larger is not from them.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -46,12 +49,27 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct HttpConfig {
     /// Address and port the HTTP server listens on.
     pub listen: String,
+    /// How long a request's head may take from its first byte, e.g. `10s`.
+    pub header_timeout: String,
+    /// How long a request's body may take after its head, e.g. `30s`.
+    pub body_timeout: String,
+    /// How long a connection with no request in flight stays open, e.g. `60s`.
+    pub idle_timeout: String,
+    /// Connections open at once; more wait until one closes.
+    pub max_connections: usize,
+    /// How long `serve` takes to stop after SIGTERM, e.g. `10s`.
+    pub shutdown_grace: String,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".into(),
+            header_timeout: "10s".into(),
+            body_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
+            max_connections: 1024,
+            shutdown_grace: "10s".into(),
         }
     }
 }
@@ -60,16 +78,70 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
+    pub limits: ServerLimits,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            limits: ServerLimits::default(),
+        }
+    }
 }
 
 impl HttpConfig {
     pub fn validate(&self) -> Result<HttpSettings, Vec<String>> {
-        match self.listen.trim().parse() {
-            Ok(listen) => Ok(HttpSettings { listen }),
-            Err(_) => Err(vec![format!(
-                "http.listen: {:?} is not an address and port: use a form like 0.0.0.0:8080 or 127.0.0.1:3000",
-                self.listen
-            )]),
+        use std::time::Duration;
+        let mut errors = Vec::new();
+        let listen = match self.listen.trim().parse() {
+            Ok(listen) => Some(listen),
+            Err(_) => {
+                errors.push(format!(
+                    "http.listen: {:?} is not an address and port: use a form like 0.0.0.0:8080 or 127.0.0.1:3000",
+                    self.listen
+                ));
+                None
+            }
+        };
+        let mut duration = |field: &str, text: &str, max: Duration| {
+            let max = Span::from_millis(max.as_millis() as i64);
+            match parse_setting_within(&format!("http.{field}"), text, Span::from_millis(1), max) {
+                Ok(span) => span.to_std(),
+                Err(e) => {
+                    errors.push(e);
+                    Duration::from_secs(1)
+                }
+            }
+        };
+        let limits = ServerLimits {
+            header_timeout: duration(
+                "header_timeout",
+                &self.header_timeout,
+                Duration::from_secs(300),
+            ),
+            body_timeout: duration("body_timeout", &self.body_timeout, Duration::from_secs(600)),
+            idle_timeout: duration(
+                "idle_timeout",
+                &self.idle_timeout,
+                Duration::from_secs(3600),
+            ),
+            shutdown_grace: duration(
+                "shutdown_grace",
+                &self.shutdown_grace,
+                Duration::from_secs(600),
+            ),
+            max_connections: self.max_connections,
+        };
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            errors.push(format!(
+                "http.max_connections: {} is out of range: use a number from 1 to 1000000, e.g. 1024",
+                self.max_connections
+            ));
+        }
+        match listen {
+            Some(listen) if errors.is_empty() => Ok(HttpSettings { listen, limits }),
+            _ => Err(errors),
         }
     }
 }
@@ -183,19 +255,14 @@ pub fn router(state: HttpState) -> Router {
     router.layer(axum::middleware::from_fn(metrics::track))
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` with the default [`ServerLimits`] until
+/// `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The API records the address a sign-in starts from.
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    server::serve(listener, router, ServerLimits::default(), shutdown).await
 }
 
 /// Liveness: the process answers and its database does. It is unauthenticated
@@ -243,6 +310,9 @@ async fn read_body(path: &str, headers: &HeaderMap, body: Body) -> Result<Bytes,
         if too_large {
             tracing::warn!(path, "request refused: body too large");
             HttpError::TooLarge(MAX_BODY)
+        } else if server::is_body_timeout(&e) {
+            tracing::warn!(path, "request refused: the body did not arrive in time");
+            HttpError::TimedOut
         } else {
             HttpError::BadRequest("cannot read the request body".into())
         }

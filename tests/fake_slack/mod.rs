@@ -90,6 +90,10 @@ struct Inner {
     socket_connections: AtomicU64,
     /// Methods to refuse, with the error code Slack would give.
     failing: Mutex<HashMap<String, String>>,
+    /// Every call answered 503 (the Web API is down).
+    down: std::sync::atomic::AtomicBool,
+    /// Calls naming one of these channels are never answered (a stall).
+    stalled_channels: Mutex<HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -282,6 +286,20 @@ impl FakeSlack {
     }
 
     /// Posts to `response_url`s, in order.
+    /// Answers every call 503 while `down`, as when Slack's Web API is down.
+    pub fn set_down(&self, down: bool) {
+        self.inner.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Never answers calls that name `channel` (they are still recorded).
+    pub fn stall_channel(&self, channel: &str) {
+        self.inner
+            .stalled_channels
+            .lock()
+            .unwrap()
+            .insert(channel.to_owned());
+    }
+
     pub fn responses(&self) -> Vec<String> {
         self.ok_calls("response_url")
             .into_iter()
@@ -407,6 +425,17 @@ async fn api(
             ts,
         });
     };
+    if inner.down.load(Ordering::SeqCst) {
+        record(Some("503"), None, None);
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let stalled = p["channel"]
+        .as_str()
+        .is_some_and(|c| inner.stalled_channels.lock().unwrap().contains(c));
+    if stalled {
+        record(Some("stalled"), None, None);
+        std::future::pending::<()>().await;
+    }
     {
         let methods = inner.rate_limited_methods.lock().unwrap().clone();
         let applies = methods.is_empty() || methods.contains(&method);

@@ -17,6 +17,9 @@ use crate::domain::values::UserId;
 
 use super::api::DiscordApi;
 
+/// How long a failed look-up is remembered.
+const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+
 struct Cached {
     roles: BTreeSet<String>,
     until: Instant,
@@ -52,6 +55,10 @@ impl DiscordDirectory {
 
     /// Remembers the roles Discord sent with an interaction of `user`.
     pub fn saw_member(&self, user: &str, roles: &[String]) {
+        self.remember(user, roles, self.ttl);
+    }
+
+    fn remember(&self, user: &str, roles: &[String], ttl: Duration) {
         let now = Instant::now();
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         if members.len() > 50_000 {
@@ -61,7 +68,7 @@ impl DiscordDirectory {
             user.to_owned(),
             Cached {
                 roles: roles.iter().cloned().collect(),
-                until: now + self.ttl,
+                until: now + ttl,
             },
         );
     }
@@ -85,6 +92,9 @@ impl DiscordDirectory {
             }
             Err(e) => {
                 tracing::warn!(user, error = %e, "cannot read a member's roles and the cached ones have run out; no roles count until Discord answers");
+                // Remembered briefly, so a failing Discord is not asked again
+                // on every click.
+                self.remember(user, &[], self.ttl.min(NEGATIVE_TTL));
                 BTreeSet::new()
             }
         }

@@ -25,6 +25,8 @@ pub struct SlackApi {
     /// there (a test server) are accepted besides Slack's own.
     api_origin: String,
     pacer: Pacer,
+    /// The deadline of every call: a stalled Slack delays only the call.
+    call_timeout: Duration,
 }
 
 impl std::fmt::Debug for SlackApi {
@@ -134,7 +136,12 @@ pub struct Posted {
 }
 
 impl SlackApi {
-    pub fn new(api_url: &str, bot_token: &Secret, channel_pace: Duration) -> Arc<Self> {
+    pub fn new(
+        api_url: &str,
+        bot_token: &Secret,
+        channel_pace: Duration,
+        call_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             client: SlackClient::new(connector(api_url)),
             token: SlackApiToken::new(bot_token.expose().to_owned().into()),
@@ -143,7 +150,22 @@ impl SlackApi {
                 every: channel_pace,
                 next: Mutex::new(HashMap::new()),
             },
+            call_timeout,
         })
+    }
+
+    /// Runs one Web API call within the call deadline; a call past it is a
+    /// temporary failure (Slack may still act on it, as after a lost answer).
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, SlackClientError>>,
+    ) -> Result<T, SlackClientError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(SlackClientError::EndOfStream(
+                slack_morphism::errors::SlackClientEndOfStreamError::new(),
+            )),
+        }
     }
 
     fn session(&self) -> SlackClientSession<'_, Connector> {
@@ -162,8 +184,7 @@ impl SlackApi {
             .with_unfurl_links(false)
             .with_unfurl_media(false);
         let res = self
-            .session()
-            .chat_post_message(&req)
+            .bounded(self.session().chat_post_message(&req))
             .await
             .map_err(|e| chat_error(&e))?;
         Ok(Posted {
@@ -179,8 +200,7 @@ impl SlackApi {
         content: SlackMessageContent,
     ) -> Result<(), ChatError> {
         let req = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
-        self.session()
-            .chat_update(&req)
+        self.bounded(self.session().chat_update(&req))
             .await
             .map(|_| ())
             .map_err(|e| chat_error(&e))
@@ -190,7 +210,7 @@ impl SlackApi {
     /// already (`message_not_found`) counts as deleted.
     pub async fn delete_message(&self, channel: &str, ts: &str) -> Result<(), ChatError> {
         let req = SlackApiChatDeleteRequest::new(channel.into(), ts.into());
-        match self.session().chat_delete(&req).await {
+        match self.bounded(self.session().chat_delete(&req)).await {
             Ok(_) => Ok(()),
             Err(SlackClientError::ApiError(a)) if a.code == "message_not_found" => Ok(()),
             Err(e) => Err(chat_error(&e)),
@@ -206,8 +226,7 @@ impl SlackApi {
     ) -> Result<(), ChatError> {
         let req = SlackApiChatPostEphemeralRequest::new(channel.into(), user.into(), content)
             .opt_thread_ts(thread_ts.map(|t| t.into()));
-        self.session()
-            .chat_post_ephemeral(&req)
+        self.bounded(self.session().chat_post_ephemeral(&req))
             .await
             .map(|_| ())
             .map_err(|e| chat_error(&e))
@@ -217,8 +236,7 @@ impl SlackApi {
     pub async fn open_dm(&self, user: &str) -> Result<String, ChatError> {
         let req = SlackApiConversationsOpenRequest::new().with_users(vec![user.into()]);
         let res = self
-            .session()
-            .conversations_open(&req)
+            .bounded(self.session().conversations_open(&req))
             .await
             .map_err(|e| chat_error(&e))?;
         Ok(res.channel.id.to_string())
@@ -227,8 +245,10 @@ impl SlackApi {
     /// The person's Slack username (`name`), or their display name.
     pub async fn user_name(&self, user: &str) -> Result<Option<String>, ChatError> {
         let res = self
-            .session()
-            .users_info(&SlackApiUsersInfoRequest::new(user.into()))
+            .bounded(
+                self.session()
+                    .users_info(&SlackApiUsersInfoRequest::new(user.into())),
+            )
             .await
             .map_err(|e| chat_error(&e))?;
         let u = res.user;
@@ -242,8 +262,12 @@ impl SlackApi {
 
     pub async fn usergroup_members(&self, usergroup: &str) -> Result<Vec<String>, ChatError> {
         let res = self
-            .session()
-            .usergroups_users_list(&SlackApiUserGroupsUsersListRequest::new(usergroup.into()))
+            .bounded(
+                self.session()
+                    .usergroups_users_list(&SlackApiUserGroupsUsersListRequest::new(
+                        usergroup.into(),
+                    )),
+            )
             .await
             .map_err(|e| chat_error(&e))?;
         Ok(res.users.into_iter().map(|u| u.to_string()).collect())
@@ -252,8 +276,7 @@ impl SlackApi {
     /// `auth.test`: the workspace and bot user the token belongs to.
     pub async fn auth_test(&self) -> Result<(String, String), ChatError> {
         let res = self
-            .session()
-            .auth_test()
+            .bounded(self.session().auth_test())
             .await
             .map_err(|e| chat_error(&e))?;
         Ok((
@@ -281,8 +304,8 @@ impl SlackApi {
                 if let Some(c) = cursor.take() {
                     req = req.with_cursor(c);
                 }
-                let res = session
-                    .conversations_list(&req)
+                let res = self
+                    .bounded(session.conversations_list(&req))
                     .await
                     .map_err(|e| chat_error(&e))?;
                 if let Some(found) = res
@@ -299,8 +322,10 @@ impl SlackApi {
             }
             return Ok(None);
         }
-        match session
-            .conversations_info(&SlackApiConversationsInfoRequest::new(channel.into()))
+        match self
+            .bounded(
+                session.conversations_info(&SlackApiConversationsInfoRequest::new(channel.into())),
+            )
             .await
         {
             Ok(res) => Ok(Some(res.channel.flags.is_member.unwrap_or(false))),
@@ -311,11 +336,13 @@ impl SlackApi {
 
     /// Opens a modal for the person whose action gave `trigger_id` (valid for 3 s).
     pub async fn open_view(&self, trigger_id: &str, view: SlackView) -> Result<(), ChatError> {
-        self.session()
-            .views_open(&SlackApiViewsOpenRequest::new(trigger_id.into(), view))
-            .await
-            .map(|_| ())
-            .map_err(|e| chat_error(&e))
+        self.bounded(
+            self.session()
+                .views_open(&SlackApiViewsOpenRequest::new(trigger_id.into(), view)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| chat_error(&e))
     }
 
     /// Whether Passport may post to this `response_url`: Slack's own hooks, or
@@ -336,8 +363,7 @@ impl SlackApi {
             .map_err(|_| ChatError::Permanent("response_url is not a URL".into()))?;
         let req = SlackApiPostWebhookMessageRequest::new(super::blocks::text_content(text, &[]))
             .with_replace_original(false);
-        self.client
-            .post_webhook_message(&url, &req)
+        self.bounded(self.client.post_webhook_message(&url, &req))
             .await
             .map(|_| ())
             .map_err(|e| chat_error(&e))
@@ -346,10 +372,9 @@ impl SlackApi {
     /// A Socket Mode WebSocket URL, from `apps.connections.open` with the app-level token.
     pub async fn socket_url(&self, app_token: &Secret) -> Result<String, ChatError> {
         let token = SlackApiToken::new(app_token.expose().to_owned().into());
+        let session = self.client.open_session(&token);
         let res = self
-            .client
-            .open_session(&token)
-            .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
+            .bounded(session.apps_connections_open(&SlackApiAppsConnectionOpenRequest::new()))
             .await
             .map_err(|e| chat_error(&e))?;
         Ok(res.url.0.to_string())

@@ -35,6 +35,8 @@ pub struct SlackConfig {
     pub cache_ttl: String,
     /// The least time between two messages to one channel.
     pub channel_pace: String,
+    /// How long one Web API call may take before it counts as failed.
+    pub call_timeout: String,
 }
 
 impl Default for SlackConfig {
@@ -50,6 +52,7 @@ impl Default for SlackConfig {
             usergroups: BTreeMap::new(),
             cache_ttl: "60s".into(),
             channel_pace: "1s".into(),
+            call_timeout: "10s".into(),
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct SlackSettings {
     pub usergroups: BTreeMap<String, String>,
     pub cache_ttl: Duration,
     pub channel_pace: Duration,
+    pub call_timeout: Duration,
 }
 
 fn is_channel(text: &str) -> bool {
@@ -205,6 +209,12 @@ impl SlackConfig {
         };
         let cache_ttl = duration("cache_ttl", &self.cache_ttl, Span::from_hours(1));
         let channel_pace = duration("channel_pace", &self.channel_pace, Span::from_secs(10));
+        let call_timeout = duration("call_timeout", &self.call_timeout, Span::from_secs(60));
+        if call_timeout.is_zero() && !errors.iter().any(|e| e.starts_with("slack.call_timeout")) {
+            errors.push(
+                "slack.call_timeout: must be more than 0: use forms like 500ms or 10s".into(),
+            );
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -222,6 +232,7 @@ impl SlackConfig {
             usergroups: self.usergroups.clone(),
             cache_ttl,
             channel_pace,
+            call_timeout,
         })
     }
 }

@@ -26,11 +26,17 @@ pub struct People {
     api: Arc<SlackApi>,
     ttl: Duration,
     handles: Mutex<HashMap<String, Cached<String>>>,
+    /// Until when `users.info` is not asked (it failed): the fallback serves.
+    failing_until: Mutex<Option<Instant>>,
 }
 
 /// How long a handle is kept: names rarely change, and the request keeps the
 /// handle it was made with anyway.
 const HANDLE_TTL: Duration = Duration::from_secs(3600);
+
+/// How long a failed look-up is remembered: while Slack fails, people and
+/// groups are not asked about again on every command and click.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
 impl People {
     pub fn new(api: Arc<SlackApi>) -> Self {
@@ -38,6 +44,7 @@ impl People {
             api,
             ttl: HANDLE_TTL,
             handles: Mutex::new(HashMap::new()),
+            failing_until: Mutex::new(None),
         }
     }
 
@@ -52,8 +59,14 @@ impl People {
                 .filter(|c| c.until > now)
                 .map(|c| c.value.clone())
         };
+        let failing = self
+            .failing_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| until > now);
         let handle = match cached {
             Some(h) => h,
+            None if failing => fallback.unwrap_or(id.as_str()).to_owned(),
             None => match self.api.user_name(id.as_str()).await {
                 Ok(Some(name)) => {
                     let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
@@ -71,6 +84,8 @@ impl People {
                 }
                 Ok(None) => fallback.unwrap_or(id.as_str()).to_owned(),
                 Err(e) => {
+                    *self.failing_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(now + NEGATIVE_TTL);
                     tracing::warn!(user = %id, error = %e, "users.info failed; using the id as handle");
                     fallback.unwrap_or(id.as_str()).to_owned()
                 }
@@ -122,7 +137,9 @@ impl SlackDirectory {
             let mut slots = self.members.lock().unwrap_or_else(|e| e.into_inner());
             slots.entry(usergroup.to_owned()).or_default().clone()
         };
-        // Held across the call so that a burst of clicks asks Slack once.
+        // Held across the call so that a burst of clicks asks Slack once
+        // (single flight); the call is bounded by the API's call deadline, and
+        // other groups have their own slots.
         let mut cached = slot.lock().await;
         let now = Instant::now();
         if let Some(c) = cached.as_ref().filter(|c| c.until > now) {
@@ -139,6 +156,12 @@ impl SlackDirectory {
             }
             Err(e) => {
                 tracing::warn!(usergroup, error = %e, "usergroups.users.list failed and the cached members have run out; nobody counts as a member until Slack answers");
+                // Remembered briefly, so the look-ups waiting on this slot and
+                // the next ones do not each ask a failing Slack again.
+                *cached = Some(Cached {
+                    value: BTreeSet::new(),
+                    until: now + self.ttl.min(NEGATIVE_TTL),
+                });
                 BTreeSet::new()
             }
         }
