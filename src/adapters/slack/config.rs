@@ -123,23 +123,21 @@ impl SlackConfig {
             }
         };
         // A line ending a secret file adds is already gone (`Secret::new`);
-        // any other space would be sent to Slack as part of the secret.
+        // anything else would be sent to Slack as part of the secret.
         for (field, secret) in [
             ("bot_token", &self.bot_token),
             ("signing_secret", &self.signing_secret),
             ("app_token", &self.app_token),
         ] {
-            if secret
-                .as_ref()
-                .is_some_and(|s| s.expose().contains(char::is_whitespace))
-            {
+            if let Some(flaw) = secret.as_ref().and_then(Secret::flaw) {
                 errors.push(format!(
-                    "slack.{field}: contains a space or line break: copy it again without one"
+                    "slack.{field}: {flaw}: copy it again without it (the value is not shown)"
                 ));
             }
         }
+        let flawed = |s: &Secret| s.flaw().is_some();
         let bot_token = match &self.bot_token {
-            Some(t) if t.expose().contains(char::is_whitespace) => None,
+            Some(t) if flawed(t) => None,
             Some(t) if t.expose().starts_with("xoxb-") => Some(t.clone()),
             Some(_) => {
                 errors.push("slack.bot_token: not a bot token: copy the one starting with xoxb- from OAuth & Permissions".into());
@@ -151,7 +149,7 @@ impl SlackConfig {
             }
         };
         let signing_secret = match &self.signing_secret {
-            Some(s) if s.expose().contains(char::is_whitespace) => None,
+            Some(s) if flawed(s) => None,
             Some(s) if s.expose().len() < 16 => {
                 errors.push("slack.signing_secret: too short to be a signing secret: copy it from Basic Information → App Credentials".into());
                 None
@@ -164,7 +162,7 @@ impl SlackConfig {
             None => None,
         };
         let app_token = match &self.app_token {
-            Some(t) if t.expose().contains(char::is_whitespace) => None,
+            Some(t) if flawed(t) => None,
             Some(t) if !t.expose().starts_with("xapp-") => {
                 errors.push("slack.app_token: not an app-level token: create one starting with xapp- with the connections:write scope (Basic Information → App-Level Tokens)".into());
                 None
