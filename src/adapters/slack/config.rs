@@ -34,6 +34,13 @@ pub struct SlackConfig {
     pub cache_ttl: String,
     /// The least time between two messages to one channel.
     pub channel_pace: String,
+    /// The workspace (`T…`) Passport serves. Empty: the bot token's, from `auth.test`.
+    pub team_id: String,
+    /// The Enterprise Grid organization (`E…`) of that workspace, if any.
+    /// Empty: from `auth.test` (or none when `team_id` and `app_id` are set).
+    pub enterprise_id: String,
+    /// Passport's Slack app (`A…`). Empty: the bot's, from `bots.info`.
+    pub app_id: String,
 }
 
 impl Default for SlackConfig {
@@ -49,6 +56,9 @@ impl Default for SlackConfig {
             usergroups: BTreeMap::new(),
             cache_ttl: "60s".into(),
             channel_pace: "1s".into(),
+            team_id: String::new(),
+            enterprise_id: String::new(),
+            app_id: String::new(),
         }
     }
 }
@@ -77,6 +87,11 @@ pub struct SlackSettings {
     pub usergroups: BTreeMap<String, String>,
     pub cache_ttl: Duration,
     pub channel_pace: Duration,
+    /// The workspace, enterprise and app requests must come from, where the
+    /// configuration names them; the rest is learnt at start.
+    pub team_id: Option<String>,
+    pub enterprise_id: Option<String>,
+    pub app_id: Option<String>,
 }
 
 /// `500ms`, `30s`, `5m`, `1h`, or `0`.
@@ -208,6 +223,25 @@ impl SlackConfig {
                 ));
             }
         }
+        let mut slack_id = |field: &str, value: &str, first: char, what: &str| {
+            let value = value.trim();
+            if value.is_empty() {
+                return None;
+            }
+            let ok = value.starts_with(first)
+                && value.len() >= 2
+                && value.len() <= 32
+                && value.chars().all(|c| c.is_ascii_alphanumeric());
+            if !ok {
+                errors.push(format!(
+                    "slack.{field}: {value:?} is not a Slack {what} id: use the id starting with {first}, or leave it out to learn it from the bot token"
+                ));
+            }
+            Some(value.to_owned())
+        };
+        let team_id = slack_id("team_id", &self.team_id, 'T', "workspace");
+        let enterprise_id = slack_id("enterprise_id", &self.enterprise_id, 'E', "Enterprise Grid");
+        let app_id = slack_id("app_id", &self.app_id, 'A', "app");
         let mut duration = |field: &str, text: &str, max: Duration| match parse_duration(text) {
             Some(d) if d <= max => d,
             _ => {
@@ -237,6 +271,9 @@ impl SlackConfig {
             usergroups: self.usergroups.clone(),
             cache_ttl,
             channel_pace,
+            team_id,
+            enterprise_id,
+            app_id,
         })
     }
 }
