@@ -1247,7 +1247,10 @@ mod tests {
         // One line ending, not every one.
         assert_eq!(Secret::from("ab\n\n").expose(), "ab\n");
         assert_eq!(Secret::from("ab\r\n").flaw(), None);
-        assert!(Secret::from("ab\n\n").flaw().unwrap().contains("line break"));
+        assert!(Secret::from("ab\n\n")
+            .flaw()
+            .unwrap()
+            .contains("line break"));
         assert!(Secret::from("a\u{1}b").flaw().unwrap().contains("control"));
         assert!(Secret::from("a\tb").flaw().unwrap().contains("control"));
         assert!(Secret::from("a b").flaw().unwrap().contains("space"));
