@@ -1394,13 +1394,13 @@ async fn the_workspace_is_learnt_at_start_with_its_enterprise_unless_configured(
 
     // Configured ids are used as they are, without asking Slack.
     let calls = fake.calls().len();
-    let mut config = config(&db, &fake);
-    if let Some(slack) = config.slack.as_mut() {
+    let mut named = config(&db, &fake);
+    if let Some(slack) = named.slack.as_mut() {
         slack.team_id = "T0TEAM".into();
         slack.app_id = "A0CONFIGURED".into();
     }
     let app = start_with(
-        config,
+        named,
         &fake,
         &db,
         clock.clone(),
@@ -1437,11 +1437,11 @@ async fn the_workspace_is_learnt_at_start_with_its_enterprise_unless_configured(
     app.server.abort();
 
     // A configured workspace the bot token does not belong to stops the start.
-    let mut config = config(&db, &fake);
-    if let Some(slack) = config.slack.as_mut() {
+    let mut elsewhere = config(&db, &fake);
+    if let Some(slack) = elsewhere.slack.as_mut() {
         slack.team_id = "T0ELSEWHERE".into();
     }
-    let settings = config.validate().unwrap();
+    let settings = elsewhere.validate().unwrap();
     let refused = startup::slack_app(
         &settings,
         settings.slack.as_ref().unwrap(),
