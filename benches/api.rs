@@ -151,6 +151,9 @@ async fn run(rate: u64, secs: u64) {
         audit_channel: "C0AUDIT".into(),
         api_url: stand_in_for_slack().await,
         channel_pace: "0".into(),
+        // Named, so the stand-in need not answer auth.test.
+        team_id: "T0BENCH".into(),
+        app_id: "A0BENCH".into(),
         ..SlackConfig::default()
     });
     let settings = c.validate().unwrap();

@@ -106,6 +106,9 @@ async fn start_server() -> Server {
         approvals_channel: "C0APPROVALS".into(),
         audit_channel: "C0AUDIT".into(),
         api_url,
+        // Named, so the stand-in need not answer auth.test.
+        team_id: "T0BENCH".into(),
+        app_id: "A0BENCH".into(),
         ..SlackConfig::default()
     });
     let settings = c.validate().unwrap();
@@ -163,6 +166,7 @@ fn signed_request(base: &str) -> axum::http::Request<Full<Bytes>> {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let body = serde_urlencoded::to_string([
         ("team_id", "T0BENCH"),
+        ("api_app_id", "A0BENCH"),
         ("channel_id", "C0GENERAL"),
         ("user_id", USER),
         ("user_name", "bench"),

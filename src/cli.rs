@@ -919,7 +919,13 @@ async fn serve_slack(
         },
     )
     .await
-    .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
+    .map_err(|e| match e {
+        startup::StartError::Store(_) => anyhow::Error::new(e).context(format!(
+            "cannot open the database {}",
+            settings.store_path.display()
+        )),
+        other => anyhow::Error::new(other),
+    })?;
     let socket = built.socket;
     let chat = Chat {
         app: built.app,

@@ -189,20 +189,42 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// A secret from configuration. `Debug`, `Display` and serialization never show it.
 ///
-/// **Invariant:** a secret never ends with a line ending. A secret copied from
-/// a file (a Kubernetes or Docker secret, `$(cat file)` kept verbatim) often
-/// ends with `\n` or `\r\n`; every secret is built through [`Secret::new`],
-/// which drops it, so what is validated is what is used (HMAC keys, tokens).
+/// **Invariant:** what is validated is what is used (HMAC keys, tokens). A
+/// secret copied from a file (a Kubernetes or Docker secret, `$(cat file)`
+/// kept verbatim) often ends with `\n` or `\r\n`; every secret is built
+/// through [`Secret::new`], which drops that one line ending. Any other space,
+/// line break or control character is something copying added, and the
+/// settings refuse it by name ([`Secret::flaw`]).
 #[derive(Clone)]
 pub struct Secret(SecretString);
 
 impl Secret {
-    /// The secret `value`, without the line endings it may end with.
+    /// The secret `value`, without the one line ending it may end with.
     pub fn new(value: impl Into<String>) -> Self {
         let mut value: String = value.into();
-        let kept = value.trim_end_matches(['\r', '\n']).len();
-        value.truncate(kept);
+        let ending = if value.ends_with("\r\n") {
+            2
+        } else {
+            usize::from(value.ends_with('\n'))
+        };
+        value.truncate(value.len() - ending);
         Self(SecretString::from(value))
+    }
+
+    /// What is wrong with a token or signing secret that holds a space, a
+    /// line break (beyond the one dropped) or a control character: no real
+    /// one does, and Slack or Discord would refuse it. Said without the value.
+    pub fn flaw(&self) -> Option<&'static str> {
+        let value = self.expose();
+        if value.contains(['\n', '\r']) {
+            Some("contains a line break (only one at the very end is dropped)")
+        } else if value.chars().any(char::is_control) {
+            Some("contains a control character")
+        } else if value.chars().any(char::is_whitespace) {
+            Some("contains a space")
+        } else {
+            None
+        }
     }
 
     pub fn expose(&self) -> &str {
@@ -1224,11 +1246,21 @@ mod tests {
 
     #[test]
     fn a_secret_loses_the_line_ending_of_its_file_and_nothing_else() {
-        for written in ["abc\n", "abc\r\n", "abc\n\n", "abc"] {
+        for written in ["abc\n", "abc\r\n", "abc"] {
             let s: Secret = serde_json::from_value(serde_json::json!(written)).unwrap();
             assert_eq!(s.expose(), "abc", "{written:?}");
         }
         assert_eq!(Secret::from("a b\n").expose(), "a b");
+        // One line ending, not every one.
+        assert_eq!(Secret::from("ab\n\n").expose(), "ab\n");
+        assert_eq!(Secret::from("ab\r\n").flaw(), None);
+        assert!(Secret::from("ab\n\n")
+            .flaw()
+            .unwrap()
+            .contains("line break"));
+        assert!(Secret::from("a\u{1}b").flaw().unwrap().contains("control"));
+        assert!(Secret::from("a\tb").flaw().unwrap().contains("control"));
+        assert!(Secret::from("a b").flaw().unwrap().contains("space"));
         let err = serde_json::from_value::<Secret>(serde_json::json!(123456789))
             .err()
             .map(|e| e.to_string())

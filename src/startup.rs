@@ -52,6 +52,8 @@ pub enum StartError {
     Aws(#[from] crate::adapters::aws::AwsStartError),
     #[error("the SSH CA cannot start: {0}")]
     SshCa(#[from] crate::adapters::ssh_ca::CaError),
+    #[error(transparent)]
+    SlackWorkspace(#[from] crate::adapters::slack::workspace::WorkspaceError),
 }
 
 /// The AWS provisioner when `[aws]` is configured (after checking that the SSM
@@ -451,13 +453,21 @@ pub async fn slack_app_with_sessions(
     options: SlackOptions,
     sessions: Option<Arc<dyn SessionBroker>>,
 ) -> Result<SlackApp, StartError> {
-    let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
     let api = SlackApi::new(
         &slack.api_url,
         &slack.bot_token,
         slack.channel_pace,
         slack.call_timeout,
     );
+    // Before anything else: without it no request could be admitted.
+    let workspace = crate::adapters::slack::workspace::learn(&api, slack).await?;
+    tracing::info!(
+        team = %workspace.team_id,
+        enterprise = workspace.enterprise_id.as_deref().unwrap_or("-"),
+        app = %workspace.app_id,
+        "Slack requests are accepted only from this workspace and app"
+    );
+    let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
     let mentions = Mentions {
         usergroups: slack.usergroups.clone(),
         groups: settings.groups.clone(),
@@ -496,8 +506,14 @@ pub async fn slack_app_with_sessions(
     .await?;
     let people = Arc::new(People::new(api.clone()));
     let inbound = Arc::new(
-        Inbound::new(app.engine.clone(), api.clone(), people, surface.clone())
-            .with_deadline(options.ack_deadline),
+        Inbound::new(
+            app.engine.clone(),
+            api.clone(),
+            people,
+            surface.clone(),
+            workspace,
+        )
+        .with_deadline(options.ack_deadline),
     );
     let endpoints = slack.signing_secret.clone().map(|secret| SlackEndpoints {
         inbound: inbound.clone(),

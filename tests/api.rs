@@ -317,6 +317,7 @@ impl TestApp {
         let n = unique();
         let body = serde_urlencoded::to_string([
             ("team_id", "T0TEAM"),
+            ("api_app_id", "A0PASSPORT"),
             ("channel_id", "C0GENERAL"),
             ("user_id", user),
             ("user_name", "from-payload"),
@@ -342,6 +343,8 @@ impl TestApp {
         let n = unique();
         let payload = json!({
             "type": "block_actions",
+            "team": { "id": "T0TEAM", "domain": "example" },
+            "api_app_id": "A0PASSPORT",
             "user": { "id": user, "username": "from-payload", "team_id": "T0TEAM" },
             "container": { "type": "message", "message_ts": ts, "channel_id": channel },
             "trigger_id": format!("{n}.5678.fedcba"),

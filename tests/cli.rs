@@ -936,3 +936,81 @@ fn sigterm_stops_serve_within_the_grace_period_with_slack_stalled_and_a_backlog(
     );
     assert_eq!(stdout(&pending).trim(), "3000", "nothing was lost");
 }
+
+/// A secret read from the configuration file or from a variable loses the one
+/// line ending a secret file adds; anything else in it is refused naming the
+/// setting, and no output ever shows it.
+#[test]
+fn secrets_from_the_file_or_a_variable_lose_one_line_ending_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "xoxb-1-2-very-secret-token";
+    let signing = "8f742231b10e8888verysecret85a5";
+    let slack = |c: &mut Command| {
+        c.env("PASSPORT_PROVISIONER", "dry-run")
+            .env("PASSPORT_SLACK__APPROVALS_CHANNEL", "C0APPROVALS")
+            .env("PASSPORT_SLACK__AUDIT_CHANNEL", "C0AUDIT")
+            .env("PASSPORT_SLACK__USERGROUPS__APPROVERS", "S0APPROVERS");
+    };
+    let check = |file: &str, vars: &[(&str, String)]| {
+        std::fs::write(dir.path().join("passport.toml"), file).unwrap();
+        let mut c = passport(dir.path(), &["check-config"]);
+        slack(&mut c);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        for secret in ["very-secret", "verysecret"] {
+            assert!(!text.contains(secret), "a secret was shown: {text}");
+        }
+        (out.status.code(), text)
+    };
+
+    // From the file, with the line ending a secret file leaves.
+    let (code, text) = check(
+        &format!("[slack]\nbot_token = \"{token}\\n\"\nsigning_secret = \"{signing}\\r\\n\"\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("bot_token = \"[redacted]\""), "{text}");
+    // From variables, likewise.
+    let (code, text) = check(
+        "",
+        &[
+            ("PASSPORT_SLACK__BOT_TOKEN", format!("{token}\r\n")),
+            ("PASSPORT_SLACK__SIGNING_SECRET", format!("{signing}\n")),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+
+    // Anything else is refused, naming the setting and what is wrong.
+    let (code, text) = check(
+        &format!("[slack]\nbot_token = \"xoxb-1-2-very\\u0007secret\"\nsigning_secret = \"{signing}\\n\\n\"\n"),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("slack.bot_token: contains a control character"),
+        "{text}"
+    );
+    assert!(
+        text.contains("slack.signing_secret: contains a line break"),
+        "{text}"
+    );
+    let (code, text) = check(
+        "",
+        &[
+            ("PASSPORT_SLACK__BOT_TOKEN", "xoxb-1-2-very secret".into()),
+            (
+                "PASSPORT_SLACK__SIGNING_SECRET",
+                "8f742231b10e8888\u{7}verysecret85a5".into(),
+            ),
+        ],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("slack.bot_token: contains a space"), "{text}");
+    assert!(
+        text.contains("slack.signing_secret: contains a control character"),
+        "{text}"
+    );
+}

@@ -1111,11 +1111,28 @@ async fn gateway_interactions_map_to_the_same_commands() {
         global_name: None,
         bot: Some(false),
     };
+    // The same words in another server the bot is in do nothing.
     inbound
-        .thread_message(author(OTHER), &message, "1990000000000000001", "extend 1h")
+        .thread_message(
+            "1399999999999999999",
+            author(DEV),
+            &message,
+            "1990000000000000000",
+            "extend 1h",
+        )
         .await;
     inbound
         .thread_message(
+            GUILD_ID,
+            author(OTHER),
+            &message,
+            "1990000000000000001",
+            "extend 1h",
+        )
+        .await;
+    inbound
+        .thread_message(
+            GUILD_ID,
             author(DEV),
             &message,
             "1990000000000000002",
@@ -1123,7 +1140,13 @@ async fn gateway_interactions_map_to_the_same_commands() {
         )
         .await;
     inbound
-        .thread_message(author(DEV), &message, "1990000000000000003", "extend 1h")
+        .thread_message(
+            GUILD_ID,
+            author(DEV),
+            &message,
+            "1990000000000000003",
+            "extend 1h",
+        )
         .await;
     assert_eq!(app.events(1, "extended").await, 1);
     let thread = app.fake.thread(&message);
@@ -1134,7 +1157,13 @@ async fn gateway_interactions_map_to_the_same_commands() {
     assert!(contains(&thread, "AR-1 extended by 1h"), "{thread:?}");
     assert!(!contains(&thread, "looks good"));
     inbound
-        .thread_message(author(DEV), &message, "1990000000000000004", "done")
+        .thread_message(
+            GUILD_ID,
+            author(DEV),
+            &message,
+            "1990000000000000004",
+            "done",
+        )
         .await;
     assert_eq!(app.state(1).await, RequestState::Completed);
 }
@@ -1374,4 +1403,67 @@ async fn readiness_asks_discord_for_the_bot_user() {
     assert!(said.contains("401"), "{said}");
     assert!(said.contains("PASSPORT_DISCORD__BOT_TOKEN"), "{said}");
     assert!(!said.contains("not-the-token"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_is_escaped_in_threads_direct_messages_answers_and_audit_lines() {
+    let app = spawn_app().await;
+    let hostile = format!(
+        "@everyone <@&{APPROVER_ROLE}> [log in](https://evil.example/x) ||spoiler|| **loud** -# small"
+    );
+    let answer = app
+        .command(
+            DEV,
+            "request",
+            &[
+                ("instances", WEB),
+                ("ticket", "ticket#1"),
+                ("reason", &hostile),
+            ],
+        )
+        .await;
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    app.settle().await;
+    let (_, message) = app.card(1).await;
+    let answer = app
+        .command(LEAD1, "deny", &[("request", "AR-1"), ("reason", &hostile)])
+        .await;
+    assert!(answer.text().contains("denied"), "{}", answer.body);
+    app.deliver_everything().await;
+
+    let sent = [
+        ("thread", app.fake.posts_in(&message)),
+        ("direct message", app.fake.dm_calls(DEV)),
+        ("audit", app.fake.posts_in(AUDIT)),
+    ];
+    for (place, calls) in &sent {
+        assert!(
+            calls.iter().any(|c| c.all_text().contains("evil.example")),
+            "the reason reached the {place}: {calls:?}"
+        );
+        for c in calls {
+            let text = c.all_text();
+            for raw in [
+                "@everyone",
+                "<@&",
+                "[log in](",
+                "||spoiler||",
+                "**loud**",
+                "-# small",
+            ] {
+                assert!(!text.contains(raw), "{place}: {raw} unescaped in {text}");
+            }
+            assert_eq!(
+                c.payload()["allowed_mentions"],
+                json!({ "parse": [] }),
+                "{place}"
+            );
+        }
+    }
+    // What the person typed is still shown as typed.
+    let thread = app.fake.thread(&message).join("\n");
+    assert!(
+        thread.contains("\\[log in\\]\\(https://evil.example/x\\)"),
+        "{thread}"
+    );
 }

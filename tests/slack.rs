@@ -1103,7 +1103,7 @@ async fn doctor_names_a_channel_the_bot_is_not_in() {
         String::from_utf8_lossy(&out.stderr)
     );
     for line in [
-        "ok    slack token: bot passport in Fake Workspace (T0FAKE)",
+        "ok    slack token: bot passport in Fake Workspace (T0TEAM)",
         "ok    slack channel: #access-requests: the bot is a member",
         "ok    slack channel: C0AUDIT: the bot is a member",
         "FAIL  slack channel: #not-joined: the bot is not a member: type /invite @Passport in it",
@@ -1211,6 +1211,374 @@ async fn a_stale_timestamp_is_refused() {
         )
         .await;
     assert_eq!(answer.status, 200);
+}
+
+// ---------------------------------------------------------------------------
+// Only Passport's own workspace, enterprise and app
+
+/// The log lines written on this test's thread while the guard lives (tests
+/// run on a current-thread runtime, so the server's tasks log here too).
+struct Logs {
+    buffer: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Self {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = LogWriter(buffer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        Self {
+            buffer,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap()).into_owned()
+    }
+}
+
+impl TestApp {
+    /// Posts `body` to `path`, signed with Passport's own signing secret.
+    async fn post_signed(&self, path: &str, content_type: &str, body: &str) -> Answer {
+        self.post(path, content_type, body, &self.signed(body))
+            .await
+    }
+
+    /// A slash command with the form field `field` set to `value`.
+    fn command_body_with(&self, user: &str, text: &str, field: &str, value: &str) -> String {
+        let mut form: Vec<(String, String)> =
+            serde_urlencoded::from_str(&self.command_body(user, text)).unwrap();
+        match form.iter_mut().find(|(k, _)| k == field) {
+            Some(pair) => pair.1 = value.to_owned(),
+            None => form.push((field.to_owned(), value.to_owned())),
+        }
+        serde_urlencoded::to_string(form).unwrap()
+    }
+
+    /// A click whose payload `edit` changed first.
+    fn click_body_with(
+        &self,
+        user: &str,
+        value: &str,
+        channel: &str,
+        ts: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> String {
+        let form: Vec<(String, String)> =
+            serde_urlencoded::from_str(&self.click_body(user, value, channel, ts, None)).unwrap();
+        let mut payload: Value = serde_json::from_str(&form[0].1).unwrap();
+        edit(&mut payload);
+        serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+    }
+
+    async fn requests_made(&self) -> usize {
+        let mut n = 0;
+        while self
+            .built
+            .store
+            .get(RequestId::parse(&format!("AR-{}", n + 1)).unwrap())
+            .await
+            .unwrap()
+            .is_some()
+        {
+            n += 1;
+        }
+        n
+    }
+}
+
+const FOREIGN_REFUSAL: &str =
+    "request refused: not from the Slack workspace and app Passport serves";
+
+#[tokio::test]
+async fn slash_commands_from_another_workspace_enterprise_or_app_are_refused() {
+    let logs = Logs::capture();
+    let app = spawn_app().await;
+    let text = format!("request {WEB} 1h ticket#1 x");
+    for (field, value) in [
+        // The same app installed in another workspace signs with the same secret.
+        ("team_id", "T0OTHERTEAM"),
+        ("enterprise_id", "E0OTHERORG"),
+        // Another app given the same signing secret.
+        ("api_app_id", "A0OTHERAPP"),
+        // Fields Slack always sends: their absence is no proof of anything.
+        ("team_id", ""),
+        ("api_app_id", ""),
+    ] {
+        let body = app.command_body_with(DEV, &text, field, value);
+        let answer = app
+            .post_signed(
+                "/slack/commands",
+                "application/x-www-form-urlencoded",
+                &body,
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (401, FOREIGN_REFUSAL),
+            "{field}={value}"
+        );
+    }
+    app.settle().await;
+    assert_eq!(app.requests_made().await, 0, "nothing was created");
+    assert!(app.fake.posts_in(APPROVALS).is_empty());
+    assert!(app.fake.responses().is_empty(), "nobody was answered");
+    let log = logs.text();
+    for id in ["T0OTHERTEAM", "E0OTHERORG", "A0OTHERAPP"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("slash command refused") && l.contains(id)),
+            "no refusal naming {id} in:\n{log}"
+        );
+    }
+    for secret in [SECRET, BOT_TOKEN] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+
+    // The workspace and app Passport learnt from auth.test and bots.info still get in.
+    let answer = app.command(DEV, &text).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+}
+
+#[tokio::test]
+async fn clicks_forms_and_thread_messages_from_elsewhere_are_refused() {
+    let logs = Logs::capture();
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+
+    type Edit = fn(&mut Value);
+    let clicks: [(&str, Edit); 5] = [
+        ("T0OTHERTEAM", |p| p["team"]["id"] = json!("T0OTHERTEAM")),
+        // A Slack Connect partner clicking Approve on a card in a shared channel.
+        ("T0PARTNER", |p| p["user"]["team_id"] = json!("T0PARTNER")),
+        ("E0OTHERORG", |p| {
+            p["enterprise"] = json!({ "id": "E0OTHERORG" })
+        }),
+        ("A0OTHERAPP", |p| p["api_app_id"] = json!("A0OTHERAPP")),
+        ("no app", |p| {
+            p.as_object_mut().unwrap().remove("api_app_id");
+        }),
+    ];
+    for (what, edit) in clicks {
+        let body = app.click_body_with(LEAD1, "approve AR-1", &channel, &ts, edit);
+        let answer = app
+            .post_signed(
+                "/slack/interactions",
+                "application/x-www-form-urlencoded",
+                &body,
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (401, FOREIGN_REFUSAL),
+            "{what}"
+        );
+    }
+
+    // The request form, submitted from another workspace.
+    let form = json!({
+        "type": "view_submission",
+        "team": { "id": "T0OTHERTEAM" },
+        "user": { "id": DEV, "username": "dev1", "team_id": "T0OTHERTEAM" },
+        "api_app_id": "A0PASSPORT",
+        "trigger_id": format!("{}.9.form", unique()),
+        "view": {
+            "id": "V0FAKE", "type": "modal", "callback_id": "passport_request",
+            "private_metadata": "C0GENERAL", "blocks": [],
+            "state": { "values": {
+                "instances": { "value": { "type": "plain_text_input", "value": WEB } },
+                "ticket": { "value": { "type": "plain_text_input", "value": "ticket#2" } },
+                "reason": { "value": { "type": "plain_text_input", "value": "r" } }
+            } }
+        }
+    });
+    let body = serde_urlencoded::to_string([("payload", form.to_string())]).unwrap();
+    let answer = app
+        .post_signed(
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+
+    // Thread messages: from another workspace, for another app, and from a
+    // Slack Connect partner writing in the card's thread in a shared channel.
+    type EventEdit = fn(&mut Value);
+    let events: [(&str, EventEdit); 4] = [
+        ("T0OTHERTEAM", |b| b["team_id"] = json!("T0OTHERTEAM")),
+        ("A0OTHERAPP", |b| b["api_app_id"] = json!("A0OTHERAPP")),
+        ("E0OTHERORG", |b| b["enterprise_id"] = json!("E0OTHERORG")),
+        ("T0PARTNER", |b| {
+            b["event"]["user_team"] = json!("T0PARTNER")
+        }),
+    ];
+    for (what, edit) in events {
+        let mut body: Value = serde_json::from_str(&app.event_body(
+            &format!("Ev{}", unique()),
+            LEAD1,
+            &channel,
+            &ts,
+            "approve",
+        ))
+        .unwrap();
+        edit(&mut body);
+        let body = body.to_string();
+        let answer = app
+            .post_signed("/slack/events", "application/json", &body)
+            .await;
+        assert_eq!(answer.status, 401, "{what}");
+    }
+
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Pending, "nobody approved");
+    assert_eq!(app.events(1, "approved").await, 0);
+    assert_eq!(app.requests_made().await, 1, "the form created nothing");
+    assert!(app.fake.ephemerals(LEAD1).is_empty(), "nobody was answered");
+    let log = logs.text();
+    for id in ["T0OTHERTEAM", "T0PARTNER", "E0OTHERORG", "A0OTHERAPP"] {
+        assert!(
+            log.lines().any(|l| l.contains("refused") && l.contains(id)),
+            "no refusal naming {id} in:\n{log}"
+        );
+    }
+
+    // From Passport's own workspace and app, the click acts.
+    let answer = app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    assert_eq!(answer.status, 200);
+    app.settle().await;
+    assert_eq!(app.events(1, "approved").await, 1);
+}
+
+#[tokio::test]
+async fn the_workspace_is_learnt_at_start_with_its_enterprise_unless_configured() {
+    // In an Enterprise Grid organization: auth.test names it, and requests
+    // must name the same one.
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    fake.set_enterprise("E0GRID");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("passport.db");
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let app = start(&fake, &db, clock.clone(), Duration::from_millis(2500)).await;
+    assert!(fake.calls().iter().any(|c| c.method == "auth.test"));
+    assert!(fake.calls().iter().any(|c| c.method == "bots.info"));
+    let text = format!("request {WEB} 1h ticket#1 x");
+    let ours = app.command_body_with(DEV, &text, "enterprise_id", "E0GRID");
+    let answer = app
+        .post_signed(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &ours,
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let theirs = app.command_body_with(DEV, &text, "enterprise_id", "E0ELSEWHERE");
+    let answer = app
+        .post_signed(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &theirs,
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+    app.built.store.close().await;
+    app.server.abort();
+
+    // Configured ids are used as they are, without asking Slack.
+    let calls = fake.calls().len();
+    let mut named = config(&db, &fake);
+    if let Some(slack) = named.slack.as_mut() {
+        slack.team_id = "T0TEAM".into();
+        slack.app_id = "A0CONFIGURED".into();
+    }
+    let app = start_with(
+        named,
+        &fake,
+        &db,
+        clock.clone(),
+        Duration::from_millis(2500),
+        None,
+    )
+    .await;
+    assert!(
+        fake.calls()[calls..]
+            .iter()
+            .all(|c| c.method != "auth.test" && c.method != "bots.info"),
+        "{:?}",
+        fake.calls()
+    );
+    let body = app.command_body_with(DEV, "list", "api_app_id", "A0PASSPORT");
+    let answer = app
+        .post_signed(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, 401, "only the configured app is Passport's");
+    let body = app.command_body_with(DEV, "list", "api_app_id", "A0CONFIGURED");
+    let answer = app
+        .post_signed(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    app.built.store.close().await;
+    app.server.abort();
+
+    // A configured workspace the bot token does not belong to stops the start.
+    let mut elsewhere = config(&db, &fake);
+    if let Some(slack) = elsewhere.slack.as_mut() {
+        slack.team_id = "T0ELSEWHERE".into();
+    }
+    let settings = elsewhere.validate().unwrap();
+    let refused = startup::slack_app(
+        &settings,
+        settings.slack.as_ref().unwrap(),
+        SlackOptions {
+            clock: Arc::new(clock),
+            provisioner: startup::logged_dry_run(&settings),
+            ack_deadline: Duration::from_millis(2500),
+            dry_run_label: false,
+            probes: Vec::new(),
+        },
+    )
+    .await;
+    let Err(e) = refused else {
+        panic!("started with a workspace the token does not belong to")
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("slack.team_id is T0ELSEWHERE") && e.contains("T0TEAM"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -1566,7 +1934,7 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
         "type": "slash_commands",
         "accepts_response_payload": true,
         "payload": {
-            "token": "t", "team_id": "T0TEAM", "channel_id": "C0GENERAL", "user_id": DEV,
+            "token": "t", "team_id": "T0TEAM", "api_app_id": "A0PASSPORT", "channel_id": "C0GENERAL", "user_id": DEV,
             "command": "/passport", "text": format!("request {WEB} 1h ticket#3 over the socket"),
             "response_url": format!("{}/response/77", fake.base), "trigger_id": "77.1.a"
         }
@@ -1587,6 +1955,23 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
         "{:?}",
         fake.responses()
     );
+    // The same command from another workspace is acknowledged and does nothing.
+    fake.socket_send(&json!({
+        "envelope_id": "env-foreign",
+        "type": "slash_commands",
+        "accepts_response_payload": true,
+        "payload": {
+            "token": "t", "team_id": "T0OTHERTEAM", "api_app_id": "A0PASSPORT", "channel_id": "C0GENERAL", "user_id": DEV,
+            "command": "/passport", "text": format!("request {WEB} 1h ticket#9 from elsewhere"),
+            "response_url": format!("{}/response/99", fake.base), "trigger_id": "99.1.z"
+        }
+    }));
+    eventually("the acknowledgement of env-foreign", || {
+        fake.calls()
+            .iter()
+            .any(|c| c.method == "socket.ack" && c.params["envelope_id"] == "env-foreign")
+    })
+    .await;
     built.app.scheduler.settle().await.unwrap();
     let card = fake.posts_in(APPROVALS)[0].clone();
 
@@ -1595,6 +1980,8 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
     eventually("a second connection", || fake.socket_connections() == 2).await;
     let payload = json!({
         "type": "block_actions",
+        "team": { "id": "T0TEAM" },
+        "api_app_id": "A0PASSPORT",
         "user": { "id": LEAD1, "username": "lead1" },
         "trigger_id": "78.1.b",
         "container": { "type": "message", "message_ts": card.ts, "channel_id": APPROVALS },
@@ -1625,6 +2012,8 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
     // A form submitted with a bad field: the errors travel in the acknowledgement.
     let form = json!({
         "type": "view_submission",
+        "team": { "id": "T0TEAM" },
+        "api_app_id": "A0PASSPORT",
         "user": { "id": DEV, "username": "dev1" },
         "trigger_id": "79.1.c",
         "view": {
@@ -1651,6 +2040,9 @@ async fn socket_mode_acknowledges_first_and_reconnects() {
         ack.params
     );
     assert!(ack.params["payload"]["errors"]["instances"].is_string());
+    // Only Passport's own workspace was answered and made a request.
+    assert_eq!(fake.responses().len(), 1, "{:?}", fake.responses());
+    assert_eq!(fake.posts_in(APPROVALS).len(), 1);
     socket.abort();
     built.app.store.close().await;
 }

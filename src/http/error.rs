@@ -12,6 +12,9 @@ pub enum HttpError {
     TooLarge(usize),
     #[error("request signature refused: {0}")]
     Unauthorized(#[from] VerifyError),
+    /// Signed, but from another Slack workspace, enterprise or app.
+    #[error("request refused: not from the Slack workspace and app Passport serves")]
+    Foreign,
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -31,6 +34,7 @@ impl IntoResponse for HttpError {
             HttpError::Unauthorized(_) => {
                 (StatusCode::UNAUTHORIZED, "invalid request signature".into())
             }
+            HttpError::Foreign => (StatusCode::UNAUTHORIZED, self.to_string()),
             HttpError::BadRequest(what) => (StatusCode::BAD_REQUEST, what.clone()),
             HttpError::Unavailable(what) => (StatusCode::SERVICE_UNAVAILABLE, what.clone()),
             HttpError::TimedOut => (

@@ -374,6 +374,8 @@ fn answer(ack: Ack) -> Response {
     match ack {
         Ack::Empty => StatusCode::OK.into_response(),
         Ack::Json(v) => Json(v).into_response(),
+        // The adapter logged which id did not match.
+        Ack::Refused => HttpError::Foreign.into_response(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! A fake Slack Web API on 127.0.0.1 that speaks Slack's HTTP protocol:
 //! it records every call (`chat.postMessage`, `chat.update`, `chat.delete`,
 //! `chat.postEphemeral`, `conversations.open`, `users.info`, `auth.test`,
+//! `bots.info`,
 //! `conversations.list`, `conversations.info`,
 //! `usergroups.users.list`, `views.open`, and posts to `response_url`s),
 //! refuses payloads over Slack's limits the way Slack does, can answer
@@ -20,6 +21,10 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 pub const BOT_TOKEN: &str = "xoxb-fake-bot-token";
+/// The workspace the bot token belongs to, as `auth.test` says.
+pub const TEAM: &str = "T0TEAM";
+/// The bot's app, as `bots.info` says.
+pub const APP: &str = "A0PASSPORT";
 
 /// The channels `conversations.list`/`conversations.info` know: id, name,
 /// and whether the bot is a member.
@@ -94,6 +99,8 @@ struct Inner {
     down: std::sync::atomic::AtomicBool,
     /// Calls naming one of these channels are never answered (a stall).
     stalled_channels: Mutex<HashSet<String>>,
+    /// The Enterprise Grid organization `auth.test` names, if any.
+    enterprise: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -145,6 +152,11 @@ impl FakeSlack {
     /// Answers `method` normally again.
     pub fn heal_method(&self, method: &str) {
         self.inner.failing.lock().unwrap().remove(method);
+    }
+
+    /// Puts the workspace in an Enterprise Grid organization, for `auth.test`.
+    pub fn set_enterprise(&self, enterprise: &str) {
+        *self.inner.enterprise.lock().unwrap() = Some(enterprise.to_owned());
     }
 
     /// Socket Mode connections accepted so far.
@@ -481,10 +493,27 @@ async fn api(
     match method.as_str() {
         "auth.test" => {
             record(None, None, None);
-            Json(json!({
+            let mut answer = json!({
                 "ok": true, "url": "https://fake.slack.com/", "team": "Fake Workspace",
-                "user": "passport", "team_id": "T0FAKE", "user_id": "U0PASSPORT", "bot_id": "B0PASSPORT",
-            }))
+                "user": "passport", "team_id": TEAM, "user_id": "U0PASSPORT", "bot_id": "B0PASSPORT",
+                "is_enterprise_install": false,
+            });
+            if let Some(e) = inner.enterprise.lock().unwrap().clone() {
+                answer["enterprise_id"] = json!(e);
+            }
+            Json(answer).into_response()
+        }
+        "bots.info" => {
+            if str_param("bot") != "B0PASSPORT" {
+                record(Some("bot_not_found"), None, None);
+                return slack_error("bot_not_found");
+            }
+            record(None, None, None);
+            Json(json!({ "ok": true, "bot": {
+                "id": "B0PASSPORT", "deleted": false, "name": "passport", "updated": 1_700_000_000,
+                "app_id": APP, "user_id": "U0PASSPORT",
+                "icons": { "image_36": "https://fake.slack.com/36.png" },
+            } }))
             .into_response()
         }
         // The workspace's channels, and whether the bot is in each.

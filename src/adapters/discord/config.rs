@@ -165,7 +165,15 @@ impl DiscordConfig {
             }
         };
         let bot_token = match &self.bot_token {
-            Some(t) if t.expose().trim().len() < 20 || t.expose().contains(char::is_whitespace) => {
+            // A line ending a secret file adds is already gone (`Secret::new`).
+            Some(t) if t.flaw().is_some() => {
+                errors.push(format!(
+                    "discord.bot_token: {}: copy it again without it (the value is not shown)",
+                    t.flaw().unwrap_or_default()
+                ));
+                None
+            }
+            Some(t) if t.expose().len() < 20 => {
                 errors.push("discord.bot_token: not a bot token: copy it from the Developer Portal (Bot → Reset Token)".into());
                 None
             }

@@ -77,14 +77,16 @@ impl EventHandler for Handler {
     }
 
     async fn message(&self, _ctx: Context, message: Message) {
-        // Only messages in server channels: a thread belongs to a server.
-        if message.guild_id.is_none() {
+        // Only messages in server channels: a thread belongs to a server
+        // (and Passport serves one, which `thread_message` checks).
+        let Some(guild) = message.guild_id else {
             return;
-        }
+        };
         let inbound = self.inbound.clone();
         tokio::spawn(async move {
             inbound
                 .thread_message(
+                    &guild.to_string(),
                     author_of(&message),
                     &message.channel_id.to_string(),
                     &message.id.to_string(),

@@ -282,6 +282,10 @@ impl Inbound {
             None => i.kind == APPLICATION_COMMAND,
         };
         if elsewhere {
+            tracing::warn!(
+                guild = i.guild_id.as_deref().unwrap_or("-"),
+                "a Discord interaction from outside the configured server refused"
+            );
             return (
                 ephemeral("Passport works only in the server it is set up for: ask there"),
                 None,
@@ -362,15 +366,20 @@ impl Inbound {
     /// A message someone wrote in a channel (over the gateway). In a
     /// request's thread, a command (`extend 1h`, `+30m`, `done`) acts on that
     /// request and is answered in the thread; anything else is conversation
-    /// and gets no answer.
+    /// and gets no answer. Messages in another server are ignored.
     pub async fn thread_message(
         self: &Arc<Self>,
+        guild: &str,
         author: UserPayload,
         channel: &str,
         message: &str,
         text: &str,
     ) {
         if author.bot == Some(true) || !looks_like_command(text) {
+            return;
+        }
+        if guild != self.guild {
+            tracing::warn!(guild, "a message in another Discord server ignored: Passport serves only its configured server");
             return;
         }
         if !self.seen.first(&format!("message:{message}")) {

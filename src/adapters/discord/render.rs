@@ -7,6 +7,9 @@
 //! What people typed (reasons, tickets, names) is escaped so it shows as
 //! typed, and every message says exactly whom it may notify
 //! (`allowed_mentions`), so a reason containing `@everyone` notifies nobody.
+//! Cards escape each field; thread replies, direct messages, answers and
+//! audit lines arrive as finished text, so [`escape_text`] escapes all of it
+//! but Passport's own code spans.
 
 use std::collections::BTreeMap;
 
@@ -59,6 +62,34 @@ pub fn escape(text: &str) -> String {
             out.push('\\');
         }
         out.push(c);
+    }
+    out
+}
+
+/// Escapes a finished text (a thread reply, direct message, answer or audit
+/// line) so that only its code spans keep their meaning. Passport's texts use
+/// no markdown but `` `code` `` spans around commands and user names, inside
+/// which Discord parses nothing (no mentions, links or formatting); anything
+/// people typed sits between them and is escaped. A backtick someone typed
+/// can only make more of the text a code span, which shows it literally; an
+/// unpaired last one is escaped.
+pub fn escape_text(text: &str) -> String {
+    let parts: Vec<&str> = text.split('`').collect();
+    let paired = if parts.len() % 2 == 1 {
+        parts.len()
+    } else {
+        parts.len() - 1
+    };
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push_str(if i < paired { "`" } else { "\\`" });
+        }
+        if i % 2 == 0 || i >= paired {
+            out.push_str(&escape(part));
+        } else {
+            out.push_str(part);
+        }
     }
     out
 }
@@ -303,6 +334,7 @@ pub fn card_message(card: &CardView, mentions: &Mentions) -> Value {
 /// is longer than a message's content may be), and buttons if any. It
 /// notifies nobody.
 pub fn text_message(text: &str, actions: &[Action]) -> Value {
+    let text = &escape_text(text);
     let mut message = if chars(text) <= MAX_CONTENT {
         json!({ "content": text })
     } else {
@@ -319,7 +351,7 @@ pub fn text_message(text: &str, actions: &[Action]) -> Value {
 /// One audit line.
 pub fn audit_message(line: &str) -> Value {
     json!({
-        "content": clip(line, MAX_CONTENT),
+        "content": clip(&escape_text(line), MAX_CONTENT),
         "allowed_mentions": { "parse": [] },
     })
 }
@@ -455,6 +487,34 @@ mod tests {
         assert!(chars(m["content"].as_str().unwrap()) <= MAX_CONTENT);
         assert!(chars(m["embeds"][0]["description"].as_str().unwrap()) <= MAX_DESCRIPTION);
         assert_eq!(text_message("short", &[])["content"], "short");
+    }
+
+    #[test]
+    fn finished_texts_are_escaped_but_for_their_code_spans() {
+        let hostile = "@everyone [click](https://evil.example) <@&1> ||x|| **b**\n-# small";
+        let text = format!("AR-1 denied by lead: {hostile}. Reply `extend AR-1 1h`.");
+        let out = escape_text(&text);
+        assert!(out.contains("`extend AR-1 1h`"), "{out}");
+        for raw in [
+            "@everyone",
+            "[click](",
+            "<@&1>",
+            "||x||",
+            "**b**",
+            "-# small",
+        ] {
+            assert!(!out.contains(raw), "{raw} left in {out}");
+        }
+        // Someone's backtick makes a code span (shown literally) or is escaped.
+        assert_eq!(escape_text("a ` @here"), "a \\` \\@here");
+        assert_eq!(escape_text("`x` y"), "`x` y");
+        let m = text_message(&text, &[]);
+        assert_eq!(m["content"], json!(out));
+        assert_eq!(m["allowed_mentions"], json!({ "parse": [] }));
+        assert!(!audit_message(hostile)["content"]
+            .as_str()
+            .unwrap()
+            .contains("[click]("));
     }
 
     #[test]

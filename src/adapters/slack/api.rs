@@ -128,6 +128,16 @@ impl Pacer {
     }
 }
 
+/// What `auth.test` says about the bot token.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Whoami {
+    pub team_id: String,
+    #[serde(default)]
+    pub enterprise_id: Option<String>,
+    #[serde(default)]
+    pub bot_id: Option<String>,
+}
+
 /// Where a posted message lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Posted {
@@ -283,6 +293,28 @@ impl SlackApi {
             format!("{} ({})", res.team, res.team_id),
             res.user.unwrap_or_else(|| res.user_id.to_string()),
         ))
+    }
+
+    /// `auth.test` read for the ids Passport binds to: the workspace, its
+    /// enterprise (Enterprise Grid only) and the bot. Read as JSON here because
+    /// the client's own type leaves out `enterprise_id`.
+    pub async fn whoami(&self) -> Result<Whoami, ChatError> {
+        let params: Vec<(&str, Option<&str>)> = Vec::new();
+        self.session()
+            .http_session_api
+            .http_get::<Whoami, _, _>("auth.test", &params, None)
+            .await
+            .map_err(|e| chat_error(&e))
+    }
+
+    /// The app a bot belongs to (`bots.info`).
+    pub async fn app_of_bot(&self, bot: &str) -> Result<String, ChatError> {
+        let res = self
+            .session()
+            .bots_info(&SlackApiBotsInfoRequest::new().with_bot(bot.to_owned()))
+            .await
+            .map_err(|e| chat_error(&e))?;
+        Ok(res.bot.app_id)
     }
 
     /// Whether the bot is a member of `channel` (an id, or `#name`): `None`

@@ -37,6 +37,13 @@ pub struct SlackConfig {
     pub channel_pace: String,
     /// How long one Web API call may take before it counts as failed.
     pub call_timeout: String,
+    /// The workspace (`T…`) Passport serves. Empty: the bot token's, from `auth.test`.
+    pub team_id: String,
+    /// The Enterprise Grid organization (`E…`) of that workspace, if any.
+    /// Empty: from `auth.test` (or none when `team_id` and `app_id` are set).
+    pub enterprise_id: String,
+    /// Passport's Slack app (`A…`). Empty: the bot's, from `bots.info`.
+    pub app_id: String,
 }
 
 impl Default for SlackConfig {
@@ -53,6 +60,9 @@ impl Default for SlackConfig {
             cache_ttl: "60s".into(),
             channel_pace: "1s".into(),
             call_timeout: "10s".into(),
+            team_id: String::new(),
+            enterprise_id: String::new(),
+            app_id: String::new(),
         }
     }
 }
@@ -82,6 +92,11 @@ pub struct SlackSettings {
     pub cache_ttl: Duration,
     pub channel_pace: Duration,
     pub call_timeout: Duration,
+    /// The workspace, enterprise and app requests must come from, where the
+    /// configuration names them; the rest is learnt at start.
+    pub team_id: Option<String>,
+    pub enterprise_id: Option<String>,
+    pub app_id: Option<String>,
 }
 
 fn is_channel(text: &str) -> bool {
@@ -108,23 +123,21 @@ impl SlackConfig {
             }
         };
         // A line ending a secret file adds is already gone (`Secret::new`);
-        // any other space would be sent to Slack as part of the secret.
+        // anything else would be sent to Slack as part of the secret.
         for (field, secret) in [
             ("bot_token", &self.bot_token),
             ("signing_secret", &self.signing_secret),
             ("app_token", &self.app_token),
         ] {
-            if secret
-                .as_ref()
-                .is_some_and(|s| s.expose().contains(char::is_whitespace))
-            {
+            if let Some(flaw) = secret.as_ref().and_then(Secret::flaw) {
                 errors.push(format!(
-                    "slack.{field}: contains a space or line break: copy it again without one"
+                    "slack.{field}: {flaw}: copy it again without it (the value is not shown)"
                 ));
             }
         }
+        let flawed = |s: &Secret| s.flaw().is_some();
         let bot_token = match &self.bot_token {
-            Some(t) if t.expose().contains(char::is_whitespace) => None,
+            Some(t) if flawed(t) => None,
             Some(t) if t.expose().starts_with("xoxb-") => Some(t.clone()),
             Some(_) => {
                 errors.push("slack.bot_token: not a bot token: copy the one starting with xoxb- from OAuth & Permissions".into());
@@ -136,7 +149,7 @@ impl SlackConfig {
             }
         };
         let signing_secret = match &self.signing_secret {
-            Some(s) if s.expose().contains(char::is_whitespace) => None,
+            Some(s) if flawed(s) => None,
             Some(s) if s.expose().len() < 16 => {
                 errors.push("slack.signing_secret: too short to be a signing secret: copy it from Basic Information → App Credentials".into());
                 None
@@ -149,7 +162,7 @@ impl SlackConfig {
             None => None,
         };
         let app_token = match &self.app_token {
-            Some(t) if t.expose().contains(char::is_whitespace) => None,
+            Some(t) if flawed(t) => None,
             Some(t) if !t.expose().starts_with("xapp-") => {
                 errors.push("slack.app_token: not an app-level token: create one starting with xapp- with the connections:write scope (Basic Information → App-Level Tokens)".into());
                 None
@@ -195,6 +208,25 @@ impl SlackConfig {
                 ));
             }
         }
+        let mut slack_id = |field: &str, value: &str, first: char, what: &str| {
+            let value = value.trim();
+            if value.is_empty() {
+                return None;
+            }
+            let ok = value.starts_with(first)
+                && value.len() >= 2
+                && value.len() <= 32
+                && value.chars().all(|c| c.is_ascii_alphanumeric());
+            if !ok {
+                errors.push(format!(
+                    "slack.{field}: {value:?} is not a Slack {what} id: use the id starting with {first}, or leave it out to learn it from the bot token"
+                ));
+            }
+            Some(value.to_owned())
+        };
+        let team_id = slack_id("team_id", &self.team_id, 'T', "workspace");
+        let enterprise_id = slack_id("enterprise_id", &self.enterprise_id, 'E', "Enterprise Grid");
+        let app_id = slack_id("app_id", &self.app_id, 'A', "app");
         let mut duration = |field: &str, text: &str, max: Span| match parse_setting_within(
             &format!("slack.{field}"),
             text,
@@ -233,6 +265,9 @@ impl SlackConfig {
             cache_ttl,
             channel_pace,
             call_timeout,
+            team_id,
+            enterprise_id,
+            app_id,
         })
     }
 }

@@ -39,6 +39,7 @@ use super::api::SlackApi;
 use super::blocks::{request_form, text_content, REQUEST_FORM};
 use super::identity::People;
 use super::surface::SURFACE;
+use super::workspace::{Origin, Workspace};
 
 /// How long the answer to Slack waits for the work, by default: Slack gives 3 s.
 pub const ACK_DEADLINE: Duration = Duration::from_millis(2500);
@@ -61,6 +62,23 @@ pub struct SlashCommand {
     pub response_url: Option<String>,
     #[serde(default)]
     pub trigger_id: Option<String>,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    #[serde(default)]
+    pub enterprise_id: Option<String>,
+    #[serde(default)]
+    pub api_app_id: Option<String>,
+}
+
+impl SlashCommand {
+    fn origin(&self) -> Origin<'_> {
+        Origin {
+            enterprise: self.enterprise_id.as_deref(),
+            app: self.api_app_id.as_deref(),
+            ..Origin::default()
+        }
+        .team(self.team_id.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +88,9 @@ pub struct InteractionUser {
     pub username: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+    /// The person's own workspace.
+    #[serde(default)]
+    pub team_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -162,6 +183,24 @@ pub struct Interaction {
     pub actions: Vec<ActionInfo>,
     #[serde(default)]
     pub view: Option<ViewInfo>,
+    #[serde(default)]
+    pub team: Option<IdOnly>,
+    #[serde(default)]
+    pub enterprise: Option<IdOnly>,
+    #[serde(default)]
+    pub api_app_id: Option<String>,
+}
+
+impl Interaction {
+    fn origin(&self) -> Origin<'_> {
+        Origin {
+            enterprise: self.enterprise.as_ref().map(|e| e.id.as_str()),
+            app: self.api_app_id.as_deref(),
+            ..Origin::default()
+        }
+        .team(self.team.as_ref().map(|t| t.id.as_str()))
+        .team(self.user.as_ref().and_then(|u| u.team_id.as_deref()))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -182,6 +221,14 @@ pub struct MessageEvent {
     pub ts: Option<String>,
     #[serde(default)]
     pub thread_ts: Option<String>,
+    /// The writer's own workspace, and the one the message was sent from
+    /// (a Slack Connect partner's differ from Passport's).
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub user_team: Option<String>,
+    #[serde(default)]
+    pub source_team: Option<String>,
 }
 
 /// An Events API body (JSON).
@@ -195,6 +242,27 @@ pub struct EventBody {
     pub event_id: Option<String>,
     #[serde(default)]
     pub event: Option<MessageEvent>,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    #[serde(default)]
+    pub enterprise_id: Option<String>,
+    #[serde(default)]
+    pub api_app_id: Option<String>,
+}
+
+impl EventBody {
+    fn origin(&self) -> Origin<'_> {
+        let event = self.event.as_ref();
+        Origin {
+            enterprise: self.enterprise_id.as_deref(),
+            app: self.api_app_id.as_deref(),
+            ..Origin::default()
+        }
+        .team(self.team_id.as_deref())
+        .team(event.and_then(|e| e.team.as_deref()))
+        .team(event.and_then(|e| e.user_team.as_deref()))
+        .team(event.and_then(|e| e.source_team.as_deref()))
+    }
 }
 
 /// What to answer Slack at once.
@@ -204,6 +272,9 @@ pub enum Ack {
     Empty,
     /// A JSON body (or Socket Mode acknowledgement payload).
     Json(Value),
+    /// Not from Passport's workspace, enterprise or app: nothing was done.
+    /// Over HTTP a 401; over Socket Mode a bare acknowledgement.
+    Refused,
 }
 
 /// How the answer to a slash command reaches the person.
@@ -225,6 +296,8 @@ pub struct Inbound {
     people: Arc<People>,
     /// Direct messages go through the surface, which remembers each DM channel.
     surface: Arc<dyn ChatSurface>,
+    /// What every payload must come from.
+    workspace: Workspace,
     seen: Seen,
     /// How long an answer waits for the work.
     pub deadline: Duration,
@@ -271,12 +344,14 @@ impl Inbound {
         api: Arc<SlackApi>,
         people: Arc<People>,
         surface: Arc<dyn ChatSurface>,
+        workspace: Workspace,
     ) -> Self {
         Self {
             engine,
             api,
             people,
             surface,
+            workspace,
             seen: Seen::default(),
             deadline: ACK_DEADLINE,
         }
@@ -286,6 +361,26 @@ impl Inbound {
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// Whether `origin` is Passport's workspace, enterprise and app; a
+    /// refusal is logged with the ids that did not match (never the payload).
+    fn admitted(&self, kind: &str, origin: &Origin<'_>) -> bool {
+        match self.workspace.admit(origin) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    kind,
+                    teams = ?origin.teams,
+                    enterprise = origin.enterprise.unwrap_or("-"),
+                    app = origin.app.unwrap_or("-"),
+                    "Slack {kind} refused: {why}, not from the workspace {} and app {} Passport serves",
+                    self.workspace.team_id,
+                    self.workspace.app_id,
+                );
+                false
+            }
+        }
     }
 
     fn first_delivery(&self, kind: &str, key: Option<&str>) -> bool {
@@ -345,6 +440,9 @@ impl Inbound {
     pub async fn command(self: &Arc<Self>, cmd: SlashCommand, answer: Answer) -> Ack {
         // One deadline for the whole answer, however many steps it waits on.
         let until = tokio::time::Instant::now() + self.deadline;
+        if !self.admitted("slash command", &cmd.origin()) {
+            return Ack::Refused;
+        }
         if !self.first_delivery("trigger", cmd.trigger_id.as_deref()) {
             tracing::info!("repeated slash command delivery ignored");
             return Ack::Empty;
@@ -524,6 +622,9 @@ impl Inbound {
     /// A button click (the button's value is typed by the person who clicked)
     /// or the request form.
     pub async fn interaction(self: &Arc<Self>, i: Interaction) -> Ack {
+        if !self.admitted("interaction", &i.origin()) {
+            return Ack::Refused;
+        }
         if !matches!(i.kind.as_str(), "block_actions" | "view_submission") {
             return Ack::Empty;
         }
@@ -594,6 +695,9 @@ impl Inbound {
             }
             "event_callback" => {}
             _ => return Ack::Empty,
+        }
+        if !self.admitted("event", &body.origin()) {
+            return Ack::Refused;
         }
         if !self.first_delivery("event", body.event_id.as_deref()) {
             tracing::info!("repeated event delivery ignored");

@@ -9,6 +9,8 @@
 //! - [`identity`]: [`People`] (handles) and [`SlackDirectory`] (groups).
 //! - [`inbound`]: [`Inbound`], payloads → engine commands → answers.
 //! - [`socket`]: Socket Mode.
+//! - [`workspace`]: the workspace, enterprise and app Passport serves, and the
+//!   check every payload passes before it is read further.
 //!
 //! The HTTP endpoints themselves (signature check, body limit) are in `crate::http`.
 
@@ -19,9 +21,11 @@ pub mod identity;
 pub mod inbound;
 pub mod socket;
 pub mod surface;
+pub mod workspace;
 
 pub use api::SlackApi;
 pub use config::{SlackConfig, SlackMode, SlackSettings};
 pub use identity::{People, SlackDirectory};
 pub use inbound::{Ack, Answer, Inbound};
 pub use surface::{SlackSurface, SURFACE};
+pub use workspace::Workspace;

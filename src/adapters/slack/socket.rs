@@ -180,7 +180,7 @@ impl SocketMode {
             };
             let ack = match answer {
                 Ack::Json(payload) => json!({ "envelope_id": id, "payload": payload }),
-                Ack::Empty => json!({ "envelope_id": id }),
+                Ack::Empty | Ack::Refused => json!({ "envelope_id": id }),
             };
             let sent = write
                 .lock()
