@@ -1217,7 +1217,11 @@ mod tests {
             approvals: 3,
             ..RuleConfig::default()
         });
-        let errs = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let errs = c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(!errs.contains("policy.rules[0].approvals"), "{errs}");
     }
 

@@ -1,7 +1,7 @@
 //! The traits through which use cases reach the outside world. Adapters
 //! implement them; use cases hold them as `Arc<dyn …>`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{ChainBreak, LogEvent};
 use crate::domain::notice::{Action, CardView, Notice};
+use crate::domain::policy::GroupSource;
 use crate::domain::request::{AccessRequest, InstanceInfo, InstanceOutcome, Refusal, RequestState};
 use crate::domain::session::SessionScope;
 use crate::domain::signin::{
@@ -195,10 +196,11 @@ pub trait SessionBroker: Send + Sync {
 // ---------------------------------------------------------------------------
 // Directory
 
-/// Resolves which groups a chat identity belongs to.
+/// Resolves which groups a chat identity belongs to, and where each
+/// membership was read from (kept with approvals in the Logbook).
 #[async_trait]
 pub trait Directory: Send + Sync {
-    async fn groups_of(&self, user: &UserId) -> BTreeSet<String>;
+    async fn groups_of(&self, user: &UserId) -> BTreeMap<String, GroupSource>;
 }
 
 // ---------------------------------------------------------------------------
