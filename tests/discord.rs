@@ -935,6 +935,36 @@ async fn double_clicks_and_replays_cause_one_effect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_interaction_replayed_after_a_restart_is_refused() {
+    let app = spawn_app().await;
+    let request = command_interaction(
+        DEV,
+        GENERAL,
+        None,
+        "request",
+        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+    );
+    let body = request.to_string();
+    let headers = app.signed_at(&body, 0);
+    let first = app.post_raw(&body, &headers).await;
+    assert!(first.text().contains("AR-1"), "{}", first.body);
+    app.settle().await;
+    // Restart on the same database file, then replay the same signed body.
+    let (fake, db, clock, dir) = app.stop().await;
+    let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
+    app._dir = dir;
+    let replay = app.post_raw(&body, &headers).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.json()["type"], 6, "acknowledged without acting");
+    app.settle().await;
+    let second = RequestId::parse("AR-2").unwrap();
+    assert!(
+        app.built.app.store.get(second).await.unwrap().is_none(),
+        "the replayed command made a second request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_approves_their_own_request_and_other_servers_are_refused() {
     let app = spawn_app().await;
     app.command(

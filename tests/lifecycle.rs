@@ -689,3 +689,25 @@ async fn reconciliation_prunes_delivered_notices_past_their_retention() {
     // The Logbook keeps everything.
     assert!(app.store.verify_logbook().await.is_ok());
 }
+
+/// Signed chat requests are remembered until their signature window has
+/// closed, then forgotten by reconciliation.
+#[tokio::test]
+async fn reconciliation_forgets_signed_requests_once_their_window_has_closed() {
+    let (app, _dir) = TestApp::spawn().await;
+    let now = app.engine.now();
+    let until = now.plus(mins(10));
+    assert!(app
+        .store
+        .first_signed("slack:trigger:1.2", until)
+        .await
+        .unwrap());
+    assert!(!app
+        .store
+        .first_signed("slack:trigger:1.2", until)
+        .await
+        .unwrap());
+    assert_eq!(app.engine.reconcile().await.unwrap().signed_forgotten, 0);
+    app.advance(mins(11)).await;
+    assert_eq!(app.engine.reconcile().await.unwrap().signed_forgotten, 1);
+}

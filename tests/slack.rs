@@ -1460,6 +1460,73 @@ impl TestApp {
 }
 
 #[tokio::test]
+async fn a_signed_command_or_click_replayed_after_a_restart_is_refused() {
+    let app = spawn_app().await;
+    let command = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
+    let command_headers = app.signed(&command);
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &command,
+            &command_headers,
+        )
+        .await;
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    app.settle().await;
+    // Restart on the same database file, then replay the same signed body.
+    let app = app.restart().await;
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &command,
+            &command_headers,
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.is_empty(),
+        "a replay gets no answer: {}",
+        answer.body
+    );
+    app.settle().await;
+    let second = RequestId::parse("AR-2").unwrap();
+    assert!(
+        app.built.store.get(second).await.unwrap().is_none(),
+        "the replayed command made a second request"
+    );
+    // A click likewise: sent once, restart, replayed.
+    let (channel, ts) = app.card(1).await;
+    let click = app.click_body(LEAD1, "deny AR-1 @request", &channel, &ts, None);
+    let click_headers = app.signed(&click);
+    app.post(
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &click,
+        &click_headers,
+    )
+    .await;
+    assert_eq!(app.state(1).await, RequestState::Denied);
+    let answers = app.fake.ephemerals(LEAD1).len();
+    let app = app.restart().await;
+    app.post(
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &click,
+        &click_headers,
+    )
+    .await;
+    app.settle().await;
+    assert_eq!(app.events(1, "denied").await, 1);
+    assert_eq!(
+        app.fake.ephemerals(LEAD1).len(),
+        answers,
+        "the replayed click was answered, so it was looked at"
+    );
+}
+
+#[tokio::test]
 async fn the_expiry_warning_offers_extend_buttons_that_work_from_the_direct_message() {
     let app = spawn_app().await;
     app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))

@@ -472,6 +472,13 @@ pub trait Store: Send + Sync {
     /// it was recorded before (within a day). The record is committed before
     /// this answers, so a redelivery after a restart is recognised.
     async fn first_delivery(&self, key: &str, now: Timestamp) -> Result<bool, StoreError>;
+    /// Records the signed chat request `key` (a Slack trigger id, a Discord
+    /// interaction id), kept until `until`, when its signature can no longer
+    /// be accepted: true the first time, false when it was recorded before.
+    /// Committed before this answers, so a replay after a restart is refused.
+    async fn first_signed(&self, key: &str, until: Timestamp) -> Result<bool, StoreError>;
+    /// Deletes at most `limit` signed-request keys kept until before `now`.
+    async fn prune_signed(&self, now: Timestamp, limit: u64) -> Result<u64, StoreError>;
     async fn request_for_message(
         &self,
         surface: &str,
