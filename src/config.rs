@@ -1170,12 +1170,14 @@ mod tests {
 
     #[test]
     fn a_rule_needing_more_approvals_than_it_has_approvers_is_a_configuration_error() {
-        let mut c = Config::default();
-        c.groups = BTreeMap::from([
-            ("sre-leads".into(), vec!["U1".into(), "U2".into()]),
-            ("approvers".into(), vec!["U1".into()]),
-            ("admins".into(), vec!["U9".into()]),
-        ]);
+        let mut c = Config {
+            groups: BTreeMap::from([
+                ("sre-leads".into(), vec!["U1".into(), "U2".into()]),
+                ("approvers".into(), vec!["U1".into()]),
+                ("admins".into(), vec!["U9".into()]),
+            ]),
+            ..Config::default()
+        };
         c.policy.rules.push(RuleConfig {
             name: "prod".into(),
             tags: BTreeMap::from([("env".into(), "prod".into())]),
@@ -1204,12 +1206,14 @@ mod tests {
 
     #[test]
     fn approvers_read_from_slack_are_not_counted_at_start() {
-        let mut c = Config::default();
-        c.provisioner = Some(ProvisionerChoice::DryRun);
-        c.slack = Some(crate::adapters::slack::SlackConfig {
-            usergroups: BTreeMap::from([("sre-leads".into(), "S1".into())]),
-            ..Default::default()
-        });
+        let mut c = Config {
+            provisioner: Some(ProvisionerChoice::DryRun),
+            slack: Some(crate::adapters::slack::SlackConfig {
+                usergroups: BTreeMap::from([("sre-leads".into(), "S1".into())]),
+                ..Default::default()
+            }),
+            ..Config::default()
+        };
         c.policy.rules.push(RuleConfig {
             name: "prod".into(),
             tags: BTreeMap::from([("env".into(), "prod".into())]),

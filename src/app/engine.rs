@@ -659,7 +659,7 @@ impl Engine {
                     "extension by {} approved by {}, now until {}",
                     ext.added, person.handle, ext.new_expiry
                 );
-                apply_extension(fx, id, person.id.as_str(), &summary, &ext, now, &warnings, Some(qualified));
+                apply_extension(fx, id, person.id.as_str(), Applied { ext: &ext, summary: &summary, approval: Some(qualified) }, now, &warnings);
                 fx.notify(Notice::Direct {
                     user: req.requester.id.clone(),
                     request: Some(id),
@@ -948,7 +948,7 @@ impl Engine {
                 String::new()
             };
             let summary = format!("extended by {} by {}, now until {}{capped}", ext.added, person.handle, ext.new_expiry);
-            apply_extension(fx, id, person.id.as_str(), &summary, &ext, now, &warnings, None);
+            apply_extension(fx, id, person.id.as_str(), Applied { ext: &ext, summary: &summary, approval: None }, now, &warnings);
             let room = if ext.remaining_allowance < Span::from_minutes(1) {
                 "that is the maximum".to_owned()
             } else {
@@ -1359,16 +1359,27 @@ fn out_of_date(req: &AccessRequest, shown: Shown) -> Option<Refusal> {
     }
 }
 
+/// An extension being applied: what it did, the words for it, and for one an
+/// approver granted, how that approver qualified (for the Logbook).
+struct Applied<'a> {
+    ext: &'a crate::domain::request::Extension,
+    summary: &'a str,
+    approval: Option<serde_json::Value>,
+}
+
 fn apply_extension(
     fx: &mut Effects,
     id: RequestId,
     actor: &str,
-    summary: &str,
-    ext: &crate::domain::request::Extension,
+    applied: Applied<'_>,
     now: Timestamp,
     warnings: &[Span],
-    approval: Option<serde_json::Value>,
 ) {
+    let Applied {
+        ext,
+        summary,
+        approval,
+    } = applied;
     let mut details =
         json!({ "added": ext.added.to_string(), "expires_at": ext.new_expiry.to_string() });
     if let (Some(approval), serde_json::Value::Object(map)) = (approval, &mut details) {
