@@ -5,7 +5,7 @@
 //! [`Settings`], the typed values the application runs on, naming every bad
 //! field and why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -802,10 +802,42 @@ impl Config {
                     }
                 }
             });
+            let rule_name = if rc.name.trim().is_empty() {
+                "default"
+            } else {
+                rc.name.trim()
+            };
             if extension_approval_over.is_some() && rc.approvals == 0 {
                 errors.push(format!(
-                    "{field}.extension_approval_over: this rule approves automatically (approvals = 0), so nobody could approve its extensions: set approvals to 1 or more, or remove extension_approval_over"
+                    "{field}.extension_approval_over: rule {rule_name:?} approves automatically (approvals = 0), so nobody could approve its extensions: set approvals to 1 or more, or remove extension_approval_over"
                 ));
+            }
+            if let Some(possible) = possible_approvers(&approvers, &groups, |g| {
+                self.slack
+                    .as_ref()
+                    .is_some_and(|s| s.usergroups.contains_key(g))
+                    || self
+                        .discord
+                        .as_ref()
+                        .is_some_and(|d| d.roles.contains_key(g))
+            }) {
+                let needed = rc.approvals as usize;
+                if needed > 0 && possible.len() < needed {
+                    let what = if extension_approval_over.is_some() {
+                        "its requests and guarded extensions"
+                    } else {
+                        "its requests"
+                    };
+                    let names = if possible.is_empty() {
+                        "nobody".to_owned()
+                    } else {
+                        possible.iter().cloned().collect::<Vec<_>>().join(", ")
+                    };
+                    errors.push(format!(
+                        "{field}.approvals: rule {rule_name:?} needs {needed} approvals from different people, but its approvers are only {} ({names}), so {what} could never be approved: lower approvals or add approvers",
+                        possible.len()
+                    ));
+                }
             }
             Rule {
                 name: rc.name.clone(),
@@ -1042,6 +1074,33 @@ pub struct Settings {
     pub outbox_retention: Span,
 }
 
+/// Everyone who could ever approve for `approvers`, when configuration alone
+/// says who that is: user ids and the members of `[groups]`. `None` when a
+/// group is also (or only) read from Slack or Discord (`from_platform`), whose
+/// members are known only at run time.
+fn possible_approvers(
+    approvers: &[Principal],
+    groups: &BTreeMap<String, Vec<String>>,
+    from_platform: impl Fn(&str) -> bool,
+) -> Option<BTreeSet<String>> {
+    let mut people = BTreeSet::new();
+    for p in approvers {
+        match p {
+            Principal::Anyone => return None,
+            Principal::User(u) => {
+                people.insert(u.as_str().to_owned());
+            }
+            Principal::Group(g) => {
+                if from_platform(g) {
+                    return None;
+                }
+                people.extend(groups.get(g).into_iter().flatten().cloned());
+            }
+        }
+    }
+    Some(people)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1132,10 +1191,71 @@ mod tests {
         let errs = c.validate().unwrap_err().to_string();
         assert!(
             errs.contains(
-                "policy.rules[0].extension_approval_over: this rule approves automatically"
+                "policy.rules[0].extension_approval_over: rule \"dev\" approves automatically"
             ),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn a_rule_needing_more_approvals_than_it_has_approvers_is_a_configuration_error() {
+        let mut c = Config {
+            groups: BTreeMap::from([
+                ("sre-leads".into(), vec!["U1".into(), "U2".into()]),
+                ("approvers".into(), vec!["U1".into()]),
+                ("admins".into(), vec!["U9".into()]),
+            ]),
+            ..Config::default()
+        };
+        c.policy.rules.push(RuleConfig {
+            name: "prod".into(),
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            approvers: vec!["group:sre-leads".into(), "U1".into()],
+            approvals: 3,
+            extension_approval_over: Some("1h".into()),
+            ..RuleConfig::default()
+        });
+        let errs = c.validate().unwrap_err().to_string();
+        assert!(
+            errs.contains("policy.rules[0].approvals: rule \"prod\" needs 3 approvals from different people, but its approvers are only 2 (U1, U2), so its requests and guarded extensions could never be approved"),
+            "{errs}"
+        );
+        // An empty group leaves nobody to approve.
+        c.policy.rules[0].approvals = 1;
+        c.groups.insert("sre-leads".into(), Vec::new());
+        c.policy.rules[0].approvers = vec!["group:sre-leads".into()];
+        let errs = c.validate().unwrap_err().to_string();
+        assert!(errs.contains("its approvers are only 0 (nobody)"), "{errs}");
+        // Enough people: accepted.
+        c.groups
+            .insert("sre-leads".into(), vec!["U1".into(), "U2".into()]);
+        c.policy.rules[0].approvals = 2;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn approvers_read_from_slack_are_not_counted_at_start() {
+        let mut c = Config {
+            provisioner: Some(ProvisionerChoice::DryRun),
+            slack: Some(crate::adapters::slack::SlackConfig {
+                usergroups: BTreeMap::from([("sre-leads".into(), "S1".into())]),
+                ..Default::default()
+            }),
+            ..Config::default()
+        };
+        c.policy.rules.push(RuleConfig {
+            name: "prod".into(),
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            approvers: vec!["group:sre-leads".into()],
+            approvals: 3,
+            ..RuleConfig::default()
+        });
+        let errs = c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!errs.contains("policy.rules[0].approvals"), "{errs}");
     }
 
     #[test]

@@ -118,7 +118,8 @@ fn roles_of(user: &str) -> Vec<&'static str> {
 }
 
 /// approvers: the role APPROVER_ROLE (LEAD1, LEAD2); sre-leads: the role
-/// SRE_ROLE (SRE1, SRE2); env=prod needs 2 sre-leads approvals.
+/// SRE_ROLE (SRE1, SRE2); env=prod needs 2 sre-leads approvals, and again
+/// for extensions past 1h.
 fn config(db: &Path, fake: &FakeDiscord, mode: &str) -> Config {
     let mut c = Config::default();
     c.store.path = db.to_path_buf();
@@ -129,6 +130,7 @@ fn config(db: &Path, fake: &FakeDiscord, mode: &str) -> Config {
         tags: BTreeMap::from([("env".into(), "prod".into())]),
         approvers: vec!["group:sre-leads".into()],
         approvals: 2,
+        extension_approval_over: Some("1h".into()),
         ..RuleConfig::default()
     }];
     c.policy.default.approvers = vec!["group:approvers".into()];
@@ -606,11 +608,13 @@ async fn a_request_goes_from_slash_command_to_final_card() {
     let (channel, message) = app.card(1).await;
     assert_eq!(channel, APPROVALS);
     assert_eq!(card.message.as_deref(), Some(message.as_str()));
-    let ids = card.custom_ids();
-    assert!(ids.iter().any(|v| v == "passport:approve AR-1"), "{ids:?}");
-    assert!(
-        ids.iter().any(|v| v.starts_with("passport:deny AR-1")),
-        "{ids:?}"
+    // Bound to the request's own approval, never to a later extension.
+    assert_eq!(
+        card.custom_ids(),
+        [
+            "passport:approve AR-1 @request",
+            "passport:deny AR-1 @request"
+        ]
     );
     assert!(
         card.content().contains(&format!("<@&{APPROVER_ROLE}>")),
@@ -749,6 +753,108 @@ async fn a_prod_request_needs_two_members_of_the_role() {
     assert_ne!(app.state(1).await, RequestState::Pending);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_under_an_old_prompt_is_refused_in_discord() {
+    let app = spawn_app().await;
+    app.command(
+        DEV,
+        "request",
+        &[
+            ("instances", PROD),
+            ("ticket", "ticket#9"),
+            ("reason", "migrate"),
+        ],
+    )
+    .await;
+    app.settle().await;
+    let (channel, message) = app.card(1).await;
+    let approve = "approve AR-1 @request";
+    app.click(SRE1, &channel, &message, approve).await;
+    app.click(SRE2, &channel, &message, approve).await;
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+    // How SRE1 qualified: the prod rule's group, through its Discord role.
+    let id = RequestId::parse("AR-1").unwrap();
+    let events = app
+        .built
+        .app
+        .store
+        .audit_events(Some(id), None)
+        .await
+        .unwrap();
+    let recorded = events
+        .iter()
+        .find(|e| e.action == "approval_recorded")
+        .unwrap();
+    let details: Value = serde_json::from_str(&recorded.details).unwrap();
+    assert_eq!(
+        details["qualified"],
+        json!([{
+            "rule": "prod",
+            "via": "group:sre-leads",
+            "source": { "from": "discord_role", "id": SRE_ROLE }
+        }]),
+        "{details}"
+    );
+
+    app.command_in_thread(DEV, &message, "extend", &[("duration", "2h")])
+        .await;
+    app.settle().await;
+    let prompt = app
+        .fake
+        .posts_in(&message)
+        .into_iter()
+        .find(|c| c.custom_ids().iter().any(|i| i.contains("@extension-1")))
+        .expect("the extension prompt");
+    assert_eq!(
+        prompt.custom_ids(),
+        [
+            "passport:approve AR-1 @extension-1",
+            "passport:deny AR-1 @extension-1"
+        ]
+    );
+    let prompt_message = prompt.message.clone().unwrap();
+    let answer = app
+        .click(SRE1, &message, &prompt_message, "deny AR-1 @extension-1")
+        .await;
+    assert!(answer.text().contains("denied"), "{}", answer.body);
+    app.command_in_thread(DEV, &message, "extend", &[("duration", "2h")])
+        .await;
+    app.settle().await;
+    // The first prompt's Approve, and the card's, decide nothing now.
+    let answer = app
+        .click(SRE2, &message, &prompt_message, "approve AR-1 @extension-1")
+        .await;
+    assert!(
+        answer.text().contains("this prompt is out of date")
+            && answer
+                .text()
+                .contains("the current one is the extension by 2h"),
+        "{}",
+        answer.body
+    );
+    let answer = app.click(SRE2, &channel, &message, approve).await;
+    assert!(
+        answer
+            .text()
+            .contains("this prompt is out of date: it was for the approval of AR-1 itself"),
+        "{}",
+        answer.body
+    );
+    let pending = app
+        .built
+        .app
+        .store
+        .get(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .pending_extension
+        .unwrap();
+    assert_eq!(pending.seq, 2);
+    assert!(pending.approvals.is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // Refusals
 
@@ -827,6 +933,36 @@ async fn double_clicks_and_replays_cause_one_effect() {
     app.settle().await;
     assert_eq!(app.events(1, "approved").await, 1);
     assert_eq!(app.state(1).await, RequestState::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_interaction_replayed_after_a_restart_is_refused() {
+    let app = spawn_app().await;
+    let request = command_interaction(
+        DEV,
+        GENERAL,
+        None,
+        "request",
+        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+    );
+    let body = request.to_string();
+    let headers = app.signed_at(&body, 0);
+    let first = app.post_raw(&body, &headers).await;
+    assert!(first.text().contains("AR-1"), "{}", first.body);
+    app.settle().await;
+    // Restart on the same database file, then replay the same signed body.
+    let (fake, db, clock, dir) = app.stop().await;
+    let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
+    app._dir = dir;
+    let replay = app.post_raw(&body, &headers).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.json()["type"], 6, "acknowledged without acting");
+    app.settle().await;
+    let second = RequestId::parse("AR-2").unwrap();
+    assert!(
+        app.built.app.store.get(second).await.unwrap().is_none(),
+        "the replayed command made a second request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,10 @@ async fn a_whole_round_request_approve_extend_complete() {
             .iter()
             .map(|a| a.command.as_str())
             .collect::<Vec<_>>(),
-        [format!("approve {id}"), format!("deny {id}")]
+        [
+            format!("approve {id} @request"),
+            format!("deny {id} @request")
+        ]
     );
     assert_eq!(card.instances[0].name.as_deref(), Some("web-1"));
 

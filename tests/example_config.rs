@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use passport::config::{Config, Settings};
-use passport::domain::policy::{Membership, Principal};
+use passport::domain::policy::{GroupSource, Membership, Principal};
 use passport::domain::request::{InstanceInfo, Platform};
 use passport::domain::time::Span;
 use passport::domain::values::{InstanceId, UserId};
@@ -37,15 +37,15 @@ fn instance(settings: &Settings, id: &str) -> InstanceInfo {
 }
 
 fn member(settings: &Settings, user: &str) -> Membership {
-    Membership {
-        user: UserId::parse(user).unwrap(),
-        groups: settings
+    Membership::new(
+        UserId::parse(user).unwrap(),
+        settings
             .groups
             .iter()
             .filter(|(_, members)| members.iter().any(|m| m == user))
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| (name.clone(), GroupSource::Config))
             .collect(),
-    }
+    )
 }
 
 #[test]

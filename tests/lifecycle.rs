@@ -63,7 +63,8 @@ async fn extensions_past_the_threshold_wait_for_an_approver() {
         })
         .unwrap();
     // The button names the extension it was shown for.
-    assert_eq!(ask[0].command, format!("approve {id} +1h"));
+    assert_eq!(ask[0].command, format!("approve {id} @extension-1"));
+    assert_eq!(ask[1].command, format!("deny {id} @extension-1"));
     let r = app.run_in_thread("dev1", id, "extend 10m").await;
     assert!(!r.ok && r.text.contains("already waiting"), "{}", r.text);
     let r = app.run_in_thread("dev1", id, "approve").await;
@@ -127,8 +128,12 @@ async fn an_old_extension_button_cannot_approve_a_later_extension() {
     for approver in ["sre2", "sre3"] {
         let r = app.run_in_thread(approver, id, &old).await;
         assert!(!r.ok, "{}", r.text);
-        assert!(r.text.contains("no longer waiting"), "{}", r.text);
-        assert!(r.text.contains("by 3h"), "{}", r.text);
+        assert!(r.text.contains("this prompt is out of date"), "{}", r.text);
+        assert!(
+            r.text.contains("the current one is the extension by 3h"),
+            "{}",
+            r.text
+        );
     }
     assert_eq!(app.request(id).await.expires_at, expiry);
     assert!(app
@@ -142,6 +147,100 @@ async fn an_old_extension_button_cannot_approve_a_later_extension() {
     assert!(app.run_in_thread("sre1", id, "deny no").await.ok);
     let r = app.run_in_thread("sre2", id, &old).await;
     assert!(!r.ok && r.text.contains("no longer waiting"), "{}", r.text);
+}
+
+/// The buttons under each "asks to extend" prompt of `id`, oldest first.
+fn extension_prompts(app: &TestApp) -> Vec<Vec<passport::domain::notice::Action>> {
+    app.surface
+        .all()
+        .into_iter()
+        .filter_map(|p| match p {
+            Posted::Thread(_, text, actions) if text.contains("asks to extend") => Some(actions),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_old_prompt_cannot_decide_a_later_extension_of_the_same_length() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = active_prod(&app, "1h").await;
+    assert!(app.run_in_thread("dev1", id, "extend 2h").await.ok);
+    assert!(app.run_in_thread("sre1", id, "deny not yet").await.ok);
+    assert!(app.run_in_thread("dev1", id, "extend 2h").await.ok);
+    let prompts = extension_prompts(&app);
+    assert_eq!(prompts.len(), 2);
+    let expiry = app.request(id).await.expires_at;
+    // Approve and Deny under the first +2h prompt act on nothing.
+    for (who, button) in [("sre2", &prompts[0][0]), ("sre3", &prompts[0][1])] {
+        let r = app.run_in_thread(who, id, &button.command).await;
+        assert!(!r.ok, "{}: {}", button.command, r.text);
+        assert!(
+            r.text
+                .contains("this prompt is out of date: it was for extension 1 of"),
+            "{}",
+            r.text
+        );
+        assert!(r.text.contains("the current one is the extension by 2h"));
+    }
+    let req = app.request(id).await;
+    assert_eq!(req.expires_at, expiry);
+    let pending = req.pending_extension.unwrap();
+    assert_eq!(pending.seq, 2);
+    assert!(pending.approvals.is_empty(), "the stale click counted");
+    // The current prompt's buttons work.
+    assert!(
+        app.run_in_thread("sre2", id, &prompts[1][0].command)
+            .await
+            .ok
+    );
+    assert!(
+        app.run_in_thread("sre3", id, &prompts[1][0].command)
+            .await
+            .ok
+    );
+    assert!(app.request(id).await.pending_extension.is_none());
+    assert_eq!(
+        app.request(id).await.expires_at,
+        expiry.map(|e| e.plus(Span::from_hours(2)))
+    );
+}
+
+#[tokio::test]
+async fn the_cards_buttons_cannot_decide_an_extension() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = app.new_request(PROD, "1h INC-1 outage").await;
+    app.settle().await;
+    // The card as first posted, with Approve and Deny, before anyone clicked.
+    let card = app
+        .surface
+        .all()
+        .into_iter()
+        .find_map(|p| match p {
+            Posted::Card(c) if c.request == id => Some(c),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(card.actions[0].command, format!("approve {id} @request"));
+    assert_eq!(card.actions[1].command, format!("deny {id} @request"));
+    assert!(app.run("sre1", &card.actions[0].command).await.ok);
+    assert!(app.run("sre2", &card.actions[0].command).await.ok);
+    assert_eq!(app.request(id).await.state, RequestState::Active);
+    assert!(app.run_in_thread("dev1", id, "extend 2h").await.ok);
+    // A card that was never refreshed still shows Approve and Deny.
+    for (who, button) in [("sre3", &card.actions[0]), ("sre3", &card.actions[1])] {
+        let r = app.run(who, &button.command).await;
+        assert!(!r.ok, "{}: {}", button.command, r.text);
+        assert!(
+            r.text.contains(&format!(
+                "this prompt is out of date: it was for the approval of {id} itself"
+            )),
+            "{}",
+            r.text
+        );
+    }
+    let pending = app.request(id).await.pending_extension.unwrap();
+    assert!(pending.approvals.is_empty());
 }
 
 #[tokio::test]
@@ -589,4 +688,26 @@ async fn reconciliation_prunes_delivered_notices_past_their_retention() {
     assert_eq!(app.engine.reconcile().await.unwrap().pruned, 0);
     // The Logbook keeps everything.
     assert!(app.store.verify_logbook().await.is_ok());
+}
+
+/// Signed chat requests are remembered until their signature window has
+/// closed, then forgotten by reconciliation.
+#[tokio::test]
+async fn reconciliation_forgets_signed_requests_once_their_window_has_closed() {
+    let (app, _dir) = TestApp::spawn().await;
+    let now = app.engine.now();
+    let until = now.plus(mins(10));
+    assert!(app
+        .store
+        .first_signed("slack:trigger:1.2", until)
+        .await
+        .unwrap());
+    assert!(!app
+        .store
+        .first_signed("slack:trigger:1.2", until)
+        .await
+        .unwrap());
+    assert_eq!(app.engine.reconcile().await.unwrap().signed_forgotten, 0);
+    app.advance(mins(11)).await;
+    assert_eq!(app.engine.reconcile().await.unwrap().signed_forgotten, 1);
 }

@@ -573,11 +573,8 @@ async fn a_request_goes_from_slash_command_to_final_card() {
         (channel.clone(), ts.clone())
     );
     let values = card.button_values();
-    assert!(values.iter().any(|v| v == "approve AR-1"), "{values:?}");
-    assert!(
-        values.iter().any(|v| v.starts_with("deny AR-1")),
-        "{values:?}"
-    );
+    // Bound to the request's own approval, never to a later extension.
+    assert_eq!(values, ["approve AR-1 @request", "deny AR-1 @request"]);
     let text = card.text();
     assert!(
         text.contains(&format!("<@{LEAD1}>")) && text.contains(&format!("<@{LEAD2}>")),
@@ -701,6 +698,110 @@ async fn a_prod_request_needs_two_members_of_the_slack_user_group() {
     assert!(!app.fake.ok_calls("usergroups.users.list").is_empty());
     // Looked up once and cached.
     assert_eq!(app.fake.ok_calls("usergroups.users.list").len(), 1);
+}
+
+#[tokio::test]
+async fn an_approval_records_that_the_approver_qualified_through_the_slack_user_group() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {PROD} 1h ticket#9 migrate"))
+        .await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#9 look"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(SRE1, "approve AR-1 @request", &channel, &ts)
+        .await;
+    let (channel2, ts2) = app.card(2).await;
+    app.click(LEAD1, "approve AR-2 @request", &channel2, &ts2)
+        .await;
+    let details = |request: u64, action: &'static str| {
+        let store = app.built.store.clone();
+        async move {
+            let id = RequestId::parse(&format!("AR-{request}")).unwrap();
+            let events = store.audit_events(Some(id), None).await.unwrap();
+            let event = events.iter().find(|e| e.action == action).unwrap();
+            serde_json::from_str::<Value>(&event.details).unwrap()
+        }
+    };
+    let recorded = details(1, "approval_recorded").await;
+    assert_eq!(
+        recorded["qualified"],
+        json!([{
+            "rule": "prod",
+            "via": "group:sre-leads",
+            "source": { "from": "slack_user_group", "id": "S0SRELEADS" }
+        }]),
+        "{recorded}"
+    );
+    let approved = details(2, "approved").await;
+    assert_eq!(
+        approved["qualified"],
+        json!([{ "rule": "default", "via": "group:approvers", "source": { "from": "config" } }]),
+        "{approved}"
+    );
+}
+
+#[tokio::test]
+async fn a_click_under_an_old_extension_prompt_is_refused_in_slack() {
+    let app = spawn_app_configured(|c| {
+        c.policy.rules[0].extension_approval_over = Some("1h".into());
+    })
+    .await;
+    app.command(DEV, &format!("request {PROD} 1h ticket#9 migrate"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    let card = app.fake.posts_in(APPROVALS)[0].button_values();
+    app.click(SRE1, &card[0], &channel, &ts).await;
+    app.click(SRE2, &card[0], &channel, &ts).await;
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+    let prompts = || {
+        app.fake
+            .ok_calls("chat.postMessage")
+            .into_iter()
+            .filter(|c| c.thread_ts().as_deref() == Some(ts.as_str()))
+            .map(|c| c.button_values())
+            .filter(|v| v.iter().any(|v| v.contains("@extension-")))
+            .collect::<Vec<_>>()
+    };
+    app.say_in_thread(DEV, &channel, &ts, "extend 2h").await;
+    app.settle().await;
+    let first = prompts();
+    assert_eq!(
+        first,
+        [["approve AR-1 @extension-1", "deny AR-1 @extension-1"]]
+    );
+    app.say_in_thread(SRE1, &channel, &ts, "deny not yet").await;
+    app.say_in_thread(DEV, &channel, &ts, "extend 2h").await;
+    app.settle().await;
+    // The Approve button under the first prompt, clicked in the thread.
+    let body = app.click_body(SRE2, &first[0][0], &channel, "9.000001", Some(&ts));
+    let headers = app.signed(&body);
+    app.post(
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &body,
+        &headers,
+    )
+    .await;
+    let said = app.fake.ephemerals(SRE2);
+    assert!(
+        said.last()
+            .is_some_and(|t| t.contains("this prompt is out of date")
+                && t.contains("the current one is the extension by 2h")),
+        "{said:?}"
+    );
+    let req = app
+        .built
+        .store
+        .get(RequestId::parse("AR-1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let pending = req.pending_extension.unwrap();
+    assert_eq!(pending.seq, 2);
+    assert!(pending.approvals.is_empty());
 }
 
 #[tokio::test]
@@ -1841,6 +1942,73 @@ impl TestApp {
         app._dir = dir;
         app
     }
+}
+
+#[tokio::test]
+async fn a_signed_command_or_click_replayed_after_a_restart_is_refused() {
+    let app = spawn_app().await;
+    let command = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
+    let command_headers = app.signed(&command);
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &command,
+            &command_headers,
+        )
+        .await;
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    app.settle().await;
+    // Restart on the same database file, then replay the same signed body.
+    let app = app.restart().await;
+    let answer = app
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &command,
+            &command_headers,
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.is_empty(),
+        "a replay gets no answer: {}",
+        answer.body
+    );
+    app.settle().await;
+    let second = RequestId::parse("AR-2").unwrap();
+    assert!(
+        app.built.store.get(second).await.unwrap().is_none(),
+        "the replayed command made a second request"
+    );
+    // A click likewise: sent once, restart, replayed.
+    let (channel, ts) = app.card(1).await;
+    let click = app.click_body(LEAD1, "deny AR-1 @request", &channel, &ts, None);
+    let click_headers = app.signed(&click);
+    app.post(
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &click,
+        &click_headers,
+    )
+    .await;
+    assert_eq!(app.state(1).await, RequestState::Denied);
+    let answers = app.fake.ephemerals(LEAD1).len();
+    let app = app.restart().await;
+    app.post(
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &click,
+        &click_headers,
+    )
+    .await;
+    app.settle().await;
+    assert_eq!(app.events(1, "denied").await, 1);
+    assert_eq!(
+        app.fake.ephemerals(LEAD1).len(),
+        answers,
+        "the replayed click was answered, so it was looked at"
+    );
 }
 
 #[tokio::test]

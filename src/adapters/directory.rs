@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 
 use crate::app::ports::Directory;
+use crate::domain::policy::GroupSource;
 use crate::domain::values::UserId;
 
 #[derive(Debug, Clone, Default)]
@@ -26,11 +27,11 @@ impl StaticDirectory {
 
 #[async_trait]
 impl Directory for StaticDirectory {
-    async fn groups_of(&self, user: &UserId) -> BTreeSet<String> {
+    async fn groups_of(&self, user: &UserId) -> BTreeMap<String, GroupSource> {
         self.groups
             .iter()
             .filter(|(_, members)| members.contains(user.as_str()))
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| (name.clone(), GroupSource::Config))
             .collect()
     }
 }

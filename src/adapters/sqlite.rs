@@ -1091,6 +1091,35 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn first_signed(&self, key: &str, until: Timestamp) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO signed_requests (key, expires_at) VALUES (?1, ?2)",
+                )?
+                .execute(params![key, until.as_millis()])?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn prune_signed(&self, now: Timestamp, limit: u64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM signed_requests WHERE key IN (SELECT key FROM signed_requests \
+                     WHERE expires_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![
+                    now.as_millis(),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn ssh_key(&self, user: &UserId) -> Result<Option<SshPublicKey>, StoreError> {
         let user = user.clone();
         self.look_up(move |conn| housekeeping::ssh_key(conn, &user))

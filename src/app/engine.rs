@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::domain::certificate::CertificateSpec;
-use crate::domain::command::{help_text, Command, Grammar, ListFilter, RequestSpec};
+use crate::domain::command::{help_text, Command, Grammar, ListFilter, RequestSpec, Shown};
 use crate::domain::notice::Notice;
 use crate::domain::policy::{Membership, Policy};
 use crate::domain::request::{
@@ -417,8 +417,11 @@ impl Engine {
         let result = match command {
             Command::Request(spec) => self.request(actor, spec).await,
             Command::Approve(id) => self.approve(actor, id, None).await,
-            Command::ApproveExtension(id, by) => self.approve(actor, id, Some(by)).await,
-            Command::Deny(id, reason) => self.deny(actor, id, reason).await,
+            Command::ApproveShown(id, shown) => self.approve(actor, id, Some(shown)).await,
+            Command::Deny(id, reason) => self.deny(actor, id, reason, None).await,
+            Command::DenyShown(id, shown, reason) => {
+                self.deny(actor, id, reason, Some(shown)).await
+            }
             Command::Cancel(id) => self.cancel(actor, id).await,
             Command::Complete(id) => self.complete(actor, id).await,
             Command::Extend(id, by) => self.extend(actor, id, by).await,
@@ -445,10 +448,10 @@ impl Engine {
     }
 
     pub(super) async fn membership(&self, person: &Person) -> Membership {
-        Membership {
-            user: person.id.clone(),
-            groups: self.directory.groups_of(&person.id).await,
-        }
+        Membership::new(
+            person.id.clone(),
+            self.directory.groups_of(&person.id).await,
+        )
     }
 
     /// Wraps a change so that the card is refreshed whenever the request
@@ -631,45 +634,34 @@ impl Engine {
     // -----------------------------------------------------------------------
     // decisions
 
-    /// Approves a pending request, or its pending extension. `extension` is the
-    /// length a button was shown for: approving then needs that extension to be
-    /// the one waiting.
+    /// Approves a pending request, or its pending extension. `shown` is the
+    /// decision a button was shown for: approving then needs that decision to
+    /// be the one waiting (see [`out_of_date`]).
     async fn approve(
         &self,
         actor: &Actor,
         id: RequestId,
-        extension: Option<Span>,
+        shown: Option<Shown>,
     ) -> Result<(String, Option<RequestId>), AppError> {
         let who = self.membership(&actor.person).await;
         let person = actor.person.clone();
         let now = self.clock.now();
         let warnings = self.settings.warnings.clone();
         self.change(id, move |req, fx| {
-            if let Some(shown) = extension {
-                match &req.pending_extension {
-                    Some(pending) if pending.by == shown => {}
-                    Some(pending) => {
-                        return Err(RefusalKind::WrongState(format!(
-                            "that button was for an extension of {id} by {shown}, which is no longer waiting; the extension waiting now is by {}: approve it with its own button, or type `approve {id} +{}`",
-                            pending.by, pending.by
-                        )))
-                    }
-                    None => {
-                        return Err(RefusalKind::WrongState(format!(
-                            "that button was for an extension of {id} by {shown}, which is no longer waiting"
-                        )))
-                    }
-                }
+            if let Some(stale) = shown.and_then(|shown| out_of_date(req, shown)) {
+                return Err(stale);
             }
             if req.state == RequestState::Active && req.pending_extension.is_some() {
-                let ext = match req.approve_extension(&who, &person.handle, now)? {
+                let (approval, outcome) = req.approve_extension(&who, &person.handle, now)?;
+                let qualified = json!({ "qualified": approval.qualified, "counts_for": approval.counts_for });
+                let ext = match outcome {
                     ExtensionApproval::Extended(ext) => ext,
                     ExtensionApproval::Recorded { still_needed } => {
                         let summary = format!(
                             "approval of the extension by {} recorded; still needs {still_needed}",
                             person.handle
                         );
-                        fx.log(now, person.id.as_str(), Some(id), "extension_approval_recorded", summary.clone(), json!({}));
+                        fx.log(now, person.id.as_str(), Some(id), "extension_approval_recorded", summary.clone(), qualified);
                         fx.notify(Notice::Thread { request: id, text: format!("✅ {summary}"), actions: Vec::new() });
                         fx.reply = format!("your approval of the extension of {id} is recorded; it still needs {still_needed}");
                         return Ok(());
@@ -679,7 +671,7 @@ impl Engine {
                     "extension by {} approved by {}, now until {}",
                     ext.added, person.handle, ext.new_expiry
                 );
-                apply_extension(fx, id, person.id.as_str(), &summary, &ext, now, &warnings);
+                apply_extension(fx, id, person.id.as_str(), Applied { ext: &ext, summary: &summary, approval: Some(qualified) }, now, &warnings);
                 fx.notify(Notice::Direct {
                     user: req.requester.id.clone(),
                     request: Some(id),
@@ -689,17 +681,25 @@ impl Engine {
                 fx.reply = format!("extension of {id} approved: access now ends at {}", ext.new_expiry);
                 return Ok(());
             }
-            match req.approve(&who, &person.handle, now)? {
+            let outcome = req.approve(&who, &person.handle, now)?;
+            // How this approver qualified, for the Logbook: which rule entry
+            // matched and where the group membership was read from.
+            let (qualified, counts_for) = req
+                .approvals
+                .last()
+                .map(|a| (a.qualified.clone(), a.counts_for.clone()))
+                .unwrap_or_default();
+            match outcome {
                 ApprovalOutcome::Recorded { still_needed } => {
                     let summary = format!("approval by {} recorded; still needs {still_needed}", person.handle);
-                    fx.log(now, person.id.as_str(), Some(id), "approval_recorded", summary.clone(), json!({}));
+                    fx.log(now, person.id.as_str(), Some(id), "approval_recorded", summary.clone(), json!({ "qualified": qualified, "counts_for": counts_for }));
                     fx.notify(Notice::Thread { request: id, text: format!("✅ {summary}"), actions: Vec::new() });
                     fx.reply = format!("your approval of {id} is recorded; it still needs {still_needed}");
                 }
                 ApprovalOutcome::Approved => {
                     let names: Vec<&str> = req.approvals.iter().map(|a| a.handle.as_str()).collect();
                     let summary = format!("approved by {}", names.join(", "));
-                    fx.log(now, person.id.as_str(), Some(id), "approved", summary.clone(), json!({ "approvers": names }));
+                    fx.log(now, person.id.as_str(), Some(id), "approved", summary.clone(), json!({ "approvers": names, "qualified": qualified, "counts_for": counts_for }));
                     metrics::histogram!("passport_time_to_approval_seconds")
                         .record(now.since(req.created_at).as_millis() as f64 / 1000.0);
                     fx.cancel.push(TimerKind::ApprovalTimeout);
@@ -728,12 +728,16 @@ impl Engine {
         actor: &Actor,
         id: RequestId,
         reason: Option<Reason>,
+        shown: Option<Shown>,
     ) -> Result<(String, Option<RequestId>), AppError> {
         let who = self.membership(&actor.person).await;
         let is_admin = self.policy.is_admin(&who);
         let person = actor.person.clone();
         let now = self.clock.now();
         self.change(id, move |req, fx| {
+            if let Some(stale) = shown.and_then(|shown| out_of_date(req, shown)) {
+                return Err(stale);
+            }
             if req.state == RequestState::Active && req.pending_extension.is_some() {
                 let asked = req.deny_extension(&who, is_admin)?;
                 let because = reason
@@ -942,7 +946,7 @@ impl Engine {
                 fx.notify(Notice::Thread {
                     request: id,
                     text: format!("⏳ {summary}"),
-                    actions: messages::approve_deny_extension(req, asked),
+                    actions: messages::approve_deny_extension(req),
                 });
                 fx.reply = format!(
                     "the extension of {id} by {asked} is waiting for an approver: they have been asked in the request's thread"
@@ -956,7 +960,7 @@ impl Engine {
                 String::new()
             };
             let summary = format!("extended by {} by {}, now until {}{capped}", ext.added, person.handle, ext.new_expiry);
-            apply_extension(fx, id, person.id.as_str(), &summary, &ext, now, &warnings);
+            apply_extension(fx, id, person.id.as_str(), Applied { ext: &ext, summary: &summary, approval: None }, now, &warnings);
             let room = if ext.remaining_allowance < Span::from_minutes(1) {
                 "that is the maximum".to_owned()
             } else {
@@ -1339,22 +1343,72 @@ pub(super) fn start_provisioning(
 
 /// Moves the expiry: new warning and expiry timers, the on-instance expiries
 /// refreshed, the thread told.
+/// Why a click on a button shown for `shown` must not act on `req` as it is
+/// now: the decision it was shown for is no longer the one waiting. `None`
+/// when it still is, or when nothing waits at all (then the ordinary checks
+/// answer, e.g. "you already approved AR-1").
+fn out_of_date(req: &AccessRequest, shown: Shown) -> Option<Refusal> {
+    let id = req.id;
+    let pending = req.pending_extension.as_ref();
+    let current = pending.map(|p| {
+        format!(
+            "the current one is the extension by {}: decide it with the buttons under its prompt in the request's thread, or type `approve {id}` or `deny {id}`",
+            p.by
+        )
+    });
+    let stale = |was: String| {
+        Some(RefusalKind::WrongState(match &current {
+            Some(current) => format!("this prompt is out of date: it was for {was}; {current}"),
+            None => format!(
+                "this prompt is out of date: it was for {was}, which is no longer waiting for a decision (it was decided, or the access ended)"
+            ),
+        }))
+    };
+    match (shown, pending) {
+        // The card's buttons: fine while the request itself waits.
+        (Shown::Request, None) => None,
+        (Shown::Request, Some(_)) => stale(format!("the approval of {id} itself")),
+        (Shown::Extension(n), Some(p)) if p.seq == n => None,
+        (Shown::Extension(n), _) => stale(format!("extension {n} of {id}")),
+        (Shown::ExtensionOf(by), Some(p)) if p.by == by => None,
+        (Shown::ExtensionOf(by), _) => stale(format!("an extension of {id} by {by}")),
+    }
+}
+
+/// An extension being applied: what it did, the words for it, and for one an
+/// approver granted, how that approver qualified (for the Logbook).
+struct Applied<'a> {
+    ext: &'a crate::domain::request::Extension,
+    summary: &'a str,
+    approval: Option<serde_json::Value>,
+}
+
 fn apply_extension(
     fx: &mut Effects,
     id: RequestId,
     actor: &str,
-    summary: &str,
-    ext: &crate::domain::request::Extension,
+    applied: Applied<'_>,
     now: Timestamp,
     warnings: &[Span],
 ) {
+    let Applied {
+        ext,
+        summary,
+        approval,
+    } = applied;
+    let mut details =
+        json!({ "added": ext.added.to_string(), "expires_at": ext.new_expiry.to_string() });
+    if let (Some(approval), serde_json::Value::Object(map)) = (approval, &mut details) {
+        // The approval that granted it: how its approver qualified.
+        map.insert("approval".into(), approval);
+    }
     fx.log(
         now,
         actor,
         Some(id),
         "extended",
         summary.to_owned(),
-        json!({ "added": ext.added.to_string(), "expires_at": ext.new_expiry.to_string() }),
+        details,
     );
     fx.cancel_expiry = true;
     schedule_expiry(fx, ext.new_expiry, now, warnings);

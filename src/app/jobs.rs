@@ -84,6 +84,8 @@ pub struct ReconcileReport {
     pub forgotten: u64,
     /// Delivered notices past `outbox_retention`, deleted.
     pub pruned: u64,
+    /// Signed chat requests whose signatures can no longer be accepted, forgotten.
+    pub signed_forgotten: u64,
 }
 
 /// Delivered notices deleted per write transaction.
@@ -279,6 +281,14 @@ impl Engine {
             let pruned = self.store.prune_delivered(before, PRUNE_BATCH).await?;
             report.pruned += pruned;
             if pruned < PRUNE_BATCH {
+                break;
+            }
+        }
+        let now = self.clock.now();
+        for _ in 0..20 {
+            let forgotten = self.store.prune_signed(now, PRUNE_BATCH).await?;
+            report.signed_forgotten += forgotten;
+            if forgotten < PRUNE_BATCH {
                 break;
             }
         }

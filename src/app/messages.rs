@@ -1,22 +1,30 @@
 //! The words Passport uses: the request card and the texts of notices and
 //! answers, built from a request's state.
 
+use crate::domain::command::Shown;
 use crate::domain::notice::{Action, ActionStyle, CardInstance, CardView};
 use crate::domain::policy::Principal;
 use crate::domain::request::{AccessRequest, GrantState, Platform, RequestState};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, SshPublicKey, TicketRules, Username};
 
+/// Approve and Deny on a pending request's card. Both name the request's own
+/// approval (`@request`), so a click on a card that has not been updated yet
+/// never decides an extension asked for later.
 pub fn approve_deny(req: &AccessRequest) -> Vec<Action> {
+    decision_buttons(req, Shown::Request)
+}
+
+fn decision_buttons(req: &AccessRequest, shown: Shown) -> Vec<Action> {
     vec![
         Action {
             label: "Approve".into(),
-            command: format!("approve {}", req.id),
+            command: format!("approve {} {shown}", req.id),
             style: ActionStyle::Primary,
         },
         Action {
             label: "Deny".into(),
-            command: format!("deny {}", req.id),
+            command: format!("deny {} {shown}", req.id),
             style: ActionStyle::Danger,
         },
     ]
@@ -31,14 +39,11 @@ pub fn retry_action(req: &AccessRequest) -> Action {
     }
 }
 
-/// Approve and Deny under an extension prompt. Approve names the extension's
-/// length, so it cannot approve a later, different extension.
-pub fn approve_deny_extension(req: &AccessRequest, by: Span) -> Vec<Action> {
-    let mut actions = approve_deny(req);
-    if let Some(approve) = actions.first_mut() {
-        approve.command = format!("approve {} +{by}", req.id);
-    }
-    actions
+/// Approve and Deny under an extension prompt. Both name the extension by its
+/// number (`@extension-2`), so they cannot decide a later, different one.
+pub fn approve_deny_extension(req: &AccessRequest) -> Vec<Action> {
+    let seq = req.pending_extension.as_ref().map_or(0, |p| p.seq);
+    decision_buttons(req, Shown::Extension(seq))
 }
 
 /// Extend and Complete buttons for an active request.

@@ -1,7 +1,7 @@
 //! The traits through which use cases reach the outside world. Adapters
 //! implement them; use cases hold them as `Arc<dyn …>`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{ChainBreak, LogEvent};
 use crate::domain::notice::{Action, CardView, Notice};
+use crate::domain::policy::GroupSource;
 use crate::domain::request::{AccessRequest, InstanceInfo, InstanceOutcome, Refusal, RequestState};
 use crate::domain::session::SessionScope;
 use crate::domain::signin::{
@@ -195,10 +196,11 @@ pub trait SessionBroker: Send + Sync {
 // ---------------------------------------------------------------------------
 // Directory
 
-/// Resolves which groups a chat identity belongs to.
+/// Resolves which groups a chat identity belongs to, and where each
+/// membership was read from (kept with approvals in the Logbook).
 #[async_trait]
 pub trait Directory: Send + Sync {
-    async fn groups_of(&self, user: &UserId) -> BTreeSet<String>;
+    async fn groups_of(&self, user: &UserId) -> BTreeMap<String, GroupSource>;
 }
 
 // ---------------------------------------------------------------------------
@@ -470,6 +472,13 @@ pub trait Store: Send + Sync {
     /// it was recorded before (within a day). The record is committed before
     /// this answers, so a redelivery after a restart is recognised.
     async fn first_delivery(&self, key: &str, now: Timestamp) -> Result<bool, StoreError>;
+    /// Records the signed chat request `key` (a Slack trigger id, a Discord
+    /// interaction id), kept until `until`, when its signature can no longer
+    /// be accepted: true the first time, false when it was recorded before.
+    /// Committed before this answers, so a replay after a restart is refused.
+    async fn first_signed(&self, key: &str, until: Timestamp) -> Result<bool, StoreError>;
+    /// Deletes at most `limit` signed-request keys kept until before `now`.
+    async fn prune_signed(&self, now: Timestamp, limit: u64) -> Result<u64, StoreError>;
     async fn request_for_message(
         &self,
         surface: &str,

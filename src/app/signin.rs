@@ -450,10 +450,10 @@ impl Engine {
     ) -> Result<(String, Option<RequestId>), AppError> {
         let whose = target.unwrap_or_else(|| actor.person.id.clone());
         if whose != actor.person.id {
-            let who = Membership {
-                user: actor.person.id.clone(),
-                groups: self.directory.groups_of(&actor.person.id).await,
-            };
+            let who = Membership::new(
+                actor.person.id.clone(),
+                self.directory.groups_of(&actor.person.id).await,
+            );
             if !self.policy.is_admin(&who) {
                 return Err(RefusalKind::NotAllowed(
                     "only admins can end someone else's sign-ins: `logout` alone ends yours".into(),

@@ -3,6 +3,8 @@
 //! Every button the bot shows carries the text of a command from this grammar,
 //! so a click and a typed command take exactly the same path.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use super::signin::LoginCode;
@@ -52,11 +54,13 @@ pub enum ListFilter {
 pub enum Command {
     Request(RequestSpec),
     Approve(RequestId),
-    /// Approve the pending extension of exactly this length: what an extension
-    /// prompt's button carries, so a click under an old prompt cannot approve
-    /// a later, different extension.
-    ApproveExtension(RequestId, Span),
+    /// Approve exactly the decision a button was shown for (`approve AR-1
+    /// @extension-2`), so a click under an old prompt or card can never
+    /// approve a later, different decision.
+    ApproveShown(RequestId, Shown),
     Deny(RequestId, Option<Reason>),
+    /// Deny exactly the decision a button was shown for (`deny AR-1 @request`).
+    DenyShown(RequestId, Shown, Option<Reason>),
     Complete(RequestId),
     Extend(RequestId, GrantDuration),
     Cancel(RequestId),
@@ -79,6 +83,42 @@ pub enum Command {
     Help,
 }
 
+/// The decision a button was shown for. Buttons carry it after the request
+/// id: `@request` (the request's own approval, on its card), `@extension-N`
+/// (its N-th extension that waited for an approver), or `+30m` (the length of
+/// the extension, which prompts posted before extensions were numbered carry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    Request,
+    Extension(u32),
+    ExtensionOf(super::time::Span),
+}
+
+impl Shown {
+    /// `@request` or `@extension-N`; `None` for any other token.
+    fn parse(token: &str) -> Option<Self> {
+        let rest = token.strip_prefix('@')?.to_ascii_lowercase();
+        if rest == "request" {
+            return Some(Self::Request);
+        }
+        let n = rest.strip_prefix("extension-")?;
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        n.parse().ok().map(Self::Extension)
+    }
+}
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Request => f.write_str("@request"),
+            Self::Extension(n) => write!(f, "@extension-{n}"),
+            Self::ExtensionOf(by) => write!(f, "+{by}"),
+        }
+    }
+}
+
 /// What a `login CODE` line asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginStep {
@@ -93,8 +133,9 @@ impl Command {
     pub fn request_id(&self) -> Option<RequestId> {
         match self {
             Command::Approve(id)
-            | Command::ApproveExtension(id, _)
+            | Command::ApproveShown(id, _)
             | Command::Deny(id, _)
+            | Command::DenyShown(id, _, _)
             | Command::Complete(id)
             | Command::Extend(id, _)
             | Command::Cancel(id)
@@ -256,24 +297,37 @@ impl Grammar {
             "request" => self.parse_request(&tokens[1..], line).map(Command::Request),
             "approve" => {
                 let id = id_at(1)?;
-                match tokens.get(2) {
+                let shown = match tokens.get(2) {
                     Some(by) if by.starts_with('+') => {
-                        no_more(3)?;
                         let by = Span::parse(by).ok_or_else(|| {
                             usage_error(
                                 name,
                                 &format!("{} is not an extension length like +30m", quote(by)),
                             )
                         })?;
-                        Ok(Command::ApproveExtension(id, by))
+                        Some(Shown::ExtensionOf(by))
                     }
-                    _ => {
+                    Some(token) => Shown::parse(token),
+                    None => None,
+                };
+                match shown {
+                    Some(shown) => {
+                        no_more(3)?;
+                        Ok(Command::ApproveShown(id, shown))
+                    }
+                    None => {
                         no_more(2)?;
                         Ok(Command::Approve(id))
                     }
                 }
             }
-            "deny" => Ok(Command::Deny(id_at(1)?, rest_from(2)?)),
+            "deny" => {
+                let id = id_at(1)?;
+                match tokens.get(2).and_then(|t| Shown::parse(t)) {
+                    Some(shown) => Ok(Command::DenyShown(id, shown, rest_from(3)?)),
+                    None => Ok(Command::Deny(id, rest_from(2)?)),
+                }
+            }
             "complete" | "done" => {
                 let id = id_at(1)?;
                 no_more(2)?;
@@ -536,6 +590,33 @@ mod tests {
             g.parse("deny AR-3 not now").unwrap(),
             Command::Deny(id, Reason::parse("not now").unwrap())
         );
+        // What buttons carry: the decision they were shown for.
+        assert_eq!(
+            g.parse("approve AR-3 @request").unwrap(),
+            Command::ApproveShown(id, Shown::Request)
+        );
+        assert_eq!(
+            g.parse("approve AR-3 @extension-2").unwrap(),
+            Command::ApproveShown(id, Shown::Extension(2))
+        );
+        assert_eq!(
+            g.parse("approve AR-3 +1h").unwrap(),
+            Command::ApproveShown(
+                id,
+                Shown::ExtensionOf(crate::domain::time::Span::from_hours(1))
+            )
+        );
+        assert_eq!(
+            g.parse("deny AR-3 @extension-12 too long").unwrap(),
+            Command::DenyShown(id, Shown::Extension(12), Reason::parse("too long").unwrap())
+        );
+        // Only the exact forms are references; anything else is a reason.
+        assert_eq!(
+            g.parse("deny AR-3 @extension-x sure").unwrap(),
+            Command::Deny(id, Reason::parse("@extension-x sure").unwrap())
+        );
+        assert!(g.parse("approve AR-3 @extension-").is_err());
+        assert_eq!(Shown::Extension(4).to_string(), "@extension-4");
         assert_eq!(g.parse("complete AR-3").unwrap(), Command::Complete(id));
         assert!(
             matches!(g.parse("extend AR-3 30m").unwrap(), Command::Extend(i, d) if i == id && d.span().whole_minutes() == 30)

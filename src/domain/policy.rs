@@ -56,12 +56,60 @@ impl fmt::Display for Principal {
     }
 }
 
+/// Where a person's membership of a group was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum GroupSource {
+    /// A member list under `[groups]` in configuration.
+    Config,
+    /// A Slack user group (`[slack.usergroups]`), by its id.
+    SlackUserGroup { id: String },
+    /// A Discord role (`[discord.roles]`), by its id.
+    DiscordRole { id: String },
+}
+
+impl fmt::Display for GroupSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config => f.write_str("the configuration's member list"),
+            Self::SlackUserGroup { id } => write!(f, "the Slack user group {id}"),
+            Self::DiscordRole { id } => write!(f, "the Discord role {id}"),
+        }
+    }
+}
+
 /// A person and the groups they belong to, resolved by the use case before
 /// the policy is asked anything.
 #[derive(Debug, Clone)]
 pub struct Membership {
     pub user: UserId,
     pub groups: BTreeSet<String>,
+    /// Where each membership in `groups` was read from; a group missing here
+    /// was given without saying (tests, built-in groups).
+    pub sources: BTreeMap<String, GroupSource>,
+}
+
+impl Membership {
+    /// `user` in `groups`, each read from wherever `sources` says.
+    pub fn new(user: UserId, sources: BTreeMap<String, GroupSource>) -> Self {
+        Self {
+            user,
+            groups: sources.keys().cloned().collect(),
+            sources,
+        }
+    }
+}
+
+/// How an approver qualified for one rule: the entry of the rule's approvers
+/// they matched, and for a group where their membership was read from. Kept
+/// with each approval and written to the Logbook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Qualification {
+    pub rule: String,
+    /// The matching entry as configuration writes it: a user id or `group:NAME`.
+    pub via: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<GroupSource>,
 }
 
 /// One configured rule.
@@ -162,6 +210,32 @@ impl Requirement {
             .iter()
             .filter(|r| r.approvals > 0 && r.approvers.iter().any(|p| p.matches(who)))
             .map(|r| r.rule.clone())
+            .collect()
+    }
+
+    /// How `who` qualifies for each of `rules`: the first of each rule's
+    /// approvers that matches them, a named user before a group.
+    pub fn qualifications(&self, who: &Membership, rules: &[String]) -> Vec<Qualification> {
+        self.rules
+            .iter()
+            .filter(|r| rules.contains(&r.rule))
+            .filter_map(|r| {
+                let matched = r
+                    .approvers
+                    .iter()
+                    .filter(|p| p.matches(who))
+                    .min_by_key(|p| !matches!(p, Principal::User(_)))?;
+                let (via, source) = match matched {
+                    Principal::Anyone => ("*".to_owned(), None),
+                    Principal::User(u) => (u.to_string(), None),
+                    Principal::Group(g) => (format!("group:{g}"), who.sources.get(g).cloned()),
+                };
+                Some(Qualification {
+                    rule: r.rule.clone(),
+                    via,
+                    source,
+                })
+            })
             .collect()
     }
 
@@ -320,10 +394,13 @@ mod tests {
     use crate::domain::request::Platform;
 
     fn user(id: &str, groups: &[&str]) -> Membership {
-        Membership {
-            user: UserId::parse(id).unwrap(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-        }
+        Membership::new(
+            UserId::parse(id).unwrap(),
+            groups
+                .iter()
+                .map(|g| (g.to_string(), GroupSource::Config))
+                .collect(),
+        )
     }
 
     fn instance(tags: &[(&str, &str)]) -> InstanceInfo {
@@ -472,11 +549,51 @@ mod tests {
             handle: who.user.to_string(),
             at: crate::domain::time::Timestamp::from_millis(0),
             counts_for: req.rules_for(who),
+            qualified: Vec::new(),
         };
         let mut approvals = vec![approval(&lead), approval(&sec)];
         assert!(!req.satisfied(&approvals));
         approvals.push(approval(&user("lead2", &["sre-leads"])));
         assert!(req.satisfied(&approvals));
+    }
+
+    #[test]
+    fn a_qualification_says_which_entry_matched_and_where_it_was_read() {
+        let p = policy();
+        let req = p.requirement_for(&[instance(&[("env", "prod"), ("pci", "1")])]);
+        let who = Membership::new(
+            UserId::parse("U1").unwrap(),
+            BTreeMap::from([
+                (
+                    "sre-leads".to_owned(),
+                    GroupSource::SlackUserGroup { id: "S1".into() },
+                ),
+                (
+                    "security".to_owned(),
+                    GroupSource::DiscordRole { id: "42".into() },
+                ),
+            ]),
+        );
+        let q = req.qualifications(&who, &["prod".to_owned(), "pci".to_owned()]);
+        assert_eq!(
+            q,
+            vec![
+                Qualification {
+                    rule: "prod".into(),
+                    via: "group:sre-leads".into(),
+                    source: Some(GroupSource::SlackUserGroup { id: "S1".into() }),
+                },
+                Qualification {
+                    rule: "pci".into(),
+                    via: "group:security".into(),
+                    source: Some(GroupSource::DiscordRole { id: "42".into() }),
+                },
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&q[0]).unwrap(),
+            serde_json::json!({"rule": "prod", "via": "group:sre-leads", "source": {"from": "slack_user_group", "id": "S1"}})
+        );
     }
 
     #[test]

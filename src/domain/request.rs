@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::policy::{Membership, Requirement};
+use super::policy::{Membership, Qualification, Requirement};
 use super::time::{Span, Timestamp};
 use super::values::{
     DurationLimits, GrantDuration, InstanceId, Person, Reason, RequestId, Ticket, UserId, Username,
@@ -196,6 +196,10 @@ pub struct Approval {
     pub at: Timestamp,
     /// The rules this approver's approval counts towards.
     pub counts_for: Vec<String>,
+    /// How the approver qualified for each of those rules (empty in approvals
+    /// stored before this was recorded).
+    #[serde(default)]
+    pub qualified: Vec<Qualification>,
 }
 
 /// Who ended or decided a request, and why.
@@ -239,11 +243,19 @@ pub struct AccessRequest {
     /// Certificates issued so far from Passport's SSH CA; numbers their serials.
     #[serde(default)]
     pub certificates_issued: u32,
+    /// Extensions asked for that waited for an approver, so far; numbers them,
+    /// so that a prompt's buttons name the one extension they were shown for.
+    #[serde(default)]
+    pub extensions_asked: u32,
 }
 
 /// An extension asked for but not yet approved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingExtension {
+    /// Which of the request's guarded extensions this is (1, 2, …); 0 in
+    /// requests stored before extensions were numbered.
+    #[serde(default)]
+    pub seq: u32,
     pub by: Span,
     pub asked_at: Timestamp,
     /// What must approve it: the rules whose extension threshold it passes,
@@ -350,6 +362,7 @@ impl AccessRequest {
             activated_at: None,
             expires_at: None,
             certificates_issued: 0,
+            extensions_asked: 0,
             extended_by: Span::ZERO,
             decision: None,
             pending_extension: None,
@@ -450,6 +463,7 @@ impl AccessRequest {
             by: who.user.clone(),
             handle: handle.to_owned(),
             at: now,
+            qualified: self.requirement.qualifications(who, &counts_for),
             counts_for,
         });
         if self.requirement.satisfied(&self.approvals) {
@@ -846,7 +860,9 @@ impl AccessRequest {
         let mut probe = self.clone();
         let ext = probe.extend(who, by, now)?;
         let total = Span::from_millis(self.extended_by.as_millis() + by.span().as_millis());
+        self.extensions_asked += 1;
         self.pending_extension = Some(PendingExtension {
+            seq: self.extensions_asked,
             by: ext.added,
             asked_at: now,
             requirement: Some(self.requirement.for_extension(total)),
@@ -864,7 +880,7 @@ impl AccessRequest {
         who: &Membership,
         handle: &str,
         now: Timestamp,
-    ) -> Result<ExtensionApproval, Refusal> {
+    ) -> Result<(Approval, ExtensionApproval), Refusal> {
         let Some(mut pending) = self.pending_extension.clone() else {
             return Err(RefusalKind::WrongState(format!(
                 "{} has no extension waiting for approval",
@@ -906,16 +922,18 @@ impl AccessRequest {
                 needs.still_needed(&pending.approvals)
             )));
         }
-        pending.approvals.push(Approval {
+        let approval = Approval {
             by: who.user.clone(),
             handle: handle.to_owned(),
             at: now,
+            qualified: needs.qualifications(who, &counts_for),
             counts_for,
-        });
+        };
+        pending.approvals.push(approval.clone());
         if !needs.satisfied(&pending.approvals) {
             let still_needed = needs.still_needed(&pending.approvals);
             self.pending_extension = Some(pending);
-            return Ok(ExtensionApproval::Recorded { still_needed });
+            return Ok((approval, ExtensionApproval::Recorded { still_needed }));
         }
         let requester = self.requester.id.clone();
         let by = GrantDuration::within(
@@ -928,7 +946,7 @@ impl AccessRequest {
         .map_err(|e| RefusalKind::WrongState(e.0))?;
         let ext = self.extend(&requester, by, now)?;
         self.pending_extension = None;
-        Ok(ExtensionApproval::Extended(ext))
+        Ok((approval, ExtensionApproval::Extended(ext)))
     }
 
     /// An approver turns the waiting extension down; access keeps its expiry.
@@ -1050,10 +1068,13 @@ mod tests {
     }
 
     fn member(id: &str, groups: &[&str]) -> Membership {
-        Membership {
-            user: uid(id),
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-        }
+        Membership::new(
+            uid(id),
+            groups
+                .iter()
+                .map(|g| ((*g).to_owned(), crate::domain::policy::GroupSource::Config))
+                .collect(),
+        )
     }
 
     /// The requester as an ordinary engineer.
@@ -1406,6 +1427,11 @@ mod tests {
                 handle: "lead1".to_owned(),
                 at: at(3),
                 counts_for: vec!["default".to_owned()],
+                qualified: vec![Qualification {
+                    rule: "default".to_owned(),
+                    via: "group:sre-leads".to_owned(),
+                    source: Some(crate::domain::policy::GroupSource::Config),
+                }],
             }]
         );
         assert_eq!(r.still_needed(), "no more approvals");

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::adapters::directory::StaticDirectory;
 use crate::app::ports::Directory;
+use crate::domain::policy::GroupSource;
 use crate::domain::values::UserId;
 
 use super::api::DiscordApi;
@@ -103,15 +104,15 @@ impl DiscordDirectory {
 
 #[async_trait]
 impl Directory for DiscordDirectory {
-    async fn groups_of(&self, user: &UserId) -> BTreeSet<String> {
+    async fn groups_of(&self, user: &UserId) -> BTreeMap<String, GroupSource> {
         let mut groups = self.configured.groups_of(user).await;
-        if self.roles.keys().all(|g| groups.contains(g)) {
+        if self.roles.keys().all(|g| groups.contains_key(g)) {
             return groups;
         }
         let roles = self.roles_of(user.as_str()).await;
         for (group, role) in &self.roles {
-            if roles.contains(role) {
-                groups.insert(group.clone());
+            if roles.contains(role) && !groups.contains_key(group) {
+                groups.insert(group.clone(), GroupSource::DiscordRole { id: role.clone() });
             }
         }
         groups

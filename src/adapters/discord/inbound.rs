@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::adapters::chat_retry::with_retries;
-use crate::adapters::seen::Seen;
+use crate::adapters::seen::{first_in_store, Seen};
 use crate::adapters::slack::inbound::looks_like_command;
-use crate::app::engine::{Actor, Engine, Reply};
+use crate::app::engine::{Actor, Engine, Reply, STORE_FAILED};
 use crate::domain::command::help_text;
 use crate::domain::values::{Person, RequestId, UserId};
 
@@ -274,6 +274,21 @@ impl Inbound {
         if !i.id.is_empty() && !self.seen.first(&format!("interaction:{}", i.id)) {
             tracing::info!("repeated interaction ignored");
             return (json!({ "type": DEFERRED_UPDATE_MESSAGE }), None);
+        }
+        // The database remembers past a restart: asked before anything acts.
+        if !i.id.is_empty() {
+            let key = format!("discord:interaction:{}", i.id);
+            match first_in_store(self.engine.store().as_ref(), &key, self.engine.now()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!("interaction seen before (replayed, or delivered again after a restart); ignored");
+                    return (json!({ "type": DEFERRED_UPDATE_MESSAGE }), None);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record an interaction, so it is not acted on");
+                    return (ephemeral(&format!("⚠️ {STORE_FAILED}")), None);
+                }
+            }
         }
         let elsewhere = match i.guild_id.as_deref() {
             Some(guild) => guild != self.guild,

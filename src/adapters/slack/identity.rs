@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::adapters::directory::StaticDirectory;
 use crate::app::ports::Directory;
+use crate::domain::policy::GroupSource;
 use crate::domain::values::{Person, UserId};
 
 use super::api::SlackApi;
@@ -170,14 +171,19 @@ impl SlackDirectory {
 
 #[async_trait]
 impl Directory for SlackDirectory {
-    async fn groups_of(&self, user: &UserId) -> BTreeSet<String> {
+    async fn groups_of(&self, user: &UserId) -> BTreeMap<String, GroupSource> {
         let mut groups = self.configured.groups_of(user).await;
         for (name, usergroup) in &self.usergroups {
-            if groups.contains(name) {
+            if groups.contains_key(name) {
                 continue;
             }
             if self.members_of(usergroup).await.contains(user.as_str()) {
-                groups.insert(name.clone());
+                groups.insert(
+                    name.clone(),
+                    GroupSource::SlackUserGroup {
+                        id: usergroup.clone(),
+                    },
+                );
             }
         }
         groups

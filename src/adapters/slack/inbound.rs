@@ -28,8 +28,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::adapters::chat_retry::with_retries;
-use crate::adapters::seen::Seen;
-use crate::app::engine::{Actor, Engine, Reply};
+use crate::adapters::seen::{first_in_store, Seen};
+use crate::app::engine::{Actor, Engine, Reply, STORE_FAILED};
 use crate::app::ports::ChatSurface;
 use crate::domain::command::{help_text, COMMANDS};
 use crate::domain::time::Span;
@@ -390,6 +390,28 @@ impl Inbound {
         }
     }
 
+    /// Whether the database, too, sees this signed request for the first
+    /// time (it remembers past a restart). Asked before anything acts;
+    /// `Err` is the answer to give when the database cannot say, since acting
+    /// then could act twice.
+    async fn first_signed(&self, kind: &str, key: Option<&str>) -> Result<bool, String> {
+        let Some(k) = key.filter(|k| !k.is_empty()) else {
+            return Ok(true);
+        };
+        let key = format!("slack:{kind}:{k}");
+        match first_in_store(self.engine.store().as_ref(), &key, self.engine.now()).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                tracing::info!("signed Slack request seen before (replayed, or delivered again after a restart); ignored");
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a signed Slack request, so it is not acted on");
+                Err(format!(":warning: {STORE_FAILED}"))
+            }
+        }
+    }
+
     async fn run(
         self: &Arc<Self>,
         user: &str,
@@ -474,11 +496,22 @@ impl Inbound {
             }
         }
         let this = self.clone();
+        // The answer's text, or `None` for a replay, which gets none.
         let work = {
             let cmd = cmd.clone();
             tokio::spawn(async move {
-                this.run(&cmd.user_id, cmd.user_name.as_deref(), &text, None)
+                match this
+                    .first_signed("trigger", cmd.trigger_id.as_deref())
                     .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(text) => return Some(text),
+                }
+                let reply = this
+                    .run(&cmd.user_id, cmd.user_name.as_deref(), &text, None)
+                    .await;
+                Some(reply_text(&reply))
             })
         };
         match answer {
@@ -486,7 +519,8 @@ impl Inbound {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let text = match work.await {
-                        Ok(reply) => reply_text(&reply),
+                        Ok(Some(text)) => text,
+                        Ok(None) => return,
                         Err(_) => FAILED.to_owned(),
                     };
                     this.respond(cmd.response_url.as_deref(), &text).await;
@@ -496,13 +530,15 @@ impl Inbound {
             Answer::InlineOrLater => {
                 let mut work = work;
                 match tokio::time::timeout_at(until, &mut work).await {
-                    Ok(Ok(reply)) => Ack::Json(ephemeral(&reply_text(&reply))),
+                    Ok(Ok(Some(text))) => Ack::Json(ephemeral(&text)),
+                    Ok(Ok(None)) => Ack::Empty,
                     Ok(Err(_)) => Ack::Json(ephemeral(FAILED)),
                     Err(_) => {
                         let this = self.clone();
                         tokio::spawn(async move {
                             let text = match work.await {
-                                Ok(reply) => reply_text(&reply),
+                                Ok(Some(text)) => text,
+                                Ok(None) => return,
                                 Err(_) => FAILED.to_owned(),
                             };
                             this.respond(cmd.response_url.as_deref(), &text).await;
@@ -633,6 +669,12 @@ impl Inbound {
             return Ack::Empty;
         }
         if i.kind == "view_submission" {
+            // A form is submitted rarely, so its key is recorded before the
+            // acknowledgement; Slack closes the form on an empty answer.
+            match self.first_signed("trigger", i.trigger_id.as_deref()).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return Ack::Empty,
+            }
             return match (i.user, i.view) {
                 (Some(user), Some(view)) if view.callback_id.as_deref() == Some(REQUEST_FORM) => {
                     self.form(user, view).await
@@ -665,7 +707,23 @@ impl Inbound {
             .or(container.thread_ts.clone())
             .filter(|t| Some(t) != message_ts.as_ref());
         let this = self.clone();
+        let trigger = i.trigger_id.clone();
         let mut task = tokio::spawn(async move {
+            let text = match this.first_signed("trigger", trigger.as_deref()).await {
+                Ok(true) => None,
+                Ok(false) => return,
+                Err(text) => Some(text),
+            };
+            if let Some(text) = text {
+                match &channel {
+                    Some(c) => {
+                        this.tell(&user.id, Some(c), thread_ts.as_deref(), &text)
+                            .await
+                    }
+                    None => this.respond(i.response_url.as_deref(), &text).await,
+                }
+                return;
+            }
             // A click on the card or in its thread acts within that request.
             let anchor = thread_ts.clone().or(message_ts.clone());
             let thread = match (&channel, &anchor) {
