@@ -495,6 +495,17 @@ mod tests {
         let text = format!("AR-1 denied by lead: {hostile}. Reply `extend AR-1 1h`.");
         let out = escape_text(&text);
         assert!(out.contains("`extend AR-1 1h`"), "{out}");
+        // What Discord would still parse: every escaped character blanked out.
+        let mut parsed = String::new();
+        let mut chars = out.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                chars.next();
+                parsed.push('\0');
+            } else {
+                parsed.push(c);
+            }
+        }
         for raw in [
             "@everyone",
             "[click](",
@@ -503,7 +514,7 @@ mod tests {
             "**b**",
             "-# small",
         ] {
-            assert!(!out.contains(raw), "{raw} left in {out}");
+            assert!(!parsed.contains(raw), "{raw} left in {out}");
         }
         // Someone's backtick makes a code span (shown literally) or is escaped.
         assert_eq!(escape_text("a ` @here"), "a \\` \\@here");
