@@ -463,7 +463,7 @@ impl TestApp {
             .into_iter()
             .next()
             .expect("the approvers' card");
-        let approve = format!("approve {id}");
+        let approve = format!("approve {id} @request");
         assert!(card.button_values().contains(&approve));
         self.click(LEAD1, &approve, APPROVALS, card.ts.as_deref().unwrap())
             .await;
@@ -754,7 +754,9 @@ async fn requests_are_created_listed_extended_and_completed_through_the_api() {
     // The same card for approvers as from chat.
     let card = app.fake.posts_in(APPROVALS);
     assert_eq!(card.len(), 1);
-    assert!(card[0].button_values().contains(&"approve AR-1".to_owned()));
+    assert!(card[0]
+        .button_values()
+        .contains(&"approve AR-1 @request".to_owned()));
 
     // Bad input: the parser's message.
     let bad = app
@@ -793,7 +795,7 @@ async fn requests_are_created_listed_extended_and_completed_through_the_api() {
 
     app.click(
         LEAD1,
-        "approve AR-1",
+        "approve AR-1 @request",
         APPROVALS,
         card[0].ts.as_deref().unwrap(),
     )

@@ -73,7 +73,7 @@ fn console_runs_a_whole_round() {
     for expected in [
         "[reply to dev1] request AR-1 received",
         "[card] (to group:approvers) AR-1 · Pending approval",
-        "[Approve: approve AR-1] [Deny: deny AR-1]",
+        "[Approve: approve AR-1 @request] [Deny: deny AR-1 @request]",
         "[reply to dev1] error: you cannot approve your own request AR-1",
         "[reply to lead1] AR-1 approved",
         "[dry-run] AR-1 → i-0123456789abcdef0: Passport-GrantLinux username=pp-dev1-1",
@@ -892,6 +892,8 @@ fn sigterm_stops_serve_within_the_grace_period_with_slack_stalled_and_a_backlog(
         .env("PASSPORT_SLACK__API_URL", &api)
         .env("PASSPORT_SLACK__USERGROUPS__APPROVERS", "S0APPROVERS")
         .env("PASSPORT_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PASSPORT_SLACK__TEAM_ID", "T0TEAM")
+        .env("PASSPORT_SLACK__APP_ID", "A0PASSPORT")
         .env("PASSPORT_HTTP__SHUTDOWN_GRACE", "2s")
         .env("PASSPORT_HTTP__HEADER_TIMEOUT", "120s")
         .stdout(Stdio::null())

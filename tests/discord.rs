@@ -514,9 +514,11 @@ impl TestApp {
         let mut threads: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         let mut dms: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut audit = Vec::new();
+        // As Passport sends it: escaped but for its own code spans.
         let shown = |t: &str| {
+            let t = passport::adapters::discord::render::escape_text(t);
             if t.chars().count() <= 2000 {
-                t.to_owned()
+                t
             } else {
                 t.lines().next().unwrap_or_default().to_owned()
             }
@@ -1578,7 +1580,17 @@ async fn hostile_text_is_escaped_in_threads_direct_messages_answers_and_audit_li
             "the reason reached the {place}: {calls:?}"
         );
         for c in calls {
-            let text = c.all_text();
+            // What Discord would still parse: every escaped character blanked.
+            let mut text = String::new();
+            let mut chars = c.all_text().chars().collect::<Vec<_>>().into_iter();
+            while let Some(ch) = chars.next() {
+                if ch == '\\' {
+                    chars.next();
+                    text.push('\0');
+                } else {
+                    text.push(ch);
+                }
+            }
             for raw in [
                 "@everyone",
                 "<@&",
