@@ -170,6 +170,34 @@ pub async fn verify_logbook_file(path: &Path) -> Result<Verification, StoreError
     .map_err(|e| StoreError::Other(format!("verification failed: {e}")))?
 }
 
+impl Shared {
+    /// Runs `read` on an idle read connection (or a new one), then keeps the
+    /// connection for the next read unless the store is closing. The caller
+    /// holds a read permit.
+    fn with_reader<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self
+            .idle_readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => connect_reader(&self.path)?,
+        };
+        let result = read(&conn);
+        if !self.read_permits.is_closed() {
+            self.idle_readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+        result
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
@@ -211,23 +239,7 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Other("the store is closed".into()))?;
         tokio::task::spawn_blocking(move || {
-            let idle = shared
-                .idle_readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop();
-            let conn = match idle {
-                Some(conn) => conn,
-                None => connect_reader(&shared.path)?,
-            };
-            let result = read(&conn);
-            if !shared.read_permits.is_closed() {
-                shared
-                    .idle_readers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(conn);
-            }
+            let result = shared.with_reader(read);
             drop(permit);
             result
         })
@@ -245,30 +257,13 @@ impl SqliteStore {
     where
         F: FnOnce(&Connection) -> Result<T, StoreError>,
     {
-        let shared = &self.shared;
-        let _permit = shared
+        let _permit = self
+            .shared
             .read_permits
             .acquire()
             .await
             .map_err(|_| StoreError::Other("the store is closed".into()))?;
-        let idle = shared
-            .idle_readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => connect_reader(&shared.path)?,
-        };
-        let result = read(&conn);
-        if !shared.read_permits.is_closed() {
-            shared
-                .idle_readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
-        }
-        result
+        self.shared.with_reader(read)
     }
 
     async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
