@@ -711,3 +711,101 @@ async fn reconciliation_forgets_signed_requests_once_their_window_has_closed() {
     app.advance(mins(11)).await;
     assert_eq!(app.engine.reconcile().await.unwrap().signed_forgotten, 1);
 }
+
+/// Waits (by yielding, not sleeping) until `n` grants hang at the fake's gate.
+async fn until_grants_wait(app: &TestApp, n: usize) {
+    use std::sync::atomic::Ordering;
+    for _ in 0..100_000 {
+        if app.provisioner.grants_waiting.load(Ordering::SeqCst) == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{n} grant(s) never reached the provisioner");
+}
+
+/// Runs passes until nothing more is due, without waiting for passes still running.
+async fn run_until_quiet(app: &TestApp) {
+    for _ in 0..20 {
+        if app.engine.run_due().await.unwrap() == 0 {
+            return;
+        }
+    }
+    panic!("timers kept coming");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_grant_holds_up_no_other_requests_expiry_or_removal() {
+    let (app, _dir) = TestApp::spawn().await;
+    let early = app.active_request("1h").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *app.provisioner.grant_gate.lock().unwrap() = Some(gate.clone());
+    // A dev request approves itself; its grant hangs as a stuck SSM job would.
+    let reply = app
+        .engine
+        .handle_line(
+            &TestApp::actor("dev1"),
+            &format!("request {DEV} 2h ticket#2 slow"),
+            None,
+        )
+        .await;
+    assert!(reply.ok, "{}", reply.text);
+    let slow = reply.request.unwrap();
+    let engine = app.engine.clone();
+    let hanging = tokio::spawn(async move { engine.run_due().await.unwrap() });
+    until_grants_wait(&app, 1).await;
+
+    // The first request's time runs out while that grant still hangs.
+    app.clock.advance(mins(61));
+    run_until_quiet(&app).await;
+    assert_eq!(app.request(early).await.state, RequestState::Expired);
+    assert!(
+        app.provisioner.revokes().iter().any(|c| c.request == early),
+        "the expired user is removed without waiting for another request's grant"
+    );
+    assert_eq!(app.request(slow).await.state, RequestState::Provisioning);
+
+    gate.add_permits(1);
+    assert_eq!(hanging.await.unwrap(), 1);
+    assert_eq!(app.request(slow).await.state, RequestState::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_waits_for_the_grant_it_undoes() {
+    let (app, _dir) = TestApp::spawn().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *app.provisioner.grant_gate.lock().unwrap() = Some(gate.clone());
+    let reply = app
+        .engine
+        .handle_line(
+            &TestApp::actor("dev1"),
+            &format!("request {DEV} 2h ticket#2 slow"),
+            None,
+        )
+        .await;
+    let id = reply.request.unwrap();
+    let engine = app.engine.clone();
+    let hanging = tokio::spawn(async move { engine.run_due().await.unwrap() });
+    until_grants_wait(&app, 1).await;
+
+    // Revoked while the user is being created: the removal must not overtake
+    // the grant, or the grant would leave the user behind.
+    let reply = app
+        .engine
+        .handle_line(&TestApp::actor("boss"), &format!("revoke {id}"), None)
+        .await;
+    assert!(reply.ok, "{}", reply.text);
+    run_until_quiet(&app).await;
+    assert!(
+        app.provisioner.revokes().is_empty(),
+        "no removal while the grant runs"
+    );
+
+    gate.add_permits(1);
+    hanging.await.unwrap();
+    run_until_quiet(&app).await;
+    let revokes = app.provisioner.revokes();
+    assert_eq!(revokes.len(), 1, "{revokes:?}");
+    assert_eq!(revokes[0].request, id);
+    assert_eq!(app.request(id).await.state, RequestState::Revoked);
+}

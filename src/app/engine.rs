@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::domain::certificate::CertificateSpec;
 use crate::domain::command::{help_text, Command, Grammar, ListFilter, RequestSpec, Shown};
@@ -25,7 +25,7 @@ use crate::domain::values::{
     GrantDuration, InputError, InstanceId, Person, Reason, RequestId, SshPublicKey,
 };
 
-use super::effects::{Effects, TimerId, TimerKind};
+use super::effects::{Effects, TimerKind};
 use super::messages;
 use super::ports::{
     CertificateSigner, Clock, Described, Directory, Mutation, ProvisionError, Provisioner,
@@ -169,7 +169,13 @@ pub struct Engine {
     pub(super) settings: EngineSettings,
     /// Wakes the scheduler and the outbox dispatcher after a commit.
     pub wake: Arc<Notify>,
-    pub(super) in_flight: Mutex<HashSet<TimerId>>,
+    /// Requests whose timers are running: a request's timers run one at a
+    /// time, so a removal never overlaps the grant it undoes.
+    pub(super) busy: Mutex<HashSet<RequestId>>,
+    /// Grants running at once, and removals: separate, so a backlog of slow
+    /// grants never holds up a removal.
+    pub(super) grant_slots: Semaphore,
+    pub(super) revoke_slots: Semaphore,
     /// Passport's SSH CA, when configured.
     pub(super) certificates: Option<Certificates>,
     /// Scoped Session Manager credentials, when `[aws] session_role_arn` is set.
@@ -208,7 +214,9 @@ impl Engine {
             grammar,
             settings,
             wake: Arc::new(Notify::new()),
-            in_flight: Mutex::new(HashSet::new()),
+            busy: Mutex::new(HashSet::new()),
+            grant_slots: Semaphore::new(super::lifecycle::CONCURRENT_GRANTS),
+            revoke_slots: Semaphore::new(super::lifecycle::CONCURRENT_REVOKES),
             certificates: None,
             sessions: None,
             recent: Mutex::default(),

@@ -214,7 +214,11 @@ impl Engine {
             let outcomes = if spec.instances.is_empty() {
                 Vec::new()
             } else {
-                match self.provisioner.revoke(&spec).await {
+                let revoked = {
+                    let _slot = self.revoke_slots.acquire().await;
+                    self.provisioner.revoke(&spec).await
+                };
+                match revoked {
                     Ok(outcomes) => outcomes,
                     Err(e) => {
                         tracing::warn!(request = %req.id, error = %e, "reconciliation could not reach the provisioner; will try again");

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use futures::stream::{self, StreamExt};
 use serde_json::json;
 
 use crate::domain::notice::Notice;
@@ -25,8 +24,10 @@ use super::ports::{GrantSpec, ProvisionError, RevokeSpec, StoreError};
 const MAX_PROVISION_ATTEMPTS: u32 = 8;
 /// After this many failed removals, people are told which instance still holds the user.
 const REMOVAL_ALERT_AFTER: u32 = 3;
-/// Requests whose timers run at the same time.
-const CONCURRENT_REQUESTS: usize = 64;
+/// Grants sent at the same time; more wait for a slot.
+pub(super) const CONCURRENT_GRANTS: usize = 64;
+/// Removals sent at the same time, apart from the grants' slots.
+pub(super) const CONCURRENT_REVOKES: usize = 64;
 
 /// Exponential backoff from 30 s, capped at 10 minutes.
 pub fn backoff(attempts: u32) -> Span {
@@ -50,83 +51,96 @@ fn all_failed(instances: &[InstanceInfo], error: &ProvisionError) -> Vec<Instanc
         .collect()
 }
 
-/// Timers a pass of `run_due` has claimed; unclaimed when dropped.
-struct Claim<'a> {
+/// A request whose timers a pass of `run_due` runs; free again when dropped,
+/// also when a timer panics (a request left marked would never run again).
+struct Busy<'a> {
     engine: &'a Engine,
-    ids: Vec<i64>,
+    request: RequestId,
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        let mut in_flight = self
-            .engine
-            .in_flight
+        self.engine
+            .busy
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for id in &self.ids {
-            in_flight.remove(id);
-        }
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.request);
+        // Timers of this request that came due while it ran can go now.
+        self.engine.wake.notify_waiters();
     }
 }
 
 impl Engine {
-    /// Runs every timer due now. Timers of one request run one after another,
-    /// in due order; different requests run concurrently. Returns how many ran.
+    /// Runs every timer due now and waits for them. Timers of one request run
+    /// one after another, in due order, and never beside another pass's
+    /// timers of that request; different requests run side by side, each on
+    /// its own, so a slow grant delays no other request's expiry or removal.
+    /// Requests another pass is still running are left to a later pass.
+    /// Returns how many timers ran.
     pub async fn run_due(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let due = self.store.due_timers(now, 5000).await?;
-        let claimed: Vec<Timer> = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            due.into_iter().filter(|t| in_flight.insert(t.id)).collect()
-        };
-        if claimed.is_empty() {
-            return Ok(0);
-        }
-        // Released when this pass ends, also when a timer panics: a timer
-        // left marked as running would never run again.
-        let claim = Claim {
-            engine: self,
-            ids: claimed.iter().map(|t| t.id).collect(),
-        };
-        let count = claimed.len();
         let mut by_request: BTreeMap<RequestId, Vec<Timer>> = BTreeMap::new();
-        for t in claimed {
-            by_request.entry(t.request).or_default().push(t);
-        }
-        stream::iter(by_request.into_values())
-            .for_each_concurrent(CONCURRENT_REQUESTS, |timers| async move {
-                for t in timers {
-                    if let Err(e) = self.fire(&t).await {
-                        // Not at once: a failure that repeats would spin the scheduler.
-                        let again = self.clock.now().plus(backoff(t.attempts));
-                        tracing::error!(request = %t.request, timer = t.kind.encode(), error = %e, retry_at = %again, "timer failed; it will run again");
-                        if let Err(e) = self.store.reschedule_timer(t.id, again).await {
-                            tracing::error!(request = %t.request, error = %e, "cannot put off a failed timer");
-                        }
+        let chains: Vec<(Busy<'_>, Vec<Timer>)> = {
+            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            for t in due.into_iter().filter(|t| !busy.contains(&t.request)) {
+                by_request.entry(t.request).or_default().push(t);
+            }
+            by_request
+                .into_iter()
+                .map(|(request, timers)| {
+                    busy.insert(request);
+                    (
+                        Busy {
+                            engine: self,
+                            request,
+                        },
+                        timers,
+                    )
+                })
+                .collect()
+        };
+        let count = chains.iter().map(|(_, timers)| timers.len()).sum();
+        futures::future::join_all(chains.into_iter().map(|(busy, timers)| async move {
+            let _busy = busy;
+            for t in timers {
+                if let Err(e) = self.fire(&t).await {
+                    // Not at once: a failure that repeats would spin the scheduler.
+                    let again = self.clock.now().plus(backoff(t.attempts));
+                    tracing::error!(request = %t.request, timer = t.kind.encode(), error = %e, retry_at = %again, "timer failed; it will run again");
+                    if let Err(e) = self.store.reschedule_timer(t.id, again).await {
+                        tracing::error!(request = %t.request, error = %e, "cannot put off a failed timer");
                     }
                 }
-            })
-            .await;
-        drop(claim);
-        self.wake.notify_waiters();
+            }
+        }))
+        .await;
         Ok(count)
     }
 
-    /// When the next timer not already running is due.
+    /// When the next timer of a request not already running is due. Timers
+    /// of running requests wait for them to finish, which wakes the scheduler.
     pub async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        let running = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let limit = u32::try_from(busy.len())
+            .unwrap_or(u32::MAX)
+            .saturating_mul(4)
+            .saturating_add(1)
+            .min(5000);
         let upcoming = self
             .store
-            .due_timers(Timestamp::from_millis(i64::MAX), running.len() as u32 + 1)
+            .due_timers(Timestamp::from_millis(i64::MAX), limit)
             .await?;
-        Ok(upcoming
-            .into_iter()
-            .find(|t| !running.contains(&t.id))
-            .map(|t| t.due))
+        let full = upcoming.len() >= limit as usize;
+        Ok(
+            match upcoming.into_iter().find(|t| !busy.contains(&t.request)) {
+                Some(t) => Some(t.due),
+                // Every timer looked at belongs to a running request: look again
+                // shortly rather than reading the whole table.
+                None if full => Some(self.clock.now().plus(Span::from_secs(1))),
+                None => None,
+            },
+        )
     }
 
     async fn fire(&self, t: &Timer) -> Result<(), StoreError> {
@@ -296,7 +310,11 @@ impl Engine {
             trusted_ca_keys,
             port_forwarding: req.requirement.port_forwarding,
         };
-        let outcomes = match self.provisioner.grant(&spec).await {
+        let granted = {
+            let _slot = self.grant_slots.acquire().await;
+            self.provisioner.grant(&spec).await
+        };
+        let outcomes = match granted {
             Ok(outcomes) => outcomes,
             Err(ProvisionError::Unavailable(e)) if t.attempts + 1 < MAX_PROVISION_ATTEMPTS => {
                 tracing::warn!(request = %req.id, attempt = t.attempts + 1, error = %e, "provisioner unavailable; will retry");
@@ -477,15 +495,16 @@ impl Engine {
         } else {
             None
         };
+        let revoke = async {
+            let _slot = self.revoke_slots.acquire().await;
+            self.provisioner.revoke(&spec).await
+        };
         let (revoked, ended) = match sessions {
             Some(latest) => {
-                let (revoked, ended) = tokio::join!(
-                    self.provisioner.revoke(&spec),
-                    self.end_sessions_bounded(&req)
-                );
+                let (revoked, ended) = tokio::join!(revoke, self.end_sessions_bounded(&req));
                 (revoked, Some((ended, latest)))
             }
-            None => (self.provisioner.revoke(&spec).await, None),
+            None => (revoke.await, None),
         };
         let outcomes = match revoked {
             Ok(outcomes) => outcomes,

@@ -208,6 +208,10 @@ pub struct FakeProvisioner {
     pub revokes: Mutex<Vec<Call>>,
     /// The `before` of every request to forget finished work.
     pub forgotten_before: Mutex<Vec<Timestamp>>,
+    /// When set, each grant waits for a permit of this gate (a slow SSM job);
+    /// `grants_waiting` counts the grants waiting at it.
+    pub grant_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    pub grants_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeProvisioner {
@@ -249,6 +253,13 @@ impl Provisioner for FakeProvisioner {
     }
 
     async fn grant(&self, spec: &GrantSpec) -> Result<Vec<InstanceOutcome>, ProvisionError> {
+        let gate = self.grant_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            use std::sync::atomic::Ordering;
+            self.grants_waiting.fetch_add(1, Ordering::SeqCst);
+            gate.acquire().await.unwrap().forget();
+            self.grants_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         if *self.unavailable.lock().unwrap() {
             return Err(ProvisionError::Unavailable("connection refused".into()));
         }
