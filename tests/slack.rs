@@ -1110,6 +1110,14 @@ async fn metrics_move_through_a_lifecycle_and_cover_every_alert_rule() {
     app.command(DEV, "complete AR-1").await;
     app.deliver_everything().await;
 
+    // The database gauges are read at most once per GAUGES_MAX_AGE: still the
+    // first scrape's until then.
+    let cached = scrape().await;
+    assert!(
+        cached.contains("passport_requests{state=\"completed\"} 0"),
+        "{cached}"
+    );
+    app.clock.advance(passport::http::metrics::GAUGES_MAX_AGE);
     let after = scrape().await;
     assert!(value(&after, created) > value(&before, created), "{after}");
     assert!(

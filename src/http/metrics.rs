@@ -4,8 +4,10 @@
 //! Counters and histograms are recorded where things happen through the
 //! `metrics` facade (Logbook events by action in the store, chat deliveries in
 //! the outbox, HTTP here); what lives in the database (requests by state,
-//! removals overdue, the outbox, timers) is read at each scrape, so a restart
-//! loses none of it. The exposition itself is `metrics-exporter-prometheus`'s.
+//! removals overdue, the outbox, timers) is read from it, so a restart loses
+//! none of it, but at most once per [`GAUGES_MAX_AGE`] whatever the scrape
+//! interval, so frequent scrapes cost the service nothing more than rendering.
+//! The exposition itself is `metrics-exporter-prometheus`'s.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -16,7 +18,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::app::ports::{Clock, Store};
+use crate::app::ports::{Clock, Gauges, Store};
+use crate::domain::request::RequestState;
+use crate::domain::time::{Span, Timestamp};
 
 use super::HttpError;
 
@@ -112,22 +116,62 @@ fn describe() {
     }
 }
 
+/// How old the database gauges may be when scraped. Counting requests by
+/// state reads an index that grows with every request ever made: a scrape
+/// every second must not pay that each time. Prometheus' usual 15 s or more
+/// always sees a fresh count.
+pub const GAUGES_MAX_AGE: Span = Span::from_secs(10);
+
 /// What `/metrics` needs.
 #[derive(Clone)]
 pub struct MetricsState {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
+    /// The last gauges read and when; the lock also makes concurrent scrapes
+    /// of stale gauges share one read.
+    pub gauges: Arc<tokio::sync::Mutex<Option<(Timestamp, Gauges)>>>,
+}
+
+impl MetricsState {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            gauges: Arc::default(),
+        }
+    }
+
+    /// The gauges, read again when older than [`GAUGES_MAX_AGE`].
+    async fn gauges(&self) -> Result<Gauges, HttpError> {
+        let mut cached = self.gauges.lock().await;
+        let now = self.clock.now();
+        if let Some((at, gauges)) = cached.as_ref() {
+            if now.since(*at) < GAUGES_MAX_AGE && *at <= now {
+                return Ok(gauges.clone());
+            }
+        }
+        let gauges = self.store.gauges(now).await.map_err(|e| {
+            tracing::error!(error = %e, "metrics cannot read the database");
+            HttpError::Unavailable("database unavailable".into())
+        })?;
+        *cached = Some((now, gauges.clone()));
+        Ok(gauges)
+    }
 }
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, HttpError> {
     let handle = recorder();
-    let gauges = state.store.gauges(state.clock.now()).await.map_err(|e| {
-        tracing::error!(error = %e, "metrics cannot read the database");
-        HttpError::Unavailable("database unavailable".into())
-    })?;
-    for (state, n) in &gauges.requests {
-        metrics::gauge!("passport_requests", "state" => state.clone()).set(*n as f64);
+    let gauges = state.gauges().await?;
+    // Every state, so a state whose last request moved on reads 0 rather
+    // than its last count.
+    for state in RequestState::ALL.map(RequestState::as_str) {
+        let n = gauges
+            .requests
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!("passport_requests", "state" => state).set(n as f64);
     }
     metrics::gauge!("passport_removals_overdue").set(gauges.removals_overdue as f64);
     metrics::gauge!("passport_outbox_pending").set(gauges.outbox_pending as f64);

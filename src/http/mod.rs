@@ -231,10 +231,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(metrics::metrics).with_state(metrics::MetricsState {
-                store: state.store.clone(),
-                clock: state.clock.clone(),
-            }),
+            get(metrics::metrics).with_state(metrics::MetricsState::new(
+                state.store.clone(),
+                state.clock.clone(),
+            )),
         );
     if state.slack.is_some() {
         router = router
