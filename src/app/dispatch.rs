@@ -93,6 +93,26 @@ impl Breakers {
         })
     }
 
+    /// When every one of `surfaces` has its breaker open until later than
+    /// `now`: the earliest of those times. `None` when any may be tried.
+    fn all_waiting<'a>(
+        &self,
+        surfaces: impl IntoIterator<Item = &'a String>,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut earliest: Option<Timestamp> = None;
+        for surface in surfaces {
+            match all.get(surface.as_str()).and_then(|b| b.open_until) {
+                Some(until) if now < until => {
+                    earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                }
+                _ => return None,
+            }
+        }
+        earliest
+    }
+
     /// Whether a lane already running may send its next notice.
     fn is_open(&self, surface: &str) -> bool {
         self.with(surface, |b| b.open_until.is_some())
@@ -340,6 +360,16 @@ impl Dispatcher {
     async fn deliver_outbox(&self) -> Result<DeliveryReport, StoreError> {
         let mut report = DeliveryReport::default();
         loop {
+            // While every platform's breaker is open, the outbox is not even
+            // read: a platform that is down costs a check per pass, not a
+            // read of the backlog it leaves behind.
+            if let Some(until) = self
+                .breakers
+                .all_waiting(self.surfaces.keys(), self.clock.now())
+            {
+                report.next_retry = Some(until);
+                return Ok(report);
+            }
             // A few notices of each lane per pass: a long lane (a paced audit
             // channel with a backlog) neither hides the others nor holds the
             // pass for long.
