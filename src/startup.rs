@@ -302,9 +302,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// How long to wait for in-flight work on shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 // ---------------------------------------------------------------------------
 // Slack
 
