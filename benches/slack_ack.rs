@@ -19,6 +19,19 @@
 //! separate runtimes in this one process, on the same machine; the peak memory
 //! printed is that of the whole process.
 //!
+//! `PASSPORT_BENCH_SLACK=down` points the Web API at a closed loopback port
+//! (connections refused), `PASSPORT_BENCH_SLACK=stalled` at a port that
+//! accepts connections and never answers: acknowledgements must not depend on
+//! Slack's health. `PASSPORT_BENCH_REQUESTERS` (default 1, or 1000 with Slack
+//! unreachable) spreads the requests over that many distinct people, so that
+//! each name look-up misses the cache at least once.
+//!
+//! The server runs with `serve`'s default `[http]` limits;
+//! `PASSPORT_BENCH_MAX_CONNECTIONS` overrides its connection cap.
+//!
+//! `PASSPORT_BENCH_LOG=warn` writes the application's log lines at that level
+//! to stderr (not with `PASSPORT_BENCH_OBSERVE`).
+//!
 //! `PASSPORT_BENCH_OBSERVE=1` runs every rate twice in the one process: first
 //! as above, then with what observability costs in `serve`: the Prometheus
 //! recorder installed, `/metrics` scraped every second, and every log line at
@@ -84,8 +97,52 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// How the Web API behaves during the run (`PASSPORT_BENCH_SLACK`).
+fn slack_health() -> String {
+    env_or("PASSPORT_BENCH_SLACK", "healthy")
+}
+
+/// Distinct requesters the requests come from (`PASSPORT_BENCH_REQUESTERS`).
+fn requesters() -> u64 {
+    let default = if slack_health() == "healthy" {
+        "1"
+    } else {
+        "1000"
+    };
+    env_or("PASSPORT_BENCH_REQUESTERS", default)
+        .parse::<u64>()
+        .unwrap()
+        .max(1)
+}
+
+/// A Web API address for `PASSPORT_BENCH_SLACK`: the stand-in, a closed port,
+/// or a port that takes connections and never answers.
+async fn web_api() -> String {
+    match slack_health().as_str() {
+        "healthy" => stand_in_for_slack().await,
+        "down" => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/api", listener.local_addr().unwrap());
+            drop(listener);
+            url
+        }
+        "stalled" => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/api", listener.local_addr().unwrap());
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((conn, _)) = listener.accept().await {
+                    held.push(conn);
+                }
+            });
+            url
+        }
+        other => panic!("PASSPORT_BENCH_SLACK={other}: use healthy, down or stalled"),
+    }
+}
+
 async fn start_server() -> Server {
-    let api_url = stand_in_for_slack().await;
+    let api_url = web_api().await;
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
     c.store.path = dir.path().join("passport.db");
@@ -132,7 +189,12 @@ async fn start_server() -> Server {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = built.router;
     tokio::spawn(async move {
-        passport::http::serve(listener, router, std::future::pending())
+        // The limits `serve` runs with, unless the run names another cap.
+        let mut limits = passport::http::ServerLimits::default();
+        if let Ok(cap) = std::env::var("PASSPORT_BENCH_MAX_CONNECTIONS") {
+            limits.max_connections = cap.parse().unwrap();
+        }
+        passport::http::server::serve(listener, router, limits, std::future::pending())
             .await
             .unwrap()
     });
@@ -168,7 +230,7 @@ fn signed_request(base: &str) -> axum::http::Request<Full<Bytes>> {
         ("team_id", "T0BENCH"),
         ("api_app_id", "A0BENCH"),
         ("channel_id", "C0GENERAL"),
-        ("user_id", USER),
+        ("user_id", &format!("{USER}{}", n % requesters())),
         ("user_name", "bench"),
         ("command", "/passport"),
         ("text", &command_text(n)),
@@ -291,8 +353,19 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("slack_ack: open-loop signed /passport request, {secs} s per rate");
+    println!(
+        "slack_ack: open-loop signed /passport request, {secs} s per rate, Web API {}, {} requester(s)",
+        slack_health(),
+        requesters()
+    );
     let observe = std::env::var("PASSPORT_BENCH_OBSERVE").is_ok();
+    if let (Ok(filter), false) = (std::env::var("PASSPORT_BENCH_LOG"), observe) {
+        // To see why answers fail: log lines at this level to stderr.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if observe {
         println!("without metrics or logs:");
     }
