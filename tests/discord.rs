@@ -1709,3 +1709,78 @@ async fn a_dry_run_marks_every_card_thread_reply_and_direct_message_dry_run() {
         assert!(text.starts_with("🧪 DRY RUN"), "not marked DRY RUN: {text}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Start-up warnings
+
+#[derive(Clone)]
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// On the current thread, so that what the start logs lands here.
+#[tokio::test]
+async fn the_start_warns_only_about_roles_that_approve_or_administer() {
+    let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(false)
+        .with_writer(move || LogSink(writer.clone()))
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    startup::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir.path().join("passport.db"), &fake, "http");
+    // A role that may only request, and one nothing uses.
+    let roles = &mut config.discord.as_mut().unwrap().roles;
+    roles.insert("oncall".into(), "1600000000000000003".into());
+    roles.insert("unused".into(), "1600000000000000004".into());
+    config.policy.requesters = vec!["group:oncall".into()];
+    let settings = config.validate().unwrap();
+    let discord = settings.discord.clone().unwrap();
+    let built = startup::discord_app(
+        &settings,
+        &discord,
+        DiscordOptions {
+            clock: Arc::new(ManualClock::new(
+                passport::adapters::clock::SystemClock.now(),
+            )),
+            provisioner: startup::logged_dry_run(&settings),
+            ack_deadline: Duration::from_millis(2500),
+            dry_run_label: false,
+            probes: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let log = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("is the Discord role"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{warned:#?}");
+    for expected in [
+        format!("Passport group approvers (approves for rule \"default\") is the Discord role {APPROVER_ROLE}"),
+        format!("Passport group sre-leads (approves for rule \"prod\") is the Discord role {SRE_ROLE}"),
+    ] {
+        assert!(
+            warned.iter().any(|l| l.contains(&expected)),
+            "{expected}: {warned:#?}"
+        );
+    }
+    assert!(
+        !log.contains("1600000000000000003") && !log.contains("1600000000000000004"),
+        "{log}"
+    );
+    built.app.store.close().await;
+}
