@@ -1,6 +1,7 @@
 //! Wiring: builds the engine and dispatcher from validated settings, and runs
 //! the background loops (timers and outbox delivery) and the console.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use crate::app::dispatch::Dispatcher;
 use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
 use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, SessionBroker, StoreError};
 use crate::config::Settings;
+use crate::domain::policy::Policy;
 use crate::domain::time::Span;
 use crate::domain::values::{Person, RequestId, UserId};
 use crate::http::ready::{DiscordProbe, Probe, Readiness, SlackProbe};
@@ -433,6 +435,26 @@ async fn assemble(
     })
 }
 
+/// The groups read from the chat platform (`platform`: Passport group →
+/// Slack user group or Discord role) that approve or administer, with what
+/// they may do. Whoever can change their membership holds that power, so
+/// start-up warns about each; a group that may only request is not worth a
+/// warning.
+fn to_lock_down<'a>(
+    policy: &Policy,
+    platform: &'a BTreeMap<String, String>,
+) -> Vec<(&'a str, &'a str, String)> {
+    let powers = policy.groups_in_power();
+    platform
+        .iter()
+        .filter_map(|(group, there)| {
+            powers
+                .get(group)
+                .map(|what| (group.as_str(), there.as_str(), what.join(", ")))
+        })
+        .collect()
+}
+
 /// Builds the Slack application: SQLite store, Slack surface and directory,
 /// the engine, dispatcher and scheduler, the inbound handlers and the router.
 pub async fn slack_app(
@@ -475,11 +497,11 @@ pub async fn slack_app_with_sessions(
         slack.audit_channel.clone(),
         mentions,
     ));
-    for (group, usergroup) in &slack.usergroups {
+    for (group, usergroup, powers) in to_lock_down(&settings.policy, &slack.usergroups) {
         tracing::warn!(
             group = %group,
             usergroup = %usergroup,
-            "Passport group {group} is the Slack user group {usergroup}: unless an admin restricted it, any member of the workspace can edit user groups and so make themselves a member; limit who may manage user groups (workspace settings), or list the members under [groups]"
+            "Passport group {group} ({powers}) is the Slack user group {usergroup}: unless an admin restricted it, any member of the workspace can edit user groups and so make themselves a member; limit who may manage user groups (workspace settings), or list the members under [groups]"
         );
     }
     let directory = Arc::new(SlackDirectory::new(
@@ -593,11 +615,11 @@ pub async fn discord_app(
         discord.audit_channel.clone(),
         mentions,
     ));
-    for (group, role) in &discord.roles {
+    for (group, role, powers) in to_lock_down(&settings.policy, &discord.roles) {
         tracing::warn!(
             group = %group,
             role = %role,
-            "Passport group {group} is the Discord role {role}: whoever may manage roles above it can give it to anyone; keep it above every role with Manage Roles, or list the members under [groups]"
+            "Passport group {group} ({powers}) is the Discord role {role}: whoever may manage roles above it can give it to anyone; keep it above every role with Manage Roles, or list the members under [groups]"
         );
     }
     let directory = Arc::new(DiscordDirectory::new(

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_aws;
 mod fake_slack;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use fake_aws::FakeAws;
 use fake_slack::{FakeSlack, BOT_TOKEN};
+use passport::adapters::aws::api::ApiError as AwsError;
+use passport::adapters::aws::sdk::{SdkSsm, SdkSts};
+use passport::adapters::aws::{RoleArn, StsSessionBroker};
 use passport::adapters::clock::ManualClock;
 use passport::adapters::slack::SlackConfig;
 use passport::adapters::ssh_ca::{CaKeyType, CertificateAuthority, SshCaConfig};
@@ -190,6 +195,15 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_brokered(edit, None).await
+}
+
+/// Like [`spawn_app_configured`], handing out Session Manager credentials
+/// through `broker` instead of the stub when given.
+async fn spawn_app_brokered(
+    edit: impl FnOnce(&mut Config),
+    broker: Option<Arc<dyn SessionBroker>>,
+) -> TestApp {
     logs();
     startup::install_crypto_provider();
     let fake = FakeSlack::start().await;
@@ -213,7 +227,8 @@ async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
     edit(&mut config);
     let settings = config.validate().unwrap();
     let slack = settings.slack.clone().unwrap();
-    let broker = Arc::new(StubBroker::default());
+    let stub = Arc::new(StubBroker::default());
+    let sessions = broker.unwrap_or_else(|| stub.clone() as Arc<dyn SessionBroker>);
     let built = startup::slack_app_with_sessions(
         &settings,
         &slack,
@@ -224,7 +239,7 @@ async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
             dry_run_label: false,
             probes: Vec::new(),
         },
-        Some(broker.clone()),
+        Some(sessions),
     )
     .await
     .unwrap();
@@ -240,7 +255,7 @@ async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
         base,
         fake,
         built: built.app,
-        broker,
+        broker: stub,
         clock,
         db,
         http: Client::builder(TokioExecutor::new()).build_http(),
@@ -1026,6 +1041,61 @@ async fn a_certificate_and_credentials_for_an_active_request() {
         )
         .await;
     assert_eq!(late.status, 409, "{}", late.body);
+}
+
+#[tokio::test]
+async fn credentials_refused_by_sts_answer_an_error_id_and_no_arn() {
+    // STS refuses AssumeRole as AWS does, naming the account and both roles.
+    let aws = FakeAws::start(|_| {
+        fake_aws::Answer::query_error(403, "AccessDenied", fake_aws::STS_REFUSAL)
+    })
+    .await;
+    let sdk = aws.sdk().await;
+    let broker = StsSessionBroker::new(
+        Arc::new(SdkSts::new(&sdk)),
+        Arc::new(SdkSsm::new(&sdk)),
+        RoleArn::parse("arn:aws:iam::123456789012:role/ops/passport-session").unwrap(),
+        "eu-west-1".into(),
+    );
+    let app = spawn_app_brokered(|_| {}, Some(Arc::new(broker))).await;
+    let token = app.sign_in(DEV).await;
+    let id = app.active_request(&token).await;
+
+    let refused = app
+        .api(
+            "POST",
+            &format!("/requests/{id}/credentials"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert!(
+        aws.calls().iter().any(|c| c.operation() == "AssumeRole"),
+        "{:?}",
+        aws.calls()
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let error_id = AwsError::service("AccessDenied", fake_aws::STS_REFUSAL).id();
+    assert!(
+        refused
+            .body
+            .contains(&format!("AccessDenied (error {error_id})")),
+        "{}",
+        refused.body
+    );
+    for leak in fake_aws::LEAKS {
+        assert!(!refused.body.contains(leak), "{leak} in {}", refused.body);
+    }
+    // The log keeps AWS's whole answer under the same id.
+    let log = log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("error_id={error_id}")))
+        .unwrap_or_else(|| panic!("no log line with error_id={error_id}"));
+    assert!(
+        line.contains("arn:aws:iam::123456789012:role/ops/passport-session"),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! `InvocationDoesNotExist` race right after a send.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_aws;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ use passport::adapters::aws::api::{
     InvocationStatus, ManagedInstance, SsmApi,
 };
 use passport::adapters::aws::password::PASSWORD_PREFIX;
+use passport::adapters::aws::sdk::SdkSsm;
 use passport::adapters::aws::{
     AwsProvisioner, AwsSettings, MemoryCommandStore, PasswordSink, SqliteCommandStore,
     SSM_UNREACHABLE,
@@ -800,6 +803,60 @@ async fn aws_error_text_never_reaches_people() {
         ] {
             assert!(!shown.contains(leak), "{leak} shown in {shown}");
         }
+    }
+}
+
+#[tokio::test]
+async fn an_answer_missing_what_aws_always_sends_is_logged_under_the_id_people_see() {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(false)
+        .with_writer(move || LogSink(writer.clone()))
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // SSM accepts SendCommand through the real SDK but names no command.
+    let endpoint = fake_aws::FakeAws::start(|_| fake_aws::Answer {
+        status: 200,
+        content_type: "application/x-amz-json-1.1",
+        body: "{}".into(),
+    })
+    .await;
+    let ssm = SdkSsm::new(&endpoint.sdk().await);
+    let err = ssm
+        .send_command(&CommandRequest {
+            document: "Passport-GrantLinux".into(),
+            instances: vec![InstanceId::parse(&id(1)).unwrap()],
+            parameters: BTreeMap::new(),
+            comment: "AR-1".into(),
+            delivery_timeout_secs: 600,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("AWS is not answering (error {})", err.id())
+    );
+    let log = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("error_id={}", err.id()))
+                && l.contains("SendCommand answered without a command id")),
+        "{log}"
+    );
+}
+
+#[derive(Clone)]
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

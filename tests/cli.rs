@@ -1016,3 +1016,97 @@ fn secrets_from_the_file_or_a_variable_lose_one_line_ending_and_nothing_else() {
         "{text}"
     );
 }
+
+/// Slack, as `serve` reads it from the environment, answering nowhere: these
+/// starts must stop before they talk to anyone.
+fn slack_env(c: &mut Command) -> &mut Command {
+    c.env("PASSPORT_SLACK__BOT_TOKEN", "xoxb-1-2-abc")
+        .env(
+            "PASSPORT_SLACK__SIGNING_SECRET",
+            "8f742231b10e8888abcd99yyyzzz85a5",
+        )
+        .env("PASSPORT_SLACK__APPROVALS_CHANNEL", "C0APPROVALS")
+        .env("PASSPORT_SLACK__AUDIT_CHANNEL", "C0AUDIT")
+        .env("PASSPORT_SLACK__API_URL", "http://127.0.0.1:9/api")
+        .env("PASSPORT_SLACK__USERGROUPS__APPROVERS", "S0APPROVERS")
+        .env("PASSPORT_HTTP__LISTEN", "127.0.0.1:0")
+}
+
+/// Runs `passport <args>` with `env`, closing stdin at once, and gives up on
+/// it after a minute.
+fn refused_start(dir: &Path, args: &[&str], env: impl FnOnce(&mut Command)) -> (i32, String) {
+    let mut c = passport(dir, args);
+    env(&mut c);
+    let mut child = c.spawn().unwrap();
+    drop(child.stdin.take());
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("passport {args:?} did not stop: it should refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn serve_with_a_chat_platform_and_neither_aws_nor_the_dry_run_refuses_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = refused_start(dir.path(), &["serve"], |c| {
+        slack_env(c).env_remove("PASSPORT_PROVISIONER");
+    });
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("would only pretend to grant access")
+            && out.contains("add [aws]")
+            && out.contains("provisioner = \"dry-run\""),
+        "{out}"
+    );
+    assert!(!dir.path().join("passport.db").exists(), "nothing started");
+}
+
+#[test]
+fn console_and_serve_with_aws_and_no_approver_groups_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let aws = |c: &mut Command| {
+        c.env("PASSPORT_AWS__REGION", "eu-west-1")
+            .env("PASSPORT_AWS__ENDPOINT_URL", "http://127.0.0.1:9")
+            .env_remove("PASSPORT_PROVISIONER");
+    };
+    // No [groups] at all: never the built-in demo approvers.
+    let (code, out) = refused_start(dir.path(), &["console"], |c| aws(c));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("groups: [aws] provisions real users")
+            && out.contains("add a [groups] section"),
+        "{out}"
+    );
+    assert!(!out.contains("lead1>"), "no demo approvers: {out}");
+    let (code, out) = refused_start(dir.path(), &["serve"], |c| {
+        aws(c);
+        slack_env(c).env_remove("PASSPORT_SLACK__USERGROUPS__APPROVERS");
+    });
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("groups: [aws] provisions real users"), "{out}");
+
+    // Admins configured but no approvers: the default rule's group is named.
+    let (code, out) = refused_start(dir.path(), &["console"], |c| {
+        aws(c);
+        c.env("PASSPORT_GROUPS__ADMINS", "[\"boss\"]");
+    });
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("policy.default.approvers: group \"approvers\" is not defined"),
+        "{out}"
+    );
+    assert!(!dir.path().join("passport.db").exists(), "nothing started");
+}

@@ -216,6 +216,19 @@ async fn start_with(
     deadline: Duration,
     ttl: Option<&str>,
 ) -> TestApp {
+    start_on(fake, db, clock, deadline, ttl, false).await
+}
+
+/// Like [`start_with`]; `labelled` marks cards and messages DRY RUN as
+/// `serve` decides it from the configuration, rather than never.
+async fn start_on(
+    fake: &FakeDiscord,
+    db: &Path,
+    clock: ManualClock,
+    deadline: Duration,
+    ttl: Option<&str>,
+    labelled: bool,
+) -> TestApp {
     let mut config = config(db, fake, "http");
     if let Some(ttl) = ttl {
         // The provisioner is the test's own; [aws] only carries the ttl.
@@ -235,7 +248,7 @@ async fn start_with(
             clock: Arc::new(clock.clone()),
             provisioner: passwords.clone(),
             ack_deadline: deadline,
-            dry_run_label: false,
+            dry_run_label: labelled && settings.dry_run_label,
             probes: Vec::new(),
         },
     )
@@ -1614,4 +1627,160 @@ async fn hostile_text_is_escaped_in_threads_direct_messages_answers_and_audit_li
         thread.contains("\\[log in\\]\\(https://evil.example/x\\)"),
         "{thread}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The dry run
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_marks_every_card_thread_reply_and_direct_message_dry_run() {
+    startup::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    for c in [APPROVALS, AUDIT, GENERAL] {
+        fake.add_channel(c);
+    }
+    for u in [DEV, LEAD1, LEAD2, SRE1, SRE2, OTHER] {
+        fake.add_member(u, handle_of(u), &roles_of(u));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("passport.db");
+    assert!(config(&db, &fake, "http").aws.is_none());
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    // A chat platform, no [aws] and `provisioner = "dry-run"`, labelled as
+    // `serve` decides it from the configuration.
+    let app = start_on(&fake, &db, clock, Duration::from_millis(2500), None, true).await;
+
+    // A whole lifecycle: request, approval, extension, warning, completion.
+    app.command(
+        DEV,
+        "request",
+        &[
+            ("instances", WEB),
+            ("duration", "1h"),
+            ("ticket", "ticket#5"),
+            ("reason", "disk full"),
+        ],
+    )
+    .await;
+    app.settle().await;
+    let (channel, message) = app.card(1).await;
+    app.click(LEAD1, &channel, &message, "approve AR-1").await;
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+    app.command_in_thread(DEV, &message, "extend", &[("duration", "30m")])
+        .await;
+    app.settle().await;
+    app.clock.advance(Span::from_minutes(80));
+    app.settle().await;
+    app.command_in_thread(DEV, &message, "complete", &[]).await;
+    app.deliver_everything().await;
+    assert_eq!(app.state(1).await, RequestState::Completed);
+
+    // The card, as posted and as every edit left it.
+    let mut cards: Vec<_> = app
+        .fake
+        .posts_in(APPROVALS)
+        .into_iter()
+        .filter(|c| c.message.as_deref() == Some(message.as_str()))
+        .collect();
+    assert_eq!(cards.len(), 1);
+    cards.extend(app.fake.edits(&message));
+    assert!(cards.len() > 2, "{cards:?}");
+    for card in &cards {
+        let text = card.embed_text();
+        assert!(text.contains("🧪 DRY RUN"), "{text}");
+    }
+    // Every thread reply, direct message and audit line.
+    let thread = app.fake.thread(&message);
+    assert!(
+        contains(&thread, "approved") && contains(&thread, "extended"),
+        "{thread:?}"
+    );
+    let dms = app.fake.dms(DEV);
+    assert!(dms.len() >= 3, "{dms:?}");
+    let audit: Vec<String> = app
+        .fake
+        .posts_in(AUDIT)
+        .iter()
+        .map(|c| c.content())
+        .collect();
+    assert!(!audit.is_empty());
+    for text in thread.iter().chain(&dms).chain(&audit) {
+        assert!(text.starts_with("🧪 DRY RUN"), "not marked DRY RUN: {text}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Start-up warnings
+
+#[derive(Clone)]
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// On the current thread, so that what the start logs lands here.
+#[tokio::test]
+async fn the_start_warns_only_about_roles_that_approve_or_administer() {
+    let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(false)
+        .with_writer(move || LogSink(writer.clone()))
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    startup::install_crypto_provider();
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir.path().join("passport.db"), &fake, "http");
+    // A role that may only request, and one nothing uses.
+    let roles = &mut config.discord.as_mut().unwrap().roles;
+    roles.insert("oncall".into(), "1600000000000000003".into());
+    roles.insert("unused".into(), "1600000000000000004".into());
+    config.policy.requesters = vec!["group:oncall".into()];
+    let settings = config.validate().unwrap();
+    let discord = settings.discord.clone().unwrap();
+    let built = startup::discord_app(
+        &settings,
+        &discord,
+        DiscordOptions {
+            clock: Arc::new(ManualClock::new(
+                passport::adapters::clock::SystemClock.now(),
+            )),
+            provisioner: startup::logged_dry_run(&settings),
+            ack_deadline: Duration::from_millis(2500),
+            dry_run_label: false,
+            probes: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let log = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("is the Discord role"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{warned:#?}");
+    for expected in [
+        format!("Passport group approvers (approves for rule \"default\") is the Discord role {APPROVER_ROLE}"),
+        format!("Passport group sre-leads (approves for rule \"prod\") is the Discord role {SRE_ROLE}"),
+    ] {
+        assert!(
+            warned.iter().any(|l| l.contains(&expected)),
+            "{expected}: {warned:#?}"
+        );
+    }
+    assert!(
+        !log.contains("1600000000000000003") && !log.contains("1600000000000000004"),
+        "{log}"
+    );
+    built.app.store.close().await;
 }

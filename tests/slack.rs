@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_aws;
 mod fake_slack;
 mod windows_passwords;
 
@@ -20,17 +21,20 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use fake_aws::FakeAws;
 use fake_slack::{FakeSlack, BOT_TOKEN};
-use passport::adapters::aws::AwsConfig;
+use passport::adapters::aws::api::{ApiError, Ec2Api, Ec2Instance};
+use passport::adapters::aws::sdk::SdkSsm;
+use passport::adapters::aws::{AwsConfig, AwsProvisioner, MemoryCommandStore};
 use passport::adapters::clock::ManualClock;
 use passport::adapters::slack::blocks::{clip, escape, MAX_TEXT};
 use passport::adapters::slack::SlackConfig;
-use passport::app::ports::{Clock, Store};
+use passport::app::ports::{Clock, Provisioner, Store};
 use passport::config::{Config, DryRunInstance, RuleConfig, Secret};
 use passport::domain::notice::Notice;
-use passport::domain::request::RequestState;
+use passport::domain::request::{Platform, RequestState};
 use passport::domain::time::Span;
-use passport::domain::values::RequestId;
+use passport::domain::values::{InstanceId, RequestId};
 use passport::http::verify::sign;
 use passport::startup::{self, SlackOptions};
 use windows_passwords::WindowsPasswords;
@@ -200,13 +204,46 @@ async fn start(fake: &FakeSlack, db: &Path, clock: ManualClock, deadline: Durati
 /// Starts the application with `config`, and `aws.password_message_ttl` set
 /// to `ttl` if given.
 async fn start_with(
-    mut config: Config,
+    config: Config,
     fake: &FakeSlack,
     db: &Path,
     clock: ManualClock,
     deadline: Duration,
     ttl: Option<String>,
 ) -> TestApp {
+    let extras = Extras {
+        ttl,
+        ..Extras::default()
+    };
+    start_on(config, fake, db, clock, deadline, extras).await
+}
+
+/// What a test may start the application with besides its configuration.
+#[derive(Default)]
+struct Extras {
+    /// `aws.password_message_ttl`.
+    ttl: Option<String>,
+    /// Instead of the dry run.
+    provisioner: Option<Arc<dyn Provisioner>>,
+    /// Label cards and messages DRY RUN as `serve` decides it from the
+    /// configuration, rather than never.
+    labelled: bool,
+}
+
+/// Like [`start_with`], with `extras`.
+async fn start_on(
+    mut config: Config,
+    fake: &FakeSlack,
+    db: &Path,
+    clock: ManualClock,
+    deadline: Duration,
+    extras: Extras,
+) -> TestApp {
+    let Extras {
+        ttl,
+        provisioner,
+        labelled,
+    } = extras;
     if let Some(ttl) = &ttl {
         // The provisioner is the test's own; [aws] only carries the ttl.
         config.provisioner = None;
@@ -217,7 +254,8 @@ async fn start_with(
     }
     let settings = config.validate().unwrap();
     let slack = settings.slack.clone().unwrap();
-    let passwords = Arc::new(WindowsPasswords::new(startup::logged_dry_run(&settings)));
+    let provisioner = provisioner.unwrap_or_else(|| startup::logged_dry_run(&settings));
+    let passwords = Arc::new(WindowsPasswords::new(provisioner));
     let built = startup::slack_app(
         &settings,
         &slack,
@@ -225,7 +263,7 @@ async fn start_with(
             clock: Arc::new(clock.clone()),
             provisioner: passwords.clone(),
             ack_deadline: deadline,
-            dry_run_label: false,
+            dry_run_label: labelled && settings.dry_run_label,
             probes: Vec::new(),
         },
     )
@@ -2680,4 +2718,250 @@ async fn a_rate_limited_deletion_is_retried_and_a_message_already_gone_counts_as
     assert_eq!(refused.len(), 1);
     assert_eq!(app.deletion_notes().await.len(), 2);
     assert_eq!(app.events(1, "password_message_deleted").await, 2);
+}
+
+// ---------------------------------------------------------------------------
+// AWS refusing a grant
+
+/// EC2 as the fleet describes it; SSM is the real SDK against [`FakeAws`].
+struct Fleet(Vec<Ec2Instance>);
+
+#[async_trait::async_trait]
+impl Ec2Api for Fleet {
+    async fn describe_instances(&self, ids: &[InstanceId]) -> Result<Vec<Ec2Instance>, ApiError> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|i| ids.contains(&i.id))
+            .cloned()
+            .collect())
+    }
+}
+
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx dev1@laptop";
+
+#[tokio::test]
+async fn an_aws_refusal_shows_people_its_code_and_error_id_and_the_log_its_detail() {
+    let logs = Logs::capture();
+    startup::install_crypto_provider();
+    // SSM refuses SendCommand as AWS does, naming the account, the bot's role
+    // and an encoded authorization message.
+    let aws = FakeAws::start(|_| {
+        fake_aws::Answer::json_error(400, "AccessDeniedException", fake_aws::REFUSAL)
+    })
+    .await;
+    let sdk = aws.sdk().await;
+    let fleet = Fleet(vec![Ec2Instance {
+        id: InstanceId::parse(WEB).unwrap(),
+        state: "running".into(),
+        platform: Platform::Linux,
+        tags: BTreeMap::from([
+            ("Name".to_owned(), "web-1".to_owned()),
+            ("env".to_owned(), "staging".to_owned()),
+        ]),
+        private_ips: vec!["10.0.1.15".into()],
+    }]);
+    let provisioner = AwsProvisioner::new(
+        Arc::new(fleet),
+        Arc::new(SdkSsm::new(&sdk)),
+        Arc::new(MemoryCommandStore::new()),
+        aws.settings(),
+        "eu-west-1",
+    );
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("passport.db");
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let app = start_on(
+        config(&db, &fake),
+        &fake,
+        &db,
+        clock,
+        Duration::from_millis(2500),
+        Extras {
+            provisioner: Some(Arc::new(provisioner)),
+            ..Extras::default()
+        },
+    )
+    .await;
+
+    let answer = app.command(DEV, &format!("key set {SSH_KEY}")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#7 disk full"))
+        .await;
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1 @request", &channel, &ts)
+        .await;
+    app.deliver_everything().await;
+    assert!(
+        aws.calls().iter().any(|c| c.operation() == "SendCommand"),
+        "{:?}",
+        aws.calls()
+    );
+
+    // People see the error code and the error id, nothing of AWS's message.
+    let id = ApiError::service("AccessDeniedException", fake_aws::REFUSAL).id();
+    let reason = format!("AccessDeniedException (error {id})");
+    let thread = app.fake.thread(&ts);
+    assert!(contains(&thread, &reason), "{thread:?}");
+    let dms = app.fake.dms(DEV);
+    assert!(contains(&dms, &reason), "{dms:?}");
+    // Everything Passport sent to Slack: cards, threads, direct messages,
+    // audit lines and answers to the people who clicked or typed.
+    let shown: Vec<String> = app
+        .fake
+        .calls()
+        .iter()
+        .map(|c| c.params.to_string())
+        .collect();
+    assert!(!shown.is_empty());
+    for text in &shown {
+        for leak in fake_aws::LEAKS {
+            assert!(!text.contains(leak), "{leak} shown in {text}");
+        }
+    }
+    // The Logbook keeps no more than people see.
+    let details: Vec<String> = app
+        .built
+        .store
+        .audit_events(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.details)
+        .collect();
+    assert!(details.iter().any(|d| d.contains(&id)), "{details:?}");
+    for d in &details {
+        for leak in fake_aws::LEAKS {
+            assert!(!d.contains(leak), "{leak} in the Logbook: {d}");
+        }
+    }
+
+    // The log has the whole detail under the same id.
+    let log = logs.text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("error_id={id}")))
+        .unwrap_or_else(|| panic!("no log line with error_id={id}:\n{log}"));
+    assert!(
+        line.contains("Encoded authorization failure message: 4Zbq8nQkXyPtW2vRr7Lk")
+            && line.contains("arn:aws:sts::123456789012:assumed-role/passport-bot"),
+        "{line}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The dry run
+
+#[tokio::test]
+async fn a_dry_run_marks_every_card_thread_reply_and_direct_message_dry_run() {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("passport.db");
+    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    // A chat platform, no [aws] and `provisioner = "dry-run"`, labelled as
+    // `serve` decides it from the configuration.
+    let config = config(&db, &fake);
+    assert!(config.aws.is_none());
+    let app = start_on(
+        config,
+        &fake,
+        &db,
+        clock,
+        Duration::from_millis(2500),
+        Extras {
+            labelled: true,
+            ..Extras::default()
+        },
+    )
+    .await;
+
+    // A whole lifecycle: request, approval, extension, warning, completion.
+    app.command(DEV, &format!("request {WEB} 1h ticket#5 disk full"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1 @request", &channel, &ts)
+        .await;
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+    app.say_in_thread(DEV, &channel, &ts, "extend 30m").await;
+    app.settle().await;
+    app.clock.advance(Span::from_minutes(80));
+    app.settle().await;
+    app.say_in_thread(DEV, &channel, &ts, "done").await;
+    app.deliver_everything().await;
+    assert_eq!(app.state(1).await, RequestState::Completed);
+
+    let marked = |text: &str| text.starts_with("🧪 DRY RUN");
+    // The card, as posted and as every edit left it.
+    let mut cards = app.fake.posts_in(APPROVALS);
+    cards.retain(|c| c.thread_ts().is_none());
+    assert_eq!(cards.len(), 1);
+    cards.extend(app.fake.updates(&ts));
+    assert!(cards.len() > 2, "{cards:?}");
+    for card in &cards {
+        let blocks = card.params["blocks"].to_string();
+        assert!(blocks.contains("🧪 DRY RUN"), "{blocks}");
+    }
+    // Every thread reply, direct message and audit line.
+    let thread = app.fake.thread(&ts);
+    assert!(
+        contains(&thread, "approved") && contains(&thread, "extended"),
+        "{thread:?}"
+    );
+    let dms = app.fake.dms(DEV);
+    assert!(dms.len() >= 3, "{dms:?}");
+    let audit: Vec<String> = app.fake.posts_in(AUDIT).iter().map(|c| c.text()).collect();
+    assert!(!audit.is_empty());
+    for text in thread.iter().chain(&dms).chain(&audit) {
+        assert!(marked(text), "not marked DRY RUN: {text}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Start-up warnings
+
+#[tokio::test]
+async fn the_start_warns_only_about_user_groups_that_approve_or_administer() {
+    let logs = Logs::capture();
+    let _app = spawn_app_configured(|c| {
+        let slack = c.slack.as_mut().unwrap();
+        slack.usergroups.insert("bosses".into(), "S0BOSSES".into());
+        slack.usergroups.insert("oncall".into(), "S0ONCALL".into());
+        slack.usergroups.insert("unused".into(), "S0UNUSED".into());
+        c.policy.admins = vec!["group:bosses".into()];
+        c.policy.requesters = vec!["group:oncall".into()];
+    })
+    .await;
+    let log = logs.text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("is the Slack user group"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{warned:#?}");
+    assert!(
+        warned.iter().any(|l| l.contains(
+            "Passport group sre-leads (approves for rule \"prod\") is the Slack user group S0SRELEADS"
+        )),
+        "{warned:#?}"
+    );
+    assert!(
+        warned.iter().any(
+            |l| l.contains("Passport group bosses (is admin) is the Slack user group S0BOSSES")
+        ),
+        "{warned:#?}"
+    );
+    // Requesting is no power over access; an unused group none at all.
+    assert!(
+        !log.contains("S0ONCALL") && !log.contains("S0UNUSED"),
+        "{log}"
+    );
 }

@@ -342,6 +342,35 @@ impl Policy {
         self.admins.iter().any(|p| p.matches(who))
     }
 
+    /// The groups that hold power over access, each with what it may do: the
+    /// approvers of every rule that can apply and the admins. The default rule
+    /// can apply only while no rule matches every instance (a rule without
+    /// tags). Groups that may only request are left out: they let a person
+    /// ask, never decide.
+    pub fn groups_in_power(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let default_applies = !self.rules.iter().any(|r| r.tags.is_empty());
+        let rules = default_applies
+            .then_some(&self.default_rule)
+            .into_iter()
+            .chain(&self.rules);
+        for rule in rules {
+            for p in &rule.approvers {
+                if let Principal::Group(g) = p {
+                    out.entry(g.clone())
+                        .or_default()
+                        .push(format!("approves for rule {:?}", rule.name));
+                }
+            }
+        }
+        for p in &self.admins {
+            if let Principal::Group(g) = p {
+                out.entry(g.clone()).or_default().push("is admin".into());
+            }
+        }
+        out
+    }
+
     /// The combined requirement of every rule the instances match; instances
     /// that match no rule bring in the default rule.
     pub fn requirement_for(&self, instances: &[InstanceInfo]) -> Requirement {
@@ -604,5 +633,32 @@ mod tests {
         p.requesters = vec![Principal::parse("group:eng").unwrap()];
         assert!(p.may_request(&user("a", &["eng"])));
         assert!(!p.may_request(&user("a", &[])));
+    }
+
+    #[test]
+    fn groups_in_power_are_the_approvers_of_rules_that_can_apply_and_the_admins() {
+        let mut p = policy();
+        p.requesters = vec![Principal::parse("group:contractors").unwrap()];
+        let powers = p.groups_in_power();
+        assert_eq!(
+            powers["approvers"],
+            vec![
+                "approves for rule \"default\"".to_owned(),
+                "approves for rule \"dev\"".to_owned()
+            ]
+        );
+        assert_eq!(powers["sre-leads"], vec!["approves for rule \"prod\""]);
+        assert_eq!(powers["admins"], vec!["is admin"]);
+        // Asking for access is no power over it.
+        assert!(!powers.contains_key("contractors"));
+
+        // A rule matching every instance leaves the default rule unused.
+        p.rules = vec![rule("all", None, "group:security", 1, None, false)];
+        p.default_rule = rule("default", None, "group:approvers", 1, None, false);
+        let powers = p.groups_in_power();
+        assert_eq!(
+            powers.keys().collect::<Vec<_>>(),
+            vec!["admins", "security"]
+        );
     }
 }

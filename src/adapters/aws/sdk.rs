@@ -279,7 +279,7 @@ impl SsmApi for SdkSsm {
                 .key("InstanceIds")
                 .set_values(Some(chunk.iter().map(|i| i.as_str().to_owned()).collect()))
                 .build()
-                .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()))?;
+                .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()).log())?;
             let mut token: Option<String> = None;
             loop {
                 let out = self
@@ -346,7 +346,9 @@ impl SsmApi for SdkSsm {
         out.command()
             .and_then(|c| c.command_id())
             .map(str::to_owned)
-            .ok_or_else(|| ApiError::Transient("SendCommand answered without a command id".into()))
+            .ok_or_else(|| {
+                ApiError::Transient("SendCommand answered without a command id".into()).log()
+            })
     }
 
     async fn get_invocation(
@@ -449,7 +451,9 @@ impl SsmApi for SdkSsm {
         out.document_description()
             .and_then(|d| d.document_version())
             .map(str::to_owned)
-            .ok_or_else(|| ApiError::Transient("UpdateDocument answered without a version".into()))
+            .ok_or_else(|| {
+                ApiError::Transient("UpdateDocument answered without a version".into()).log()
+            })
     }
 
     async fn set_default_version(&self, name: &str, version: &str) -> Result<(), ApiError> {
@@ -471,7 +475,7 @@ impl SessionsApi for SdkSsm {
             .key(SessionFilterKey::TargetId)
             .value(target.as_str())
             .build()
-            .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()))?;
+            .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()).log())?;
         let mut found = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -535,15 +539,15 @@ impl StsApi for SdkSts {
                 .key(key)
                 .value(value)
                 .build()
-                .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()))?;
+                .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()).log())?;
             call = call.tags(tag);
         }
         let out = call.send().await.map_err(classify)?;
         // The answer holds the secret: only the fields below leave this
         // function, and none of them is ever logged whole.
-        let credentials = out
-            .credentials()
-            .ok_or_else(|| ApiError::Transient("AssumeRole answered without credentials".into()))?;
+        let credentials = out.credentials().ok_or_else(|| {
+            ApiError::Transient("AssumeRole answered without credentials".into()).log()
+        })?;
         let expiration = credentials.expiration();
         let expiration_ms = expiration
             .secs()
