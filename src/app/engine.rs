@@ -22,7 +22,7 @@ use crate::domain::request::{
 };
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{
-    GrantDuration, InputError, InstanceId, Person, Reason, RequestId, SshPublicKey,
+    GrantDuration, InputError, InstanceId, Person, Reason, RequestId, SshPublicKey, UserId,
 };
 
 use super::effects::{Effects, TimerId, TimerKind};
@@ -383,6 +383,28 @@ impl Engine {
 
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// Queues `text` for `user` as a direct message on `surface`, through the
+    /// outbox: how an answer that could not be sent at once because its
+    /// platform is failing still reaches the person once the platform is back.
+    pub async fn answer_later(
+        &self,
+        user: &UserId,
+        surface: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        let mut fx = Effects::default();
+        fx.notify(Notice::Direct {
+            user: user.clone(),
+            request: None,
+            text: text.to_owned(),
+            actions: Vec::new(),
+        });
+        fx.route(&[surface.to_owned()], surface);
+        self.store.record(fx, self.clock.now()).await?;
+        self.wake.notify_waiters();
+        Ok(())
     }
 
     /// Parses and runs one line typed by `actor`, in the thread of `thread` if any.
