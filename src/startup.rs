@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
+use crate::adapters::chat_retry::Peer;
 use crate::adapters::clock::OffsetClock;
 use crate::adapters::console::{ConsoleSurface, Output};
 use crate::adapters::directory::StaticDirectory;
@@ -531,6 +532,11 @@ pub async fn slack_app_with_sessions(
             people,
             surface.clone(),
             workspace,
+            Peer::new(
+                surface.name(),
+                app.dispatcher.peers(),
+                options.clock.clone(),
+            ),
         )
         .with_deadline(options.ack_deadline),
     );
@@ -643,8 +649,18 @@ pub async fn discord_app(
     )
     .await?;
     let inbound = Arc::new(
-        DiscordInbound::new(app.engine.clone(), api.clone(), directory, discord.guild_id)
-            .with_deadline(options.ack_deadline),
+        DiscordInbound::new(
+            app.engine.clone(),
+            api.clone(),
+            directory,
+            discord.guild_id,
+            Peer::new(
+                surface.name(),
+                app.dispatcher.peers(),
+                options.clock.clone(),
+            ),
+        )
+        .with_deadline(options.ack_deadline),
     );
     let endpoints = discord
         .public_key

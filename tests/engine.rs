@@ -817,6 +817,47 @@ async fn a_requester_with_too_many_pending_requests_is_refused() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_from_one_person_never_pass_the_pending_cap() {
+    let (app, _dir) = TestApp::spawn().await;
+    // Twelve requests at once: every one of them passes any check made before
+    // the store's transaction, so only the check inside it can hold the cap.
+    let sends = (0..12).map(|n| {
+        let engine = app.engine.clone();
+        tokio::spawn(async move {
+            engine
+                .handle_line(
+                    &TestApp::actor("dev1"),
+                    &format!("request {WEB} 1h ticket#{n} work"),
+                    None,
+                )
+                .await
+        })
+    });
+    let replies: Vec<_> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    app.settle().await;
+    let accepted = replies.iter().filter(|r| r.ok).count();
+    assert_eq!(accepted, 5, "{replies:#?}");
+    for refused in replies.iter().filter(|r| !r.ok) {
+        assert!(
+            refused.text.contains("already have 5 requests waiting"),
+            "{}",
+            refused.text
+        );
+    }
+    assert_eq!(
+        app.store
+            .pending_count(&passport::domain::values::UserId::parse("dev1").unwrap())
+            .await
+            .unwrap(),
+        5
+    );
+}
+
 #[tokio::test]
 async fn one_person_sending_too_many_commands_is_slowed_down() {
     let (app, _dir) = TestApp::spawn().await;

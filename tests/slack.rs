@@ -2097,6 +2097,98 @@ async fn the_expiry_warning_offers_extend_buttons_that_work_from_the_direct_mess
 }
 
 // ---------------------------------------------------------------------------
+// Answers outside the outbox share Slack's breaker
+
+impl TestApp {
+    /// Calls that carry an answer or a notice to people.
+    fn answer_calls(&self) -> usize {
+        self.fake
+            .calls()
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.method.as_str(),
+                    "chat.postEphemeral" | "chat.postMessage" | "conversations.open"
+                )
+            })
+            .count()
+    }
+
+    /// Direct messages to `user` waiting in the outbox (or delivered from it).
+    fn queued_dms(&self, user: &str) -> Vec<String> {
+        self.outbox()
+            .into_iter()
+            .filter_map(|(_, notice, _)| match notice {
+                Notice::Direct { user: to, text, .. } if to.as_str() == user => Some(text),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until `user` has `n` answers queued in the outbox.
+    async fn until_queued(&self, user: &str, n: usize) {
+        for _ in 0..1000 {
+            if self.queued_dms(user).len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} answers never queued: {:?}", self.queued_dms(user));
+    }
+}
+
+#[tokio::test]
+async fn answers_stop_calling_a_failing_slack_once_its_breaker_is_open_and_arrive_later() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    app.deliver_everything().await;
+    let (channel, ts) = app.card(1).await;
+    app.fake.set_down(true);
+    app.fake.clear();
+
+    // The first answer is tried until Slack's breaker opens, not five times;
+    // the direct message it falls back to is not even tried, but queued.
+    app.click(OTHER, "list", &channel, &ts).await;
+    app.until_queued(OTHER, 1).await;
+    assert_eq!(app.answer_calls(), 3, "{:?}", app.fake.calls());
+
+    // While the breaker is open, answers do not call Slack at all, and
+    // neither does the dispatcher: one breaker for Slack, whoever calls.
+    for n in 2..=4 {
+        app.click(OTHER, "list", &channel, &ts).await;
+        app.until_queued(OTHER, n).await;
+    }
+    app.settle().await;
+    assert_eq!(app.answer_calls(), 3, "{:?}", app.fake.calls());
+
+    // After the backoff one answer probes; Slack still fails, so the breaker
+    // opens again for longer and the answer is queued.
+    app.clock.advance(Span::from_secs(1));
+    app.click(OTHER, "list", &channel, &ts).await;
+    app.until_queued(OTHER, 5).await;
+    assert_eq!(app.answer_calls(), 4, "{:?}", app.fake.calls());
+
+    // Slack is back: after the backoff the probe succeeds and answers go at
+    // once again, ephemeral as usual.
+    app.fake.set_down(false);
+    app.clock.advance(Span::from_secs(2));
+    app.click(OTHER, "list", &channel, &ts).await;
+    app.click(OTHER, "list", &channel, &ts).await;
+    assert_eq!(
+        app.fake.ephemerals(OTHER).len(),
+        2,
+        "{:?}",
+        app.fake.calls()
+    );
+    assert_eq!(app.queued_dms(OTHER).len(), 5);
+
+    // The queued answers reach the person as direct messages.
+    app.deliver_everything().await;
+    assert_eq!(app.fake.dms(OTHER).len(), 5, "{:?}", app.fake.dms(OTHER));
+}
+
+// ---------------------------------------------------------------------------
 // Socket Mode
 
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {

@@ -167,7 +167,7 @@ mod tests {
     use crate::adapters::clock::ManualClock;
     use crate::adapters::sqlite::{Durability, SqliteStore};
     use crate::app::effects::Effects;
-    use crate::app::ports::MessageRef;
+    use crate::app::ports::{MessageRef, Slot};
     use crate::domain::notice::{Action, CardView};
     use crate::domain::policy::Requirement;
     use crate::domain::request::{AccessRequest, InstanceInfo, NewRequest, Platform};
@@ -237,36 +237,39 @@ mod tests {
         );
         let instance = InstanceId::parse("i-0123456789abcdef0").unwrap();
         let created = store
-            .create(Box::new(move |id| {
-                let req = AccessRequest::new(NewRequest {
-                    id,
-                    requester: Person {
-                        id: UserId::parse("dev1").unwrap(),
-                        handle: "dev1".into(),
-                    },
-                    origin: "test".into(),
-                    instances: vec![InstanceInfo::assumed(instance, Platform::Windows)],
-                    duration: GrantDuration::within(
-                        Span::from_hours(1),
-                        &DurationLimits::default(),
-                    )
-                    .unwrap(),
-                    ticket: Ticket::parse("#1", &TicketRules::default()).unwrap(),
-                    reason: None,
-                    requirement: Requirement {
-                        rules: Vec::new(),
-                        max_duration: Span::from_hours(12),
-                        sudo: false,
-                        port_forwarding: false,
-                        remote_port_forwarding: false,
-                        channel: None,
-                        extension_approval_over: None,
-                    },
-                    approval_window: Span::from_hours(1),
-                    now: Timestamp::from_millis(0),
-                });
-                Ok((req, Effects::default()))
-            }))
+            .create(
+                &UserId::parse("dev1").unwrap(),
+                Box::new(move |Slot { id, .. }| {
+                    let req = AccessRequest::new(NewRequest {
+                        id,
+                        requester: Person {
+                            id: UserId::parse("dev1").unwrap(),
+                            handle: "dev1".into(),
+                        },
+                        origin: "test".into(),
+                        instances: vec![InstanceInfo::assumed(instance, Platform::Windows)],
+                        duration: GrantDuration::within(
+                            Span::from_hours(1),
+                            &DurationLimits::default(),
+                        )
+                        .unwrap(),
+                        ticket: Ticket::parse("#1", &TicketRules::default()).unwrap(),
+                        reason: None,
+                        requirement: Requirement {
+                            rules: Vec::new(),
+                            max_duration: Span::from_hours(12),
+                            sudo: false,
+                            port_forwarding: false,
+                            remote_port_forwarding: false,
+                            channel: None,
+                            extension_approval_over: None,
+                        },
+                        approval_window: Span::from_hours(1),
+                        now: Timestamp::from_millis(0),
+                    });
+                    Ok((req, Effects::default()))
+                }),
+            )
             .await
             .unwrap()
             .unwrap();

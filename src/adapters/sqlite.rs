@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Creation, Gauges, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending,
-    PendingDeletion, Recording, RequestFilter, SetAside, Store, StoreError, Verification,
+    PendingDeletion, Recording, RequestFilter, SetAside, Slot, Store, StoreError, Verification,
     REMOVAL_GRACE,
 };
 use crate::domain::command::ListFilter;
@@ -287,20 +287,22 @@ enum Updated {
 
 fn create(
     conn: &Connection,
+    requester: &str,
     build: Creation,
 ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
     let next: i64 = conn
         .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")?
         .query_row([], |r| r.get(0))?;
     let id = to_id(next)?;
-    let (req, fx) = match build(id) {
+    let pending = count_pending(conn, requester)?;
+    let (req, fx) = match build(Slot { id, pending }) {
         Ok(built) => built,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    if req.id != id {
+    if req.id != id || req.requester.id.as_str() != requester {
         return Err(StoreError::Other(format!(
-            "request built as {} instead of {id}",
-            req.id
+            "request built as {} of {} instead of {id} of {requester}",
+            req.id, req.requester.id
         )));
     }
     let at = change_time(&fx, req.created_at);
@@ -320,6 +322,17 @@ fn create(
     ])?;
     write_effects(conn, id, &fx, at)?;
     Ok(Ok((req, fx)))
+}
+
+/// How many requests of `requester` wait for approval, on whichever
+/// connection (and so inside whichever transaction) asks.
+fn count_pending(conn: &Connection, requester: &str) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = ?2")?
+        .query_row(params![requester, RequestState::Pending.as_str()], |row| {
+            row.get(0)
+        })?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 fn update(
@@ -524,9 +537,12 @@ fn requests(
 impl Store for SqliteStore {
     async fn create(
         &self,
+        requester: &UserId,
         build: Creation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
-        self.write(move |conn| create(conn, build)).await
+        let requester = requester.as_str().to_owned();
+        self.write(move |conn| create(conn, &requester, build))
+            .await
     }
 
     async fn update(
@@ -558,17 +574,8 @@ impl Store for SqliteStore {
 
     async fn pending_count(&self, requester: &UserId) -> Result<u64, StoreError> {
         let requester = requester.as_str().to_owned();
-        self.look_up(move |conn| {
-            let n: i64 = conn
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = ?2",
-                )?
-                .query_row(params![requester, RequestState::Pending.as_str()], |row| {
-                    row.get(0)
-                })?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
-        .await
+        self.look_up(move |conn| count_pending(conn, &requester))
+            .await
     }
 
     async fn list(

@@ -12,10 +12,12 @@
 //! the report would go where they could not).
 //!
 //! A peer that is down costs bounded work: after a few temporary failures in
-//! a row on one surface (whatever the lanes), that surface's breaker opens and
-//! no lane of it is tried until the backoff has passed; then one lane probes,
-//! and only its success lets the others go again. A single stalled channel
-//! among working ones never opens it: any success closes it.
+//! a row on one surface (whatever the lanes, and counting the answers sent to
+//! people outside the outbox), that surface's breaker opens and no lane of it
+//! is tried until the backoff has passed; then one lane probes, and only its
+//! success lets the others go again. A single stalled channel among working
+//! ones never opens it: any success closes it. The breakers are
+//! [`PeerHealth`], shared with those answers ([`Dispatcher::peers`]).
 //!
 //! It also deletes the direct messages that carried Windows passwords when
 //! they are due (rows of `password_messages`), then records the deletion with
@@ -23,7 +25,7 @@
 //! gone counts as deleted; every failure is retried later, never dropped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 use serde_json::json;
@@ -33,6 +35,7 @@ use crate::domain::time::{Span, Timestamp};
 
 use super::effects::Effects;
 use super::messages;
+use super::peers::{Admission, PeerHealth};
 use super::ports::{ChatError, ChatSurface, Clock, Pending, PendingDeletion, Store, StoreError};
 
 /// Lanes delivered at the same time.
@@ -46,100 +49,6 @@ const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 pub const SET_ASIDE_REPORT_EVERY: Span = Span::from_minutes(5);
 /// Password messages deleted per pass.
 const DELETIONS_PER_PASS: u32 = 200;
-/// Temporary failures in a row on one surface that open its breaker.
-const BREAKER_THRESHOLD: u32 = 3;
-/// The longest a surface's breaker stays open between two probes.
-const BREAKER_MAX: Span = Span::from_secs(60);
-
-/// One surface's breaker: how many temporary failures in a row, and until
-/// when nothing but a probe may be sent.
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<Timestamp>,
-}
-
-/// The breakers of every surface.
-#[derive(Debug, Default)]
-struct Breakers(Mutex<HashMap<String, Breaker>>);
-
-/// Whether a lane of a surface may go now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admission {
-    Go,
-    /// The breaker is open: wait until then.
-    Wait(Timestamp),
-    /// The breaker was open and its time has passed: this lane alone probes.
-    Probe,
-}
-
-impl Breakers {
-    fn with<T>(&self, surface: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(all.entry(surface.to_owned()).or_default())
-    }
-
-    /// Whether a lane of `surface` may start at `now`. A probe moves the
-    /// breaker's time on by the longest wait, so there is one probe at a time
-    /// and a probe that never reports back is followed by another.
-    fn admit(&self, surface: &str, now: Timestamp) -> Admission {
-        self.with(surface, |b| match b.open_until {
-            None => Admission::Go,
-            Some(until) if now < until => Admission::Wait(until),
-            Some(_) => {
-                b.open_until = Some(now.plus(BREAKER_MAX));
-                Admission::Probe
-            }
-        })
-    }
-
-    /// When every one of `surfaces` has its breaker open until later than
-    /// `now`: the earliest of those times. `None` when any may be tried.
-    fn all_waiting<'a>(
-        &self,
-        surfaces: impl IntoIterator<Item = &'a String>,
-        now: Timestamp,
-    ) -> Option<Timestamp> {
-        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let mut earliest: Option<Timestamp> = None;
-        for surface in surfaces {
-            match all.get(surface.as_str()).and_then(|b| b.open_until) {
-                Some(until) if now < until => {
-                    earliest = Some(earliest.map_or(until, |e| e.min(until)));
-                }
-                _ => return None,
-            }
-        }
-        earliest
-    }
-
-    /// Whether a lane already running may send its next notice.
-    fn is_open(&self, surface: &str) -> bool {
-        self.with(surface, |b| b.open_until.is_some())
-    }
-
-    fn succeeded(&self, surface: &str) {
-        self.with(surface, |b| *b = Breaker::default());
-    }
-
-    fn failed(&self, surface: &str, now: Timestamp) {
-        self.with(surface, |b| {
-            b.failures = b.failures.saturating_add(1);
-            if b.failures >= BREAKER_THRESHOLD {
-                let doublings = (b.failures - BREAKER_THRESHOLD).min(6);
-                let wait = Span::from_secs(1i64 << doublings).min(BREAKER_MAX);
-                if b.open_until.is_none() {
-                    tracing::warn!(
-                        surface,
-                        "the chat platform keeps failing; delivery pauses and probes with backoff"
-                    );
-                }
-                b.open_until = Some(now.plus(wait));
-            }
-        });
-    }
-}
-
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -149,7 +58,8 @@ pub struct Dispatcher {
     gate: tokio::sync::Mutex<()>,
     /// Set-aside notices not yet reported in the audit channel.
     set_aside: std::sync::Mutex<SetAsideTally>,
-    breakers: Breakers,
+    /// One breaker per surface, shared with the answers sent outside the outbox.
+    breakers: Arc<PeerHealth>,
 }
 
 /// Notices set aside since the last report, per surface, and when that
@@ -208,8 +118,15 @@ impl Dispatcher {
             gate: tokio::sync::Mutex::new(()),
             set_aside: std::sync::Mutex::new(SetAsideTally::default()),
             concurrency: CONCURRENT_LANES,
-            breakers: Breakers::default(),
+            breakers: Arc::new(PeerHealth::default()),
         }
+    }
+
+    /// The health of each surface's platform as this dispatcher sees it, to
+    /// share with whatever else calls the platforms (answers to people), so
+    /// that all of them count towards one breaker per platform.
+    pub fn peers(&self) -> Arc<PeerHealth> {
+        self.breakers.clone()
     }
 
     /// Delivers one lane at a time, oldest notice first: the console uses this so
@@ -451,7 +368,7 @@ impl Dispatcher {
             };
             match self.send(surface.as_ref(), &p).await {
                 Ok(()) => {
-                    self.breakers.succeeded(&p.surface);
+                    self.breakers.record(&p.surface, Ok(()), self.clock.now());
                     self.store.mark_delivered(p.id, self.clock.now()).await?;
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => "delivered").increment(1);
                     report.delivered += 1;
@@ -464,13 +381,7 @@ impl Dispatcher {
                     };
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => outcome).increment(1);
                     let now = self.clock.now();
-                    match &e {
-                        ChatError::Transient(_) => self.breakers.failed(&p.surface, now),
-                        // The platform answered: it is up.
-                        ChatError::Permanent(_) | ChatError::RateLimited { .. } => {
-                            self.breakers.succeeded(&p.surface)
-                        }
-                    }
+                    self.breakers.record(&p.surface, Err(&e), now);
                     let (next, dead) = match &e {
                         ChatError::RateLimited { retry_after_ms } => (
                             now.plus(Span::from_millis((*retry_after_ms as i64).max(100))),

@@ -22,14 +22,14 @@ use crate::domain::request::{
 };
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{
-    GrantDuration, InputError, InstanceId, Person, Reason, RequestId, SshPublicKey,
+    GrantDuration, InputError, InstanceId, Person, Reason, RequestId, SshPublicKey, UserId,
 };
 
 use super::effects::{Effects, TimerKind};
 use super::messages;
 use super::ports::{
     CertificateSigner, Clock, Described, Directory, Mutation, ProvisionError, Provisioner,
-    SessionBroker, SessionCredentials, Store, StoreError,
+    SessionBroker, SessionCredentials, Slot, Store, StoreError,
 };
 
 /// Settings the use cases need beyond the policy and grammar.
@@ -123,6 +123,18 @@ pub struct IssuedCertificate {
     pub valid_before: Timestamp,
     /// What to tell the person: the certificate and how to connect with it.
     pub answer: String,
+}
+
+/// Whether a requester with `pending` requests waiting may not add another
+/// under a cap of `cap` (0: no cap).
+fn over_pending_cap(cap: u32, pending: u64) -> bool {
+    cap > 0 && pending >= u64::from(cap)
+}
+
+fn too_many_pending(cap: u32) -> Refusal {
+    RefusalKind::NotAllowed(format!(
+        "you already have {cap} requests waiting for approval: cancel one (`list mine`, then `cancel AR-n`) or wait for a decision"
+    ))
 }
 
 /// What a person is told when the database failed them.
@@ -381,6 +393,28 @@ impl Engine {
         self.clock.now()
     }
 
+    /// Queues `text` for `user` as a direct message on `surface`, through the
+    /// outbox: how an answer that could not be sent at once because its
+    /// platform is failing still reaches the person once the platform is back.
+    pub async fn answer_later(
+        &self,
+        user: &UserId,
+        surface: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        let mut fx = Effects::default();
+        fx.notify(Notice::Direct {
+            user: user.clone(),
+            request: None,
+            text: text.to_owned(),
+            actions: Vec::new(),
+        });
+        fx.route(&[surface.to_owned()], surface);
+        self.store.record(fx, self.clock.now()).await?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
     /// Parses and runs one line typed by `actor`, in the thread of `thread` if any.
     pub async fn handle_line(&self, actor: &Actor, line: &str, thread: Option<RequestId>) -> Reply {
         match self.grammar.parse_in_context(line, thread) {
@@ -508,12 +542,12 @@ impl Engine {
             )
             .into());
         }
+        // Checked here too so that someone at the cap is answered before the
+        // instances are described; the check that holds is in the store's
+        // transaction below, where concurrent requests cannot both pass it.
         let cap = self.settings.limits.max_pending;
-        if cap > 0 && self.store.pending_count(&actor.person.id).await? >= u64::from(cap) {
-            return Err(RefusalKind::NotAllowed(format!(
-                "you already have {cap} requests waiting for approval: cancel one (`list mine`, then `cancel AR-n`) or wait for a decision"
-            ))
-            .into());
+        if over_pending_cap(cap, self.store.pending_count(&actor.person.id).await?) {
+            return Err(too_many_pending(cap).into());
         }
         let described = self
             .provisioner
@@ -566,7 +600,10 @@ impl Engine {
         let surfaces = self.settings.surfaces.clone();
         let created = self
             .store
-            .create(Box::new(move |id| {
+            .create(&actor.person.id, Box::new(move |Slot { id, pending }| {
+                if over_pending_cap(cap, pending) {
+                    return Err(too_many_pending(cap));
+                }
                 let mut req = AccessRequest::new(NewRequest {
                     id,
                     requester: person.clone(),

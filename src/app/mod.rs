@@ -6,5 +6,6 @@ pub mod engine;
 pub mod jobs;
 pub mod lifecycle;
 pub mod messages;
+pub mod peers;
 pub mod ports;
 pub mod signin;

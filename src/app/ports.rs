@@ -222,8 +222,19 @@ pub enum StoreError {
 /// everything back.
 pub type Mutation = Box<dyn FnOnce(&mut AccessRequest) -> Result<Effects, Refusal> + Send>;
 
-/// Builds a new request with the id the store assigns.
-pub type Creation = Box<dyn FnOnce(RequestId) -> Result<(AccessRequest, Effects), Refusal> + Send>;
+/// Builds a new request in the place the store assigns it. Returning a
+/// refusal rolls everything back.
+pub type Creation = Box<dyn FnOnce(Slot) -> Result<(AccessRequest, Effects), Refusal> + Send>;
+
+/// A new request's place, read inside the transaction that inserts it, so
+/// that limits checked against it hold however many requests arrive at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// The number the request gets.
+    pub id: RequestId,
+    /// How many requests of its requester wait for approval already.
+    pub pending: u64,
+}
 
 /// Builds what a change records once the store knows a number it assigns
 /// (a token's id, how many tokens a logout ended), in the same transaction.
@@ -322,8 +333,11 @@ pub struct RequestFilter {
 
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Builds a request of `requester` and writes it with its effects in one
+    /// transaction; `build` must make a request of that requester.
     async fn create(
         &self,
+        requester: &UserId,
         build: Creation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
     /// Loads the request, applies `change`, and writes the request, its Logbook
@@ -339,7 +353,8 @@ pub trait Store: Send + Sync {
         change: Mutation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
     async fn get(&self, id: RequestId) -> Result<Option<AccessRequest>, StoreError>;
-    /// How many requests of `requester` wait for approval.
+    /// How many requests of `requester` wait for approval (outside any
+    /// change: [`Slot::pending`] is the count a new request is held to).
     async fn pending_count(&self, requester: &UserId) -> Result<u64, StoreError>;
     async fn list(
         &self,

@@ -24,10 +24,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::adapters::chat_retry::with_retries;
+use crate::adapters::chat_retry::{self, Peer};
 use crate::adapters::seen::{first_in_store, Seen};
 use crate::adapters::slack::inbound::looks_like_command;
 use crate::app::engine::{Actor, Engine, Reply, STORE_FAILED};
+use crate::app::ports::ChatError;
 use crate::domain::command::help_text;
 use crate::domain::values::{Person, RequestId, UserId};
 
@@ -162,6 +163,9 @@ impl Interaction {
 /// The result of work that outlived the answer: it replaces the deferred answer.
 pub struct Pending {
     token: String,
+    /// Who the answer is for: a direct message to them, through the outbox,
+    /// when Discord is failing.
+    user: String,
     work: tokio::task::JoinHandle<Reply>,
 }
 
@@ -190,6 +194,9 @@ pub struct Inbound {
     directory: Arc<DiscordDirectory>,
     guild: String,
     seen: Seen,
+    /// Discord as the answers sent outside the outbox see it: they count
+    /// towards the breaker the dispatcher keeps for Discord, and wait while it is open.
+    peer: Peer,
     /// How long an answer waits for the work.
     pub deadline: Duration,
 }
@@ -200,6 +207,7 @@ impl Inbound {
         api: Arc<DiscordApi>,
         directory: Arc<DiscordDirectory>,
         guild: u64,
+        peer: Peer,
     ) -> Self {
         Self {
             engine,
@@ -207,6 +215,7 @@ impl Inbound {
             directory,
             guild: guild.to_string(),
             seen: Seen::default(),
+            peer,
             deadline: ACK_DEADLINE,
         }
     }
@@ -322,6 +331,7 @@ impl Inbound {
             return (ephemeral(&help_text("/passport ")), None);
         }
         let this = self.clone();
+        let user_id = user.id.clone();
         let (channel, message) = (
             i.channel().map(str::to_owned),
             i.message.as_ref().map(|m| m.id.clone()),
@@ -342,6 +352,7 @@ impl Inbound {
                 json!({ "type": DEFERRED_CHANNEL_MESSAGE, "data": { "flags": EPHEMERAL } }),
                 Some(Pending {
                     token: i.token.clone(),
+                    user: user_id,
                     work,
                 }),
             ),
@@ -349,19 +360,41 @@ impl Inbound {
     }
 
     /// Waits for work that outlived its answer and puts its result in place
-    /// of the deferred answer, retrying on rate limits and temporary failures.
+    /// of the deferred answer, retrying on rate limits and temporary failures;
+    /// while Discord is failing, it goes as a direct message once Discord is back.
     pub async fn finish(&self, pending: Pending) {
         let text = match pending.work.await {
             Ok(reply) => reply_text(&reply),
             Err(_) => FAILED.to_owned(),
         };
         let message = text_message(&text, &[]);
-        let sent = with_retries("the answer to a deferred interaction", || {
+        let sent = chat_retry::answer("the answer to a deferred interaction", &self.peer, || {
             self.api.edit_original(&pending.token, &message)
         })
         .await;
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot answer a deferred interaction");
+        match sent {
+            Ok(()) => {}
+            Err(ChatError::Permanent(e)) => {
+                tracing::warn!(error = %e, "cannot answer a deferred interaction")
+            }
+            Err(e) => {
+                let queued = match UserId::parse(&pending.user) {
+                    Ok(id) => self
+                        .engine
+                        .answer_later(&id, SURFACE, &text)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.0),
+                };
+                match queued {
+                    Ok(()) => {
+                        tracing::info!(error = %e, "Discord is failing; the answer goes as a direct message once it is back")
+                    }
+                    Err(q) => {
+                        tracing::warn!(error = %e, queue_error = %q, "Discord is failing and the answer could not be queued; it is lost")
+                    }
+                }
+            }
         }
     }
 

@@ -27,10 +27,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::adapters::chat_retry::with_retries;
+use crate::adapters::chat_retry::{self, Peer};
 use crate::adapters::seen::{first_in_store, Seen};
 use crate::app::engine::{Actor, Engine, Reply, STORE_FAILED};
-use crate::app::ports::ChatSurface;
+use crate::app::ports::{ChatError, ChatSurface};
 use crate::domain::command::{help_text, COMMANDS};
 use crate::domain::time::Span;
 use crate::domain::values::{GrantDuration, InstanceIds, Reason, RequestId, Ticket, UserId};
@@ -299,6 +299,9 @@ pub struct Inbound {
     /// What every payload must come from.
     workspace: Workspace,
     seen: Seen,
+    /// Slack as the answers sent outside the outbox see it: they count
+    /// towards the breaker the dispatcher keeps for Slack, and wait while it is open.
+    peer: Peer,
     /// How long an answer waits for the work.
     pub deadline: Duration,
 }
@@ -345,6 +348,7 @@ impl Inbound {
         people: Arc<People>,
         surface: Arc<dyn ChatSurface>,
         workspace: Workspace,
+        peer: Peer,
     ) -> Self {
         Self {
             engine,
@@ -352,6 +356,7 @@ impl Inbound {
             people,
             surface,
             workspace,
+            peer,
             seen: Seen::default(),
             deadline: ACK_DEADLINE,
         }
@@ -475,7 +480,7 @@ impl Inbound {
             return match answer {
                 Answer::InlineOrLater => Ack::Json(ephemeral(&help)),
                 Answer::Later => {
-                    self.respond_later(cmd.response_url.as_deref(), help);
+                    self.respond_later(&cmd.user_id, cmd.response_url.as_deref(), help);
                     Ack::Empty
                 }
             };
@@ -523,7 +528,8 @@ impl Inbound {
                         Ok(None) => return,
                         Err(_) => FAILED.to_owned(),
                     };
-                    this.respond(cmd.response_url.as_deref(), &text).await;
+                    this.respond(&cmd.user_id, cmd.response_url.as_deref(), &text)
+                        .await;
                 });
                 Ack::Empty
             }
@@ -541,7 +547,8 @@ impl Inbound {
                                 Ok(None) => return,
                                 Err(_) => FAILED.to_owned(),
                             };
-                            this.respond(cmd.response_url.as_deref(), &text).await;
+                            this.respond(&cmd.user_id, cmd.response_url.as_deref(), &text)
+                                .await;
                         });
                         Ack::Json(ephemeral(
                             "received: Passport is working on it and will answer here shortly",
@@ -552,34 +559,40 @@ impl Inbound {
         }
     }
 
-    fn respond_later(self: &Arc<Self>, response_url: Option<&str>, text: String) {
+    fn respond_later(self: &Arc<Self>, user: &str, response_url: Option<&str>, text: String) {
         let this = self.clone();
-        let url = response_url.map(str::to_owned);
-        tokio::spawn(async move { this.respond(url.as_deref(), &text).await });
+        let (user, url) = (user.to_owned(), response_url.map(str::to_owned));
+        tokio::spawn(async move { this.respond(&user, url.as_deref(), &text).await });
     }
 
     /// Answers through `response_url`, retrying a few times on rate limits and
-    /// temporary failures (a `response_url` is good for 30 minutes).
-    async fn respond(&self, response_url: Option<&str>, text: &str) {
+    /// temporary failures (a `response_url` is good for 30 minutes); while
+    /// Slack is failing, as a direct message once it is back.
+    async fn respond(&self, user: &str, response_url: Option<&str>, text: &str) {
         let Some(url) = response_url.filter(|u| !u.is_empty()) else {
             tracing::warn!("a slash command came without response_url; its answer is lost");
             return;
         };
-        let sent = with_retries("an answer through response_url", || {
+        let sent = chat_retry::answer("an answer through response_url", &self.peer, || {
             self.api.respond(url, text)
         })
         .await;
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot answer through response_url");
+        match sent {
+            Ok(()) => {}
+            Err(ChatError::Permanent(e)) => {
+                tracing::warn!(error = %e, "cannot answer through response_url")
+            }
+            Err(e) => self.answer_later(user, text, &e).await,
         }
     }
 
     /// Shows `text` to `user` only: as an ephemeral message in `channel` (and
     /// thread) when given, retrying on rate limits; else, or when the bot
-    /// cannot post there, as a direct message.
+    /// cannot post there, as a direct message; while Slack is failing, as a
+    /// direct message once it is back.
     async fn tell(&self, user: &str, channel: Option<&str>, thread_ts: Option<&str>, text: &str) {
         if let Some(channel) = channel.filter(|c| !c.is_empty()) {
-            let sent = with_retries("an ephemeral answer", || {
+            let sent = chat_retry::answer("an ephemeral answer", &self.peer, || {
                 self.api
                     .post_ephemeral(channel, user, text_content(text, &[]), thread_ts)
             })
@@ -593,15 +606,41 @@ impl Inbound {
         }
         let sent = match UserId::parse(user) {
             Ok(id) => {
-                with_retries("a direct answer", || {
+                chat_retry::answer("a direct answer", &self.peer, || {
                     self.surface.direct_message(&id, text, &[])
                 })
                 .await
             }
-            Err(e) => Err(crate::app::ports::ChatError::Permanent(e.0)),
+            Err(e) => Err(ChatError::Permanent(e.0)),
         };
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot send an answer as a direct message");
+        match sent {
+            Ok(_) => {}
+            Err(ChatError::Permanent(e)) => {
+                tracing::warn!(error = %e, "cannot send an answer as a direct message")
+            }
+            Err(e) => self.answer_later(user, text, &e).await,
+        }
+    }
+
+    /// An answer Slack could not take now because it is failing (`why`):
+    /// queued as a direct message in the outbox, which delivers it once
+    /// Slack is back.
+    async fn answer_later(&self, user: &str, text: &str, why: &ChatError) {
+        let queued = match UserId::parse(user) {
+            Ok(id) => self
+                .engine
+                .answer_later(&id, self.surface.name(), text)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.0),
+        };
+        match queued {
+            Ok(()) => {
+                tracing::info!(error = %why, "Slack is failing; the answer goes as a direct message once it is back")
+            }
+            Err(e) => {
+                tracing::warn!(error = %why, queue_error = %e, "Slack is failing and the answer could not be queued; it is lost")
+            }
         }
     }
 
@@ -720,7 +759,10 @@ impl Inbound {
                         this.tell(&user.id, Some(c), thread_ts.as_deref(), &text)
                             .await
                     }
-                    None => this.respond(i.response_url.as_deref(), &text).await,
+                    None => {
+                        this.respond(&user.id, i.response_url.as_deref(), &text)
+                            .await
+                    }
                 }
                 return;
             }
@@ -738,7 +780,10 @@ impl Inbound {
                     this.tell(&user.id, Some(c), thread_ts.as_deref(), &text)
                         .await
                 }
-                None => this.respond(i.response_url.as_deref(), &text).await,
+                None => {
+                    this.respond(&user.id, i.response_url.as_deref(), &text)
+                        .await
+                }
             }
         });
         self.wait_briefly(&mut task).await;
