@@ -192,7 +192,7 @@ pub fn readiness(statuses: &[(String, DocumentStatus)]) -> Result<PinnedVersions
         ))
     } else {
         Err(DocumentsError::NotReady(format!(
-            "the SSM documents are not ready: {}; run `passport ssm install` with permission to manage them (see manifests/iam/)",
+            "the SSM documents are not ready: {}; run `passport ssm install` with the install policy (manifests/iam/passport-install-policy.json), then restart Passport",
             problems.join(", ")
         )))
     }
