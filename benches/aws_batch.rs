@@ -120,6 +120,8 @@ fn main() -> anyhow::Result<()> {
         }
         let provisioner = AwsProvisioner::from_sdk_config(&sdk, &settings, Arc::new(MemoryCommandStore::new()))?;
         provisioner.install_documents().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        // As `serve` does: what is sent runs the versions this check verified.
+        provisioner.check_documents().await?;
 
         // The server's own time for the least work.
         let started = Instant::now();

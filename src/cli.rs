@@ -412,8 +412,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     Ok(0)
                 }
                 SsmCommand::Check => match crate::adapters::aws::ssm_check(aws).await {
-                    Ok(()) => {
+                    Ok(pinned) => {
                         println!("the SSM documents are installed and current");
+                        for (document, version) in pinned.iter() {
+                            println!("{document}: version {version} (what `serve` runs)");
+                        }
                         Ok(0)
                     }
                     Err(e) => {

@@ -405,6 +405,9 @@ pub struct PolicyConfig {
 pub struct RuleConfig {
     pub name: String,
     pub tags: BTreeMap<String, String>,
+    /// Instance ids the rule is pinned to: it matches exactly these, whatever
+    /// their tags. A rule names tags or instances, not both.
+    pub instances: Vec<String>,
     pub approvers: Vec<String>,
     pub approvals: u32,
     pub max_duration: Option<String>,
@@ -522,6 +525,7 @@ impl Default for RuleConfig {
         Self {
             name: String::new(),
             tags: BTreeMap::new(),
+            instances: Vec::new(),
             approvers: Vec::new(),
             approvals: 1,
             max_duration: None,
@@ -839,9 +843,22 @@ impl Config {
                     ));
                 }
             }
+            let instances = rc
+                .instances
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| match InstanceId::parse(id) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        errors.push(format!("{field}.instances[{i}]: {e}"));
+                        None
+                    }
+                })
+                .collect();
             Rule {
                 name: rc.name.clone(),
                 tags: rc.tags.clone(),
+                instances,
                 approvers,
                 approvals: rc.approvals,
                 max_duration,
@@ -861,14 +878,20 @@ impl Config {
         if default_rule.name.is_empty() {
             default_rule.name = "default".into();
         }
+        if !self.policy.default.instances.is_empty() {
+            errors.push("policy.default.instances: the default rule applies to every instance no other rule matches: pin instances in a [[policy.rules]] entry instead".into());
+        }
         let mut rules = Vec::new();
         for (i, rc) in self.policy.rules.iter().enumerate() {
             let field = format!("policy.rules[{i}]");
             if rc.name.trim().is_empty() {
                 errors.push(format!("{field}.name: every rule needs a name"));
             }
-            if rc.tags.is_empty() {
-                errors.push(format!("{field}.tags: a rule must match at least one tag; use [policy.default] for everything else"));
+            if rc.tags.is_empty() && rc.instances.is_empty() {
+                errors.push(format!("{field}.tags: a rule must match at least one tag or name its instances; use [policy.default] for everything else"));
+            }
+            if !rc.tags.is_empty() && !rc.instances.is_empty() {
+                errors.push(format!("{field}.instances: a rule pinned to instance ids matches them whatever their tags: remove its tags, or its instances"));
             }
             if self.policy.rules[..i].iter().any(|o| o.name == rc.name) {
                 errors.push(format!(
@@ -1279,6 +1302,56 @@ mod tests {
             errs.contains("policy.rules[0].approvers: group \"nobody\""),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn rules_may_be_pinned_to_instance_ids_read_from_toml() {
+        let c: Config = toml::from_str(
+            r#"
+            [groups]
+            approvers = ["lead1"]
+            sre-leads = ["lead1", "lead2"]
+            [[policy.rules]]
+            name = "databases"
+            instances = ["i-0aaaaaaaaaaaaaaa1", "i-0aaaaaaaaaaaaaaa2"]
+            approvers = ["group:sre-leads"]
+            approvals = 2
+            "#,
+        )
+        .unwrap();
+        let s = c.validate().unwrap();
+        let pinned = &s.policy.rules[0];
+        assert!(pinned.tags.is_empty());
+        let ids: Vec<&str> = pinned.instances.iter().map(InstanceId::as_str).collect();
+        assert_eq!(ids, ["i-0aaaaaaaaaaaaaaa1", "i-0aaaaaaaaaaaaaaa2"]);
+    }
+
+    #[test]
+    fn a_pinned_rule_names_ids_only_and_the_default_rule_pins_nothing() {
+        let mut c = Config::default();
+        c.policy.default.instances = vec!["i-0aaaaaaaaaaaaaaa1".into()];
+        c.policy.rules.push(RuleConfig {
+            name: "both".into(),
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            instances: vec!["i-0aaaaaaaaaaaaaaa1".into()],
+            approvals: 0,
+            ..RuleConfig::default()
+        });
+        c.policy.rules.push(RuleConfig {
+            name: "typo".into(),
+            instances: vec!["web-1".into()],
+            approvals: 0,
+            ..RuleConfig::default()
+        });
+        let errs = c.validate().unwrap_err().0.join("\n");
+        for expected in [
+            "policy.default.instances: the default rule applies to every instance no other rule matches",
+            "policy.rules[0].instances: a rule pinned to instance ids matches them whatever their tags",
+            "policy.rules[1].instances[0]:",
+        ] {
+            assert!(errs.contains(expected), "{expected} not in:\n{errs}");
+        }
+        assert!(!errs.contains("policy.rules[1].tags"), "{errs}");
     }
 
     #[test]

@@ -106,7 +106,17 @@ pub async fn run(settings: &Settings) -> Vec<Finding> {
             ),
         });
         findings.push(match crate::adapters::aws::ssm_check(aws).await {
-            Ok(()) => Finding::ok("ssm documents", "installed at this version"),
+            Ok(pinned) => Finding::ok(
+                "ssm documents",
+                format!(
+                    "installed at this version ({})",
+                    pinned
+                        .iter()
+                        .map(|(document, version)| format!("{document} v{version}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
             Err(e) => Finding::fail(
                 "ssm documents",
                 format!("{e}: run `passport ssm install` with the install permissions (manifests/iam/README.md)"),

@@ -19,11 +19,12 @@ use passport::adapters::aws::api::{
     ApiError, CommandRequest, DocumentState, DocumentVersions, Ec2Api, Ec2Instance, Invocation,
     InvocationStatus, ManagedInstance, SsmApi,
 };
+use passport::adapters::aws::documents::passport_documents;
 use passport::adapters::aws::password::PASSWORD_PREFIX;
 use passport::adapters::aws::sdk::SdkSsm;
 use passport::adapters::aws::{
-    AwsProvisioner, AwsSettings, MemoryCommandStore, PasswordSink, SqliteCommandStore,
-    SSM_UNREACHABLE,
+    AwsProvisioner, AwsSettings, DocumentNames, MemoryCommandStore, PasswordSink,
+    SqliteCommandStore, SSM_UNREACHABLE,
 };
 use passport::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec};
 use passport::domain::request::{InstanceInfo, InstanceOutcome, Platform};
@@ -95,7 +96,13 @@ struct FakeAws {
     send_error: Mutex<Option<ApiError>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Documents as SSM holds them (their default version), by name; the
+    /// built-in documents at version 3 when absent.
+    documents: Mutex<BTreeMap<String, DocumentState>>,
 }
+
+/// The version the fake holds Passport's documents at, unless a test changes it.
+const DOCUMENT_VERSION: &str = "3";
 
 fn take(counter: &AtomicU32) -> bool {
     counter
@@ -114,7 +121,10 @@ impl FakeAws {
             id: id.clone(),
             state: state.into(),
             platform,
-            tags: BTreeMap::from([("Name".to_owned(), format!("host-{}", &id.as_str()[2..6]))]),
+            tags: BTreeMap::from([
+                ("Name".to_owned(), format!("host-{}", &id.as_str()[2..6])),
+                ("passport:access".to_owned(), "allowed".to_owned()),
+            ]),
             private_ips: vec!["10.0.0.5".into(), "10.0.1.5".into()],
         });
         if let Some(ping) = ping {
@@ -290,10 +300,20 @@ impl SsmApi for FakeAws {
 
     async fn get_document(
         &self,
-        _name: &str,
+        name: &str,
         _version: Option<&str>,
     ) -> Result<Option<DocumentState>, ApiError> {
-        Ok(None)
+        if let Some(held) = self.documents.lock().unwrap().get(name) {
+            return Ok(Some(held.clone()));
+        }
+        Ok(passport_documents(&DocumentNames::default())
+            .into_iter()
+            .find(|d| d.name == name)
+            .map(|d| DocumentState {
+                content: d.content,
+                status: "Active".into(),
+                version: DOCUMENT_VERSION.into(),
+            }))
     }
 
     async fn describe_document(&self, _name: &str) -> Result<Option<DocumentVersions>, ApiError> {
@@ -351,10 +371,10 @@ struct Rig {
     provisioner: AwsProvisioner,
 }
 
-fn rig(settings: AwsSettings) -> Rig {
+async fn rig(settings: AwsSettings) -> Rig {
     let fake = Arc::new(FakeAws::default());
     let store = Arc::new(MemoryCommandStore::new());
-    let provisioner = provisioner_on(&fake, &store, settings);
+    let provisioner = provisioner_on(&fake, &store, settings).await;
     Rig {
         fake,
         store,
@@ -362,18 +382,21 @@ fn rig(settings: AwsSettings) -> Rig {
     }
 }
 
-fn provisioner_on(
+/// A provisioner on the fake that has checked the documents, as `serve` does.
+async fn provisioner_on(
     fake: &Arc<FakeAws>,
     store: &Arc<MemoryCommandStore>,
     settings: AwsSettings,
 ) -> AwsProvisioner {
-    AwsProvisioner::new(
+    let provisioner = AwsProvisioner::new(
         fake.clone(),
         fake.clone(),
         store.clone(),
         settings,
         "eu-west-1",
-    )
+    );
+    provisioner.check_documents().await.unwrap();
+    provisioner
 }
 
 fn id(n: u32) -> String {
@@ -430,7 +453,7 @@ fn detail(outcome: &InstanceOutcome) -> &str {
 
 #[tokio::test]
 async fn each_final_status_becomes_an_outcome_people_can_read() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 6);
     let ids: Vec<InstanceId> = fleet.iter().map(|i| i.id.clone()).collect();
     rig.fake.script(
@@ -501,7 +524,7 @@ async fn each_final_status_becomes_an_outcome_people_can_read() {
 
 #[tokio::test]
 async fn a_long_stderr_is_cut_to_its_end() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 1);
     let noise: &'static str =
         Box::leak(format!("{}\nthe real reason\n", "noise ".repeat(200)).into_boxed_str());
@@ -520,7 +543,7 @@ async fn a_long_stderr_is_cut_to_its_end() {
 
 #[tokio::test]
 async fn invocation_does_not_exist_right_after_sending_means_not_yet() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 3);
     for i in &fleet {
         rig.fake.script(
@@ -541,7 +564,8 @@ async fn an_invocation_that_never_appears_is_undeliverable_after_the_grace() {
     let rig = rig(AwsSettings {
         invocation_grace: Duration::from_millis(50),
         ..fast()
-    });
+    })
+    .await;
     let fleet = linux_fleet(&rig, 2);
     rig.fake.script(
         &fleet[1].id,
@@ -566,7 +590,7 @@ async fn an_invocation_that_never_appears_is_undeliverable_after_the_grace() {
 
 #[tokio::test]
 async fn a_throttling_storm_while_polling_is_ridden_out() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 20);
     rig.fake.throttle_polls.store(150, Ordering::SeqCst);
     let outcomes = rig.provisioner.grant(&grant_spec(11, fleet)).await.unwrap();
@@ -577,7 +601,7 @@ async fn a_throttling_storm_while_polling_is_ridden_out() {
 
 #[tokio::test]
 async fn throttled_sends_are_retried() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 2);
     rig.fake.throttle_sends.store(4, Ordering::SeqCst);
     rig.fake.throttle_describes.store(3, Ordering::SeqCst);
@@ -598,7 +622,8 @@ async fn an_ssm_outage_is_unavailable_and_the_retry_sends_once() {
     let rig = rig(AwsSettings {
         retries: 2,
         ..fast()
-    });
+    })
+    .await;
     let fleet = linux_fleet(&rig, 3);
     *rig.fake.send_error.lock().unwrap() =
         Some(ApiError::Transient("InternalServerError: try again".into()));
@@ -624,7 +649,8 @@ async fn a_throttled_describe_that_never_recovers_is_unavailable() {
     let rig = rig(AwsSettings {
         retries: 1,
         ..fast()
-    });
+    })
+    .await;
     let fleet = linux_fleet(&rig, 1);
     rig.fake.throttle_describes.store(100, Ordering::SeqCst);
     let err = rig
@@ -640,7 +666,7 @@ async fn a_throttled_describe_that_never_recovers_is_unavailable() {
 
 #[tokio::test]
 async fn offline_stopped_and_unknown_instances_are_refused_naming_why() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let online = rig
         .fake
         .add(&id(1), Platform::Linux, "running", Some("Online"));
@@ -698,11 +724,69 @@ async fn offline_stopped_and_unknown_instances_are_refused_naming_why() {
 }
 
 #[tokio::test]
+async fn an_instance_without_the_access_tag_is_refused_naming_the_tag() {
+    let rig = rig(fast()).await;
+    let open = rig
+        .fake
+        .add(&id(1), Platform::Linux, "running", Some("Online"));
+    let closed = rig
+        .fake
+        .add(&id(2), Platform::Linux, "running", Some("Online"));
+    let wrong = rig
+        .fake
+        .add(&id(3), Platform::Linux, "running", Some("Online"));
+    {
+        let mut instances = rig.fake.instances.lock().unwrap();
+        instances[1].tags.remove("passport:access");
+        instances[2]
+            .tags
+            .insert("passport:access".into(), "denied".into());
+    }
+    let described = rig
+        .provisioner
+        .describe(&[open.clone(), closed.clone(), wrong.clone()])
+        .await
+        .unwrap();
+    assert!(matches!(&described[0], Described::Usable(i) if i.id == open));
+    for d in &described[1..] {
+        match d {
+            Described::Unusable { reason, .. } => assert_eq!(
+                reason,
+                "Passport may not manage this instance: it lacks the tag passport:access=allowed that opens an instance to Passport; ask the instance's owners to add it if it should be reachable this way"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Another configured tag is the one asked for.
+    let custom = rig_with_tag("team:jit", "yes").await;
+    let id = custom
+        .fake
+        .add(&id(4), Platform::Linux, "running", Some("Online"));
+    let described = custom.provisioner.describe(&[id]).await.unwrap();
+    match &described[0] {
+        Described::Unusable { reason, .. } => {
+            assert!(reason.contains("the tag team:jit=yes"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn rig_with_tag(key: &str, value: &str) -> Rig {
+    rig(AwsSettings {
+        instance_tag: passport::adapters::aws::InstanceTag::parse(key, value).unwrap(),
+        ..fast()
+    })
+    .await
+}
+
+#[tokio::test]
 async fn the_online_check_can_be_left_to_servers_that_lack_it() {
     let rig = rig(AwsSettings {
         check_ssm_online: false,
         ..fast()
-    });
+    })
+    .await;
     let unmanaged = rig.fake.add(&id(1), Platform::Linux, "running", None);
     let described = rig.provisioner.describe(&[unmanaged]).await.unwrap();
     assert!(matches!(described[0], Described::Usable(_)));
@@ -716,7 +800,8 @@ async fn batches_of_at_most_fifty_run_a_few_at_a_time() {
     let rig = rig(AwsSettings {
         concurrency: 3,
         ..fast()
-    });
+    })
+    .await;
     let fleet = linux_fleet(&rig, 120);
     let outcomes = rig
         .provisioner
@@ -740,7 +825,7 @@ async fn batches_of_at_most_fifty_run_a_few_at_a_time() {
 
 #[tokio::test]
 async fn an_instance_ssm_refuses_does_not_hold_up_its_batch() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 5);
     rig.fake.refused.lock().unwrap().insert(fleet[3].id.clone());
     let outcomes = rig.provisioner.grant(&grant_spec(15, fleet)).await.unwrap();
@@ -756,7 +841,7 @@ async fn an_instance_ssm_refuses_does_not_hold_up_its_batch() {
 
 #[tokio::test]
 async fn a_missing_document_is_rejected_saying_what_to_run() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 2);
     *rig.fake.send_error.lock().unwrap() = Some(ApiError::service(
         "InvalidDocument",
@@ -774,8 +859,99 @@ async fn a_missing_document_is_rejected_saying_what_to_run() {
 }
 
 #[tokio::test]
+async fn every_command_runs_the_document_version_checked_at_start() {
+    let rig = rig(fast()).await;
+    let fleet = linux_fleet(&rig, 2);
+    rig.provisioner
+        .grant(&grant_spec(30, fleet.clone()))
+        .await
+        .unwrap();
+
+    // Someone makes another version the default after the check.
+    let grant = passport_documents(&DocumentNames::default()).remove(0);
+    rig.fake.documents.lock().unwrap().insert(
+        grant.name.clone(),
+        DocumentState {
+            content: format!("{}\n# changed", grant.content),
+            status: "Active".into(),
+            version: "4".into(),
+        },
+    );
+    rig.provisioner
+        .grant(&grant_spec(31, fleet.clone()))
+        .await
+        .unwrap();
+    rig.provisioner
+        .revoke(&revoke_spec(31, fleet))
+        .await
+        .unwrap();
+
+    let sent = rig.fake.sent();
+    assert_eq!(sent.len(), 3);
+    for command in &sent {
+        assert_eq!(
+            command.document_version, DOCUMENT_VERSION,
+            "{} ran another version",
+            command.document
+        );
+    }
+
+    // Checking again (a restart) now refuses the changed document.
+    let err = rig.provisioner.check_documents().await.unwrap_err();
+    assert!(
+        err.to_string().contains("Passport-GrantLinux is outdated"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_sent_before_the_documents_are_checked() {
+    let fake = Arc::new(FakeAws::default());
+    let unchecked = AwsProvisioner::new(
+        fake.clone(),
+        fake.clone(),
+        Arc::new(MemoryCommandStore::new()),
+        fast(),
+        "eu-west-1",
+    );
+    let id = fake.add(&id(1), Platform::Linux, "running", Some("Online"));
+    let err = unchecked
+        .grant(&grant_spec(32, vec![info(&id, Platform::Linux)]))
+        .await
+        .unwrap_err();
+    match err {
+        ProvisionError::Rejected(text) => assert!(
+            text.contains("Passport runs only SSM document versions it has checked")
+                && text.contains("restart Passport"),
+            "{text}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.send_attempts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_checked_version_deleted_since_is_rejected_saying_what_to_do() {
+    let rig = rig(fast()).await;
+    let fleet = linux_fleet(&rig, 1);
+    *rig.fake.send_error.lock().unwrap() = Some(ApiError::service(
+        "InvalidDocumentVersion",
+        "Document version 3 does not exist",
+    ));
+    match rig.provisioner.grant(&grant_spec(33, fleet)).await.unwrap_err() {
+        ProvisionError::Rejected(text) => assert!(
+            text.starts_with("version 3 of the SSM document Passport-GrantLinux, which Passport checked at start, is gone")
+                && text.contains("passport ssm install")
+                && text.contains("restart Passport"),
+            "{text}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn aws_error_text_never_reaches_people() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 1);
     let secret = "User: arn:aws:sts::123456789012:assumed-role/passport-bot/i-0abc is not authorized to perform: ssm:SendCommand. Encoded authorization failure message: AbCdEf123";
     for code in ["AccessDeniedException", "ValidationException"] {
@@ -862,10 +1038,11 @@ impl std::io::Write for LogSink {
 
 #[tokio::test]
 async fn parameters_and_documents_follow_the_platform() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let passwords = Arc::new(Passwords::default());
-    let provisioner =
-        provisioner_on(&rig.fake, &rig.store, fast()).with_password_sink(passwords.clone());
+    let provisioner = provisioner_on(&rig.fake, &rig.store, fast())
+        .await
+        .with_password_sink(passwords.clone());
     let linux = rig
         .fake
         .add(&id(1), Platform::Linux, "running", Some("Online"));
@@ -973,7 +1150,7 @@ async fn parameters_and_documents_follow_the_platform() {
 
 #[tokio::test]
 async fn a_linux_grant_without_a_registered_key_is_refused_without_sending() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 2);
     let mut spec = grant_spec(18, fleet);
     spec.ssh_public_key = None;
@@ -989,10 +1166,11 @@ async fn a_linux_grant_without_a_registered_key_is_refused_without_sending() {
 
 #[tokio::test]
 async fn a_windows_password_reaches_the_sink_and_nothing_else() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let passwords = Arc::new(Passwords::default());
-    let provisioner =
-        provisioner_on(&rig.fake, &rig.store, fast()).with_password_sink(passwords.clone());
+    let provisioner = provisioner_on(&rig.fake, &rig.store, fast())
+        .await
+        .with_password_sink(passwords.clone());
     let windows = rig
         .fake
         .add(&id(1), Platform::Windows, "running", Some("Online"));
@@ -1017,8 +1195,9 @@ async fn a_windows_password_reaches_the_sink_and_nothing_else() {
 
 #[tokio::test]
 async fn a_windows_grant_that_returns_no_password_fails() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let provisioner = provisioner_on(&rig.fake, &rig.store, fast())
+        .await
         .with_password_sink(Arc::new(Passwords::default()));
     let windows = rig
         .fake
@@ -1037,7 +1216,7 @@ async fn a_windows_grant_that_returns_no_password_fails() {
 
 #[tokio::test]
 async fn windows_grants_are_refused_when_passwords_cannot_be_delivered() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let windows = rig
         .fake
         .add(&id(1), Platform::Windows, "running", Some("Online"));
@@ -1052,8 +1231,9 @@ async fn windows_grants_are_refused_when_passwords_cannot_be_delivered() {
 
 #[tokio::test]
 async fn a_windows_username_longer_than_windows_allows_is_refused() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let provisioner = provisioner_on(&rig.fake, &rig.store, fast())
+        .await
         .with_password_sink(Arc::new(Passwords::default()));
     let windows = rig
         .fake
@@ -1084,7 +1264,7 @@ async fn a_command_still_running_at_the_deadline_is_resumed_not_sent_again() {
         execution_timeout: Duration::from_millis(30),
         ..fast()
     };
-    let rig = rig(short.clone());
+    let rig = rig(short.clone()).await;
     let fleet = linux_fleet(&rig, 2);
     for i in &fleet {
         rig.fake.script(&i.id, Script::ends(End::Running));
@@ -1105,7 +1285,7 @@ async fn a_command_still_running_at_the_deadline_is_resumed_not_sent_again() {
     for i in &fleet {
         rig.fake.script(&i.id, Script::ends(End::Success));
     }
-    let restarted = provisioner_on(&rig.fake, &rig.store, short);
+    let restarted = provisioner_on(&rig.fake, &rig.store, short).await;
     let again = GrantSpec {
         expires_at: Timestamp::from_millis(spec.expires_at.as_millis() + 20_000),
         ..spec.clone()
@@ -1133,7 +1313,7 @@ async fn a_command_still_running_at_the_deadline_is_resumed_not_sent_again() {
 
 #[tokio::test]
 async fn a_revoke_is_sent_again_only_where_it_failed() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 3);
     rig.fake.script(
         &fleet[1].id,
@@ -1159,7 +1339,7 @@ async fn a_revoke_is_sent_again_only_where_it_failed() {
 
 #[tokio::test]
 async fn a_grant_after_a_revoke_is_sent_again() {
-    let rig = rig(fast());
+    let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 1);
     let grant = grant_spec(25, fleet.clone());
     rig.provisioner.grant(&grant).await.unwrap();
@@ -1201,6 +1381,7 @@ async fn commands_recorded_in_sqlite_survive_a_restart() {
         short.clone(),
         "eu-west-1",
     );
+    first.check_documents().await.unwrap();
     let outcomes = first.revoke(&spec).await.unwrap();
     assert!(!outcomes[0].ok);
     store.close().await;
@@ -1215,6 +1396,7 @@ async fn commands_recorded_in_sqlite_survive_a_restart() {
         short,
         "eu-west-1",
     );
+    second.check_documents().await.unwrap();
     let outcomes = second.revoke(&spec).await.unwrap();
     assert!(outcomes[0].ok, "{outcomes:?}");
     assert_eq!(

@@ -205,13 +205,39 @@ async fn rig(moto: Moto) -> Rig {
 }
 
 impl Rig {
+    /// A provisioner as `serve` has it: the documents installed and checked,
+    /// so that its commands run the versions the check verified.
     async fn provisioner(&self, settings: &AwsSettings) -> AwsProvisioner {
-        let store = Arc::new(SqliteCommandStore::open(&self.db).await.unwrap());
-        AwsProvisioner::from_sdk_config(&self.sdk, settings, store).unwrap()
+        self.provisioner_on(&self.sdk, settings).await
     }
 
-    /// Runs `count` instances of `ami` with a Name tag and one more tag.
+    async fn provisioner_on(&self, sdk: &SdkConfig, settings: &AwsSettings) -> AwsProvisioner {
+        let store = Arc::new(SqliteCommandStore::open(&self.db).await.unwrap());
+        let provisioner = AwsProvisioner::from_sdk_config(sdk, settings, store).unwrap();
+        provisioner.install_documents().await.unwrap();
+        provisioner.check_documents().await.unwrap();
+        provisioner
+    }
+
+    /// Runs `count` instances of `ami` with a Name tag, one more tag and the
+    /// tag that opens them to Passport.
     async fn run(&self, ami: &str, count: i32, name: &str) -> Vec<InstanceId> {
+        self.run_tagged(ami, count, name, true).await
+    }
+
+    async fn run_tagged(&self, ami: &str, count: i32, name: &str, open: bool) -> Vec<InstanceId> {
+        let mut tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(Tag::builder().key("Name").value(name).build())
+            .tags(Tag::builder().key("env").value("prod").build());
+        if open {
+            tags = tags.tags(
+                Tag::builder()
+                    .key("passport:access")
+                    .value("allowed")
+                    .build(),
+            );
+        }
         let out = self
             .ec2
             .run_instances()
@@ -219,13 +245,7 @@ impl Rig {
             .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
             .min_count(count)
             .max_count(count)
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Instance)
-                    .tags(Tag::builder().key("Name").value(name).build())
-                    .tags(Tag::builder().key("env").value("prod").build())
-                    .build(),
-            )
+            .tag_specifications(tags.build())
             .send()
             .await
             .unwrap();
@@ -387,6 +407,47 @@ async fn discovery_reports_tags_platforms_every_interface_and_each_bad_id() {
         reasons[2].1,
         "no such instance in eu-west-1: check the id (instances in other regions or accounts cannot be used)"
     );
+}
+
+#[tokio::test]
+async fn an_instance_without_the_access_tag_is_refused_and_a_tagged_one_granted() {
+    let rig = rig(moto_or_skip!()).await;
+    let open = rig.run(LINUX_AMI, 1, "open").await.remove(0);
+    let closed = rig
+        .run_tagged(LINUX_AMI, 1, "closed", false)
+        .await
+        .remove(0);
+    let provisioner = rig.provisioner(&rig.settings).await;
+
+    let described = provisioner
+        .describe(&[open.clone(), closed.clone()])
+        .await
+        .unwrap();
+    let Described::Usable(usable) = &described[0] else {
+        panic!("{:?}", described[0])
+    };
+    assert_eq!(usable.id, open);
+    match &described[1] {
+        Described::Unusable { id, reason } => {
+            assert_eq!(id, &closed);
+            assert_eq!(
+                reason,
+                "Passport may not manage this instance: it lacks the tag passport:access=allowed that opens an instance to Passport; ask the instance's owners to add it if it should be reachable this way"
+            );
+        }
+        other => panic!("{other:?} should be refused"),
+    }
+
+    let outcomes = provisioner
+        .grant(&grant_spec(45, vec![usable.clone()], 1_790_003_600_000))
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].instance, open);
+    assert!(outcomes[0].ok, "{outcomes:?}");
+    // (moto lists every instance of the region as a command's targets, so
+    // the command's own target list cannot show which one was asked for.)
+    assert_eq!(rig.commands().await.len(), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -688,6 +749,58 @@ async fn recording_proxy(upstream: &str) -> RecordingProxy {
     let app = axum::Router::new().fallback(forward).with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
     RecordingProxy { url, bodies }
+}
+
+#[tokio::test]
+async fn send_command_names_the_version_checked_at_start_even_after_an_update() {
+    let rig = rig(moto_or_skip!()).await;
+    let ids = rig.run(LINUX_AMI, 1, "pinned").await;
+    // moto keeps no DocumentVersion with a command: read what the SDK sent.
+    let proxy = recording_proxy(rig.settings.endpoint_url.as_deref().unwrap()).await;
+    let through = AwsSettings {
+        endpoint_url: Some(proxy.url.clone()),
+        ..rig.settings.clone()
+    };
+    let provisioner = rig.provisioner_on(&sdk(&through).await, &through).await;
+    provisioner
+        .grant(&grant_spec(46, linux(&ids), 1_790_003_600_000))
+        .await
+        .unwrap();
+
+    // Someone installs other content after the check: version 2 becomes the default.
+    let ssm = SdkSsm::new(&rig.sdk);
+    let mut newer = passport_documents(&DocumentNames::default());
+    newer[0].content = newer[0].content.replace("umask 077", "umask 0077");
+    install_documents(&ssm, &newer).await.unwrap();
+    let described = rig
+        .ssm
+        .describe_document()
+        .name("Passport-GrantLinux")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.document().and_then(|d| d.default_version()),
+        Some("2")
+    );
+    provisioner
+        .grant(&grant_spec(47, linux(&ids), 1_790_003_600_000))
+        .await
+        .unwrap();
+
+    let sends: Vec<serde_json::Value> = proxy
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        .filter(|b| b.get("DocumentName").is_some() && b.get("InstanceIds").is_some())
+        .collect();
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    for body in &sends {
+        assert_eq!(body["DocumentName"], "Passport-GrantLinux");
+        assert_eq!(body["DocumentVersion"], "1", "{body}");
+    }
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! Who may request, who may approve, and what each request requires.
 //!
-//! Rules match on instance tags. A request that touches instances of several
-//! rules must satisfy every one of them (the strictest combination): each
-//! rule's approvals, the shortest maximum duration, sudo only if all allow it.
+//! Rules match on instance tags, or on instance ids a rule names (pinning). A
+//! request that touches instances of several rules must satisfy every one of
+//! them (the strictest combination): each rule's approvals, the shortest
+//! maximum duration, sudo only if all allow it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::request::{Approval, InstanceInfo};
 use super::time::Span;
-use super::values::UserId;
+use super::values::{InstanceId, UserId};
 
 /// Someone named in configuration: a user id, a group, or everyone.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -117,8 +118,12 @@ pub struct Qualification {
 pub struct Rule {
     pub name: String,
     /// Tag key → required value; `*` accepts any value as long as the tag exists.
-    /// A rule with no tags matches every instance.
+    /// A rule with no tags (and no instances) matches every instance.
     pub tags: BTreeMap<String, String>,
+    /// Instance ids this rule is pinned to. When there are any, the rule
+    /// matches exactly these instances whatever their tags, so retagging an
+    /// instance can neither take it out of the rule nor bring another in.
+    pub instances: BTreeSet<InstanceId>,
     pub approvers: Vec<Principal>,
     /// Approvals needed from distinct approvers; 0 means auto-approve.
     pub approvals: u32,
@@ -136,6 +141,9 @@ pub struct Rule {
 
 impl Rule {
     pub fn matches(&self, instance: &InstanceInfo) -> bool {
+        if !self.instances.is_empty() {
+            return self.instances.contains(&instance.id);
+        }
         self.tags
             .iter()
             .all(|(key, want)| match instance.tags.get(key) {
@@ -349,7 +357,12 @@ impl Policy {
     /// ask, never decide.
     pub fn groups_in_power(&self) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let default_applies = !self.rules.iter().any(|r| r.tags.is_empty());
+        // A rule with neither tags nor pinned instances matches every instance,
+        // and then the default rule never applies.
+        let default_applies = !self
+            .rules
+            .iter()
+            .any(|r| r.tags.is_empty() && r.instances.is_empty());
         let rules = default_applies
             .then_some(&self.default_rule)
             .into_iter()
@@ -459,6 +472,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            instances: BTreeSet::new(),
             approvers: vec![Principal::parse(approvers).unwrap()],
             approvals,
             max_duration: max_h.map(Span::from_hours),
@@ -623,6 +637,69 @@ mod tests {
             serde_json::to_value(&q[0]).unwrap(),
             serde_json::json!({"rule": "prod", "via": "group:sre-leads", "source": {"from": "slack_user_group", "id": "S1"}})
         );
+    }
+
+    fn instance_with_id(id: &str, tags: &[(&str, &str)]) -> InstanceInfo {
+        InstanceInfo {
+            id: InstanceId::parse(id).unwrap(),
+            ..instance(tags)
+        }
+    }
+
+    /// The example policy with a rule pinned to two instance ids: the
+    /// database hosts need two sre-leads whatever their tags say.
+    fn pinned_policy() -> Policy {
+        let mut p = policy();
+        let mut db = rule("databases", None, "group:sre-leads", 2, Some(1), false);
+        db.instances = ["i-0aaaaaaaaaaaaaaa1", "i-0aaaaaaaaaaaaaaa2"]
+            .into_iter()
+            .map(|id| InstanceId::parse(id).unwrap())
+            .collect();
+        p.rules.push(db);
+        p
+    }
+
+    #[test]
+    fn a_pinned_rule_matches_its_instances_whatever_their_tags() {
+        let p = pinned_policy();
+        for tags in [&[][..], &[("env", "dev")], &[("env", "prod")]] {
+            let req = p.requirement_for(&[instance_with_id("i-0aaaaaaaaaaaaaaa1", tags)]);
+            assert!(
+                req.rules.iter().any(|r| r.rule == "databases"),
+                "{tags:?}: {req:?}"
+            );
+            assert!(!req.auto_approved(), "{tags:?}");
+            assert!(!req.sudo, "{tags:?}");
+            assert_eq!(req.max_duration, Span::from_hours(1), "{tags:?}");
+        }
+        // Retagged to dev, the pinned host still needs the pinned rule's two
+        // approvals: the dev rule adds to it and takes nothing away.
+        let req = p.requirement_for(&[instance_with_id("i-0aaaaaaaaaaaaaaa2", &[("env", "dev")])]);
+        let names: Vec<_> = req.rules.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(names, ["dev", "databases"]);
+        assert_eq!(req.describe(), "2 approvals from group sre-leads");
+    }
+
+    #[test]
+    fn a_pinned_rule_matches_no_other_instance_even_with_matching_tags() {
+        let p = pinned_policy();
+        let other = instance_with_id("i-0bbbbbbbbbbbbbbb9", &[("env", "dev")]);
+        let req = p.requirement_for(&[other]);
+        let names: Vec<_> = req.rules.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(names, ["dev"]);
+        assert!(req.auto_approved());
+        // A pinned rule ignores its tags: naming ids is the whole match.
+        let mut rule = rule(
+            "pinned",
+            Some(("env", "dev")),
+            "group:sre-leads",
+            1,
+            None,
+            false,
+        );
+        rule.instances = BTreeSet::from([InstanceId::parse("i-0aaaaaaaaaaaaaaa1").unwrap()]);
+        assert!(!rule.matches(&instance_with_id("i-0bbbbbbbbbbbbbbb9", &[("env", "dev")])));
+        assert!(rule.matches(&instance_with_id("i-0aaaaaaaaaaaaaaa1", &[])));
     }
 
     #[test]

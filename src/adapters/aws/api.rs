@@ -103,6 +103,9 @@ pub struct ManagedInstance {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandRequest {
     pub document: String,
+    /// The document version to run: the one checked at start, never
+    /// `$DEFAULT` or `$LATEST`, so a document changed since runs nowhere.
+    pub document_version: String,
     pub instances: Vec<InstanceId>,
     /// Document parameters. SSM hands them to the script as environment
     /// variables; they are never pasted into script text.

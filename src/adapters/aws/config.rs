@@ -60,6 +60,93 @@ pub struct AwsConfig {
     /// scoped to one request (`arn:aws:iam::123456789012:role/passport-session`).
     /// Unset: Passport hands out no credentials.
     pub session_role_arn: Option<String>,
+    /// The tag that opens an instance to Passport. Instances without it are
+    /// refused before anyone is asked to approve, and the bot's IAM policy
+    /// (`manifests/iam/passport-bot-policy.json`) refuses SendCommand on them.
+    pub instance_tag: InstanceTagConfig,
+}
+
+/// `[aws.instance_tag]`: the tag key and the value it must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceTagConfig {
+    pub key: String,
+    pub value: String,
+}
+
+impl Default for InstanceTagConfig {
+    fn default() -> Self {
+        let tag = InstanceTag::default();
+        Self {
+            key: tag.key,
+            value: tag.value,
+        }
+    }
+}
+
+/// The validated access tag: an EC2 tag key and the exact value it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTag {
+    key: String,
+    value: String,
+}
+
+impl Default for InstanceTag {
+    /// `passport:access = allowed`, as the bot policy in manifests/iam/ says.
+    fn default() -> Self {
+        Self {
+            key: "passport:access".into(),
+            value: "allowed".into(),
+        }
+    }
+}
+
+impl InstanceTag {
+    /// EC2's rules for tag keys (1 to 128 characters, not starting with
+    /// `aws:`) and values (up to 256); IAM's `ssm:resourceTag/<key>` takes
+    /// the same characters. The value may not be empty, so that the tag is
+    /// set on purpose.
+    pub fn parse(key: &str, value: &str) -> Result<Self, String> {
+        let allowed = |c: char| c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c);
+        if key.is_empty() || key.chars().count() > 128 || !key.chars().all(allowed) {
+            return Err(format!(
+                "aws.instance_tag.key: {key:?} is not an EC2 tag key: use 1 to 128 letters, digits, spaces or _.:/=+-@, e.g. \"passport:access\""
+            ));
+        }
+        if key.to_ascii_lowercase().starts_with("aws:") {
+            return Err(format!(
+                "aws.instance_tag.key: {key:?} starts with aws:, which AWS reserves: use a key of your own, e.g. \"passport:access\""
+            ));
+        }
+        if value.is_empty() || value.chars().count() > 256 || !value.chars().all(allowed) {
+            return Err(format!(
+                "aws.instance_tag.value: {value:?} is not an EC2 tag value Passport accepts: use 1 to 256 letters, digits, spaces or _.:/=+-@, e.g. \"allowed\""
+            ));
+        }
+        Ok(Self {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// Whether an instance with these tags carries the access tag.
+    pub fn is_on(&self, tags: &std::collections::BTreeMap<String, String>) -> bool {
+        tags.get(&self.key).is_some_and(|v| v == &self.value)
+    }
+}
+
+impl std::fmt::Display for InstanceTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
 }
 
 /// Names of the SSM documents Passport runs.
@@ -103,6 +190,7 @@ impl Default for AwsConfig {
             uid_range: UidRange::DEFAULT.to_string(),
             password_message_ttl: "10m".into(),
             session_role_arn: None,
+            instance_tag: InstanceTagConfig::default(),
         }
     }
 }
@@ -128,6 +216,8 @@ pub struct AwsSettings {
     pub password_message_ttl: Duration,
     /// The role Session Manager credentials are assumed from, when set.
     pub session_role: Option<RoleArn>,
+    /// The tag an instance must carry for Passport to touch it.
+    pub instance_tag: InstanceTag,
 }
 
 /// An IAM role's ARN, `arn:<partition>:iam::<account>:role/<path/name>`,
@@ -278,6 +368,7 @@ impl Default for AwsSettings {
             uid_range: UidRange::DEFAULT,
             password_message_ttl: Duration::from_secs(600),
             session_role: None,
+            instance_tag: InstanceTag::default(),
         }
     }
 }
@@ -395,6 +486,12 @@ impl AwsConfig {
             errors.push("aws.session_role_arn: needs aws.region too, because the session policy names the instances by their ARN, which holds the region: set region, e.g. \"eu-west-1\"".into());
         }
 
+        let instance_tag = InstanceTag::parse(&self.instance_tag.key, &self.instance_tag.value)
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                InstanceTag::default()
+            });
+
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -416,6 +513,7 @@ impl AwsConfig {
             uid_range,
             password_message_ttl,
             session_role,
+            instance_tag,
         })
     }
 }
@@ -463,6 +561,10 @@ mod tests {
                 ..DocumentNames::default()
             },
             session_role_arn: Some("arn:aws:iam::123:user/passport".into()),
+            instance_tag: InstanceTagConfig {
+                key: "aws:reserved".into(),
+                value: "yes".into(),
+            },
             ..AwsConfig::default()
         };
         let errors = config.validate().unwrap_err().join("\n");
@@ -475,6 +577,7 @@ mod tests {
             "aws.concurrency",
             "aws.documents.grant_linux",
             "aws.session_role_arn",
+            "aws.instance_tag.key",
         ] {
             assert!(errors.contains(field), "{field} not named in:\n{errors}");
         }
@@ -508,6 +611,42 @@ mod tests {
                 e.contains("arn:<partition>:iam::<12-digit account>:role/"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn the_access_tag_is_read_and_checked() {
+        let config: AwsConfig = toml::from_str(
+            r#"
+            [instance_tag]
+            key = "team:passport"
+            value = "on"
+            "#,
+        )
+        .unwrap();
+        let tag = config.validate().unwrap().instance_tag;
+        assert_eq!(tag.to_string(), "team:passport=on");
+        let tags = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(tag.is_on(&tags(&[("team:passport", "on"), ("env", "dev")])));
+        assert!(!tag.is_on(&tags(&[("team:passport", "off")])));
+        assert!(!tag.is_on(&tags(&[("env", "dev")])));
+        assert_eq!(
+            AwsSettings::default().instance_tag.to_string(),
+            "passport:access=allowed"
+        );
+        for (key, value, field) in [
+            ("", "on", "aws.instance_tag.key"),
+            ("AWS:thing", "on", "aws.instance_tag.key"),
+            ("x{y}", "on", "aws.instance_tag.key"),
+            ("passport:access", "", "aws.instance_tag.value"),
+        ] {
+            let e = InstanceTag::parse(key, value).unwrap_err();
+            assert!(e.starts_with(field), "{key:?}={value:?}: {e}");
         }
     }
 

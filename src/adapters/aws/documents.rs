@@ -1,8 +1,11 @@
 //! Passport's own SSM documents (`manifests/ssm/*.yaml`, built into the
 //! binary): installing them (`passport ssm install`) and checking that what
 //! SSM holds is exactly what this build expects, so `serve` can refuse to
-//! provision with outdated scripts.
+//! provision with outdated scripts. The check yields the version numbers it
+//! verified ([`PinnedVersions`]); every SendCommand names one of them, never
+//! `$DEFAULT` or `$LATEST`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
@@ -57,7 +60,10 @@ pub fn content_hash(content: &str) -> String {
 /// How a document in SSM compares with the one this build expects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DocumentStatus {
-    Current,
+    /// The default version has this build's content; `version` is its number.
+    Current {
+        version: String,
+    },
     Missing,
     /// SSM's default version has other content.
     Outdated {
@@ -113,7 +119,9 @@ pub async fn document_statuses(
             Some(held) if held.status != "Active" => DocumentStatus::NotActive {
                 status: held.status,
             },
-            Some(held) if content_hash(&held.content) == doc.hash() => DocumentStatus::Current,
+            Some(held) if content_hash(&held.content) == doc.hash() => DocumentStatus::Current {
+                version: held.version,
+            },
             Some(held) => DocumentStatus::Outdated {
                 version: held.version,
             },
@@ -123,12 +131,30 @@ pub async fn document_statuses(
     Ok(statuses)
 }
 
-/// Succeeds when every document is installed, active and current; otherwise
-/// says which are not and what to run.
+/// The version of each document that [`check_documents`] found to hold this
+/// build's content, by document name. Only that check makes one, so holding
+/// one proves the versions were verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PinnedVersions(BTreeMap<String, String>);
+
+impl PinnedVersions {
+    /// The verified version of the document called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+/// Succeeds when every document is installed, active and current, with the
+/// version of each that was checked; otherwise says which are not and what
+/// to run.
 pub async fn check_documents(
     ssm: &dyn SsmApi,
     documents: &[DocumentSource],
-) -> Result<(), DocumentsError> {
+) -> Result<PinnedVersions, DocumentsError> {
     let statuses = document_statuses(ssm, documents)
         .await
         .map_err(DocumentsError::Unavailable)?;
@@ -136,11 +162,15 @@ pub async fn check_documents(
 }
 
 /// Turns the statuses of [`document_statuses`] into the verdict of [`check_documents`].
-pub fn readiness(statuses: &[(String, DocumentStatus)]) -> Result<(), DocumentsError> {
+pub fn readiness(statuses: &[(String, DocumentStatus)]) -> Result<PinnedVersions, DocumentsError> {
     let problems: Vec<String> = statuses
         .iter()
         .filter_map(|(name, status)| match status {
-            DocumentStatus::Current => None,
+            // SSM numbers versions from 1; without a number nothing can be pinned.
+            DocumentStatus::Current { version } if version.is_empty() => {
+                Some(format!("SSM did not say which version of {name} it holds"))
+            }
+            DocumentStatus::Current { .. } => None,
             DocumentStatus::Missing => Some(format!("{name} is missing")),
             DocumentStatus::Outdated { version } => Some(format!(
                 "{name} is outdated (its default version {version} differs from this build)"
@@ -151,10 +181,18 @@ pub fn readiness(statuses: &[(String, DocumentStatus)]) -> Result<(), DocumentsE
         })
         .collect();
     if problems.is_empty() {
-        Ok(())
+        Ok(PinnedVersions(
+            statuses
+                .iter()
+                .filter_map(|(name, status)| match status {
+                    DocumentStatus::Current { version } => Some((name.clone(), version.clone())),
+                    _ => None,
+                })
+                .collect(),
+        ))
     } else {
         Err(DocumentsError::NotReady(format!(
-            "the SSM documents are not ready: {}; run `passport ssm install` with permission to manage them (see manifests/iam/)",
+            "the SSM documents are not ready: {}; run `passport ssm install` with the install policy (manifests/iam/passport-install-policy.json), then restart Passport",
             problems.join(", ")
         )))
     }
@@ -172,7 +210,7 @@ pub async fn install_documents(
         .zip(document_statuses(ssm, documents).await?)
     {
         let action = match status {
-            DocumentStatus::Current => InstallAction::Unchanged,
+            DocumentStatus::Current { .. } => InstallAction::Unchanged,
             DocumentStatus::Missing => {
                 ssm.create_document(&doc.name, &doc.content).await?;
                 InstallAction::Created

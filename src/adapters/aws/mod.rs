@@ -28,8 +28,10 @@ pub mod sessions;
 pub mod store;
 pub mod wiring;
 
-pub use config::{AwsConfig, AwsSettings, DocumentNames, RoleArn};
-pub use documents::{check_documents, install_documents, DocumentsError, InstallAction};
+pub use config::{AwsConfig, AwsSettings, DocumentNames, InstanceTag, InstanceTagConfig, RoleArn};
+pub use documents::{
+    check_documents, install_documents, DocumentsError, InstallAction, PinnedVersions,
+};
 pub use password::PasswordSink;
 pub use provisioner::{AwsProvisioner, SSM_UNREACHABLE};
 pub use sessions::StsSessionBroker;

@@ -15,10 +15,19 @@
 //! the SSM agent; `Cancelled` says so. An invocation still open when Passport
 //! stops waiting is reported as failed but stays open in the store, so the
 //! next call for the request resumes it.
+//!
+//! **Invariant:** every SendCommand names the document version that
+//! [`AwsProvisioner::check_documents`] verified, never `$DEFAULT` or
+//! `$LATEST`; before that check nothing is sent. A document changed in SSM
+//! after the check is not run until Passport checks again (a restart).
+//!
+//! **Invariant:** discovery refuses instances without the configured access
+//! tag ([`AwsSettings::instance_tag`]), before anyone is asked to approve;
+//! the bot's IAM policy refuses SendCommand on them too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +39,7 @@ use super::api::{
     ApiError, CommandRequest, Ec2Api, Ec2Instance, Invocation, InvocationStatus, SsmApi,
 };
 use super::config::AwsSettings;
-use super::documents::{self, DocumentSource, DocumentsError, InstallAction};
+use super::documents::{self, DocumentSource, DocumentsError, InstallAction, PinnedVersions};
 use super::password::{OneTimeKey, PasswordSink};
 use super::sdk::{sdk_loader, SdkEc2, SdkSsm};
 use super::store::{now_ms, CommandStore, LastCommand, Operation, SentCommand, Settled};
@@ -61,6 +70,9 @@ pub struct AwsProvisioner {
     /// One-time keys of Windows grant commands still being polled, by command id.
     /// Kept in memory only: after a restart such a grant is sent again.
     keys: Mutex<HashMap<String, Arc<OneTimeKey>>>,
+    /// The document versions the last successful [`Self::check_documents`]
+    /// verified; `None` until then, and nothing is sent without them.
+    pinned: RwLock<Option<PinnedVersions>>,
 }
 
 impl AwsProvisioner {
@@ -80,6 +92,7 @@ impl AwsProvisioner {
             region: region.into(),
             passwords: None,
             keys: Mutex::new(HashMap::new()),
+            pinned: RwLock::new(None),
         }
     }
 
@@ -135,8 +148,10 @@ impl AwsProvisioner {
     }
 
     /// Fails with a message saying what to run when the SSM documents are
-    /// missing or differ from this build's; `serve` calls it before provisioning.
-    pub async fn check_documents(&self) -> Result<(), DocumentsError> {
+    /// missing or differ from this build's; `serve` calls it before
+    /// provisioning. On success the versions it verified are the ones every
+    /// later SendCommand runs, whatever becomes the default in SSM afterwards.
+    pub async fn check_documents(&self) -> Result<PinnedVersions, DocumentsError> {
         let docs = self.documents();
         let statuses = self
             .call("checking the SSM documents", || {
@@ -144,7 +159,30 @@ impl AwsProvisioner {
             })
             .await
             .map_err(DocumentsError::Unavailable)?;
-        documents::readiness(&statuses)
+        let pinned = documents::readiness(&statuses)?;
+        for (document, version) in pinned.iter() {
+            tracing::info!(
+                document,
+                version,
+                "SSM document checked; commands run this version"
+            );
+        }
+        *self.pinned.write().unwrap_or_else(|e| e.into_inner()) = Some(pinned.clone());
+        Ok(pinned)
+    }
+
+    /// The verified version of `document`, or why nothing may be sent.
+    fn pinned_version(&self, document: &str) -> Result<String, ProvisionError> {
+        let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
+        pinned
+            .as_ref()
+            .and_then(|p| p.get(document))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ProvisionError::Rejected(format!(
+                    "Passport runs only SSM document versions it has checked, and {document} has not been checked: restart Passport, which checks the documents at start (`passport ssm check` shows what it finds)"
+                ))
+            })
     }
 
     /// Creates or updates the SSM documents (`passport ssm install`).
@@ -385,12 +423,14 @@ impl AwsProvisioner {
         job: &Job,
         batch: Vec<InstanceId>,
     ) -> Result<JobReport, ProvisionError> {
+        let document_version = self.pinned_version(&job.document)?;
         let mut report = JobReport::default();
         let mut queue = vec![batch];
         let mut sent = Vec::new();
         while let Some(instances) = queue.pop() {
             let command = CommandRequest {
                 document: job.document.clone(),
+                document_version: document_version.clone(),
                 instances: instances.clone(),
                 parameters: job.parameters.clone(),
                 comment: job.comment.clone(),
@@ -428,7 +468,7 @@ impl AwsProvisioner {
                         // now would send it again.
                         tracing::error!(command = %command_id, error = %e, "SSM command sent but not recorded");
                     }
-                    tracing::info!(request = %job.request, command = %command_id, document = %job.document, instances = instances.len(), "SSM command sent");
+                    tracing::info!(request = %job.request, command = %command_id, document = %job.document, version = %document_version, instances = instances.len(), "SSM command sent");
                     if let Some(key) = &job.key {
                         self.keys_lock().insert(command_id.clone(), key.clone());
                     }
@@ -443,9 +483,13 @@ impl AwsProvisioner {
                 Err(e) if e.code() == Some("InvalidInstanceId") => {
                     report.outcomes.extend(fail(SSM_UNREACHABLE.into()));
                 }
-                Err(e)
-                    if matches!(e.code(), Some("InvalidDocument" | "InvalidDocumentVersion")) =>
-                {
+                Err(e) if e.code() == Some("InvalidDocumentVersion") => {
+                    return Err(ProvisionError::Rejected(format!(
+                        "version {document_version} of the SSM document {}, which Passport checked at start, is gone ({e}): run `passport ssm install`, then restart Passport so that it checks the documents again",
+                        job.document
+                    )));
+                }
+                Err(e) if e.code() == Some("InvalidDocument") => {
                     return Err(ProvisionError::Rejected(format!(
                         "the SSM document {} is not installed: run `passport ssm install` ({e})",
                         job.document
@@ -838,6 +882,15 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
 }
 
+/// What people are told about an instance without the access tag.
+fn untagged(tag: &super::config::InstanceTag) -> String {
+    format!(
+        "Passport may not manage this instance: it lacks the tag {}={} that opens an instance to Passport; ask the instance's owners to add it if it should be reachable this way",
+        tag.key(),
+        tag.value()
+    )
+}
+
 /// Why an instance in this state cannot be used, if it cannot.
 fn state_problem(state: &str) -> Option<String> {
     match state {
@@ -903,9 +956,14 @@ impl Provisioner for AwsProvisioner {
             .into_iter()
             .map(|i| (i.id.clone(), i))
             .collect();
+        let tag = &self.settings.instance_tag;
         let running: Vec<InstanceId> = unique
             .iter()
-            .filter(|id| found.get(*id).is_some_and(|i| i.state == "running"))
+            .filter(|id| {
+                found
+                    .get(*id)
+                    .is_some_and(|i| i.state == "running" && tag.is_on(&i.tags))
+            })
             .cloned()
             .collect();
         let managed: Option<BTreeMap<InstanceId, String>> =
@@ -935,6 +993,9 @@ impl Provisioner for AwsProvisioner {
                 };
                 if let Some(reason) = state_problem(&instance.state) {
                     return unusable(reason);
+                }
+                if !tag.is_on(&instance.tags) {
+                    return unusable(untagged(tag));
                 }
                 if let Some(managed) = &managed {
                     match managed.get(id).map(String::as_str) {

@@ -321,6 +321,7 @@ impl SsmApi for SdkSsm {
             .client
             .send_command()
             .document_name(&command.document)
+            .document_version(&command.document_version)
             .set_instance_ids(Some(
                 command
                     .instances

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::api::{ApiError, SsmApi};
 use super::config::AwsSettings;
-use super::documents::DocumentsError;
+use super::documents::{DocumentsError, PinnedVersions};
 use super::password::PasswordSink;
 use super::provisioner::AwsProvisioner;
 use super::sdk::{sdk_loader, SdkSsm, SdkSts};
@@ -62,12 +62,12 @@ pub async fn ssm_install(settings: &AwsSettings) -> Result<Vec<String>, AwsStart
         .collect())
 }
 
-/// `passport ssm check`: succeeds when the documents in SSM are this build's.
-pub async fn ssm_check(settings: &AwsSettings) -> Result<(), AwsStartError> {
+/// `passport ssm check`: succeeds when the documents in SSM are this build's,
+/// with the version of each that `serve` would run.
+pub async fn ssm_check(settings: &AwsSettings) -> Result<PinnedVersions, AwsStartError> {
     let provisioner =
         AwsProvisioner::connect(settings, Arc::new(MemoryCommandStore::new())).await?;
-    provisioner.check_documents().await?;
-    Ok(())
+    Ok(provisioner.check_documents().await?)
 }
 
 /// The session broker `serve` runs with when `session_role_arn` is set:
