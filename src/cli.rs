@@ -295,6 +295,7 @@ impl StoreOnly {
 
 /// Prints what a verification found; the exit code: 0 verified, 1 broken or
 /// not keyed as configured, 3 keyed events left unchecked.
+/// `what` names the Logbook as the line starts: `Logbook`, or `the copy's Logbook is`.
 fn print_verification(what: &str, verification: &Verification, keys: &ChainKeys) -> i32 {
     match verification {
         Verification::Intact {
@@ -310,7 +311,7 @@ fn print_verification(what: &str, verification: &Verification, keys: &ChainKeys)
                 }
                 Some((problem, code)) => {
                     println!("{what} {problem}");
-                    println!("{what} has {events} events, head {head}");
+                    println!("{events} events, head {head}");
                     *code
                 }
             };
@@ -402,7 +403,7 @@ async fn backup(
         file.display()
     );
     let verification = crate::adapters::sqlite::verify_logbook_file(file, keys).await?;
-    let code = print_verification("the copy's Logbook", &verification, keys);
+    let code = print_verification("the copy's Logbook is", &verification, keys);
     if matches!(verification, Verification::Broken(_)) {
         println!("the database itself needs `passport audit verify`");
     }
@@ -417,7 +418,7 @@ async fn restore(
     let verification = crate::adapters::sqlite::verify_logbook_file(file, keys)
         .await
         .with_context(|| format!("{} is not a Passport database", file.display()))?;
-    let code = print_verification("the backup's Logbook", &verification, keys);
+    let code = print_verification("the backup's Logbook is", &verification, keys);
     if code != 0 {
         println!("nothing was restored");
         return Ok(code);

@@ -329,14 +329,14 @@ pub fn keying_report(keying: &Keying, keys: &ChainKeys) -> KeyingReport {
         match (&keys.current, keying.current()) {
             (Some(key), None) => Some((
                 format!(
-                    "a key is configured (key id {}) but the Logbook is a plain hash chain: it was never started with this key (start `passport serve` once to key it), or it was rewritten without the key",
+                    "NOT verified: a key is configured (key id {}) but the Logbook is a plain hash chain: it was never started with this key (start `passport serve` once to key it), or it was rewritten without the key",
                     key.id()
                 ),
                 1,
             )),
             (Some(key), Some(last)) if &last.key != key.id() => Some((
                 format!(
-                    "the configured key (key id {}) is not the Logbook's: its last switch, event {}, names key id {}",
+                    "NOT verified: the configured key (key id {}) is not the Logbook's: its last switch, event {}, names key id {}",
                     key.id(),
                     last.seq,
                     last.key

@@ -485,7 +485,7 @@ async fn a_checkpoint_file_that_cannot_be_written_holds_up_nothing() {
     );
     // Nor the Logbook: changes are recorded as before.
     let before = app.store.logbook_head().await.unwrap().unwrap().0;
-    app.active_request("30m").await;
+    app.new_request(DB1, "30m ticket#2 more work").await;
     assert!(app.store.logbook_head().await.unwrap().unwrap().0 > before);
 }
 
