@@ -15,6 +15,7 @@ use crate::adapters::ssh_ca::{CaKeySource, CaKeyType, CertificateAuthority};
 use crate::app::engine::timeline;
 use crate::app::ports::{Store, Verification};
 use crate::config::{Config, Loaded, LogFormat, Settings};
+use crate::domain::logbook::{ChainKeys, Checkpoint};
 use crate::domain::time::Timestamp;
 use crate::domain::values::RequestId;
 use crate::startup;
@@ -227,12 +228,16 @@ pub enum CaCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exits non-zero naming the first bad event.
+    /// Check the hash chain; exits 1 naming the first bad event, 3 when keyed
+    /// events could not be checked because [audit] key is not set.
     Verify {
         /// Also check against a checkpoint posted to the audit channel, as SEQ:HASH;
         /// this catches events deleted from the end and a chain rewritten wholesale.
         #[arg(long, value_name = "SEQ:HASH")]
         checkpoint: Vec<String>,
+        /// Also check every line of a checkpoint file ([audit] checkpoint_file).
+        #[arg(long, value_name = "FILE")]
+        checkpoints_from: Vec<PathBuf>,
     },
     /// Print events as JSON lines.
     Export {
@@ -256,17 +261,95 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Loaded, Settings)> {
     Ok((loaded, settings))
 }
 
-/// The database's path and durability alone: commands that only read or copy
-/// the database (audit, backup, restore) work with a copy of it and no chat
-/// secrets, so they validate nothing else.
-fn store_only(
-    path: Option<&std::path::Path>,
-) -> anyhow::Result<(PathBuf, crate::adapters::sqlite::Durability)> {
+/// The database's path and durability, and the Logbook's keys, alone:
+/// commands that only read or copy the database (audit, backup, restore)
+/// work with a copy of it and no chat secrets, so they validate nothing else.
+fn store_only(path: Option<&std::path::Path>) -> anyhow::Result<StoreOnly> {
     let loaded = Config::load(path)?;
-    Ok((
-        loaded.config.store.path.clone(),
-        loaded.config.store.durability,
-    ))
+    let audit = loaded
+        .config
+        .audit
+        .validate()
+        .map_err(crate::config::ConfigErrors)?;
+    Ok(StoreOnly {
+        path: loaded.config.store.path.clone(),
+        durability: loaded.config.store.durability,
+        keys: audit.keys,
+    })
+}
+
+struct StoreOnly {
+    path: PathBuf,
+    durability: crate::adapters::sqlite::Durability,
+    keys: ChainKeys,
+}
+
+impl StoreOnly {
+    /// Opens the store with the Logbook's keys, switching nothing.
+    async fn open(&self) -> anyhow::Result<SqliteStore> {
+        SqliteStore::open_with_keys(&self.path, self.durability, self.keys.clone())
+            .await
+            .with_context(|| format!("cannot open the database {}", self.path.display()))
+    }
+}
+
+/// Prints what a verification found; the exit code: 0 verified, 1 broken or
+/// not keyed as configured, 3 keyed events left unchecked.
+/// `what` names the Logbook as the line starts: `Logbook`, or `the copy's Logbook is`.
+fn print_verification(what: &str, verification: &Verification, keys: &ChainKeys) -> i32 {
+    match verification {
+        Verification::Intact {
+            events,
+            head,
+            keying,
+        } => {
+            let report = crate::doctor::keying_report(keying, keys);
+            let code = match &report.problem {
+                None => {
+                    println!("{what} intact: {events} events, head {head}");
+                    0
+                }
+                Some((problem, code)) => {
+                    println!("{what} {problem}");
+                    println!("{events} events, head {head}");
+                    *code
+                }
+            };
+            println!("mode: {}", report.mode);
+            code
+        }
+        Verification::Broken(brk) => {
+            println!("{what} broken at event {}: {brk}", brk.seq());
+            1
+        }
+    }
+}
+
+/// Reads a checkpoint file: each line's number and checkpoint; blank lines
+/// and `#` comments are skipped.
+fn read_checkpoint_file(file: &std::path::Path) -> anyhow::Result<Vec<(usize, Checkpoint)>> {
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "cannot read the checkpoint file {}: check the path given to --checkpoints-from",
+            file.display()
+        )
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match Checkpoint::parse(line) {
+            Ok(c) => out.push((i + 1, c)),
+            Err(e) => bail!(
+                "{} line {}: {e}: a checkpoint line reads TIME SEQ HASH, as Passport writes it",
+                file.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
 }
 
 async fn outbox(store: &SqliteStore, command: OutboxCommand) -> anyhow::Result<i32> {
@@ -304,7 +387,11 @@ async fn outbox(store: &SqliteStore, command: OutboxCommand) -> anyhow::Result<i
     }
 }
 
-async fn backup(database: &std::path::Path, file: &std::path::Path) -> anyhow::Result<i32> {
+async fn backup(
+    database: &std::path::Path,
+    file: &std::path::Path,
+    keys: &ChainKeys,
+) -> anyhow::Result<i32> {
     let (from, to) = (database.to_owned(), file.to_owned());
     let bytes =
         tokio::task::spawn_blocking(move || crate::adapters::sqlite::backup::backup(&from, &to))
@@ -315,36 +402,26 @@ async fn backup(database: &std::path::Path, file: &std::path::Path) -> anyhow::R
         database.display(),
         file.display()
     );
-    match crate::adapters::sqlite::verify_logbook_file(file).await? {
-        Verification::Intact { events, head } => {
-            println!("the copy's Logbook is intact: {events} events, head {head}");
-            Ok(0)
-        }
-        Verification::Broken(brk) => {
-            println!(
-                "the copy's Logbook is broken at event {}: {brk}; the database itself needs `passport audit verify`",
-                brk.seq()
-            );
-            Ok(1)
-        }
+    let verification = crate::adapters::sqlite::verify_logbook_file(file, keys).await?;
+    let code = print_verification("the copy's Logbook is", &verification, keys);
+    if matches!(verification, Verification::Broken(_)) {
+        println!("the database itself needs `passport audit verify`");
     }
+    Ok(code)
 }
 
-async fn restore(file: &std::path::Path, database: &std::path::Path) -> anyhow::Result<i32> {
-    match crate::adapters::sqlite::verify_logbook_file(file)
+async fn restore(
+    file: &std::path::Path,
+    database: &std::path::Path,
+    keys: &ChainKeys,
+) -> anyhow::Result<i32> {
+    let verification = crate::adapters::sqlite::verify_logbook_file(file, keys)
         .await
-        .with_context(|| format!("{} is not a Passport database", file.display()))?
-    {
-        Verification::Intact { events, head } => {
-            println!("the backup's Logbook is intact: {events} events, head {head}");
-        }
-        Verification::Broken(brk) => {
-            println!(
-                "the backup's Logbook is broken at event {}: {brk}; nothing was restored",
-                brk.seq()
-            );
-            return Ok(1);
-        }
+        .with_context(|| format!("{} is not a Passport database", file.display()))?;
+    let code = print_verification("the backup's Logbook is", &verification, keys);
+    if code != 0 {
+        println!("nothing was restored");
+        return Ok(code);
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let (from, to) = (file.to_owned(), database.to_owned());
@@ -388,8 +465,11 @@ fn init_logging(level: &str, format: LogFormat) {
     };
 }
 
+/// Opens the store as a process that writes: with the Logbook's key, which
+/// a keyed Logbook requires (see [`startup::open_store`]).
 async fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(&settings.store_path, settings.durability)
+    let now = crate::app::ports::Clock::now(&SystemClock);
+    startup::open_store(settings, now)
         .await
         .with_context(|| format!("cannot open the database {}", settings.store_path.display()))
 }
@@ -530,34 +610,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             healthcheck(&url).await
         }
         Command::Outbox { command } => {
-            let (path, durability) = store_only(cli.config.as_deref())?;
+            let only = store_only(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            let store = SqliteStore::open(&path, durability)
-                .await
-                .with_context(|| format!("cannot open the database {}", path.display()))?;
+            let store = only.open().await?;
             let code = outbox(&store, command).await;
             store.close().await;
             code
         }
         Command::Backup { file } => {
-            let (path, _) = store_only(cli.config.as_deref())?;
+            let only = store_only(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            backup(&path, &file).await
+            backup(&only.path, &file, &only.keys).await
         }
         Command::Restore { file } => {
-            let (path, _) = store_only(cli.config.as_deref())?;
+            let only = store_only(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            restore(&file, &path).await
+            restore(&file, &only.path, &only.keys).await
         }
         Command::Audit { command } => {
-            let (path, durability) = store_only(cli.config.as_deref())?;
+            let only = store_only(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            let store = SqliteStore::open(&path, durability)
-                .await
-                .with_context(|| format!("cannot open the database {}", path.display()))?;
-            let code = audit(&store, command).await?;
+            let store = only.open().await?;
+            let code = audit(&store, &only.keys, command).await;
             store.close().await;
-            Ok(code)
+            code
         }
     }
 }
@@ -706,9 +782,35 @@ fn ca(settings: &Settings, command: CaCommand) -> anyhow::Result<i32> {
     }
 }
 
-async fn audit(store: &SqliteStore, command: AuditCommand) -> anyhow::Result<i32> {
+/// Checks the checkpoint of event `seq` with link `hash` against the
+/// Logbook of `events` events: `None` when it matches, else what it shows.
+async fn check_checkpoint(
+    store: &SqliteStore,
+    seq: u64,
+    hash: &str,
+    events: u64,
+) -> anyhow::Result<Option<String>> {
+    Ok(match store.logbook_hash_at(seq).await? {
+        Some(stored) if stored == hash => None,
+        Some(_) => Some(format!(
+            "does not match: the Logbook was rewritten up to event {seq}"
+        )),
+        None => Some(format!(
+            "missing: the Logbook ends at event {events}, so events were deleted from its end"
+        )),
+    })
+}
+
+async fn audit(
+    store: &SqliteStore,
+    keys: &ChainKeys,
+    command: AuditCommand,
+) -> anyhow::Result<i32> {
     match command {
-        AuditCommand::Verify { checkpoint } => {
+        AuditCommand::Verify {
+            checkpoint,
+            checkpoints_from,
+        } => {
             let mut checkpoints = Vec::new();
             for c in &checkpoint {
                 let parsed = c
@@ -727,30 +829,48 @@ async fn audit(store: &SqliteStore, command: AuditCommand) -> anyhow::Result<i32
                     None => bail!("--checkpoint {c:?} is not SEQ:HASH: copy it from a checkpoint line, e.g. 1234:9f86d0…(64 hex digits)"),
                 }
             }
-            let events = match store.verify_logbook().await? {
-                Verification::Intact { events, head } => {
-                    println!("Logbook intact: {events} events, head {head}");
-                    events
-                }
-                Verification::Broken(brk) => {
-                    println!("Logbook broken at event {}: {brk}", brk.seq());
-                    return Ok(1);
-                }
+            let mut from_files = Vec::new();
+            for file in &checkpoints_from {
+                from_files.push((file, read_checkpoint_file(file)?));
+            }
+            let verification = store.verify_logbook().await?;
+            let code = print_verification("Logbook", &verification, keys);
+            let Verification::Intact { events, .. } = verification else {
+                return Ok(code);
             };
             for (seq, hash) in checkpoints {
-                match store.logbook_hash_at(seq).await? {
-                    Some(stored) if stored == hash => println!("checkpoint {seq}: matches"),
-                    Some(_) => {
-                        println!("checkpoint {seq}: does not match: the Logbook was rewritten up to event {seq}");
+                if let Some(found) = check_checkpoint(store, seq, &hash, events).await? {
+                    println!("checkpoint {seq}: {found}");
+                    return Ok(1);
+                }
+                println!("checkpoint {seq}: matches");
+            }
+            for (file, lines) in from_files {
+                let mut last = None;
+                for (line, c) in &lines {
+                    if let Some(found) = check_checkpoint(store, c.seq, c.hash(), events).await? {
+                        println!(
+                            "{} line {line}: checkpoint {} of {}: {found}",
+                            file.display(),
+                            c.seq,
+                            c.at
+                        );
                         return Ok(1);
                     }
-                    None => {
-                        println!("checkpoint {seq}: missing: the Logbook ends at event {events}, so events were deleted from its end");
-                        return Ok(1);
-                    }
+                    last = Some(c);
+                }
+                match last {
+                    Some(c) => println!(
+                        "{}: all {} checkpoints match (the latest: event {} at {})",
+                        file.display(),
+                        lines.len(),
+                        c.seq,
+                        c.at
+                    ),
+                    None => println!("{}: holds no checkpoint yet", file.display()),
                 }
             }
-            Ok(0)
+            Ok(code)
         }
         AuditCommand::Export { since, request } => {
             let since = match since {

@@ -22,6 +22,7 @@ use crate::adapters::ssh_ca::{SshCaConfig, SshCaSettings};
 use crate::app::engine::PersonLimits;
 use crate::app::jobs::{Job, JobKind, Jobs};
 use crate::domain::command::Grammar;
+use crate::domain::logbook::{ChainKey, ChainKeys};
 use crate::domain::policy::{Policy, Principal, Rule};
 use crate::domain::request::{InstanceInfo, Platform};
 use crate::domain::time::{parse_setting, Span};
@@ -338,6 +339,89 @@ pub struct Config {
     /// Passport's SSH certificate authority; absent means Linux users log in
     /// with the requester's registered key.
     pub ssh_ca: Option<SshCaConfig>,
+    /// What protects the Logbook beyond the database file.
+    pub audit: AuditConfig,
+}
+
+/// The Logbook's key and the second place its checkpoints go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The key of the Logbook's links (HMAC-SHA256), kept outside the
+    /// database. Unset: a plain hash chain. Once a Logbook is keyed, Passport
+    /// refuses to write to it without this key.
+    pub key: Option<Secret>,
+    /// Keys the Logbook was keyed with before `key`: they verify older events
+    /// and sign the switch to `key` (a rotation).
+    pub previous_keys: Vec<Secret>,
+    /// A file every checkpoint is also appended to, one line each.
+    pub checkpoint_file: Option<PathBuf>,
+}
+
+/// The shortest Logbook key accepted, in bytes.
+const MIN_AUDIT_KEY: usize = 32;
+
+impl AuditConfig {
+    /// The validated keys, or what is wrong with each by setting name (never its value).
+    pub fn keys(&self) -> Result<ChainKeys, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut check = |name: String, secret: &Secret| {
+            let value = secret.expose();
+            if let Some(flaw) = secret.flaw() {
+                errors.push(format!("{name}: {flaw}"));
+                None
+            } else if value.len() < MIN_AUDIT_KEY {
+                errors.push(format!(
+                    "{name}: too short ({} characters): use at least {MIN_AUDIT_KEY} random characters, e.g. the output of `openssl rand -hex 32`",
+                    value.len()
+                ));
+                None
+            } else {
+                Some(ChainKey::new(value.as_bytes()))
+            }
+        };
+        let current = self.key.as_ref().and_then(|k| check("audit.key".into(), k));
+        let previous: Vec<ChainKey> = self
+            .previous_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| check(format!("audit.previous_keys[{i}]"), k))
+            .collect();
+        if errors.is_empty() {
+            Ok(ChainKeys { current, previous })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn validate(&self) -> Result<AuditSettings, Vec<String>> {
+        let keys = self.keys();
+        let file = match &self.checkpoint_file {
+            Some(f) if f.as_os_str().is_empty() => Err(vec![
+                "audit.checkpoint_file: empty: name a file, or leave it out to post checkpoints to the audit channel only".to_owned(),
+            ]),
+            f => Ok(f.clone()),
+        };
+        match (keys, file) {
+            (Ok(keys), Ok(checkpoint_file)) => Ok(AuditSettings {
+                keys,
+                checkpoint_file,
+            }),
+            (keys, file) => Err(keys
+                .err()
+                .into_iter()
+                .flatten()
+                .chain(file.err().into_iter().flatten())
+                .collect()),
+        }
+    }
+}
+
+/// The validated `[audit]` section.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSettings {
+    pub keys: ChainKeys,
+    pub checkpoint_file: Option<PathBuf>,
 }
 
 /// Scheduled jobs: cron expressions with a seconds field, in UTC; `""` or
@@ -1020,6 +1104,13 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             errors.push(format!("log.level: {e}"));
         }
+        let audit = match self.audit.validate() {
+            Ok(a) => a,
+            Err(e) => {
+                errors.extend(e);
+                AuditSettings::default()
+            }
+        };
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -1060,6 +1151,7 @@ impl Config {
             store_path: self.store.path.clone(),
             durability: self.store.durability,
             outbox_retention,
+            audit,
         })
     }
 
@@ -1095,6 +1187,7 @@ pub struct Settings {
     pub store_path: PathBuf,
     pub durability: Durability,
     pub outbox_retention: Span,
+    pub audit: AuditSettings,
 }
 
 /// Everyone who could ever approve for `approvers`, when configuration alone

@@ -9,6 +9,7 @@ use crate::adapters::slack::api::SlackApi;
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::ports::{Store, Verification};
 use crate::config::Settings;
+use crate::domain::logbook::{ChainKeys, Keying};
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,15 +146,19 @@ async fn database(settings: &Settings) -> Vec<Finding> {
         Some(kind) => findings.push(Finding::ok("database file system", format!("{} on {kind}", absolute.display()))),
         None => {}
     }
-    match SqliteStore::open(path, settings.durability).await {
+    match SqliteStore::open_with_keys(path, settings.durability, settings.audit.keys.clone()).await {
         Ok(store) => {
             findings.push(match store.ping_writer().await {
                 Ok(()) => Finding::ok("database", format!("{} opens and takes writes", path.display())),
                 Err(e) => Finding::fail("database", format!("{} does not take writes ({e}): is another process holding it, or the disk full?", path.display())),
             });
             findings.push(match store.verify_logbook().await {
-                Ok(Verification::Intact { events, .. }) => {
-                    Finding::ok("logbook", format!("intact, {events} events"))
+                Ok(Verification::Intact { events, keying, .. }) => {
+                    let report = keying_report(&keying, &settings.audit.keys);
+                    match report.problem {
+                        None => Finding::ok("logbook", format!("intact, {events} events; {}", report.mode)),
+                        Some((problem, _)) => Finding::fail("logbook", format!("{problem}; {}", report.mode)),
+                    }
                 }
                 Ok(Verification::Broken(brk)) => Finding::fail(
                     "logbook",
@@ -282,6 +287,76 @@ async fn discord_checks(
         }
     }
     findings
+}
+
+/// What a verification says about how the Logbook is keyed, and whether that
+/// falls short of a full check.
+pub struct KeyingReport {
+    /// "plain hash chain (SHA-256)…" or "keyed (HMAC-SHA256) since event N, key id …".
+    pub mode: String,
+    /// What could not be checked or does not fit the configured key, with the
+    /// exit code: 3 for keyed events left unchecked, 1 for a key mismatch.
+    pub problem: Option<(String, i32)>,
+}
+
+pub fn keying_report(keying: &Keying, keys: &ChainKeys) -> KeyingReport {
+    let mode = match keying.switches.split_first() {
+        None => "plain hash chain (SHA-256): whoever can write the database file could recompute it; set [audit] key to key it".to_owned(),
+        Some((first, rest)) => {
+            let current = rest.last().unwrap_or(first);
+            let mut mode = format!(
+                "keyed (HMAC-SHA256) since event {}, key id {}",
+                first.seq, current.key
+            );
+            if !rest.is_empty() {
+                let rotations: Vec<String> = rest
+                    .iter()
+                    .map(|s| format!("event {} to key id {}", s.seq, s.key))
+                    .collect();
+                mode.push_str(&format!(
+                    " (first key id {}; rotated at {})",
+                    first.key,
+                    rotations.join(", ")
+                ));
+            }
+            mode
+        }
+    };
+    let problem = if !keying.unchecked.is_empty() {
+        let runs: Vec<String> = keying
+            .unchecked
+            .iter()
+            .map(|u| format!("events {}-{} (key id {})", u.first, u.last, u.key))
+            .collect();
+        Some((
+            format!(
+                "NOT fully verified: {} could not be checked without their key: set [audit] key (or PASSPORT_AUDIT__KEY) to the key, older keys in [audit] previous_keys, and run again",
+                runs.join(", ")
+            ),
+            3,
+        ))
+    } else {
+        match (&keys.current, keying.current()) {
+            (Some(key), None) => Some((
+                format!(
+                    "NOT verified: a key is configured (key id {}) but the Logbook is a plain hash chain: it was never started with this key (start `passport serve` once to key it), or it was rewritten without the key",
+                    key.id()
+                ),
+                1,
+            )),
+            (Some(key), Some(last)) if &last.key != key.id() => Some((
+                format!(
+                    "NOT verified: the configured key (key id {}) is not the Logbook's: its last switch, event {}, names key id {}",
+                    key.id(),
+                    last.seq,
+                    last.key
+                ),
+                1,
+            )),
+            _ => None,
+        }
+    };
+    KeyingReport { mode, problem }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::adapters::chat_retry::Peer;
+use crate::adapters::checkpoint_file::CheckpointFile;
 use crate::adapters::clock::OffsetClock;
 use crate::adapters::console::{ConsoleSurface, Output};
 use crate::adapters::directory::StaticDirectory;
@@ -24,13 +25,13 @@ use crate::adapters::slack::socket::SocketMode;
 use crate::adapters::slack::{
     Inbound, People, SlackApi, SlackDirectory, SlackMode, SlackSettings, SlackSurface,
 };
-use crate::adapters::sqlite::SqliteStore;
+use crate::adapters::sqlite::{KeyAdoption, SqliteStore};
 use crate::app::dispatch::Dispatcher;
 use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
 use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, SessionBroker, StoreError};
 use crate::config::Settings;
 use crate::domain::policy::Policy;
-use crate::domain::time::Span;
+use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{Person, RequestId, UserId};
 use crate::http::ready::{DiscordProbe, Probe, Readiness, SlackProbe};
 use crate::http::{self, DiscordEndpoints, HttpState, SlackEndpoints};
@@ -87,6 +88,37 @@ pub async fn provisioner(
     }
 }
 
+/// Opens the store with the Logbook's keys (`[audit]`) and brings the
+/// Logbook under the configured key: a keyed Logbook without its key, or with
+/// another key that is not a rotation from it, refuses to start.
+pub async fn open_store(settings: &Settings, now: Timestamp) -> Result<SqliteStore, StartError> {
+    let store = SqliteStore::open_with_keys(
+        &settings.store_path,
+        settings.durability,
+        settings.audit.keys.clone(),
+    )
+    .await?;
+    match store.adopt_logbook_key(now).await {
+        Ok(KeyAdoption::Plain) => {}
+        Ok(KeyAdoption::Kept { key, since }) => {
+            tracing::info!(key_id = %key, since, "the Logbook is keyed (HMAC) with the configured key");
+        }
+        Ok(KeyAdoption::Switched { key, from, seq }) => match from {
+            None => {
+                tracing::info!(key_id = %key, seq, "the Logbook is keyed (HMAC) from now on: the switch is event {seq}")
+            }
+            Some(from) => {
+                tracing::info!(key_id = %key, previous_key_id = %from, seq, "the Logbook's key was rotated: the switch, signed by the previous key, is event {seq}")
+            }
+        },
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
+    }
+    Ok(store)
+}
+
 /// What `/readyz` asks AWS when `[aws]` is configured
 /// ([`crate::adapters::aws::AwsProbe`]); nothing otherwise.
 pub async fn readiness_probes(settings: &Settings) -> Vec<Arc<dyn Probe>> {
@@ -103,7 +135,7 @@ pub async fn console_app(
     out: Output,
     clock: Arc<dyn Clock>,
 ) -> Result<App, StartError> {
-    let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
+    let store = Arc::new(open_store(settings, clock.now()).await?);
     let sink_out = out.clone();
     let sink: Sink = Arc::new(move |line: &str| {
         let mut o = sink_out.lock().unwrap_or_else(|e| e.into_inner());
@@ -413,8 +445,12 @@ async fn assemble(
             .map(|broker| Arc::new(broker) as Arc<dyn SessionBroker>),
         (None, None) => None,
     };
-    let engine = Arc::new(match sessions {
+    let engine = match sessions {
         Some(broker) => engine.with_sessions(broker),
+        None => engine,
+    };
+    let engine = Arc::new(match &settings.audit.checkpoint_file {
+        Some(path) => engine.with_checkpoint_sink(Arc::new(CheckpointFile::new(path.clone()))),
         None => engine,
     });
     let dispatcher = Arc::new(delivery(Dispatcher::new(
@@ -487,7 +523,7 @@ pub async fn slack_app_with_sessions(
         app = %workspace.app_id,
         "Slack requests are accepted only from this workspace and app"
     );
-    let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
+    let store = Arc::new(open_store(settings, options.clock.now()).await?);
     let mentions = Mentions {
         usergroups: slack.usergroups.clone(),
         groups: settings.groups.clone(),
@@ -609,7 +645,7 @@ pub async fn discord_app(
     discord: &DiscordSettings,
     options: DiscordOptions,
 ) -> Result<DiscordApp, StartError> {
-    let store = Arc::new(SqliteStore::open(&settings.store_path, settings.durability).await?);
+    let store = Arc::new(open_store(settings, options.clock.now()).await?);
     let api = DiscordApi::new(discord);
     let mentions = DiscordMentions {
         roles: discord.roles.clone(),

@@ -1110,3 +1110,348 @@ fn console_and_serve_with_aws_and_no_approver_groups_refuse() {
     );
     assert!(!dir.path().join("passport.db").exists(), "nothing started");
 }
+
+// ---------------------------------------------------------------------------
+// A keyed Logbook and the checkpoint file
+
+const KEY: &str = "0123456789abcdef0123456789abcdef-first";
+const OTHER_KEY: &str = "fedcba9876543210fedcba9876543210-second";
+
+/// `passport ARGS` in `dir` with `[audit] key` set to `key`, when given.
+fn keyed(dir: &Path, args: &[&str], key: Option<&str>) -> Command {
+    let mut c = passport(dir, args);
+    if let Some(key) = key {
+        c.env("PASSPORT_AUDIT__KEY", key);
+    }
+    c
+}
+
+fn run_input(mut c: Command, input: &str) -> Output {
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A console round on a fresh database, with the Logbook keyed by `key` when given.
+fn round(key: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_input(keyed(dir.path(), &["console"], key), ROUND);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Someone with write access to the database file but no key: changes the
+/// actor of event `seq`, then recomputes the plain SHA-256 chain over every
+/// event, so that each stored hash matches its event again. With
+/// `drop_switch`, also removes the switch to a key and renumbers the events
+/// after it, to pass the Logbook off as a plain hash chain.
+fn rewrite_and_rehash(dir: &Path, seq: u64, actor: &str, drop_switch: bool) {
+    use passport::domain::logbook::{LogEvent, GENESIS};
+    use passport::domain::time::Timestamp;
+    let conn = rusqlite::Connection::open(dir.join("passport.db")).unwrap();
+    conn.execute_batch("DROP TRIGGER logbook_refuses_update; DROP TRIGGER logbook_refuses_delete;")
+        .unwrap();
+    conn.execute(
+        "UPDATE logbook SET actor = ?1 WHERE seq = ?2",
+        rusqlite::params![actor, seq as i64],
+    )
+    .unwrap();
+    if drop_switch {
+        let switch: i64 = conn
+            .query_row(
+                "SELECT seq FROM logbook WHERE action = 'logbook_keyed'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute_batch(&format!(
+            "DELETE FROM logbook WHERE seq = {switch};
+             UPDATE logbook SET seq = -seq WHERE seq > {switch};
+             UPDATE logbook SET seq = -seq - 1 WHERE seq < 0;"
+        ))
+        .unwrap();
+    }
+    let events: Vec<LogEvent> = {
+        let mut stmt = conn
+            .prepare("SELECT seq, at, actor, request, action, details FROM logbook ORDER BY seq")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(LogEvent {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at: Timestamp::from_millis(r.get(1)?),
+                    actor: r.get(2)?,
+                    request: r.get(3)?,
+                    action: r.get(4)?,
+                    details: r.get(5)?,
+                })
+            })
+            .unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    };
+    let mut prev = GENESIS;
+    for e in events {
+        prev = e.hash_after(&prev);
+        conn.execute(
+            "UPDATE logbook SET hash = ?1 WHERE seq = ?2",
+            rusqlite::params![&prev[..], e.seq as i64],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn audit_verify_names_the_mode_of_the_logbook() {
+    let plain = round(None);
+    let out = passport(plain.path(), &["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("mode: plain hash chain (SHA-256)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let dir = round(Some(KEY));
+    let out = keyed(dir.path(), &["audit", "verify"], Some(KEY))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("Logbook intact: 11 events, head "),
+        "{text}"
+    );
+    // The first start with the key recorded the switch as the first event.
+    assert!(
+        text.contains("mode: keyed (HMAC-SHA256) since event 1, key id "),
+        "{text}"
+    );
+    assert!(!text.contains(KEY), "the key is never shown");
+    let export = passport(dir.path(), &["audit", "export"]).output().unwrap();
+    let first = stdout(&export).lines().next().unwrap().to_owned();
+    assert!(first.contains("\"action\":\"logbook_keyed\""), "{first}");
+    assert!(!stdout(&export).contains(KEY));
+    let shown = keyed(dir.path(), &["check-config"], Some(KEY))
+        .output()
+        .unwrap();
+    assert!(shown.status.success());
+    assert!(!stdout(&shown).contains(KEY), "{}", stdout(&shown));
+    assert!(stdout(&shown).contains("key = \"[redacted]\""));
+}
+
+#[test]
+fn a_rewritten_and_rehashed_logbook_is_caught_only_when_keyed() {
+    // Plain: by construction, recomputing the chain hides the rewrite.
+    let plain = round(None);
+    rewrite_and_rehash(plain.path(), 3, "lead2", false);
+    let out = passport(plain.path(), &["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    // Keyed: the attacker cannot compute the keyed links.
+    let dir = round(Some(KEY));
+    rewrite_and_rehash(dir.path(), 3, "lead2", false);
+    let out = keyed(dir.path(), &["audit", "verify"], Some(KEY))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Logbook broken at event 2: event 2 does not match"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Nor can the Logbook be passed off as a plain chain: the key's holder
+    // expects keyed events.
+    let dir = round(Some(KEY));
+    rewrite_and_rehash(dir.path(), 3, "lead2", true);
+    let out = keyed(dir.path(), &["audit", "verify"], Some(KEY))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("the Logbook is a plain hash chain"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn audit_verify_without_the_key_checks_the_plain_part_and_says_what_it_could_not() {
+    let dir = round(Some(KEY));
+    let out = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("Logbook NOT fully verified: events 2-11 (key id "),
+        "{text}"
+    );
+    assert!(text.contains("PASSPORT_AUDIT__KEY"), "{text}");
+    assert!(
+        text.contains("mode: keyed (HMAC-SHA256) since event 1"),
+        "{text}"
+    );
+    // A break in what can be checked is still found.
+    let cut = sqlite(
+        dir.path(),
+        "DROP TRIGGER logbook_refuses_delete; DELETE FROM logbook WHERE seq = 5;",
+    );
+    assert!(cut.status.success());
+    let out = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("event 5 is missing"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_keyed_logbook_refuses_to_start_without_its_key_or_with_another() {
+    let dir = round(Some(KEY));
+    let line = "dev1: /passport list\n";
+    let without = run_input(keyed(dir.path(), &["console"], None), line);
+    assert_eq!(without.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&without.stderr).into_owned();
+    assert!(err.contains("the Logbook is keyed with key id "), "{err}");
+    assert!(err.contains("no key is set"), "{err}");
+    assert!(err.contains("PASSPORT_AUDIT__KEY"), "{err}");
+
+    let other = run_input(keyed(dir.path(), &["console"], Some(OTHER_KEY)), line);
+    assert_eq!(other.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&other.stderr).into_owned();
+    assert!(err.contains("the key set has id "), "{err}");
+    assert!(err.contains("previous_keys"), "{err}");
+    assert!(!err.contains(KEY) && !err.contains(OTHER_KEY));
+
+    // A rotation: the new key, with the old one among the previous keys.
+    let previous = format!("[\"{KEY}\"]");
+    let mut rotate = keyed(dir.path(), &["console"], Some(OTHER_KEY));
+    rotate.env("PASSPORT_AUDIT__PREVIOUS_KEYS", &previous);
+    let rotated = run_input(rotate, ROUND);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let mut verify = keyed(dir.path(), &["audit", "verify"], Some(OTHER_KEY));
+    verify.env("PASSPORT_AUDIT__PREVIOUS_KEYS", &previous);
+    let out = verify.output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("; rotated at event 12 to key id "),
+        "{}",
+        stdout(&out)
+    );
+    // With the new key alone, the events of the old one go unchecked.
+    let out = keyed(dir.path(), &["audit", "verify"], Some(OTHER_KEY))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("events 2-12 (key id "),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Writes checkpoint lines for events `seqs` of the database in `dir`, as the
+/// checkpoint job does.
+fn checkpoint_file(dir: &Path, seqs: &[u64]) -> std::path::PathBuf {
+    let mut text = String::new();
+    for seq in seqs {
+        let hash = sqlite(
+            dir,
+            &format!("SELECT lower(hex(hash)) FROM logbook WHERE seq = {seq};"),
+        );
+        text.push_str(&format!(
+            "2026-12-01T10:00:00Z {seq} {}\n",
+            stdout(&hash).trim()
+        ));
+    }
+    let path = dir.join("checkpoints.log");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn audit_verify_checks_every_line_of_a_checkpoint_file() {
+    let dir = round(None);
+    let file = checkpoint_file(dir.path(), &[4, 10]);
+    let file = file.to_str().unwrap();
+    let ok = passport(dir.path(), &["audit", "verify", "--checkpoints-from", file])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(
+        stdout(&ok)
+            .contains("all 2 checkpoints match (the latest: event 10 at 2026-12-01T10:00:00Z)"),
+        "{}",
+        stdout(&ok)
+    );
+
+    // A rewrite with the chain recomputed: the chain alone verifies, the file does not.
+    rewrite_and_rehash(dir.path(), 3, "lead2", false);
+    assert!(passport(dir.path(), &["audit", "verify"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let caught = passport(dir.path(), &["audit", "verify", "--checkpoints-from", file])
+        .output()
+        .unwrap();
+    assert_eq!(caught.status.code(), Some(1));
+    assert!(
+        stdout(&caught).contains("line 1: checkpoint 4 of 2026-12-01T10:00:00Z: does not match"),
+        "{}",
+        stdout(&caught)
+    );
+
+    // A truncation: the last events deleted.
+    let dir = round(None);
+    let file = checkpoint_file(dir.path(), &[4, 10]);
+    let file = file.to_str().unwrap();
+    let cut = sqlite(
+        dir.path(),
+        "DROP TRIGGER logbook_refuses_delete; DELETE FROM logbook WHERE seq > 8;",
+    );
+    assert!(cut.status.success());
+    let caught = passport(dir.path(), &["audit", "verify", "--checkpoints-from", file])
+        .output()
+        .unwrap();
+    assert_eq!(caught.status.code(), Some(1));
+    assert!(
+        stdout(&caught).contains(
+            "line 2: checkpoint 10 of 2026-12-01T10:00:00Z: missing: the Logbook ends at event 8"
+        ),
+        "{}",
+        stdout(&caught)
+    );
+
+    // A line that is not a checkpoint is named.
+    std::fs::write(dir.path().join("bad.log"), "# comment\n\n42 nothing\n").unwrap();
+    let bad = passport(
+        dir.path(),
+        &["audit", "verify", "--checkpoints-from", "bad.log"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("bad.log line 3: is not TIME SEQ HASH"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

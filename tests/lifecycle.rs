@@ -11,6 +11,7 @@ use common::*;
 use passport::adapters::clock::ManualClock;
 use passport::app::jobs::{Job, JobKind, Jobs};
 use passport::app::ports::Store;
+use passport::domain::logbook::Checkpoint;
 use passport::domain::request::{GrantState, RequestState};
 use passport::domain::time::{Span, Timestamp};
 use passport::domain::values::InstanceId;
@@ -441,6 +442,51 @@ async fn checkpoints_post_the_logbook_head() {
         line.contains(&format!("--checkpoint {seq}:{hash}")),
         "{line}"
     );
+}
+
+#[tokio::test]
+async fn checkpoints_are_appended_to_the_checkpoint_file_too() {
+    let (app, dir) = TestApp::spawn().await;
+    let file = dir.path().join("checkpoints.log");
+    let app = app.with_checkpoint_file(&file);
+    app.active_request("1h").await;
+    app.engine.checkpoint().await.unwrap();
+    let (first_seq, first_hash) = app.store.logbook_head().await.unwrap().unwrap();
+    app.advance(mins(10)).await;
+    app.engine.checkpoint().await.unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<_> = text
+        .lines()
+        .map(|l| Checkpoint::parse(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per checkpoint, appended: {text}");
+    assert_eq!(
+        (lines[0].at, lines[0].seq, lines[0].hash()),
+        (Timestamp::from_millis(T0), first_seq, first_hash.as_str())
+    );
+    assert_eq!(lines[1].at, Timestamp::from_millis(T0).plus(mins(10)));
+    let (seq, hash) = app.store.logbook_head().await.unwrap().unwrap();
+    assert_eq!((lines[1].seq, lines[1].hash()), (seq, hash.as_str()));
+}
+
+#[tokio::test]
+async fn a_checkpoint_file_that_cannot_be_written_holds_up_nothing() {
+    let (app, dir) = TestApp::spawn().await;
+    let app = app.with_checkpoint_file(&dir.path().join("missing-directory/checkpoints.log"));
+    app.active_request("1h").await;
+    app.engine.checkpoint().await.unwrap();
+    app.settle().await;
+    assert!(
+        app.surface
+            .audits()
+            .iter()
+            .any(|a| a.contains("Logbook checkpoint")),
+        "the audit channel still has it"
+    );
+    // Nor the Logbook: changes are recorded as before.
+    let before = app.store.logbook_head().await.unwrap().unwrap().0;
+    app.new_request(DB1, "30m ticket#2 more work").await;
+    assert!(app.store.logbook_head().await.unwrap().unwrap().0 > before);
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod chat_retry;
+pub mod checkpoint_file;
 pub mod clock;
 pub mod console;
 pub mod directory;

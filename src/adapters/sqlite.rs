@@ -39,7 +39,10 @@ use crate::app::ports::{
     REMOVAL_GRACE,
 };
 use crate::domain::command::ListFilter;
-use crate::domain::logbook::{chain_hash, Hash, LogEvent, NewEvent, GENESIS};
+use crate::domain::logbook::{
+    chain_link, key_switch_details, ChainKeys, Hash, KeyId, Linking, LogEvent, NewEvent, GENESIS,
+    KEY_SWITCH,
+};
 use crate::domain::notice::Notice;
 use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
 use crate::domain::signin::{
@@ -48,7 +51,7 @@ use crate::domain::signin::{
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
 
-use group_commit::Writer;
+use group_commit::{WriteConn, Writer};
 
 /// How durable each commit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -76,6 +79,8 @@ pub struct SqliteStore {
 struct Shared {
     path: PathBuf,
     writer: Writer,
+    /// The Logbook's keys, for verification (the writer holds its own copy).
+    keys: ChainKeys,
     /// One permit per read connection: reads beyond that wait for one to be
     /// free rather than open (and then close) more connections.
     read_permits: Arc<Semaphore>,
@@ -153,18 +158,24 @@ fn connect_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Verifies the Logbook of the database file at `path` without changing it
-/// (no migration, read-only): how a backup is checked.
-pub async fn verify_logbook_file(path: &Path) -> Result<Verification, StoreError> {
-    let path = path.to_owned();
+/// (no migration, read-only), keyed links with `keys`: how a backup is checked.
+pub async fn verify_logbook_file(
+    path: &Path,
+    keys: &ChainKeys,
+) -> Result<Verification, StoreError> {
+    let (path, keys) = (path.to_owned(), keys.clone());
     tokio::task::spawn_blocking(move || {
-        verify::verify(|| {
-            let conn = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            Ok(conn)
-        })
+        verify::verify(
+            || {
+                let conn = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                Ok(conn)
+            },
+            &keys,
+        )
     })
     .await
     .map_err(|e| StoreError::Other(format!("verification failed: {e}")))?
@@ -198,19 +209,61 @@ impl Shared {
     }
 }
 
+/// What [`SqliteStore::adopt_logbook_key`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAdoption {
+    /// No key configured and the Logbook was never keyed: a plain hash chain.
+    Plain,
+    /// The Logbook was keyed with the configured key already, since event `since`.
+    Kept { key: KeyId, since: u64 },
+    /// The switch to the configured key was recorded as event `seq`, signed
+    /// under `from` (a rotation) or plainly hashed (the first key).
+    Switched {
+        key: KeyId,
+        from: Option<KeyId>,
+        seq: u64,
+    },
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies migrations.
+    /// Opens (creating if needed) the database at `path` and applies
+    /// migrations, with no Logbook key: events are appended to a plain chain,
+    /// and refused once the Logbook is keyed.
     pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with_keys(path, durability, ChainKeys::none()).await
+    }
+
+    /// Opens the database like [`Self::open`], appending Logbook events with
+    /// the key its last switch names when `keys` holds it, and verifying with
+    /// `keys`. Nothing is switched: see [`Self::adopt_logbook_key`].
+    pub async fn open_with_keys(
+        path: &Path,
+        durability: Durability,
+        keys: ChainKeys,
+    ) -> Result<Self, StoreError> {
         migrate(path).await?;
-        let writer = Writer::start(connect_writer(path, durability)?, connect(path)?)?;
+        let writer = Writer::start(
+            connect_writer(path, durability)?,
+            connect(path)?,
+            keys.clone(),
+        )?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
                 writer,
+                keys,
                 read_permits: Arc::new(Semaphore::new(READERS)),
                 idle_readers: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Brings the Logbook under the configured key, at start-up of a process
+    /// that writes: refuses a keyed Logbook without its key or with another
+    /// key, records the first switch to a key, and records a rotation (the
+    /// Logbook's key among the previous keys, signing the switch to the new one).
+    pub async fn adopt_logbook_key(&self, now: Timestamp) -> Result<KeyAdoption, StoreError> {
+        self.write(move |conn| adopt_key(conn, now)).await
     }
 
     /// Finishes the writes already queued and closes every connection.
@@ -269,7 +322,7 @@ impl SqliteStore {
     async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
     {
         self.shared.writer.run(write).await
     }
@@ -286,7 +339,7 @@ enum Updated {
 }
 
 fn create(
-    conn: &Connection,
+    conn: &WriteConn,
     requester: &str,
     build: Creation,
 ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
@@ -336,7 +389,7 @@ fn count_pending(conn: &Connection, requester: &str) -> Result<u64, StoreError> 
 }
 
 fn update(
-    conn: &Connection,
+    conn: &WriteConn,
     id: RequestId,
     fired: Option<TimerId>,
     change: Mutation,
@@ -386,7 +439,7 @@ fn change_time(fx: &Effects, fallback: Timestamp) -> Timestamp {
 }
 
 fn write_effects(
-    conn: &Connection,
+    conn: &WriteConn,
     request: RequestId,
     fx: &Effects,
     at: Timestamp,
@@ -458,19 +511,158 @@ fn logbook_head(conn: &Connection) -> Result<Option<(i64, Vec<u8>)>, StoreError>
         .optional()?)
 }
 
-/// Chains `events` after the Logbook's head. Returns the last sequence number.
-fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<u64, StoreError> {
-    let (mut seq, mut prev) = match logbook_head(conn)? {
+/// The Logbook's last switch to a key: its sequence number and the key it
+/// names (`None` when it names none, which verification reports as a break).
+fn last_key_switch(conn: &Connection) -> Result<Option<(u64, Option<KeyId>)>, StoreError> {
+    // The action is written out, not bound, so that SQLite uses the partial
+    // index `logbook_key_switches` (migration 0012), which names it.
+    debug_assert_eq!(KEY_SWITCH, "logbook_keyed");
+    let row: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT seq, details FROM logbook WHERE action = 'logbook_keyed' ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.map(|(seq, details)| {
+        let key = serde_json::from_str::<serde_json::Value>(&details)
+            .ok()
+            .and_then(|d| d.get("key_id")?.as_str().and_then(KeyId::parse));
+        (seq as u64, key)
+    }))
+}
+
+/// What to do about a keyed Logbook whose key this process does not hold.
+const KEY_HELP: &str = "set [audit] key (or PASSPORT_AUDIT__KEY) to the key the Logbook was keyed with; to rotate to a new key, set the new one as key and keep the old one in [audit] previous_keys";
+
+/// How the next event is linked: as the Logbook's last switch says, with the
+/// key it names, which `keys` must hold. A Logbook once keyed is never again
+/// extended with plain links.
+fn next_linking<'k>(conn: &Connection, keys: &'k ChainKeys) -> Result<Linking<'k>, StoreError> {
+    match last_key_switch(conn)? {
+        None => Ok(Linking::Plain),
+        Some((seq, Some(id))) => keys.find(&id).map(Linking::Keyed).ok_or_else(|| {
+            let held = match &keys.current {
+                None => "no key is set".to_owned(),
+                Some(k) => format!("the key set has id {}", k.id()),
+            };
+            StoreError::LogbookKey(format!(
+                "the Logbook is keyed with key id {id} since event {seq}, and {held}: {KEY_HELP}"
+            ))
+        }),
+        Some((seq, None)) => Err(StoreError::Corrupt(format!(
+            "Logbook event {seq} switches to a key but names none: run `passport audit verify`"
+        ))),
+    }
+}
+
+/// The Logbook's head: its last sequence number and link.
+fn head(conn: &Connection) -> Result<(u64, Hash), StoreError> {
+    Ok(match logbook_head(conn)? {
         Some((seq, hash)) => (
             seq as u64,
             Hash::try_from(hash.as_slice())
                 .map_err(|_| StoreError::Corrupt(format!("Logbook event {seq} has a bad hash")))?,
         ),
         None => (0, GENESIS),
-    };
-    let mut insert = conn.prepare_cached(
+    })
+}
+
+/// Inserts one event as `seq`, linked after `prev`; returns its link.
+fn insert_event(
+    conn: &Connection,
+    linking: Linking<'_>,
+    prev: &Hash,
+    seq: u64,
+    e: &NewEvent,
+) -> Result<Hash, StoreError> {
+    let details = e.details.to_string();
+    let link = chain_link(
+        linking,
+        prev,
+        seq,
+        e.at,
+        &e.actor,
+        e.request.as_deref(),
+        &e.action,
+        &details,
+    );
+    conn.prepare_cached(
         "INSERT INTO logbook (seq, at, actor, request, action, details, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
+    )?
+    .execute(params![
+        seq as i64,
+        e.at.as_millis(),
+        e.actor,
+        e.request,
+        e.action,
+        details,
+        &link[..]
+    ])?;
+    Ok(link)
+}
+
+/// Records the switch to the configured key when the Logbook is not keyed
+/// with it yet (see [`SqliteStore::adopt_logbook_key`]).
+fn adopt_key(conn: &WriteConn, now: Timestamp) -> Result<KeyAdoption, StoreError> {
+    let keys = &conn.keys;
+    let last = last_key_switch(conn)?;
+    let (from, linking) = match (&last, &keys.current) {
+        (None, None) => return Ok(KeyAdoption::Plain),
+        (Some((since, Some(id))), Some(current)) if id == current.id() => {
+            return Ok(KeyAdoption::Kept {
+                key: id.clone(),
+                since: *since,
+            })
+        }
+        (None, Some(_)) => (None, Linking::Plain),
+        (Some(_), _) => {
+            // Keyed with another key (or none is set): only a previous key
+            // may sign the switch away from it.
+            let linking = next_linking(conn, keys)?;
+            let Some((since, Some(id))) = last else {
+                return Err(StoreError::Corrupt(
+                    "the Logbook's last key switch names no key".into(),
+                ));
+            };
+            if keys.current.is_none() {
+                return Err(StoreError::LogbookKey(format!(
+                    "the Logbook is keyed with key id {id} since event {since}, and no key is set: {KEY_HELP}"
+                )));
+            }
+            (Some(id), linking)
+        }
+    };
+    let Some(current) = &keys.current else {
+        return Ok(KeyAdoption::Plain);
+    };
+    let (seq, prev) = head(conn)?;
+    let event = NewEvent {
+        at: now,
+        actor: "passport".into(),
+        request: None,
+        action: KEY_SWITCH.into(),
+        details: key_switch_details(current.id(), from.as_ref()),
+    };
+    insert_event(conn, linking, &prev, seq + 1, &event)?;
+    metrics::counter!("passport_logbook_events_total", "action" => KEY_SWITCH).increment(1);
+    Ok(KeyAdoption::Switched {
+        key: current.id().clone(),
+        from,
+        seq: seq + 1,
+    })
+}
+
+/// Chains `events` after the Logbook's head, linked as its last key switch
+/// says. Returns the last sequence number.
+fn append_events(conn: &WriteConn, events: &[NewEvent]) -> Result<u64, StoreError> {
+    if let Some(e) = events.iter().find(|e| e.action == KEY_SWITCH) {
+        return Err(StoreError::Other(format!(
+            "a {} event is recorded only by the switch to a key",
+            e.action
+        )));
+    }
+    let linking = next_linking(conn, &conn.keys)?;
+    let (mut seq, mut prev) = head(conn)?;
     for e in events {
         seq += 1;
         // Every state change has its Logbook event, so counting events by
@@ -478,26 +670,7 @@ fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<u64, StoreErr
         // (A group commit that fails after this is retried, and may count twice.)
         metrics::counter!("passport_logbook_events_total", "action" => e.action.clone())
             .increment(1);
-        let details = e.details.to_string();
-        let hash = chain_hash(
-            &prev,
-            seq,
-            e.at,
-            &e.actor,
-            e.request.as_deref(),
-            &e.action,
-            &details,
-        );
-        insert.execute(params![
-            seq as i64,
-            e.at.as_millis(),
-            e.actor,
-            e.request,
-            e.action,
-            details,
-            &hash[..]
-        ])?;
-        prev = hash;
+        prev = insert_event(conn, linking, &prev, seq, e)?;
     }
     Ok(seq)
 }
@@ -967,7 +1140,8 @@ impl Store for SqliteStore {
         // Verification opens connections of its own, one per core (see
         // `verify`), rather than holding pooled ones for as long as it takes.
         let path = self.shared.path.clone();
-        tokio::task::spawn_blocking(move || verify::verify(|| connect_reader(&path)))
+        let keys = self.shared.keys.clone();
+        tokio::task::spawn_blocking(move || verify::verify(|| connect_reader(&path), &keys))
             .await
             .map_err(|e| StoreError::Other(format!("verification failed: {e}")))?
     }

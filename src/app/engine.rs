@@ -28,8 +28,8 @@ use crate::domain::values::{
 use super::effects::{Effects, TimerKind};
 use super::messages;
 use super::ports::{
-    CertificateSigner, Clock, Described, Directory, Mutation, ProvisionError, Provisioner,
-    SessionBroker, SessionCredentials, Slot, Store, StoreError,
+    CertificateSigner, CheckpointSink, Clock, Described, Directory, Mutation, ProvisionError,
+    Provisioner, SessionBroker, SessionCredentials, Slot, Store, StoreError,
 };
 
 /// Settings the use cases need beyond the policy and grammar.
@@ -192,6 +192,8 @@ pub struct Engine {
     pub(super) certificates: Option<Certificates>,
     /// Scoped Session Manager credentials, when `[aws] session_role_arn` is set.
     pub(super) sessions: Option<Arc<dyn SessionBroker>>,
+    /// Where checkpoints are kept besides the audit channel (`[audit] checkpoint_file`).
+    pub(super) checkpoint_sink: Option<Arc<dyn CheckpointSink>>,
     /// Commands counted per person in the current minute (in memory: a
     /// restart forgives, which a limit against floods can afford).
     pub(super) recent:
@@ -231,6 +233,7 @@ impl Engine {
             revoke_slots: Semaphore::new(super::lifecycle::CONCURRENT_REVOKES),
             certificates: None,
             sessions: None,
+            checkpoint_sink: None,
             recent: Mutex::default(),
             signin: super::signin::SignIn::default(),
         }
@@ -290,6 +293,12 @@ impl Engine {
     /// (`session_credentials`) and ends its sessions when access ends.
     pub fn with_sessions(mut self, broker: Arc<dyn SessionBroker>) -> Self {
         self.sessions = Some(broker);
+        self
+    }
+
+    /// Keeps every Logbook checkpoint in `sink` too, besides the audit channel.
+    pub fn with_checkpoint_sink(mut self, sink: Arc<dyn CheckpointSink>) -> Self {
+        self.checkpoint_sink = Some(sink);
         self
     }
 

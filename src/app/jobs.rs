@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde_json::json;
 
+use crate::domain::logbook::Checkpoint;
 use crate::domain::notice::Notice;
 use crate::domain::request::{GrantState, RequestState};
 use crate::domain::time::{Span, Timestamp};
@@ -13,7 +14,7 @@ use crate::domain::time::{Span, Timestamp};
 use super::effects::{Effects, TimerKind};
 use super::engine::{summarise, Engine};
 use super::messages;
-use super::ports::{RequestFilter, RevokeSpec, StoreError};
+use super::ports::{CheckpointError, RequestFilter, RevokeSpec, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
@@ -387,11 +388,16 @@ impl Engine {
         self.store.record(fx, self.clock.now()).await
     }
 
-    /// Posts the Logbook's head, so later tampering can be detected against this outside record.
+    /// Posts the Logbook's head, so later tampering can be detected against
+    /// this outside record, and appends it to the checkpoint file when one is
+    /// configured. A checkpoint the file could not keep is logged as an error
+    /// and counted (`passport_checkpoint_file_failures_total`); it never holds
+    /// up the Logbook or the post.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let Some((seq, hash)) = self.store.logbook_head().await? else {
             return Ok(());
         };
+        let now = self.clock.now();
         let mut fx = Effects::default();
         fx.notify(Notice::Audit {
             text: format!(
@@ -399,7 +405,26 @@ impl Engine {
             ),
         });
         fx.route(&self.settings.surfaces, "");
-        self.store.record(fx, self.clock.now()).await
+        let posted = self.store.record(fx, now).await;
+        if let Some(sink) = &self.checkpoint_sink {
+            let kept = match Checkpoint::new(now, seq, &hash) {
+                Some(checkpoint) => sink.keep(&checkpoint).await,
+                None => Err(CheckpointError(format!(
+                    "the Logbook's head {seq} has a malformed hash: run `passport audit verify`"
+                ))),
+            };
+            if let Err(e) = kept {
+                metrics::counter!("passport_checkpoint_file_failures_total").increment(1);
+                tracing::error!(
+                    seq,
+                    file = %sink.describe(),
+                    error = %e,
+                    "a Logbook checkpoint was NOT written to the checkpoint file: fix the file's \
+                     directory, permissions or disk; the next checkpoint is written as usual"
+                );
+            }
+        }
+        posted
     }
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::command::ListFilter;
-use crate::domain::logbook::{ChainBreak, LogEvent};
+use crate::domain::logbook::{ChainBreak, Checkpoint, Keying, LogEvent};
 use crate::domain::notice::{Action, CardView, Notice};
 use crate::domain::policy::GroupSource;
 use crate::domain::request::{AccessRequest, InstanceInfo, InstanceOutcome, Refusal, RequestState};
@@ -25,6 +25,24 @@ use super::effects::{Effects, Timer, TimerId, TimerKind};
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoints kept outside the database
+
+/// Why a checkpoint could not be kept.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckpointError(pub String);
+
+/// A place outside the database that keeps Logbook checkpoints, besides the
+/// audit channel (the checkpoint file).
+#[async_trait]
+pub trait CheckpointSink: Send + Sync {
+    /// Keeps `checkpoint` for good: answers only once it is durable.
+    async fn keep(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+    /// Where checkpoints go, for log lines.
+    fn describe(&self) -> String;
 }
 
 // ---------------------------------------------------------------------------
@@ -216,6 +234,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Other(String),
+    /// The Logbook is keyed with a key this process does not hold (or holds
+    /// a different one): the text says which and what to set.
+    #[error("{0}")]
+    LogbookKey(String),
 }
 
 /// Changes a request inside the store's transaction. Returning a refusal rolls
@@ -317,7 +339,13 @@ pub struct PendingDeletion {
 /// The result of verifying the Logbook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    Intact { events: u64, head: String },
+    /// Every link that could be checked holds; `keying` says which events are
+    /// keyed and which of those went unchecked for want of their key.
+    Intact {
+        events: u64,
+        head: String,
+        keying: Keying,
+    },
     Broken(ChainBreak),
 }
 

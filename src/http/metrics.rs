@@ -60,13 +60,17 @@ pub fn recorder() -> &'static PrometheusHandle {
     })
 }
 
-/// Help texts, and a zero for the SSM counter alerts use, so that its series
-/// exist (and `rate()` works) before the first command.
+/// Help texts, and a zero for the SSM and checkpoint file counters alerts use,
+/// so that their series exist (and `rate()` works) before the first command.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "passport_logbook_events_total",
         "Logbook events by action: requests, approvals, grants and removals by outcome"
+    );
+    describe_counter!(
+        "passport_checkpoint_file_failures_total",
+        "Logbook checkpoints the checkpoint file ([audit] checkpoint_file) could not keep"
     );
     describe_counter!(
         "passport_chat_deliveries_total",
@@ -114,6 +118,7 @@ fn describe() {
     for status in ["Success", "Failed", "TimedOut"] {
         metrics::counter!("passport_ssm_invocations_total", "status" => status).increment(0);
     }
+    metrics::counter!("passport_checkpoint_file_failures_total").increment(0);
 }
 
 /// How old the database gauges may be when scraped. Counting requests by

@@ -471,6 +471,17 @@ impl TestApp {
         self
     }
 
+    /// The same application keeping every checkpoint in the file at `path` too.
+    pub fn with_checkpoint_file(mut self, path: &Path) -> Self {
+        let engine = Arc::try_unwrap(self.engine)
+            .ok()
+            .expect("the engine is not shared yet");
+        self.engine = Arc::new(engine.with_checkpoint_sink(Arc::new(
+            passport::adapters::checkpoint_file::CheckpointFile::new(path.to_path_buf()),
+        )));
+        self
+    }
+
     /// The same application handing out Session Manager credentials from `broker`.
     pub fn with_sessions(mut self, broker: Arc<dyn passport::app::ports::SessionBroker>) -> Self {
         let engine = Arc::try_unwrap(self.engine)

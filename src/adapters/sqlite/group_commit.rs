@@ -26,6 +26,23 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::ports::StoreError;
+use crate::domain::logbook::ChainKeys;
+
+/// The write connection, as every write sees it: the connection itself and
+/// the Logbook's keys, which appending events needs and nothing else does.
+/// It dereferences to the connection.
+pub(crate) struct WriteConn {
+    conn: Connection,
+    pub(crate) keys: ChainKeys,
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
 
 /// At most this many jobs share a transaction, so that a burst is answered in
 /// several commits rather than holding its first callers until the last job ran.
@@ -38,7 +55,7 @@ const CHECKPOINT_EVERY: u32 = 32;
 trait Task: Send {
     /// Runs the job inside the group's transaction. `false` asks for its
     /// writes to be rolled back.
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, conn: &WriteConn) -> bool;
     /// Answers the caller once the group is committed, or failed with `group`.
     fn answer(self: Box<Self>, group: Result<(), StoreError>);
 }
@@ -52,9 +69,9 @@ struct Job<T, F> {
 impl<T, F> Task for Job<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &WriteConn) -> bool {
         let Some(work) = self.work.take() else {
             return false;
         };
@@ -95,8 +112,13 @@ fn closed() -> StoreError {
 
 impl Writer {
     /// Starts the writer thread on `conn`, which must be the only connection
-    /// that writes to the database, and the checkpointing thread on `checkpoints`.
-    pub(super) fn start(conn: Connection, checkpoints: Connection) -> Result<Self, StoreError> {
+    /// that writes to the database, and the checkpointing thread on
+    /// `checkpoints`. Writes append Logbook events with `keys`.
+    pub(super) fn start(
+        conn: Connection,
+        checkpoints: Connection,
+        keys: ChainKeys,
+    ) -> Result<Self, StoreError> {
         // Each job's savepoint keeps the pages it changes for undo; in a
         // temporary file that would be a system call per page.
         conn.execute_batch("PRAGMA temp_store = MEMORY")?;
@@ -115,7 +137,7 @@ impl Writer {
         let (queue, jobs) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || serve(conn, jobs, due, checkpointer))
+            .spawn(move || serve(WriteConn { conn, keys }, jobs, due, checkpointer))
             .map_err(spawn_error)?;
         Ok(Self {
             queue,
@@ -128,7 +150,7 @@ impl Writer {
     pub(super) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -160,7 +182,7 @@ impl Writer {
 /// The writer thread: groups whatever is waiting and commits it, until the
 /// store is closed or dropped.
 fn serve(
-    conn: Connection,
+    conn: WriteConn,
     mut queue: mpsc::UnboundedReceiver<Message>,
     checkpoint_due: std::sync::mpsc::SyncSender<()>,
     checkpointer: JoinHandle<()>,
@@ -218,7 +240,7 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>) {
 }
 
 /// Runs every task of `group` in one transaction, each in its own savepoint.
-fn commit_group(conn: &Connection, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
+fn commit_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
     let outcome = run_group(conn, group);
     if outcome.is_err() && !conn.is_autocommit() {
         // Best effort: if even this fails, the next BEGIN reports the problem.
@@ -227,7 +249,7 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Task>]) -> Result<(), St
     outcome
 }
 
-fn run_group(conn: &Connection, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
+fn run_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut savepoint = conn.prepare_cached("SAVEPOINT job")?;
     let mut rollback = conn.prepare_cached("ROLLBACK TO job")?;
@@ -269,7 +291,8 @@ mod tests {
         )
         .unwrap();
         conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
-        let writer = Writer::start(conn, Connection::open(&path).unwrap()).unwrap();
+        let writer =
+            Writer::start(conn, Connection::open(&path).unwrap(), ChainKeys::none()).unwrap();
         (writer, Connection::open(&path).unwrap())
     }
 
@@ -281,7 +304,7 @@ mod tests {
 
     fn insert(
         v: &'static str,
-    ) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static {
+    ) -> impl FnOnce(&WriteConn) -> Result<(), StoreError> + Send + 'static {
         move |conn| {
             conn.execute("INSERT INTO items (v) VALUES (?1)", [v])?;
             Ok(())

@@ -9,10 +9,10 @@ use crate::domain::request::{AccessRequest, RequestState};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
 
-use super::{append_events, id_of, insert_outbox, requests, to_id};
+use super::{append_events, id_of, insert_outbox, requests, to_id, WriteConn};
 
 /// Events and notices that belong to no request.
-pub(super) fn record(conn: &Connection, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
+pub(super) fn record(conn: &WriteConn, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
     if !fx.timers.is_empty() || fx.cancel_all || fx.cancel_expiry || !fx.cancel.is_empty() {
         return Err(StoreError::Other(
             "timers belong to a request: use update".into(),
@@ -40,7 +40,7 @@ pub(super) fn ssh_key(
 }
 
 pub(super) fn set_ssh_key(
-    conn: &Connection,
+    conn: &WriteConn,
     user: &UserId,
     key: Option<&SshPublicKey>,
     fx: &Effects,

@@ -9,7 +9,7 @@ use crate::app::ports::{MessageRef, PasswordMessage, PendingDeletion, StoreError
 use crate::domain::time::Timestamp;
 use crate::domain::values::{InstanceId, Username};
 
-use super::{corrupt, id_of, to_id};
+use super::{corrupt, id_of, to_id, WriteConn};
 
 pub(super) fn save(conn: &Connection, m: &PasswordMessage) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -81,7 +81,7 @@ pub(super) fn retry(
 /// Deletes the row and writes `fx`; nothing when the row is gone already (a
 /// pass that overlapped this one recorded the deletion).
 pub(super) fn deleted(
-    conn: &Connection,
+    conn: &WriteConn,
     id: i64,
     fx: &Effects,
     now: Timestamp,

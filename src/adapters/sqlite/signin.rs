@@ -11,7 +11,7 @@ use crate::domain::signin::{
 use crate::domain::time::Timestamp;
 use crate::domain::values::{Person, UserId};
 
-use super::housekeeping;
+use super::{housekeeping, WriteConn};
 
 const LOGIN_COLUMNS: &str = "id, host, client, address, started_at, expires_at, state, \
      claimed_by, claimed_handle, claimed_surface, secret_hash";
@@ -57,7 +57,7 @@ fn login_of(row: &Row<'_>) -> Result<(LoginAttempt, SecretHash), StoreError> {
 }
 
 pub(super) fn start(
-    conn: &Connection,
+    conn: &WriteConn,
     login: &LoginAttempt,
     code: &SecretHash,
     secret: &SecretHash,
@@ -110,7 +110,7 @@ pub(super) fn by_id(
 }
 
 pub(super) fn save(
-    conn: &Connection,
+    conn: &WriteConn,
     login: &LoginAttempt,
     was: LoginState,
     fx: &Effects,
@@ -139,7 +139,7 @@ pub(super) fn save(
 }
 
 pub(super) fn collect(
-    conn: &Connection,
+    conn: &WriteConn,
     id: &LoginId,
     token: &SecretHash,
     owner: &ChatIdentity,
@@ -211,7 +211,7 @@ pub(super) fn token(
 }
 
 pub(super) fn refused(
-    conn: &Connection,
+    conn: &WriteConn,
     id: i64,
     fx: &Effects,
     now: Timestamp,
@@ -228,7 +228,7 @@ pub(super) fn refused(
 }
 
 pub(super) fn revoke(
-    conn: &Connection,
+    conn: &WriteConn,
     scope: &LogoutScope,
     by: &UserId,
     record: Recording,

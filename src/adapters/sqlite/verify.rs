@@ -7,13 +7,22 @@
 //! the link across a cut is checked by the part after it. The break reported
 //! is the first one of the earliest broken part, which is exactly the break a
 //! check from the first event onwards would report.
+//!
+//! Keyed links (after a switch to a key, see [`crate::domain::logbook`]) are
+//! checked with the key the switch names when it was given; without it, only
+//! the order of those events is checked, and they are reported as unchecked.
+//! A part learns the mode it starts in from the switches before its cut, and
+//! follows the switches it meets itself.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::app::ports::{StoreError, Verification};
-use crate::domain::logbook::{check_link, ChainBreak, Hash, LogEvent, GENESIS};
+use crate::domain::logbook::{
+    check_link_with, ChainBreak, ChainKeys, Hash, KeyId, KeySwitch, Keying, Linking, LogEvent,
+    GENESIS, KEY_SWITCH,
+};
 use crate::domain::time::Timestamp;
 
 /// A thread stops early, once an earlier part is known to be broken, at most
@@ -21,13 +30,62 @@ use crate::domain::time::Timestamp;
 const STOP_CHECK_EVERY: usize = 4096;
 
 /// Checks the chain of every event committed when it starts, on a
-/// connection from `open` per core.
-pub(super) fn verify<F>(open: F) -> Result<Verification, StoreError>
+/// connection from `open` per core, keyed links with `keys`.
+pub(super) fn verify<F>(open: F, keys: &ChainKeys) -> Result<Verification, StoreError>
 where
     F: Fn() -> Result<Connection, StoreError> + Sync,
 {
     let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
-    verify_in_parts(open, parts.clamp(1, 8))
+    verify_in_parts(open, keys, parts.clamp(1, 8))
+}
+
+/// How the links of the events after some point are computed.
+#[derive(Clone, Debug)]
+enum Mode {
+    Plain,
+    Keyed(KeyId),
+    /// After a switch that names no valid key: the part holding that switch
+    /// reports it, so the events after it need no check.
+    Unknown,
+}
+
+impl Mode {
+    /// The mode after the switches of the Logbook up to event `seq`.
+    fn at(switches: &[(u64, Option<KeyId>)], seq: Option<i64>) -> Self {
+        let Some(seq) = seq else {
+            return Mode::Plain;
+        };
+        match switches.iter().rev().find(|(s, _)| *s as i64 <= seq) {
+            None => Mode::Plain,
+            Some((_, Some(key))) => Mode::Keyed(key.clone()),
+            Some((_, None)) => Mode::Unknown,
+        }
+    }
+}
+
+/// The Logbook's switches to a key, each with the key it names (`None` when
+/// it names none). Read apart from the chain only to tell each part the mode
+/// it starts in; the parts check the switches themselves as chain events.
+fn switches(conn: &Connection) -> Result<Vec<(u64, Option<KeyId>)>, StoreError> {
+    // Written out, not bound, so that SQLite uses the partial index
+    // `logbook_key_switches` where it exists (migration 0012).
+    debug_assert_eq!(KEY_SWITCH, "logbook_keyed");
+    let mut stmt = conn
+        .prepare("SELECT seq, details FROM logbook WHERE action = 'logbook_keyed' ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let event = LogEvent {
+            seq: row.get::<_, i64>(0)? as u64,
+            at: Timestamp::from_millis(0),
+            actor: String::new(),
+            request: None,
+            action: KEY_SWITCH.into(),
+            details: row.get(1)?,
+        };
+        out.push((event.seq, event.key_switch().and_then(Result::ok)));
+    }
+    Ok(out)
 }
 
 /// Where a part starts: after event `seq`, whose stored hash is `hash`; the
@@ -38,7 +96,7 @@ struct Start {
     hash: Hash,
 }
 
-fn verify_in_parts<F>(open: F, parts: usize) -> Result<Verification, StoreError>
+fn verify_in_parts<F>(open: F, keys: &ChainKeys, parts: usize) -> Result<Verification, StoreError>
 where
     F: Fn() -> Result<Connection, StoreError> + Sync,
 {
@@ -51,8 +109,10 @@ where
         return Ok(Verification::Intact {
             events: 0,
             head: hex::encode(GENESIS),
+            keying: Keying::default(),
         });
     };
+    let switches = switches(&conn)?;
     // Parts of about equal numbers of events (sequence numbers are dense in an
     // intact Logbook). Part i covers the events after starts[i] up to the next start.
     let mut starts = vec![Start {
@@ -96,7 +156,8 @@ where
             .map(|(index, start)| {
                 let end = starts.get(index + 1).and_then(|s| s.seq).unwrap_or(last);
                 let (open, broken, start) = (&open, &broken, *start);
-                scope.spawn(move || check_part(&open()?, index, start, end, broken))
+                let mode = Mode::at(&switches, start.seq);
+                scope.spawn(move || check_part(&open()?, keys, mode, index, start, end, broken))
             })
             .collect();
         workers
@@ -110,6 +171,7 @@ where
     });
 
     let mut head = (0u64, GENESIS);
+    let mut keying = Keying::default();
     for outcome in outcomes {
         match outcome? {
             Part::Broken(brk) => return Ok(Verification::Broken(brk)),
@@ -117,12 +179,17 @@ where
             Part::Intact {
                 last_seq,
                 last_hash,
-            } => head = (last_seq, last_hash),
+                keying: found,
+            } => {
+                head = (last_seq, last_hash);
+                keying.extend(found);
+            }
         }
     }
     Ok(Verification::Intact {
         events: head.0,
         head: hex::encode(head.1),
+        keying,
     })
 }
 
@@ -130,15 +197,18 @@ enum Part {
     Intact {
         last_seq: u64,
         last_hash: Hash,
+        keying: Keying,
     },
     Broken(ChainBreak),
     /// Gave up because an earlier part is broken.
     Stopped,
 }
 
-/// Checks the events after `start` up to `end`, in order.
+/// Checks the events after `start` up to `end`, in order, starting in `mode`.
 fn check_part(
     conn: &Connection,
+    keys: &ChainKeys,
+    mut mode: Mode,
     index: usize,
     start: Start,
     end: i64,
@@ -159,6 +229,7 @@ fn check_part(
         }
     };
     let (mut prev_seq, mut prev) = (start.seq.map_or(0, |s| s as u64), start.hash);
+    let mut keying = Keying::default();
     let mut read = 0usize;
     while let Some(row) = rows.next()? {
         read += 1;
@@ -174,12 +245,35 @@ fn check_part(
             details: row.get(5)?,
         };
         let stored = row.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
+        let linking = match &mode {
+            Mode::Plain => Some(Linking::Plain),
+            Mode::Keyed(id) => keys.find(id).map(Linking::Keyed),
+            Mode::Unknown => None,
+        };
         let link = match Hash::try_from(stored) {
-            Ok(stored) => check_link(prev_seq, &prev, &event, &stored).map(|()| stored),
+            Ok(stored) => {
+                check_link_with(linking, prev_seq, &prev, &event, &stored).map(|()| stored)
+            }
             Err(_) => Err(ChainBreak::Mismatch { seq: event.seq }),
         };
+        let link = link.and_then(|stored| match event.key_switch() {
+            None => Ok((stored, None)),
+            Some(switch) => switch.map(|key| (stored, Some(key))),
+        });
         match link {
-            Ok(stored) => (prev_seq, prev) = (event.seq, stored),
+            Ok((stored, switch)) => {
+                if let (None, Mode::Keyed(id)) = (linking, &mode) {
+                    keying.skip(id, event.seq);
+                }
+                if let Some(key) = switch {
+                    keying.switches.push(KeySwitch {
+                        seq: event.seq,
+                        key: key.clone(),
+                    });
+                    mode = Mode::Keyed(key);
+                }
+                (prev_seq, prev) = (event.seq, stored);
+            }
             Err(brk) => {
                 broken.fetch_min(index, Ordering::Relaxed);
                 return Ok(Part::Broken(brk));
@@ -189,6 +283,7 @@ fn check_part(
     Ok(Part::Intact {
         last_seq: prev_seq,
         last_hash: prev,
+        keying,
     })
 }
 
@@ -199,11 +294,28 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::logbook::chain_hash;
+    use crate::domain::logbook::{chain_link, key_switch_details, ChainKey};
+
+    fn key() -> ChainKey {
+        ChainKey::new(b"0123456789abcdef0123456789abcdef")
+    }
+
+    fn with_key() -> ChainKeys {
+        ChainKeys {
+            current: Some(key()),
+            previous: Vec::new(),
+        }
+    }
 
     /// A database with the Logbook as the first migration creates it, without
     /// the triggers that refuse edits, holding `n` chained events.
     fn logbook(n: u64) -> (tempfile::TempDir, PathBuf) {
+        logbook_keyed(n, None)
+    }
+
+    /// Like [`logbook`], with event `switch` (when given) switching to [`key`].
+    fn logbook_keyed(n: u64, switch: Option<u64>) -> (tempfile::TempDir, PathBuf) {
+        let key = key();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logbook.db");
         let conn = Connection::open(&path).unwrap();
@@ -217,37 +329,54 @@ mod tests {
         )
         .unwrap();
         let mut prev = GENESIS;
+        let mut linking = Linking::Plain;
         for seq in 1..=n {
             let at = Timestamp::from_millis(1_000 * seq as i64);
             let actor = format!("dev{}", seq % 3);
             let request = (seq % 4 != 0).then(|| format!("AR-{}", seq / 5 + 1));
-            let details = format!("{{\"summary\":\"event {seq}\"}}");
-            let hash = chain_hash(
+            let (action, details) = if switch == Some(seq) {
+                (KEY_SWITCH, key_switch_details(key.id(), None).to_string())
+            } else {
+                ("approved", format!("{{\"summary\":\"event {seq}\"}}"))
+            };
+            let hash = chain_link(
+                linking,
                 &prev,
                 seq,
                 at,
                 &actor,
                 request.as_deref(),
-                "approved",
+                action,
                 &details,
             );
             conn.execute(
-                "INSERT INTO logbook (seq, at, actor, request, action, details, hash) VALUES (?1, ?2, ?3, ?4, 'approved', ?5, ?6)",
-                rusqlite::params![seq as i64, at.as_millis(), actor, request, details, &hash[..]],
+                "INSERT INTO logbook (seq, at, actor, request, action, details, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![seq as i64, at.as_millis(), actor, request, action, details, &hash[..]],
             )
             .unwrap();
             prev = hash;
+            if switch == Some(seq) {
+                linking = Linking::Keyed(&key);
+            }
         }
         conn.execute_batch("COMMIT").unwrap();
         (dir, path)
     }
 
     fn in_parts(path: &Path, parts: usize) -> Verification {
-        verify_in_parts(|| Ok(Connection::open(path)?), parts).unwrap()
+        in_parts_with(path, &ChainKeys::none(), parts)
+    }
+
+    fn in_parts_with(path: &Path, keys: &ChainKeys, parts: usize) -> Verification {
+        verify_in_parts(|| Ok(Connection::open(path)?), keys, parts).unwrap()
+    }
+
+    fn one_by_one(path: &Path) -> Verification {
+        one_by_one_with(path, &ChainKeys::none())
     }
 
     /// The plain check, from the first event to the last, to compare with.
-    fn one_by_one(path: &Path) -> Verification {
+    fn one_by_one_with(path: &Path, keys: &ChainKeys) -> Verification {
         let conn = Connection::open(path).unwrap();
         let mut stmt = conn
             .prepare(
@@ -256,6 +385,8 @@ mod tests {
             .unwrap();
         let mut rows = stmt.query([]).unwrap();
         let (mut prev_seq, mut prev) = (0, GENESIS);
+        let mut keyed: Option<KeyId> = None;
+        let mut keying = Keying::default();
         while let Some(row) = rows.next().unwrap() {
             let event = LogEvent {
                 seq: row.get::<_, i64>(0).unwrap() as u64,
@@ -269,14 +400,33 @@ mod tests {
             let Ok(stored) = Hash::try_from(stored.as_slice()) else {
                 return Verification::Broken(ChainBreak::Mismatch { seq: event.seq });
             };
-            if let Err(brk) = check_link(prev_seq, &prev, &event, &stored) {
+            let linking = match &keyed {
+                None => Some(Linking::Plain),
+                Some(id) => keys.find(id).map(Linking::Keyed),
+            };
+            if let Err(brk) = check_link_with(linking, prev_seq, &prev, &event, &stored) {
                 return Verification::Broken(brk);
+            }
+            if let (None, Some(id)) = (linking, &keyed) {
+                keying.skip(id, event.seq);
+            }
+            match event.key_switch() {
+                Some(Err(brk)) => return Verification::Broken(brk),
+                Some(Ok(id)) => {
+                    keying.switches.push(KeySwitch {
+                        seq: event.seq,
+                        key: id.clone(),
+                    });
+                    keyed = Some(id);
+                }
+                None => {}
             }
             (prev_seq, prev) = (event.seq, stored);
         }
         Verification::Intact {
             events: prev_seq,
             head: hex::encode(prev),
+            keying,
         }
     }
 
@@ -320,7 +470,8 @@ mod tests {
             in_parts(&empty, 4),
             Verification::Intact {
                 events: 0,
-                head: hex::encode(GENESIS)
+                head: hex::encode(GENESIS),
+                keying: Keying::default(),
             }
         );
     }
@@ -340,6 +491,77 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_keyed_chain_verifies_in_parts_with_its_key_and_is_left_unchecked_without() {
+        let (_dir, path) = logbook_keyed(1_001, Some(300));
+        let found = in_parts_with(&path, &with_key(), 4);
+        assert_eq!(found, one_by_one_with(&path, &with_key()));
+        let Verification::Intact { events, keying, .. } = found else {
+            panic!("{found:?}")
+        };
+        assert_eq!(events, 1_001);
+        assert_eq!(
+            keying.switches,
+            vec![KeySwitch {
+                seq: 300,
+                key: key().id().clone()
+            }]
+        );
+        assert!(keying.unchecked.is_empty());
+        let Verification::Intact { keying, .. } = in_parts(&path, 4) else {
+            panic!("the order of keyed events is still checked")
+        };
+        assert_eq!(
+            keying.unchecked,
+            vec![crate::domain::logbook::Unchecked {
+                key: key().id().clone(),
+                first: 301,
+                last: 1_001
+            }]
+        );
+    }
+
+    #[test]
+    fn a_keyed_chain_rehashed_plainly_breaks_at_its_first_keyed_link() {
+        let (_dir, path) = logbook_keyed(50, Some(10));
+        Tamper::Edit(5).apply(&path);
+        // Recompute every link plainly, as someone without the key would.
+        let conn = Connection::open(&path).unwrap();
+        let events: Vec<LogEvent> = {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT seq, at, actor, request, action, details FROM logbook ORDER BY seq",
+                )
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(LogEvent {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at: Timestamp::from_millis(r.get(1)?),
+                        actor: r.get(2)?,
+                        request: r.get(3)?,
+                        action: r.get(4)?,
+                        details: r.get(5)?,
+                    })
+                })
+                .unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
+        let mut prev = GENESIS;
+        for e in events {
+            prev = e.hash_after(&prev);
+            conn.execute(
+                "UPDATE logbook SET hash = ?1 WHERE seq = ?2",
+                rusqlite::params![&prev[..], e.seq as i64],
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            in_parts_with(&path, &with_key(), 4),
+            Verification::Broken(ChainBreak::Mismatch { seq: 11 })
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(150))]
 
@@ -348,8 +570,11 @@ mod tests {
             n in 0u64..40,
             parts in 1usize..9,
             tampers in proptest::collection::vec((0usize..5, 0u64..40), 0..3),
+            switch in proptest::option::of(1u64..40),
+            keyed in any::<bool>(),
         ) {
-            let (_dir, path) = logbook(n);
+            let keys = if keyed { with_key() } else { ChainKeys::none() };
+            let (_dir, path) = logbook_keyed(n, switch);
             for (kind, k) in tampers {
                 let k = 1 + k % n.max(1);
                 let tamper = match kind {
@@ -361,7 +586,7 @@ mod tests {
                 };
                 tamper.apply(&path);
             }
-            prop_assert_eq!(in_parts(&path, parts), one_by_one(&path));
+            prop_assert_eq!(in_parts_with(&path, &keys, parts), one_by_one_with(&path, &keys));
         }
     }
 }
