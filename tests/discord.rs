@@ -1626,6 +1626,11 @@ const GONE: &str = "1500000000000000009";
 /// A role id the server does not have.
 const NO_ROLE: &str = "1600000000000000099";
 
+/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`.
+fn passport_bin() -> String {
+    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
+}
+
 /// Runs `passport doctor` with a Discord configuration against `fake`: the
 /// approvals and audit channels, a rule posting to `HIDDEN` and one to
 /// `GONE`, and the roles `approvers` (which exists) and `sre-leads` (which
@@ -1649,7 +1654,7 @@ async fn doctor(fake: &FakeDiscord, token: &str) -> (Option<i32>, String, String
     std::fs::write(dir.path().join("passport.toml"), toml).unwrap();
     let token = token.to_owned();
     let out = tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_passport"))
+        let out = std::process::Command::new(passport_bin())
             .arg("--config")
             .arg(dir.path().join("passport.toml"))
             .arg("doctor")
