@@ -564,7 +564,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     return Ok(1);
                 }
             };
-            init_logging("error", LogFormat::Text);
+            // Warnings too: a failed AWS call is shown by its error id, and
+            // what AWS said is logged under that id (to standard error).
+            init_logging("warn", LogFormat::Text);
             println!(
                 "ok    configuration: {}",
                 loaded

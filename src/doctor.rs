@@ -3,7 +3,11 @@
 //! hide the others.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use crate::adapters::aws::api::ApiError;
+use crate::adapters::aws::wiring::AwsStartError;
+use crate::adapters::aws::{AwsSettings, DocumentsError};
 use crate::adapters::discord::api::DiscordApi;
 use crate::adapters::slack::api::SlackApi;
 use crate::adapters::sqlite::SqliteStore;
@@ -99,32 +103,77 @@ pub async fn run(settings: &Settings) -> Vec<Finding> {
         findings.extend(discord_checks(settings, discord).await);
     }
     if let Some(aws) = &settings.aws {
-        findings.push(match crate::adapters::aws::caller_identity(aws).await {
-            Ok(arn) => Finding::ok("aws identity", arn),
-            Err(e) => Finding::fail(
-                "aws identity",
-                format!("{e}: give Passport AWS credentials (an instance, task or pod role, or a profile) and check [aws] region"),
-            ),
-        });
-        findings.push(match crate::adapters::aws::ssm_check(aws).await {
-            Ok(pinned) => Finding::ok(
-                "ssm documents",
-                format!(
-                    "installed at this version ({})",
-                    pinned
-                        .iter()
-                        .map(|(document, version)| format!("{document} v{version}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-            Err(e) => Finding::fail(
-                "ssm documents",
-                format!("{e}: run `passport ssm install` with the install permissions (manifests/iam/README.md)"),
-            ),
-        });
+        findings.extend(aws_checks(aws).await);
     }
     findings
+}
+
+/// How long each AWS check may take. The SDK's own attempts and per-attempt
+/// timeouts are made for `serve`, where waiting is cheap; someone running
+/// `doctor` against an endpoint that does not answer should hear so soon.
+pub const AWS_CHECK_WITHIN: Duration = Duration::from_secs(15);
+
+/// Who Passport is in AWS, and whether SSM holds this build's documents. The
+/// two run side by side, each within [`AWS_CHECK_WITHIN`].
+async fn aws_checks(aws: &AwsSettings) -> Vec<Finding> {
+    let within = AWS_CHECK_WITHIN.as_secs();
+    let (identity, documents) = tokio::join!(
+        tokio::time::timeout(AWS_CHECK_WITHIN, crate::adapters::aws::caller_identity(aws)),
+        tokio::time::timeout(AWS_CHECK_WITHIN, crate::adapters::aws::ssm_check(aws)),
+    );
+    let identity = match identity {
+        Ok(Ok(arn)) => Finding::ok("aws identity", arn),
+        Ok(Err(e)) => Finding::fail("aws identity", format!("{e}: {}", aws_fix(&e, "STS"))),
+        Err(_) => Finding::fail(
+            "aws identity",
+            format!("AWS STS did not answer within {within}s: {}", REACH_AWS),
+        ),
+    };
+    let documents = match documents {
+        Ok(Ok(pinned)) => Finding::ok(
+            "ssm documents",
+            format!(
+                "installed at this version ({})",
+                pinned
+                    .iter()
+                    .map(|(document, version)| format!("{document} v{version}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        // Its text already says what is wrong and to run `passport ssm install`.
+        Ok(Err(e @ AwsStartError::Documents(DocumentsError::NotReady(_)))) => {
+            Finding::fail("ssm documents", e.to_string())
+        }
+        Ok(Err(AwsStartError::Documents(DocumentsError::Unavailable(e)))) => Finding::fail(
+            "ssm documents",
+            format!("cannot be checked: {e}: {}", aws_fix(&e, "SSM")),
+        ),
+        Ok(Err(e)) => Finding::fail("ssm documents", format!("cannot be checked: {e}")),
+        Err(_) => Finding::fail(
+            "ssm documents",
+            format!("cannot be checked: AWS SSM did not answer within {within}s: {REACH_AWS}"),
+        ),
+    };
+    vec![identity, documents]
+}
+
+/// What to do when AWS cannot be reached.
+const REACH_AWS: &str = "check that Passport can reach AWS (network, proxy, [aws] region and endpoint_url or AWS_ENDPOINT_URL)";
+
+/// What to do about a failed AWS call to `service`. AWS's own text is in the
+/// log under the error's id, never here.
+fn aws_fix(e: &ApiError, service: &str) -> String {
+    match e {
+        ApiError::Throttled(_) => "AWS is throttling Passport's calls: try again in a minute".into(),
+        ApiError::Transient(_) => format!(
+            "{REACH_AWS}, and that it has AWS credentials (an instance, task or pod role, or a profile); AWS's answer is logged under the error id"
+        ),
+        ApiError::Service { code, .. } if code.contains("AccessDenied") || code == "UnauthorizedOperation" => format!(
+            "the credentials may not call AWS {service}: give Passport the bot policy of manifests/iam/ (see manifests/iam/README.md)"
+        ),
+        ApiError::Service { .. } => "give Passport valid AWS credentials (an instance, task or pod role, or a profile) and check [aws] region; AWS's answer is logged under the error id".into(),
+    }
 }
 
 async fn database(settings: &Settings) -> Vec<Finding> {
@@ -232,10 +281,28 @@ async fn slack_checks(
     findings
 }
 
+/// The HTTP status and Discord's JSON error code of a call Discord refused.
+fn discord_refusal(e: &serenity::Error) -> Option<(u16, isize)> {
+    match e {
+        serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(r)) => {
+            Some((r.status_code.as_u16(), r.error.code))
+        }
+        _ => None,
+    }
+}
+
+/// Discord's error code for "Unknown Channel".
+const UNKNOWN_CHANNEL: isize = 10_003;
+/// Discord's error code for "Unknown Guild".
+const UNKNOWN_GUILD: isize = 10_004;
+/// Discord's error code for "Missing Access" (the bot may not view it).
+const MISSING_ACCESS: isize = 50_001;
+
 async fn discord_checks(
     settings: &Settings,
     discord: &crate::adapters::discord::config::DiscordSettings,
 ) -> Vec<Finding> {
+    use serenity::model::channel::Channel;
     use serenity::model::id::{ChannelId, GuildId};
     let api = DiscordApi::new(discord);
     let http = api.serenity();
@@ -243,46 +310,56 @@ async fn discord_checks(
     match http.get_current_user().await {
         Ok(user) => findings.push(Finding::ok("discord token", format!("bot {}", user.name))),
         Err(e) => {
-            findings.push(Finding::fail(
-                "discord token",
-                format!("{e}: set PASSPORT_DISCORD__BOT_TOKEN to the bot's token (Developer Portal → Bot → Reset Token)"),
-            ));
+            let text = match discord_refusal(&e) {
+                Some((401, _)) => format!("Discord refused the token ({e}): set PASSPORT_DISCORD__BOT_TOKEN to the bot's token (Developer Portal → Bot → Reset Token)"),
+                Some(_) => format!("Discord refused the bot's own user ({e}): check PASSPORT_DISCORD__BOT_TOKEN and [discord] api_url"),
+                None => format!("Discord cannot be reached at {} ({e}): check the network and [discord] api_url", discord.api_url),
+            };
+            findings.push(Finding::fail("discord token", text));
             return findings;
         }
     }
+    let guild = discord.guild_id;
     for channel in channels(settings, &discord.approvals_channel, &discord.audit_channel) {
         let Ok(id) = channel.parse::<u64>() else {
             findings.push(Finding::fail(
                 "discord channel",
-                format!("{channel} is not a channel id: copy it with Developer Mode on"),
+                format!("{channel} is not a channel id: copy it with Developer Mode on (right-click the channel → Copy Channel ID)"),
             ));
             continue;
         };
         findings.push(match http.get_channel(ChannelId::new(id)).await {
-            Ok(_) => Finding::ok("discord channel", format!("{channel}: the bot can see it")),
-            Err(e) => Finding::fail("discord channel", format!("{channel}: the bot cannot see it ({e}): give it View Channels and Send Messages there")),
+            Ok(Channel::Guild(c)) if c.guild_id.get() == guild => {
+                Finding::ok("discord channel", format!("{channel}: the bot can see it (#{})", c.name))
+            }
+            Ok(Channel::Guild(c)) => Finding::fail("discord channel", format!("{channel}: in another server ({}), not [discord] guild_id {guild}: use a channel of that server", c.guild_id)),
+            Ok(_) => Finding::fail("discord channel", format!("{channel}: not a server channel: use a text channel of server {guild}")),
+            Err(e) => Finding::fail("discord channel", match discord_refusal(&e) {
+                Some((403, MISSING_ACCESS)) => format!("{channel}: the bot cannot see it ({e}): give the bot View Channel and Send Messages in it"),
+                Some((404, UNKNOWN_CHANNEL)) => format!("{channel}: the bot cannot see it ({e}): no such channel in a server the bot is in: check the id (Developer Mode on, right-click the channel → Copy Channel ID)"),
+                _ => format!("{channel}: cannot be checked ({e}): check the network and [discord] api_url"),
+            }),
         });
     }
     if !discord.roles.is_empty() {
-        match http.get_guild_roles(GuildId::new(discord.guild_id)).await {
+        match http.get_guild_roles(GuildId::new(guild)).await {
             Ok(roles) => {
                 for (group, role) in &discord.roles {
-                    let found = roles.iter().any(|r| r.id.get().to_string() == *role);
-                    findings.push(if found {
-                        Finding::ok("discord role", format!("{group} = {role}"))
-                    } else {
-                        Finding::fail(
+                    findings.push(match roles.iter().find(|r| r.id.get().to_string() == *role) {
+                        Some(r) => Finding::ok("discord role", format!("{group} = {role} (@{})", r.name)),
+                        None => Finding::fail(
                             "discord role",
-                            format!(
-                                "{group} = {role}: no such role in the server: copy the role's id"
-                            ),
-                        )
+                            format!("{group} = {role}: no such role in server {guild}: copy the role's id (Server Settings → Roles, right-click the role → Copy Role ID)"),
+                        ),
                     });
                 }
             }
             Err(e) => findings.push(Finding::fail(
                 "discord role",
-                format!("the server's roles cannot be read ({e})"),
+                match discord_refusal(&e) {
+                    Some((403, MISSING_ACCESS) | (404, UNKNOWN_GUILD)) => format!("the roles of server {guild} cannot be read ({e}): check [discord] guild_id and that the bot is in that server"),
+                    _ => format!("the roles of server {guild} cannot be read ({e}): check the network and [discord] api_url"),
+                },
             )),
         }
     }

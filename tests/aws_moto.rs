@@ -1001,3 +1001,184 @@ async fn readiness_asks_aws_within_its_deadline() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// passport doctor
+
+/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`.
+fn passport_bin() -> String {
+    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
+}
+
+/// Runs the `passport` binary with `args` and a console-only configuration
+/// whose `[aws]` sends every call to `endpoint`, with static test credentials
+/// and nothing read from the environment's own AWS configuration. Answers
+/// the exit code, standard output and standard error.
+fn passport_with_aws(dir: &Path, endpoint: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let config = dir.join("passport.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = {db:?}\n\
+             [groups]\napprovers = [\"lead1\", \"lead2\"]\nadmins = [\"admin\"]\n\
+             [aws]\nregion = \"{REGION}\"\nendpoint_url = \"{endpoint}\"\ncheck_ssm_online = false\n",
+            db = dir.join("passport.db").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(passport_bin());
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PASSPORT_CONFIG")
+        .env_remove("PASSPORT_LOG")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for name in [
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_STS",
+        "AWS_ENDPOINT_URL_SSM",
+        "AWS_ENDPOINT_URL_EC2",
+    ] {
+        command.env_remove(name);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `passport doctor` with `[aws]` against moto: who Passport is (STS), and
+/// that the SSM documents are missing, saying to run `passport ssm install`;
+/// after `passport ssm install` against the same moto, no problem.
+#[tokio::test]
+async fn doctor_shows_the_identity_and_whether_the_documents_are_installed() {
+    let rig = rig(moto_or_skip!()).await;
+    // moto loads its built-in SSM documents at the first SSM call, which
+    // takes longer than AWS ever does.
+    rig.ssm.list_documents().send().await.unwrap();
+    let dir = rig._dir.path();
+    let url = rig.settings.endpoint_url.clone().unwrap();
+
+    let (code, text, errors) = passport_with_aws(dir, &url, &["doctor"]);
+    assert_eq!(code, Some(1), "{text}{errors}");
+    let identity = text
+        .lines()
+        .find(|l| l.contains("aws identity"))
+        .unwrap_or_default();
+    assert!(
+        identity.starts_with("ok    aws identity: arn:aws:"),
+        "{text}"
+    );
+    let documents = text
+        .lines()
+        .find(|l| l.contains("ssm documents"))
+        .unwrap_or_default();
+    assert!(
+        documents.starts_with("FAIL  ssm documents: the SSM documents are not ready: ")
+            && documents.contains("Passport-GrantLinux")
+            && documents.contains("run `passport ssm install`"),
+        "{text}"
+    );
+    assert!(text.contains("\n1 problem(s) found\n"), "{text}");
+    assert!(
+        !text.contains("testing") && !errors.contains("testing"),
+        "a credential was printed"
+    );
+
+    let (code, text, errors) = passport_with_aws(dir, &url, &["ssm", "install"]);
+    assert_eq!(code, Some(0), "{text}{errors}");
+
+    let (code, text, errors) = passport_with_aws(dir, &url, &["doctor"]);
+    assert_eq!(code, Some(0), "{text}{errors}");
+    assert!(text.contains("ok    aws identity: arn:aws:"), "{text}");
+    assert!(
+        text.contains("\nok    ssm documents: installed at this version\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("no problem found\n"), "{text}");
+}
+
+/// `passport doctor` against an endpoint nothing listens on, and one that
+/// accepts connections but never answers: both AWS checks fail, saying what
+/// to check, and doctor ends within its deadline for AWS. The error id shown
+/// is the one AWS's answer is logged under.
+#[tokio::test]
+async fn doctor_says_soon_when_aws_cannot_be_reached() {
+    use passport::doctor::AWS_CHECK_WITHIN;
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let started = Instant::now();
+    let (code, text, errors) =
+        passport_with_aws(dir.path(), &format!("http://{closed}"), &["doctor"]);
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{text}{errors}");
+    let identity = text
+        .lines()
+        .find(|l| l.contains("aws identity"))
+        .unwrap_or_default();
+    assert!(
+        identity.starts_with("FAIL  aws identity: AWS is not answering (error ")
+            && identity.contains("check that Passport can reach AWS"),
+        "{text}"
+    );
+    let id = identity
+        .split("(error ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap();
+    assert!(
+        errors.contains(id),
+        "the error id {id} is not in the log:\n{errors}"
+    );
+    assert!(
+        text.contains("FAIL  ssm documents: cannot be checked: "),
+        "{text}"
+    );
+    assert!(text.contains("\n2 problem(s) found\n"), "{text}");
+    // STS fails at once; SSM's check keeps retrying until doctor's deadline.
+    assert!(
+        took < AWS_CHECK_WITHIN + Duration::from_secs(10),
+        "{took:?}"
+    );
+
+    let started = Instant::now();
+    let (code, text, errors) = passport_with_aws(
+        dir.path(),
+        &format!("http://{}", silent.local_addr().unwrap()),
+        &["doctor"],
+    );
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{text}{errors}");
+    let within = AWS_CHECK_WITHIN.as_secs();
+    for line in [
+        format!("FAIL  aws identity: AWS STS did not answer within {within}s: check that Passport can reach AWS"),
+        format!("FAIL  ssm documents: cannot be checked: AWS SSM did not answer within {within}s: check that Passport can reach AWS"),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
+    // Both checks wait side by side, once.
+    assert!(
+        took < AWS_CHECK_WITHIN + Duration::from_secs(10),
+        "{took:?}"
+    );
+}

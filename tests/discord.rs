@@ -1784,3 +1784,141 @@ async fn the_start_warns_only_about_roles_that_approve_or_administer() {
     );
     built.app.store.close().await;
 }
+
+// ---------------------------------------------------------------------------
+// passport doctor
+
+/// A channel that exists but the bot may not view.
+const HIDDEN: &str = "1500000000000000008";
+/// A channel id no server has.
+const GONE: &str = "1500000000000000009";
+/// A role id the server does not have.
+const NO_ROLE: &str = "1600000000000000099";
+
+/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`.
+fn passport_bin() -> String {
+    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
+}
+
+/// Runs `passport doctor` with a Discord configuration against `fake`: the
+/// approvals and audit channels, a rule posting to `HIDDEN` and one to
+/// `GONE`, and the roles `approvers` (which exists) and `sre-leads` (which
+/// does not). Answers the exit code, standard output and standard error.
+async fn doctor(fake: &FakeDiscord, token: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "provisioner = \"dry-run\"\n\
+         [store]\npath = {db:?}\n\
+         [discord]\nmode = \"http\"\napplication_id = \"{APPLICATION_ID}\"\npublic_key = \"{key}\"\n\
+         guild_id = \"{GUILD_ID}\"\napprovals_channel = \"{APPROVALS}\"\naudit_channel = \"{AUDIT}\"\n\
+         api_url = {api:?}\ncommands = \"off\"\n\
+         [discord.roles]\napprovers = \"{APPROVER_ROLE}\"\nsre-leads = \"{NO_ROLE}\"\n\
+         [policy.default]\napprovers = [\"group:approvers\"]\n\
+         [[policy.rules]]\nname = \"prod\"\ntags = {{ env = \"prod\" }}\napprovers = [\"group:sre-leads\"]\nchannel = \"{HIDDEN}\"\n\
+         [[policy.rules]]\nname = \"pci\"\ntags = {{ env = \"pci\" }}\napprovers = [\"group:approvers\"]\nchannel = \"{GONE}\"\n",
+        db = dir.path().join("passport.db").display().to_string(),
+        key = hex::encode(SigningKey::from_bytes(&SEED).verifying_key().to_bytes()),
+        api = fake.api_url(),
+    );
+    std::fs::write(dir.path().join("passport.toml"), toml).unwrap();
+    let token = token.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(passport_bin())
+            .arg("--config")
+            .arg(dir.path().join("passport.toml"))
+            .arg("doctor")
+            .current_dir(dir.path())
+            .env_remove("PASSPORT_CONFIG")
+            .env_remove("PASSPORT_LOG")
+            .env("PASSPORT_DISCORD__BOT_TOKEN", token)
+            .output()
+            .unwrap();
+        drop(dir);
+        out
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn doctor_fake_discord(fake: &FakeDiscord) {
+    fake.add_channel(APPROVALS);
+    fake.add_channel(AUDIT);
+    fake.add_hidden_channel(HIDDEN);
+    fake.add_role(APPROVER_ROLE, "approvers");
+    fake.add_role(SRE_ROLE, "sre-leads");
+}
+
+/// `passport doctor` against the fake Discord: the token, each channel
+/// Passport posts to (one the bot may not view, one that does not exist),
+/// and each configured role, one line each, with what to do for each
+/// failure, and exit code 1.
+#[tokio::test]
+async fn doctor_names_channels_the_bot_cannot_see_and_roles_that_do_not_exist() {
+    let fake = FakeDiscord::start().await;
+    doctor_fake_discord(&fake);
+    let (code, text, errors) = doctor(&fake, BOT_TOKEN).await;
+    assert_eq!(code, Some(1), "{text}{errors}");
+    for line in [
+        "ok    discord token: bot passport\n".to_owned(),
+        format!("ok    discord channel: {APPROVALS}: the bot can see it (#channel-{APPROVALS})\n"),
+        format!("ok    discord channel: {AUDIT}: the bot can see it (#channel-{AUDIT})\n"),
+        format!("FAIL  discord channel: {HIDDEN}: the bot cannot see it (Missing Access): give the bot View Channel and Send Messages in it\n"),
+        format!("FAIL  discord channel: {GONE}: the bot cannot see it (Unknown Channel): no such channel in a server the bot is in: check the id (Developer Mode on, right-click the channel → Copy Channel ID)\n"),
+        format!("ok    discord role: approvers = {APPROVER_ROLE} (@approvers)\n"),
+        format!("FAIL  discord role: sre-leads = {NO_ROLE}: no such role in server {GUILD_ID}: copy the role's id (Server Settings → Roles, right-click the role → Copy Role ID)\n"),
+        "ok    logbook: intact".to_owned(),
+        "3 problem(s) found\n".to_owned(),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        !text.contains(BOT_TOKEN) && !errors.contains(BOT_TOKEN),
+        "the token was printed"
+    );
+    // Each channel was asked for once, and the roles once.
+    let asked: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.route == "get_channel")
+        .filter_map(|c| c.channel)
+        .collect();
+    assert_eq!(asked, [APPROVALS, AUDIT, HIDDEN, GONE]);
+    assert_eq!(
+        fake.calls()
+            .iter()
+            .filter(|c| c.route == "get_roles")
+            .count(),
+        1
+    );
+}
+
+/// A token of the right shape that the fake Discord refuses.
+const REFUSED: &str = "refused-discord-bot-token-0";
+
+/// A token Discord refuses (401) is one failure naming the setting to fix;
+/// nothing else is asked with it, and it is never printed.
+#[tokio::test]
+async fn doctor_names_the_setting_when_discord_refuses_the_token() {
+    let fake = FakeDiscord::start().await;
+    doctor_fake_discord(&fake);
+    let (code, text, errors) = doctor(&fake, REFUSED).await;
+    assert_eq!(code, Some(1), "{text}{errors}");
+    for line in [
+        "FAIL  discord token: Discord refused the token (401: Unauthorized): set PASSPORT_DISCORD__BOT_TOKEN to the bot's token (Developer Portal → Bot → Reset Token)\n",
+        "1 problem(s) found\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    assert!(!text.contains("discord channel"), "{text}");
+    assert!(
+        !text.contains(REFUSED) && !errors.contains(REFUSED),
+        "the token was printed"
+    );
+    let routes: Vec<String> = fake.calls().into_iter().map(|c| c.route).collect();
+    assert_eq!(routes, ["get_me"]);
+}

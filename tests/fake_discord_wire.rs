@@ -222,6 +222,83 @@ async fn message_edit_thread_dm_and_member_round_trip() {
     assert!(fake.errors().iter().all(|c| c.status != 401));
 }
 
+/// What `passport doctor` reads: channels of each kind (and the refusals for
+/// one the bot may not view and one that does not exist) and the guild's roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_and_roles_read_as_serenity_models() {
+    use serenity::all::Channel;
+    let fake = FakeDiscord::start().await;
+    fake.add_channel(CHANNEL);
+    fake.add_hidden_channel("1500000000000000002");
+    fake.add_member(ALICE, "alice", &[]);
+    fake.add_role(APPROVER_ROLE, "approvers");
+    let http = http(&fake);
+    let channel = ChannelId::new(id(CHANNEL));
+
+    let Channel::Guild(text) = http.get_channel(channel).await.unwrap() else {
+        panic!("not a guild channel");
+    };
+    assert_eq!(text.kind, ChannelType::Text);
+    assert_eq!(text.guild_id, GuildId::new(id(GUILD_ID)));
+    assert_eq!(text.name, format!("channel-{CHANNEL}"));
+
+    // A thread and a DM read as their own kinds.
+    let msg = channel.say(&http, "card").await.unwrap();
+    channel
+        .create_thread_from_message(&http, msg.id, CreateThread::new("Request 1"))
+        .await
+        .unwrap();
+    let Channel::Guild(thread) = http
+        .get_channel(ChannelId::new(msg.id.get()))
+        .await
+        .unwrap()
+    else {
+        panic!("not a guild channel");
+    };
+    assert_eq!(thread.kind, ChannelType::PublicThread);
+    assert_eq!(thread.parent_id, Some(channel));
+    let dm = UserId::new(id(ALICE))
+        .create_dm_channel(&http)
+        .await
+        .unwrap();
+    assert!(matches!(
+        http.get_channel(dm.id).await.unwrap(),
+        Channel::Private(_)
+    ));
+
+    let hidden = http
+        .get_channel(ChannelId::new(1_500_000_000_000_000_002))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(hidden), (403, 50_001));
+    let gone = http
+        .get_channel(ChannelId::new(1_500_000_000_000_000_009))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(gone), (404, 10_003));
+
+    let roles = http
+        .get_guild_roles(GuildId::new(id(GUILD_ID)))
+        .await
+        .unwrap();
+    let names: Vec<(u64, &str)> = roles
+        .iter()
+        .map(|r| (r.id.get(), r.name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (id(GUILD_ID), "@everyone"),
+            (id(APPROVER_ROLE), "approvers")
+        ]
+    );
+    let other = http
+        .get_guild_roles(GuildId::new(1_300_000_000_000_000_999))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(other), (404, 10_004));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_look_like_discords() {
     let fake = FakeDiscord::start().await;

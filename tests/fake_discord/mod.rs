@@ -1,7 +1,9 @@
 //! A fake Discord REST API (v10) on 127.0.0.1 that speaks Discord's HTTP
 //! protocol the way serenity expects it: it records every call (messages
 //! created, edited and deleted, threads started from messages, DM channels opened,
-//! the bot's own user (`GET /users/@me`),
+//! the bot's own user (`GET /users/@me`), channels looked up
+//! (`GET /channels/{id}`, 403 `50001 Missing Access` for a channel the bot
+//! cannot view), the guild's roles (`GET /guilds/{id}/roles`),
 //! guild members looked up, application commands overwritten, interaction
 //! callbacks, edits of the original interaction response and follow-ups),
 //! refuses payloads over Discord's limits with Discord's error bodies
@@ -51,7 +53,7 @@ const THREAD_ARCHIVE_DURATIONS: [u64; 4] = [60, 1440, 4320, 10080];
 #[derive(Debug, Clone)]
 pub struct Call {
     /// `create_message`, `edit_message`, `delete_message`, `start_thread`, `open_dm`,
-    /// `get_me`, `get_member`, `put_guild_commands`, `put_global_commands`,
+    /// `get_me`, `get_channel`, `get_roles`, `get_member`, `put_guild_commands`, `put_global_commands`,
     /// `interaction_callback`, `edit_original`, `followup` or `unknown`.
     pub route: String,
     pub method: String,
@@ -231,6 +233,10 @@ struct Discord {
     dms: HashMap<String, String>,
     /// User id → (username, role ids).
     members: HashMap<String, (String, Vec<String>)>,
+    /// Channels that exist but the bot may not view (no View Channel).
+    hidden: HashSet<String>,
+    /// The guild's roles besides `@everyone`, as (id, name), in position order.
+    roles: Vec<(String, String)>,
     /// Last overwrite of the guild's commands, as sent.
     guild_commands: Vec<Value>,
     /// Last overwrite of the global commands, as sent.
@@ -334,6 +340,64 @@ impl Discord {
             "pending": false,
             "communication_disabled_until": null,
         }))
+    }
+
+    /// A guild text channel object, as `GET /channels/{id}` answers it.
+    fn guild_channel_json(&self, id: &str) -> Value {
+        let c = &self.channels[id];
+        let position = self
+            .channels
+            .iter()
+            .filter(|(other, o)| {
+                o.kind == ChannelKind::Guild
+                    && other.parse::<u64>().unwrap_or_default() < id.parse().unwrap_or_default()
+            })
+            .count();
+        json!({
+            "id": id,
+            "type": 0,
+            "guild_id": GUILD_ID,
+            "name": c.name,
+            "position": position,
+            "permission_overwrites": [],
+            "parent_id": null,
+            "topic": null,
+            "nsfw": false,
+            "last_message_id": self.last_message_in(id),
+            "rate_limit_per_user": 0,
+            "flags": 0,
+        })
+    }
+
+    /// The guild's role objects, `@everyone` (whose id is the guild's) first.
+    fn roles_json(&self) -> Value {
+        let everyone = (GUILD_ID.to_owned(), "@everyone".to_owned());
+        let roles: Vec<Value> = std::iter::once(&everyone)
+            .chain(&self.roles)
+            .enumerate()
+            .map(|(position, (id, name))| {
+                json!({
+                    "id": id,
+                    "name": name,
+                    "description": null,
+                    "color": 0,
+                    "colors": {
+                        "primary_color": 0,
+                        "secondary_color": null,
+                        "tertiary_color": null,
+                    },
+                    "hoist": false,
+                    "icon": null,
+                    "unicode_emoji": null,
+                    "position": position,
+                    "permissions": "1071698660929",
+                    "managed": false,
+                    "mentionable": false,
+                    "flags": 0,
+                })
+            })
+            .collect();
+        Value::Array(roles)
     }
 
     /// The full message object Discord answers with. `depth` limits how deep
@@ -472,6 +536,18 @@ impl FakeDiscord {
                 created: now_rfc3339(),
             },
         );
+    }
+
+    /// Makes `id` a guild text channel the bot may not view: Discord answers
+    /// 403 `50001 Missing Access` to reading it or posting in it.
+    pub fn add_hidden_channel(&self, id: &str) {
+        self.add_channel(id);
+        self.lock().hidden.insert(id.to_owned());
+    }
+
+    /// Adds a role to the guild.
+    pub fn add_role(&self, id: &str, name: &str) {
+        self.lock().roles.push((id.to_owned(), name.to_owned()));
     }
 
     /// Makes `id` a member of the guild with these role ids.
@@ -692,6 +768,8 @@ enum Route {
     StartThread { channel: String, message: String },
     OpenDm,
     GetMe,
+    GetChannel { channel: String },
+    GetRoles { guild: String },
     GetMember { guild: String, user: String },
     PutGuildCommands { app: String, guild: String },
     PutGlobalCommands { app: String },
@@ -725,6 +803,8 @@ impl Route {
             },
             ("POST", ["users", "@me", "channels"]) => Self::OpenDm,
             ("GET", ["users", "@me"]) => Self::GetMe,
+            ("GET", ["channels", c]) => Self::GetChannel { channel: s(c) },
+            ("GET", ["guilds", g, "roles"]) => Self::GetRoles { guild: s(g) },
             ("GET", ["guilds", g, "members", u]) => Self::GetMember {
                 guild: s(g),
                 user: s(u),
@@ -758,6 +838,8 @@ impl Route {
             Self::StartThread { .. } => "start_thread",
             Self::OpenDm => "open_dm",
             Self::GetMe => "get_me",
+            Self::GetChannel { .. } => "get_channel",
+            Self::GetRoles { .. } => "get_roles",
             Self::GetMember { .. } => "get_member",
             Self::PutGuildCommands { .. } => "put_guild_commands",
             Self::PutGlobalCommands { .. } => "put_global_commands",
@@ -773,7 +855,8 @@ impl Route {
             Self::CreateMessage { channel }
             | Self::EditMessage { channel, .. }
             | Self::DeleteMessage { channel, .. }
-            | Self::StartThread { channel, .. } => Some(channel.clone()),
+            | Self::StartThread { channel, .. }
+            | Self::GetChannel { channel } => Some(channel.clone()),
             _ => None,
         }
     }
@@ -949,6 +1032,8 @@ fn serve(
             "id": APPLICATION_ID, "username": "passport", "discriminator": "0",
             "global_name": null, "avatar": null, "bot": true,
         })),
+        Route::GetChannel { channel } => get_channel(&d, channel),
+        Route::GetRoles { guild } => get_roles(&d, guild),
         Route::GetMember { guild, user } => get_member(&d, guild, user),
         Route::PutGuildCommands { app, guild } => {
             put_commands(&mut d, app, Some(guild.as_str()), &body)
@@ -969,6 +1054,9 @@ fn serve(
 fn create_message(d: &mut Discord, channel: &str, body: &Value) -> Outcome {
     if !d.channels.contains_key(channel) {
         return unknown_channel();
+    }
+    if d.hidden.contains(channel) {
+        return missing_access();
     }
     let mut errs = FormErrors::default();
     check_message(body, &mut errs);
@@ -1122,6 +1210,31 @@ fn open_dm(d: &mut Discord, body: &Value) -> Outcome {
         }
     };
     Outcome::ok(d.dm_json(&channel)).channel(&channel)
+}
+
+/// `GET /channels/{id}`: the channel object of its kind, 404 `10003 Unknown
+/// Channel` when there is none, 403 `50001 Missing Access` when the bot may
+/// not view it.
+fn get_channel(d: &Discord, channel: &str) -> Outcome {
+    let Some(c) = d.channels.get(channel) else {
+        return unknown_channel();
+    };
+    if d.hidden.contains(channel) {
+        return missing_access();
+    }
+    Outcome::ok(match c.kind {
+        ChannelKind::Guild => d.guild_channel_json(channel),
+        ChannelKind::Dm => d.dm_json(channel),
+        ChannelKind::Thread => d.thread_json(channel),
+    })
+}
+
+/// `GET /guilds/{id}/roles`: every role of the guild, `@everyone` included.
+fn get_roles(d: &Discord, guild: &str) -> Outcome {
+    if guild != GUILD_ID {
+        return Outcome::error(404, 10004, "Unknown Guild");
+    }
+    Outcome::ok(d.roles_json())
 }
 
 fn get_member(d: &Discord, guild: &str, user: &str) -> Outcome {

@@ -115,6 +115,18 @@ impl SdkSts {
             client: aws_sdk_sts::Client::new(config),
         }
     }
+
+    /// The ARN of the identity the credentials belong to
+    /// (`sts:GetCallerIdentity`, which needs no permission).
+    pub async fn caller_identity(&self) -> Result<String, ApiError> {
+        let out = self
+            .client
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.arn().unwrap_or("an unnamed identity").to_owned())
+    }
 }
 
 /// Error codes AWS services use for "slow down".

@@ -87,18 +87,11 @@ pub async fn session_broker(settings: &AwsSettings) -> Option<StsSessionBroker> 
 }
 
 /// Who the AWS credentials Passport runs with belong to (`sts:GetCallerIdentity`,
-/// which needs no permission): what `passport doctor` shows.
-pub async fn caller_identity(settings: &AwsSettings) -> Result<String, String> {
-    use aws_sdk_sts::error::ProvideErrorMetadata;
+/// which needs no permission): what `passport doctor` shows. A failure is
+/// shown by its code and id only; AWS's own text is logged under that id.
+pub async fn caller_identity(settings: &AwsSettings) -> Result<String, ApiError> {
     let sdk = sdk_loader(settings).load().await;
-    let client = aws_sdk_sts::Client::new(&sdk);
-    match client.get_caller_identity().send().await {
-        Ok(out) => Ok(out.arn().unwrap_or("an unnamed identity").to_owned()),
-        Err(e) => Err(match e.code() {
-            Some(code) => format!("{code}: {}", e.message().unwrap_or("no message")),
-            None => "no answer from AWS STS (network, region or endpoint)".to_owned(),
-        }),
-    }
+    SdkSts::new(&sdk).caller_identity().await
 }
 
 /// How long one readiness question to AWS may take.
