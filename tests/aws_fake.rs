@@ -1003,6 +1003,7 @@ async fn an_answer_missing_what_aws_always_sends_is_logged_under_the_id_people_s
     let err = ssm
         .send_command(&CommandRequest {
             document: "Passport-GrantLinux".into(),
+            document_version: "1".into(),
             instances: vec![InstanceId::parse(&id(1)).unwrap()],
             parameters: BTreeMap::new(),
             comment: "AR-1".into(),
