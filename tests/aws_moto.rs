@@ -1107,7 +1107,7 @@ async fn doctor_shows_the_identity_and_whether_the_documents_are_installed() {
     assert_eq!(code, Some(0), "{text}{errors}");
     assert!(text.contains("ok    aws identity: arn:aws:"), "{text}");
     assert!(
-        text.contains("\nok    ssm documents: installed at this version\n"),
+        text.contains("\nok    ssm documents: installed at this version (Passport-GrantLinux v1, "),
         "{text}"
     );
     assert!(text.ends_with("no problem found\n"), "{text}");

@@ -2837,10 +2837,31 @@ const SSH_KEY: &str =
 async fn an_aws_refusal_shows_people_its_code_and_error_id_and_the_log_its_detail() {
     let logs = Logs::capture();
     startup::install_crypto_provider();
-    // SSM refuses SendCommand as AWS does, naming the account, the bot's role
-    // and an encoded authorization message.
-    let aws = FakeAws::start(|_| {
-        fake_aws::Answer::json_error(400, "AccessDeniedException", fake_aws::REFUSAL)
+    // SSM holds this build's documents, and refuses SendCommand as AWS does,
+    // naming the account, the bot's role and an encoded authorization message.
+    let documents: BTreeMap<String, String> =
+        passport::adapters::aws::documents::passport_documents(&Default::default())
+            .into_iter()
+            .map(|d| (d.name, d.content))
+            .collect();
+    let aws = FakeAws::start(move |call| {
+        let asked: serde_json::Value = serde_json::from_str(&call.body).unwrap_or_default();
+        match (call.operation().as_str(), asked["Name"].as_str()) {
+            ("GetDocument", Some(name)) if documents.contains_key(name) => fake_aws::Answer {
+                status: 200,
+                content_type: "application/x-amz-json-1.1",
+                body: serde_json::json!({
+                    "Name": name,
+                    "DocumentVersion": "1",
+                    "Status": "Active",
+                    "DocumentFormat": "YAML",
+                    "DocumentType": "Command",
+                    "Content": documents[name],
+                })
+                .to_string(),
+            },
+            _ => fake_aws::Answer::json_error(400, "AccessDeniedException", fake_aws::REFUSAL),
+        }
     })
     .await;
     let sdk = aws.sdk().await;
@@ -2851,6 +2872,7 @@ async fn an_aws_refusal_shows_people_its_code_and_error_id_and_the_log_its_detai
         tags: BTreeMap::from([
             ("Name".to_owned(), "web-1".to_owned()),
             ("env".to_owned(), "staging".to_owned()),
+            ("passport:access".to_owned(), "allowed".to_owned()),
         ]),
         private_ips: vec!["10.0.1.15".into()],
     }]);
@@ -2861,6 +2883,8 @@ async fn an_aws_refusal_shows_people_its_code_and_error_id_and_the_log_its_detai
         aws.settings(),
         "eu-west-1",
     );
+    // As `serve` does before it provisions anything.
+    provisioner.check_documents().await.unwrap();
     let fake = FakeSlack::start().await;
     fresh_fake_people(&fake);
     let dir = tempfile::tempdir().unwrap();
