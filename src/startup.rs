@@ -371,6 +371,8 @@ pub struct SlackApp {
     pub router: axum::Router,
     /// The Socket Mode connection to start, in Socket Mode.
     pub socket: Option<SocketMode>,
+    /// What the start warned about (also logged).
+    pub warnings: Vec<String>,
 }
 
 /// `surface`, marking everything DRY RUN when `dry_run` is set.
@@ -534,12 +536,11 @@ pub async fn slack_app_with_sessions(
         slack.audit_channel.clone(),
         mentions,
     ));
+    let mut warnings = Vec::new();
     for (group, usergroup, powers) in to_lock_down(&settings.policy, &slack.usergroups) {
-        tracing::warn!(
-            group = %group,
-            usergroup = %usergroup,
-            "Passport group {group} ({powers}) is the Slack user group {usergroup}: unless an admin restricted it, any member of the workspace can edit user groups and so make themselves a member; limit who may manage user groups (workspace settings), or list the members under [groups]"
-        );
+        let warning = format!("Passport group {group} ({powers}) is the Slack user group {usergroup}: unless an admin restricted it, any member of the workspace can edit user groups and so make themselves a member; limit who may manage user groups (workspace settings), or list the members under [groups]");
+        tracing::warn!(group = %group, usergroup = %usergroup, "{warning}");
+        warnings.push(warning);
     }
     let directory = Arc::new(SlackDirectory::new(
         &settings.groups,
@@ -603,6 +604,7 @@ pub async fn slack_app_with_sessions(
         app,
         router,
         socket,
+        warnings,
     })
 }
 
@@ -634,6 +636,8 @@ pub struct DiscordApp {
     pub router: axum::Router,
     /// The gateway connection to start, in gateway mode.
     pub gateway: Option<Gateway>,
+    /// What the start warned about (also logged).
+    pub warnings: Vec<String>,
 }
 
 /// Builds the Discord application: SQLite store, Discord surface and
@@ -657,12 +661,11 @@ pub async fn discord_app(
         discord.audit_channel.clone(),
         mentions,
     ));
+    let mut warnings = Vec::new();
     for (group, role, powers) in to_lock_down(&settings.policy, &discord.roles) {
-        tracing::warn!(
-            group = %group,
-            role = %role,
-            "Passport group {group} ({powers}) is the Discord role {role}: whoever may manage roles above it can give it to anyone; keep it above every role with Manage Roles, or list the members under [groups]"
-        );
+        let warning = format!("Passport group {group} ({powers}) is the Discord role {role}: whoever may manage roles above it can give it to anyone; keep it above every role with Manage Roles, or list the members under [groups]");
+        tracing::warn!(group = %group, role = %role, "{warning}");
+        warnings.push(warning);
     }
     let directory = Arc::new(DiscordDirectory::new(
         &settings.groups,
@@ -728,5 +731,6 @@ pub async fn discord_app(
         inbound,
         router,
         gateway,
+        warnings,
     })
 }
