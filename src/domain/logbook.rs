@@ -177,28 +177,6 @@ fn feed(
     put_str(h, details);
 }
 
-/// The plain hash of `event` chained after `prev`.
-pub fn chain_hash(
-    prev: &Hash,
-    seq: u64,
-    at: Timestamp,
-    actor: &str,
-    request: Option<&str>,
-    action: &str,
-    details: &str,
-) -> Hash {
-    chain_link(
-        Linking::Plain,
-        prev,
-        seq,
-        at,
-        actor,
-        request,
-        action,
-        details,
-    )
-}
-
 /// The link of `event` chained after `prev`, plain or keyed.
 #[allow(clippy::too_many_arguments)]
 pub fn chain_link(
@@ -584,7 +562,8 @@ mod tests {
 
     #[test]
     fn field_boundaries_are_unambiguous() {
-        let a = chain_hash(
+        let a = chain_link(
+            Linking::Plain,
             &GENESIS,
             1,
             Timestamp::from_millis(0),
@@ -593,7 +572,8 @@ mod tests {
             "c",
             "{}",
         );
-        let b = chain_hash(
+        let b = chain_link(
+            Linking::Plain,
             &GENESIS,
             1,
             Timestamp::from_millis(0),
@@ -602,7 +582,8 @@ mod tests {
             "bc",
             "{}",
         );
-        let c = chain_hash(
+        let c = chain_link(
+            Linking::Plain,
             &GENESIS,
             1,
             Timestamp::from_millis(0),
