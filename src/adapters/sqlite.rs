@@ -378,13 +378,18 @@ fn create(
 }
 
 /// How many requests of `requester` wait for approval, on whichever
-/// connection (and so inside whichever transaction) asks.
+/// connection (and so inside whichever transaction) asks. The state is
+/// written out, not bound, so that SQLite can use the partial index
+/// `requests_pending_by_requester`: every creation asks, and the person's
+/// past requests must not make it slower.
+const COUNT_PENDING: &str =
+    "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'";
+
 fn count_pending(conn: &Connection, requester: &str) -> Result<u64, StoreError> {
+    debug_assert_eq!(RequestState::Pending.as_str(), "pending");
     let n: i64 = conn
-        .prepare_cached("SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = ?2")?
-        .query_row(params![requester, RequestState::Pending.as_str()], |row| {
-            row.get(0)
-        })?;
+        .prepare_cached(COUNT_PENDING)?
+        .query_row(params![requester], |row| row.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -1423,5 +1428,34 @@ impl Store for SqliteStore {
             housekeeping::request_for_message(conn, &surface, channel.as_deref(), &message)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-person cap is counted at every creation: the count must go
+    /// through the index of pending requests, not through every request the
+    /// person ever made.
+    #[tokio::test]
+    async fn counting_pending_requests_reads_only_the_pending_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passport.db");
+        let store = SqliteStore::open(&path, Durability::Normal).await.unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_PENDING}"))
+            .unwrap()
+            .query_map(params!["U1"], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("requests_pending_by_requester")),
+            "{plan:?}"
+        );
     }
 }
