@@ -3082,3 +3082,73 @@ async fn the_start_warns_only_about_user_groups_that_approve_or_administer() {
         "{warned:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A slow Slack does not hold acknowledgements
+
+/// `users.info` accepts the connection and says nothing: the command is still
+/// answered within the acknowledgement deadline (with the payload's name as
+/// handle), only one look-up goes on as a probe while Slack is slow, and the
+/// handle is learnt once Slack answers again.
+#[tokio::test]
+async fn a_stalled_users_info_holds_no_acknowledgement_and_is_asked_once() {
+    let app = spawn_app_configured(|c| {
+        c.slack.as_mut().unwrap().call_timeout = "30s".into();
+    })
+    .await;
+    app.fake.stall_method("users.info");
+    let users_info = |fake: &FakeSlack| {
+        fake.calls()
+            .iter()
+            .filter(|c| c.method == "users.info")
+            .map(|c| c.error.clone())
+            .collect::<Vec<_>>()
+    };
+
+    let answer = app
+        .command(DEV, &format!("request {WEB} 2h ticket#1 slow directory"))
+        .await;
+    assert!(answer.text().contains("AR-1"), "{}", answer.body);
+    let answer = app
+        .command(OTHER, &format!("request {WEB} 1h ticket#2 slow directory"))
+        .await;
+    assert!(answer.text().contains("AR-2"), "{}", answer.body);
+    assert_eq!(
+        users_info(&app.fake),
+        [Some("held".to_owned())],
+        "while the first look-up is out, nobody else asks"
+    );
+    let handle = |n: u64| {
+        let store = app.built.store.clone();
+        async move {
+            store
+                .get(RequestId::parse(&format!("AR-{n}")).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+                .requester
+                .handle
+        }
+    };
+    assert_eq!(handle(1).await, "from-payload");
+    assert_eq!(handle(2).await, "from-payload");
+
+    // Slack answers again: the probe's answer is cached, and look-ups resume
+    // (at once for the one the probe learnt, as soon as the probe is done
+    // for anyone else).
+    app.fake.release_method("users.info");
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 2;
+    for (who, name) in [(DEV, "dev1"), (OTHER, "other")] {
+        loop {
+            n += 1;
+            app.command(who, &format!("request {WEB} 1h ticket#{n} slow directory"))
+                .await;
+            if handle(n).await == name {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < until, "{name} never learnt");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -99,6 +99,8 @@ struct Inner {
     down: std::sync::atomic::AtomicBool,
     /// Calls naming one of these channels are never answered (a stall).
     stalled_channels: Mutex<HashSet<String>>,
+    /// Calls of these methods are held unanswered until released.
+    stalled_methods: Mutex<HashSet<String>>,
     /// The Enterprise Grid organization `auth.test` names, if any.
     enterprise: Mutex<Option<String>>,
 }
@@ -304,6 +306,21 @@ impl FakeSlack {
     }
 
     /// Never answers calls that name `channel` (they are still recorded).
+    /// Holds every call of `method` unanswered (Slack accepts the connection
+    /// and says nothing) until [`Self::release_method`].
+    pub fn stall_method(&self, method: &str) {
+        self.inner
+            .stalled_methods
+            .lock()
+            .unwrap()
+            .insert(method.to_owned());
+    }
+
+    /// Lets the held calls of `method`, and later ones, be answered.
+    pub fn release_method(&self, method: &str) {
+        self.inner.stalled_methods.lock().unwrap().remove(method);
+    }
+
     pub fn stall_channel(&self, channel: &str) {
         self.inner
             .stalled_channels
@@ -447,6 +464,12 @@ async fn api(
     if stalled {
         record(Some("stalled"), None, None);
         std::future::pending::<()>().await;
+    }
+    if inner.stalled_methods.lock().unwrap().contains(&method) {
+        record(Some("held"), None, None);
+        while inner.stalled_methods.lock().unwrap().contains(&method) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
     {
         let methods = inner.rate_limited_methods.lock().unwrap().clone();

@@ -24,11 +24,24 @@ struct Cached<T> {
 
 /// Handles of Slack users, from `users.info`.
 pub struct People {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     api: Arc<SlackApi>,
     ttl: Duration,
     handles: Mutex<HashMap<String, Cached<String>>>,
+    health: Mutex<Health>,
+}
+
+/// What `users.info` has shown lately.
+#[derive(Default)]
+struct Health {
     /// Until when `users.info` is not asked (it failed): the fallback serves.
-    failing_until: Mutex<Option<Instant>>,
+    failing_until: Option<Instant>,
+    /// A look-up outlived [`HANDLE_WAIT`] and has not answered yet: Slack is
+    /// slow. It goes on as the one probe; nobody else asks until it answers.
+    probing: bool,
 }
 
 /// How long a handle is kept: names rarely change, and the request keeps the
@@ -39,62 +52,123 @@ const HANDLE_TTL: Duration = Duration::from_secs(3600);
 /// groups are not asked about again on every command and click.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
+/// How long a command or click waits for `users.info` before it goes on with
+/// the fallback handle. `users.info` answers in well under this when Slack is
+/// well; when it does not, the look-up goes on in the background and fills
+/// the cache, while the acknowledgement is not held up to the call's deadline.
+pub const HANDLE_WAIT: Duration = Duration::from_millis(250);
+
 impl People {
     pub fn new(api: Arc<SlackApi>) -> Self {
         Self {
-            api,
-            ttl: HANDLE_TTL,
-            handles: Mutex::new(HashMap::new()),
-            failing_until: Mutex::new(None),
+            shared: Arc::new(Shared {
+                api,
+                ttl: HANDLE_TTL,
+                handles: Mutex::new(HashMap::new()),
+                health: Mutex::new(Health::default()),
+            }),
         }
     }
 
-    /// The person behind a Slack user id. When Slack cannot say, `fallback`
-    /// (a name from the payload) or the id itself serves as handle.
+    /// The person behind a Slack user id. When Slack cannot say in time,
+    /// `fallback` (a name from the payload) or the id itself serves as handle.
+    ///
+    /// Bounded work while Slack is unwell: after a failure nobody asks for
+    /// [`NEGATIVE_TTL`]; after a look-up outlives [`HANDLE_WAIT`], it goes on
+    /// as the only one in flight (a probe) and everyone else gets the fallback
+    /// at once until it answers.
     pub async fn person(&self, id: &UserId, fallback: Option<&str>) -> Person {
-        let now = Instant::now();
-        let cached = {
-            let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-            handles
-                .get(id.as_str())
-                .filter(|c| c.until > now)
-                .map(|c| c.value.clone())
-        };
-        let failing = self
-            .failing_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| until > now);
-        let handle = match cached {
-            Some(h) => h,
-            None if failing => fallback.unwrap_or(id.as_str()).to_owned(),
-            None => match self.api.user_name(id.as_str()).await {
-                Ok(Some(name)) => {
-                    let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-                    if handles.len() > 50_000 {
-                        handles.retain(|_, c| c.until > now);
-                    }
-                    handles.insert(
-                        id.as_str().to_owned(),
-                        Cached {
-                            value: name.clone(),
-                            until: now + self.ttl,
-                        },
-                    );
-                    name
-                }
-                Ok(None) => fallback.unwrap_or(id.as_str()).to_owned(),
-                Err(e) => {
-                    *self.failing_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(now + NEGATIVE_TTL);
-                    tracing::warn!(user = %id, error = %e, "users.info failed; using the id as handle");
-                    fallback.unwrap_or(id.as_str()).to_owned()
-                }
-            },
+        let handle = match self.handle(id).await {
+            Some(handle) => handle,
+            None => fallback.unwrap_or(id.as_str()).to_owned(),
         };
         Person {
             id: id.clone(),
             handle,
+        }
+    }
+
+    async fn handle(&self, id: &UserId) -> Option<String> {
+        let shared = &self.shared;
+        let now = Instant::now();
+        if let Some(handle) = shared.cached(id.as_str(), now) {
+            return Some(handle);
+        }
+        {
+            let health = shared.health.lock().unwrap_or_else(|e| e.into_inner());
+            if health.probing || health.failing_until.is_some_and(|until| until > now) {
+                return None;
+            }
+        }
+        let mut lookup = tokio::spawn({
+            let shared = shared.clone();
+            let id = id.clone();
+            async move { shared.look_up(&id).await }
+        });
+        match tokio::time::timeout(HANDLE_WAIT, &mut lookup).await {
+            Ok(found) => found.ok().flatten(),
+            Err(_) => {
+                let first = {
+                    let mut health = shared.health.lock().unwrap_or_else(|e| e.into_inner());
+                    !std::mem::replace(&mut health.probing, true)
+                };
+                if first {
+                    tracing::warn!(
+                        user = %id,
+                        "users.info is slow; the payload's name serves as handle until it answers"
+                    );
+                }
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _ = lookup.await;
+                    shared
+                        .health
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .probing = false;
+                });
+                None
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn cached(&self, id: &str, now: Instant) -> Option<String> {
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles
+            .get(id)
+            .filter(|c| c.until > now)
+            .map(|c| c.value.clone())
+    }
+
+    /// One `users.info` call; its answer is cached, its failure remembered.
+    async fn look_up(&self, id: &UserId) -> Option<String> {
+        match self.api.user_name(id.as_str()).await {
+            Ok(Some(name)) => {
+                let now = Instant::now();
+                let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+                if handles.len() > 50_000 {
+                    handles.retain(|_, c| c.until > now);
+                }
+                handles.insert(
+                    id.as_str().to_owned(),
+                    Cached {
+                        value: name.clone(),
+                        until: now + self.ttl,
+                    },
+                );
+                Some(name)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .failing_until = Some(Instant::now() + NEGATIVE_TTL);
+                tracing::warn!(user = %id, error = %e, "users.info failed; using the payload's name or the id as handle");
+                None
+            }
         }
     }
 }
