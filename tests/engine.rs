@@ -851,7 +851,10 @@ async fn concurrent_requests_from_one_person_never_pass_the_pending_cap() {
     }
     assert_eq!(
         app.store
-            .pending_count(&passport::domain::values::UserId::parse("dev1").unwrap())
+            .pending_count(
+                &passport::domain::values::UserId::parse("dev1").unwrap(),
+                100
+            )
             .await
             .unwrap(),
         5

@@ -239,6 +239,7 @@ mod tests {
         let created = store
             .create(
                 &UserId::parse("dev1").unwrap(),
+                0,
                 Box::new(move |Slot { id, .. }| {
                     let req = AccessRequest::new(NewRequest {
                         id,

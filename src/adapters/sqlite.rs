@@ -341,13 +341,14 @@ enum Updated {
 fn create(
     conn: &WriteConn,
     requester: &str,
+    pending_cap: u32,
     build: Creation,
 ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
     let next: i64 = conn
         .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")?
         .query_row([], |r| r.get(0))?;
     let id = to_id(next)?;
-    let pending = count_pending(conn, requester)?;
+    let pending = count_pending(conn, requester, pending_cap)?;
     let (req, fx) = match build(Slot { id, pending }) {
         Ok(built) => built,
         Err(refusal) => return Ok(Err(refusal)),
@@ -377,19 +378,23 @@ fn create(
     Ok(Ok((req, fx)))
 }
 
-/// How many requests of `requester` wait for approval, on whichever
-/// connection (and so inside whichever transaction) asks. The state is
-/// written out, not bound, so that SQLite can use the partial index
-/// `requests_pending_by_requester`: every creation asks, and the person's
-/// past requests must not make it slower.
-const COUNT_PENDING: &str =
-    "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'";
+/// How many requests of `requester` wait for approval, counted up to
+/// `up_to` (0: not counted), on whichever connection (and so inside whichever
+/// transaction) asks. Every creation asks, so neither the person's past
+/// requests nor a pile of pending ones may make it slower: the count stops at
+/// the cap, and the state is written out, not bound, so that SQLite can use
+/// the partial index `requests_pending_by_requester`.
+const COUNT_PENDING: &str = "SELECT COUNT(*) FROM \
+     (SELECT 1 FROM requests WHERE requester = ?1 AND state = 'pending' LIMIT ?2)";
 
-fn count_pending(conn: &Connection, requester: &str) -> Result<u64, StoreError> {
+fn count_pending(conn: &Connection, requester: &str, up_to: u32) -> Result<u64, StoreError> {
     debug_assert_eq!(RequestState::Pending.as_str(), "pending");
+    if up_to == 0 {
+        return Ok(0);
+    }
     let n: i64 = conn
         .prepare_cached(COUNT_PENDING)?
-        .query_row(params![requester], |row| row.get(0))?;
+        .query_row(params![requester, up_to], |row| row.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -716,10 +721,11 @@ impl Store for SqliteStore {
     async fn create(
         &self,
         requester: &UserId,
+        pending_cap: u32,
         build: Creation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
         let requester = requester.as_str().to_owned();
-        self.write(move |conn| create(conn, &requester, build))
+        self.write(move |conn| create(conn, &requester, pending_cap, build))
             .await
     }
 
@@ -750,9 +756,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn pending_count(&self, requester: &UserId) -> Result<u64, StoreError> {
+    async fn pending_count(&self, requester: &UserId, up_to: u32) -> Result<u64, StoreError> {
         let requester = requester.as_str().to_owned();
-        self.look_up(move |conn| count_pending(conn, &requester))
+        self.look_up(move |conn| count_pending(conn, &requester, up_to))
             .await
     }
 
@@ -1448,7 +1454,7 @@ mod tests {
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_PENDING}"))
             .unwrap()
-            .query_map(params!["U1"], |row| row.get::<_, String>(3))
+            .query_map(params!["U1", 5], |row| row.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
@@ -1457,5 +1463,33 @@ mod tests {
                 .any(|step| step.contains("requests_pending_by_requester")),
             "{plan:?}"
         );
+    }
+
+    /// The count stops at the cap it is asked for, and only pending requests
+    /// of that person count.
+    #[tokio::test]
+    async fn the_pending_count_stops_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passport.db");
+        drop(SqliteStore::open(&path, Durability::Normal).await.unwrap());
+        let conn = Connection::open(&path).unwrap();
+        for (id, who, state) in [
+            (1, "U1", "pending"),
+            (2, "U1", "pending"),
+            (3, "U1", "pending"),
+            (4, "U1", "active"),
+            (5, "U2", "pending"),
+        ] {
+            conn.execute(
+                "INSERT INTO requests (id, state, requester, created_at, updated_at, body) \
+                 VALUES (?1, ?2, ?3, 0, 0, '{}')",
+                params![id, state, who],
+            )
+            .unwrap();
+        }
+        assert_eq!(count_pending(&conn, "U1", 10).unwrap(), 3);
+        assert_eq!(count_pending(&conn, "U1", 2).unwrap(), 2);
+        assert_eq!(count_pending(&conn, "U1", 0).unwrap(), 0);
+        assert_eq!(count_pending(&conn, "U2", 10).unwrap(), 1);
     }
 }

@@ -555,7 +555,7 @@ impl Engine {
         // instances are described; the check that holds is in the store's
         // transaction below, where concurrent requests cannot both pass it.
         let cap = self.settings.limits.max_pending;
-        if over_pending_cap(cap, self.store.pending_count(&actor.person.id).await?) {
+        if over_pending_cap(cap, self.store.pending_count(&actor.person.id, cap).await?) {
             return Err(too_many_pending(cap).into());
         }
         let described = self
@@ -609,7 +609,7 @@ impl Engine {
         let surfaces = self.settings.surfaces.clone();
         let created = self
             .store
-            .create(&actor.person.id, Box::new(move |Slot { id, pending }| {
+            .create(&actor.person.id, cap, Box::new(move |Slot { id, pending }| {
                 if over_pending_cap(cap, pending) {
                     return Err(too_many_pending(cap));
                 }

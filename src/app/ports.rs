@@ -254,7 +254,8 @@ pub type Creation = Box<dyn FnOnce(Slot) -> Result<(AccessRequest, Effects), Ref
 pub struct Slot {
     /// The number the request gets.
     pub id: RequestId,
-    /// How many requests of its requester wait for approval already.
+    /// How many requests of its requester wait for approval already, counted
+    /// up to the cap the creation names.
     pub pending: u64,
 }
 
@@ -362,10 +363,14 @@ pub struct RequestFilter {
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Builds a request of `requester` and writes it with its effects in one
-    /// transaction; `build` must make a request of that requester.
+    /// transaction; `build` must make a request of that requester. Its
+    /// [`Slot::pending`] counts the requester's pending requests up to
+    /// `pending_cap` (none when 0): enough to hold the cap, and never more
+    /// work however many the person has.
     async fn create(
         &self,
         requester: &UserId,
+        pending_cap: u32,
         build: Creation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
     /// Loads the request, applies `change`, and writes the request, its Logbook
@@ -381,9 +386,10 @@ pub trait Store: Send + Sync {
         change: Mutation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError>;
     async fn get(&self, id: RequestId) -> Result<Option<AccessRequest>, StoreError>;
-    /// How many requests of `requester` wait for approval (outside any
-    /// change: [`Slot::pending`] is the count a new request is held to).
-    async fn pending_count(&self, requester: &UserId) -> Result<u64, StoreError>;
+    /// How many requests of `requester` wait for approval, counted up to
+    /// `up_to` (outside any change: [`Slot::pending`] is the count a new
+    /// request is held to).
+    async fn pending_count(&self, requester: &UserId, up_to: u32) -> Result<u64, StoreError>;
     async fn list(
         &self,
         filter: ListFilter,
