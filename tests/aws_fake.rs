@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
+use rsa::pkcs8::DecodePublicKey as _;
+use rsa::rand_core::OsRng;
+use rsa::{Oaep, RsaPublicKey};
+use sha2::Sha256;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use passport::adapters::aws::api::{
@@ -280,12 +283,9 @@ impl SsmApi for FakeAws {
                 let der = STANDARD
                     .decode(&command.parameters["PublicKey"][0])
                     .unwrap();
-                let key =
-                    OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&der).unwrap())
-                        .unwrap();
-                let mut out = vec![0u8; key.ciphertext_size()];
+                let key = RsaPublicKey::from_public_key_der(&der).unwrap();
                 let sealed = key
-                    .encrypt(&OAEP_SHA256_MGF1SHA256, password.as_bytes(), &mut out, None)
+                    .encrypt(&mut OsRng, Oaep::new::<Sha256>(), password.as_bytes())
                     .unwrap();
                 Invocation {
                     stdout: format!(
