@@ -12,10 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rsa::pkcs8::DecodePublicKey as _;
-use rsa::rand_core::OsRng;
-use rsa::{Oaep, RsaPublicKey};
-use sha2::Sha256;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use passport::adapters::aws::api::{
@@ -33,7 +29,11 @@ use passport::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, Re
 use passport::domain::request::{InstanceInfo, InstanceOutcome, Platform};
 use passport::domain::time::Timestamp;
 use passport::domain::values::{InstanceId, RequestId, Username};
+use rsa::pkcs8::DecodePublicKey as _;
+use rsa::rand_core::OsRng;
+use rsa::{Oaep, RsaPublicKey};
 use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
 
 const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx alice@laptop";

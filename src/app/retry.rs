@@ -33,7 +33,10 @@ impl Backoff {
     /// The wait after `failures` earlier failures in a row (0: the first wait).
     pub fn after(self, failures: u32) -> Span {
         // 2^40 times any sensible first wait is past every cap, and cannot overflow.
-        let grown = self.first.as_millis().saturating_mul(1i64 << failures.min(40));
+        let grown = self
+            .first
+            .as_millis()
+            .saturating_mul(1i64 << failures.min(40));
         Span::from_millis(grown).min(self.max)
     }
 
@@ -149,7 +152,10 @@ mod tests {
     #[test]
     fn jitter_stays_within_a_quarter() {
         let w = jitter(Duration::from_secs(4));
-        assert!(w >= Duration::from_secs(3) && w <= Duration::from_secs(5), "{w:?}");
+        assert!(
+            w >= Duration::from_secs(3) && w <= Duration::from_secs(5),
+            "{w:?}"
+        );
     }
 
     const POLICY: RetryPolicy = RetryPolicy {

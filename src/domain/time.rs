@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(Span::from_secs(90).to_string(), "1m30s");
         assert_eq!(Span::from_secs(5430).to_string(), "1h30m");
         assert_eq!(Span::from_millis(20).to_string(), "20ms");
-        assert_eq!(Span::from_std(std::time::Duration::from_secs(300)).to_string(), "5m");
+        assert_eq!(
+            Span::from_std(std::time::Duration::from_secs(300)).to_string(),
+            "5m"
+        );
     }
 
     #[test]

@@ -45,8 +45,8 @@ use super::sdk::{sdk_loader, SdkEc2, SdkSsm};
 use super::store::{now_ms, CommandStore, LastCommand, Operation, SentCommand, Settled};
 use crate::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec};
 use crate::app::retry::{jitter, retry, Backoff, RetryPolicy, Verdict};
-use crate::domain::time::Span;
 use crate::domain::request::{InstanceInfo, InstanceOutcome, Platform};
+use crate::domain::time::Span;
 use crate::domain::values::{InstanceId, RequestId, Username};
 
 /// What people are told when SSM cannot reach an instance.
@@ -863,7 +863,6 @@ fn excerpt(text: &str, limit: usize) -> String {
         format!("…{tail}")
     }
 }
-
 
 /// What people are told about an instance without the access tag.
 fn untagged(tag: &super::config::InstanceTag) -> String {

@@ -9,14 +9,14 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_sdk_ec2::types::Filter;
-use aws_sdk_ssm::config::SharedHttpClient;
-use aws_smithy_http_client::tls;
 use aws_sdk_ssm::config::http::HttpResponse;
+use aws_sdk_ssm::config::SharedHttpClient;
 use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::{
     DocumentFormat, DocumentType, InstanceInformationStringFilter, SessionFilter, SessionFilterKey,
     SessionState,
 };
+use aws_smithy_http_client::tls;
 
 use super::api::{
     ApiError, AssumeRoleRequest, AssumedCredentials, CommandRequest, DocumentState,
@@ -66,7 +66,9 @@ pub fn sdk_loader(settings: &AwsSettings) -> ConfigLoader {
 /// endpoint (a local AWS-compatible server).
 pub fn https_client() -> SharedHttpClient {
     aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https()
 }
 

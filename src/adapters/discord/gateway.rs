@@ -14,11 +14,11 @@ use serenity::all::{
 };
 
 use super::config::DiscordSettings;
-use crate::app::retry::Backoff;
-use crate::domain::time::Span;
 use super::inbound::{
     Inbound, Interaction, UserPayload, APPLICATION_COMMAND, MESSAGE_COMPONENT, PING,
 };
+use crate::app::retry::Backoff;
+use crate::domain::time::Span;
 
 /// The wait before reconnecting after the gateway client stopped: 1 s after
 /// a clean end, doubling with each failure in a row, at most a minute.
