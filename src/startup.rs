@@ -340,10 +340,12 @@ pub async fn shutdown_signal() {
 // ---------------------------------------------------------------------------
 // Slack
 
-/// Installs the process's one TLS crypto provider. Both `ring` (Slack's
-/// client) and `aws-lc-rs` (the AWS SDK) are linked in, so rustls cannot pick
-/// one by itself and would panic at the first TLS set-up. Call it first thing
-/// in `main` and in every test binary that sets up TLS; later calls do nothing.
+/// Installs the process's one TLS crypto provider, ring (every client,
+/// the AWS SDK's included, is built on it). rustls would pick it by itself
+/// while it is the only provider linked in; installing it keeps that so if a
+/// dependency ever brings another, where rustls would panic at the first TLS
+/// set-up. Call it first thing in `main` and in every test binary that sets
+/// up TLS; later calls do nothing.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

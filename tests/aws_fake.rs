@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use passport::adapters::aws::api::{
@@ -30,7 +29,11 @@ use passport::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, Re
 use passport::domain::request::{InstanceInfo, InstanceOutcome, Platform};
 use passport::domain::time::Timestamp;
 use passport::domain::values::{InstanceId, RequestId, Username};
+use rsa::pkcs8::DecodePublicKey as _;
+use rsa::rand_core::OsRng;
+use rsa::{Oaep, RsaPublicKey};
 use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
 
 const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx alice@laptop";
@@ -280,12 +283,9 @@ impl SsmApi for FakeAws {
                 let der = STANDARD
                     .decode(&command.parameters["PublicKey"][0])
                     .unwrap();
-                let key =
-                    OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&der).unwrap())
-                        .unwrap();
-                let mut out = vec![0u8; key.ciphertext_size()];
+                let key = RsaPublicKey::from_public_key_der(&der).unwrap();
                 let sealed = key
-                    .encrypt(&OAEP_SHA256_MGF1SHA256, password.as_bytes(), &mut out, None)
+                    .encrypt(&mut OsRng, Oaep::new::<Sha256>(), password.as_bytes())
                     .unwrap();
                 Invocation {
                     stdout: format!(

@@ -14,13 +14,19 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::app::peers::{Admission, PeerHealth};
 use crate::app::ports::{ChatError, Clock};
+use crate::app::retry::{retry, Backoff, RetryPolicy, Verdict};
+use crate::domain::time::Span;
 
-/// Attempts before giving up; the backoff between temporary failures doubles from 1 s.
-const ATTEMPTS: u32 = 5;
+/// Attempts before giving up; the backoff between temporary failures doubles
+/// from 1 s (1, 2, 4, 8 s).
+const POLICY: RetryPolicy = RetryPolicy {
+    backoff: Backoff::new(Span::from_secs(1), Span::from_secs(8)),
+    attempts: Some(5),
+    jitter: false,
+};
 
 /// A chat platform as the answers sent to it see it: its name (the chat
 /// surface's) and the health shared with the dispatcher.
@@ -45,8 +51,8 @@ impl Peer {
     }
 }
 
-/// Runs `send` until it succeeds, is refused, or has failed [`ATTEMPTS`]
-/// times; `what` names the answer in logs. Answers what `send` answered
+/// Runs `send` until it succeeds, is refused, or has failed five times
+/// ([`POLICY`]); `what` names the answer in logs. Answers what `send` answered
 /// (e.g. where the message landed), or the last error.
 pub async fn with_retries<T, F, Fut>(what: &str, send: F) -> Result<T, ChatError>
 where
@@ -72,41 +78,39 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ChatError>>,
 {
-    let mut last = ChatError::Transient("not sent".into());
-    for attempt in 0..ATTEMPTS {
-        if let Some(peer) = peer {
-            if let Admission::Wait(until) = peer.health.admit(&peer.name, peer.clock.now()) {
-                tracing::info!(peer = %peer.name, "{what} not sent: the chat platform has been failing");
-                return Err(ChatError::Transient(format!(
-                    "{} has been failing; not called again before {until}",
-                    peer.name
-                )));
-            }
-        }
-        let sent = send().await;
-        if let Some(peer) = peer {
-            let outcome = sent.as_ref().map(|_| ());
-            peer.health.record(&peer.name, outcome, peer.clock.now());
-        }
-        match sent {
-            Ok(sent) => return Ok(sent),
-            Err(ChatError::RateLimited { retry_after_ms }) => {
-                tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
-                last = ChatError::RateLimited { retry_after_ms };
-            }
-            Err(ChatError::Transient(e)) => {
-                if peer.is_some_and(|p| p.health.is_open(&p.name)) {
-                    tracing::warn!(error = %e, attempt, "cannot send {what}; the chat platform keeps failing, so not retrying");
-                    return Err(ChatError::Transient(e));
+    let call = || {
+        let sent = match peer {
+            Some(peer) => match peer.health.admit(&peer.name, peer.clock.now()) {
+                Admission::Wait(until) => {
+                    tracing::info!(peer = %peer.name, "{what} not sent: the chat platform has been failing");
+                    Err(ChatError::Transient(format!(
+                        "{} has been failing; not called again before {until}",
+                        peer.name
+                    )))
                 }
-                tracing::warn!(error = %e, attempt, "cannot send {what}; retrying");
-                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-                last = ChatError::Transient(e);
+                _ => Ok(send()),
+            },
+            None => Ok(send()),
+        };
+        async move {
+            let sent = sent?.await;
+            if let Some(peer) = peer {
+                peer.health
+                    .record(&peer.name, sent.as_ref().map(|_| ()), peer.clock.now());
             }
-            Err(refused) => return Err(refused),
+            sent
         }
-    }
-    Err(last)
+    };
+    retry(what, POLICY, call, |e| match e {
+        // An open breaker (tripped by this answer or any other call) stops
+        // the retries: the caller falls back to the outbox.
+        ChatError::Transient(e) if peer.is_some_and(|p| p.health.is_open(&p.name)) => {
+            tracing::warn!(error = %e, "cannot send {what}; the chat platform keeps failing, so not retrying");
+            Verdict::Stop
+        }
+        e => Verdict::of_chat(e),
+    })
+    .await
 }
 
 #[cfg(test)]

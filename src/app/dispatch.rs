@@ -37,6 +37,7 @@ use super::effects::Effects;
 use super::messages;
 use super::peers::{Admission, PeerHealth};
 use super::ports::{ChatError, ChatSurface, Clock, Pending, PendingDeletion, Store, StoreError};
+use super::retry::Backoff;
 
 /// Lanes delivered at the same time.
 const CONCURRENT_LANES: usize = 16;
@@ -84,9 +85,13 @@ pub struct DeliveryReport {
     pub next_deletion: Option<Timestamp>,
 }
 
+/// A notice's retries after temporary failures: 1 s, 2 s, 4 s … at most 5 minutes.
+const DELIVERY_BACKOFF: Backoff = Backoff::new(Span::from_secs(1), Span::from_minutes(5));
+/// A refused deletion's retries: 1 minute, doubling, at most an hour.
+const REFUSED_DELETION_BACKOFF: Backoff = Backoff::new(Span::from_minutes(1), Span::from_hours(1));
+
 fn retry_delay(attempts: u32) -> Span {
-    // 1 s, 2 s, 4 s … capped at 5 minutes.
-    Span::from_secs((1i64 << attempts.min(9)).min(300))
+    DELIVERY_BACKOFF.after(attempts)
 }
 
 /// When to try a failed deletion again: as the platform asks after a rate
@@ -98,7 +103,7 @@ fn deletion_retry(e: &ChatError, attempts: u32) -> Span {
             Span::from_millis((*retry_after_ms as i64).max(100))
         }
         ChatError::Transient(_) => retry_delay(attempts),
-        ChatError::Permanent(_) => Span::from_secs((60i64 << attempts.min(6)).min(3600)),
+        ChatError::Permanent(_) => REFUSED_DELETION_BACKOFF.after(attempts),
     }
 }
 

@@ -19,6 +19,7 @@ use super::effects::{Effects, NewTimer, Timer, TimerKind};
 use super::engine::{end_access, schedule_expiry, summarise, Engine};
 use super::messages;
 use super::ports::{GrantSpec, ProvisionError, RevokeSpec, StoreError};
+use super::retry::Backoff;
 
 /// Provisioning is given up after this many attempts with the control plane unreachable.
 const MAX_PROVISION_ATTEMPTS: u32 = 8;
@@ -29,10 +30,11 @@ pub(super) const CONCURRENT_GRANTS: usize = 64;
 /// Removals sent at the same time, apart from the grants' slots.
 pub(super) const CONCURRENT_REVOKES: usize = 64;
 
-/// Exponential backoff from 30 s, capped at 10 minutes.
+/// Retries of timers and jobs: exponential backoff from 30 s, capped at 10 minutes.
+const TIMER_BACKOFF: Backoff = Backoff::new(Span::from_secs(30), Span::from_minutes(10));
+
 pub fn backoff(attempts: u32) -> Span {
-    let secs = 30i64.saturating_mul(1i64 << attempts.min(10));
-    Span::from_secs(secs.min(600))
+    TIMER_BACKOFF.after(attempts)
 }
 
 fn stale(id: RequestId, what: &str) -> RefusalKind {

@@ -8,4 +8,5 @@ pub mod lifecycle;
 pub mod messages;
 pub mod peers;
 pub mod ports;
+pub mod retry;
 pub mod signin;

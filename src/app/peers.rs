@@ -15,11 +15,14 @@ use std::sync::Mutex;
 use crate::domain::time::{Span, Timestamp};
 
 use super::ports::ChatError;
+use super::retry::Backoff;
 
 /// Temporary failures in a row on one peer that open its breaker.
 pub const BREAKER_THRESHOLD: u32 = 3;
 /// The longest a peer's breaker stays open between two probes.
 pub const BREAKER_MAX: Span = Span::from_secs(60);
+/// The wait before each probe while the breaker stays open: 1 s, doubling, at most [`BREAKER_MAX`].
+const PROBE_BACKOFF: Backoff = Backoff::new(Span::from_secs(1), BREAKER_MAX);
 
 /// One peer's breaker: how many temporary failures in a row, and until
 /// when nothing but a probe may be sent.
@@ -103,8 +106,7 @@ impl PeerHealth {
         self.with(peer, |b| {
             b.failures = b.failures.saturating_add(1);
             if b.failures >= BREAKER_THRESHOLD {
-                let doublings = (b.failures - BREAKER_THRESHOLD).min(6);
-                let wait = Span::from_secs(1i64 << doublings).min(BREAKER_MAX);
+                let wait = PROBE_BACKOFF.after(b.failures - BREAKER_THRESHOLD);
                 if b.open_until.is_none() {
                     tracing::warn!(
                         peer,

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use ring::rand::{SecureRandom as _, SystemRandom};
 use serde_json::json;
 
 use crate::domain::command::LoginStep;
@@ -164,7 +165,8 @@ pub struct ApiSession {
 /// `ApiToken`), and tests never need to predict them.
 fn random<const N: usize>() -> Result<[u8; N], StoreError> {
     let mut bytes = [0u8; N];
-    aws_lc_rs::rand::fill(&mut bytes)
+    SystemRandom::new()
+        .fill(&mut bytes)
         .map_err(|_| StoreError::Other("the system's random source failed".into()))?;
     Ok(bytes)
 }

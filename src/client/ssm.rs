@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_ssm::config::endpoint::{DefaultResolver, Params, ResolveEndpoint as _};
 use aws_sdk_ssm::config::{BehaviorVersion, Credentials as AwsCredentials, Region};
 use aws_sdk_ssm::error::ProvideErrorMetadata as _;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use serde_json::json;
 
 use super::api::{Api, ApiError};
@@ -224,6 +225,12 @@ pub async fn start_session(
         .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
     let config = aws_sdk_ssm::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
+        // rustls with ring, as every TLS connection of the process.
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                .build_https(),
+        )
         .region(Region::new(creds.region.clone()))
         .credentials_provider(AwsCredentials::new(
             creds.access_key_id.clone(),

@@ -121,6 +121,11 @@ impl Span {
         Span::from_minutes(((self.0 + 30_000) / 60_000).max(1))
     }
 
+    /// A `std` duration, to the millisecond (saturating).
+    pub fn from_std(d: std::time::Duration) -> Span {
+        Span::from_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
     pub fn to_std(self) -> std::time::Duration {
         std::time::Duration::from_millis(self.0.max(0) as u64)
     }
@@ -201,7 +206,8 @@ pub fn parse_setting_within(field: &str, text: &str, min: Span, max: Span) -> Re
 
 impl fmt::Display for Span {
     /// Human form in the same notation the grammar accepts: `2h`, `1h30m`, `45m`,
-    /// seconds for spans under a minute, milliseconds under a second.
+    /// `1m30s` and `45s` under an hour, milliseconds under a second. The one
+    /// way Passport writes a duration, in messages and logs alike.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if (1..1000).contains(&self.0) {
             return write!(f, "{}ms", self.0);
@@ -212,7 +218,9 @@ impl fmt::Display for Span {
         }
         let minutes = total_secs / 60;
         let (h, m) = (minutes / 60, minutes % 60);
+        let s = total_secs % 60;
         match (h, m) {
+            (0, m) if s > 0 => write!(f, "{m}m{s}s"),
             (0, m) => write!(f, "{m}m"),
             (h, 0) => write!(f, "{h}h"),
             (h, m) => write!(f, "{h}h{m}m"),
@@ -230,6 +238,13 @@ mod tests {
         assert_eq!(Span::from_hours(2).to_string(), "2h");
         assert_eq!(Span::from_minutes(45).to_string(), "45m");
         assert_eq!(Span::from_secs(12).to_string(), "12s");
+        assert_eq!(Span::from_secs(90).to_string(), "1m30s");
+        assert_eq!(Span::from_secs(5430).to_string(), "1h30m");
+        assert_eq!(Span::from_millis(20).to_string(), "20ms");
+        assert_eq!(
+            Span::from_std(std::time::Duration::from_secs(300)).to_string(),
+            "5m"
+        );
     }
 
     #[test]

@@ -4,13 +4,13 @@
 //! command history or logs. Passport decrypts it and hands it to a
 //! [`PasswordSink`], which delivers it to the requester by direct message only.
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rsa::{
-    KeySize, OaepPrivateDecryptingKey, PrivateDecryptingKey, OAEP_SHA256_MGF1SHA256,
-};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use rsa::pkcs8::EncodePublicKey as _;
+use rsa::rand_core::OsRng;
+use rsa::{Oaep, RsaPrivateKey};
 use secrecy::SecretString;
+use sha2::Sha256;
 
 use crate::domain::values::{InstanceId, RequestId, Username};
 
@@ -30,8 +30,13 @@ pub trait PasswordSink: Send + Sync {
 }
 
 /// A key pair made for one command and kept only in memory.
+///
+/// Decryption is the `rsa` crate's, whose timing is not constant (the Marvin
+/// attack): that needs many chosen ciphertexts against one key, and a key
+/// here decrypts at most the answers of one command's instances, which only
+/// the instances (or whoever controls SSM's output) can write.
 pub struct OneTimeKey {
-    private: OaepPrivateDecryptingKey,
+    private: RsaPrivateKey,
     public_base64: String,
 }
 
@@ -43,15 +48,13 @@ impl std::fmt::Debug for OneTimeKey {
 
 impl OneTimeKey {
     pub fn generate() -> Result<Self, String> {
-        let private = PrivateDecryptingKey::generate(KeySize::Rsa2048)
+        let private = RsaPrivateKey::new(&mut OsRng, 2048)
             .map_err(|_| "cannot generate a one-time RSA key".to_owned())?;
         let der = private
-            .public_key()
-            .as_der()
+            .to_public_key()
+            .to_public_key_der()
             .map_err(|_| "cannot encode the one-time RSA key".to_owned())?;
-        let public_base64 = STANDARD.encode(der.as_ref());
-        let private = OaepPrivateDecryptingKey::new(private)
-            .map_err(|_| "cannot prepare the one-time RSA key".to_owned())?;
+        let public_base64 = STANDARD.encode(der.as_bytes());
         Ok(Self {
             private,
             public_base64,
@@ -73,32 +76,31 @@ impl OneTimeKey {
         let ciphertext = STANDARD
             .decode(encoded.trim())
             .map_err(|_| "the instance returned a password that is not base64".to_owned())?;
-        let mut plaintext = vec![0u8; self.private.min_output_size()];
-        let password = self
+        let mut plaintext = self
             .private
-            .decrypt(&OAEP_SHA256_MGF1SHA256, &ciphertext, &mut plaintext, None)
+            .decrypt(Oaep::new::<Sha256>(), &ciphertext)
             .map_err(|_| "the instance returned a password for another key".to_owned())?;
-        let password = String::from_utf8(password.to_vec())
-            .map_err(|_| "the instance returned a password that is not UTF-8".to_owned())?;
+        let password = std::str::from_utf8(&plaintext)
+            .map(SecretString::from)
+            .map_err(|_| "the instance returned a password that is not UTF-8".to_owned());
         plaintext.fill(0);
-        Ok(SecretString::from(password))
+        password
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey};
+    use rsa::pkcs8::DecodePublicKey as _;
+    use rsa::RsaPublicKey;
     use secrecy::ExposeSecret;
 
     use super::*;
 
     fn encrypt_for(key: &OneTimeKey, text: &str) -> String {
         let der = STANDARD.decode(key.public_key_base64()).unwrap();
-        let public =
-            OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&der).unwrap()).unwrap();
-        let mut out = vec![0u8; public.ciphertext_size()];
+        let public = RsaPublicKey::from_public_key_der(&der).unwrap();
         let ciphertext = public
-            .encrypt(&OAEP_SHA256_MGF1SHA256, text.as_bytes(), &mut out, None)
+            .encrypt(&mut OsRng, Oaep::new::<Sha256>(), text.as_bytes())
             .unwrap();
         STANDARD.encode(ciphertext)
     }

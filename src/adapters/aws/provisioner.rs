@@ -44,7 +44,9 @@ use super::password::{OneTimeKey, PasswordSink};
 use super::sdk::{sdk_loader, SdkEc2, SdkSsm};
 use super::store::{now_ms, CommandStore, LastCommand, Operation, SentCommand, Settled};
 use crate::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec};
+use crate::app::retry::{jitter, retry, Backoff, RetryPolicy, Verdict};
 use crate::domain::request::{InstanceInfo, InstanceOutcome, Platform};
+use crate::domain::time::Span;
 use crate::domain::values::{InstanceId, RequestId, Username};
 
 /// What people are told when SSM cannot reach an instance.
@@ -194,26 +196,31 @@ impl AwsProvisioner {
         .await
     }
 
-    /// Runs an AWS call, retrying throttling and server errors with growing,
-    /// jittered pauses on top of the SDK's own adaptive retries.
-    async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ApiError>
+    /// Runs an AWS call, retrying throttling and server errors that outlast
+    /// the SDK's own adaptive retries (`aws.retries` more times, with growing,
+    /// jittered pauses from `poll_initial` to `poll_max`): the SDK caps its
+    /// backoff at seconds, while a batch job may wait out a longer throttle.
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        let mut delay = self.settings.poll_initial;
-        let mut attempt = 0;
-        loop {
-            match f().await {
-                Err(e) if e.is_retryable() && attempt < self.settings.retries => {
-                    attempt += 1;
-                    tracing::warn!(attempt, error = %e, "{what}: retrying");
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(self.settings.poll_max);
-                }
-                result => return result,
+        let policy = RetryPolicy {
+            backoff: Backoff::new(
+                Span::from_std(self.settings.poll_initial),
+                Span::from_std(self.settings.poll_max),
+            ),
+            attempts: Some(self.settings.retries.saturating_add(1)),
+            jitter: true,
+        };
+        retry(what, policy, f, |e| {
+            if e.is_retryable() {
+                Verdict::Backoff
+            } else {
+                Verdict::Stop
             }
-        }
+        })
+        .await
     }
 
     fn not_found(&self) -> String {
@@ -629,9 +636,7 @@ impl AwsProvisioner {
                 break;
             }
             if now >= deadline {
-                let waited = humanize(Duration::from_millis(
-                    u64::try_from(now - sent_at_ms).unwrap_or(0),
-                ));
+                let waited = Span::from_millis((now - sent_at_ms).max(0));
                 done.extend(waiting.drain(..).map(|(instance, last)| {
                     let status = last.map_or_else(|| "not started".to_owned(), |i| i.status.as_str().to_owned());
                     InstanceOutcome {
@@ -720,7 +725,7 @@ impl AwsProvisioner {
                     false,
                     Some(format!(
                         "the instance did not pick up the command within {} (offline?): {SSM_UNREACHABLE}",
-                        humanize(self.settings.delivery_timeout)
+                        Span::from_std(self.settings.delivery_timeout)
                     )),
                 ))
             }
@@ -857,29 +862,6 @@ fn excerpt(text: &str, limit: usize) -> String {
         let tail: String = line.chars().skip(count - limit).collect();
         format!("…{tail}")
     }
-}
-
-/// `5m`, `1m30s`, `2h`, `20ms`.
-fn humanize(d: Duration) -> String {
-    let secs = d.as_secs();
-    match (secs / 3600, secs % 3600 / 60, secs % 60) {
-        (0, 0, 0) => format!("{}ms", d.as_millis()),
-        (0, 0, s) => format!("{s}s"),
-        (0, m, 0) => format!("{m}m"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, 0, _) => format!("{h}h"),
-        (h, m, _) => format!("{h}h{m}m"),
-    }
-}
-
-/// Spreads pauses by ±25% so that many commands polled together drift apart.
-/// The clock's nanoseconds are random enough for that.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
 }
 
 /// What people are told about an instance without the access tag.
@@ -1161,15 +1143,5 @@ mod tests {
         );
         assert_eq!(bare_public_key("  "), None);
         assert_eq!(bare_public_key("ssh-ed25519"), None);
-    }
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(humanize(Duration::from_secs(300)), "5m");
-        assert_eq!(humanize(Duration::from_secs(90)), "1m30s");
-        assert_eq!(humanize(Duration::from_secs(45)), "45s");
-        assert_eq!(humanize(Duration::from_secs(5400)), "1h30m");
-        assert_eq!(humanize(Duration::from_secs(7200)), "2h");
-        assert_eq!(humanize(Duration::from_millis(20)), "20ms");
     }
 }

@@ -10,11 +10,13 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ssm::config::http::HttpResponse;
+use aws_sdk_ssm::config::SharedHttpClient;
 use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::{
     DocumentFormat, DocumentType, InstanceInformationStringFilter, SessionFilter, SessionFilterKey,
     SessionState,
 };
+use aws_smithy_http_client::tls;
 
 use super::api::{
     ApiError, AssumeRoleRequest, AssumedCredentials, CommandRequest, DocumentState,
@@ -36,6 +38,7 @@ const SSM_FILTER_VALUES: usize = 50;
 /// add static credentials before calling `load`.
 pub fn sdk_loader(settings: &AwsSettings) -> ConfigLoader {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
         .retry_config(
             RetryConfig::adaptive()
                 .with_max_attempts(settings.sdk_attempts)
@@ -56,6 +59,17 @@ pub fn sdk_loader(settings: &AwsSettings) -> ConfigLoader {
         loader = loader.endpoint_url(url);
     }
     loader
+}
+
+/// The SDK's HTTP client on rustls with ring, the crypto provider of every
+/// other TLS connection in the process; it speaks plain HTTP to an `http://`
+/// endpoint (a local AWS-compatible server).
+pub fn https_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }
 
 /// EC2 through the SDK.

@@ -7,7 +7,6 @@
 //! Portal), so that `extend 1h` or `done` written in a request's thread acts.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serenity::all::{
     Client, Context, EventHandler, GatewayIntents, Interaction as GatewayInteraction, Message,
@@ -18,11 +17,12 @@ use super::config::DiscordSettings;
 use super::inbound::{
     Inbound, Interaction, UserPayload, APPLICATION_COMMAND, MESSAGE_COMPONENT, PING,
 };
+use crate::app::retry::Backoff;
+use crate::domain::time::Span;
 
-/// The first wait before reconnecting after the gateway client stopped; it
-/// doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The wait before reconnecting after the gateway client stopped: 1 s after
+/// a clean end, doubling with each failure in a row, at most a minute.
+const RECONNECT: Backoff = Backoff::new(Span::from_secs(1), Span::from_minutes(1));
 
 /// The intents Passport asks for.
 pub fn intents() -> GatewayIntents {
@@ -111,7 +111,7 @@ impl Gateway {
     /// Connects and keeps reconnecting with backoff until aborted.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut backoff = FIRST_BACKOFF;
+            let mut failures = 0;
             loop {
                 // serenity's own client, rate limiter on: the gateway talks to Discord itself.
                 let built = Client::builder(self.settings.bot_token.expose(), intents())
@@ -123,15 +123,15 @@ impl Gateway {
                         if let Err(e) = client.start().await {
                             tracing::warn!(error = %e, "the Discord gateway connection ended; reconnecting");
                         } else {
-                            backoff = FIRST_BACKOFF;
+                            failures = 0;
                         }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot set up the Discord gateway client")
                     }
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(RECONNECT.wait_after(failures)).await;
+                failures += 1;
             }
         })
     }

@@ -29,37 +29,34 @@ pub use identity::DiscordDirectory;
 pub use inbound::Inbound;
 pub use surface::{DiscordSurface, SURFACE};
 
-use std::time::Duration;
-
 /// Registers `/passport` where `[discord] commands` says, retrying with
 /// backoff until it succeeds or is refused.
 pub async fn register_commands(api: std::sync::Arc<DiscordApi>, settings: &DiscordSettings) {
-    use crate::app::ports::ChatError;
+    use crate::app::retry::{retry, Backoff, RetryPolicy, Verdict};
+    use crate::domain::time::Span;
     let guild = match settings.commands {
         CommandScope::Off => return,
         CommandScope::Guild => Some(settings.guild_id),
         CommandScope::Global => None,
     };
     let definitions = commands::definitions();
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match api.register_commands(guild, &definitions).await {
-            Ok(()) => {
-                tracing::info!(scope = ?settings.commands, "registered /passport");
-                return;
-            }
-            Err(ChatError::RateLimited { retry_after_ms }) => {
-                tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
-            }
-            Err(ChatError::Transient(e)) => {
-                tracing::warn!(error = %e, "cannot register /passport yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(300));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Discord refused to register /passport: check discord.application_id, discord.guild_id and that the bot was invited with the applications.commands scope");
-                return;
-            }
+    // Until it succeeds or is refused; temporary failures wait 1 s, doubling, at most 5 minutes.
+    let policy = RetryPolicy {
+        backoff: Backoff::new(Span::from_secs(1), Span::from_minutes(5)),
+        attempts: None,
+        jitter: false,
+    };
+    let registered = retry(
+        "registering /passport",
+        policy,
+        || api.register_commands(guild, &definitions),
+        Verdict::of_chat,
+    )
+    .await;
+    match registered {
+        Ok(()) => tracing::info!(scope = ?settings.commands, "registered /passport"),
+        Err(e) => {
+            tracing::error!(error = %e, "Discord refused to register /passport: check discord.application_id, discord.guild_id and that the bot was invited with the applications.commands scope");
         }
     }
 }

@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::app::retry::{jitter, Backoff};
 use crate::config::Secret;
+use crate::domain::time::Span;
 
 use super::api::SlackApi;
 use super::inbound::{Ack, Answer, EventBody, Inbound, Interaction, SlashCommand};
@@ -41,8 +43,8 @@ type Writer = Arc<
 /// A connection that has said nothing for this long is taken as dead (Slack
 /// pings every few seconds).
 const SILENCE: Duration = Duration::from_secs(120);
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Reconnecting after failed connections in a row: 1 s, doubling, at most a minute, jittered.
+const RECONNECT: Backoff = Backoff::new(Span::from_secs(1), Span::from_minutes(1));
 
 #[derive(Debug, Deserialize)]
 struct Envelope {
@@ -80,19 +82,20 @@ impl SocketMode {
     /// Keeps a connection open until the task is aborted.
     pub fn spawn(self) -> JoinHandle<()> {
         tokio::spawn(async move {
-            let mut backoff = FIRST_BACKOFF;
+            let mut failures = 0;
             loop {
                 match self.session().await {
                     Ok(Ended::Reconnect) => {
-                        backoff = FIRST_BACKOFF;
+                        failures = 0;
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "Socket Mode connection failed");
+                        let wait = jitter(RECONNECT.wait_after(failures));
+                        failures += 1;
+                        tracing::warn!(error = %e, retry_in = ?wait, "Socket Mode connection failed");
+                        tokio::time::sleep(wait).await;
                     }
                 }
-                tokio::time::sleep(backoff + jitter(backoff)).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         })
     }
@@ -220,13 +223,4 @@ impl SocketMode {
             }
         });
     }
-}
-
-/// Up to a quarter of `backoff`, so many instances do not reconnect in step.
-fn jitter(backoff: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    backoff / 4 * (nanos % 1000) / 1000
 }
