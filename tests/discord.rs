@@ -1350,20 +1350,10 @@ async fn a_configured_ttl_a_429_and_a_message_already_gone_are_all_handled() {
 async fn readiness_asks_discord_for_the_bot_user() {
     use passport::http::ready::{DiscordProbe, Probe};
     let app = spawn_app().await;
-    let res = app
-        .http
-        .request(
-            axum::http::Request::get(format!("{}/readyz", app.base))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    let body: Value =
-        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let res = http_client::get(&app.http, &format!("{}/readyz", app.base)).await;
+    assert_eq!(res.status, 200);
     assert_eq!(
-        body,
+        res.json(),
         json!({
             "status": "ready",
             "checks": { "store": { "state": "ok" }, "discord": { "state": "ok" } },

@@ -10,7 +10,6 @@ use common::*;
 use passport::app::ports::{ChatError, Store};
 use passport::domain::request::{GrantState, RequestState};
 use passport::domain::time::Span;
-use passport::domain::values::InstanceId;
 
 fn mins(m: i64) -> Span {
     Span::from_minutes(m)

@@ -273,7 +273,7 @@ impl Lanes {
     pub fn assert_dms_and_audit(&self, dms_to: impl Fn(&str) -> Vec<String>, audit: Vec<String>) {
         for (user, expected) in &self.dms {
             // Windows passwords go straight to the person, never through the outbox.
-            let posted: Vec<String> = dms_to(user)
+            let posted: Vec<String> = dms_to(user.as_str())
                 .into_iter()
                 .filter(|t| !t.starts_with("Password for"))
                 .collect();
