@@ -5,56 +5,41 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod fake_aws;
 mod fake_slack;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use common::chat_app::{clock_at_now, fleet, quiet_config, slack_options, unique, WEB};
+use common::http_client::{self, Answer, HttpClient};
 use fake_aws::FakeAws;
-use fake_slack::{FakeSlack, BOT_TOKEN};
+use fake_slack::FakeSlack;
 use passport::adapters::aws::api::ApiError as AwsError;
 use passport::adapters::aws::sdk::{SdkSsm, SdkSts};
 use passport::adapters::aws::{RoleArn, StsSessionBroker};
 use passport::adapters::clock::ManualClock;
-use passport::adapters::slack::SlackConfig;
 use passport::adapters::ssh_ca::{CaKeyType, CertificateAuthority, SshCaConfig};
 use passport::app::ports::{Clock, ProvisionError, SessionBroker, SessionCredentials, Store};
-use passport::config::{Config, DryRunInstance, Secret};
+use passport::config::Config;
 use passport::domain::session::SessionScope;
 use passport::domain::time::{Span, Timestamp};
 use passport::domain::values::{InstanceId, Username};
-use passport::http::verify::sign;
-use passport::startup::{self, SlackOptions};
+use passport::startup;
 
-const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const APPROVALS: &str = "C0APPROVALS";
 const AUDIT: &str = "C0AUDIT";
-const WEB: &str = "i-0123456789abcdef0";
 
 const DEV: &str = "U0DEV1";
 const LEAD1: &str = "U0LEAD1";
 const OTHER: &str = "U0OTHER";
 const BOSS: &str = "U0BOSS";
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-static NEXT: AtomicU64 = AtomicU64::new(1);
-
-fn unique() -> u64 {
-    NEXT.fetch_add(1, Ordering::SeqCst)
-}
 
 // ---------------------------------------------------------------------------
 // The process's log output, kept to check that no secret reaches it.
@@ -138,15 +123,7 @@ struct TestApp {
     _dir: tempfile::TempDir,
 }
 
-struct Answer {
-    status: u16,
-    body: String,
-}
-
 impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
     fn error(&self) -> String {
         self.json()["error"].as_str().unwrap_or_default().to_owned()
     }
@@ -156,37 +133,18 @@ impl Answer {
 }
 
 fn config(db: &std::path::Path, fake: &FakeSlack, ca_key: PathBuf) -> Config {
-    let mut c = Config::default();
-    c.store.path = db.to_path_buf();
+    let mut c = quiet_config(db);
     c.groups = BTreeMap::from([
         ("approvers".into(), vec![LEAD1.into()]),
         ("admins".into(), vec![BOSS.into()]),
     ]);
-    c.dry_run.instances = vec![DryRunInstance {
-        id: WEB.into(),
-        name: Some("web-1".into()),
-        platform: "linux".into(),
-        state: "running".into(),
-        tags: BTreeMap::from([("env".into(), "staging".into())]),
-        private_ips: vec!["10.0.1.15".into()],
-    }];
-    c.jobs.reconcile = "off".into();
-    c.jobs.digest = "off".into();
-    c.jobs.checkpoint = "off".into();
-    c.provisioner = Some(passport::config::ProvisionerChoice::DryRun);
+    // web-1 alone.
+    c.dry_run.instances = fleet().into_iter().take(1).collect();
     c.ssh_ca = Some(SshCaConfig {
         key_path: Some(ca_key),
         ..SshCaConfig::default()
     });
-    c.slack = Some(SlackConfig {
-        signing_secret: Some(Secret::from(SECRET)),
-        bot_token: Some(Secret::from(BOT_TOKEN)),
-        approvals_channel: APPROVALS.into(),
-        audit_channel: AUDIT.into(),
-        api_url: fake.api_url(),
-        channel_pace: "0".into(),
-        ..SlackConfig::default()
-    });
+    c.slack = Some(fake.passport_settings());
     c
 }
 
@@ -222,35 +180,18 @@ async fn spawn_app_brokered(
         .unwrap()
         .save_new(&ca_key)
         .unwrap();
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let clock = clock_at_now();
     let mut config = config(&db, &fake, ca_key);
     edit(&mut config);
     let settings = config.validate().unwrap();
     let slack = settings.slack.clone().unwrap();
     let stub = Arc::new(StubBroker::default());
     let sessions = broker.unwrap_or_else(|| stub.clone() as Arc<dyn SessionBroker>);
-    let built = startup::slack_app_with_sessions(
-        &settings,
-        &slack,
-        SlackOptions {
-            clock: Arc::new(clock.clone()),
-            provisioner: startup::logged_dry_run(&settings),
-            ack_deadline: Duration::from_millis(2500),
-            dry_run_label: false,
-            probes: Vec::new(),
-        },
-        Some(sessions),
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = built.router;
-    tokio::spawn(async move {
-        passport::http::serve(listener, router, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let options = slack_options(&clock, &settings);
+    let built = startup::slack_app_with_sessions(&settings, &slack, options, Some(sessions))
+        .await
+        .unwrap();
+    let (base, _server) = http_client::serve(built.router).await;
     TestApp {
         base,
         fake,
@@ -258,7 +199,7 @@ async fn spawn_app_brokered(
         broker: stub,
         clock,
         db,
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: http_client::client(),
         _dir: dir,
     }
 }
@@ -272,26 +213,8 @@ impl TestApp {
         body: &str,
         headers: &[(&str, String)],
     ) -> Answer {
-        let mut req = axum::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let res = self
-            .http
-            .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Answer {
-            status,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        let url = format!("{}{path}", self.base);
+        http_client::request(&self.http, method, &url, content_type, body, headers).await
     }
 
     /// A JSON call to the API, with `token` as the bearer if given.
@@ -317,14 +240,7 @@ impl TestApp {
     }
 
     fn signed(&self, body: &str) -> Vec<(&'static str, String)> {
-        let ts = (self.clock.now().as_millis() / 1000).to_string();
-        vec![
-            (
-                "x-slack-signature",
-                sign(SECRET.as_bytes(), &ts, body.as_bytes()),
-            ),
-            ("x-slack-request-timestamp", ts),
-        ]
+        FakeSlack::signature_headers(body, self.clock.now().as_millis() / 1000)
     }
 
     /// `/passport <text>` typed by `user` in Slack.

@@ -436,9 +436,7 @@ fn revoke_spec(request: u64, instances: Vec<InstanceInfo>) -> RevokeSpec {
 fn linux_fleet(rig: &Rig, n: u32) -> Vec<InstanceInfo> {
     (1..=n)
         .map(|i| {
-            let id = rig
-                .fake
-                .add(&id(i), Platform::Linux, "running", Some("Online"));
+            let id = rig.online(i, Platform::Linux);
             info(&id, Platform::Linux)
         })
         .collect()
@@ -446,6 +444,43 @@ fn linux_fleet(rig: &Rig, n: u32) -> Vec<InstanceInfo> {
 
 fn detail(outcome: &InstanceOutcome) -> &str {
     outcome.detail.as_deref().unwrap_or("")
+}
+
+/// Asserts that what `outcome` tells people contains `text`.
+fn assert_detail(outcome: &InstanceOutcome, text: &str) {
+    assert!(detail(outcome).contains(text), "{}", detail(outcome));
+}
+
+async fn rig_with(edit: impl FnOnce(&mut AwsSettings)) -> Rig {
+    let mut settings = fast();
+    edit(&mut settings);
+    rig(settings).await
+}
+
+impl Rig {
+    /// Sending commands fails with `error` from now on (`None`: works again).
+    fn fail_sends(&self, error: Option<ApiError>) {
+        *self.fake.send_error.lock().unwrap() = error;
+    }
+
+    /// A running instance number `n` of `platform`, online in SSM.
+    fn online(&self, n: u32, platform: Platform) -> InstanceId {
+        self.fake.add(&id(n), platform, "running", Some("Online"))
+    }
+
+    /// Another provisioner on this rig's fake and store, handing Windows
+    /// passwords to `sink`.
+    async fn with_passwords(&self, sink: Arc<Passwords>) -> AwsProvisioner {
+        provisioner_on(&self.fake, &self.store, fast())
+            .await
+            .with_password_sink(sink)
+    }
+
+    /// The command on `instance` ends with `status`, SSM saying `details`.
+    fn ends_finally(&self, instance: &InstanceId, status: InvocationStatus, details: &'static str) {
+        self.fake
+            .script(instance, Script::ends(End::Final { status, details }));
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -463,34 +498,10 @@ async fn each_final_status_becomes_an_outcome_people_can_read() {
             stderr: "passport grant: useradd failed:\nuseradd: cannot lock /etc/passwd; try again later.\n",
         }),
     );
-    rig.fake.script(
-        &ids[2],
-        Script::ends(End::Final {
-            status: InvocationStatus::TimedOut,
-            details: "DeliveryTimedOut",
-        }),
-    );
-    rig.fake.script(
-        &ids[3],
-        Script::ends(End::Final {
-            status: InvocationStatus::Failed,
-            details: "Undeliverable",
-        }),
-    );
-    rig.fake.script(
-        &ids[4],
-        Script::ends(End::Final {
-            status: InvocationStatus::Cancelled,
-            details: "Cancelled",
-        }),
-    );
-    rig.fake.script(
-        &ids[5],
-        Script::ends(End::Final {
-            status: InvocationStatus::TimedOut,
-            details: "ExecutionTimedOut",
-        }),
-    );
+    rig.ends_finally(&ids[2], InvocationStatus::TimedOut, "DeliveryTimedOut");
+    rig.ends_finally(&ids[3], InvocationStatus::Failed, "Undeliverable");
+    rig.ends_finally(&ids[4], InvocationStatus::Cancelled, "Cancelled");
+    rig.ends_finally(&ids[5], InvocationStatus::TimedOut, "ExecutionTimedOut");
 
     let outcomes = rig.provisioner.grant(&grant_spec(7, fleet)).await.unwrap();
 
@@ -506,17 +517,9 @@ async fn each_final_status_becomes_an_outcome_people_can_read() {
         detail(&outcomes[1]),
         "the script failed (exit code 1): passport grant: useradd failed: useradd: cannot lock /etc/passwd; try again later."
     );
-    assert!(
-        detail(&outcomes[2]).contains("did not pick up the command within 5m"),
-        "{}",
-        detail(&outcomes[2])
-    );
+    assert_detail(&outcomes[2], "did not pick up the command within 5m");
     assert!(detail(&outcomes[2]).contains(SSM_UNREACHABLE));
-    assert!(
-        detail(&outcomes[3]).contains("could not be delivered"),
-        "{}",
-        detail(&outcomes[3])
-    );
+    assert_detail(&outcomes[3], "could not be delivered");
     assert_eq!(detail(&outcomes[4]), "the command was cancelled");
     assert_eq!(detail(&outcomes[5]), "the script did not finish in time");
     assert_eq!(rig.fake.sent().len(), 1, "six instances fit in one command");
@@ -561,11 +564,7 @@ async fn invocation_does_not_exist_right_after_sending_means_not_yet() {
 
 #[tokio::test]
 async fn an_invocation_that_never_appears_is_undeliverable_after_the_grace() {
-    let rig = rig(AwsSettings {
-        invocation_grace: Duration::from_millis(50),
-        ..fast()
-    })
-    .await;
+    let rig = rig_with(|s| s.invocation_grace = Duration::from_millis(50)).await;
     let fleet = linux_fleet(&rig, 2);
     rig.fake.script(
         &fleet[1].id,
@@ -578,11 +577,7 @@ async fn an_invocation_that_never_appears_is_undeliverable_after_the_grace() {
     let outcomes = rig.provisioner.grant(&grant_spec(10, fleet)).await.unwrap();
     assert!(outcomes[0].ok);
     assert!(!outcomes[1].ok);
-    assert!(
-        detail(&outcomes[1]).contains(SSM_UNREACHABLE),
-        "{}",
-        detail(&outcomes[1])
-    );
+    assert_detail(&outcomes[1], SSM_UNREACHABLE);
 }
 
 // ---------------------------------------------------------------------------
@@ -619,14 +614,11 @@ async fn throttled_sends_are_retried() {
 
 #[tokio::test]
 async fn an_ssm_outage_is_unavailable_and_the_retry_sends_once() {
-    let rig = rig(AwsSettings {
-        retries: 2,
-        ..fast()
-    })
-    .await;
+    let rig = rig_with(|s| s.retries = 2).await;
     let fleet = linux_fleet(&rig, 3);
-    *rig.fake.send_error.lock().unwrap() =
-        Some(ApiError::Transient("InternalServerError: try again".into()));
+    rig.fail_sends(Some(ApiError::Transient(
+        "InternalServerError: try again".into(),
+    )));
     let spec = revoke_spec(13, fleet);
 
     let err = rig.provisioner.revoke(&spec).await.unwrap_err();
@@ -638,7 +630,7 @@ async fn an_ssm_outage_is_unavailable_and_the_retry_sends_once() {
     );
     assert!(rig.store.sent().is_empty());
 
-    *rig.fake.send_error.lock().unwrap() = None;
+    rig.fail_sends(None);
     let outcomes = rig.provisioner.revoke(&spec).await.unwrap();
     assert!(outcomes.iter().all(|o| o.ok));
     assert_eq!(rig.fake.sent().len(), 1);
@@ -646,11 +638,7 @@ async fn an_ssm_outage_is_unavailable_and_the_retry_sends_once() {
 
 #[tokio::test]
 async fn a_throttled_describe_that_never_recovers_is_unavailable() {
-    let rig = rig(AwsSettings {
-        retries: 1,
-        ..fast()
-    })
-    .await;
+    let rig = rig_with(|s| s.retries = 1).await;
     let fleet = linux_fleet(&rig, 1);
     rig.fake.throttle_describes.store(100, Ordering::SeqCst);
     let err = rig
@@ -667,9 +655,7 @@ async fn a_throttled_describe_that_never_recovers_is_unavailable() {
 #[tokio::test]
 async fn offline_stopped_and_unknown_instances_are_refused_naming_why() {
     let rig = rig(fast()).await;
-    let online = rig
-        .fake
-        .add(&id(1), Platform::Linux, "running", Some("Online"));
+    let online = rig.online(1, Platform::Linux);
     let lost = rig
         .fake
         .add(&id(2), Platform::Linux, "running", Some("ConnectionLost"));
@@ -726,15 +712,9 @@ async fn offline_stopped_and_unknown_instances_are_refused_naming_why() {
 #[tokio::test]
 async fn an_instance_without_the_access_tag_is_refused_naming_the_tag() {
     let rig = rig(fast()).await;
-    let open = rig
-        .fake
-        .add(&id(1), Platform::Linux, "running", Some("Online"));
-    let closed = rig
-        .fake
-        .add(&id(2), Platform::Linux, "running", Some("Online"));
-    let wrong = rig
-        .fake
-        .add(&id(3), Platform::Linux, "running", Some("Online"));
+    let open = rig.online(1, Platform::Linux);
+    let closed = rig.online(2, Platform::Linux);
+    let wrong = rig.online(3, Platform::Linux);
     {
         let mut instances = rig.fake.instances.lock().unwrap();
         instances[1].tags.remove("passport:access");
@@ -760,9 +740,7 @@ async fn an_instance_without_the_access_tag_is_refused_naming_the_tag() {
 
     // Another configured tag is the one asked for.
     let custom = rig_with_tag("team:jit", "yes").await;
-    let id = custom
-        .fake
-        .add(&id(4), Platform::Linux, "running", Some("Online"));
+    let id = custom.online(4, Platform::Linux);
     let described = custom.provisioner.describe(&[id]).await.unwrap();
     match &described[0] {
         Described::Unusable { reason, .. } => {
@@ -773,20 +751,13 @@ async fn an_instance_without_the_access_tag_is_refused_naming_the_tag() {
 }
 
 async fn rig_with_tag(key: &str, value: &str) -> Rig {
-    rig(AwsSettings {
-        instance_tag: passport::adapters::aws::InstanceTag::parse(key, value).unwrap(),
-        ..fast()
-    })
-    .await
+    rig_with(|s| s.instance_tag = passport::adapters::aws::InstanceTag::parse(key, value).unwrap())
+        .await
 }
 
 #[tokio::test]
 async fn the_online_check_can_be_left_to_servers_that_lack_it() {
-    let rig = rig(AwsSettings {
-        check_ssm_online: false,
-        ..fast()
-    })
-    .await;
+    let rig = rig_with(|s| s.check_ssm_online = false).await;
     let unmanaged = rig.fake.add(&id(1), Platform::Linux, "running", None);
     let described = rig.provisioner.describe(&[unmanaged]).await.unwrap();
     assert!(matches!(described[0], Described::Usable(_)));
@@ -797,11 +768,7 @@ async fn the_online_check_can_be_left_to_servers_that_lack_it() {
 
 #[tokio::test]
 async fn batches_of_at_most_fifty_run_a_few_at_a_time() {
-    let rig = rig(AwsSettings {
-        concurrency: 3,
-        ..fast()
-    })
-    .await;
+    let rig = rig_with(|s| s.concurrency = 3).await;
     let fleet = linux_fleet(&rig, 120);
     let outcomes = rig
         .provisioner
@@ -843,10 +810,10 @@ async fn an_instance_ssm_refuses_does_not_hold_up_its_batch() {
 async fn a_missing_document_is_rejected_saying_what_to_run() {
     let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 2);
-    *rig.fake.send_error.lock().unwrap() = Some(ApiError::service(
+    rig.fail_sends(Some(ApiError::service(
         "InvalidDocument",
         "Document Passport-GrantLinux does not exist",
-    ));
+    )));
     let err = rig
         .provisioner
         .grant(&grant_spec(16, fleet))
@@ -934,10 +901,10 @@ async fn nothing_is_sent_before_the_documents_are_checked() {
 async fn a_checked_version_deleted_since_is_rejected_saying_what_to_do() {
     let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 1);
-    *rig.fake.send_error.lock().unwrap() = Some(ApiError::service(
+    rig.fail_sends(Some(ApiError::service(
         "InvalidDocumentVersion",
         "Document version 3 does not exist",
-    ));
+    )));
     match rig.provisioner.grant(&grant_spec(33, fleet)).await.unwrap_err() {
         ProvisionError::Rejected(text) => assert!(
             text.starts_with("version 3 of the SSM document Passport-GrantLinux, which Passport checked at start, is gone")
@@ -955,7 +922,7 @@ async fn aws_error_text_never_reaches_people() {
     let fleet = linux_fleet(&rig, 1);
     let secret = "User: arn:aws:sts::123456789012:assumed-role/passport-bot/i-0abc is not authorized to perform: ssm:SendCommand. Encoded authorization failure message: AbCdEf123";
     for code in ["AccessDeniedException", "ValidationException"] {
-        *rig.fake.send_error.lock().unwrap() = Some(ApiError::service(code, secret));
+        rig.fail_sends(Some(ApiError::service(code, secret)));
         let shown = match rig.provisioner.grant(&grant_spec(18, fleet.clone())).await {
             Ok(outcomes) => outcomes
                 .iter()
@@ -1041,15 +1008,9 @@ impl std::io::Write for LogSink {
 async fn parameters_and_documents_follow_the_platform() {
     let rig = rig(fast()).await;
     let passwords = Arc::new(Passwords::default());
-    let provisioner = provisioner_on(&rig.fake, &rig.store, fast())
-        .await
-        .with_password_sink(passwords.clone());
-    let linux = rig
-        .fake
-        .add(&id(1), Platform::Linux, "running", Some("Online"));
-    let windows = rig
-        .fake
-        .add(&id(2), Platform::Windows, "running", Some("Online"));
+    let provisioner = rig.with_passwords(passwords.clone()).await;
+    let linux = rig.online(1, Platform::Linux);
+    let windows = rig.online(2, Platform::Windows);
     rig.fake.script(&windows, Script::ends(End::Password("pw")));
     let mut spec = grant_spec(
         17,
@@ -1169,12 +1130,8 @@ async fn a_linux_grant_without_a_registered_key_is_refused_without_sending() {
 async fn a_windows_password_reaches_the_sink_and_nothing_else() {
     let rig = rig(fast()).await;
     let passwords = Arc::new(Passwords::default());
-    let provisioner = provisioner_on(&rig.fake, &rig.store, fast())
-        .await
-        .with_password_sink(passwords.clone());
-    let windows = rig
-        .fake
-        .add(&id(1), Platform::Windows, "running", Some("Online"));
+    let provisioner = rig.with_passwords(passwords.clone()).await;
+    let windows = rig.online(1, Platform::Windows);
     rig.fake
         .script(&windows, Script::ends(End::Password("Tr0ub4dor&3-x")));
 
@@ -1197,30 +1154,20 @@ async fn a_windows_password_reaches_the_sink_and_nothing_else() {
 #[tokio::test]
 async fn a_windows_grant_that_returns_no_password_fails() {
     let rig = rig(fast()).await;
-    let provisioner = provisioner_on(&rig.fake, &rig.store, fast())
-        .await
-        .with_password_sink(Arc::new(Passwords::default()));
-    let windows = rig
-        .fake
-        .add(&id(1), Platform::Windows, "running", Some("Online"));
+    let provisioner = rig.with_passwords(Arc::new(Passwords::default())).await;
+    let windows = rig.online(1, Platform::Windows);
     let outcomes = provisioner
         .grant(&grant_spec(20, vec![info(&windows, Platform::Windows)]))
         .await
         .unwrap();
     assert!(!outcomes[0].ok);
-    assert!(
-        detail(&outcomes[0]).contains("no password"),
-        "{}",
-        detail(&outcomes[0])
-    );
+    assert_detail(&outcomes[0], "no password");
 }
 
 #[tokio::test]
 async fn windows_grants_are_refused_when_passwords_cannot_be_delivered() {
     let rig = rig(fast()).await;
-    let windows = rig
-        .fake
-        .add(&id(1), Platform::Windows, "running", Some("Online"));
+    let windows = rig.online(1, Platform::Windows);
     let outcomes = rig
         .provisioner
         .grant(&grant_spec(21, vec![info(&windows, Platform::Windows)]))
@@ -1233,12 +1180,8 @@ async fn windows_grants_are_refused_when_passwords_cannot_be_delivered() {
 #[tokio::test]
 async fn a_windows_username_longer_than_windows_allows_is_refused() {
     let rig = rig(fast()).await;
-    let provisioner = provisioner_on(&rig.fake, &rig.store, fast())
-        .await
-        .with_password_sink(Arc::new(Passwords::default()));
-    let windows = rig
-        .fake
-        .add(&id(1), Platform::Windows, "running", Some("Online"));
+    let provisioner = rig.with_passwords(Arc::new(Passwords::default())).await;
+    let windows = rig.online(1, Platform::Windows);
     // Stored before usernames were capped at 20 characters, say.
     let long: Username = serde_json::from_str("\"pp-a-very-long-handle-indeed-22\"").unwrap();
     let spec = GrantSpec {
@@ -1247,11 +1190,7 @@ async fn a_windows_username_longer_than_windows_allows_is_refused() {
     };
     let outcomes = provisioner.grant(&spec).await.unwrap();
     assert!(!outcomes[0].ok);
-    assert!(
-        detail(&outcomes[0]).contains("20 characters"),
-        "{}",
-        detail(&outcomes[0])
-    );
+    assert_detail(&outcomes[0], "20 characters");
     assert!(rig.fake.sent().is_empty());
 }
 
@@ -1316,13 +1255,7 @@ async fn a_command_still_running_at_the_deadline_is_resumed_not_sent_again() {
 async fn a_revoke_is_sent_again_only_where_it_failed() {
     let rig = rig(fast()).await;
     let fleet = linux_fleet(&rig, 3);
-    rig.fake.script(
-        &fleet[1].id,
-        Script::ends(End::Final {
-            status: InvocationStatus::TimedOut,
-            details: "DeliveryTimedOut",
-        }),
-    );
+    rig.ends_finally(&fleet[1].id, InvocationStatus::TimedOut, "DeliveryTimedOut");
     let spec = revoke_spec(24, fleet.clone());
     let first = rig.provisioner.revoke(&spec).await.unwrap();
     assert_eq!(

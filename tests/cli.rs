@@ -27,7 +27,12 @@ fn passport(dir: &Path, args: &[&str]) -> Command {
 }
 
 fn run_with_input(dir: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = passport(dir, args).spawn().unwrap();
+    run_input(passport(dir, args), input)
+}
+
+/// Runs `c` with `input` on its standard input.
+fn run_input(mut c: Command, input: &str) -> Output {
+    let mut child = c.spawn().unwrap();
     child
         .stdin
         .take()
@@ -39,6 +44,21 @@ fn run_with_input(dir: &Path, args: &[&str], input: &str) -> Output {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts that the run exited with `code` and printed `says`.
+fn assert_exit(o: &Output, code: i32, says: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", stdout(o));
+    assert_stdout_has(o, says);
+}
+
+/// Asserts that the run succeeded, showing what it wrote to standard error if not.
+fn assert_success(o: &Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn assert_stdout_has(o: &Output, says: &str) {
+    assert!(stdout(o).contains(says), "no {says:?} in\n{}", stdout(o));
 }
 
 fn sqlite(dir: &Path, sql: &str) -> Output {
@@ -64,11 +84,7 @@ dev1: /passport frobnicate
 fn console_runs_a_whole_round() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_with_input(dir.path(), &["console"], ROUND);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = stdout(&out);
     for expected in [
         "[reply to dev1] request AR-1 received",
@@ -95,7 +111,7 @@ fn console_runs_a_whole_round() {
         "the card never goes back"
     );
 
-    let verify = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    let verify = audit_verify(dir.path(), None);
     assert!(verify.status.success());
     assert!(
         stdout(&verify).starts_with("Logbook intact: 10 events, head "),
@@ -136,12 +152,8 @@ fn tampered(sql: &str) -> (tempfile::TempDir, Output) {
         .status
         .success());
     let edit = sqlite(dir.path(), sql);
-    assert!(
-        edit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&edit.stderr)
-    );
-    let verify = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    assert_success(&edit);
+    let verify = audit_verify(dir.path(), None);
     (dir, verify)
 }
 
@@ -166,24 +178,14 @@ fn audit_verify_names_a_modified_event() {
     let (_dir, verify) = tampered(
         "DROP TRIGGER logbook_refuses_update; UPDATE logbook SET details = replace(details, 'lead1', 'lead2') WHERE seq = 2;",
     );
-    assert_eq!(verify.status.code(), Some(1));
-    assert!(
-        stdout(&verify).contains("broken at event 2"),
-        "{}",
-        stdout(&verify)
-    );
+    assert_exit(&verify, 1, "broken at event 2");
 }
 
 #[test]
 fn audit_verify_names_a_deleted_event() {
     let (_dir, verify) =
         tampered("DROP TRIGGER logbook_refuses_delete; DELETE FROM logbook WHERE seq = 5;");
-    assert_eq!(verify.status.code(), Some(1));
-    assert!(
-        stdout(&verify).contains("broken at event 5: event 5 is missing"),
-        "{}",
-        stdout(&verify)
-    );
+    assert_exit(&verify, 1, "broken at event 5: event 5 is missing");
 }
 
 #[test]
@@ -193,12 +195,7 @@ fn audit_verify_names_reordered_events() {
         "DROP TRIGGER logbook_refuses_update; \
          UPDATE logbook SET seq = -4 WHERE seq = 4; UPDATE logbook SET seq = 4 WHERE seq = 3; UPDATE logbook SET seq = 3 WHERE seq = -4;",
     );
-    assert_eq!(verify.status.code(), Some(1));
-    assert!(
-        stdout(&verify).contains("broken at event 3"),
-        "{}",
-        stdout(&verify)
-    );
+    assert_exit(&verify, 1, "broken at event 3");
 }
 
 #[test]
@@ -206,11 +203,7 @@ fn check_config_names_each_bad_field() {
     let dir = tempfile::tempdir().unwrap();
     let ok = passport(dir.path(), &["check-config"]).output().unwrap();
     assert!(ok.status.success());
-    assert!(
-        stdout(&ok).contains("max_duration = \"12h\""),
-        "{}",
-        stdout(&ok)
-    );
+    assert_stdout_has(&ok, "max_duration = \"12h\"");
     let bad = passport(dir.path(), &["check-config"])
         .env("PASSPORT_REQUESTS__MAX_DURATION", "13h")
         .env("PASSPORT_REQUESTS__TICKET_PATTERN", "(")
@@ -257,11 +250,7 @@ fn check_config_takes_discord_from_the_environment_and_hides_its_token() {
     discord(&mut c);
     let ok = c.output().unwrap();
     let out = stdout(&ok);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_success(&ok);
     assert!(
         out.contains("[discord]") && out.contains("mode = \"gateway\""),
         "{out}"
@@ -389,7 +378,7 @@ fn audit_verify_checks_against_a_checkpoint() {
     // Cut the last two events: the chain alone still verifies, the checkpoint does not.
     let cut = sqlite(dir.path(), "DROP TRIGGER logbook_refuses_delete; DELETE FROM logbook WHERE seq > (SELECT MAX(seq) - 2 FROM logbook);");
     assert!(cut.status.success());
-    let plain = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    let plain = audit_verify(dir.path(), None);
     assert!(plain.status.success());
     let caught = passport(
         dir.path(),
@@ -397,12 +386,7 @@ fn audit_verify_checks_against_a_checkpoint() {
     )
     .output()
     .unwrap();
-    assert_eq!(caught.status.code(), Some(1));
-    assert!(
-        stdout(&caught).contains("events were deleted from its end"),
-        "{}",
-        stdout(&caught)
-    );
+    assert_exit(&caught, 1, "events were deleted from its end");
 }
 
 #[test]
@@ -413,11 +397,7 @@ fn ca_init_writes_a_private_key_and_show_prints_its_public_line() {
     let init = passport(dir.path(), &["ca", "init", "--key-path", key_env])
         .output()
         .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    assert_success(&init);
     let line = stdout(&init).lines().last().unwrap().to_owned();
     assert!(line.starts_with("ssh-ed25519 AAAA"), "{line}");
     use std::os::unix::fs::PermissionsExt;
@@ -437,11 +417,7 @@ fn ca_init_writes_a_private_key_and_show_prints_its_public_line() {
         .env("PASSPORT_SSH_CA__KEY_PATH", &key)
         .output()
         .unwrap();
-    assert!(
-        show.status.success(),
-        "{}",
-        String::from_utf8_lossy(&show.stderr)
-    );
+    assert_success(&show);
     assert!(stdout(&show).contains(&line), "{}", stdout(&show));
 }
 
@@ -499,11 +475,7 @@ fn ca_rotate_creates_the_next_key_and_prints_the_steps() {
     .env("PASSPORT_SSH_CA__KEY_PATH", &old)
     .output()
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = stdout(&out);
     assert!(new.exists());
     assert!(
@@ -537,11 +509,7 @@ fn kubernetes_service_link_variables_are_ignored() {
         .envs(SERVICE_LINKS)
         .output()
         .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_success(&check);
     // `serve` with no chat platform reads commands like `console`, then keeps
     // running its timers until stopped: it answers, and is then killed.
     let mut serve = passport(dir.path(), &["serve"]);
@@ -601,11 +569,7 @@ fn passport_config_names_the_configuration_file() {
         .env("PASSPORT_CONFIG", etc.join("passport.toml"))
         .output()
         .unwrap();
-    assert!(
-        from_env.status.success(),
-        "{}",
-        String::from_utf8_lossy(&from_env.stderr)
-    );
+    assert_success(&from_env);
     let out = stdout(&from_env);
     assert!(out.contains("max_duration = \"4h\""), "{out}");
     assert!(out.contains("etc/passport.toml"), "{out}");
@@ -615,11 +579,7 @@ fn passport_config_names_the_configuration_file() {
         .env("PASSPORT_CONFIG", etc.join("passport.toml"))
         .output()
         .unwrap();
-    assert!(
-        stdout(&flag).contains("max_duration = \"3h\""),
-        "{}",
-        stdout(&flag)
-    );
+    assert_stdout_has(&flag, "max_duration = \"3h\"");
 
     let missing = passport(dir.path(), &["check-config"])
         .env("PASSPORT_CONFIG", "nope.toml")
@@ -683,11 +643,7 @@ fn backup_copies_a_database_serve_is_writing_and_restore_puts_it_back() {
         stdout(&out),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout(&out).contains("the copy's Logbook is intact"),
-        "{}",
-        stdout(&out)
-    );
+    assert_stdout_has(&out, "the copy's Logbook is intact");
     // A second backup never overwrites the first.
     let again = passport(dir.path(), &["backup", copy.to_str().unwrap()])
         .output()
@@ -748,7 +704,7 @@ fn backup_copies_a_database_serve_is_writing_and_restore_puts_it_back() {
                 .starts_with("passport.db.before-restore-")
         });
     assert!(kept, "the replaced database is kept");
-    let verified = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    let verified = audit_verify(dir.path(), None);
     assert!(verified.status.success(), "{}", stdout(&verified));
 }
 
@@ -800,11 +756,7 @@ fn outbox_list_and_retry_handle_set_aside_notices() {
     );
     assert!(out.status.success());
     let empty = passport(dir.path(), &["outbox", "list"]).output().unwrap();
-    assert!(
-        stdout(&empty).contains("no notice is set aside"),
-        "{}",
-        stdout(&empty)
-    );
+    assert_stdout_has(&empty, "no notice is set aside");
     let set_aside = sqlite(
         dir.path(),
         "UPDATE outbox SET delivered_at = NULL, dead_at = 1, attempts = 5, last_error = 'channel_not_found' WHERE id = 1;",
@@ -821,11 +773,7 @@ fn outbox_list_and_retry_handle_set_aside_notices() {
     let retried = passport(dir.path(), &["outbox", "retry", "1"])
         .output()
         .unwrap();
-    assert!(
-        stdout(&retried).contains("1 notice(s) put back in line"),
-        "{}",
-        stdout(&retried)
-    );
+    assert_stdout_has(&retried, "1 notice(s) put back in line");
     let left = sqlite(
         dir.path(),
         "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL;",
@@ -843,11 +791,7 @@ fn sigterm_stops_serve_within_the_grace_period_with_slack_stalled_and_a_backlog(
     use std::net::{TcpListener, TcpStream};
     let dir = tempfile::tempdir().unwrap();
     let migrated = passport(dir.path(), &["migrate"]).output().unwrap();
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    assert_success(&migrated);
     // 2,000 audit lines and 1,000 direct messages to 1,000 people.
     let queued = sqlite(
         dir.path(),
@@ -1126,26 +1070,16 @@ fn keyed(dir: &Path, args: &[&str], key: Option<&str>) -> Command {
     c
 }
 
-fn run_input(mut c: Command, input: &str) -> Output {
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+/// `passport audit verify` in `dir`, with `[audit] key` set to `key` when given.
+fn audit_verify(dir: &Path, key: Option<&str>) -> Output {
+    keyed(dir, &["audit", "verify"], key).output().unwrap()
 }
 
 /// A console round on a fresh database, with the Logbook keyed by `key` when given.
 fn round(key: Option<&str>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let out = run_input(keyed(dir.path(), &["console"], key), ROUND);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     dir
 }
 
@@ -1155,8 +1089,6 @@ fn round(key: Option<&str>) -> tempfile::TempDir {
 /// `drop_switch`, also removes the switch to a key and renumbers the events
 /// after it, to pass the Logbook off as a plain hash chain.
 fn rewrite_and_rehash(dir: &Path, seq: u64, actor: &str, drop_switch: bool) {
-    use passport::domain::logbook::{LogEvent, GENESIS};
-    use passport::domain::time::Timestamp;
     let conn = rusqlite::Connection::open(dir.join("passport.db")).unwrap();
     conn.execute_batch("DROP TRIGGER logbook_refuses_update; DROP TRIGGER logbook_refuses_delete;")
         .unwrap();
@@ -1180,52 +1112,17 @@ fn rewrite_and_rehash(dir: &Path, seq: u64, actor: &str, drop_switch: bool) {
         ))
         .unwrap();
     }
-    let events: Vec<LogEvent> = {
-        let mut stmt = conn
-            .prepare("SELECT seq, at, actor, request, action, details FROM logbook ORDER BY seq")
-            .unwrap();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(LogEvent {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    at: Timestamp::from_millis(r.get(1)?),
-                    actor: r.get(2)?,
-                    request: r.get(3)?,
-                    action: r.get(4)?,
-                    details: r.get(5)?,
-                })
-            })
-            .unwrap();
-        rows.collect::<Result<_, _>>().unwrap()
-    };
-    let mut prev = GENESIS;
-    for e in events {
-        prev = e.hash_after(&prev);
-        conn.execute(
-            "UPDATE logbook SET hash = ?1 WHERE seq = ?2",
-            rusqlite::params![&prev[..], e.seq as i64],
-        )
-        .unwrap();
-    }
+    passport::adapters::sqlite::rehash_plainly(&conn).unwrap();
 }
 
 #[test]
 fn audit_verify_names_the_mode_of_the_logbook() {
     let plain = round(None);
-    let out = passport(plain.path(), &["audit", "verify"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("mode: plain hash chain (SHA-256)"),
-        "{}",
-        stdout(&out)
-    );
+    let out = audit_verify(plain.path(), None);
+    assert_exit(&out, 0, "mode: plain hash chain (SHA-256)");
 
     let dir = round(Some(KEY));
-    let out = keyed(dir.path(), &["audit", "verify"], Some(KEY))
-        .output()
-        .unwrap();
+    let out = audit_verify(dir.path(), Some(KEY));
     assert!(out.status.success(), "{}", stdout(&out));
     let text = stdout(&out);
     assert!(
@@ -1255,43 +1152,27 @@ fn a_rewritten_and_rehashed_logbook_is_caught_only_when_keyed() {
     // Plain: by construction, recomputing the chain hides the rewrite.
     let plain = round(None);
     rewrite_and_rehash(plain.path(), 3, "lead2", false);
-    let out = passport(plain.path(), &["audit", "verify"])
-        .output()
-        .unwrap();
+    let out = audit_verify(plain.path(), None);
     assert!(out.status.success(), "{}", stdout(&out));
 
     // Keyed: the attacker cannot compute the keyed links.
     let dir = round(Some(KEY));
     rewrite_and_rehash(dir.path(), 3, "lead2", false);
-    let out = keyed(dir.path(), &["audit", "verify"], Some(KEY))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("Logbook broken at event 2: event 2 does not match"),
-        "{}",
-        stdout(&out)
-    );
+    let out = audit_verify(dir.path(), Some(KEY));
+    assert_exit(&out, 1, "Logbook broken at event 2: event 2 does not match");
 
     // Nor can the Logbook be passed off as a plain chain: the key's holder
     // expects keyed events.
     let dir = round(Some(KEY));
     rewrite_and_rehash(dir.path(), 3, "lead2", true);
-    let out = keyed(dir.path(), &["audit", "verify"], Some(KEY))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("the Logbook is a plain hash chain"),
-        "{}",
-        stdout(&out)
-    );
+    let out = audit_verify(dir.path(), Some(KEY));
+    assert_exit(&out, 1, "the Logbook is a plain hash chain");
 }
 
 #[test]
 fn audit_verify_without_the_key_checks_the_plain_part_and_says_what_it_could_not() {
     let dir = round(Some(KEY));
-    let out = passport(dir.path(), &["audit", "verify"]).output().unwrap();
+    let out = audit_verify(dir.path(), None);
     assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
     let text = stdout(&out);
     assert!(
@@ -1309,13 +1190,8 @@ fn audit_verify_without_the_key_checks_the_plain_part_and_says_what_it_could_not
         "DROP TRIGGER logbook_refuses_delete; DELETE FROM logbook WHERE seq = 5;",
     );
     assert!(cut.status.success());
-    let out = passport(dir.path(), &["audit", "verify"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("event 5 is missing"),
-        "{}",
-        stdout(&out)
-    );
+    let out = audit_verify(dir.path(), None);
+    assert_exit(&out, 1, "event 5 is missing");
 }
 
 #[test]
@@ -1341,30 +1217,14 @@ fn a_keyed_logbook_refuses_to_start_without_its_key_or_with_another() {
     let mut rotate = keyed(dir.path(), &["console"], Some(OTHER_KEY));
     rotate.env("PASSPORT_AUDIT__PREVIOUS_KEYS", &previous);
     let rotated = run_input(rotate, ROUND);
-    assert!(
-        rotated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rotated.stderr)
-    );
+    assert_success(&rotated);
     let mut verify = keyed(dir.path(), &["audit", "verify"], Some(OTHER_KEY));
     verify.env("PASSPORT_AUDIT__PREVIOUS_KEYS", &previous);
     let out = verify.output().unwrap();
-    assert!(out.status.success(), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("; rotated at event 12 to key id "),
-        "{}",
-        stdout(&out)
-    );
+    assert_exit(&out, 0, "; rotated at event 12 to key id ");
     // With the new key alone, the events of the old one go unchecked.
-    let out = keyed(dir.path(), &["audit", "verify"], Some(OTHER_KEY))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("events 2-12 (key id "),
-        "{}",
-        stdout(&out)
-    );
+    let out = audit_verify(dir.path(), Some(OTHER_KEY));
+    assert_exit(&out, 3, "events 2-12 (key id ");
 }
 
 /// Writes checkpoint lines for events `seqs` of the database in `dir`, as the
@@ -1404,19 +1264,14 @@ fn audit_verify_checks_every_line_of_a_checkpoint_file() {
 
     // A rewrite with the chain recomputed: the chain alone verifies, the file does not.
     rewrite_and_rehash(dir.path(), 3, "lead2", false);
-    assert!(passport(dir.path(), &["audit", "verify"])
-        .output()
-        .unwrap()
-        .status
-        .success());
+    assert!(audit_verify(dir.path(), None).status.success());
     let caught = passport(dir.path(), &["audit", "verify", "--checkpoints-from", file])
         .output()
         .unwrap();
-    assert_eq!(caught.status.code(), Some(1));
-    assert!(
-        stdout(&caught).contains("line 1: checkpoint 4 of 2026-12-01T10:00:00Z: does not match"),
-        "{}",
-        stdout(&caught)
+    assert_exit(
+        &caught,
+        1,
+        "line 1: checkpoint 4 of 2026-12-01T10:00:00Z: does not match",
     );
 
     // A truncation: the last events deleted.
@@ -1431,13 +1286,10 @@ fn audit_verify_checks_every_line_of_a_checkpoint_file() {
     let caught = passport(dir.path(), &["audit", "verify", "--checkpoints-from", file])
         .output()
         .unwrap();
-    assert_eq!(caught.status.code(), Some(1));
-    assert!(
-        stdout(&caught).contains(
-            "line 2: checkpoint 10 of 2026-12-01T10:00:00Z: missing: the Logbook ends at event 8"
-        ),
-        "{}",
-        stdout(&caught)
+    assert_exit(
+        &caught,
+        1,
+        "line 2: checkpoint 10 of 2026-12-01T10:00:00Z: missing: the Logbook ends at event 8",
     );
 
     // A line that is not a checkpoint is named.

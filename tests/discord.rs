@@ -7,31 +7,31 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod fake_discord;
 mod windows_passwords;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use ed25519_dalek::{Signer, SigningKey};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use common::chat_app::{
+    assert_warned, card_of, chat_config, clock_at_now, deliver_everything, events_of, fresh_db,
+    password_deletion_due, run_doctor, set_password_message_ttl, state_of, unique, Lanes, Ran,
+    PROD, WEB, WIN,
+};
+use common::http_client::{self, Answer, HttpClient};
 use fake_discord::{FakeDiscord, APPLICATION_ID, BOT_TOKEN, GUILD_ID};
-use passport::adapters::aws::AwsConfig;
 use passport::adapters::clock::ManualClock;
 use passport::adapters::discord::gateway::from_gateway;
 use passport::adapters::discord::inbound::UserPayload;
 use passport::adapters::discord::DiscordConfig;
 use passport::app::ports::{Clock, Store};
-use passport::config::{Config, DryRunInstance, RuleConfig, Secret};
-use passport::domain::notice::Notice;
+use passport::config::{Config, RuleConfig, Secret};
 use passport::domain::request::RequestState;
 use passport::domain::time::Span;
 use passport::domain::values::RequestId;
@@ -43,9 +43,6 @@ const AUDIT: &str = "1500000000000000002";
 const GENERAL: &str = "1500000000000000003";
 const APPROVER_ROLE: &str = "1600000000000000001";
 const SRE_ROLE: &str = "1600000000000000002";
-const WEB: &str = "i-0123456789abcdef0";
-const PROD: &str = "i-0aaaaaaaaaaaaaaa1";
-const WIN: &str = "i-0ccccccccccccccc3";
 
 const DEV: &str = "1700000000000000001";
 const LEAD1: &str = "1700000000000000002";
@@ -55,14 +52,6 @@ const SRE2: &str = "1700000000000000005";
 const OTHER: &str = "1700000000000000009";
 
 const SEED: [u8; 32] = [7; 32];
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-static NEXT: AtomicU64 = AtomicU64::new(1);
-
-fn unique() -> u64 {
-    NEXT.fetch_add(1, Ordering::SeqCst)
-}
 
 struct TestApp {
     base: String,
@@ -77,16 +66,7 @@ struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
-struct Answer {
-    status: u16,
-    body: String,
-}
-
 impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-
     /// The text of an immediate answer (type 4).
     fn text(&self) -> String {
         let v = self.json();
@@ -121,8 +101,7 @@ fn roles_of(user: &str) -> Vec<&'static str> {
 /// SRE_ROLE (SRE1, SRE2); env=prod needs 2 sre-leads approvals, and again
 /// for extensions past 1h.
 fn config(db: &Path, fake: &FakeDiscord, mode: &str) -> Config {
-    let mut c = Config::default();
-    c.store.path = db.to_path_buf();
+    let mut c = chat_config(db);
     c.groups = BTreeMap::from([("admins".into(), vec!["1700000000000000100".into()])]);
     c.policy.requesters = vec!["*".into()];
     c.policy.rules = vec![RuleConfig {
@@ -134,37 +113,6 @@ fn config(db: &Path, fake: &FakeDiscord, mode: &str) -> Config {
         ..RuleConfig::default()
     }];
     c.policy.default.approvers = vec!["group:approvers".into()];
-    c.requests.ticket_url = Some("https://tickets.example.com/browse/{ticket}".into());
-    c.dry_run.instances = vec![
-        DryRunInstance {
-            id: WEB.into(),
-            name: Some("web-1".into()),
-            platform: "linux".into(),
-            state: "running".into(),
-            tags: BTreeMap::from([("env".into(), "staging".into())]),
-            private_ips: vec!["10.0.1.15".into()],
-        },
-        DryRunInstance {
-            id: PROD.into(),
-            name: Some("db-prod-1".into()),
-            platform: "linux".into(),
-            state: "running".into(),
-            tags: BTreeMap::from([("env".into(), "prod".into())]),
-            private_ips: vec!["10.1.1.20".into()],
-        },
-        DryRunInstance {
-            id: WIN.into(),
-            name: Some("win-1".into()),
-            platform: "windows".into(),
-            state: "running".into(),
-            tags: BTreeMap::from([("env".into(), "staging".into())]),
-            private_ips: vec!["10.0.1.30".into()],
-        },
-    ];
-    c.jobs.reconcile = "off".into();
-    c.jobs.digest = "off".into();
-    c.jobs.checkpoint = "off".into();
-    c.provisioner = Some(passport::config::ProvisionerChoice::DryRun);
     c.discord = Some(DiscordConfig {
         mode: mode.into(),
         bot_token: Some(Secret::from(BOT_TOKEN)),
@@ -188,6 +136,31 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_with(deadline: Duration) -> TestApp {
+    spawn_app_on(|_| {}, deadline, None, false).await
+}
+
+/// Like [`spawn_app`], with the configuration changed by `edit` first.
+async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(edit, Duration::from_millis(2500), None, false).await
+}
+
+/// Starts the application on a fresh database: see [`start_on`].
+async fn spawn_app_on(
+    edit: impl FnOnce(&mut Config),
+    deadline: Duration,
+    ttl: Option<&str>,
+    labelled: bool,
+) -> TestApp {
+    let (fake, dir, db) = fresh_discord().await;
+    let mut config = config(&db, &fake, "http");
+    edit(&mut config);
+    let mut app = start_on(config, &fake, &db, clock_at_now(), deadline, ttl, labelled).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// A fake Discord with Passport's channels and members, and a fresh database.
+async fn fresh_discord() -> (FakeDiscord, tempfile::TempDir, PathBuf) {
     startup::install_crypto_provider();
     let fake = FakeDiscord::start().await;
     for c in [APPROVALS, AUDIT, GENERAL] {
@@ -196,32 +169,21 @@ async fn spawn_app_with(deadline: Duration) -> TestApp {
     for u in [DEV, LEAD1, LEAD2, SRE1, SRE2, OTHER] {
         fake.add_member(u, handle_of(u), &roles_of(u));
     }
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
-    let mut app = start(&fake, &db, clock, deadline).await;
-    app._dir = Some(dir);
-    app
+    let (dir, db) = fresh_db();
+    (fake, dir, db)
 }
 
+/// Starts the application on an existing database (a restart).
 async fn start(fake: &FakeDiscord, db: &Path, clock: ManualClock, deadline: Duration) -> TestApp {
-    start_with(fake, db, clock, deadline, None).await
+    let config = config(db, fake, "http");
+    start_on(config, fake, db, clock, deadline, None, false).await
 }
 
-/// Starts the application, with `aws.password_message_ttl` set to `ttl` if given.
-async fn start_with(
-    fake: &FakeDiscord,
-    db: &Path,
-    clock: ManualClock,
-    deadline: Duration,
-    ttl: Option<&str>,
-) -> TestApp {
-    start_on(fake, db, clock, deadline, ttl, false).await
-}
-
-/// Like [`start_with`]; `labelled` marks cards and messages DRY RUN as
-/// `serve` decides it from the configuration, rather than never.
+/// Starts the application with `config`, and `aws.password_message_ttl` set
+/// to `ttl` if given; `labelled` marks cards and messages DRY RUN as `serve`
+/// decides it from the configuration, rather than never.
 async fn start_on(
+    mut config: Config,
     fake: &FakeDiscord,
     db: &Path,
     clock: ManualClock,
@@ -229,14 +191,8 @@ async fn start_on(
     ttl: Option<&str>,
     labelled: bool,
 ) -> TestApp {
-    let mut config = config(db, fake, "http");
     if let Some(ttl) = ttl {
-        // The provisioner is the test's own; [aws] only carries the ttl.
-        config.provisioner = None;
-        config.aws = Some(AwsConfig {
-            password_message_ttl: ttl.into(),
-            ..AwsConfig::default()
-        });
+        set_password_message_ttl(&mut config, ttl);
     }
     let settings = config.validate().unwrap();
     let discord = settings.discord.clone().unwrap();
@@ -256,14 +212,7 @@ async fn start_on(
     .unwrap();
     startup::attach_courier(&passwords.courier, &built.app, &built.surface, &settings);
     assert!(built.gateway.is_none(), "HTTP mode starts no gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = built.router.clone();
-    let server = tokio::spawn(async move {
-        passport::http::serve(listener, router, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let (base, server) = http_client::serve(built.router.clone()).await;
     TestApp {
         base,
         fake: fake.clone(),
@@ -272,7 +221,7 @@ async fn start_on(
         clock,
         db: db.to_path_buf(),
         server,
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: http_client::client(),
         _dir: None,
     }
 }
@@ -374,24 +323,8 @@ impl TestApp {
     }
 
     async fn post_raw(&self, body: &str, headers: &[(&str, String)]) -> Answer {
-        let mut req = axum::http::Request::builder()
-            .method("POST")
-            .uri(format!("{}/discord/interactions", self.base))
-            .header("content-type", "application/json");
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let res = self
-            .http
-            .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Answer {
-            status,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        let url = format!("{}/discord/interactions", self.base);
+        http_client::post(&self.http, &url, "application/json", body, headers).await
     }
 
     /// Signs `body` as Discord does, `skew` seconds before the application's clock.
@@ -452,49 +385,35 @@ impl TestApp {
         self.built.app.scheduler.settle().await.unwrap();
     }
 
+    /// A request of db-prod-1 by DEV, its card delivered: the card's
+    /// channel and message.
+    async fn prod_requested(&self) -> (String, String) {
+        let options = [
+            ("instances", PROD),
+            ("ticket", "ticket#9"),
+            ("reason", "migrate"),
+        ];
+        self.command(DEV, "request", &options).await;
+        self.settle().await;
+        self.card(1).await
+    }
+
     /// Delivers until the outbox is empty, moving the clock past each Retry-After.
     async fn deliver_everything(&self) {
-        for _ in 0..200 {
-            self.settle().await;
-            let counts = self.built.app.store.outbox_counts().await.unwrap();
-            if counts.pending == 0 {
-                return;
-            }
-            self.clock.advance(Span::from_secs(1));
-        }
-        panic!("the outbox never emptied");
+        deliver_everything(&self.built.app, &self.clock).await;
     }
 
     /// The card of `request`: (channel, message id) of its post.
     async fn card(&self, request: u64) -> (String, String) {
-        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
-        let at = self
-            .built
-            .app
-            .store
-            .chat_ref(id, "discord")
-            .await
-            .unwrap()
-            .expect("the card was posted");
-        (at.channel, at.message)
+        card_of(&self.built.app, "discord", request).await
     }
 
     async fn state(&self, request: u64) -> RequestState {
-        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
-        self.built.app.store.get(id).await.unwrap().unwrap().state
+        state_of(&self.built.app, request).await
     }
 
     async fn events(&self, request: u64, action: &str) -> usize {
-        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
-        self.built
-            .app
-            .store
-            .audit_events(Some(id), None)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|e| e.action == action)
-            .count()
+        events_of(&self.built.app, request, action).await
     }
 
     async fn stop(self) -> (FakeDiscord, PathBuf, ManualClock, Option<tempfile::TempDir>) {
@@ -503,30 +422,10 @@ impl TestApp {
         (self.fake, self.db, self.clock, self._dir)
     }
 
-    /// Every notice in the outbox, in the order they were queued.
-    fn outbox(&self) -> Vec<(Notice, bool)> {
-        let conn = rusqlite::Connection::open(&self.db).unwrap();
-        let mut stmt = conn
-            .prepare("SELECT notice, delivered_at IS NOT NULL FROM outbox ORDER BY id")
-            .unwrap();
-        stmt.query_map([], |r| {
-            let notice: String = r.get(0)?;
-            Ok((serde_json::from_str(&notice).unwrap(), r.get(1)?))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-    }
-
     /// Checks that Discord got every notice exactly once, in order within
     /// each lane: each request's thread, each person's direct messages, the
     /// audit channel.
     async fn assert_delivered_in_order(&self) {
-        let counts = self.built.app.store.outbox_counts().await.unwrap();
-        assert_eq!((counts.pending, counts.dead), (0, 0), "{counts:?}");
-        let mut threads: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        let mut dms: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut audit = Vec::new();
         // As Passport sends it: escaped but for its own code spans.
         let shown = |t: &str| {
             let t = passport::adapters::discord::render::escape_text(t);
@@ -536,45 +435,22 @@ impl TestApp {
                 t.lines().next().unwrap_or_default().to_owned()
             }
         };
-        for (notice, delivered) in self.outbox() {
-            assert!(delivered);
-            match notice {
-                Notice::Thread { request, text, .. } => threads
-                    .entry(request.number())
-                    .or_default()
-                    .push(shown(&text)),
-                Notice::Direct { user, text, .. } => {
-                    dms.entry(user.to_string()).or_default().push(shown(&text))
-                }
-                Notice::Audit { text } => audit.push(shown(&text)),
-                Notice::Card(_) => {}
-            }
-        }
-        for (request, expected) in threads {
-            let (_, message) = self.card(request).await;
+        let lanes = Lanes::delivered(&self.built.app, &self.db, shown).await;
+        for (request, expected) in &lanes.threads {
+            let (_, message) = self.card(*request).await;
             assert_eq!(
-                self.fake.thread(&message),
+                &self.fake.thread(&message),
                 expected,
                 "thread of AR-{request}"
             );
         }
-        for (user, expected) in dms {
-            // Windows passwords go straight to the person, never through the outbox.
-            let posted: Vec<String> = self
-                .fake
-                .dms(&user)
-                .into_iter()
-                .filter(|t| !t.starts_with("Password for"))
-                .collect();
-            assert_eq!(posted, expected, "direct messages to {user}");
-        }
-        let posted: Vec<String> = self
+        let audit = self
             .fake
             .posts_in(AUDIT)
             .iter()
             .map(|c| c.content())
             .collect();
-        assert_eq!(posted, audit, "audit channel");
+        lanes.assert_dms_and_audit(|user| self.fake.dms(user), audit);
     }
 }
 
@@ -740,18 +616,7 @@ async fn a_request_goes_from_slash_command_to_final_card() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prod_request_needs_two_members_of_the_role() {
     let app = spawn_app().await;
-    app.command(
-        DEV,
-        "request",
-        &[
-            ("instances", PROD),
-            ("ticket", "ticket#9"),
-            ("reason", "migrate"),
-        ],
-    )
-    .await;
-    app.settle().await;
-    let (channel, message) = app.card(1).await;
+    let (channel, message) = app.prod_requested().await;
     let card = &app.fake.posts_in(APPROVALS)[0];
     assert!(
         card.content().contains(&format!("<@&{SRE_ROLE}>")),
@@ -771,18 +636,7 @@ async fn a_prod_request_needs_two_members_of_the_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_under_an_old_prompt_is_refused_in_discord() {
     let app = spawn_app().await;
-    app.command(
-        DEV,
-        "request",
-        &[
-            ("instances", PROD),
-            ("ticket", "ticket#9"),
-            ("reason", "migrate"),
-        ],
-    )
-    .await;
-    app.settle().await;
-    let (channel, message) = app.card(1).await;
+    let (channel, message) = app.prod_requested().await;
     let approve = "approve AR-1 @request";
     app.click(SRE1, &channel, &message, approve).await;
     app.click(SRE2, &channel, &message, approve).await;
@@ -1380,15 +1234,7 @@ impl TestApp {
     }
 
     async fn deletion_due(&self) -> passport::domain::time::Timestamp {
-        let due = self
-            .built
-            .app
-            .store
-            .due_password_messages(passport::domain::time::Timestamp::from_millis(i64::MAX), 10)
-            .await
-            .unwrap();
-        assert_eq!(due.len(), 1, "{due:?}");
-        due[0].message.due
+        password_deletion_due(&self.built.app).await
     }
 
     /// The notes about deleted password messages in AR-1's thread.
@@ -1451,25 +1297,7 @@ async fn a_restart_before_the_due_time_still_deletes_the_password_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_ttl_a_429_and_a_message_already_gone_are_all_handled() {
-    startup::install_crypto_provider();
-    let fake = FakeDiscord::start().await;
-    for c in [APPROVALS, AUDIT, GENERAL] {
-        fake.add_channel(c);
-    }
-    for u in [DEV, LEAD1, LEAD2, SRE1, SRE2, OTHER] {
-        fake.add_member(u, handle_of(u), &roles_of(u));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
-    let mut app = start_with(
-        &fake,
-        &dir.path().join("passport.db"),
-        clock,
-        Duration::from_millis(2500),
-        Some("3m"),
-    )
-    .await;
-    app._dir = Some(dir);
+    let app = spawn_app_on(|_| {}, Duration::from_millis(2500), Some("3m"), false).await;
     let sent_at = app.clock.now();
     let (channel, message) = app.windows_grant().await;
     assert!(app
@@ -1522,20 +1350,10 @@ async fn a_configured_ttl_a_429_and_a_message_already_gone_are_all_handled() {
 async fn readiness_asks_discord_for_the_bot_user() {
     use passport::http::ready::{DiscordProbe, Probe};
     let app = spawn_app().await;
-    let res = app
-        .http
-        .request(
-            axum::http::Request::get(format!("{}/readyz", app.base))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    let body: Value =
-        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let res = http_client::get(&app.http, &format!("{}/readyz", app.base)).await;
+    assert_eq!(res.status, 200);
     assert_eq!(
-        body,
+        res.json(),
         json!({
             "status": "ready",
             "checks": { "store": { "state": "ok" }, "discord": { "state": "ok" } },
@@ -1634,21 +1452,10 @@ async fn hostile_text_is_escaped_in_threads_direct_messages_answers_and_audit_li
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_marks_every_card_thread_reply_and_direct_message_dry_run() {
-    startup::install_crypto_provider();
-    let fake = FakeDiscord::start().await;
-    for c in [APPROVALS, AUDIT, GENERAL] {
-        fake.add_channel(c);
-    }
-    for u in [DEV, LEAD1, LEAD2, SRE1, SRE2, OTHER] {
-        fake.add_member(u, handle_of(u), &roles_of(u));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    assert!(config(&db, &fake, "http").aws.is_none());
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
     // A chat platform, no [aws] and `provisioner = "dry-run"`, labelled as
     // `serve` decides it from the configuration.
-    let app = start_on(&fake, &db, clock, Duration::from_millis(2500), None, true).await;
+    let edit = |config: &mut Config| assert!(config.aws.is_none());
+    let app = spawn_app_on(edit, Duration::from_millis(2500), None, true).await;
 
     // A whole lifecycle: request, approval, extension, warning, completion.
     app.command(
@@ -1715,51 +1522,23 @@ async fn a_dry_run_marks_every_card_thread_reply_and_direct_message_dry_run() {
 
 #[tokio::test]
 async fn the_start_warns_only_about_roles_that_approve_or_administer() {
-    startup::install_crypto_provider();
-    let fake = FakeDiscord::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir.path().join("passport.db"), &fake, "http");
-    // A role that may only request, and one nothing uses.
-    let roles = &mut config.discord.as_mut().unwrap().roles;
-    roles.insert("oncall".into(), "1600000000000000003".into());
-    roles.insert("unused".into(), "1600000000000000004".into());
-    config.policy.requesters = vec!["group:oncall".into()];
-    let settings = config.validate().unwrap();
-    let discord = settings.discord.clone().unwrap();
-    let built = startup::discord_app(
-        &settings,
-        &discord,
-        DiscordOptions {
-            clock: Arc::new(ManualClock::new(
-                passport::adapters::clock::SystemClock.now(),
-            )),
-            provisioner: startup::logged_dry_run(&settings),
-            ack_deadline: Duration::from_millis(2500),
-            dry_run_label: false,
-            probes: Vec::new(),
-        },
-    )
-    .await
-    .unwrap();
+    let app = spawn_app_configured(|config| {
+        // A role that may only request, and one nothing uses.
+        let roles = &mut config.discord.as_mut().unwrap().roles;
+        roles.insert("oncall".into(), "1600000000000000003".into());
+        roles.insert("unused".into(), "1600000000000000004".into());
+        config.policy.requesters = vec!["group:oncall".into()];
+    })
+    .await;
     // What the start warned about is what it logged at WARN.
-    let warned = &built.warnings;
-    assert_eq!(warned.len(), 2, "{warned:#?}");
-    for expected in [
-        format!("Passport group approvers (approves for rule \"default\") is the Discord role {APPROVER_ROLE}"),
-        format!("Passport group sre-leads (approves for rule \"prod\") is the Discord role {SRE_ROLE}"),
-    ] {
-        assert!(
-            warned.iter().any(|l| l.contains(&expected)),
-            "{expected}: {warned:#?}"
-        );
-    }
-    assert!(
-        !warned
-            .iter()
-            .any(|l| l.contains("1600000000000000003") || l.contains("1600000000000000004")),
-        "{warned:#?}"
+    assert_warned(
+        &app.built.warnings,
+        &[
+            format!("Passport group approvers (approves for rule \"default\") is the Discord role {APPROVER_ROLE}"),
+            format!("Passport group sre-leads (approves for rule \"prod\") is the Discord role {SRE_ROLE}"),
+        ],
+        &["1600000000000000003", "1600000000000000004"],
     );
-    built.app.store.close().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1772,54 +1551,31 @@ const GONE: &str = "1500000000000000009";
 /// A role id the server does not have.
 const NO_ROLE: &str = "1600000000000000099";
 
-/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`.
-fn passport_bin() -> String {
-    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
-}
-
 /// Runs `passport doctor` with a Discord configuration against `fake`: the
 /// approvals and audit channels, a rule posting to `HIDDEN` and one to
 /// `GONE`, and the roles `approvers` (which exists) and `sre-leads` (which
 /// does not). Answers the exit code, standard output and standard error.
-async fn doctor(fake: &FakeDiscord, token: &str) -> (Option<i32>, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "provisioner = \"dry-run\"\n\
-         [store]\npath = {db:?}\n\
-         [discord]\nmode = \"http\"\napplication_id = \"{APPLICATION_ID}\"\npublic_key = \"{key}\"\n\
-         guild_id = \"{GUILD_ID}\"\napprovals_channel = \"{APPROVALS}\"\naudit_channel = \"{AUDIT}\"\n\
-         api_url = {api:?}\ncommands = \"off\"\n\
-         [discord.roles]\napprovers = \"{APPROVER_ROLE}\"\nsre-leads = \"{NO_ROLE}\"\n\
-         [policy.default]\napprovers = [\"group:approvers\"]\n\
-         [[policy.rules]]\nname = \"prod\"\ntags = {{ env = \"prod\" }}\napprovers = [\"group:sre-leads\"]\nchannel = \"{HIDDEN}\"\n\
-         [[policy.rules]]\nname = \"pci\"\ntags = {{ env = \"pci\" }}\napprovers = [\"group:approvers\"]\nchannel = \"{GONE}\"\n",
-        db = dir.path().join("passport.db").display().to_string(),
-        key = hex::encode(SigningKey::from_bytes(&SEED).verifying_key().to_bytes()),
-        api = fake.api_url(),
-    );
-    std::fs::write(dir.path().join("passport.toml"), toml).unwrap();
-    let token = token.to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(passport_bin())
-            .arg("--config")
-            .arg(dir.path().join("passport.toml"))
-            .arg("doctor")
-            .current_dir(dir.path())
-            .env_remove("PASSPORT_CONFIG")
-            .env_remove("PASSPORT_LOG")
-            .env("PASSPORT_DISCORD__BOT_TOKEN", token)
-            .output()
-            .unwrap();
-        drop(dir);
-        out
-    })
-    .await
-    .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+async fn doctor(fake: &FakeDiscord, token: &str) -> Ran {
+    run_doctor(
+        |db| {
+            format!(
+                "provisioner = \"dry-run\"\n\
+                 [store]\npath = {db:?}\n\
+                 [discord]\nmode = \"http\"\napplication_id = \"{APPLICATION_ID}\"\npublic_key = \"{key}\"\n\
+                 guild_id = \"{GUILD_ID}\"\napprovals_channel = \"{APPROVALS}\"\naudit_channel = \"{AUDIT}\"\n\
+                 api_url = {api:?}\ncommands = \"off\"\n\
+                 [discord.roles]\napprovers = \"{APPROVER_ROLE}\"\nsre-leads = \"{NO_ROLE}\"\n\
+                 [policy.default]\napprovers = [\"group:approvers\"]\n\
+                 [[policy.rules]]\nname = \"prod\"\ntags = {{ env = \"prod\" }}\napprovers = [\"group:sre-leads\"]\nchannel = \"{HIDDEN}\"\n\
+                 [[policy.rules]]\nname = \"pci\"\ntags = {{ env = \"pci\" }}\napprovers = [\"group:approvers\"]\nchannel = \"{GONE}\"\n",
+                db = db.display().to_string(),
+                key = hex::encode(SigningKey::from_bytes(&SEED).verifying_key().to_bytes()),
+                api = fake.api_url(),
+            )
+        },
+        &[("PASSPORT_DISCORD__BOT_TOKEN", token)],
     )
+    .await
 }
 
 fn doctor_fake_discord(fake: &FakeDiscord) {
@@ -1838,7 +1594,11 @@ fn doctor_fake_discord(fake: &FakeDiscord) {
 async fn doctor_names_channels_the_bot_cannot_see_and_roles_that_do_not_exist() {
     let fake = FakeDiscord::start().await;
     doctor_fake_discord(&fake);
-    let (code, text, errors) = doctor(&fake, BOT_TOKEN).await;
+    let Ran {
+        code,
+        stdout: text,
+        stderr: errors,
+    } = doctor(&fake, BOT_TOKEN).await;
     assert_eq!(code, Some(1), "{text}{errors}");
     for line in [
         "ok    discord token: bot passport\n".to_owned(),
@@ -1883,7 +1643,11 @@ const REFUSED: &str = "refused-discord-bot-token-0";
 async fn doctor_names_the_setting_when_discord_refuses_the_token() {
     let fake = FakeDiscord::start().await;
     doctor_fake_discord(&fake);
-    let (code, text, errors) = doctor(&fake, REFUSED).await;
+    let Ran {
+        code,
+        stdout: text,
+        stderr: errors,
+    } = doctor(&fake, REFUSED).await;
     assert_eq!(code, Some(1), "{text}{errors}");
     for line in [
         "FAIL  discord token: Discord refused the token (401: Unauthorized): set PASSPORT_DISCORD__BOT_TOKEN to the bot's token (Developer Portal → Bot → Reset Token)\n",

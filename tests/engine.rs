@@ -10,7 +10,6 @@ use common::*;
 use passport::app::ports::{ChatError, Store};
 use passport::domain::request::{GrantState, RequestState};
 use passport::domain::time::Span;
-use passport::domain::values::InstanceId;
 
 fn mins(m: i64) -> Span {
     Span::from_minutes(m)
@@ -484,11 +483,7 @@ async fn deny_and_cancel() {
 #[tokio::test]
 async fn partial_provisioning_failure_keeps_the_rest_active() {
     let (app, _dir) = TestApp::spawn().await;
-    app.provisioner
-        .fail_grant
-        .lock()
-        .unwrap()
-        .insert(InstanceId::parse(DB1).unwrap());
+    app.provisioner.fail_grants_on(DB1);
     let id = app.new_request(&format!("{WEB} {DB1}"), "ticket#1").await;
     assert!(app.run("lead1", &format!("approve {id}")).await.ok);
     let req = app.request(id).await;
@@ -505,11 +500,7 @@ async fn partial_provisioning_failure_keeps_the_rest_active() {
 #[tokio::test]
 async fn total_provisioning_failure_fails_and_leaves_nothing_behind() {
     let (app, _dir) = TestApp::spawn().await;
-    app.provisioner
-        .fail_grant
-        .lock()
-        .unwrap()
-        .insert(InstanceId::parse(WEB).unwrap());
+    app.provisioner.fail_grants_on(WEB);
     let id = app.active_request("1h").await;
     let req = app.request(id).await;
     assert_eq!(req.state, RequestState::Failed);
@@ -524,11 +515,7 @@ async fn total_provisioning_failure_fails_and_leaves_nothing_behind() {
 #[tokio::test]
 async fn failing_removal_is_retried_until_it_succeeds_and_people_are_told() {
     let (app, _dir) = TestApp::spawn().await;
-    app.provisioner
-        .fail_revoke
-        .lock()
-        .unwrap()
-        .insert(InstanceId::parse(WEB).unwrap(), 4);
+    app.provisioner.fail_revokes_on(WEB, 4);
     let id = app.active_request("1h").await;
     assert!(app.run("dev1", &format!("complete {id}")).await.ok);
     let req = app.request(id).await;
@@ -678,20 +665,8 @@ async fn rate_limited_notices_are_retried_in_order() {
 
 #[tokio::test]
 async fn a_restart_between_commit_and_delivery_delivers_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    let clock = passport::adapters::clock::ManualClock::new(
-        passport::domain::time::Timestamp::from_millis(T0),
-    );
-    let provisioner = Arc::new(fake_provisioner());
     // First life: the command commits, but the process stops before delivering anything.
-    let first = TestApp::open(
-        &db,
-        provisioner.clone(),
-        clock.clone(),
-        Arc::new(RecordingSurface::default()),
-    )
-    .await;
+    let (first, _dir) = TestApp::spawn().await;
     let reply = first
         .engine
         .handle_line(
@@ -703,10 +678,9 @@ async fn a_restart_between_commit_and_delivery_delivers_once() {
     assert!(reply.ok);
     let id = reply.request.unwrap();
     assert!(first.surface.all().is_empty());
-    first.close().await;
     // Second life: the notices go out once.
     let surface = Arc::new(RecordingSurface::default());
-    let second = TestApp::open(&db, provisioner.clone(), clock.clone(), surface.clone()).await;
+    let second = first.restart(Span::ZERO, surface.clone()).await;
     second.settle().await;
     let delivered = surface.all();
     assert_eq!(
@@ -725,10 +699,9 @@ async fn a_restart_between_commit_and_delivery_delivers_once() {
     );
     second.dispatcher.deliver_due().await.unwrap();
     assert_eq!(surface.all().len(), delivered.len(), "nothing twice");
-    second.close().await;
     // Third life: still nothing twice, and the request goes on.
     let surface = Arc::new(RecordingSurface::default());
-    let third = TestApp::open(&db, provisioner, clock, surface.clone()).await;
+    let third = second.restart(Span::ZERO, surface.clone()).await;
     third.settle().await;
     assert!(surface.all().is_empty());
     assert!(third.run("lead1", &format!("approve {id}")).await.ok);
@@ -737,34 +710,15 @@ async fn a_restart_between_commit_and_delivery_delivers_once() {
 
 #[tokio::test]
 async fn a_restart_fires_overdue_timers_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    let clock = passport::adapters::clock::ManualClock::new(
-        passport::domain::time::Timestamp::from_millis(T0),
-    );
-    let provisioner = Arc::new(fake_provisioner());
-    let first = TestApp::open(
-        &db,
-        provisioner.clone(),
-        clock.clone(),
-        Arc::new(RecordingSurface::default()),
-    )
-    .await;
+    let (first, _dir) = TestApp::spawn().await;
     let id = first.active_request("1h").await;
-    first.close().await;
     // Down for three hours, across the expiry.
-    clock.advance(Span::from_hours(3));
-    let second = TestApp::open(
-        &db,
-        provisioner.clone(),
-        clock,
-        Arc::new(RecordingSurface::default()),
-    )
-    .await;
+    let surface = Arc::new(RecordingSurface::default());
+    let second = first.restart(Span::from_hours(3), surface).await;
     second.settle().await;
     let req = second.request(id).await;
     assert_eq!(req.state, RequestState::Expired);
-    assert_eq!(provisioner.revokes().len(), 1);
+    assert_eq!(second.provisioner.revokes().len(), 1);
     assert_eq!(
         second.count(id, "expiry_warning").await,
         0,

@@ -7,52 +7,40 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod fake_slack;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use fake_slack::{FakeSlack, BOT_TOKEN};
-use passport::adapters::clock::{ManualClock, SystemClock};
+use common::chat_app::{clock_at_now, fresh_db, quiet_config, slack_options};
+use fake_slack::FakeSlack;
+use passport::adapters::clock::ManualClock;
 use passport::adapters::slack::SlackConfig;
 use passport::app::engine::Actor;
-use passport::app::ports::Clock;
-use passport::config::{Config, Secret};
+use passport::config::Config;
 use passport::domain::time::Span;
 use passport::domain::values::{Person, UserId};
 use passport::http::ServerLimits;
-use passport::startup::{self, SlackOptions};
+use passport::startup;
 
-const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const DEV: &str = "U0DEV1";
 
 /// Longest any step of these tests waits for something that must happen.
 const BOUND: Duration = Duration::from_secs(15);
 
 fn config(db: &Path, fake: &FakeSlack) -> Config {
-    let mut c = Config::default();
-    c.store.path = db.to_path_buf();
+    let mut c = quiet_config(db);
     c.groups = BTreeMap::from([("approvers".into(), vec!["U0LEAD1".into()])]);
-    c.jobs.reconcile = "off".into();
-    c.jobs.digest = "off".into();
-    c.jobs.checkpoint = "off".into();
-    c.provisioner = Some(passport::config::ProvisionerChoice::DryRun);
     c.slack = Some(SlackConfig {
-        signing_secret: Some(Secret::from(SECRET)),
-        bot_token: Some(Secret::from(BOT_TOKEN)),
-        approvals_channel: "C0APPROVALS".into(),
-        audit_channel: "C0AUDIT".into(),
-        api_url: fake.api_url(),
         usergroups: BTreeMap::from([("sre-leads".into(), "S0SRELEADS".into())]),
-        channel_pace: "0".into(),
-        ..SlackConfig::default()
+        ..fake.passport_settings()
     });
     c
 }
@@ -71,26 +59,15 @@ async fn spawn(limits: ServerLimits, edit: impl FnOnce(&mut Config)) -> Server {
     startup::install_crypto_provider();
     let fake = FakeSlack::start().await;
     fake.add_user(DEV, "dev1");
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
+    let (dir, db) = fresh_db();
     let mut config = config(&db, &fake);
     edit(&mut config);
     let settings = config.validate().unwrap();
     let slack = settings.slack.clone().unwrap();
-    let clock = ManualClock::new(SystemClock.now());
-    let built = startup::slack_app(
-        &settings,
-        &slack,
-        SlackOptions {
-            clock: Arc::new(clock.clone()),
-            provisioner: startup::logged_dry_run(&settings),
-            ack_deadline: Duration::from_millis(2500),
-            dry_run_label: false,
-            probes: Vec::new(),
-        },
-    )
-    .await
-    .unwrap();
+    let clock = clock_at_now();
+    let built = startup::slack_app(&settings, &slack, slack_options(&clock, &settings))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -336,6 +313,12 @@ async fn shutdown_ends_within_the_grace_period_with_slow_clients_connected() {
 }
 
 impl Server {
+    /// How many cards Slack took in the approvals channel.
+    fn cards_posted(&self) -> usize {
+        let posts = self.fake.posts_in("C0APPROVALS");
+        posts.into_iter().filter(|c| c.ok()).count()
+    }
+
     /// Person `n` asks for access to a fresh instance: a card and an audit line.
     async fn request(&self, n: usize) {
         let actor = Actor {
@@ -380,12 +363,7 @@ async fn a_stalled_channel_delays_only_its_own_lane() {
         server.request(n).await;
     }
     let report = server.deliver().await;
-    let cards = server
-        .fake
-        .posts_in("C0APPROVALS")
-        .into_iter()
-        .filter(|c| c.ok())
-        .count();
+    let cards = server.cards_posted();
     assert_eq!(
         cards, 4,
         "every card went out while the audit channel stalled"
@@ -395,12 +373,7 @@ async fn a_stalled_channel_delays_only_its_own_lane() {
     server.request(5).await;
     server.clock.advance(Span::from_secs(2));
     server.deliver().await;
-    let cards = server
-        .fake
-        .posts_in("C0APPROVALS")
-        .into_iter()
-        .filter(|c| c.ok())
-        .count();
+    let cards = server.cards_posted();
     assert_eq!(cards, 5);
 }
 
@@ -428,11 +401,6 @@ async fn a_slack_outage_costs_a_bounded_number_of_calls_and_loses_nothing() {
         server.clock.advance(Span::from_secs(61));
         server.deliver().await;
     }
-    let cards = server
-        .fake
-        .posts_in("C0APPROVALS")
-        .into_iter()
-        .filter(|c| c.ok())
-        .count();
+    let cards = server.cards_posted();
     assert_eq!(cards, 40, "every card went out once Slack was back");
 }

@@ -338,11 +338,7 @@ async fn reconciliation_finds_and_removes_a_leftover_user() {
     let id = app.active_request("1h").await;
     assert!(app.run("dev1", &format!("complete {id}")).await.ok);
     // The instance came back from a snapshot with the user still there: the next removal fails once.
-    app.provisioner
-        .fail_revoke
-        .lock()
-        .unwrap()
-        .insert(InstanceId::parse(WEB).unwrap(), 2);
+    app.provisioner.fail_revokes_on(WEB, 2);
     let report = app.engine.reconcile().await.unwrap();
     assert_eq!(report.leftovers, 1);
     app.settle().await;
@@ -377,11 +373,7 @@ async fn reconciliation_finds_and_removes_a_leftover_user() {
 #[tokio::test]
 async fn reconciliation_reschedules_a_lost_removal_job() {
     let (app, _dir) = TestApp::spawn().await;
-    app.provisioner
-        .fail_revoke
-        .lock()
-        .unwrap()
-        .insert(InstanceId::parse(WEB).unwrap(), 1);
+    app.provisioner.fail_revokes_on(WEB, 1);
     let id = app.active_request("1h").await;
     assert!(app.run("dev1", &format!("complete {id}")).await.ok);
     assert_eq!(
@@ -405,11 +397,7 @@ async fn reconciliation_reschedules_a_lost_removal_job() {
 async fn the_digest_lists_active_failed_and_failing() {
     let (app, _dir) = TestApp::spawn().await;
     let active = app.active_request("2h").await;
-    app.provisioner
-        .fail_grant
-        .lock()
-        .unwrap()
-        .insert(InstanceId::parse(DB1).unwrap());
+    app.provisioner.fail_grants_on(DB1);
     let failed = app.new_request(DB1, "ticket#2").await;
     assert!(app.run("lead1", &format!("approve {failed}")).await.ok);
     app.engine.digest().await.unwrap();

@@ -5,32 +5,34 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod fake_aws;
 mod fake_slack;
 mod windows_passwords;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use common::chat_app::{
+    assert_warned, card_of, chat_config, clock_at_now, deliver_everything, events_of, fresh_db,
+    outbox, password_deletion_due, run_doctor, set_password_message_ttl, slack_options, state_of,
+    unique, Lanes, PROD, WEB, WIN,
+};
+use common::http_client::{self, Answer, HttpClient};
 use fake_aws::FakeAws;
-use fake_slack::{FakeSlack, BOT_TOKEN};
+use fake_slack::{FakeSlack, BOT_TOKEN, SIGNING_SECRET as SECRET};
 use passport::adapters::aws::api::{ApiError, Ec2Api, Ec2Instance};
 use passport::adapters::aws::sdk::SdkSsm;
-use passport::adapters::aws::{AwsConfig, AwsProvisioner, MemoryCommandStore};
+use passport::adapters::aws::{AwsProvisioner, MemoryCommandStore};
 use passport::adapters::clock::ManualClock;
 use passport::adapters::slack::blocks::{clip, escape, MAX_TEXT};
 use passport::adapters::slack::SlackConfig;
 use passport::app::ports::{Clock, Provisioner, Store};
-use passport::config::{Config, DryRunInstance, RuleConfig, Secret};
+use passport::config::{Config, RuleConfig, Secret};
 use passport::domain::notice::Notice;
 use passport::domain::request::{Platform, RequestState};
 use passport::domain::time::Span;
@@ -39,12 +41,10 @@ use passport::http::verify::sign;
 use passport::startup::{self, SlackOptions};
 use windows_passwords::WindowsPasswords;
 
-const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+/// The content type of Slack's commands and interactions.
+const FORM: &str = "application/x-www-form-urlencoded";
 const APPROVALS: &str = "C0APPROVALS";
 const AUDIT: &str = "C0AUDIT";
-const WEB: &str = "i-0123456789abcdef0";
-const PROD: &str = "i-0aaaaaaaaaaaaaaa1";
-const WIN: &str = "i-0ccccccccccccccc3";
 
 const DEV: &str = "U0DEV1";
 const LEAD1: &str = "U0LEAD1";
@@ -52,8 +52,6 @@ const LEAD2: &str = "U0LEAD2";
 const SRE1: &str = "U0SRE1";
 const SRE2: &str = "U0SRE2";
 const OTHER: &str = "U0OTHER";
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 struct TestApp {
     base: String,
@@ -72,32 +70,17 @@ struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
-struct Answer {
-    status: u16,
-    body: String,
-}
-
 impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-
+    /// The text of an answer to Slack.
     fn text(&self) -> String {
         self.json()["text"].as_str().unwrap_or_default().to_owned()
     }
 }
 
-static NEXT: AtomicU64 = AtomicU64::new(1);
-
-fn unique() -> u64 {
-    NEXT.fetch_add(1, Ordering::SeqCst)
-}
-
 /// approvers: U0LEAD1, U0LEAD2 (configured ids); sre-leads: the Slack user
 /// group S0SRELEADS (U0SRE1, U0SRE2); env=prod needs 2 sre-leads approvals.
 fn config(db: &Path, fake: &FakeSlack) -> Config {
-    let mut c = Config::default();
-    c.store.path = db.to_path_buf();
+    let mut c = chat_config(db);
     c.groups = BTreeMap::from([
         ("approvers".into(), vec![LEAD1.into(), LEAD2.into()]),
         ("admins".into(), vec!["U0BOSS".into()]),
@@ -109,46 +92,9 @@ fn config(db: &Path, fake: &FakeSlack) -> Config {
         approvals: 2,
         ..RuleConfig::default()
     }];
-    c.requests.ticket_url = Some("https://tickets.example.com/browse/{ticket}".into());
-    c.dry_run.instances = vec![
-        DryRunInstance {
-            id: WEB.into(),
-            name: Some("web-1".into()),
-            platform: "linux".into(),
-            state: "running".into(),
-            tags: BTreeMap::from([("env".into(), "staging".into())]),
-            private_ips: vec!["10.0.1.15".into()],
-        },
-        DryRunInstance {
-            id: PROD.into(),
-            name: Some("db-prod-1".into()),
-            platform: "linux".into(),
-            state: "running".into(),
-            tags: BTreeMap::from([("env".into(), "prod".into())]),
-            private_ips: vec!["10.1.1.20".into()],
-        },
-        DryRunInstance {
-            id: WIN.into(),
-            name: Some("win-1".into()),
-            platform: "windows".into(),
-            state: "running".into(),
-            tags: BTreeMap::from([("env".into(), "staging".into())]),
-            private_ips: vec!["10.0.1.30".into()],
-        },
-    ];
-    c.jobs.reconcile = "off".into();
-    c.jobs.digest = "off".into();
-    c.jobs.checkpoint = "off".into();
-    c.provisioner = Some(passport::config::ProvisionerChoice::DryRun);
     c.slack = Some(SlackConfig {
-        signing_secret: Some(Secret::from(SECRET)),
-        bot_token: Some(Secret::from(BOT_TOKEN)),
-        approvals_channel: APPROVALS.into(),
-        audit_channel: AUDIT.into(),
-        api_url: fake.api_url(),
         usergroups: BTreeMap::from([("sre-leads".into(), "S0SRELEADS".into())]),
-        channel_pace: "0".into(),
-        ..SlackConfig::default()
+        ..fake.passport_settings()
     });
     c
 }
@@ -172,30 +118,39 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_with(deadline: Duration) -> TestApp {
-    startup::install_crypto_provider();
-    let fake = FakeSlack::start().await;
-    fresh_fake_people(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
-    let mut app = start(&fake, &db, clock, deadline).await;
-    app._dir = Some(dir);
-    app
+    spawn_app_on(|_| {}, deadline, Extras::default()).await
 }
 
 /// Like [`spawn_app`], with the configuration changed by `edit` first.
 async fn spawn_app_configured(edit: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(edit, Duration::from_millis(2500), Extras::default()).await
+}
+
+/// Like [`spawn_app`], started with `extras`.
+async fn spawn_app_with_extras(extras: Extras) -> TestApp {
+    spawn_app_on(|_| {}, Duration::from_millis(2500), extras).await
+}
+
+async fn spawn_app_on(
+    edit: impl FnOnce(&mut Config),
+    deadline: Duration,
+    extras: Extras,
+) -> TestApp {
+    let (fake, dir, db) = fresh_slack().await;
+    let mut config = config(&db, &fake);
+    edit(&mut config);
+    let mut app = start_on(config, &fake, &db, clock_at_now(), deadline, extras).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// A fake Slack with Passport's people in it, and a fresh database.
+async fn fresh_slack() -> (FakeSlack, tempfile::TempDir, PathBuf) {
     startup::install_crypto_provider();
     let fake = FakeSlack::start().await;
     fresh_fake_people(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
-    let mut config = config(&db, &fake);
-    edit(&mut config);
-    let mut app = start_with(config, &fake, &db, clock, Duration::from_millis(2500), None).await;
-    app._dir = Some(dir);
-    app
+    let (dir, db) = fresh_db();
+    (fake, dir, db)
 }
 
 /// Starts the application on an existing database (a restart).
@@ -247,12 +202,7 @@ async fn start_on(
         labelled,
     } = extras;
     if let Some(ttl) = &ttl {
-        // The provisioner is the test's own; [aws] only carries the ttl.
-        config.provisioner = None;
-        config.aws = Some(AwsConfig {
-            password_message_ttl: ttl.clone(),
-            ..AwsConfig::default()
-        });
+        set_password_message_ttl(&mut config, ttl);
     }
     let settings = config.validate().unwrap();
     let slack = settings.slack.clone().unwrap();
@@ -272,14 +222,7 @@ async fn start_on(
     .await
     .unwrap();
     startup::attach_courier(&passwords.courier, &built.app, &built.surface, &settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = built.router;
-    let server = tokio::spawn(async move {
-        passport::http::serve(listener, router, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let (base, server) = http_client::serve(built.router).await;
     TestApp {
         base,
         fake: fake.clone(),
@@ -290,7 +233,7 @@ async fn start_on(
         clock,
         db: db.to_path_buf(),
         server,
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: http_client::client(),
         _dir: None,
     }
 }
@@ -298,18 +241,8 @@ async fn start_on(
 impl TestApp {
     /// `GET path`: the status and the body as text.
     async fn get(&self, path: &str) -> (u16, String) {
-        let res = self
-            .http
-            .request(
-                axum::http::Request::get(format!("{}{path}", self.base))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        let answer = http_client::get(&self.http, &format!("{}{path}", self.base)).await;
+        (answer.status, answer.body)
     }
 
     fn now_secs(&self) -> i64 {
@@ -323,36 +256,18 @@ impl TestApp {
         body: &str,
         headers: &[(&str, String)],
     ) -> Answer {
-        let mut req = axum::http::Request::builder()
-            .method("POST")
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", content_type);
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let res = self
-            .http
-            .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Answer {
-            status,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        let url = format!("{}{path}", self.base);
+        http_client::post(&self.http, &url, content_type, body, headers).await
     }
 
     /// Signs `body` as Slack does, at the application's clock.
     fn signed(&self, body: &str) -> Vec<(&'static str, String)> {
-        let ts = self.now_secs().to_string();
-        vec![
-            (
-                "x-slack-signature",
-                sign(SECRET.as_bytes(), &ts, body.as_bytes()),
-            ),
-            ("x-slack-request-timestamp", ts),
-        ]
+        self.signed_at(body, 0)
+    }
+
+    /// Signs `body` as Slack does, `skew` seconds before the application's clock.
+    fn signed_at(&self, body: &str, skew: i64) -> Vec<(&'static str, String)> {
+        FakeSlack::signature_headers(body, self.now_secs() - skew)
     }
 
     fn command_body(&self, user: &str, text: &str) -> String {
@@ -377,11 +292,38 @@ impl TestApp {
     async fn command(&self, user: &str, text: &str) -> Answer {
         let body = self.command_body(user, text);
         let headers = self.signed(&body);
+        self.post("/slack/commands", FORM, &body, &headers).await
+    }
+
+    /// A request of web-1 by DEV, its card delivered: the card's channel and ts.
+    async fn requested(&self) -> (String, String) {
+        self.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+            .await;
+        self.settle().await;
+        self.card(1).await
+    }
+
+    /// [`Self::requested`], approved by LEAD1 with a click on its card.
+    async fn approved_request(&self) -> (String, String) {
+        let (channel, ts) = self.requested().await;
+        self.click(LEAD1, "approve AR-1", &channel, &ts).await;
+        self.settle().await;
+        (channel, ts)
+    }
+
+    /// Whether no request was made at all.
+    async fn no_request_yet(&self) -> bool {
+        let first = RequestId::parse("AR-1").unwrap();
+        self.built.store.get(first).await.unwrap().is_none()
+    }
+
+    /// Posts the Events API `body`, signed.
+    async fn post_event(&self, body: &str) -> Answer {
         self.post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-            &headers,
+            "/slack/events",
+            "application/json",
+            body,
+            &self.signed(body),
         )
         .await
     }
@@ -423,13 +365,8 @@ impl TestApp {
     async fn click(&self, user: &str, value: &str, channel: &str, ts: &str) -> Answer {
         let body = self.click_body(user, value, channel, ts, None);
         let headers = self.signed(&body);
-        self.post(
-            "/slack/interactions",
-            "application/x-www-form-urlencoded",
-            &body,
-            &headers,
-        )
-        .await
+        self.post("/slack/interactions", FORM, &body, &headers)
+            .await
     }
 
     fn event_body(
@@ -465,9 +402,7 @@ impl TestApp {
         text: &str,
     ) -> Answer {
         let body = self.event_body(&format!("Ev{}", unique()), user, channel, thread_ts, text);
-        let headers = self.signed(&body);
-        self.post("/slack/events", "application/json", &body, &headers)
-            .await
+        self.post_event(&body).await
     }
 
     async fn settle(&self) {
@@ -476,45 +411,20 @@ impl TestApp {
 
     /// Delivers until the outbox is empty, moving the clock past each Retry-After.
     async fn deliver_everything(&self) {
-        for _ in 0..200 {
-            self.settle().await;
-            let counts = self.built.store.outbox_counts().await.unwrap();
-            if counts.pending == 0 {
-                return;
-            }
-            self.clock.advance(Span::from_secs(1));
-        }
-        panic!("the outbox never emptied");
+        deliver_everything(&self.built, &self.clock).await;
     }
 
     /// The card of `request`: (channel, ts) of its first post.
     async fn card(&self, request: u64) -> (String, String) {
-        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
-        let at = self
-            .built
-            .store
-            .chat_ref(id, "slack")
-            .await
-            .unwrap()
-            .expect("the card was posted");
-        (at.channel, at.message)
+        card_of(&self.built, "slack", request).await
     }
 
     async fn state(&self, request: u64) -> RequestState {
-        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
-        self.built.store.get(id).await.unwrap().unwrap().state
+        state_of(&self.built, request).await
     }
 
     async fn events(&self, request: u64, action: &str) -> usize {
-        let id = RequestId::parse(&format!("AR-{request}")).unwrap();
-        self.built
-            .store
-            .audit_events(Some(id), None)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|e| e.action == action)
-            .count()
+        events_of(&self.built, request, action).await
     }
 
     async fn stop(self) -> (FakeSlack, PathBuf, ManualClock) {
@@ -525,58 +435,19 @@ impl TestApp {
 
     /// Every notice in the outbox, in the order they were queued.
     fn outbox(&self) -> Vec<(String, Notice, bool)> {
-        let conn = rusqlite::Connection::open(&self.db).unwrap();
-        let mut stmt = conn
-            .prepare("SELECT lane, notice, delivered_at IS NOT NULL FROM outbox ORDER BY id")
-            .unwrap();
-        stmt.query_map([], |r| {
-            let notice: String = r.get(1)?;
-            Ok((r.get(0)?, serde_json::from_str(&notice).unwrap(), r.get(2)?))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+        outbox(&self.db)
     }
 
     /// Checks that Slack got every notice exactly once, in order within each
     /// lane: each request's thread, each person's direct messages, the audit channel.
     async fn assert_delivered_in_order(&self) {
-        let counts = self.built.store.outbox_counts().await.unwrap();
-        assert_eq!((counts.pending, counts.dead), (0, 0), "{counts:?}");
-        let mut threads: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        let mut dms: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut audit = Vec::new();
-        for (_, notice, delivered) in self.outbox() {
-            assert!(delivered);
-            let slack = |t: &str| clip(&escape(t), MAX_TEXT);
-            match notice {
-                Notice::Thread { request, text, .. } => threads
-                    .entry(request.number())
-                    .or_default()
-                    .push(slack(&text)),
-                Notice::Direct { user, text, .. } => {
-                    dms.entry(user.to_string()).or_default().push(slack(&text))
-                }
-                Notice::Audit { text } => audit.push(slack(&text)),
-                Notice::Card(_) => {}
-            }
+        let lanes = Lanes::delivered(&self.built, &self.db, |t| clip(&escape(t), MAX_TEXT)).await;
+        for (request, expected) in &lanes.threads {
+            let (_, ts) = self.card(*request).await;
+            assert_eq!(&self.fake.thread(&ts), expected, "thread of AR-{request}");
         }
-        for (request, expected) in threads {
-            let (_, ts) = self.card(request).await;
-            assert_eq!(self.fake.thread(&ts), expected, "thread of AR-{request}");
-        }
-        for (user, expected) in dms {
-            // Windows passwords go straight to the person, never through the outbox.
-            let posted: Vec<String> = self
-                .fake
-                .dms(&user)
-                .into_iter()
-                .filter(|t| !t.starts_with("Password for"))
-                .collect();
-            assert_eq!(posted, expected, "direct messages to {user}");
-        }
-        let posted: Vec<String> = self.fake.posts_in(AUDIT).iter().map(|c| c.text()).collect();
-        assert_eq!(posted, audit, "audit channel");
+        let audit = self.fake.posts_in(AUDIT).iter().map(|c| c.text()).collect();
+        lanes.assert_dms_and_audit(|user| self.fake.dms(user), audit);
     }
 }
 
@@ -819,13 +690,7 @@ async fn a_click_under_an_old_extension_prompt_is_refused_in_slack() {
     // The Approve button under the first prompt, clicked in the thread.
     let body = app.click_body(SRE2, &first[0][0], &channel, "9.000001", Some(&ts));
     let headers = app.signed(&body);
-    app.post(
-        "/slack/interactions",
-        "application/x-www-form-urlencoded",
-        &body,
-        &headers,
-    )
-    .await;
+    app.post("/slack/interactions", FORM, &body, &headers).await;
     let said = app.fake.ephemerals(SRE2);
     assert!(
         said.last()
@@ -906,14 +771,7 @@ async fn slow_work_is_acknowledged_at_once_and_answered_through_response_url() {
 async fn the_events_url_check_is_answered_with_its_challenge() {
     let app = spawn_app().await;
     let body = json!({ "token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification" }).to_string();
-    let answer = app
-        .post(
-            "/slack/events",
-            "application/json",
-            &body,
-            &app.signed(&body),
-        )
-        .await;
+    let answer = app.post_event(&body).await;
     assert_eq!(answer.status, 200);
     assert_eq!(
         answer.json()["challenge"],
@@ -1212,46 +1070,29 @@ async fn metrics_move_through_a_lifecycle_and_cover_every_alert_rule() {
 /// and a channel the bot was never invited to is named with the fix.
 #[tokio::test]
 async fn doctor_names_a_channel_the_bot_is_not_in() {
-    startup::install_crypto_provider();
-    let fake = FakeSlack::start().await;
-    fresh_fake_people(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "provisioner = \"dry-run\"\n\
-         [store]\npath = {db:?}\n\
-         [slack]\nmode = \"http\"\napprovals_channel = \"#access-requests\"\naudit_channel = \"C0AUDIT\"\n\
-         api_url = {api:?}\nchannel_pace = \"0\"\n\
-         [slack.usergroups]\nsre-leads = \"S0SRELEADS\"\n\
-         [groups]\napprovers = [\"{LEAD1}\"]\nadmins = [\"{LEAD2}\"]\n\
-         [[policy.rules]]\nname = \"prod\"\ntags = {{ env = \"prod\" }}\napprovers = [\"group:sre-leads\"]\nchannel = \"#not-joined\"\n",
-        db = dir.path().join("passport.db").display().to_string(),
-        api = fake.api_url(),
-    );
-    std::fs::write(dir.path().join("passport.toml"), toml).unwrap();
-    let out = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_passport"))
-                .arg("--config")
-                .arg(dir.join("passport.toml"))
-                .arg("doctor")
-                .current_dir(&dir)
-                .env_remove("PASSPORT_CONFIG")
-                .env("PASSPORT_SLACK__BOT_TOKEN", BOT_TOKEN)
-                .env("PASSPORT_SLACK__SIGNING_SECRET", SECRET)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (fake, _dir, _) = fresh_slack().await;
+    let ran = run_doctor(
+        |db| {
+            format!(
+                "provisioner = \"dry-run\"\n\
+                 [store]\npath = {db:?}\n\
+                 [slack]\nmode = \"http\"\napprovals_channel = \"#access-requests\"\naudit_channel = \"C0AUDIT\"\n\
+                 api_url = {api:?}\nchannel_pace = \"0\"\n\
+                 [slack.usergroups]\nsre-leads = \"S0SRELEADS\"\n\
+                 [groups]\napprovers = [\"{LEAD1}\"]\nadmins = [\"{LEAD2}\"]\n\
+                 [[policy.rules]]\nname = \"prod\"\ntags = {{ env = \"prod\" }}\napprovers = [\"group:sre-leads\"]\nchannel = \"#not-joined\"\n",
+                db = db.display().to_string(),
+                api = fake.api_url(),
+            )
+        },
+        &[
+            ("PASSPORT_SLACK__BOT_TOKEN", BOT_TOKEN),
+            ("PASSPORT_SLACK__SIGNING_SECRET", SECRET),
+        ],
+    )
+    .await;
+    let text = ran.stdout;
+    assert_eq!(ran.code, Some(1), "{text}{}", ran.stderr);
     for line in [
         "ok    slack token: bot passport in Fake Workspace (T0TEAM)",
         "ok    slack channel: #access-requests: the bot is a member",
@@ -1276,90 +1117,35 @@ async fn a_bad_signature_is_refused_and_nothing_happens() {
     let body = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
     let mut headers = app.signed(&body);
     headers[0].1 = sign(b"not the signing secret", &headers[1].1, body.as_bytes());
-    let answer = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-            &headers,
-        )
-        .await;
+    let answer = app.post("/slack/commands", FORM, &body, &headers).await;
     assert_eq!(answer.status, 401);
     assert_eq!(answer.body, "invalid request signature", "no internals");
 
     // A body changed after signing.
     let headers = app.signed(&body);
     let tampered = body.replace("1h", "9h");
-    let answer = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &tampered,
-            &headers,
-        )
-        .await;
+    let answer = app.post("/slack/commands", FORM, &tampered, &headers).await;
     assert_eq!(answer.status, 401);
 
     // No signature at all.
-    let answer = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-            &[],
-        )
-        .await;
+    let answer = app.post("/slack/commands", FORM, &body, &[]).await;
     assert_eq!(answer.status, 401);
 
     app.settle().await;
     assert!(app.fake.posts_in(APPROVALS).is_empty());
-    assert!(app
-        .built
-        .store
-        .get(RequestId::parse("AR-1").unwrap())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(app.no_request_yet().await);
 }
 
 #[tokio::test]
 async fn a_stale_timestamp_is_refused() {
     let app = spawn_app().await;
     let body = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
-    let old = (app.now_secs() - 301).to_string();
-    let headers = vec![
-        (
-            "x-slack-signature",
-            sign(SECRET.as_bytes(), &old, body.as_bytes()),
-        ),
-        ("x-slack-request-timestamp", old),
-    ];
-    let answer = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-            &headers,
-        )
-        .await;
+    let headers = app.signed_at(&body, 301);
+    let answer = app.post("/slack/commands", FORM, &body, &headers).await;
     assert_eq!(answer.status, 401);
     // Within the window it is fine.
-    let recent = (app.now_secs() - 200).to_string();
-    let headers = vec![
-        (
-            "x-slack-signature",
-            sign(SECRET.as_bytes(), &recent, body.as_bytes()),
-        ),
-        ("x-slack-request-timestamp", recent),
-    ];
-    let answer = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-            &headers,
-        )
-        .await;
+    let headers = app.signed_at(&body, 200);
+    let answer = app.post("/slack/commands", FORM, &body, &headers).await;
     assert_eq!(answer.status, 200);
 }
 
@@ -1475,13 +1261,7 @@ async fn slash_commands_from_another_workspace_enterprise_or_app_are_refused() {
         ("api_app_id", ""),
     ] {
         let body = app.command_body_with(DEV, &text, field, value);
-        let answer = app
-            .post_signed(
-                "/slack/commands",
-                "application/x-www-form-urlencoded",
-                &body,
-            )
-            .await;
+        let answer = app.post_signed("/slack/commands", FORM, &body).await;
         assert_eq!(
             (answer.status, answer.body.as_str()),
             (401, FOREIGN_REFUSAL),
@@ -1514,10 +1294,7 @@ async fn slash_commands_from_another_workspace_enterprise_or_app_are_refused() {
 async fn clicks_forms_and_thread_messages_from_elsewhere_are_refused() {
     let logs = Logs::capture();
     let app = spawn_app().await;
-    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
-        .await;
-    app.settle().await;
-    let (channel, ts) = app.card(1).await;
+    let (channel, ts) = app.requested().await;
 
     type Edit = fn(&mut Value);
     let clicks: [(&str, Edit); 5] = [
@@ -1534,13 +1311,7 @@ async fn clicks_forms_and_thread_messages_from_elsewhere_are_refused() {
     ];
     for (what, edit) in clicks {
         let body = app.click_body_with(LEAD1, "approve AR-1", &channel, &ts, edit);
-        let answer = app
-            .post_signed(
-                "/slack/interactions",
-                "application/x-www-form-urlencoded",
-                &body,
-            )
-            .await;
+        let answer = app.post_signed("/slack/interactions", FORM, &body).await;
         assert_eq!(
             (answer.status, answer.body.as_str()),
             (401, FOREIGN_REFUSAL),
@@ -1566,13 +1337,7 @@ async fn clicks_forms_and_thread_messages_from_elsewhere_are_refused() {
         }
     });
     let body = serde_urlencoded::to_string([("payload", form.to_string())]).unwrap();
-    let answer = app
-        .post_signed(
-            "/slack/interactions",
-            "application/x-www-form-urlencoded",
-            &body,
-        )
-        .await;
+    let answer = app.post_signed("/slack/interactions", FORM, &body).await;
     assert_eq!(answer.status, 401);
 
     // Thread messages: from another workspace, for another app, and from a
@@ -1627,34 +1392,18 @@ async fn clicks_forms_and_thread_messages_from_elsewhere_are_refused() {
 async fn the_workspace_is_learnt_at_start_with_its_enterprise_unless_configured() {
     // In an Enterprise Grid organization: auth.test names it, and requests
     // must name the same one.
-    startup::install_crypto_provider();
-    let fake = FakeSlack::start().await;
-    fresh_fake_people(&fake);
+    let (fake, _dir, db) = fresh_slack().await;
     fake.set_enterprise("E0GRID");
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
+    let clock = clock_at_now();
     let app = start(&fake, &db, clock.clone(), Duration::from_millis(2500)).await;
     assert!(fake.calls().iter().any(|c| c.method == "auth.test"));
     assert!(fake.calls().iter().any(|c| c.method == "bots.info"));
     let text = format!("request {WEB} 1h ticket#1 x");
     let ours = app.command_body_with(DEV, &text, "enterprise_id", "E0GRID");
-    let answer = app
-        .post_signed(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &ours,
-        )
-        .await;
+    let answer = app.post_signed("/slack/commands", FORM, &ours).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let theirs = app.command_body_with(DEV, &text, "enterprise_id", "E0ELSEWHERE");
-    let answer = app
-        .post_signed(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &theirs,
-        )
-        .await;
+    let answer = app.post_signed("/slack/commands", FORM, &theirs).await;
     assert_eq!(answer.status, 401);
     app.built.store.close().await;
     app.server.abort();
@@ -1683,22 +1432,10 @@ async fn the_workspace_is_learnt_at_start_with_its_enterprise_unless_configured(
         fake.calls()
     );
     let body = app.command_body_with(DEV, "list", "api_app_id", "A0PASSPORT");
-    let answer = app
-        .post_signed(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-        )
-        .await;
+    let answer = app.post_signed("/slack/commands", FORM, &body).await;
     assert_eq!(answer.status, 401, "only the configured app is Passport's");
     let body = app.command_body_with(DEV, "list", "api_app_id", "A0CONFIGURED");
-    let answer = app
-        .post_signed(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-        )
-        .await;
+    let answer = app.post_signed("/slack/commands", FORM, &body).await;
     assert_eq!(answer.status, 200);
     app.built.store.close().await;
     app.server.abort();
@@ -1709,18 +1446,8 @@ async fn the_workspace_is_learnt_at_start_with_its_enterprise_unless_configured(
         slack.team_id = "T0ELSEWHERE".into();
     }
     let settings = elsewhere.validate().unwrap();
-    let refused = startup::slack_app(
-        &settings,
-        settings.slack.as_ref().unwrap(),
-        SlackOptions {
-            clock: Arc::new(clock),
-            provisioner: startup::logged_dry_run(&settings),
-            ack_deadline: Duration::from_millis(2500),
-            dry_run_label: false,
-            probes: Vec::new(),
-        },
-    )
-    .await;
+    let slack = settings.slack.as_ref().unwrap();
+    let refused = startup::slack_app(&settings, slack, slack_options(&clock, &settings)).await;
     let Err(e) = refused else {
         panic!("started with a workspace the token does not belong to")
     };
@@ -1736,12 +1463,7 @@ async fn a_body_over_64_kib_is_refused_with_413() {
     let app = spawn_app().await;
     let body = app.command_body(DEV, &"x".repeat(70 * 1024));
     let answer = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-            &app.signed(&body),
-        )
+        .post("/slack/commands", FORM, &body, &app.signed(&body))
         .await;
     assert_eq!(answer.status, 413);
 }
@@ -1754,22 +1476,8 @@ async fn a_replayed_delivery_acts_once() {
     let app = spawn_app().await;
     let body = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 replay"));
     let headers = app.signed(&body);
-    let first = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-            &headers,
-        )
-        .await;
-    let again = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &body,
-            &headers,
-        )
-        .await;
+    let first = app.post("/slack/commands", FORM, &body, &headers).await;
+    let again = app.post("/slack/commands", FORM, &body, &headers).await;
     assert_eq!((first.status, again.status), (200, 200));
     assert!(first.text().contains("AR-1"));
     assert_eq!(again.body, "");
@@ -1787,22 +1495,10 @@ async fn a_replayed_delivery_acts_once() {
 #[tokio::test]
 async fn a_retried_event_acts_once() {
     let app = spawn_app().await;
-    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
-        .await;
-    app.settle().await;
-    let (channel, ts) = app.card(1).await;
-    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
-    app.settle().await;
+    let (channel, ts) = app.approved_request().await;
 
     let body = app.event_body("Ev0RETRIED", DEV, &channel, &ts, "extend 30m");
-    let answer = app
-        .post(
-            "/slack/events",
-            "application/json",
-            &body,
-            &app.signed(&body),
-        )
-        .await;
+    let answer = app.post_event(&body).await;
     assert_eq!(answer.status, 200);
     // Slack retries with a new signature and X-Slack-Retry-Num.
     let mut headers = app.signed(&body);
@@ -1819,10 +1515,7 @@ async fn a_retried_event_acts_once() {
 #[tokio::test]
 async fn a_double_click_approves_once() {
     let app = spawn_app().await;
-    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
-        .await;
-    app.settle().await;
-    let (channel, ts) = app.card(1).await;
+    let (channel, ts) = app.requested().await;
     let (a, b) = tokio::join!(
         app.click(LEAD1, "approve AR-1", &channel, &ts),
         app.click(LEAD1, "approve AR-1", &channel, &ts)
@@ -1852,10 +1545,7 @@ async fn a_double_click_approves_once() {
 #[tokio::test]
 async fn two_approvers_racing_make_one_transition() {
     let app = spawn_app().await;
-    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
-        .await;
-    app.settle().await;
-    let (channel, ts) = app.card(1).await;
+    let (channel, ts) = app.requested().await;
     let (a, b) = tokio::join!(
         app.click(LEAD1, "approve AR-1", &channel, &ts),
         app.click(LEAD2, "approve AR-1", &channel, &ts)
@@ -1951,24 +1641,14 @@ async fn a_restart_between_commit_and_delivery_delivers_once() {
 #[tokio::test]
 async fn an_event_redelivered_after_a_restart_acts_once() {
     let app = spawn_app().await;
-    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
-        .await;
-    app.settle().await;
-    let (channel, ts) = app.card(1).await;
-    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
-    app.settle().await;
+    let (channel, ts) = app.approved_request().await;
     let body = app.event_body("Ev0RESTART", DEV, &channel, &ts, "extend 1h");
-    let headers = app.signed(&body);
-    app.post("/slack/events", "application/json", &body, &headers)
-        .await;
+    app.post_event(&body).await;
     assert_eq!(app.events(1, "extended").await, 1);
     // Passport restarts (its memory of deliveries is gone), and Slack, which
     // saw no answer in time, delivers the same event again.
     let app = app.restart().await;
-    let headers = app.signed(&body);
-    let answer = app
-        .post("/slack/events", "application/json", &body, &headers)
-        .await;
+    let answer = app.post_event(&body).await;
     assert_eq!(answer.status, 200);
     assert_eq!(app.events(1, "extended").await, 1);
 }
@@ -1999,24 +1679,14 @@ async fn a_signed_command_or_click_replayed_after_a_restart_is_refused() {
     let command = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
     let command_headers = app.signed(&command);
     let answer = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &command,
-            &command_headers,
-        )
+        .post("/slack/commands", FORM, &command, &command_headers)
         .await;
     assert!(answer.text().contains("AR-1"), "{}", answer.body);
     app.settle().await;
     // Restart on the same database file, then replay the same signed body.
     let app = app.restart().await;
     let answer = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &command,
-            &command_headers,
-        )
+        .post("/slack/commands", FORM, &command, &command_headers)
         .await;
     assert_eq!(answer.status, 200);
     assert!(
@@ -2034,23 +1704,13 @@ async fn a_signed_command_or_click_replayed_after_a_restart_is_refused() {
     let (channel, ts) = app.card(1).await;
     let click = app.click_body(LEAD1, "deny AR-1 @request", &channel, &ts, None);
     let click_headers = app.signed(&click);
-    app.post(
-        "/slack/interactions",
-        "application/x-www-form-urlencoded",
-        &click,
-        &click_headers,
-    )
-    .await;
+    app.post("/slack/interactions", FORM, &click, &click_headers)
+        .await;
     assert_eq!(app.state(1).await, RequestState::Denied);
     let answers = app.fake.ephemerals(LEAD1).len();
     let app = app.restart().await;
-    app.post(
-        "/slack/interactions",
-        "application/x-www-form-urlencoded",
-        &click,
-        &click_headers,
-    )
-    .await;
+    app.post("/slack/interactions", FORM, &click, &click_headers)
+        .await;
     app.settle().await;
     assert_eq!(app.events(1, "denied").await, 1);
     assert_eq!(
@@ -2063,12 +1723,7 @@ async fn a_signed_command_or_click_replayed_after_a_restart_is_refused() {
 #[tokio::test]
 async fn the_expiry_warning_offers_extend_buttons_that_work_from_the_direct_message() {
     let app = spawn_app().await;
-    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
-        .await;
-    app.settle().await;
-    let (channel, ts) = app.card(1).await;
-    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
-    app.settle().await;
+    app.approved_request().await;
     app.clock.advance(Span::from_minutes(46));
     app.settle().await;
     let warning = app
@@ -2206,31 +1861,19 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn socket_mode_acknowledges_first_and_reconnects() {
-    startup::install_crypto_provider();
-    let fake = FakeSlack::start().await;
-    fresh_fake_people(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir.path().join("passport.db"), &fake);
+    let (fake, _dir, db) = fresh_slack().await;
+    let mut config = config(&db, &fake);
     if let Some(slack) = config.slack.as_mut() {
         slack.mode = "socket".into();
         slack.signing_secret = None;
         slack.app_token = Some(Secret::from("xapp-1-A0PASSPORT-test"));
     }
     let settings = config.validate().unwrap();
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
-    let built = startup::slack_app(
-        &settings,
-        settings.slack.as_ref().unwrap(),
-        SlackOptions {
-            clock: Arc::new(clock.clone()),
-            provisioner: startup::logged_dry_run(&settings),
-            ack_deadline: Duration::from_millis(2500),
-            dry_run_label: false,
-            probes: Vec::new(),
-        },
-    )
-    .await
-    .unwrap();
+    let clock = clock_at_now();
+    let slack = settings.slack.as_ref().unwrap();
+    let built = startup::slack_app(&settings, slack, slack_options(&clock, &settings))
+        .await
+        .unwrap();
     let socket = built.socket.expect("socket mode").spawn();
     eventually("a Socket Mode connection", || {
         fake.socket_connections() == 1
@@ -2422,13 +2065,8 @@ impl TestApp {
         });
         let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
         let headers = self.signed(&body);
-        self.post(
-            "/slack/interactions",
-            "application/x-www-form-urlencoded",
-            &body,
-            &headers,
-        )
-        .await
+        self.post("/slack/interactions", FORM, &body, &headers)
+            .await
     }
 }
 
@@ -2467,13 +2105,7 @@ async fn request_with_no_arguments_opens_a_form_that_requests_access() {
         .contains("i-0123456789abcdef0"));
     assert!(errors["duration"].as_str().unwrap().contains("2hrs"));
     assert!(errors["ticket"].as_str().unwrap().contains("soon"));
-    assert!(app
-        .built
-        .store
-        .get(RequestId::parse("AR-1").unwrap())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(app.no_request_yet().await);
 
     let answer = app
         .submit_form(
@@ -2537,34 +2169,15 @@ async fn the_certificate_check_is_answered_with_an_empty_200() {
     let app = spawn_app().await;
     let body = "ssl_check=1&token=legacy-verification-token";
     // Slack may send it unsigned.
-    let unsigned = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            body,
-            &[],
-        )
-        .await;
+    let unsigned = app.post("/slack/commands", FORM, body, &[]).await;
     assert_eq!((unsigned.status, unsigned.body.as_str()), (200, ""));
     let signed = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            body,
-            &app.signed(body),
-        )
+        .post("/slack/commands", FORM, body, &app.signed(body))
         .await;
     assert_eq!((signed.status, signed.body.as_str()), (200, ""));
     // Anything else unsigned is still refused.
     let command = app.command_body(DEV, &format!("request {WEB} 1h ticket#1 x"));
-    let forged = app
-        .post(
-            "/slack/commands",
-            "application/x-www-form-urlencoded",
-            &command,
-            &[],
-        )
-        .await;
+    let forged = app.post("/slack/commands", FORM, &command, &[]).await;
     assert_eq!(forged.status, 401);
     app.settle().await;
     assert!(app.fake.posts_in(APPROVALS).is_empty());
@@ -2573,12 +2186,7 @@ async fn the_certificate_check_is_answered_with_an_empty_200() {
 #[tokio::test]
 async fn a_thread_reply_also_sent_to_the_channel_is_a_thread_reply() {
     let app = spawn_app().await;
-    app.command(DEV, &format!("request {WEB} 1h ticket#1 x"))
-        .await;
-    app.settle().await;
-    let (channel, ts) = app.card(1).await;
-    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
-    app.settle().await;
+    let (channel, ts) = app.approved_request().await;
 
     let mut body: Value = serde_json::from_str(&app.event_body(
         &format!("Ev{}", unique()),
@@ -2591,14 +2199,7 @@ async fn a_thread_reply_also_sent_to_the_channel_is_a_thread_reply() {
     body["event"]["subtype"] = json!("thread_broadcast");
     body["event"]["root"] = json!({ "ts": ts, "text": "…", "user": "U0PASSPORT" });
     let body = body.to_string();
-    let answer = app
-        .post(
-            "/slack/events",
-            "application/json",
-            &body,
-            &app.signed(&body),
-        )
-        .await;
+    let answer = app.post_event(&body).await;
     assert_eq!(answer.status, 200);
     assert_eq!(app.events(1, "extended").await, 1);
     assert!(
@@ -2644,14 +2245,7 @@ impl TestApp {
 
     /// When the password message waiting for deletion is due.
     async fn deletion_due(&self) -> passport::domain::time::Timestamp {
-        let due = self
-            .built
-            .store
-            .due_password_messages(passport::domain::time::Timestamp::from_millis(i64::MAX), 10)
-            .await
-            .unwrap();
-        assert_eq!(due.len(), 1, "{due:?}");
-        due[0].message.due
+        password_deletion_due(&self.built).await
     }
 
     /// The notes about deleted password messages in AR-1's thread.
@@ -2735,22 +2329,11 @@ async fn a_restart_before_the_due_time_still_deletes_the_password_message() {
 
 #[tokio::test]
 async fn a_configured_password_message_ttl_is_honoured() {
-    startup::install_crypto_provider();
-    let fake = FakeSlack::start().await;
-    fresh_fake_people(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
-    let db = dir.path().join("passport.db");
-    let mut app = start_with(
-        config(&db, &fake),
-        &fake,
-        &db,
-        clock,
-        Duration::from_millis(2500),
-        Some("3m".into()),
-    )
+    let app = spawn_app_with_extras(Extras {
+        ttl: Some("3m".into()),
+        ..Extras::default()
+    })
     .await;
-    app._dir = Some(dir);
     let sent_at = app.clock.now();
     let (channel, ts) = app.windows_grant().await;
     assert!(app
@@ -2888,22 +2471,10 @@ async fn an_aws_refusal_shows_people_its_code_and_error_id_and_the_log_its_detai
     );
     // As `serve` does before it provisions anything.
     provisioner.check_documents().await.unwrap();
-    let fake = FakeSlack::start().await;
-    fresh_fake_people(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
-    let app = start_on(
-        config(&db, &fake),
-        &fake,
-        &db,
-        clock,
-        Duration::from_millis(2500),
-        Extras {
-            provisioner: Some(Arc::new(provisioner)),
-            ..Extras::default()
-        },
-    )
+    let app = spawn_app_with_extras(Extras {
+        provisioner: Some(Arc::new(provisioner)),
+        ..Extras::default()
+    })
     .await;
 
     let answer = app.command(DEV, &format!("key set {SSH_KEY}")).await;
@@ -2979,21 +2550,10 @@ async fn an_aws_refusal_shows_people_its_code_and_error_id_and_the_log_its_detai
 
 #[tokio::test]
 async fn a_dry_run_marks_every_card_thread_reply_and_direct_message_dry_run() {
-    startup::install_crypto_provider();
-    let fake = FakeSlack::start().await;
-    fresh_fake_people(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("passport.db");
-    let clock = ManualClock::new(passport::adapters::clock::SystemClock.now());
     // A chat platform, no [aws] and `provisioner = "dry-run"`, labelled as
     // `serve` decides it from the configuration.
-    let config = config(&db, &fake);
-    assert!(config.aws.is_none());
-    let app = start_on(
-        config,
-        &fake,
-        &db,
-        clock,
+    let app = spawn_app_on(
+        |config| assert!(config.aws.is_none()),
         Duration::from_millis(2500),
         Extras {
             labelled: true,
@@ -3059,27 +2619,15 @@ async fn the_start_warns_only_about_user_groups_that_approve_or_administer() {
         c.policy.requesters = vec!["group:oncall".into()];
     })
     .await;
-    // What the start warned about is what it logged at WARN.
-    let warned = &app.warnings;
-    assert_eq!(warned.len(), 2, "{warned:#?}");
-    assert!(
-        warned.iter().any(|l| l.contains(
-            "Passport group sre-leads (approves for rule \"prod\") is the Slack user group S0SRELEADS"
-        )),
-        "{warned:#?}"
-    );
-    assert!(
-        warned.iter().any(
-            |l| l.contains("Passport group bosses (is admin) is the Slack user group S0BOSSES")
-        ),
-        "{warned:#?}"
-    );
-    // Requesting is no power over access; an unused group none at all.
-    assert!(
-        !warned
-            .iter()
-            .any(|l| l.contains("S0ONCALL") || l.contains("S0UNUSED")),
-        "{warned:#?}"
+    // What the start warned about is what it logged at WARN. Requesting is
+    // no power over access; an unused group none at all.
+    assert_warned(
+        &app.warnings,
+        &[
+            "Passport group sre-leads (approves for rule \"prod\") is the Slack user group S0SRELEADS".into(),
+            "Passport group bosses (is admin) is the Slack user group S0BOSSES".into(),
+        ],
+        &["S0ONCALL", "S0UNUSED"],
     );
 }
 

@@ -22,6 +22,9 @@ mod password_messages;
 mod signin;
 mod verify;
 
+#[doc(hidden)]
+pub use verify::rehash_plainly;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1133,14 +1136,7 @@ impl Store for SqliteStore {
             ])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(LogEvent {
-                    seq: row.get::<_, i64>(0)? as u64,
-                    at: Timestamp::from_millis(row.get(1)?),
-                    actor: row.get(2)?,
-                    request: row.get(3)?,
-                    action: row.get(4)?,
-                    details: row.get(5)?,
-                });
+                out.push(verify::event_of(row)?);
             }
             Ok(out)
         })

@@ -1,7 +1,12 @@
 //! Shared test helpers: an engine on a fresh SQLite file with a hand-moved
 //! clock, a chat surface that records what it is asked to post, and a
-//! provisioner whose outcomes the test decides.
+//! provisioner whose outcomes the test decides. [`chat_app`] and
+//! [`http_client`] hold what the Slack and Discord tests over real HTTP set
+//! up alike.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod chat_app;
+pub mod http_client;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -221,6 +226,18 @@ impl FakeProvisioner {
 
     pub fn revokes(&self) -> Vec<Call> {
         self.revokes.lock().unwrap().clone()
+    }
+
+    /// Grants on the instance `id` fail from now on.
+    pub fn fail_grants_on(&self, id: &str) {
+        let id = InstanceId::parse(id).unwrap();
+        self.fail_grant.lock().unwrap().insert(id);
+    }
+
+    /// Removals from the instance `id` fail `times` more times.
+    pub fn fail_revokes_on(&self, id: &str, times: u32) {
+        let id = InstanceId::parse(id).unwrap();
+        self.fail_revoke.lock().unwrap().insert(id, times);
     }
 }
 
@@ -493,6 +510,19 @@ impl TestApp {
 
     pub async fn close(self) {
         self.store.close().await;
+    }
+
+    /// Stops the application and starts it again `down` later on the same
+    /// database, provisioner and clock, posting to `surface`.
+    pub async fn restart(self, down: Span, surface: Arc<RecordingSurface>) -> Self {
+        let (db, provisioner, clock) = (
+            self.db.clone(),
+            self.provisioner.clone(),
+            self.clock.clone(),
+        );
+        self.close().await;
+        clock.advance(down);
+        Self::open(&db, provisioner, clock, surface).await
     }
 
     pub fn actor(user: &str) -> Actor {

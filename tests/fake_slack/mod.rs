@@ -21,6 +21,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 pub const BOT_TOKEN: &str = "xoxb-fake-bot-token";
+/// The signing secret Passport is given in the tests: Slack signs with it.
+pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 /// The workspace the bot token belongs to, as `auth.test` says.
 pub const TEAM: &str = "T0TEAM";
 /// The bot's app, as `bots.info` says.
@@ -181,6 +183,34 @@ impl FakeSlack {
     /// The Web API base URL to configure as `slack.api_url`.
     pub fn api_url(&self) -> String {
         format!("{}/api", self.base)
+    }
+
+    /// The headers Slack sends with `body` at `timestamp` (Unix seconds),
+    /// signed with [`SIGNING_SECRET`].
+    pub fn signature_headers(body: &str, timestamp: i64) -> Vec<(&'static str, String)> {
+        let ts = timestamp.to_string();
+        vec![
+            (
+                "x-slack-signature",
+                passport::http::verify::sign(SIGNING_SECRET.as_bytes(), &ts, body.as_bytes()),
+            ),
+            ("x-slack-request-timestamp", ts),
+        ]
+    }
+
+    /// Passport's `[slack]` settings against this fake: its Web API, the bot
+    /// token and [`SIGNING_SECRET`], approvals in C0APPROVALS and the audit
+    /// in C0AUDIT, and no pause between posts to one channel.
+    pub fn passport_settings(&self) -> passport::adapters::slack::SlackConfig {
+        passport::adapters::slack::SlackConfig {
+            signing_secret: Some(passport::config::Secret::from(SIGNING_SECRET)),
+            bot_token: Some(passport::config::Secret::from(BOT_TOKEN)),
+            approvals_channel: "C0APPROVALS".into(),
+            audit_channel: "C0AUDIT".into(),
+            api_url: self.api_url(),
+            channel_pace: "0".into(),
+            ..Default::default()
+        }
     }
 
     pub fn add_user(&self, id: &str, name: &str) {

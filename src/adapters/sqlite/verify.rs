@@ -29,6 +29,9 @@ use crate::domain::time::Timestamp;
 /// this many events later.
 const STOP_CHECK_EVERY: usize = 4096;
 
+/// What a part reads of each event: the event, then its stored hash.
+const COLUMNS: &str = "SELECT seq, at, actor, request, action, details, hash FROM logbook";
+
 /// Checks the chain of every event committed when it starts, on a
 /// connection from `open` per core, keyed links with `keys`.
 pub(super) fn verify<F>(open: F, keys: &ChainKeys) -> Result<Verification, StoreError>
@@ -214,7 +217,6 @@ fn check_part(
     end: i64,
     broken: &AtomicUsize,
 ) -> Result<Part, StoreError> {
-    const COLUMNS: &str = "SELECT seq, at, actor, request, action, details, hash FROM logbook";
     let mut stmt;
     let mut rows = match start.seq {
         None => {
@@ -236,14 +238,7 @@ fn check_part(
         if read.is_multiple_of(STOP_CHECK_EVERY) && broken.load(Ordering::Relaxed) < index {
             return Ok(Part::Stopped);
         }
-        let event = LogEvent {
-            seq: row.get::<_, i64>(0)? as u64,
-            at: Timestamp::from_millis(row.get(1)?),
-            actor: row.get(2)?,
-            request: row.get(3)?,
-            action: row.get(4)?,
-            details: row.get(5)?,
-        };
+        let event = event_of(row)?;
         let stored = row.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
         let linking = match &mode {
             Mode::Plain => Some(Linking::Plain),
@@ -285,6 +280,40 @@ fn check_part(
         last_hash: prev,
         keying,
     })
+}
+
+/// The event in a row whose first columns are those of [`COLUMNS`].
+pub(super) fn event_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogEvent> {
+    Ok(LogEvent {
+        seq: row.get::<_, i64>(0)? as u64,
+        at: Timestamp::from_millis(row.get(1)?),
+        actor: row.get(2)?,
+        request: row.get(3)?,
+        action: row.get(4)?,
+        details: row.get(5)?,
+    })
+}
+
+/// Recomputes every stored hash as the plain SHA-256 chain over the events as
+/// they stand, as someone with write access to the database but without the
+/// Logbook's key would after rewriting events. Tests use it to show what a
+/// keyed Logbook catches and a plain one cannot; Passport never calls it.
+#[doc(hidden)]
+pub fn rehash_plainly(conn: &Connection) -> rusqlite::Result<()> {
+    let events: Vec<LogEvent> = {
+        let mut stmt = conn.prepare(&format!("{COLUMNS} ORDER BY seq"))?;
+        let rows = stmt.query_map([], event_of)?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut prev = GENESIS;
+    for e in events {
+        prev = e.hash_after(&prev);
+        conn.execute(
+            "UPDATE logbook SET hash = ?1 WHERE seq = ?2",
+            rusqlite::params![&prev[..], e.seq as i64],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -526,36 +555,7 @@ mod tests {
         let (_dir, path) = logbook_keyed(50, Some(10));
         Tamper::Edit(5).apply(&path);
         // Recompute every link plainly, as someone without the key would.
-        let conn = Connection::open(&path).unwrap();
-        let events: Vec<LogEvent> = {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT seq, at, actor, request, action, details FROM logbook ORDER BY seq",
-                )
-                .unwrap();
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(LogEvent {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        at: Timestamp::from_millis(r.get(1)?),
-                        actor: r.get(2)?,
-                        request: r.get(3)?,
-                        action: r.get(4)?,
-                        details: r.get(5)?,
-                    })
-                })
-                .unwrap();
-            rows.collect::<Result<_, _>>().unwrap()
-        };
-        let mut prev = GENESIS;
-        for e in events {
-            prev = e.hash_after(&prev);
-            conn.execute(
-                "UPDATE logbook SET hash = ?1 WHERE seq = ?2",
-                rusqlite::params![&prev[..], e.seq as i64],
-            )
-            .unwrap();
-        }
+        rehash_plainly(&Connection::open(&path).unwrap()).unwrap();
         assert_eq!(
             in_parts_with(&path, &with_key(), 4),
             Verification::Broken(ChainBreak::Mismatch { seq: 11 })
