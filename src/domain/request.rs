@@ -1257,6 +1257,30 @@ mod tests {
         [pending(), approved(), provisioning(), completed]
     }
 
+    /// Two hours active from minute 2, under one rule that allows `max` in all.
+    fn two_hours_under(max: Span) -> AccessRequest {
+        active_with(
+            requirement(vec![rule("prod", "sre-leads", 1)], max),
+            Span::from_hours(2),
+        )
+    }
+
+    /// The requester extends `r` by `span` at `now`.
+    fn requester_extends(
+        r: &mut AccessRequest,
+        span: Span,
+        now: Timestamp,
+    ) -> Result<Extension, Refusal> {
+        r.extend(&uid("dev1"), by(span), now)
+    }
+
+    /// An approval recorded that still needs `still_needed`.
+    fn recorded(still_needed: &str) -> Result<ApprovalOutcome, Refusal> {
+        Ok(ApprovalOutcome::Recorded {
+            still_needed: still_needed.to_owned(),
+        })
+    }
+
     fn ok(n: u32) -> InstanceOutcome {
         InstanceOutcome {
             instance: iid(n),
@@ -1496,9 +1520,7 @@ mod tests {
         let mut r = request_for(two_leads(), Span::from_hours(1), 1);
         assert_eq!(
             r.approve(&lead(1), "lead1", at(1)),
-            Ok(ApprovalOutcome::Recorded {
-                still_needed: "1 more approval from group sre-leads".to_owned()
-            })
+            recorded("1 more approval from group sre-leads")
         );
         let err = refused(r.approve(&lead(1), "lead1", at(2)), AlreadyDone);
         assert!(err.contains("you already approved AR-7"), "{err}");
@@ -1530,9 +1552,7 @@ mod tests {
         let mut r = request_for(lead_and_security(), Span::from_hours(1), 1);
         assert_eq!(
             r.approve(&lead(1), "lead1", at(1)),
-            Ok(ApprovalOutcome::Recorded {
-                still_needed: "1 more approval from group security".to_owned()
-            })
+            recorded("1 more approval from group security")
         );
         // A second lead adds nothing: the lead rule is already satisfied.
         let err = refused(r.approve(&lead(2), "lead2", at(2)), NotAllowed);
@@ -1948,8 +1968,7 @@ mod tests {
     #[test]
     fn expire_follows_an_extension() {
         let mut r = active();
-        r.extend(&uid("dev1"), by(Span::from_hours(1)), at(100))
-            .unwrap();
+        requester_extends(&mut r, Span::from_hours(1), at(100)).unwrap();
         assert!(r.expire(at(122)).is_err());
         assert!(r.expire(at(182)).is_ok());
     }
@@ -2049,9 +2068,7 @@ mod tests {
     #[test]
     fn extend_adds_time_to_active_access() {
         let mut r = active();
-        let ext = r
-            .extend(&uid("dev1"), by(Span::from_hours(1)), at(100))
-            .unwrap();
+        let ext = requester_extends(&mut r, Span::from_hours(1), at(100)).unwrap();
         assert_eq!(
             ext,
             Extension {
@@ -2069,8 +2086,7 @@ mod tests {
             "extending does not restart the clock"
         );
 
-        r.extend(&uid("dev1"), by(Span::from_minutes(30)), at(150))
-            .unwrap();
+        requester_extends(&mut r, Span::from_minutes(30), at(150)).unwrap();
         assert_eq!(r.extended_by, Span::from_minutes(90));
         assert_eq!(r.expires_at, Some(at(212)));
     }
@@ -2092,7 +2108,7 @@ mod tests {
         for mut r in not_active() {
             let before = r.clone();
             refused(
-                r.extend(&uid("dev1"), by(Span::from_hours(1)), at(20)),
+                requester_extends(&mut r, Span::from_hours(1), at(20)),
                 WrongState,
             );
             assert_eq!(r, before);
@@ -2103,7 +2119,7 @@ mod tests {
     fn extend_after_expiry_is_refused() {
         let mut r = active();
         let err = refused(
-            r.extend(&uid("dev1"), by(Span::from_hours(1)), at(122)),
+            requester_extends(&mut r, Span::from_hours(1), at(122)),
             WrongState,
         );
         assert!(err.contains("already expired"), "{err}");
@@ -2113,13 +2129,8 @@ mod tests {
     #[test]
     fn extend_is_capped_at_the_maximum_measured_from_activation() {
         // Four hours at most; two asked for, active from minute 2.
-        let mut r = active_with(
-            requirement(vec![rule("prod", "sre-leads", 1)], Span::from_hours(4)),
-            Span::from_hours(2),
-        );
-        let ext = r
-            .extend(&uid("dev1"), by(Span::from_hours(3)), at(60))
-            .unwrap();
+        let mut r = two_hours_under(Span::from_hours(4));
+        let ext = requester_extends(&mut r, Span::from_hours(3), at(60)).unwrap();
         assert_eq!(ext.added, Span::from_hours(2));
         assert!(ext.capped);
         assert_eq!(ext.new_expiry, at(2).plus(Span::from_hours(4)));
@@ -2129,13 +2140,8 @@ mod tests {
 
     #[test]
     fn extend_that_fits_exactly_is_not_capped() {
-        let mut r = active_with(
-            requirement(vec![rule("prod", "sre-leads", 1)], Span::from_hours(4)),
-            Span::from_hours(2),
-        );
-        let ext = r
-            .extend(&uid("dev1"), by(Span::from_hours(2)), at(60))
-            .unwrap();
+        let mut r = two_hours_under(Span::from_hours(4));
+        let ext = requester_extends(&mut r, Span::from_hours(2), at(60)).unwrap();
         assert!(!ext.capped);
         assert_eq!(ext.remaining_allowance, Span::ZERO);
     }
@@ -2143,13 +2149,10 @@ mod tests {
     #[test]
     fn extend_is_refused_when_less_than_a_minute_of_allowance_remains() {
         let almost_none = Span::from_millis(Span::from_hours(2).as_millis() + 59_999);
-        let mut r = active_with(
-            requirement(vec![rule("prod", "sre-leads", 1)], almost_none),
-            Span::from_hours(2),
-        );
+        let mut r = two_hours_under(almost_none);
         let before = r.clone();
         let err = refused(
-            r.extend(&uid("dev1"), by(Span::from_minutes(1)), at(60)),
+            requester_extends(&mut r, Span::from_minutes(1), at(60)),
             NotAllowed,
         );
         assert!(err.contains("make a new request"), "{err}");
@@ -2158,13 +2161,8 @@ mod tests {
 
     #[test]
     fn extend_with_exactly_a_minute_of_allowance_adds_that_minute() {
-        let mut r = active_with(
-            requirement(vec![rule("prod", "sre-leads", 1)], Span::from_minutes(121)),
-            Span::from_hours(2),
-        );
-        let ext = r
-            .extend(&uid("dev1"), by(Span::from_hours(1)), at(60))
-            .unwrap();
+        let mut r = two_hours_under(Span::from_minutes(121));
+        let ext = requester_extends(&mut r, Span::from_hours(1), at(60)).unwrap();
         assert_eq!(ext.added, Span::from_minutes(1));
         assert!(ext.capped);
     }
@@ -2174,15 +2172,12 @@ mod tests {
         // Even a requirement that claims more (e.g. one stored before the cap was
         // lowered) is held to the hard cap.
         for max in [Span::from_hours(12), Span::from_hours(24)] {
-            let mut r = active_with(
-                requirement(vec![rule("prod", "sre-leads", 1)], max),
-                Span::from_hours(2),
-            );
+            let mut r = two_hours_under(max);
             let activated = r.activated_at.unwrap();
             let mut now = at(3);
             let mut refused = false;
             for _ in 0..10 {
-                match r.extend(&uid("dev1"), by(Span::from_hours(5)), now) {
+                match requester_extends(&mut r, Span::from_hours(5), now) {
                     Ok(ext) => {
                         assert!(ext.new_expiry.since(activated) <= DurationLimits::HARD_MAX);
                         now = now.plus(Span::from_minutes(1));
@@ -2204,7 +2199,7 @@ mod tests {
     fn extend_of_access_granted_for_the_full_twelve_hours_is_refused() {
         let mut r = active_with(one_lead(), Span::from_hours(12));
         let err = refused(
-            r.extend(&uid("dev1"), by(Span::from_minutes(1)), at(60)),
+            requester_extends(&mut r, Span::from_minutes(1), at(60)),
             NotAllowed,
         );
         assert!(err.contains("12h maximum"), "{err}");
