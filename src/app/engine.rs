@@ -85,6 +85,54 @@ pub struct Actor {
     pub surface: String,
 }
 
+/// Who acts and when, resolved once at the start of a use case that decides
+/// by group: the person, their groups from the directory, whether those make
+/// them an admin, and the time the command is decided at.
+pub(super) struct Caller {
+    pub(super) person: Person,
+    pub(super) who: Membership,
+    pub(super) is_admin: bool,
+    pub(super) now: Timestamp,
+}
+
+impl Caller {
+    /// Records `action` on request `id` in the Logbook, as done by this person now.
+    fn log(
+        &self,
+        fx: &mut Effects,
+        id: RequestId,
+        action: &str,
+        summary: String,
+        details: serde_json::Value,
+    ) {
+        let by = self.person.id.as_str();
+        fx.log(self.now, by, Some(id), action, summary, details);
+    }
+
+    /// Logs a decision that may give a reason ("denied", "revoked") as
+    /// "denied by Ann: the reason"; returns that sentence.
+    fn log_decision(
+        &self,
+        fx: &mut Effects,
+        id: RequestId,
+        action: &str,
+        reason: Option<&Reason>,
+    ) -> String {
+        let summary = format!(
+            "{action} by {}{}",
+            self.person.handle,
+            Reason::suffix(reason)
+        );
+        let details = json!({ "reason": reason.map(|r| r.as_str()) });
+        self.log(fx, id, action, summary.clone(), details);
+        summary
+    }
+}
+
+/// What a command that may change something answers: its text and the
+/// request it created or acted on.
+type Answer = Result<(String, Option<RequestId>), AppError>;
+
 /// The answer to a command, shown only to the person who sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -412,12 +460,7 @@ impl Engine {
         text: &str,
     ) -> Result<(), StoreError> {
         let mut fx = Effects::default();
-        fx.notify(Notice::Direct {
-            user: user.clone(),
-            request: None,
-            text: text.to_owned(),
-            actions: Vec::new(),
-        });
+        fx.notify(Notice::direct(user.clone(), None, text.to_owned()));
         fx.route(&[surface.to_owned()], surface);
         self.store.record(fx, self.clock.now()).await?;
         self.wake.notify_waiters();
@@ -505,6 +548,18 @@ impl Engine {
         )
     }
 
+    /// The opening of every use case that decides by group: the groups are
+    /// looked up once, and the clock read after them.
+    async fn caller(&self, actor: &Actor) -> Caller {
+        let who = self.membership(&actor.person).await;
+        Caller {
+            person: actor.person.clone(),
+            is_admin: self.policy.is_admin(&who),
+            who,
+            now: self.clock.now(),
+        }
+    }
+
     /// Wraps a change so that the card is refreshed whenever the request
     /// changed, and notices are routed to the surfaces.
     pub(super) fn mutation<F>(&self, f: F) -> Mutation
@@ -526,7 +581,7 @@ impl Engine {
         })
     }
 
-    async fn change<F>(&self, id: RequestId, f: F) -> Result<(String, Option<RequestId>), AppError>
+    async fn change<F>(&self, id: RequestId, f: F) -> Answer
     where
         F: FnOnce(&mut AccessRequest, &mut Effects) -> Result<(), Refusal> + Send + 'static,
     {
@@ -536,16 +591,24 @@ impl Engine {
         }
     }
 
+    /// Changes request `id` for `actor`, resolved once (groups, admin, time)
+    /// before the change: the opening of every decision.
+    async fn change_as<F>(&self, actor: &Actor, id: RequestId, f: F) -> Answer
+    where
+        F: FnOnce(&mut AccessRequest, &mut Effects, &Caller) -> Result<(), Refusal>
+            + Send
+            + 'static,
+    {
+        let caller = self.caller(actor).await;
+        self.change(id, move |req, fx| f(req, fx, &caller)).await
+    }
+
     // -----------------------------------------------------------------------
     // request
 
-    async fn request(
-        &self,
-        actor: &Actor,
-        spec: RequestSpec,
-    ) -> Result<(String, Option<RequestId>), AppError> {
-        let who = self.membership(&actor.person).await;
-        if !self.policy.may_request(&who) {
+    async fn request(&self, actor: &Actor, spec: RequestSpec) -> Answer {
+        let caller = self.caller(actor).await;
+        if !self.policy.may_request(&caller.who) {
             return Err(RefusalKind::NotAllowed(
                 "you are not allowed to request access: ask a Passport admin to add you to the requesters".into(),
             )
@@ -601,8 +664,7 @@ impl Engine {
             ))
             .into());
         }
-        let now = self.clock.now();
-        let person = actor.person.clone();
+        let Caller { person, now, .. } = caller;
         let origin = actor.surface.clone();
         let approval_window = self.policy.approval_window;
         let tickets = self.grammar.tickets.clone();
@@ -638,7 +700,7 @@ impl Engine {
                         req.duration,
                         summarise(&names, 5),
                         req.ticket,
-                        req.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                        Reason::suffix(req.reason.as_ref())
                     ),
                     json!({
                         "instances": req.instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
@@ -691,51 +753,17 @@ impl Engine {
     /// Approves a pending request, or its pending extension. `shown` is the
     /// decision a button was shown for: approving then needs that decision to
     /// be the one waiting (see [`out_of_date`]).
-    async fn approve(
-        &self,
-        actor: &Actor,
-        id: RequestId,
-        shown: Option<Shown>,
-    ) -> Result<(String, Option<RequestId>), AppError> {
-        let who = self.membership(&actor.person).await;
-        let person = actor.person.clone();
-        let now = self.clock.now();
+    async fn approve(&self, actor: &Actor, id: RequestId, shown: Option<Shown>) -> Answer {
         let warnings = self.settings.warnings.clone();
-        self.change(id, move |req, fx| {
+        self.change_as(actor, id, move |req, fx, caller| {
             if let Some(stale) = shown.and_then(|shown| out_of_date(req, shown)) {
                 return Err(stale);
             }
-            if req.state == RequestState::Active && req.pending_extension.is_some() {
-                let (approval, outcome) = req.approve_extension(&who, &person.handle, now)?;
-                let qualified = json!({ "qualified": approval.qualified, "counts_for": approval.counts_for });
-                let ext = match outcome {
-                    ExtensionApproval::Extended(ext) => ext,
-                    ExtensionApproval::Recorded { still_needed } => {
-                        let summary = format!(
-                            "approval of the extension by {} recorded; still needs {still_needed}",
-                            person.handle
-                        );
-                        fx.log(now, person.id.as_str(), Some(id), "extension_approval_recorded", summary.clone(), qualified);
-                        fx.notify(Notice::Thread { request: id, text: format!("✅ {summary}"), actions: Vec::new() });
-                        fx.reply = format!("your approval of the extension of {id} is recorded; it still needs {still_needed}");
-                        return Ok(());
-                    }
-                };
-                let summary = format!(
-                    "extension by {} approved by {}, now until {}",
-                    ext.added, person.handle, ext.new_expiry
-                );
-                apply_extension(fx, id, person.id.as_str(), Applied { ext: &ext, summary: &summary, approval: Some(qualified) }, now, &warnings);
-                fx.notify(Notice::Direct {
-                    user: req.requester.id.clone(),
-                    request: Some(id),
-                    text: format!("Your extension of {id} was approved by {}: access now ends at {}.", person.handle, ext.new_expiry),
-                    actions: Vec::new(),
-                });
-                fx.reply = format!("extension of {id} approved: access now ends at {}", ext.new_expiry);
-                return Ok(());
+            if req.has_pending_extension() {
+                return approve_extension(req, fx, caller, &warnings);
             }
-            let outcome = req.approve(&who, &person.handle, now)?;
+            let (handle, now) = (&caller.person.handle, caller.now);
+            let outcome = req.approve(&caller.who, handle, now)?;
             // How this approver qualified, for the Logbook: which rule entry
             // matched and where the group membership was read from.
             let (qualified, counts_for) = req
@@ -745,29 +773,26 @@ impl Engine {
                 .unwrap_or_default();
             match outcome {
                 ApprovalOutcome::Recorded { still_needed } => {
-                    let summary = format!("approval by {} recorded; still needs {still_needed}", person.handle);
-                    fx.log(now, person.id.as_str(), Some(id), "approval_recorded", summary.clone(), json!({ "qualified": qualified, "counts_for": counts_for }));
-                    fx.notify(Notice::Thread { request: id, text: format!("✅ {summary}"), actions: Vec::new() });
+                    let summary = format!("approval by {handle} recorded; still needs {still_needed}");
+                    let details = json!({ "qualified": qualified, "counts_for": counts_for });
+                    caller.log(fx, id, "approval_recorded", summary.clone(), details);
+                    fx.notify(Notice::thread(id, format!("✅ {summary}")));
                     fx.reply = format!("your approval of {id} is recorded; it still needs {still_needed}");
                 }
                 ApprovalOutcome::Approved => {
                     let names: Vec<&str> = req.approvals.iter().map(|a| a.handle.as_str()).collect();
                     let summary = format!("approved by {}", names.join(", "));
-                    fx.log(now, person.id.as_str(), Some(id), "approved", summary.clone(), json!({ "approvers": names, "qualified": qualified, "counts_for": counts_for }));
+                    let details = json!({ "approvers": names, "qualified": qualified, "counts_for": counts_for });
+                    caller.log(fx, id, "approved", summary.clone(), details);
                     metrics::histogram!("passport_time_to_approval_seconds")
                         .record(now.since(req.created_at).as_millis() as f64 / 1000.0);
                     fx.cancel.push(TimerKind::ApprovalTimeout);
-                    fx.notify(Notice::Thread {
-                        request: id,
-                        text: format!("✅ {summary}: setting up `{}` on {} instance(s)", req.username, req.instances.len()),
-                        actions: Vec::new(),
-                    });
-                    fx.notify(Notice::Direct {
-                        user: req.requester.id.clone(),
-                        request: Some(id),
-                        text: format!("Your request {id} was {summary}. Setting up access now; connection details follow."),
-                        actions: Vec::new(),
-                    });
+                    let setting_up = format!("setting up `{}` on {} instance(s)", req.username, req.instances.len());
+                    fx.notify(Notice::thread(id, format!("✅ {summary}: {setting_up}")));
+                    fx.notify(Notice::to_requester(
+                        req,
+                        format!("Your request {id} was {summary}. Setting up access now; connection details follow."),
+                    ));
                     start_provisioning(req, fx, now)?;
                     fx.reply = format!("{id} approved: setting up access for {}", req.requester.handle);
                 }
@@ -783,197 +808,84 @@ impl Engine {
         id: RequestId,
         reason: Option<Reason>,
         shown: Option<Shown>,
-    ) -> Result<(String, Option<RequestId>), AppError> {
-        let who = self.membership(&actor.person).await;
-        let is_admin = self.policy.is_admin(&who);
-        let person = actor.person.clone();
-        let now = self.clock.now();
-        self.change(id, move |req, fx| {
+    ) -> Answer {
+        self.change_as(actor, id, move |req, fx, caller| {
             if let Some(stale) = shown.and_then(|shown| out_of_date(req, shown)) {
                 return Err(stale);
             }
-            if req.state == RequestState::Active && req.pending_extension.is_some() {
-                let asked = req.deny_extension(&who, is_admin)?;
-                let because = reason
-                    .as_ref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default();
-                let summary = format!("extension by {asked} denied by {}{because}", person.handle);
-                fx.log(
-                    now,
-                    person.id.as_str(),
-                    Some(id),
-                    "extension_denied",
-                    summary.clone(),
-                    json!({}),
-                );
-                fx.notify(Notice::Thread {
-                    request: id,
-                    text: format!("⛔ {summary}"),
-                    actions: Vec::new(),
-                });
-                fx.notify(Notice::Direct {
-                    user: req.requester.id.clone(),
-                    request: Some(id),
-                    text: format!(
-                        "Your extension of {id} was {summary}; access still ends at {}.",
-                        req.expires_at.unwrap_or(now)
-                    ),
-                    actions: Vec::new(),
-                });
-                fx.reply = format!("extension of {id} denied");
-                return Ok(());
+            if req.has_pending_extension() {
+                return deny_extension(req, fx, caller, reason.as_ref());
             }
-            req.deny(&who, &person.handle, is_admin, reason.clone(), now)?;
-            let because = reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
-            let summary = format!("denied by {}{because}", person.handle);
-            fx.log(
-                now,
-                person.id.as_str(),
-                Some(id),
-                "denied",
-                summary.clone(),
-                json!({ "reason": reason.as_ref().map(|r| r.as_str()) }),
-            );
+            let (who, handle) = (&caller.who, &caller.person.handle);
+            req.deny(who, handle, caller.is_admin, reason.clone(), caller.now)?;
+            let summary = caller.log_decision(fx, id, "denied", reason.as_ref());
             fx.cancel_all = true;
-            fx.notify(Notice::Thread {
-                request: id,
-                text: format!("⛔ {summary}"),
-                actions: Vec::new(),
-            });
-            fx.notify(Notice::Direct {
-                user: req.requester.id.clone(),
-                request: Some(id),
-                text: format!("Your request {id} was {summary}."),
-                actions: Vec::new(),
-            });
+            fx.notify(Notice::thread(id, format!("⛔ {summary}")));
+            let told = format!("Your request {id} was {summary}.");
+            fx.notify(Notice::to_requester(req, told));
             fx.reply = format!("{id} denied");
             Ok(())
         })
         .await
     }
 
-    async fn cancel(
-        &self,
-        actor: &Actor,
-        id: RequestId,
-    ) -> Result<(String, Option<RequestId>), AppError> {
+    /// Cancels a request: only its requester may, so no groups are looked up.
+    async fn cancel(&self, actor: &Actor, id: RequestId) -> Answer {
         let person = actor.person.clone();
         let now = self.clock.now();
         self.change(id, move |req, fx| {
             req.cancel(&person.id, &person.handle, now)?;
             let summary = format!("cancelled by {}", person.handle);
-            fx.log(
-                now,
-                person.id.as_str(),
-                Some(id),
-                "cancelled",
-                summary.clone(),
-                json!({}),
-            );
+            let by = person.id.as_str();
+            fx.log(now, by, Some(id), "cancelled", summary.clone(), json!({}));
             fx.cancel_all = true;
-            fx.notify(Notice::Thread {
-                request: id,
-                text: summary,
-                actions: Vec::new(),
-            });
+            fx.notify(Notice::thread(id, summary));
             fx.reply = format!("{id} cancelled");
             Ok(())
         })
         .await
     }
 
-    async fn complete(
-        &self,
-        actor: &Actor,
-        id: RequestId,
-    ) -> Result<(String, Option<RequestId>), AppError> {
-        let who = self.membership(&actor.person).await;
-        let is_admin = self.policy.is_admin(&who);
-        let person = actor.person.clone();
-        let now = self.clock.now();
-        self.change(id, move |req, fx| {
-            let to_remove = req.complete(&person.id, &person.handle, is_admin, now)?;
-            let summary = format!("completed by {}", person.handle);
-            fx.log(
-                now,
-                person.id.as_str(),
-                Some(id),
-                "completed",
-                summary.clone(),
-                json!({}),
+    async fn complete(&self, actor: &Actor, id: RequestId) -> Answer {
+        self.change_as(actor, id, move |req, fx, caller| {
+            let Person { id: user, handle } = &caller.person;
+            let to_remove = req.complete(user, handle, caller.is_admin, caller.now)?;
+            let summary = format!("completed by {handle}");
+            caller.log(fx, id, "completed", summary.clone(), json!({}));
+            end_access(req, fx, caller.now, &to_remove);
+            let removing = format!(
+                "removing `{}` from {} instance(s)",
+                req.username,
+                to_remove.len()
             );
-            end_access(req, fx, now, &to_remove);
-            fx.notify(Notice::Thread {
-                request: id,
-                text: format!(
-                    "🏁 {summary}: removing `{}` from {} instance(s)",
-                    req.username,
-                    to_remove.len()
-                ),
-                actions: Vec::new(),
-            });
+            fx.notify(Notice::thread(id, format!("🏁 {summary}: {removing}")));
             fx.reply = format!("{id} completed: access is being removed now");
             Ok(())
         })
         .await
     }
 
-    async fn revoke(
-        &self,
-        actor: &Actor,
-        id: RequestId,
-        reason: Option<Reason>,
-    ) -> Result<(String, Option<RequestId>), AppError> {
-        let who = self.membership(&actor.person).await;
-        let is_admin = self.policy.is_admin(&who);
-        let person = actor.person.clone();
-        let now = self.clock.now();
-        self.change(id, move |req, fx| {
-            let to_remove = req.revoke(&who, &person.handle, is_admin, reason.clone(), now)?;
-            let because = reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
-            let summary = format!("revoked by {}{because}", person.handle);
-            fx.log(
-                now,
-                person.id.as_str(),
-                Some(id),
-                "revoked",
-                summary.clone(),
-                json!({ "reason": reason.as_ref().map(|r| r.as_str()) }),
+    async fn revoke(&self, actor: &Actor, id: RequestId, reason: Option<Reason>) -> Answer {
+        self.change_as(actor, id, move |req, fx, caller| {
+            let (who, handle) = (&caller.who, &caller.person.handle);
+            let to_remove = req.revoke(who, handle, caller.is_admin, reason.clone(), caller.now)?;
+            let summary = caller.log_decision(fx, id, "revoked", reason.as_ref());
+            end_access(req, fx, caller.now, &to_remove);
+            fx.notify(Notice::thread(id, format!("🛑 {summary}: removing access")));
+            let told = format!(
+                "Your access {id} was {summary}. The user `{}` is being removed.",
+                req.username
             );
-            end_access(req, fx, now, &to_remove);
-            fx.notify(Notice::Thread {
-                request: id,
-                text: format!("🛑 {summary}: removing access"),
-                actions: Vec::new(),
-            });
-            fx.notify(Notice::Direct {
-                user: req.requester.id.clone(),
-                request: Some(id),
-                text: format!(
-                    "Your access {id} was {summary}. The user `{}` is being removed.",
-                    req.username
-                ),
-                actions: Vec::new(),
-            });
+            fx.notify(Notice::to_requester(req, told));
             fx.reply = format!("{id} revoked: access is being removed now");
             Ok(())
         })
         .await
     }
 
-    async fn extend(
-        &self,
-        actor: &Actor,
-        id: RequestId,
-        by: GrantDuration,
-    ) -> Result<(String, Option<RequestId>), AppError> {
+    /// Extends active access, or asks an approver when the policy wants one:
+    /// only the requester may, so no groups are looked up.
+    async fn extend(&self, actor: &Actor, id: RequestId, by: GrantDuration) -> Answer {
         let person = actor.person.clone();
         let now = self.clock.now();
         let warnings = self.settings.warnings.clone();
@@ -984,7 +896,7 @@ impl Engine {
             String::new()
         };
         self.change(id, move |req, fx| {
-            if req.state == RequestState::Active && req.pending_extension.is_some() {
+            if req.has_pending_extension() {
                 return Err(RefusalKind::AlreadyDone(format!(
                     "an extension of {id} is already waiting for an approver; ask them in the request's thread"
                 )));
@@ -1026,36 +938,23 @@ impl Engine {
         .await
     }
 
-    async fn retry(
-        &self,
-        actor: &Actor,
-        id: RequestId,
-    ) -> Result<(String, Option<RequestId>), AppError> {
-        let who = self.membership(&actor.person).await;
-        let is_admin = self.policy.is_admin(&who);
-        let person = actor.person.clone();
-        let now = self.clock.now();
-        self.change(id, move |req, fx| {
-            let again = req.retry_failed(&who, is_admin)?;
+    async fn retry(&self, actor: &Actor, id: RequestId) -> Answer {
+        self.change_as(actor, id, move |req, fx, caller| {
+            let again = req.retry_failed(&caller.who, caller.is_admin)?;
             let labels: Vec<String> = again
                 .iter()
                 .map(|i| messages::instance_label(req, i))
                 .collect();
-            let summary = format!("{} retries {}", person.handle, summarise(&labels, 10));
-            fx.log(
-                now,
-                person.id.as_str(),
-                Some(id),
-                "retry",
-                summary.clone(),
-                json!({ "instances": again.iter().map(|i| i.as_str()).collect::<Vec<_>>() }),
+            let summary = format!(
+                "{} retries {}",
+                caller.person.handle,
+                summarise(&labels, 10)
             );
-            fx.schedule(TimerKind::Provision, now);
-            fx.notify(Notice::Thread {
-                request: id,
-                text: format!("🔁 {summary}"),
-                actions: Vec::new(),
-            });
+            let details =
+                json!({ "instances": again.iter().map(|i| i.as_str()).collect::<Vec<_>>() });
+            caller.log(fx, id, "retry", summary.clone(), details);
+            fx.schedule(TimerKind::Provision, caller.now);
+            fx.notify(Notice::thread(id, format!("🔁 {summary}")));
             fx.reply = format!(
                 "setting up `{}` again on {} instance(s) of {id}",
                 req.username,
@@ -1157,11 +1056,7 @@ impl Engine {
         })
     }
 
-    async fn key(
-        &self,
-        actor: &Actor,
-        command: KeyCommand,
-    ) -> Result<(String, Option<RequestId>), AppError> {
+    async fn key(&self, actor: &Actor, command: KeyCommand) -> Answer {
         let person = &actor.person;
         let now = self.clock.now();
         match command {
@@ -1429,6 +1324,88 @@ fn out_of_date(req: &AccessRequest, shown: Shown) -> Option<Refusal> {
     }
 }
 
+/// Approves the extension waiting on `req`, for [`Engine::approve`].
+fn approve_extension(
+    req: &mut AccessRequest,
+    fx: &mut Effects,
+    caller: &Caller,
+    warnings: &[Span],
+) -> Result<(), Refusal> {
+    let (id, handle, now) = (req.id, &caller.person.handle, caller.now);
+    let (approval, outcome) = req.approve_extension(&caller.who, handle, now)?;
+    let qualified = json!({ "qualified": approval.qualified, "counts_for": approval.counts_for });
+    let ext = match outcome {
+        ExtensionApproval::Extended(ext) => ext,
+        ExtensionApproval::Recorded { still_needed } => {
+            let summary = format!(
+                "approval of the extension by {handle} recorded; still needs {still_needed}"
+            );
+            caller.log(
+                fx,
+                id,
+                "extension_approval_recorded",
+                summary.clone(),
+                qualified,
+            );
+            fx.notify(Notice::thread(id, format!("✅ {summary}")));
+            fx.reply = format!(
+                "your approval of the extension of {id} is recorded; it still needs {still_needed}"
+            );
+            return Ok(());
+        }
+    };
+    let summary = format!(
+        "extension by {} approved by {handle}, now until {}",
+        ext.added, ext.new_expiry
+    );
+    let applied = Applied {
+        ext: &ext,
+        summary: &summary,
+        approval: Some(qualified),
+    };
+    apply_extension(fx, id, caller.person.id.as_str(), applied, now, warnings);
+    fx.notify(Notice::to_requester(
+        req,
+        format!(
+            "Your extension of {id} was approved by {handle}: access now ends at {}.",
+            ext.new_expiry
+        ),
+    ));
+    fx.reply = format!(
+        "extension of {id} approved: access now ends at {}",
+        ext.new_expiry
+    );
+    Ok(())
+}
+
+/// Denies the extension waiting on `req`, for [`Engine::deny`]: the access
+/// itself goes on.
+fn deny_extension(
+    req: &mut AccessRequest,
+    fx: &mut Effects,
+    caller: &Caller,
+    reason: Option<&Reason>,
+) -> Result<(), Refusal> {
+    let id = req.id;
+    let asked = req.deny_extension(&caller.who, caller.is_admin)?;
+    let because = Reason::suffix(reason);
+    let summary = format!(
+        "extension by {asked} denied by {}{because}",
+        caller.person.handle
+    );
+    caller.log(fx, id, "extension_denied", summary.clone(), json!({}));
+    fx.notify(Notice::thread(id, format!("⛔ {summary}")));
+    fx.notify(Notice::to_requester(
+        req,
+        format!(
+            "Your extension of {id} was {summary}; access still ends at {}.",
+            req.expires_at.unwrap_or(caller.now)
+        ),
+    ));
+    fx.reply = format!("extension of {id} denied");
+    Ok(())
+}
+
 /// An extension being applied: what it did, the words for it, and for one an
 /// approver granted, how that approver qualified (for the Logbook).
 struct Applied<'a> {
@@ -1468,11 +1445,7 @@ fn apply_extension(
     schedule_expiry(fx, ext.new_expiry, now, warnings);
     // Move the on-instance expiries too.
     fx.schedule(TimerKind::Refresh, now);
-    fx.notify(Notice::Thread {
-        request: id,
-        text: format!("⏱ {summary}"),
-        actions: Vec::new(),
-    });
+    fx.notify(Notice::thread(id, format!("⏱ {summary}")));
 }
 
 /// What a `key` command asks.

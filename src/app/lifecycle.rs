@@ -184,13 +184,11 @@ impl Engine {
             let summary = format!("no decision before {}: the request timed out", req.approval_deadline);
             fx.log(now, "passport", Some(id), "approval_timed_out", summary.clone(), json!({}));
             fx.cancel_all = true;
-            fx.notify(Notice::Thread { request: id, text: format!("⌛ {summary}"), actions: Vec::new() });
-            fx.notify(Notice::Direct {
-                user: req.requester.id.clone(),
-                request: Some(id),
-                text: format!("Your request {id} got no decision in time and has timed out. Ask again if you still need access."),
-                actions: Vec::new(),
-            });
+            fx.notify(Notice::thread(id, format!("⌛ {summary}")));
+            fx.notify(Notice::to_requester(
+                req,
+                format!("Your request {id} got no decision in time and has timed out. Ask again if you still need access."),
+            ));
             Ok(())
         })
         .await
@@ -244,20 +242,14 @@ impl Engine {
                 json!({}),
             );
             end_access(req, fx, now, &to_remove);
-            fx.notify(Notice::Thread {
-                request: id,
-                text: format!("⌛ {summary}"),
-                actions: Vec::new(),
-            });
-            fx.notify(Notice::Direct {
-                user: req.requester.id.clone(),
-                request: Some(id),
-                text: format!(
+            fx.notify(Notice::thread(id, format!("⌛ {summary}")));
+            fx.notify(Notice::to_requester(
+                req,
+                format!(
                     "Your access {id} has expired; `{}` is being removed.",
                     req.username
                 ),
-                actions: Vec::new(),
-            });
+            ));
             Ok(())
         })
         .await
@@ -344,36 +336,12 @@ impl Engine {
         self.apply(t, move |req, fx| {
             let to_remove = req.record_provisioning(&outcomes, now)?;
             for o in &outcomes {
-                let label = messages::instance_label(req, &o.instance);
-                if o.ok {
-                    fx.log(
-                        now,
-                        "passport",
-                        Some(id),
-                        "granted",
-                        format!("`{}` created on {label}", req.username),
-                        json!({ "instance": o.instance.as_str() }),
-                    );
-                } else {
-                    let why = o.detail.clone().unwrap_or_else(|| "failed".into());
-                    fx.log(
-                        now,
-                        "passport",
-                        Some(id),
-                        "grant_failed",
-                        format!("could not create `{}` on {label}: {why}", req.username),
-                        json!({ "instance": o.instance.as_str(), "error": why }),
-                    );
-                }
+                Work::Grant.log(fx, req, o, now);
             }
             let report = messages::provisioning_report(req);
             match req.state {
                 RequestState::Active if was_active => {
-                    fx.notify(Notice::Thread {
-                        request: id,
-                        text: format!("🔁 {report}"),
-                        actions: Vec::new(),
-                    });
+                    fx.notify(Notice::thread(id, format!("🔁 {report}")));
                     if outcomes.iter().any(|o| o.ok) {
                         fx.notify(Notice::Direct {
                             user: req.requester.id.clone(),
@@ -438,17 +406,11 @@ impl Engine {
                         "provisioning failed on every instance".into(),
                         json!({}),
                     );
-                    fx.notify(Notice::Thread {
-                        request: id,
-                        text: format!("❌ {report}"),
-                        actions: Vec::new(),
-                    });
-                    fx.notify(Notice::Direct {
-                        user: req.requester.id.clone(),
-                        request: Some(id),
-                        text: format!("Access for {id} could not be set up.\n{report}"),
-                        actions: Vec::new(),
-                    });
+                    fx.notify(Notice::thread(id, format!("❌ {report}")));
+                    fx.notify(Notice::to_requester(
+                        req,
+                        format!("Access for {id} could not be set up.\n{report}"),
+                    ));
                 }
                 _ => {
                     fx.log(
@@ -523,29 +485,38 @@ impl Engine {
             req.record_removal(&outcomes);
             let mut removed = Vec::new();
             for o in &outcomes {
-                let label = messages::instance_label(req, &o.instance);
-                if o.ok {
-                    fx.log(now, "passport", Some(id), "removed", format!("`{}` removed from {label}", req.username), json!({ "instance": o.instance.as_str() }));
+                if let (label, None) = (Work::Removal { attempt: attempts }).log(fx, req, o, now) {
                     removed.push(label);
-                } else {
-                    let why = o.detail.clone().unwrap_or_else(|| "failed".into());
-                    fx.log(now, "passport", Some(id), "removal_failed", format!("could not remove `{}` from {label} (attempt {attempts}): {why}", req.username), json!({ "instance": o.instance.as_str(), "error": why, "attempt": attempts }));
                 }
             }
             if !removed.is_empty() {
-                fx.notify(Notice::Thread { request: id, text: format!("🧹 `{}` removed from {}", req.username, summarise(&removed, 10)), actions: Vec::new() });
+                fx.notify(Notice::thread(
+                    id,
+                    format!(
+                        "🧹 `{}` removed from {}",
+                        req.username,
+                        summarise(&removed, 10)
+                    ),
+                ));
             }
             let still = req.pending_removals();
             if still.is_empty() {
-                fx.notify(Notice::Direct {
-                    user: req.requester.id.clone(),
-                    request: Some(id),
-                    text: format!("Your access {id} has ended: `{}` was removed from every instance.", req.username),
-                    actions: Vec::new(),
-                });
+                fx.notify(Notice::to_requester(
+                    req,
+                    format!(
+                        "Your access {id} has ended: `{}` was removed from every instance.",
+                        req.username
+                    ),
+                ));
             } else {
-                fx.timers.push(NewTimer { kind: TimerKind::Remove, due: now.plus(backoff(attempts)), attempts });
-                if attempts == REMOVAL_ALERT_AFTER || (attempts > REMOVAL_ALERT_AFTER && attempts.is_multiple_of(10)) {
+                fx.timers.push(NewTimer {
+                    kind: TimerKind::Remove,
+                    due: now.plus(backoff(attempts)),
+                    attempts,
+                });
+                if attempts == REMOVAL_ALERT_AFTER
+                    || (attempts > REMOVAL_ALERT_AFTER && attempts.is_multiple_of(10))
+                {
                     alert_removal_failing(req, fx, &still, attempts);
                 }
             }
@@ -723,35 +694,72 @@ fn record_refresh(
 ) {
     let id = req.id;
     for o in outcomes {
-        let label = messages::instance_label(req, &o.instance);
-        if o.ok {
-            fx.log(
-                now,
-                "passport",
-                Some(id),
-                "refreshed",
-                format!("on-instance expiry of `{}` moved on {label}", req.username),
-                json!({ "instance": o.instance.as_str() }),
-            );
-        } else {
-            let why = o.detail.clone().unwrap_or_else(|| "failed".into());
-            fx.log(
-                now,
-                "passport",
-                Some(id),
-                "refresh_failed",
-                format!("could not move the on-instance expiry on {label}: {why}"),
-                json!({ "instance": o.instance.as_str(), "error": why }),
-            );
-            fx.notify(Notice::Thread {
-                request: id,
-                text: format!("⚠️ could not move the on-instance expiry on {label} ({why}): access there may end at the earlier time"),
-                actions: Vec::new(),
-            });
+        if let (label, Some(why)) = Work::Refresh.log(fx, req, o, now) {
+            fx.notify(Notice::thread(
+                id,
+                format!("⚠️ could not move the on-instance expiry on {label} ({why}): access there may end at the earlier time"),
+            ));
         }
     }
     if !req.record_refresh(outcomes).is_empty() {
         fx.schedule(TimerKind::Remove, now);
+    }
+}
+
+/// The work a provisioner reports on each instance, as the Logbook words it.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    Grant,
+    Refresh,
+    Removal { attempt: u32 },
+}
+
+impl Work {
+    /// Logs, as Passport, how this work went on one instance: the instance's
+    /// label, and the reason when it failed.
+    fn log(
+        self,
+        fx: &mut Effects,
+        req: &AccessRequest,
+        o: &InstanceOutcome,
+        now: Timestamp,
+    ) -> (String, Option<String>) {
+        let label = messages::instance_label(req, &o.instance);
+        let user = &req.username;
+        let instance = o.instance.as_str();
+        let (action, summary, details, failed) = if o.ok {
+            let (action, summary) = match self {
+                Work::Grant => ("granted", format!("`{user}` created on {label}")),
+                Work::Refresh => (
+                    "refreshed",
+                    format!("on-instance expiry of `{user}` moved on {label}"),
+                ),
+                Work::Removal { .. } => ("removed", format!("`{user}` removed from {label}")),
+            };
+            (action, summary, json!({ "instance": instance }), None)
+        } else {
+            let why = o.detail.clone().unwrap_or_else(|| "failed".into());
+            let (action, summary, details) = match self {
+                Work::Grant => (
+                    "grant_failed",
+                    format!("could not create `{user}` on {label}: {why}"),
+                    json!({ "instance": instance, "error": why }),
+                ),
+                Work::Refresh => (
+                    "refresh_failed",
+                    format!("could not move the on-instance expiry on {label}: {why}"),
+                    json!({ "instance": instance, "error": why }),
+                ),
+                Work::Removal { attempt } => (
+                    "removal_failed",
+                    format!("could not remove `{user}` from {label} (attempt {attempt}): {why}"),
+                    json!({ "instance": instance, "error": why, "attempt": attempt }),
+                ),
+            };
+            (action, summary, details, Some(why))
+        };
+        fx.log(now, "passport", Some(req.id), action, summary, details);
+        (label, failed)
     }
 }
 
@@ -772,19 +780,10 @@ fn alert_removal_failing(
         req.username,
         summarise(&labels, 10)
     );
-    fx.notify(Notice::Thread {
-        request: req.id,
-        text: text.clone(),
-        actions: Vec::new(),
-    });
+    fx.notify(Notice::thread(req.id, text.clone()));
     fx.notify(Notice::Audit { text: text.clone() });
     for a in &req.approvals {
-        fx.notify(Notice::Direct {
-            user: a.by.clone(),
-            request: Some(req.id),
-            text: text.clone(),
-            actions: Vec::new(),
-        });
+        fx.notify(Notice::direct(a.by.clone(), Some(req.id), text.clone()));
     }
 }
 

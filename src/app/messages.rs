@@ -6,7 +6,7 @@ use crate::domain::notice::{Action, ActionStyle, CardInstance, CardView};
 use crate::domain::policy::Principal;
 use crate::domain::request::{AccessRequest, GrantState, Platform, RequestState};
 use crate::domain::time::{Span, Timestamp};
-use crate::domain::values::{InstanceId, SshPublicKey, TicketRules, Username};
+use crate::domain::values::{InstanceId, Reason, SshPublicKey, TicketRules, Username};
 
 /// Approve and Deny on a pending request's card. Both name the request's own
 /// approval (`@request`), so a click on a card that has not been updated yet
@@ -16,27 +16,24 @@ pub fn approve_deny(req: &AccessRequest) -> Vec<Action> {
 }
 
 fn decision_buttons(req: &AccessRequest, shown: Shown) -> Vec<Action> {
+    let id = req.id;
     vec![
-        Action {
-            label: "Approve".into(),
-            command: format!("approve {} {shown}", req.id),
-            style: ActionStyle::Primary,
-        },
-        Action {
-            label: "Deny".into(),
-            command: format!("deny {} {shown}", req.id),
-            style: ActionStyle::Danger,
-        },
+        Action::new(
+            "Approve",
+            format!("approve {id} {shown}"),
+            ActionStyle::Primary,
+        ),
+        Action::new("Deny", format!("deny {id} {shown}"), ActionStyle::Danger),
     ]
 }
 
 /// The Retry button for instances that failed to provision.
 pub fn retry_action(req: &AccessRequest) -> Action {
-    Action {
-        label: "Retry failed".into(),
-        command: format!("retry {}", req.id),
-        style: ActionStyle::Plain,
-    }
+    Action::new(
+        "Retry failed",
+        format!("retry {}", req.id),
+        ActionStyle::Plain,
+    )
 }
 
 /// Approve and Deny under an extension prompt. Both name the extension by its
@@ -48,22 +45,15 @@ pub fn approve_deny_extension(req: &AccessRequest) -> Vec<Action> {
 
 /// Extend and Complete buttons for an active request.
 pub fn extend_complete(req: &AccessRequest) -> Vec<Action> {
+    let id = req.id;
     vec![
-        Action {
-            label: "Extend +1h".into(),
-            command: format!("extend {} 1h", req.id),
-            style: ActionStyle::Primary,
-        },
-        Action {
-            label: "Extend +2h".into(),
-            command: format!("extend {} 2h", req.id),
-            style: ActionStyle::Plain,
-        },
-        Action {
-            label: "Complete".into(),
-            command: format!("complete {}", req.id),
-            style: ActionStyle::Danger,
-        },
+        Action::new(
+            "Extend +1h",
+            format!("extend {id} 1h"),
+            ActionStyle::Primary,
+        ),
+        Action::new("Extend +2h", format!("extend {id} 2h"), ActionStyle::Plain),
+        Action::new("Complete", format!("complete {id}"), ActionStyle::Danger),
     ]
 }
 
@@ -78,11 +68,7 @@ pub fn instance_label(req: &AccessRequest, id: &crate::domain::values::InstanceI
 pub fn status_line(req: &AccessRequest, now: Timestamp) -> String {
     let by = |verb: &str| match &req.decision {
         Some(d) => {
-            let reason = d
-                .reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
+            let reason = Reason::suffix(d.reason.as_ref());
             format!("{verb} by {} at {}{reason}", d.handle, d.at)
         }
         None => verb.to_owned(),
@@ -221,11 +207,9 @@ pub fn certificate_action(req: &AccessRequest, certificates: bool) -> Option<Act
         .instances_in(GrantState::Active)
         .iter()
         .any(|i| i.platform == Platform::Linux);
-    (certificates && linux).then(|| Action {
-        label: "Get SSH certificate".into(),
-        command: format!("cert {}", req.id),
-        style: ActionStyle::Primary,
-    })
+    let command = format!("cert {}", req.id);
+    (certificates && linux)
+        .then(|| Action::new("Get SSH certificate", command, ActionStyle::Primary))
 }
 
 /// How to connect, for the thread and the requester's direct message. With

@@ -2,7 +2,7 @@
 //! request alone. Signing is an adapter's job (`adapters/ssh_ca.rs`); this
 //! module decides whether a certificate may be issued and with which contents.
 
-use super::request::{AccessRequest, GrantState, Platform, Refusal, RefusalKind, RequestState};
+use super::request::{AccessRequest, GrantState, Platform, Refusal, RefusalKind};
 use super::time::{Span, Timestamp};
 use super::values::UserId;
 
@@ -38,28 +38,12 @@ impl AccessRequest {
         now: Timestamp,
         backdate: Span,
     ) -> Result<CertificateSpec, Refusal> {
-        if !self.is_requester(who) {
-            return Err(RefusalKind::NotAllowed(format!(
-                "only the requester of {} can get a certificate for it",
-                self.id
-            )));
-        }
-        let expires_at = match (self.state, self.expires_at) {
-            (RequestState::Active, Some(at)) if at > now => at,
-            (RequestState::Active, _) => {
-                return Err(RefusalKind::WrongState(format!(
-                    "{}'s access has run out: request access again",
-                    self.id
-                )))
-            }
-            (state, _) => {
-                return Err(RefusalKind::WrongState(format!(
-                    "{} is {}: a certificate is issued only while access is active",
-                    self.id,
-                    state.label()
-                )))
-            }
-        };
+        let expires_at = self.requester_access_ends(
+            who,
+            now,
+            "get a certificate for it",
+            "a certificate is issued only while access is active",
+        )?;
         let linux_active = self
             .instances_in(GrantState::Active)
             .iter()

@@ -145,36 +145,9 @@ pub enum Linking<'a> {
     Keyed(&'a ChainKey),
 }
 
-fn put_str(h: &mut impl Update, s: &str) {
+fn put_str(h: &mut dyn Update, s: &str) {
     h.update(&(s.len() as u64).to_be_bytes());
     h.update(s.as_bytes());
-}
-
-/// Feeds the link's input: the previous link, then the event's canonical serialization.
-#[allow(clippy::too_many_arguments)]
-fn feed(
-    h: &mut impl Update,
-    prev: &Hash,
-    seq: u64,
-    at: Timestamp,
-    actor: &str,
-    request: Option<&str>,
-    action: &str,
-    details: &str,
-) {
-    h.update(prev);
-    h.update(&seq.to_be_bytes());
-    h.update(&at.as_millis().to_be_bytes());
-    put_str(h, actor);
-    match request {
-        Some(r) => {
-            h.update(&[1]);
-            put_str(h, r);
-        }
-        None => h.update(&[0]),
-    }
-    put_str(h, action);
-    put_str(h, details);
 }
 
 /// The link of `event` chained after `prev`, plain or keyed.
@@ -189,15 +162,31 @@ pub fn chain_link(
     action: &str,
     details: &str,
 ) -> Hash {
+    // The link's input: the previous link, then the event's canonical serialization.
+    let feed = |h: &mut dyn Update| {
+        h.update(prev);
+        h.update(&seq.to_be_bytes());
+        h.update(&at.as_millis().to_be_bytes());
+        put_str(h, actor);
+        match request {
+            Some(r) => {
+                h.update(&[1]);
+                put_str(h, r);
+            }
+            None => h.update(&[0]),
+        }
+        put_str(h, action);
+        put_str(h, details);
+    };
     match linking {
         Linking::Plain => {
             let mut h = Sha256::new();
-            feed(&mut h, prev, seq, at, actor, request, action, details);
+            feed(&mut h);
             h.finalize().into()
         }
         Linking::Keyed(key) => {
             let mut h = key.mac.clone();
-            feed(&mut h, prev, seq, at, actor, request, action, details);
+            feed(&mut h);
             h.finalize().into_bytes().into()
         }
     }
@@ -562,36 +551,22 @@ mod tests {
 
     #[test]
     fn field_boundaries_are_unambiguous() {
-        let a = chain_link(
-            Linking::Plain,
-            &GENESIS,
-            1,
-            Timestamp::from_millis(0),
-            "ab",
-            None,
-            "c",
-            "{}",
-        );
-        let b = chain_link(
-            Linking::Plain,
-            &GENESIS,
-            1,
-            Timestamp::from_millis(0),
-            "a",
-            None,
-            "bc",
-            "{}",
-        );
-        let c = chain_link(
-            Linking::Plain,
-            &GENESIS,
-            1,
-            Timestamp::from_millis(0),
-            "a",
-            Some(""),
-            "bc",
-            "{}",
-        );
+        let link = |actor, request, action| {
+            let at = Timestamp::from_millis(0);
+            chain_link(
+                Linking::Plain,
+                &GENESIS,
+                1,
+                at,
+                actor,
+                request,
+                action,
+                "{}",
+            )
+        };
+        let a = link("ab", None, "c");
+        let b = link("a", None, "bc");
+        let c = link("a", Some(""), "bc");
         assert_ne!(a, b);
         assert_ne!(b, c);
     }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::request::RequestState;
+use super::request::{AccessRequest, RequestState};
 use super::values::{RequestId, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +23,16 @@ pub struct Action {
     pub label: String,
     pub command: String,
     pub style: ActionStyle,
+}
+
+impl Action {
+    pub fn new(label: &str, command: String, style: ActionStyle) -> Self {
+        Self {
+            label: label.to_owned(),
+            command,
+            style,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +92,30 @@ pub enum Notice {
 pub const AUDIT_LANE: &str = "audit";
 
 impl Notice {
+    /// A reply in the thread of `request`, with no buttons.
+    pub fn thread(request: RequestId, text: String) -> Self {
+        Notice::Thread {
+            request,
+            text,
+            actions: Vec::new(),
+        }
+    }
+
+    /// A direct message to `user` about `request`, with no buttons.
+    pub fn direct(user: UserId, request: Option<RequestId>, text: String) -> Self {
+        Notice::Direct {
+            user,
+            request,
+            text,
+            actions: Vec::new(),
+        }
+    }
+
+    /// A direct message to the requester of `req` about it, with no buttons.
+    pub fn to_requester(req: &AccessRequest, text: String) -> Self {
+        Self::direct(req.requester.id.clone(), Some(req.id), text)
+    }
+
     /// Notices in one lane are delivered strictly in order; lanes are independent.
     /// A request's card and thread share a lane so replies never overtake the card.
     pub fn lane(&self) -> String {

@@ -488,6 +488,43 @@ impl AccessRequest {
         self.become_(RequestState::Approved)
     }
 
+    /// An active request whose extension waits for an approver: then
+    /// approving or denying decides the extension, not the request.
+    pub fn has_pending_extension(&self) -> bool {
+        self.state == RequestState::Active && self.pending_extension.is_some()
+    }
+
+    /// When the access of `who` ends, for what only the requester may do
+    /// while access is active and unexpired (a certificate, Session Manager
+    /// credentials). `requester_may` finishes "only the requester of AR-n can
+    /// …"; `only_while_active` is what an ended request's refusal says.
+    pub fn requester_access_ends(
+        &self,
+        who: &UserId,
+        now: Timestamp,
+        requester_may: &str,
+        only_while_active: &str,
+    ) -> Result<Timestamp, Refusal> {
+        if !self.is_requester(who) {
+            return Err(RefusalKind::NotAllowed(format!(
+                "only the requester of {} can {requester_may}",
+                self.id
+            )));
+        }
+        match (self.state, self.expires_at) {
+            (RequestState::Active, Some(at)) if at > now => Ok(at),
+            (RequestState::Active, _) => Err(RefusalKind::WrongState(format!(
+                "{}'s access has run out: request access again",
+                self.id
+            ))),
+            (state, _) => Err(RefusalKind::WrongState(format!(
+                "{} is {}: {only_while_active}",
+                self.id,
+                state.label()
+            ))),
+        }
+    }
+
     /// What approvals are still missing, e.g. "1 more approval from group sre-leads".
     pub fn still_needed(&self) -> String {
         self.requirement.still_needed(&self.approvals)
@@ -1052,6 +1089,7 @@ mod tests {
     use super::*;
     use crate::domain::policy::{Principal, RuleRequirement};
     use crate::domain::values::TicketRules;
+    use RefusalKind::{AlreadyDone, NotAllowed, WrongState};
 
     // ------------------------------------------------------------------
     // Fixtures
@@ -1209,6 +1247,40 @@ mod tests {
         r
     }
 
+    /// A request before its access began (pending, approved, provisioning)
+    /// and one after it ended (completed at minute 10).
+    fn not_active() -> [AccessRequest; 4] {
+        let mut completed = active();
+        completed
+            .complete(&uid("dev1"), "dev1", false, at(10))
+            .unwrap();
+        [pending(), approved(), provisioning(), completed]
+    }
+
+    /// Two hours active from minute 2, under one rule that allows `max` in all.
+    fn two_hours_under(max: Span) -> AccessRequest {
+        active_with(
+            requirement(vec![rule("prod", "sre-leads", 1)], max),
+            Span::from_hours(2),
+        )
+    }
+
+    /// The requester extends `r` by `span` at `now`.
+    fn requester_extends(
+        r: &mut AccessRequest,
+        span: Span,
+        now: Timestamp,
+    ) -> Result<Extension, Refusal> {
+        r.extend(&uid("dev1"), by(span), now)
+    }
+
+    /// An approval recorded that still needs `still_needed`.
+    fn recorded(still_needed: &str) -> Result<ApprovalOutcome, Refusal> {
+        Ok(ApprovalOutcome::Recorded {
+            still_needed: still_needed.to_owned(),
+        })
+    }
+
     fn ok(n: u32) -> InstanceOutcome {
         InstanceOutcome {
             instance: iid(n),
@@ -1229,8 +1301,13 @@ mod tests {
         r.grants.iter().map(|g| g.state).collect()
     }
 
-    fn message(refusal: &Refusal) -> String {
-        refusal.to_string()
+    /// The message `result` is refused with, once checked to be a refusal
+    /// of the kind `kind` makes (e.g. `RefusalKind::WrongState`).
+    fn refused<T: fmt::Debug>(result: Result<T, Refusal>, kind: fn(String) -> Refusal) -> String {
+        let err = result.unwrap_err();
+        let expected = std::mem::discriminant(&kind(String::new()));
+        assert_eq!(std::mem::discriminant(&err), expected, "{err:?}");
+        err.to_string()
     }
 
     // ------------------------------------------------------------------
@@ -1367,9 +1444,8 @@ mod tests {
         let mut r = pending();
         // Even when the requester is in the approvers' group.
         let me = member("dev1", &["sre-leads", "security"]);
-        let err = r.approve(&me, "dev1", at(1)).unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(message(&err).contains("your own request AR-7"), "{err}");
+        let err = refused(r.approve(&me, "dev1", at(1)), NotAllowed);
+        assert!(err.contains("your own request AR-7"), "{err}");
         assert_eq!(r.state, RequestState::Pending);
         assert!(r.approvals.is_empty());
     }
@@ -1401,11 +1477,10 @@ mod tests {
     #[test]
     fn approve_by_non_approver_is_refused() {
         let mut r = pending();
-        let err = r.approve(&stranger(), "eve", at(1)).unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(message(&err).contains("not an approver"), "{err}");
+        let err = refused(r.approve(&stranger(), "eve", at(1)), NotAllowed);
+        assert!(err.contains("not an approver"), "{err}");
         assert!(
-            message(&err).contains("1 more approval from group sre-leads"),
+            err.contains("1 more approval from group sre-leads"),
             "{err}"
         );
         assert_eq!(r.state, RequestState::Pending);
@@ -1445,14 +1520,11 @@ mod tests {
         let mut r = request_for(two_leads(), Span::from_hours(1), 1);
         assert_eq!(
             r.approve(&lead(1), "lead1", at(1)),
-            Ok(ApprovalOutcome::Recorded {
-                still_needed: "1 more approval from group sre-leads".to_owned()
-            })
+            recorded("1 more approval from group sre-leads")
         );
-        let err = r.approve(&lead(1), "lead1", at(2)).unwrap_err();
-        assert!(matches!(err, RefusalKind::AlreadyDone(_)), "{err:?}");
-        assert!(message(&err).contains("you already approved AR-7"), "{err}");
-        assert!(message(&err).contains("1 more approval"), "{err}");
+        let err = refused(r.approve(&lead(1), "lead1", at(2)), AlreadyDone);
+        assert!(err.contains("you already approved AR-7"), "{err}");
+        assert!(err.contains("1 more approval"), "{err}");
         assert_eq!(r.approvals.len(), 1);
         assert_eq!(r.state, RequestState::Pending);
     }
@@ -1480,14 +1552,11 @@ mod tests {
         let mut r = request_for(lead_and_security(), Span::from_hours(1), 1);
         assert_eq!(
             r.approve(&lead(1), "lead1", at(1)),
-            Ok(ApprovalOutcome::Recorded {
-                still_needed: "1 more approval from group security".to_owned()
-            })
+            recorded("1 more approval from group security")
         );
         // A second lead adds nothing: the lead rule is already satisfied.
-        let err = r.approve(&lead(2), "lead2", at(2)).unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(message(&err).contains("group security"), "{err}");
+        let err = refused(r.approve(&lead(2), "lead2", at(2)), NotAllowed);
+        assert!(err.contains("group security"), "{err}");
         assert_eq!(r.state, RequestState::Pending);
         assert_eq!(
             r.approve(&security(), "sec1", at(3)),
@@ -1510,18 +1579,16 @@ mod tests {
     #[test]
     fn approve_after_approval_says_already_approved() {
         let mut r = approved();
-        let err = r.approve(&lead(1), "lead1", at(2)).unwrap_err();
-        assert!(matches!(err, RefusalKind::AlreadyDone(_)), "{err:?}");
-        assert!(message(&err).contains("already approved"), "{err}");
+        let err = refused(r.approve(&lead(1), "lead1", at(2)), AlreadyDone);
+        assert!(err.contains("already approved"), "{err}");
 
         // Another approver clicking late (or at the same moment) is told the same,
         // not to try again.
         for mut late in [approved(), provisioning(), active()] {
             let before = late.clone();
-            let err = late.approve(&lead(2), "lead2", at(3)).unwrap_err();
-            assert!(matches!(err, RefusalKind::AlreadyDone(_)), "{err:?}");
-            assert!(message(&err).contains("AR-7 is already approved"), "{err}");
-            assert!(!message(&err).contains("try again"), "{err}");
+            let err = refused(late.approve(&lead(2), "lead2", at(3)), AlreadyDone);
+            assert!(err.contains("AR-7 is already approved"), "{err}");
+            assert!(!err.contains("try again"), "{err}");
             assert_eq!(late, before);
         }
     }
@@ -1531,18 +1598,16 @@ mod tests {
         let mut r = request_for(two_leads(), Span::from_hours(1), 1);
         r.approve(&lead(1), "lead1", at(1)).unwrap();
         r.deny(&lead(2), "lead2", false, None, at(2)).unwrap();
-        let err = r.approve(&lead(1), "lead1", at(3)).unwrap_err();
-        assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
-        assert!(message(&err).contains("denied"), "{err}");
+        let err = refused(r.approve(&lead(1), "lead1", at(3)), WrongState);
+        assert!(err.contains("denied"), "{err}");
     }
 
     #[test]
     fn approve_of_a_closed_request_is_refused() {
         let mut r = pending();
         r.cancel(&uid("dev1"), "dev1", at(1)).unwrap();
-        let err = r.approve(&lead(1), "lead1", at(2)).unwrap_err();
-        assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
-        assert!(message(&err).contains("cancelled"), "{err}");
+        let err = refused(r.approve(&lead(1), "lead1", at(2)), WrongState);
+        assert!(err.contains("cancelled"), "{err}");
         assert!(r.approvals.is_empty());
     }
 
@@ -1562,12 +1627,8 @@ mod tests {
     #[test]
     fn auto_approve_is_refused_when_a_rule_needs_approval() {
         let mut r = request_for(lead_and_security(), Span::from_hours(1), 1);
-        let err = r.auto_approve().unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(
-            message(&err).contains("1 approval from group sre-leads"),
-            "{err}"
-        );
+        let err = refused(r.auto_approve(), NotAllowed);
+        assert!(err.contains("1 approval from group sre-leads"), "{err}");
         assert_eq!(r.state, RequestState::Pending);
     }
 
@@ -1591,9 +1652,8 @@ mod tests {
         // Not even an admin may deny their own request.
         let me = member("dev1", &["sre-leads"]);
         for is_admin in [false, true] {
-            let err = r.deny(&me, "dev1", is_admin, None, at(1)).unwrap_err();
-            assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-            assert!(message(&err).contains("`cancel AR-7`"), "{err}");
+            let err = refused(r.deny(&me, "dev1", is_admin, None, at(1)), NotAllowed);
+            assert!(err.contains("`cancel AR-7`"), "{err}");
         }
         assert_eq!(r.state, RequestState::Pending);
         assert!(r.decision.is_none());
@@ -1602,9 +1662,8 @@ mod tests {
     #[test]
     fn deny_by_non_approver_is_refused() {
         let mut r = pending();
-        let err = r.deny(&stranger(), "eve", false, None, at(1)).unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(message(&err).contains("not an approver"), "{err}");
+        let err = refused(r.deny(&stranger(), "eve", false, None, at(1)), NotAllowed);
+        assert!(err.contains("not an approver"), "{err}");
         assert_eq!(r.state, RequestState::Pending);
     }
 
@@ -1637,8 +1696,7 @@ mod tests {
     #[test]
     fn deny_after_approval_is_refused() {
         let mut r = approved();
-        let err = r.deny(&lead(2), "lead2", false, None, at(5)).unwrap_err();
-        assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
+        refused(r.deny(&lead(2), "lead2", false, None, at(5)), WrongState);
         assert_eq!(r.state, RequestState::Approved);
         assert!(r.decision.is_none());
     }
@@ -1660,9 +1718,8 @@ mod tests {
     fn cancel_by_anyone_but_the_requester_is_refused() {
         let mut r = pending();
         for who in [lead(1), admin(), stranger()] {
-            let err = r.cancel(&who.user, "x", at(1)).unwrap_err();
-            assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-            assert!(message(&err).contains("`deny AR-7`"), "{err}");
+            let err = refused(r.cancel(&who.user, "x", at(1)), NotAllowed);
+            assert!(err.contains("`deny AR-7`"), "{err}");
         }
         assert_eq!(r.state, RequestState::Pending);
     }
@@ -1670,8 +1727,7 @@ mod tests {
     #[test]
     fn cancel_after_approval_is_refused() {
         for mut r in [approved(), provisioning()] {
-            let err = r.cancel(&uid("dev1"), "dev1", at(3)).unwrap_err();
-            assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
+            refused(r.cancel(&uid("dev1"), "dev1", at(3)), WrongState);
             assert_ne!(r.state, RequestState::Cancelled);
         }
     }
@@ -1679,9 +1735,8 @@ mod tests {
     #[test]
     fn cancel_of_active_request_is_told_to_use_complete() {
         let mut r = active();
-        let err = r.cancel(&uid("dev1"), "dev1", at(10)).unwrap_err();
-        assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
-        assert!(message(&err).contains("`complete AR-7`"), "{err}");
+        let err = refused(r.cancel(&uid("dev1"), "dev1", at(10)), WrongState);
+        assert!(err.contains("`complete AR-7`"), "{err}");
         assert_eq!(r.state, RequestState::Active);
     }
 
@@ -1835,8 +1890,7 @@ mod tests {
         // (Active accepts results: they are those of a retry of failed instances.)
         for mut r in [pending(), approved()] {
             let before = r.clone();
-            let err = r.record_provisioning(&[ok(1), ok(2)], at(50)).unwrap_err();
-            assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
+            refused(r.record_provisioning(&[ok(1), ok(2)], at(50)), WrongState);
             assert_eq!(r, before);
         }
     }
@@ -1870,11 +1924,11 @@ mod tests {
     #[test]
     fn complete_by_approver_is_refused_and_told_to_revoke() {
         let mut r = active();
-        let err = r
-            .complete(&lead(1).user, "lead1", false, at(30))
-            .unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(message(&err).contains("`revoke AR-7`"), "{err}");
+        let err = refused(
+            r.complete(&lead(1).user, "lead1", false, at(30)),
+            NotAllowed,
+        );
+        assert!(err.contains("`revoke AR-7`"), "{err}");
         assert_eq!(r.state, RequestState::Active);
     }
 
@@ -1882,8 +1936,7 @@ mod tests {
     fn complete_is_only_for_active_requests() {
         for mut r in [pending(), approved(), provisioning()] {
             let before = r.clone();
-            let err = r.complete(&uid("dev1"), "dev1", false, at(30)).unwrap_err();
-            assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
+            refused(r.complete(&uid("dev1"), "dev1", false, at(30)), WrongState);
             assert_eq!(r, before);
         }
     }
@@ -1915,19 +1968,14 @@ mod tests {
     #[test]
     fn expire_follows_an_extension() {
         let mut r = active();
-        r.extend(&uid("dev1"), by(Span::from_hours(1)), at(100))
-            .unwrap();
+        requester_extends(&mut r, Span::from_hours(1), at(100)).unwrap();
         assert!(r.expire(at(122)).is_err());
         assert!(r.expire(at(182)).is_ok());
     }
 
     #[test]
     fn expire_without_active_access_is_refused() {
-        let mut completed = active();
-        completed
-            .complete(&uid("dev1"), "dev1", false, at(10))
-            .unwrap();
-        for mut r in [pending(), approved(), provisioning(), completed] {
+        for mut r in not_active() {
             let before = r.clone();
             assert!(matches!(
                 r.expire(at(10_000)),
@@ -1969,11 +2017,11 @@ mod tests {
     #[test]
     fn revoke_by_non_approver_is_refused() {
         let mut r = active();
-        let err = r
-            .revoke(&stranger(), "eve", false, None, at(40))
-            .unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(!message(&err).contains("complete"), "{err}");
+        let err = refused(
+            r.revoke(&stranger(), "eve", false, None, at(40)),
+            NotAllowed,
+        );
+        assert!(!err.contains("complete"), "{err}");
         assert_eq!(r.state, RequestState::Active);
     }
 
@@ -1982,18 +2030,16 @@ mod tests {
         let mut r = active();
         // Being in the approvers' group does not make the requester an approver.
         let me = member("dev1", &["sre-leads"]);
-        let err = r.revoke(&me, "dev1", false, None, at(40)).unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(message(&err).contains("`complete AR-7`"), "{err}");
+        let err = refused(r.revoke(&me, "dev1", false, None, at(40)), NotAllowed);
+        assert!(err.contains("`complete AR-7`"), "{err}");
         assert_eq!(r.state, RequestState::Active);
     }
 
     #[test]
     fn revoke_of_pending_request_is_told_to_deny() {
         let mut r = pending();
-        let err = r.revoke(&lead(1), "lead1", false, None, at(1)).unwrap_err();
-        assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
-        assert!(message(&err).contains("`deny AR-7`"), "{err}");
+        let err = refused(r.revoke(&lead(1), "lead1", false, None, at(1)), WrongState);
+        assert!(err.contains("`deny AR-7`"), "{err}");
         assert_eq!(r.state, RequestState::Pending);
     }
 
@@ -2012,8 +2058,7 @@ mod tests {
         let mut r = active();
         r.complete(&uid("dev1"), "dev1", false, at(10)).unwrap();
         let before = r.clone();
-        let err = r.revoke(&admin(), "root1", true, None, at(20)).unwrap_err();
-        assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
+        refused(r.revoke(&admin(), "root1", true, None, at(20)), WrongState);
         assert_eq!(r, before);
     }
 
@@ -2023,9 +2068,7 @@ mod tests {
     #[test]
     fn extend_adds_time_to_active_access() {
         let mut r = active();
-        let ext = r
-            .extend(&uid("dev1"), by(Span::from_hours(1)), at(100))
-            .unwrap();
+        let ext = requester_extends(&mut r, Span::from_hours(1), at(100)).unwrap();
         assert_eq!(
             ext,
             Extension {
@@ -2043,8 +2086,7 @@ mod tests {
             "extending does not restart the clock"
         );
 
-        r.extend(&uid("dev1"), by(Span::from_minutes(30)), at(150))
-            .unwrap();
+        requester_extends(&mut r, Span::from_minutes(30), at(150)).unwrap();
         assert_eq!(r.extended_by, Span::from_minutes(90));
         assert_eq!(r.expires_at, Some(at(212)));
     }
@@ -2053,26 +2095,22 @@ mod tests {
     fn extend_by_anyone_but_the_requester_is_refused() {
         let mut r = active();
         for who in [lead(1), admin(), stranger()] {
-            let err = r
-                .extend(&who.user, by(Span::from_hours(1)), at(100))
-                .unwrap_err();
-            assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
+            refused(
+                r.extend(&who.user, by(Span::from_hours(1)), at(100)),
+                NotAllowed,
+            );
         }
         assert_eq!(r.expires_at, Some(at(122)));
     }
 
     #[test]
     fn extend_is_only_for_active_requests() {
-        let mut completed = active();
-        completed
-            .complete(&uid("dev1"), "dev1", false, at(10))
-            .unwrap();
-        for mut r in [pending(), approved(), provisioning(), completed] {
+        for mut r in not_active() {
             let before = r.clone();
-            let err = r
-                .extend(&uid("dev1"), by(Span::from_hours(1)), at(20))
-                .unwrap_err();
-            assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
+            refused(
+                requester_extends(&mut r, Span::from_hours(1), at(20)),
+                WrongState,
+            );
             assert_eq!(r, before);
         }
     }
@@ -2080,24 +2118,19 @@ mod tests {
     #[test]
     fn extend_after_expiry_is_refused() {
         let mut r = active();
-        let err = r
-            .extend(&uid("dev1"), by(Span::from_hours(1)), at(122))
-            .unwrap_err();
-        assert!(matches!(err, RefusalKind::WrongState(_)), "{err:?}");
-        assert!(message(&err).contains("already expired"), "{err}");
+        let err = refused(
+            requester_extends(&mut r, Span::from_hours(1), at(122)),
+            WrongState,
+        );
+        assert!(err.contains("already expired"), "{err}");
         assert_eq!(r.expires_at, Some(at(122)));
     }
 
     #[test]
     fn extend_is_capped_at_the_maximum_measured_from_activation() {
         // Four hours at most; two asked for, active from minute 2.
-        let mut r = active_with(
-            requirement(vec![rule("prod", "sre-leads", 1)], Span::from_hours(4)),
-            Span::from_hours(2),
-        );
-        let ext = r
-            .extend(&uid("dev1"), by(Span::from_hours(3)), at(60))
-            .unwrap();
+        let mut r = two_hours_under(Span::from_hours(4));
+        let ext = requester_extends(&mut r, Span::from_hours(3), at(60)).unwrap();
         assert_eq!(ext.added, Span::from_hours(2));
         assert!(ext.capped);
         assert_eq!(ext.new_expiry, at(2).plus(Span::from_hours(4)));
@@ -2107,13 +2140,8 @@ mod tests {
 
     #[test]
     fn extend_that_fits_exactly_is_not_capped() {
-        let mut r = active_with(
-            requirement(vec![rule("prod", "sre-leads", 1)], Span::from_hours(4)),
-            Span::from_hours(2),
-        );
-        let ext = r
-            .extend(&uid("dev1"), by(Span::from_hours(2)), at(60))
-            .unwrap();
+        let mut r = two_hours_under(Span::from_hours(4));
+        let ext = requester_extends(&mut r, Span::from_hours(2), at(60)).unwrap();
         assert!(!ext.capped);
         assert_eq!(ext.remaining_allowance, Span::ZERO);
     }
@@ -2121,28 +2149,20 @@ mod tests {
     #[test]
     fn extend_is_refused_when_less_than_a_minute_of_allowance_remains() {
         let almost_none = Span::from_millis(Span::from_hours(2).as_millis() + 59_999);
-        let mut r = active_with(
-            requirement(vec![rule("prod", "sre-leads", 1)], almost_none),
-            Span::from_hours(2),
-        );
+        let mut r = two_hours_under(almost_none);
         let before = r.clone();
-        let err = r
-            .extend(&uid("dev1"), by(Span::from_minutes(1)), at(60))
-            .unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(message(&err).contains("make a new request"), "{err}");
+        let err = refused(
+            requester_extends(&mut r, Span::from_minutes(1), at(60)),
+            NotAllowed,
+        );
+        assert!(err.contains("make a new request"), "{err}");
         assert_eq!(r, before);
     }
 
     #[test]
     fn extend_with_exactly_a_minute_of_allowance_adds_that_minute() {
-        let mut r = active_with(
-            requirement(vec![rule("prod", "sre-leads", 1)], Span::from_minutes(121)),
-            Span::from_hours(2),
-        );
-        let ext = r
-            .extend(&uid("dev1"), by(Span::from_hours(1)), at(60))
-            .unwrap();
+        let mut r = two_hours_under(Span::from_minutes(121));
+        let ext = requester_extends(&mut r, Span::from_hours(1), at(60)).unwrap();
         assert_eq!(ext.added, Span::from_minutes(1));
         assert!(ext.capped);
     }
@@ -2152,15 +2172,12 @@ mod tests {
         // Even a requirement that claims more (e.g. one stored before the cap was
         // lowered) is held to the hard cap.
         for max in [Span::from_hours(12), Span::from_hours(24)] {
-            let mut r = active_with(
-                requirement(vec![rule("prod", "sre-leads", 1)], max),
-                Span::from_hours(2),
-            );
+            let mut r = two_hours_under(max);
             let activated = r.activated_at.unwrap();
             let mut now = at(3);
             let mut refused = false;
             for _ in 0..10 {
-                match r.extend(&uid("dev1"), by(Span::from_hours(5)), now) {
+                match requester_extends(&mut r, Span::from_hours(5), now) {
                     Ok(ext) => {
                         assert!(ext.new_expiry.since(activated) <= DurationLimits::HARD_MAX);
                         now = now.plus(Span::from_minutes(1));
@@ -2181,11 +2198,11 @@ mod tests {
     #[test]
     fn extend_of_access_granted_for_the_full_twelve_hours_is_refused() {
         let mut r = active_with(one_lead(), Span::from_hours(12));
-        let err = r
-            .extend(&uid("dev1"), by(Span::from_minutes(1)), at(60))
-            .unwrap_err();
-        assert!(matches!(err, RefusalKind::NotAllowed(_)), "{err:?}");
-        assert!(message(&err).contains("12h maximum"), "{err}");
+        let err = refused(
+            requester_extends(&mut r, Span::from_minutes(1), at(60)),
+            NotAllowed,
+        );
+        assert!(err.contains("12h maximum"), "{err}");
     }
 
     // ------------------------------------------------------------------
@@ -2349,7 +2366,7 @@ mod tests {
                             );
                             match call(&mut r, who, is_admin, now) {
                                 Err(err) => {
-                                    assert!(!message(&err).is_empty(), "{context}");
+                                    assert!(!err.to_string().is_empty(), "{context}");
                                     assert_eq!(r, original, "{context}: {err}");
                                 }
                                 Ok(()) => assert!(

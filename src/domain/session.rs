@@ -3,7 +3,7 @@
 //! (`adapters/aws/sessions.rs`): this module decides whether they may be
 //! issued, for which instances, which session documents, and until when.
 
-use super::request::{AccessRequest, GrantState, Platform, RefusalKind, RequestState};
+use super::request::{AccessRequest, GrantState, Platform, RefusalKind};
 use super::time::Timestamp;
 use super::values::{InstanceId, RequestId, UserId, Username};
 
@@ -41,28 +41,12 @@ impl AccessRequest {
         now: Timestamp,
         only: Option<&InstanceId>,
     ) -> Result<SessionScope, RefusalKind> {
-        if !self.is_requester(who) {
-            return Err(RefusalKind::NotAllowed(format!(
-                "only the requester of {} can connect with it",
-                self.id
-            )));
-        }
-        let not_after = match (self.state, self.expires_at) {
-            (RequestState::Active, Some(at)) if at > now => at,
-            (RequestState::Active, _) => {
-                return Err(RefusalKind::WrongState(format!(
-                    "{}'s access has run out: request access again",
-                    self.id
-                )))
-            }
-            (state, _) => {
-                return Err(RefusalKind::WrongState(format!(
-                    "{} is {}: you can connect only while access is active",
-                    self.id,
-                    state.label()
-                )))
-            }
-        };
+        let not_after = self.requester_access_ends(
+            who,
+            now,
+            "connect with it",
+            "you can connect only while access is active",
+        )?;
         let mut active = self.instances_in(GrantState::Active);
         if let Some(only) = only {
             active.retain(|i| &i.id == only);

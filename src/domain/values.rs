@@ -409,6 +409,12 @@ impl Reason {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `": the reason"`, to end a sentence such as "denied by Ann", or
+    /// nothing when no reason was given.
+    pub fn suffix(reason: Option<&Reason>) -> String {
+        reason.map(|r| format!(": {r}")).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Reason {
