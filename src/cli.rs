@@ -1005,18 +1005,15 @@ struct Chat {
     start: Box<dyn FnOnce() -> Vec<tokio::task::JoinHandle<()>> + Send>,
 }
 
-/// The provisioner `serve` uses: AWS when configured (with the courier for
-/// Windows passwords), else the dry run, logged.
+/// The provisioner `serve` uses: AWS when configured (with the parts that
+/// need the application's store), else the dry run, logged.
 async fn serve_provisioner(
     settings: &Settings,
 ) -> anyhow::Result<(
     Arc<dyn crate::app::ports::Provisioner>,
-    Option<Arc<crate::adapters::password_courier::PasswordCourier>>,
+    Option<startup::AwsParts>,
 )> {
     if settings.aws.is_some() {
-        // The AWS provisioner keeps its command ids in the database: bring the
-        // schema up to date before it opens it.
-        open_store(settings).await?.close().await;
         Ok(startup::provisioner(settings, None).await?)
     } else {
         Ok((startup::logged_dry_run(settings), None))
@@ -1031,7 +1028,7 @@ async fn serve_slack(
     slack: &crate::adapters::slack::SlackSettings,
 ) -> anyhow::Result<i32> {
     use crate::adapters::slack::SlackMode;
-    let (provisioner, courier) = serve_provisioner(settings).await?;
+    let (provisioner, aws) = serve_provisioner(settings).await?;
     let built = startup::slack_app(
         settings,
         slack,
@@ -1064,7 +1061,7 @@ async fn serve_slack(
         },
         start: Box::new(move || socket.into_iter().map(|s| s.spawn()).collect()),
     };
-    serve_chat(loaded, settings, chat, courier).await
+    serve_chat(loaded, settings, chat, aws).await
 }
 
 /// `serve` with Discord: the gateway connection (or the HTTP interactions
@@ -1075,7 +1072,7 @@ async fn serve_discord(
     discord: &crate::adapters::discord::DiscordSettings,
 ) -> anyhow::Result<i32> {
     use crate::adapters::discord::DiscordMode;
-    let (provisioner, courier) = serve_provisioner(settings).await?;
+    let (provisioner, aws) = serve_provisioner(settings).await?;
     let built = startup::discord_app(
         settings,
         discord,
@@ -1107,7 +1104,7 @@ async fn serve_discord(
                 .collect()
         }),
     };
-    serve_chat(loaded, settings, chat, courier).await
+    serve_chat(loaded, settings, chat, aws).await
 }
 
 /// Runs a chat platform: the HTTP server, the platform's own tasks, timers
@@ -1117,10 +1114,10 @@ async fn serve_chat(
     loaded: &Loaded,
     settings: &Settings,
     chat: Chat,
-    courier: Option<Arc<crate::adapters::password_courier::PasswordCourier>>,
+    aws: Option<startup::AwsParts>,
 ) -> anyhow::Result<i32> {
-    if let Some(courier) = &courier {
-        startup::attach_courier(courier, &chat.app, &chat.surface, settings);
+    if let Some(aws) = &aws {
+        startup::attach_aws(aws, &chat.app, &chat.surface, settings);
     }
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
+use crate::adapters::aws::SqliteCommandStore;
 use crate::adapters::chat_retry::Peer;
 use crate::adapters::checkpoint_file::CheckpointFile;
 use crate::adapters::clock::OffsetClock;
@@ -62,21 +63,27 @@ pub enum StartError {
 
 /// The AWS provisioner when `[aws]` is configured (after checking that the SSM
 /// documents are installed and current), else the dry-run provisioner printing
-/// to `sink`. Call after the store is open: it applies the migrations.
-/// With AWS, also the courier that takes Windows passwords to the requester:
-/// attach the store and the chat surfaces to it once they exist.
+/// to `sink`. With AWS, also what the provisioner needs from the application
+/// once it is built ([`AwsParts`]): give it with [`attach_aws`].
 pub async fn provisioner(
     settings: &Settings,
     sink: Option<Sink>,
-) -> Result<(Arc<dyn Provisioner>, Option<Arc<PasswordCourier>>), StartError> {
+) -> Result<(Arc<dyn Provisioner>, Option<AwsParts>), StartError> {
     match &settings.aws {
         Some(aws) => {
-            let courier = Arc::new(PasswordCourier::new());
-            let passwords: Arc<dyn crate::adapters::aws::PasswordSink> = Arc::new(courier.clone());
-            let p =
-                crate::adapters::aws::serve_provisioner(aws, &settings.store_path, Some(passwords))
-                    .await?;
-            Ok((Arc::new(p), Some(courier)))
+            let parts = AwsParts {
+                courier: Arc::new(PasswordCourier::new()),
+                commands: SqliteCommandStore::unattached(),
+            };
+            let passwords: Arc<dyn crate::adapters::aws::PasswordSink> =
+                Arc::new(parts.courier.clone());
+            let p = crate::adapters::aws::serve_provisioner(
+                aws,
+                parts.commands.clone(),
+                Some(passwords),
+            )
+            .await?;
+            Ok((Arc::new(p), Some(parts)))
         }
         None => Ok((
             Arc::new(DryRunProvisioner::new(
@@ -141,7 +148,7 @@ pub async fn console_app(
         let mut o = sink_out.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(o, "{line}");
     });
-    let (provisioner, courier) = provisioner(settings, Some(sink)).await?;
+    let (provisioner, aws) = provisioner(settings, Some(sink)).await?;
     let surface: Arc<dyn ChatSurface> = Arc::new(ConsoleSurface::new(out));
     let app = assemble(
         settings,
@@ -157,10 +164,32 @@ pub async fn console_app(
         Dispatcher::one_lane_at_a_time,
     )
     .await?;
-    if let Some(courier) = &courier {
-        attach_courier(courier, &app, &surface, settings);
+    if let Some(aws) = &aws {
+        attach_aws(aws, &app, &surface, settings);
     }
     Ok(app)
+}
+
+/// What the AWS provisioner is built with before the application exists, and
+/// is given the application's store through: the courier that takes Windows
+/// passwords to the requester, and the store of its command ids, which writes
+/// through the application store's one writer.
+pub struct AwsParts {
+    pub courier: Arc<PasswordCourier>,
+    pub commands: SqliteCommandStore,
+}
+
+/// Gives the AWS provisioner's parts the built application: its store to the
+/// command store, its store and chat surface to the courier. Before this no
+/// command can be recorded, so it comes before the application runs anything.
+pub fn attach_aws(
+    parts: &AwsParts,
+    app: &App,
+    surface: &Arc<dyn ChatSurface>,
+    settings: &Settings,
+) {
+    parts.commands.attach(app.store.as_ref().clone());
+    attach_courier(&parts.courier, app, surface, settings);
 }
 
 /// Attaches the Windows password courier to the built application: its store,

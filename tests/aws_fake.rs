@@ -19,12 +19,13 @@ use passport::adapters::aws::api::{
     InvocationStatus, ManagedInstance, SsmApi,
 };
 use passport::adapters::aws::documents::passport_documents;
-use passport::adapters::aws::password::PASSWORD_PREFIX;
+use passport::adapters::aws::password::{PasswordOwner, PASSWORD_PREFIX};
 use passport::adapters::aws::sdk::SdkSsm;
 use passport::adapters::aws::{
     AwsProvisioner, AwsSettings, DocumentNames, MemoryCommandStore, PasswordSink,
     SqliteCommandStore, SSM_UNREACHABLE,
 };
+use passport::adapters::sqlite::{Durability, SqliteStore};
 use passport::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec};
 use passport::domain::request::{InstanceInfo, InstanceOutcome, Platform};
 use passport::domain::time::Timestamp;
@@ -338,17 +339,13 @@ impl SsmApi for FakeAws {
 struct Passwords(Mutex<Vec<(RequestId, InstanceId, String, SecretString)>>);
 
 impl PasswordSink for Passwords {
-    fn deliver(
-        &self,
-        request: RequestId,
-        instance: &InstanceId,
-        username: &Username,
-        password: SecretString,
-    ) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((request, instance.clone(), username.to_string(), password));
+    fn deliver(&self, owner: PasswordOwner, password: SecretString) {
+        self.0.lock().unwrap().push((
+            owner.request,
+            owner.instance,
+            owner.username.to_string(),
+            password,
+        ));
     }
 }
 
@@ -1307,26 +1304,26 @@ async fn commands_recorded_in_sqlite_survive_a_restart() {
     fake.script(&id, Script::ends(End::Running));
     let spec = revoke_spec(26, vec![info(&id, Platform::Linux)]);
 
-    let store = SqliteCommandStore::open(&db).await.unwrap();
+    let database = SqliteStore::open(&db, Durability::Normal).await.unwrap();
     let first = AwsProvisioner::new(
         fake.clone(),
         fake.clone(),
-        Arc::new(store.clone()),
+        Arc::new(SqliteCommandStore::new(database.clone())),
         short.clone(),
         "eu-west-1",
     );
     first.check_documents().await.unwrap();
     let outcomes = first.revoke(&spec).await.unwrap();
     assert!(!outcomes[0].ok);
-    store.close().await;
+    database.close().await;
     drop(first);
 
     fake.script(&id, Script::ends(End::Success));
-    let reopened = SqliteCommandStore::open(&db).await.unwrap();
+    let reopened = SqliteStore::open(&db, Durability::Normal).await.unwrap();
     let second = AwsProvisioner::new(
         fake.clone(),
         fake.clone(),
-        Arc::new(reopened),
+        Arc::new(SqliteCommandStore::new(reopened)),
         short,
         "eu-west-1",
     );
@@ -1343,10 +1340,10 @@ async fn commands_recorded_in_sqlite_survive_a_restart() {
 #[tokio::test]
 async fn pruning_forgets_only_old_settled_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteCommandStore::open(&dir.path().join("passport.db"))
+    let database = SqliteStore::open(&dir.path().join("passport.db"), Durability::Normal)
         .await
         .unwrap();
-    prunes_only_old_settled_commands(&sqlite).await;
+    prunes_only_old_settled_commands(&SqliteCommandStore::new(database)).await;
     prunes_only_old_settled_commands(&passport::adapters::aws::MemoryCommandStore::new()).await;
 }
 
@@ -1385,10 +1382,10 @@ async fn prunes_only_old_settled_commands(store: &dyn passport::adapters::aws::C
         .last_commands(request, &[a.clone(), b.clone()])
         .await
         .unwrap();
-    assert_eq!(last[&a].command_id, "new-done");
+    assert_eq!(last[&a].command.command_id, "new-done");
     // Pruning again keeps the command still open on b.
     assert_eq!(store.prune(10_000).await.unwrap(), 1);
     let last = store.last_commands(request, &[a, b.clone()]).await.unwrap();
-    assert_eq!(last[&b].command_id, "old-open");
+    assert_eq!(last[&b].command.command_id, "old-open");
     assert!(last[&b].settled.is_none());
 }

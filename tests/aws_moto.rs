@@ -212,7 +212,10 @@ impl Rig {
     }
 
     async fn provisioner_on(&self, sdk: &SdkConfig, settings: &AwsSettings) -> AwsProvisioner {
-        let store = Arc::new(SqliteCommandStore::open(&self.db).await.unwrap());
+        let database = SqliteStore::open(&self.db, Durability::Normal)
+            .await
+            .unwrap();
+        let store = Arc::new(SqliteCommandStore::new(database));
         let provisioner = AwsProvisioner::from_sdk_config(sdk, settings, store).unwrap();
         provisioner.install_documents().await.unwrap();
         provisioner.check_documents().await.unwrap();
@@ -558,7 +561,10 @@ async fn command_ids_are_kept_and_a_restart_resumes_instead_of_sending_again() {
         let spec = spec.clone();
         async move { first.grant(&spec).await }
     });
-    let watcher = SqliteCommandStore::open(&rig.db).await.unwrap();
+    let watcher_db = SqliteStore::open(&rig.db, Durability::Normal)
+        .await
+        .unwrap();
+    let watcher = SqliteCommandStore::new(watcher_db.clone());
     let started = Instant::now();
     let sent = loop {
         let last = watcher.last_commands(spec.request, &ids).await.unwrap();
@@ -579,12 +585,12 @@ async fn command_ids_are_kept_and_a_restart_resumes_instead_of_sending_again() {
     let command_id = commands[0].command_id().unwrap().to_owned();
     for last in sent.values() {
         assert_eq!(
-            last.command_id, command_id,
+            last.command.command_id, command_id,
             "the id SSM gave is what was recorded"
         );
-        assert_eq!(last.operation, Operation::Grant);
-        assert_eq!(last.document, "Passport-GrantLinux");
-        assert_eq!(last.expires_at, Some(1_790_003_600));
+        assert_eq!(last.command.operation, Operation::Grant);
+        assert_eq!(last.command.document, "Passport-GrantLinux");
+        assert_eq!(last.command.expires_at, Some(1_790_003_600));
         assert!(last.settled.is_none());
     }
 
@@ -606,7 +612,7 @@ async fn command_ids_are_kept_and_a_restart_resumes_instead_of_sending_again() {
         assert!(s.ok);
         assert_eq!(s.status, "Success");
     }
-    watcher.close().await;
+    watcher_db.close().await;
 }
 
 // ---------------------------------------------------------------------------

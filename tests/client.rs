@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod ssm_documents;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -433,10 +434,7 @@ impl Sandbox {
             .unwrap();
         let sb = Sandbox { dir };
         sb.run(&[], "true"); // fills the sandbox
-        let ssm = sb.host("root/ssm");
-        fs::create_dir_all(&ssm).unwrap();
-        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/ssm");
-        fs::copy(manifests.join("grant-linux.sh"), ssm.join("grant-linux.sh")).unwrap();
+        ssm_documents::write_linux_scripts(&sb.host("root/ssm"));
         sb
     }
 

@@ -2,7 +2,8 @@
 //! The instance side of provisioning: the SSM documents in `manifests/ssm/` and the
 //! scripts they run.
 //!
-//! The document checks run anywhere. The script tests run the real Linux scripts as
+//! The document checks run anywhere. The script tests run the Linux scripts as the
+//! documents carry them (with the shared removal logic of `revoke-core.sh` in place) as
 //! root through `tests/sandbox/enter.sh`, which gives every call private mount, PID and
 //! network namespaces over copies of /etc, /home, /root, /run, /tmp, /var/lib, /var/log,
 //! /var/mail and /var/spool/cron, so the host's users, sudoers and at queue are never
@@ -35,6 +36,9 @@ use passport::domain::certificate::CertificateSpec;
 use passport::domain::time::Timestamp;
 use passport::domain::values::{RequestId, SshPublicKey, Username};
 use regex::Regex;
+use ssm_documents::{read_ssm, rendered_script, run_command, ssm_dir, unquote};
+
+mod ssm_documents;
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -61,47 +65,6 @@ const DOCUMENTS: [(&str, &str, &str); 4] = [
         "aws:runPowerShellScript",
     ),
 ];
-
-fn ssm_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/ssm")
-}
-
-fn read_ssm(name: &str) -> String {
-    fs::read_to_string(ssm_dir().join(name)).unwrap_or_else(|e| panic!("manifests/ssm/{name}: {e}"))
-}
-
-/// Unquotes a YAML single-quoted scalar ('' is the only escape).
-fn unquote(value: &str) -> String {
-    match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        Some(inner) => {
-            assert!(
-                !inner.replace("''", "").contains('\''),
-                "unpaired quote in {value:?}"
-            );
-            inner.replace("''", "'")
-        }
-        None => value.to_string(),
-    }
-}
-
-/// The runCommand lines of a document. Every line after `runCommand:` must be one
-/// single-quoted list item (render.sh writes them that way).
-fn run_command(doc: &str) -> Vec<String> {
-    let mut lines = doc.lines();
-    lines
-        .by_ref()
-        .find(|l| *l == "      runCommand:")
-        .expect("a '      runCommand:' line");
-    lines
-        .map(|l| {
-            let item = l
-                .strip_prefix("        - ")
-                .filter(|i| i.len() >= 2 && i.starts_with('\'') && i.ends_with('\''))
-                .unwrap_or_else(|| panic!("not a single-quoted runCommand item: {l:?}"));
-            unquote(item)
-        })
-        .collect()
-}
 
 /// The `parameters:` block: name → property → value.
 fn parameters(doc: &str) -> BTreeMap<String, BTreeMap<String, String>> {
@@ -170,23 +133,38 @@ fn revoke_core(script: &str) -> Vec<String> {
 // The documents
 
 #[test]
-fn documents_run_exactly_the_scripts_beside_them() {
+fn documents_are_rendered_from_their_scripts() {
+    let fresh = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .arg(ssm_dir().join("render.sh"))
+        .arg(fresh.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "render.sh: {}", text(&out.stderr));
     for (doc, script, _) in DOCUMENTS {
-        let embedded = run_command(&read_ssm(doc));
-        let source = read_ssm(script);
-        assert!(source.ends_with('\n'), "{script} must end with a newline");
-        let expected: Vec<String> = source.lines().map(str::to_string).collect();
-        if embedded != expected {
-            let first = embedded
-                .iter()
-                .zip(&expected)
+        assert!(
+            read_ssm(script).ends_with('\n'),
+            "{script} must end with a newline"
+        );
+        let rendered = fs::read_to_string(fresh.path().join(doc)).unwrap();
+        let checked_in = read_ssm(doc);
+        if rendered != checked_in {
+            let first = rendered
+                .lines()
+                .zip(checked_in.lines())
                 .position(|(a, b)| a != b)
-                .unwrap_or(embedded.len().min(expected.len()));
+                .unwrap_or(rendered.lines().count().min(checked_in.lines().count()));
             panic!(
-                "{doc} does not embed {script} (first difference at script line {}): run manifests/ssm/render.sh",
+                "{doc} is not the rendering of {script} (first difference at document line {}): run manifests/ssm/render.sh",
                 first + 1
             );
         }
+        assert!(
+            !run_command(&checked_in)
+                .iter()
+                .any(|l| l.starts_with("# passport-include")),
+            "{doc} still has an include line"
+        );
     }
 }
 
@@ -237,7 +215,7 @@ fn documents_pass_every_parameter_as_a_checked_environment_variable() {
         }
 
         // The script reads exactly the parameters the document declares.
-        let source = read_ssm(script);
+        let source = rendered_script(doc);
         let used: std::collections::BTreeSet<String> = ssm_var
             .captures_iter(&source)
             .map(|c| c[1].to_string())
@@ -504,15 +482,47 @@ fn allowed_patterns_reject_hostile_input() {
 }
 
 #[test]
-fn the_removal_logic_is_the_same_in_grant_and_revoke() {
-    for (grant, revoke) in [
-        ("grant-linux.sh", "revoke-linux.sh"),
-        ("grant-windows.ps1", "revoke-windows.ps1"),
+fn the_removal_logic_is_written_once_and_run_by_grant_and_revoke() {
+    for (fragment, grant, revoke) in [
+        (
+            "revoke-core.sh",
+            "Passport-GrantLinux.yaml",
+            "Passport-RevokeLinux.yaml",
+        ),
+        (
+            "revoke-core.ps1",
+            "Passport-GrantWindows.yaml",
+            "Passport-RevokeWindows.yaml",
+        ),
     ] {
+        let core = revoke_core(&read_ssm(fragment));
+        for doc in [grant, revoke] {
+            assert_eq!(
+                revoke_core(&rendered_script(doc)),
+                core,
+                "{doc} does not run the removal logic of {fragment}"
+            );
+        }
+    }
+    for (_, script, _) in DOCUMENTS {
+        let includes: Vec<String> = read_ssm(script)
+            .lines()
+            .filter(|l| l.starts_with("# passport-include "))
+            .map(str::to_string)
+            .collect();
+        let fragment = if script.ends_with(".sh") {
+            "revoke-core.sh"
+        } else {
+            "revoke-core.ps1"
+        };
         assert_eq!(
-            revoke_core(&read_ssm(grant)),
-            revoke_core(&read_ssm(revoke)),
-            "{grant} and {revoke} carry different removal logic"
+            includes,
+            [format!("# passport-include {fragment}")],
+            "{script} takes the removal logic from {fragment}, once"
+        );
+        assert!(
+            !read_ssm(script).contains("# >>> passport-revoke-core"),
+            "{script} carries a copy of the removal logic instead of including {fragment}"
         );
     }
 }
@@ -595,7 +605,7 @@ fn password_exposure(line: &str) -> Option<String> {
 
 #[test]
 fn the_windows_password_is_never_bound_to_a_cmdlet_or_written_in_script_text() {
-    let script = read_ssm("grant-windows.ps1");
+    let script = rendered_script("Passport-GrantWindows.yaml");
     let exposed: Vec<String> = script
         .lines()
         .enumerate()
@@ -665,8 +675,10 @@ fn the_password_check_catches_what_logging_would_record() {
 
 #[test]
 fn linux_scripts_parse_in_sh_and_bash_and_pass_shellcheck() {
+    let rendered = tempfile::tempdir().unwrap();
+    ssm_documents::write_linux_scripts(rendered.path());
     for script in ["grant-linux.sh", "revoke-linux.sh"] {
-        let path = ssm_dir().join(script);
+        let path = rendered.path().join(script);
         for shell in ["sh", "bash"] {
             let out = Command::new(shell).arg("-n").arg(&path).output().unwrap();
             assert!(
@@ -782,11 +794,7 @@ fn sandbox(test: &str) -> Option<Sandbox> {
         key: String::new(),
     };
     sb.ok("true"); // fills the sandbox
-    let ssm = sb.host("root/ssm");
-    fs::create_dir_all(&ssm).unwrap();
-    for script in ["grant-linux.sh", "revoke-linux.sh"] {
-        fs::copy(ssm_dir().join(script), ssm.join(script)).unwrap();
-    }
+    ssm_documents::write_linux_scripts(&sb.host("root/ssm"));
     let key = make_key(&sb.host("root/id"), "ed25519", None);
     Some(Sandbox { key, ..sb })
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::adapters::aws::password::PasswordOwner;
 use crate::adapters::aws::PasswordSink;
 use crate::adapters::chat_retry::with_retries;
 use crate::app::ports::{ChatError, ChatSurface, Clock, PasswordMessage, Store};
@@ -137,15 +138,14 @@ impl PasswordCourier {
 }
 
 impl PasswordSink for Arc<PasswordCourier> {
-    fn deliver(
-        &self,
-        request: RequestId,
-        instance: &InstanceId,
-        username: &Username,
-        password: SecretString,
-    ) {
-        let (courier, instance, username) = (self.clone(), instance.clone(), username.clone());
+    fn deliver(&self, owner: PasswordOwner, password: SecretString) {
+        let courier = self.clone();
         tokio::spawn(async move {
+            let PasswordOwner {
+                request,
+                instance,
+                username,
+            } = owner;
             match courier.send(request, &instance, &username, &password).await {
                 Ok(()) => {
                     tracing::info!(%request, %instance, "Windows password sent to the requester")

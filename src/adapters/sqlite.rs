@@ -309,7 +309,7 @@ impl SqliteStore {
     /// more than the read: two thread hand-offs on every API call and
     /// acknowledgement. Scans and anything that may take long use
     /// [`Self::read`].
-    async fn look_up<T, F>(&self, read: F) -> Result<T, StoreError>
+    pub(crate) async fn look_up<T, F>(&self, read: F) -> Result<T, StoreError>
     where
         F: FnOnce(&Connection) -> Result<T, StoreError>,
     {
@@ -322,12 +322,25 @@ impl SqliteStore {
         self.shared.with_reader(read)
     }
 
-    async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    /// Runs `write` through the one writer (see [`group_commit`]) and
+    /// answers once it is committed.
+    pub(crate) async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
     {
         self.shared.writer.run(write).await
+    }
+
+    /// Like [`Self::write`], but answers only once the commit is synced to
+    /// disk, whatever the store's [`Durability`]: for records that must
+    /// survive a power cut (the AWS provisioner's command ids).
+    pub(crate) async fn write_synced<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.shared.writer.run_synced(write).await
     }
 }
 

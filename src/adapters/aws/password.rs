@@ -17,16 +17,18 @@ use crate::domain::values::{InstanceId, RequestId, Username};
 /// The start of the one stdout line that carries the encrypted password.
 pub const PASSWORD_PREFIX: &str = "PASSPORT-PASSWORD-RSA-OAEP-SHA256:";
 
+/// Whose a password is: the Windows user made on one instance for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordOwner {
+    pub request: RequestId,
+    pub instance: InstanceId,
+    pub username: Username,
+}
+
 /// Receives each decrypted Windows password. Implementations must deliver it
 /// to the requester by direct message and must not log or store it in clear.
 pub trait PasswordSink: Send + Sync {
-    fn deliver(
-        &self,
-        request: RequestId,
-        instance: &InstanceId,
-        username: &Username,
-        password: SecretString,
-    );
+    fn deliver(&self, owner: PasswordOwner, password: SecretString);
 }
 
 /// A key pair made for one command and kept only in memory.

@@ -40,7 +40,7 @@ use super::api::{
 };
 use super::config::AwsSettings;
 use super::documents::{self, DocumentSource, DocumentsError, InstallAction, PinnedVersions};
-use super::password::{OneTimeKey, PasswordSink};
+use super::password::{OneTimeKey, PasswordOwner, PasswordSink};
 use super::sdk::{sdk_loader, SdkEc2, SdkSsm};
 use super::store::{now_ms, CommandStore, LastCommand, Operation, SentCommand, Settled};
 use crate::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec};
@@ -336,7 +336,7 @@ impl AwsProvisioner {
             match last.get(instance) {
                 Some(prior) if job.same_as(prior) => match &prior.settled {
                     None => resume
-                        .entry(prior.command_id.clone())
+                        .entry(prior.command.command_id.clone())
                         .or_insert_with(|| (prior.clone(), Vec::new()))
                         .1
                         .push(instance.clone()),
@@ -360,13 +360,13 @@ impl AwsProvisioner {
         let resumed: Vec<(LastCommand, bool, Vec<InstanceOutcome>)> =
             stream::iter(resume.into_values())
                 .map(|(prior, instances)| async move {
-                    tracing::info!(request = %job.request, command = %prior.command_id, instances = instances.len(), "resuming an SSM command sent earlier");
-                    let key = self.key_of(&prior.command_id);
+                    tracing::info!(request = %job.request, command = %prior.command.command_id, instances = instances.len(), "resuming an SSM command sent earlier");
+                    let key = self.key_of(&prior.command.command_id);
                     // A Windows grant's password can only be read with the key it was sent with.
                     let readable = job.key.is_none() || key.is_some();
                     let reader = key.as_deref().map(|key| PasswordReader { key, job });
                     let outcomes = self
-                        .poll(&prior.command_id, prior.sent_at_ms, instances, reader)
+                        .poll(&prior.command.command_id, prior.command.sent_at_ms, instances, reader)
                         .await;
                     (prior, readable, outcomes)
                 })
@@ -412,7 +412,7 @@ impl AwsProvisioner {
 
     /// A stored grant counts for the wanted one when its expiry is close enough.
     fn expiry_close(&self, job: &Job, prior: &LastCommand) -> bool {
-        match (job.expires_at, prior.expires_at) {
+        match (job.expires_at, prior.command.expires_at) {
             (Some(wanted), Some(sent)) => {
                 let tolerance =
                     i64::try_from(self.settings.resume_tolerance.as_secs()).unwrap_or(i64::MAX);
@@ -681,7 +681,12 @@ impl AwsProvisioner {
                 .read_password(&invocation.stdout)
                 .and_then(|password| match &self.passwords {
                     Some(sink) => {
-                        sink.deliver(reader.job.request, instance, &reader.job.username, password);
+                        let owner = PasswordOwner {
+                            request: reader.job.request,
+                            instance: instance.clone(),
+                            username: reader.job.username.clone(),
+                        };
+                        sink.deliver(owner, password);
                         Ok(())
                     }
                     None => Err("Passport has no way to deliver the password".into()),
@@ -801,9 +806,9 @@ struct PasswordReader<'a> {
 
 impl Job {
     fn same_as(&self, prior: &LastCommand) -> bool {
-        prior.operation == self.operation
-            && prior.document == self.document
-            && prior.fingerprint == self.fingerprint
+        prior.command.operation == self.operation
+            && prior.command.document == self.document
+            && prior.command.fingerprint == self.fingerprint
     }
 }
 

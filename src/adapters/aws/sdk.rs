@@ -201,28 +201,17 @@ impl Ec2Api for SdkEc2 {
                 .name("instance-id")
                 .set_values(Some(chunk.iter().map(|i| i.as_str().to_owned()).collect()))
                 .build();
-            let mut token: Option<String> = None;
-            loop {
-                let out = self
-                    .client
-                    .describe_instances()
-                    .filters(filter.clone())
-                    .set_next_token(token.clone())
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                for instance in out.reservations().iter().flat_map(|r| r.instances()) {
-                    if let Some(described) = ec2_instance(instance) {
-                        found.push(described);
-                    }
-                }
-                token = out
-                    .next_token()
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned);
-                if token.is_none() {
-                    break;
-                }
+            // The SDK's paginator follows NextToken until it is empty or repeats.
+            let mut reservations = self
+                .client
+                .describe_instances()
+                .filters(filter)
+                .into_paginator()
+                .items()
+                .send();
+            while let Some(reservation) = reservations.next().await {
+                let reservation = reservation.map_err(classify)?;
+                found.extend(reservation.instances().iter().filter_map(ec2_instance));
             }
         }
         Ok(found)
@@ -306,37 +295,26 @@ impl SsmApi for SdkSsm {
                 .set_values(Some(chunk.iter().map(|i| i.as_str().to_owned()).collect()))
                 .build()
                 .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()).log())?;
-            let mut token: Option<String> = None;
-            loop {
-                let out = self
-                    .client
-                    .describe_instance_information()
-                    .filters(filter.clone())
-                    .max_results(50)
-                    .set_next_token(token.clone())
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                for info in out.instance_information_list() {
-                    let Some(id) = info.instance_id().and_then(|i| InstanceId::parse(i).ok())
-                    else {
-                        continue;
-                    };
-                    found.push(ManagedInstance {
-                        id,
-                        ping_status: info
-                            .ping_status()
-                            .map(|p| p.as_str().to_owned())
-                            .unwrap_or_else(|| "Unknown".into()),
-                    });
-                }
-                token = out
-                    .next_token()
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned);
-                if token.is_none() {
-                    break;
-                }
+            let mut infos = self
+                .client
+                .describe_instance_information()
+                .filters(filter)
+                .max_results(50)
+                .into_paginator()
+                .items()
+                .send();
+            while let Some(info) = infos.next().await {
+                let info = info.map_err(classify)?;
+                let Some(id) = info.instance_id().and_then(|i| InstanceId::parse(i).ok()) else {
+                    continue;
+                };
+                found.push(ManagedInstance {
+                    id,
+                    ping_status: info
+                        .ping_status()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "Unknown".into()),
+                });
             }
         }
         Ok(found)
@@ -504,34 +482,24 @@ impl SessionsApi for SdkSsm {
             .build()
             .map_err(|e| ApiError::service("InvalidRequest", &e.to_string()).log())?;
         let mut found = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .describe_sessions()
-                .state(SessionState::Active)
-                .filters(filter.clone())
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(classify)?;
-            for session in out.sessions() {
-                let Some(id) = session.session_id() else {
-                    continue;
-                };
-                found.push(SessionInfo {
-                    id: id.to_owned(),
-                    target: session.target().unwrap_or("").to_owned(),
-                    owner: session.owner().unwrap_or("").to_owned(),
-                });
-            }
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
+        let mut sessions = self
+            .client
+            .describe_sessions()
+            .state(SessionState::Active)
+            .filters(filter)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(session) = sessions.next().await {
+            let session = session.map_err(classify)?;
+            let Some(id) = session.session_id() else {
+                continue;
+            };
+            found.push(SessionInfo {
+                id: id.to_owned(),
+                target: session.target().unwrap_or("").to_owned(),
+                owner: session.owner().unwrap_or("").to_owned(),
+            });
         }
         Ok(found)
     }

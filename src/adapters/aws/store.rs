@@ -3,14 +3,13 @@
 //! and a repeated call does not redo what already succeeded.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
+use rusqlite::params;
 
+use crate::adapters::sqlite::SqliteStore;
+use crate::app::ports::StoreError;
 use crate::domain::values::{InstanceId, RequestId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,15 +61,11 @@ pub struct Settled {
     pub detail: Option<String>,
 }
 
-/// The most recent command sent to one instance for a request.
+/// The most recent command sent to one instance for a request, as it was
+/// sent, and how it ended there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastCommand {
-    pub command_id: String,
-    pub operation: Operation,
-    pub document: String,
-    pub fingerprint: String,
-    pub expires_at: Option<i64>,
-    pub sent_at_ms: i64,
+    pub command: SentCommand,
     /// `None` while the command may still be running.
     pub settled: Option<Settled>,
 }
@@ -79,8 +74,8 @@ pub struct LastCommand {
 #[error("cannot record SSM commands: {0}")]
 pub struct CommandStoreError(pub String);
 
-impl From<sqlx::Error> for CommandStoreError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<StoreError> for CommandStoreError {
+    fn from(e: StoreError) -> Self {
         Self(e.to_string())
     }
 }
@@ -113,94 +108,109 @@ fn request_key(request: RequestId) -> Result<i64, CommandStoreError> {
 // ---------------------------------------------------------------------------
 // SQLite
 
-/// The command store in Passport's SQLite database (`migrations/0003_ssm_commands.sql`).
-#[derive(Clone, Debug)]
+/// The command store in Passport's database (`migrations/0003_ssm_commands.sql`),
+/// written through the store's one writer. Every write is synced to disk before
+/// it is answered, whatever `[store] durability` says: a command id lost to a
+/// power cut would be sent again after the restart.
+///
+/// `serve` builds the provisioner before the application's store is open, so
+/// the store is given later ([`Self::attach`]); until then every call fails.
+#[derive(Clone, Default)]
 pub struct SqliteCommandStore {
-    pool: SqlitePool,
+    store: Arc<OnceLock<SqliteStore>>,
+}
+
+impl std::fmt::Debug for SqliteCommandStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteCommandStore")
+            .field("attached", &self.store.get().is_some())
+            .finish()
+    }
 }
 
 impl SqliteCommandStore {
-    /// Opens the database at `path` (normally the store's own file), creating
-    /// it when missing, and applies the migrations.
-    pub async fn open(path: &Path) -> Result<Self, CommandStoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| CommandStoreError(format!("migrations failed: {e}")))?;
-        Ok(Self { pool })
+    /// The command store on `store`, the application's own (opened with its
+    /// migrations applied).
+    pub fn new(store: SqliteStore) -> Self {
+        let commands = Self::default();
+        commands.attach(store);
+        commands
     }
 
-    async fn prune_settled(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
-        let done = "SELECT command_id FROM ssm_commands c
-                    WHERE c.sent_at < ?1
-                      AND NOT EXISTS (SELECT 1 FROM ssm_invocations i
-                                      WHERE i.command_id = c.command_id AND i.status IS NULL)";
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!(
-            "DELETE FROM ssm_invocations WHERE command_id IN ({done})"
-        ))
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?;
-        let gone = sqlx::query(
-            "DELETE FROM ssm_commands
-             WHERE sent_at < ?1
-               AND NOT EXISTS (SELECT 1 FROM ssm_invocations i
-                               WHERE i.command_id = ssm_commands.command_id)",
-        )
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(gone)
+    /// A command store whose database is given later, with [`Self::attach`].
+    pub fn unattached() -> Self {
+        Self::default()
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
+    /// Gives the store its database; later calls change nothing.
+    pub fn attach(&self, store: SqliteStore) {
+        let _ = self.store.set(store);
+    }
+
+    fn store(&self) -> Result<&SqliteStore, CommandStoreError> {
+        self.store.get().ok_or_else(|| {
+            CommandStoreError(
+                "the database is not open yet (the command store is not attached)".into(),
+            )
+        })
     }
 }
+
+/// The commands sent before `?1` whose every invocation has settled: what
+/// pruning forgets.
+const SETTLED_BEFORE: &str = "SELECT command_id FROM ssm_commands c
+     WHERE c.sent_at < ?1
+       AND NOT EXISTS (SELECT 1 FROM ssm_invocations i
+                       WHERE i.command_id = c.command_id AND i.status IS NULL)";
 
 #[async_trait]
 impl CommandStore for SqliteCommandStore {
     async fn prune(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
-        self.prune_settled(before_ms).await
+        let gone = self
+            .store()?
+            .write_synced(move |conn| {
+                let ids: Vec<String> = conn
+                    .prepare(SETTLED_BEFORE)?
+                    .query_map([before_ms], |row| row.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for id in &ids {
+                    conn.execute("DELETE FROM ssm_invocations WHERE command_id = ?1", [id])?;
+                    conn.execute("DELETE FROM ssm_commands WHERE command_id = ?1", [id])?;
+                }
+                Ok(ids.len() as u64)
+            })
+            .await?;
+        Ok(gone)
     }
 
     async fn record_sent(&self, command: &SentCommand) -> Result<(), CommandStoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO ssm_commands
-                 (command_id, request, operation, document, fingerprint, expires_at, sent_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .bind(&command.command_id)
-        .bind(request_key(command.request)?)
-        .bind(command.operation.as_str())
-        .bind(&command.document)
-        .bind(&command.fingerprint)
-        .bind(command.expires_at)
-        .bind(command.sent_at_ms)
-        .execute(&mut *tx)
-        .await?;
-        for instance in &command.instances {
-            sqlx::query("INSERT INTO ssm_invocations (command_id, instance) VALUES (?1, ?2)")
-                .bind(&command.command_id)
-                .bind(instance.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        let request = request_key(command.request)?;
+        let command = command.clone();
+        self.store()?
+            .write_synced(move |conn| {
+                conn.execute(
+                    "INSERT INTO ssm_commands
+                         (command_id, request, operation, document, fingerprint, expires_at, sent_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        command.command_id,
+                        request,
+                        command.operation.as_str(),
+                        command.document,
+                        command.fingerprint,
+                        command.expires_at,
+                        command.sent_at_ms,
+                    ],
+                )?;
+                for instance in &command.instances {
+                    conn.execute(
+                        "INSERT INTO ssm_invocations (command_id, instance) VALUES (?1, ?2)",
+                        params![command.command_id, instance.as_str()],
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 
@@ -210,19 +220,26 @@ impl CommandStore for SqliteCommandStore {
         instance: &InstanceId,
         settled: &Settled,
     ) -> Result<(), CommandStoreError> {
+        let (command_id, instance, settled) =
+            (command_id.to_owned(), instance.clone(), settled.clone());
         let now = now_ms();
-        sqlx::query(
-            "UPDATE ssm_invocations SET status = ?3, ok = ?4, detail = ?5, settled_at = ?6
-             WHERE command_id = ?1 AND instance = ?2",
-        )
-        .bind(command_id)
-        .bind(instance.as_str())
-        .bind(&settled.status)
-        .bind(settled.ok)
-        .bind(&settled.detail)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        self.store()?
+            .write_synced(move |conn| {
+                conn.execute(
+                    "UPDATE ssm_invocations SET status = ?3, ok = ?4, detail = ?5, settled_at = ?6
+                     WHERE command_id = ?1 AND instance = ?2",
+                    params![
+                        command_id,
+                        instance.as_str(),
+                        settled.status,
+                        settled.ok,
+                        settled.detail,
+                        now,
+                    ],
+                )?;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 
@@ -231,53 +248,109 @@ impl CommandStore for SqliteCommandStore {
         request: RequestId,
         instances: &[InstanceId],
     ) -> Result<BTreeMap<InstanceId, LastCommand>, CommandStoreError> {
-        let rows = sqlx::query(
-            "SELECT i.instance, c.command_id, c.operation, c.document, c.fingerprint,
-                    c.expires_at, c.sent_at, i.status, i.ok, i.detail
-             FROM ssm_invocations i JOIN ssm_commands c ON c.command_id = i.command_id
-             WHERE c.request = ?1
-             ORDER BY c.sent_at, c.rowid",
-        )
-        .bind(request_key(request)?)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut last = BTreeMap::new();
-        for row in rows {
-            let instance: String = row.try_get("instance")?;
-            let Ok(instance) = InstanceId::parse(&instance) else {
+        let key = request_key(request)?;
+        let history = self
+            .store()?
+            .look_up(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT i.instance, c.command_id, c.operation, c.document, c.fingerprint,
+                            c.expires_at, c.sent_at, i.status, i.ok, i.detail
+                     FROM ssm_invocations i JOIN ssm_commands c ON c.command_id = i.command_id
+                     WHERE c.request = ?1
+                     ORDER BY c.sent_at, c.rowid",
+                )?;
+                let rows = stmt.query_map([key], |row| {
+                    let settled = match row.get::<_, Option<String>>(7)? {
+                        Some(status) => Some(Settled {
+                            status,
+                            ok: row.get::<_, Option<bool>>(8)?.unwrap_or(false),
+                            detail: row.get(9)?,
+                        }),
+                        None => None,
+                    };
+                    let row = Invocation {
+                        instance: row.get(0)?,
+                        command_id: row.get(1)?,
+                        operation: row.get(2)?,
+                        document: row.get(3)?,
+                        fingerprint: row.get(4)?,
+                        expires_at: row.get(5)?,
+                        sent_at_ms: row.get(6)?,
+                        settled,
+                    };
+                    Ok(row)
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        let mut commands: Vec<Remembered> = Vec::new();
+        for row in history {
+            let Ok(instance) = InstanceId::parse(&row.instance) else {
                 continue;
             };
-            if !instances.contains(&instance) {
-                continue;
-            }
-            let operation: String = row.try_get("operation")?;
-            let operation = Operation::parse(&operation).ok_or_else(|| {
-                CommandStoreError(format!("unknown operation {operation:?} in ssm_commands"))
-            })?;
-            let status: Option<String> = row.try_get("status")?;
-            let settled = match status {
-                Some(status) => Some(Settled {
-                    status,
-                    ok: row.try_get::<Option<bool>, _>("ok")?.unwrap_or(false),
-                    detail: row.try_get("detail")?,
-                }),
-                None => None,
-            };
-            last.insert(
-                instance,
-                LastCommand {
-                    command_id: row.try_get("command_id")?,
+            if commands
+                .last()
+                .is_none_or(|(c, _)| c.command_id != row.command_id)
+            {
+                let operation = Operation::parse(&row.operation).ok_or_else(|| {
+                    CommandStoreError(format!(
+                        "unknown operation {:?} in ssm_commands",
+                        row.operation
+                    ))
+                })?;
+                let command = SentCommand {
+                    command_id: row.command_id,
+                    request,
                     operation,
-                    document: row.try_get("document")?,
-                    fingerprint: row.try_get("fingerprint")?,
-                    expires_at: row.try_get("expires_at")?,
-                    sent_at_ms: row.try_get("sent_at")?,
-                    settled,
-                },
-            );
+                    document: row.document,
+                    fingerprint: row.fingerprint,
+                    expires_at: row.expires_at,
+                    sent_at_ms: row.sent_at_ms,
+                    instances: Vec::new(),
+                };
+                commands.push((command, BTreeMap::new()));
+            }
+            if let Some((command, settled)) = commands.last_mut() {
+                command.instances.push(instance.clone());
+                settled.insert(instance, row.settled);
+            }
         }
-        Ok(last)
+        Ok(last_per_instance(&commands, instances))
     }
+}
+
+/// One row of a request's history: an invocation and the command it belongs to.
+struct Invocation {
+    instance: String,
+    command_id: String,
+    operation: String,
+    document: String,
+    fingerprint: String,
+    expires_at: Option<i64>,
+    sent_at_ms: i64,
+    settled: Option<Settled>,
+}
+
+/// For each of `instances`, the last of `commands` (oldest first) sent to it.
+fn last_per_instance<'a>(
+    commands: impl IntoIterator<Item = &'a Remembered>,
+    instances: &[InstanceId],
+) -> BTreeMap<InstanceId, LastCommand> {
+    let mut last = BTreeMap::new();
+    for (command, invocations) in commands {
+        for (instance, settled) in invocations {
+            if instances.contains(instance) {
+                last.insert(
+                    instance.clone(),
+                    LastCommand {
+                        command: command.clone(),
+                        settled: settled.clone(),
+                    },
+                );
+            }
+        }
+    }
+    last
 }
 
 // ---------------------------------------------------------------------------
@@ -352,26 +425,11 @@ impl CommandStore for MemoryCommandStore {
         request: RequestId,
         instances: &[InstanceId],
     ) -> Result<BTreeMap<InstanceId, LastCommand>, CommandStoreError> {
-        let mut last = BTreeMap::new();
-        for (command, invocations) in self.lock().iter().filter(|(c, _)| c.request == request) {
-            for (instance, settled) in invocations {
-                if instances.contains(instance) {
-                    last.insert(
-                        instance.clone(),
-                        LastCommand {
-                            command_id: command.command_id.clone(),
-                            operation: command.operation,
-                            document: command.document.clone(),
-                            fingerprint: command.fingerprint.clone(),
-                            expires_at: command.expires_at,
-                            sent_at_ms: command.sent_at_ms,
-                            settled: settled.clone(),
-                        },
-                    );
-                }
-            }
-        }
-        Ok(last)
+        let commands = self.lock();
+        Ok(last_per_instance(
+            commands.iter().filter(|(c, _)| c.request == request),
+            instances,
+        ))
     }
 }
 

@@ -3,7 +3,6 @@
 //! `passport ssm install` / `passport ssm check` commands, and the session
 //! broker when `session_role_arn` is set.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::api::{ApiError, SsmApi};
@@ -13,14 +12,12 @@ use super::password::PasswordSink;
 use super::provisioner::AwsProvisioner;
 use super::sdk::{sdk_loader, SdkSsm, SdkSts};
 use super::sessions::StsSessionBroker;
-use super::store::{CommandStoreError, MemoryCommandStore, SqliteCommandStore};
+use super::store::{MemoryCommandStore, SqliteCommandStore};
 use crate::app::ports::ProvisionError;
 
 /// Why the AWS provisioner could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsStartError {
-    #[error("{0}")]
-    Store(#[from] CommandStoreError),
     #[error("{0}")]
     Connect(#[from] ProvisionError),
     #[error("{0}")]
@@ -30,16 +27,15 @@ pub enum AwsStartError {
 }
 
 /// The provisioner `serve` runs with when `[aws]` is configured: command ids
-/// kept in the database at `database` (the store's own file), the usual
-/// credential chain, and the SSM documents checked first, so that `serve`
-/// refuses to start provisioning with missing or outdated documents.
+/// kept in `commands` (the application's database, attached once it is open),
+/// the usual credential chain, and the SSM documents checked first, so that
+/// `serve` refuses to start provisioning with missing or outdated documents.
 pub async fn serve_provisioner(
     settings: &AwsSettings,
-    database: &Path,
+    commands: SqliteCommandStore,
     passwords: Option<Arc<dyn PasswordSink>>,
 ) -> Result<AwsProvisioner, AwsStartError> {
-    let store = SqliteCommandStore::open(database).await?;
-    let mut provisioner = AwsProvisioner::connect(settings, Arc::new(store)).await?;
+    let mut provisioner = AwsProvisioner::connect(settings, Arc::new(commands)).await?;
     if let Some(sink) = passwords {
         provisioner = provisioner.with_password_sink(sink);
     }

@@ -34,6 +34,9 @@ use crate::domain::logbook::ChainKeys;
 pub(crate) struct WriteConn {
     conn: Connection,
     pub(crate) keys: ChainKeys,
+    /// The connection's own `synchronous` level (1 NORMAL, 2 FULL, 3 EXTRA),
+    /// which a group without synced jobs commits with.
+    synchronous: i64,
 }
 
 impl std::ops::Deref for WriteConn {
@@ -58,10 +61,13 @@ trait Task: Send {
     fn run(&mut self, conn: &WriteConn) -> bool;
     /// Answers the caller once the group is committed, or failed with `group`.
     fn answer(self: Box<Self>, group: Result<(), StoreError>);
+    /// Whether the group must be synced to disk before this job is answered.
+    fn synced(&self) -> bool;
 }
 
 struct Job<T, F> {
     work: Option<F>,
+    synced: bool,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -92,6 +98,10 @@ where
         };
         // The caller may have given up waiting; then there is no one to tell.
         let _ = self.reply.send(outcome);
+    }
+
+    fn synced(&self) -> bool {
+        self.synced
     }
 }
 
@@ -127,6 +137,7 @@ impl Writer {
         // A log grown large under a burst is cut back to 256 MiB once a
         // checkpoint has let it start over.
         conn.execute_batch("PRAGMA journal_size_limit = 268435456")?;
+        let synchronous = conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
         let spawn_error =
             |e: std::io::Error| StoreError::Other(format!("cannot start the store's threads: {e}"));
         let (due, checkpoints_due) = std::sync::mpsc::sync_channel(1);
@@ -137,7 +148,14 @@ impl Writer {
         let (queue, jobs) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || serve(WriteConn { conn, keys }, jobs, due, checkpointer))
+            .spawn(move || {
+                let conn = WriteConn {
+                    conn,
+                    keys,
+                    synchronous,
+                };
+                serve(conn, jobs, due, checkpointer)
+            })
             .map_err(spawn_error)?;
         Ok(Self {
             queue,
@@ -152,9 +170,29 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(work, false).await
+    }
+
+    /// Like [`Self::run`], but the group `work` commits in is synced to disk
+    /// (`synchronous = FULL`) before it is answered, whatever the
+    /// connection's own level: for writes that must survive a power cut.
+    pub(super) async fn run_synced<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(work, true).await
+    }
+
+    async fn submit<T, F>(&self, work: F, synced: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             work: Some(work),
+            synced,
             result: None,
             reply,
         };
@@ -239,12 +277,22 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// Runs every task of `group` in one transaction, each in its own savepoint.
+/// Runs every task of `group` in one transaction, each in its own savepoint,
+/// synced to disk when one of them asks for it.
 fn commit_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
+    const FULL: i64 = 2;
+    let raise = conn.synchronous < FULL && group.iter().any(|task| task.synced());
+    if raise {
+        conn.execute_batch("PRAGMA synchronous = FULL")?;
+    }
     let outcome = run_group(conn, group);
     if outcome.is_err() && !conn.is_autocommit() {
         // Best effort: if even this fails, the next BEGIN reports the problem.
         let _ = conn.execute_batch("ROLLBACK");
+    }
+    if raise {
+        // Best effort: a level left at FULL costs time, never data.
+        let _ = conn.execute_batch(&format!("PRAGMA synchronous = {}", conn.synchronous));
     }
     outcome
 }
@@ -443,5 +491,22 @@ mod tests {
             matches!(writer.run(insert("b")).await, Err(StoreError::Other(m)) if m.contains("closed"))
         );
         assert_eq!(items(&reader), ["a"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_synced_change_commits_with_full_sync_and_the_level_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")
+            .unwrap();
+        let writer =
+            Writer::start(conn, Connection::open(&path).unwrap(), ChainKeys::none()).unwrap();
+        let level = |conn: &WriteConn| -> Result<i64, StoreError> {
+            Ok(conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?)
+        };
+        assert_eq!(writer.run(level).await.unwrap(), 1, "NORMAL");
+        assert_eq!(writer.run_synced(level).await.unwrap(), 2, "FULL");
+        assert_eq!(writer.run(level).await.unwrap(), 1, "NORMAL again");
     }
 }
