@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use crate::adapters::chat::inbound::{InboundCore, Outcome, Voice};
 use crate::adapters::chat_retry::{self, Peer};
 use crate::app::engine::{Engine, Reply};
-use crate::app::ports::{ChatError, ChatSurface};
+use crate::app::ports::ChatSurface;
 use crate::domain::command::{help_text, COMMANDS};
 use crate::domain::time::Span;
 use crate::domain::values::{GrantDuration, InstanceIds, Reason, RequestId, Ticket, UserId};
@@ -545,7 +545,10 @@ impl Inbound {
                     })
                     .await
             }
-            Err(e) => tracing::warn!(error = %e.0, "cannot send an answer as a direct message"),
+            Err(e) => {
+                let why = e.0;
+                tracing::warn!(error = %why, "cannot send an answer as a direct message")
+            }
         }
     }
 
