@@ -2699,4 +2699,43 @@ async fn a_stalled_users_info_holds_no_acknowledgement_and_is_asked_once() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+
+// Answers where the bot cannot post
+
+/// Slack refuses an ephemeral answer in a channel the bot cannot post in
+/// (`channel_not_found`) or to someone outside it (`user_not_in_channel`):
+/// the person is answered by direct message instead, and nothing is lost.
+#[tokio::test]
+async fn a_refused_ephemeral_answer_goes_as_a_direct_message() {
+    let app = spawn_app().await;
+    app.command(DEV, &format!("request {WEB} 2h ticket#123 disk full"))
+        .await;
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+
+    app.fake
+        .fail_in_channel("chat.postEphemeral", &channel, "channel_not_found");
+    let answer = app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    assert_eq!(answer.status, 200);
+    assert!(app.fake.ephemerals(LEAD1).is_empty());
+    let dms = app.fake.dms(LEAD1);
+    assert!(contains(&dms, "AR-1 approved"), "{dms:?}");
+    let refused: Vec<_> = app
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "chat.postEphemeral" && !c.ok())
+        .collect();
+    assert_eq!(refused.len(), 1, "refused once, not retried: {refused:?}");
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+
+    // The same for a command typed in the card's thread.
+    app.fake
+        .fail_in_channel("chat.postEphemeral", &channel, "user_not_in_channel");
+    let answer = app.say_in_thread(DEV, &channel, &ts, "extend 1h").await;
+    assert_eq!(answer.status, 200);
+    assert!(app.fake.ephemerals(DEV).is_empty());
+    let dms = app.fake.dms(DEV);
+    assert!(contains(&dms, "AR-1 extended by 1h"), "{dms:?}");
 }

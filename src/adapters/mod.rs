@@ -1,6 +1,7 @@
 //! Adapters: the outside world behind the ports.
 
 pub mod aws;
+pub mod chat;
 pub mod chat_retry;
 pub mod checkpoint_file;
 pub mod clock;

@@ -24,13 +24,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::adapters::chat_retry::{self, Peer};
-use crate::adapters::seen::{first_in_store, Seen};
+use crate::adapters::chat::inbound::{InboundCore, Outcome, Voice};
+use crate::adapters::chat_retry::Peer;
 use crate::adapters::slack::inbound::looks_like_command;
-use crate::app::engine::{Actor, Engine, Reply, STORE_FAILED};
-use crate::app::ports::ChatError;
+use crate::app::engine::{Engine, Reply};
 use crate::domain::command::help_text;
-use crate::domain::values::{Person, RequestId, UserId};
+use crate::domain::values::{Person, RequestId};
 
 use super::api::DiscordApi;
 use super::commands::{command_line, SubmittedOption};
@@ -166,18 +165,16 @@ pub struct Pending {
     /// Who the answer is for: a direct message to them, through the outbox,
     /// when Discord is failing.
     user: String,
-    work: tokio::task::JoinHandle<Reply>,
+    work: tokio::task::JoinHandle<Option<String>>,
 }
 
-fn reply_text(reply: &Reply) -> String {
-    if reply.ok {
-        reply.text.clone()
-    } else {
-        format!("⚠️ {}", reply.text)
-    }
-}
-
-const FAILED: &str = "⚠️ Passport hit an internal error and may not have acted: check with `/passport list`, and tell your admins if it happens again";
+/// How Passport's answers read on Discord.
+const VOICE: Voice = Voice {
+    platform: "Discord",
+    surface: SURFACE,
+    warning: "⚠️",
+    list: "/passport list",
+};
 
 fn ephemeral(text: &str) -> Value {
     let mut data = text_message(text, &[]);
@@ -189,16 +186,10 @@ fn ephemeral(text: &str) -> Value {
 // Handling
 
 pub struct Inbound {
-    engine: Arc<Engine>,
+    core: InboundCore,
     api: Arc<DiscordApi>,
     directory: Arc<DiscordDirectory>,
     guild: String,
-    seen: Seen,
-    /// Discord as the answers sent outside the outbox see it: they count
-    /// towards the breaker the dispatcher keeps for Discord, and wait while it is open.
-    peer: Peer,
-    /// How long an answer waits for the work.
-    pub deadline: Duration,
 }
 
 impl Inbound {
@@ -210,61 +201,34 @@ impl Inbound {
         peer: Peer,
     ) -> Self {
         Self {
-            engine,
+            core: InboundCore::new(engine, peer, VOICE, ACK_DEADLINE),
             api,
             directory,
             guild: guild.to_string(),
-            seen: Seen::default(),
-            peer,
-            deadline: ACK_DEADLINE,
         }
     }
 
     #[must_use]
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
+        self.core.deadline = deadline;
         self
     }
 
     async fn run(&self, user: &UserPayload, text: &str, thread: Option<RequestId>) -> Reply {
-        let id = match UserId::parse(&user.id) {
-            Ok(id) => id,
-            Err(e) => {
-                return Reply {
-                    ok: false,
-                    text: e.0,
-                    request: None,
-                }
-            }
-        };
         let handle = user
             .username
             .clone()
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| user.id.clone());
-        let actor = Actor {
-            person: Person { id, handle },
-            surface: SURFACE.into(),
-        };
-        self.engine.handle_line(&actor, text, thread).await
+        let person = |id| async move { Person { id, handle } };
+        self.core.run(&user.id, person, text, thread).await
     }
 
     /// The request whose card or thread has the id `message` (a thread's
     /// channel id is its card's message id).
     async fn request_of(&self, message: Option<&str>) -> Option<RequestId> {
         let message = message.filter(|m| !m.is_empty())?;
-        match self
-            .engine
-            .store()
-            .request_for_message(SURFACE, None, message)
-            .await
-        {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up the request of a Discord thread");
-                None
-            }
-        }
+        self.core.request_of(None, message).await
     }
 
     /// Handles an interaction: answers what to send Discord at once and, when
@@ -280,24 +244,15 @@ impl Inbound {
                 None,
             );
         }
-        if !i.id.is_empty() && !self.seen.first(&format!("interaction:{}", i.id)) {
+        if !self.core.first_delivery("interaction", Some(&i.id)) {
             tracing::info!("repeated interaction ignored");
             return (json!({ "type": DEFERRED_UPDATE_MESSAGE }), None);
         }
         // The database remembers past a restart: asked before anything acts.
-        if !i.id.is_empty() {
-            let key = format!("discord:interaction:{}", i.id);
-            match first_in_store(self.engine.store().as_ref(), &key, self.engine.now()).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!("interaction seen before (replayed, or delivered again after a restart); ignored");
-                    return (json!({ "type": DEFERRED_UPDATE_MESSAGE }), None);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record an interaction, so it is not acted on");
-                    return (ephemeral(&format!("⚠️ {STORE_FAILED}")), None);
-                }
-            }
+        match self.core.first_signed("interaction", Some(&i.id)).await {
+            Ok(true) => {}
+            Ok(false) => return (json!({ "type": DEFERRED_UPDATE_MESSAGE }), None),
+            Err(text) => return (ephemeral(&text), None),
         }
         let elsewhere = match i.guild_id.as_deref() {
             Some(guild) => guild != self.guild,
@@ -336,19 +291,20 @@ impl Inbound {
             i.channel().map(str::to_owned),
             i.message.as_ref().map(|m| m.id.clone()),
         );
-        let mut work = tokio::spawn(async move {
+        let work = tokio::spawn(async move {
             // A command in a thread, or a click on a card or in its thread,
             // acts within that request.
             let thread = match this.request_of(message.as_deref()).await {
                 Some(r) => Some(r),
                 None => this.request_of(channel.as_deref()).await,
             };
-            this.run(&user, &line, thread).await
+            Some(VOICE.reply_text(&this.run(&user, &line, thread).await))
         });
-        match tokio::time::timeout(self.deadline, &mut work).await {
-            Ok(Ok(reply)) => (ephemeral(&reply_text(&reply)), None),
-            Ok(Err(_)) => (ephemeral(FAILED), None),
-            Err(_) => (
+        let until = tokio::time::Instant::now() + self.core.deadline;
+        match self.core.answer_by(until, work).await {
+            // The work above always has an answer.
+            Outcome::Done(text) => (ephemeral(&text.unwrap_or_default()), None),
+            Outcome::Running(work) => (
                 json!({ "type": DEFERRED_CHANNEL_MESSAGE, "data": { "flags": EPHEMERAL } }),
                 Some(Pending {
                     token: i.token.clone(),
@@ -363,39 +319,18 @@ impl Inbound {
     /// of the deferred answer, retrying on rate limits and temporary failures;
     /// while Discord is failing, it goes as a direct message once Discord is back.
     pub async fn finish(&self, pending: Pending) {
-        let text = match pending.work.await {
-            Ok(reply) => reply_text(&reply),
-            Err(_) => FAILED.to_owned(),
+        let Some(text) = self.core.answer_of(pending.work).await else {
+            return;
         };
         let message = text_message(&text, &[]);
-        let sent = chat_retry::answer("the answer to a deferred interaction", &self.peer, || {
-            self.api.edit_original(&pending.token, &message)
-        })
-        .await;
-        match sent {
-            Ok(()) => {}
-            Err(ChatError::Permanent(e)) => {
-                tracing::warn!(error = %e, "cannot answer a deferred interaction")
-            }
-            Err(e) => {
-                let queued = match UserId::parse(&pending.user) {
-                    Ok(id) => self
-                        .engine
-                        .answer_later(&id, SURFACE, &text)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.0),
-                };
-                match queued {
-                    Ok(()) => {
-                        tracing::info!(error = %e, "Discord is failing; the answer goes as a direct message once it is back")
-                    }
-                    Err(q) => {
-                        tracing::warn!(error = %e, queue_error = %q, "Discord is failing and the answer could not be queued; it is lost")
-                    }
-                }
-            }
-        }
+        self.core
+            .deliver(
+                "the answer to a deferred interaction",
+                &pending.user,
+                &text,
+                || self.api.edit_original(&pending.token, &message),
+            )
+            .await;
     }
 
     /// An interaction that came over the gateway: the answer goes back
@@ -430,14 +365,14 @@ impl Inbound {
             tracing::warn!(guild, "a message in another Discord server ignored: Passport serves only its configured server");
             return;
         }
-        if !self.seen.first(&format!("message:{message}")) {
+        if !self.core.first_delivery("message", Some(message)) {
             return;
         }
         let Some(request) = self.request_of(Some(channel)).await else {
             return;
         };
         let reply = self.run(&author, text, Some(request)).await;
-        let mut answer = text_message(&reply_text(&reply), &[]);
+        let mut answer = text_message(&VOICE.reply_text(&reply), &[]);
         answer["message_reference"] = json!({ "message_id": message, "fail_if_not_exists": false });
         if let Err(e) = self.api.post_message(channel, &answer).await {
             tracing::warn!(error = %e, "cannot answer in a request's thread");

@@ -365,44 +365,13 @@ pub fn thread_name(card: &CardView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::values::{RequestId, UserId};
+    use crate::domain::values::UserId;
 
     fn card(instances: usize, reason: &str) -> CardView {
-        CardView {
-            request: RequestId::new(7).unwrap(),
-            state: RequestState::Pending,
-            requester_id: UserId::parse("1700000000000000001").unwrap(),
-            requester: "dev_1".into(),
-            instances: (0..instances)
-                .map(|i| CardInstance {
-                    id: format!("i-{i:017x}"),
-                    name: Some(format!("web-{i}")),
-                    platform: "Linux".into(),
-                    env: Some("prod".into()),
-                })
-                .collect(),
-            duration: "2h".into(),
-            ticket: "OPS-1".into(),
-            ticket_url: Some("https://tickets.example/OPS-1".into()),
-            reason: Some(reason.into()),
-            required: "1 approval from group:approvers".into(),
-            approvers: vec!["group:approvers".into()],
-            approved_by: vec![],
-            status: "waiting for approval".into(),
-            actions: vec![
-                Action {
-                    label: "Approve".into(),
-                    command: "approve AR-7".into(),
-                    style: ActionStyle::Primary,
-                },
-                Action {
-                    label: "Deny".into(),
-                    command: "deny AR-7".into(),
-                    style: ActionStyle::Danger,
-                },
-            ],
-            channel: None,
-        }
+        let mut card = crate::adapters::chat::fixtures::card(instances);
+        card.requester_id = UserId::parse("1700000000000000001").unwrap();
+        card.reason = Some(reason.into());
+        card
     }
 
     fn mentions() -> Mentions {

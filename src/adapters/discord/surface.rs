@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::adapters::dm_channels::DmChannels;
+use crate::adapters::chat::channels::Channels;
 use crate::app::ports::{ChatError, ChatSurface, MessageRef};
 use crate::domain::notice::{Action, CardView};
 use crate::domain::values::UserId;
@@ -20,10 +20,8 @@ pub const SURFACE: &str = "discord";
 
 pub struct DiscordSurface {
     api: Arc<DiscordApi>,
-    approvals_channel: String,
-    audit_channel: String,
+    channels: Channels,
     mentions: Mentions,
-    dm_channels: DmChannels,
 }
 
 impl DiscordSurface {
@@ -35,17 +33,9 @@ impl DiscordSurface {
     ) -> Self {
         Self {
             api,
-            approvals_channel,
-            audit_channel,
+            channels: Channels::new(approvals_channel, audit_channel),
             mentions,
-            dm_channels: DmChannels::default(),
         }
-    }
-
-    async fn dm_channel(&self, user: &UserId) -> Result<String, ChatError> {
-        self.dm_channels
-            .of(user, || self.api.open_dm(user.as_str()))
-            .await
     }
 }
 
@@ -56,13 +46,7 @@ impl ChatSurface for DiscordSurface {
     }
 
     async fn post_card(&self, card: &CardView) -> Result<MessageRef, ChatError> {
-        let channel = card
-            .channel
-            .as_deref()
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .unwrap_or(&self.approvals_channel)
-            .to_owned();
+        let channel = self.channels.of_card(card).to_owned();
         let message = self
             .api
             .post_message(&channel, &card_message(card, &self.mentions))
@@ -107,7 +91,8 @@ impl ChatSurface for DiscordSurface {
         text: &str,
         actions: &[Action],
     ) -> Result<MessageRef, ChatError> {
-        let channel = self.dm_channel(user).await?;
+        let open = || self.api.open_dm(user.as_str());
+        let channel = self.channels.dms.of(user, open).await?;
         let message = self
             .api
             .post_message(&channel, &text_message(text, actions))
@@ -117,7 +102,7 @@ impl ChatSurface for DiscordSurface {
 
     async fn post_audit(&self, line: &str) -> Result<(), ChatError> {
         self.api
-            .post_message(&self.audit_channel, &audit_message(line))
+            .post_message(&self.channels.audit, &audit_message(line))
             .await
             .map(|_| ())
     }

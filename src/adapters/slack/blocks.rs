@@ -400,46 +400,8 @@ pub fn request_form(default_duration: &str, channel: Option<&str>) -> SlackView 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::notice::CardInstance;
-    use crate::domain::values::{RequestId, UserId};
 
-    fn card(instances: usize) -> CardView {
-        CardView {
-            request: RequestId::parse("AR-7").unwrap(),
-            state: RequestState::Pending,
-            requester_id: UserId::parse("U0REQ").unwrap(),
-            requester: "dev1".into(),
-            instances: (0..instances)
-                .map(|i| CardInstance {
-                    id: format!("i-{i:017x}"),
-                    name: Some(format!("web-{i}")),
-                    platform: "linux".into(),
-                    env: Some("prod".into()),
-                })
-                .collect(),
-            duration: "2h".into(),
-            ticket: "ticket#123".into(),
-            ticket_url: Some("https://t.example.com/browse/123?a=1&b=2".into()),
-            reason: Some("<!channel> disk & more".into()),
-            required: "1 approval from group approvers".into(),
-            approvers: vec!["group:approvers".into(), "U0LEAD".into()],
-            approved_by: vec![],
-            status: "waiting for 1 approval".into(),
-            actions: vec![
-                Action {
-                    label: "Approve".into(),
-                    command: "approve AR-7".into(),
-                    style: ActionStyle::Primary,
-                },
-                Action {
-                    label: "Deny".into(),
-                    command: "deny AR-7".into(),
-                    style: ActionStyle::Danger,
-                },
-            ],
-            channel: None,
-        }
-    }
+    use crate::adapters::chat::fixtures::card;
 
     fn json(content: &SlackMessageContent) -> serde_json::Value {
         serde_json::to_value(content).unwrap()
@@ -494,14 +456,7 @@ mod tests {
     #[test]
     fn a_thousand_instances_fit_within_the_limits() {
         let v = json(&card_content(&card(1000), ""));
-        let blocks = v["blocks"].as_array().unwrap();
-        assert!(blocks.len() <= MAX_BLOCKS);
-        assert!(v["text"].as_str().unwrap().chars().count() <= MAX_TEXT);
-        for b in blocks {
-            if let Some(t) = b["text"]["text"].as_str() {
-                assert!(t.chars().count() <= MAX_SECTION);
-            }
-        }
+        assert_within_limits(&v);
         assert!(v.to_string().contains("…and 985 more"));
     }
 
@@ -509,7 +464,11 @@ mod tests {
     fn long_text_is_split_into_sections_within_the_limits() {
         let long = "x".repeat(50) + "\n";
         let text = long.repeat(5000);
-        let v = json(&text_content(&text, &[]));
+        assert_within_limits(&json(&text_content(&text, &[])));
+    }
+
+    /// Within Slack's limits on blocks, the fallback text and each section.
+    fn assert_within_limits(v: &serde_json::Value) {
         let blocks = v["blocks"].as_array().unwrap();
         assert!(blocks.len() <= MAX_BLOCKS);
         assert!(v["text"].as_str().unwrap().chars().count() <= MAX_TEXT);

@@ -27,10 +27,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::adapters::chat::inbound::{InboundCore, Outcome, Voice};
 use crate::adapters::chat_retry::{self, Peer};
-use crate::adapters::seen::{first_in_store, Seen};
-use crate::app::engine::{Actor, Engine, Reply, STORE_FAILED};
-use crate::app::ports::{ChatError, ChatSurface};
+use crate::app::engine::{Engine, Reply};
+use crate::app::ports::ChatSurface;
 use crate::domain::command::{help_text, COMMANDS};
 use crate::domain::time::Span;
 use crate::domain::values::{GrantDuration, InstanceIds, Reason, RequestId, Ticket, UserId};
@@ -291,20 +291,24 @@ pub enum Answer {
 // Handling
 
 pub struct Inbound {
-    engine: Arc<Engine>,
+    core: InboundCore,
     api: Arc<SlackApi>,
     people: Arc<People>,
     /// Direct messages go through the surface, which remembers each DM channel.
     surface: Arc<dyn ChatSurface>,
     /// What every payload must come from.
     workspace: Workspace,
-    seen: Seen,
-    /// Slack as the answers sent outside the outbox see it: they count
-    /// towards the breaker the dispatcher keeps for Slack, and wait while it is open.
+    /// Slack as the ephemeral answers see it (the breaker the dispatcher keeps for Slack).
     peer: Peer,
-    /// How long an answer waits for the work.
-    pub deadline: Duration,
 }
+
+/// How Passport's answers read on Slack.
+const VOICE: Voice = Voice {
+    platform: "Slack",
+    surface: SURFACE,
+    warning: ":warning:",
+    list: "list",
+};
 
 fn ephemeral(text: &str) -> Value {
     let mut v = serde_json::to_value(text_content(text, &[])).unwrap_or_else(|_| json!({}));
@@ -313,16 +317,6 @@ fn ephemeral(text: &str) -> Value {
     }
     v
 }
-
-fn reply_text(reply: &Reply) -> String {
-    if reply.ok {
-        reply.text.clone()
-    } else {
-        format!(":warning: {}", reply.text)
-    }
-}
-
-const FAILED: &str = ":warning: Passport hit an internal error and may not have acted: check with `list`, and tell your admins if it happens again";
 
 /// Whether a thread message is meant as a command, so that ordinary
 /// conversation in a card's thread gets no answer.
@@ -351,21 +345,23 @@ impl Inbound {
         peer: Peer,
     ) -> Self {
         Self {
-            engine,
+            core: InboundCore::new(engine, peer.clone(), VOICE, ACK_DEADLINE),
             api,
             people,
             surface,
             workspace,
             peer,
-            seen: Seen::default(),
-            deadline: ACK_DEADLINE,
         }
     }
 
     #[must_use]
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
+        self.core.deadline = deadline;
         self
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.core.engine
     }
 
     /// Whether `origin` is Passport's workspace, enterprise and app; a
@@ -388,89 +384,38 @@ impl Inbound {
         }
     }
 
-    fn first_delivery(&self, kind: &str, key: Option<&str>) -> bool {
-        match key.filter(|k| !k.is_empty()) {
-            Some(k) => self.seen.first(&format!("{kind}:{k}")),
-            None => true,
-        }
-    }
-
-    /// Whether the database, too, sees this signed request for the first
-    /// time (it remembers past a restart). Asked before anything acts;
-    /// `Err` is the answer to give when the database cannot say, since acting
-    /// then could act twice.
-    async fn first_signed(&self, kind: &str, key: Option<&str>) -> Result<bool, String> {
-        let Some(k) = key.filter(|k| !k.is_empty()) else {
-            return Ok(true);
-        };
-        let key = format!("slack:{kind}:{k}");
-        match first_in_store(self.engine.store().as_ref(), &key, self.engine.now()).await {
-            Ok(true) => Ok(true),
-            Ok(false) => {
-                tracing::info!("signed Slack request seen before (replayed, or delivered again after a restart); ignored");
-                Ok(false)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record a signed Slack request, so it is not acted on");
-                Err(format!(":warning: {STORE_FAILED}"))
-            }
-        }
-    }
-
     async fn run(
-        self: &Arc<Self>,
+        &self,
         user: &str,
         fallback_name: Option<&str>,
         text: &str,
         thread: Option<RequestId>,
     ) -> Reply {
-        let id = match UserId::parse(user) {
-            Ok(id) => id,
-            Err(e) => {
-                return Reply {
-                    ok: false,
-                    text: e.0,
-                    request: None,
-                }
-            }
-        };
-        let person = self.people.person(&id, fallback_name).await;
-        let actor = Actor {
-            person,
-            surface: SURFACE.into(),
-        };
-        self.engine.handle_line(&actor, text, thread).await
+        let person = |id| async move { self.people.person(&id, fallback_name).await };
+        self.core.run(user, person, text, thread).await
     }
 
     /// The request whose card (or card thread) `ts` in `channel` belongs to.
     async fn thread_of(&self, channel: &str, ts: &str) -> Option<RequestId> {
-        match self
-            .engine
-            .store()
-            .request_for_message(SURFACE, Some(channel), ts)
-            .await
-        {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up the request of a Slack thread");
-                None
-            }
-        }
+        self.core.request_of(Some(channel), ts).await
     }
 
     /// Waits for `task` at most the deadline; it keeps running afterwards.
     async fn wait_briefly(&self, task: &mut tokio::task::JoinHandle<()>) {
-        let _ = tokio::time::timeout(self.deadline, task).await;
+        let _ = tokio::time::timeout(self.core.deadline, task).await;
     }
 
     /// `/passport …`.
     pub async fn command(self: &Arc<Self>, cmd: SlashCommand, answer: Answer) -> Ack {
         // One deadline for the whole answer, however many steps it waits on.
-        let until = tokio::time::Instant::now() + self.deadline;
+        let until = tokio::time::Instant::now() + self.core.deadline;
         if !self.admitted("slash command", &cmd.origin()) {
             return Ack::Refused;
         }
-        if !self.first_delivery("trigger", cmd.trigger_id.as_deref()) {
+        if !self
+            .core
+            .first_delivery("trigger", cmd.trigger_id.as_deref())
+        {
             tracing::info!("repeated slash command delivery ignored");
             return Ack::Empty;
         }
@@ -487,7 +432,7 @@ impl Inbound {
         }
         if text.eq_ignore_ascii_case("request") {
             if let Some(trigger) = cmd.trigger_id.as_deref() {
-                let default = self.engine.grammar().durations.default.to_string();
+                let default = self.engine().grammar().durations.default.to_string();
                 let form = request_form(&default, cmd.channel_id.as_deref());
                 // The trigger is good for 3 s, so this cannot wait longer anyway.
                 let opened =
@@ -506,6 +451,7 @@ impl Inbound {
             let cmd = cmd.clone();
             tokio::spawn(async move {
                 match this
+                    .core
                     .first_signed("trigger", cmd.trigger_id.as_deref())
                     .await
                 {
@@ -516,47 +462,40 @@ impl Inbound {
                 let reply = this
                     .run(&cmd.user_id, cmd.user_name.as_deref(), &text, None)
                     .await;
-                Some(reply_text(&reply))
+                Some(VOICE.reply_text(&reply))
             })
         };
         match answer {
             Answer::Later => {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    let text = match work.await {
-                        Ok(Some(text)) => text,
-                        Ok(None) => return,
-                        Err(_) => FAILED.to_owned(),
-                    };
-                    this.respond(&cmd.user_id, cmd.response_url.as_deref(), &text)
-                        .await;
-                });
+                self.respond_when_done(cmd, work);
                 Ack::Empty
             }
-            Answer::InlineOrLater => {
-                let mut work = work;
-                match tokio::time::timeout_at(until, &mut work).await {
-                    Ok(Ok(Some(text))) => Ack::Json(ephemeral(&text)),
-                    Ok(Ok(None)) => Ack::Empty,
-                    Ok(Err(_)) => Ack::Json(ephemeral(FAILED)),
-                    Err(_) => {
-                        let this = self.clone();
-                        tokio::spawn(async move {
-                            let text = match work.await {
-                                Ok(Some(text)) => text,
-                                Ok(None) => return,
-                                Err(_) => FAILED.to_owned(),
-                            };
-                            this.respond(&cmd.user_id, cmd.response_url.as_deref(), &text)
-                                .await;
-                        });
-                        Ack::Json(ephemeral(
-                            "received: Passport is working on it and will answer here shortly",
-                        ))
-                    }
+            Answer::InlineOrLater => match self.core.answer_by(until, work).await {
+                Outcome::Done(Some(text)) => Ack::Json(ephemeral(&text)),
+                Outcome::Done(None) => Ack::Empty,
+                Outcome::Running(work) => {
+                    self.respond_when_done(cmd, work);
+                    Ack::Json(ephemeral(
+                        "received: Passport is working on it and will answer here shortly",
+                    ))
                 }
-            }
+            },
         }
+    }
+
+    /// Answers `cmd` through its `response_url` once `work` is done.
+    fn respond_when_done(
+        self: &Arc<Self>,
+        cmd: SlashCommand,
+        work: tokio::task::JoinHandle<Option<String>>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Some(text) = this.core.answer_of(work).await {
+                this.respond(&cmd.user_id, cmd.response_url.as_deref(), &text)
+                    .await;
+            }
+        });
     }
 
     fn respond_later(self: &Arc<Self>, user: &str, response_url: Option<&str>, text: String) {
@@ -573,17 +512,11 @@ impl Inbound {
             tracing::warn!("a slash command came without response_url; its answer is lost");
             return;
         };
-        let sent = chat_retry::answer("an answer through response_url", &self.peer, || {
-            self.api.respond(url, text)
-        })
-        .await;
-        match sent {
-            Ok(()) => {}
-            Err(ChatError::Permanent(e)) => {
-                tracing::warn!(error = %e, "cannot answer through response_url")
-            }
-            Err(e) => self.answer_later(user, text, &e).await,
-        }
+        self.core
+            .deliver("an answer through response_url", user, text, || {
+                self.api.respond(url, text)
+            })
+            .await;
     }
 
     /// Shows `text` to `user` only: as an ephemeral message in `channel` (and
@@ -604,42 +537,17 @@ impl Inbound {
                 }
             }
         }
-        let sent = match UserId::parse(user) {
+        match UserId::parse(user) {
             Ok(id) => {
-                chat_retry::answer("a direct answer", &self.peer, || {
-                    self.surface.direct_message(&id, text, &[])
-                })
-                .await
-            }
-            Err(e) => Err(ChatError::Permanent(e.0)),
-        };
-        match sent {
-            Ok(_) => {}
-            Err(ChatError::Permanent(e)) => {
-                tracing::warn!(error = %e, "cannot send an answer as a direct message")
-            }
-            Err(e) => self.answer_later(user, text, &e).await,
-        }
-    }
-
-    /// An answer Slack could not take now because it is failing (`why`):
-    /// queued as a direct message in the outbox, which delivers it once
-    /// Slack is back.
-    async fn answer_later(&self, user: &str, text: &str, why: &ChatError) {
-        let queued = match UserId::parse(user) {
-            Ok(id) => self
-                .engine
-                .answer_later(&id, self.surface.name(), text)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.0),
-        };
-        match queued {
-            Ok(()) => {
-                tracing::info!(error = %why, "Slack is failing; the answer goes as a direct message once it is back")
+                self.core
+                    .deliver("a direct answer", user, text, || {
+                        self.surface.direct_message(&id, text, &[])
+                    })
+                    .await
             }
             Err(e) => {
-                tracing::warn!(error = %why, queue_error = %e, "Slack is failing and the answer could not be queued; it is lost")
+                let why = e.0;
+                tracing::warn!(error = %why, "cannot send an answer as a direct message")
             }
         }
     }
@@ -647,7 +555,7 @@ impl Inbound {
     /// The request form was submitted: each field is checked on its own so an
     /// error shows beside the field; then it runs as `request …` typed by the person.
     async fn form(self: &Arc<Self>, user: InteractionUser, view: ViewInfo) -> Ack {
-        let grammar = self.engine.grammar();
+        let grammar = self.engine().grammar();
         let (instances, duration, ticket, reason) = (
             view.value("instances"),
             view.value("duration"),
@@ -686,7 +594,7 @@ impl Inbound {
             let name = user.username.clone().or(user.name.clone());
             let reply = this.run(&user.id, name.as_deref(), &line, None).await;
             let channel = view.private_metadata.as_deref();
-            this.tell(&user.id, channel, None, &reply_text(&reply))
+            this.tell(&user.id, channel, None, &VOICE.reply_text(&reply))
                 .await;
         });
         self.wait_briefly(&mut task).await;
@@ -703,14 +611,18 @@ impl Inbound {
         if !matches!(i.kind.as_str(), "block_actions" | "view_submission") {
             return Ack::Empty;
         }
-        if !self.first_delivery("trigger", i.trigger_id.as_deref()) {
+        if !self.core.first_delivery("trigger", i.trigger_id.as_deref()) {
             tracing::info!("repeated interaction delivery ignored");
             return Ack::Empty;
         }
         if i.kind == "view_submission" {
             // A form is submitted rarely, so its key is recorded before the
             // acknowledgement; Slack closes the form on an empty answer.
-            match self.first_signed("trigger", i.trigger_id.as_deref()).await {
+            match self
+                .core
+                .first_signed("trigger", i.trigger_id.as_deref())
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return Ack::Empty,
             }
@@ -748,33 +660,21 @@ impl Inbound {
         let this = self.clone();
         let trigger = i.trigger_id.clone();
         let mut task = tokio::spawn(async move {
-            let text = match this.first_signed("trigger", trigger.as_deref()).await {
-                Ok(true) => None,
-                Ok(false) => return,
-                Err(text) => Some(text),
-            };
-            if let Some(text) = text {
-                match &channel {
-                    Some(c) => {
-                        this.tell(&user.id, Some(c), thread_ts.as_deref(), &text)
-                            .await
-                    }
-                    None => {
-                        this.respond(&user.id, i.response_url.as_deref(), &text)
-                            .await
-                    }
+            let text = match this.core.first_signed("trigger", trigger.as_deref()).await {
+                Ok(true) => {
+                    // A click on the card or in its thread acts within that request.
+                    let anchor = thread_ts.clone().or(message_ts.clone());
+                    let thread = match (&channel, &anchor) {
+                        (Some(c), Some(ts)) => this.thread_of(c, ts).await,
+                        _ => None,
+                    };
+                    let name = user.username.clone().or(user.name.clone());
+                    let reply = this.run(&user.id, name.as_deref(), &command, thread).await;
+                    VOICE.reply_text(&reply)
                 }
-                return;
-            }
-            // A click on the card or in its thread acts within that request.
-            let anchor = thread_ts.clone().or(message_ts.clone());
-            let thread = match (&channel, &anchor) {
-                (Some(c), Some(ts)) => this.thread_of(c, ts).await,
-                _ => None,
+                Ok(false) => return,
+                Err(text) => text,
             };
-            let name = user.username.clone().or(user.name.clone());
-            let reply = this.run(&user.id, name.as_deref(), &command, thread).await;
-            let text = reply_text(&reply);
             match &channel {
                 Some(c) => {
                     this.tell(&user.id, Some(c), thread_ts.as_deref(), &text)
@@ -802,7 +702,7 @@ impl Inbound {
         if !self.admitted("event", &body.origin()) {
             return Ack::Refused;
         }
-        if !self.first_delivery("event", body.event_id.as_deref()) {
+        if !self.core.first_delivery("event", body.event_id.as_deref()) {
             tracing::info!("repeated event delivery ignored");
             return Ack::Empty;
         }
@@ -838,9 +738,9 @@ impl Inbound {
             if let Some(id) = event_id {
                 let key = format!("slack:event:{id}");
                 match this
-                    .engine
+                    .engine()
                     .store()
-                    .first_delivery(&key, this.engine.now())
+                    .first_delivery(&key, this.engine().now())
                     .await
                 {
                     Ok(true) => {}
@@ -852,8 +752,13 @@ impl Inbound {
                 }
             }
             let reply = this.run(&user, None, &text, Some(request)).await;
-            this.tell(&user, Some(&channel), Some(&thread_ts), &reply_text(&reply))
-                .await;
+            this.tell(
+                &user,
+                Some(&channel),
+                Some(&thread_ts),
+                &VOICE.reply_text(&reply),
+            )
+            .await;
         });
         self.wait_briefly(&mut task).await;
         Ack::Empty

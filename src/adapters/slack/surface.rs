@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::adapters::dm_channels::DmChannels;
+use crate::adapters::chat::channels::Channels;
 use crate::app::ports::{ChatError, ChatSurface, MessageRef};
 use crate::domain::notice::{Action, CardView};
 use crate::domain::values::UserId;
@@ -20,10 +20,8 @@ pub const SURFACE: &str = "slack";
 
 pub struct SlackSurface {
     api: Arc<SlackApi>,
-    approvals_channel: String,
-    audit_channel: String,
+    channels: Channels,
     mentions: Mentions,
-    dm_channels: DmChannels,
 }
 
 impl SlackSurface {
@@ -35,17 +33,9 @@ impl SlackSurface {
     ) -> Self {
         Self {
             api,
-            approvals_channel,
-            audit_channel,
+            channels: Channels::new(approvals_channel, audit_channel),
             mentions,
-            dm_channels: DmChannels::default(),
         }
-    }
-
-    async fn dm_channel(&self, user: &UserId) -> Result<String, ChatError> {
-        self.dm_channels
-            .of(user, || self.api.open_dm(user.as_str()))
-            .await
     }
 }
 
@@ -56,11 +46,7 @@ impl ChatSurface for SlackSurface {
     }
 
     async fn post_card(&self, card: &CardView) -> Result<MessageRef, ChatError> {
-        let channel = card
-            .channel
-            .as_deref()
-            .filter(|c| !c.trim().is_empty())
-            .unwrap_or(&self.approvals_channel);
+        let channel = self.channels.of_card(card);
         let content = card_content(card, &self.mentions.of(&card.approvers));
         let posted = self.api.post_message(channel, content, None).await?;
         // Slack answers with the channel's id even when it was named, and
@@ -96,7 +82,8 @@ impl ChatSurface for SlackSurface {
         text: &str,
         actions: &[Action],
     ) -> Result<MessageRef, ChatError> {
-        let channel = self.dm_channel(user).await?;
+        let open = || self.api.open_dm(user.as_str());
+        let channel = self.channels.dms.of(user, open).await?;
         let posted = self
             .api
             .post_message(&channel, text_content(text, actions), None)
@@ -109,7 +96,7 @@ impl ChatSurface for SlackSurface {
 
     async fn post_audit(&self, line: &str) -> Result<(), ChatError> {
         self.api
-            .post_message(&self.audit_channel, audit_content(line), None)
+            .post_message(&self.channels.audit, audit_content(line), None)
             .await
             .map(|_| ())
     }
