@@ -2699,7 +2699,9 @@ async fn a_stalled_users_info_holds_no_acknowledgement_and_is_asked_once() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
 
+// ---------------------------------------------------------------------------
 // Answers where the bot cannot post
 
 /// Slack refuses an ephemeral answer in a channel the bot cannot post in
