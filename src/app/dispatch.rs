@@ -236,9 +236,7 @@ impl Dispatcher {
         if let Err(e) = result {
             let again = now.plus(deletion_retry(&e, d.attempts));
             tracing::warn!(request = %m.request, instance = %m.instance, error = %e, retry_at = %again, "password message not deleted yet; will retry");
-            self.store
-                .retry_password_message(d.id, again, &e.to_string())
-                .await?;
+            self.store.retry_password_message(d.id, again).await?;
             return Ok(false);
         }
         let requester = match self.store.get(m.request).await? {

@@ -214,16 +214,16 @@ fn check_part(
     end: i64,
     broken: &AtomicUsize,
 ) -> Result<Part, StoreError> {
-    const COLUMNS: &str = "SELECT seq, at, actor, request, action, details, hash FROM logbook";
+    let columns = format!("SELECT {}, hash FROM logbook", super::LOG_EVENT_COLUMNS);
     let mut stmt;
     let mut rows = match start.seq {
         None => {
-            stmt = conn.prepare(&format!("{COLUMNS} WHERE seq <= ?1 ORDER BY seq"))?;
+            stmt = conn.prepare(&format!("{columns} WHERE seq <= ?1 ORDER BY seq"))?;
             stmt.query([end])?
         }
         Some(after) => {
             stmt = conn.prepare(&format!(
-                "{COLUMNS} WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
+                "{columns} WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
             ))?;
             stmt.query([after, end])?
         }
@@ -236,14 +236,8 @@ fn check_part(
         if read.is_multiple_of(STOP_CHECK_EVERY) && broken.load(Ordering::Relaxed) < index {
             return Ok(Part::Stopped);
         }
-        let event = LogEvent {
-            seq: row.get::<_, i64>(0)? as u64,
-            at: Timestamp::from_millis(row.get(1)?),
-            actor: row.get(2)?,
-            request: row.get(3)?,
-            action: row.get(4)?,
-            details: row.get(5)?,
-        };
+        // The hash follows the event's columns.
+        let event = super::log_event(row)?;
         let stored = row.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
         let linking = match &mode {
             Mode::Plain => Some(Linking::Plain),
