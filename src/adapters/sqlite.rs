@@ -84,6 +84,8 @@ struct Shared {
     writer: Writer,
     /// The Logbook's keys, for verification (the writer holds its own copy).
     keys: ChainKeys,
+    /// Moved on by the writer after each commit that queued notices.
+    notices_queued: tokio::sync::watch::Receiver<u64>,
     /// One permit per read connection: reads beyond that wait for one to be
     /// free rather than open (and then close) more connections.
     read_permits: Arc<Semaphore>,
@@ -278,6 +280,7 @@ impl SqliteStore {
         keys: ChainKeys,
     ) -> Result<Self, StoreError> {
         migrate(path).await?;
+        let (queued, notices_queued) = tokio::sync::watch::channel(0);
         let writer = Writer::start(
             connect_writer(path, durability)?,
             connect(path)?,
@@ -289,6 +292,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 writer,
                 keys,
+                notices_queued,
                 read_permits: Arc::new(Semaphore::new(READERS)),
                 idle_readers: Mutex::new(Vec::new()),
             }),
@@ -545,6 +549,7 @@ fn insert_outbox(conn: &WriteConn, fx: &Effects, at: Timestamp) -> Result<(), St
     if fx.outbox.is_empty() {
         return Ok(());
     }
+    conn.queues_notices();
     let mut insert = conn.prepare_cached(
         "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
@@ -915,6 +920,10 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.notices_queued.clone()
     }
 
     async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError> {

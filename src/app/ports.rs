@@ -410,6 +410,10 @@ pub trait Store: Send + Sync {
     /// Undelivered notices, oldest first: at most `per_lane` of each lane and
     /// `limit` in all, so that one long lane cannot hide the others.
     async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError>;
+    /// A counter that moves on after every commit that queued notices, so
+    /// that the dispatcher starts their lanes while others are still
+    /// sending. Closed when the store is.
+    fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64>;
     async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError>;
     async fn mark_retry(
         &self,
