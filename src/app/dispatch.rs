@@ -323,7 +323,7 @@ impl Dispatcher {
             if failed.is_none() && (idle || (unread && room)) {
                 unread = false;
                 // Seen before reading, so a commit during the read is not missed.
-                queued.borrow_and_update();
+                queued.mark_unchanged();
                 let mut known = in_flight.clone();
                 known.extend(
                     ready
