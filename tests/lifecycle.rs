@@ -703,6 +703,130 @@ async fn a_long_waiting_lane_does_not_hide_newer_notices() {
     );
 }
 
+/// The audit channel of [`a_new_lane_starts_while_a_paced_lane_is_still_sending`]:
+/// each line waits until the test lets it go, as a paced channel makes it
+/// wait; everything else goes at once to the recording surface.
+struct PacedAudit {
+    inner: Arc<RecordingSurface>,
+    sending: tokio::sync::Notify,
+    paced: tokio::sync::Semaphore,
+    card_posted: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl passport::app::ports::ChatSurface for PacedAudit {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn post_card(
+        &self,
+        card: &passport::domain::notice::CardView,
+    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
+        let at = self.inner.post_card(card).await;
+        self.card_posted.notify_one();
+        at
+    }
+
+    async fn update_card(
+        &self,
+        at: &passport::app::ports::MessageRef,
+        card: &passport::domain::notice::CardView,
+    ) -> Result<(), passport::app::ports::ChatError> {
+        self.inner.update_card(at, card).await
+    }
+
+    async fn reply_in_thread(
+        &self,
+        at: &passport::app::ports::MessageRef,
+        text: &str,
+        actions: &[passport::domain::notice::Action],
+    ) -> Result<(), passport::app::ports::ChatError> {
+        self.inner.reply_in_thread(at, text, actions).await
+    }
+
+    async fn direct_message(
+        &self,
+        user: &passport::domain::values::UserId,
+        text: &str,
+        actions: &[passport::domain::notice::Action],
+    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
+        self.inner.direct_message(user, text, actions).await
+    }
+
+    async fn post_audit(&self, line: &str) -> Result<(), passport::app::ports::ChatError> {
+        self.sending.notify_one();
+        self.paced.acquire().await.unwrap().forget();
+        self.inner.post_audit(line).await
+    }
+
+    async fn delete_message(
+        &self,
+        at: &passport::app::ports::MessageRef,
+    ) -> Result<(), passport::app::ports::ChatError> {
+        self.inner.delete_message(at).await
+    }
+}
+
+#[tokio::test]
+async fn a_new_lane_starts_while_a_paced_lane_is_still_sending() {
+    use passport::app::effects::Effects;
+    use passport::domain::notice::Notice;
+    use std::time::Duration;
+
+    let (app, _dir) = TestApp::spawn().await;
+    let paced = Arc::new(PacedAudit {
+        inner: app.surface.clone(),
+        sending: tokio::sync::Notify::new(),
+        paced: tokio::sync::Semaphore::new(0),
+        card_posted: tokio::sync::Notify::new(),
+    });
+    let dispatcher = Arc::new(passport::app::dispatch::Dispatcher::new(
+        app.store.clone(),
+        Arc::new(app.clock.clone()),
+        vec![paced.clone()],
+    ));
+    let mut fx = Effects::default();
+    for i in 0..3 {
+        fx.notify(Notice::Audit {
+            text: format!("line {i}"),
+        });
+    }
+    fx.route(&["test".to_owned()], "");
+    app.store.record(fx, app.engine.now()).await.unwrap();
+    let pass = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.deliver_due().await }
+    });
+    paced.sending.notified().await;
+    // A request made while the audit channel is still sending its first line.
+    let reply = app
+        .engine
+        .handle_line(
+            &TestApp::actor("dev1"),
+            &format!("request {WEB} 1h ticket#1 x"),
+            None,
+        )
+        .await;
+    assert!(reply.ok, "{}", reply.text);
+    let id = reply.request.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), paced.card_posted.notified())
+        .await
+        .expect("the card went out while the audit lane was still sending");
+    assert!(app.surface.card(id).is_some());
+    assert!(
+        app.surface.audits().is_empty(),
+        "the audit line is still held"
+    );
+    // Once the channel lets the lines go, the same pass delivers them too.
+    paced.paced.add_permits(100);
+    let report = pass.await.unwrap().unwrap();
+    assert!(report.delivered >= 4, "{report:?}");
+    let audits = app.surface.audits();
+    assert!(audits.len() >= 4, "{audits:?}");
+    assert_eq!(&audits[..3], ["line 0", "line 1", "line 2"], "in order");
+}
+
 /// Delivered notices are deleted by reconciliation once older than
 /// `outbox_retention` (30 days by default); undelivered ones never are.
 #[tokio::test]

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
-    Creation, Gauges, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending,
+    Creation, Gauges, IssuedToken, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending,
     PendingDeletion, Recording, RequestFilter, SetAside, Slot, Store, StoreError, Verification,
     REMOVAL_GRACE,
 };
@@ -49,7 +49,7 @@ use crate::domain::logbook::{
 use crate::domain::notice::Notice;
 use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
 use crate::domain::signin::{
-    ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
+    LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
 };
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
@@ -69,6 +69,9 @@ pub enum Durability {
 /// How long a statement waits for a lock held by another process (another
 /// `passport` command on the same file) before giving up with `Busy`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the keys of chat deliveries are kept: far longer than any
+/// platform redelivers (Slack retries an event for about an hour).
+const DELIVERIES_KEPT: Span = Span::from_hours(24);
 /// Read connections, and so reads running at once.
 const READERS: usize = 4;
 /// Prepared statements kept per connection; the store uses about thirty.
@@ -84,6 +87,8 @@ struct Shared {
     writer: Writer,
     /// The Logbook's keys, for verification (the writer holds its own copy).
     keys: ChainKeys,
+    /// Moved on by the writer after each commit that queued notices.
+    notices_queued: tokio::sync::watch::Receiver<u64>,
     /// One permit per read connection: reads beyond that wait for one to be
     /// free rather than open (and then close) more connections.
     read_permits: Arc<Semaphore>,
@@ -112,6 +117,39 @@ fn to_id(n: i64) -> Result<RequestId, StoreError> {
 
 fn id_of(id: RequestId) -> i64 {
     id.number() as i64
+}
+
+/// The Logbook's columns as [`log_event`] reads them, from a row's first column on.
+const LOG_EVENT_COLUMNS: &str = "seq, at, actor, request, action, details";
+
+/// The event in a row selected with [`LOG_EVENT_COLUMNS`] first.
+fn log_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogEvent> {
+    Ok(LogEvent {
+        seq: row.get::<_, i64>(0)? as u64,
+        at: Timestamp::from_millis(row.get(1)?),
+        actor: row.get(2)?,
+        request: row.get(3)?,
+        action: row.get(4)?,
+        details: row.get(5)?,
+    })
+}
+
+/// The Logbook events of request `?1` (when `by_request`) at or after `?2`
+/// (when `by_time`), in order. One statement per case, so each can use its
+/// index; `x IS NULL OR …` would read the whole Logbook every time. By time
+/// alone, SQLite would rather walk the whole table in `seq` order than sort
+/// what the index finds, so the index is named.
+fn audit_query(by_request: bool, by_time: bool) -> String {
+    let (table, filter) = match (by_request, by_time) {
+        (true, true) => ("logbook", "request = ?1 AND at >= ?2"),
+        (true, false) => ("logbook", "request = ?1 AND ?2 IS NULL"),
+        (false, true) => (
+            "logbook INDEXED BY logbook_by_time",
+            "?1 IS NULL AND at >= ?2",
+        ),
+        (false, false) => ("logbook", "?1 IS NULL AND ?2 IS NULL"),
+    };
+    format!("SELECT {LOG_EVENT_COLUMNS} FROM {table} WHERE {filter} ORDER BY seq")
 }
 
 /// Applies the migrations with sqlx, which records them in `_sqlx_migrations`.
@@ -245,16 +283,19 @@ impl SqliteStore {
         keys: ChainKeys,
     ) -> Result<Self, StoreError> {
         migrate(path).await?;
+        let (queued, notices_queued) = tokio::sync::watch::channel(0);
         let writer = Writer::start(
             connect_writer(path, durability)?,
             connect(path)?,
             keys.clone(),
+            queued,
         )?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
                 writer,
                 keys,
+                notices_queued,
                 read_permits: Arc::new(Semaphore::new(READERS)),
                 idle_readers: Mutex::new(Vec::new()),
             }),
@@ -320,6 +361,28 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Other("the store is closed".into()))?;
         self.shared.with_reader(read)
+    }
+
+    /// Keeps `key` until `until` (`seen_keys`): true the first time, and
+    /// when it was kept only until before `expired_before`; false otherwise.
+    async fn remember_key(
+        &self,
+        key: &str,
+        until: Timestamp,
+        expired_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO seen_keys (key, expires_at) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE seen_keys.expires_at < ?3",
+                )?
+                .execute(params![key, until.as_millis(), expired_before.as_millis()])?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     /// Runs `write` through the one writer (see [`group_commit`]) and
@@ -508,10 +571,11 @@ fn write_effects(
     Ok(())
 }
 
-fn insert_outbox(conn: &Connection, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
+fn insert_outbox(conn: &WriteConn, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
     if fx.outbox.is_empty() {
         return Ok(());
     }
+    conn.queues_notices();
     let mut insert = conn.prepare_cached(
         "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
@@ -885,6 +949,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.notices_queued.clone()
+    }
+
     async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.prepare_cached(
@@ -1130,26 +1198,14 @@ impl Store for SqliteStore {
         since: Option<Timestamp>,
     ) -> Result<Vec<LogEvent>, StoreError> {
         self.read(move |conn| {
-            // One statement per case, so each can use its index
-            // (`logbook_by_request`, `logbook_by_time`); `x IS NULL OR …`
-            // would read the whole Logbook every time.
-            let filter = match (request.is_some(), since.is_some()) {
-                (true, true) => "request = ?1 AND at >= ?2",
-                (true, false) => "request = ?1 AND ?2 IS NULL",
-                (false, true) => "?1 IS NULL AND at >= ?2",
-                (false, false) => "?1 IS NULL AND ?2 IS NULL",
-            };
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT seq, at, actor, request, action, details FROM logbook \
-                 WHERE {filter} ORDER BY seq"
-            ))?;
+            let mut stmt = conn.prepare_cached(&audit_query(request.is_some(), since.is_some()))?;
             let mut rows = stmt.query(params![
                 request.map(|r| r.to_string()),
                 since.map(Timestamp::as_millis)
             ])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(verify::event_of(row)?);
+                out.push(log_event(row)?);
             }
             Ok(out)
         })
@@ -1211,15 +1267,12 @@ impl Store for SqliteStore {
 
     async fn login_collect(
         &self,
-        id: &LoginId,
-        token: &SecretHash,
-        owner: &ChatIdentity,
-        expires_at: Timestamp,
+        issued: &IssuedToken,
         record: Recording,
         now: Timestamp,
     ) -> Result<Option<i64>, StoreError> {
-        let (id, token, owner) = (id.clone(), token.clone(), owner.clone());
-        self.write(move |conn| signin::collect(conn, &id, &token, &owner, expires_at, record, now))
+        let issued = issued.clone();
+        self.write(move |conn| signin::collect(conn, &issued, record, now))
             .await
     }
 
@@ -1236,12 +1289,11 @@ impl Store for SqliteStore {
     async fn revoke_tokens(
         &self,
         scope: &LogoutScope,
-        by: &UserId,
         record: Recording,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        let (scope, by) = (scope.clone(), by.clone());
-        self.write(move |conn| signin::revoke(conn, &scope, &by, record, now))
+        let scope = scope.clone();
+        self.write(move |conn| signin::revoke(conn, &scope, record, now))
             .await
     }
 
@@ -1260,14 +1312,8 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn retry_password_message(
-        &self,
-        id: i64,
-        due: Timestamp,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        let error = error.to_owned();
-        self.write(move |conn| password_messages::retry(conn, id, due, &error))
+    async fn retry_password_message(&self, id: i64, due: Timestamp) -> Result<(), StoreError> {
+        self.write(move |conn| password_messages::retry(conn, id, due))
             .await
     }
 
@@ -1282,29 +1328,21 @@ impl Store for SqliteStore {
     }
 
     async fn first_delivery(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
-        let key = key.to_owned();
-        self.write(move |conn| housekeeping::first_delivery(conn, &key, now))
-            .await
+        // A key whose day has passed counts as new, pruned yet or not.
+        self.remember_key(key, now.plus(DELIVERIES_KEPT), now).await
     }
 
     async fn first_signed(&self, key: &str, until: Timestamp) -> Result<bool, StoreError> {
-        let key = key.to_owned();
-        self.write(move |conn| {
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO signed_requests (key, expires_at) VALUES (?1, ?2)",
-                )?
-                .execute(params![key, until.as_millis()])?;
-            Ok(inserted == 1)
-        })
-        .await
+        // Past its window the signature is refused anyway: no key comes back.
+        self.remember_key(key, until, Timestamp::from_millis(i64::MIN))
+            .await
     }
 
     async fn prune_signed(&self, now: Timestamp, limit: u64) -> Result<u64, StoreError> {
         self.write(move |conn| {
             let n = conn
                 .prepare_cached(
-                    "DELETE FROM signed_requests WHERE key IN (SELECT key FROM signed_requests \
+                    "DELETE FROM seen_keys WHERE key IN (SELECT key FROM seen_keys \
                      WHERE expires_at < ?1 LIMIT ?2)",
                 )?
                 .execute(params![
@@ -1342,7 +1380,7 @@ impl Store for SqliteStore {
         ttl: Span,
     ) -> Result<bool, StoreError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
-        self.write(move |conn| housekeeping::try_lease(conn, &name, &holder, now, ttl))
+        self.write(move |conn| housekeeping::claim_lease(conn, &name, &holder, None, now, ttl))
             .await
     }
 
@@ -1368,7 +1406,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (name, stale, holder) = (name.to_owned(), stale.to_owned(), holder.to_owned());
         self.write(move |conn| {
-            housekeeping::take_over_lease(conn, &name, &stale, &holder, now, ttl)
+            housekeeping::claim_lease(conn, &name, &holder, Some(&stale), now, ttl)
         })
         .await
     }
@@ -1449,6 +1487,68 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("passport.db"), Durability::Normal)
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    /// The steps of SQLite's plan for `sql` (with two parameters), one a line.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps = stmt
+            // The values do not change the plan; each query takes two.
+            .query_map(params![rusqlite::types::Null, rusqlite::types::Null], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        steps.join("\n")
+    }
+
+    #[tokio::test]
+    async fn audit_export_since_searches_the_time_index() {
+        let (dir, store) = store().await;
+        store.close().await;
+        let conn = Connection::open(dir.path().join("passport.db")).unwrap();
+        let since = plan(&conn, &audit_query(false, true));
+        assert!(since.contains("logbook_by_time (at>?)"), "{since}");
+        assert!(!since.contains("SCAN logbook"), "{since}");
+        let by_request = plan(&conn, &audit_query(true, true));
+        assert!(by_request.contains("logbook_by_request"), "{by_request}");
+        assert!(!by_request.contains("SCAN"), "{by_request}");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_key_is_refused_for_a_day_then_forgotten_by_pruning() {
+        let (_dir, store) = store().await;
+        let t0 = Timestamp::from_millis(1_000_000_000);
+        assert!(store.first_delivery("slack:event:E1", t0).await.unwrap());
+        let later = t0.plus(Span::from_hours(23));
+        assert!(!store.first_delivery("slack:event:E1", later).await.unwrap());
+        // A day on it counts as new, whether or not the job has pruned it.
+        let next_day = t0.plus(Span::from_hours(25));
+        assert!(store
+            .first_delivery("slack:event:E1", next_day)
+            .await
+            .unwrap());
+        assert_eq!(store.prune_signed(next_day, 100).await.unwrap(), 0);
+        let after = next_day.plus(DELIVERIES_KEPT).plus(Span::from_secs(1));
+        assert_eq!(store.prune_signed(after, 100).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_signed_key_is_refused_until_pruned() {
+        let (_dir, store) = store().await;
+        let until = Timestamp::from_millis(1_000_000_000);
+        assert!(store.first_signed("slack:trigger:T1", until).await.unwrap());
+        let again = until.plus(Span::from_minutes(10));
+        assert!(!store.first_signed("slack:trigger:T1", again).await.unwrap());
+    }
 
     /// The per-person cap is counted at every creation: the count must go
     /// through the index of pending requests, not through every request the

@@ -4,7 +4,10 @@
 //! in between delivers it again rather than losing it. Notices of one lane
 //! (a request's card and thread, one person's direct messages, the audit
 //! channel) go out strictly in order: a lane waits while its oldest notice is
-//! being retried. Rate limits are honoured through `Retry-After`.
+//! being retried. Rate limits are honoured through `Retry-After`. Lanes run
+//! side by side, and a lane starts as soon as there is room for it: a new
+//! lane never waits for a slow one (a paced channel working through a
+//! backlog) to finish the pass.
 //!
 //! A notice the platform keeps refusing is set aside; the set-asides of a
 //! pass are reported in the audit channel in one notice, at most once per
@@ -24,10 +27,10 @@
 //! its Logbook event and thread note in one transaction. A message already
 //! gone counts as deleted; every failure is retried later, never dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 
 use crate::domain::notice::{Notice, AUDIT_LANE};
@@ -50,6 +53,21 @@ const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 pub const SET_ASIDE_REPORT_EVERY: Span = Span::from_minutes(5);
 /// Password messages deleted per pass.
 const DELETIONS_PER_PASS: u32 = 200;
+
+/// A lane: its surface and its name.
+type LaneKey = (String, String);
+
+fn lane_key(p: &Pending) -> LaneKey {
+    (p.surface.clone(), p.lane.clone())
+}
+
+/// What a read of the outbox found.
+enum Lanes {
+    /// Lanes that may go now, each with whether it probes its surface.
+    Run(Vec<(Vec<Pending>, bool)>),
+    /// None may: the first is due then, if any waits.
+    Wait(Option<Timestamp>),
+}
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -241,9 +259,7 @@ impl Dispatcher {
         if let Err(e) = result {
             let again = now.plus(deletion_retry(&e, d.attempts));
             tracing::warn!(request = %m.request, instance = %m.instance, error = %e, retry_at = %again, "password message not deleted yet; will retry");
-            self.store
-                .retry_password_message(d.id, again, &e.to_string())
-                .await?;
+            self.store.retry_password_message(d.id, again).await?;
             return Ok(false);
         }
         let requester = match self.store.get(m.request).await? {
@@ -279,73 +295,145 @@ impl Dispatcher {
         Ok(true)
     }
 
+    /// Delivers the outbox lane by lane, up to `concurrency` lanes at a
+    /// time, until every lane is empty or waiting. A lane starts as soon as
+    /// there is room for it: when a lane ends, or when a commit queues
+    /// notices (a new lane need not wait for a slow one, such as a paced
+    /// channel with a backlog, to finish).
     async fn deliver_outbox(&self) -> Result<DeliveryReport, StoreError> {
         let mut report = DeliveryReport::default();
+        let mut queued = self.store.notices_queued();
+        let mut watching = true;
+        let mut running = FuturesUnordered::new();
+        // Lanes being delivered, and lanes read and admitted that wait for room.
+        let mut in_flight: HashSet<LaneKey> = HashSet::new();
+        let mut ready: VecDeque<(Vec<Pending>, bool)> = VecDeque::new();
+        // Whether the outbox may hold lanes not read yet.
+        let mut unread = true;
+        // A store error ends the pass once the lanes under way have finished
+        // (a lane cut short could send a notice without recording it).
+        let mut failed: Option<StoreError> = None;
         loop {
-            // While every platform's breaker is open, the outbox is not even
-            // read: a platform that is down costs a check per pass, not a
-            // read of the backlog it leaves behind.
-            if let Some(until) = self
-                .breakers
-                .all_waiting(self.surfaces.keys(), self.clock.now())
-            {
-                report.next_retry = Some(until);
-                return Ok(report);
-            }
-            // A few notices of each lane per pass: a long lane (a paced audit
-            // channel with a backlog) neither hides the others nor holds the
-            // pass for long.
-            let pending = self.store.pending_notices(2000, PER_LANE).await?;
-            if pending.is_empty() {
-                return Ok(report);
-            }
-            let now = self.clock.now();
-            // Lanes in order of their oldest notice.
-            let mut lanes: BTreeMap<(String, String), Vec<Pending>> = BTreeMap::new();
-            let mut order: Vec<(String, String)> = Vec::new();
-            for p in pending {
-                let key = (p.surface.clone(), p.lane.clone());
-                if !lanes.contains_key(&key) {
-                    order.push(key.clone());
-                }
-                lanes.entry(key).or_default().push(p);
-            }
-            let lanes: Vec<Vec<Pending>> =
-                order.into_iter().filter_map(|k| lanes.remove(&k)).collect();
-            let mut waiting: Option<Timestamp> = None;
-            let mut wait_until = |at: Timestamp| {
-                waiting = Some(waiting.map_or(at, |w: Timestamp| w.min(at)));
-            };
-            let mut runnable = Vec::new();
-            for lane in lanes {
-                match lane.first() {
-                    Some(head) if head.next_attempt_at > now => wait_until(head.next_attempt_at),
-                    Some(head) => match self.breakers.admit(&head.surface, now) {
-                        Admission::Go => runnable.push((lane, false)),
-                        Admission::Probe => runnable.push((lane, true)),
-                        Admission::Wait(until) => wait_until(until),
-                    },
-                    None => {}
+            if failed.is_some() {
+                ready.clear();
+                unread = false;
+                if running.is_empty() {
+                    if let Some(e) = failed {
+                        return Err(e);
+                    }
                 }
             }
-            if runnable.is_empty() {
-                report.next_retry = waiting;
-                return Ok(report);
+            let idle = running.is_empty() && ready.is_empty();
+            let room = running.len() < self.concurrency && ready.is_empty();
+            if failed.is_none() && (idle || (unread && room)) {
+                unread = false;
+                // Seen before reading, so a commit during the read is not missed.
+                queued.mark_unchanged();
+                let mut known = in_flight.clone();
+                known.extend(
+                    ready
+                        .iter()
+                        .filter_map(|(lane, _)| lane.first().map(lane_key)),
+                );
+                match self.runnable_lanes(&known).await {
+                    Ok(Lanes::Run(lanes)) => ready.extend(lanes),
+                    // Every lane that ran either made progress or now waits
+                    // for a retry in the future, so the pass ends here unless
+                    // new notices arrived.
+                    Ok(Lanes::Wait(until)) if idle => {
+                        report.next_retry = until;
+                        return Ok(report);
+                    }
+                    Ok(Lanes::Wait(_)) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        continue;
+                    }
+                }
             }
-            let results: Vec<Result<DeliveryReport, StoreError>> = stream::iter(runnable)
-                .map(|(lane, probe)| self.deliver_lane(lane, probe))
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
-            // Every lane that ran either made progress or now waits for a retry in
-            // the future, so the next pass ends unless new notices arrived.
-            for r in results {
-                let r = r?;
-                report.delivered += r.delivered;
-                report.retried += r.retried;
-                report.dead += r.dead;
+            while running.len() < self.concurrency {
+                let Some((lane, probe)) = ready.pop_front() else {
+                    break;
+                };
+                let Some(key) = lane.first().map(lane_key) else {
+                    continue;
+                };
+                // A full lane may hold more than was read of it.
+                let full = lane.len() >= PER_LANE as usize;
+                in_flight.insert(key.clone());
+                running.push(async move { (key, full, self.deliver_lane(lane, probe).await) });
+            }
+            tokio::select! {
+                Some((key, full, r)) = running.next() => {
+                    in_flight.remove(&key);
+                    match r {
+                        Ok(r) => {
+                            report.delivered += r.delivered;
+                            report.retried += r.retried;
+                            report.dead += r.dead;
+                            unread |= full && r.retried == 0;
+                        }
+                        Err(e) => failed = failed.or(Some(e)),
+                    }
+                }
+                changed = queued.changed(), if watching => {
+                    unread |= changed.is_ok();
+                    watching = changed.is_ok();
+                }
+                // Nothing under way (see above): read again.
+                else => unread = true,
             }
         }
+    }
+
+    /// Reads the outbox and answers the lanes, other than `known`, that may
+    /// go now (whether each is a probe), in order of their oldest notice; or,
+    /// when none may, when the first of them will be due.
+    async fn runnable_lanes(&self, known: &HashSet<LaneKey>) -> Result<Lanes, StoreError> {
+        // While every platform's breaker is open, the outbox is not even
+        // read: a platform that is down costs a check per pass, not a read
+        // of the backlog it leaves behind.
+        let now = self.clock.now();
+        if let Some(until) = self.breakers.all_waiting(self.surfaces.keys(), now) {
+            return Ok(Lanes::Wait(Some(until)));
+        }
+        // A few notices of each lane per read: a long lane (a paced audit
+        // channel with a backlog) neither hides the others nor holds them.
+        let pending = self.store.pending_notices(2000, PER_LANE).await?;
+        // Lanes in order of their oldest notice.
+        let mut lanes: HashMap<LaneKey, Vec<Pending>> = HashMap::new();
+        let mut order: Vec<LaneKey> = Vec::new();
+        for p in pending {
+            let key = lane_key(&p);
+            if known.contains(&key) {
+                continue;
+            }
+            if !lanes.contains_key(&key) {
+                order.push(key.clone());
+            }
+            lanes.entry(key).or_default().push(p);
+        }
+        let mut waiting: Option<Timestamp> = None;
+        let mut wait_until = |at: Timestamp| {
+            waiting = Some(waiting.map_or(at, |w: Timestamp| w.min(at)));
+        };
+        let mut runnable = Vec::new();
+        for lane in order.into_iter().filter_map(|k| lanes.remove(&k)) {
+            match lane.first() {
+                Some(head) if head.next_attempt_at > now => wait_until(head.next_attempt_at),
+                Some(head) => match self.breakers.admit(&head.surface, now) {
+                    Admission::Go => runnable.push((lane, false)),
+                    Admission::Probe => runnable.push((lane, true)),
+                    Admission::Wait(until) => wait_until(until),
+                },
+                None => {}
+            }
+        }
+        Ok(if runnable.is_empty() {
+            Lanes::Wait(waiting)
+        } else {
+            Lanes::Run(runnable)
+        })
     }
 
     /// Delivers a lane's notices in order; `probe` when it is the one lane

@@ -263,6 +263,17 @@ pub struct Slot {
 /// (a token's id, how many tokens a logout ended), in the same transaction.
 pub type Recording = Box<dyn FnOnce(i64) -> Effects + Send>;
 
+/// The token handed out for a confirmed sign-in, as the store keeps it: by
+/// its hash, with whom it belongs to and until when it works.
+#[derive(Clone)]
+pub struct IssuedToken {
+    /// The sign-in attempt it was handed out for.
+    pub login: LoginId,
+    pub hash: SecretHash,
+    pub owner: ChatIdentity,
+    pub expires_at: Timestamp,
+}
+
 /// A notice waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -405,6 +416,10 @@ pub trait Store: Send + Sync {
     /// Undelivered notices, oldest first: at most `per_lane` of each lane and
     /// `limit` in all, so that one long lane cannot hide the others.
     async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError>;
+    /// A counter that moves on after every commit that queued notices, so
+    /// that the dispatcher starts their lanes while others are still
+    /// sending. Closed when the store is.
+    fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64>;
     async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError>;
     async fn mark_retry(
         &self,
@@ -514,9 +529,6 @@ pub trait Store: Send + Sync {
     async fn logbook_head(&self) -> Result<Option<(u64, String)>, StoreError>;
     /// The stored hash (hex) of event `seq`, if it exists.
     async fn logbook_hash_at(&self, seq: u64) -> Result<Option<String>, StoreError>;
-    /// The request whose card is `message` in `channel` on `surface`, so a reply
-    /// typed in that card's thread acts on it. Without `channel`, `message`
-    /// alone must match (on surfaces whose message ids are unique everywhere).
     /// Records the delivery `key` at `now`: true the first time, false when
     /// it was recorded before (within a day). The record is committed before
     /// this answers, so a redelivery after a restart is recognised.
@@ -526,8 +538,12 @@ pub trait Store: Send + Sync {
     /// be accepted: true the first time, false when it was recorded before.
     /// Committed before this answers, so a replay after a restart is refused.
     async fn first_signed(&self, key: &str, until: Timestamp) -> Result<bool, StoreError>;
-    /// Deletes at most `limit` signed-request keys kept until before `now`.
+    /// Deletes at most `limit` keys (of signed requests and of deliveries)
+    /// kept until before `now`.
     async fn prune_signed(&self, now: Timestamp, limit: u64) -> Result<u64, StoreError>;
+    /// The request whose card is `message` in `channel` on `surface`, so a reply
+    /// typed in that card's thread acts on it. Without `channel`, `message`
+    /// alone must match (on surfaces whose message ids are unique everywhere).
     async fn request_for_message(
         &self,
         surface: &str,
@@ -564,15 +580,12 @@ pub trait Store: Send + Sync {
         fx: Effects,
         now: Timestamp,
     ) -> Result<bool, StoreError>;
-    /// Marks the confirmed attempt `id` collected and stores the hash of the
-    /// token handed out for it, with what `record` makes of the token's id,
+    /// Marks the confirmed attempt `issued.login` collected and stores the
+    /// hash of the token handed out for it, with what `record` makes of the token's id,
     /// in one transaction. `None` when it was not confirmed (collected already).
     async fn login_collect(
         &self,
-        id: &LoginId,
-        token: &SecretHash,
-        owner: &ChatIdentity,
-        expires_at: Timestamp,
+        issued: &IssuedToken,
         record: Recording,
         now: Timestamp,
     ) -> Result<Option<i64>, StoreError>;
@@ -582,11 +595,11 @@ pub trait Store: Send + Sync {
     /// so a terminal retrying with a dead token cannot flood the Logbook.
     async fn token_refused(&self, id: i64, fx: Effects, now: Timestamp) -> Result<(), StoreError>;
     /// Revokes the live tokens in `scope`, writing what `record` makes of
-    /// their number in the same transaction. Answers how many it revoked.
+    /// their number in the same transaction (who revoked them is said
+    /// there). Answers how many it revoked.
     async fn revoke_tokens(
         &self,
         scope: &LogoutScope,
-        by: &UserId,
         record: Recording,
         now: Timestamp,
     ) -> Result<u64, StoreError>;
@@ -601,13 +614,9 @@ pub trait Store: Send + Sync {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<PendingDeletion>, StoreError>;
-    /// Puts off a deletion that failed, counting an attempt.
-    async fn retry_password_message(
-        &self,
-        id: i64,
-        due: Timestamp,
-        error: &str,
-    ) -> Result<(), StoreError>;
+    /// Puts off a deletion that failed until `due`, counting an attempt (the
+    /// failure itself is logged, not kept).
+    async fn retry_password_message(&self, id: i64, due: Timestamp) -> Result<(), StoreError>;
     /// Forgets a deleted password message and writes `fx` (its Logbook event
     /// and notices) in the same transaction.
     async fn password_message_deleted(

@@ -32,7 +32,7 @@ use crate::domain::values::{InputError, RequestId, UserId};
 
 use super::effects::Effects;
 use super::engine::{Actor, AppError, Engine};
-use super::ports::StoreError;
+use super::ports::{IssuedToken, StoreError};
 
 /// Unknown codes one person may type per window before being told to wait.
 pub const GUESSES: (u32, Span) = (5, Span::from_minutes(10));
@@ -297,7 +297,16 @@ impl Engine {
                 });
                 let collected = self
                     .store
-                    .login_collect(&id, &token.hash(), &owner, expires_at, record, now)
+                    .login_collect(
+                        &IssuedToken {
+                            login: id.clone(),
+                            hash: token.hash(),
+                            owner: owner.clone(),
+                            expires_at,
+                        },
+                        record,
+                        now,
+                    )
                     .await?;
                 match collected {
                     Some(token_id) => {
@@ -436,10 +445,7 @@ impl Engine {
             fx.route(&surfaces, &origin);
             fx
         });
-        let n = self
-            .store
-            .revoke_tokens(&scope, &actor.person.id, record, now)
-            .await?;
+        let n = self.store.revoke_tokens(&scope, record, now).await?;
         self.wake.notify_waiters();
         Ok(n)
     }

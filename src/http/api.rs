@@ -164,8 +164,14 @@ pub fn routes(engine: Arc<Engine>) -> Router {
         .route(&p("/requests"), get(list).post(create))
         .route(&p("/requests/{id}"), get(show))
         .route(&p("/requests/{id}/extend"), post(extend))
-        .route(&p("/requests/{id}/complete"), post(complete))
-        .route(&p("/requests/{id}/cancel"), post(cancel))
+        .route(
+            &p("/requests/{id}/complete"),
+            post(|s: State<_>, h: HeaderMap, id: Path<_>| simply(s, h, id, Command::Complete)),
+        )
+        .route(
+            &p("/requests/{id}/cancel"),
+            post(|s: State<_>, h: HeaderMap, id: Path<_>| simply(s, h, id, Command::Cancel)),
+        )
         .route(&p("/requests/{id}/certificate"), post(certificate))
         .route(&p("/requests/{id}/credentials"), post(credentials))
         .fallback(not_found)
@@ -503,24 +509,16 @@ async fn extend(
     act(&engine, &session, id, Command::Extend(id, by)).await
 }
 
-async fn complete(
+/// `complete` and `cancel`: the commands that name the request and nothing else.
+async fn simply(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    command: fn(RequestId) -> Command,
 ) -> ApiResult<Json<RequestView>> {
     let session = session(&engine, &headers).await?;
     let id = request_id(&id)?;
-    act(&engine, &session, id, Command::Complete(id)).await
-}
-
-async fn cancel(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Json<RequestView>> {
-    let session = session(&engine, &headers).await?;
-    let id = request_id(&id)?;
-    act(&engine, &session, id, Command::Cancel(id)).await
+    act(&engine, &session, id, command(id)).await
 }
 
 async fn certificate(

@@ -72,168 +72,145 @@ struct Op {
 }
 
 const AUTH: &[&str] = &["401", "429", "503"];
+
+/// The answer of a call that acts on a request: the request and chat's answer.
+const ACTED: (&str, &str, Option<&str>) = (
+    "200",
+    "the request, with chat's answer in `message`",
+    Some("RequestView"),
+);
+
+/// Each operation is built from what most are (authenticated, without
+/// parameters or a body) and says only how it differs.
+impl Op {
+    const fn new(
+        method: &'static str,
+        path: &'static str,
+        id: &'static str,
+        summary: &'static str,
+    ) -> Op {
+        Op {
+            method,
+            path,
+            id,
+            summary,
+            authenticated: true,
+            request_id: false,
+            query_state: false,
+            query_instance: false,
+            body: None,
+            ok: ("200", "", None),
+            errors: AUTH,
+        }
+    }
+
+    /// Made without a token.
+    const fn public(self) -> Op {
+        Op {
+            authenticated: false,
+            ..self
+        }
+    }
+
+    /// On the request in the path (`{id}`).
+    const fn on_request(self) -> Op {
+        Op {
+            request_id: true,
+            ..self
+        }
+    }
+
+    /// With `?state=`.
+    const fn by_state(self) -> Op {
+        Op {
+            query_state: true,
+            ..self
+        }
+    }
+
+    /// With `?instance=`.
+    const fn for_instance(self) -> Op {
+        Op {
+            query_instance: true,
+            ..self
+        }
+    }
+
+    /// Taking a JSON body of this schema.
+    const fn taking(self, schema: &'static str) -> Op {
+        Op {
+            body: Some(schema),
+            ..self
+        }
+    }
+
+    /// Answering with this status, description and schema when it works.
+    const fn answers(self, ok: (&'static str, &'static str, Option<&'static str>)) -> Op {
+        Op { ok, ..self }
+    }
+
+    /// Answering these error statuses.
+    const fn failing(self, errors: &'static [&'static str]) -> Op {
+        Op { errors, ..self }
+    }
+}
 const REQUEST_ERRORS: &[&str] = &["400", "401", "403", "404", "409", "429", "503"];
 const BODY_ERRORS: &[&str] = &[
     "400", "401", "403", "404", "409", "413", "415", "429", "503",
 ];
 
 const OPERATIONS: &[Op] = &[
-    Op {
-        method: "post",
-        path: "/login",
-        id: "startLogin",
-        summary: "Start signing in: a one-time code to type in chat (`/passport login CODE`)",
-        authenticated: false,
-        request_id: false,
-        query_state: false,
-        query_instance: false,
-        body: Some("LoginStart"),
-        ok: ("201", "the sign-in started", Some("LoginStarted")),
-        errors: &["400", "413", "415", "429", "503"],
-    },
-    Op {
-        method: "post",
-        path: "/login/poll",
-        id: "pollLogin",
-        summary: "Whether the sign-in was confirmed in chat; the token, once",
-        authenticated: false,
-        request_id: false,
-        query_state: false,
-        query_instance: false,
-        body: Some("LoginPoll"),
-        ok: ("200", "pending, or confirmed with the token", Some("LoginStatus")),
-        errors: &["400", "404", "410", "413", "415", "503"],
-    },
-    Op {
-        method: "post",
-        path: "/logout",
-        id: "logout",
-        summary: "End the token this call is made with",
-        authenticated: true,
-        request_id: false,
-        query_state: false,
-        query_instance: false,
-        body: None,
-        ok: ("204", "the token no longer works", None),
-        errors: AUTH,
-    },
-    Op {
-        method: "get",
-        path: "/me",
-        id: "me",
-        summary: "Who the token belongs to",
-        authenticated: true,
-        request_id: false,
-        query_state: false,
-        query_instance: false,
-        body: None,
-        ok: ("200", "the caller", Some("Me")),
-        errors: AUTH,
-    },
-    Op {
-        method: "get",
-        path: "/requests",
-        id: "listRequests",
-        summary: "The caller's own requests, most recent first",
-        authenticated: true,
-        request_id: false,
-        query_state: true,
-        query_instance: false,
-        body: None,
-        ok: ("200", "the caller's requests", Some("RequestList")),
-        errors: &["400", "401", "429", "503"],
-    },
-    Op {
-        method: "post",
-        path: "/requests",
-        id: "createRequest",
-        summary: "Ask for access, as `/passport request` does: the same policy, checks and card for approvers",
-        authenticated: true,
-        request_id: false,
-        query_state: false,
-        query_instance: false,
-        body: Some("NewRequest"),
-        ok: ("201", "the request, with chat's answer in `message`", Some("RequestView")),
-        errors: &["400", "401", "403", "409", "413", "415", "429", "503"],
-    },
-    Op {
-        method: "get",
-        path: "/requests/{id}",
-        id: "showRequest",
-        summary: "One of the caller's requests",
-        authenticated: true,
-        request_id: true,
-        query_state: false,
-        query_instance: false,
-        body: None,
-        ok: ("200", "the request", Some("RequestView")),
-        errors: &["401", "404", "429", "503"],
-    },
-    Op {
-        method: "post",
-        path: "/requests/{id}/extend",
-        id: "extendRequest",
-        summary: "Add time to active access, up to the maximum",
-        authenticated: true,
-        request_id: true,
-        query_state: false,
-        query_instance: false,
-        body: Some("Extend"),
-        ok: ("200", "the request, with chat's answer in `message`", Some("RequestView")),
-        errors: BODY_ERRORS,
-    },
-    Op {
-        method: "post",
-        path: "/requests/{id}/complete",
-        id: "completeRequest",
-        summary: "Finish early: access is removed at once",
-        authenticated: true,
-        request_id: true,
-        query_state: false,
-        query_instance: false,
-        body: None,
-        ok: ("200", "the request, with chat's answer in `message`", Some("RequestView")),
-        errors: REQUEST_ERRORS,
-    },
-    Op {
-        method: "post",
-        path: "/requests/{id}/cancel",
-        id: "cancelRequest",
-        summary: "Withdraw a pending request",
-        authenticated: true,
-        request_id: true,
-        query_state: false,
-        query_instance: false,
-        body: None,
-        ok: ("200", "the request, with chat's answer in `message`", Some("RequestView")),
-        errors: REQUEST_ERRORS,
-    },
-    Op {
-        method: "post",
-        path: "/requests/{id}/certificate",
-        id: "issueCertificate",
-        summary: "An SSH certificate for a public key, valid until the access ends",
-        authenticated: true,
-        request_id: true,
-        query_state: false,
-        query_instance: false,
-        body: Some("CertificateRequest"),
-        ok: ("200", "the certificate", Some("CertificateIssued")),
-        errors: BODY_ERRORS,
-    },
-    Op {
-        method: "post",
-        path: "/requests/{id}/credentials",
-        id: "issueCredentials",
-        summary: "AWS credentials that open Session Manager sessions only to this request's instances (or the one named)",
-        authenticated: true,
-        request_id: true,
-        query_state: false,
-        query_instance: true,
-        body: None,
-        ok: ("200", "the credentials", Some("Credentials")),
-        errors: REQUEST_ERRORS,
-    },
+    Op::new("post", "/login", "startLogin", "Start signing in: a one-time code to type in chat (`/passport login CODE`)")
+        .public()
+        .taking("LoginStart")
+        .answers(("201", "the sign-in started", Some("LoginStarted")))
+        .failing(&["400", "413", "415", "429", "503"]),
+    Op::new("post", "/login/poll", "pollLogin", "Whether the sign-in was confirmed in chat; the token, once")
+        .public()
+        .taking("LoginPoll")
+        .answers(("200", "pending, or confirmed with the token", Some("LoginStatus")))
+        .failing(&["400", "404", "410", "413", "415", "503"]),
+    Op::new("post", "/logout", "logout", "End the token this call is made with")
+        .answers(("204", "the token no longer works", None))
+        .failing(AUTH),
+    Op::new("get", "/me", "me", "Who the token belongs to")
+        .answers(("200", "the caller", Some("Me")))
+        .failing(AUTH),
+    Op::new("get", "/requests", "listRequests", "The caller's own requests, most recent first")
+        .by_state()
+        .answers(("200", "the caller's requests", Some("RequestList")))
+        .failing(&["400", "401", "429", "503"]),
+    Op::new("post", "/requests", "createRequest", "Ask for access, as `/passport request` does: the same policy, checks and card for approvers")
+        .taking("NewRequest")
+        .answers(("201", "the request, with chat's answer in `message`", Some("RequestView")))
+        .failing(&["400", "401", "403", "409", "413", "415", "429", "503"]),
+    Op::new("get", "/requests/{id}", "showRequest", "One of the caller's requests")
+        .on_request()
+        .answers(("200", "the request", Some("RequestView")))
+        .failing(&["401", "404", "429", "503"]),
+    Op::new("post", "/requests/{id}/extend", "extendRequest", "Add time to active access, up to the maximum")
+        .on_request()
+        .taking("Extend")
+        .answers(ACTED)
+        .failing(BODY_ERRORS),
+    Op::new("post", "/requests/{id}/complete", "completeRequest", "Finish early: access is removed at once")
+        .on_request()
+        .answers(ACTED)
+        .failing(REQUEST_ERRORS),
+    Op::new("post", "/requests/{id}/cancel", "cancelRequest", "Withdraw a pending request")
+        .on_request()
+        .answers(ACTED)
+        .failing(REQUEST_ERRORS),
+    Op::new("post", "/requests/{id}/certificate", "issueCertificate", "An SSH certificate for a public key, valid until the access ends")
+        .on_request()
+        .taking("CertificateRequest")
+        .answers(("200", "the certificate", Some("CertificateIssued")))
+        .failing(BODY_ERRORS),
+    Op::new("post", "/requests/{id}/credentials", "issueCredentials", "AWS credentials that open Session Manager sessions only to this request's instances (or the one named)")
+        .on_request()
+        .for_instance()
+        .answers(("200", "the credentials", Some("Credentials")))
+        .failing(REQUEST_ERRORS),
 ];
 
 /// Where the answer of one operation leads: the sign-in's poll, and what

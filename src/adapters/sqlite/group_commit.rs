@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::app::ports::StoreError;
 use crate::domain::logbook::ChainKeys;
@@ -37,6 +37,16 @@ pub(crate) struct WriteConn {
     /// The connection's own `synchronous` level (1 NORMAL, 2 FULL, 3 EXTRA),
     /// which a group without synced jobs commits with.
     synchronous: i64,
+    /// Whether a write of the group being committed queued notices.
+    queued_notices: std::cell::Cell<bool>,
+}
+
+impl WriteConn {
+    /// Notes that this group queues notices: once it commits, the store's
+    /// `notices_queued` counter moves on.
+    pub(crate) fn queues_notices(&self) {
+        self.queued_notices.set(true);
+    }
 }
 
 impl std::ops::Deref for WriteConn {
@@ -123,11 +133,13 @@ fn closed() -> StoreError {
 impl Writer {
     /// Starts the writer thread on `conn`, which must be the only connection
     /// that writes to the database, and the checkpointing thread on
-    /// `checkpoints`. Writes append Logbook events with `keys`.
+    /// `checkpoints`. Writes append Logbook events with `keys`. `queued`
+    /// moves on after each commit of a group that queued notices.
     pub(super) fn start(
         conn: Connection,
         checkpoints: Connection,
         keys: ChainKeys,
+        queued: watch::Sender<u64>,
     ) -> Result<Self, StoreError> {
         // Each job's savepoint keeps the pages it changes for undo; in a
         // temporary file that would be a system call per page.
@@ -153,8 +165,9 @@ impl Writer {
                     conn,
                     keys,
                     synchronous,
+                    queued_notices: std::cell::Cell::new(false),
                 };
-                serve(conn, jobs, due, checkpointer)
+                serve(conn, jobs, due, checkpointer, queued)
             })
             .map_err(spawn_error)?;
         Ok(Self {
@@ -224,6 +237,7 @@ fn serve(
     mut queue: mpsc::UnboundedReceiver<Message>,
     checkpoint_due: std::sync::mpsc::SyncSender<()>,
     checkpointer: JoinHandle<()>,
+    queued: watch::Sender<u64>,
 ) {
     let mut group: Vec<Box<dyn Task>> = Vec::with_capacity(MAX_GROUP);
     let mut close = None;
@@ -244,6 +258,10 @@ fn serve(
         }
         if !group.is_empty() {
             let outcome = commit_group(&conn, &mut group);
+            // Before the answers, so that whoever hears of a commit can find its notices.
+            if conn.queued_notices.take() && outcome.is_ok() {
+                queued.send_modify(|n| *n = n.wrapping_add(1));
+            }
             for task in group.drain(..) {
                 task.answer(outcome.clone());
             }
@@ -339,8 +357,13 @@ mod tests {
         )
         .unwrap();
         conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
-        let writer =
-            Writer::start(conn, Connection::open(&path).unwrap(), ChainKeys::none()).unwrap();
+        let writer = Writer::start(
+            conn,
+            Connection::open(&path).unwrap(),
+            ChainKeys::none(),
+            watch::channel(0).0,
+        )
+        .unwrap();
         (writer, Connection::open(&path).unwrap())
     }
 

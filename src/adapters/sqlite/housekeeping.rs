@@ -49,11 +49,10 @@ pub(super) fn set_ssh_key(
     match key {
         Some(key) => {
             conn.prepare_cached(
-                "INSERT INTO ssh_keys (user, key, fingerprint, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (user) DO UPDATE SET key = excluded.key, fingerprint = excluded.fingerprint, \
-                 updated_at = excluded.updated_at",
+                "INSERT INTO ssh_keys (user, key) VALUES (?1, ?2) \
+                 ON CONFLICT (user) DO UPDATE SET key = excluded.key",
             )?
-            .execute(params![user.as_str(), key.as_str(), key.fingerprint(), now.as_millis()])?;
+            .execute(params![user.as_str(), key.as_str()])?;
         }
         None => {
             conn.prepare_cached("DELETE FROM ssh_keys WHERE user = ?1")?
@@ -63,20 +62,32 @@ pub(super) fn set_ssh_key(
     record(conn, fx, now)
 }
 
-pub(super) fn try_lease(
+/// Takes lease `name` for `holder` until `now + ttl`: without `from`, when
+/// it is free, expired or `holder`'s already (a renewal); with `from`, from
+/// that holder, expired or not. True when taken.
+pub(super) fn claim_lease(
     conn: &Connection,
     name: &str,
     holder: &str,
+    from: Option<&str>,
     now: Timestamp,
     ttl: Span,
 ) -> Result<bool, StoreError> {
-    let changed = conn
-        .prepare_cached(
-            "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
-        )?
-        .execute(params![name, holder, now.plus(ttl).as_millis(), now.as_millis()])?;
+    let until = now.plus(ttl).as_millis();
+    let changed = match from {
+        None => conn
+            .prepare_cached(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+            )?
+            .execute(params![name, holder, until, now.as_millis()])?,
+        Some(stale) => conn
+            .prepare_cached(
+                "UPDATE leases SET holder = ?2, expires_at = ?3 WHERE name = ?1 AND holder = ?4",
+            )?
+            .execute(params![name, holder, until, stale])?,
+    };
     Ok(changed > 0)
 }
 
@@ -91,22 +102,6 @@ pub(super) fn lease_holder(conn: &Connection, name: &str) -> Result<Option<Strin
         .prepare_cached("SELECT holder FROM leases WHERE name = ?1")?
         .query_row([name], |r| r.get(0))
         .optional()?)
-}
-
-pub(super) fn take_over_lease(
-    conn: &Connection,
-    name: &str,
-    stale: &str,
-    holder: &str,
-    now: Timestamp,
-    ttl: Span,
-) -> Result<bool, StoreError> {
-    let changed = conn
-        .prepare_cached(
-            "UPDATE leases SET holder = ?1, expires_at = ?2 WHERE name = ?3 AND holder = ?4",
-        )?
-        .execute(params![holder, now.plus(ttl).as_millis(), name, stale])?;
-    Ok(changed > 0)
 }
 
 pub(super) fn job_next_run(
@@ -214,20 +209,4 @@ pub(super) fn logbook_hash_at(conn: &Connection, seq: u64) -> Result<Option<Stri
         .query_row([seq as i64], |r| r.get(0))
         .optional()?;
     Ok(hash.map(hex::encode))
-}
-
-/// How long delivery keys are kept: far longer than any platform redelivers.
-const DELIVERIES_KEPT_MS: i64 = 24 * 3600 * 1000;
-
-pub(super) fn first_delivery(
-    conn: &Connection,
-    key: &str,
-    now: Timestamp,
-) -> Result<bool, StoreError> {
-    conn.prepare_cached("DELETE FROM deliveries WHERE seen_at < ?1")?
-        .execute([now.as_millis() - DELIVERIES_KEPT_MS])?;
-    let inserted = conn
-        .prepare_cached("INSERT OR IGNORE INTO deliveries (key, seen_at) VALUES (?1, ?2)")?
-        .execute(params![key, now.as_millis()])?;
-    Ok(inserted == 1)
 }

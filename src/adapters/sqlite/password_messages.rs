@@ -65,16 +65,11 @@ pub(super) fn due(
     Ok(out)
 }
 
-pub(super) fn retry(
-    conn: &Connection,
-    id: i64,
-    due: Timestamp,
-    error: &str,
-) -> Result<(), StoreError> {
+pub(super) fn retry(conn: &Connection, id: i64, due: Timestamp) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE password_messages SET due_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3",
+        "UPDATE password_messages SET due_at = ?1, attempts = attempts + 1 WHERE id = ?2",
     )?
-    .execute(params![due.as_millis(), error, id])?;
+    .execute(params![due.as_millis(), id])?;
     Ok(())
 }
 

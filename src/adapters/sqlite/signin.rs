@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::app::effects::Effects;
-use crate::app::ports::{Recording, StoreError};
+use crate::app::ports::{IssuedToken, Recording, StoreError};
 use crate::domain::signin::{
     ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
 };
@@ -140,13 +140,16 @@ pub(super) fn save(
 
 pub(super) fn collect(
     conn: &WriteConn,
-    id: &LoginId,
-    token: &SecretHash,
-    owner: &ChatIdentity,
-    expires_at: Timestamp,
+    issued: &IssuedToken,
     record: Recording,
     now: Timestamp,
 ) -> Result<Option<i64>, StoreError> {
+    let IssuedToken {
+        login: id,
+        hash: token,
+        owner,
+        expires_at,
+    } = issued;
     let changed = conn
         .prepare_cached(
             "UPDATE logins SET state = 'collected' WHERE id = ?1 AND state = 'confirmed'",
@@ -230,7 +233,6 @@ pub(super) fn refused(
 pub(super) fn revoke(
     conn: &WriteConn,
     scope: &LogoutScope,
-    by: &UserId,
     record: Recording,
     now: Timestamp,
 ) -> Result<u64, StoreError> {
@@ -238,16 +240,16 @@ pub(super) fn revoke(
     let n = match scope {
         LogoutScope::Token(id) => conn
             .prepare_cached(
-                "UPDATE api_tokens SET revoked_at = ?1, revoked_by = ?2 \
-                 WHERE id = ?3 AND revoked_at IS NULL AND expires_at > ?1",
+                "UPDATE api_tokens SET revoked_at = ?1 \
+                 WHERE id = ?2 AND revoked_at IS NULL AND expires_at > ?1",
             )?
-            .execute(params![now.as_millis(), by.as_str(), id])?,
+            .execute(params![now.as_millis(), id])?,
         LogoutScope::User(user) => conn
             .prepare_cached(
-                "UPDATE api_tokens SET revoked_at = ?1, revoked_by = ?2 \
-                 WHERE user_id = ?3 AND revoked_at IS NULL AND expires_at > ?1",
+                "UPDATE api_tokens SET revoked_at = ?1 \
+                 WHERE user_id = ?2 AND revoked_at IS NULL AND expires_at > ?1",
             )?
-            .execute(params![now.as_millis(), by.as_str(), user.as_str()])?,
+            .execute(params![now.as_millis(), user.as_str()])?,
     };
     let n = n as u64;
     housekeeping::record(conn, &record(n as i64), now)?;

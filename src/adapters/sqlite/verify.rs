@@ -29,9 +29,6 @@ use crate::domain::time::Timestamp;
 /// this many events later.
 const STOP_CHECK_EVERY: usize = 4096;
 
-/// What a part reads of each event: the event, then its stored hash.
-const COLUMNS: &str = "SELECT seq, at, actor, request, action, details, hash FROM logbook";
-
 /// Checks the chain of every event committed when it starts, on a
 /// connection from `open` per core, keyed links with `keys`.
 pub(super) fn verify<F>(open: F, keys: &ChainKeys) -> Result<Verification, StoreError>
@@ -217,15 +214,16 @@ fn check_part(
     end: i64,
     broken: &AtomicUsize,
 ) -> Result<Part, StoreError> {
+    let columns = format!("SELECT {}, hash FROM logbook", super::LOG_EVENT_COLUMNS);
     let mut stmt;
     let mut rows = match start.seq {
         None => {
-            stmt = conn.prepare(&format!("{COLUMNS} WHERE seq <= ?1 ORDER BY seq"))?;
+            stmt = conn.prepare(&format!("{columns} WHERE seq <= ?1 ORDER BY seq"))?;
             stmt.query([end])?
         }
         Some(after) => {
             stmt = conn.prepare(&format!(
-                "{COLUMNS} WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
+                "{columns} WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
             ))?;
             stmt.query([after, end])?
         }
@@ -238,7 +236,8 @@ fn check_part(
         if read.is_multiple_of(STOP_CHECK_EVERY) && broken.load(Ordering::Relaxed) < index {
             return Ok(Part::Stopped);
         }
-        let event = event_of(row)?;
+        // The hash follows the event's columns.
+        let event = super::log_event(row)?;
         let stored = row.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
         let linking = match &mode {
             Mode::Plain => Some(Linking::Plain),
@@ -282,18 +281,6 @@ fn check_part(
     })
 }
 
-/// The event in a row whose first columns are those of [`COLUMNS`].
-pub(super) fn event_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogEvent> {
-    Ok(LogEvent {
-        seq: row.get::<_, i64>(0)? as u64,
-        at: Timestamp::from_millis(row.get(1)?),
-        actor: row.get(2)?,
-        request: row.get(3)?,
-        action: row.get(4)?,
-        details: row.get(5)?,
-    })
-}
-
 /// Recomputes every stored hash as the plain SHA-256 chain over the events as
 /// they stand, as someone with write access to the database but without the
 /// Logbook's key would after rewriting events. Tests use it to show what a
@@ -301,8 +288,11 @@ pub(super) fn event_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogEvent> {
 #[doc(hidden)]
 pub fn rehash_plainly(conn: &Connection) -> rusqlite::Result<()> {
     let events: Vec<LogEvent> = {
-        let mut stmt = conn.prepare(&format!("{COLUMNS} ORDER BY seq"))?;
-        let rows = stmt.query_map([], event_of)?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM logbook ORDER BY seq",
+            super::LOG_EVENT_COLUMNS
+        ))?;
+        let rows = stmt.query_map([], super::log_event)?;
         rows.collect::<Result<_, _>>()?
     };
     let mut prev = GENESIS;
