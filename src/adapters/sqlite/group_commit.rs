@@ -523,8 +523,13 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")
             .unwrap();
-        let writer =
-            Writer::start(conn, Connection::open(&path).unwrap(), ChainKeys::none()).unwrap();
+        let writer = Writer::start(
+            conn,
+            Connection::open(&path).unwrap(),
+            ChainKeys::none(),
+            watch::channel(0).0,
+        )
+        .unwrap();
         let level = |conn: &WriteConn| -> Result<i64, StoreError> {
             Ok(conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?)
         };
