@@ -909,6 +909,7 @@ async fn assume_role_asks_for_the_role_duration_identity_tags_and_exact_policy()
     // The credentials work, and are the role session whose sessions
     // `end_sessions` recognises as this request's.
     let assumed = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(passport::adapters::aws::sdk::https_client())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(&moto.url)
         .credentials_provider(Credentials::new(
