@@ -892,13 +892,17 @@ async fn run_until_quiet(app: &TestApp) {
     panic!("timers kept coming");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_grant_holds_up_no_other_requests_expiry_or_removal() {
-    let (app, _dir) = TestApp::spawn().await;
-    let early = app.active_request("1h").await;
+/// A dev request that approves itself, whose grant hangs at a gate as a stuck
+/// SSM job would: the gate, the request, and the pass that waits on it.
+async fn hanging_grant(
+    app: &TestApp,
+) -> (
+    Arc<tokio::sync::Semaphore>,
+    passport::domain::values::RequestId,
+    tokio::task::JoinHandle<usize>,
+) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     *app.provisioner.grant_gate.lock().unwrap() = Some(gate.clone());
-    // A dev request approves itself; its grant hangs as a stuck SSM job would.
     let reply = app
         .engine
         .handle_line(
@@ -908,10 +912,17 @@ async fn a_hanging_grant_holds_up_no_other_requests_expiry_or_removal() {
         )
         .await;
     assert!(reply.ok, "{}", reply.text);
-    let slow = reply.request.unwrap();
     let engine = app.engine.clone();
     let hanging = tokio::spawn(async move { engine.run_due().await.unwrap() });
-    until_grants_wait(&app, 1).await;
+    until_grants_wait(app, 1).await;
+    (gate, reply.request.unwrap(), hanging)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_grant_holds_up_no_other_requests_expiry_or_removal() {
+    let (app, _dir) = TestApp::spawn().await;
+    let early = app.active_request("1h").await;
+    let (gate, slow, hanging) = hanging_grant(&app).await;
 
     // The first request's time runs out while that grant still hangs.
     app.clock.advance(mins(61));
@@ -931,20 +942,7 @@ async fn a_hanging_grant_holds_up_no_other_requests_expiry_or_removal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_waits_for_the_grant_it_undoes() {
     let (app, _dir) = TestApp::spawn().await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    *app.provisioner.grant_gate.lock().unwrap() = Some(gate.clone());
-    let reply = app
-        .engine
-        .handle_line(
-            &TestApp::actor("dev1"),
-            &format!("request {DEV} 2h ticket#2 slow"),
-            None,
-        )
-        .await;
-    let id = reply.request.unwrap();
-    let engine = app.engine.clone();
-    let hanging = tokio::spawn(async move { engine.run_due().await.unwrap() });
-    until_grants_wait(&app, 1).await;
+    let (gate, id, hanging) = hanging_grant(&app).await;
 
     // Revoked while the user is being created: the removal must not overtake
     // the grant, or the grant would leave the user behind.

@@ -357,14 +357,18 @@ mod tests {
         )
         .unwrap();
         conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
-        let writer = Writer::start(
+        (start(conn, &path), Connection::open(&path).unwrap())
+    }
+
+    /// A writer on `conn`, with its checkpoints on another connection to `path`.
+    fn start(conn: Connection, path: &std::path::Path) -> Writer {
+        Writer::start(
             conn,
-            Connection::open(&path).unwrap(),
+            Connection::open(path).unwrap(),
             ChainKeys::none(),
             watch::channel(0).0,
         )
-        .unwrap();
-        (writer, Connection::open(&path).unwrap())
+        .unwrap()
     }
 
     fn items(conn: &Connection) -> Vec<String> {
@@ -523,13 +527,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")
             .unwrap();
-        let writer = Writer::start(
-            conn,
-            Connection::open(&path).unwrap(),
-            ChainKeys::none(),
-            watch::channel(0).0,
-        )
-        .unwrap();
+        let writer = start(conn, &path);
         let level = |conn: &WriteConn| -> Result<i64, StoreError> {
             Ok(conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?)
         };
