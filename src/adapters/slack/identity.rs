@@ -39,9 +39,10 @@ struct Shared {
 struct Health {
     /// Until when `users.info` is not asked (it failed): the fallback serves.
     failing_until: Option<Instant>,
-    /// A look-up outlived [`HANDLE_WAIT`] and has not answered yet: Slack is
-    /// slow. It goes on as the one probe; nobody else asks until it answers.
-    probing: bool,
+    /// Look-ups that outlived [`HANDLE_WAIT`] and have not answered yet:
+    /// while there is one, Slack is slow. They go on as probes; nobody else
+    /// asks until the last of them answers.
+    slow: usize,
 }
 
 /// How long a handle is kept: names rarely change, and the request keeps the
@@ -74,9 +75,9 @@ impl People {
     /// `fallback` (a name from the payload) or the id itself serves as handle.
     ///
     /// Bounded work while Slack is unwell: after a failure nobody asks for
-    /// [`NEGATIVE_TTL`]; after a look-up outlives [`HANDLE_WAIT`], it goes on
-    /// as the only one in flight (a probe) and everyone else gets the fallback
-    /// at once until it answers.
+    /// [`NEGATIVE_TTL`]; once a look-up outlives [`HANDLE_WAIT`], the ones in
+    /// flight go on as probes and everyone else gets the fallback at once
+    /// until the last of them answers.
     pub async fn person(&self, id: &UserId, fallback: Option<&str>) -> Person {
         let handle = match self.handle(id).await {
             Some(handle) => handle,
@@ -96,7 +97,7 @@ impl People {
         }
         {
             let health = shared.health.lock().unwrap_or_else(|e| e.into_inner());
-            if health.probing || health.failing_until.is_some_and(|until| until > now) {
+            if health.slow > 0 || health.failing_until.is_some_and(|until| until > now) {
                 return None;
             }
         }
@@ -110,7 +111,8 @@ impl People {
             Err(_) => {
                 let first = {
                     let mut health = shared.health.lock().unwrap_or_else(|e| e.into_inner());
-                    !std::mem::replace(&mut health.probing, true)
+                    health.slow += 1;
+                    health.slow == 1
                 };
                 if first {
                     tracing::warn!(
@@ -121,11 +123,7 @@ impl People {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let _ = lookup.await;
-                    shared
-                        .health
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .probing = false;
+                    shared.health.lock().unwrap_or_else(|e| e.into_inner()).slow -= 1;
                 });
                 None
             }
