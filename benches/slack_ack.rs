@@ -8,9 +8,11 @@
 //! for Slack's Web API, which it asks only for the requester's name (once,
 //! then cached). Every request is committed before it is answered; at the end
 //! the number of stored requests is checked against the answers. Each rate is
-//! preceded by 3 unmeasured seconds at that rate, so that the generator has
-//! opened its connections before the measured run (`PASSPORT_BENCH_TIMELINE=1`
-//! prints p99 and max per second of the run).
+//! preceded by 3 unmeasured seconds at that rate (`PASSPORT_BENCH_TIMELINE=1`
+//! prints p99 and max per second of the run). The generator sends over a
+//! fixed set of keep-alive connections (`PASSPORT_BENCH_CONNECTIONS`, default
+//! 256), as a load balancer in front of Passport would; a request waits for a
+//! free one, and its latency counts from the moment it was due.
 //!
 //! Settings: `PASSPORT_BENCH_RATES` (default `500,2000,10000` requests per
 //! second), `PASSPORT_BENCH_SECS` (default 10 per rate; the figure for
@@ -224,7 +226,7 @@ fn command_text(n: u64) -> String {
     }
 }
 
-fn signed_request(base: &str) -> axum::http::Request<Full<Bytes>> {
+fn signed_request(host: &str) -> axum::http::Request<Full<Bytes>> {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let body = serde_urlencoded::to_string([
         ("team_id", "T0BENCH"),
@@ -242,7 +244,8 @@ fn signed_request(base: &str) -> axum::http::Request<Full<Bytes>> {
     ])
     .unwrap();
     let ts = (SystemClock.now().as_millis() / 1000).to_string();
-    axum::http::Request::post(format!("{base}/slack/commands"))
+    axum::http::Request::post("/slack/commands")
+        .header("host", host)
         .header("content-type", "application/x-www-form-urlencoded")
         .header("x-slack-request-timestamp", &ts)
         .header(
@@ -255,48 +258,58 @@ fn signed_request(base: &str) -> axum::http::Request<Full<Bytes>> {
 
 struct Outcome {
     latencies: Vec<Duration>,
-    /// When each request was sent, from the start of the run.
+    /// When each request was due, from the start of the run.
     sent_at: Vec<Duration>,
     errors: u64,
     acknowledged: u64,
 }
 
+/// Connections the generator keeps open and sends over
+/// (`PASSPORT_BENCH_CONNECTIONS`, default 256), as a load balancer in front
+/// of Passport keeps its own. With a fixed set, the run measures Passport
+/// rather than the kernel's search for a free port when a growing client
+/// opens new connections under load.
+fn connections() -> usize {
+    env_or("PASSPORT_BENCH_CONNECTIONS", "256").parse().unwrap()
+}
+
+/// A request due at `due` (and `offset` after the run's start).
+struct Due {
+    due: Instant,
+    offset: Duration,
+    request: axum::http::Request<Full<Bytes>>,
+}
+
+type Sent = (Duration, bool, Duration);
+
 async fn load(base: String, rate: u64, secs: u64) -> Outcome {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(4096)
-        .build_http();
+    let host = base.trim_start_matches("http://").to_owned();
     let total = rate * secs;
+    // Requests queue for the next free connection; results come back over a
+    // channel, so the generator's own memory stays small.
+    let (queue, waiting) = tokio::sync::mpsc::unbounded_channel::<Due>();
+    let waiting = Arc::new(tokio::sync::Mutex::new(waiting));
+    let (results, mut received) = tokio::sync::mpsc::unbounded_channel::<Sent>();
+    let senders: Vec<_> = (0..connections())
+        .map(|_| tokio::spawn(sender(host.clone(), waiting.clone(), results.clone())))
+        .collect();
+    drop(results);
     let start = tokio::time::Instant::now();
-    // Results come back over a channel, so a finished request's task is freed
-    // at once and the generator's own memory stays small.
-    let (results, mut received) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..total {
-        // Open loop: request i goes out at its time, answered or not.
-        tokio::time::sleep_until(start + Duration::from_nanos(i * 1_000_000_000 / rate)).await;
-        let req = signed_request(&base);
-        let client = client.clone();
-        let results = results.clone();
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let offset = sent.duration_since(start.into_std());
-            let res = client.request(req).await;
-            let ok = match res {
-                Ok(res) if res.status() == 200 => {
-                    let body = res.into_body().collect().await.map(|b| b.to_bytes());
-                    let ok = matches!(&body, Ok(b) if help_only() || String::from_utf8_lossy(b).contains("AR-"));
-                    if !ok && !REPORTED.swap(true, Ordering::Relaxed) {
-                        if let Ok(b) = &body {
-                            eprintln!("first failed answer: {}", String::from_utf8_lossy(b));
-                        }
-                    }
-                    ok
-                }
-                _ => false,
-            };
-            let _ = results.send((sent.elapsed(), ok, offset));
+        // Open loop: request i is due at its time, answered or not, and its
+        // latency counts from then, so time spent waiting for a connection
+        // is measured too.
+        let offset = Duration::from_nanos(i * 1_000_000_000 / rate);
+        tokio::time::sleep_until(start + offset).await;
+        let request = signed_request(&host);
+        let due = (start + offset).into_std();
+        let _ = queue.send(Due {
+            due,
+            offset,
+            request,
         });
     }
-    drop(results);
+    drop(queue);
     let mut latencies = Vec::with_capacity(total as usize);
     let mut sent_at = Vec::with_capacity(total as usize);
     let (mut errors, mut acknowledged) = (0, 0);
@@ -309,11 +322,79 @@ async fn load(base: String, rate: u64, secs: u64) -> Outcome {
             errors += 1;
         }
     }
+    for s in senders {
+        let _ = s.await;
+    }
     Outcome {
         latencies,
         sent_at,
         errors,
         acknowledged,
+    }
+}
+
+/// One connection of the generator: sends the requests it takes from
+/// `waiting` one after another, and opens the connection again when the
+/// server closed it.
+async fn sender(
+    host: String,
+    waiting: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Due>>>,
+    results: tokio::sync::mpsc::UnboundedSender<Sent>,
+) {
+    let mut conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+    loop {
+        let next = waiting.lock().await.recv().await;
+        let Some(Due {
+            due,
+            offset,
+            request,
+        }) = next
+        else {
+            return;
+        };
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            conn = connect(&host).await;
+        }
+        let ok = match conn.as_mut() {
+            Some(c) => answered(c, request).await,
+            None => false,
+        };
+        let _ = results.send((due.elapsed(), ok, offset));
+    }
+}
+
+async fn connect(host: &str) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(send)
+}
+
+/// Sends `request` and reads its answer: whether it is a 200 that
+/// acknowledges a request (or, for `help`, any 200).
+async fn answered(
+    conn: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    request: axum::http::Request<Full<Bytes>>,
+) -> bool {
+    if conn.ready().await.is_err() {
+        return false;
+    }
+    match conn.send_request(request).await {
+        Ok(res) if res.status() == 200 => {
+            let body = res.into_body().collect().await.map(|b| b.to_bytes());
+            let ok =
+                matches!(&body, Ok(b) if help_only() || String::from_utf8_lossy(b).contains("AR-"));
+            if !ok && !REPORTED.swap(true, Ordering::Relaxed) {
+                if let Ok(b) = &body {
+                    eprintln!("first failed answer: {}", String::from_utf8_lossy(b));
+                }
+            }
+            ok
+        }
+        _ => false,
     }
 }
 
@@ -421,8 +502,7 @@ fn pass(
         let base = server.base.clone();
         let scraper = scrape.map(|every| client_rt.spawn(scrape_metrics(base.clone(), every)));
         // Warm up, unmeasured: the first request fetches the requester's
-        // name; then 3 s at the rate, so that the generator has opened the
-        // connections it needs before the measured run starts.
+        // name; then 3 s at the rate.
         client_rt.block_on(load(base.clone(), 50, 1));
         let warm_up = client_rt.block_on(load(base.clone(), rate, WARM_UP_SECS));
         let outcome = client_rt.block_on(load(base, rate, secs));
