@@ -1720,6 +1720,26 @@ async fn a_signed_command_or_click_replayed_after_a_restart_is_refused() {
     );
 }
 
+/// A new request records its replay key in the transaction that creates it;
+/// one refused before any commit has the key recorded before it is answered,
+/// so its replay gets no answer either.
+#[tokio::test]
+async fn a_refused_request_replayed_after_a_restart_gets_no_answer() {
+    let app = spawn_app_configured(|c| c.policy.rules[0].max_duration = Some("4h".into())).await;
+    let command = app.command_body(DEV, &format!("request {PROD} 5h ticket#1 x"));
+    let headers = app.signed(&command);
+    let answer = app.post("/slack/commands", FORM, &command, &headers).await;
+    assert!(answer.text().contains("at most 4h"), "{}", answer.body);
+    let app = app.restart().await;
+    let answer = app.post("/slack/commands", FORM, &command, &headers).await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.is_empty(),
+        "a replay gets no answer: {}",
+        answer.body
+    );
+}
+
 #[tokio::test]
 async fn the_expiry_warning_offers_extend_buttons_that_work_from_the_direct_message() {
     let app = spawn_app().await;

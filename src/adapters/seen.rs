@@ -16,28 +16,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::app::ports::{Store, StoreError};
-use crate::domain::time::{Span, Timestamp};
-
 /// How long deliveries are remembered at least: a signed request is accepted
 /// while its timestamp is within 5 minutes of now, so it may arrive over a
 /// span of 10 minutes.
 pub const DEDUPE_TTL: Duration = Duration::from_secs(10 * 60);
 
 const SHARDS: usize = 64;
-
-/// Whether the signed request `key` is new to the database as well, which
-/// remembers it past a restart until its signature window has closed
-/// ([`DEDUPE_TTL`] after `now`). The in-memory [`Seen`] answers repeats
-/// cheaply first; this is asked before anything acts.
-pub async fn first_in_store(
-    store: &dyn Store,
-    key: &str,
-    now: Timestamp,
-) -> Result<bool, StoreError> {
-    let kept = Span::from_millis(DEDUPE_TTL.as_millis() as i64);
-    store.first_signed(key, now.plus(kept)).await
-}
 
 struct Shard {
     current: HashSet<u128>,

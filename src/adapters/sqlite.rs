@@ -372,17 +372,8 @@ impl SqliteStore {
         expired_before: Timestamp,
     ) -> Result<bool, StoreError> {
         let key = key.to_owned();
-        self.write(move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "INSERT INTO seen_keys (key, expires_at) VALUES (?1, ?2) \
-                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-                     WHERE seen_keys.expires_at < ?3",
-                )?
-                .execute(params![key, until.as_millis(), expired_before.as_millis()])?;
-            Ok(changed == 1)
-        })
-        .await
+        self.write(move |conn| remember_key(conn, &key, until, expired_before))
+            .await
     }
 
     /// Runs `write` through the one writer (see [`group_commit`]) and
@@ -409,6 +400,40 @@ impl SqliteStore {
 
 // ---------------------------------------------------------------------------
 // Writing, on the writer thread, inside a savepoint of the group's transaction
+
+/// Keeps `key` until `until` (`seen_keys`), in the caller's transaction:
+/// true the first time, and when it was kept only until before
+/// `expired_before`; false otherwise.
+fn remember_key(
+    conn: &Connection,
+    key: &str,
+    until: Timestamp,
+    expired_before: Timestamp,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO seen_keys (key, expires_at) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE seen_keys.expires_at < ?3",
+        )?
+        .execute(params![key, until.as_millis(), expired_before.as_millis()])?;
+    Ok(changed == 1)
+}
+
+/// Keeps the replay key of the signed chat request behind `fx`, if any; one
+/// seen before fails the change with [`StoreError::Replayed`], so that its job
+/// rolls back to its savepoint and nothing of it is written.
+fn keep_signed(conn: &Connection, fx: &Effects) -> Result<(), StoreError> {
+    let Some(signed) = &fx.signed else {
+        return Ok(());
+    };
+    let never = Timestamp::from_millis(i64::MIN);
+    if remember_key(conn, &signed.key, signed.until, never)? {
+        Ok(())
+    } else {
+        Err(StoreError::Replayed)
+    }
+}
 
 /// What became of an update.
 enum Updated {
@@ -534,6 +559,7 @@ fn write_effects(
     at: Timestamp,
 ) -> Result<(), StoreError> {
     let rid = id_of(request);
+    keep_signed(conn, fx)?;
     if !fx.events.is_empty() {
         append_events(conn, &fx.events)?;
     }
@@ -1548,6 +1574,49 @@ mod tests {
         assert!(store.first_signed("slack:trigger:T1", until).await.unwrap());
         let again = until.plus(Span::from_minutes(10));
         assert!(!store.first_signed("slack:trigger:T1", again).await.unwrap());
+    }
+
+    /// A change asked for by a signed chat request records the request's
+    /// replay key in its own transaction: the same key again fails the whole
+    /// change, and nothing of it is written.
+    #[tokio::test]
+    async fn a_change_from_a_signed_request_seen_before_writes_nothing() {
+        let (_dir, store) = store().await;
+        let now = Timestamp::from_millis(1_000_000_000);
+        let signed = crate::app::effects::Signed {
+            key: "slack:trigger:T7".into(),
+            until: now.plus(Span::from_minutes(10)),
+        };
+        let change = || {
+            let mut fx = Effects {
+                signed: Some(signed.clone()),
+                ..Effects::default()
+            };
+            fx.log(
+                now,
+                "U1",
+                None,
+                "noted",
+                "noted".into(),
+                serde_json::json!({}),
+            );
+            fx
+        };
+        store.record(change(), now).await.unwrap();
+        let head = store.logbook_head().await.unwrap();
+        assert!(matches!(
+            store.record(change(), now).await,
+            Err(StoreError::Replayed)
+        ));
+        assert_eq!(
+            store.logbook_head().await.unwrap(),
+            head,
+            "the replay wrote an event"
+        );
+        assert!(
+            !store.first_signed(&signed.key, signed.until).await.unwrap(),
+            "the key was recorded with the first change"
+        );
     }
 
     /// The per-person cap is counted at every creation: the count must go

@@ -95,6 +95,18 @@ pub struct Effects {
     pub cancel_expiry: bool,
     /// The answer for the person who acted.
     pub reply: String,
+    /// The signed chat request that asked for the change: its replay key is
+    /// recorded with the change, and a key seen before fails the whole
+    /// change with `StoreError::Replayed`.
+    pub signed: Option<Signed>,
+}
+
+/// A signed chat request's replay key (`slack:trigger:…`), remembered until
+/// its signature window has closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub key: String,
+    pub until: Timestamp,
 }
 
 impl Effects {

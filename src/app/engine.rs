@@ -25,7 +25,7 @@ use crate::domain::values::{
     GrantDuration, InputError, InstanceId, Person, Reason, RequestId, SshPublicKey, UserId,
 };
 
-use super::effects::{Effects, TimerKind};
+use super::effects::{Effects, Signed, TimerKind};
 use super::messages;
 use super::ports::{
     CertificateSigner, CheckpointSink, Clock, Described, Directory, Mutation, ProvisionError,
@@ -83,6 +83,18 @@ impl Default for EngineSettings {
 pub struct Actor {
     pub person: Person,
     pub surface: String,
+}
+
+/// The reply to a command's result; `id` is the request the command named.
+fn reply_of(result: Result<(String, Option<RequestId>), AppError>, id: Option<RequestId>) -> Reply {
+    match result {
+        Ok((text, request)) => Reply::ok(text, request.or(id)),
+        Err(AppError::Store(e)) => {
+            tracing::error!(error = %e, "store failure while handling a command");
+            Reply::error(STORE_FAILED.into(), id)
+        }
+        Err(e) => Reply::error(e.to_string(), id),
+    }
 }
 
 /// Who acts and when, resolved once at the start of a use case that decides
@@ -477,13 +489,49 @@ impl Engine {
 
     pub async fn handle(&self, actor: &Actor, command: Command) -> Reply {
         let id = command.request_id();
-        match self.execute(actor, command).await {
-            Ok((text, request)) => Reply::ok(text, request.or(id)),
-            Err(AppError::Store(e)) => {
-                tracing::error!(error = %e, "store failure while handling a command");
-                Reply::error(STORE_FAILED.into(), id)
+        reply_of(self.execute(actor, command).await, id)
+    }
+
+    /// Runs `line` from a signed chat request whose replay key the store has
+    /// not been asked about: `Ok(None)` when it saw the request before, and
+    /// nothing acted. A new access request records the key in the
+    /// transaction that creates it (one commit, where asking first would
+    /// take two); any other line has its key recorded before it runs. An
+    /// answer only ever goes out once the key is known to be new.
+    pub async fn handle_signed(
+        &self,
+        actor: &Actor,
+        line: &str,
+        thread: Option<RequestId>,
+        signed: Signed,
+    ) -> Result<Option<Reply>, StoreError> {
+        let first = |signed: Signed| async move {
+            self.store.first_signed(&signed.key, signed.until).await
+        };
+        match self.grammar.parse_in_context(line, thread) {
+            Ok(command @ Command::Request(_)) => {
+                match self
+                    .execute_signed(actor, command, Some(signed.clone()))
+                    .await
+                {
+                    Err(AppError::Store(StoreError::Replayed)) => Ok(None),
+                    // Committed with its key.
+                    Ok(done) => Ok(Some(reply_of(Ok(done), None))),
+                    // Refused or failed before its commit: the answer says
+                    // what is wrong, but only to the request's first delivery.
+                    Err(e) if first(signed).await? => Ok(Some(reply_of(Err(e), None))),
+                    Err(_) => Ok(None),
+                }
             }
-            Err(e) => Reply::error(e.to_string(), id),
+            parsed => {
+                if !first(signed).await? {
+                    return Ok(None);
+                }
+                Ok(Some(match parsed {
+                    Ok(command) => self.handle(actor, command).await,
+                    Err(e) => Reply::error(e.0, thread),
+                }))
+            }
         }
     }
 
@@ -494,6 +542,17 @@ impl Engine {
         &self,
         actor: &Actor,
         command: Command,
+    ) -> Result<(String, Option<RequestId>), AppError> {
+        self.execute_signed(actor, command, None).await
+    }
+
+    /// [`Engine::execute`], for a new access request asked for by the signed
+    /// chat request `signed`, whose replay key the creation records.
+    async fn execute_signed(
+        &self,
+        actor: &Actor,
+        command: Command,
+        signed: Option<Signed>,
     ) -> Result<(String, Option<RequestId>), AppError> {
         // Only a command that may have committed something gives the
         // scheduler new work (timers, notices) to look at.
@@ -509,7 +568,7 @@ impl Engine {
             self.count_command(&actor.person.id, self.clock.now())?;
         }
         let result = match command {
-            Command::Request(spec) => self.request(actor, spec).await,
+            Command::Request(spec) => self.request(actor, spec, signed).await,
             Command::Approve(id) => self.approve(actor, id, None).await,
             Command::ApproveShown(id, shown) => self.approve(actor, id, Some(shown)).await,
             Command::Deny(id, reason) => self.deny(actor, id, reason, None).await,
@@ -606,7 +665,7 @@ impl Engine {
     // -----------------------------------------------------------------------
     // request
 
-    async fn request(&self, actor: &Actor, spec: RequestSpec) -> Answer {
+    async fn request(&self, actor: &Actor, spec: RequestSpec, signed: Option<Signed>) -> Answer {
         let caller = self.caller(actor).await;
         if !self.policy.may_request(&caller.who) {
             return Err(RefusalKind::NotAllowed(
@@ -687,7 +746,7 @@ impl Engine {
                     approval_window,
                     now,
                 });
-                let mut fx = Effects::default();
+                let mut fx = Effects { signed, ..Effects::default() };
                 let names: Vec<String> = req.instances.iter().map(|i| messages::instance_label(&req, &i.id)).collect();
                 fx.log(
                     now,

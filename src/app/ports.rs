@@ -238,6 +238,10 @@ pub enum StoreError {
     /// a different one): the text says which and what to set.
     #[error("{0}")]
     LogbookKey(String),
+    /// The signed chat request behind a change was seen before (a replay):
+    /// nothing of the change was written.
+    #[error("this signed request was seen before, so it is not acted on again")]
+    Replayed,
 }
 
 /// Changes a request inside the store's transaction. Returning a refusal rolls

@@ -3,7 +3,8 @@
 //!
 //! - Repeated deliveries are recognised in memory ([`InboundCore::first_delivery`])
 //!   and, before anything acts, in the database, which remembers past a
-//!   restart ([`InboundCore::first_signed`]).
+//!   restart ([`InboundCore::first_signed`]; a new access request records its
+//!   key in the transaction that creates it, [`InboundCore::run_signed`]).
 //! - The line runs as the person who typed it, within the request whose card
 //!   or thread it came from ([`InboundCore::run`], [`InboundCore::request_of`]).
 //! - The answer waits for the work at most the adapter's deadline
@@ -24,9 +25,11 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use crate::adapters::chat_retry::{self, Peer};
-use crate::adapters::seen::{first_in_store, Seen};
+use crate::adapters::seen::{Seen, DEDUPE_TTL};
+use crate::app::effects::Signed;
 use crate::app::engine::{Actor, Engine, Reply, STORE_FAILED};
-use crate::app::ports::ChatError;
+use crate::app::ports::{ChatError, StoreError};
+use crate::domain::time::Span;
 use crate::domain::values::{Person, RequestId, UserId};
 
 /// How a platform's answers read, and what it is called.
@@ -105,14 +108,34 @@ impl InboundCore {
     /// `Err` is the answer to give when the database cannot say, since acting
     /// then could act twice.
     pub async fn first_signed(&self, kind: &str, key: Option<&str>) -> Result<bool, String> {
-        let Some(k) = key.filter(|k| !k.is_empty()) else {
+        let Some(signed) = self.signed(kind, key) else {
             return Ok(true);
         };
-        let (platform, key) = (
-            self.voice.platform,
-            format!("{}:{kind}:{k}", self.voice.surface),
-        );
-        match first_in_store(self.engine.store().as_ref(), &key, self.engine.now()).await {
+        let first = self
+            .engine
+            .store()
+            .first_signed(&signed.key, signed.until)
+            .await;
+        self.seen_in_store(first)
+    }
+
+    /// The key under which the database remembers the signed request `key`
+    /// of `kind` until its signature window has closed; none without a key.
+    fn signed(&self, kind: &str, key: Option<&str>) -> Option<Signed> {
+        let k = key.filter(|k| !k.is_empty())?;
+        let kept = Span::from_millis(DEDUPE_TTL.as_millis() as i64);
+        Some(Signed {
+            key: format!("{}:{kind}:{k}", self.voice.surface),
+            until: self.engine.now().plus(kept),
+        })
+    }
+
+    /// What the database said of a signed request: whether it is new (one
+    /// seen before is logged), or when it could not say, the answer to give,
+    /// since acting then could act twice.
+    fn seen_in_store(&self, first: Result<bool, StoreError>) -> Result<bool, String> {
+        let platform = self.voice.platform;
+        match first {
             Ok(true) => Ok(true),
             Ok(false) => {
                 tracing::info!("signed {platform} request seen before (replayed, or delivered again after a restart); ignored");
@@ -122,6 +145,40 @@ impl InboundCore {
                 tracing::error!(error = %e, "cannot record a signed {platform} request, so it is not acted on");
                 Err(format!("{} {STORE_FAILED}", self.voice.warning))
             }
+        }
+    }
+
+    /// Runs `line` as [`run`](Self::run) does, for the signed request `key`
+    /// of `kind` that the database has not been asked about yet (see
+    /// [`Engine::handle_signed`]): `Ok(None)` when it was seen before, `Err`
+    /// with the answer to give when the database cannot say.
+    pub async fn run_signed<F, Fut>(
+        &self,
+        (kind, key): (&str, Option<&str>),
+        user: &str,
+        person: F,
+        line: &str,
+        thread: Option<RequestId>,
+    ) -> Result<Option<Reply>, String>
+    where
+        F: FnOnce(UserId) -> Fut,
+        Fut: Future<Output = Person>,
+    {
+        let Some(signed) = self.signed(kind, key) else {
+            return Ok(Some(self.run(user, person, line, thread).await));
+        };
+        let actor = match self.actor(user, person).await {
+            Ok(actor) => actor,
+            // Nothing acts on a malformed id, so its key need not be kept.
+            Err(reply) => return Ok(Some(reply)),
+        };
+        match self
+            .engine
+            .handle_signed(&actor, line, thread, signed)
+            .await
+        {
+            Ok(Some(reply)) => Ok(Some(reply)),
+            seen => self.seen_in_store(seen.map(|_| false)).map(|_| None),
         }
     }
 
@@ -138,21 +195,28 @@ impl InboundCore {
         F: FnOnce(UserId) -> Fut,
         Fut: Future<Output = Person>,
     {
-        let id = match UserId::parse(user) {
-            Ok(id) => id,
-            Err(e) => {
-                return Reply {
-                    ok: false,
-                    text: e.0,
-                    request: None,
-                }
-            }
-        };
-        let actor = Actor {
+        match self.actor(user, person).await {
+            Ok(actor) => self.engine.handle_line(&actor, line, thread).await,
+            Err(refused) => refused,
+        }
+    }
+
+    /// The person with the chat id `user`, named by `person`, acting here;
+    /// the reply refusing a malformed id.
+    async fn actor<F, Fut>(&self, user: &str, person: F) -> Result<Actor, Reply>
+    where
+        F: FnOnce(UserId) -> Fut,
+        Fut: Future<Output = Person>,
+    {
+        let id = UserId::parse(user).map_err(|e| Reply {
+            ok: false,
+            text: e.0,
+            request: None,
+        })?;
+        Ok(Actor {
             person: person(id).await,
             surface: self.voice.surface.into(),
-        };
-        self.engine.handle_line(&actor, line, thread).await
+        })
     }
 
     /// The request whose card (or card thread) is `message` (in `channel`,

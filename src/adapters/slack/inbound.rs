@@ -450,19 +450,17 @@ impl Inbound {
         let work = {
             let cmd = cmd.clone();
             tokio::spawn(async move {
+                let (people, name) = (&this.people, cmd.user_name.as_deref());
+                let person = |id| async move { people.person(&id, name).await };
+                let trigger = ("trigger", cmd.trigger_id.as_deref());
                 match this
                     .core
-                    .first_signed("trigger", cmd.trigger_id.as_deref())
+                    .run_signed(trigger, &cmd.user_id, person, &text, None)
                     .await
                 {
-                    Ok(true) => {}
-                    Ok(false) => return None,
-                    Err(text) => return Some(text),
+                    Ok(reply) => reply.map(|reply| VOICE.reply_text(&reply)),
+                    Err(text) => Some(text),
                 }
-                let reply = this
-                    .run(&cmd.user_id, cmd.user_name.as_deref(), &text, None)
-                    .await;
-                Some(VOICE.reply_text(&reply))
             })
         };
         match answer {

@@ -9,7 +9,7 @@ use crate::domain::request::{AccessRequest, RequestState};
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{RequestId, SshPublicKey, UserId};
 
-use super::{append_events, id_of, insert_outbox, requests, to_id, WriteConn};
+use super::{append_events, id_of, insert_outbox, keep_signed, requests, to_id, WriteConn};
 
 /// Events and notices that belong to no request.
 pub(super) fn record(conn: &WriteConn, fx: &Effects, at: Timestamp) -> Result<(), StoreError> {
@@ -18,6 +18,7 @@ pub(super) fn record(conn: &WriteConn, fx: &Effects, at: Timestamp) -> Result<()
             "timers belong to a request: use update".into(),
         ));
     }
+    keep_signed(conn, fx)?;
     if !fx.events.is_empty() {
         append_events(conn, &fx.events)?;
     }
