@@ -63,6 +63,9 @@ const MAX_GROUP: usize = 256;
 /// Groups committed between two checkpoints: few enough that the log stays
 /// small, enough that a page changed by many groups is copied back once.
 const CHECKPOINT_EVERY: u32 = 32;
+/// Groups committed between two checkpoints on the writer thread itself,
+/// which finish what the checkpointing thread could not (see [`finish_log`]).
+const FINISH_EVERY: u32 = 4 * CHECKPOINT_EVERY;
 
 /// A queued job, with its result type erased so that one queue holds them all.
 trait Task: Send {
@@ -247,6 +250,8 @@ fn serve(
     let mut group: Vec<Box<dyn Task>> = Vec::with_capacity(MAX_GROUP);
     let mut close = None;
     let mut commits = 0u32;
+    // The writer copies what is left of the log until it gets it all.
+    let mut finishing = false;
     while close.is_none() {
         let Some(first) = queue.blocking_recv() else {
             break;
@@ -271,6 +276,12 @@ fn serve(
                 task.answer(outcome.clone());
             }
             commits = commits.wrapping_add(1);
+            if commits.is_multiple_of(FINISH_EVERY) {
+                finishing = true;
+            }
+            if finishing {
+                finishing = !finish_log(&conn);
+            }
             if commits.is_multiple_of(CHECKPOINT_EVERY) {
                 // Full means one is already due: the checkpoint will cover this too.
                 let _ = checkpoint_due.try_send(());
@@ -298,6 +309,24 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>) {
             tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
         }
     }
+}
+
+/// Copies what is left of the write-ahead log into the database, on the
+/// writer thread between two groups, when nothing else can write: once all
+/// of it is copied (and no reader still needs it), the next group starts the
+/// log over instead of appending to it. The checkpointing thread alone never
+/// gets there under a steady stream of writes, since the writer appends while
+/// it copies; the log then grows for as long as the stream lasts, and every
+/// page read that misses the cache searches a longer log index. The
+/// checkpointing thread has copied most of it already, so little is left for
+/// this one. True when the log was copied whole; false when a checkpoint was
+/// already running or a reader held part of the log back, to try again after
+/// the next group.
+fn finish_log(conn: &Connection) -> bool {
+    let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+    });
+    matches!(copied, Ok((0, log, done)) if log == done)
 }
 
 /// Runs every task of `group` in one transaction, each in its own savepoint,
@@ -438,6 +467,45 @@ mod tests {
             .query_row("SELECT n FROM counter", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 500);
+    }
+
+    /// Under a steady stream of writes the log starts over now and then
+    /// instead of holding everything written since the stream began.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_steady_stream_of_writes_does_not_grow_the_log_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _reader) = open(&dir);
+        let writer = Arc::new(writer);
+        const CLIENTS: usize = 16;
+        const WRITES: usize = 1000;
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    for i in 0..WRITES {
+                        let v = format!("{c}-{i}-{}", "x".repeat(2000));
+                        writer
+                            .run(move |conn| {
+                                conn.execute("INSERT INTO items (v) VALUES (?1)", [v])?;
+                                Ok(())
+                            })
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.unwrap();
+        }
+        // Without starting over, the log would hold every page written since
+        // the stream began: several times the database itself.
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+        let (log, database) = (size("group.db-wal"), size("group.db"));
+        assert!(
+            log < database,
+            "the log grew to {log} bytes, over the database's {database}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
