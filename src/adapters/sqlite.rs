@@ -1523,33 +1523,6 @@ mod tests {
         assert!(!by_request.contains("SCAN"), "{by_request}");
     }
 
-    #[tokio::test]
-    async fn a_delivery_key_is_refused_for_a_day_then_forgotten_by_pruning() {
-        let (_dir, store) = store().await;
-        let t0 = Timestamp::from_millis(1_000_000_000);
-        assert!(store.first_delivery("slack:event:E1", t0).await.unwrap());
-        let later = t0.plus(Span::from_hours(23));
-        assert!(!store.first_delivery("slack:event:E1", later).await.unwrap());
-        // A day on it counts as new, whether or not the job has pruned it.
-        let next_day = t0.plus(Span::from_hours(25));
-        assert!(store
-            .first_delivery("slack:event:E1", next_day)
-            .await
-            .unwrap());
-        assert_eq!(store.prune_signed(next_day, 100).await.unwrap(), 0);
-        let after = next_day.plus(DELIVERIES_KEPT).plus(Span::from_secs(1));
-        assert_eq!(store.prune_signed(after, 100).await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_signed_key_is_refused_until_pruned() {
-        let (_dir, store) = store().await;
-        let until = Timestamp::from_millis(1_000_000_000);
-        assert!(store.first_signed("slack:trigger:T1", until).await.unwrap());
-        let again = until.plus(Span::from_minutes(10));
-        assert!(!store.first_signed("slack:trigger:T1", again).await.unwrap());
-    }
-
     /// The per-person cap is counted at every creation: the count must go
     /// through the index of pending requests, not through every request the
     /// person ever made.
