@@ -9,7 +9,7 @@
 //! from its single writer, PostgreSQL gets from locks held to the end of the
 //! transaction:
 //!
-//! - an update locks its request's row (`SELECT … FOR UPDATE`), so two
+//! - an update locks its request's row (`SELECT … FOR NO KEY UPDATE`), so two
 //!   processes changing one request run one after the other, and the second
 //!   sees the first's change (its approval is refused as already given); the
 //!   row's `version` is written only over the version read;
@@ -482,11 +482,14 @@ async fn update(
 ) -> Result<Updated, StoreError> {
     // The row stays locked to the end of the transaction: a change racing
     // this one (on another process) waits, then reads what this one wrote.
-    let row =
-        sqlx::query("SELECT body, updated_at, version FROM requests WHERE id = $1 FOR UPDATE")
-            .bind(id_of(id))
-            .fetch_optional(&mut *conn)
-            .await?;
+    // NO KEY: rows that only refer to the request (a card's place, a
+    // password message) are written meanwhile without waiting.
+    let row = sqlx::query(
+        "SELECT body, updated_at, version FROM requests WHERE id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(id_of(id))
+    .fetch_optional(&mut *conn)
+    .await?;
     // The fired timer goes whatever the change does; if it is gone already,
     // the change is stale, and a timer acts at most once.
     if let Some(timer) = fired {
