@@ -1249,3 +1249,34 @@ async fn a_claim_that_runs_out_is_handed_out_again() {
         vec![taken[1].id, taken[2].id]
     );
 }
+
+/// The process delivering hears at once of notices another process queued,
+/// so their lanes start without waiting for its next regular read.
+#[tokio::test]
+async fn notices_queued_by_another_replica_are_heard() {
+    let s = Subject::new(Kind::Postgres).await;
+    let other = s.another(ChainKeys::none()).await.store();
+    let mut queued = s.store.notices_queued();
+    queued.mark_unchanged();
+    // Nothing queued: nothing heard.
+    other
+        .record(housekeeping(at(0), 1, Vec::new()), at(0))
+        .await
+        .unwrap();
+    other
+        .record(housekeeping(at(0), 0, vec![audit("from the other")]), at(0))
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), queued.changed())
+        .await
+        .expect("the notification arrives")
+        .unwrap();
+    let pending = s.store.pending_notices(10, 5).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    // Closing the store closes the counter.
+    match &s.handle {
+        Handle::Pg(pg) => pg.close().await,
+        Handle::Sqlite(_) => unreachable!(),
+    }
+    assert!(queued.changed().await.is_err());
+}

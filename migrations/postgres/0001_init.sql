@@ -78,6 +78,18 @@ CREATE INDEX outbox_claimed ON outbox (surface, lane)
 CREATE INDEX outbox_set_aside ON outbox (id) WHERE dead_at IS NOT NULL AND delivered_at IS NULL;
 CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE delivered_at IS NOT NULL;
 
+-- Every transaction that queues notices tells every process listening (at
+-- its commit, once however many it queued), so that the process delivering
+-- starts their lanes at once whichever process committed them.
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('passport_outbox', '');
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER outbox_queued AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
 -- Timers and jobs. A row is deleted in the transaction that acts on it; a
 -- sequence never gives an id out twice.
 CREATE TABLE timers (

@@ -20,9 +20,10 @@
 //! - leases, seen keys and sign-in states change in single conditional
 //!   statements (`INSERT … ON CONFLICT … WHERE`, `UPDATE … WHERE`).
 //!
-//! `notices_queued` moves on after each commit of this process that queued
-//! notices; commits of other processes are found by the dispatcher's
-//! regular reads.
+//! `notices_queued` moves on after each commit of this store that queued
+//! notices, and whenever the database says another process's commit did
+//! (LISTEN on `passport_outbox`, which a trigger on the outbox notifies), so
+//! the process delivering starts new lanes at once whoever committed them.
 
 mod logbook;
 mod outbox;
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 pub use crate::adapters::sqlite::KeyAdoption;
@@ -55,6 +56,10 @@ use outbox::LaneClaims;
 
 /// The advisory lock a creation holds ("passport" + 1).
 const CREATE_LOCK: i64 = logbook::LOGBOOK_LOCK + 1;
+/// The channel the outbox's trigger notifies when notices are queued.
+const OUTBOX_CHANNEL: &str = "passport_outbox";
+/// How long the listener waits before asking again after an error.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// How long the keys of chat deliveries are kept (as on SQLite).
 const DELIVERIES_KEPT: Span = Span::from_hours(24);
 
@@ -96,8 +101,45 @@ struct Shared {
     claim_for: Span,
     /// This process's name on outbox claims: unique per store.
     holder: String,
-    queued: Mutex<Option<tokio::sync::watch::Sender<u64>>>,
+    queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
     notices_queued: tokio::sync::watch::Receiver<u64>,
+    /// Dropped with the store: the listener stops.
+    _listening: tokio::sync::watch::Sender<()>,
+}
+
+/// Moves `notices_queued` on, unless the store is closed.
+fn bump(queued: &Mutex<Option<tokio::sync::watch::Sender<u64>>>) {
+    if let Some(sender) = queued.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        sender.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Moves `queued` on at each notification that notices were queued, and
+/// after every reconnection (notifications sent meanwhile are lost), until
+/// the pool closes or `stop`'s sender is dropped.
+async fn listen(
+    mut listener: PgListener,
+    queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
+    loop {
+        let next = tokio::select! {
+            next = listener.try_recv() => next,
+            _ = stop.changed() => return,
+        };
+        match next {
+            // A notification, or a lost connection, reconnected already.
+            Ok(_) => bump(&queued),
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "not hearing of notices other processes queue; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(LISTEN_RETRY) => bump(&queued),
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -174,6 +216,16 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Other(format!("migrations failed: {e}")))?;
         let (queued, notices_queued) = tokio::sync::watch::channel(0);
+        let queued = Arc::new(Mutex::new(Some(queued)));
+        let mut listener = PgListener::connect_with(&pool)
+            .await
+            .map_err(|e| StoreError::Other(format!("cannot listen to PostgreSQL: {e}")))?;
+        listener
+            .listen(OUTBOX_CHANNEL)
+            .await
+            .map_err(|e| StoreError::Other(format!("cannot listen to PostgreSQL: {e}")))?;
+        let (listening, stop) = tokio::sync::watch::channel(());
+        tokio::spawn(listen(listener, queued.clone(), stop));
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
@@ -181,8 +233,9 @@ impl PgStore {
                 clock: options.clock,
                 claim_for: options.claim_for,
                 holder: holder_name(),
-                queued: Mutex::new(Some(queued)),
+                queued,
                 notices_queued,
+                _listening: listening,
             }),
         })
     }
@@ -222,16 +275,10 @@ impl PgStore {
         queued: bool,
     ) -> Result<(), StoreError> {
         tx.commit().await?;
+        // The notification comes too, a moment later: this is for the
+        // dispatcher of this process, which need not wait for it.
         if queued {
-            if let Some(sender) = self
-                .shared
-                .queued
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-            {
-                sender.send_modify(|n| *n = n.wrapping_add(1));
-            }
+            bump(&self.shared.queued);
         }
         Ok(())
     }
