@@ -1280,3 +1280,79 @@ async fn notices_queued_by_another_replica_are_heard() {
     }
     assert!(queued.changed().await.is_err());
 }
+
+/// Requests sent at once to two replicas cannot pass the per-person cap
+/// together: each creation counts the pending ones in its own transaction,
+/// after the creations before it committed.
+#[tokio::test]
+async fn replicas_creating_at_once_keep_the_pending_cap() {
+    let s = Subject::new(Kind::Postgres).await;
+    let other = s.another(ChainKeys::none()).await.store();
+    let mut creations = Vec::new();
+    for i in 0..12 {
+        let store = if i % 2 == 0 {
+            s.store.clone()
+        } else {
+            other.clone()
+        };
+        creations.push(tokio::spawn(async move {
+            let capped: passport::app::ports::Creation = Box::new(|slot: Slot| {
+                if slot.pending >= 3 {
+                    return Err(RefusalKind::NotAllowed("3 pending already".into()));
+                }
+                creation("dev1", at(0))(slot)
+            });
+            store.create(&uid("dev1"), 3, capped).await.unwrap().is_ok()
+        }));
+    }
+    let mut created = 0;
+    for c in creations {
+        created += usize::from(c.await.unwrap());
+    }
+    assert_eq!(created, 3);
+    assert_eq!(s.store.pending_count(&uid("dev1"), 10).await.unwrap(), 3);
+}
+
+/// The Logbook refuses edits, and an edit made anyway (by someone who can
+/// switch the refusal off) is named by verification.
+#[tokio::test]
+async fn an_edited_logbook_event_is_named_by_verification() {
+    let s = Subject::new(Kind::Postgres).await;
+    s.store
+        .record(housekeeping(at(0), 5, Vec::new()), at(0))
+        .await
+        .unwrap();
+    let Handle::Pg(pg) = &s.handle else {
+        unreachable!()
+    };
+    for refused in [
+        "UPDATE logbook SET actor = 'mallory' WHERE seq = 3",
+        "DELETE FROM logbook WHERE seq = 5",
+        "TRUNCATE logbook",
+    ] {
+        let e = sqlx::query(refused).execute(pg.pool()).await.unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{refused}: {e}");
+    }
+    sqlx::raw_sql(
+        "ALTER TABLE logbook DISABLE TRIGGER logbook_refuses_update; \
+         UPDATE logbook SET actor = 'mallory' WHERE seq = 3",
+    )
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    match s.store.verify_logbook().await.unwrap() {
+        Verification::Broken(brk) => assert_eq!(brk.seq(), 3, "{brk}"),
+        intact => panic!("an edited Logbook verified: {intact:?}"),
+    }
+    sqlx::raw_sql(
+        "ALTER TABLE logbook DISABLE TRIGGER logbook_refuses_delete; \
+         UPDATE logbook SET actor = 'dev1' WHERE seq = 3; DELETE FROM logbook WHERE seq = 2",
+    )
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    match s.store.verify_logbook().await.unwrap() {
+        Verification::Broken(brk) => assert_eq!(brk.seq(), 2, "{brk}"),
+        intact => panic!("a Logbook with a gap verified: {intact:?}"),
+    }
+}
