@@ -19,14 +19,15 @@ use passport::adapters::postgres::{PgOptions, PgStore};
 use passport::adapters::sqlite::{Durability, KeyAdoption, SqliteStore};
 use passport::app::effects::{Effects, TimerKind};
 use passport::app::ports::{
-    Clock, IssuedToken, MessageRef, PasswordMessage, Slot, Store, StoreError, Verification,
+    Clock, IssuedToken, MessageRef, PasswordMessage, RequestFilter, Slot, Store, StoreError,
+    Verification,
 };
 use passport::domain::command::ListFilter;
 use passport::domain::logbook::{ChainKey, ChainKeys, NewEvent, KEY_SWITCH};
 use passport::domain::notice::Notice;
 use passport::domain::policy::Requirement;
 use passport::domain::request::{
-    AccessRequest, InstanceInfo, NewRequest, Platform, RefusalKind, RequestState,
+    AccessRequest, GrantState, InstanceInfo, NewRequest, Platform, RefusalKind, RequestState,
 };
 use passport::domain::signin::{
     ApiToken, ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash,
@@ -1029,6 +1030,66 @@ async fn password_messages_wait_retry_and_go_once(kind: Kind) {
     assert_eq!(intact_events(&store.verify_logbook().await.unwrap()), 2);
 }
 
+async fn reconciliation_finds_requests_holding_users_and_unverified_removals(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let (holding, ended) = (
+        create(store, "dev1", at(0)).await,
+        create(store, "dev1", at(1)).await,
+    );
+    // Set by hand: the states reconciliation looks for.
+    let set = |state: RequestState,
+               grant: GrantState,
+               verified: bool|
+     -> passport::app::ports::Mutation {
+        Box::new(move |req: &mut AccessRequest| {
+            req.state = state;
+            req.grants[0].state = grant;
+            req.removal_verified = verified;
+            Ok(Effects::default())
+        })
+    };
+    store
+        .update(
+            holding,
+            None,
+            set(RequestState::Active, GrantState::Active, false),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .update(
+            ended,
+            None,
+            set(RequestState::Completed, GrantState::Removed, false),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let filter = RequestFilter {
+        changed_since: None,
+        holding_users: true,
+    };
+    let found = store
+        .requests_in(&[RequestState::Active, RequestState::Completed], filter, 10)
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|r| r.id).collect::<Vec<_>>(), [holding]);
+    let unverified = store.ended_unverified(at(0), 10).await.unwrap();
+    assert_eq!(unverified.iter().map(|r| r.id).collect::<Vec<_>>(), [ended]);
+    store
+        .update(
+            ended,
+            None,
+            set(RequestState::Completed, GrantState::Removed, true),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.ended_unverified(at(0), 10).await.unwrap().is_empty());
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1064,6 +1125,7 @@ contract!(
     ssh_keys_are_set_replaced_and_removed_with_their_event,
     sign_ins_and_tokens_change_once,
     password_messages_wait_retry_and_go_once,
+    reconciliation_finds_requests_holding_users_and_unverified_removals,
 );
 
 // ---------------------------------------------------------------------------
