@@ -16,14 +16,14 @@ use std::sync::Arc;
 
 use passport::adapters::clock::ManualClock;
 use passport::adapters::postgres::{PgOptions, PgStore};
-use passport::adapters::sqlite::{Durability, KeyAdoption, SqliteStore};
+use passport::adapters::sqlite::{Durability, SqliteStore};
 use passport::app::effects::{Effects, TimerKind};
 use passport::app::ports::{
     Clock, IssuedToken, MessageRef, PasswordMessage, RequestFilter, Slot, Store, StoreError,
     Verification,
 };
 use passport::domain::command::ListFilter;
-use passport::domain::logbook::{ChainKey, ChainKeys, NewEvent, KEY_SWITCH};
+use passport::domain::logbook::{ChainKey, ChainKeys, KeyAdoption, NewEvent, KEY_SWITCH};
 use passport::domain::notice::Notice;
 use passport::domain::policy::Requirement;
 use passport::domain::request::{

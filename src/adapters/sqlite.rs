@@ -250,21 +250,8 @@ impl Shared {
     }
 }
 
-/// What [`SqliteStore::adopt_logbook_key`] found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyAdoption {
-    /// No key configured and the Logbook was never keyed: a plain hash chain.
-    Plain,
-    /// The Logbook was keyed with the configured key already, since event `since`.
-    Kept { key: KeyId, since: u64 },
-    /// The switch to the configured key was recorded as event `seq`, signed
-    /// under `from` (a rotation) or plainly hashed (the first key).
-    Switched {
-        key: KeyId,
-        from: Option<KeyId>,
-        seq: u64,
-    },
-}
+/// What [`SqliteStore::adopt_logbook_key`] found and did (the same for every store).
+pub use crate::domain::logbook::KeyAdoption;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies

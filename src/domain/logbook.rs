@@ -287,6 +287,23 @@ impl Keying {
     }
 }
 
+/// What bringing the Logbook under the configured key found and did, at
+/// the start of a process that writes (each store's `adopt_logbook_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAdoption {
+    /// No key configured and the Logbook was never keyed: a plain hash chain.
+    Plain,
+    /// The Logbook was keyed with the configured key already, since event `since`.
+    Kept { key: KeyId, since: u64 },
+    /// The switch to the configured key was recorded as event `seq`, signed
+    /// under `from` (a rotation) or plainly hashed (the first key).
+    Switched {
+        key: KeyId,
+        from: Option<KeyId>,
+        seq: u64,
+    },
+}
+
 /// The Logbook's head at some moment, as kept outside the database: posted
 /// to the audit channel and appended to the checkpoint file, one line each:
 /// `TIME SEQ HASH` (RFC 3339, the event's number, its link in hex).

@@ -13,12 +13,10 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::app::ports::{StoreError, Verification};
 use crate::domain::logbook::{
-    chain_link, key_switch_details, ChainCheck, ChainKeys, Hash, KeyId, Linking, LogEvent,
-    NewEvent, GENESIS, KEY_SWITCH,
+    chain_link, key_switch_details, ChainCheck, ChainKeys, Hash, KeyAdoption, KeyId, Linking,
+    LogEvent, NewEvent, GENESIS, KEY_SWITCH,
 };
 use crate::domain::time::Timestamp;
-
-use super::KeyAdoption;
 
 /// The advisory lock that serialises Logbook appends (any number, the same
 /// in every process: "passport" in ASCII).

@@ -36,7 +36,6 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
-pub use crate::adapters::sqlite::KeyAdoption;
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Clock, Creation, Gauges, IssuedToken, MessageRef, Mutation, OutboxCounts, PasswordMessage,
@@ -44,7 +43,7 @@ use crate::app::ports::{
     Verification, REMOVAL_GRACE,
 };
 use crate::domain::command::ListFilter;
-use crate::domain::logbook::{ChainKeys, LogEvent};
+use crate::domain::logbook::{ChainKeys, KeyAdoption, LogEvent};
 use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
 use crate::domain::signin::{
     LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
