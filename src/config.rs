@@ -41,6 +41,8 @@ fn is_tool_variable(key: &str) -> bool {
         || key == "schemathesis"
         || key == "kubernetes_validate"
         || key == "test_bin"
+        // Where the tests find PostgreSQL's server binaries (tests/common/postgres.rs).
+        || key == "pg_bin"
         // The client's directory (`passport login`, `ssh`, …), never the server's.
         || key == "client_dir"
         || key.starts_with("bench_")

@@ -11,6 +11,7 @@ pub mod discord;
 pub mod dm_channels;
 pub mod dry_run;
 pub mod password_courier;
+pub mod postgres;
 pub mod seen;
 pub mod slack;
 pub mod sqlite;

@@ -250,21 +250,8 @@ impl Shared {
     }
 }
 
-/// What [`SqliteStore::adopt_logbook_key`] found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyAdoption {
-    /// No key configured and the Logbook was never keyed: a plain hash chain.
-    Plain,
-    /// The Logbook was keyed with the configured key already, since event `since`.
-    Kept { key: KeyId, since: u64 },
-    /// The switch to the configured key was recorded as event `seq`, signed
-    /// under `from` (a rotation) or plainly hashed (the first key).
-    Switched {
-        key: KeyId,
-        from: Option<KeyId>,
-        seq: u64,
-    },
-}
+/// What [`SqliteStore::adopt_logbook_key`] found and did (the same for every store).
+pub use crate::domain::logbook::KeyAdoption;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies
@@ -1547,76 +1534,6 @@ mod tests {
         let by_request = plan(&conn, &audit_query(true, true));
         assert!(by_request.contains("logbook_by_request"), "{by_request}");
         assert!(!by_request.contains("SCAN"), "{by_request}");
-    }
-
-    #[tokio::test]
-    async fn a_delivery_key_is_refused_for_a_day_then_forgotten_by_pruning() {
-        let (_dir, store) = store().await;
-        let t0 = Timestamp::from_millis(1_000_000_000);
-        assert!(store.first_delivery("slack:event:E1", t0).await.unwrap());
-        let later = t0.plus(Span::from_hours(23));
-        assert!(!store.first_delivery("slack:event:E1", later).await.unwrap());
-        // A day on it counts as new, whether or not the job has pruned it.
-        let next_day = t0.plus(Span::from_hours(25));
-        assert!(store
-            .first_delivery("slack:event:E1", next_day)
-            .await
-            .unwrap());
-        assert_eq!(store.prune_signed(next_day, 100).await.unwrap(), 0);
-        let after = next_day.plus(DELIVERIES_KEPT).plus(Span::from_secs(1));
-        assert_eq!(store.prune_signed(after, 100).await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_signed_key_is_refused_until_pruned() {
-        let (_dir, store) = store().await;
-        let until = Timestamp::from_millis(1_000_000_000);
-        assert!(store.first_signed("slack:trigger:T1", until).await.unwrap());
-        let again = until.plus(Span::from_minutes(10));
-        assert!(!store.first_signed("slack:trigger:T1", again).await.unwrap());
-    }
-
-    /// A change asked for by a signed chat request records the request's
-    /// replay key in its own transaction: the same key again fails the whole
-    /// change, and nothing of it is written.
-    #[tokio::test]
-    async fn a_change_from_a_signed_request_seen_before_writes_nothing() {
-        let (_dir, store) = store().await;
-        let now = Timestamp::from_millis(1_000_000_000);
-        let signed = crate::app::effects::Signed {
-            key: "slack:trigger:T7".into(),
-            until: now.plus(Span::from_minutes(10)),
-        };
-        let change = || {
-            let mut fx = Effects {
-                signed: Some(signed.clone()),
-                ..Effects::default()
-            };
-            fx.log(
-                now,
-                "U1",
-                None,
-                "noted",
-                "noted".into(),
-                serde_json::json!({}),
-            );
-            fx
-        };
-        store.record(change(), now).await.unwrap();
-        let head = store.logbook_head().await.unwrap();
-        assert!(matches!(
-            store.record(change(), now).await,
-            Err(StoreError::Replayed)
-        ));
-        assert_eq!(
-            store.logbook_head().await.unwrap(),
-            head,
-            "the replay wrote an event"
-        );
-        assert!(
-            !store.first_signed(&signed.key, signed.until).await.unwrap(),
-            "the key was recorded with the first change"
-        );
     }
 
     /// The per-person cap is counted at every creation: the count must go

@@ -287,6 +287,23 @@ impl Keying {
     }
 }
 
+/// What bringing the Logbook under the configured key found and did, at
+/// the start of a process that writes (each store's `adopt_logbook_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAdoption {
+    /// No key configured and the Logbook was never keyed: a plain hash chain.
+    Plain,
+    /// The Logbook was keyed with the configured key already, since event `since`.
+    Kept { key: KeyId, since: u64 },
+    /// The switch to the configured key was recorded as event `seq`, signed
+    /// under `from` (a rotation) or plainly hashed (the first key).
+    Switched {
+        key: KeyId,
+        from: Option<KeyId>,
+        seq: u64,
+    },
+}
+
 /// The Logbook's head at some moment, as kept outside the database: posted
 /// to the audit channel and appended to the checkpoint file, one line each:
 /// `TIME SEQ HASH` (RFC 3339, the event's number, its link in hex).
@@ -399,6 +416,91 @@ pub fn check_link_with(
             Err(ChainBreak::Mismatch { seq: event.seq })
         }
         _ => Ok(()),
+    }
+}
+
+/// How the links after some point of a chain are computed, as the switches
+/// before it say.
+#[derive(Clone, Debug)]
+enum Mode {
+    Plain,
+    Keyed(KeyId),
+    /// After a switch that names no valid key: the check that met that
+    /// switch reports it, so the events after it need no check.
+    Unknown,
+}
+
+/// Checks a chain event by event, in order, from the genesis or from a
+/// stored event: the one verification every store runs, whatever it reads
+/// the events from. Keyed links are checked with the key their switch names
+/// when `keys` holds it; otherwise only their order is, and they are
+/// reported as unchecked.
+#[derive(Debug)]
+pub struct ChainCheck<'k> {
+    keys: &'k ChainKeys,
+    mode: Mode,
+    prev_seq: u64,
+    prev: Hash,
+    keying: Keying,
+}
+
+impl<'k> ChainCheck<'k> {
+    /// A check from the first event on.
+    pub fn new(keys: &'k ChainKeys) -> Self {
+        Self::after(keys, &[], None, GENESIS)
+    }
+
+    /// A check of the events after event `seq` (none: from the first),
+    /// whose stored hash is `hash`, given the chain's switches to a key
+    /// (each with the key it names, `None` when it names none).
+    pub fn after(
+        keys: &'k ChainKeys,
+        switches: &[(u64, Option<KeyId>)],
+        seq: Option<u64>,
+        hash: Hash,
+    ) -> Self {
+        let mode = match seq.and_then(|seq| switches.iter().rev().find(|(s, _)| *s <= seq)) {
+            None => Mode::Plain,
+            Some((_, Some(key))) => Mode::Keyed(key.clone()),
+            Some((_, None)) => Mode::Unknown,
+        };
+        Self {
+            keys,
+            mode,
+            prev_seq: seq.unwrap_or(0),
+            prev: hash,
+            keying: Keying::default(),
+        }
+    }
+
+    /// Checks the next event and its `stored` hash.
+    pub fn check(&mut self, event: &LogEvent, stored: &[u8]) -> Result<(), ChainBreak> {
+        let linking = match &self.mode {
+            Mode::Plain => Some(Linking::Plain),
+            Mode::Keyed(id) => self.keys.find(id).map(Linking::Keyed),
+            Mode::Unknown => None,
+        };
+        let stored = Hash::try_from(stored).map_err(|_| ChainBreak::Mismatch { seq: event.seq })?;
+        check_link_with(linking, self.prev_seq, &self.prev, event, &stored)?;
+        let switch = event.key_switch().transpose()?;
+        if let (None, Mode::Keyed(id)) = (linking, &self.mode) {
+            self.keying.skip(id, event.seq);
+        }
+        if let Some(key) = switch {
+            self.keying.switches.push(KeySwitch {
+                seq: event.seq,
+                key: key.clone(),
+            });
+            self.mode = Mode::Keyed(key);
+        }
+        (self.prev_seq, self.prev) = (event.seq, stored);
+        Ok(())
+    }
+
+    /// The last event checked (0 and the genesis hash for none, or where the
+    /// check started) and what was found of the keying.
+    pub fn finish(self) -> (u64, Hash, Keying) {
+        (self.prev_seq, self.prev, self.keying)
     }
 }
 

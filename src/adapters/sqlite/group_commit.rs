@@ -324,7 +324,11 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>) {
 /// the next group.
 fn finish_log(conn: &Connection) -> bool {
     let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
     });
     matches!(copied, Ok((0, log, done)) if log == done)
 }

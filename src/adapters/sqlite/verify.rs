@@ -20,8 +20,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::app::ports::{StoreError, Verification};
 use crate::domain::logbook::{
-    check_link_with, ChainBreak, ChainKeys, Hash, KeyId, KeySwitch, Keying, Linking, LogEvent,
-    GENESIS, KEY_SWITCH,
+    ChainBreak, ChainCheck, ChainKeys, Hash, KeyId, Keying, LogEvent, GENESIS, KEY_SWITCH,
 };
 use crate::domain::time::Timestamp;
 
@@ -37,30 +36,6 @@ where
 {
     let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
     verify_in_parts(open, keys, parts.clamp(1, 8))
-}
-
-/// How the links of the events after some point are computed.
-#[derive(Clone, Debug)]
-enum Mode {
-    Plain,
-    Keyed(KeyId),
-    /// After a switch that names no valid key: the part holding that switch
-    /// reports it, so the events after it need no check.
-    Unknown,
-}
-
-impl Mode {
-    /// The mode after the switches of the Logbook up to event `seq`.
-    fn at(switches: &[(u64, Option<KeyId>)], seq: Option<i64>) -> Self {
-        let Some(seq) = seq else {
-            return Mode::Plain;
-        };
-        match switches.iter().rev().find(|(s, _)| *s as i64 <= seq) {
-            None => Mode::Plain,
-            Some((_, Some(key))) => Mode::Keyed(key.clone()),
-            Some((_, None)) => Mode::Unknown,
-        }
-    }
 }
 
 /// The Logbook's switches to a key, each with the key it names (`None` when
@@ -155,9 +130,12 @@ where
             .enumerate()
             .map(|(index, start)| {
                 let end = starts.get(index + 1).and_then(|s| s.seq).unwrap_or(last);
-                let (open, broken, start) = (&open, &broken, *start);
-                let mode = Mode::at(&switches, start.seq);
-                scope.spawn(move || check_part(&open()?, keys, mode, index, start, end, broken))
+                let (open, broken, start, switches) = (&open, &broken, *start, &switches);
+                scope.spawn(move || {
+                    let check =
+                        ChainCheck::after(keys, switches, start.seq.map(|s| s as u64), start.hash);
+                    check_part(&open()?, check, index, start, end, broken)
+                })
             })
             .collect();
         workers
@@ -204,11 +182,11 @@ enum Part {
     Stopped,
 }
 
-/// Checks the events after `start` up to `end`, in order, starting in `mode`.
+/// Checks the events after `start` up to `end`, in order, with `check`
+/// (which starts there).
 fn check_part(
     conn: &Connection,
-    keys: &ChainKeys,
-    mut mode: Mode,
+    mut check: ChainCheck<'_>,
     index: usize,
     start: Start,
     end: i64,
@@ -228,8 +206,6 @@ fn check_part(
             stmt.query([after, end])?
         }
     };
-    let (mut prev_seq, mut prev) = (start.seq.map_or(0, |s| s as u64), start.hash);
-    let mut keying = Keying::default();
     let mut read = 0usize;
     while let Some(row) = rows.next()? {
         read += 1;
@@ -239,44 +215,15 @@ fn check_part(
         // The hash follows the event's columns.
         let event = super::log_event(row)?;
         let stored = row.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
-        let linking = match &mode {
-            Mode::Plain => Some(Linking::Plain),
-            Mode::Keyed(id) => keys.find(id).map(Linking::Keyed),
-            Mode::Unknown => None,
-        };
-        let link = match Hash::try_from(stored) {
-            Ok(stored) => {
-                check_link_with(linking, prev_seq, &prev, &event, &stored).map(|()| stored)
-            }
-            Err(_) => Err(ChainBreak::Mismatch { seq: event.seq }),
-        };
-        let link = link.and_then(|stored| match event.key_switch() {
-            None => Ok((stored, None)),
-            Some(switch) => switch.map(|key| (stored, Some(key))),
-        });
-        match link {
-            Ok((stored, switch)) => {
-                if let (None, Mode::Keyed(id)) = (linking, &mode) {
-                    keying.skip(id, event.seq);
-                }
-                if let Some(key) = switch {
-                    keying.switches.push(KeySwitch {
-                        seq: event.seq,
-                        key: key.clone(),
-                    });
-                    mode = Mode::Keyed(key);
-                }
-                (prev_seq, prev) = (event.seq, stored);
-            }
-            Err(brk) => {
-                broken.fetch_min(index, Ordering::Relaxed);
-                return Ok(Part::Broken(brk));
-            }
+        if let Err(brk) = check.check(&event, stored) {
+            broken.fetch_min(index, Ordering::Relaxed);
+            return Ok(Part::Broken(brk));
         }
     }
+    let (last_seq, last_hash, keying) = check.finish();
     Ok(Part::Intact {
-        last_seq: prev_seq,
-        last_hash: prev,
+        last_seq,
+        last_hash,
         keying,
     })
 }
@@ -313,7 +260,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::logbook::{chain_link, key_switch_details, ChainKey};
+    use crate::domain::logbook::{
+        chain_link, check_link_with, key_switch_details, ChainKey, KeySwitch, Linking,
+    };
 
     fn key() -> ChainKey {
         ChainKey::new(b"0123456789abcdef0123456789abcdef")

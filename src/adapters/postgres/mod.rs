@@ -1,0 +1,1455 @@
+//! The store on PostgreSQL, for several Passport processes sharing one
+//! database: the same [`Store`] as [`crate::adapters::sqlite::SqliteStore`],
+//! with the same guarantees, on a pool of connections, with migrations from
+//! `migrations/postgres/` applied on connect (`sqlx::migrate!`, which
+//! serialises concurrent migrators with an advisory lock of its own).
+//!
+//! Every change is one transaction: the request, its Logbook events, its
+//! notices and its timers commit together or not at all. What SQLite gets
+//! from its single writer, PostgreSQL gets from locks held to the end of the
+//! transaction:
+//!
+//! - an update locks its request's row (`SELECT … FOR NO KEY UPDATE`), so two
+//!   processes changing one request run one after the other, and the second
+//!   sees the first's change (its approval is refused as already given); the
+//!   row's `version` is written only over the version read;
+//! - a creation takes [`CREATE_LOCK`], so request numbers (`MAX(id) + 1`)
+//!   and the per-person count of pending requests cannot race;
+//! - Logbook appends take the Logbook's lock last ([`logbook`]);
+//! - the outbox is claimed lane by lane ([`outbox`]);
+//! - leases, seen keys and sign-in states change in single conditional
+//!   statements (`INSERT … ON CONFLICT … WHERE`, `UPDATE … WHERE`).
+//!
+//! `notices_queued` moves on after each commit of this store that queued
+//! notices, and whenever the database says another process's commit did
+//! (LISTEN on `passport_outbox`, which a trigger on the outbox notifies), so
+//! the process delivering starts new lanes at once whoever committed them.
+
+mod logbook;
+mod outbox;
+mod signin;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+
+use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
+use crate::app::ports::{
+    Clock, Creation, Gauges, IssuedToken, MessageRef, Mutation, OutboxCounts, PasswordMessage,
+    Pending, PendingDeletion, Recording, RequestFilter, SetAside, Slot, Store, StoreError,
+    Verification, REMOVAL_GRACE,
+};
+use crate::domain::command::ListFilter;
+use crate::domain::logbook::{ChainKeys, KeyAdoption, LogEvent};
+use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
+use crate::domain::signin::{
+    LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
+};
+use crate::domain::time::{Span, Timestamp};
+use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
+
+use outbox::LaneClaims;
+
+/// The advisory lock a creation holds ("passport" + 1).
+const CREATE_LOCK: i64 = logbook::LOGBOOK_LOCK + 1;
+/// The channel the outbox's trigger notifies when notices are queued.
+const OUTBOX_CHANNEL: &str = "passport_outbox";
+/// How long the listener waits before asking again after an error.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// How long the keys of chat deliveries are kept (as on SQLite).
+const DELIVERIES_KEPT: Span = Span::from_hours(24);
+
+/// How a [`PgStore`] connects and behaves.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// The Logbook's keys: appends link with the one its last switch names.
+    pub keys: ChainKeys,
+    /// The time outbox claims are taken and run out by (the application's clock).
+    pub clock: Arc<dyn Clock>,
+    /// How long a claim on an outbox lane lasts without progress: a process
+    /// that dies mid-delivery leaves its lanes to others after this long.
+    pub claim_for: Span,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl PgOptions {
+    /// The defaults, with `clock` and no Logbook key.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            keys: ChainKeys::none(),
+            clock,
+            claim_for: Span::from_minutes(2),
+            max_connections: 16,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: PgPool,
+    keys: ChainKeys,
+    clock: Arc<dyn Clock>,
+    claim_for: Span,
+    /// This process's name on outbox claims: unique per store.
+    holder: String,
+    queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
+    notices_queued: tokio::sync::watch::Receiver<u64>,
+    /// Dropped with the store: the listener stops.
+    _listening: tokio::sync::watch::Sender<()>,
+}
+
+/// Moves `notices_queued` on, unless the store is closed.
+fn bump(queued: &Mutex<Option<tokio::sync::watch::Sender<u64>>>) {
+    if let Some(sender) = queued.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        sender.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Moves `queued` on at each notification that notices were queued, and
+/// after every reconnection (notifications sent meanwhile are lost), until
+/// the pool closes or `stop`'s sender is dropped.
+async fn listen(
+    mut listener: PgListener,
+    queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
+    loop {
+        let next = tokio::select! {
+            next = listener.try_recv() => next,
+            _ = stop.changed() => return,
+        };
+        match next {
+            // A notification, or a lost connection, reconnected already.
+            Ok(_) => bump(&queued),
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "not hearing of notices other processes queue; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(LISTEN_RETRY) => bump(&queued),
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut => StoreError::Busy,
+            sqlx::Error::Database(db)
+                // serialization_failure, deadlock_detected, lock_not_available
+                if matches!(db.code().as_deref(), Some("40001" | "40P01" | "55P03")) =>
+            {
+                StoreError::Busy
+            }
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+pub(super) fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn to_id(n: i64) -> Result<RequestId, StoreError> {
+    u64::try_from(n)
+        .ok()
+        .and_then(RequestId::new)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad request id {n}")))
+}
+
+fn id_of(id: RequestId) -> i64 {
+    id.number() as i64
+}
+
+fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
+    serde_json::from_str(body).map_err(corrupt)
+}
+
+/// A name for this store's outbox claims, unique among processes and stores.
+fn holder_name() -> String {
+    let mut bytes = [0u8; 6];
+    // Uniqueness, not secrecy: the time serves when the system's random fails.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes.copy_from_slice(&nanos.to_be_bytes()[10..]);
+    }
+    format!("pid{}-{}", std::process::id(), hex::encode(bytes))
+}
+
+/// What became of an update.
+enum Updated {
+    Changed(Box<(AccessRequest, Effects)>),
+    Refused(Refusal),
+    Missing,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://…`) and applies the
+    /// migrations of `migrations/postgres/`.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
+        let connect: PgConnectOptions = url.parse().map_err(|e| {
+            StoreError::Other(format!(
+                "[store] url is not a PostgreSQL address ({e}): use postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+            ))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect)
+            .await
+            .map_err(|e| StoreError::Other(format!("cannot connect to PostgreSQL: {e}")))?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Other(format!("migrations failed: {e}")))?;
+        let (queued, notices_queued) = tokio::sync::watch::channel(0);
+        let queued = Arc::new(Mutex::new(Some(queued)));
+        let mut listener = PgListener::connect_with(&pool)
+            .await
+            .map_err(|e| StoreError::Other(format!("cannot listen to PostgreSQL: {e}")))?;
+        listener
+            .listen(OUTBOX_CHANNEL)
+            .await
+            .map_err(|e| StoreError::Other(format!("cannot listen to PostgreSQL: {e}")))?;
+        let (listening, stop) = tokio::sync::watch::channel(());
+        tokio::spawn(listen(listener, queued.clone(), stop));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                pool,
+                keys: options.keys,
+                clock: options.clock,
+                claim_for: options.claim_for,
+                holder: holder_name(),
+                queued,
+                notices_queued,
+                _listening: listening,
+            }),
+        })
+    }
+
+    /// Brings the Logbook under the configured key, at start-up of a process
+    /// that writes (see [`crate::adapters::sqlite::SqliteStore::adopt_logbook_key`]).
+    pub async fn adopt_logbook_key(&self, now: Timestamp) -> Result<KeyAdoption, StoreError> {
+        let mut tx = self.begin().await?;
+        let adopted = logbook::adopt_key(&mut tx, &self.shared.keys, now).await?;
+        tx.commit().await?;
+        Ok(adopted)
+    }
+
+    /// Closes the pool, and with it `notices_queued`.
+    pub async fn close(&self) {
+        self.shared
+            .queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.shared.pool.close().await;
+    }
+
+    /// The pool, for tests and tools that read the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.shared.pool.begin().await?)
+    }
+
+    /// Commits `tx`, then, when it queued notices, moves `notices_queued` on.
+    async fn commit(
+        &self,
+        tx: Transaction<'static, Postgres>,
+        queued: bool,
+    ) -> Result<(), StoreError> {
+        tx.commit().await?;
+        // The notification comes too, a moment later: this is for the
+        // dispatcher of this process, which need not wait for it.
+        if queued {
+            bump(&self.shared.queued);
+        }
+        Ok(())
+    }
+
+    /// Keeps `key` until `until` (`seen_keys`): true the first time, and
+    /// when it was kept only until before `expired_before`.
+    async fn remember_key(
+        &self,
+        key: &str,
+        until: Timestamp,
+        expired_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.shared.pool.acquire().await?;
+        remember_key(&mut conn, key, until, expired_before).await
+    }
+
+    async fn requests(
+        &self,
+        sql: &str,
+        bind: impl FnOnce(
+            sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let rows = bind(sqlx::query(sql)).fetch_all(&self.shared.pool).await?;
+        rows.iter()
+            .map(|row| decode_request(row.try_get::<&str, _>(0)?))
+            .collect()
+    }
+
+    /// Ends the outbox row `id` with `set` (its other columns), and moves this
+    /// store's claims on its lane as `claims` says, in one transaction.
+    async fn end_notice(
+        &self,
+        id: i64,
+        set: &str,
+        bind: impl FnOnce(
+            sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+        claims: LaneClaims,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "UPDATE outbox SET {set}, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL \
+             WHERE id = $1"
+        );
+        bind(sqlx::query(&sql).bind(id)).execute(&mut *tx).await?;
+        outbox::after(&mut tx, id, &self.shared.holder, claims).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Writing, inside the caller's transaction
+
+/// Keeps `key` until `until` (`seen_keys`) on `conn`: true the first time,
+/// and when it was kept only until before `expired_before`.
+async fn remember_key(
+    conn: &mut PgConnection,
+    key: &str,
+    until: Timestamp,
+    expired_before: Timestamp,
+) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "INSERT INTO seen_keys (key, expires_at) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at \
+         WHERE seen_keys.expires_at < $3",
+    )
+    .bind(key)
+    .bind(until.as_millis())
+    .bind(expired_before.as_millis())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// Keeps the replay key of the signed chat request behind `fx`, if any; one
+/// seen before fails the change with [`StoreError::Replayed`], and the
+/// caller's transaction, rolled back, writes nothing of it.
+async fn keep_signed(conn: &mut PgConnection, fx: &Effects) -> Result<(), StoreError> {
+    let Some(signed) = &fx.signed else {
+        return Ok(());
+    };
+    let never = Timestamp::from_millis(i64::MIN);
+    if remember_key(conn, &signed.key, signed.until, never).await? {
+        Ok(())
+    } else {
+        Err(StoreError::Replayed)
+    }
+}
+
+/// Events and notices that belong to no request.
+async fn record(
+    conn: &mut PgConnection,
+    keys: &ChainKeys,
+    fx: &Effects,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    if !fx.timers.is_empty() || fx.cancel_all || fx.cancel_expiry || !fx.cancel.is_empty() {
+        return Err(StoreError::Other(
+            "timers belong to a request: use update".into(),
+        ));
+    }
+    keep_signed(conn, fx).await?;
+    insert_outbox(conn, fx, at).await?;
+    logbook::append(conn, keys, &fx.events).await?;
+    Ok(())
+}
+
+/// When a change happened: its first event's time, else `fallback`.
+fn change_time(fx: &Effects, fallback: Timestamp) -> Timestamp {
+    fx.events.first().map(|e| e.at).unwrap_or(fallback)
+}
+
+/// Writes a request's effects: its notices, timers and, last (so that the
+/// Logbook's lock is held the shortest), its events.
+async fn write_effects(
+    conn: &mut PgConnection,
+    keys: &ChainKeys,
+    request: RequestId,
+    fx: &Effects,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    let rid = id_of(request);
+    keep_signed(conn, fx).await?;
+    insert_outbox(conn, fx, at).await?;
+    if fx.cancel_all {
+        sqlx::query("DELETE FROM timers WHERE request = $1")
+            .bind(rid)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if fx.cancel_expiry {
+        sqlx::query(
+            "DELETE FROM timers WHERE request = $1 AND (kind = 'expiry' OR kind LIKE 'warning:%')",
+        )
+        .bind(rid)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !fx.cancel.is_empty() {
+        let kinds: Vec<String> = fx.cancel.iter().map(|k| k.encode()).collect();
+        sqlx::query("DELETE FROM timers WHERE request = $1 AND kind = ANY($2)")
+            .bind(rid)
+            .bind(kinds)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !fx.timers.is_empty() {
+        let kinds: Vec<String> = fx.timers.iter().map(|t| t.kind.encode()).collect();
+        let dues: Vec<i64> = fx.timers.iter().map(|t| t.due.as_millis()).collect();
+        let attempts: Vec<i64> = fx.timers.iter().map(|t| i64::from(t.attempts)).collect();
+        // WITH ORDINALITY keeps the given order, and so the order of the ids.
+        sqlx::query(
+            "INSERT INTO timers (request, kind, due_at, attempts) \
+             SELECT $1, k, d, a FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) \
+             WITH ORDINALITY AS t (k, d, a, n) ORDER BY n",
+        )
+        .bind(rid)
+        .bind(kinds)
+        .bind(dues)
+        .bind(attempts)
+        .execute(&mut *conn)
+        .await?;
+    }
+    logbook::append(conn, keys, &fx.events).await?;
+    Ok(())
+}
+
+async fn insert_outbox(
+    conn: &mut PgConnection,
+    fx: &Effects,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    if fx.outbox.is_empty() {
+        return Ok(());
+    }
+    let mut surfaces = Vec::with_capacity(fx.outbox.len());
+    let mut lanes = Vec::with_capacity(fx.outbox.len());
+    let mut requests = Vec::with_capacity(fx.outbox.len());
+    let mut notices = Vec::with_capacity(fx.outbox.len());
+    for (surface, notice) in &fx.outbox {
+        surfaces.push(surface.clone());
+        lanes.push(notice.lane());
+        requests.push(notice.request().map(id_of));
+        notices.push(serde_json::to_string(notice).map_err(corrupt)?);
+    }
+    // In the order given: ids (and so each lane's order) follow it.
+    sqlx::query(
+        "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
+         SELECT s, l, r, n, $5, $5 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
+         WITH ORDINALITY AS t (s, l, r, n, i) ORDER BY i",
+    )
+    .bind(surfaces)
+    .bind(lanes)
+    .bind(requests)
+    .bind(notices)
+    .bind(at.as_millis())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// How many requests of `requester` wait for approval, counted up to `up_to`
+/// (0: not counted), through the partial index of pending requests.
+async fn count_pending(
+    conn: &mut PgConnection,
+    requester: &str,
+    up_to: u32,
+) -> Result<u64, StoreError> {
+    if up_to == 0 {
+        return Ok(0);
+    }
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM \
+         (SELECT 1 FROM requests WHERE requester = $1 AND state = 'pending' LIMIT $2) AS p",
+    )
+    .bind(requester)
+    .bind(i64::from(up_to))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+async fn create(
+    conn: &mut PgConnection,
+    keys: &ChainKeys,
+    requester: &str,
+    pending_cap: u32,
+    build: Creation,
+) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CREATE_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")
+        .fetch_one(&mut *conn)
+        .await?;
+    let id = to_id(next)?;
+    let pending = count_pending(conn, requester, pending_cap).await?;
+    let (req, fx) = match build(Slot { id, pending }) {
+        Ok(built) => built,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if req.id != id || req.requester.id.as_str() != requester {
+        return Err(StoreError::Other(format!(
+            "request built as {} of {} instead of {id} of {requester}",
+            req.id, req.requester.id
+        )));
+    }
+    let at = change_time(&fx, req.created_at);
+    sqlx::query(
+        "INSERT INTO requests (id, state, requester, created_at, updated_at, expires_at, open_grants, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id_of(req.id))
+    .bind(req.state.as_str())
+    .bind(req.requester.id.as_str())
+    .bind(req.created_at.as_millis())
+    .bind(at.as_millis())
+    .bind(req.expires_at.map(Timestamp::as_millis))
+    .bind(req.open_grants() as i64)
+    .bind(serde_json::to_string(&req).map_err(corrupt)?)
+    .execute(&mut *conn)
+    .await?;
+    write_effects(conn, keys, id, &fx, at).await?;
+    Ok(Ok((req, fx)))
+}
+
+async fn update(
+    conn: &mut PgConnection,
+    keys: &ChainKeys,
+    id: RequestId,
+    fired: Option<TimerId>,
+    change: Mutation,
+) -> Result<Updated, StoreError> {
+    // The row stays locked to the end of the transaction: a change racing
+    // this one (on another process) waits, then reads what this one wrote.
+    // NO KEY: rows that only refer to the request (a card's place, a
+    // password message) are written meanwhile without waiting.
+    let row = sqlx::query(
+        "SELECT body, updated_at, version FROM requests WHERE id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(id_of(id))
+    .fetch_optional(&mut *conn)
+    .await?;
+    // The fired timer goes whatever the change does; if it is gone already,
+    // the change is stale, and a timer acts at most once.
+    if let Some(timer) = fired {
+        let deleted = sqlx::query("DELETE FROM timers WHERE id = $1")
+            .bind(timer)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(Updated::Refused(RefusalKind::AlreadyDone(format!(
+                "{id}: this timer has already run or was cancelled"
+            ))));
+        }
+    }
+    let Some(row) = row else {
+        return Ok(Updated::Missing);
+    };
+    let body: &str = row.try_get(0)?;
+    let updated_at: i64 = row.try_get(1)?;
+    let version: i64 = row.try_get(2)?;
+    let mut req = decode_request(body)?;
+    let fx = match change(&mut req) {
+        Ok(fx) => fx,
+        Err(refusal) => return Ok(Updated::Refused(refusal)),
+    };
+    let at = change_time(&fx, Timestamp::from_millis(updated_at));
+    let written = sqlx::query(
+        "UPDATE requests SET state = $1, updated_at = $2, expires_at = $3, open_grants = $4, \
+         body = $5, version = version + 1 WHERE id = $6 AND version = $7",
+    )
+    .bind(req.state.as_str())
+    .bind(at.as_millis())
+    .bind(req.expires_at.map(Timestamp::as_millis))
+    .bind(req.open_grants() as i64)
+    .bind(serde_json::to_string(&req).map_err(corrupt)?)
+    .bind(id_of(req.id))
+    .bind(version)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if written == 0 {
+        // Cannot happen while the row is locked; never write over a change
+        // this one did not see.
+        return Err(StoreError::Busy);
+    }
+    write_effects(conn, keys, id, &fx, at).await?;
+    Ok(Updated::Changed(Box::new((req, fx))))
+}
+
+// ---------------------------------------------------------------------------
+// The port
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create(
+        &self,
+        requester: &UserId,
+        pending_cap: u32,
+        build: Creation,
+    ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        let created = create(
+            &mut tx,
+            &self.shared.keys,
+            requester.as_str(),
+            pending_cap,
+            build,
+        )
+        .await?;
+        match created {
+            Ok((req, fx)) => {
+                self.commit(tx, !fx.outbox.is_empty()).await?;
+                Ok(Ok((req, fx)))
+            }
+            Err(refusal) => {
+                tx.rollback().await?;
+                Ok(Err(refusal))
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        id: RequestId,
+        fired: Option<TimerId>,
+        change: Mutation,
+    ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        // A refusal commits too: the fired timer's deletion is all it wrote.
+        match update(&mut tx, &self.shared.keys, id, fired, change).await? {
+            Updated::Changed(changed) => {
+                self.commit(tx, !changed.1.outbox.is_empty()).await?;
+                Ok(Ok(*changed))
+            }
+            Updated::Refused(refusal) => {
+                tx.commit().await?;
+                Ok(Err(refusal))
+            }
+            Updated::Missing => {
+                tx.commit().await?;
+                Err(StoreError::NotFound(id))
+            }
+        }
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<AccessRequest>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM requests WHERE id = $1")
+            .bind(id_of(id))
+            .fetch_optional(&self.shared.pool)
+            .await?;
+        body.map(|b| decode_request(&b)).transpose()
+    }
+
+    async fn pending_count(&self, requester: &UserId, up_to: u32) -> Result<u64, StoreError> {
+        let mut conn = self.shared.pool.acquire().await?;
+        count_pending(&mut conn, requester.as_str(), up_to).await
+    }
+
+    async fn list(
+        &self,
+        filter: ListFilter,
+        user: &UserId,
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let (user, limit) = (user.as_str().to_owned(), i64::from(limit));
+        match filter {
+            ListFilter::Default => {
+                self.requests(
+                    "SELECT body FROM requests WHERE requester = $1 \
+                     OR state IN ('pending', 'approved', 'provisioning', 'active') \
+                     ORDER BY id DESC LIMIT $2",
+                    |q| q.bind(user).bind(limit),
+                )
+                .await
+            }
+            ListFilter::Mine => {
+                self.requests(
+                    "SELECT body FROM requests WHERE requester = $1 ORDER BY id DESC LIMIT $2",
+                    |q| q.bind(user).bind(limit),
+                )
+                .await
+            }
+            ListFilter::Pending => {
+                self.requests(
+                    "SELECT body FROM requests WHERE state = $1 ORDER BY id DESC LIMIT $2",
+                    |q| q.bind(RequestState::Pending.as_str()).bind(limit),
+                )
+                .await
+            }
+            ListFilter::Active => {
+                self.requests(
+                    "SELECT body FROM requests WHERE state IN ($1, $2, $3) ORDER BY id DESC LIMIT $4",
+                    |q| {
+                        q.bind(RequestState::Approved.as_str())
+                            .bind(RequestState::Provisioning.as_str())
+                            .bind(RequestState::Active.as_str())
+                            .bind(limit)
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<Timer>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, request, kind, due_at, attempts FROM timers WHERE due_at <= $1 \
+             ORDER BY due_at, id LIMIT $2",
+        )
+        .bind(now.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.shared.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: &str = row.try_get(2)?;
+                let Some(kind) = TimerKind::decode(kind) else {
+                    return Err(StoreError::Corrupt(format!("unknown timer kind {kind:?}")));
+                };
+                Ok(Timer {
+                    id: row.try_get(0)?,
+                    request: to_id(row.try_get(1)?)?,
+                    kind,
+                    due: Timestamp::from_millis(row.try_get(3)?),
+                    attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn reschedule_timer(&self, id: TimerId, due: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE timers SET due_at = $1, attempts = attempts + 1 WHERE id = $2")
+            .bind(due.as_millis())
+            .bind(id)
+            .execute(&self.shared.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_timer(&self, id: TimerId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM timers WHERE id = $1")
+            .bind(id)
+            .execute(&self.shared.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError> {
+        let now = self.shared.clock.now();
+        let until = now.plus(self.shared.claim_for);
+        let mut tx = self.begin().await?;
+        let pending =
+            outbox::claim(&mut tx, &self.shared.holder, now, until, limit, per_lane).await?;
+        tx.commit().await?;
+        Ok(pending)
+    }
+
+    fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.notices_queued.clone()
+    }
+
+    async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError> {
+        let until = self.shared.clock.now().plus(self.shared.claim_for);
+        self.end_notice(
+            id,
+            "delivered_at = $2, last_error = NULL",
+            |q| q.bind(now.as_millis()),
+            LaneClaims::Extend(until),
+        )
+        .await
+    }
+
+    async fn mark_retry(
+        &self,
+        id: i64,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.end_notice(
+            id,
+            "next_attempt_at = $2, last_error = $3",
+            |q| q.bind(next_attempt_at.as_millis()).bind(error.to_owned()),
+            LaneClaims::Release,
+        )
+        .await
+    }
+
+    async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError> {
+        let until = self.shared.clock.now().plus(self.shared.claim_for);
+        self.end_notice(
+            id,
+            "dead_at = $2, last_error = $3",
+            |q| q.bind(now.as_millis()).bind(error.to_owned()),
+            LaneClaims::Extend(until),
+        )
+        .await
+    }
+
+    async fn set_aside(&self, limit: u32) -> Result<Vec<SetAside>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, surface, lane, request, created_at, dead_at, attempts, COALESCE(last_error, '') \
+             FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.shared.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SetAside {
+                    id: row.try_get(0)?,
+                    surface: row.try_get(1)?,
+                    lane: row.try_get(2)?,
+                    request: row.try_get::<Option<i64>, _>(3)?.map(to_id).transpose()?,
+                    created_at: Timestamp::from_millis(row.try_get(4)?),
+                    set_aside_at: Timestamp::from_millis(row.try_get(5)?),
+                    attempts: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
+                    last_error: row.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revive(&self, ids: Option<Vec<i64>>, now: Timestamp) -> Result<u64, StoreError> {
+        let query = match &ids {
+            None => sqlx::query(
+                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1, \
+                 claimed_by = NULL, claimed_until = NULL \
+                 WHERE dead_at IS NOT NULL AND delivered_at IS NULL AND $2::bigint[] IS NULL",
+            ),
+            Some(_) => sqlx::query(
+                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1, \
+                 claimed_by = NULL, claimed_until = NULL \
+                 WHERE id = ANY($2) AND dead_at IS NOT NULL AND delivered_at IS NULL",
+            ),
+        };
+        let n = query
+            .bind(now.as_millis())
+            .bind(ids)
+            .execute(&self.shared.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
+    async fn prune_delivered(&self, before: Timestamp, limit: u64) -> Result<u64, StoreError> {
+        let n = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+             WHERE delivered_at IS NOT NULL AND delivered_at < $1 LIMIT $2)",
+        )
+        .bind(before.as_millis())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.shared.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE delivered_at IS NULL AND dead_at IS NULL), \
+                    COUNT(*) FILTER (WHERE delivered_at IS NOT NULL), \
+                    COUNT(*) FILTER (WHERE dead_at IS NOT NULL) FROM outbox",
+        )
+        .fetch_one(&self.shared.pool)
+        .await?;
+        Ok(OutboxCounts {
+            pending: row.try_get::<i64, _>(0)?.max(0) as u64,
+            delivered: row.try_get::<i64, _>(1)?.max(0) as u64,
+            dead: row.try_get::<i64, _>(2)?.max(0) as u64,
+        })
+    }
+
+    async fn gauges(&self, now: Timestamp) -> Result<Gauges, StoreError> {
+        let late = now.minus(REMOVAL_GRACE).as_millis();
+        let pool = &self.shared.pool;
+        let requests = sqlx::query("SELECT state, COUNT(*) FROM requests GROUP BY state")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0)?,
+                    r.try_get::<i64, _>(1)?.max(0) as u64,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM requests WHERE open_grants > 0 \
+                  AND ((expires_at IS NOT NULL AND expires_at < $1) \
+                       OR (state IN ('completed', 'expired', 'revoked', 'cancelled', 'denied', \
+                                     'approval_timed_out', 'failed') AND updated_at < $1))), \
+               (SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL), \
+               (SELECT MIN(created_at) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL), \
+               (SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL), \
+               (SELECT COUNT(*) FROM timers WHERE due_at < $1)",
+        )
+        .bind(late)
+        .fetch_one(pool)
+        .await?;
+        let oldest: Option<i64> = row.try_get(2)?;
+        Ok(Gauges {
+            requests,
+            removals_overdue: row.try_get::<i64, _>(0)?.max(0) as u64,
+            outbox_pending: row.try_get::<i64, _>(1)?.max(0) as u64,
+            outbox_oldest_seconds: oldest
+                .map(|at| ((now.as_millis() - at).max(0) as f64) / 1000.0)
+                .unwrap_or(0.0),
+            outbox_set_aside: row.try_get::<i64, _>(3)?.max(0) as u64,
+            timers_overdue: row.try_get::<i64, _>(4)?.max(0) as u64,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.shared.pool).await?;
+        Ok(())
+    }
+
+    async fn ping_writer(&self) -> Result<(), StoreError> {
+        // A standby (a failover's old primary, a read replica) answers
+        // reads and refuses every write.
+        let mut tx = self.begin().await?;
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if standby {
+            return Err(StoreError::Other(
+                "the database is a read-only standby: point [store] url at the primary".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn chat_ref(
+        &self,
+        request: RequestId,
+        surface: &str,
+    ) -> Result<Option<MessageRef>, StoreError> {
+        let row = sqlx::query(
+            "SELECT channel, message FROM chat_refs WHERE request = $1 AND surface = $2",
+        )
+        .bind(id_of(request))
+        .bind(surface)
+        .fetch_optional(&self.shared.pool)
+        .await?;
+        row.map(|r| {
+            Ok(MessageRef {
+                channel: r.try_get(0)?,
+                message: r.try_get(1)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_chat_ref(
+        &self,
+        request: RequestId,
+        surface: &str,
+        at: &MessageRef,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO chat_refs (request, surface, channel, message) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (request, surface) DO UPDATE \
+             SET channel = EXCLUDED.channel, message = EXCLUDED.message",
+        )
+        .bind(id_of(request))
+        .bind(surface)
+        .bind(&at.channel)
+        .bind(&at.message)
+        .execute(&self.shared.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_events(
+        &self,
+        request: Option<RequestId>,
+        since: Option<Timestamp>,
+    ) -> Result<Vec<LogEvent>, StoreError> {
+        logbook::events(&self.shared.pool, request.map(|r| r.to_string()), since).await
+    }
+
+    async fn verify_logbook(&self) -> Result<Verification, StoreError> {
+        logbook::verify(&self.shared.pool, &self.shared.keys).await
+    }
+
+    async fn record(&self, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        record(&mut tx, &self.shared.keys, &fx, now).await?;
+        self.commit(tx, !fx.outbox.is_empty()).await
+    }
+
+    async fn ssh_key(&self, user: &UserId) -> Result<Option<SshPublicKey>, StoreError> {
+        let key: Option<String> =
+            sqlx::query_scalar(r#"SELECT key FROM ssh_keys WHERE "user" = $1"#)
+                .bind(user.as_str())
+                .fetch_optional(&self.shared.pool)
+                .await?;
+        key.map(|k| {
+            SshPublicKey::parse(&k)
+                .map_err(|e| StoreError::Corrupt(format!("stored SSH key of {user}: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn set_ssh_key(
+        &self,
+        user: &UserId,
+        key: Option<&SshPublicKey>,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        match key {
+            Some(key) => {
+                sqlx::query(
+                    r#"INSERT INTO ssh_keys ("user", key) VALUES ($1, $2) ON CONFLICT ("user") DO UPDATE SET key = EXCLUDED.key"#,
+                )
+                .bind(user.as_str())
+                .bind(key.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query(r#"DELETE FROM ssh_keys WHERE "user" = $1"#)
+                    .bind(user.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        record(&mut tx, &self.shared.keys, &fx, now).await?;
+        self.commit(tx, !fx.outbox.is_empty()).await
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Span,
+    ) -> Result<bool, StoreError> {
+        // One statement: of callers racing for a free or expired lease, the
+        // first to insert or update the row wins, and the others find it
+        // held (ON CONFLICT waits for the winner's commit, then checks).
+        let changed = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+             WHERE leases.holder = EXCLUDED.holder OR leases.expires_at <= $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.plus(ttl).as_millis())
+        .bind(now.as_millis())
+        .execute(&self.shared.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.shared.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.shared.pool)
+                .await?,
+        )
+    }
+
+    async fn take_over_lease(
+        &self,
+        name: &str,
+        stale: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Span,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE leases SET holder = $2, expires_at = $3 WHERE name = $1 AND holder = $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.plus(ttl).as_millis())
+        .bind(stale)
+        .execute(&self.shared.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn job_next_run(
+        &self,
+        name: &str,
+        schedule: &str,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT next_run FROM jobs WHERE name = $1 AND schedule = $2")
+                .bind(name)
+                .bind(schedule)
+                .fetch_optional(&self.shared.pool)
+                .await?;
+        Ok(next.map(Timestamp::from_millis))
+    }
+
+    async fn set_job_next_run(
+        &self,
+        name: &str,
+        schedule: &str,
+        next: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO jobs (name, schedule, next_run) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule, next_run = EXCLUDED.next_run",
+        )
+        .bind(name)
+        .bind(schedule)
+        .bind(next.as_millis())
+        .execute(&self.shared.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn requests_in(
+        &self,
+        states: &[RequestState],
+        filter: RequestFilter,
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let names: Vec<String> = states.iter().map(|s| s.as_str().to_owned()).collect();
+        self.requests(
+            "SELECT body FROM requests WHERE state = ANY($1) AND updated_at >= $2 \
+             AND (NOT $3 OR open_grants > 0) ORDER BY id LIMIT $4",
+            |q| {
+                q.bind(names)
+                    .bind(filter.changed_since.map_or(i64::MIN, Timestamp::as_millis))
+                    .bind(filter.holding_users)
+                    .bind(i64::from(limit))
+            },
+        )
+        .await
+    }
+
+    async fn ended_unverified(
+        &self,
+        since: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        self.requests(
+            "SELECT body FROM requests \
+             WHERE state IN ('completed', 'expired', 'revoked', 'failed') AND open_grants = 0 \
+               AND updated_at >= $1 \
+               AND NOT COALESCE((body::jsonb ->> 'removal_verified')::boolean, FALSE) \
+             ORDER BY id LIMIT $2",
+            |q| q.bind(since.as_millis()).bind(i64::from(limit)),
+        )
+        .await
+    }
+
+    async fn has_timer(&self, request: RequestId, kind: TimerKind) -> Result<bool, StoreError> {
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM timers WHERE request = $1 AND kind = $2 LIMIT 1")
+                .bind(id_of(request))
+                .bind(kind.encode())
+                .fetch_optional(&self.shared.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn logbook_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.shared.pool)
+            .await?;
+        row.map(|r| {
+            let hash: Vec<u8> = r.try_get(1)?;
+            Ok((r.try_get::<i64, _>(0)? as u64, hex::encode(hash)))
+        })
+        .transpose()
+    }
+
+    async fn logbook_hash_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM logbook WHERE seq = $1")
+            .bind(seq as i64)
+            .fetch_optional(&self.shared.pool)
+            .await?;
+        Ok(hash.map(hex::encode))
+    }
+
+    async fn first_delivery(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
+        // A key whose day has passed counts as new, pruned yet or not.
+        self.remember_key(key, now.plus(DELIVERIES_KEPT), now).await
+    }
+
+    async fn first_signed(&self, key: &str, until: Timestamp) -> Result<bool, StoreError> {
+        // Past its window the signature is refused anyway: no key comes back.
+        self.remember_key(key, until, Timestamp::from_millis(i64::MIN))
+            .await
+    }
+
+    async fn prune_signed(&self, now: Timestamp, limit: u64) -> Result<u64, StoreError> {
+        let n = sqlx::query(
+            "DELETE FROM seen_keys WHERE key IN (SELECT key FROM seen_keys \
+             WHERE expires_at < $1 LIMIT $2)",
+        )
+        .bind(now.as_millis())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.shared.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn request_for_message(
+        &self,
+        surface: &str,
+        channel: Option<&str>,
+        message: &str,
+    ) -> Result<Option<RequestId>, StoreError> {
+        let id: Option<i64> = match channel {
+            Some(channel) => {
+                sqlx::query_scalar(
+                    "SELECT request FROM chat_refs WHERE surface = $1 AND channel = $2 AND message = $3",
+                )
+                .bind(surface)
+                .bind(channel)
+                .bind(message)
+                .fetch_optional(&self.shared.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_scalar(
+                    "SELECT request FROM chat_refs WHERE surface = $1 AND message = $2 LIMIT 1",
+                )
+                .bind(surface)
+                .bind(message)
+                .fetch_optional(&self.shared.pool)
+                .await?
+            }
+        };
+        id.map(to_id).transpose()
+    }
+
+    async fn login_start(
+        &self,
+        login: &LoginAttempt,
+        code: &SecretHash,
+        secret: &SecretHash,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        signin::start(&mut tx, login, code, secret).await?;
+        record(&mut tx, &self.shared.keys, &fx, now).await?;
+        self.commit(tx, !fx.outbox.is_empty()).await
+    }
+
+    async fn login_by_code(&self, code: &SecretHash) -> Result<Option<LoginAttempt>, StoreError> {
+        signin::by_code(&self.shared.pool, code).await
+    }
+
+    async fn login_by_id(
+        &self,
+        id: &LoginId,
+    ) -> Result<Option<(LoginAttempt, SecretHash)>, StoreError> {
+        signin::by_id(&self.shared.pool, id).await
+    }
+
+    async fn login_save(
+        &self,
+        login: &LoginAttempt,
+        was: LoginState,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        if !signin::save(&mut tx, login, was).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        record(&mut tx, &self.shared.keys, &fx, now).await?;
+        self.commit(tx, !fx.outbox.is_empty()).await?;
+        Ok(true)
+    }
+
+    async fn login_collect(
+        &self,
+        issued: &IssuedToken,
+        record_token: Recording,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin().await?;
+        let Some(token_id) = signin::collect(&mut tx, issued, now).await? else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let fx = record_token(token_id);
+        record(&mut tx, &self.shared.keys, &fx, now).await?;
+        self.commit(tx, !fx.outbox.is_empty()).await?;
+        Ok(Some(token_id))
+    }
+
+    async fn token(&self, hash: &SecretHash) -> Result<Option<TokenRecord>, StoreError> {
+        signin::token(&self.shared.pool, hash).await
+    }
+
+    async fn token_refused(&self, id: i64, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        if !signin::refused(&mut tx, id).await? {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        record(&mut tx, &self.shared.keys, &fx, now).await?;
+        self.commit(tx, !fx.outbox.is_empty()).await
+    }
+
+    async fn revoke_tokens(
+        &self,
+        scope: &LogoutScope,
+        record_count: Recording,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = signin::revoke(&mut tx, scope, now).await?;
+        let fx = record_count(n as i64);
+        record(&mut tx, &self.shared.keys, &fx, now).await?;
+        self.commit(tx, !fx.outbox.is_empty()).await?;
+        Ok(n)
+    }
+
+    async fn save_password_message(&self, m: &PasswordMessage) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO password_messages \
+             (request, instance, username, surface, channel, message, sent_at, due_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id_of(m.request))
+        .bind(m.instance.as_str())
+        .bind(m.username.as_str())
+        .bind(&m.surface)
+        .bind(&m.at.channel)
+        .bind(&m.at.message)
+        .bind(m.sent_at.as_millis())
+        .bind(m.due.as_millis())
+        .execute(&self.shared.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn due_password_messages(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PendingDeletion>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, request, instance, username, surface, channel, message, sent_at, due_at, attempts \
+             FROM password_messages WHERE due_at <= $1 ORDER BY due_at, id LIMIT $2",
+        )
+        .bind(now.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.shared.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let instance: String = row.try_get(2)?;
+                let username: String = row.try_get(3)?;
+                Ok(PendingDeletion {
+                    id: row.try_get(0)?,
+                    message: PasswordMessage {
+                        request: to_id(row.try_get(1)?)?,
+                        instance: InstanceId::parse(&instance).map_err(|e| {
+                            StoreError::Corrupt(format!("password message instance: {e}"))
+                        })?,
+                        username: serde_json::from_value::<Username>(username.into())
+                            .map_err(corrupt)?,
+                        surface: row.try_get(4)?,
+                        at: MessageRef {
+                            channel: row.try_get(5)?,
+                            message: row.try_get(6)?,
+                        },
+                        sent_at: Timestamp::from_millis(row.try_get(7)?),
+                        due: Timestamp::from_millis(row.try_get(8)?),
+                    },
+                    attempts: u32::try_from(row.try_get::<i64, _>(9)?).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_password_message(&self, id: i64, due: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE password_messages SET due_at = $1, attempts = attempts + 1 WHERE id = $2",
+        )
+        .bind(due.as_millis())
+        .bind(id)
+        .execute(&self.shared.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn password_message_deleted(
+        &self,
+        id: i64,
+        fx: Effects,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM password_messages WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            // Another pass recorded this deletion already.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        record(&mut tx, &self.shared.keys, &fx, now).await?;
+        self.commit(tx, !fx.outbox.is_empty()).await
+    }
+}

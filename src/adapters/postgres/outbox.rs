@@ -1,0 +1,117 @@
+//! The outbox on PostgreSQL, shared by several processes: each process
+//! claims the lanes it reads, so no two deliver the same notice, and a
+//! lane's notices still go out in order.
+//!
+//! A claim is per lane: a lane holding a notice claimed by another process
+//! until later than now is left alone entirely (delivering its later
+//! notices meanwhile would overtake the claimed one). Reading claims the
+//! notices read, for [`super::PgOptions::claim_for`] from the store's clock;
+//! each delivery or set-aside extends the claims left on its lane; a retry
+//! ends them (the lane waits anyway). A process that dies leaves its claims
+//! to run out, and the next reader takes the lane over. Claiming is
+//! serialised by an advisory lock ([`CLAIM_LOCK`]), so two readers never
+//! both see a lane as free.
+
+use sqlx::{PgConnection, Row};
+
+use crate::app::ports::{Pending, StoreError};
+use crate::domain::notice::Notice;
+use crate::domain::time::Timestamp;
+
+use super::corrupt;
+
+/// The advisory lock held while claiming lanes ("passport" + 2).
+pub(super) const CLAIM_LOCK: i64 = super::logbook::LOGBOOK_LOCK + 2;
+
+/// Claims and answers the undelivered notices of the lanes no other process
+/// holds, oldest first: at most `per_lane` of each lane and `limit` in all.
+/// Lanes this process holds already are answered (and their claims
+/// extended) like free ones.
+pub(super) async fn claim(
+    conn: &mut PgConnection,
+    holder: &str,
+    now: Timestamp,
+    until: Timestamp,
+    limit: u32,
+    per_lane: u32,
+) -> Result<Vec<Pending>, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CLAIM_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let rows = sqlx::query(
+        "WITH held AS ( \
+             SELECT DISTINCT surface, lane FROM outbox \
+             WHERE claimed_by IS NOT NULL AND claimed_by <> $1 AND claimed_until > $2 \
+               AND delivered_at IS NULL AND dead_at IS NULL), \
+         picked AS ( \
+             SELECT id FROM ( \
+                 SELECT o.id, ROW_NUMBER() OVER (PARTITION BY o.surface, o.lane ORDER BY o.id) AS n \
+                 FROM outbox o \
+                 WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM held h WHERE h.surface = o.surface AND h.lane = o.lane) \
+             ) AS ranked WHERE n <= $4 ORDER BY id LIMIT $5) \
+         UPDATE outbox SET claimed_by = $1, claimed_until = $3 \
+         WHERE id IN (SELECT id FROM picked) \
+         RETURNING id, surface, lane, notice, attempts, next_attempt_at",
+    )
+    .bind(holder)
+    .bind(now.as_millis())
+    .bind(until.as_millis())
+    .bind(i64::from(per_lane))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = rows
+        .iter()
+        .map(|row| {
+            let notice: &str = row.try_get(3)?;
+            Ok(Pending {
+                id: row.try_get(0)?,
+                surface: row.try_get(1)?,
+                lane: row.try_get(2)?,
+                notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
+                attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
+                next_attempt_at: Timestamp::from_millis(row.try_get(5)?),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // RETURNING keeps no order.
+    out.sort_by_key(|p| p.id);
+    Ok(out)
+}
+
+/// How a notice's end moves the claims its holder keeps on the notice's lane.
+#[derive(Clone, Copy)]
+pub(super) enum LaneClaims {
+    /// The lane goes on: its other claims last until then.
+    Extend(Timestamp),
+    /// The lane stops for now: its claims end.
+    Release,
+}
+
+/// Moves `holder`'s claims on the lane of notice `id` as `claims` says.
+pub(super) async fn after(
+    conn: &mut PgConnection,
+    id: i64,
+    holder: &str,
+    claims: LaneClaims,
+) -> Result<(), StoreError> {
+    let (claimed_by, until) = match claims {
+        LaneClaims::Extend(until) => (Some(holder), Some(until.as_millis())),
+        LaneClaims::Release => (None, None),
+    };
+    sqlx::query(
+        "UPDATE outbox o SET claimed_by = $3, claimed_until = $4 \
+         FROM (SELECT surface, lane FROM outbox WHERE id = $1) AS this \
+         WHERE o.surface = this.surface AND o.lane = this.lane AND o.claimed_by = $2 \
+           AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+    )
+    .bind(id)
+    .bind(holder)
+    .bind(claimed_by)
+    .bind(until)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
