@@ -152,11 +152,9 @@ impl Writer {
         // A log grown large under a burst is cut back to 256 MiB once a
         // checkpoint has let it start over.
         conn.execute_batch("PRAGMA journal_size_limit = 268435456")?;
-        // Every change inserts into the indexes of requests, the Logbook, the
-        // outbox and timers; with SQLite's default 2 MiB page cache, a
-        // database of a few hundred MiB reads their pages back from the
-        // operating system again and again. 64 MiB holds the hot ones.
-        conn.execute_batch("PRAGMA cache_size = -65536")?;
+        // SQLite's default page cache (2 MiB) stays: a larger one made every
+        // commit slower, as SQLite walks the whole cache to drop pages past
+        // the end of a transaction (`pcache1TruncateUnsafe` in profiles).
         let synchronous = conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
         let spawn_error =
             |e: std::io::Error| StoreError::Other(format!("cannot start the store's threads: {e}"));
