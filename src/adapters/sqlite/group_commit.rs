@@ -19,7 +19,8 @@
 //! through which every change passes, spends its time on changes only.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
@@ -63,9 +64,11 @@ const MAX_GROUP: usize = 256;
 /// Groups committed between two checkpoints: few enough that the log stays
 /// small, enough that a page changed by many groups is copied back once.
 const CHECKPOINT_EVERY: u32 = 32;
-/// Groups committed between two checkpoints on the writer thread itself,
-/// which finish what the checkpointing thread could not (see [`finish_log`]).
-const FINISH_EVERY: u32 = 4 * CHECKPOINT_EVERY;
+/// Frames in the write-ahead log (32 MiB of 4 KiB pages) past which the
+/// writer thread finishes a checkpoint itself (see [`finish_log`]). Below it
+/// the log starts over by itself between bursts, and the writer never pays
+/// for a checkpoint (which ends with a sync of the database file).
+const FINISH_FRAMES: u64 = 8192;
 
 /// A queued job, with its result type erased so that one queue holds them all.
 trait Task: Send {
@@ -159,9 +162,14 @@ impl Writer {
         let spawn_error =
             |e: std::io::Error| StoreError::Other(format!("cannot start the store's threads: {e}"));
         let (due, checkpoints_due) = std::sync::mpsc::sync_channel(1);
+        // Frames in the log as the last checkpoint found it.
+        let log = Arc::new(AtomicU64::new(0));
         let checkpointer = std::thread::Builder::new()
             .name("store-checkpoint".into())
-            .spawn(move || checkpoint(checkpoints, checkpoints_due))
+            .spawn({
+                let log = log.clone();
+                move || checkpoint(checkpoints, checkpoints_due, &log)
+            })
             .map_err(spawn_error)?;
         let (queue, jobs) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
@@ -173,7 +181,7 @@ impl Writer {
                     synchronous,
                     queued_notices: std::cell::Cell::new(false),
                 };
-                serve(conn, jobs, due, checkpointer, queued)
+                serve(conn, jobs, due, (checkpointer, log), queued)
             })
             .map_err(spawn_error)?;
         Ok(Self {
@@ -242,14 +250,12 @@ fn serve(
     conn: WriteConn,
     mut queue: mpsc::UnboundedReceiver<Message>,
     checkpoint_due: std::sync::mpsc::SyncSender<()>,
-    checkpointer: JoinHandle<()>,
+    (checkpointer, log): (JoinHandle<()>, Arc<AtomicU64>),
     queued: watch::Sender<u64>,
 ) {
     let mut group: Vec<Box<dyn Task>> = Vec::with_capacity(MAX_GROUP);
     let mut close = None;
     let mut commits = 0u32;
-    // The writer copies what is left of the log until it gets it all.
-    let mut finishing = false;
     while close.is_none() {
         let Some(first) = queue.blocking_recv() else {
             break;
@@ -274,11 +280,8 @@ fn serve(
                 task.answer(outcome.clone());
             }
             commits = commits.wrapping_add(1);
-            if commits.is_multiple_of(FINISH_EVERY) {
-                finishing = true;
-            }
-            if finishing {
-                finishing = !finish_log(&conn);
+            if log.load(Ordering::Relaxed) > FINISH_FRAMES && finish_log(&conn) {
+                log.store(0, Ordering::Relaxed);
             }
             if commits.is_multiple_of(CHECKPOINT_EVERY) {
                 // Full means one is already due: the checkpoint will cover this too.
@@ -301,10 +304,15 @@ fn serve(
 /// The checkpointing thread: a passive checkpoint whenever one is due, until
 /// the writer thread stops. A passive checkpoint never waits for the writer or
 /// readers; what it cannot copy yet, the next one does.
-fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>) {
+fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, log: &AtomicU64) {
     while due.recv().is_ok() {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            row.get::<_, i64>(1)
+        }) {
+            Ok(frames) => log.store(u64::try_from(frames).unwrap_or(0), Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
+            }
         }
     }
 }
@@ -315,11 +323,11 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>) {
 /// log over instead of appending to it. The checkpointing thread alone never
 /// gets there under a steady stream of writes, since the writer appends while
 /// it copies; the log then grows for as long as the stream lasts, and every
-/// page read that misses the cache searches a longer log index. The
-/// checkpointing thread has copied most of it already, so little is left for
-/// this one. True when the log was copied whole; false when a checkpoint was
-/// already running or a reader held part of the log back, to try again after
-/// the next group.
+/// page read that misses the cache searches a longer log index. So once the
+/// log passes [`FINISH_FRAMES`], the writer finishes the copy; the
+/// checkpointing thread has done most of it already. True when the log was
+/// copied whole; false when a checkpoint was already running or a reader held
+/// part of the log back, to try again after the next group.
 fn finish_log(conn: &Connection) -> bool {
     let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok((
