@@ -125,7 +125,7 @@ async fn run(rate: u64, secs: u64) {
         .save_new(&ca_key)
         .unwrap();
     let mut c = Config::default();
-    c.store.path = dir.path().join("passport.db");
+    c.store.path = Some(dir.path().join("passport.db"));
     c.groups = [("approvers".to_owned(), vec!["U0LEAD".to_owned()])].into();
     c.policy.rules = vec![];
     c.dry_run.instances = vec![DryRunInstance {

@@ -147,7 +147,7 @@ async fn start_server() -> Server {
     let api_url = web_api().await;
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
-    c.store.path = dir.path().join("passport.db");
+    c.store.path = Some(dir.path().join("passport.db"));
     c.groups = BTreeMap::from([
         ("approvers".into(), vec!["U0LEAD".into()]),
         ("admins".into(), vec!["U0BOSS".into()]),

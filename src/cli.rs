@@ -10,11 +10,10 @@ use clap::{Parser, Subcommand};
 
 use crate::adapters::clock::{OffsetClock, SystemClock};
 use crate::adapters::console::stdout_output;
-use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::ssh_ca::{CaKeySource, CaKeyType, CertificateAuthority};
 use crate::app::engine::timeline;
 use crate::app::ports::{Store, Verification};
-use crate::config::{Config, Loaded, LogFormat, Settings};
+use crate::config::{Config, Loaded, LogFormat, Settings, StoreLocation};
 use crate::domain::logbook::{ChainKeys, Checkpoint};
 use crate::domain::time::Timestamp;
 use crate::domain::values::RequestId;
@@ -43,7 +42,8 @@ pub enum Command {
     /// Type commands as any user, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`,
     /// and see every card, thread reply, direct message and audit line. Exits at end of input.
     Console,
-    /// Create the database or bring it up to date, then exit.
+    /// Create the database (SQLite or PostgreSQL, as [store] says) or bring it
+    /// up to date, then exit.
     Migrate,
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
@@ -68,13 +68,14 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
-    /// Copy the live database consistently (SQLite's online backup, safe while
-    /// `serve` runs) to a new FILE, then verify the copy's Logbook. Needs only [store].
+    /// Copy the live SQLite database consistently (SQLite's online backup, safe
+    /// while `serve` runs) to a new FILE, then verify the copy's Logbook. Needs
+    /// only [store]. On PostgreSQL, use snapshots or pg_dump instead.
     Backup {
         /// The new file to write; an existing file is never overwritten.
         file: PathBuf,
     },
-    /// Put a backup in place of the database (`serve` must be stopped). The
+    /// Put a backup in place of the SQLite database (`serve` must be stopped). The
     /// backup's Logbook is verified first; the current database is kept beside
     /// it as <path>.before-restore-<time>. Needs only [store].
     Restore {
@@ -261,9 +262,9 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Loaded, Settings)> {
     Ok((loaded, settings))
 }
 
-/// The database's path and durability, and the Logbook's keys, alone:
-/// commands that only read or copy the database (audit, backup, restore)
-/// work with a copy of it and no chat secrets, so they validate nothing else.
+/// The database (`[store]`) and the Logbook's keys, alone: commands that
+/// only read or copy the database (audit, outbox, backup, restore) work with
+/// a copy of it and no chat secrets, so they validate nothing else.
 fn store_only(path: Option<&std::path::Path>) -> anyhow::Result<StoreOnly> {
     let loaded = Config::load(path)?;
     let audit = loaded
@@ -271,25 +272,37 @@ fn store_only(path: Option<&std::path::Path>) -> anyhow::Result<StoreOnly> {
         .audit
         .validate()
         .map_err(crate::config::ConfigErrors)?;
+    let location = loaded
+        .config
+        .store
+        .location()
+        .map_err(|e| crate::config::ConfigErrors(vec![e]))?;
     Ok(StoreOnly {
-        path: loaded.config.store.path.clone(),
-        durability: loaded.config.store.durability,
+        location,
         keys: audit.keys,
     })
 }
 
 struct StoreOnly {
-    path: PathBuf,
-    durability: crate::adapters::sqlite::Durability,
+    location: StoreLocation,
     keys: ChainKeys,
 }
 
 impl StoreOnly {
     /// Opens the store with the Logbook's keys, switching nothing.
-    async fn open(&self) -> anyhow::Result<SqliteStore> {
-        SqliteStore::open_with_keys(&self.path, self.durability, self.keys.clone())
+    async fn open(&self) -> anyhow::Result<startup::Database> {
+        startup::connect(&self.location, self.keys.clone(), Arc::new(SystemClock))
             .await
-            .with_context(|| format!("cannot open the database {}", self.path.display()))
+            .with_context(|| format!("cannot open the database {}", self.location))
+    }
+
+    /// The SQLite file, for the commands that copy it; on PostgreSQL, an
+    /// error saying what `what` is there instead.
+    fn file(&self, command: &str, instead: &str) -> anyhow::Result<&std::path::Path> {
+        match self.location.sqlite_path() {
+            Some(path) => Ok(path),
+            None => bail!("`passport {command}` copies a SQLite file, and [store] url names a PostgreSQL database ({}): {instead}", self.location),
+        }
     }
 }
 
@@ -352,7 +365,7 @@ fn read_checkpoint_file(file: &std::path::Path) -> anyhow::Result<Vec<(usize, Ch
     Ok(out)
 }
 
-async fn outbox(store: &SqliteStore, command: OutboxCommand) -> anyhow::Result<i32> {
+async fn outbox(store: &dyn Store, command: OutboxCommand) -> anyhow::Result<i32> {
     match command {
         OutboxCommand::List => {
             let notices = store.set_aside(1000).await?;
@@ -467,11 +480,10 @@ fn init_logging(level: &str, format: LogFormat) {
 
 /// Opens the store as a process that writes: with the Logbook's key, which
 /// a keyed Logbook requires (see [`startup::open_store`]).
-async fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
-    let now = crate::app::ports::Clock::now(&SystemClock);
-    startup::open_store(settings, now)
+async fn open_store(settings: &Settings) -> anyhow::Result<startup::Database> {
+    startup::open_store(settings, Arc::new(SystemClock))
         .await
-        .with_context(|| format!("cannot open the database {}", settings.store_path.display()))
+        .with_context(|| format!("cannot open the database {}", settings.store))
 }
 
 /// Runs the command line; the exit code is 0 on success.
@@ -530,7 +542,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             init_logging("warn", LogFormat::Text);
             let store = open_store(&settings).await?;
             store.close().await;
-            println!("database {} is up to date", settings.store_path.display());
+            println!("database {} is up to date", settings.store);
             Ok(0)
         }
         Command::Console => {
@@ -614,27 +626,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Outbox { command } => {
             let only = store_only(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            let store = only.open().await?;
-            let code = outbox(&store, command).await;
-            store.close().await;
+            let database = only.open().await?;
+            let code = outbox(database.store().as_ref(), command).await;
+            database.close().await;
             code
         }
         Command::Backup { file } => {
             let only = store_only(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            backup(&only.path, &file, &only.keys).await
+            let database = only.file("backup", "back it up with your provider's snapshots or point-in-time recovery (RDS, Aurora, Cloud SQL), or with pg_dump; `passport audit verify` checks its Logbook")?;
+            backup(database, &file, &only.keys).await
         }
         Command::Restore { file } => {
             let only = store_only(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            restore(&file, &only.path, &only.keys).await
+            let database = only.file("restore", "restore a snapshot or a pg_dump with your provider's tools or pg_restore, then run `passport audit verify`")?;
+            restore(&file, database, &only.keys).await
         }
         Command::Audit { command } => {
             let only = store_only(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            let store = only.open().await?;
-            let code = audit(&store, &only.keys, command).await;
-            store.close().await;
+            let database = only.open().await?;
+            let code = audit(database.store().as_ref(), &only.keys, command).await;
+            database.close().await;
             code
         }
     }
@@ -787,7 +801,7 @@ fn ca(settings: &Settings, command: CaCommand) -> anyhow::Result<i32> {
 /// Checks the checkpoint of event `seq` with link `hash` against the
 /// Logbook of `events` events: `None` when it matches, else what it shows.
 async fn check_checkpoint(
-    store: &SqliteStore,
+    store: &dyn Store,
     seq: u64,
     hash: &str,
     events: u64,
@@ -803,11 +817,7 @@ async fn check_checkpoint(
     })
 }
 
-async fn audit(
-    store: &SqliteStore,
-    keys: &ChainKeys,
-    command: AuditCommand,
-) -> anyhow::Result<i32> {
+async fn audit(store: &dyn Store, keys: &ChainKeys, command: AuditCommand) -> anyhow::Result<i32> {
     match command {
         AuditCommand::Verify {
             checkpoint,
@@ -930,10 +940,8 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         Ok(app) => app,
         // The AWS error says what failed; only the store's needs the file named.
         Err(startup::StartError::Store(e)) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "cannot open the database {}",
-                settings.store_path.display()
-            )))
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot open the database {}", settings.store)))
         }
         Err(e) => return Err(e.into()),
     };
@@ -952,7 +960,7 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         // Standard error carries only JSON lines for the log collector.
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            database = %settings.store_path.display(),
+            database = %settings.store,
             config = %config_from,
             surface = "console",
             provisioner = provisioner_label(settings),
@@ -964,7 +972,7 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
          Type `<user>: <command>`, e.g. `dev1: /passport request i-0123456789abcdef0 2h ticket#123 disk full`, then `lead1: /passport approve AR-1`.{}\n\
          `<user> in AR-n: <command>` types in a request's thread; `/passport help` lists the commands. See passport.example.toml to configure groups, policy and instances.",
         env!("CARGO_PKG_VERSION"),
-        settings.store_path.display(),
+        settings.store,
         config_from,
         provisioner_label(settings),
         if approvers.is_empty() { String::new() } else { format!(" Approvers: {approvers}.") },
@@ -988,7 +996,7 @@ async fn console(loaded: &Loaded, settings: &Settings, serve: bool) -> anyhow::R
         background.abort();
     }
     app.scheduler.release().await;
-    app.store.close().await;
+    app.database.close().await;
     result?;
     Ok(0)
 }
@@ -1042,10 +1050,9 @@ async fn serve_slack(
     )
     .await
     .map_err(|e| match e {
-        startup::StartError::Store(_) => anyhow::Error::new(e).context(format!(
-            "cannot open the database {}",
-            settings.store_path.display()
-        )),
+        startup::StartError::Store(_) => {
+            anyhow::Error::new(e).context(format!("cannot open the database {}", settings.store))
+        }
         other => anyhow::Error::new(other),
     })?;
     let socket = built.socket;
@@ -1085,7 +1092,7 @@ async fn serve_discord(
         },
     )
     .await
-    .with_context(|| format!("cannot open the database {}", settings.store_path.display()))?;
+    .with_context(|| format!("cannot open the database {}", settings.store))?;
     let (api, gateway, discord) = (built.api, built.gateway, discord.clone());
     let chat = Chat {
         app: built.app,
@@ -1129,7 +1136,7 @@ async fn serve_chat(
         })?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        database = %settings.store_path.display(),
+        database = %settings.store,
         config = %loaded
             .file
             .as_ref()
@@ -1199,14 +1206,14 @@ async fn serve_chat(
     // costs nothing.
     let closing = async {
         app.scheduler.release().await;
-        app.store.close().await;
+        app.database.close().await;
     };
     if tokio::time::timeout(std::time::Duration::from_secs(2), closing)
         .await
         .is_err()
     {
         tracing::warn!(
-            "the database did not close within 2s; SQLite recovers it at the next start"
+            "the database did not close within 2s; what was committed stays, and SQLite recovers the file at the next start"
         );
     }
     served

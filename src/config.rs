@@ -313,6 +313,147 @@ impl Serialize for Secret {
     }
 }
 
+/// The address of a PostgreSQL database, `postgres://USER:PASSWORD@HOST/DB`.
+/// It may hold a password, so it is a secret: `Debug`, `Display` and
+/// serialization show it with the password (in the user part or a
+/// `password=` parameter) replaced by `[redacted]`.
+#[derive(Clone)]
+pub struct DatabaseUrl(Secret);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(Secret::new(url))
+    }
+
+    /// The whole address, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The address with its password replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        redact_url(self.expose())
+    }
+}
+
+/// `url` with the password of its user part, and any `password` parameter,
+/// replaced by `[redacted]`. Text that is not an address is redacted whole.
+fn redact_url(url: &str) -> String {
+    const HIDDEN: &str = "[redacted]";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return HIDDEN.into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{name}:{HIDDEN}@{host}"),
+            None => format!("{user}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}={HIDDEN}")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Secret::deserialize(d).map(Self)
+    }
+}
+
+/// Where Passport keeps its state, as `[store]` chose.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// A SQLite file: one process.
+    Sqlite {
+        path: PathBuf,
+        durability: Durability,
+    },
+    /// A PostgreSQL database: one or more processes (replicas).
+    Postgres { url: DatabaseUrl },
+}
+
+impl StoreLocation {
+    /// The SQLite file, when the store is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite { path, .. } => Some(path),
+            Self::Postgres { .. } => None,
+        }
+    }
+}
+
+/// The file's path, or the address without its password: what logs and
+/// messages name the database by.
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite { path, .. } => write!(f, "{}", path.display()),
+            Self::Postgres { url } => write!(f, "{url}"),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The SQLite file when no `url` is given (`./passport.db` by default),
+    /// PostgreSQL when `url` is; both at once is refused, naming both.
+    pub fn location(&self) -> Result<StoreLocation, String> {
+        match (&self.path, &self.url) {
+            (Some(_), Some(_)) => Err("store.path, store.url: both are set, and Passport uses one database: keep path for SQLite (one process) or url for PostgreSQL (replicas), and remove the other (check PASSPORT_STORE__PATH and PASSPORT_STORE__URL too)".into()),
+            (path, None) => Ok(StoreLocation::Sqlite {
+                path: path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE)),
+                durability: self.durability,
+            }),
+            (None, Some(url)) => {
+                let text = url.expose();
+                if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+                    return Err(format!("store.url: {url} is not a PostgreSQL address: use postgres://USER:PASSWORD@HOST:PORT/DATABASE (or set path for a SQLite file)"));
+                }
+                if let Err(e) = text.parse::<sqlx::postgres::PgConnectOptions>() {
+                    return Err(format!("store.url: {url} cannot be read ({e}): use postgres://USER:PASSWORD@HOST:PORT/DATABASE, with special characters of the password percent-encoded"));
+                }
+                Ok(StoreLocation::Postgres { url: url.clone() })
+            }
+        }
+    }
+}
+
+/// The SQLite file when `[store]` names no database.
+pub const DEFAULT_DATABASE: &str = "./passport.db";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -452,8 +593,13 @@ impl Default for JobsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    pub path: PathBuf,
-    /// `normal` survives a crash of the process; `full` also a power cut, at some speed.
+    /// The SQLite database file. Unset: `./passport.db`, unless `url` is set.
+    pub path: Option<PathBuf>,
+    /// A PostgreSQL database (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`)
+    /// instead of the SQLite file: what several replicas share. A secret:
+    /// it may hold a password.
+    pub url: Option<DatabaseUrl>,
+    /// SQLite only: `normal` survives a crash of the process; `full` also a power cut, at some speed.
     pub durability: Durability,
     /// Delivered chat notices older than this are deleted by reconciliation
     /// (the Logbook keeps what happened for good).
@@ -566,7 +712,8 @@ pub enum LogFormat {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("./passport.db"),
+            path: None,
+            url: None,
             durability: Durability::Normal,
             outbox_retention: "720h".into(),
         }
@@ -1113,6 +1260,13 @@ impl Config {
                 AuditSettings::default()
             }
         };
+        let store = self.store.location().unwrap_or_else(|e| {
+            errors.push(e);
+            StoreLocation::Sqlite {
+                path: PathBuf::from(DEFAULT_DATABASE),
+                durability: self.store.durability,
+            }
+        });
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -1150,8 +1304,7 @@ impl Config {
             http: http.unwrap_or_default(),
             api,
             ssh_ca,
-            store_path: self.store.path.clone(),
-            durability: self.store.durability,
+            store,
             outbox_retention,
             audit,
         })
@@ -1186,8 +1339,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Present when the SSH CA is configured.
     pub ssh_ca: Option<SshCaSettings>,
-    pub store_path: PathBuf,
-    pub durability: Durability,
+    /// The database: a SQLite file or PostgreSQL.
+    pub store: StoreLocation,
     pub outbox_retention: Span,
     pub audit: AuditSettings,
 }
@@ -1455,6 +1608,70 @@ mod tests {
         c.policy.default.approvers = vec!["*".into()];
         let errs = c.validate().unwrap_err().0.join("\n");
         assert!(errs.contains("would let anyone approve"), "{errs}");
+    }
+
+    #[test]
+    fn a_database_url_never_shows_its_password() {
+        let url = DatabaseUrl::new(
+            "postgres://passport:s3cr%40t@db.example:5432/passport?sslmode=require&password=other",
+        );
+        for shown in [
+            format!("{url:?}"),
+            url.to_string(),
+            serde_json::to_string(&url).unwrap(),
+        ] {
+            assert!(!shown.contains("s3cr"), "{shown}");
+            assert!(!shown.contains("other"), "{shown}");
+            assert!(shown.contains("postgres://passport:[redacted]@db.example:5432/passport?sslmode=require&password=[redacted]"), "{shown}");
+        }
+        assert_eq!(
+            DatabaseUrl::new("postgres://db/passport").redacted(),
+            "postgres://db/passport"
+        );
+        assert_eq!(DatabaseUrl::new("not a url").redacted(), "[redacted]");
+        let c = Config {
+            store: StoreConfig {
+                url: Some(url),
+                ..StoreConfig::default()
+            },
+            ..Config::default()
+        };
+        let shown = format!("{}{:?}", c.to_toml(), c.validate().unwrap());
+        assert!(!shown.contains("s3cr"), "{shown}");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_url_is_given_and_never_both() {
+        let store = |path: Option<&str>, url: Option<&str>| StoreConfig {
+            path: path.map(PathBuf::from),
+            url: url.map(DatabaseUrl::new),
+            ..StoreConfig::default()
+        };
+        assert!(matches!(
+            store(None, None).location(),
+            Ok(StoreLocation::Sqlite { path, .. }) if path == Path::new("./passport.db")
+        ));
+        assert!(matches!(
+            store(Some("/var/lib/p.db"), None).location(),
+            Ok(StoreLocation::Sqlite { path, .. }) if path == Path::new("/var/lib/p.db")
+        ));
+        assert!(matches!(
+            store(None, Some("postgres://u:p@h/d")).location(),
+            Ok(StoreLocation::Postgres { .. })
+        ));
+        let both = store(Some("./passport.db"), Some("postgres://u:pw@h/d"))
+            .location()
+            .unwrap_err();
+        assert!(both.contains("store.path, store.url"), "{both}");
+        assert!(!both.contains("pw"), "{both}");
+        let wrong = store(None, Some("mysql://u:pw@h/d"))
+            .location()
+            .unwrap_err();
+        assert!(
+            wrong.contains("store.url") && wrong.contains("postgres://USER"),
+            "{wrong}"
+        );
+        assert!(!wrong.contains(":pw@"), "{wrong}");
     }
 
     #[test]

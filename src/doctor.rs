@@ -10,9 +10,8 @@ use crate::adapters::aws::wiring::AwsStartError;
 use crate::adapters::aws::{AwsSettings, DocumentsError};
 use crate::adapters::discord::api::DiscordApi;
 use crate::adapters::slack::api::SlackApi;
-use crate::adapters::sqlite::SqliteStore;
-use crate::app::ports::{Store, Verification};
-use crate::config::Settings;
+use crate::app::ports::Verification;
+use crate::config::{Settings, StoreLocation};
 use crate::domain::logbook::{ChainKeys, Keying};
 
 /// One check's outcome.
@@ -177,29 +176,26 @@ fn aws_fix(e: &ApiError, service: &str) -> String {
 }
 
 async fn database(settings: &Settings) -> Vec<Finding> {
-    let path = &settings.store_path;
     let mut findings = Vec::new();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    match std::fs::read_to_string("/proc/mounts")
-        .ok()
-        .and_then(|m| file_system_of(&m, &absolute))
-    {
-        Some(kind) if is_network_file_system(&kind) => findings.push(Finding::fail(
-            "database file system",
-            format!("{} is on {kind}, a network file system where SQLite's locks are not reliable: move the database to a local disk or block volume (EBS, a ReadWriteOnce volume)", absolute.display()),
-        )),
-        Some(kind) => findings.push(Finding::ok("database file system", format!("{} on {kind}", absolute.display()))),
-        None => {}
-    }
-    match SqliteStore::open_with_keys(path, settings.durability, settings.audit.keys.clone()).await {
-        Ok(store) => {
+    let fix = match &settings.store {
+        StoreLocation::Sqlite { path, .. } => {
+            findings.extend(file_system(path));
+            "check [store] path and that its directory is writable by Passport"
+        }
+        StoreLocation::Postgres { .. } => "check [store] url (host, port, database, user and password) and that PostgreSQL accepts Passport's connections (pg_hba.conf, security groups, TLS)",
+    };
+    let shown = settings.store.to_string();
+    let clock: std::sync::Arc<dyn crate::app::ports::Clock> =
+        std::sync::Arc::new(crate::adapters::clock::SystemClock);
+    match crate::startup::connect(&settings.store, settings.audit.keys.clone(), clock).await {
+        Ok(database) => {
+            let store = database.store();
             findings.push(match store.ping_writer().await {
-                Ok(()) => Finding::ok("database", format!("{} opens and takes writes", path.display())),
-                Err(e) => Finding::fail("database", format!("{} does not take writes ({e}): is another process holding it, or the disk full?", path.display())),
+                Ok(()) => Finding::ok("database", format!("{shown} opens and takes writes")),
+                Err(e) => Finding::fail("database", format!("{shown} does not take writes ({e}): {}", match &settings.store {
+                    StoreLocation::Sqlite { .. } => "is another process holding it, or the disk full?",
+                    StoreLocation::Postgres { .. } => "is it a read-only standby, is the disk full, or may Passport's user not write?",
+                })),
             });
             findings.push(match store.verify_logbook().await {
                 Ok(Verification::Intact { events, keying, .. }) => {
@@ -211,18 +207,38 @@ async fn database(settings: &Settings) -> Vec<Finding> {
                 }
                 Ok(Verification::Broken(brk)) => Finding::fail(
                     "logbook",
-                    format!("broken at event {}: {brk}; keep this file as evidence and see `passport audit verify`", brk.seq()),
+                    format!("broken at event {}: {brk}; keep the database as evidence and see `passport audit verify`", brk.seq()),
                 ),
                 Err(e) => Finding::fail("logbook", format!("cannot be read: {e}")),
             });
-            store.close().await;
+            database.close().await;
         }
         Err(e) => findings.push(Finding::fail(
             "database",
-            format!("{} cannot be opened ({e}): check [store] path and that its directory is writable by Passport", path.display()),
+            format!("{shown} cannot be opened ({e}): {fix}"),
         )),
     }
     findings
+}
+
+/// Whether the SQLite file at `path` is on a local file system.
+fn file_system(path: &Path) -> Option<Finding> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match std::fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|m| file_system_of(&m, &absolute))
+    {
+        Some(kind) if is_network_file_system(&kind) => Some(Finding::fail(
+            "database file system",
+            format!("{} is on {kind}, a network file system where SQLite's locks are not reliable: move the database to a local disk or block volume (EBS, a ReadWriteOnce volume)", absolute.display()),
+        )),
+        Some(kind) => Some(Finding::ok("database file system", format!("{} on {kind}", absolute.display()))),
+        None => None,
+    }
 }
 
 /// Every channel Passport posts to: the approvals and audit channels, and

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
-use crate::adapters::aws::SqliteCommandStore;
+use crate::adapters::aws::{CommandStore, LateCommandStore, PgCommandStore, SqliteCommandStore};
 use crate::adapters::chat_retry::Peer;
 use crate::adapters::checkpoint_file::CheckpointFile;
 use crate::adapters::clock::OffsetClock;
@@ -21,6 +21,7 @@ use crate::adapters::discord::{
 };
 use crate::adapters::dry_run::{DryRunLabel, DryRunProvisioner, Sink};
 use crate::adapters::password_courier::{CourierWiring, PasswordCourier};
+use crate::adapters::postgres::{PgOptions, PgStore};
 use crate::adapters::slack::blocks::Mentions;
 use crate::adapters::slack::socket::SocketMode;
 use crate::adapters::slack::{
@@ -29,8 +30,11 @@ use crate::adapters::slack::{
 use crate::adapters::sqlite::{KeyAdoption, SqliteStore};
 use crate::app::dispatch::Dispatcher;
 use crate::app::engine::{Actor, Engine, EngineSettings, Ports};
-use crate::app::ports::{ChatSurface, Clock, Directory, Provisioner, SessionBroker, StoreError};
-use crate::config::Settings;
+use crate::app::ports::{
+    ChatSurface, Clock, Directory, Provisioner, SessionBroker, Store, StoreError,
+};
+use crate::config::{Settings, StoreLocation};
+use crate::domain::logbook::ChainKeys;
 use crate::domain::policy::Policy;
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{Person, RequestId, UserId};
@@ -43,7 +47,11 @@ use crate::scheduler::Scheduler;
 pub struct App {
     pub engine: Arc<Engine>,
     pub dispatcher: Arc<Dispatcher>,
-    pub store: Arc<SqliteStore>,
+    /// The store every use case, loop and handler works through.
+    pub store: Arc<dyn Store>,
+    /// The same store as the adapter it is, for what only the adapter can
+    /// give (the AWS provisioner's command store).
+    pub database: Database,
     pub scheduler: Arc<Scheduler>,
     pub clock: Arc<dyn Clock>,
 }
@@ -73,7 +81,7 @@ pub async fn provisioner(
         Some(aws) => {
             let parts = AwsParts {
                 courier: Arc::new(PasswordCourier::new()),
-                commands: SqliteCommandStore::unattached(),
+                commands: LateCommandStore::unattached(),
             };
             let passwords: Arc<dyn crate::adapters::aws::PasswordSink> =
                 Arc::new(parts.courier.clone());
@@ -95,16 +103,82 @@ pub async fn provisioner(
     }
 }
 
-/// Opens the store with the Logbook's keys (`[audit]`) and brings the
-/// Logbook under the configured key: a keyed Logbook without its key, or with
-/// another key that is not a rotation from it, refuses to start.
-pub async fn open_store(settings: &Settings, now: Timestamp) -> Result<SqliteStore, StartError> {
-    let store = SqliteStore::open_with_keys(
-        &settings.store_path,
-        settings.durability,
-        settings.audit.keys.clone(),
-    )
-    .await?;
+/// The store `[store]` chose, opened: a SQLite file or a PostgreSQL
+/// database. Both are the same [`Store`]; this names which one it is, for
+/// what only the adapter knows (closing, the AWS command store).
+#[derive(Clone)]
+pub enum Database {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl Database {
+    /// The store as the application holds it.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// Where the AWS provisioner records its commands: the same database,
+    /// in the same kind of write as the application's own.
+    pub fn commands(&self) -> Arc<dyn CommandStore> {
+        match self {
+            Self::Sqlite(s) => Arc::new(SqliteCommandStore::new(s.clone())),
+            Self::Postgres(s) => Arc::new(PgCommandStore::new(s.clone())),
+        }
+    }
+
+    /// Waits for the writes in flight, then closes the file or the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
+        }
+    }
+
+    async fn adopt_logbook_key(&self, now: Timestamp) -> Result<KeyAdoption, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.adopt_logbook_key(now).await,
+            Self::Postgres(s) => s.adopt_logbook_key(now).await,
+        }
+    }
+}
+
+/// Opens the database `location` names with the Logbook's `keys`, applying
+/// its migrations, and nothing more: what commands that read or copy it use.
+/// `clock` is the time PostgreSQL's outbox claims are taken and run out by.
+pub async fn connect(
+    location: &StoreLocation,
+    keys: ChainKeys,
+    clock: Arc<dyn Clock>,
+) -> Result<Database, StoreError> {
+    match location {
+        StoreLocation::Sqlite { path, durability } => Ok(Database::Sqlite(
+            SqliteStore::open_with_keys(path, *durability, keys).await?,
+        )),
+        StoreLocation::Postgres { url } => {
+            let options = PgOptions {
+                keys,
+                ..PgOptions::new(clock)
+            };
+            Ok(Database::Postgres(
+                PgStore::connect(url.expose(), options).await?,
+            ))
+        }
+    }
+}
+
+/// Opens the store `[store]` chose with the Logbook's keys (`[audit]`) and
+/// brings the Logbook under the configured key: a keyed Logbook without its
+/// key, or with another key that is not a rotation from it, refuses to start.
+pub async fn open_store(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<Database, StartError> {
+    let now = clock.now();
+    let store = connect(&settings.store, settings.audit.keys.clone(), clock).await?;
     match store.adopt_logbook_key(now).await {
         Ok(KeyAdoption::Plain) => {}
         Ok(KeyAdoption::Kept { key, since }) => {
@@ -135,14 +209,14 @@ pub async fn readiness_probes(settings: &Settings) -> Vec<Arc<dyn Probe>> {
     }
 }
 
-/// Builds the console application: SQLite store, console surface, and the
+/// Builds the console application: the store `[store]` chose, console surface, and the
 /// provisioner from [`provisioner`].
 pub async fn console_app(
     settings: &Settings,
     out: Output,
     clock: Arc<dyn Clock>,
 ) -> Result<App, StartError> {
-    let store = Arc::new(open_store(settings, clock.now()).await?);
+    let store = open_store(settings, clock.clone()).await?;
     let sink_out = out.clone();
     let sink: Sink = Arc::new(move |line: &str| {
         let mut o = sink_out.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,11 +246,11 @@ pub async fn console_app(
 
 /// What the AWS provisioner is built with before the application exists, and
 /// is given the application's store through: the courier that takes Windows
-/// passwords to the requester, and the store of its command ids, which writes
-/// through the application store's one writer.
+/// passwords to the requester, and the store of its command ids, which is
+/// given the application's database once it is open.
 pub struct AwsParts {
     pub courier: Arc<PasswordCourier>,
-    pub commands: SqliteCommandStore,
+    pub commands: LateCommandStore,
 }
 
 /// Gives the AWS provisioner's parts the built application: its store to the
@@ -188,7 +262,7 @@ pub fn attach_aws(
     surface: &Arc<dyn ChatSurface>,
     settings: &Settings,
 ) {
-    parts.commands.attach(app.store.as_ref().clone());
+    parts.commands.attach(app.database.commands());
     attach_courier(&parts.courier, app, surface, settings);
 }
 
@@ -437,7 +511,7 @@ struct AwsPorts {
 /// chat platform share.
 async fn assemble(
     settings: &Settings,
-    store: Arc<SqliteStore>,
+    database: Database,
     surface: Arc<dyn ChatSurface>,
     directory: Arc<dyn Directory>,
     aws: AwsPorts,
@@ -448,6 +522,7 @@ async fn assemble(
         provisioner,
         sessions,
     } = aws;
+    let store = database.store();
     let engine = Engine::new(
         Ports {
             store: store.clone(),
@@ -500,6 +575,7 @@ async fn assemble(
         engine,
         dispatcher,
         store,
+        database,
         scheduler,
         clock,
     })
@@ -525,7 +601,7 @@ fn to_lock_down<'a>(
         .collect()
 }
 
-/// Builds the Slack application: SQLite store, Slack surface and directory,
+/// Builds the Slack application: the store `[store]` chose, Slack surface and directory,
 /// the engine, dispatcher and scheduler, the inbound handlers and the router.
 pub async fn slack_app(
     settings: &Settings,
@@ -556,7 +632,7 @@ pub async fn slack_app_with_sessions(
         app = %workspace.app_id,
         "Slack requests are accepted only from this workspace and app"
     );
-    let store = Arc::new(open_store(settings, options.clock.now()).await?);
+    let store = open_store(settings, options.clock.clone()).await?;
     let mentions = Mentions {
         usergroups: slack.usergroups.clone(),
         groups: settings.groups.clone(),
@@ -671,7 +747,7 @@ pub struct DiscordApp {
     pub warnings: Vec<String>,
 }
 
-/// Builds the Discord application: SQLite store, Discord surface and
+/// Builds the Discord application: the store `[store]` chose, Discord surface and
 /// directory, the engine, dispatcher and scheduler, the inbound handlers and
 /// the router. Registering `/passport` is left to the caller
 /// ([`crate::adapters::discord::register_commands`]).
@@ -680,7 +756,7 @@ pub async fn discord_app(
     discord: &DiscordSettings,
     options: DiscordOptions,
 ) -> Result<DiscordApp, StartError> {
-    let store = Arc::new(open_store(settings, options.clock.now()).await?);
+    let store = open_store(settings, options.clock.clone()).await?;
     let api = DiscordApi::new(discord);
     let mentions = DiscordMentions {
         roles: discord.roles.clone(),

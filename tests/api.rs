@@ -26,7 +26,7 @@ use passport::adapters::aws::sdk::{SdkSsm, SdkSts};
 use passport::adapters::aws::{RoleArn, StsSessionBroker};
 use passport::adapters::clock::ManualClock;
 use passport::adapters::ssh_ca::{CaKeyType, CertificateAuthority, SshCaConfig};
-use passport::app::ports::{Clock, ProvisionError, SessionBroker, SessionCredentials, Store};
+use passport::app::ports::{Clock, ProvisionError, SessionBroker, SessionCredentials};
 use passport::config::Config;
 use passport::domain::session::SessionScope;
 use passport::domain::time::{Span, Timestamp};

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake_aws;
+#[path = "common/postgres.rs"]
+mod postgres;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -21,10 +23,13 @@ use passport::adapters::aws::api::{
 use passport::adapters::aws::documents::passport_documents;
 use passport::adapters::aws::password::{PasswordOwner, PASSWORD_PREFIX};
 use passport::adapters::aws::sdk::SdkSsm;
+use passport::adapters::aws::CommandStore as _;
 use passport::adapters::aws::{
-    AwsProvisioner, AwsSettings, DocumentNames, MemoryCommandStore, PasswordSink,
+    AwsProvisioner, AwsSettings, DocumentNames, MemoryCommandStore, PasswordSink, PgCommandStore,
     SqliteCommandStore, SSM_UNREACHABLE,
 };
+use passport::adapters::clock::SystemClock;
+use passport::adapters::postgres::{PgOptions, PgStore};
 use passport::adapters::sqlite::{Durability, SqliteStore};
 use passport::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec};
 use passport::domain::request::{InstanceInfo, InstanceOutcome, Platform};
@@ -1345,6 +1350,108 @@ async fn pruning_forgets_only_old_settled_commands() {
         .unwrap();
     prunes_only_old_settled_commands(&SqliteCommandStore::new(database)).await;
     prunes_only_old_settled_commands(&passport::adapters::aws::MemoryCommandStore::new()).await;
+}
+
+/// A store on a fresh database of the throwaway PostgreSQL server.
+async fn fresh_pg() -> PgStore {
+    let url = postgres::fresh_database().await;
+    PgStore::connect(&url, PgOptions::new(Arc::new(SystemClock)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn commands_recorded_in_postgres_survive_a_restart_and_reach_another_replica() {
+    let short = AwsSettings {
+        delivery_timeout: Duration::from_millis(30),
+        execution_timeout: Duration::from_millis(30),
+        ..fast()
+    };
+    let fake = Arc::new(FakeAws::default());
+    let id = fake.add(&id(1), Platform::Linux, "running", Some("Online"));
+    fake.script(&id, Script::ends(End::Running));
+    let spec = revoke_spec(26, vec![info(&id, Platform::Linux)]);
+
+    let url = postgres::fresh_database().await;
+    let database = PgStore::connect(&url, PgOptions::new(Arc::new(SystemClock)))
+        .await
+        .unwrap();
+    let first = AwsProvisioner::new(
+        fake.clone(),
+        fake.clone(),
+        Arc::new(PgCommandStore::new(database.clone())),
+        short.clone(),
+        "eu-west-1",
+    );
+    first.check_documents().await.unwrap();
+    let outcomes = first.revoke(&spec).await.unwrap();
+    assert!(!outcomes[0].ok);
+    // The command id was committed before the call returned: a process that
+    // dies now leaves it to the next.
+    database.close().await;
+    drop(first);
+
+    // Another process (a second replica, or this one restarted) on the same
+    // database resumes the command rather than sending it again.
+    fake.script(&id, Script::ends(End::Success));
+    let other = PgStore::connect(&url, PgOptions::new(Arc::new(SystemClock)))
+        .await
+        .unwrap();
+    let second = AwsProvisioner::new(
+        fake.clone(),
+        fake.clone(),
+        Arc::new(PgCommandStore::new(other.clone())),
+        short,
+        "eu-west-1",
+    );
+    second.check_documents().await.unwrap();
+    let outcomes = second.revoke(&spec).await.unwrap();
+    assert!(outcomes[0].ok, "{outcomes:?}");
+    assert_eq!(
+        fake.sent().len(),
+        1,
+        "resumed from the database, not sent again"
+    );
+    other.close().await;
+}
+
+#[tokio::test]
+async fn pruning_on_postgres_forgets_only_old_settled_commands() {
+    let database = fresh_pg().await;
+    prunes_only_old_settled_commands(&PgCommandStore::new(database.clone())).await;
+    database.close().await;
+}
+
+#[tokio::test]
+async fn commands_sent_in_one_millisecond_keep_their_order_on_postgres() {
+    use passport::adapters::aws::store::{Operation, SentCommand};
+
+    let database = fresh_pg().await;
+    let store = PgCommandStore::new(database.clone());
+    let request = RequestId::new(28).unwrap();
+    let a = InstanceId::parse(&id(1)).unwrap();
+    // Named against their order, so only the recording order can tell.
+    for command in ["z-first", "m-second", "a-third"] {
+        store
+            .record_sent(&SentCommand {
+                command_id: command.into(),
+                request,
+                operation: Operation::Grant,
+                document: "Passport-GrantLinux".into(),
+                fingerprint: "f".into(),
+                expires_at: Some(1),
+                sent_at_ms: 5_000,
+                instances: vec![a.clone()],
+            })
+            .await
+            .unwrap();
+    }
+    let last = store
+        .last_commands(request, std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    assert_eq!(last[&a].command.command_id, "a-third");
+    database.close().await;
 }
 
 async fn prunes_only_old_settled_commands(store: &dyn passport::adapters::aws::CommandStore) {

@@ -3,6 +3,9 @@
 //! crash between a commit and its delivery.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/postgres.rs"]
+mod postgres;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -1306,4 +1309,119 @@ fn audit_verify_checks_every_line_of_a_checkpoint_file() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+
+/// A fresh database on the throwaway PostgreSQL server, its address carrying
+/// a password (the test server trusts loopback, so any password connects).
+fn pg_url() -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = runtime.block_on(postgres::fresh_database());
+    url.replacen("postgres@", "postgres:hunter2-Secret@", 1)
+}
+
+/// `passport` in `dir` on the PostgreSQL database `url`: no SQLite path.
+fn passport_pg(dir: &Path, url: &str, args: &[&str]) -> Command {
+    let mut c = passport(dir, args);
+    c.env_remove("PASSPORT_STORE__PATH")
+        .env("PASSPORT_STORE__URL", url);
+    c
+}
+
+#[test]
+fn console_audit_and_outbox_run_on_postgres_and_never_show_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg_url();
+
+    let migrate = passport_pg(dir.path(), &url, &["migrate"])
+        .output()
+        .unwrap();
+    assert_success(&migrate);
+    assert_stdout_has(&migrate, "postgres://postgres:[redacted]@127.0.0.1:");
+
+    let out = run_input(passport_pg(dir.path(), &url, &["console"]), ROUND);
+    assert_success(&out);
+    let text = stdout(&out);
+    for expected in [
+        "[reply to lead1] AR-1 approved",
+        "[dry-run] AR-1 → i-0123456789abcdef0: Passport-GrantLinux username=pp-dev1-1",
+        "[reply to dev1] AR-1 completed",
+        "[dry-run] AR-1 → i-0123456789abcdef0: Passport-RevokeLinux username=pp-dev1-1",
+        "[card updated] AR-1 · Completed",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(
+        !dir.path().join("passport.db").exists(),
+        "no SQLite file is made"
+    );
+
+    let verify = passport_pg(dir.path(), &url, &["audit", "verify"])
+        .output()
+        .unwrap();
+    assert_exit(&verify, 0, "Logbook intact: 10 events, head ");
+    let export = passport_pg(dir.path(), &url, &["audit", "export", "--request", "AR-1"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&export).lines().count(), 10);
+    let outbox = passport_pg(dir.path(), &url, &["outbox", "list"])
+        .output()
+        .unwrap();
+    assert_exit(&outbox, 0, "no notice is set aside");
+
+    let config = passport_pg(dir.path(), &url, &["check-config"])
+        .output()
+        .unwrap();
+    assert_exit(
+        &config,
+        0,
+        "url = \"postgres://postgres:[redacted]@127.0.0.1:",
+    );
+    for run in [&migrate, &out, &verify, &config] {
+        let all = format!("{}{}", stdout(run), String::from_utf8_lossy(&run.stderr));
+        assert!(!all.contains("hunter2"), "the password was shown:\n{all}");
+    }
+}
+
+#[test]
+fn file_commands_on_postgres_refuse_and_name_what_to_use_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg_url();
+    let backup = dir.path().join("copy.db");
+    for (args, instead) in [
+        (vec!["backup", backup.to_str().unwrap()], "pg_dump"),
+        (vec!["restore", backup.to_str().unwrap()], "pg_restore"),
+    ] {
+        let out = passport_pg(dir.path(), &url, &args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("[store] url names a PostgreSQL database"),
+            "{err}"
+        );
+        assert!(err.contains(instead), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    assert!(!backup.exists());
+}
+
+#[test]
+fn a_path_and_a_url_together_are_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = passport(dir.path(), &["check-config"])
+        .env(
+            "PASSPORT_STORE__URL",
+            "postgres://passport:hunter2@db.invalid/passport",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("store.path, store.url: both are set"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
 }

@@ -30,7 +30,7 @@ use passport::adapters::clock::ManualClock;
 use passport::adapters::discord::gateway::from_gateway;
 use passport::adapters::discord::inbound::UserPayload;
 use passport::adapters::discord::DiscordConfig;
-use passport::app::ports::{Clock, Store};
+use passport::app::ports::Clock;
 use passport::config::{Config, RuleConfig, Secret};
 use passport::domain::request::RequestState;
 use passport::domain::time::Span;

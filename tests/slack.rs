@@ -8,6 +8,8 @@
 mod common;
 mod fake_aws;
 mod fake_slack;
+#[path = "common/postgres.rs"]
+mod postgres;
 mod windows_passwords;
 
 use std::collections::BTreeMap;
@@ -31,7 +33,7 @@ use passport::adapters::aws::{AwsProvisioner, MemoryCommandStore};
 use passport::adapters::clock::ManualClock;
 use passport::adapters::slack::blocks::{clip, escape, MAX_TEXT};
 use passport::adapters::slack::SlackConfig;
-use passport::app::ports::{Clock, Provisioner, Store};
+use passport::app::ports::{Clock, Provisioner};
 use passport::config::{Config, RuleConfig, Secret};
 use passport::domain::notice::Notice;
 use passport::domain::request::{Platform, RequestState};
@@ -2760,4 +2762,159 @@ async fn a_refused_ephemeral_answer_goes_as_a_direct_message() {
     assert!(app.fake.ephemerals(DEV).is_empty());
     let dms = app.fake.dms(DEV);
     assert!(contains(&dms, "AR-1 extended by 1h"), "{dms:?}");
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL: `serve`'s wiring on a shared database
+
+/// [`config`] on the PostgreSQL database `url` instead of a SQLite file.
+fn pg_config(url: &str, fake: &FakeSlack) -> Config {
+    let mut c = config(Path::new("unused.db"), fake);
+    c.store.path = None;
+    c.store.url = Some(passport::config::DatabaseUrl::new(url));
+    c
+}
+
+/// The Slack application on PostgreSQL at `url`, on `clock`: one replica.
+async fn start_pg(url: &str, fake: &FakeSlack, clock: ManualClock) -> TestApp {
+    start_on(
+        pg_config(url, fake),
+        fake,
+        Path::new("unused.db"),
+        clock,
+        Duration::from_millis(2500),
+        Extras::default(),
+    )
+    .await
+}
+
+/// No text in `texts` twice: every notice arrived once.
+fn each_once(what: &str, texts: &[String]) {
+    let mut seen = std::collections::HashSet::new();
+    for t in texts {
+        assert!(seen.insert(t), "{what}: {t:?} arrived twice in {texts:#?}");
+    }
+}
+
+#[tokio::test]
+async fn on_postgres_a_request_is_approved_provisioned_expired_and_its_logbook_verifies() {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let url = postgres::fresh_database().await;
+    let app = start_pg(&url, &fake, clock_at_now()).await;
+    assert!(matches!(app.built.database, startup::Database::Postgres(_)));
+
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    app.settle().await;
+    let (channel, ts) = app.card(1).await;
+    app.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    app.settle().await;
+    assert_eq!(app.state(1).await, RequestState::Active);
+    assert_eq!(app.events(1, "granted").await, 1);
+
+    // The scheduler expires it at the injected time, and removes the user.
+    app.clock.advance(Span::from_minutes(61));
+    app.deliver_everything().await;
+    assert_eq!(app.state(1).await, RequestState::Expired);
+    assert_eq!(app.events(1, "removed").await, 1);
+    assert!(
+        contains(&app.fake.dms(DEV), "has ended"),
+        "{:?}",
+        app.fake.dms(DEV)
+    );
+    each_once("thread", &app.fake.thread(&ts));
+    each_once("direct messages", &app.fake.dms(DEV));
+
+    match app.built.store.verify_logbook().await.unwrap() {
+        passport::app::ports::Verification::Intact { events, .. } => assert!(events >= 6),
+        broken => panic!("{broken:?}"),
+    }
+    // Readiness asks PostgreSQL for a write.
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_on_postgres_one_approves_the_other_expires_after_the_first_dies() {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let url = postgres::fresh_database().await;
+    let clock = clock_at_now();
+    let first = start_pg(&url, &fake, clock.clone()).await;
+    let second = start_pg(&url, &fake, clock.clone()).await;
+
+    // The first replica takes the scheduler lease; the second stands by.
+    first.settle().await;
+    let answer = first
+        .command(DEV, &format!("request {WEB} 1h ticket#1 x"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    second.settle().await;
+    assert!(
+        first.fake.posts_in(APPROVALS).is_empty(),
+        "only the lease holder delivers"
+    );
+    first.settle().await;
+    let (channel, ts) = first.card(1).await;
+
+    // Approved through the second replica: the lease holder provisions.
+    second.click(LEAD1, "approve AR-1", &channel, &ts).await;
+    second.settle().await;
+    assert_eq!(
+        first.events(1, "granted").await,
+        0,
+        "the standby runs no job"
+    );
+    first.settle().await;
+    assert_eq!(second.state(1).await, RequestState::Active);
+    assert_eq!(first.events(1, "granted").await, 1);
+
+    // The first replica dies without releasing its lease. Past the lease
+    // time and the access's end, the second takes over and expires it.
+    first.server.abort();
+    let holder = first.built.scheduler.holder().to_owned();
+    drop(first);
+    clock.advance(Span::from_minutes(61));
+    second.deliver_everything().await;
+    assert_eq!(second.state(1).await, RequestState::Expired);
+    assert_eq!(second.events(1, "granted").await, 1, "granted once");
+    assert_eq!(second.events(1, "removed").await, 1, "removed once");
+    assert_ne!(
+        second
+            .built
+            .store
+            .lease_holder(passport::scheduler::LEASE_NAME)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(holder.as_str())
+    );
+
+    // Every notice arrived once, whichever replica queued or delivered it.
+    each_once("thread", &second.fake.thread(&ts));
+    each_once("direct messages", &second.fake.dms(DEV));
+    each_once(
+        "audit channel",
+        &second
+            .fake
+            .posts_in(AUDIT)
+            .iter()
+            .map(|c| c.text())
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(second.fake.posts_in(APPROVALS).len(), 1, "one card");
+    assert!(contains(&second.fake.dms(DEV), "has ended"));
+    let counts = second.built.store.outbox_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (0, 0));
+    assert!(matches!(
+        second.built.store.verify_logbook().await.unwrap(),
+        passport::app::ports::Verification::Intact { .. }
+    ));
+    second.stop().await;
 }

@@ -1157,6 +1157,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+
     async fn ping_writer(&self) -> Result<(), StoreError> {
         self.write(|conn| {
             conn.prepare_cached("SELECT 1")?

@@ -449,6 +449,9 @@ pub trait Store: Send + Sync {
     /// Whether a write transaction goes through the writer and commits now
     /// (`/readyz`): a wedged writer or a locked database fails it.
     async fn ping_writer(&self) -> Result<(), StoreError>;
+    /// Waits for the writes in flight, then closes the database: later calls
+    /// fail. At the end of a process, so nothing is left half-written.
+    async fn close(&self);
     async fn chat_ref(
         &self,
         request: RequestId,

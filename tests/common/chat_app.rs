@@ -11,7 +11,6 @@ use std::time::Duration;
 use passport::adapters::aws::AwsConfig;
 use passport::adapters::clock::{ManualClock, SystemClock};
 use passport::app::ports::Clock;
-use passport::app::ports::Store;
 use passport::config::{Config, DryRunInstance, ProvisionerChoice, Settings};
 use passport::domain::notice::Notice;
 use passport::domain::request::RequestState;
@@ -35,7 +34,7 @@ pub fn unique() -> u64 {
 /// the dry run as provisioner.
 pub fn quiet_config(db: &Path) -> Config {
     let mut c = Config::default();
-    c.store.path = db.to_path_buf();
+    c.store.path = Some(db.to_path_buf());
     c.jobs.reconcile = "off".into();
     c.jobs.digest = "off".into();
     c.jobs.checkpoint = "off".into();

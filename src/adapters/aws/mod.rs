@@ -35,7 +35,9 @@ pub use documents::{
 pub use password::PasswordSink;
 pub use provisioner::{AwsProvisioner, SSM_UNREACHABLE};
 pub use sessions::StsSessionBroker;
-pub use store::{CommandStore, MemoryCommandStore, SqliteCommandStore};
+pub use store::{
+    CommandStore, LateCommandStore, MemoryCommandStore, PgCommandStore, SqliteCommandStore,
+};
 pub use wiring::{
     caller_identity, serve_provisioner, session_broker, ssm_check, ssm_install, AwsProbe,
     AwsStartError,

@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 use rusqlite::params;
 
+use crate::adapters::postgres::PgStore;
 use crate::adapters::sqlite::SqliteStore;
 use crate::app::ports::StoreError;
 use crate::domain::values::{InstanceId, RequestId};
+use sqlx::Row;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -106,25 +108,90 @@ fn request_key(request: RequestId) -> Result<i64, CommandStoreError> {
 }
 
 // ---------------------------------------------------------------------------
+// Given late
+
+/// The command store of the application's database, given once that database
+/// is open: `serve` builds the provisioner before it opens the store, so the
+/// store is given later ([`Self::attach`]); until then every call fails.
+#[derive(Clone, Default)]
+pub struct LateCommandStore {
+    store: Arc<OnceLock<Arc<dyn CommandStore>>>,
+}
+
+impl std::fmt::Debug for LateCommandStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LateCommandStore")
+            .field("attached", &self.store.get().is_some())
+            .finish()
+    }
+}
+
+impl LateCommandStore {
+    /// A command store whose database is given later, with [`Self::attach`].
+    pub fn unattached() -> Self {
+        Self::default()
+    }
+
+    /// Gives the store its database; later calls change nothing.
+    pub fn attach(&self, store: Arc<dyn CommandStore>) {
+        let _ = self.store.set(store);
+    }
+
+    fn store(&self) -> Result<&Arc<dyn CommandStore>, CommandStoreError> {
+        self.store.get().ok_or_else(|| {
+            CommandStoreError(
+                "the database is not open yet (the command store is not attached)".into(),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl CommandStore for LateCommandStore {
+    async fn record_sent(&self, command: &SentCommand) -> Result<(), CommandStoreError> {
+        self.store()?.record_sent(command).await
+    }
+
+    async fn record_settled(
+        &self,
+        command_id: &str,
+        instance: &InstanceId,
+        settled: &Settled,
+    ) -> Result<(), CommandStoreError> {
+        self.store()?
+            .record_settled(command_id, instance, settled)
+            .await
+    }
+
+    async fn last_commands(
+        &self,
+        request: RequestId,
+        instances: &[InstanceId],
+    ) -> Result<BTreeMap<InstanceId, LastCommand>, CommandStoreError> {
+        self.store()?.last_commands(request, instances).await
+    }
+
+    async fn prune(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
+        self.store()?.prune(before_ms).await
+    }
+}
+
+// ---------------------------------------------------------------------------
 // SQLite
 
-/// The command store in Passport's database (`migrations/0003_ssm_commands.sql`),
-/// written through the store's one writer. Every write is synced to disk before
-/// it is answered, whatever `[store] durability` says: a command id lost to a
-/// power cut would be sent again after the restart.
-///
-/// `serve` builds the provisioner before the application's store is open, so
-/// the store is given later ([`Self::attach`]); until then every call fails.
-#[derive(Clone, Default)]
+/// The command store in Passport's SQLite database
+/// (`migrations/0003_ssm_commands.sql`), written through the store's one
+/// writer. Every write is synced to disk before it is answered, whatever
+/// `[store] durability` says: a command id lost to a power cut would be sent
+/// again after the restart.
+#[derive(Clone)]
 pub struct SqliteCommandStore {
-    store: Arc<OnceLock<SqliteStore>>,
+    store: SqliteStore,
 }
 
 impl std::fmt::Debug for SqliteCommandStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteCommandStore")
-            .field("attached", &self.store.get().is_some())
-            .finish()
+        f.debug_struct("SqliteCommandStore").finish_non_exhaustive()
     }
 }
 
@@ -132,27 +199,11 @@ impl SqliteCommandStore {
     /// The command store on `store`, the application's own (opened with its
     /// migrations applied).
     pub fn new(store: SqliteStore) -> Self {
-        let commands = Self::default();
-        commands.attach(store);
-        commands
-    }
-
-    /// A command store whose database is given later, with [`Self::attach`].
-    pub fn unattached() -> Self {
-        Self::default()
-    }
-
-    /// Gives the store its database; later calls change nothing.
-    pub fn attach(&self, store: SqliteStore) {
-        let _ = self.store.set(store);
+        Self { store }
     }
 
     fn store(&self) -> Result<&SqliteStore, CommandStoreError> {
-        self.store.get().ok_or_else(|| {
-            CommandStoreError(
-                "the database is not open yet (the command store is not attached)".into(),
-            )
-        })
+        Ok(&self.store)
     }
 }
 
@@ -283,39 +334,182 @@ impl CommandStore for SqliteCommandStore {
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await?;
-        let mut commands: Vec<Remembered> = Vec::new();
-        for row in history {
-            let Ok(instance) = InstanceId::parse(&row.instance) else {
-                continue;
-            };
-            if commands
-                .last()
-                .is_none_or(|(c, _)| c.command_id != row.command_id)
-            {
-                let operation = Operation::parse(&row.operation).ok_or_else(|| {
-                    CommandStoreError(format!(
-                        "unknown operation {:?} in ssm_commands",
-                        row.operation
-                    ))
-                })?;
-                let command = SentCommand {
-                    command_id: row.command_id,
-                    request,
-                    operation,
-                    document: row.document,
-                    fingerprint: row.fingerprint,
-                    expires_at: row.expires_at,
-                    sent_at_ms: row.sent_at_ms,
-                    instances: Vec::new(),
-                };
-                commands.push((command, BTreeMap::new()));
-            }
-            if let Some((command, settled)) = commands.last_mut() {
-                command.instances.push(instance.clone());
-                settled.insert(instance, row.settled);
-            }
-        }
-        Ok(last_per_instance(&commands, instances))
+        last_of_history(request, history, instances)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+
+/// The command store in Passport's PostgreSQL database (the `ssm_commands`
+/// and `ssm_invocations` of `migrations/postgres/`), shared by every replica:
+/// a command one replica sent, another resumes after it dies. Each write is
+/// one transaction committed with `synchronous_commit = on`, whatever the
+/// server or database default is, so a command id is on the primary's disk
+/// (and, with synchronous replication, its standby's) before it is answered:
+/// a command id lost to a crash or a failover would be sent again.
+#[derive(Clone)]
+pub struct PgCommandStore {
+    store: PgStore,
+}
+
+impl std::fmt::Debug for PgCommandStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgCommandStore").finish_non_exhaustive()
+    }
+}
+
+impl PgCommandStore {
+    /// The command store on `store`, the application's own (connected with
+    /// its migrations applied).
+    pub fn new(store: PgStore) -> Self {
+        Self { store }
+    }
+
+    /// A transaction whose commit waits until it is durable.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, CommandStoreError> {
+        let mut tx = self.store.pool().begin().await.map_err(pg)?;
+        sqlx::query("SET LOCAL synchronous_commit = on")
+            .execute(&mut *tx)
+            .await
+            .map_err(pg)?;
+        Ok(tx)
+    }
+}
+
+fn pg(e: sqlx::Error) -> CommandStoreError {
+    CommandStoreError::from(StoreError::from(e))
+}
+
+#[async_trait]
+impl CommandStore for PgCommandStore {
+    async fn prune(&self, before_ms: i64) -> Result<u64, CommandStoreError> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT command_id FROM ssm_commands c
+             WHERE c.sent_at < $1
+               AND NOT EXISTS (SELECT 1 FROM ssm_invocations i
+                               WHERE i.command_id = c.command_id AND i.status IS NULL)
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(before_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(pg)?;
+        sqlx::query("DELETE FROM ssm_invocations WHERE command_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg)?;
+        sqlx::query("DELETE FROM ssm_commands WHERE command_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn record_sent(&self, command: &SentCommand) -> Result<(), CommandStoreError> {
+        let request = request_key(command.request)?;
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO ssm_commands
+                 (command_id, request, operation, document, fingerprint, expires_at, sent_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&command.command_id)
+        .bind(request)
+        .bind(command.operation.as_str())
+        .bind(&command.document)
+        .bind(&command.fingerprint)
+        .bind(command.expires_at)
+        .bind(command.sent_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg)?;
+        let instances: Vec<&str> = command.instances.iter().map(InstanceId::as_str).collect();
+        sqlx::query(
+            "INSERT INTO ssm_invocations (command_id, instance)
+             SELECT $1, instance FROM UNNEST($2::TEXT[]) AS instance",
+        )
+        .bind(&command.command_id)
+        .bind(&instances)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn record_settled(
+        &self,
+        command_id: &str,
+        instance: &InstanceId,
+        settled: &Settled,
+    ) -> Result<(), CommandStoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE ssm_invocations SET status = $3, ok = $4, detail = $5, settled_at = $6
+             WHERE command_id = $1 AND instance = $2",
+        )
+        .bind(command_id)
+        .bind(instance.as_str())
+        .bind(&settled.status)
+        .bind(settled.ok)
+        .bind(&settled.detail)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn last_commands(
+        &self,
+        request: RequestId,
+        instances: &[InstanceId],
+    ) -> Result<BTreeMap<InstanceId, LastCommand>, CommandStoreError> {
+        let key = request_key(request)?;
+        let rows = sqlx::query(
+            "SELECT i.instance, c.command_id, c.operation, c.document, c.fingerprint,
+                    c.expires_at, c.sent_at, i.status, i.ok, i.detail
+             FROM ssm_invocations i JOIN ssm_commands c ON c.command_id = i.command_id
+             WHERE c.request = $1
+             ORDER BY c.sent_at, c.seq, i.instance",
+        )
+        .bind(key)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(pg)?;
+        let history = rows
+            .iter()
+            .map(|row| {
+                let settled = row
+                    .try_get::<Option<String>, _>(7)?
+                    .map(|status| -> Result<Settled, sqlx::Error> {
+                        Ok(Settled {
+                            status,
+                            ok: row.try_get::<Option<bool>, _>(8)?.unwrap_or(false),
+                            detail: row.try_get(9)?,
+                        })
+                    })
+                    .transpose()?;
+                Ok(Invocation {
+                    instance: row.try_get(0)?,
+                    command_id: row.try_get(1)?,
+                    operation: row.try_get(2)?,
+                    document: row.try_get(3)?,
+                    fingerprint: row.try_get(4)?,
+                    expires_at: row.try_get(5)?,
+                    sent_at_ms: row.try_get(6)?,
+                    settled,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(pg)?;
+        last_of_history(request, history, instances)
     }
 }
 
@@ -329,6 +523,48 @@ struct Invocation {
     expires_at: Option<i64>,
     sent_at_ms: i64,
     settled: Option<Settled>,
+}
+
+/// For each of `instances`, the last command of a request's `history`
+/// (invocations oldest first, one command's together) sent to it.
+fn last_of_history(
+    request: RequestId,
+    history: Vec<Invocation>,
+    instances: &[InstanceId],
+) -> Result<BTreeMap<InstanceId, LastCommand>, CommandStoreError> {
+    let mut commands: Vec<Remembered> = Vec::new();
+    for row in history {
+        let Ok(instance) = InstanceId::parse(&row.instance) else {
+            continue;
+        };
+        if commands
+            .last()
+            .is_none_or(|(c, _)| c.command_id != row.command_id)
+        {
+            let operation = Operation::parse(&row.operation).ok_or_else(|| {
+                CommandStoreError(format!(
+                    "unknown operation {:?} in ssm_commands",
+                    row.operation
+                ))
+            })?;
+            let command = SentCommand {
+                command_id: row.command_id,
+                request,
+                operation,
+                document: row.document,
+                fingerprint: row.fingerprint,
+                expires_at: row.expires_at,
+                sent_at_ms: row.sent_at_ms,
+                instances: Vec::new(),
+            };
+            commands.push((command, BTreeMap::new()));
+        }
+        if let Some((command, settled)) = commands.last_mut() {
+            command.instances.push(instance.clone());
+            settled.insert(instance, row.settled);
+        }
+    }
+    Ok(last_per_instance(&commands, instances))
 }
 
 /// For each of `instances`, the last of `commands` (oldest first) sent to it.

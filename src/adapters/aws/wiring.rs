@@ -12,7 +12,7 @@ use super::password::PasswordSink;
 use super::provisioner::AwsProvisioner;
 use super::sdk::{sdk_loader, SdkSsm, SdkSts};
 use super::sessions::StsSessionBroker;
-use super::store::{MemoryCommandStore, SqliteCommandStore};
+use super::store::{LateCommandStore, MemoryCommandStore};
 use crate::app::ports::ProvisionError;
 
 /// Why the AWS provisioner could not be set up.
@@ -32,7 +32,7 @@ pub enum AwsStartError {
 /// `serve` refuses to start provisioning with missing or outdated documents.
 pub async fn serve_provisioner(
     settings: &AwsSettings,
-    commands: SqliteCommandStore,
+    commands: LateCommandStore,
     passwords: Option<Arc<dyn PasswordSink>>,
 ) -> Result<AwsProvisioner, AwsStartError> {
     let mut provisioner = AwsProvisioner::connect(settings, Arc::new(commands)).await?;

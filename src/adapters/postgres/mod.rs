@@ -943,6 +943,10 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn close(&self) {
+        PgStore::close(self).await;
+    }
+
     async fn ping_writer(&self) -> Result<(), StoreError> {
         // A standby (a failover's old primary, a read replica) answers
         // reads and refuses every write.
