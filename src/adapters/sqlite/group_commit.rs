@@ -19,8 +19,7 @@
 //! through which every change passes, spends its time on changes only.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
@@ -64,11 +63,6 @@ const MAX_GROUP: usize = 256;
 /// Groups committed between two checkpoints: few enough that the log stays
 /// small, enough that a page changed by many groups is copied back once.
 const CHECKPOINT_EVERY: u32 = 32;
-/// Frames in the write-ahead log (32 MiB of 4 KiB pages) past which the
-/// writer thread finishes a checkpoint itself (see [`finish_log`]). Below it
-/// the log starts over by itself between bursts, and the writer never pays
-/// for a checkpoint (which ends with a sync of the database file).
-const FINISH_FRAMES: u64 = 8192;
 
 /// A queued job, with its result type erased so that one queue holds them all.
 trait Task: Send {
@@ -162,14 +156,9 @@ impl Writer {
         let spawn_error =
             |e: std::io::Error| StoreError::Other(format!("cannot start the store's threads: {e}"));
         let (due, checkpoints_due) = std::sync::mpsc::sync_channel(1);
-        // Frames in the log as the last checkpoint found it.
-        let log = Arc::new(AtomicU64::new(0));
         let checkpointer = std::thread::Builder::new()
             .name("store-checkpoint".into())
-            .spawn({
-                let log = log.clone();
-                move || checkpoint(checkpoints, checkpoints_due, &log)
-            })
+            .spawn(move || checkpoint(checkpoints, checkpoints_due))
             .map_err(spawn_error)?;
         let (queue, jobs) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
@@ -181,7 +170,7 @@ impl Writer {
                     synchronous,
                     queued_notices: std::cell::Cell::new(false),
                 };
-                serve(conn, jobs, due, (checkpointer, log), queued)
+                serve(conn, jobs, due, checkpointer, queued)
             })
             .map_err(spawn_error)?;
         Ok(Self {
@@ -250,7 +239,7 @@ fn serve(
     conn: WriteConn,
     mut queue: mpsc::UnboundedReceiver<Message>,
     checkpoint_due: std::sync::mpsc::SyncSender<()>,
-    (checkpointer, log): (JoinHandle<()>, Arc<AtomicU64>),
+    checkpointer: JoinHandle<()>,
     queued: watch::Sender<u64>,
 ) {
     let mut group: Vec<Box<dyn Task>> = Vec::with_capacity(MAX_GROUP);
@@ -280,11 +269,6 @@ fn serve(
                 task.answer(outcome.clone());
             }
             commits = commits.wrapping_add(1);
-            // One try per checkpoint report: a try that a reader holds back
-            // is not repeated group after group (each ends with a sync).
-            if log.swap(0, Ordering::Relaxed) > FINISH_FRAMES {
-                finish_log(&conn);
-            }
             if commits.is_multiple_of(CHECKPOINT_EVERY) {
                 // Full means one is already due: the checkpoint will cover this too.
                 let _ = checkpoint_due.try_send(());
@@ -306,32 +290,12 @@ fn serve(
 /// The checkpointing thread: a passive checkpoint whenever one is due, until
 /// the writer thread stops. A passive checkpoint never waits for the writer or
 /// readers; what it cannot copy yet, the next one does.
-fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, log: &AtomicU64) {
+fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>) {
     while due.recv().is_ok() {
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            row.get::<_, i64>(1)
-        }) {
-            Ok(frames) => log.store(u64::try_from(frames).unwrap_or(0), Ordering::Relaxed),
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
-            }
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
         }
     }
-}
-
-/// Copies what is left of the write-ahead log into the database, on the
-/// writer thread between two groups, when nothing else can write: once all
-/// of it is copied (and no reader still needs it), the next group starts the
-/// log over instead of appending to it. The checkpointing thread alone never
-/// gets there under a steady stream of writes, since the writer appends while
-/// it copies; the log then grows for as long as the stream lasts, and every
-/// page read that misses the cache searches a longer log index. So once the
-/// log passes [`FINISH_FRAMES`], the writer finishes the copy; the
-/// checkpointing thread has done most of it already.
-fn finish_log(conn: &Connection) {
-    // A checkpoint already running, or a reader holding part of the log
-    // back, leaves the rest to the next try.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
 /// Runs every task of `group` in one transaction, each in its own savepoint,
@@ -472,45 +436,6 @@ mod tests {
             .query_row("SELECT n FROM counter", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 500);
-    }
-
-    /// Under a steady stream of writes the log starts over now and then
-    /// instead of holding everything written since the stream began.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_steady_stream_of_writes_does_not_grow_the_log_without_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, _reader) = open(&dir);
-        let writer = Arc::new(writer);
-        const CLIENTS: usize = 16;
-        const WRITES: usize = 1000;
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                let writer = writer.clone();
-                tokio::spawn(async move {
-                    for i in 0..WRITES {
-                        let v = format!("{c}-{i}-{}", "x".repeat(2000));
-                        writer
-                            .run(move |conn| {
-                                conn.execute("INSERT INTO items (v) VALUES (?1)", [v])?;
-                                Ok(())
-                            })
-                            .await
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for c in clients {
-            c.await.unwrap();
-        }
-        // Without starting over, the log would hold every page written since
-        // the stream began: several times the database itself.
-        let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
-        let (log, database) = (size("group.db-wal"), size("group.db"));
-        assert!(
-            log < database,
-            "the log grew to {log} bytes, over the database's {database}"
-        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
