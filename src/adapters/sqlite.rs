@@ -35,6 +35,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection as _};
 use tokio::sync::Semaphore;
 
+use crate::adapters::store_rows::{
+    adoption, corrupt, decode_request, id_of, key_switch, log_event, next_linking,
+    refuse_key_switches, to_id, Adoption, Columns, LastSwitch, LOG_EVENT_COLUMNS,
+};
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Creation, Gauges, IssuedToken, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending,
@@ -43,8 +47,7 @@ use crate::app::ports::{
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{
-    chain_link, key_switch_details, ChainKeys, Hash, KeyId, Linking, LogEvent, NewEvent, GENESIS,
-    KEY_SWITCH,
+    chain_link, ChainKeys, Hash, Linking, LogEvent, NewEvent, GENESIS, KEY_SWITCH,
 };
 use crate::domain::notice::Notice;
 use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
@@ -104,34 +107,25 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-fn corrupt(e: serde_json::Error) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
-
-fn to_id(n: i64) -> Result<RequestId, StoreError> {
-    u64::try_from(n)
-        .ok()
-        .and_then(RequestId::new)
-        .ok_or_else(|| StoreError::Corrupt(format!("bad request id {n}")))
-}
-
-fn id_of(id: RequestId) -> i64 {
-    id.number() as i64
-}
-
-/// The Logbook's columns as [`log_event`] reads them, from a row's first column on.
-const LOG_EVENT_COLUMNS: &str = "seq, at, actor, request, action, details";
-
-/// The event in a row selected with [`LOG_EVENT_COLUMNS`] first.
-fn log_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogEvent> {
-    Ok(LogEvent {
-        seq: row.get::<_, i64>(0)? as u64,
-        at: Timestamp::from_millis(row.get(1)?),
-        actor: row.get(2)?,
-        request: row.get(3)?,
-        action: row.get(4)?,
-        details: row.get(5)?,
-    })
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn maybe_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn maybe_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        Ok(self.get::<_, i64>(i)? != 0)
+    }
+    fn maybe_flag(&self, i: usize) -> Result<Option<bool>, StoreError> {
+        Ok(self.get::<_, Option<i64>>(i)?.map(|n| n != 0))
+    }
 }
 
 /// The Logbook events of request `?1` (when `by_request`) at or after `?2`
@@ -616,7 +610,7 @@ fn logbook_head(conn: &Connection) -> Result<Option<(i64, Vec<u8>)>, StoreError>
 
 /// The Logbook's last switch to a key: its sequence number and the key it
 /// names (`None` when it names none, which verification reports as a break).
-fn last_key_switch(conn: &Connection) -> Result<Option<(u64, Option<KeyId>)>, StoreError> {
+fn last_key_switch(conn: &Connection) -> Result<Option<LastSwitch>, StoreError> {
     // The action is written out, not bound, so that SQLite uses the partial
     // index `logbook_key_switches` (migration 0012), which names it.
     debug_assert_eq!(KEY_SWITCH, "logbook_keyed");
@@ -626,36 +620,7 @@ fn last_key_switch(conn: &Connection) -> Result<Option<(u64, Option<KeyId>)>, St
         )?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(row.map(|(seq, details)| {
-        let key = serde_json::from_str::<serde_json::Value>(&details)
-            .ok()
-            .and_then(|d| d.get("key_id")?.as_str().and_then(KeyId::parse));
-        (seq as u64, key)
-    }))
-}
-
-/// What to do about a keyed Logbook whose key this process does not hold.
-const KEY_HELP: &str = "set [audit] key (or PASSPORT_AUDIT__KEY) to the key the Logbook was keyed with; to rotate to a new key, set the new one as key and keep the old one in [audit] previous_keys";
-
-/// How the next event is linked: as the Logbook's last switch says, with the
-/// key it names, which `keys` must hold. A Logbook once keyed is never again
-/// extended with plain links.
-fn next_linking<'k>(conn: &Connection, keys: &'k ChainKeys) -> Result<Linking<'k>, StoreError> {
-    match last_key_switch(conn)? {
-        None => Ok(Linking::Plain),
-        Some((seq, Some(id))) => keys.find(&id).map(Linking::Keyed).ok_or_else(|| {
-            let held = match &keys.current {
-                None => "no key is set".to_owned(),
-                Some(k) => format!("the key set has id {}", k.id()),
-            };
-            StoreError::LogbookKey(format!(
-                "the Logbook is keyed with key id {id} since event {seq}, and {held}: {KEY_HELP}"
-            ))
-        }),
-        Some((seq, None)) => Err(StoreError::Corrupt(format!(
-            "Logbook event {seq} switches to a key but names none: run `passport audit verify`"
-        ))),
-    }
+    Ok(row.map(|(seq, details)| key_switch(seq, &details)))
 }
 
 /// The Logbook's head: its last sequence number and link.
@@ -707,64 +672,23 @@ fn insert_event(
 /// Records the switch to the configured key when the Logbook is not keyed
 /// with it yet (see [`SqliteStore::adopt_logbook_key`]).
 fn adopt_key(conn: &WriteConn, now: Timestamp) -> Result<KeyAdoption, StoreError> {
-    let keys = &conn.keys;
     let last = last_key_switch(conn)?;
-    let (from, linking) = match (&last, &keys.current) {
-        (None, None) => return Ok(KeyAdoption::Plain),
-        (Some((since, Some(id))), Some(current)) if id == current.id() => {
-            return Ok(KeyAdoption::Kept {
-                key: id.clone(),
-                since: *since,
-            })
+    match adoption(last.as_ref(), &conn.keys, now)? {
+        Adoption::Settled(adopted) => Ok(adopted),
+        Adoption::Switch(switch) => {
+            let (seq, prev) = head(conn)?;
+            insert_event(conn, switch.linking, &prev, seq + 1, &switch.event)?;
+            metrics::counter!("passport_logbook_events_total", "action" => KEY_SWITCH).increment(1);
+            Ok(switch.done(seq + 1))
         }
-        (None, Some(_)) => (None, Linking::Plain),
-        (Some(_), _) => {
-            // Keyed with another key (or none is set): only a previous key
-            // may sign the switch away from it.
-            let linking = next_linking(conn, keys)?;
-            let Some((since, Some(id))) = last else {
-                return Err(StoreError::Corrupt(
-                    "the Logbook's last key switch names no key".into(),
-                ));
-            };
-            if keys.current.is_none() {
-                return Err(StoreError::LogbookKey(format!(
-                    "the Logbook is keyed with key id {id} since event {since}, and no key is set: {KEY_HELP}"
-                )));
-            }
-            (Some(id), linking)
-        }
-    };
-    let Some(current) = &keys.current else {
-        return Ok(KeyAdoption::Plain);
-    };
-    let (seq, prev) = head(conn)?;
-    let event = NewEvent {
-        at: now,
-        actor: "passport".into(),
-        request: None,
-        action: KEY_SWITCH.into(),
-        details: key_switch_details(current.id(), from.as_ref()),
-    };
-    insert_event(conn, linking, &prev, seq + 1, &event)?;
-    metrics::counter!("passport_logbook_events_total", "action" => KEY_SWITCH).increment(1);
-    Ok(KeyAdoption::Switched {
-        key: current.id().clone(),
-        from,
-        seq: seq + 1,
-    })
+    }
 }
 
 /// Chains `events` after the Logbook's head, linked as its last key switch
 /// says. Returns the last sequence number.
 fn append_events(conn: &WriteConn, events: &[NewEvent]) -> Result<u64, StoreError> {
-    if let Some(e) = events.iter().find(|e| e.action == KEY_SWITCH) {
-        return Err(StoreError::Other(format!(
-            "a {} event is recorded only by the switch to a key",
-            e.action
-        )));
-    }
-    let linking = next_linking(conn, &conn.keys)?;
+    refuse_key_switches(events)?;
+    let linking = next_linking(last_key_switch(conn)?.as_ref(), &conn.keys)?;
     let (mut seq, mut prev) = head(conn)?;
     for e in events {
         seq += 1;
@@ -788,10 +712,6 @@ fn delete_timer(conn: &Connection, id: TimerId) -> Result<bool, StoreError> {
 
 // ---------------------------------------------------------------------------
 // Reading
-
-fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
-    serde_json::from_str(body).map_err(corrupt)
-}
 
 fn requests(
     conn: &Connection,

@@ -213,13 +213,16 @@ impl LogEvent {
     /// For a [`KEY_SWITCH`] event, the key it switches to; `None` for any
     /// other event. A switch that names no valid key is a break.
     pub fn key_switch(&self) -> Option<Result<KeyId, ChainBreak>> {
-        (self.action == KEY_SWITCH).then(|| {
-            serde_json::from_str::<serde_json::Value>(&self.details)
-                .ok()
-                .and_then(|d| d.get("key_id")?.as_str().and_then(KeyId::parse))
-                .ok_or(ChainBreak::BadKeySwitch { seq: self.seq })
-        })
+        (self.action == KEY_SWITCH)
+            .then(|| switched_key(&self.details).ok_or(ChainBreak::BadKeySwitch { seq: self.seq }))
     }
+}
+
+/// The key a [`KEY_SWITCH`] event's `details` name, if they name a valid one.
+pub fn switched_key(details: &str) -> Option<KeyId> {
+    serde_json::from_str::<serde_json::Value>(details)
+        .ok()
+        .and_then(|d| d.get("key_id")?.as_str().and_then(KeyId::parse))
 }
 
 /// The details of a switch to `key`, from `previous` (on a rotation).

@@ -10,9 +10,9 @@ use rusqlite::params;
 
 use crate::adapters::postgres::PgStore;
 use crate::adapters::sqlite::SqliteStore;
+use crate::adapters::store_rows::Columns;
 use crate::app::ports::StoreError;
 use crate::domain::values::{InstanceId, RequestId};
-use sqlx::Row;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -303,35 +303,18 @@ impl CommandStore for SqliteCommandStore {
         let history = self
             .store()?
             .look_up(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT i.instance, c.command_id, c.operation, c.document, c.fingerprint,
-                            c.expires_at, c.sent_at, i.status, i.ok, i.detail
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {HISTORY_COLUMNS}
                      FROM ssm_invocations i JOIN ssm_commands c ON c.command_id = i.command_id
                      WHERE c.request = ?1
-                     ORDER BY c.sent_at, c.rowid",
-                )?;
-                let rows = stmt.query_map([key], |row| {
-                    let settled = match row.get::<_, Option<String>>(7)? {
-                        Some(status) => Some(Settled {
-                            status,
-                            ok: row.get::<_, Option<bool>>(8)?.unwrap_or(false),
-                            detail: row.get(9)?,
-                        }),
-                        None => None,
-                    };
-                    let row = Invocation {
-                        instance: row.get(0)?,
-                        command_id: row.get(1)?,
-                        operation: row.get(2)?,
-                        document: row.get(3)?,
-                        fingerprint: row.get(4)?,
-                        expires_at: row.get(5)?,
-                        sent_at_ms: row.get(6)?,
-                        settled,
-                    };
-                    Ok(row)
-                })?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                     ORDER BY c.sent_at, c.rowid"
+                ))?;
+                let mut rows = stmt.query([key])?;
+                let mut history = Vec::new();
+                while let Some(row) = rows.next()? {
+                    history.push(invocation(row)?);
+                }
+                Ok(history)
             })
             .await?;
         last_of_history(request, history, instances)
@@ -472,43 +455,18 @@ impl CommandStore for PgCommandStore {
         instances: &[InstanceId],
     ) -> Result<BTreeMap<InstanceId, LastCommand>, CommandStoreError> {
         let key = request_key(request)?;
-        let rows = sqlx::query(
-            "SELECT i.instance, c.command_id, c.operation, c.document, c.fingerprint,
-                    c.expires_at, c.sent_at, i.status, i.ok, i.detail
+        let query = format!(
+            "SELECT {HISTORY_COLUMNS}
              FROM ssm_invocations i JOIN ssm_commands c ON c.command_id = i.command_id
              WHERE c.request = $1
-             ORDER BY c.sent_at, c.seq, i.instance",
-        )
-        .bind(key)
-        .fetch_all(self.store.pool())
-        .await
-        .map_err(pg)?;
-        let history = rows
-            .iter()
-            .map(|row| {
-                let settled = row
-                    .try_get::<Option<String>, _>(7)?
-                    .map(|status| -> Result<Settled, sqlx::Error> {
-                        Ok(Settled {
-                            status,
-                            ok: row.try_get::<Option<bool>, _>(8)?.unwrap_or(false),
-                            detail: row.try_get(9)?,
-                        })
-                    })
-                    .transpose()?;
-                Ok(Invocation {
-                    instance: row.try_get(0)?,
-                    command_id: row.try_get(1)?,
-                    operation: row.try_get(2)?,
-                    document: row.try_get(3)?,
-                    fingerprint: row.try_get(4)?,
-                    expires_at: row.try_get(5)?,
-                    sent_at_ms: row.try_get(6)?,
-                    settled,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
+             ORDER BY c.sent_at, c.seq, i.instance"
+        );
+        let rows = sqlx::query(&query)
+            .bind(key)
+            .fetch_all(self.store.pool())
+            .await
             .map_err(pg)?;
+        let history = rows.iter().map(invocation).collect::<Result<Vec<_>, _>>()?;
         last_of_history(request, history, instances)
     }
 }
@@ -523,6 +481,32 @@ struct Invocation {
     expires_at: Option<i64>,
     sent_at_ms: i64,
     settled: Option<Settled>,
+}
+
+/// The columns of a request's history, as [`invocation`] reads them.
+const HISTORY_COLUMNS: &str = "i.instance, c.command_id, c.operation, c.document, c.fingerprint, \
+     c.expires_at, c.sent_at, i.status, i.ok, i.detail";
+
+/// The invocation in a row of [`HISTORY_COLUMNS`].
+fn invocation(row: &impl Columns) -> Result<Invocation, StoreError> {
+    let settled = match row.maybe_text(7)? {
+        Some(status) => Some(Settled {
+            status,
+            ok: row.maybe_flag(8)?.unwrap_or(false),
+            detail: row.maybe_text(9)?,
+        }),
+        None => None,
+    };
+    Ok(Invocation {
+        instance: row.text(0)?,
+        command_id: row.text(1)?,
+        operation: row.text(2)?,
+        document: row.text(3)?,
+        fingerprint: row.text(4)?,
+        expires_at: row.maybe_int(5)?,
+        sent_at_ms: row.int(6)?,
+        settled,
+    })
 }
 
 /// For each of `instances`, the last command of a request's `history`

@@ -11,10 +11,14 @@
 use futures::TryStreamExt;
 use sqlx::{PgConnection, PgPool, Row};
 
+use crate::adapters::store_rows::{
+    adoption, key_switch, log_event, next_linking, refuse_key_switches, Adoption, LastSwitch,
+    LOG_EVENT_COLUMNS,
+};
 use crate::app::ports::{StoreError, Verification};
 use crate::domain::logbook::{
-    chain_link, key_switch_details, ChainCheck, ChainKeys, Hash, KeyAdoption, KeyId, Linking,
-    LogEvent, NewEvent, GENESIS, KEY_SWITCH,
+    chain_link, ChainCheck, ChainKeys, Hash, KeyAdoption, Linking, LogEvent, NewEvent, GENESIS,
+    KEY_SWITCH,
 };
 use crate::domain::time::Timestamp;
 
@@ -22,15 +26,12 @@ use crate::domain::time::Timestamp;
 /// in every process: "passport" in ASCII).
 pub(super) const LOGBOOK_LOCK: i64 = 0x7061_7373_706f_7274;
 
-/// What to do about a keyed Logbook whose key this process does not hold.
-const KEY_HELP: &str = "set [audit] key (or PASSPORT_AUDIT__KEY) to the key the Logbook was keyed with; to rotate to a new key, set the new one as key and keep the old one in [audit] previous_keys";
-
 /// The chain's end as a writer holding the lock sees it.
 struct Head {
     seq: u64,
     hash: Hash,
     /// The last switch to a key: its number and the key it names.
-    switch: Option<(u64, Option<KeyId>)>,
+    switch: Option<LastSwitch>,
 }
 
 /// Takes the Logbook's lock for the rest of the transaction and reads its
@@ -65,33 +66,8 @@ async fn lock_head(conn: &mut PgConnection) -> Result<Head, StoreError> {
         ),
         _ => (0, GENESIS),
     };
-    let switch = switch_seq.map(|s| {
-        let key = switch_details
-            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
-            .and_then(|d| d.get("key_id")?.as_str().and_then(KeyId::parse));
-        (s as u64, key)
-    });
+    let switch = switch_seq.map(|s| key_switch(s, switch_details.as_deref().unwrap_or_default()));
     Ok(Head { seq, hash, switch })
-}
-
-/// How the next event is linked: as the Logbook's last switch says, with the
-/// key it names, which `keys` must hold.
-fn next_linking<'k>(head: &Head, keys: &'k ChainKeys) -> Result<Linking<'k>, StoreError> {
-    match &head.switch {
-        None => Ok(Linking::Plain),
-        Some((seq, Some(id))) => keys.find(id).map(Linking::Keyed).ok_or_else(|| {
-            let held = match &keys.current {
-                None => "no key is set".to_owned(),
-                Some(k) => format!("the key set has id {}", k.id()),
-            };
-            StoreError::LogbookKey(format!(
-                "the Logbook is keyed with key id {id} since event {seq}, and {held}: {KEY_HELP}"
-            ))
-        }),
-        Some((seq, None)) => Err(StoreError::Corrupt(format!(
-            "Logbook event {seq} switches to a key but names none: run `passport audit verify`"
-        ))),
-    }
 }
 
 /// Inserts `events` as the events after `head`, linked with `linking`, in
@@ -158,17 +134,12 @@ pub(super) async fn append(
     keys: &ChainKeys,
     events: &[NewEvent],
 ) -> Result<u64, StoreError> {
-    if let Some(e) = events.iter().find(|e| e.action == KEY_SWITCH) {
-        return Err(StoreError::Other(format!(
-            "a {} event is recorded only by the switch to a key",
-            e.action
-        )));
-    }
+    refuse_key_switches(events)?;
     if events.is_empty() {
         return Ok(0);
     }
     let head = lock_head(conn).await?;
-    let linking = next_linking(&head, keys)?;
+    let linking = next_linking(head.switch.as_ref(), keys)?;
     let last = insert_events(conn, linking, &head, events).await?;
     for e in events {
         // Counted before the commit, as on SQLite: a failed commit may count twice.
@@ -187,68 +158,30 @@ pub(super) async fn adopt_key(
     now: Timestamp,
 ) -> Result<KeyAdoption, StoreError> {
     let head = lock_head(conn).await?;
-    let (from, linking) = match (&head.switch, &keys.current) {
-        (None, None) => return Ok(KeyAdoption::Plain),
-        (Some((since, Some(id))), Some(current)) if id == current.id() => {
-            return Ok(KeyAdoption::Kept {
-                key: id.clone(),
-                since: *since,
-            })
+    match adoption(head.switch.as_ref(), keys, now)? {
+        Adoption::Settled(adopted) => Ok(adopted),
+        Adoption::Switch(switch) => {
+            let seq = insert_events(
+                conn,
+                switch.linking,
+                &head,
+                std::slice::from_ref(&switch.event),
+            )
+            .await?;
+            metrics::counter!("passport_logbook_events_total", "action" => KEY_SWITCH).increment(1);
+            Ok(switch.done(seq))
         }
-        (None, Some(_)) => (None, Linking::Plain),
-        (Some(_), _) => {
-            // Keyed with another key (or none is set): only a previous key
-            // may sign the switch away from it.
-            let linking = next_linking(&head, keys)?;
-            let Some((since, Some(id))) = &head.switch else {
-                return Err(StoreError::Corrupt(
-                    "the Logbook's last key switch names no key".into(),
-                ));
-            };
-            if keys.current.is_none() {
-                return Err(StoreError::LogbookKey(format!(
-                    "the Logbook is keyed with key id {id} since event {since}, and no key is set: {KEY_HELP}"
-                )));
-            }
-            (Some(id.clone()), linking)
-        }
-    };
-    let Some(current) = &keys.current else {
-        return Ok(KeyAdoption::Plain);
-    };
-    let event = NewEvent {
-        at: now,
-        actor: "passport".into(),
-        request: None,
-        action: KEY_SWITCH.into(),
-        details: key_switch_details(current.id(), from.as_ref()),
-    };
-    let seq = insert_events(conn, linking, &head, std::slice::from_ref(&event)).await?;
-    metrics::counter!("passport_logbook_events_total", "action" => KEY_SWITCH).increment(1);
-    Ok(KeyAdoption::Switched {
-        key: current.id().clone(),
-        from,
-        seq,
-    })
+    }
 }
 
 /// Checks the chain of every event committed when it starts (one statement,
 /// so one snapshot), streamed in order through the domain's [`ChainCheck`].
 pub(super) async fn verify(pool: &PgPool, keys: &ChainKeys) -> Result<Verification, StoreError> {
     let mut check = ChainCheck::new(keys);
-    let mut rows = sqlx::query(
-        "SELECT seq, at, actor, request, action, details, hash FROM logbook ORDER BY seq",
-    )
-    .fetch(pool);
+    let query = format!("SELECT {LOG_EVENT_COLUMNS}, hash FROM logbook ORDER BY seq");
+    let mut rows = sqlx::query(&query).fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        let event = LogEvent {
-            seq: row.try_get::<i64, _>(0)? as u64,
-            at: Timestamp::from_millis(row.try_get(1)?),
-            actor: row.try_get(2)?,
-            request: row.try_get(3)?,
-            action: row.try_get(4)?,
-            details: row.try_get(5)?,
-        };
+        let event = log_event(&row)?;
         let stored: &[u8] = row.try_get(6)?;
         if let Err(brk) = check.check(&event, stored) {
             return Ok(Verification::Broken(brk));
@@ -269,16 +202,16 @@ pub(super) async fn events(
     request: Option<String>,
     since: Option<Timestamp>,
 ) -> Result<Vec<LogEvent>, StoreError> {
-    const COLUMNS: &str = "SELECT seq, at, actor, request, action, details FROM logbook";
+    let columns = format!("SELECT {LOG_EVENT_COLUMNS} FROM logbook");
     // One statement per case, so each can use its index.
     let query = match (&request, since) {
-        (Some(_), Some(_)) => format!("{COLUMNS} WHERE request = $1 AND at >= $2 ORDER BY seq"),
+        (Some(_), Some(_)) => format!("{columns} WHERE request = $1 AND at >= $2 ORDER BY seq"),
         (Some(_), None) => {
-            format!("{COLUMNS} WHERE request = $1 AND $2::bigint IS NULL ORDER BY seq")
+            format!("{columns} WHERE request = $1 AND $2::bigint IS NULL ORDER BY seq")
         }
-        (None, Some(_)) => format!("{COLUMNS} WHERE $1::text IS NULL AND at >= $2 ORDER BY seq"),
+        (None, Some(_)) => format!("{columns} WHERE $1::text IS NULL AND at >= $2 ORDER BY seq"),
         (None, None) => {
-            format!("{COLUMNS} WHERE $1::text IS NULL AND $2::bigint IS NULL ORDER BY seq")
+            format!("{columns} WHERE $1::text IS NULL AND $2::bigint IS NULL ORDER BY seq")
         }
     };
     let rows = sqlx::query(&query)
@@ -286,16 +219,5 @@ pub(super) async fn events(
         .bind(since.map(Timestamp::as_millis))
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(LogEvent {
-                seq: row.try_get::<i64, _>(0)? as u64,
-                at: Timestamp::from_millis(row.try_get(1)?),
-                actor: row.try_get(2)?,
-                request: row.try_get(3)?,
-                action: row.try_get(4)?,
-                details: row.try_get(5)?,
-            })
-        })
-        .collect()
+    rows.iter().map(log_event).collect()
 }

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
+use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id, Columns};
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Clock, Creation, Gauges, IssuedToken, MessageRef, Mutation, OutboxCounts, PasswordMessage,
@@ -156,23 +157,25 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-pub(super) fn corrupt(e: serde_json::Error) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
-
-fn to_id(n: i64) -> Result<RequestId, StoreError> {
-    u64::try_from(n)
-        .ok()
-        .and_then(RequestId::new)
-        .ok_or_else(|| StoreError::Corrupt(format!("bad request id {n}")))
-}
-
-fn id_of(id: RequestId) -> i64 {
-    id.number() as i64
-}
-
-fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
-    serde_json::from_str(body).map_err(corrupt)
+impl Columns for sqlx::postgres::PgRow {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn maybe_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn maybe_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn maybe_flag(&self, i: usize) -> Result<Option<bool>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
 }
 
 /// A name for this store's outbox claims, unique among processes and stores.

@@ -2,58 +2,14 @@
 //! is one conditional statement, so processes racing on one attempt or
 //! token find exactly one of them changed it.
 
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
+use crate::adapters::store_rows::{login_of, token_of, LOGIN_COLUMNS, TOKEN_COLUMNS};
 use crate::app::ports::{IssuedToken, StoreError};
 use crate::domain::signin::{
-    ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
+    LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
 };
 use crate::domain::time::Timestamp;
-use crate::domain::values::{Person, UserId};
-
-const LOGIN_COLUMNS: &str = "id, host, client, address, started_at, expires_at, state, \
-     claimed_by, claimed_handle, claimed_surface, secret_hash";
-
-fn identity(id: String, handle: String, surface: String) -> Result<ChatIdentity, StoreError> {
-    Ok(ChatIdentity {
-        person: Person {
-            id: UserId::parse(&id)
-                .map_err(|e| StoreError::Corrupt(format!("stored user id: {e}")))?,
-            handle,
-        },
-        surface,
-    })
-}
-
-fn login_of(row: &PgRow) -> Result<(LoginAttempt, SecretHash), StoreError> {
-    let id: String = row.try_get(0)?;
-    let state: String = row.try_get(6)?;
-    let claimed_by: Option<String> = row.try_get(7)?;
-    let claimed_by = match claimed_by {
-        Some(user) => Some(identity(
-            user,
-            row.try_get::<Option<String>, _>(8)?.unwrap_or_default(),
-            row.try_get::<Option<String>, _>(9)?.unwrap_or_default(),
-        )?),
-        None => None,
-    };
-    Ok((
-        LoginAttempt {
-            id: LoginId::parse(&id)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad login id {id:?}")))?,
-            host: row.try_get(1)?,
-            client: row.try_get(2)?,
-            address: row.try_get(3)?,
-            started_at: Timestamp::from_millis(row.try_get(4)?),
-            expires_at: Timestamp::from_millis(row.try_get(5)?),
-            state: LoginState::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad login state {state:?}")))?,
-            claimed_by,
-        },
-        SecretHash::from_stored(row.try_get(10)?),
-    ))
-}
 
 pub(super) async fn start(
     conn: &mut PgConnection,
@@ -171,24 +127,13 @@ pub(super) async fn token(
     pool: &PgPool,
     hash: &SecretHash,
 ) -> Result<Option<TokenRecord>, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, user_id, handle, surface, issued_at, expires_at, revoked_at, refusal_recorded \
-         FROM api_tokens WHERE token_hash = $1",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"
+    ))
     .bind(hash.as_str())
     .fetch_optional(pool)
     .await?;
-    row.map(|r| {
-        Ok(TokenRecord {
-            id: r.try_get(0)?,
-            owner: identity(r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)?,
-            issued_at: Timestamp::from_millis(r.try_get(4)?),
-            expires_at: Timestamp::from_millis(r.try_get(5)?),
-            revoked_at: r.try_get::<Option<i64>, _>(6)?.map(Timestamp::from_millis),
-            refusal_recorded: r.try_get(7)?,
-        })
-    })
-    .transpose()
+    row.map(|r| token_of(&r)).transpose()
 }
 
 /// Marks token `id`'s refusal recorded; false when it was already.

@@ -1,60 +1,17 @@
 //! Sign-in attempts and API tokens. Codes, poll secrets and tokens arrive
 //! here already hashed; no statement ever sees one of them in the clear.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection};
 
 use crate::app::effects::Effects;
 use crate::app::ports::{IssuedToken, Recording, StoreError};
 use crate::domain::signin::{
-    ChatIdentity, LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
+    LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
 };
 use crate::domain::time::Timestamp;
-use crate::domain::values::{Person, UserId};
 
 use super::{housekeeping, WriteConn};
-
-const LOGIN_COLUMNS: &str = "id, host, client, address, started_at, expires_at, state, \
-     claimed_by, claimed_handle, claimed_surface, secret_hash";
-
-fn identity(id: String, handle: String, surface: String) -> Result<ChatIdentity, StoreError> {
-    Ok(ChatIdentity {
-        person: Person {
-            id: UserId::parse(&id)
-                .map_err(|e| StoreError::Corrupt(format!("stored user id: {e}")))?,
-            handle,
-        },
-        surface,
-    })
-}
-
-fn login_of(row: &Row<'_>) -> Result<(LoginAttempt, SecretHash), StoreError> {
-    let id: String = row.get(0)?;
-    let state: String = row.get(6)?;
-    let claimed_by: Option<String> = row.get(7)?;
-    let claimed_by = match claimed_by {
-        Some(user) => Some(identity(
-            user,
-            row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-            row.get::<_, Option<String>>(9)?.unwrap_or_default(),
-        )?),
-        None => None,
-    };
-    Ok((
-        LoginAttempt {
-            id: LoginId::parse(&id)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad login id {id:?}")))?,
-            host: row.get(1)?,
-            client: row.get(2)?,
-            address: row.get(3)?,
-            started_at: Timestamp::from_millis(row.get(4)?),
-            expires_at: Timestamp::from_millis(row.get(5)?),
-            state: LoginState::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad login state {state:?}")))?,
-            claimed_by,
-        },
-        SecretHash::from_stored(row.get(10)?),
-    ))
-}
+use crate::adapters::store_rows::{login_of, token_of, LOGIN_COLUMNS, TOKEN_COLUMNS};
 
 pub(super) fn start(
     conn: &WriteConn,
@@ -180,37 +137,11 @@ pub(super) fn token(
     conn: &Connection,
     hash: &SecretHash,
 ) -> Result<Option<TokenRecord>, StoreError> {
-    let row = conn
-        .prepare_cached(
-            "SELECT id, user_id, handle, surface, issued_at, expires_at, revoked_at, refusal_recorded \
-             FROM api_tokens WHERE token_hash = ?1",
-        )?
-        .query_row([hash.as_str()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, Option<i64>>(6)?,
-                r.get::<_, i64>(7)?,
-            ))
-        })
-        .optional()?;
-    row.map(
-        |(id, user, handle, surface, issued, expires, revoked, refused)| {
-            Ok(TokenRecord {
-                id,
-                owner: identity(user, handle, surface)?,
-                issued_at: Timestamp::from_millis(issued),
-                expires_at: Timestamp::from_millis(expires),
-                revoked_at: revoked.map(Timestamp::from_millis),
-                refusal_recorded: refused != 0,
-            })
-        },
-    )
-    .transpose()
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?1"
+    ))?;
+    let mut rows = stmt.query([hash.as_str()])?;
+    rows.next()?.map(token_of).transpose()
 }
 
 pub(super) fn refused(

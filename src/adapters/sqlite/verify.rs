@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rusqlite::{Connection, OptionalExtension};
 
+use crate::adapters::store_rows::{key_switch, log_event, LastSwitch, LOG_EVENT_COLUMNS};
 use crate::app::ports::{StoreError, Verification};
 use crate::domain::logbook::{
-    ChainBreak, ChainCheck, ChainKeys, Hash, KeyId, Keying, LogEvent, GENESIS, KEY_SWITCH,
+    ChainBreak, ChainCheck, ChainKeys, Hash, Keying, LogEvent, GENESIS, KEY_SWITCH,
 };
-use crate::domain::time::Timestamp;
 
 /// A thread stops early, once an earlier part is known to be broken, at most
 /// this many events later.
@@ -41,7 +41,7 @@ where
 /// The Logbook's switches to a key, each with the key it names (`None` when
 /// it names none). Read apart from the chain only to tell each part the mode
 /// it starts in; the parts check the switches themselves as chain events.
-fn switches(conn: &Connection) -> Result<Vec<(u64, Option<KeyId>)>, StoreError> {
+fn switches(conn: &Connection) -> Result<Vec<LastSwitch>, StoreError> {
     // Written out, not bound, so that SQLite uses the partial index
     // `logbook_key_switches` where it exists (migration 0012).
     debug_assert_eq!(KEY_SWITCH, "logbook_keyed");
@@ -50,15 +50,7 @@ fn switches(conn: &Connection) -> Result<Vec<(u64, Option<KeyId>)>, StoreError> 
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let event = LogEvent {
-            seq: row.get::<_, i64>(0)? as u64,
-            at: Timestamp::from_millis(0),
-            actor: String::new(),
-            request: None,
-            action: KEY_SWITCH.into(),
-            details: row.get(1)?,
-        };
-        out.push((event.seq, event.key_switch().and_then(Result::ok)));
+        out.push(key_switch(row.get(0)?, &row.get::<_, String>(1)?));
     }
     Ok(out)
 }
@@ -192,7 +184,7 @@ fn check_part(
     end: i64,
     broken: &AtomicUsize,
 ) -> Result<Part, StoreError> {
-    let columns = format!("SELECT {}, hash FROM logbook", super::LOG_EVENT_COLUMNS);
+    let columns = format!("SELECT {}, hash FROM logbook", LOG_EVENT_COLUMNS);
     let mut stmt;
     let mut rows = match start.seq {
         None => {
@@ -213,7 +205,7 @@ fn check_part(
             return Ok(Part::Stopped);
         }
         // The hash follows the event's columns.
-        let event = super::log_event(row)?;
+        let event = log_event(row)?;
         let stored = row.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
         if let Err(brk) = check.check(&event, stored) {
             broken.fetch_min(index, Ordering::Relaxed);
@@ -233,15 +225,17 @@ fn check_part(
 /// Logbook's key would after rewriting events. Tests use it to show what a
 /// keyed Logbook catches and a plain one cannot; Passport never calls it.
 #[doc(hidden)]
-pub fn rehash_plainly(conn: &Connection) -> rusqlite::Result<()> {
-    let events: Vec<LogEvent> = {
+pub fn rehash_plainly(conn: &Connection) -> Result<(), StoreError> {
+    let mut events: Vec<LogEvent> = Vec::new();
+    {
         let mut stmt = conn.prepare(&format!(
-            "SELECT {} FROM logbook ORDER BY seq",
-            super::LOG_EVENT_COLUMNS
+            "SELECT {LOG_EVENT_COLUMNS} FROM logbook ORDER BY seq"
         ))?;
-        let rows = stmt.query_map([], super::log_event)?;
-        rows.collect::<Result<_, _>>()?
-    };
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            events.push(log_event(row)?);
+        }
+    }
     let mut prev = GENESIS;
     for e in events {
         prev = e.hash_after(&prev);
@@ -260,9 +254,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::domain::logbook::KeyId;
     use crate::domain::logbook::{
         chain_link, check_link_with, key_switch_details, ChainKey, KeySwitch, Linking,
     };
+    use crate::domain::time::Timestamp;
 
     fn key() -> ChainKey {
         ChainKey::new(b"0123456789abcdef0123456789abcdef")

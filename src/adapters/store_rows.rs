@@ -1,0 +1,248 @@
+//! What the SQLite and PostgreSQL stores decide the same way about what they
+//! read and write: request ids and bodies as stored, and the Logbook's key
+//! (how the next event is linked, and when a configured key is adopted).
+//! Each store keeps only its SQL.
+
+use crate::app::ports::StoreError;
+use crate::domain::logbook::{
+    key_switch_details, switched_key, ChainKeys, KeyAdoption, KeyId, Linking, LogEvent, NewEvent,
+    KEY_SWITCH,
+};
+use crate::domain::request::AccessRequest;
+use crate::domain::signin::{
+    ChatIdentity, LoginAttempt, LoginId, LoginState, SecretHash, TokenRecord,
+};
+use crate::domain::time::Timestamp;
+use crate::domain::values::{Person, RequestId, UserId};
+
+pub(crate) fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// The request id stored as `n`.
+pub(crate) fn to_id(n: i64) -> Result<RequestId, StoreError> {
+    u64::try_from(n)
+        .ok()
+        .and_then(RequestId::new)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad request id {n}")))
+}
+
+/// How request `id` is stored.
+pub(crate) fn id_of(id: RequestId) -> i64 {
+    id.number() as i64
+}
+
+/// A request from its stored body.
+pub(crate) fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
+    serde_json::from_str(body).map_err(corrupt)
+}
+
+/// What to do about a keyed Logbook whose key this process does not hold.
+pub(crate) const KEY_HELP: &str = "set [audit] key (or PASSPORT_AUDIT__KEY) to the key the Logbook was keyed with; to rotate to a new key, set the new one as key and keep the old one in [audit] previous_keys";
+
+/// The Logbook's last switch to a key: its sequence number, and the key its
+/// details name (none when they name none, which verification reports).
+pub(crate) type LastSwitch = (u64, Option<KeyId>);
+
+/// The last switch to a key, from the sequence number and details of the
+/// Logbook's last `logbook_keyed` event.
+pub(crate) fn key_switch(seq: i64, details: &str) -> LastSwitch {
+    (seq as u64, switched_key(details))
+}
+
+/// How the next event is linked: as the Logbook's last switch says, with the
+/// key it names, which `keys` must hold. A Logbook once keyed is never again
+/// extended with plain links.
+pub(crate) fn next_linking<'k>(
+    last: Option<&LastSwitch>,
+    keys: &'k ChainKeys,
+) -> Result<Linking<'k>, StoreError> {
+    match last {
+        None => Ok(Linking::Plain),
+        Some((seq, Some(id))) => keys.find(id).map(Linking::Keyed).ok_or_else(|| {
+            let held = match &keys.current {
+                None => "no key is set".to_owned(),
+                Some(k) => format!("the key set has id {}", k.id()),
+            };
+            StoreError::LogbookKey(format!(
+                "the Logbook is keyed with key id {id} since event {seq}, and {held}: {KEY_HELP}"
+            ))
+        }),
+        Some((seq, None)) => Err(StoreError::Corrupt(format!(
+            "Logbook event {seq} switches to a key but names none: run `passport audit verify`"
+        ))),
+    }
+}
+
+/// Refuses `events` that hold a switch to a key: only [`adoption`] writes one.
+pub(crate) fn refuse_key_switches(events: &[NewEvent]) -> Result<(), StoreError> {
+    match events.iter().find(|e| e.action == KEY_SWITCH) {
+        Some(e) => Err(StoreError::Other(format!(
+            "a {} event is recorded only by the switch to a key",
+            e.action
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What adopting the configured key comes to.
+pub(crate) enum Adoption<'k> {
+    /// Nothing to write.
+    Settled(KeyAdoption),
+    /// Append `event`, linked with `linking`, then report [`Switch::done`].
+    Switch(Switch<'k>),
+}
+
+/// A switch to the configured key, to be appended by the store.
+pub(crate) struct Switch<'k> {
+    pub event: NewEvent,
+    pub linking: Linking<'k>,
+    key: KeyId,
+    from: Option<KeyId>,
+}
+
+impl Switch<'_> {
+    /// The adoption, once the switch is event `seq`.
+    pub(crate) fn done(self, seq: u64) -> KeyAdoption {
+        KeyAdoption::Switched {
+            key: self.key,
+            from: self.from,
+            seq,
+        }
+    }
+}
+
+/// Whether the Logbook, whose last switch to a key is `last`, must switch to
+/// the configured key, and how that switch is linked: a keyed Logbook moves
+/// to another key only when a previous key signs the move.
+pub(crate) fn adoption<'k>(
+    last: Option<&LastSwitch>,
+    keys: &'k ChainKeys,
+    now: Timestamp,
+) -> Result<Adoption<'k>, StoreError> {
+    let Some(current) = &keys.current else {
+        // A keyed Logbook needs its key, or a previous one, to be linked at all.
+        next_linking(last, keys)?;
+        return match last {
+            None => Ok(Adoption::Settled(KeyAdoption::Plain)),
+            Some((since, Some(id))) => Err(StoreError::LogbookKey(format!(
+                "the Logbook is keyed with key id {id} since event {since}, and no key is set: {KEY_HELP}"
+            ))),
+            Some(_) => Err(StoreError::Corrupt(
+                "the Logbook's last key switch names no key".into(),
+            )),
+        };
+    };
+    let (from, linking) = match last {
+        Some((since, Some(id))) if id == current.id() => {
+            return Ok(Adoption::Settled(KeyAdoption::Kept {
+                key: id.clone(),
+                since: *since,
+            }))
+        }
+        None => (None, Linking::Plain),
+        Some((_, from)) => {
+            let linking = next_linking(last, keys)?;
+            (from.clone(), linking)
+        }
+    };
+    Ok(Adoption::Switch(Switch {
+        event: NewEvent {
+            at: now,
+            actor: "passport".into(),
+            request: None,
+            action: KEY_SWITCH.into(),
+            details: key_switch_details(current.id(), from.as_ref()),
+        },
+        linking,
+        key: current.id().clone(),
+        from,
+    }))
+}
+
+/// A row as both stores read it, column by column: each store says how its
+/// driver reads a column, and what a row means is decoded once, here.
+pub(crate) trait Columns {
+    fn text(&self, i: usize) -> Result<String, StoreError>;
+    fn maybe_text(&self, i: usize) -> Result<Option<String>, StoreError>;
+    fn int(&self, i: usize) -> Result<i64, StoreError>;
+    fn maybe_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
+    /// A yes/no column (an integer on SQLite, a boolean on PostgreSQL).
+    fn flag(&self, i: usize) -> Result<bool, StoreError>;
+    fn maybe_flag(&self, i: usize) -> Result<Option<bool>, StoreError>;
+}
+
+/// The Logbook's columns as [`log_event`] reads them, from a row's first column on.
+pub(crate) const LOG_EVENT_COLUMNS: &str = "seq, at, actor, request, action, details";
+
+/// The event in a row selected with [`LOG_EVENT_COLUMNS`] first.
+pub(crate) fn log_event(row: &impl Columns) -> Result<LogEvent, StoreError> {
+    Ok(LogEvent {
+        seq: row.int(0)? as u64,
+        at: Timestamp::from_millis(row.int(1)?),
+        actor: row.text(2)?,
+        request: row.maybe_text(3)?,
+        action: row.text(4)?,
+        details: row.text(5)?,
+    })
+}
+
+fn identity(id: String, handle: String, surface: String) -> Result<ChatIdentity, StoreError> {
+    Ok(ChatIdentity {
+        person: Person {
+            id: UserId::parse(&id)
+                .map_err(|e| StoreError::Corrupt(format!("stored user id: {e}")))?,
+            handle,
+        },
+        surface,
+    })
+}
+
+/// A sign-in attempt's columns as [`login_of`] reads them.
+pub(crate) const LOGIN_COLUMNS: &str = "id, host, client, address, started_at, expires_at, state, \
+     claimed_by, claimed_handle, claimed_surface, secret_hash";
+
+/// The attempt and its poll secret's hash in a row of [`LOGIN_COLUMNS`].
+pub(crate) fn login_of(row: &impl Columns) -> Result<(LoginAttempt, SecretHash), StoreError> {
+    let id = row.text(0)?;
+    let state = row.text(6)?;
+    let claimed_by = match row.maybe_text(7)? {
+        Some(user) => Some(identity(
+            user,
+            row.maybe_text(8)?.unwrap_or_default(),
+            row.maybe_text(9)?.unwrap_or_default(),
+        )?),
+        None => None,
+    };
+    Ok((
+        LoginAttempt {
+            id: LoginId::parse(&id)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad login id {id:?}")))?,
+            host: row.text(1)?,
+            client: row.text(2)?,
+            address: row.text(3)?,
+            started_at: Timestamp::from_millis(row.int(4)?),
+            expires_at: Timestamp::from_millis(row.int(5)?),
+            state: LoginState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad login state {state:?}")))?,
+            claimed_by,
+        },
+        SecretHash::from_stored(row.text(10)?),
+    ))
+}
+
+/// An API token's columns as [`token_of`] reads them.
+pub(crate) const TOKEN_COLUMNS: &str =
+    "id, user_id, handle, surface, issued_at, expires_at, revoked_at, refusal_recorded";
+
+/// The token in a row of [`TOKEN_COLUMNS`].
+pub(crate) fn token_of(row: &impl Columns) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: row.int(0)?,
+        owner: identity(row.text(1)?, row.text(2)?, row.text(3)?)?,
+        issued_at: Timestamp::from_millis(row.int(4)?),
+        expires_at: Timestamp::from_millis(row.int(5)?),
+        revoked_at: row.maybe_int(6)?.map(Timestamp::from_millis),
+        refusal_recorded: row.flag(7)?,
+    })
+}
