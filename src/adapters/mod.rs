@@ -16,3 +16,4 @@ pub mod seen;
 pub mod slack;
 pub mod sqlite;
 pub mod ssh_ca;
+pub mod store_copy;

@@ -20,7 +20,7 @@ use crate::domain::time::Timestamp;
 
 /// The advisory lock that serialises Logbook appends (any number, the same
 /// in every process: "passport" in ASCII).
-pub(super) const LOGBOOK_LOCK: i64 = 0x7061_7373_706f_7274;
+pub(crate) const LOGBOOK_LOCK: i64 = 0x7061_7373_706f_7274;
 
 /// What to do about a keyed Logbook whose key this process does not hold.
 const KEY_HELP: &str = "set [audit] key (or PASSPORT_AUDIT__KEY) to the key the Logbook was keyed with; to rotate to a new key, set the new one as key and keep the old one in [audit] previous_keys";
