@@ -1724,6 +1724,16 @@ mod tests {
     }
 
     #[test]
+    fn the_target_of_store_copy_is_not_configuration() {
+        let (keys, errors) = unknown_variables(
+            ["PASSPORT_STORE_COPY_TO", "PASSPORT_STORE_COPY_TOO"]
+                .iter()
+                .map(|v| (*v).to_owned()),
+        );
+        assert_eq!(keys, vec!["store_copy_too"], "{errors:?}");
+    }
+
+    #[test]
     fn an_unknown_variable_is_named_with_the_closest_valid_one() {
         let vars = [
             "HOME",
