@@ -13,7 +13,7 @@ use crate::adapters::console::stdout_output;
 use crate::adapters::ssh_ca::{CaKeySource, CaKeyType, CertificateAuthority};
 use crate::app::engine::timeline;
 use crate::app::ports::{Store, Verification};
-use crate::config::{Config, Loaded, LogFormat, Settings, StoreLocation};
+use crate::config::{Config, DatabaseUrl, Loaded, LogFormat, Settings, StoreLocation};
 use crate::domain::logbook::{ChainKeys, Checkpoint};
 use crate::domain::time::Timestamp;
 use crate::domain::values::RequestId;
@@ -81,6 +81,11 @@ pub enum Command {
     Restore {
         /// A file written by `passport backup`.
         file: PathBuf,
+    },
+    /// The database as a whole: move a deployment from SQLite to PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Chat notices set aside after the platform refused them repeatedly:
     /// list them, or put them back in line. Needs only [store].
@@ -178,6 +183,28 @@ pub enum ClientCommand {
         request: String,
         host: String,
         port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the SQLite database [store] path names into an empty PostgreSQL
+    /// database: every table, in one transaction, the Logbook with its ids and
+    /// hashes. Stop `serve` first. The SQLite Logbook is verified before
+    /// anything is written, and the copy's after, with the same [audit] keys.
+    /// Then set [store] url to the new database (and remove path). Needs only
+    /// [store] and [audit].
+    Copy {
+        /// The PostgreSQL database to fill, postgres://USER:PASSWORD@HOST:PORT/DATABASE;
+        /// it must hold no Passport data. Prefer the variable: an address given
+        /// here, password included, is visible to every user of this machine (ps).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "PASSPORT_STORE_COPY_TO",
+            hide_env_values = true
+        )]
+        to: String,
     },
 }
 
@@ -454,6 +481,101 @@ async fn restore(
     Ok(0)
 }
 
+/// `passport store copy`: the SQLite file's Logbook verified, every table
+/// copied into the empty PostgreSQL database `to`, the copy's Logbook
+/// verified and its rows counted. 0 when all of it holds; 1 when a Logbook
+/// does not verify (3 when keyed events could not be checked for want of
+/// their key), or the copy differs; errors say what was wrong and whether
+/// anything was written.
+async fn store_copy(only: &StoreOnly, to: DatabaseUrl) -> anyhow::Result<i32> {
+    use crate::adapters::postgres::{PgOptions, PgStore};
+    use crate::adapters::store_copy;
+    let Some(source) = only.location.sqlite_path() else {
+        bail!("`passport store copy` moves a SQLite database, and [store] url names a PostgreSQL database ({}): set [store] path (or PASSPORT_STORE__PATH) to the SQLite file to copy, and give the PostgreSQL database with --to or PASSPORT_STORE_COPY_TO", only.location);
+    };
+    to.check_postgres("--to", "").map_err(anyhow::Error::msg)?;
+    if !source.is_file() {
+        bail!(
+            "{} is not a database file: check [store] path (or PASSPORT_STORE__PATH)",
+            source.display()
+        );
+    }
+    // Before anything is written: a broken or tampered Logbook is not moved,
+    // where it would look as good as new.
+    let verification = crate::adapters::sqlite::verify_logbook_file(source, &only.keys)
+        .await
+        .with_context(|| format!("{} is not a Passport database", source.display()))?;
+    let code = print_verification("the SQLite Logbook is", &verification, &only.keys);
+    let Verification::Intact {
+        events: source_events,
+        head: source_head,
+        ..
+    } = &verification
+    else {
+        println!("nothing was copied: `passport audit verify` on the SQLite database says more");
+        return Ok(code);
+    };
+    if code != 0 {
+        println!("nothing was copied");
+        return Ok(code);
+    }
+
+    let options = PgOptions {
+        keys: only.keys.clone(),
+        ..PgOptions::new(Arc::new(SystemClock))
+    };
+    // Connecting applies the migrations, as `passport migrate` does.
+    let target = PgStore::connect(to.expose(), options)
+        .await
+        .with_context(|| format!("cannot open the database {to}"))?;
+    let now = crate::app::ports::Clock::now(&SystemClock);
+    let copied =
+        match store_copy::copy(source, target.pool(), crate::scheduler::LEASE_NAME, now).await {
+            Ok(copied) => copied,
+            Err(e) => {
+                target.close().await;
+                return Err(anyhow::Error::new(e).context(format!("nothing was copied to {to}")));
+            }
+        };
+    println!("copied {} to {to}:", source.display());
+    for (table, rows) in &copied.tables {
+        println!("  {table:<18} {rows:>9} row(s)");
+    }
+    println!("  (leases are not copied: the first `serve` on PostgreSQL takes its own)");
+
+    let mut code = 0;
+    match store_copy::recount(target.pool(), &copied).await {
+        Ok(differ) => {
+            for (table, copied, found) in &differ {
+                println!("{table}: {copied} row(s) copied, but {found} there now: is a Passport process already running on the new database? Stop it and check");
+                code = 1;
+            }
+        }
+        Err(e) => {
+            println!("the rows could not be counted again: {e}");
+            code = 1;
+        }
+    }
+    let verified = target.verify_logbook().await;
+    target.close().await;
+    let verified = verified.with_context(|| format!("cannot verify the Logbook on {to}"))?;
+    code = code.max(print_verification(
+        "the PostgreSQL Logbook is",
+        &verified,
+        &only.keys,
+    ));
+    if let Verification::Intact { events, head, .. } = &verified {
+        if (events, head) != (source_events, source_head) {
+            println!("the PostgreSQL Logbook ends at event {events} ({head}), the SQLite one at event {source_events} ({source_head}): is a Passport process already writing to the new database?");
+            code = 1;
+        }
+    }
+    if code == 0 {
+        println!("next: set [store] url (or PASSPORT_STORE__URL) to the new database, remove [store] path, and start `passport serve`; keep the SQLite file as it is");
+    }
+    Ok(code)
+}
+
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PASSPORT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
@@ -642,6 +764,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             init_logging("warn", LogFormat::Text);
             let database = only.file("restore", "restore a snapshot or a pg_dump with your provider's tools or pg_restore, then run `passport audit verify`")?;
             restore(&file, database, &only.keys).await
+        }
+        Command::Store {
+            command: StoreCommand::Copy { to },
+        } => {
+            let only = store_only(cli.config.as_deref())?;
+            init_logging("warn", LogFormat::Text);
+            store_copy(&only, DatabaseUrl::new(to)).await
         }
         Command::Audit { command } => {
             let only = store_only(cli.config.as_deref())?;

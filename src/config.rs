@@ -29,8 +29,8 @@ use crate::domain::time::{parse_setting, Span};
 use crate::domain::values::{DurationLimits, InstanceId, TicketRules};
 use crate::http::{ApiConfig, ApiSettings, HttpConfig, HttpSettings};
 
-/// `PASSPORT_…` variables that are not configuration: the log filter and the
-/// configuration file's path read by the CLI, and the test and benchmark
+/// `PASSPORT_…` variables that are not configuration: the log filter, the
+/// configuration file's path and `store copy`'s target read by the CLI, and the test and benchmark
 /// settings. Every other one is a field, so a misspelt field is reported
 /// rather than ignored.
 fn is_tool_variable(key: &str) -> bool {
@@ -45,6 +45,8 @@ fn is_tool_variable(key: &str) -> bool {
         || key == "pg_bin"
         // The client's directory (`passport login`, `ssh`, …), never the server's.
         || key == "client_dir"
+        // The PostgreSQL database `passport store copy` fills: an argument, not a setting.
+        || key == "store_copy_to"
         || key.starts_with("bench_")
 }
 
@@ -334,6 +336,19 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         redact_url(self.expose())
     }
+
+    /// Whether this is a PostgreSQL address that can be connected to; the
+    /// error names `field` and ends with `otherwise`.
+    pub fn check_postgres(&self, field: &str, otherwise: &str) -> Result<(), String> {
+        let text = self.expose();
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            return Err(format!("{field}: {self} is not a PostgreSQL address: use postgres://USER:PASSWORD@HOST:PORT/DATABASE{otherwise}"));
+        }
+        if let Err(e) = text.parse::<sqlx::postgres::PgConnectOptions>() {
+            return Err(format!("{field}: {self} cannot be read ({e}): use postgres://USER:PASSWORD@HOST:PORT/DATABASE, with special characters of the password percent-encoded"));
+        }
+        Ok(())
+    }
 }
 
 /// `url` with the password of its user part, and any `password` parameter,
@@ -438,13 +453,7 @@ impl StoreConfig {
                 durability: self.durability,
             }),
             (None, Some(url)) => {
-                let text = url.expose();
-                if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
-                    return Err(format!("store.url: {url} is not a PostgreSQL address: use postgres://USER:PASSWORD@HOST:PORT/DATABASE (or set path for a SQLite file)"));
-                }
-                if let Err(e) = text.parse::<sqlx::postgres::PgConnectOptions>() {
-                    return Err(format!("store.url: {url} cannot be read ({e}): use postgres://USER:PASSWORD@HOST:PORT/DATABASE, with special characters of the password percent-encoded"));
-                }
+                url.check_postgres("store.url", " (or set path for a SQLite file)")?;
                 Ok(StoreLocation::Postgres { url: url.clone() })
             }
         }
@@ -1712,6 +1721,16 @@ mod tests {
         ] {
             assert!(!is_service_link(key), "{key}");
         }
+    }
+
+    #[test]
+    fn the_target_of_store_copy_is_not_configuration() {
+        let (keys, errors) = unknown_variables(
+            ["PASSPORT_STORE_COPY_TO", "PASSPORT_STORE_COPY_TOO"]
+                .iter()
+                .map(|v| (*v).to_owned()),
+        );
+        assert_eq!(keys, vec!["store_copy_too"], "{errors:?}");
     }
 
     #[test]

@@ -16,4 +16,5 @@ pub mod seen;
 pub mod slack;
 pub mod sqlite;
 pub mod ssh_ca;
+pub mod store_copy;
 pub(crate) mod store_rows;

@@ -24,7 +24,7 @@ use crate::domain::time::Timestamp;
 
 /// The advisory lock that serialises Logbook appends (any number, the same
 /// in every process: "passport" in ASCII).
-pub(super) const LOGBOOK_LOCK: i64 = 0x7061_7373_706f_7274;
+pub(crate) const LOGBOOK_LOCK: i64 = 0x7061_7373_706f_7274;
 
 /// The chain's end as a writer holding the lock sees it.
 struct Head {

@@ -52,10 +52,11 @@ use crate::domain::signin::{
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
 
+pub(crate) use logbook::LOGBOOK_LOCK;
 use outbox::LaneClaims;
 
 /// The advisory lock a creation holds ("passport" + 1).
-const CREATE_LOCK: i64 = logbook::LOGBOOK_LOCK + 1;
+pub(crate) const CREATE_LOCK: i64 = logbook::LOGBOOK_LOCK + 1;
 /// The channel the outbox's trigger notifies when notices are queued.
 const OUTBOX_CHANNEL: &str = "passport_outbox";
 /// How long the listener waits before asking again after an error.
