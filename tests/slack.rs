@@ -2796,6 +2796,40 @@ fn each_once(what: &str, texts: &[String]) {
     }
 }
 
+/// One pass over many lanes on PostgreSQL finishes: the outbox is read
+/// again while lanes are under way, and a lane recording its delivery holds
+/// outbox rows the read must wait for, so the lanes keep going meanwhile.
+#[tokio::test]
+async fn on_postgres_a_delivery_pass_over_many_lanes_finishes() {
+    startup::install_crypto_provider();
+    let fake = FakeSlack::start().await;
+    fresh_fake_people(&fake);
+    let url = postgres::fresh_database().await;
+    let mut config = pg_config(&url, &fake);
+    config.requests.max_pending_per_requester = 0;
+    config.requests.commands_per_minute = 0;
+    let app = start_on(
+        config,
+        &fake,
+        Path::new("unused.db"),
+        clock_at_now(),
+        Duration::from_millis(2500),
+        Extras::default(),
+    )
+    .await;
+    const REQUESTS: u64 = 40;
+    for n in 1..=REQUESTS {
+        let answer = app
+            .command(DEV, &format!("request {WEB} 1h ticket#{n} x"))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    tokio::time::timeout(Duration::from_secs(60), app.deliver_everything())
+        .await
+        .expect("the delivery pass finishes");
+    assert_eq!(fake.posts_in(APPROVALS).len(), REQUESTS as usize);
+}
+
 #[tokio::test]
 async fn on_postgres_a_request_is_approved_provisioned_expired_and_its_logbook_verifies() {
     startup::install_crypto_provider();

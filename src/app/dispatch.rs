@@ -57,6 +57,30 @@ const DELETIONS_PER_PASS: u32 = 200;
 /// A lane: its surface and its name.
 type LaneKey = (String, String);
 
+/// Counts a lane that finished into the pass's `report`; a full lane may
+/// hold more than was read of it, so the outbox is read again.
+fn lane_done(
+    report: &mut DeliveryReport,
+    unread: &mut bool,
+    failed: &mut Option<StoreError>,
+    full: bool,
+    done: Result<DeliveryReport, StoreError>,
+) {
+    match done {
+        Ok(r) => {
+            report.delivered += r.delivered;
+            report.retried += r.retried;
+            report.dead += r.dead;
+            *unread |= full && r.retried == 0;
+        }
+        Err(e) => {
+            if failed.is_none() {
+                *failed = Some(e);
+            }
+        }
+    }
+}
+
 fn lane_key(p: &Pending) -> LaneKey {
     (p.surface.clone(), p.lane.clone())
 }
@@ -335,7 +359,21 @@ impl Dispatcher {
                         .iter()
                         .filter_map(|(lane, _)| lane.first().map(lane_key)),
                 );
-                match self.runnable_lanes(&known).await {
+                // The lanes under way keep going while the outbox is read: on
+                // a shared database the read may wait for rows one of them
+                // holds until it commits.
+                let read = self.runnable_lanes(&known);
+                tokio::pin!(read);
+                let lanes = loop {
+                    tokio::select! {
+                        lanes = &mut read => break lanes,
+                        Some((key, full, r)) = running.next() => {
+                            in_flight.remove(&key);
+                            lane_done(&mut report, &mut unread, &mut failed, full, r);
+                        }
+                    }
+                };
+                match lanes {
                     Ok(Lanes::Run(lanes)) => ready.extend(lanes),
                     // Every lane that ran either made progress or now waits
                     // for a retry in the future, so the pass ends here unless
@@ -366,15 +404,7 @@ impl Dispatcher {
             tokio::select! {
                 Some((key, full, r)) = running.next() => {
                     in_flight.remove(&key);
-                    match r {
-                        Ok(r) => {
-                            report.delivered += r.delivered;
-                            report.retried += r.retried;
-                            report.dead += r.dead;
-                            unread |= full && r.retried == 0;
-                        }
-                        Err(e) => failed = failed.or(Some(e)),
-                    }
+                    lane_done(&mut report, &mut unread, &mut failed, full, r);
                 }
                 changed = queued.changed(), if watching => {
                     unread |= changed.is_ok();
