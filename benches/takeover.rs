@@ -38,9 +38,7 @@ use passport::adapters::clock::OffsetClock;
 use passport::adapters::dry_run::DryRunProvisioner;
 use passport::adapters::slack::SlackConfig;
 use passport::app::engine::Actor;
-use passport::app::ports::{
-    Clock, Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec,
-};
+use passport::app::ports::{Clock, Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec};
 use passport::config::{Config, DatabaseUrl, Settings};
 use passport::domain::request::{InstanceOutcome, RequestState};
 use passport::domain::time::{Span, Timestamp};
@@ -143,6 +141,9 @@ fn settings(url: String, api_url: &str) -> anyhow::Result<Settings> {
     c.jobs.checkpoint = "off".into();
     c.provisioner = Some(passport::config::ProvisionerChoice::DryRun);
     c.slack = Some(SlackConfig {
+        signing_secret: Some(passport::config::Secret::from(
+            "8f742231b10e8888abcd99yyyzzz85a5",
+        )),
         bot_token: Some(passport::config::Secret::from("xoxb-bench")),
         approvals_channel: "C0APPROVALS".into(),
         audit_channel: "C0AUDIT".into(),
