@@ -1,4 +1,5 @@
-//! Throughput and memory of the engine and the Logbook on a fresh SQLite file.
+//! Throughput and memory of the engine and the Logbook on a fresh SQLite
+//! file, and of the engine on a fresh PostgreSQL database in the same run.
 //!
 //! Run with `cargo bench --bench engine` (release build, about a minute).
 //! Sizes: `PASSPORT_BENCH_REQUESTS` (default 20000), `PASSPORT_BENCH_WORKERS`
@@ -13,6 +14,13 @@
 //!   committed with its Logbook events, outbox rows and timers before it is
 //!   answered. One task runs due timers and another delivers the outbox all
 //!   the while, as the scheduler does.
+//! - The same engine run on PostgreSQL: a throwaway server started as the
+//!   tests start theirs (`tests/common/postgres.rs`, found through
+//!   `PASSPORT_PG_BIN` or `/usr/lib/postgresql/*/bin`), but with PostgreSQL's
+//!   durable defaults, as a managed database has them (fsync and
+//!   synchronous_commit on), and the store opened as `startup` opens it
+//!   (`startup::open_store`, its default pool). Loopback, so the figure is
+//!   the database's work and Passport's, not a network's.
 //! - Logbook: single events appended (`Store::record`) by concurrent callers,
 //!   each answered after its commit; then the Logbook is filled up in batches
 //!   and verified (`Store::verify_logbook`, what `audit verify` runs).
@@ -25,6 +33,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -42,11 +54,12 @@ use passport::app::ports::{
     ChatSurface, Clock, Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec, Store,
     StoreError, Verification,
 };
-use passport::config::Config;
+use passport::config::{Config, DatabaseUrl};
 use passport::domain::logbook::NewEvent;
 use passport::domain::request::InstanceOutcome;
 use passport::domain::time::Timestamp;
 use passport::domain::values::{InstanceId, Person, RequestId, UserId};
+use passport::startup::{self, Database};
 
 /// Requests driven through their whole life.
 const REQUESTS: usize = 20_000;
@@ -96,25 +109,20 @@ async fn run() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let rate = |n: f64, d: Duration| format!("{:.0}", n / d.as_secs_f64());
 
-    let engine = engine_throughput(&dir.path().join("engine.db"), requests, workers).await?;
-    rows.push(Row {
-        measure: "engine transitions/s",
-        value: rate(engine.transitions as f64, engine.elapsed),
-        how: format!(
-            "{} requests x {TRANSITIONS_PER_REQUEST} in {:.2} s, {workers} at once",
-            engine.requests,
-            engine.elapsed.as_secs_f64()
-        ),
-    });
-    rows.push(Row {
-        measure: "outbox notices delivered/s",
-        value: rate(engine.delivered as f64, engine.delivery_elapsed),
-        how: format!(
-            "{} notices, the last delivered {:.2} s after the start",
-            engine.delivered,
-            engine.delivery_elapsed.as_secs_f64()
-        ),
-    });
+    let sqlite = Database::Sqlite(
+        SqliteStore::open(&dir.path().join("engine.db"), Durability::Normal).await?,
+    );
+    let engine = engine_throughput(sqlite, start_clock(), requests, workers).await?;
+    engine_rows(&mut rows, "SQLite", &engine, workers);
+    let clock = start_clock();
+    let engine = engine_throughput(
+        postgres_store(clock.clone()).await?,
+        clock,
+        requests,
+        workers,
+    )
+    .await?;
+    engine_rows(&mut rows, "PostgreSQL", &engine, workers);
 
     let logbook =
         logbook_throughput(&dir.path().join("logbook.db"), appends, verify_events).await?;
@@ -165,10 +173,51 @@ async fn run() -> anyhow::Result<()> {
             "{} cores",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
-        how: "release build; durability normal (WAL, synchronous=NORMAL)".to_owned(),
+        how: "release build; SQLite durability normal (WAL, synchronous=NORMAL); \
+              PostgreSQL on loopback, fsync and synchronous_commit on"
+            .to_owned(),
     });
     print_table(&rows);
     Ok(())
+}
+
+/// The engine's rows for the run on `store`.
+fn engine_rows(rows: &mut Vec<Row>, store: &str, run: &EngineRun, workers: usize) {
+    let rate = |n: f64, d: Duration| format!("{:.0}", n / d.as_secs_f64());
+    rows.push(Row {
+        measure: "engine transitions/s",
+        value: rate(run.transitions as f64, run.elapsed),
+        how: format!(
+            "{store}: {} requests x {TRANSITIONS_PER_REQUEST} in {:.2} s, {workers} at once",
+            run.requests,
+            run.elapsed.as_secs_f64()
+        ),
+    });
+    rows.push(Row {
+        measure: "outbox notices delivered/s",
+        value: rate(run.delivered as f64, run.delivery_elapsed),
+        how: format!(
+            "{store}: {} notices, the last delivered {:.2} s after the start",
+            run.delivered,
+            run.delivery_elapsed.as_secs_f64()
+        ),
+    });
+}
+
+/// A fresh database on a throwaway PostgreSQL server that keeps its data as
+/// a managed one does, opened as `startup` opens the store `[store] url` names.
+async fn postgres_store(clock: Arc<ManualClock>) -> anyhow::Result<Database> {
+    let url = postgres::durable_server().fresh_database().await;
+    let mut config = Config::default();
+    config.store.url = Some(DatabaseUrl::new(url));
+    let settings = config.validate()?;
+    Ok(startup::open_store(&settings, clock).await?)
+}
+
+/// The engine's clock: it does not move, the timers the workers wait for are
+/// due at once.
+fn start_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(Timestamp::from_millis(1_790_000_000_000)))
 }
 
 fn print_table(rows: &[Row]) {
@@ -211,14 +260,14 @@ fn actor(user: &str) -> anyhow::Result<Actor> {
 }
 
 async fn engine_throughput(
-    path: &Path,
+    database: Database,
+    clock: Arc<ManualClock>,
     requests: usize,
     workers: usize,
 ) -> anyhow::Result<EngineRun> {
     let settings = Config::default().validate()?;
-    let store = Arc::new(SqliteStore::open(path, Durability::Normal).await?);
+    let store = database.store();
     let provisioner = Arc::new(Watched::new(DryRunProvisioner::new(Vec::new(), None)));
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_790_000_000_000)));
     let null: Arc<dyn ChatSurface> = Arc::new(NullSurface::default());
     let engine = Arc::new(Engine::new(
         Ports {
@@ -298,7 +347,7 @@ async fn engine_throughput(
             provisioner.revoked.load(Ordering::Relaxed)
         );
     }
-    store.close().await;
+    database.close().await;
     Ok(EngineRun {
         requests: done,
         transitions: done * TRANSITIONS_PER_REQUEST,

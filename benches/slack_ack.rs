@@ -34,12 +34,26 @@
 //! `PASSPORT_BENCH_LOG=warn` writes the application's log lines at that level
 //! to stderr (not with `PASSPORT_BENCH_OBSERVE`).
 //!
+//! `PASSPORT_BENCH_STORE=postgres` runs the application on a fresh
+//! PostgreSQL database instead (a throwaway server started as the tests start
+//! theirs, `tests/common/postgres.rs`, with PostgreSQL's durable defaults:
+//! fsync and synchronous_commit on, as on a managed database), and
+//! `PASSPORT_BENCH_REPLICAS=2` starts that many applications on it, each with
+//! its own pool and its own port, as replicas behind a load balancer; the
+//! generator sends request after request to each in turn (round robin), over
+//! its own share of the connections. The count of stored requests is read from
+//! the one database all of them write.
+//!
 //! `PASSPORT_BENCH_OBSERVE=1` runs every rate twice in the one process: first
 //! as above, then with what observability costs in `serve`: the Prometheus
 //! recorder installed, `/metrics` scraped every second, and every log line at
 //! `info` written as JSON (`PASSPORT_BENCH_SCRAPE_SECS`, default 1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)]
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +71,7 @@ use serde_json::json;
 use passport::adapters::clock::SystemClock;
 use passport::adapters::slack::SlackConfig;
 use passport::app::ports::Clock;
-use passport::config::{Config, Secret};
+use passport::config::{Config, DatabaseUrl, Secret};
 use passport::http::verify::sign;
 use passport::startup::{self, SlackOptions};
 
@@ -93,10 +107,29 @@ async fn stand_in_for_slack() -> String {
     url
 }
 
-struct Server {
-    base: String,
-    app: startup::App,
-    _dir: tempfile::TempDir,
+/// The applications of a run, all on one database.
+struct Servers {
+    /// Each application's address, in the order requests go round.
+    bases: Vec<String>,
+    apps: Vec<startup::App>,
+    /// The SQLite file's folder, when the store is SQLite.
+    dir: Option<tempfile::TempDir>,
+}
+
+/// The store the applications run on (`PASSPORT_BENCH_STORE`).
+fn store_kind() -> String {
+    env_or("PASSPORT_BENCH_STORE", "sqlite")
+}
+
+/// How many applications share the database (`PASSPORT_BENCH_REPLICAS`);
+/// more than one needs PostgreSQL.
+fn replicas() -> usize {
+    let n: usize = env_or("PASSPORT_BENCH_REPLICAS", "1").parse().unwrap();
+    assert!(
+        n == 1 || store_kind() == "postgres",
+        "PASSPORT_BENCH_REPLICAS={n}: replicas share a PostgreSQL database; set PASSPORT_BENCH_STORE=postgres"
+    );
+    n.max(1)
 }
 
 /// How the Web API behaves during the run (`PASSPORT_BENCH_SLACK`).
@@ -143,11 +176,23 @@ async fn web_api() -> String {
     }
 }
 
-async fn start_server() -> Server {
+/// Starts the applications of a run on a fresh database.
+async fn start_servers() -> Servers {
     let api_url = web_api().await;
-    let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
-    c.store.path = Some(dir.path().join("passport.db"));
+    let dir = match store_kind().as_str() {
+        "sqlite" => {
+            let dir = tempfile::tempdir().unwrap();
+            c.store.path = Some(dir.path().join("passport.db"));
+            Some(dir)
+        }
+        "postgres" => {
+            let url = postgres::durable_server().fresh_database().await;
+            c.store.url = Some(DatabaseUrl::new(url));
+            None
+        }
+        other => panic!("PASSPORT_BENCH_STORE={other}: use sqlite or postgres"),
+    };
     c.groups = BTreeMap::from([
         ("approvers".into(), vec!["U0LEAD".into()]),
         ("admins".into(), vec!["U0BOSS".into()]),
@@ -171,8 +216,19 @@ async fn start_server() -> Server {
         ..SlackConfig::default()
     });
     let settings = c.validate().unwrap();
+    let (mut bases, mut apps) = (Vec::new(), Vec::new());
+    for _ in 0..replicas() {
+        let (base, app) = start_server(&settings).await;
+        bases.push(base);
+        apps.push(app);
+    }
+    Servers { bases, apps, dir }
+}
+
+/// One application on `settings`, serving on a port of its own: its address.
+async fn start_server(settings: &passport::config::Settings) -> (String, startup::App) {
     let built = startup::slack_app(
-        &settings,
+        settings,
         settings.slack.as_ref().unwrap(),
         SlackOptions {
             clock: Arc::new(SystemClock),
@@ -200,10 +256,22 @@ async fn start_server() -> Server {
             .await
             .unwrap()
     });
-    Server {
-        base,
-        app: built.app,
-        _dir: dir,
+    (base, built.app)
+}
+
+/// How many requests the run's database holds.
+async fn stored(servers: &Servers) -> u64 {
+    match (&servers.dir, &servers.apps[0].database) {
+        (Some(dir), _) => rusqlite::Connection::open(dir.path().join("passport.db"))
+            .and_then(|c| c.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0)))
+            .unwrap_or(0),
+        (None, startup::Database::Postgres(pg)) => {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM requests")
+                .fetch_one(pg.pool())
+                .await
+                .map_or(0, |n| n as u64)
+        }
+        (None, startup::Database::Sqlite(_)) => 0,
     }
 }
 
@@ -282,17 +350,32 @@ struct Due {
 
 type Sent = (Duration, bool, Duration);
 
-async fn load(base: String, rate: u64, secs: u64) -> Outcome {
-    let host = base.trim_start_matches("http://").to_owned();
-    let total = rate * secs;
-    // Requests queue for the next free connection; results come back over a
-    // channel, so the generator's own memory stays small.
-    let (queue, waiting) = tokio::sync::mpsc::unbounded_channel::<Due>();
-    let waiting = Arc::new(tokio::sync::Mutex::new(waiting));
-    let (results, mut received) = tokio::sync::mpsc::unbounded_channel::<Sent>();
-    let senders: Vec<_> = (0..connections())
-        .map(|_| tokio::spawn(sender(host.clone(), waiting.clone(), results.clone())))
+/// Sends `rate` requests a second for `secs` seconds to the applications at
+/// `bases`, to each in turn.
+async fn load(bases: Vec<String>, rate: u64, secs: u64) -> Outcome {
+    let hosts: Vec<String> = bases
+        .iter()
+        .map(|b| b.trim_start_matches("http://").to_owned())
         .collect();
+    let total = rate * secs;
+    // Requests queue for the next free connection to their application;
+    // results come back over a channel, so the generator's own memory stays small.
+    let (results, mut received) = tokio::sync::mpsc::unbounded_channel::<Sent>();
+    let per_host = connections().div_ceil(hosts.len()).max(1);
+    let mut queues = Vec::new();
+    let mut senders = Vec::new();
+    for host in &hosts {
+        let (queue, waiting) = tokio::sync::mpsc::unbounded_channel::<Due>();
+        let waiting = Arc::new(tokio::sync::Mutex::new(waiting));
+        for _ in 0..per_host {
+            senders.push(tokio::spawn(sender(
+                host.clone(),
+                waiting.clone(),
+                results.clone(),
+            )));
+        }
+        queues.push(queue);
+    }
     drop(results);
     let start = tokio::time::Instant::now();
     for i in 0..total {
@@ -301,15 +384,17 @@ async fn load(base: String, rate: u64, secs: u64) -> Outcome {
         // is measured too.
         let offset = Duration::from_nanos(i * 1_000_000_000 / rate);
         tokio::time::sleep_until(start + offset).await;
-        let request = signed_request(&host);
+        // Round robin, as a load balancer spreads requests.
+        let to = (i % hosts.len() as u64) as usize;
+        let request = signed_request(&hosts[to]);
         let due = (start + offset).into_std();
-        let _ = queue.send(Due {
+        let _ = queues[to].send(Due {
             due,
             offset,
             request,
         });
     }
-    drop(queue);
+    drop(queues);
     let mut latencies = Vec::with_capacity(total as usize);
     let mut sent_at = Vec::with_capacity(total as usize);
     let (mut errors, mut acknowledged) = (0, 0);
@@ -435,9 +520,11 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "slack_ack: open-loop signed /passport request, {secs} s per rate, Web API {}, {} requester(s)",
+        "slack_ack: open-loop signed /passport request, {secs} s per rate, Web API {}, {} requester(s), store {}, {} replica(s)",
         slack_health(),
-        requesters()
+        requesters(),
+        store_kind(),
+        replicas()
     );
     let observe = std::env::var("PASSPORT_BENCH_OBSERVE").is_ok();
     if let (Ok(filter), false) = (std::env::var("PASSPORT_BENCH_LOG"), observe) {
@@ -494,26 +581,41 @@ fn pass(
     scrape: Option<Duration>,
 ) {
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
-        "req/s", "p50 ms", "p99 ms", "max ms", "sent", "errors", "stored"
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "req/s", "p50 ms", "p99 ms", "max ms", "sent", "errors", "stored", "ack/s"
     );
     for &rate in rates {
-        let server = server_rt.block_on(start_server());
-        let base = server.base.clone();
-        let scraper = scrape.map(|every| client_rt.spawn(scrape_metrics(base.clone(), every)));
-        // Warm up, unmeasured: the first request fetches the requester's
+        let servers = server_rt.block_on(start_servers());
+        let bases = servers.bases.clone();
+        let scrapers: Vec<_> = scrape
+            .into_iter()
+            .flat_map(|every| {
+                bases
+                    .iter()
+                    .map(move |base| client_rt.spawn(scrape_metrics(base.clone(), every)))
+            })
+            .collect();
+        // Warm up, unmeasured: the first requests fetch the requester's
         // name; then 3 s at the rate.
-        client_rt.block_on(load(base.clone(), 50, 1));
-        let warm_up = client_rt.block_on(load(base.clone(), rate, WARM_UP_SECS));
-        let outcome = client_rt.block_on(load(base, rate, secs));
-        let stored: u64 = rusqlite::Connection::open(server._dir.path().join("passport.db"))
-            .and_then(|c| c.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0)))
-            .unwrap_or(0);
+        client_rt.block_on(load(bases.clone(), 50, 1));
+        let warm_up = client_rt.block_on(load(bases.clone(), rate, WARM_UP_SECS));
+        let outcome = client_rt.block_on(load(bases, rate, secs));
+        let stored = server_rt.block_on(stored(&servers));
         let mut sorted = outcome.latencies.clone();
         sorted.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // Achieved: acknowledgements per second, from the first request due
+        // to the last answer.
+        let span = outcome
+            .latencies
+            .iter()
+            .zip(&outcome.sent_at)
+            .map(|(l, at)| *l + *at)
+            .max()
+            .unwrap_or_default();
+        let achieved = outcome.acknowledged as f64 / span.as_secs_f64().max(f64::EPSILON);
         println!(
-            "{:>8} {:>10.2} {:>10.2} {:>10.2} {:>10} {:>8} {:>8}",
+            "{:>8} {:>10.2} {:>10.2} {:>10.2} {:>10} {:>8} {:>8} {:>8.0}",
             rate,
             ms(percentile(&sorted, 0.50)),
             ms(percentile(&sorted, 0.99)),
@@ -521,6 +623,7 @@ fn pass(
             sorted.len(),
             outcome.errors,
             stored,
+            achieved,
         );
         if std::env::var("PASSPORT_BENCH_TIMELINE").is_ok() {
             // p99 and max of the requests sent in each second of the run.
@@ -542,10 +645,12 @@ fn pass(
         if !help_only() && stored < acknowledged {
             println!("  LOST: {acknowledged} requests were acknowledged but only {stored} stored");
         }
-        if let Some(scraper) = scraper {
+        for scraper in scrapers {
             scraper.abort();
         }
-        server_rt.block_on(server.app.store.close());
+        for app in &servers.apps {
+            server_rt.block_on(app.database.close());
+        }
     }
 }
 

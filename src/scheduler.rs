@@ -21,6 +21,9 @@ pub const LEASE_NAME: &str = "scheduler";
 pub const LEASE_TTL: Span = Span::from_secs(15);
 /// The longest the loop sleeps, so the lease is renewed in time.
 const MAX_SLEEP: Span = Span::from_secs(5);
+/// How often a standby asks for the lease: a holder that died is replaced
+/// within a second of its lease running out, not up to `MAX_SLEEP` later.
+const STANDBY_POLL: Span = Span::from_secs(1);
 
 /// Clears a "pass running" flag when the pass ends, also when it panics, so
 /// that a panicking pass never stops the next one.
@@ -136,7 +139,7 @@ impl Scheduler {
     async fn tick(&self) -> Result<Timestamp, StoreError> {
         let now = self.engine.now();
         if !self.hold_lease().await? {
-            return Ok(now.plus(MAX_SLEEP));
+            return Ok(now.plus(STANDBY_POLL));
         }
         // Timers (provisioning may take minutes) and jobs run in their own tasks
         // so a slow one never delays an expiry or a delivery.

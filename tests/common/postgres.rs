@@ -7,6 +7,10 @@
 //! else `PATH`. PostgreSQL refuses to run as root, so as root it runs as the
 //! `postgres` system user (else `nobody`), with the directory given to it.
 //!
+//! [`durable_server`] is one that keeps its data as a managed database does
+//! (fsync, full page writes and synchronous commit on, PostgreSQL's
+//! defaults), for benchmarks: what a commit costs there is part of the figure.
+//!
 //! A shell watches the server: it holds the read end of a pipe whose write
 //! end only this process holds, and when this process exits (however it
 //! exits, the pipe closing is what it waits for), it stops the server and
@@ -45,13 +49,36 @@ impl Drop for PgServer {
 }
 
 static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
+// The durable server is for the benchmarks, which include this file too.
+#[allow(dead_code)]
+static DURABLE_SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
 static DATABASES: AtomicU32 = AtomicU32::new(0);
+
+/// How a server keeps its data.
+#[allow(dead_code)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keeping {
+    /// Nothing survives a crash of the machine: fast tests.
+    Throwaway,
+    /// Every commit is on disk before it is answered, as on a managed database.
+    Durable,
+}
 
 /// The server of this test binary, started on first use.
 pub fn server() -> &'static PgServer {
-    match SERVER.get_or_init(start) {
+    match SERVER.get_or_init(|| start(Keeping::Throwaway)) {
         Ok(server) => server,
         Err(e) => panic!("cannot start a PostgreSQL server for the tests: {e}"),
+    }
+}
+
+/// A server with PostgreSQL's durable defaults (fsync, full_page_writes and
+/// synchronous_commit on), started on first use: for benchmarks.
+#[allow(dead_code)]
+pub fn durable_server() -> &'static PgServer {
+    match DURABLE_SERVER.get_or_init(|| start(Keeping::Durable)) {
+        Ok(server) => server,
+        Err(e) => panic!("cannot start a PostgreSQL server: {e}"),
     }
 }
 
@@ -157,7 +184,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
-fn start() -> Result<PgServer, String> {
+fn start(keeping: Keeping) -> Result<PgServer, String> {
     let bin = bin_dir()?;
     let dir = tempfile::Builder::new()
         .prefix("passport-pg-")
@@ -195,14 +222,13 @@ fn start() -> Result<PgServer, String> {
         .args([
             "-c",
             "listen_addresses=127.0.0.1",
-            // Nothing here must survive a crash of the machine.
-            "-c",
-            "fsync=off",
-            "-c",
-            "full_page_writes=off",
             "-c",
             "max_connections=300",
         ]);
+    if keeping == Keeping::Throwaway {
+        // Nothing here must survive a crash of the machine.
+        server.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
+    }
     let program = server.get_program().to_owned();
     let args: Vec<_> = server.get_args().map(|a| a.to_owned()).collect();
     let script = r#"
