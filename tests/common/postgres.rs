@@ -16,6 +16,9 @@
 //! own ([`dedicated`]), on the same port and data: PostgreSQL restarted
 //! under a running Passport.
 
+// Each test binary that includes this file uses only part of it.
+#![allow(dead_code)]
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
