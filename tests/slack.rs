@@ -273,22 +273,7 @@ impl TestApp {
     }
 
     fn command_body(&self, user: &str, text: &str) -> String {
-        let n = unique();
-        serde_urlencoded::to_string([
-            ("token", "legacy-verification-token"),
-            ("team_id", "T0TEAM"),
-            ("team_domain", "example"),
-            ("channel_id", "C0GENERAL"),
-            ("channel_name", "general"),
-            ("user_id", user),
-            ("user_name", "from-payload"),
-            ("command", "/passport"),
-            ("text", text),
-            ("api_app_id", "A0PASSPORT"),
-            ("response_url", &format!("{}/response/{n}", self.fake.base)),
-            ("trigger_id", &format!("{n}.1234.abcdef")),
-        ])
-        .unwrap()
+        self.fake.command_body(user, text)
     }
 
     async fn command(&self, user: &str, text: &str) -> Answer {
@@ -338,29 +323,7 @@ impl TestApp {
         ts: &str,
         thread_ts: Option<&str>,
     ) -> String {
-        let n = unique();
-        let mut message = json!({ "type": "message", "ts": ts, "text": "…", "blocks": [] });
-        if let Some(t) = thread_ts {
-            message["thread_ts"] = json!(t);
-        }
-        let payload = json!({
-            "type": "block_actions",
-            "team": { "id": "T0TEAM", "domain": "example" },
-            "user": { "id": user, "username": "from-payload", "team_id": "T0TEAM" },
-            "api_app_id": "A0PASSPORT",
-            "token": "legacy-verification-token",
-            "container": { "type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": false },
-            "trigger_id": format!("{n}.5678.fedcba"),
-            "channel": { "id": channel, "name": "access" },
-            "message": message,
-            "response_url": format!("{}/response/{n}", self.fake.base),
-            "actions": [{
-                "type": "button", "action_id": "passport:0", "block_id": "b1",
-                "text": { "type": "plain_text", "text": "Approve" },
-                "value": value, "action_ts": "1700000000.1"
-            }]
-        });
-        serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+        self.fake.click_body(user, value, channel, ts, thread_ts)
     }
 
     /// Clicks the button with `value` on the message `ts` in `channel`.

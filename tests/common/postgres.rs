@@ -16,6 +16,12 @@
 //! exits, the pipe closing is what it waits for), it stops the server and
 //! removes the directory. A server that outlived its tests would otherwise
 //! be left behind by every test binary, whose statics are never dropped.
+//! Through the same pipe a test may stop and start again a server of its
+//! own ([`dedicated`]), on the same port and data: PostgreSQL restarted
+//! under a running Passport.
+
+// Each test binary that includes this file uses only part of it.
+#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -85,6 +91,13 @@ pub fn durable_server() -> &'static PgServer {
 /// The address of a new, empty database on the shared server.
 pub async fn fresh_database() -> String {
     server().fresh_database().await
+}
+
+/// A server of the calling test's own, which it may stop and start again
+/// ([`PgServer::stop`], [`PgServer::start_again`]); stopped and removed when
+/// dropped.
+pub fn dedicated() -> PgServer {
+    start().unwrap_or_else(|e| panic!("cannot start a PostgreSQL server for the test: {e}"))
 }
 
 fn bin_dir() -> Result<PathBuf, String> {
@@ -231,10 +244,18 @@ fn start(keeping: Keeping) -> Result<PgServer, String> {
     }
     let program = server.get_program().to_owned();
     let args: Vec<_> = server.get_args().map(|a| a.to_owned()).collect();
+    // `stop` stops the server as `pg_ctl stop -m fast` would (SIGINT: open
+    // transactions roll back, connections are cut), `start` starts it again;
+    // the end of input stops it for good and removes its directory.
     let script = r#"
-        "$@" >"$PG_DIR/server.log" 2>&1 &
-        pid=$!
-        cat >/dev/null
+        run() { "$@" >>"$PG_DIR/server.log" 2>&1 & pid=$!; }
+        run "$@"
+        while read -r line; do
+            case "$line" in
+                stop) kill -INT "$pid" 2>/dev/null; wait "$pid" ;;
+                start) run "$@" ;;
+            esac
+        done
         kill -INT "$pid" 2>/dev/null
         wait "$pid"
         rm -rf "$PG_DIR"
@@ -257,20 +278,59 @@ fn start(keeping: Keeping) -> Result<PgServer, String> {
         dir,
         watcher: Mutex::new(Some(watcher)),
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "postgres did not listen on port {port} within 30 s: {}",
-                server.log()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.until_listening(true)?;
     Ok(server)
 }
 
 impl PgServer {
+    /// Tells the watching shell `line`.
+    fn tell(&self, line: &str) {
+        use std::io::Write;
+        let mut watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        let stdin = watcher.as_mut().and_then(|w| w.stdin.as_mut());
+        let stdin = stdin.unwrap_or_else(|| panic!("the server's watcher is gone"));
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("cannot tell the server's watcher {line:?}: {e}"));
+    }
+
+    /// Waits (30 s at most) until the port takes connections, or refuses
+    /// them and the server has removed its pid file.
+    fn until_listening(&self, listening: bool) -> Result<(), String> {
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            if up == listening && (listening || !pid_file.exists()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let what = if listening { "listen" } else { "stop" };
+                return Err(format!(
+                    "postgres did not {what} on port {} within 30 s: {}",
+                    self.port,
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (a fast shutdown) and returns once it has stopped.
+    pub fn stop(&self) {
+        self.tell("stop");
+        self.until_listening(false)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts the stopped server again, on the same port and data, and
+    /// returns once it listens.
+    pub fn start_again(&self) {
+        self.tell("start");
+        self.until_listening(true).unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// The server's log so far, for failures.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()

@@ -78,6 +78,13 @@ impl Call {
     }
 }
 
+/// A number for a trigger id or `response_url` no other call in this test
+/// binary answers: counted from 2^32, clear of `common::chat_app::unique`.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 32);
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
 #[derive(Default)]
 struct Inner {
     calls: Mutex<Vec<Call>>,
@@ -196,6 +203,64 @@ impl FakeSlack {
             ),
             ("x-slack-request-timestamp", ts),
         ]
+    }
+
+    /// A slash command `/passport text` typed by `user` in #general of
+    /// [`TEAM`], as Slack posts it to `/slack/commands` (form-encoded), its
+    /// `response_url` pointing at this fake.
+    pub fn command_body(&self, user: &str, text: &str) -> String {
+        let n = next_id();
+        serde_urlencoded::to_string([
+            ("token", "legacy-verification-token"),
+            ("team_id", TEAM),
+            ("team_domain", "example"),
+            ("channel_id", "C0GENERAL"),
+            ("channel_name", "general"),
+            ("user_id", user),
+            ("user_name", "from-payload"),
+            ("command", "/passport"),
+            ("text", text),
+            ("api_app_id", APP),
+            ("response_url", &format!("{}/response/{n}", self.base)),
+            ("trigger_id", &format!("{n}.1234.abcdef")),
+        ])
+        .unwrap()
+    }
+
+    /// A click by `user` on the button with `value` of the message `ts` in
+    /// `channel` (in the thread of `thread_ts` when given), as Slack posts it
+    /// to `/slack/interactions`.
+    pub fn click_body(
+        &self,
+        user: &str,
+        value: &str,
+        channel: &str,
+        ts: &str,
+        thread_ts: Option<&str>,
+    ) -> String {
+        let n = next_id();
+        let mut message = json!({ "type": "message", "ts": ts, "text": "…", "blocks": [] });
+        if let Some(t) = thread_ts {
+            message["thread_ts"] = json!(t);
+        }
+        let payload = json!({
+            "type": "block_actions",
+            "team": { "id": TEAM, "domain": "example" },
+            "user": { "id": user, "username": "from-payload", "team_id": TEAM },
+            "api_app_id": APP,
+            "token": "legacy-verification-token",
+            "container": { "type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": false },
+            "trigger_id": format!("{n}.5678.fedcba"),
+            "channel": { "id": channel, "name": "access" },
+            "message": message,
+            "response_url": format!("{}/response/{n}", self.base),
+            "actions": [{
+                "type": "button", "action_id": "passport:0", "block_id": "b1",
+                "text": { "type": "plain_text", "text": "Approve" },
+                "value": value, "action_ts": "1700000000.1"
+            }]
+        });
+        serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
     }
 
     /// Passport's `[slack]` settings against this fake: its Web API, the bot

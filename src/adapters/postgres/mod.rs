@@ -313,24 +313,45 @@ impl PgStore {
 
     /// Ends the outbox row `id` with `set` (its other columns), and moves this
     /// store's claims on its lane as `claims` says, in one transaction.
+    ///
+    /// The transaction runs on a task of its own, to its end whether or not
+    /// the caller's future is polled meanwhile. The dispatcher polls its lanes
+    /// (which end notices) from the same task that reads the outbox: a lane
+    /// suspended between this UPDATE and the commit held its lane's rows
+    /// locked while the read waited for those very locks, and delivery
+    /// stopped for good. It waits for the claims' advisory lock first, so a
+    /// claim running meanwhile cannot deadlock with it.
     async fn end_notice(
         &self,
         id: i64,
         set: &str,
         bind: impl FnOnce(
-            sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
-        ) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+                sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+            ) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>
+            + Send
+            + 'static,
         claims: LaneClaims,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
         let sql = format!(
             "UPDATE outbox SET {set}, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL \
              WHERE id = $1"
         );
-        bind(sqlx::query(&sql).bind(id)).execute(&mut *tx).await?;
-        outbox::after(&mut tx, id, &self.shared.holder, claims).await?;
-        tx.commit().await?;
-        Ok(())
+        let (store, holder) = (self.clone(), self.shared.holder.clone());
+        tokio::spawn(async move {
+            let mut tx = store.begin().await?;
+            // After the claims' lock, as a claim takes it: a claim and this
+            // update each lock rows of the lane, and in no common order.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(outbox::CLAIM_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            bind(sqlx::query(&sql).bind(id)).execute(&mut *tx).await?;
+            outbox::after(&mut tx, id, &holder, claims).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("recording a notice's delivery stopped: {e}")))?
     }
 }
 
@@ -795,7 +816,7 @@ impl Store for PgStore {
         self.end_notice(
             id,
             "delivered_at = $2, last_error = NULL",
-            |q| q.bind(now.as_millis()),
+            move |q| q.bind(now.as_millis()),
             LaneClaims::Extend(until),
         )
         .await
@@ -810,7 +831,10 @@ impl Store for PgStore {
         self.end_notice(
             id,
             "next_attempt_at = $2, last_error = $3",
-            |q| q.bind(next_attempt_at.as_millis()).bind(error.to_owned()),
+            {
+                let error = error.to_owned();
+                move |q| q.bind(next_attempt_at.as_millis()).bind(error)
+            },
             LaneClaims::Release,
         )
         .await
@@ -821,7 +845,10 @@ impl Store for PgStore {
         self.end_notice(
             id,
             "dead_at = $2, last_error = $3",
-            |q| q.bind(now.as_millis()).bind(error.to_owned()),
+            {
+                let error = error.to_owned();
+                move |q| q.bind(now.as_millis()).bind(error)
+            },
             LaneClaims::Extend(until),
         )
         .await
