@@ -51,7 +51,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)]
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 

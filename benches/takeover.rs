@@ -46,7 +46,7 @@ use passport::domain::values::{InstanceId, Person, UserId};
 use passport::scheduler::{LEASE_NAME, LEASE_TTL};
 use passport::startup::{self, App, Database, SlackOptions};
 
-#[allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 

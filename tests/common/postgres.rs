@@ -56,12 +56,10 @@ impl Drop for PgServer {
 
 static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
 // The durable server is for the benchmarks, which include this file too.
-#[allow(dead_code)]
 static DURABLE_SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
 static DATABASES: AtomicU32 = AtomicU32::new(0);
 
 /// How a server keeps its data.
-#[allow(dead_code)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Keeping {
     /// Nothing survives a crash of the machine: fast tests.
@@ -80,7 +78,6 @@ pub fn server() -> &'static PgServer {
 
 /// A server with PostgreSQL's durable defaults (fsync, full_page_writes and
 /// synchronous_commit on), started on first use: for benchmarks.
-#[allow(dead_code)]
 pub fn durable_server() -> &'static PgServer {
     match DURABLE_SERVER.get_or_init(|| start(Keeping::Durable)) {
         Ok(server) => server,
@@ -97,7 +94,8 @@ pub async fn fresh_database() -> String {
 /// ([`PgServer::stop`], [`PgServer::start_again`]); stopped and removed when
 /// dropped.
 pub fn dedicated() -> PgServer {
-    start().unwrap_or_else(|e| panic!("cannot start a PostgreSQL server for the test: {e}"))
+    start(Keeping::Throwaway)
+        .unwrap_or_else(|e| panic!("cannot start a PostgreSQL server for the test: {e}"))
 }
 
 fn bin_dir() -> Result<PathBuf, String> {
