@@ -596,6 +596,10 @@ async fn the_lease_holder_killed_twice_in_a_lifecycle_loses_and_repeats_nothing(
     .await;
     c.settled_in(1, "active").await;
     assert_eq!(c.events(1, "granted").await, 1);
+    // The grant's notices out before the next kill: notices a holder has
+    // claimed and not delivered wait out its claims (two minutes) when it
+    // dies, longer than this test waits.
+    c.all_delivered("the grant is announced").await;
 
     // In the middle of the lifecycle: the killed replica comes back (same
     // configuration, same port) and stands by; the new holder is frozen
