@@ -339,12 +339,9 @@ impl PgStore {
         let (store, holder) = (self.clone(), self.shared.holder.clone());
         tokio::spawn(async move {
             let mut tx = store.begin().await?;
-            // After the claims' lock, as a claim takes it: a claim and this
-            // update each lock rows of the lane, and in no common order.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(outbox::CLAIM_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            // No claims' lock here: `outbox::after` skips the rows a claim
+            // holds, so a claim and this record never wait for each other
+            // in a circle, and deliveries do not queue behind claims.
             bind(sqlx::query(&sql).bind(id)).execute(&mut *tx).await?;
             outbox::after(&mut tx, id, &holder, claims).await?;
             tx.commit().await?;

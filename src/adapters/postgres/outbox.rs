@@ -26,7 +26,9 @@ pub(super) const CLAIM_LOCK: i64 = super::logbook::LOGBOOK_LOCK + 2;
 /// Claims and answers the undelivered notices of the lanes no other process
 /// holds, oldest first: at most `per_lane` of each lane and `limit` in all.
 /// Lanes this process holds already are answered (and their claims
-/// extended) like free ones.
+/// extended) like free ones. A notice whose delivery is recorded while the
+/// claim waits for its row is left out: the update checks the row again as
+/// that record left it.
 pub(super) async fn claim(
     conn: &mut PgConnection,
     holder: &str,
@@ -53,6 +55,7 @@ pub(super) async fn claim(
              ) AS ranked WHERE n <= $4 ORDER BY id LIMIT $5) \
          UPDATE outbox SET claimed_by = $1, claimed_until = $3 \
          WHERE id IN (SELECT id FROM picked) \
+           AND delivered_at IS NULL AND dead_at IS NULL \
          RETURNING id, surface, lane, notice, attempts, next_attempt_at",
     )
     .bind(holder)
@@ -101,11 +104,18 @@ pub(super) async fn after(
         LaneClaims::Extend(until) => (Some(holder), Some(until.as_millis())),
         LaneClaims::Release => (None, None),
     };
+    // Rows a claim has locked meanwhile are skipped, not waited for: the
+    // claim locks a lane's rows in an order of its own, and waiting here
+    // while it waits for this transaction's first row would deadlock. A
+    // skipped row loses nothing: the claim that holds it claims it for its
+    // own process, and no other process claims a lane this one holds.
     sqlx::query(
-        "UPDATE outbox o SET claimed_by = $3, claimed_until = $4 \
-         FROM (SELECT surface, lane FROM outbox WHERE id = $1) AS this \
-         WHERE o.surface = this.surface AND o.lane = this.lane AND o.claimed_by = $2 \
-           AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+        "UPDATE outbox SET claimed_by = $3, claimed_until = $4 \
+         WHERE id IN ( \
+             SELECT o.id FROM outbox o, (SELECT surface, lane FROM outbox WHERE id = $1) AS this \
+             WHERE o.surface = this.surface AND o.lane = this.lane AND o.claimed_by = $2 \
+               AND o.delivered_at IS NULL AND o.dead_at IS NULL \
+             FOR UPDATE OF o SKIP LOCKED)",
     )
     .bind(id)
     .bind(holder)
