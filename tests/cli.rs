@@ -5,17 +5,14 @@
 
 #[path = "common/postgres.rs"]
 mod postgres;
+#[path = "common/process.rs"]
+mod process;
+use process::{bin, run_input, stdout};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`
-/// (a copy, when several checkouts share one target directory).
-fn bin() -> String {
-    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
-}
 
 fn passport(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin());
@@ -31,22 +28,6 @@ fn passport(dir: &Path, args: &[&str]) -> Command {
 
 fn run_with_input(dir: &Path, args: &[&str], input: &str) -> Output {
     run_input(passport(dir, args), input)
-}
-
-/// Runs `c` with `input` on its standard input.
-fn run_input(mut c: Command, input: &str) -> Output {
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Asserts that the run exited with `code` and printed `says`.

@@ -4,15 +4,13 @@
 
 #[path = "common/postgres.rs"]
 mod postgres;
+#[path = "common/process.rs"]
+mod process;
+use process::{bin, run_input, stdout};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`.
-fn bin() -> String {
-    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
-}
 
 const KEY: &str = "0123456789abcdef0123456789abcdef-first";
 
@@ -39,21 +37,6 @@ fn passport_pg(dir: &Path, url: &str, args: &[&str]) -> Command {
     c.env_remove("PASSPORT_STORE__PATH")
         .env("PASSPORT_STORE__URL", url);
     c
-}
-
-fn run_input(mut c: Command, input: &str) -> Output {
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn all(o: &Output) -> String {
