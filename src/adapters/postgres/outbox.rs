@@ -41,12 +41,17 @@ pub(super) async fn claim(
         .bind(CLAIM_LOCK)
         .execute(&mut *conn)
         .await?;
+    // Both parts are MATERIALIZED, so each runs once whatever the planner
+    // believes of the table: with statistics taken while the outbox was
+    // nearly empty, it re-ran the ranking for every undelivered row (a
+    // quadratic claim that took a core for seconds under a burst). The
+    // update then finds its few rows by primary key.
     let rows = sqlx::query(
-        "WITH held AS ( \
+        "WITH held AS MATERIALIZED ( \
              SELECT DISTINCT surface, lane FROM outbox \
              WHERE claimed_by IS NOT NULL AND claimed_by <> $1 AND claimed_until > $2 \
                AND delivered_at IS NULL AND dead_at IS NULL), \
-         picked AS ( \
+         picked AS MATERIALIZED ( \
              SELECT id FROM ( \
                  SELECT o.id, ROW_NUMBER() OVER (PARTITION BY o.surface, o.lane ORDER BY o.id) AS n \
                  FROM outbox o \
@@ -54,9 +59,9 @@ pub(super) async fn claim(
                    AND NOT EXISTS (SELECT 1 FROM held h WHERE h.surface = o.surface AND h.lane = o.lane) \
              ) AS ranked WHERE n <= $4 ORDER BY id LIMIT $5) \
          UPDATE outbox SET claimed_by = $1, claimed_until = $3 \
-         WHERE id IN (SELECT id FROM picked) \
-           AND delivered_at IS NULL AND dead_at IS NULL \
-         RETURNING id, surface, lane, notice, attempts, next_attempt_at",
+         FROM picked WHERE outbox.id = picked.id \
+           AND outbox.delivered_at IS NULL AND outbox.dead_at IS NULL \
+         RETURNING outbox.id, surface, lane, notice, attempts, next_attempt_at",
     )
     .bind(holder)
     .bind(now.as_millis())
