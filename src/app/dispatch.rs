@@ -489,7 +489,8 @@ impl Dispatcher {
                 report.retried += 1;
                 break;
             };
-            match self.send(surface.as_ref(), &p).await {
+            // A store failure ends the pass; the notice waits for the next.
+            match self.send(surface.as_ref(), &p).await? {
                 Ok(()) => {
                     self.breakers.record(&p.surface, Ok(()), self.clock.now());
                     self.store.mark_delivered(p.id, self.clock.now()).await?;
@@ -542,35 +543,33 @@ impl Dispatcher {
         Ok(report)
     }
 
-    async fn send(&self, surface: &dyn ChatSurface, p: &Pending) -> Result<(), ChatError> {
-        let store_err = |e: StoreError| ChatError::Transient(e.to_string());
-        match &p.notice {
-            Notice::Card(card) => match self
-                .store
-                .chat_ref(card.request, &p.surface)
-                .await
-                .map_err(store_err)?
-            {
+    /// Sends one notice. The chat platform's answer is the inner result; an
+    /// error of the store (a card's place read or saved) is the outer one,
+    /// and says nothing about the platform: it must not trip its breaker.
+    async fn send(
+        &self,
+        surface: &dyn ChatSurface,
+        p: &Pending,
+    ) -> Result<Result<(), ChatError>, StoreError> {
+        Ok(match &p.notice {
+            Notice::Card(card) => match self.store.chat_ref(card.request, &p.surface).await? {
                 Some(at) => surface.update_card(&at, card).await,
-                None => {
-                    let at = surface.post_card(card).await?;
-                    self.store
-                        .save_chat_ref(card.request, &p.surface, &at)
-                        .await
-                        .map_err(store_err)
-                }
+                None => match surface.post_card(card).await {
+                    Ok(at) => {
+                        self.store
+                            .save_chat_ref(card.request, &p.surface, &at)
+                            .await?;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
             },
             Notice::Thread {
                 request,
                 text,
                 actions,
             } => {
-                match self
-                    .store
-                    .chat_ref(*request, &p.surface)
-                    .await
-                    .map_err(store_err)?
-                {
+                match self.store.chat_ref(*request, &p.surface).await? {
                     Some(at) => surface.reply_in_thread(&at, text, actions).await,
                     // The card is always queued before its thread, in the same lane; without
                     // it (a card set aside as undeliverable) the reply goes to the audit channel.
@@ -584,6 +583,6 @@ impl Dispatcher {
                 ..
             } => surface.direct_message(user, text, actions).await.map(drop),
             Notice::Audit { text } => surface.post_audit(text).await,
-        }
+        })
     }
 }
