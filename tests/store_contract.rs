@@ -438,6 +438,127 @@ async fn a_change_that_fails_part_way_writes_nothing(kind: Kind) {
     assert_eq!(intact_events(&store.verify_logbook().await.unwrap()), 1);
 }
 
+/// Changes that arrive at once share transactions (both stores commit in
+/// groups), yet each is written or fails alone: a refusal, a replayed signed
+/// request and a change that fails part way take nothing of their
+/// neighbours' with them, and leave the timer that fired them to fire again.
+async fn changes_arriving_together_commit_or_fail_each_alone(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(create(store, &format!("dev{i}"), at(0)).await);
+    }
+    // The approval timeout of a request whose change will fail.
+    let fired_at = ids[3];
+    let timer = store
+        .due_timers(at(60), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.request == fired_at)
+        .unwrap();
+    let signed = Signed {
+        key: "slack:trigger:T-together".into(),
+        until: at(10),
+    };
+    let broken = |who: String| -> passport::app::ports::Mutation {
+        Box::new(move |req: &mut AccessRequest| {
+            req.cancel(&uid(&who), &who, at(1))?;
+            let mut fx = Effects::default();
+            fx.events.push(event(at(1), Some(req.id), "cancelled"));
+            fx.events.push(event(at(1), None, KEY_SWITCH));
+            Ok(fx)
+        })
+    };
+    let mut work: Vec<futures::future::BoxFuture<'_, &'static str>> = Vec::new();
+    for i in 0..20 {
+        let who = format!("new{i}");
+        work.push(Box::pin(async move {
+            let created = store.create(&uid(&who), 0, creation(&who, at(1))).await;
+            assert!(matches!(created, Ok(Ok(_))), "{created:?}");
+            "created"
+        }));
+    }
+    for (i, &id) in ids.iter().enumerate() {
+        let who = format!("dev{i}");
+        work.push(Box::pin(async move {
+            match i % 4 {
+                // Cancelled by the requester: written.
+                0 | 1 => {
+                    let done = store.update(id, None, cancel(&who, at(1))).await;
+                    assert!(matches!(done, Ok(Ok(_))), "{done:?}");
+                    "cancelled"
+                }
+                // Cancelled by someone else: refused.
+                2 => {
+                    let done = store.update(id, None, cancel("intruder", at(1))).await;
+                    assert!(matches!(done, Ok(Err(_))), "{done:?}");
+                    "refused"
+                }
+                // Fails part way (a key switch is the store's own).
+                _ => {
+                    let fired = (id == fired_at).then_some(timer.id);
+                    assert!(store.update(id, fired, broken(who)).await.is_err());
+                    "failed"
+                }
+            }
+        }));
+    }
+    for _ in 0..5 {
+        let fx = Effects {
+            signed: Some(signed.clone()),
+            ..housekeeping(at(1), 1, vec![audit("once")])
+        };
+        work.push(Box::pin(async move {
+            match store.record(fx, at(1)).await {
+                Ok(()) => "recorded",
+                Err(StoreError::Replayed) => "replayed",
+                other => panic!("{other:?}"),
+            }
+        }));
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for outcome in futures::future::join_all(work).await {
+        *seen.entry(outcome).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen,
+        [
+            ("cancelled", 10),
+            ("created", 20),
+            ("failed", 5),
+            ("recorded", 1),
+            ("refused", 5),
+            ("replayed", 4)
+        ]
+        .into_iter()
+        .collect()
+    );
+    for (i, &id) in ids.iter().enumerate() {
+        let state = store.get(id).await.unwrap().unwrap().state;
+        let cancelled = i % 4 < 2;
+        assert_eq!(
+            state == RequestState::Cancelled,
+            cancelled,
+            "{id}: {state:?}"
+        );
+    }
+    // The timer that fired a failed change is there to fire again.
+    assert!(store
+        .due_timers(at(60), 100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.id == timer.id));
+    // 20 + 20 requested, 10 cancelled, 1 recorded; every link checks.
+    assert_eq!(intact_events(&store.verify_logbook().await.unwrap()), 51);
+    assert_eq!(
+        store.outbox_counts().await.unwrap().pending,
+        20 + 20 + 10 + 1
+    );
+}
+
 async fn timers_come_due_move_and_act_once(kind: Kind) {
     let s = Subject::new(kind).await;
     let store = s.store.as_ref();
@@ -1158,6 +1279,7 @@ contract!(
     creating_and_changing_a_request,
     a_refused_change_writes_nothing,
     a_change_that_fails_part_way_writes_nothing,
+    changes_arriving_together_commit_or_fail_each_alone,
     timers_come_due_move_and_act_once,
     the_outbox_delivers_retries_sets_aside_and_prunes,
     leases_are_taken_renewed_refused_and_taken_over,

@@ -5,8 +5,9 @@
 //! next writer waits until this transaction has committed or rolled back and
 //! reads the head it left: sequence numbers run without gaps (a rolled-back
 //! append leaves nothing to skip) and no two events link after the same one
-//! (no forks). The lock is the last thing a change takes, right before its
-//! events, so it is held only for the appends and the commit.
+//! (no forks). A single change takes the lock last, right before its events;
+//! a group of changes ([`super::group_commit`]) takes it first, links all its
+//! events in memory ([`Appender`]) and writes them in one statement.
 
 use futures::TryStreamExt;
 use sqlx::{PgConnection, PgPool, Row};
@@ -34,14 +35,36 @@ struct Head {
     switch: Option<LastSwitch>,
 }
 
-/// Takes the Logbook's lock for the rest of the transaction and reads its
-/// head and last switch to a key, in one statement after the lock (a
-/// statement reads what was committed when it started).
-async fn lock_head(conn: &mut PgConnection) -> Result<Head, StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(LOGBOOK_LOCK)
-        .execute(&mut *conn)
-        .await?;
+/// Which advisory locks a writer takes before it reads the head.
+#[derive(Clone, Copy)]
+pub(super) enum Locks {
+    /// The Logbook's alone.
+    Logbook,
+    /// The creation lock and then the Logbook's, as a group of changes that
+    /// may create requests takes them (and `store copy`, in the same order).
+    CreateAndLogbook,
+}
+
+/// Takes `locks` for the rest of the transaction, and then reads the
+/// Logbook's head and last switch to a key, in one statement after the
+/// locks (a statement reads what was committed when it started).
+async fn lock_head(conn: &mut PgConnection, locks: Locks) -> Result<Head, StoreError> {
+    match locks {
+        Locks::Logbook => {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LOGBOOK_LOCK)
+                .execute(&mut *conn)
+                .await?
+        }
+        // A target list is evaluated left to right.
+        Locks::CreateAndLogbook => {
+            sqlx::query("SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2)")
+                .bind(super::CREATE_LOCK)
+                .bind(LOGBOOK_LOCK)
+                .execute(&mut *conn)
+                .await?
+        }
+    };
     // The action is written out, not bound, so that the partial index
     // `logbook_key_switches` serves it.
     debug_assert_eq!(KEY_SWITCH, "logbook_keyed");
@@ -70,83 +93,121 @@ async fn lock_head(conn: &mut PgConnection) -> Result<Head, StoreError> {
     Ok(Head { seq, hash, switch })
 }
 
-/// Inserts `events` as the events after `head`, linked with `linking`, in
-/// one statement.
-async fn insert_events(
-    conn: &mut PgConnection,
-    linking: Linking<'_>,
-    head: &Head,
-    events: &[NewEvent],
-) -> Result<u64, StoreError> {
-    let (mut seq, mut prev) = (head.seq, head.hash);
-    let n = events.len();
-    let (mut seqs, mut ats, mut actors, mut requests, mut actions, mut details, mut hashes) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for e in events {
-        seq += 1;
-        let text = e.details.to_string();
-        prev = chain_link(
-            linking,
-            &prev,
-            seq,
-            e.at,
-            &e.actor,
-            e.request.as_deref(),
-            &e.action,
-            &text,
-        );
-        seqs.push(seq as i64);
-        ats.push(e.at.as_millis());
-        actors.push(e.actor.clone());
-        requests.push(e.request.clone());
-        actions.push(e.action.clone());
-        details.push(text);
-        hashes.push(prev.to_vec());
-    }
-    sqlx::query(
-        "INSERT INTO logbook (seq, at, actor, request, action, details, hash) \
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-                              $6::text[], $7::bytea[])",
-    )
-    .bind(seqs)
-    .bind(ats)
-    .bind(actors)
-    .bind(requests)
-    .bind(actions)
-    .bind(details)
-    .bind(hashes)
-    .execute(&mut *conn)
-    .await?;
-    Ok(seq)
+/// Events linked in memory after a head read under the Logbook's lock, and
+/// written in one statement: a group of changes links all its events with
+/// one read of the head and one insert.
+pub(super) struct Appender<'k> {
+    /// How the next event links, or why no event may be appended.
+    linking: Result<Linking<'k>, StoreError>,
+    seq: u64,
+    prev: Hash,
+    rows: EventRows,
 }
 
-/// Chains `events` after the Logbook's head, linked as its last key switch
-/// says, inside the caller's transaction. Returns the last sequence number.
-pub(super) async fn append(
-    conn: &mut PgConnection,
-    keys: &ChainKeys,
-    events: &[NewEvent],
-) -> Result<u64, StoreError> {
-    refuse_key_switches(events)?;
-    if events.is_empty() {
-        return Ok(0);
+/// The logbook's columns, one vector each, for `UNNEST`.
+#[derive(Default)]
+struct EventRows {
+    seqs: Vec<i64>,
+    ats: Vec<i64>,
+    actors: Vec<String>,
+    requests: Vec<Option<String>>,
+    actions: Vec<String>,
+    details: Vec<String>,
+    hashes: Vec<Vec<u8>>,
+}
+
+impl<'k> Appender<'k> {
+    /// Takes `locks` (the Logbook's last) for the rest of the transaction
+    /// and reads the head the next events link after.
+    pub(super) async fn lock(
+        conn: &mut PgConnection,
+        keys: &'k ChainKeys,
+        locks: Locks,
+    ) -> Result<Appender<'k>, StoreError> {
+        let head = lock_head(conn, locks).await?;
+        Ok(Self {
+            linking: next_linking(head.switch.as_ref(), keys),
+            seq: head.seq,
+            prev: head.hash,
+            rows: EventRows::default(),
+        })
     }
-    let head = lock_head(conn).await?;
-    let linking = next_linking(head.switch.as_ref(), keys)?;
-    let last = insert_events(conn, linking, &head, events).await?;
-    for e in events {
-        // Counted before the commit, as on SQLite: a failed commit may count twice.
-        metrics::counter!("passport_logbook_events_total", "action" => e.action.clone())
-            .increment(1);
+
+    /// Whether `events` may be appended: no key switches, and a key to link
+    /// them with. Checked before a change writes anything, so that a change
+    /// refused here leaves its group's transaction clean.
+    pub(super) fn check(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        refuse_key_switches(events)?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.linking.as_ref().map(|_| ()).map_err(Clone::clone)
     }
-    Ok(last)
+
+    /// Links `events` after those pushed before ([`Self::check`] first).
+    pub(super) fn push(&mut self, events: &[NewEvent]) -> Result<(), StoreError> {
+        self.check(events)?;
+        self.link(events);
+        Ok(())
+    }
+
+    /// Links `events`, unchecked: nothing when there is no way to link.
+    fn link(&mut self, events: &[NewEvent]) {
+        let Ok(linking) = self.linking.as_ref() else {
+            return;
+        };
+        let rows = &mut self.rows;
+        for e in events {
+            self.seq += 1;
+            let text = e.details.to_string();
+            self.prev = chain_link(
+                *linking,
+                &self.prev,
+                self.seq,
+                e.at,
+                &e.actor,
+                e.request.as_deref(),
+                &e.action,
+                &text,
+            );
+            rows.seqs.push(self.seq as i64);
+            rows.ats.push(e.at.as_millis());
+            rows.actors.push(e.actor.clone());
+            rows.requests.push(e.request.clone());
+            rows.actions.push(e.action.clone());
+            rows.details.push(text);
+            rows.hashes.push(self.prev.to_vec());
+        }
+    }
+
+    /// Inserts the events pushed, in one statement. Returns the last
+    /// sequence number.
+    pub(super) async fn write(self, conn: &mut PgConnection) -> Result<u64, StoreError> {
+        let rows = self.rows;
+        if rows.seqs.is_empty() {
+            return Ok(self.seq);
+        }
+        for action in &rows.actions {
+            // Counted before the commit, as on SQLite: a failed commit may count twice.
+            metrics::counter!("passport_logbook_events_total", "action" => action.clone())
+                .increment(1);
+        }
+        sqlx::query(
+            "INSERT INTO logbook (seq, at, actor, request, action, details, hash) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                                  $6::text[], $7::bytea[])",
+        )
+        .bind(rows.seqs)
+        .bind(rows.ats)
+        .bind(rows.actors)
+        .bind(rows.requests)
+        .bind(rows.actions)
+        .bind(rows.details)
+        .bind(rows.hashes)
+        .execute(&mut *conn)
+        .await?;
+        Ok(self.seq)
+    }
 }
 
 /// Records the switch to the configured key when the Logbook is not keyed
@@ -157,18 +218,19 @@ pub(super) async fn adopt_key(
     keys: &ChainKeys,
     now: Timestamp,
 ) -> Result<KeyAdoption, StoreError> {
-    let head = lock_head(conn).await?;
+    let head = lock_head(conn, Locks::Logbook).await?;
     match adoption(head.switch.as_ref(), keys, now)? {
         Adoption::Settled(adopted) => Ok(adopted),
         Adoption::Switch(switch) => {
-            let seq = insert_events(
-                conn,
-                switch.linking,
-                &head,
-                std::slice::from_ref(&switch.event),
-            )
-            .await?;
-            metrics::counter!("passport_logbook_events_total", "action" => KEY_SWITCH).increment(1);
+            let mut appender = Appender {
+                linking: Ok(switch.linking),
+                seq: head.seq,
+                prev: head.hash,
+                rows: EventRows::default(),
+            };
+            // Pushed past `check`: this is the one place a switch is written.
+            appender.link(std::slice::from_ref(&switch.event));
+            let seq = appender.write(conn).await?;
             Ok(switch.done(seq))
         }
     }

@@ -25,6 +25,7 @@
 //! (LISTEN on `passport_outbox`, which a trigger on the outbox notifies), so
 //! the process delivering starts new lanes at once whoever committed them.
 
+mod group_commit;
 mod logbook;
 mod outbox;
 mod signin;
@@ -40,19 +41,21 @@ use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id, Columns
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Clock, Creation, Gauges, IssuedToken, MessageRef, Mutation, OutboxCounts, PasswordMessage,
-    Pending, PendingDeletion, Recording, RequestFilter, SetAside, Slot, Store, StoreError,
-    Verification, REMOVAL_GRACE,
+    Pending, PendingDeletion, Recording, RequestFilter, SetAside, Store, StoreError, Verification,
+    REMOVAL_GRACE,
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{ChainKeys, KeyAdoption, LogEvent};
-use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
+use crate::domain::request::{AccessRequest, Refusal, RequestState};
 use crate::domain::signin::{
     LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
 };
 use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
 
+use group_commit::{Committer, Done, Work};
 pub(crate) use logbook::LOGBOOK_LOCK;
+use logbook::{Appender, Locks};
 use outbox::LaneClaims;
 
 /// The advisory lock a creation holds ("passport" + 1).
@@ -104,6 +107,8 @@ struct Shared {
     holder: String,
     queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
     notices_queued: tokio::sync::watch::Receiver<u64>,
+    /// Runs the changes of requests, in groups.
+    committer: Committer,
     /// Dropped with the store: the listener stops.
     _listening: tokio::sync::watch::Sender<()>,
 }
@@ -211,7 +216,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(|e| StoreError::Other(format!("cannot connect to PostgreSQL: {e}")))?;
         sqlx::migrate!("./migrations/postgres")
@@ -229,6 +234,7 @@ impl PgStore {
             .map_err(|e| StoreError::Other(format!("cannot listen to PostgreSQL: {e}")))?;
         let (listening, stop) = tokio::sync::watch::channel(());
         tokio::spawn(listen(listener, queued.clone(), stop));
+        let committer = Committer::start(connect, options.keys.clone(), queued.clone())?;
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
@@ -238,6 +244,7 @@ impl PgStore {
                 holder: holder_name(),
                 queued,
                 notices_queued,
+                committer,
                 _listening: listening,
             }),
         })
@@ -254,6 +261,7 @@ impl PgStore {
 
     /// Closes the pool, and with it `notices_queued`.
     pub async fn close(&self) {
+        self.shared.committer.close().await;
         self.shared
             .queued
             .lock()
@@ -378,8 +386,9 @@ async fn remember_key(
 }
 
 /// Keeps the replay key of the signed chat request behind `fx`, if any; one
-/// seen before fails the change with [`StoreError::Replayed`], and the
-/// caller's transaction, rolled back, writes nothing of it.
+/// seen before fails the change with [`StoreError::Replayed`]. Each change
+/// keeps its key before it writes anything else, so a replayed change
+/// writes nothing.
 async fn keep_signed(conn: &mut PgConnection, fx: &Effects) -> Result<(), StoreError> {
     let Some(signed) = &fx.signed else {
         return Ok(());
@@ -392,10 +401,24 @@ async fn keep_signed(conn: &mut PgConnection, fx: &Effects) -> Result<(), StoreE
     }
 }
 
-/// Events and notices that belong to no request.
+/// Events and notices that belong to no request, in a transaction of their
+/// own making (sign-in and tokens, whose rows no group of changes locks).
 async fn record(
     conn: &mut PgConnection,
     keys: &ChainKeys,
+    fx: &Effects,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    let mut log = Appender::lock(conn, keys, Locks::Logbook).await?;
+    record_in(conn, &mut log, fx, at).await?;
+    log.write(conn).await?;
+    Ok(())
+}
+
+/// Events and notices that belong to no request, their events linked by `log`.
+async fn record_in(
+    conn: &mut PgConnection,
+    log: &mut Appender<'_>,
     fx: &Effects,
     at: Timestamp,
 ) -> Result<(), StoreError> {
@@ -404,104 +427,16 @@ async fn record(
             "timers belong to a request: use update".into(),
         ));
     }
+    log.check(&fx.events)?;
+    let outbox = OutboxRows::of(fx, at)?;
     keep_signed(conn, fx).await?;
-    insert_outbox(conn, fx, at).await?;
-    logbook::append(conn, keys, &fx.events).await?;
-    Ok(())
+    outbox.insert(conn).await?;
+    log.push(&fx.events)
 }
 
 /// When a change happened: its first event's time, else `fallback`.
 fn change_time(fx: &Effects, fallback: Timestamp) -> Timestamp {
     fx.events.first().map(|e| e.at).unwrap_or(fallback)
-}
-
-/// Writes a request's effects: its notices, timers and, last (so that the
-/// Logbook's lock is held the shortest), its events.
-async fn write_effects(
-    conn: &mut PgConnection,
-    keys: &ChainKeys,
-    request: RequestId,
-    fx: &Effects,
-    at: Timestamp,
-) -> Result<(), StoreError> {
-    let rid = id_of(request);
-    keep_signed(conn, fx).await?;
-    insert_outbox(conn, fx, at).await?;
-    if fx.cancel_all {
-        sqlx::query("DELETE FROM timers WHERE request = $1")
-            .bind(rid)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if fx.cancel_expiry {
-        sqlx::query(
-            "DELETE FROM timers WHERE request = $1 AND (kind = 'expiry' OR kind LIKE 'warning:%')",
-        )
-        .bind(rid)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !fx.cancel.is_empty() {
-        let kinds: Vec<String> = fx.cancel.iter().map(|k| k.encode()).collect();
-        sqlx::query("DELETE FROM timers WHERE request = $1 AND kind = ANY($2)")
-            .bind(rid)
-            .bind(kinds)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if !fx.timers.is_empty() {
-        let kinds: Vec<String> = fx.timers.iter().map(|t| t.kind.encode()).collect();
-        let dues: Vec<i64> = fx.timers.iter().map(|t| t.due.as_millis()).collect();
-        let attempts: Vec<i64> = fx.timers.iter().map(|t| i64::from(t.attempts)).collect();
-        // WITH ORDINALITY keeps the given order, and so the order of the ids.
-        sqlx::query(
-            "INSERT INTO timers (request, kind, due_at, attempts) \
-             SELECT $1, k, d, a FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) \
-             WITH ORDINALITY AS t (k, d, a, n) ORDER BY n",
-        )
-        .bind(rid)
-        .bind(kinds)
-        .bind(dues)
-        .bind(attempts)
-        .execute(&mut *conn)
-        .await?;
-    }
-    logbook::append(conn, keys, &fx.events).await?;
-    Ok(())
-}
-
-async fn insert_outbox(
-    conn: &mut PgConnection,
-    fx: &Effects,
-    at: Timestamp,
-) -> Result<(), StoreError> {
-    if fx.outbox.is_empty() {
-        return Ok(());
-    }
-    let mut surfaces = Vec::with_capacity(fx.outbox.len());
-    let mut lanes = Vec::with_capacity(fx.outbox.len());
-    let mut requests = Vec::with_capacity(fx.outbox.len());
-    let mut notices = Vec::with_capacity(fx.outbox.len());
-    for (surface, notice) in &fx.outbox {
-        surfaces.push(surface.clone());
-        lanes.push(notice.lane());
-        requests.push(notice.request().map(id_of));
-        notices.push(serde_json::to_string(notice).map_err(corrupt)?);
-    }
-    // In the order given: ids (and so each lane's order) follow it.
-    sqlx::query(
-        "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
-         SELECT s, l, r, n, $5, $5 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
-         WITH ORDINALITY AS t (s, l, r, n, i) ORDER BY i",
-    )
-    .bind(surfaces)
-    .bind(lanes)
-    .bind(requests)
-    .bind(notices)
-    .bind(at.as_millis())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// How many requests of `requester` wait for approval, counted up to `up_to`
@@ -525,115 +460,60 @@ async fn count_pending(
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-async fn create(
-    conn: &mut PgConnection,
-    keys: &ChainKeys,
-    requester: &str,
-    pending_cap: u32,
-    build: Creation,
-) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CREATE_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")
-        .fetch_one(&mut *conn)
-        .await?;
-    let id = to_id(next)?;
-    let pending = count_pending(conn, requester, pending_cap).await?;
-    let (req, fx) = match build(Slot { id, pending }) {
-        Ok(built) => built,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    if req.id != id || req.requester.id.as_str() != requester {
-        return Err(StoreError::Other(format!(
-            "request built as {} of {} instead of {id} of {requester}",
-            req.id, req.requester.id
-        )));
-    }
-    let at = change_time(&fx, req.created_at);
-    sqlx::query(
-        "INSERT INTO requests (id, state, requester, created_at, updated_at, expires_at, open_grants, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(id_of(req.id))
-    .bind(req.state.as_str())
-    .bind(req.requester.id.as_str())
-    .bind(req.created_at.as_millis())
-    .bind(at.as_millis())
-    .bind(req.expires_at.map(Timestamp::as_millis))
-    .bind(req.open_grants() as i64)
-    .bind(serde_json::to_string(&req).map_err(corrupt)?)
-    .execute(&mut *conn)
-    .await?;
-    write_effects(conn, keys, id, &fx, at).await?;
-    Ok(Ok((req, fx)))
+/// Notices to queue, serialised before anything is written.
+#[derive(Default)]
+struct OutboxRows {
+    surfaces: Vec<String>,
+    lanes: Vec<String>,
+    requests: Vec<Option<i64>>,
+    notices: Vec<String>,
+    at: Vec<i64>,
 }
 
-async fn update(
-    conn: &mut PgConnection,
-    keys: &ChainKeys,
-    id: RequestId,
-    fired: Option<TimerId>,
-    change: Mutation,
-) -> Result<Updated, StoreError> {
-    // The row stays locked to the end of the transaction: a change racing
-    // this one (on another process) waits, then reads what this one wrote.
-    // NO KEY: rows that only refer to the request (a card's place, a
-    // password message) are written meanwhile without waiting.
-    let row = sqlx::query(
-        "SELECT body, updated_at, version FROM requests WHERE id = $1 FOR NO KEY UPDATE",
-    )
-    .bind(id_of(id))
-    .fetch_optional(&mut *conn)
-    .await?;
-    // The fired timer goes whatever the change does; if it is gone already,
-    // the change is stale, and a timer acts at most once.
-    if let Some(timer) = fired {
-        let deleted = sqlx::query("DELETE FROM timers WHERE id = $1")
-            .bind(timer)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Ok(Updated::Refused(RefusalKind::AlreadyDone(format!(
-                "{id}: this timer has already run or was cancelled"
-            ))));
+impl OutboxRows {
+    /// The notices of `fx`, queued at `at`.
+    fn of(fx: &Effects, at: Timestamp) -> Result<Self, StoreError> {
+        let mut rows = Self::default();
+        for (surface, notice) in &fx.outbox {
+            rows.surfaces.push(surface.clone());
+            rows.lanes.push(notice.lane());
+            rows.requests.push(notice.request().map(id_of));
+            rows.notices
+                .push(serde_json::to_string(notice).map_err(corrupt)?);
+            rows.at.push(at.as_millis());
         }
+        Ok(rows)
     }
-    let Some(row) = row else {
-        return Ok(Updated::Missing);
-    };
-    let body: &str = row.try_get(0)?;
-    let updated_at: i64 = row.try_get(1)?;
-    let version: i64 = row.try_get(2)?;
-    let mut req = decode_request(body)?;
-    let fx = match change(&mut req) {
-        Ok(fx) => fx,
-        Err(refusal) => return Ok(Updated::Refused(refusal)),
-    };
-    let at = change_time(&fx, Timestamp::from_millis(updated_at));
-    let written = sqlx::query(
-        "UPDATE requests SET state = $1, updated_at = $2, expires_at = $3, open_grants = $4, \
-         body = $5, version = version + 1 WHERE id = $6 AND version = $7",
-    )
-    .bind(req.state.as_str())
-    .bind(at.as_millis())
-    .bind(req.expires_at.map(Timestamp::as_millis))
-    .bind(req.open_grants() as i64)
-    .bind(serde_json::to_string(&req).map_err(corrupt)?)
-    .bind(id_of(req.id))
-    .bind(version)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if written == 0 {
-        // Cannot happen while the row is locked; never write over a change
-        // this one did not see.
-        return Err(StoreError::Busy);
+
+    /// Adds `other`'s notices after these.
+    fn extend(&mut self, other: &OutboxRows) {
+        self.surfaces.extend_from_slice(&other.surfaces);
+        self.lanes.extend_from_slice(&other.lanes);
+        self.requests.extend_from_slice(&other.requests);
+        self.notices.extend_from_slice(&other.notices);
+        self.at.extend_from_slice(&other.at);
     }
-    write_effects(conn, keys, id, &fx, at).await?;
-    Ok(Updated::Changed(Box::new((req, fx))))
+
+    async fn insert(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        if self.notices.is_empty() {
+            return Ok(());
+        }
+        // In the order given: ids (and so each lane's order) follow it.
+        sqlx::query(
+            "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
+             SELECT s, l, r, n, a, a \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) \
+             WITH ORDINALITY AS t (s, l, r, n, a, i) ORDER BY i",
+        )
+        .bind(self.surfaces)
+        .bind(self.lanes)
+        .bind(self.requests)
+        .bind(self.notices)
+        .bind(self.at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -647,24 +527,14 @@ impl Store for PgStore {
         pending_cap: u32,
         build: Creation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
-        let mut tx = self.begin().await?;
-        let created = create(
-            &mut tx,
-            &self.shared.keys,
-            requester.as_str(),
+        let work = Work::Create {
+            requester: requester.as_str().to_owned(),
             pending_cap,
             build,
-        )
-        .await?;
-        match created {
-            Ok((req, fx)) => {
-                self.commit(tx, !fx.outbox.is_empty()).await?;
-                Ok(Ok((req, fx)))
-            }
-            Err(refusal) => {
-                tx.rollback().await?;
-                Ok(Err(refusal))
-            }
+        };
+        match self.shared.committer.run(work).await? {
+            Done::Created(created) => Ok(*created),
+            _ => Err(group_commit::mixed_up()),
         }
     }
 
@@ -674,21 +544,17 @@ impl Store for PgStore {
         fired: Option<TimerId>,
         change: Mutation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
-        let mut tx = self.begin().await?;
         // A refusal commits too: the fired timer's deletion is all it wrote.
-        match update(&mut tx, &self.shared.keys, id, fired, change).await? {
-            Updated::Changed(changed) => {
-                self.commit(tx, !changed.1.outbox.is_empty()).await?;
-                Ok(Ok(*changed))
-            }
-            Updated::Refused(refusal) => {
-                tx.commit().await?;
-                Ok(Err(refusal))
-            }
-            Updated::Missing => {
-                tx.commit().await?;
-                Err(StoreError::NotFound(id))
-            }
+        match self
+            .shared
+            .committer
+            .run(Work::Update { id, fired, change })
+            .await?
+        {
+            Done::Updated(Updated::Changed(changed)) => Ok(Ok(*changed)),
+            Done::Updated(Updated::Refused(refusal)) => Ok(Err(refusal)),
+            Done::Updated(Updated::Missing) => Err(StoreError::NotFound(id)),
+            _ => Err(group_commit::mixed_up()),
         }
     }
 
@@ -1045,9 +911,15 @@ impl Store for PgStore {
     }
 
     async fn record(&self, fx: Effects, now: Timestamp) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        record(&mut tx, &self.shared.keys, &fx, now).await?;
-        self.commit(tx, !fx.outbox.is_empty()).await
+        match self
+            .shared
+            .committer
+            .run(Work::Record { fx, at: now })
+            .await?
+        {
+            Done::Recorded(_) => Ok(()),
+            _ => Err(group_commit::mixed_up()),
+        }
     }
 
     async fn ssh_key(&self, user: &UserId) -> Result<Option<SshPublicKey>, StoreError> {

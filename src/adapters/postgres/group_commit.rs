@@ -1,0 +1,861 @@
+//! Group commit on PostgreSQL: the changes of requests (creations, updates,
+//! and events of no request) that wait at the same time commit in one
+//! transaction.
+//!
+//! Every such change appends to the Logbook, whose one chain admits one
+//! writer at a time, and that writer holds the Logbook's lock through its
+//! commit's flush to disk. One change per transaction therefore meant one
+//! flush and a dozen round trips per change, one after the other across all
+//! processes. Here a task of each store takes every change waiting (up to
+//! [`MAX_GROUP`]), opens one transaction, takes the creation lock and the
+//! Logbook's lock first and reads the Logbook's head once, runs the changes
+//! one after another (each sees the writes of those before it, as with one
+//! transaction each), links all their events in memory, writes them in one
+//! statement, commits, and only then answers the callers.
+//!
+//! Taking both locks first keeps the order of locks the same everywhere: a
+//! group waits for row locks only while it holds the Logbook's, and every
+//! other writer of those rows either belongs to a group or never waits for
+//! the Logbook's lock while holding them. Groups of several processes run
+//! one at a time.
+//!
+//! A change that fails before it writes anything (a refusal, a replayed
+//! signed request, a corrupt row, a Logbook key this process does not hold)
+//! is answered alone and the group goes on. A failure of the database
+//! aborts the whole transaction: every change of the group is answered with
+//! it and nothing of the group is written, as when a commit fails.
+
+use std::sync::{Arc, Mutex};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::Row;
+
+use super::logbook::{Appender, Locks};
+use super::{bump, change_time, OutboxRows, Updated};
+use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id};
+use crate::app::effects::{Effects, TimerId};
+use crate::app::ports::{Creation, Mutation, Slot, StoreError};
+use crate::domain::logbook::ChainKeys;
+use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
+use crate::domain::time::Timestamp;
+use crate::domain::values::RequestId;
+
+/// At most this many changes share a transaction, so that a burst is
+/// answered in several commits rather than holding its first callers until
+/// the last change ran.
+const MAX_GROUP: usize = 64;
+/// Changes waiting for a group, beyond which callers wait to queue.
+const QUEUE: usize = 4096;
+
+/// A change, as a caller hands it over.
+pub(super) enum Work {
+    Create {
+        requester: String,
+        pending_cap: u32,
+        build: Creation,
+    },
+    Update {
+        id: RequestId,
+        fired: Option<TimerId>,
+        change: Mutation,
+    },
+    Record {
+        fx: Effects,
+        at: Timestamp,
+    },
+}
+
+/// What became of a change.
+pub(super) enum Done {
+    Created(Box<Result<(AccessRequest, Effects), Refusal>>),
+    Updated(Updated),
+    /// Whether notices were queued.
+    Recorded(bool),
+}
+
+impl Done {
+    fn queued_notices(&self) -> bool {
+        match self {
+            Done::Created(created) => created
+                .as_ref()
+                .as_ref()
+                .is_ok_and(|(_, fx)| !fx.outbox.is_empty()),
+            Done::Updated(Updated::Changed(changed)) => !changed.1.outbox.is_empty(),
+            Done::Recorded(queued) => *queued,
+            _ => false,
+        }
+    }
+}
+
+/// The answer for a change of another kind than asked: cannot happen.
+pub(super) fn mixed_up() -> StoreError {
+    StoreError::Other("the store answered a change with another's result".into())
+}
+
+struct Job {
+    work: Work,
+    answer: oneshot::Sender<Result<Done, StoreError>>,
+}
+
+/// Hands changes to the store's writer: a thread of its own with its own
+/// connection. On the process's runtime, among hundreds of busy tasks, the
+/// writer waited for its turn after every statement; every change waits for
+/// the writer, so its statements alone run on a thread that does nothing else.
+pub(super) struct Committer {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    stopped: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Committer {
+    /// Starts the writer, which connects with `connect` (again after a
+    /// failure) and moves `queued` on after each commit that queued notices.
+    pub(super) fn start(
+        connect: PgConnectOptions,
+        keys: ChainKeys,
+        queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
+    ) -> Result<Self, StoreError> {
+        let (jobs, waiting) = mpsc::channel(QUEUE);
+        let (stop, stopped) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Other(format!("cannot start the database writer: {e}")))?;
+        std::thread::Builder::new()
+            .name("passport-pg-writer".into())
+            .spawn(move || {
+                runtime.block_on(run(connect, keys, queued, waiting));
+                let _ = stop.send(());
+            })
+            .map_err(|e| StoreError::Other(format!("cannot start the database writer: {e}")))?;
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            stopped: tokio::sync::Mutex::new(Some(stopped)),
+        })
+    }
+
+    /// Runs `work` in the next group, and answers once that group committed.
+    pub(super) async fn run(&self, work: Work) -> Result<Done, StoreError> {
+        let closed = || StoreError::Other("the store is closed".into());
+        let jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(closed)?;
+        let (answer, answered) = oneshot::channel();
+        jobs.send(Job { work, answer })
+            .await
+            .map_err(|_| closed())?;
+        answered
+            .await
+            .map_err(|_| StoreError::Other("the store stopped before saving the change".into()))?
+    }
+
+    /// Answers the changes queued, then closes the writer's connection.
+    pub(super) async fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(stopped) = self.stopped.lock().await.take() {
+            let _ = stopped.await;
+        }
+    }
+}
+
+async fn run(
+    connect: PgConnectOptions,
+    keys: ChainKeys,
+    queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
+    mut waiting: mpsc::Receiver<Job>,
+) {
+    let mut conn: Option<PgConnection> = None;
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while waiting.recv_many(&mut group, MAX_GROUP).await > 0 {
+        // A caller that gave up (its request timed out) has been told the
+        // change may not be saved; it is not made now.
+        group.retain(|job: &Job| !job.answer.is_closed());
+        if group.is_empty() {
+            continue;
+        }
+        metrics::histogram!("passport_store_group_size").record(group.len() as f64);
+        let answers = match connected(&mut conn, &connect).await {
+            Ok(c) => {
+                let (answers, failed) = commit(c, &keys, std::mem::take(&mut group)).await;
+                if failed {
+                    // Whatever broke, the next group starts on a new connection.
+                    conn = None;
+                }
+                answers
+            }
+            Err(e) => std::mem::take(&mut group)
+                .into_iter()
+                .map(|job| (job.answer, Err(e.clone())))
+                .collect(),
+        };
+        if answers
+            .iter()
+            .any(|(_, done)| done.as_ref().is_ok_and(Done::queued_notices))
+        {
+            bump(&queued);
+        }
+        for (answer, done) in answers {
+            let _ = answer.send(done);
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
+}
+
+/// The writer's connection, made when there is none.
+async fn connected<'c>(
+    conn: &'c mut Option<PgConnection>,
+    connect: &PgConnectOptions,
+) -> Result<&'c mut PgConnection, StoreError> {
+    let c = match conn.take() {
+        Some(c) => c,
+        None => PgConnection::connect_with(connect).await?,
+    };
+    Ok(conn.insert(c))
+}
+
+type Answers = Vec<(
+    oneshot::Sender<Result<Done, StoreError>>,
+    Result<Done, StoreError>,
+)>;
+
+/// Runs `jobs` in one transaction and commits it; returns each job's
+/// answer, and whether the group failed.
+async fn commit(conn: &mut PgConnection, keys: &ChainKeys, jobs: Vec<Job>) -> (Answers, bool) {
+    let (answers, works): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.answer, j.work)).unzip();
+    match run_group(conn, keys, works).await {
+        Ok(dones) => (answers.into_iter().zip(dones).collect(), false),
+        // Nothing of the group was written: every change gets the failure.
+        Err(failed) => (
+            answers
+                .into_iter()
+                .map(|answer| (answer, Err(failed.clone())))
+                .collect(),
+            true,
+        ),
+    }
+}
+
+/// A request read for the group, as the group's changes leave it.
+struct Loaded {
+    req: Result<AccessRequest, StoreError>,
+    /// `version` as read: the update is written only over it.
+    version: i64,
+    updated_at: Timestamp,
+    /// The time of the last change run on it in this group, if any.
+    changed_at: Option<Timestamp>,
+}
+
+/// A change that will be written, unless its signed request turns out to be
+/// a replay.
+struct Written {
+    done: Done,
+    /// The request it changes or creates.
+    request: Option<RequestId>,
+    created: bool,
+    at: Timestamp,
+    fired: Option<TimerId>,
+    outbox: OutboxRows,
+    /// The effects of a change of no request.
+    record: Option<Effects>,
+}
+
+impl Written {
+    fn effects(&self) -> Option<&Effects> {
+        match &self.done {
+            Done::Created(created) => created.as_ref().as_ref().ok().map(|(_, fx)| fx),
+            Done::Updated(Updated::Changed(changed)) => Some(&changed.1),
+            _ => None,
+        }
+    }
+}
+
+/// What a change came to before anything is written.
+enum Outcome {
+    /// Answered as it is; `fired` is the timer its answer consumed, if any.
+    Answered(Result<Done, StoreError>, Option<TimerId>),
+    Written(Box<Written>),
+}
+
+/// The group, in memory: the rows read, and the state the changes run so far
+/// have left.
+struct Group {
+    loaded: HashMap<RequestId, Loaded>,
+    /// Fired timers still there (locked), until a change consumes them.
+    timers: HashSet<TimerId>,
+    next_id: i64,
+    /// Pending requests per requester, as the changes so far leave them
+    /// (only for requesters whose creations count them).
+    pending: HashMap<String, i64>,
+}
+
+impl Group {
+    /// Reads, in a few statements, every row the changes need, locking the
+    /// requests they change and the timers that fired them.
+    async fn read(conn: &mut PgConnection, works: &[Work]) -> Result<Self, StoreError> {
+        let mut ids = Vec::new();
+        let mut fired = Vec::new();
+        let mut counted = Vec::new();
+        let mut creates = false;
+        for w in works {
+            match w {
+                Work::Update { id, fired: f, .. } => {
+                    ids.push(id_of(*id));
+                    fired.extend(*f);
+                }
+                Work::Create {
+                    requester,
+                    pending_cap,
+                    ..
+                } => {
+                    creates = true;
+                    if *pending_cap > 0 {
+                        counted.push(requester.clone());
+                    }
+                }
+                Work::Record { .. } => {}
+            }
+        }
+        let mut loaded = HashMap::new();
+        if !ids.is_empty() {
+            // The rows stay locked to the commit. NO KEY: rows that only
+            // refer to a request (a card's place, a password message) are
+            // written meanwhile without waiting.
+            let rows = sqlx::query(
+                "SELECT id, body, updated_at, version FROM requests \
+                 WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+            for row in rows {
+                let id = to_id(row.try_get(0)?)?;
+                loaded.insert(
+                    id,
+                    Loaded {
+                        req: decode_request(row.try_get(1)?),
+                        updated_at: Timestamp::from_millis(row.try_get(2)?),
+                        version: row.try_get(3)?,
+                        changed_at: None,
+                    },
+                );
+            }
+        }
+        let mut timers = HashSet::new();
+        if !fired.is_empty() {
+            let present: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM timers WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            )
+            .bind(&fired)
+            .fetch_all(&mut *conn)
+            .await?;
+            timers.extend(present);
+        }
+        let next_id = if creates {
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")
+                .fetch_one(&mut *conn)
+                .await?
+        } else {
+            0
+        };
+        let mut pending: HashMap<String, i64> = counted.iter().map(|r| (r.clone(), 0)).collect();
+        if !counted.is_empty() {
+            let rows = sqlx::query(
+                "SELECT requester, COUNT(*) FROM requests \
+                 WHERE requester = ANY($1) AND state = 'pending' GROUP BY requester",
+            )
+            .bind(&counted)
+            .fetch_all(&mut *conn)
+            .await?;
+            for row in rows {
+                pending.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        Ok(Self {
+            loaded,
+            timers,
+            next_id,
+            pending,
+        })
+    }
+
+    /// Notes that a request of `requester` went from `before` to `after`.
+    fn moved(&mut self, requester: &str, before: Option<RequestState>, after: RequestState) {
+        if let Some(n) = self.pending.get_mut(requester) {
+            *n += i64::from(after == RequestState::Pending)
+                - i64::from(before == Some(RequestState::Pending));
+        }
+    }
+
+    /// Runs a change in memory, in order: it sees the changes before it.
+    fn run(&mut self, log: &Appender<'_>, work: Work) -> Outcome {
+        match work {
+            Work::Create {
+                requester,
+                pending_cap,
+                build,
+            } => self.create(log, &requester, pending_cap, build),
+            Work::Update { id, fired, change } => self.update(log, id, fired, change),
+            Work::Record { fx, at } => {
+                if !fx.timers.is_empty()
+                    || fx.cancel_all
+                    || fx.cancel_expiry
+                    || !fx.cancel.is_empty()
+                {
+                    let e = StoreError::Other("timers belong to a request: use update".into());
+                    return Outcome::Answered(Err(e), None);
+                }
+                let outbox = match log.check(&fx.events).and_then(|()| OutboxRows::of(&fx, at)) {
+                    Ok(rows) => rows,
+                    Err(e) => return Outcome::Answered(Err(e), None),
+                };
+                let queued = !fx.outbox.is_empty();
+                Outcome::Written(Box::new(Written {
+                    done: Done::Recorded(queued),
+                    request: None,
+                    created: false,
+                    at,
+                    fired: None,
+                    outbox,
+                    record: Some(fx),
+                }))
+            }
+        }
+    }
+
+    fn create(
+        &mut self,
+        log: &Appender<'_>,
+        requester: &str,
+        pending_cap: u32,
+        build: Creation,
+    ) -> Outcome {
+        let answered = |e| Outcome::Answered(Err(e), None);
+        let id = match to_id(self.next_id) {
+            Ok(id) => id,
+            Err(e) => return answered(e),
+        };
+        let counted = self.pending.get(requester).copied().unwrap_or(0);
+        let pending = if pending_cap == 0 {
+            0
+        } else {
+            u64::try_from(counted)
+                .unwrap_or(0)
+                .min(u64::from(pending_cap))
+        };
+        let (req, fx) = match build(Slot { id, pending }) {
+            Ok(built) => built,
+            Err(refusal) => {
+                return Outcome::Answered(Ok(Done::Created(Box::new(Err(refusal)))), None)
+            }
+        };
+        if req.id != id || req.requester.id.as_str() != requester {
+            return answered(StoreError::Other(format!(
+                "request built as {} of {} instead of {id} of {requester}",
+                req.id, req.requester.id
+            )));
+        }
+        let at = change_time(&fx, req.created_at);
+        let outbox = match log.check(&fx.events).and_then(|()| OutboxRows::of(&fx, at)) {
+            Ok(rows) => rows,
+            Err(e) => return answered(e),
+        };
+        self.next_id += 1;
+        self.moved(requester, None, req.state);
+        Outcome::Written(Box::new(Written {
+            done: Done::Created(Box::new(Ok((req, fx)))),
+            request: Some(id),
+            created: true,
+            at,
+            fired: None,
+            outbox,
+            record: None,
+        }))
+    }
+
+    fn update(
+        &mut self,
+        log: &Appender<'_>,
+        id: RequestId,
+        fired: Option<TimerId>,
+        change: Mutation,
+    ) -> Outcome {
+        let Some(loaded) = self.loaded.get(&id) else {
+            let consumed = fired.filter(|t| self.timers.remove(t));
+            return Outcome::Answered(Ok(Done::Updated(Updated::Missing)), consumed);
+        };
+        if let Some(timer) = fired {
+            if !self.timers.contains(&timer) {
+                // A timer acts at most once: gone means it ran or was cancelled.
+                let stale = RefusalKind::AlreadyDone(format!(
+                    "{id}: this timer has already run or was cancelled"
+                ));
+                return Outcome::Answered(Ok(Done::Updated(Updated::Refused(stale))), None);
+            }
+        }
+        let mut req = match &loaded.req {
+            Ok(req) => req.clone(),
+            Err(e) => return Outcome::Answered(Err(e.clone()), None),
+        };
+        let before = req.state;
+        let fx = match change(&mut req) {
+            Ok(fx) => fx,
+            Err(refusal) => {
+                // A refusal consumes the timer that fired it.
+                let consumed = fired.filter(|t| self.timers.remove(t));
+                return Outcome::Answered(Ok(Done::Updated(Updated::Refused(refusal))), consumed);
+            }
+        };
+        let at = change_time(&fx, loaded.changed_at.unwrap_or(loaded.updated_at));
+        let outbox = match log.check(&fx.events).and_then(|()| OutboxRows::of(&fx, at)) {
+            Ok(rows) => rows,
+            Err(e) => return Outcome::Answered(Err(e), None),
+        };
+        if let Some(t) = fired {
+            self.timers.remove(&t);
+        }
+        let requester = req.requester.id.as_str().to_owned();
+        self.moved(&requester, Some(before), req.state);
+        if let Some(loaded) = self.loaded.get_mut(&id) {
+            loaded.req = Ok(req.clone());
+            loaded.changed_at = Some(at);
+        }
+        Outcome::Written(Box::new(Written {
+            done: Done::Updated(Updated::Changed(Box::new((req, fx)))),
+            request: Some(id),
+            created: false,
+            at,
+            fired,
+            outbox,
+            record: None,
+        }))
+    }
+}
+
+/// The timers kind `cancel_expiry` deletes.
+fn expiry_like(kind: &str) -> bool {
+    kind == "expiry" || kind.starts_with("warning:")
+}
+
+/// Runs the group: reads, runs every change in memory, keeps the replay keys,
+/// and writes what the changes left in a few statements.
+async fn run_group(
+    conn: &mut PgConnection,
+    keys: &ChainKeys,
+    works: Vec<Work>,
+) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+    let mut tx = conn.begin().await?;
+    let mut log = Appender::lock(&mut tx, keys, Locks::CreateAndLogbook).await?;
+    let mut group = Group::read(&mut tx, &works).await?;
+    let mut outcomes: Vec<Outcome> = works.into_iter().map(|w| group.run(&log, w)).collect();
+
+    // Replay keys, all in one statement: a key seen before (in the table or
+    // earlier in this group) fails its change, which is then not written.
+    let mut signed = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        if let Outcome::Written(w) = o {
+            let fx = w.effects().or(w.record.as_ref());
+            if let Some(key) = fx.and_then(|fx| fx.signed.as_ref()) {
+                signed.push((i, key.clone(), seen.insert(key.key.clone())));
+            }
+        }
+    }
+    let mut replayed: Vec<usize> = signed
+        .iter()
+        .filter(|(_, _, first)| !first)
+        .map(|(i, _, _)| *i)
+        .collect();
+    let firsts: Vec<_> = signed.iter().filter(|(_, _, first)| *first).collect();
+    if !firsts.is_empty() {
+        let kept: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO seen_keys (key, expires_at) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+             ON CONFLICT (key) DO NOTHING RETURNING key",
+        )
+        .bind(firsts.iter().map(|(_, k, _)| k.key.clone()).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|(_, k, _)| k.until.as_millis()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        replayed.extend(
+            firsts
+                .iter()
+                .filter(|(_, k, _)| !kept.contains(&k.key))
+                .map(|(i, _, _)| *i),
+        );
+    }
+    if !replayed.is_empty() {
+        undo_replays(&mut outcomes, replayed);
+    }
+    write(&mut tx, &mut log, &group, &outcomes).await?;
+    log.write(&mut tx).await?;
+    tx.commit().await?;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Answered(done, _) => done,
+            Outcome::Written(w) => Ok(w.done),
+        })
+        .collect())
+}
+
+/// Fails the replayed changes, which write nothing, and the later changes
+/// that ran on what they left (of the same request, and creations, which
+/// counted pending requests): those are asked to try again.
+fn undo_replays(outcomes: &mut [Outcome], mut replayed: Vec<usize>) {
+    replayed.sort_unstable();
+    let first = replayed[0];
+    let mut touched = HashSet::new();
+    for (i, o) in outcomes.iter_mut().enumerate().skip(first) {
+        let Outcome::Written(w) = o else { continue };
+        if replayed.binary_search(&i).is_ok() {
+            touched.extend(w.request);
+            *o = Outcome::Answered(Err(StoreError::Replayed), None);
+        } else if w.created || w.request.is_some_and(|r| touched.contains(&r)) {
+            touched.extend(w.request);
+            *o = Outcome::Answered(Err(StoreError::Busy), None);
+        }
+    }
+}
+
+/// Writes what the changes left: fired timers deleted, requests inserted and
+/// updated, notices queued, timers cancelled and scheduled, events linked.
+async fn write(
+    conn: &mut PgConnection,
+    log: &mut Appender<'_>,
+    group: &Group,
+    outcomes: &[Outcome],
+) -> Result<(), StoreError> {
+    let mut fired = Vec::new();
+    let mut outbox = OutboxRows::default();
+    let mut created: Vec<&AccessRequest> = Vec::new();
+    let mut created_at = Vec::new();
+    // Each request changed: as its last change left it, and how many changed it.
+    let mut updated: HashMap<RequestId, (&AccessRequest, Timestamp, i64)> = HashMap::new();
+    // Timers: deletions of the rows there before the group (by request,
+    // what: "*all", "*expiry" or a kind), then the new rows, in order.
+    let mut cancels: Vec<(i64, String)> = Vec::new();
+    let mut scheduled: Vec<(i64, String, i64, i64)> = Vec::new();
+    for o in outcomes {
+        let w = match o {
+            Outcome::Answered(_, consumed) => {
+                fired.extend(*consumed);
+                continue;
+            }
+            Outcome::Written(w) => {
+                fired.extend(w.fired);
+                outbox.extend(&w.outbox);
+                if let Some(fx) = &w.record {
+                    log.push(&fx.events)?;
+                    continue;
+                }
+                w
+            }
+        };
+        let (Some(request), Some(fx)) = (w.request, w.effects()) else {
+            continue;
+        };
+        match &w.done {
+            Done::Created(built) => {
+                if let Ok((req, _)) = built.as_ref() {
+                    created.push(req);
+                    created_at.push(w.at);
+                }
+            }
+            Done::Updated(Updated::Changed(changed)) => {
+                let last = updated.entry(request).or_insert((&changed.0, w.at, 0));
+                *last = (&changed.0, w.at, last.2 + 1);
+            }
+            _ => {}
+        }
+        let rid = id_of(request);
+        let mut cancel = |what: &str, gone: &dyn Fn(&str) -> bool| {
+            cancels.push((rid, what.to_owned()));
+            scheduled.retain(|(r, kind, _, _)| *r != rid || !gone(kind));
+        };
+        if fx.cancel_all {
+            cancel("*all", &|_| true);
+        }
+        if fx.cancel_expiry {
+            cancel("*expiry", &expiry_like);
+        }
+        for kind in &fx.cancel {
+            let kind = kind.encode();
+            cancel(&kind, &|k| k == kind);
+        }
+        for t in &fx.timers {
+            scheduled.push((
+                rid,
+                t.kind.encode(),
+                t.due.as_millis(),
+                i64::from(t.attempts),
+            ));
+        }
+        log.push(&fx.events)?;
+    }
+    if !fired.is_empty() {
+        sqlx::query("DELETE FROM timers WHERE id = ANY($1)")
+            .bind(&fired)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !created.is_empty() {
+        insert_requests(conn, &created, &created_at).await?;
+    }
+    update_requests(conn, group, &updated).await?;
+    outbox.insert(conn).await?;
+    if !cancels.is_empty() {
+        let (requests, whats): (Vec<i64>, Vec<String>) = cancels.into_iter().unzip();
+        sqlx::query(
+            "DELETE FROM timers t USING UNNEST($1::bigint[], $2::text[]) AS c (request, what) \
+             WHERE t.request = c.request AND (c.what = '*all' OR t.kind = c.what \
+                OR (c.what = '*expiry' AND (t.kind = 'expiry' OR t.kind LIKE 'warning:%')))",
+        )
+        .bind(requests)
+        .bind(whats)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !scheduled.is_empty() {
+        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (r, k, d, a) in scheduled {
+            columns.0.push(r);
+            columns.1.push(k);
+            columns.2.push(d);
+            columns.3.push(a);
+        }
+        // WITH ORDINALITY keeps the given order, and so the order of the ids.
+        sqlx::query(
+            "INSERT INTO timers (request, kind, due_at, attempts) \
+             SELECT r, k, d, a FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) \
+             WITH ORDINALITY AS t (r, k, d, a, n) ORDER BY n",
+        )
+        .bind(columns.0)
+        .bind(columns.1)
+        .bind(columns.2)
+        .bind(columns.3)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The columns of `requests` a change writes besides its body.
+struct RequestRows {
+    ids: Vec<i64>,
+    states: Vec<&'static str>,
+    requesters: Vec<String>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+    expires: Vec<Option<i64>>,
+    grants: Vec<i64>,
+    bodies: Vec<String>,
+}
+
+impl RequestRows {
+    fn of<'r>(
+        reqs: impl Iterator<Item = (&'r AccessRequest, Timestamp)>,
+    ) -> Result<Self, StoreError> {
+        let mut rows = RequestRows {
+            ids: Vec::new(),
+            states: Vec::new(),
+            requesters: Vec::new(),
+            created: Vec::new(),
+            updated: Vec::new(),
+            expires: Vec::new(),
+            grants: Vec::new(),
+            bodies: Vec::new(),
+        };
+        for (req, at) in reqs {
+            rows.ids.push(id_of(req.id));
+            rows.states.push(req.state.as_str());
+            rows.requesters.push(req.requester.id.as_str().to_owned());
+            rows.created.push(req.created_at.as_millis());
+            rows.updated.push(at.as_millis());
+            rows.expires.push(req.expires_at.map(Timestamp::as_millis));
+            rows.grants.push(req.open_grants() as i64);
+            rows.bodies
+                .push(serde_json::to_string(req).map_err(corrupt)?);
+        }
+        Ok(rows)
+    }
+}
+
+async fn insert_requests(
+    conn: &mut PgConnection,
+    created: &[&AccessRequest],
+    at: &[Timestamp],
+) -> Result<(), StoreError> {
+    let rows = RequestRows::of(created.iter().copied().zip(at.iter().copied()))?;
+    sqlx::query(
+        "INSERT INTO requests (id, state, requester, created_at, updated_at, expires_at, open_grants, body) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+                              $6::bigint[], $7::bigint[], $8::text[])",
+    )
+    .bind(rows.ids)
+    .bind(rows.states)
+    .bind(rows.requesters)
+    .bind(rows.created)
+    .bind(rows.updated)
+    .bind(rows.expires)
+    .bind(rows.grants)
+    .bind(rows.bodies)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes each request the group changed as its last change left it, over
+/// the version read (never over a change the group did not see).
+async fn update_requests(
+    conn: &mut PgConnection,
+    group: &Group,
+    updated: &HashMap<RequestId, (&AccessRequest, Timestamp, i64)>,
+) -> Result<(), StoreError> {
+    let changed: Vec<(&AccessRequest, Timestamp, i64, i64)> = updated
+        .iter()
+        .filter_map(|(id, (req, at, changes))| {
+            let read = group.loaded.get(id)?;
+            Some((*req, *at, read.version, *changes))
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let rows = RequestRows::of(changed.iter().map(|(req, at, _, _)| (*req, *at)))?;
+    let versions: Vec<i64> = changed.iter().map(|c| c.2).collect();
+    let changes: Vec<i64> = changed.iter().map(|c| c.3).collect();
+    let written = sqlx::query(
+        "UPDATE requests SET state = u.state, updated_at = u.updated_at, expires_at = u.expires_at, \
+                open_grants = u.open_grants, body = u.body, version = requests.version + u.changes \
+         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                     $6::text[], $7::bigint[], $8::bigint[]) \
+              AS u (id, state, updated_at, expires_at, open_grants, body, version, changes) \
+         WHERE requests.id = u.id AND requests.version = u.version",
+    )
+    .bind(rows.ids)
+    .bind(rows.states)
+    .bind(rows.updated)
+    .bind(rows.expires)
+    .bind(rows.grants)
+    .bind(rows.bodies)
+    .bind(versions)
+    .bind(changes)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if written != changed.len() as u64 {
+        // Cannot happen while the rows are locked.
+        return Err(StoreError::Busy);
+    }
+    Ok(())
+}
