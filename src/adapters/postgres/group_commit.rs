@@ -6,12 +6,15 @@
 //! writer at a time, and that writer holds the Logbook's lock through its
 //! commit's flush to disk. One change per transaction therefore meant one
 //! flush and a dozen round trips per change, one after the other across all
-//! processes. Here a task of each store takes every change waiting (up to
+//! processes. Here the store's writer takes every change waiting (up to
 //! [`MAX_GROUP`]), opens one transaction, takes the creation lock and the
-//! Logbook's lock first and reads the Logbook's head once, runs the changes
-//! one after another (each sees the writes of those before it, as with one
-//! transaction each), links all their events in memory, writes them in one
-//! statement, commits, and only then answers the callers.
+//! Logbook's lock first and reads the Logbook's head once, reads every row
+//! the changes need in a few statements ([`Group::read`]), runs the changes
+//! in memory one after another (each sees what those before it left, as
+//! with one transaction each), keeps their replay keys in one statement,
+//! writes what they left in a few more ([`write`]), links all their events
+//! and inserts them in one statement, commits, and only then answers the
+//! callers.
 //!
 //! Taking both locks first keeps the order of locks the same everywhere: a
 //! group waits for row locks only while it holds the Logbook's, and every
@@ -19,9 +22,10 @@
 //! the Logbook's lock while holding them. Groups of several processes run
 //! one at a time.
 //!
-//! A change that fails before it writes anything (a refusal, a replayed
-//! signed request, a corrupt row, a Logbook key this process does not hold)
-//! is answered alone and the group goes on. A failure of the database
+//! A change that fails before it is written (a refusal, a replayed signed
+//! request, a corrupt row, a Logbook key this process does not hold) is
+//! answered alone and the group goes on; a later change that ran on what a
+//! replayed one left is asked to try again. A failure of the database
 //! aborts the whole transaction: every change of the group is answered with
 //! it and nothing of the group is written, as when a commit fails.
 
@@ -49,6 +53,8 @@ use crate::domain::values::RequestId;
 /// answered in several commits rather than holding its first callers until
 /// the last change ran.
 const MAX_GROUP: usize = 64;
+/// How long the writer waits for a new connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Changes waiting for a group, beyond which callers wait to queue.
 const QUEUE: usize = 4096;
 
@@ -217,7 +223,13 @@ async fn connected<'c>(
 ) -> Result<&'c mut PgConnection, StoreError> {
     let c = match conn.take() {
         Some(c) => c,
-        None => PgConnection::connect_with(connect).await?,
+        // As long as the pool waits for a connection: a database that does
+        // not answer fails the group rather than holding every change.
+        None => tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(connect))
+            .await
+            .map_err(|_| {
+                StoreError::Other("cannot connect to PostgreSQL: no answer within 10 s".into())
+            })??,
     };
     Ok(conn.insert(c))
 }
