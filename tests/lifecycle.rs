@@ -965,3 +965,49 @@ async fn a_removal_waits_for_the_grant_it_undoes() {
     assert_eq!(revokes[0].request, id);
     assert_eq!(app.request(id).await.state, RequestState::Revoked);
 }
+
+/// A database that fails while notices go out says nothing about the chat
+/// platform: its breaker stays closed (answers outside the outbox would
+/// otherwise be dropped as "the platform is failing"), and the notices go
+/// out once the database is back.
+#[tokio::test]
+async fn a_store_failure_while_delivering_does_not_count_against_the_platform() {
+    use passport::app::peers::BREAKER_THRESHOLD;
+
+    let (app, _dir) = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..BREAKER_THRESHOLD + 2 {
+        ids.push(
+            app.new_request(WEB, &format!("1h ticket#{} x", i + 1))
+                .await,
+        );
+    }
+    app.dispatcher.deliver_due().await.unwrap();
+    // A reply in each request's thread, whose card's place cannot be read:
+    // its table is away.
+    let mut fx = passport::app::effects::Effects::default();
+    for &id in &ids {
+        fx.notify(passport::domain::notice::Notice::thread(id, "later".into()));
+    }
+    fx.route(&["test".to_owned()], "");
+    app.store.record(fx, app.engine.now()).await.unwrap();
+    let side = rusqlite::Connection::open(&app.db).unwrap();
+    side.execute_batch("ALTER TABLE chat_refs RENAME TO chat_refs_away")
+        .unwrap();
+    for _ in 0..=BREAKER_THRESHOLD {
+        let _ = app.dispatcher.deliver_due().await;
+    }
+    assert!(
+        !app.dispatcher.peers().is_open("test"),
+        "the database's failures opened the chat platform's breaker"
+    );
+    side.execute_batch("ALTER TABLE chat_refs_away RENAME TO chat_refs")
+        .unwrap();
+    app.dispatcher.deliver_due().await.unwrap();
+    for id in ids {
+        assert!(
+            app.surface.threads(id).iter().any(|text| text == "later"),
+            "{id}: the reply did not go out"
+        );
+    }
+}
