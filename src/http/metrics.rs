@@ -29,6 +29,9 @@ use super::HttpError;
 const HTTP_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
 ];
+/// Buckets of `passport_store_group_size`: changes per PostgreSQL transaction
+/// (at most 64).
+const GROUP_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0, 64.0];
 /// Buckets of the other histograms (seconds: SSM commands, time to approval).
 const SLOW_BUCKETS: [f64; 12] = [
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
@@ -44,6 +47,12 @@ pub fn recorder() -> &'static PrometheusHandle {
                 Matcher::Full("passport_http_request_duration_seconds".into()),
                 &HTTP_BUCKETS,
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("passport_store_group_size".into()),
+                    &GROUP_BUCKETS,
+                )
+            })
             .and_then(|b| b.set_buckets(&SLOW_BUCKETS));
         let recorder = match builder {
             Ok(builder) => builder.build_recorder(),
@@ -94,6 +103,11 @@ fn describe() {
         "passport_http_request_duration_seconds",
         Unit::Seconds,
         "HTTP answers by route template, method and status"
+    );
+    describe_histogram!(
+        "passport_store_group_size",
+        Unit::Count,
+        "Changes committed together in one PostgreSQL transaction"
     );
     describe_gauge!("passport_requests", "Requests by state");
     describe_gauge!(
