@@ -387,11 +387,7 @@ pub async fn copy(
     // The locks a Passport process on the target takes to create a request
     // and to append to the Logbook, in the same order: should one be running
     // already, its writes wait for the copy and then see its rows.
-    sqlx::query("SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2)")
-        .bind(crate::adapters::postgres::CREATE_LOCK)
-        .bind(crate::adapters::postgres::LOGBOOK_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    crate::adapters::postgres::lock_creations_and_logbook(&mut tx).await?;
     refuse_unless_empty(&mut tx).await?;
 
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Read, CopyError>>(4);

@@ -40,7 +40,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::logbook::{Appender, Locks};
-use super::{bump, change_time, OutboxRows, Updated};
+use super::{bump, change_time, no_timers, OutboxRows, Updated};
 use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id};
 use crate::app::effects::{Effects, TimerId};
 use crate::app::ports::{Creation, Mutation, Slot, StoreError};
@@ -417,12 +417,7 @@ impl Group {
             } => self.create(log, &requester, pending_cap, build),
             Work::Update { id, fired, change } => self.update(log, id, fired, change),
             Work::Record { fx, at } => {
-                if !fx.timers.is_empty()
-                    || fx.cancel_all
-                    || fx.cancel_expiry
-                    || !fx.cancel.is_empty()
-                {
-                    let e = StoreError::Other("timers belong to a request: use update".into());
+                if let Err(e) = no_timers(&fx) {
                     return Outcome::Answered(Err(e), None);
                 }
                 let outbox = match log.check(&fx.events).and_then(|()| OutboxRows::of(&fx, at)) {

@@ -45,6 +45,19 @@ pub(super) enum Locks {
     CreateAndLogbook,
 }
 
+/// Takes the creation lock and then the Logbook's, for the rest of the
+/// transaction: what a group of changes takes first, and `store copy` too,
+/// in this one order everywhere.
+pub(crate) async fn lock_creations_and_logbook(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    // A target list is evaluated left to right.
+    sqlx::query("SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2)")
+        .bind(super::CREATE_LOCK)
+        .bind(LOGBOOK_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Takes `locks` for the rest of the transaction, and then reads the
 /// Logbook's head and last switch to a key, in one statement after the
 /// locks (a statement reads what was committed when it started).
@@ -54,17 +67,10 @@ async fn lock_head(conn: &mut PgConnection, locks: Locks) -> Result<Head, StoreE
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(LOGBOOK_LOCK)
                 .execute(&mut *conn)
-                .await?
+                .await?;
         }
-        // A target list is evaluated left to right.
-        Locks::CreateAndLogbook => {
-            sqlx::query("SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2)")
-                .bind(super::CREATE_LOCK)
-                .bind(LOGBOOK_LOCK)
-                .execute(&mut *conn)
-                .await?
-        }
-    };
+        Locks::CreateAndLogbook => lock_creations_and_logbook(conn).await?,
+    }
     // The action is written out, not bound, so that the partial index
     // `logbook_key_switches` serves it.
     debug_assert_eq!(KEY_SWITCH, "logbook_keyed");

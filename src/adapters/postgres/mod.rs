@@ -9,13 +9,14 @@
 //! from its single writer, PostgreSQL gets from locks held to the end of the
 //! transaction:
 //!
-//! - an update locks its request's row (`SELECT … FOR NO KEY UPDATE`), so two
-//!   processes changing one request run one after the other, and the second
-//!   sees the first's change (its approval is refused as already given); the
-//!   row's `version` is written only over the version read;
-//! - a creation takes [`CREATE_LOCK`], so request numbers (`MAX(id) + 1`)
-//!   and the per-person count of pending requests cannot race;
-//! - Logbook appends take the Logbook's lock last ([`logbook`]);
+//! - the changes of requests commit in groups ([`group_commit`]), which take
+//!   the creation lock and the Logbook's lock first
+//!   ([`lock_creations_and_logbook`]): groups of all processes run one at a
+//!   time, so request numbers (`MAX(id) + 1`), pending counts and the
+//!   Logbook's head cannot race; a group locks the rows it changes, and
+//!   writes each request only over the `version` it read;
+//! - sign-in and token changes append to the Logbook after their own rows,
+//!   taking its lock last ([`logbook`]);
 //! - the outbox is claimed lane by lane ([`outbox`]);
 //! - leases, seen keys and sign-in states change in single conditional
 //!   statements (`INSERT … ON CONFLICT … WHERE`, `UPDATE … WHERE`).
@@ -54,7 +55,7 @@ use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
 
 use group_commit::{Committer, Done, Work};
-pub(crate) use logbook::LOGBOOK_LOCK;
+pub(crate) use logbook::lock_creations_and_logbook;
 use logbook::{Appender, Locks};
 use outbox::LaneClaims;
 
@@ -422,16 +423,22 @@ async fn record_in(
     fx: &Effects,
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    if !fx.timers.is_empty() || fx.cancel_all || fx.cancel_expiry || !fx.cancel.is_empty() {
-        return Err(StoreError::Other(
-            "timers belong to a request: use update".into(),
-        ));
-    }
+    no_timers(fx)?;
     log.check(&fx.events)?;
     let outbox = OutboxRows::of(fx, at)?;
     keep_signed(conn, fx).await?;
     outbox.insert(conn).await?;
     log.push(&fx.events)
+}
+
+/// Refuses effects of no request that touch timers: timers belong to a request.
+fn no_timers(fx: &Effects) -> Result<(), StoreError> {
+    if !fx.timers.is_empty() || fx.cancel_all || fx.cancel_expiry || !fx.cancel.is_empty() {
+        return Err(StoreError::Other(
+            "timers belong to a request: use update".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// When a change happened: its first event's time, else `fallback`.
