@@ -8,13 +8,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::adapters::aws::{CommandStore, LateCommandStore, PgCommandStore, SqliteCommandStore};
+use crate::adapters::chat::mentions::Mentions;
 use crate::adapters::chat_retry::Peer;
 use crate::adapters::checkpoint_file::CheckpointFile;
 use crate::adapters::clock::OffsetClock;
 use crate::adapters::console::{ConsoleSurface, Output};
 use crate::adapters::directory::StaticDirectory;
 use crate::adapters::discord::gateway::Gateway;
-use crate::adapters::discord::render::Mentions as DiscordMentions;
 use crate::adapters::discord::{
     DiscordApi, DiscordDirectory, DiscordMode, DiscordSettings, DiscordSurface,
     Inbound as DiscordInbound,
@@ -22,7 +22,6 @@ use crate::adapters::discord::{
 use crate::adapters::dry_run::{DryRunLabel, DryRunProvisioner, Sink};
 use crate::adapters::password_courier::{CourierWiring, PasswordCourier};
 use crate::adapters::postgres::{PgOptions, PgStore};
-use crate::adapters::slack::blocks::Mentions;
 use crate::adapters::slack::socket::SocketMode;
 use crate::adapters::slack::{
     Inbound, People, SlackApi, SlackDirectory, SlackMode, SlackSettings, SlackSurface,
@@ -634,7 +633,7 @@ pub async fn slack_app_with_sessions(
     );
     let store = open_store(settings, options.clock.clone()).await?;
     let mentions = Mentions {
-        usergroups: slack.usergroups.clone(),
+        platform_groups: slack.usergroups.clone(),
         groups: settings.groups.clone(),
     };
     let surface: Arc<dyn ChatSurface> = Arc::new(SlackSurface::new(
@@ -758,8 +757,8 @@ pub async fn discord_app(
 ) -> Result<DiscordApp, StartError> {
     let store = open_store(settings, options.clock.clone()).await?;
     let api = DiscordApi::new(discord);
-    let mentions = DiscordMentions {
-        roles: discord.roles.clone(),
+    let mentions = Mentions {
+        platform_groups: discord.roles.clone(),
         groups: settings.groups.clone(),
     };
     let surface: Arc<dyn ChatSurface> = Arc::new(DiscordSurface::new(

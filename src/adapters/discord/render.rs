@@ -11,10 +11,11 @@
 //! audit lines arrive as finished text, so [`escape_text`] escapes all of it
 //! but Passport's own code spans.
 
-use std::collections::BTreeMap;
-
 use serde_json::{json, Value};
 
+use crate::adapters::chat::card;
+use crate::adapters::chat::mentions::Mention;
+pub use crate::adapters::chat::mentions::Mentions;
 use crate::domain::notice::{Action, ActionStyle, CardInstance, CardView};
 use crate::domain::request::RequestState;
 
@@ -94,46 +95,27 @@ pub fn escape_text(text: &str) -> String {
     out
 }
 
-/// Who may be notified by the card: Discord roles and users.
-#[derive(Debug, Clone, Default)]
-pub struct Mentions {
-    /// Passport group name → Discord role id.
-    pub roles: BTreeMap<String, String>,
-    /// Passport group name → member user ids, from configuration.
-    pub groups: BTreeMap<String, Vec<String>>,
-}
-
-const GROUP_MEMBER_MENTIONS: usize = 10;
+/// Discord takes at most this many ids in `allowed_mentions.users`.
+const MAX_ALLOWED_USERS: usize = 100;
 
 fn is_snowflake(s: &str) -> bool {
     !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-impl Mentions {
-    /// The roles and users to notify for `approvers` (`group:NAME` or user ids).
-    pub fn of(&self, approvers: &[String]) -> (Vec<String>, Vec<String>) {
-        let (mut roles, mut users) = (Vec::new(), Vec::new());
-        let add = |list: &mut Vec<String>, id: &str| {
-            if is_snowflake(id) && !list.iter().any(|x| x == id) {
-                list.push(id.to_owned());
+/// The roles and users a card notifies for `approvers`: ids Discord would
+/// not take are left out.
+fn roles_and_users(mentions: &Mentions, approvers: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut roles, mut users) = (Vec::new(), Vec::new());
+    for m in mentions.of(approvers) {
+        match m {
+            Mention::Group(id) if is_snowflake(id) => roles.push(id.to_owned()),
+            Mention::Person(id) if is_snowflake(id) && users.len() < MAX_ALLOWED_USERS => {
+                users.push(id.to_owned());
             }
-        };
-        for a in approvers {
-            if let Some(group) = a.strip_prefix("group:") {
-                if let Some(role) = self.roles.get(group) {
-                    add(&mut roles, role);
-                }
-                for m in self.groups.get(group).into_iter().flatten() {
-                    if users.len() < GROUP_MEMBER_MENTIONS {
-                        add(&mut users, m);
-                    }
-                }
-            } else {
-                add(&mut users, a);
-            }
+            _ => {}
         }
-        (roles, users)
     }
+    (roles, users)
 }
 
 fn style(s: ActionStyle) -> u8 {
@@ -188,15 +170,8 @@ fn color(state: RequestState) -> u32 {
 }
 
 fn instance_line(i: &CardInstance) -> String {
-    let mut parts = Vec::new();
-    if let Some(n) = &i.name {
-        parts.push(escape(n));
-    }
-    parts.push(escape(&i.platform));
-    if let Some(e) = &i.env {
-        parts.push(format!("env {}", escape(e)));
-    }
-    format!("• `{}` {}", i.id.replace('`', ""), parts.join(" · "))
+    // Nothing is markup inside a code span; only a backtick could end it.
+    card::instance_line(i, |id| id.replace('`', ""), escape)
 }
 
 /// The instance lines that fit one field, the rest summarised.
@@ -309,7 +284,7 @@ pub fn card_message(card: &CardView, mentions: &Mentions) -> Value {
     });
     fit(&mut embed);
     let (roles, users) = if pending {
-        mentions.of(&card.approvers)
+        roles_and_users(mentions, &card.approvers)
     } else {
         (Vec::new(), Vec::new())
     };
@@ -364,6 +339,8 @@ pub fn thread_name(card: &CardView) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::domain::values::UserId;
 
@@ -376,7 +353,7 @@ mod tests {
 
     fn mentions() -> Mentions {
         Mentions {
-            roles: BTreeMap::from([("approvers".into(), "1600000000000000001".into())]),
+            platform_groups: BTreeMap::from([("approvers".into(), "1600000000000000001".into())]),
             groups: BTreeMap::new(),
         }
     }

@@ -3,41 +3,20 @@
 //! thread (whose channel id is the card's message id) for the lifecycle;
 //! direct messages go through a DM channel; audit lines to the audit channel.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 
-use crate::adapters::chat::channels::Channels;
+use crate::adapters::chat::channels::Surface;
 use crate::app::ports::{ChatError, ChatSurface, MessageRef};
 use crate::domain::notice::{Action, CardView};
 use crate::domain::values::UserId;
 
 use super::api::DiscordApi;
-use super::render::{audit_message, card_message, text_message, thread_name, Mentions};
+use super::render::{audit_message, card_message, text_message, thread_name};
 
 /// The name notices and chat references use for Discord.
 pub const SURFACE: &str = "discord";
 
-pub struct DiscordSurface {
-    api: Arc<DiscordApi>,
-    channels: Channels,
-    mentions: Mentions,
-}
-
-impl DiscordSurface {
-    pub fn new(
-        api: Arc<DiscordApi>,
-        approvals_channel: String,
-        audit_channel: String,
-        mentions: Mentions,
-    ) -> Self {
-        Self {
-            api,
-            channels: Channels::new(approvals_channel, audit_channel),
-            mentions,
-        }
-    }
-}
+pub type DiscordSurface = Surface<DiscordApi>;
 
 #[async_trait]
 impl ChatSurface for DiscordSurface {

@@ -4,9 +4,11 @@
 //! Everything that comes from people (reasons, tickets, names) is escaped, so
 //! a reason like `<!channel>` is shown, not acted on.
 
-use std::collections::BTreeMap;
-
 use slack_morphism::prelude::*;
+
+use crate::adapters::chat::card;
+use crate::adapters::chat::mentions::Mention;
+pub use crate::adapters::chat::mentions::Mentions;
 
 use crate::domain::notice::{Action, ActionStyle, CardView};
 use crate::domain::request::RequestState;
@@ -52,44 +54,18 @@ pub fn clip(text: &str, max: usize) -> String {
     cut
 }
 
-/// How approvers are mentioned: Slack user groups by `<!subteam^…>`, members
-/// of configured groups and single users by `<@…>`.
-#[derive(Debug, Clone, Default)]
-pub struct Mentions {
-    /// Passport group name → Slack user group id.
-    pub usergroups: BTreeMap<String, String>,
-    /// Passport group name → member user ids, from configuration.
-    pub groups: BTreeMap<String, Vec<String>>,
-}
-
-/// Members of a configured group mentioned one by one, at most.
-const GROUP_MEMBER_MENTIONS: usize = 10;
-
-impl Mentions {
-    /// The mentions for `approvers` (`group:NAME` or user ids), or empty.
-    pub fn of(&self, approvers: &[String]) -> String {
-        let mut out: Vec<String> = Vec::new();
-        let mut push = |m: String| {
-            if !out.contains(&m) {
-                out.push(m);
-            }
-        };
-        for a in approvers {
-            if let Some(group) = a.strip_prefix("group:") {
-                if let Some(id) = self.usergroups.get(group) {
-                    push(format!("<!subteam^{}>", escape(id)));
-                }
-                if let Some(members) = self.groups.get(group) {
-                    for m in members.iter().take(GROUP_MEMBER_MENTIONS) {
-                        push(format!("<@{}>", escape(m)));
-                    }
-                }
-            } else if a != "anyone" && !a.is_empty() {
-                push(format!("<@{}>", escape(a)));
-            }
-        }
-        out.join(" ")
-    }
+/// How approvers are mentioned on Slack: user groups by `<!subteam^…>`,
+/// people by `<@…>`.
+pub fn mention_text(mentions: &Mentions, approvers: &[String]) -> String {
+    let written: Vec<String> = mentions
+        .of(approvers)
+        .into_iter()
+        .map(|m| match m {
+            Mention::Group(id) => format!("<!subteam^{}>", escape(id)),
+            Mention::Person(id) => format!("<@{}>", escape(id)),
+        })
+        .collect();
+    written.join(" ")
 }
 
 fn section(text: String) -> SlackBlock {
@@ -134,15 +110,7 @@ fn buttons(actions: &[Action]) -> Option<SlackBlock> {
 }
 
 fn instance_line(i: &crate::domain::notice::CardInstance) -> String {
-    let mut parts = Vec::new();
-    if let Some(n) = &i.name {
-        parts.push(escape(n));
-    }
-    parts.push(escape(&i.platform));
-    if let Some(e) = &i.env {
-        parts.push(format!("env {}", escape(e)));
-    }
-    format!("• `{}` {}", escape(&i.id), parts.join(" · "))
+    card::instance_line(i, escape, escape)
 }
 
 fn ticket(card: &CardView) -> String {
@@ -399,6 +367,8 @@ pub fn request_form(default_duration: &str, channel: Option<&str>) -> SlackView 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     use crate::adapters::chat::fixtures::card;
@@ -435,10 +405,10 @@ mod tests {
     #[test]
     fn approvers_are_mentioned_while_pending() {
         let mentions = Mentions {
-            usergroups: BTreeMap::from([("approvers".into(), "S0APPROVERS".into())]),
+            platform_groups: BTreeMap::from([("approvers".into(), "S0APPROVERS".into())]),
             groups: BTreeMap::new(),
         };
-        let m = mentions.of(&card(1).approvers);
+        let m = mention_text(&mentions, &card(1).approvers);
         assert_eq!(m, "<!subteam^S0APPROVERS> <@U0LEAD>");
         let v = json(&card_content(&card(1), &m));
         assert!(v["text"]

@@ -3,41 +3,20 @@
 //! under the card; direct messages through `conversations.open`; audit lines to
 //! the audit channel. A message is deleted with `chat.delete`.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 
-use crate::adapters::chat::channels::Channels;
+use crate::adapters::chat::channels::Surface;
 use crate::app::ports::{ChatError, ChatSurface, MessageRef};
 use crate::domain::notice::{Action, CardView};
 use crate::domain::values::UserId;
 
 use super::api::SlackApi;
-use super::blocks::{audit_content, card_content, text_content, Mentions};
+use super::blocks::{audit_content, card_content, mention_text, text_content};
 
 /// The name notices and chat references use for Slack.
 pub const SURFACE: &str = "slack";
 
-pub struct SlackSurface {
-    api: Arc<SlackApi>,
-    channels: Channels,
-    mentions: Mentions,
-}
-
-impl SlackSurface {
-    pub fn new(
-        api: Arc<SlackApi>,
-        approvals_channel: String,
-        audit_channel: String,
-        mentions: Mentions,
-    ) -> Self {
-        Self {
-            api,
-            channels: Channels::new(approvals_channel, audit_channel),
-            mentions,
-        }
-    }
-}
+pub type SlackSurface = Surface<SlackApi>;
 
 #[async_trait]
 impl ChatSurface for SlackSurface {
@@ -47,7 +26,7 @@ impl ChatSurface for SlackSurface {
 
     async fn post_card(&self, card: &CardView) -> Result<MessageRef, ChatError> {
         let channel = self.channels.of_card(card);
-        let content = card_content(card, &self.mentions.of(&card.approvers));
+        let content = card_content(card, &mention_text(&self.mentions, &card.approvers));
         let posted = self.api.post_message(channel, content, None).await?;
         // Slack answers with the channel's id even when it was named, and
         // chat.update needs the id.
@@ -58,7 +37,7 @@ impl ChatSurface for SlackSurface {
     }
 
     async fn update_card(&self, at: &MessageRef, card: &CardView) -> Result<(), ChatError> {
-        let content = card_content(card, &self.mentions.of(&card.approvers));
+        let content = card_content(card, &mention_text(&self.mentions, &card.approvers));
         self.api
             .update_message(&at.channel, &at.message, content)
             .await
