@@ -14,8 +14,7 @@
 use serde_json::{json, Value};
 
 use crate::adapters::chat::card;
-use crate::adapters::chat::mentions::Mention;
-pub use crate::adapters::chat::mentions::Mentions;
+use crate::adapters::chat::mentions::{Mention, Mentions};
 use crate::domain::notice::{Action, ActionStyle, CardInstance, CardView};
 use crate::domain::request::RequestState;
 

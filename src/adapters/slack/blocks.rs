@@ -7,9 +7,7 @@
 use slack_morphism::prelude::*;
 
 use crate::adapters::chat::card;
-use crate::adapters::chat::mentions::Mention;
-pub use crate::adapters::chat::mentions::Mentions;
-
+use crate::adapters::chat::mentions::{Mention, Mentions};
 use crate::domain::notice::{Action, ActionStyle, CardView};
 use crate::domain::request::RequestState;
 
