@@ -15,13 +15,17 @@ ARG RUNTIME_IMAGE=debian:12-slim
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Dependencies first, in a layer of their own: it is rebuilt only when
-# Cargo.toml or Cargo.lock change, not on every source edit.
-COPY Cargo.toml Cargo.lock build.rs ./
+# Cargo.toml or Cargo.lock change, not on every source edit. (The real build.rs,
+# which renders the SSM documents from manifests/ssm, comes with the sources.)
+COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > build.rs \
     && cargo fetch --locked \
     && cargo build --release --locked --bin passport \
-    && rm -rf src target/release/.fingerprint/passport-* target/release/deps/passport-* target/release/deps/libpassport-*
+    && rm -rf src build.rs target/release/.fingerprint/passport-* target/release/build/passport-* \
+        target/release/deps/passport-* target/release/deps/libpassport-*
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY manifests ./manifests

@@ -47,7 +47,7 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
-    /// Manage Passport's SSM documents (needs an [aws] section).
+    /// Manage Passport's SSM documents (install and check need an [aws] section).
     Ssm {
         #[command(subcommand)]
         command: SsmCommand,
@@ -227,6 +227,14 @@ pub enum SsmCommand {
     Install,
     /// Check that the documents in SSM are this version's; exits 1 when missing or outdated.
     Check,
+    /// Write the documents this version runs into DIR as `<name>.yaml`, under the
+    /// names [aws] configures (or the default names), for review or for installing
+    /// them with other tools. Needs no AWS access.
+    Export {
+        /// Where to write them (created when missing; files of the same names are replaced).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -608,6 +616,35 @@ async fn open_store(settings: &Settings) -> anyhow::Result<startup::Database> {
         .with_context(|| format!("cannot open the database {}", settings.store))
 }
 
+/// Writes the SSM documents this build runs into `dir`, one `<name>.yaml` per
+/// document, each through a temporary file renamed into place; returns the paths.
+fn export_documents(
+    names: &crate::adapters::aws::DocumentNames,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create {}: check the path and its permissions",
+            dir.display()
+        )
+    })?;
+    let mut written = Vec::new();
+    for document in crate::adapters::aws::passport_documents(names) {
+        let path = dir.join(format!("{}.yaml", document.name));
+        let temporary = dir.join(format!(".{}.yaml.tmp", document.name));
+        std::fs::write(&temporary, &document.content)
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .with_context(|| {
+                format!(
+                    "cannot write {}: check the directory's permissions",
+                    path.display()
+                )
+            })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 /// Runs the command line; the exit code is 0 on success.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
@@ -615,17 +652,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ssm { command } => {
             let (_, settings) = load(cli.config.as_deref())?;
             init_logging("warn", LogFormat::Text);
-            let Some(aws) = settings.aws.as_ref() else {
-                bail!("no [aws] section in the configuration: add one (see manifests/iam/README.md) before installing the SSM documents");
+            let aws = || {
+                settings.aws.as_ref().context(
+                    "no [aws] section in the configuration: add one (see manifests/iam/README.md) before installing or checking the SSM documents",
+                )
             };
             match command {
                 SsmCommand::Install => {
-                    for line in crate::adapters::aws::ssm_install(aws).await? {
+                    for line in crate::adapters::aws::ssm_install(aws()?).await? {
                         println!("{line}");
                     }
                     Ok(0)
                 }
-                SsmCommand::Check => match crate::adapters::aws::ssm_check(aws).await {
+                SsmCommand::Check => match crate::adapters::aws::ssm_check(aws()?).await {
                     Ok(pinned) => {
                         println!("the SSM documents are installed and current");
                         for (document, version) in pinned.iter() {
@@ -638,6 +677,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                         Ok(1)
                     }
                 },
+                SsmCommand::Export { dir } => {
+                    let names = settings
+                        .aws
+                        .as_ref()
+                        .map(|aws| aws.documents.clone())
+                        .unwrap_or_default();
+                    for path in export_documents(&names, &dir)? {
+                        println!("{}", path.display());
+                    }
+                    Ok(0)
+                }
             }
         }
         Command::CheckConfig => {

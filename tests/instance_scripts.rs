@@ -36,7 +36,7 @@ use passport::domain::certificate::CertificateSpec;
 use passport::domain::time::Timestamp;
 use passport::domain::values::{RequestId, SshPublicKey, Username};
 use regex::Regex;
-use ssm_documents::{read_ssm, rendered_script, run_command, ssm_dir, unquote};
+use ssm_documents::{read_ssm, rendered_script, run_command, unquote};
 
 mod ssm_documents;
 
@@ -132,39 +132,52 @@ fn revoke_core(script: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // The documents
 
+/// Each built document is its head file followed by its script, one quoted line per
+/// script line, with the shared fragment in place of the include line; and
+/// `passport ssm export` writes exactly the documents the binary installs.
 #[test]
 fn documents_are_rendered_from_their_scripts() {
-    let fresh = tempfile::tempdir().unwrap();
-    let out = Command::new("sh")
-        .arg(ssm_dir().join("render.sh"))
-        .arg(fresh.path())
+    for (doc, script, _) in DOCUMENTS {
+        let built = read_ssm(doc);
+        let head = read_ssm(&doc.replace(".yaml", ".head.yaml"));
+        assert!(
+            built.starts_with(&head),
+            "{doc} does not start with its head file"
+        );
+        assert!(head.ends_with("      runCommand:\n"), "{doc}'s head file");
+        let mut expected = Vec::new();
+        for line in read_ssm(script).lines() {
+            match line.strip_prefix("# passport-include ") {
+                Some(fragment) => {
+                    let fragment = read_ssm(fragment);
+                    let from = fragment.find("\n# >>> ").expect("a '# >>> ' line") + 1;
+                    expected.extend(fragment[from..].lines().map(str::to_string));
+                }
+                None => expected.push(line.to_string()),
+            }
+        }
+        assert_eq!(run_command(&built), expected, "{doc} does not run {script}");
+        assert!(built.ends_with('\n'), "{doc}");
+    }
+
+    let out = tempfile::tempdir().unwrap();
+    let export = Command::new(env!("CARGO_BIN_EXE_passport"))
+        .args(["ssm", "export"])
+        .arg(out.path().join("documents"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(out.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "render.sh: {}", text(&out.stderr));
-    for (doc, script, _) in DOCUMENTS {
-        assert!(
-            read_ssm(script).ends_with('\n'),
-            "{script} must end with a newline"
-        );
-        let rendered = fs::read_to_string(fresh.path().join(doc)).unwrap();
-        let checked_in = read_ssm(doc);
-        if rendered != checked_in {
-            let first = rendered
-                .lines()
-                .zip(checked_in.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or(rendered.lines().count().min(checked_in.lines().count()));
-            panic!(
-                "{doc} is not the rendering of {script} (first difference at document line {}): run manifests/ssm/render.sh",
-                first + 1
-            );
-        }
-        assert!(
-            !run_command(&checked_in)
-                .iter()
-                .any(|l| l.starts_with("# passport-include")),
-            "{doc} still has an include line"
-        );
+    assert!(
+        export.status.success(),
+        "ssm export: {}",
+        text(&export.stderr)
+    );
+    for (doc, _, _) in DOCUMENTS {
+        let path = out.path().join("documents").join(doc);
+        assert!(text(&export.stdout).contains(&path.display().to_string()));
+        assert_eq!(fs::read_to_string(&path).unwrap(), read_ssm(doc), "{doc}");
     }
 }
 

@@ -1,6 +1,7 @@
-//! Passport's SSM documents as the tests read them: the files of `manifests/ssm/`, and
-//! the script a document runs, taken from its `runCommand` (what SSM runs on the
-//! instance, with the shared fragments in place).
+//! Passport's SSM documents as the tests read them: the documents this build renders
+//! (`build.rs`) and runs, the source files of `manifests/ssm/`, and the script a
+//! document runs, taken from its `runCommand` (what SSM runs on the instance, with the
+//! shared fragments in place).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -10,7 +11,14 @@ pub fn ssm_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/ssm")
 }
 
+/// A built document by file name (`Passport-GrantLinux.yaml`: what `passport ssm install`
+/// sends), or a source file of `manifests/ssm/` (`grant-linux.sh`).
 pub fn read_ssm(name: &str) -> String {
+    if let Some(document) = name.strip_suffix(".yaml").filter(|n| !n.ends_with(".head")) {
+        return passport::adapters::aws::built_document(document)
+            .unwrap_or_else(|| panic!("no built document {document}"))
+            .to_owned();
+    }
     fs::read_to_string(ssm_dir().join(name)).unwrap_or_else(|e| panic!("manifests/ssm/{name}: {e}"))
 }
 
@@ -29,7 +37,7 @@ pub fn unquote(value: &str) -> String {
 }
 
 /// The runCommand lines of a document. Every line after `runCommand:` must be one
-/// single-quoted list item (render.sh writes them that way).
+/// single-quoted list item (`build.rs` writes them that way).
 pub fn run_command(doc: &str) -> Vec<String> {
     let mut lines = doc.lines();
     lines

@@ -28,25 +28,51 @@ impl DocumentSource {
     }
 }
 
-const GRANT_LINUX: &str = include_str!("../../../manifests/ssm/Passport-GrantLinux.yaml");
-const REVOKE_LINUX: &str = include_str!("../../../manifests/ssm/Passport-RevokeLinux.yaml");
-const GRANT_WINDOWS: &str = include_str!("../../../manifests/ssm/Passport-GrantWindows.yaml");
-const REVOKE_WINDOWS: &str = include_str!("../../../manifests/ssm/Passport-RevokeWindows.yaml");
+/// The documents this build renders (see `build.rs`), by their default names.
+const BUILT: [(&str, &str); 4] = [
+    (
+        "Passport-GrantLinux",
+        include_str!(concat!(env!("OUT_DIR"), "/Passport-GrantLinux.yaml")),
+    ),
+    (
+        "Passport-RevokeLinux",
+        include_str!(concat!(env!("OUT_DIR"), "/Passport-RevokeLinux.yaml")),
+    ),
+    (
+        "Passport-GrantWindows",
+        include_str!(concat!(env!("OUT_DIR"), "/Passport-GrantWindows.yaml")),
+    ),
+    (
+        "Passport-RevokeWindows",
+        include_str!(concat!(env!("OUT_DIR"), "/Passport-RevokeWindows.yaml")),
+    ),
+];
+
+/// The text of a document this build runs, by its default name
+/// (`Passport-GrantLinux`, …), as `passport ssm install` sends it.
+pub fn built_document(default_name: &str) -> Option<&'static str> {
+    BUILT
+        .iter()
+        .find(|(name, _)| *name == default_name)
+        .map(|(_, text)| *text)
+}
 
 /// The four documents this build runs, under the configured names.
 pub fn passport_documents(names: &DocumentNames) -> Vec<DocumentSource> {
-    [
-        (&names.grant_linux, GRANT_LINUX),
-        (&names.revoke_linux, REVOKE_LINUX),
-        (&names.grant_windows, GRANT_WINDOWS),
-        (&names.revoke_windows, REVOKE_WINDOWS),
-    ]
-    .into_iter()
-    .map(|(name, content)| DocumentSource {
-        name: name.clone(),
-        content: content.to_owned(),
-    })
-    .collect()
+    let configured = [
+        &names.grant_linux,
+        &names.revoke_linux,
+        &names.grant_windows,
+        &names.revoke_windows,
+    ];
+    configured
+        .into_iter()
+        .zip(BUILT)
+        .map(|(name, (_, content))| DocumentSource {
+            name: name.clone(),
+            content: content.to_owned(),
+        })
+        .collect()
 }
 
 /// SHA-256 (hex) of a document's content after normalising line endings and

@@ -30,7 +30,8 @@ pub mod wiring;
 
 pub use config::{AwsConfig, AwsSettings, DocumentNames, InstanceTag, InstanceTagConfig, RoleArn};
 pub use documents::{
-    check_documents, install_documents, DocumentsError, InstallAction, PinnedVersions,
+    built_document, check_documents, install_documents, passport_documents, DocumentsError,
+    InstallAction, PinnedVersions,
 };
 pub use password::PasswordSink;
 pub use provisioner::{AwsProvisioner, SSM_UNREACHABLE};
