@@ -1222,7 +1222,7 @@ async fn serve_slack(
         startup::SlackOptions {
             clock: Arc::new(SystemClock),
             provisioner,
-            ack_deadline: crate::adapters::slack::inbound::ACK_DEADLINE,
+            ack_deadline: crate::adapters::chat::inbound::ACK_DEADLINE,
             dry_run_label: settings.dry_run_label,
             probes: startup::readiness_probes(settings).await,
         },
@@ -1265,7 +1265,7 @@ async fn serve_discord(
         startup::DiscordOptions {
             clock: Arc::new(SystemClock),
             provisioner,
-            ack_deadline: crate::adapters::discord::inbound::ACK_DEADLINE,
+            ack_deadline: crate::adapters::chat::inbound::ACK_DEADLINE,
             dry_run_label: settings.dry_run_label,
             probes: startup::readiness_probes(settings).await,
         },

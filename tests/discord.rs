@@ -1173,6 +1173,45 @@ async fn gateway_interactions_map_to_the_same_commands() {
     assert_eq!(app.state(1).await, RequestState::Completed);
 }
 
+/// The gateway may deliver a message again after Passport restarted (a
+/// resumed session replays what it missed): the thread command acts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_message_delivered_again_after_a_restart_acts_once() {
+    let app = spawn_app().await;
+    app.command(
+        DEV,
+        "request",
+        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+    )
+    .await;
+    app.settle().await;
+    let (channel, message) = app.card(1).await;
+    app.click(LEAD1, &channel, &message, "approve AR-1").await;
+    app.settle().await;
+    let dev = || UserPayload {
+        id: DEV.into(),
+        username: Some(handle_of(DEV).into()),
+        global_name: None,
+        bot: Some(false),
+    };
+    let said = "1990000000000000010";
+    let inbound = app.built.inbound.clone();
+    inbound
+        .thread_message(GUILD_ID, dev(), &message, said, "extend 1h")
+        .await;
+    assert_eq!(app.events(1, "extended").await, 1);
+    let (fake, db, clock, dir) = app.stop().await;
+    let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
+    app._dir = dir;
+    app.built
+        .inbound
+        .clone()
+        .thread_message(GUILD_ID, dev(), &message, said, "extend 1h")
+        .await;
+    app.settle().await;
+    assert_eq!(app.events(1, "extended").await, 1, "acted twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_that_could_not_start_with_its_card_starts_with_the_first_reply() {
     let app = spawn_app().await;

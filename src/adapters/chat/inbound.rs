@@ -6,7 +6,9 @@
 //!   restart ([`InboundCore::first_signed`]; a new access request records its
 //!   key in the transaction that creates it, [`InboundCore::run_signed`]).
 //! - The line runs as the person who typed it, within the request whose card
-//!   or thread it came from ([`InboundCore::run`], [`InboundCore::request_of`]).
+//!   or thread it came from ([`InboundCore::run`], [`InboundCore::request_of`]);
+//!   a message written in a card's thread acts only when it reads as a
+//!   command ([`InboundCore::thread_command`], [`looks_like_command`]).
 //! - The answer waits for the work at most the adapter's deadline
 //!   ([`InboundCore::answer_by`]); work that outlives it is answered later
 //!   ([`InboundCore::answer_of`]) and sent with retries through the
@@ -29,8 +31,30 @@ use crate::adapters::seen::{Seen, DEDUPE_TTL};
 use crate::app::effects::Signed;
 use crate::app::engine::{Actor, Engine, Reply, STORE_FAILED};
 use crate::app::ports::{ChatError, StoreError};
+use crate::domain::command::COMMANDS;
 use crate::domain::time::Span;
 use crate::domain::values::{Person, RequestId, UserId};
+
+/// How long an answer waits for the work, by default: Slack and Discord each
+/// give 3 s before they call an interaction failed.
+pub const ACK_DEADLINE: Duration = Duration::from_millis(2500);
+
+/// Whether a thread message is meant as a command, so that ordinary
+/// conversation in a card's thread gets no answer.
+pub fn looks_like_command(text: &str) -> bool {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("/passport")
+        .map(str::trim_start)
+        .unwrap_or(t);
+    let Some(first) = t.split_whitespace().next() else {
+        return false;
+    };
+    let first = first.to_ascii_lowercase();
+    first == "done"
+        || (first.starts_with('+') && Span::parse(&first).is_some())
+        || COMMANDS.iter().any(|c| c.name == first)
+}
 
 /// How a platform's answers read, and what it is called.
 pub struct Voice {
@@ -201,6 +225,65 @@ impl InboundCore {
         }
     }
 
+    /// A message `text` that `user` (named by `person`) wrote in the thread
+    /// of the card `card` (in `channel`, where message ids are per channel):
+    /// when it reads as a command and the
+    /// card is a request's, it runs within that request and its reply is
+    /// returned; anything else is conversation (`None`). `(kind, key)` names
+    /// this delivery (Slack's event id, Discord's message id): it is
+    /// remembered in memory and in the database, so a delivery repeated, also
+    /// after a restart, acts once.
+    pub async fn thread_command<F, Fut>(
+        &self,
+        (kind, key): (&str, Option<&str>),
+        user: &str,
+        person: F,
+        (channel, card): (Option<&str>, &str),
+        text: &str,
+    ) -> Option<Reply>
+    where
+        F: FnOnce(UserId) -> Fut,
+        Fut: Future<Output = Person>,
+    {
+        if !looks_like_command(text) || !self.first_delivery(kind, key) {
+            return None;
+        }
+        let request = self.request_of(channel, card).await?;
+        if let Some(key) = key.filter(|k| !k.is_empty()) {
+            let key = format!("{}:{kind}:{key}", self.voice.surface);
+            let platform = self.voice.platform;
+            match self
+                .engine
+                .store()
+                .first_delivery(&key, self.engine.now())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(
+                        "{platform} thread message delivered again after a restart; ignored"
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record a {platform} thread message's delivery")
+                }
+            }
+        }
+        Some(self.run(user, person, text, Some(request)).await)
+    }
+
+    /// Sends with `send`, retrying on rate limits and temporary failures
+    /// through the platform's breaker (`what` names it in logs); the error
+    /// once it gives up, for the caller to try another way.
+    pub async fn attempt<T, F, Fut>(&self, what: &str, send: F) -> Result<T, ChatError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ChatError>>,
+    {
+        chat_retry::answer(what, &self.peer, send).await
+    }
+
     /// The person with the chat id `user`, named by `person`, acting here;
     /// the reply refusing a malformed id.
     async fn actor<F, Fut>(&self, user: &str, person: F) -> Result<Actor, Reply>
@@ -263,7 +346,7 @@ impl InboundCore {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ChatError>>,
     {
-        match chat_retry::answer(what, &self.peer, send).await {
+        match self.attempt(what, send).await {
             Ok(_) => {}
             Err(ChatError::Permanent(e)) => {
                 tracing::warn!(error = %e, "cannot send {what}: refused")
@@ -299,6 +382,23 @@ impl InboundCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_commands_are_told_from_conversation() {
+        for yes in [
+            "extend 1h",
+            "+30m",
+            "done",
+            "Complete",
+            "/passport extend 2h",
+            "show",
+        ] {
+            assert!(looks_like_command(yes), "{yes}");
+        }
+        for no in ["thanks!", "+1", "looks good", "", "doneness is relative"] {
+            assert!(!looks_like_command(no), "{no}");
+        }
+    }
 
     const SLACK: Voice = Voice {
         platform: "Slack",

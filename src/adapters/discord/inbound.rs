@@ -24,9 +24,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::adapters::chat::inbound::{InboundCore, Outcome, Voice};
+use crate::adapters::chat::inbound::{InboundCore, Outcome, Voice, ACK_DEADLINE};
 use crate::adapters::chat_retry::Peer;
-use crate::adapters::slack::inbound::looks_like_command;
 use crate::app::engine::{Engine, Reply};
 use crate::domain::command::help_text;
 use crate::domain::values::{Person, RequestId};
@@ -36,9 +35,6 @@ use super::commands::{command_line, SubmittedOption};
 use super::identity::DiscordDirectory;
 use super::render::{text_message, CUSTOM_ID_PREFIX};
 use super::surface::SURFACE;
-
-/// How long the answer to Discord waits for the work, by default: Discord gives 3 s.
-pub const ACK_DEADLINE: Duration = Duration::from_millis(2500);
 
 /// Interaction types.
 pub const PING: u8 = 1;
@@ -215,11 +211,7 @@ impl Inbound {
     }
 
     async fn run(&self, user: &UserPayload, text: &str, thread: Option<RequestId>) -> Reply {
-        let handle = user
-            .username
-            .clone()
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| user.id.clone());
+        let handle = display_handle(user);
         let person = |id| async move { Person { id, handle } };
         self.core.run(&user.id, person, text, thread).await
     }
@@ -358,26 +350,43 @@ impl Inbound {
         message: &str,
         text: &str,
     ) {
-        if author.bot == Some(true) || !looks_like_command(text) {
+        if author.bot == Some(true) {
             return;
         }
         if guild != self.guild {
             tracing::warn!(guild, "a message in another Discord server ignored: Passport serves only its configured server");
             return;
         }
-        if !self.core.first_delivery("message", Some(message)) {
-            return;
-        }
-        let Some(request) = self.request_of(Some(channel)).await else {
+        let handle = display_handle(&author);
+        let person = |id| async move { Person { id, handle } };
+        // A thread's channel id is its card's message id.
+        let Some(reply) = self
+            .core
+            .thread_command(
+                ("message", Some(message)),
+                &author.id,
+                person,
+                (None, channel),
+                text,
+            )
+            .await
+        else {
             return;
         };
-        let reply = self.run(&author, text, Some(request)).await;
         let mut answer = text_message(&VOICE.reply_text(&reply), &[]);
         answer["message_reference"] = json!({ "message_id": message, "fail_if_not_exists": false });
         if let Err(e) = self.api.post_message(channel, &answer).await {
             tracing::warn!(error = %e, "cannot answer in a request's thread");
         }
     }
+}
+
+/// How a Discord user is named in Passport: their username, else their id.
+fn display_handle(user: &UserPayload) -> String {
+    user.username
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| user.id.clone())
 }
 
 #[cfg(test)]

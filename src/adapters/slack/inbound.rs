@@ -27,12 +27,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::adapters::chat::inbound::{InboundCore, Outcome, Voice};
-use crate::adapters::chat_retry::{self, Peer};
+use crate::adapters::chat::inbound::{InboundCore, Outcome, Voice, ACK_DEADLINE};
+use crate::adapters::chat_retry::Peer;
 use crate::app::engine::{Engine, Reply};
 use crate::app::ports::ChatSurface;
-use crate::domain::command::{help_text, COMMANDS};
-use crate::domain::time::Span;
+use crate::domain::command::help_text;
 use crate::domain::values::{GrantDuration, InstanceIds, Reason, RequestId, Ticket, UserId};
 
 use super::api::SlackApi;
@@ -40,9 +39,6 @@ use super::blocks::{request_form, text_content, REQUEST_FORM};
 use super::identity::People;
 use super::surface::SURFACE;
 use super::workspace::{Origin, Workspace};
-
-/// How long the answer to Slack waits for the work, by default: Slack gives 3 s.
-pub const ACK_DEADLINE: Duration = Duration::from_millis(2500);
 
 // ---------------------------------------------------------------------------
 // Payloads
@@ -298,8 +294,6 @@ pub struct Inbound {
     surface: Arc<dyn ChatSurface>,
     /// What every payload must come from.
     workspace: Workspace,
-    /// Slack as the ephemeral answers see it (the breaker the dispatcher keeps for Slack).
-    peer: Peer,
 }
 
 /// How Passport's answers read on Slack.
@@ -318,23 +312,6 @@ fn ephemeral(text: &str) -> Value {
     v
 }
 
-/// Whether a thread message is meant as a command, so that ordinary
-/// conversation in a card's thread gets no answer.
-pub fn looks_like_command(text: &str) -> bool {
-    let t = text.trim();
-    let t = t
-        .strip_prefix("/passport")
-        .map(str::trim_start)
-        .unwrap_or(t);
-    let Some(first) = t.split_whitespace().next() else {
-        return false;
-    };
-    let first = first.to_ascii_lowercase();
-    first == "done"
-        || (first.starts_with('+') && Span::parse(&first).is_some())
-        || COMMANDS.iter().any(|c| c.name == first)
-}
-
 impl Inbound {
     pub fn new(
         engine: Arc<Engine>,
@@ -345,12 +322,11 @@ impl Inbound {
         peer: Peer,
     ) -> Self {
         Self {
-            core: InboundCore::new(engine, peer.clone(), VOICE, ACK_DEADLINE),
+            core: InboundCore::new(engine, peer, VOICE, ACK_DEADLINE),
             api,
             people,
             surface,
             workspace,
-            peer,
         }
     }
 
@@ -523,11 +499,13 @@ impl Inbound {
     /// direct message once it is back.
     async fn tell(&self, user: &str, channel: Option<&str>, thread_ts: Option<&str>, text: &str) {
         if let Some(channel) = channel.filter(|c| !c.is_empty()) {
-            let sent = chat_retry::answer("an ephemeral answer", &self.peer, || {
-                self.api
-                    .post_ephemeral(channel, user, text_content(text, &[]), thread_ts)
-            })
-            .await;
+            let sent = self
+                .core
+                .attempt("an ephemeral answer", || {
+                    self.api
+                        .post_ephemeral(channel, user, text_content(text, &[]), thread_ts)
+                })
+                .await;
             match sent {
                 Ok(()) => return,
                 Err(e) => {
@@ -700,10 +678,6 @@ impl Inbound {
         if !self.admitted("event", &body.origin()) {
             return Ack::Refused;
         }
-        if !self.core.first_delivery("event", body.event_id.as_deref()) {
-            tracing::info!("repeated event delivery ignored");
-            return Ack::Empty;
-        }
         let Some(event) = body.event else {
             return Ack::Empty;
         };
@@ -722,34 +696,23 @@ impl Inbound {
         else {
             return Ack::Empty;
         };
-        if event.ts.as_deref() == Some(thread_ts.as_str()) || !looks_like_command(&text) {
+        if event.ts.as_deref() == Some(thread_ts.as_str()) {
             return Ack::Empty;
         }
         let this = self.clone();
-        let event_id = body.event_id.clone().filter(|e| !e.is_empty());
         let mut task = tokio::spawn(async move {
-            let Some(request) = this.thread_of(&channel, &thread_ts).await else {
+            // Slack redelivers an event it thinks went unanswered, also after
+            // Passport restarted: the core remembers its id.
+            let people = &this.people;
+            let person = |id| async move { people.person(&id, None).await };
+            let delivery = ("event", body.event_id.as_deref());
+            let Some(reply) = this
+                .core
+                .thread_command(delivery, &user, person, (Some(&channel), &thread_ts), &text)
+                .await
+            else {
                 return;
             };
-            // Slack redelivers an event it thinks went unanswered, also after
-            // Passport restarted: the key is kept in the database too.
-            if let Some(id) = event_id {
-                let key = format!("slack:event:{id}");
-                match this
-                    .engine()
-                    .store()
-                    .first_delivery(&key, this.engine().now())
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::info!("event delivered again after a restart; ignored");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot record a Slack event's delivery"),
-                }
-            }
-            let reply = this.run(&user, None, &text, Some(request)).await;
             this.tell(
                 &user,
                 Some(&channel),
@@ -766,23 +729,6 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thread_commands_are_told_from_conversation() {
-        for yes in [
-            "extend 1h",
-            "+30m",
-            "done",
-            "Complete",
-            "/passport extend 2h",
-            "show",
-        ] {
-            assert!(looks_like_command(yes), "{yes}");
-        }
-        for no in ["thanks!", "+1", "looks good", "", "doneness is relative"] {
-            assert!(!looks_like_command(no), "{no}");
-        }
-    }
 
     #[test]
     fn payloads_with_unknown_fields_parse() {
