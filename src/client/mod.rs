@@ -36,6 +36,7 @@ use crate::api::{
     CertificateRequest, Extend, InstanceView, LoginPoll, LoginStart, LoginStatus, NewRequest,
     RequestView,
 };
+use crate::app::retry::{retry, Backoff, RetryPolicy, Verdict};
 use crate::domain::time::Span;
 use crate::domain::time::Timestamp;
 use crate::domain::values::RequestId;
@@ -124,11 +125,30 @@ pub async fn login(dir: &ClientDir, server: &str) -> anyhow::Result<i32> {
         login_id: started.login_id.clone(),
         poll_secret: started.poll_secret.clone(),
     };
-    let mut unreachable = 0;
+    // An unreachable server is asked again, up to 5 calls in all, waiting the
+    // interval, doubled per failure, at most 30 s; anything else it says stands.
+    let unreachable = RetryPolicy {
+        backoff: Backoff::new(
+            Span::from_secs(i64::try_from(interval.as_secs()).unwrap_or(30)),
+            Span::from_secs(30),
+        ),
+        attempts: Some(5),
+        jitter: true,
+    };
     loop {
         tokio::time::sleep(interval).await;
-        match api.login_poll(&poll).await {
-            Ok(LoginStatus::Pending { .. }) => unreachable = 0,
+        let status = retry(
+            "asking whether the sign-in was confirmed",
+            unreachable,
+            || api.login_poll(&poll),
+            |e| match e {
+                ApiError::Unreachable { .. } => Verdict::Backoff,
+                _ => Verdict::Stop,
+            },
+        )
+        .await;
+        match status {
+            Ok(LoginStatus::Pending { .. }) => {}
             Ok(LoginStatus::Confirmed {
                 token,
                 expires_at,
@@ -155,12 +175,6 @@ pub async fn login(dir: &ClientDir, server: &str) -> anyhow::Result<i32> {
                 "the sign-in did not complete: {}: run `passport login {server}` for a new code",
                 clean(&message)
             ),
-            Err(e @ ApiError::Unreachable { .. }) => {
-                unreachable += 1;
-                if unreachable >= 5 {
-                    return Err(e.into());
-                }
-            }
             Err(e) => return Err(e.into()),
         }
         if now_ms() > deadline {

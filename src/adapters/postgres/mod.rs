@@ -45,6 +45,7 @@ use crate::app::ports::{
     Pending, PendingDeletion, Recording, RequestFilter, SetAside, Store, StoreError, Verification,
     REMOVAL_GRACE,
 };
+use crate::app::retry::Backoff;
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{ChainKeys, KeyAdoption, LogEvent};
 use crate::domain::request::{AccessRequest, Refusal, RequestState};
@@ -63,8 +64,10 @@ use outbox::LaneClaims;
 pub(crate) const CREATE_LOCK: i64 = logbook::LOGBOOK_LOCK + 1;
 /// The channel the outbox's trigger notifies when notices are queued.
 const OUTBOX_CHANNEL: &str = "passport_outbox";
-/// How long the listener waits before asking again after an error.
-const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// How long the listener waits before asking again after errors in a row:
+/// 1 s, doubling, at most 5 s (each wait ends with a wake-up of the dispatcher,
+/// since notifications sent meanwhile are lost).
+const LISTEN_RETRY: Backoff = Backoff::new(Span::from_secs(1), Span::from_secs(5));
 /// How long the keys of chat deliveries are kept (as on SQLite).
 const DELIVERIES_KEPT: Span = Span::from_hours(24);
 
@@ -129,6 +132,7 @@ async fn listen(
     queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) {
+    let mut failures = 0;
     loop {
         let next = tokio::select! {
             next = listener.try_recv() => next,
@@ -136,12 +140,17 @@ async fn listen(
         };
         match next {
             // A notification, or a lost connection, reconnected already.
-            Ok(_) => bump(&queued),
+            Ok(_) => {
+                failures = 0;
+                bump(&queued)
+            }
             Err(sqlx::Error::PoolClosed) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "not hearing of notices other processes queue; retrying");
+                let wait = LISTEN_RETRY.wait_after(failures);
+                failures += 1;
+                tracing::warn!(error = %e, retry_in = ?wait, "not hearing of notices other processes queue; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(LISTEN_RETRY) => bump(&queued),
+                    () = tokio::time::sleep(wait) => bump(&queued),
                     _ = stop.changed() => return,
                 }
             }
