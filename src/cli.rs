@@ -409,13 +409,14 @@ async fn outbox(store: &dyn Store, command: OutboxCommand) -> anyhow::Result<i32
             }
             for n in notices {
                 println!(
-                    "{}\t{}\t{}\t{}\tset aside {} after {} attempt(s): {}",
+                    "{}\t{}\t{}\t{}\tqueued {}, set aside {} after {} attempt(s): {}",
                     n.id,
                     n.surface,
                     n.lane,
                     n.request
                         .map(|r| r.to_string())
                         .unwrap_or_else(|| "-".into()),
+                    n.created_at,
                     n.set_aside_at,
                     n.attempts,
                     n.last_error

@@ -169,6 +169,7 @@ fn a_copied_deployment_verifies_and_carries_on_on_postgres() {
         .unwrap();
     assert!(stdout(&outbox).starts_with("2\t"), "{}", all(&outbox));
     assert_has(&outbox, "after 5 attempt(s): channel_not_found");
+    assert_has(&outbox, "\tqueued ");
     assert_eq!(pg_number(&url, "SELECT COUNT(*) FROM timers"), timers);
 
     // The deployment carries on: the copied requests are there, the pending

@@ -252,7 +252,6 @@ pub const TABLES: &[Table] = &[
             col("status", Text),
             col("ok", Bool),
             col("detail", Text),
-            col("settled_at", Int),
         ],
         order: "command_id, instance",
         copied: true,

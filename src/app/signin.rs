@@ -21,7 +21,6 @@ use serde_json::json;
 
 use crate::domain::command::LoginStep;
 use crate::domain::notice::{Action, ActionStyle, Notice};
-use crate::domain::policy::Membership;
 use crate::domain::request::RefusalKind;
 use crate::domain::signin::{
     terminal_text, ApiToken, ChatIdentity, LoginAttempt, LoginCode, LoginId, LoginState,
@@ -458,10 +457,7 @@ impl Engine {
     ) -> Result<(String, Option<RequestId>), AppError> {
         let whose = target.unwrap_or_else(|| actor.person.id.clone());
         if whose != actor.person.id {
-            let who = Membership::new(
-                actor.person.id.clone(),
-                self.directory.groups_of(&actor.person.id).await,
-            );
+            let who = self.membership(&actor.person).await;
             if !self.policy.is_admin(&who) {
                 return Err(RefusalKind::NotAllowed(
                     "only admins can end someone else's sign-ins: `logout` alone ends yours".into(),

@@ -273,11 +273,10 @@ impl CommandStore for SqliteCommandStore {
     ) -> Result<(), CommandStoreError> {
         let (command_id, instance, settled) =
             (command_id.to_owned(), instance.clone(), settled.clone());
-        let now = now_ms();
         self.store()?
             .write_synced(move |conn| {
                 conn.execute(
-                    "UPDATE ssm_invocations SET status = ?3, ok = ?4, detail = ?5, settled_at = ?6
+                    "UPDATE ssm_invocations SET status = ?3, ok = ?4, detail = ?5
                      WHERE command_id = ?1 AND instance = ?2",
                     params![
                         command_id,
@@ -285,7 +284,6 @@ impl CommandStore for SqliteCommandStore {
                         settled.status,
                         settled.ok,
                         settled.detail,
-                        now,
                     ],
                 )?;
                 Ok(())
@@ -433,7 +431,7 @@ impl CommandStore for PgCommandStore {
     ) -> Result<(), CommandStoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "UPDATE ssm_invocations SET status = $3, ok = $4, detail = $5, settled_at = $6
+            "UPDATE ssm_invocations SET status = $3, ok = $4, detail = $5
              WHERE command_id = $1 AND instance = $2",
         )
         .bind(command_id)
@@ -441,7 +439,6 @@ impl CommandStore for PgCommandStore {
         .bind(&settled.status)
         .bind(settled.ok)
         .bind(&settled.detail)
-        .bind(now_ms())
         .execute(&mut *tx)
         .await
         .map_err(pg)?;

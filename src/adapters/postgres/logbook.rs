@@ -263,6 +263,24 @@ pub(super) async fn verify(pool: &PgPool, keys: &ChainKeys) -> Result<Verificati
     })
 }
 
+/// The statement that reads the Logbook for `audit show`/`export`, by request
+/// and from a time as asked (`$1` the request, `$2` the time in milliseconds):
+/// one statement per case, so each can use its index (`logbook_by_request`,
+/// `logbook_by_time`).
+pub fn audit_query(by_request: bool, since: bool) -> String {
+    let columns = format!("SELECT {LOG_EVENT_COLUMNS} FROM logbook");
+    match (by_request, since) {
+        (true, true) => format!("{columns} WHERE request = $1 AND at >= $2 ORDER BY seq"),
+        (true, false) => {
+            format!("{columns} WHERE request = $1 AND $2::bigint IS NULL ORDER BY seq")
+        }
+        (false, true) => format!("{columns} WHERE $1::text IS NULL AND at >= $2 ORDER BY seq"),
+        (false, false) => {
+            format!("{columns} WHERE $1::text IS NULL AND $2::bigint IS NULL ORDER BY seq")
+        }
+    }
+}
+
 /// The Logbook events of `request` at or after `since` (each when given),
 /// in order.
 pub(super) async fn events(
@@ -270,18 +288,7 @@ pub(super) async fn events(
     request: Option<String>,
     since: Option<Timestamp>,
 ) -> Result<Vec<LogEvent>, StoreError> {
-    let columns = format!("SELECT {LOG_EVENT_COLUMNS} FROM logbook");
-    // One statement per case, so each can use its index.
-    let query = match (&request, since) {
-        (Some(_), Some(_)) => format!("{columns} WHERE request = $1 AND at >= $2 ORDER BY seq"),
-        (Some(_), None) => {
-            format!("{columns} WHERE request = $1 AND $2::bigint IS NULL ORDER BY seq")
-        }
-        (None, Some(_)) => format!("{columns} WHERE $1::text IS NULL AND at >= $2 ORDER BY seq"),
-        (None, None) => {
-            format!("{columns} WHERE $1::text IS NULL AND $2::bigint IS NULL ORDER BY seq")
-        }
-    };
+    let query = audit_query(request.is_some(), since.is_some());
     let rows = sqlx::query(&query)
         .bind(request)
         .bind(since.map(Timestamp::as_millis))

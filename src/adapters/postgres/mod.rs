@@ -56,6 +56,7 @@ use crate::domain::time::{Span, Timestamp};
 use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
 
 use group_commit::{Committer, Done, Work};
+pub use logbook::audit_query;
 pub(crate) use logbook::lock_creations_and_logbook;
 use logbook::{Appender, Locks};
 use outbox::LaneClaims;
