@@ -1193,19 +1193,26 @@ struct Chat {
     start: Box<dyn FnOnce() -> Vec<tokio::task::JoinHandle<()>> + Send>,
 }
 
-/// The provisioner `serve` uses: AWS when configured (with the parts that
-/// need the application's store), else the dry run, logged.
-async fn serve_provisioner(
+/// What `serve` builds a chat platform's application with: the provisioner
+/// (AWS when configured, with the parts that need the application's store,
+/// else the dry run, logged), the system clock, the default acknowledgement
+/// deadline and the readiness probes.
+async fn serve_options(
     settings: &Settings,
-) -> anyhow::Result<(
-    Arc<dyn crate::app::ports::Provisioner>,
-    Option<startup::AwsParts>,
-)> {
-    if settings.aws.is_some() {
-        Ok(startup::provisioner(settings, None).await?)
+) -> anyhow::Result<(startup::ChatOptions, Option<startup::AwsParts>)> {
+    let (provisioner, aws) = if settings.aws.is_some() {
+        startup::provisioner(settings, None).await?
     } else {
-        Ok((startup::logged_dry_run(settings), None))
-    }
+        (startup::logged_dry_run(settings), None)
+    };
+    let options = startup::ChatOptions {
+        clock: Arc::new(SystemClock),
+        provisioner,
+        ack_deadline: crate::adapters::chat::inbound::ACK_DEADLINE,
+        dry_run_label: settings.dry_run_label,
+        probes: startup::readiness_probes(settings).await,
+    };
+    Ok((options, aws))
 }
 
 /// `serve` with Slack: the HTTP server (and in Socket Mode the Socket Mode
@@ -1216,25 +1223,14 @@ async fn serve_slack(
     slack: &crate::adapters::slack::SlackSettings,
 ) -> anyhow::Result<i32> {
     use crate::adapters::slack::SlackMode;
-    let (provisioner, aws) = serve_provisioner(settings).await?;
-    let built = startup::slack_app(
-        settings,
-        slack,
-        startup::SlackOptions {
-            clock: Arc::new(SystemClock),
-            provisioner,
-            ack_deadline: crate::adapters::chat::inbound::ACK_DEADLINE,
-            dry_run_label: settings.dry_run_label,
-            probes: startup::readiness_probes(settings).await,
-        },
-    )
-    .await
-    .map_err(|e| match e {
-        startup::StartError::Store(_) => {
-            anyhow::Error::new(e).context(format!("cannot open the database {}", settings.store))
-        }
-        other => anyhow::Error::new(other),
-    })?;
+    let (options, aws) = serve_options(settings).await?;
+    let built = startup::slack_app(settings, slack, options)
+        .await
+        .map_err(|e| match e {
+            startup::StartError::Store(_) => anyhow::Error::new(e)
+                .context(format!("cannot open the database {}", settings.store)),
+            other => anyhow::Error::new(other),
+        })?;
     let socket = built.socket;
     let chat = Chat {
         app: built.app,
@@ -1259,20 +1255,10 @@ async fn serve_discord(
     discord: &crate::adapters::discord::DiscordSettings,
 ) -> anyhow::Result<i32> {
     use crate::adapters::discord::DiscordMode;
-    let (provisioner, aws) = serve_provisioner(settings).await?;
-    let built = startup::discord_app(
-        settings,
-        discord,
-        startup::DiscordOptions {
-            clock: Arc::new(SystemClock),
-            provisioner,
-            ack_deadline: crate::adapters::chat::inbound::ACK_DEADLINE,
-            dry_run_label: settings.dry_run_label,
-            probes: startup::readiness_probes(settings).await,
-        },
-    )
-    .await
-    .with_context(|| format!("cannot open the database {}", settings.store))?;
+    let (options, aws) = serve_options(settings).await?;
+    let built = startup::discord_app(settings, discord, options)
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.store))?;
     let (api, gateway, discord) = (built.api, built.gateway, discord.clone());
     let chat = Chat {
         app: built.app,

@@ -452,19 +452,23 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// What `slack_app` needs beyond the settings.
+/// What `slack_app` and `discord_app` need beyond the settings.
 #[derive(Clone)]
-pub struct SlackOptions {
+pub struct ChatOptions {
     pub clock: Arc<dyn Clock>,
     pub provisioner: Arc<dyn Provisioner>,
-    /// How long an answer to Slack waits for the work (Slack allows 3 s).
+    /// How long an answer to the platform waits for the work (both allow 3 s;
+    /// [`crate::adapters::chat::inbound::ACK_DEADLINE`] by default).
     pub ack_deadline: Duration,
     /// Mark every card and message DRY RUN (`provisioner = "dry-run"`).
     pub dry_run_label: bool,
-    /// What `/readyz` asks besides the database and Slack: AWS when
-    /// configured ([`readiness_probes`]).
+    /// What `/readyz` asks besides the database and the chat platform: AWS
+    /// when configured ([`readiness_probes`]).
     pub probes: Vec<Arc<dyn Probe>>,
 }
+
+/// What `slack_app` needs beyond the settings.
+pub type SlackOptions = ChatOptions;
 
 /// The application with Slack as its chat surface.
 pub struct SlackApp {
@@ -605,7 +609,7 @@ fn to_lock_down<'a>(
 pub async fn slack_app(
     settings: &Settings,
     slack: &SlackSettings,
-    options: SlackOptions,
+    options: ChatOptions,
 ) -> Result<SlackApp, StartError> {
     slack_app_with_sessions(settings, slack, options, None).await
 }
@@ -614,7 +618,7 @@ pub async fn slack_app(
 pub async fn slack_app_with_sessions(
     settings: &Settings,
     slack: &SlackSettings,
-    options: SlackOptions,
+    options: ChatOptions,
     sessions: Option<Arc<dyn SessionBroker>>,
 ) -> Result<SlackApp, StartError> {
     let api = SlackApi::new(
@@ -718,18 +722,7 @@ pub async fn slack_app_with_sessions(
 // Discord
 
 /// What `discord_app` needs beyond the settings.
-#[derive(Clone)]
-pub struct DiscordOptions {
-    pub clock: Arc<dyn Clock>,
-    pub provisioner: Arc<dyn Provisioner>,
-    /// How long an answer to Discord waits for the work (Discord allows 3 s).
-    pub ack_deadline: Duration,
-    /// Mark every card and message DRY RUN (`provisioner = "dry-run"`).
-    pub dry_run_label: bool,
-    /// What `/readyz` asks besides the database and Discord: AWS when
-    /// configured ([`readiness_probes`]).
-    pub probes: Vec<Arc<dyn Probe>>,
-}
+pub type DiscordOptions = ChatOptions;
 
 /// The application with Discord as its chat surface.
 pub struct DiscordApp {
@@ -753,7 +746,7 @@ pub struct DiscordApp {
 pub async fn discord_app(
     settings: &Settings,
     discord: &DiscordSettings,
-    options: DiscordOptions,
+    options: ChatOptions,
 ) -> Result<DiscordApp, StartError> {
     let store = open_store(settings, options.clock.clone()).await?;
     let api = DiscordApi::new(discord);
