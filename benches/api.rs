@@ -39,7 +39,7 @@ use passport::config::{Config, DryRunInstance, Secret};
 use passport::domain::session::SessionScope;
 use passport::domain::time::{Span, Timestamp};
 use passport::domain::values::{InstanceId, Person, UserId, Username};
-use passport::startup::{self, SlackOptions};
+use passport::startup::{self, ChatOptions};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -161,7 +161,7 @@ async fn run(rate: u64, secs: u64) {
     let built = startup::slack_app_with_sessions(
         &settings,
         &slack,
-        SlackOptions {
+        ChatOptions {
             clock: Arc::new(SystemClock),
             provisioner: startup::logged_dry_run(&settings),
             ack_deadline: Duration::from_millis(2500),

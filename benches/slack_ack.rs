@@ -72,7 +72,7 @@ use passport::adapters::slack::SlackConfig;
 use passport::app::ports::Clock;
 use passport::config::{Config, DatabaseUrl, Secret};
 use passport::http::verify::sign;
-use passport::startup::{self, SlackOptions};
+use passport::startup::{self, ChatOptions};
 
 /// The allocator of the `passport` binary.
 #[global_allocator]
@@ -229,7 +229,7 @@ async fn start_server(settings: &passport::config::Settings) -> (String, startup
     let built = startup::slack_app(
         settings,
         settings.slack.as_ref().unwrap(),
-        SlackOptions {
+        ChatOptions {
             clock: Arc::new(SystemClock),
             provisioner: Arc::new(passport::adapters::dry_run::DryRunProvisioner::new(
                 Vec::new(),

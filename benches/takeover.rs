@@ -44,7 +44,7 @@ use passport::domain::request::{InstanceOutcome, RequestState};
 use passport::domain::time::{Span, Timestamp};
 use passport::domain::values::{InstanceId, Person, UserId};
 use passport::scheduler::{LEASE_NAME, LEASE_TTL};
-use passport::startup::{self, App, Database, SlackOptions};
+use passport::startup::{self, App, ChatOptions, Database};
 
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "../tests/common/postgres.rs"]
@@ -167,7 +167,7 @@ async fn replica(settings: &Settings, clock: &OffsetClock) -> anyhow::Result<(Ap
     let built = startup::slack_app(
         settings,
         slack,
-        SlackOptions {
+        ChatOptions {
             clock: Arc::new(clock.clone()),
             provisioner: provisioner.clone(),
             ack_deadline: Duration::from_millis(2500),

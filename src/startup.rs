@@ -467,9 +467,6 @@ pub struct ChatOptions {
     pub probes: Vec<Arc<dyn Probe>>,
 }
 
-/// What `slack_app` needs beyond the settings.
-pub type SlackOptions = ChatOptions;
-
 /// The application with Slack as its chat surface.
 pub struct SlackApp {
     pub app: App,
@@ -720,9 +717,6 @@ pub async fn slack_app_with_sessions(
 
 // ---------------------------------------------------------------------------
 // Discord
-
-/// What `discord_app` needs beyond the settings.
-pub type DiscordOptions = ChatOptions;
 
 /// The application with Discord as its chat surface.
 pub struct DiscordApp {
