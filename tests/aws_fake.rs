@@ -4,6 +4,8 @@
 //! `InvocationDoesNotExist` race right after a send.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/aws.rs"]
+mod aws;
 mod fake_aws;
 #[path = "common/postgres.rs"]
 mod postgres;
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws::{grant_spec, revoke_spec};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use passport::adapters::aws::api::{
@@ -31,7 +34,7 @@ use passport::adapters::aws::{
 use passport::adapters::clock::SystemClock;
 use passport::adapters::postgres::{PgOptions, PgStore};
 use passport::adapters::sqlite::{Durability, SqliteStore};
-use passport::app::ports::{Described, GrantSpec, ProvisionError, Provisioner, RevokeSpec};
+use passport::app::ports::{Described, GrantSpec, ProvisionError, Provisioner};
 use passport::domain::request::{InstanceInfo, InstanceOutcome, Platform};
 use passport::domain::time::Timestamp;
 use passport::domain::values::{InstanceId, RequestId, Username};
@@ -40,9 +43,6 @@ use rsa::rand_core::OsRng;
 use rsa::{Oaep, RsaPublicKey};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
-
-const KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx alice@laptop";
 
 // ---------------------------------------------------------------------------
 // The fake
@@ -409,29 +409,6 @@ fn info(id: &InstanceId, platform: Platform) -> InstanceInfo {
     InstanceInfo {
         platform,
         ..InstanceInfo::assumed(id.clone(), platform)
-    }
-}
-
-fn grant_spec(request: u64, instances: Vec<InstanceInfo>) -> GrantSpec {
-    let request = RequestId::new(request).unwrap();
-    GrantSpec {
-        request,
-        username: Username::for_request("alice", request),
-        instances,
-        expires_at: Timestamp::from_millis(1_790_003_600_000),
-        sudo: false,
-        ssh_public_key: Some(KEY.into()),
-        trusted_ca_keys: Vec::new(),
-        port_forwarding: false,
-    }
-}
-
-fn revoke_spec(request: u64, instances: Vec<InstanceInfo>) -> RevokeSpec {
-    let request = RequestId::new(request).unwrap();
-    RevokeSpec {
-        request,
-        username: Username::for_request("alice", request),
-        instances,
     }
 }
 

@@ -10,6 +10,11 @@
 //! `moto_server` can be found and `CI` is not set.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/aws.rs"]
+mod aws;
+#[path = "common/process.rs"]
+mod process;
+
 use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws::{grant_spec, revoke_spec};
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use aws_sdk_ssm::config::Credentials;
@@ -31,7 +37,7 @@ use passport::adapters::aws::{
 };
 use passport::adapters::clock::ManualClock;
 use passport::adapters::sqlite::{Durability, SqliteStore};
-use passport::app::ports::{Described, GrantSpec, Provisioner, RevokeSpec};
+use passport::app::ports::{Described, GrantSpec, Provisioner};
 use passport::domain::request::{InstanceInfo, Platform};
 use passport::domain::time::Timestamp;
 use passport::domain::values::{InstanceId, RequestId, Username};
@@ -40,8 +46,6 @@ use passport::http::ready::{Readiness, Report, PROBE_DEADLINE};
 const LINUX_AMI: &str = "ami-1e749f67";
 const WINDOWS_AMI: &str = "ami-03cf127a";
 const REGION: &str = "eu-west-1";
-const KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkVm1fN7nG8kqzZ1d8dQkPZ5QF1sW7bqkUu1YpJt0dx alice@laptop";
 
 // ---------------------------------------------------------------------------
 // The server
@@ -276,20 +280,6 @@ fn linux(ids: &[InstanceId]) -> Vec<InstanceInfo> {
         .collect()
 }
 
-fn grant_spec(request: u64, instances: Vec<InstanceInfo>, expires_ms: i64) -> GrantSpec {
-    let request = RequestId::new(request).unwrap();
-    GrantSpec {
-        request,
-        username: Username::for_request("alice", request),
-        instances,
-        expires_at: Timestamp::from_millis(expires_ms),
-        sudo: false,
-        ssh_public_key: Some(KEY.into()),
-        trusted_ca_keys: Vec::new(),
-        port_forwarding: false,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Discovery
 
@@ -442,7 +432,7 @@ async fn an_instance_without_the_access_tag_is_refused_and_a_tagged_one_granted(
     }
 
     let outcomes = provisioner
-        .grant(&grant_spec(45, vec![usable.clone()], 1_790_003_600_000))
+        .grant(&grant_spec(45, vec![usable.clone()]))
         .await
         .unwrap();
     assert_eq!(outcomes.len(), 1);
@@ -463,18 +453,14 @@ async fn grant_and_revoke_send_our_documents_with_parameters_and_targets() {
     let ids = rig.run(LINUX_AMI, 2, "web").await;
     let provisioner = rig.provisioner(&rig.settings).await;
 
-    let mut spec = grant_spec(41, linux(&ids), 1_790_003_600_000);
+    let mut spec = grant_spec(41, linux(&ids));
     spec.sudo = true;
     let outcomes = provisioner.grant(&spec).await.unwrap();
     assert_eq!(outcomes.len(), 2);
     assert!(outcomes.iter().all(|o| o.ok), "{outcomes:?}");
 
     let revoked = provisioner
-        .revoke(&RevokeSpec {
-            request: spec.request,
-            username: spec.username.clone(),
-            instances: linux(&ids),
-        })
+        .revoke(&revoke_spec(41, linux(&ids)))
         .await
         .unwrap();
     assert!(revoked.iter().all(|o| o.ok), "{revoked:?}");
@@ -522,7 +508,7 @@ async fn one_hundred_and_twenty_instances_take_three_commands() {
     let provisioner = rig.provisioner(&rig.settings).await;
 
     let outcomes = provisioner
-        .grant(&grant_spec(42, linux(&ids), 1_790_003_600_000))
+        .grant(&grant_spec(42, linux(&ids)))
         .await
         .unwrap();
     assert_eq!(outcomes.len(), 120);
@@ -548,7 +534,7 @@ async fn one_hundred_and_twenty_instances_take_three_commands() {
 async fn command_ids_are_kept_and_a_restart_resumes_instead_of_sending_again() {
     let rig = rig(moto_or_skip!()).await;
     let ids = rig.run(LINUX_AMI, 3, "db").await;
-    let spec = grant_spec(43, linux(&ids), 1_790_003_600_000);
+    let spec = grant_spec(43, linux(&ids));
 
     // The first process sends, then stops before it polls even once.
     let patient = AwsSettings {
@@ -769,7 +755,7 @@ async fn send_command_names_the_version_checked_at_start_even_after_an_update() 
     };
     let provisioner = rig.provisioner_on(&sdk(&through).await, &through).await;
     provisioner
-        .grant(&grant_spec(46, linux(&ids), 1_790_003_600_000))
+        .grant(&grant_spec(46, linux(&ids)))
         .await
         .unwrap();
 
@@ -790,7 +776,7 @@ async fn send_command_names_the_version_checked_at_start_even_after_an_update() 
         Some("2")
     );
     provisioner
-        .grant(&grant_spec(47, linux(&ids), 1_790_003_600_000))
+        .grant(&grant_spec(47, linux(&ids)))
         .await
         .unwrap();
 
@@ -1012,11 +998,6 @@ async fn readiness_asks_aws_within_its_deadline() {
 // ---------------------------------------------------------------------------
 // passport doctor
 
-/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`.
-fn passport_bin() -> String {
-    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
-}
-
 /// Runs the `passport` binary with `args` and a console-only configuration
 /// whose `[aws]` sends every call to `endpoint`, with static test credentials
 /// and nothing read from the environment's own AWS configuration. Answers
@@ -1033,7 +1014,7 @@ fn passport_with_aws(dir: &Path, endpoint: &str, args: &[&str]) -> (Option<i32>,
         ),
     )
     .unwrap();
-    let mut command = Command::new(passport_bin());
+    let mut command = Command::new(process::bin());
     command
         .arg("--config")
         .arg(&config)

@@ -15,6 +15,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/sandbox.rs"]
+mod sandbox;
 mod ssm_documents;
 
 use std::collections::BTreeMap;
@@ -35,34 +37,22 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
 
+use common::http_client;
+use common::process;
 use common::{fake_provisioner, test_config, RecordingSurface, TestApp, WEB};
 use passport::adapters::clock::{ManualClock, SystemClock};
-use passport::adapters::directory::StaticDirectory;
-use passport::adapters::sqlite::{Durability, SqliteStore};
 use passport::adapters::ssh_ca::{CaKeyType, CertificateAuthority, SshCa};
-use passport::app::dispatch::Dispatcher;
-use passport::app::engine::{Engine, EngineSettings, Ports};
-use passport::app::ports::{ChatSurface, Clock, ProvisionError, SessionBroker, SessionCredentials};
+use passport::app::ports::{Clock, ProvisionError, SessionBroker, SessionCredentials};
 use passport::domain::session::SessionScope;
 use passport::domain::time::{Span, Timestamp};
 use passport::domain::values::{InstanceId, RequestId, Username};
+use sandbox::{enter_sh, text, PATH};
 
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const ACCESS_KEY: &str = "ASIACLIENTTESTKEY01";
 const SECRET_KEY: &str = "client-test-secret-key";
 const SESSION_TOKEN: &str = "client-test-session-token";
 const REGION: &str = "eu-west-1";
 const TOKEN_VALUE: &str = "fake-ssm-token-value";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`
-/// (another build of it).
-fn passport_exe() -> String {
-    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
-}
 
 // ---------------------------------------------------------------------------
 // The server: the real engine and API, with an SSH CA and a stub broker
@@ -117,10 +107,6 @@ async fn start_server() -> Server {
     let db = dir.path().join("passport.db");
     let mut config = test_config();
     config.policy.default.port_forwarding = true;
-    let settings = config.validate().unwrap();
-    let store = Arc::new(SqliteStore::open(&db, Durability::Normal).await.unwrap());
-    let clock = ManualClock::new(SystemClock.now());
-    let provisioner = Arc::new(fake_provisioner());
     let authority = CertificateAuthority::generate(CaKeyType::Ed25519).unwrap();
     let ca_key = authority
         .public_key_line()
@@ -128,49 +114,24 @@ async fn start_server() -> Server {
         .take(2)
         .collect::<Vec<_>>()
         .join(" ");
-    let engine = Engine::new(
-        Ports {
-            store: store.clone(),
-            provisioner: provisioner.clone(),
-            directory: Arc::new(StaticDirectory::new(&settings.groups)),
-            clock: Arc::new(clock.clone()),
-        },
-        settings.policy.clone(),
-        settings.grammar.clone(),
-        EngineSettings {
-            warnings: settings.warnings.clone(),
-            surfaces: vec!["test".into()],
-            ..EngineSettings::default()
-        },
+    let app = TestApp::open_configured(
+        &db,
+        config,
+        Arc::new(fake_provisioner()),
+        ManualClock::new(SystemClock.now()),
+        Arc::new(RecordingSurface::default()),
     )
+    .await
     .with_certificates(
         Arc::new(SshCa::new(authority, vec![], vec![], None)),
         Span::from_minutes(2),
     )
     .with_sessions(Arc::new(StubBroker));
-    let engine = Arc::new(engine);
-    let surface = Arc::new(RecordingSurface::default());
-    let dispatcher = Dispatcher::new(
-        store.clone(),
-        Arc::new(clock.clone()),
-        vec![surface.clone() as Arc<dyn ChatSurface>],
+    let router = Router::new().nest(
+        passport::api::PREFIX,
+        passport::http::api::routes(app.engine.clone()),
     );
-    let app = TestApp {
-        engine: engine.clone(),
-        dispatcher,
-        store,
-        clock,
-        surface,
-        provisioner,
-        db,
-        jobs: passport::app::jobs::Jobs::default(),
-    };
-    let router = Router::new().nest(passport::api::PREFIX, passport::http::api::routes(engine));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = passport::http::serve(listener, router, std::future::pending()).await;
-    });
+    let (base, _) = http_client::serve(router).await;
     Server {
         app,
         base,
@@ -370,54 +331,17 @@ else:
 // ---------------------------------------------------------------------------
 // The instance-script sandbox (tests/sandbox/enter.sh), as tests/instance_scripts.rs uses it
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", "command -v \"$1\" >/dev/null 2>&1", "have", tool])
-        .env("PATH", PATH)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn enter_sh() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sandbox/enter.sh")
-}
-
 /// Why this machine cannot run the connection tests, if it cannot.
 fn sandbox_unavailable() -> Option<&'static str> {
     static WHY: OnceLock<Option<String>> = OnceLock::new();
     WHY.get_or_init(|| {
-        let uid = Command::new("id").arg("-u").output().ok()?;
-        if text(&uid.stdout).trim() != "0" {
-            return Some(
-                "the connection tests log in to a real sshd in a sandbox and need root (scripts/test runs them as root in CI)"
-                    .to_string(),
-            );
-        }
-        for tool in [
+        sandbox::unavailable(
+            "the connection tests log in to a real sshd in a sandbox and need root (scripts/test runs them as root in CI)",
+            &[
             "unshare", "useradd", "usermod", "userdel", "getent", "setpriv", "flock", "sshd",
             "ssh", "scp", "python3",
-        ] {
-            if !have(tool) {
-                return Some(format!(
-                    "{tool} is not installed; scripts/test installs the sandbox packages"
-                ));
-            }
-        }
-        let probe = tempfile::tempdir().ok()?;
-        let out = Command::new("sh")
-            .arg(enter_sh())
-            .arg(probe.path().join("probe"))
-            .arg("true")
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return Some(format!(
-                "the sandbox cannot start here (namespaces unavailable?): {}",
-                text(&out.stderr).trim()
-            ));
-        }
-        None
+        ],
+        )
     })
     .as_deref()
 }
@@ -532,7 +456,7 @@ impl Terminal {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(passport_exe());
+        let mut c = Command::new(process::bin());
         c.args(args)
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_ACCESS_KEY_ID")
@@ -714,7 +638,7 @@ async fn sign_in_request_and_ssh_config_that_ssh_reads() {
         ),
         format!(
             "proxycommand {} proxy --dir {} --request AR-1 %h %p",
-            passport_exe(),
+            process::bin(),
             term.client_dir().display()
         ),
     ] {

@@ -20,9 +20,9 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
 
 use common::chat_app::{
-    assert_warned, card_of, chat_config, clock_at_now, deliver_everything, events_of, fresh_db,
-    password_deletion_due, run_doctor, set_password_message_ttl, state_of, unique, Lanes, Ran,
-    PROD, WEB, WIN,
+    assert_warned, card_of, chat_config, clock_at_now, contains, deliver_everything, events_of,
+    fresh_db, password_deletion_due, run_doctor, set_password_message_ttl, state_of, unique, Lanes,
+    Ran, PROD, WEB, WIN,
 };
 use common::http_client::{self, Answer, HttpClient};
 use fake_discord::{FakeDiscord, APPLICATION_ID, BOT_TOKEN, GUILD_ID};
@@ -35,7 +35,7 @@ use passport::config::{Config, RuleConfig, Secret};
 use passport::domain::request::RequestState;
 use passport::domain::time::Span;
 use passport::domain::values::RequestId;
-use passport::startup::{self, DiscordOptions};
+use passport::startup::{self, ChatOptions};
 use windows_passwords::WindowsPasswords;
 
 const APPROVALS: &str = "1500000000000000001";
@@ -200,7 +200,7 @@ async fn start_on(
     let built = startup::discord_app(
         &settings,
         &discord,
-        DiscordOptions {
+        ChatOptions {
             clock: Arc::new(clock.clone()),
             provisioner: passwords.clone(),
             ack_deadline: deadline,
@@ -422,6 +422,14 @@ impl TestApp {
         (self.fake, self.db, self.clock, self._dir)
     }
 
+    /// Stops the server, closes the database and starts again on the same file.
+    async fn restart(self) -> TestApp {
+        let (fake, db, clock, dir) = self.stop().await;
+        let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
+        app._dir = dir;
+        app
+    }
+
     /// Checks that Discord got every notice exactly once, in order within
     /// each lane: each request's thread, each person's direct messages, the
     /// audit channel.
@@ -452,10 +460,6 @@ impl TestApp {
             .collect();
         lanes.assert_dms_and_audit(|user| self.fake.dms(user), audit);
     }
-}
-
-fn contains(haystack: &[String], needle: &str) -> bool {
-    haystack.iter().any(|h| h.contains(needle))
 }
 
 fn is_ephemeral(answer: &Answer) -> bool {
@@ -820,9 +824,7 @@ async fn a_signed_interaction_replayed_after_a_restart_is_refused() {
     assert!(first.text().contains("AR-1"), "{}", first.body);
     app.settle().await;
     // Restart on the same database file, then replay the same signed body.
-    let (fake, db, clock, dir) = app.stop().await;
-    let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
-    app._dir = dir;
+    let app = app.restart().await;
     let replay = app.post_raw(&body, &headers).await;
     assert_eq!(replay.status, 200);
     assert_eq!(replay.json()["type"], 6, "acknowledged without acting");
@@ -1200,9 +1202,7 @@ async fn a_thread_message_delivered_again_after_a_restart_acts_once() {
         .thread_message(GUILD_ID, dev(), &message, said, "extend 1h")
         .await;
     assert_eq!(app.events(1, "extended").await, 1);
-    let (fake, db, clock, dir) = app.stop().await;
-    let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
-    app._dir = dir;
+    let app = app.restart().await;
     app.built
         .inbound
         .clone()
@@ -1322,9 +1322,7 @@ async fn a_restart_before_the_due_time_still_deletes_the_password_message() {
     let (channel, message) = app.windows_grant().await;
     app.clock.advance(Span::from_minutes(5));
     app.settle().await;
-    let (fake, db, clock, dir) = app.stop().await;
-    let mut app = start(&fake, &db, clock, Duration::from_millis(2500)).await;
-    app._dir = dir;
+    let app = app.restart().await;
     app.settle().await;
     assert!(app.fake.deleted().is_empty());
 

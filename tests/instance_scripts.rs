@@ -36,11 +36,12 @@ use passport::domain::certificate::CertificateSpec;
 use passport::domain::time::Timestamp;
 use passport::domain::values::{RequestId, SshPublicKey, Username};
 use regex::Regex;
+use sandbox::{enter_sh, have, text, PATH};
 use ssm_documents::{read_ssm, rendered_script, run_command, unquote};
 
+#[path = "common/sandbox.rs"]
+mod sandbox;
 mod ssm_documents;
-
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The documents, the script each one embeds, and the plugin that runs it.
 const DOCUMENTS: [(&str, &str, &str); 4] = [
@@ -722,10 +723,6 @@ fn linux_scripts_parse_in_sh_and_bash_and_pass_shellcheck() {
 // ---------------------------------------------------------------------------------------
 // The sandbox
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -733,54 +730,17 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", "command -v \"$1\" >/dev/null 2>&1", "have", tool])
-        .env("PATH", PATH)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn enter_sh() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sandbox/enter.sh")
-}
-
 /// Why this machine cannot run the sandbox, if it cannot.
 fn sandbox_unavailable() -> Option<&'static str> {
     static WHY: OnceLock<Option<String>> = OnceLock::new();
     WHY.get_or_init(|| {
-        let uid = Command::new("id").arg("-u").output().ok()?;
-        if text(&uid.stdout).trim() != "0" {
-            return Some(
-                "the instance script tests create real users and need root (scripts/test runs them as root in CI)"
-                    .to_string(),
-            );
-        }
-        for tool in [
+        sandbox::unavailable(
+            "the instance script tests create real users and need root (scripts/test runs them as root in CI)",
+            &[
             "unshare", "useradd", "usermod", "userdel", "groupadd", "getent", "setpriv", "flock",
             "pkill", "visudo", "sudo", "at", "atd", "atq", "sshd", "ssh", "ssh-keygen", "ip",
-        ] {
-            if !have(tool) {
-                return Some(format!(
-                    "{tool} is not installed; scripts/test installs the sandbox packages"
-                ));
-            }
-        }
-        let probe = tempfile::tempdir().ok()?;
-        let out = Command::new("sh")
-            .arg(enter_sh())
-            .arg(probe.path().join("probe"))
-            .arg("true")
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return Some(format!(
-                "the sandbox cannot start here (namespaces unavailable?): {}",
-                text(&out.stderr).trim()
-            ));
-        }
-        None
+        ],
+        )
     })
     .as_deref()
 }

@@ -20,9 +20,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::chat_app::{
-    assert_warned, card_of, chat_config, clock_at_now, deliver_everything, events_of, fresh_db,
-    outbox, password_deletion_due, run_doctor, set_password_message_ttl, slack_options, state_of,
-    unique, Lanes, PROD, WEB, WIN,
+    assert_warned, card_of, chat_config, clock_at_now, contains, deliver_everything, events_of,
+    fresh_db, outbox, password_deletion_due, run_doctor, set_password_message_ttl, slack_options,
+    state_of, unique, Lanes, PROD, WEB, WIN,
 };
 use common::http_client::{self, Answer, HttpClient};
 use fake_aws::FakeAws;
@@ -40,7 +40,7 @@ use passport::domain::request::{Platform, RequestState};
 use passport::domain::time::Span;
 use passport::domain::values::{InstanceId, RequestId};
 use passport::http::verify::sign;
-use passport::startup::{self, SlackOptions};
+use passport::startup::{self, ChatOptions};
 use windows_passwords::WindowsPasswords;
 
 /// The content type of Slack's commands and interactions.
@@ -213,7 +213,7 @@ async fn start_on(
     let built = startup::slack_app(
         &settings,
         &slack,
-        SlackOptions {
+        ChatOptions {
             clock: Arc::new(clock.clone()),
             provisioner: passwords.clone(),
             ack_deadline: deadline,
@@ -414,10 +414,6 @@ impl TestApp {
         let audit = self.fake.posts_in(AUDIT).iter().map(|c| c.text()).collect();
         lanes.assert_dms_and_audit(|user| self.fake.dms(user), audit);
     }
-}
-
-fn contains(haystack: &[String], needle: &str) -> bool {
-    haystack.iter().any(|h| h.contains(needle))
 }
 
 // ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use passport::domain::notice::Notice;
 use passport::domain::request::RequestState;
 use passport::domain::time::{Span, Timestamp};
 use passport::domain::values::RequestId;
-use passport::startup::{self, SlackOptions};
+use passport::startup::{self, ChatOptions};
 
 pub use super::{PROD, WEB};
 
@@ -86,8 +86,8 @@ pub fn clock_at_now() -> ManualClock {
 /// What the tests start the Slack application with unless they say
 /// otherwise: the clock `clock`, the logged dry run, answers within 2.5 s
 /// (Slack allows 3 s), nothing labelled DRY RUN, no readiness probes.
-pub fn slack_options(clock: &ManualClock, settings: &Settings) -> SlackOptions {
-    SlackOptions {
+pub fn slack_options(clock: &ManualClock, settings: &Settings) -> ChatOptions {
+    ChatOptions {
         clock: Arc::new(clock.clone()),
         provisioner: startup::logged_dry_run(settings),
         ack_deadline: Duration::from_millis(2500),
@@ -103,11 +103,7 @@ pub fn fresh_db() -> (tempfile::TempDir, PathBuf) {
     (dir, db)
 }
 
-/// The `passport` binary cargo built for these tests, or `PASSPORT_TEST_BIN`
-/// (a copy, when several checkouts share one target directory).
-pub fn passport_bin() -> String {
-    std::env::var("PASSPORT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_passport").to_owned())
-}
+pub use super::process::bin as passport_bin;
 
 /// How a `passport` process ended.
 pub struct Ran {
@@ -148,6 +144,11 @@ pub async fn run_doctor(toml: impl FnOnce(&Path) -> String, env: &[(&str, &str)]
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Whether any of `texts` contains `needle`.
+pub fn contains(texts: &[String], needle: &str) -> bool {
+    texts.iter().any(|t| t.contains(needle))
 }
 
 /// Asserts that the start warned exactly once for each of `expected` (each

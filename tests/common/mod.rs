@@ -2,11 +2,12 @@
 //! clock, a chat surface that records what it is asked to post, and a
 //! provisioner whose outcomes the test decides. [`chat_app`] and
 //! [`http_client`] hold what the Slack and Discord tests over real HTTP set
-//! up alike.
+//! up alike; [`process`] runs the `passport` binary.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod chat_app;
 pub mod http_client;
+pub mod process;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -440,7 +441,18 @@ impl TestApp {
         clock: ManualClock,
         surface: Arc<RecordingSurface>,
     ) -> Self {
-        let settings = test_config().validate().unwrap();
+        Self::open_configured(db, test_config(), provisioner, clock, surface).await
+    }
+
+    /// [`Self::open`] with `config` instead of [`test_config`].
+    pub async fn open_configured(
+        db: &Path,
+        config: Config,
+        provisioner: Arc<FakeProvisioner>,
+        clock: ManualClock,
+        surface: Arc<RecordingSurface>,
+    ) -> Self {
+        let settings = config.validate().unwrap();
         let store = Arc::new(SqliteStore::open(db, Durability::Normal).await.unwrap());
         let engine = Engine::new(
             Ports {

@@ -1,6 +1,9 @@
 //! Running the `passport` binary from a test: which binary, feeding its
 //! standard input, and reading what it printed.
 
+// Each test binary that includes this file uses only part of it.
+#![allow(dead_code)]
+
 use std::io::Write;
 use std::process::{Command, Output};
 
