@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The instance side of provisioning: the SSM documents in `manifests/ssm/` and the
-//! scripts they run.
+//! The instance side of provisioning: the SSM documents built from `manifests/ssm/`
+//! and the scripts they run.
 //!
 //! The document checks run anywhere. The script tests run the Linux scripts as the
 //! documents carry them (with the shared removal logic of `revoke-core.sh` in place) as
