@@ -25,6 +25,7 @@ mod verify;
 #[doc(hidden)]
 pub use verify::rehash_plainly;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,6 +73,9 @@ pub enum Durability {
 /// How long a statement waits for a lock held by another process (another
 /// `passport` command on the same file) before giving up with `Busy`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Undelivered notices one read of the outbox looks at, at most: past a lane
+/// holding more than this many, the lanes behind it wait for it to shrink.
+const PENDING_SCAN: usize = 100_000;
 /// How long the keys of chat deliveries are kept: far longer than any
 /// platform redelivers (Slack retries an event for about an hour).
 const DELIVERIES_KEPT: Span = Span::from_hours(24);
@@ -857,21 +861,37 @@ impl Store for SqliteStore {
 
     async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError> {
         self.read(move |conn| {
+            // A walk of the undelivered notices in id order (the partial
+            // index), keeping at most `per_lane` of each lane, that stops at
+            // `limit` kept: its cost is what it reads, not the backlog, which
+            // ranking every undelivered notice by lane at each read made the
+            // delivery's bottleneck once the backlog grew. A long lane is
+            // read past, not waited behind, up to PENDING_SCAN notices.
             let mut stmt = conn.prepare_cached(
                 "SELECT id, surface, lane, notice, attempts, next_attempt_at FROM outbox \
-                 WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
-                     (PARTITION BY surface, lane ORDER BY id) AS n FROM outbox \
-                     WHERE delivered_at IS NULL AND dead_at IS NULL) WHERE n <= ?2) \
-                 ORDER BY id LIMIT ?1",
+                 WHERE delivered_at IS NULL AND dead_at IS NULL ORDER BY id",
             )?;
-            let mut rows = stmt.query([i64::from(limit), i64::from(per_lane)])?;
+            let mut rows = stmt.query([])?;
+            let mut taken: HashMap<(String, String), u32> = HashMap::new();
             let mut out = Vec::new();
+            let mut read = 0usize;
             while let Some(row) = rows.next()? {
+                read += 1;
+                if out.len() >= limit as usize || read > PENDING_SCAN {
+                    break;
+                }
+                let surface: String = row.get(1)?;
+                let lane: String = row.get(2)?;
+                let n = taken.entry((surface.clone(), lane.clone())).or_insert(0);
+                if *n >= per_lane {
+                    continue;
+                }
+                *n += 1;
                 let notice = row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;
                 out.push(Pending {
                     id: row.get(0)?,
-                    surface: row.get(1)?,
-                    lane: row.get(2)?,
+                    surface,
+                    lane,
                     notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
                     attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
                     next_attempt_at: Timestamp::from_millis(row.get(5)?),
