@@ -45,7 +45,7 @@ use super::retry::Backoff;
 /// Lanes delivered at the same time.
 const CONCURRENT_LANES: usize = 16;
 /// Notices of one lane taken per pass.
-const PER_LANE: u32 = 20;
+const PER_LANE: u32 = 100;
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 /// Set-aside notices are reported in the audit channel at most this often;
