@@ -403,6 +403,18 @@ impl TestApp {
         deliver_everything(&self.built.app, &self.clock).await;
     }
 
+    /// DEV asks for WEB in GENERAL, the first request: its card, once delivered.
+    async fn first_request(&self) -> (String, String) {
+        self.command(
+            DEV,
+            "request",
+            &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
+        )
+        .await;
+        self.settle().await;
+        self.card(1).await
+    }
+
     /// The card of `request`: (channel, message id) of its post.
     async fn card(&self, request: u64) -> (String, String) {
         card_of(&self.built.app, "discord", request).await
@@ -777,14 +789,7 @@ async fn unsigned_badly_signed_and_stale_interactions_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_clicks_and_replays_cause_one_effect() {
     let app = spawn_app().await;
-    app.command(
-        DEV,
-        "request",
-        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
-    )
-    .await;
-    app.settle().await;
-    let (channel, message) = app.card(1).await;
+    let (channel, message) = app.first_request().await;
 
     // A replay of the very same signed interaction.
     let click = click_interaction(LEAD1, &channel, &message, "passport:approve AR-1");
@@ -1180,14 +1185,7 @@ async fn gateway_interactions_map_to_the_same_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_message_delivered_again_after_a_restart_acts_once() {
     let app = spawn_app().await;
-    app.command(
-        DEV,
-        "request",
-        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
-    )
-    .await;
-    app.settle().await;
-    let (channel, message) = app.card(1).await;
+    let (channel, message) = app.first_request().await;
     app.click(LEAD1, &channel, &message, "approve AR-1").await;
     app.settle().await;
     let dev = || UserPayload {
@@ -1216,14 +1214,7 @@ async fn a_thread_message_delivered_again_after_a_restart_acts_once() {
 async fn a_thread_that_could_not_start_with_its_card_starts_with_the_first_reply() {
     let app = spawn_app().await;
     app.fake.rate_limit_next_of(&["start_thread"], 1, 0.0);
-    app.command(
-        DEV,
-        "request",
-        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
-    )
-    .await;
-    app.settle().await;
-    let (channel, message) = app.card(1).await;
+    let (channel, message) = app.first_request().await;
     assert!(
         !app.fake.has_thread(&message),
         "the card went out without its thread"

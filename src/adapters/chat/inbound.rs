@@ -227,12 +227,11 @@ impl InboundCore {
 
     /// A message `text` that `user` (named by `person`) wrote in the thread
     /// of the card `card` (in `channel`, where message ids are per channel):
-    /// when it reads as a command and the
-    /// card is a request's, it runs within that request and its reply is
-    /// returned; anything else is conversation (`None`). `(kind, key)` names
-    /// this delivery (Slack's event id, Discord's message id): it is
-    /// remembered in memory and in the database, so a delivery repeated, also
-    /// after a restart, acts once.
+    /// when it reads as a command and the card is a request's, it runs
+    /// within that request and its reply is returned; anything else is
+    /// conversation (`None`). `(kind, key)` names this delivery (Slack's
+    /// event id, Discord's message id): it is remembered in memory and in the
+    /// database, so a delivery repeated, also after a restart, acts once.
     pub async fn thread_command<F, Fut>(
         &self,
         (kind, key): (&str, Option<&str>),
