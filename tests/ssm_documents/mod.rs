@@ -16,8 +16,7 @@ pub fn ssm_dir() -> PathBuf {
 pub fn read_ssm(name: &str) -> String {
     if let Some(document) = name.strip_suffix(".yaml").filter(|n| !n.ends_with(".head")) {
         return passport::adapters::aws::built_document(document)
-            .unwrap_or_else(|| panic!("no built document {document}"))
-            .to_owned();
+            .unwrap_or_else(|| panic!("no built document {document}"));
     }
     fs::read_to_string(ssm_dir().join(name)).unwrap_or_else(|e| panic!("manifests/ssm/{name}: {e}"))
 }

@@ -28,33 +28,22 @@ impl DocumentSource {
     }
 }
 
-/// The documents this build renders (see `build.rs`), by their default names.
-const BUILT: [(&str, &str); 4] = [
-    (
-        "Passport-GrantLinux",
-        include_str!(concat!(env!("OUT_DIR"), "/Passport-GrantLinux.yaml")),
-    ),
-    (
-        "Passport-RevokeLinux",
-        include_str!(concat!(env!("OUT_DIR"), "/Passport-RevokeLinux.yaml")),
-    ),
-    (
-        "Passport-GrantWindows",
-        include_str!(concat!(env!("OUT_DIR"), "/Passport-GrantWindows.yaml")),
-    ),
-    (
-        "Passport-RevokeWindows",
-        include_str!(concat!(env!("OUT_DIR"), "/Passport-RevokeWindows.yaml")),
-    ),
+/// The documents this build renders (see `build.rs`), in the order of
+/// [`DocumentNames`]' fields: grant and revoke, Linux then Windows.
+const BUILT: [&str; 4] = [
+    include_str!(concat!(env!("OUT_DIR"), "/Passport-GrantLinux.yaml")),
+    include_str!(concat!(env!("OUT_DIR"), "/Passport-RevokeLinux.yaml")),
+    include_str!(concat!(env!("OUT_DIR"), "/Passport-GrantWindows.yaml")),
+    include_str!(concat!(env!("OUT_DIR"), "/Passport-RevokeWindows.yaml")),
 ];
 
 /// The text of a document this build runs, by its default name
 /// (`Passport-GrantLinux`, …), as `passport ssm install` sends it.
-pub fn built_document(default_name: &str) -> Option<&'static str> {
-    BUILT
-        .iter()
-        .find(|(name, _)| *name == default_name)
-        .map(|(_, text)| *text)
+pub fn built_document(default_name: &str) -> Option<String> {
+    passport_documents(&DocumentNames::default())
+        .into_iter()
+        .find(|d| d.name == default_name)
+        .map(|d| d.content)
 }
 
 /// The four documents this build runs, under the configured names.
@@ -68,7 +57,7 @@ pub fn passport_documents(names: &DocumentNames) -> Vec<DocumentSource> {
     configured
         .into_iter()
         .zip(BUILT)
-        .map(|(name, (_, content))| DocumentSource {
+        .map(|(name, content)| DocumentSource {
             name: name.clone(),
             content: content.to_owned(),
         })
