@@ -703,6 +703,37 @@ async fn a_long_waiting_lane_does_not_hide_newer_notices() {
     );
 }
 
+/// A lane longer than one read goes on with its own next notices and takes
+/// turns with the rest: one pass sends all of it, once each, in order.
+#[tokio::test]
+async fn a_long_lane_goes_out_in_order_across_its_reads() {
+    use passport::app::effects::Effects;
+    use passport::domain::notice::Notice;
+
+    let (app, _dir) = TestApp::spawn().await;
+    let mut fx = Effects::default();
+    for i in 0..2_500 {
+        fx.notify(Notice::Audit {
+            text: format!("line {i}"),
+        });
+    }
+    fx.route(&["test".to_owned()], "");
+    app.store.record(fx, app.engine.now()).await.unwrap();
+    let id = app.new_request(WEB, "1h ticket#1 x").await;
+    let report = app.dispatcher.deliver_due().await.unwrap();
+    assert_eq!(report.retried + report.dead, 0, "{report:?}");
+    let lines: Vec<String> = app
+        .surface
+        .audits()
+        .into_iter()
+        .filter(|l| l.starts_with("line "))
+        .collect();
+    let expected: Vec<String> = (0..2_500).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, expected);
+    assert!(app.surface.card(id).is_some());
+    assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
+}
+
 /// The audit channel of [`a_new_lane_starts_while_a_paced_lane_is_still_sending`]:
 /// each line waits until the test lets it go, as a paced channel makes it
 /// wait; everything else goes at once to the recording surface.

@@ -690,6 +690,48 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
     assert_eq!((counts.pending, counts.delivered, counts.dead), (3, 0, 0));
 }
 
+/// A lane that delivered what it read goes on with its own next notices,
+/// oldest first, whatever the other lanes hold.
+async fn a_lane_reads_its_own_next_notices(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let notices = vec![
+        audit("a1"),
+        audit("a2"),
+        direct("dev1", "d1"),
+        audit("a3"),
+        audit("a4"),
+        audit("a5"),
+    ];
+    store
+        .record(housekeeping(at(0), 0, notices), at(0))
+        .await
+        .unwrap();
+    let first = store.pending_notices(10, 2).await.unwrap();
+    assert_eq!(first.len(), 3);
+    let lane = first[0].lane.clone();
+    for p in first.iter().filter(|p| p.lane == lane) {
+        store.mark_delivered(p.id, at(1)).await.unwrap();
+    }
+    let next = store.lane_notices("console", &lane, 2).await.unwrap();
+    let texts: Vec<&str> = next
+        .iter()
+        .map(|p| match &p.notice {
+            Notice::Audit { text } => text.as_str(),
+            other => panic!("another lane's notice: {other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["a3", "a4"]);
+    assert!(next
+        .iter()
+        .all(|p| p.lane == lane && p.surface == "console"));
+    assert!(store
+        .lane_notices("console", "no such lane", 5)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn leases_are_taken_renewed_refused_and_taken_over(kind: Kind) {
     let s = Subject::new(kind).await;
     let store = s.store.as_ref();
@@ -1282,6 +1324,7 @@ contract!(
     changes_arriving_together_commit_or_fail_each_alone,
     timers_come_due_move_and_act_once,
     the_outbox_delivers_retries_sets_aside_and_prunes,
+    a_lane_reads_its_own_next_notices,
     leases_are_taken_renewed_refused_and_taken_over,
     a_delivery_key_is_refused_for_a_day_then_forgotten_by_pruning,
     a_signed_key_is_refused_until_pruned,
@@ -1424,6 +1467,39 @@ async fn replicas_never_get_the_same_notice() {
     }
     assert_eq!(delivered.len(), 90);
     assert_eq!(s.store.outbox_counts().await.unwrap().delivered, 90);
+}
+
+/// A replica goes on with its lane's next notices only where no other
+/// replica holds the lane, and what it takes is its own.
+#[tokio::test]
+async fn a_lane_goes_on_only_where_no_other_replica_holds_it() {
+    let s = Subject::new(Kind::Postgres).await;
+    let other = s.another(ChainKeys::none()).await.store();
+    let notices = vec![audit("a1"), audit("a2"), audit("a3")];
+    s.store
+        .record(housekeeping(at(0), 0, notices), at(0))
+        .await
+        .unwrap();
+    let mine = s.store.pending_notices(10, 1).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    let lane = mine[0].lane.clone();
+    // Held by the first replica: the other takes none of it.
+    assert!(other
+        .lane_notices("console", &lane, 5)
+        .await
+        .unwrap()
+        .is_empty());
+    s.store.mark_delivered(mine[0].id, at(1)).await.unwrap();
+    let next = s.store.lane_notices("console", &lane, 1).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert!(next[0].id > mine[0].id);
+    // Now claimed again: neither way of reading hands it to the other.
+    assert!(other.pending_notices(10, 5).await.unwrap().is_empty());
+    assert!(other
+        .lane_notices("console", &lane, 5)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// A replica that dies holding a lane leaves it to another once its claim

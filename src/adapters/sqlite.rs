@@ -733,6 +733,24 @@ fn requests(
     Ok(out)
 }
 
+/// An outbox row read as `SELECT id, surface, lane, notice, attempts,
+/// next_attempt_at`, whose surface and lane the caller has read already.
+fn pending_at(
+    row: &rusqlite::Row<'_>,
+    surface: String,
+    lane: String,
+) -> Result<Pending, StoreError> {
+    let notice = row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;
+    Ok(Pending {
+        id: row.get(0)?,
+        surface,
+        lane,
+        notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
+        attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
+        next_attempt_at: Timestamp::from_millis(row.get(5)?),
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(
@@ -887,15 +905,32 @@ impl Store for SqliteStore {
                     continue;
                 }
                 *n += 1;
-                let notice = row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;
-                out.push(Pending {
-                    id: row.get(0)?,
-                    surface,
-                    lane,
-                    notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
-                    attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
-                    next_attempt_at: Timestamp::from_millis(row.get(5)?),
-                });
+                out.push(pending_at(row, surface, lane)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn lane_notices(
+        &self,
+        surface: &str,
+        lane: &str,
+        limit: u32,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let (surface, lane) = (surface.to_owned(), lane.to_owned());
+        self.read(move |conn| {
+            // `outbox_lane`: the lane's own next notices, whatever the
+            // backlog of the others.
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, surface, lane, notice, attempts, next_attempt_at FROM outbox \
+                 WHERE surface = ?1 AND lane = ?2 AND delivered_at IS NULL AND dead_at IS NULL \
+                 ORDER BY id LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![surface, lane, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(pending_at(row, row.get(1)?, row.get(2)?)?);
             }
             Ok(out)
         })

@@ -7,7 +7,8 @@
 //! being retried. Rate limits are honoured through `Retry-After`. Lanes run
 //! side by side, and a lane starts as soon as there is room for it: a new
 //! lane never waits for a slow one (a paced channel working through a
-//! backlog) to finish the pass.
+//! backlog) to finish the pass. A lane longer than one read goes on with its
+//! own next notices for a turn, then makes room for the lanes waiting.
 //!
 //! A notice the platform keeps refusing is set aside; the set-asides of a
 //! pass are reported in the audit channel in one notice, at most once per
@@ -44,8 +45,13 @@ use super::retry::Backoff;
 
 /// Lanes delivered at the same time.
 const CONCURRENT_LANES: usize = 16;
-/// Notices of one lane taken per pass.
+/// Notices of one lane taken per read.
 const PER_LANE: u32 = 100;
+/// A lane that delivered all it was given reads its own next notices, up to
+/// this many in one turn and for this long, then yields its place to the
+/// lanes waiting for one.
+const LANE_TURN: usize = 1_000;
+const LANE_TURN_TIME: Span = Span::from_secs(10);
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 /// Set-aside notices are reported in the audit channel at most this often;
@@ -396,10 +402,14 @@ impl Dispatcher {
                 let Some(key) = lane.first().map(lane_key) else {
                     continue;
                 };
-                // A full lane may hold more than was read of it.
-                let full = lane.len() >= PER_LANE as usize;
                 in_flight.insert(key.clone());
-                running.push(async move { (key, full, self.deliver_lane(lane, probe).await) });
+                running.push(async move {
+                    let (full, done) = match self.deliver_lane(lane, probe).await {
+                        Ok((report, full)) => (full, Ok(report)),
+                        Err(e) => (false, Err(e)),
+                    };
+                    (key, full, done)
+                });
             }
             tokio::select! {
                 Some((key, full, r)) = running.next() => {
@@ -466,14 +476,52 @@ impl Dispatcher {
         })
     }
 
-    /// Delivers a lane's notices in order; `probe` when it is the one lane
-    /// trying a surface whose breaker is open.
+    /// Delivers a lane's notices in order, `probe` when it is the one lane
+    /// trying a surface whose breaker is open. A lane that delivered all it
+    /// was given goes on with its own next notices for up to [`LANE_TURN`]
+    /// notices and [`LANE_TURN_TIME`], rather than wait for the next read of
+    /// the whole outbox. Answers, besides the report, whether the lane may
+    /// hold more than it delivered (its last read was full).
     async fn deliver_lane(
+        &self,
+        mut batch: Vec<Pending>,
+        probe: bool,
+    ) -> Result<(DeliveryReport, bool), StoreError> {
+        let mut report = DeliveryReport::default();
+        let started = self.clock.now();
+        let mut turn = 0;
+        let mut probe = probe;
+        loop {
+            let Some((surface, lane)) = batch.first().map(lane_key) else {
+                return Ok((report, false));
+            };
+            let full = batch.len() >= PER_LANE as usize;
+            let given = batch.len();
+            let went = self.deliver_batch(batch, probe, &mut report).await?;
+            turn += went;
+            let now = self.clock.now();
+            if !full || went < given || turn >= LANE_TURN || now.since(started) >= LANE_TURN_TIME {
+                return Ok((report, full));
+            }
+            batch = self.store.lane_notices(&surface, &lane, PER_LANE).await?;
+            // A head waiting for a retry (a notice put back meanwhile) is
+            // left to the next read of the outbox, which knows when it is due.
+            if batch.first().is_some_and(|head| head.next_attempt_at > now) {
+                return Ok((report, true));
+            }
+            probe = false;
+        }
+    }
+
+    /// Delivers one read of a lane in order, into `report`; answers how
+    /// many of its notices went (delivered or set aside) before it stopped.
+    async fn deliver_batch(
         &self,
         lane: Vec<Pending>,
         probe: bool,
-    ) -> Result<DeliveryReport, StoreError> {
-        let mut report = DeliveryReport::default();
+        report: &mut DeliveryReport,
+    ) -> Result<usize, StoreError> {
+        let mut went = 0;
         for (i, p) in lane.into_iter().enumerate() {
             // A breaker that opened while this pass ran stops the lane (the
             // probe's first notice goes regardless); the next pass waits.
@@ -496,6 +544,7 @@ impl Dispatcher {
                     self.store.mark_delivered(p.id, self.clock.now()).await?;
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => "delivered").increment(1);
                     report.delivered += 1;
+                    went += 1;
                 }
                 Err(e) => {
                     let outcome = match &e {
@@ -531,6 +580,7 @@ impl Dispatcher {
                             entry.0 += 1;
                             entry.1 = e.to_string();
                         }
+                        went += 1;
                         continue;
                     }
                     tracing::warn!(surface = %p.surface, lane = %p.lane, error = %e, "notice not delivered; will retry");
@@ -540,7 +590,7 @@ impl Dispatcher {
                 }
             }
         }
-        Ok(report)
+        Ok(went)
     }
 
     /// Sends one notice. The chat platform's answer is the inner result; an

@@ -420,6 +420,16 @@ pub trait Store: Send + Sync {
     /// Undelivered notices, oldest first: at most `per_lane` of each lane and
     /// `limit` in all, so that one long lane cannot hide the others.
     async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError>;
+    /// The oldest undelivered notices of one lane, at most `limit`: a lane
+    /// that delivered all it was given goes on with its own next notices
+    /// instead of waiting for the next read of the whole outbox. On a
+    /// shared store, empty while another process holds the lane.
+    async fn lane_notices(
+        &self,
+        surface: &str,
+        lane: &str,
+        limit: u32,
+    ) -> Result<Vec<Pending>, StoreError>;
     /// A counter that moves on after every commit that queued notices, so
     /// that the dispatcher starts their lanes while others are still
     /// sending. Closed when the store is.

@@ -687,6 +687,28 @@ impl Store for PgStore {
         Ok(pending)
     }
 
+    async fn lane_notices(
+        &self,
+        surface: &str,
+        lane: &str,
+        limit: u32,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let now = self.shared.clock.now();
+        let until = now.plus(self.shared.claim_for);
+        let mut tx = self.begin().await?;
+        let pending = outbox::claim_lane(
+            &mut tx,
+            &self.shared.holder,
+            now,
+            until,
+            (surface, lane),
+            limit,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(pending)
+    }
+
     fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.notices_queued.clone()
     }

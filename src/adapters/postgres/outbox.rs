@@ -7,7 +7,9 @@
 //! notices meanwhile would overtake the claimed one). Reading claims the
 //! notices read, for [`super::PgOptions::claim_for`] from the store's clock;
 //! each delivery or set-aside extends the claims left on its lane; a retry
-//! ends them (the lane waits anyway). A process that dies leaves its claims
+//! ends them (the lane waits anyway). A lane that delivered all it read
+//! goes on by claiming its next notices ([`claim_lane`]), unless another
+//! process took it meanwhile. A process that dies leaves its claims
 //! to run out, and the next reader takes the lane over. Claiming is
 //! serialised by an advisory lock ([`CLAIM_LOCK`]), so two readers never
 //! both see a lane as free.
@@ -37,16 +39,12 @@ pub(super) async fn claim(
     limit: u32,
     per_lane: u32,
 ) -> Result<Vec<Pending>, StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CLAIM_LOCK)
-        .execute(&mut *conn)
-        .await?;
     // Both parts are MATERIALIZED, so each runs once whatever the planner
     // believes of the table: with statistics taken while the outbox was
     // nearly empty, it re-ran the ranking for every undelivered row (a
     // quadratic claim that took a core for seconds under a burst). The
     // update then finds its few rows by primary key.
-    let rows = sqlx::query(
+    let sql = format!(
         "WITH held AS MATERIALIZED ( \
              SELECT DISTINCT surface, lane FROM outbox \
              WHERE claimed_by IS NOT NULL AND claimed_by <> $1 AND claimed_until > $2 \
@@ -58,35 +56,89 @@ pub(super) async fn claim(
                  WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
                    AND NOT EXISTS (SELECT 1 FROM held h WHERE h.surface = o.surface AND h.lane = o.lane) \
              ) AS ranked WHERE n <= $4 ORDER BY id LIMIT $5) \
-         UPDATE outbox SET claimed_by = $1, claimed_until = $3 \
-         FROM picked WHERE outbox.id = picked.id \
-           AND outbox.delivered_at IS NULL AND outbox.dead_at IS NULL \
-         RETURNING outbox.id, surface, lane, notice, attempts, next_attempt_at",
-    )
-    .bind(holder)
-    .bind(now.as_millis())
-    .bind(until.as_millis())
-    .bind(i64::from(per_lane))
-    .bind(i64::from(limit))
-    .fetch_all(&mut *conn)
-    .await?;
+         {CLAIM_PICKED}"
+    );
+    let query = sqlx::query(&sql)
+        .bind(holder)
+        .bind(now.as_millis())
+        .bind(until.as_millis())
+        .bind(i64::from(per_lane))
+        .bind(i64::from(limit));
+    claimed(conn, query).await
+}
+
+/// Claims and answers the oldest undelivered notices of one lane, at most
+/// `limit`, unless another process holds the lane: the lane's holder going
+/// on with its next notices once it delivered all it was given. Under the
+/// same lock as [`claim`], so the two never both see the lane as free.
+pub(super) async fn claim_lane(
+    conn: &mut PgConnection,
+    holder: &str,
+    now: Timestamp,
+    until: Timestamp,
+    (surface, lane): (&str, &str),
+    limit: u32,
+) -> Result<Vec<Pending>, StoreError> {
+    // `outbox_claimed` answers whether another holds the lane, `outbox_lane`
+    // finds its next notices.
+    let sql = format!(
+        "WITH picked AS MATERIALIZED ( \
+             SELECT id FROM outbox \
+             WHERE surface = $4 AND lane = $5 AND delivered_at IS NULL AND dead_at IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM outbox h \
+                   WHERE h.surface = $4 AND h.lane = $5 AND h.claimed_by IS NOT NULL \
+                     AND h.claimed_by <> $1 AND h.claimed_until > $2 \
+                     AND h.delivered_at IS NULL AND h.dead_at IS NULL) \
+             ORDER BY id LIMIT $6) \
+         {CLAIM_PICKED}"
+    );
+    let query = sqlx::query(&sql)
+        .bind(holder)
+        .bind(now.as_millis())
+        .bind(until.as_millis())
+        .bind(surface)
+        .bind(lane)
+        .bind(i64::from(limit));
+    claimed(conn, query).await
+}
+
+/// The end of a claim: claims the rows of `picked` for `$1` until `$3`,
+/// unless their delivery was recorded while the claim waited for them.
+const CLAIM_PICKED: &str = "UPDATE outbox SET claimed_by = $1, claimed_until = $3 \
+     FROM picked WHERE outbox.id = picked.id \
+       AND outbox.delivered_at IS NULL AND outbox.dead_at IS NULL \
+     RETURNING outbox.id, surface, lane, notice, attempts, next_attempt_at";
+
+/// Runs a claim under [`CLAIM_LOCK`] and answers the notices it claimed, oldest first.
+async fn claimed(
+    conn: &mut PgConnection,
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<Vec<Pending>, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CLAIM_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let rows = query.fetch_all(&mut *conn).await?;
     let mut out = rows
         .iter()
-        .map(|row| {
-            let notice: &str = row.try_get(3)?;
-            Ok(Pending {
-                id: row.try_get(0)?,
-                surface: row.try_get(1)?,
-                lane: row.try_get(2)?,
-                notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
-                attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
-                next_attempt_at: Timestamp::from_millis(row.try_get(5)?),
-            })
-        })
+        .map(pending_at)
         .collect::<Result<Vec<_>, StoreError>>()?;
     // RETURNING keeps no order.
     out.sort_by_key(|p| p.id);
     Ok(out)
+}
+
+/// A row returned as `id, surface, lane, notice, attempts, next_attempt_at`.
+fn pending_at(row: &sqlx::postgres::PgRow) -> Result<Pending, StoreError> {
+    let notice: &str = row.try_get(3)?;
+    Ok(Pending {
+        id: row.try_get(0)?,
+        surface: row.try_get(1)?,
+        lane: row.try_get(2)?,
+        notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
+        attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
+        next_attempt_at: Timestamp::from_millis(row.try_get(5)?),
+    })
 }
 
 /// How a notice's end moves the claims its holder keeps on the notice's lane.
