@@ -674,22 +674,28 @@ async fn a_timer_that_fails_is_put_off_rather_than_retried_at_once() {
     assert!(next > app.engine.now(), "{next} for {id}");
 }
 
-#[tokio::test]
-async fn a_long_waiting_lane_does_not_hide_newer_notices() {
+/// Queues `n` audit lines, "line 0" onwards, in one commit.
+async fn queue_audit_lines(app: &TestApp, n: usize) {
     use passport::app::effects::Effects;
-    use passport::app::ports::ChatError;
     use passport::domain::notice::Notice;
 
-    let (app, _dir) = TestApp::spawn().await;
-    // The audit channel rate-limits for a long while, with 2,100 lines waiting.
     let mut fx = Effects::default();
-    for i in 0..2100 {
+    for i in 0..n {
         fx.notify(Notice::Audit {
             text: format!("line {i}"),
         });
     }
     fx.route(&["test".to_owned()], "");
     app.store.record(fx, app.engine.now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_long_waiting_lane_does_not_hide_newer_notices() {
+    use passport::app::ports::ChatError;
+
+    let (app, _dir) = TestApp::spawn().await;
+    // The audit channel rate-limits for a long while, with 2,100 lines waiting.
+    queue_audit_lines(&app, 2100).await;
     app.surface.fail_next(vec![ChatError::RateLimited {
         retry_after_ms: 3_600_000,
     }]);
@@ -707,18 +713,8 @@ async fn a_long_waiting_lane_does_not_hide_newer_notices() {
 /// turns with the rest: one pass sends all of it, once each, in order.
 #[tokio::test]
 async fn a_long_lane_goes_out_in_order_across_its_reads() {
-    use passport::app::effects::Effects;
-    use passport::domain::notice::Notice;
-
     let (app, _dir) = TestApp::spawn().await;
-    let mut fx = Effects::default();
-    for i in 0..2_500 {
-        fx.notify(Notice::Audit {
-            text: format!("line {i}"),
-        });
-    }
-    fx.route(&["test".to_owned()], "");
-    app.store.record(fx, app.engine.now()).await.unwrap();
+    queue_audit_lines(&app, 2_500).await;
     let id = app.new_request(WEB, "1h ticket#1 x").await;
     let report = app.dispatcher.deliver_due().await.unwrap();
     assert_eq!(report.retried + report.dead, 0, "{report:?}");
@@ -801,8 +797,6 @@ impl passport::app::ports::ChatSurface for PacedAudit {
 
 #[tokio::test]
 async fn a_new_lane_starts_while_a_paced_lane_is_still_sending() {
-    use passport::app::effects::Effects;
-    use passport::domain::notice::Notice;
     use std::time::Duration;
 
     let (app, _dir) = TestApp::spawn().await;
@@ -817,14 +811,7 @@ async fn a_new_lane_starts_while_a_paced_lane_is_still_sending() {
         Arc::new(app.clock.clone()),
         vec![paced.clone()],
     ));
-    let mut fx = Effects::default();
-    for i in 0..3 {
-        fx.notify(Notice::Audit {
-            text: format!("line {i}"),
-        });
-    }
-    fx.route(&["test".to_owned()], "");
-    app.store.record(fx, app.engine.now()).await.unwrap();
+    queue_audit_lines(&app, 3).await;
     let pass = tokio::spawn({
         let dispatcher = dispatcher.clone();
         async move { dispatcher.deliver_due().await }
