@@ -26,7 +26,6 @@ mod verify;
 pub use verify::rehash_plainly;
 
 use std::collections::HashMap;
-use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -891,10 +890,7 @@ impl Store for SqliteStore {
                  WHERE delivered_at IS NULL AND dead_at IS NULL ORDER BY id",
             )?;
             let mut rows = stmt.query([])?;
-            // Notices taken per lane, by a hash of the lane: a row read past
-            // costs no allocation (two lanes of one hash would only share a
-            // cap for this read).
-            let mut taken: HashMap<u64, u32> = HashMap::new();
+            let mut taken: HashMap<(String, String), u32> = HashMap::new();
             let mut out = Vec::new();
             let mut read = 0usize;
             while let Some(row) = rows.next()? {
@@ -902,16 +898,13 @@ impl Store for SqliteStore {
                 if out.len() >= limit as usize || read > PENDING_SCAN {
                     break;
                 }
-                let text = |i| row.get_ref(i)?.as_str().map_err(rusqlite::Error::from);
-                let (surface, lane) = (text(1)?, text(2)?);
-                let mut hasher = std::hash::DefaultHasher::new();
-                std::hash::Hash::hash(&(surface, lane), &mut hasher);
-                let n = taken.entry(hasher.finish()).or_insert(0);
+                let surface: String = row.get(1)?;
+                let lane: String = row.get(2)?;
+                let n = taken.entry((surface.clone(), lane.clone())).or_insert(0);
                 if *n >= per_lane {
                     continue;
                 }
                 *n += 1;
-                let (surface, lane) = (surface.to_owned(), lane.to_owned());
                 out.push(pending_at(row, surface, lane)?);
             }
             Ok(out)

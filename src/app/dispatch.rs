@@ -485,12 +485,11 @@ impl Dispatcher {
     async fn deliver_lane(
         &self,
         mut batch: Vec<Pending>,
-        probe: bool,
+        mut probe: bool,
     ) -> Result<(DeliveryReport, bool), StoreError> {
         let mut report = DeliveryReport::default();
         let started = self.clock.now();
         let mut turn = 0;
-        let mut probe = probe;
         loop {
             let Some((surface, lane)) = batch.first().map(lane_key) else {
                 return Ok((report, false));
