@@ -405,8 +405,13 @@ impl TestApp {
 
     /// DEV asks for WEB in GENERAL, the first request: its card, once delivered.
     async fn first_request(&self) -> (String, String) {
+        self.first_request_by(DEV).await
+    }
+
+    /// `who` asks for WEB in GENERAL, the first request: its card, once delivered.
+    async fn first_request_by(&self, who: &str) -> (String, String) {
         self.command(
-            DEV,
+            who,
             "request",
             &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
         )
@@ -844,14 +849,7 @@ async fn a_signed_interaction_replayed_after_a_restart_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_approves_their_own_request_and_other_servers_are_refused() {
     let app = spawn_app().await;
-    app.command(
-        LEAD1,
-        "request",
-        &[("instances", WEB), ("ticket", "ticket#1"), ("reason", "r")],
-    )
-    .await;
-    app.settle().await;
-    let (channel, message) = app.card(1).await;
+    let (channel, message) = app.first_request_by(LEAD1).await;
     let answer = app.click(LEAD1, &channel, &message, "approve AR-1").await;
     assert!(answer.text().starts_with("⚠️"), "{}", answer.body);
     assert_eq!(app.state(1).await, RequestState::Pending);
