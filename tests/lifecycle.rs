@@ -730,6 +730,33 @@ async fn a_long_lane_goes_out_in_order_across_its_reads() {
     assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
 }
 
+/// A notice that fails in the middle of a lane: the ones sent before it
+/// stay delivered (their deliveries are recorded before its retry is), it
+/// waits for its retry, and the lane goes on from it: nothing twice,
+/// nothing lost, nothing out of order.
+#[tokio::test]
+async fn a_lane_failing_midway_keeps_what_went_and_resumes_from_the_failure() {
+    use passport::app::ports::ChatError;
+
+    let (app, _dir) = TestApp::spawn().await;
+    queue_audit_lines(&app, 5).await;
+    app.surface
+        .fail_after(3, vec![ChatError::Transient("gateway timeout".into())]);
+    let report = app.dispatcher.deliver_due().await.unwrap();
+    assert_eq!((report.delivered, report.retried), (3, 1), "{report:?}");
+    assert_eq!(app.store.outbox_counts().await.unwrap().pending, 2);
+    app.advance(Span::from_secs(2)).await;
+    let lines: Vec<String> = app
+        .surface
+        .audits()
+        .into_iter()
+        .filter(|l| l.starts_with("line "))
+        .collect();
+    let expected: Vec<String> = (0..5).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, expected);
+    assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
+}
+
 /// The audit channel of [`a_new_lane_starts_while_a_paced_lane_is_still_sending`]:
 /// each line waits until the test lets it go, as a paced channel makes it
 /// wait; everything else goes at once to the recording surface.

@@ -647,7 +647,7 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
     assert!(matches!(&first[0].notice, Notice::Audit { text } if text == "a1"));
     assert_eq!(store.pending_notices(2, 5).await.unwrap().len(), 2);
 
-    store.mark_delivered(first[0].id, at(1)).await.unwrap();
+    store.mark_delivered(&[first[0].id], at(1)).await.unwrap();
     store
         .mark_retry(first[1].id, at(5), "rate limited")
         .await
@@ -690,8 +690,8 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
     assert_eq!((counts.pending, counts.delivered, counts.dead), (3, 0, 0));
 }
 
-/// A lane that delivered what it read goes on with its own next notices,
-/// oldest first, whatever the other lanes hold.
+/// A lane that delivered what it read (recorded in one call) goes on with
+/// its own next notices, oldest first, whatever the other lanes hold.
 async fn a_lane_reads_its_own_next_notices(kind: Kind) {
     let s = Subject::new(kind).await;
     let store = s.store.as_ref();
@@ -710,9 +710,15 @@ async fn a_lane_reads_its_own_next_notices(kind: Kind) {
     let first = store.pending_notices(10, 2).await.unwrap();
     assert_eq!(first.len(), 3);
     let lane = first[0].lane.clone();
-    for p in first.iter().filter(|p| p.lane == lane) {
-        store.mark_delivered(p.id, at(1)).await.unwrap();
-    }
+    // A lane's deliveries recorded together, in one commit.
+    let delivered: Vec<i64> = first
+        .iter()
+        .filter(|p| p.lane == lane)
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(delivered.len(), 2);
+    store.mark_delivered(&delivered, at(1)).await.unwrap();
+    assert_eq!(store.outbox_counts().await.unwrap().delivered, 2);
     let next = store.lane_notices("console", &lane, 2).await.unwrap();
     let texts: Vec<&str> = next
         .iter()
@@ -1458,11 +1464,11 @@ async fn replicas_never_get_the_same_notice() {
         // Each replica delivers what it read; its lanes stay its own meanwhile.
         for p in &a {
             assert!(delivered.insert(p.id), "notice {} handed out again", p.id);
-            s.store.mark_delivered(p.id, at(1)).await.unwrap();
+            s.store.mark_delivered(&[p.id], at(1)).await.unwrap();
         }
         for p in &b {
             assert!(delivered.insert(p.id), "notice {} handed out again", p.id);
-            other.mark_delivered(p.id, at(1)).await.unwrap();
+            other.mark_delivered(&[p.id], at(1)).await.unwrap();
         }
     }
     assert_eq!(delivered.len(), 90);
@@ -1489,7 +1495,7 @@ async fn a_lane_goes_on_only_where_no_other_replica_holds_it() {
         .await
         .unwrap()
         .is_empty());
-    s.store.mark_delivered(mine[0].id, at(1)).await.unwrap();
+    s.store.mark_delivered(&[mine[0].id], at(1)).await.unwrap();
     let next = s.store.lane_notices("console", &lane, 1).await.unwrap();
     assert_eq!(next.len(), 1);
     assert!(next[0].id > mine[0].id);
@@ -1535,7 +1541,10 @@ async fn a_claim_that_runs_out_is_handed_out_again() {
     assert!(s.store.pending_notices(10, 5).await.unwrap().is_empty());
     // A delivery keeps the lane's claim alive; a retry lets it go.
     s.clock.advance(Span::from_secs(100));
-    survivor.mark_delivered(taken[0].id, at(3)).await.unwrap();
+    survivor
+        .mark_delivered(&[taken[0].id], at(3))
+        .await
+        .unwrap();
     s.clock.advance(Span::from_secs(100));
     // The direct lane's claim ran out; the audit lane's was extended.
     let left = s.store.pending_notices(10, 5).await.unwrap();

@@ -941,12 +941,18 @@ impl Store for SqliteStore {
         self.shared.notices_queued.clone()
     }
 
-    async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError> {
+    async fn mark_delivered(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.to_vec();
         self.write(move |conn| {
-            conn.prepare_cached(
+            let mut update = conn.prepare_cached(
                 "UPDATE outbox SET delivered_at = ?1, attempts = attempts + 1, last_error = NULL WHERE id = ?2",
-            )?
-            .execute(params![now.as_millis(), id])?;
+            )?;
+            for id in ids {
+                update.execute(params![now.as_millis(), id])?;
+            }
             Ok(())
         })
         .await

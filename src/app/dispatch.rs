@@ -1,7 +1,8 @@
 //! Delivers outbox notices to the chat surfaces.
 //!
 //! A notice is marked delivered only after the surface accepted it, so a crash
-//! in between delivers it again rather than losing it. Notices of one lane
+//! in between delivers it again rather than losing it. A lane's deliveries
+//! within [`RECORD_WITHIN`] of each other share one commit. Notices of one lane
 //! (a request's card and thread, one person's direct messages, the audit
 //! channel) go out strictly in order: a lane waits while its oldest notice is
 //! being retried. Rate limits are honoured through `Retry-After`. Lanes run
@@ -52,6 +53,12 @@ const PER_LANE: u32 = 100;
 /// lanes waiting for one.
 const LANE_TURN: usize = 1_000;
 const LANE_TURN_TIME: Span = Span::from_secs(10);
+/// A lane's deliveries are recorded together, in one commit, once the sends
+/// since the last record began this long ago, and whenever the lane stops.
+/// With a platform slower than this (any real one) each delivery is recorded
+/// before the next notice is sent; with a fast one a commit covers many. A
+/// crash resends at most what a lane sent in this window, in order.
+const RECORD_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 /// Set-aside notices are reported in the audit channel at most this often;
@@ -521,6 +528,9 @@ impl Dispatcher {
         report: &mut DeliveryReport,
     ) -> Result<usize, StoreError> {
         let mut went = 0;
+        // Sent and not recorded yet, and when the first of those sends began.
+        let mut sent = Vec::new();
+        let mut since = tokio::time::Instant::now();
         for (i, p) in lane.into_iter().enumerate() {
             // A breaker that opened while this pass ran stops the lane (the
             // probe's first notice goes regardless); the next pass waits.
@@ -529,6 +539,7 @@ impl Dispatcher {
             }
             let Some(surface) = self.surfaces.get(&p.surface) else {
                 // A surface that is no longer configured: its notices wait until it is again.
+                self.record_delivered(&mut sent, report).await?;
                 let next = self.clock.now().plus(Span::from_minutes(10));
                 self.store
                     .mark_retry(p.id, next, "chat surface not configured")
@@ -536,16 +547,23 @@ impl Dispatcher {
                 report.retried += 1;
                 break;
             };
+            if !sent.is_empty() && since.elapsed() >= RECORD_WITHIN {
+                self.record_delivered(&mut sent, report).await?;
+            }
+            if sent.is_empty() {
+                since = tokio::time::Instant::now();
+            }
             // A store failure ends the pass; the notice waits for the next.
             match self.send(surface.as_ref(), &p).await? {
                 Ok(()) => {
                     self.breakers.record(&p.surface, Ok(()), self.clock.now());
-                    self.store.mark_delivered(p.id, self.clock.now()).await?;
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => "delivered").increment(1);
-                    report.delivered += 1;
+                    sent.push(p.id);
                     went += 1;
                 }
                 Err(e) => {
+                    // Recorded first: what went before this notice stays delivered.
+                    self.record_delivered(&mut sent, report).await?;
                     let outcome = match &e {
                         ChatError::RateLimited { .. } => "rate_limited",
                         ChatError::Transient(_) => "transient_error",
@@ -589,7 +607,23 @@ impl Dispatcher {
                 }
             }
         }
+        self.record_delivered(&mut sent, report).await?;
         Ok(went)
+    }
+
+    /// Records the deliveries in `sent` in one commit, into `report`.
+    async fn record_delivered(
+        &self,
+        sent: &mut Vec<i64>,
+        report: &mut DeliveryReport,
+    ) -> Result<(), StoreError> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        self.store.mark_delivered(sent, self.clock.now()).await?;
+        report.delivered += sent.len();
+        sent.clear();
+        Ok(())
     }
 
     /// Sends one notice. The chat platform's answer is the inner result; an

@@ -434,7 +434,8 @@ pub trait Store: Send + Sync {
     /// that the dispatcher starts their lanes while others are still
     /// sending. Closed when the store is.
     fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64>;
-    async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError>;
+    /// Records the delivery of notices `ids`, all of one lane, in one commit.
+    async fn mark_delivered(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError>;
     async fn mark_retry(
         &self,
         id: i64,

@@ -54,18 +54,31 @@ pub struct RecordingSurface {
     pub posted: Mutex<Vec<Posted>>,
     /// Errors to return for the next calls, in order.
     pub failures: Mutex<Vec<ChatError>>,
+    /// Calls that succeed before those errors begin.
+    pub passes: Mutex<u32>,
     pub attempts: Mutex<u32>,
 }
 
 impl RecordingSurface {
     pub fn fail_next(&self, errors: Vec<ChatError>) {
+        self.fail_after(0, errors);
+    }
+
+    /// Lets `passes` calls succeed, then answers the calls after them with
+    /// `errors`, in order.
+    pub fn fail_after(&self, passes: u32, errors: Vec<ChatError>) {
+        *self.passes.lock().unwrap() = passes;
         *self.failures.lock().unwrap() = errors;
     }
 
     fn gate(&self) -> Result<(), ChatError> {
         *self.attempts.lock().unwrap() += 1;
         let mut f = self.failures.lock().unwrap();
+        let mut passes = self.passes.lock().unwrap();
         if f.is_empty() {
+            Ok(())
+        } else if *passes > 0 {
+            *passes -= 1;
             Ok(())
         } else {
             Err(f.remove(0))

@@ -330,19 +330,19 @@ impl PgStore {
             .collect()
     }
 
-    /// Ends the outbox row `id` with `set` (its other columns), and moves this
-    /// store's claims on its lane as `claims` says, in one transaction.
+    /// Ends the outbox rows `ids`, notices of one lane, with `set` (their
+    /// other columns), and moves this store's claims on that lane as
+    /// `claims` says, in one transaction.
     ///
     /// The transaction runs on a task of its own, to its end whether or not
     /// the caller's future is polled meanwhile. The dispatcher polls its lanes
     /// (which end notices) from the same task that reads the outbox: a lane
     /// suspended between this UPDATE and the commit held its lane's rows
     /// locked while the read waited for those very locks, and delivery
-    /// stopped for good. It waits for the claims' advisory lock first, so a
-    /// claim running meanwhile cannot deadlock with it.
+    /// stopped for good.
     async fn end_notice(
         &self,
-        id: i64,
+        ids: Vec<i64>,
         set: &str,
         bind: impl FnOnce(
                 sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
@@ -351,9 +351,12 @@ impl PgStore {
             + 'static,
         claims: LaneClaims,
     ) -> Result<(), StoreError> {
+        let Some(&last) = ids.last() else {
+            return Ok(());
+        };
         let sql = format!(
             "UPDATE outbox SET {set}, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL \
-             WHERE id = $1"
+             WHERE id = ANY($1)"
         );
         let (store, holder) = (self.clone(), self.shared.holder.clone());
         tokio::spawn(async move {
@@ -361,8 +364,8 @@ impl PgStore {
             // No claims' lock here: `outbox::after` skips the rows a claim
             // holds, so a claim and this record never wait for each other
             // in a circle, and deliveries do not queue behind claims.
-            bind(sqlx::query(&sql).bind(id)).execute(&mut *tx).await?;
-            outbox::after(&mut tx, id, &holder, claims).await?;
+            bind(sqlx::query(&sql).bind(ids)).execute(&mut *tx).await?;
+            outbox::after(&mut tx, last, &holder, claims).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -713,10 +716,10 @@ impl Store for PgStore {
         self.shared.notices_queued.clone()
     }
 
-    async fn mark_delivered(&self, id: i64, now: Timestamp) -> Result<(), StoreError> {
+    async fn mark_delivered(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError> {
         let until = self.shared.clock.now().plus(self.shared.claim_for);
         self.end_notice(
-            id,
+            ids.to_vec(),
             "delivered_at = $2, last_error = NULL",
             move |q| q.bind(now.as_millis()),
             LaneClaims::Extend(until),
@@ -731,7 +734,7 @@ impl Store for PgStore {
         error: &str,
     ) -> Result<(), StoreError> {
         self.end_notice(
-            id,
+            vec![id],
             "next_attempt_at = $2, last_error = $3",
             {
                 let error = error.to_owned();
@@ -745,7 +748,7 @@ impl Store for PgStore {
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError> {
         let until = self.shared.clock.now().plus(self.shared.claim_for);
         self.end_notice(
-            id,
+            vec![id],
             "dead_at = $2, last_error = $3",
             {
                 let error = error.to_owned();
