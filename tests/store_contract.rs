@@ -833,6 +833,80 @@ async fn a_signed_key_is_refused_until_pruned(kind: Kind) {
     assert!(store.first_signed("slack:trigger:T1", again).await.unwrap());
 }
 
+/// `creation(who, at(1))`, with `amend` applied to its effects.
+fn amended(
+    who: &str,
+    amend: impl FnOnce(&mut Effects) + Send + 'static,
+) -> passport::app::ports::Creation {
+    let inner = creation(who, at(1));
+    Box::new(move |slot| {
+        let (req, mut fx) = inner(slot)?;
+        amend(&mut fx);
+        Ok((req, fx))
+    })
+}
+
+/// Creations arriving together, among them one whose signed request was
+/// seen before and one whose events would switch the Logbook's key: those
+/// two fail and write nothing, and every other creation is written whole
+/// (on a shared store, one that ran after a failed one may be asked to try
+/// again instead), never half.
+async fn creations_failing_among_others_write_nothing(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    assert!(store
+        .first_signed("slack:trigger:T-seen", at(10))
+        .await
+        .unwrap());
+    let mut work: Vec<futures::future::BoxFuture<'_, (&'static str, Option<RequestId>)>> =
+        Vec::new();
+    for i in 0..10 {
+        let who = format!("new{i}");
+        let build = match i {
+            3 => amended(&who, |fx| {
+                fx.signed = Some(Signed {
+                    key: "slack:trigger:T-seen".into(),
+                    until: at(10),
+                });
+            }),
+            6 => amended(&who, |fx| fx.events.push(event(at(1), None, KEY_SWITCH))),
+            _ => creation(&who, at(1)),
+        };
+        work.push(Box::pin(async move {
+            match store.create(&uid(&who), 0, build).await {
+                Ok(Ok((req, _))) => ("created", Some(req.id)),
+                Err(StoreError::Replayed) => ("replayed", None),
+                Err(StoreError::Busy) => ("busy", None),
+                Err(_) if i == 6 => ("refused", None),
+                other => panic!("{who}: {other:?}"),
+            }
+        }));
+    }
+    let outcomes = futures::future::join_all(work).await;
+    let created: Vec<RequestId> = outcomes.iter().filter_map(|(_, id)| *id).collect();
+    let count = |what: &str| outcomes.iter().filter(|(o, _)| *o == what).count();
+    assert_eq!(
+        (count("replayed"), count("refused")),
+        (1, 1),
+        "{outcomes:?}"
+    );
+    if matches!(kind, Kind::Sqlite) {
+        assert_eq!(created.len(), 8, "{outcomes:?}");
+    }
+    for id in &created {
+        assert!(store.get(*id).await.unwrap().is_some());
+    }
+    // One event and one notice for each creation written, nothing else.
+    assert_eq!(
+        intact_events(&store.verify_logbook().await.unwrap()),
+        created.len() as u64
+    );
+    assert_eq!(
+        store.outbox_counts().await.unwrap().pending,
+        created.len() as u64
+    );
+}
+
 /// A change asked for by a signed chat request records the request's replay
 /// key in its own transaction: the same key again fails the whole change, and
 /// nothing of it is written.
@@ -1328,6 +1402,7 @@ contract!(
     a_refused_change_writes_nothing,
     a_change_that_fails_part_way_writes_nothing,
     changes_arriving_together_commit_or_fail_each_alone,
+    creations_failing_among_others_write_nothing,
     timers_come_due_move_and_act_once,
     the_outbox_delivers_retries_sets_aside_and_prunes,
     a_lane_reads_its_own_next_notices,

@@ -420,6 +420,26 @@ fn keep_signed(conn: &Connection, fx: &Effects) -> Result<(), StoreError> {
     }
 }
 
+/// Fails, before anything is written, what writing `fx` would fail on: a
+/// replay of its signed request, a key switch among its events, or a
+/// Logbook keyed with a key this process lacks.
+fn check_before_writing(conn: &WriteConn, fx: &Effects) -> Result<(), StoreError> {
+    if let Some(signed) = &fx.signed {
+        let seen: Option<i64> = conn
+            .prepare_cached("SELECT 1 FROM seen_keys WHERE key = ?1")?
+            .query_row([&signed.key], |r| r.get(0))
+            .optional()?;
+        if seen.is_some() {
+            return Err(StoreError::Replayed);
+        }
+    }
+    if !fx.events.is_empty() {
+        refuse_key_switches(&fx.events)?;
+        next_linking(last_key_switch(conn)?.as_ref(), &conn.keys)?;
+    }
+    Ok(())
+}
+
 /// What became of an update.
 enum Updated {
     Changed(Box<(AccessRequest, Effects)>),
@@ -448,6 +468,9 @@ fn create(
             req.id, req.requester.id
         )));
     }
+    // Everything that can fail it is checked before the first write: a
+    // creation runs without a savepoint (`Writer::run_checked`).
+    check_before_writing(conn, &fx)?;
     let at = change_time(&fx, req.created_at);
     conn.prepare_cached(
         "INSERT INTO requests (id, state, requester, created_at, updated_at, expires_at, open_grants, body) \
@@ -760,7 +783,11 @@ impl Store for SqliteStore {
         build: Creation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
         let requester = requester.as_str().to_owned();
-        self.write(move |conn| create(conn, &requester, pending_cap, build))
+        // The hot path of every acknowledgement: it checks before its first
+        // write, so it needs no savepoint of its own.
+        self.shared
+            .writer
+            .run_checked(move |conn| create(conn, &requester, pending_cap, build))
             .await
     }
 

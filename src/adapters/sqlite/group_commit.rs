@@ -8,6 +8,13 @@
 //! in its group still commit. If the commit itself fails, every job of the
 //! group is answered with that error and nothing of the group is written.
 //!
+//! A savepoint costs: every page a job changes is first copied aside for its
+//! undo. A job that checks everything that can refuse it before its first
+//! write (a creation) runs without one ([`Writer::run_checked`]): when it
+//! fails having changed nothing, it is answered alone as any other; when it
+//! fails after a write (a disk error, a bug), its group fails as a failed
+//! commit does.
+//!
 //! Why: a commit costs about as much for one small change as for a hundred
 //! (WAL frames, locks), so sharing it lets throughput grow with load. And
 //! because jobs run one after another on one connection, changes are
@@ -73,11 +80,14 @@ trait Task: Send {
     fn answer(self: Box<Self>, group: Result<(), StoreError>);
     /// Whether the group must be synced to disk before this job is answered.
     fn synced(&self) -> bool;
+    /// Whether the job runs in a savepoint of its own (see [`Writer::run_checked`]).
+    fn guarded(&self) -> bool;
 }
 
 struct Job<T, F> {
     work: Option<F>,
     synced: bool,
+    guarded: bool,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -112,6 +122,10 @@ where
 
     fn synced(&self) -> bool {
         self.synced
+    }
+
+    fn guarded(&self) -> bool {
+        self.guarded
     }
 }
 
@@ -186,7 +200,19 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(work, false).await
+        self.submit(work, false, true).await
+    }
+
+    /// Like [`Self::run`], without a savepoint, for a job that checks
+    /// everything that can refuse or fail it before its first write: an
+    /// error before that write is answered alone, one after it fails the
+    /// whole group (nothing of the group is written, every caller hears of it).
+    pub(super) async fn run_checked<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(work, false, false).await
     }
 
     /// Like [`Self::run`], but the group `work` commits in is synced to disk
@@ -197,10 +223,10 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(work, true).await
+        self.submit(work, true, true).await
     }
 
-    async fn submit<T, F>(&self, work: F, synced: bool) -> Result<T, StoreError>
+    async fn submit<T, F>(&self, work: F, synced: bool, guarded: bool) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteConn) -> Result<T, StoreError> + Send + 'static,
@@ -209,6 +235,7 @@ impl Writer {
         let job = Job {
             work: Some(work),
             synced,
+            guarded,
             result: None,
             reply,
         };
@@ -298,8 +325,8 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// Runs every task of `group` in one transaction, each in its own savepoint,
-/// synced to disk when one of them asks for it.
+/// Runs every task of `group` in one transaction, each in its own savepoint
+/// unless it checks before writing, synced to disk when one of them asks for it.
 fn commit_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
     const FULL: i64 = 2;
     let raise = conn.synchronous < FULL && group.iter().any(|task| task.synced());
@@ -324,6 +351,16 @@ fn run_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreE
     let mut rollback = conn.prepare_cached("ROLLBACK TO job")?;
     let mut release = conn.prepare_cached("RELEASE job")?;
     for task in group.iter_mut() {
+        if !task.guarded() {
+            let before = conn.total_changes();
+            let keep = catch_unwind(AssertUnwindSafe(|| task.run(conn))).unwrap_or(false);
+            if !keep && conn.total_changes() != before {
+                return Err(StoreError::Other(
+                    "a change failed after writing part of it, so nothing of the changes saved with it was kept; try again".into(),
+                ));
+            }
+            continue;
+        }
         savepoint.execute([])?;
         // A panicking change is contained like a failing one: its savepoint is
         // rolled back and its caller is told; the writer thread carries on.
@@ -486,6 +523,46 @@ mod tests {
         // The writer carries on with the next group.
         writer.run(insert("b")).await.unwrap();
         assert_eq!(items(&reader), ["b"]);
+    }
+
+    /// A change that checks before writing runs without a savepoint: failing
+    /// before its first write it is answered alone; failing after one it
+    /// fails its group, which writes nothing, and the writer carries on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checked_change_fails_alone_before_writing_and_with_its_group_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, reader) = open(&dir);
+        let writer = Arc::new(writer);
+        let held = hold_writer(&writer);
+        let (a, replayed, b) = tokio::join!(
+            writer.run_checked(insert("a")),
+            writer.run_checked(|_| Err::<(), _>(StoreError::Replayed)),
+            writer.run(insert("b")),
+        );
+        held.await.unwrap().unwrap();
+        assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+        assert!(matches!(replayed, Err(StoreError::Replayed)));
+        assert_eq!(items(&reader), ["a", "b"]);
+
+        let held = hold_writer(&writer);
+        let (c, broken, d) = tokio::join!(
+            writer.run(insert("c")),
+            writer.run_checked(|conn| {
+                conn.execute("INSERT INTO items (v) VALUES ('x')", [])?;
+                Err::<(), _>(StoreError::Other("failed after writing".into()))
+            }),
+            writer.run_checked(insert("d")),
+        );
+        held.await.unwrap().unwrap();
+        assert!(matches!(broken, Err(StoreError::Other(m)) if m == "failed after writing"));
+        assert!(
+            matches!(&c, Err(StoreError::Other(m)) if m.contains("after writing part of it")),
+            "{c:?}"
+        );
+        assert!(d.is_err());
+        assert_eq!(items(&reader), ["a", "b"]);
+        writer.run_checked(insert("e")).await.unwrap();
+        assert_eq!(items(&reader), ["a", "b", "e"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
