@@ -524,21 +524,37 @@ fn update(
     // asking. If it is gone already, it was fired before (by a pass that read
     // it at the same time as this one) or cancelled by a change since it was
     // read: either way this change is stale, and a timer acts at most once.
+    // It is deleted only once nothing can fail the change any more (an
+    // update runs without a savepoint, `Writer::run_checked`), so a change
+    // that fails leaves its timer to fire again.
     if let Some(timer) = fired {
-        if !delete_timer(conn, timer)? {
+        if !timer_exists(conn, timer)? {
             return Ok(Updated::Refused(RefusalKind::AlreadyDone(format!(
                 "{id}: this timer has already run or was cancelled"
             ))));
         }
     }
+    let consume = |conn: &WriteConn| -> Result<(), StoreError> {
+        if let Some(timer) = fired {
+            delete_timer(conn, timer)?;
+        }
+        Ok(())
+    };
     let Some((body, updated_at)) = row else {
+        consume(conn)?;
         return Ok(Updated::Missing);
     };
     let mut req = decode_request(&body)?;
     let fx = match change(&mut req) {
         Ok(fx) => fx,
-        Err(refusal) => return Ok(Updated::Refused(refusal)),
+        Err(refusal) => {
+            consume(conn)?;
+            return Ok(Updated::Refused(refusal));
+        }
     };
+    check_before_writing(conn, &fx)?;
+    let body = serde_json::to_string(&req).map_err(corrupt)?;
+    consume(conn)?;
     let at = change_time(&fx, Timestamp::from_millis(updated_at));
     conn.prepare_cached(
         "UPDATE requests SET state = ?1, updated_at = ?2, expires_at = ?3, open_grants = ?4, body = ?5 WHERE id = ?6",
@@ -548,7 +564,7 @@ fn update(
         at.as_millis(),
         req.expires_at.map(Timestamp::as_millis),
         req.open_grants() as i64,
-        serde_json::to_string(&req).map_err(corrupt)?,
+        body,
         id_of(req.id),
     ])?;
     write_effects(conn, id, &fx, at)?;
@@ -729,6 +745,15 @@ fn append_events(conn: &WriteConn, events: &[NewEvent]) -> Result<u64, StoreErro
     Ok(seq)
 }
 
+/// Whether timer `id` is still there.
+fn timer_exists(conn: &Connection, id: TimerId) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM timers WHERE id = ?1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Deletes a timer; false if there was none.
 fn delete_timer(conn: &Connection, id: TimerId) -> Result<bool, StoreError> {
     let deleted = conn
@@ -797,8 +822,11 @@ impl Store for SqliteStore {
         fired: Option<TimerId>,
         change: Mutation,
     ) -> Result<Result<(AccessRequest, Effects), Refusal>, StoreError> {
+        // Checks before writing, like a creation: no savepoint of its own.
         match self
-            .write(move |conn| update(conn, id, fired, change))
+            .shared
+            .writer
+            .run_checked(move |conn| update(conn, id, fired, change))
             .await?
         {
             Updated::Changed(changed) => Ok(Ok(*changed)),

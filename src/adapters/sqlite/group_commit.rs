@@ -10,7 +10,7 @@
 //!
 //! A savepoint costs: every page a job changes is first copied aside for its
 //! undo. A job that checks everything that can refuse it before its first
-//! write (a creation) runs without one ([`Writer::run_checked`]): when it
+//! write (a request's creation or update) runs without one ([`Writer::run_checked`]): when it
 //! fails having changed nothing, it is answered alone as any other; when it
 //! fails after a write (a disk error, a bug), its group fails as a failed
 //! commit does.
