@@ -689,6 +689,19 @@ async fn queue_audit_lines(app: &TestApp, n: usize) {
     app.store.record(fx, app.engine.now()).await.unwrap();
 }
 
+/// The `n` lines of [`queue_audit_lines`] reached the audit channel once
+/// each, in order.
+fn assert_audit_lines_went_once_in_order(app: &TestApp, n: usize) {
+    let lines: Vec<String> = app
+        .surface
+        .audits()
+        .into_iter()
+        .filter(|l| l.starts_with("line "))
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, expected);
+}
+
 #[tokio::test]
 async fn a_long_waiting_lane_does_not_hide_newer_notices() {
     use passport::app::ports::ChatError;
@@ -718,14 +731,7 @@ async fn a_long_lane_goes_out_in_order_across_its_reads() {
     let id = app.new_request(WEB, "1h ticket#1 x").await;
     let report = app.dispatcher.deliver_due().await.unwrap();
     assert_eq!(report.retried + report.dead, 0, "{report:?}");
-    let lines: Vec<String> = app
-        .surface
-        .audits()
-        .into_iter()
-        .filter(|l| l.starts_with("line "))
-        .collect();
-    let expected: Vec<String> = (0..2_500).map(|i| format!("line {i}")).collect();
-    assert_eq!(lines, expected);
+    assert_audit_lines_went_once_in_order(&app, 2_500);
     assert!(app.surface.card(id).is_some());
     assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
 }
@@ -746,14 +752,7 @@ async fn a_lane_failing_midway_keeps_what_went_and_resumes_from_the_failure() {
     assert_eq!((report.delivered, report.retried), (3, 1), "{report:?}");
     assert_eq!(app.store.outbox_counts().await.unwrap().pending, 2);
     app.advance(Span::from_secs(2)).await;
-    let lines: Vec<String> = app
-        .surface
-        .audits()
-        .into_iter()
-        .filter(|l| l.starts_with("line "))
-        .collect();
-    let expected: Vec<String> = (0..5).map(|i| format!("line {i}")).collect();
-    assert_eq!(lines, expected);
+    assert_audit_lines_went_once_in_order(&app, 5);
     assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
 }
 
