@@ -420,24 +420,21 @@ fn keep_signed(conn: &Connection, fx: &Effects) -> Result<(), StoreError> {
     }
 }
 
-/// Fails, before anything is written, what writing `fx` would fail on: a
-/// replay of its signed request, a key switch among its events, or a
-/// Logbook keyed with a key this process lacks.
-fn check_before_writing(conn: &WriteConn, fx: &Effects) -> Result<(), StoreError> {
-    if let Some(signed) = &fx.signed {
-        let seen: Option<i64> = conn
-            .prepare_cached("SELECT 1 FROM seen_keys WHERE key = ?1")?
-            .query_row([&signed.key], |r| r.get(0))
-            .optional()?;
-        if seen.is_some() {
-            return Err(StoreError::Replayed);
-        }
-    }
-    if !fx.events.is_empty() {
+/// Begins writing the change `fx` of a request so that whatever can fail it
+/// fails before anything is written (creations and updates run without a
+/// savepoint, `Writer::run_checked`): a key switch among its events, a
+/// Logbook keyed with a key this process lacks, then a replay of its signed
+/// request, whose key is kept by this first write (a replay changes
+/// nothing). Answers how its events are linked, for [`write_effects`].
+fn begin_writing<'k>(conn: &'k WriteConn, fx: &Effects) -> Result<Option<Linking<'k>>, StoreError> {
+    let linking = if fx.events.is_empty() {
+        None
+    } else {
         refuse_key_switches(&fx.events)?;
-        next_linking(last_key_switch(conn)?.as_ref(), &conn.keys)?;
-    }
-    Ok(())
+        Some(next_linking(last_key_switch(conn)?.as_ref(), &conn.keys)?)
+    };
+    keep_signed(conn, fx)?;
+    Ok(linking)
 }
 
 /// What became of an update.
@@ -468,9 +465,7 @@ fn create(
             req.id, req.requester.id
         )));
     }
-    // Everything that can fail it is checked before the first write: a
-    // creation runs without a savepoint (`Writer::run_checked`).
-    check_before_writing(conn, &fx)?;
+    let linking = begin_writing(conn, &fx)?;
     let at = change_time(&fx, req.created_at);
     conn.prepare_cached(
         "INSERT INTO requests (id, state, requester, created_at, updated_at, expires_at, open_grants, body) \
@@ -486,7 +481,7 @@ fn create(
         req.open_grants() as i64,
         serde_json::to_string(&req).map_err(corrupt)?,
     ])?;
-    write_effects(conn, id, &fx, at)?;
+    write_effects(conn, id, &fx, at, linking)?;
     Ok(Ok((req, fx)))
 }
 
@@ -552,8 +547,8 @@ fn update(
             return Ok(Updated::Refused(refusal));
         }
     };
-    check_before_writing(conn, &fx)?;
     let body = serde_json::to_string(&req).map_err(corrupt)?;
+    let linking = begin_writing(conn, &fx)?;
     consume(conn)?;
     let at = change_time(&fx, Timestamp::from_millis(updated_at));
     conn.prepare_cached(
@@ -567,7 +562,7 @@ fn update(
         body,
         id_of(req.id),
     ])?;
-    write_effects(conn, id, &fx, at)?;
+    write_effects(conn, id, &fx, at, linking)?;
     Ok(Updated::Changed(Box::new((req, fx))))
 }
 
@@ -576,16 +571,18 @@ fn change_time(fx: &Effects, fallback: Timestamp) -> Timestamp {
     fx.events.first().map(|e| e.at).unwrap_or(fallback)
 }
 
+/// Writes what the change `fx` of `request` left, after [`begin_writing`]
+/// (with the `linking` it answered).
 fn write_effects(
     conn: &WriteConn,
     request: RequestId,
     fx: &Effects,
     at: Timestamp,
+    linking: Option<Linking<'_>>,
 ) -> Result<(), StoreError> {
     let rid = id_of(request);
-    keep_signed(conn, fx)?;
-    if !fx.events.is_empty() {
-        append_events(conn, &fx.events)?;
+    if let Some(linking) = linking {
+        append_linked(conn, linking, &fx.events)?;
     }
     insert_outbox(conn, fx, at)?;
     if fx.cancel_all {
@@ -732,6 +729,16 @@ fn adopt_key(conn: &WriteConn, now: Timestamp) -> Result<KeyAdoption, StoreError
 fn append_events(conn: &WriteConn, events: &[NewEvent]) -> Result<u64, StoreError> {
     refuse_key_switches(events)?;
     let linking = next_linking(last_key_switch(conn)?.as_ref(), &conn.keys)?;
+    append_linked(conn, linking, events)
+}
+
+/// Chains `events`, checked already, after the Logbook's head with
+/// `linking`. Returns the last sequence number.
+fn append_linked(
+    conn: &WriteConn,
+    linking: Linking<'_>,
+    events: &[NewEvent],
+) -> Result<u64, StoreError> {
     let (mut seq, mut prev) = head(conn)?;
     for e in events {
         seq += 1;

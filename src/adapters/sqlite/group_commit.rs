@@ -10,10 +10,10 @@
 //!
 //! A savepoint costs: every page a job changes is first copied aside for its
 //! undo. A job that checks everything that can refuse it before its first
-//! write (a request's creation or update) runs without one ([`Writer::run_checked`]): when it
-//! fails having changed nothing, it is answered alone as any other; when it
-//! fails after a write (a disk error, a bug), its group fails as a failed
-//! commit does.
+//! write (a request's creation or update) runs without one
+//! ([`Writer::run_checked`]): when it fails having changed nothing, it is
+//! answered alone as any other; when it fails after a write (a disk error,
+//! a bug), its group fails as a failed commit does.
 //!
 //! Why: a commit costs about as much for one small change as for a hundred
 //! (WAL frames, locks), so sharing it lets throughput grow with load. And
