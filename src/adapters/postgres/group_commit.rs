@@ -7,14 +7,17 @@
 //! commit's flush to disk. One change per transaction therefore meant one
 //! flush and a dozen round trips per change, one after the other across all
 //! processes. Here the store's writer takes every change waiting (up to
-//! [`MAX_GROUP`]), opens one transaction, takes the creation lock and the
-//! Logbook's lock first and reads the Logbook's head once, reads every row
-//! the changes need in a few statements ([`Group::read`]), runs the changes
-//! in memory one after another (each sees what those before it left, as
-//! with one transaction each), keeps their replay keys in one statement,
-//! writes what they left in a few more ([`write`]), links all their events
-//! and inserts them in one statement, commits, and only then answers the
-//! callers.
+//! [`MAX_GROUP`]), opens one transaction that takes the creation lock and
+//! the Logbook's lock first (in the round trip of its `BEGIN`), reads the
+//! Logbook's head, the next request number and the pending counts in one
+//! statement and the rows the changes update in up to two more
+//! ([`Group::read`]), runs the changes in memory one after another (each
+//! sees what those before it left, as with one transaction each), keeps
+//! their replay keys in one statement, writes what they left and their
+//! events, linked in memory, in one more ([`write`], [`Writes`]), commits,
+//! and only then answers the callers. Every round trip here is spent under
+//! the Logbook's lock, which the groups of every process wait for: a group
+//! of creations takes five.
 //!
 //! Taking both locks first keeps the order of locks the same everywhere: a
 //! group waits for row locks only while it holds the Logbook's, and every
@@ -39,7 +42,8 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::Row;
 
-use super::logbook::{Appender, Locks};
+use super::logbook::{begin_creations_and_logbook, Appender, HEAD_COLUMNS, HEAD_FROM};
+use super::statement::Writes;
 use super::{bump, change_time, no_timers, OutboxRows, Updated};
 use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id};
 use crate::app::effects::{Effects, TimerId};
@@ -310,13 +314,17 @@ struct Group {
 }
 
 impl Group {
-    /// Reads, in a few statements, every row the changes need, locking the
-    /// requests they change and the timers that fired them.
-    async fn read(conn: &mut PgConnection, works: &[Work]) -> Result<Self, StoreError> {
+    /// Reads, in a few statements, the Logbook's head and every row the
+    /// changes need, locking the requests they change and the timers that
+    /// fired them. `conn` holds the creation lock and the Logbook's.
+    async fn read<'k>(
+        conn: &mut PgConnection,
+        keys: &'k ChainKeys,
+        works: &[Work],
+    ) -> Result<(Appender<'k>, Self), StoreError> {
         let mut ids = Vec::new();
         let mut fired = Vec::new();
         let mut counted = Vec::new();
-        let mut creates = false;
         for w in works {
             match w {
                 Work::Update { id, fired: f, .. } => {
@@ -327,15 +335,26 @@ impl Group {
                     requester,
                     pending_cap,
                     ..
-                } => {
-                    creates = true;
-                    if *pending_cap > 0 {
-                        counted.push(requester.clone());
-                    }
-                }
-                Work::Record { .. } => {}
+                } if *pending_cap > 0 => counted.push(requester.clone()),
+                Work::Create { .. } | Work::Record { .. } => {}
             }
         }
+        // The head, the next request number and the pending counts, in the
+        // order of `counted`, in one statement.
+        let row = sqlx::query(&format!(
+            "SELECT {HEAD_COLUMNS}, (SELECT COALESCE(MAX(id), 0) + 1 FROM requests), \
+                    ARRAY(SELECT (SELECT COUNT(*) FROM requests q \
+                                  WHERE q.requester = c.requester AND q.state = 'pending') \
+                          FROM UNNEST($1::text[]) WITH ORDINALITY AS c (requester, i) ORDER BY i) \
+             {HEAD_FROM}"
+        ))
+        .bind(&counted)
+        .fetch_one(&mut *conn)
+        .await?;
+        let log = Appender::after_row(&row, keys)?;
+        let next_id: i64 = row.try_get(4)?;
+        let counts: Vec<i64> = row.try_get(5)?;
+        let pending: HashMap<String, i64> = counted.into_iter().zip(counts).collect();
         let mut loaded = HashMap::new();
         if !ids.is_empty() {
             // The rows stay locked to the commit. NO KEY: rows that only
@@ -371,32 +390,13 @@ impl Group {
             .await?;
             timers.extend(present);
         }
-        let next_id = if creates {
-            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM requests")
-                .fetch_one(&mut *conn)
-                .await?
-        } else {
-            0
-        };
-        let mut pending: HashMap<String, i64> = counted.iter().map(|r| (r.clone(), 0)).collect();
-        if !counted.is_empty() {
-            let rows = sqlx::query(
-                "SELECT requester, COUNT(*) FROM requests \
-                 WHERE requester = ANY($1) AND state = 'pending' GROUP BY requester",
-            )
-            .bind(&counted)
-            .fetch_all(&mut *conn)
-            .await?;
-            for row in rows {
-                pending.insert(row.try_get(0)?, row.try_get(1)?);
-            }
-        }
-        Ok(Self {
+        let group = Self {
             loaded,
             timers,
             next_id,
             pending,
-        })
+        };
+        Ok((log, group))
     }
 
     /// Notes that a request of `requester` went from `before` to `after`.
@@ -559,9 +559,8 @@ async fn run_group(
     keys: &ChainKeys,
     works: Vec<Work>,
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
-    let mut tx = conn.begin().await?;
-    let mut log = Appender::lock(&mut tx, keys, Locks::CreateAndLogbook).await?;
-    let mut group = Group::read(&mut tx, &works).await?;
+    let mut tx = begin_creations_and_logbook(conn).await?;
+    let (mut log, mut group) = Group::read(&mut tx, keys, &works).await?;
     let mut outcomes: Vec<Outcome> = works.into_iter().map(|w| group.run(&log, w)).collect();
 
     // Replay keys, all in one statement: a key seen before (in the table or
@@ -603,8 +602,13 @@ async fn run_group(
     if !replayed.is_empty() {
         undo_replays(&mut outcomes, replayed);
     }
-    write(&mut tx, &mut log, &group, &outcomes).await?;
-    log.write(&mut tx).await?;
+    let mut writes = Writes::default();
+    let updates = write(&mut writes, &mut log, &group, &outcomes)?;
+    log.queue(&mut writes)?;
+    if writes.run(&mut tx).await? != updates {
+        // Cannot happen while the rows are locked.
+        return Err(StoreError::Busy);
+    }
     tx.commit().await?;
     Ok(outcomes
         .into_iter()
@@ -634,14 +638,15 @@ fn undo_replays(outcomes: &mut [Outcome], mut replayed: Vec<usize>) {
     }
 }
 
-/// Writes what the changes left: fired timers deleted, requests inserted and
-/// updated, notices queued, timers cancelled and scheduled, events linked.
-async fn write(
-    conn: &mut PgConnection,
+/// Adds to `writes` what the changes left: fired timers deleted, requests
+/// inserted and updated, notices queued, timers cancelled and scheduled; and
+/// links their events. Returns how many requests the update must write.
+fn write(
+    writes: &mut Writes,
     log: &mut Appender<'_>,
     group: &Group,
     outcomes: &[Outcome],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let mut fired = Vec::new();
     let mut outbox = OutboxRows::default();
     let mut created: Vec<&AccessRequest> = Vec::new();
@@ -710,27 +715,24 @@ async fn write(
         log.push(&fx.events)?;
     }
     if !fired.is_empty() {
-        sqlx::query("DELETE FROM timers WHERE id = ANY($1)")
-            .bind(&fired)
-            .execute(&mut *conn)
-            .await?;
+        let fired = writes.bind(fired, "bigint[]")?;
+        writes.push(format!("DELETE FROM timers WHERE id = ANY({fired})"));
     }
     if !created.is_empty() {
-        insert_requests(conn, &created, &created_at).await?;
+        insert_requests(writes, &created, &created_at)?;
     }
-    update_requests(conn, group, &updated).await?;
-    outbox.insert(conn).await?;
+    let updates = update_requests(writes, group, &updated)?;
+    outbox.queue(writes)?;
     if !cancels.is_empty() {
+        // Of the rows there before the statement: those `scheduled` are not.
         let (requests, whats): (Vec<i64>, Vec<String>) = cancels.into_iter().unzip();
-        sqlx::query(
-            "DELETE FROM timers t USING UNNEST($1::bigint[], $2::text[]) AS c (request, what) \
+        let requests = writes.bind(requests, "bigint[]")?;
+        let whats = writes.bind(whats, "text[]")?;
+        writes.push(format!(
+            "DELETE FROM timers t USING UNNEST({requests}, {whats}) AS c (request, what) \
              WHERE t.request = c.request AND (c.what = '*all' OR t.kind = c.what \
-                OR (c.what = '*expiry' AND (t.kind = 'expiry' OR t.kind LIKE 'warning:%')))",
-        )
-        .bind(requests)
-        .bind(whats)
-        .execute(&mut *conn)
-        .await?;
+                OR (c.what = '*expiry' AND (t.kind = 'expiry' OR t.kind LIKE 'warning:%')))"
+        ));
     }
     if !scheduled.is_empty() {
         let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -740,20 +742,20 @@ async fn write(
             columns.2.push(d);
             columns.3.push(a);
         }
+        let from = [
+            writes.bind(columns.0, "bigint[]")?,
+            writes.bind(columns.1, "text[]")?,
+            writes.bind(columns.2, "bigint[]")?,
+            writes.bind(columns.3, "bigint[]")?,
+        ]
+        .join(", ");
         // WITH ORDINALITY keeps the given order, and so the order of the ids.
-        sqlx::query(
+        writes.push(format!(
             "INSERT INTO timers (request, kind, due_at, attempts) \
-             SELECT r, k, d, a FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) \
-             WITH ORDINALITY AS t (r, k, d, a, n) ORDER BY n",
-        )
-        .bind(columns.0)
-        .bind(columns.1)
-        .bind(columns.2)
-        .bind(columns.3)
-        .execute(&mut *conn)
-        .await?;
+             SELECT r, k, d, a FROM UNNEST({from}) WITH ORDINALITY AS t (r, k, d, a, n) ORDER BY n"
+        ));
     }
-    Ok(())
+    Ok(updates)
 }
 
 /// The columns of `requests` a change writes besides its body.
@@ -797,37 +799,38 @@ impl RequestRows {
     }
 }
 
-async fn insert_requests(
-    conn: &mut PgConnection,
+fn insert_requests(
+    writes: &mut Writes,
     created: &[&AccessRequest],
     at: &[Timestamp],
 ) -> Result<(), StoreError> {
     let rows = RequestRows::of(created.iter().copied().zip(at.iter().copied()))?;
-    sqlx::query(
+    let from = [
+        writes.bind(rows.ids, "bigint[]")?,
+        writes.bind(rows.states, "text[]")?,
+        writes.bind(rows.requesters, "text[]")?,
+        writes.bind(rows.created, "bigint[]")?,
+        writes.bind(rows.updated, "bigint[]")?,
+        writes.bind(rows.expires, "bigint[]")?,
+        writes.bind(rows.grants, "bigint[]")?,
+        writes.bind(rows.bodies, "text[]")?,
+    ]
+    .join(", ");
+    writes.push(format!(
         "INSERT INTO requests (id, state, requester, created_at, updated_at, expires_at, open_grants, body) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-                              $6::bigint[], $7::bigint[], $8::text[])",
-    )
-    .bind(rows.ids)
-    .bind(rows.states)
-    .bind(rows.requesters)
-    .bind(rows.created)
-    .bind(rows.updated)
-    .bind(rows.expires)
-    .bind(rows.grants)
-    .bind(rows.bodies)
-    .execute(&mut *conn)
-    .await?;
+         SELECT * FROM UNNEST({from})"
+    ));
     Ok(())
 }
 
 /// Writes each request the group changed as its last change left it, over
-/// the version read (never over a change the group did not see).
-async fn update_requests(
-    conn: &mut PgConnection,
+/// the version read (never over a change the group did not see). Returns
+/// how many rows it must write: the statement counts those it did.
+fn update_requests(
+    writes: &mut Writes,
     group: &Group,
     updated: &HashMap<RequestId, (&AccessRequest, Timestamp, i64)>,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let changed: Vec<(&AccessRequest, Timestamp, i64, i64)> = updated
         .iter()
         .filter_map(|(id, (req, at, changes))| {
@@ -836,33 +839,27 @@ async fn update_requests(
         })
         .collect();
     if changed.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let rows = RequestRows::of(changed.iter().map(|(req, at, _, _)| (*req, *at)))?;
     let versions: Vec<i64> = changed.iter().map(|c| c.2).collect();
     let changes: Vec<i64> = changed.iter().map(|c| c.3).collect();
-    let written = sqlx::query(
+    let from = [
+        writes.bind(rows.ids, "bigint[]")?,
+        writes.bind(rows.states, "text[]")?,
+        writes.bind(rows.updated, "bigint[]")?,
+        writes.bind(rows.expires, "bigint[]")?,
+        writes.bind(rows.grants, "bigint[]")?,
+        writes.bind(rows.bodies, "text[]")?,
+        writes.bind(versions, "bigint[]")?,
+        writes.bind(changes, "bigint[]")?,
+    ]
+    .join(", ");
+    writes.push_counted(format!(
         "UPDATE requests SET state = u.state, updated_at = u.updated_at, expires_at = u.expires_at, \
                 open_grants = u.open_grants, body = u.body, version = requests.version + u.changes \
-         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                     $6::text[], $7::bigint[], $8::bigint[]) \
-              AS u (id, state, updated_at, expires_at, open_grants, body, version, changes) \
-         WHERE requests.id = u.id AND requests.version = u.version",
-    )
-    .bind(rows.ids)
-    .bind(rows.states)
-    .bind(rows.updated)
-    .bind(rows.expires)
-    .bind(rows.grants)
-    .bind(rows.bodies)
-    .bind(versions)
-    .bind(changes)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if written != changed.len() as u64 {
-        // Cannot happen while the rows are locked.
-        return Err(StoreError::Busy);
-    }
-    Ok(())
+         FROM UNNEST({from}) AS u (id, state, updated_at, expires_at, open_grants, body, version, changes) \
+         WHERE requests.id = u.id AND requests.version = u.version RETURNING 1"
+    ));
+    Ok(changed.len() as u64)
 }

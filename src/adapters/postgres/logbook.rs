@@ -10,8 +10,10 @@
 //! events in memory ([`Appender`]) and writes them in one statement.
 
 use futures::TryStreamExt;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 
+use super::statement::Writes;
 use crate::adapters::store_rows::{
     adoption, key_switch, log_event, next_linking, refuse_key_switches, Adoption, LastSwitch,
     LOG_EVENT_COLUMNS,
@@ -35,54 +37,62 @@ struct Head {
     switch: Option<LastSwitch>,
 }
 
-/// Which advisory locks a writer takes before it reads the head.
-#[derive(Clone, Copy)]
-pub(super) enum Locks {
-    /// The Logbook's alone.
-    Logbook,
-    /// The creation lock and then the Logbook's, as a group of changes that
-    /// may create requests takes them (and `store copy`, in the same order).
-    CreateAndLogbook,
-}
-
 /// Takes the creation lock and then the Logbook's, for the rest of the
 /// transaction: what a group of changes takes first, and `store copy` too,
 /// in this one order everywhere.
 pub(crate) async fn lock_creations_and_logbook(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    // A target list is evaluated left to right.
-    sqlx::query("SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2)")
-        .bind(super::CREATE_LOCK)
-        .bind(LOGBOOK_LOCK)
+    sqlx::raw_sql(&creation_and_logbook_locks())
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// Takes `locks` for the rest of the transaction, and then reads the
-/// Logbook's head and last switch to a key, in one statement after the
-/// locks (a statement reads what was committed when it started).
-async fn lock_head(conn: &mut PgConnection, locks: Locks) -> Result<Head, StoreError> {
-    match locks {
-        Locks::Logbook => {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(LOGBOOK_LOCK)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Locks::CreateAndLogbook => lock_creations_and_logbook(conn).await?,
-    }
-    // The action is written out, not bound, so that the partial index
-    // `logbook_key_switches` serves it.
-    debug_assert_eq!(KEY_SWITCH, "logbook_keyed");
-    let row = sqlx::query(
-        "SELECT h.seq, h.hash, s.seq AS switch_seq, s.details AS switch_details \
-         FROM (SELECT 1) AS one \
-         LEFT JOIN (SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1) AS h ON TRUE \
-         LEFT JOIN (SELECT seq, details FROM logbook WHERE action = 'logbook_keyed' \
-                    ORDER BY seq DESC LIMIT 1) AS s ON TRUE",
+/// Begins a transaction that takes the creation lock and then the
+/// Logbook's, in the one round trip of its `BEGIN`.
+pub(super) async fn begin_creations_and_logbook(
+    conn: &mut PgConnection,
+) -> Result<Transaction<'_, Postgres>, StoreError> {
+    let begin = format!("BEGIN; {}", creation_and_logbook_locks());
+    Ok(conn.begin_with(begin).await?)
+}
+
+/// The statement that takes the creation lock and then the Logbook's.
+fn creation_and_logbook_locks() -> String {
+    // A target list is evaluated left to right.
+    format!(
+        "SELECT pg_advisory_xact_lock({}), pg_advisory_xact_lock({LOGBOOK_LOCK})",
+        super::CREATE_LOCK
     )
-    .fetch_one(&mut *conn)
-    .await?;
+}
+
+/// The Logbook's head and its last switch to a key, as the first four
+/// columns of a statement `SELECT {HEAD_COLUMNS}, … {HEAD_FROM}` run after
+/// the Logbook's lock (a statement reads what was committed when it started).
+pub(super) const HEAD_COLUMNS: &str =
+    "h.seq, h.hash, s.seq AS switch_seq, s.details AS switch_details";
+/// See [`HEAD_COLUMNS`]. The action is written out, not bound, so that the
+/// partial index `logbook_key_switches` serves it.
+pub(super) const HEAD_FROM: &str = "FROM (SELECT 1) AS one \
+     LEFT JOIN (SELECT seq, hash FROM logbook ORDER BY seq DESC LIMIT 1) AS h ON TRUE \
+     LEFT JOIN (SELECT seq, details FROM logbook WHERE action = 'logbook_keyed' \
+                ORDER BY seq DESC LIMIT 1) AS s ON TRUE";
+
+/// Takes the Logbook's lock for the rest of the transaction, and then reads
+/// its head and last switch to a key, in one statement after the lock.
+async fn lock_head(conn: &mut PgConnection) -> Result<Head, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOGBOOK_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    debug_assert_eq!(KEY_SWITCH, "logbook_keyed");
+    let row = sqlx::query(&format!("SELECT {HEAD_COLUMNS} {HEAD_FROM}"))
+        .fetch_one(&mut *conn)
+        .await?;
+    head_of(&row)
+}
+
+/// The head in the first four columns of `row` ([`HEAD_COLUMNS`]).
+fn head_of(row: &PgRow) -> Result<Head, StoreError> {
     let seq: Option<i64> = row.try_get(0)?;
     let hash: Option<Vec<u8>> = row.try_get(1)?;
     let switch_seq: Option<i64> = row.try_get(2)?;
@@ -123,20 +133,29 @@ struct EventRows {
 }
 
 impl<'k> Appender<'k> {
-    /// Takes `locks` (the Logbook's last) for the rest of the transaction
-    /// and reads the head the next events link after.
+    /// Takes the Logbook's lock for the rest of the transaction and reads
+    /// the head the next events link after.
     pub(super) async fn lock(
         conn: &mut PgConnection,
         keys: &'k ChainKeys,
-        locks: Locks,
     ) -> Result<Appender<'k>, StoreError> {
-        let head = lock_head(conn, locks).await?;
-        Ok(Self {
+        let head = lock_head(conn).await?;
+        Ok(Self::after(head, keys))
+    }
+
+    /// Links the next events after the head in the first columns of `row`
+    /// ([`HEAD_COLUMNS`]), read under the Logbook's lock.
+    pub(super) fn after_row(row: &PgRow, keys: &'k ChainKeys) -> Result<Appender<'k>, StoreError> {
+        Ok(Self::after(head_of(row)?, keys))
+    }
+
+    fn after(head: Head, keys: &'k ChainKeys) -> Appender<'k> {
+        Self {
             linking: next_linking(head.switch.as_ref(), keys),
             seq: head.seq,
             prev: head.hash,
             rows: EventRows::default(),
-        })
+        }
     }
 
     /// Whether `events` may be appended: no key switches, and a key to link
@@ -189,6 +208,15 @@ impl<'k> Appender<'k> {
     /// Inserts the events pushed, in one statement. Returns the last
     /// sequence number.
     pub(super) async fn write(self, conn: &mut PgConnection) -> Result<u64, StoreError> {
+        let mut writes = Writes::default();
+        let seq = self.queue(&mut writes)?;
+        writes.run(conn).await?;
+        Ok(seq)
+    }
+
+    /// Adds the insert of the events pushed to `writes`. Returns the last
+    /// sequence number.
+    pub(super) fn queue(self, writes: &mut Writes) -> Result<u64, StoreError> {
         let rows = self.rows;
         if rows.seqs.is_empty() {
             return Ok(self.seq);
@@ -198,20 +226,20 @@ impl<'k> Appender<'k> {
             metrics::counter!("passport_logbook_events_total", "action" => action.clone())
                 .increment(1);
         }
-        sqlx::query(
+        let from = [
+            writes.bind(rows.seqs, "bigint[]")?,
+            writes.bind(rows.ats, "bigint[]")?,
+            writes.bind(rows.actors, "text[]")?,
+            writes.bind(rows.requests, "text[]")?,
+            writes.bind(rows.actions, "text[]")?,
+            writes.bind(rows.details, "text[]")?,
+            writes.bind(rows.hashes, "bytea[]")?,
+        ]
+        .join(", ");
+        writes.push(format!(
             "INSERT INTO logbook (seq, at, actor, request, action, details, hash) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-                                  $6::text[], $7::bytea[])",
-        )
-        .bind(rows.seqs)
-        .bind(rows.ats)
-        .bind(rows.actors)
-        .bind(rows.requests)
-        .bind(rows.actions)
-        .bind(rows.details)
-        .bind(rows.hashes)
-        .execute(&mut *conn)
-        .await?;
+             SELECT * FROM UNNEST({from})"
+        ));
         Ok(self.seq)
     }
 }
@@ -224,7 +252,7 @@ pub(super) async fn adopt_key(
     keys: &ChainKeys,
     now: Timestamp,
 ) -> Result<KeyAdoption, StoreError> {
-    let head = lock_head(conn, Locks::Logbook).await?;
+    let head = lock_head(conn).await?;
     match adoption(head.switch.as_ref(), keys, now)? {
         Adoption::Settled(adopted) => Ok(adopted),
         Adoption::Switch(switch) => {

@@ -30,6 +30,7 @@ mod group_commit;
 mod logbook;
 mod outbox;
 mod signin;
+mod statement;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,8 +59,9 @@ use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Usernam
 use group_commit::{Committer, Done, Work};
 pub use logbook::audit_query;
 pub(crate) use logbook::lock_creations_and_logbook;
-use logbook::{Appender, Locks};
+use logbook::Appender;
 use outbox::LaneClaims;
+use statement::Writes;
 
 /// The advisory lock a creation holds ("passport" + 1).
 pub(crate) const CREATE_LOCK: i64 = logbook::LOGBOOK_LOCK + 1;
@@ -423,7 +425,7 @@ async fn record(
     fx: &Effects,
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    let mut log = Appender::lock(conn, keys, Locks::Logbook).await?;
+    let mut log = Appender::lock(conn, keys).await?;
     record_in(conn, &mut log, fx, at).await?;
     log.write(conn).await?;
     Ok(())
@@ -514,24 +516,33 @@ impl OutboxRows {
         self.at.extend_from_slice(&other.at);
     }
 
+    /// Inserts these notices, in one statement.
     async fn insert(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let mut writes = Writes::default();
+        self.queue(&mut writes)?;
+        writes.run(conn).await?;
+        Ok(())
+    }
+
+    /// Adds the insert of these notices to `writes`, in the order given:
+    /// ids (and so each lane's order) follow it.
+    fn queue(self, writes: &mut Writes) -> Result<(), StoreError> {
         if self.notices.is_empty() {
             return Ok(());
         }
-        // In the order given: ids (and so each lane's order) follow it.
-        sqlx::query(
+        let from = [
+            writes.bind(self.surfaces, "text[]")?,
+            writes.bind(self.lanes, "text[]")?,
+            writes.bind(self.requests, "bigint[]")?,
+            writes.bind(self.notices, "text[]")?,
+            writes.bind(self.at, "bigint[]")?,
+        ]
+        .join(", ");
+        writes.push(format!(
             "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
-             SELECT s, l, r, n, a, a \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) \
-             WITH ORDINALITY AS t (s, l, r, n, a, i) ORDER BY i",
-        )
-        .bind(self.surfaces)
-        .bind(self.lanes)
-        .bind(self.requests)
-        .bind(self.notices)
-        .bind(self.at)
-        .execute(&mut *conn)
-        .await?;
+             SELECT s, l, r, n, a, a FROM UNNEST({from}) WITH ORDINALITY AS t (s, l, r, n, a, i) \
+             ORDER BY i"
+        ));
         Ok(())
     }
 }
