@@ -871,6 +871,55 @@ async fn a_new_lane_starts_while_a_paced_lane_is_still_sending() {
     assert_eq!(&audits[..3], ["line 0", "line 1", "line 2"], "in order");
 }
 
+/// A notice queued into a lane while that lane is sending goes in the same
+/// pass. A read made while the lane ran skips it (one lane at a time), and
+/// when the lane ended during that read, the pass waited for the next commit
+/// instead of reading again: with none coming, the notice and every later
+/// one waited for good (seen on two replicas after a takeover, where the
+/// removal's notices stayed claimed and unsent). Many rounds, because the
+/// lane must end while the read is under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_queued_into_a_sending_lane_goes_in_the_same_pass() {
+    use passport::app::effects::Effects;
+    use passport::domain::notice::Notice;
+    use std::time::Duration;
+
+    for round in 0..30 {
+        let (app, _dir) = TestApp::spawn().await;
+        let paced = Arc::new(PacedAudit {
+            inner: app.surface.clone(),
+            sending: tokio::sync::Notify::new(),
+            paced: tokio::sync::Semaphore::new(0),
+            card_posted: tokio::sync::Notify::new(),
+        });
+        let dispatcher = Arc::new(passport::app::dispatch::Dispatcher::new(
+            app.store.clone(),
+            Arc::new(app.clock.clone()),
+            vec![paced.clone()],
+        ));
+        queue_audit_lines(&app, 1).await;
+        let pass = tokio::spawn({
+            let dispatcher = dispatcher.clone();
+            async move { dispatcher.deliver_due().await }
+        });
+        paced.sending.notified().await;
+        let mut fx = Effects::default();
+        fx.notify(Notice::Audit {
+            text: "line 1".into(),
+        });
+        fx.route(&["test".to_owned()], "");
+        app.store.record(fx, app.engine.now()).await.unwrap();
+        paced.paced.add_permits(100);
+        let report = tokio::time::timeout(Duration::from_secs(10), pass)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the pass never ended"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.delivered, 2, "round {round}: {report:?}");
+        assert_audit_lines_went_once_in_order(&app, 2);
+    }
+}
+
 /// Delivered notices are deleted by reconciliation once older than
 /// `outbox_retention` (30 days by default); undelivered ones never are.
 #[tokio::test]

@@ -347,6 +347,9 @@ impl Dispatcher {
         let mut ready: VecDeque<(Vec<Pending>, bool)> = VecDeque::new();
         // Whether the outbox may hold lanes not read yet.
         let mut unread = true;
+        // Lanes whose newer notices a read skipped because the lane was
+        // under way or admitted: read again once it ends.
+        let mut skipped: HashSet<LaneKey> = HashSet::new();
         // A store error ends the pass once the lanes under way have finished
         // (a lane cut short could send a notice without recording it).
         let mut failed: Option<StoreError> = None;
@@ -375,17 +378,33 @@ impl Dispatcher {
                 // The lanes under way keep going while the outbox is read: on
                 // a shared database the read may wait for rows one of them
                 // holds until it commits.
-                let read = self.runnable_lanes(&known);
-                tokio::pin!(read);
-                let lanes = loop {
-                    tokio::select! {
-                        lanes = &mut read => break lanes,
-                        Some((key, full, r)) = running.next() => {
-                            in_flight.remove(&key);
-                            lane_done(&mut report, &mut unread, &mut failed, full, r);
+                let mut skipped_now = HashSet::new();
+                let lanes = {
+                    let read = self.runnable_lanes(&known, &mut skipped_now);
+                    tokio::pin!(read);
+                    loop {
+                        tokio::select! {
+                            lanes = &mut read => break lanes,
+                            Some((key, full, r)) = running.next() => {
+                                in_flight.remove(&key);
+                                unread |= skipped.remove(&key);
+                                lane_done(&mut report, &mut unread, &mut failed, full, r);
+                            }
                         }
                     }
                 };
+                // A skipped lane that ended during the read is read again.
+                for key in skipped_now {
+                    let known = in_flight.contains(&key)
+                        || ready
+                            .iter()
+                            .any(|(lane, _)| lane.first().is_some_and(|p| lane_key(p) == key));
+                    if known {
+                        skipped.insert(key);
+                    } else {
+                        unread = true;
+                    }
+                }
                 match lanes {
                     Ok(Lanes::Run(lanes)) => ready.extend(lanes),
                     // Every lane that ran either made progress or now waits
@@ -418,25 +437,37 @@ impl Dispatcher {
                     (key, full, done)
                 });
             }
+            if running.is_empty() {
+                // Nothing under way: read again (the pass ends there when
+                // nothing may go). Waiting for a commit instead would wait
+                // for good when the one that queued the last notices came
+                // before the read, which skipped them because their lane
+                // was still running then.
+                continue;
+            }
             tokio::select! {
                 Some((key, full, r)) = running.next() => {
                     in_flight.remove(&key);
+                    unread |= skipped.remove(&key);
                     lane_done(&mut report, &mut unread, &mut failed, full, r);
                 }
                 changed = queued.changed(), if watching => {
                     unread |= changed.is_ok();
                     watching = changed.is_ok();
                 }
-                // Nothing under way (see above): read again.
-                else => unread = true,
             }
         }
     }
 
     /// Reads the outbox and answers the lanes, other than `known`, that may
     /// go now (whether each is a probe), in order of their oldest notice; or,
-    /// when none may, when the first of them will be due.
-    async fn runnable_lanes(&self, known: &HashSet<LaneKey>) -> Result<Lanes, StoreError> {
+    /// when none may, when the first of them will be due. The `known` lanes
+    /// that had notices go into `skipped`.
+    async fn runnable_lanes(
+        &self,
+        known: &HashSet<LaneKey>,
+        skipped: &mut HashSet<LaneKey>,
+    ) -> Result<Lanes, StoreError> {
         // While every platform's breaker is open, the outbox is not even
         // read: a platform that is down costs a check per pass, not a read
         // of the backlog it leaves behind.
@@ -453,6 +484,7 @@ impl Dispatcher {
         for p in pending {
             let key = lane_key(&p);
             if known.contains(&key) {
+                skipped.insert(key);
                 continue;
             }
             if !lanes.contains_key(&key) {
