@@ -821,11 +821,18 @@ impl passport::app::ports::ChatSurface for PacedAudit {
     }
 }
 
-#[tokio::test]
-async fn a_new_lane_starts_while_a_paced_lane_is_still_sending() {
-    use std::time::Duration;
-
-    let (app, _dir) = TestApp::spawn().await;
+/// Queues `lines` audit lines, starts a delivery pass through a
+/// [`PacedAudit`] over `app`'s surface, and waits until the pass holds the
+/// first of them.
+async fn pass_holding_its_first_audit_line(
+    app: &TestApp,
+    lines: usize,
+) -> (
+    Arc<PacedAudit>,
+    tokio::task::JoinHandle<
+        Result<passport::app::dispatch::DeliveryReport, passport::app::ports::StoreError>,
+    >,
+) {
     let paced = Arc::new(PacedAudit {
         inner: app.surface.clone(),
         sending: tokio::sync::Notify::new(),
@@ -837,12 +844,18 @@ async fn a_new_lane_starts_while_a_paced_lane_is_still_sending() {
         Arc::new(app.clock.clone()),
         vec![paced.clone()],
     ));
-    queue_audit_lines(&app, 3).await;
-    let pass = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.deliver_due().await }
-    });
+    queue_audit_lines(app, lines).await;
+    let pass = tokio::spawn(async move { dispatcher.deliver_due().await });
     paced.sending.notified().await;
+    (paced, pass)
+}
+
+#[tokio::test]
+async fn a_new_lane_starts_while_a_paced_lane_is_still_sending() {
+    use std::time::Duration;
+
+    let (app, _dir) = TestApp::spawn().await;
+    let (paced, pass) = pass_holding_its_first_audit_line(&app, 3).await;
     // A request made while the audit channel is still sending its first line.
     let reply = app
         .engine
@@ -886,23 +899,7 @@ async fn a_notice_queued_into_a_sending_lane_goes_in_the_same_pass() {
 
     for round in 0..30 {
         let (app, _dir) = TestApp::spawn().await;
-        let paced = Arc::new(PacedAudit {
-            inner: app.surface.clone(),
-            sending: tokio::sync::Notify::new(),
-            paced: tokio::sync::Semaphore::new(0),
-            card_posted: tokio::sync::Notify::new(),
-        });
-        let dispatcher = Arc::new(passport::app::dispatch::Dispatcher::new(
-            app.store.clone(),
-            Arc::new(app.clock.clone()),
-            vec![paced.clone()],
-        ));
-        queue_audit_lines(&app, 1).await;
-        let pass = tokio::spawn({
-            let dispatcher = dispatcher.clone();
-            async move { dispatcher.deliver_due().await }
-        });
-        paced.sending.notified().await;
+        let (paced, pass) = pass_holding_its_first_audit_line(&app, 1).await;
         let mut fx = Effects::default();
         fx.notify(Notice::Audit {
             text: "line 1".into(),
