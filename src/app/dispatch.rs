@@ -379,6 +379,8 @@ impl Dispatcher {
                 // a shared database the read may wait for rows one of them
                 // holds until it commits.
                 let mut skipped_now = HashSet::new();
+                // Lanes that ended while the read ran.
+                let mut ended = HashSet::new();
                 let lanes = {
                     let read = self.runnable_lanes(&known, &mut skipped_now);
                     tokio::pin!(read);
@@ -388,23 +390,16 @@ impl Dispatcher {
                             Some((key, full, r)) = running.next() => {
                                 in_flight.remove(&key);
                                 unread |= skipped.remove(&key);
+                                ended.insert(key);
                                 lane_done(&mut report, &mut unread, &mut failed, full, r);
                             }
                         }
                     }
                 };
-                // A skipped lane that ended during the read is read again.
-                for key in skipped_now {
-                    let known = in_flight.contains(&key)
-                        || ready
-                            .iter()
-                            .any(|(lane, _)| lane.first().is_some_and(|p| lane_key(p) == key));
-                    if known {
-                        skipped.insert(key);
-                    } else {
-                        unread = true;
-                    }
-                }
+                // A skipped lane that ended during the read is read again at
+                // once; one still under way or admitted, once it ends.
+                unread |= skipped_now.iter().any(|key| ended.contains(key));
+                skipped.extend(skipped_now.into_iter().filter(|key| !ended.contains(key)));
                 match lanes {
                     Ok(Lanes::Run(lanes)) => ready.extend(lanes),
                     // Every lane that ran either made progress or now waits
