@@ -418,32 +418,24 @@ async fn keep_signed(conn: &mut PgConnection, fx: &Effects) -> Result<(), StoreE
 }
 
 /// Events and notices that belong to no request, in a transaction of their
-/// own making (sign-in and tokens, whose rows no group of changes locks).
+/// own making (sign-in and tokens, whose rows no group of changes locks):
+/// the notices and the events, linked after the head, in one statement.
 async fn record(
     conn: &mut PgConnection,
     keys: &ChainKeys,
     fx: &Effects,
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    let mut log = Appender::lock(conn, keys).await?;
-    record_in(conn, &mut log, fx, at).await?;
-    log.write(conn).await?;
-    Ok(())
-}
-
-/// Events and notices that belong to no request, their events linked by `log`.
-async fn record_in(
-    conn: &mut PgConnection,
-    log: &mut Appender<'_>,
-    fx: &Effects,
-    at: Timestamp,
-) -> Result<(), StoreError> {
     no_timers(fx)?;
-    log.check(&fx.events)?;
+    let mut log = Appender::lock(conn, keys).await?;
+    log.push(&fx.events)?;
     let outbox = OutboxRows::of(fx, at)?;
     keep_signed(conn, fx).await?;
-    outbox.insert(conn).await?;
-    log.push(&fx.events)
+    let mut writes = Writes::default();
+    outbox.queue(&mut writes)?;
+    log.queue(&mut writes)?;
+    writes.run(conn).await?;
+    Ok(())
 }
 
 /// Refuses effects of no request that touch timers: timers belong to a request.
@@ -514,14 +506,6 @@ impl OutboxRows {
         self.requests.extend_from_slice(&other.requests);
         self.notices.extend_from_slice(&other.notices);
         self.at.extend_from_slice(&other.at);
-    }
-
-    /// Inserts these notices, in one statement.
-    async fn insert(self, conn: &mut PgConnection) -> Result<(), StoreError> {
-        let mut writes = Writes::default();
-        self.queue(&mut writes)?;
-        writes.run(conn).await?;
-        Ok(())
     }
 
     /// Adds the insert of these notices to `writes`, in the order given:
