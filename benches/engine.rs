@@ -35,6 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 
@@ -112,17 +114,16 @@ async fn run() -> anyhow::Result<()> {
     let sqlite = Database::Sqlite(
         SqliteStore::open(&dir.path().join("engine.db"), Durability::Normal).await?,
     );
+    let before = machine::cpu_times();
     let engine = engine_throughput(sqlite, start_clock(), requests, workers).await?;
-    engine_rows(&mut rows, "SQLite", &engine, workers);
+    let stolen = machine::stolen_share(before, machine::cpu_times());
+    engine_rows(&mut rows, "SQLite", &engine, workers, stolen);
     let clock = start_clock();
-    let engine = engine_throughput(
-        postgres_store(clock.clone()).await?,
-        clock,
-        requests,
-        workers,
-    )
-    .await?;
-    engine_rows(&mut rows, "PostgreSQL", &engine, workers);
+    let postgres = postgres_store(clock.clone()).await?;
+    let before = machine::cpu_times();
+    let engine = engine_throughput(postgres, clock, requests, workers).await?;
+    let stolen = machine::stolen_share(before, machine::cpu_times());
+    engine_rows(&mut rows, "PostgreSQL", &engine, workers, stolen);
 
     let logbook =
         logbook_throughput(&dir.path().join("logbook.db"), appends, verify_events).await?;
@@ -181,14 +182,22 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The engine's rows for the run on `store`.
-fn engine_rows(rows: &mut Vec<Row>, store: &str, run: &EngineRun, workers: usize) {
+/// The engine's rows for the run on `store`, during which the hypervisor
+/// gave `stolen` percent of the machine's CPU time to others.
+fn engine_rows(
+    rows: &mut Vec<Row>,
+    store: &str,
+    run: &EngineRun,
+    workers: usize,
+    stolen: Option<f64>,
+) {
     let rate = |n: f64, d: Duration| format!("{:.0}", n / d.as_secs_f64());
+    let stolen = stolen.map_or(String::new(), |s| format!(", {s:.0} % of CPU stolen"));
     rows.push(Row {
         measure: "engine transitions/s",
         value: rate(run.transitions as f64, run.elapsed),
         how: format!(
-            "{store}: {} requests x {TRANSITIONS_PER_REQUEST} in {:.2} s, {workers} at once",
+            "{store}: {} requests x {TRANSITIONS_PER_REQUEST} in {:.2} s, {workers} at once{stolen}",
             run.requests,
             run.elapsed.as_secs_f64()
         ),

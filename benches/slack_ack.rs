@@ -55,6 +55,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 
@@ -614,9 +616,9 @@ fn pass(
         // name; then 3 s at the rate.
         client_rt.block_on(load(bases.clone(), 50, 1));
         let warm_up = client_rt.block_on(load(bases.clone(), rate, WARM_UP_SECS));
-        let cpu_before = cpu_times();
+        let cpu_before = machine::cpu_times();
         let outcome = client_rt.block_on(load(bases, rate, secs));
-        let stolen = stolen_share(cpu_before, cpu_times());
+        let stolen = machine::stolen_share(cpu_before, machine::cpu_times());
         let stored = server_rt.block_on(stored(&servers));
         let mut sorted = outcome.latencies.clone();
         sorted.sort();
@@ -684,30 +686,6 @@ fn pass(
             server_rt.block_on(app.database.close());
         }
     }
-}
-
-/// The machine's CPU time so far, in clock ticks: all of it, and what the
-/// hypervisor gave to other machines (steal), from `/proc/stat`; none where
-/// that file cannot be read.
-fn cpu_times() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is in user).
-    Some((fields.iter().take(8).sum(), *fields.get(7)?))
-}
-
-/// The share of the machine's CPU time stolen between two readings, in
-/// percent: on a shared virtual machine, what makes figures noisy.
-fn stolen_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
-    let ((total0, steal0), (total1, steal1)) = (before?, after?);
-    let total = total1.checked_sub(total0).filter(|t| *t > 0)?;
-    Some(100.0 * steal1.saturating_sub(steal0) as f64 / total as f64)
 }
 
 /// Scrapes `{base}/metrics` every `every`, as Prometheus would.
