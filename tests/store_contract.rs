@@ -1638,6 +1638,52 @@ async fn a_claim_that_runs_out_is_handed_out_again() {
     );
 }
 
+/// A delivery extends its lane's claims only once a tenth of their time has
+/// passed, not with every notice (which rewrote every claimed row of the
+/// lane each time); a lane that keeps delivering still keeps its claims.
+#[tokio::test]
+async fn a_lane_extends_its_claims_only_once_they_are_a_tenth_spent() {
+    let s = Subject::new(Kind::Postgres).await;
+    let other = s.another(ChainKeys::none()).await.store();
+    let Handle::Pg(pg) = &s.handle else {
+        unreachable!()
+    };
+    let notices = (0..40).map(|n| audit(&format!("a{n}"))).collect();
+    s.store
+        .record(housekeeping(at(0), 0, notices), at(0))
+        .await
+        .unwrap();
+    let claims = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT DISTINCT claimed_until FROM outbox \
+             WHERE claimed_by IS NOT NULL AND delivered_at IS NULL ORDER BY 1",
+        )
+        .fetch_all(pg.pool())
+        .await
+        .unwrap()
+    };
+    let mine = s.store.pending_notices(100, 40).await.unwrap();
+    assert_eq!(mine.len(), 40);
+    let claimed = claims().await;
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    // Within the first tenth of two minutes: the claims stay as they were.
+    s.clock.advance(Span::from_secs(11));
+    s.store.mark_delivered(&[mine[0].id], at(1)).await.unwrap();
+    assert_eq!(claims().await, claimed);
+    // Past it: extended, for two minutes from now.
+    s.clock.advance(Span::from_secs(2));
+    s.store.mark_delivered(&[mine[1].id], at(1)).await.unwrap();
+    assert_eq!(claims().await, vec![claimed[0] + 13_000]);
+    // A notice every 11 s, far past the first claim's two minutes: the lane
+    // stays this replica's throughout.
+    for p in &mine[2..] {
+        s.clock.advance(Span::from_secs(11));
+        assert!(other.pending_notices(100, 40).await.unwrap().is_empty());
+        s.store.mark_delivered(&[p.id], at(2)).await.unwrap();
+    }
+    assert_eq!(s.store.outbox_counts().await.unwrap().delivered, 40);
+}
+
 /// The process delivering hears at once of notices another process queued,
 /// so their lanes start without waiting for its next regular read.
 #[tokio::test]

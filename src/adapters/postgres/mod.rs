@@ -112,6 +112,8 @@ struct Shared {
     claim_for: Span,
     /// This process's name on outbox claims: unique per store.
     holder: String,
+    /// Until when this process's outbox claims last.
+    held: outbox::Held,
     queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
     notices_queued: tokio::sync::watch::Receiver<u64>,
     /// Runs the changes of requests, in groups.
@@ -255,6 +257,7 @@ impl PgStore {
                 clock: options.clock,
                 claim_for: options.claim_for,
                 holder: holder_name(),
+                held: outbox::Held::default(),
                 queued,
                 notices_queued,
                 committer,
@@ -332,6 +335,13 @@ impl PgStore {
             .collect()
     }
 
+    /// How the end of `ids`, notices of one lane that goes on, moves the
+    /// claims left on it: see [`outbox::Held`].
+    fn lane_goes_on(&self, ids: &[i64]) -> LaneClaims {
+        let shared = &self.shared;
+        shared.held.ended(ids, shared.clock.now(), shared.claim_for)
+    }
+
     /// Ends the outbox rows `ids`, notices of one lane, with `set` (their
     /// other columns), and moves this store's claims on that lane as
     /// `claims` says, in one transaction.
@@ -367,8 +377,12 @@ impl PgStore {
             // holds, so a claim and this record never wait for each other
             // in a circle, and deliveries do not queue behind claims.
             bind(sqlx::query(&sql).bind(ids)).execute(&mut *tx).await?;
-            outbox::after(&mut tx, last, &holder, claims).await?;
+            let extended = outbox::after(&mut tx, last, &holder, claims).await?;
             tx.commit().await?;
+            if let LaneClaims::Extend(until) = claims {
+                let now = store.shared.clock.now();
+                store.shared.held.claimed(extended, until, now);
+            }
             Ok(())
         })
         .await
@@ -682,6 +696,9 @@ impl Store for PgStore {
         let pending =
             outbox::claim(&mut tx, &self.shared.holder, now, until, limit, per_lane).await?;
         tx.commit().await?;
+        self.shared
+            .held
+            .claimed(pending.iter().map(|p| p.id), until, now);
         Ok(pending)
     }
 
@@ -704,6 +721,9 @@ impl Store for PgStore {
         )
         .await?;
         tx.commit().await?;
+        self.shared
+            .held
+            .claimed(pending.iter().map(|p| p.id), until, now);
         Ok(pending)
     }
 
@@ -712,12 +732,12 @@ impl Store for PgStore {
     }
 
     async fn mark_delivered(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError> {
-        let until = self.shared.clock.now().plus(self.shared.claim_for);
+        let claims = self.lane_goes_on(ids);
         self.end_notice(
             ids.to_vec(),
             "delivered_at = $2, last_error = NULL",
             move |q| q.bind(now.as_millis()),
-            LaneClaims::Extend(until),
+            claims,
         )
         .await
     }
@@ -728,6 +748,9 @@ impl Store for PgStore {
         next_attempt_at: Timestamp,
         error: &str,
     ) -> Result<(), StoreError> {
+        // The lane's claims end: this process forgets this one's, and the
+        // others' are pruned from `held` once they have run out.
+        self.shared.held.forget(&[id]);
         self.end_notice(
             vec![id],
             "next_attempt_at = $2, last_error = $3",
@@ -741,7 +764,7 @@ impl Store for PgStore {
     }
 
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError> {
-        let until = self.shared.clock.now().plus(self.shared.claim_for);
+        let claims = self.lane_goes_on(&[id]);
         self.end_notice(
             vec![id],
             "dead_at = $2, last_error = $3",
@@ -749,7 +772,7 @@ impl Store for PgStore {
                 let error = error.to_owned();
                 move |q| q.bind(now.as_millis()).bind(error)
             },
-            LaneClaims::Extend(until),
+            claims,
         )
         .await
     }
