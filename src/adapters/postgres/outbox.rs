@@ -149,8 +149,8 @@ fn pending_at(row: &sqlx::postgres::PgRow) -> Result<Pending, StoreError> {
 /// last set it, so that a delivery extends its lane's claims only once a
 /// tenth of their time has passed. Extending them on every delivery rewrote
 /// every claimed row of the lane each time: with a lane of 1,000 claimed
-/// notices, a million row versions to deliver them, which took most of the
-/// database server's time under load.
+/// notices, about half a million row versions to deliver them, which took
+/// most of the database server's time under load.
 #[derive(Default)]
 pub(super) struct Held(Mutex<HashMap<i64, Timestamp>>);
 
