@@ -357,9 +357,16 @@ struct Due {
     request: axum::http::Request<Full<Bytes>>,
 }
 
-/// A request's latency, whether it was acknowledged, when it was due and how
-/// long after that it was issued.
-type Sent = (Duration, bool, Duration, Duration);
+/// What became of one request.
+struct Sent {
+    /// From its issue to its answer.
+    latency: Duration,
+    acknowledged: bool,
+    /// When it was due, from the start of the run.
+    offset: Duration,
+    /// How long after it was due it was issued.
+    behind: Duration,
+}
 
 /// Sends `rate` requests a second for `secs` seconds to the applications at
 /// `bases`, to each in turn.
@@ -412,11 +419,11 @@ async fn load(bases: Vec<String>, rate: u64, secs: u64) -> Outcome {
     let mut sent_at = Vec::with_capacity(total as usize);
     let mut behind = Vec::with_capacity(total as usize);
     let (mut errors, mut acknowledged) = (0, 0);
-    while let Some((latency, ok, offset, late)) = received.recv().await {
-        latencies.push(latency);
-        sent_at.push(offset);
-        behind.push(late);
-        if ok {
+    while let Some(sent) = received.recv().await {
+        latencies.push(sent.latency);
+        sent_at.push(sent.offset);
+        behind.push(sent.behind);
+        if sent.acknowledged {
             acknowledged += 1;
         } else {
             errors += 1;
@@ -461,7 +468,12 @@ async fn sender(
             Some(c) => answered(c, request).await,
             None => false,
         };
-        let _ = results.send((issued.elapsed(), ok, offset, behind));
+        let _ = results.send(Sent {
+            latency: issued.elapsed(),
+            acknowledged: ok,
+            offset,
+            behind,
+        });
     }
 }
 
