@@ -159,6 +159,67 @@ fn at(minutes: i64) -> Timestamp {
     T0.plus(Span::from_minutes(minutes))
 }
 
+/// Pending requests are counted for any requester the chat platform names,
+/// whatever characters the name holds: quotes and backslashes neither end
+/// the name early nor reach the statement, and one requester's count is
+/// never another's.
+async fn pending_counts_hold_for_requesters_named_with_quotes(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let names = [
+        "o'brien",
+        r"x\');DELETE-FROM-requests;--",
+        "dëv✓'\\",
+        "O'BRIEN",
+    ];
+    for (n, who) in names.iter().enumerate() {
+        for _ in 0..=n {
+            create(store, who, at(0)).await;
+        }
+    }
+    // Each in its own group, then all in one group.
+    for (n, who) in names.iter().enumerate() {
+        let name = who.to_string();
+        let counted = store
+            .create(
+                &uid(who),
+                10,
+                Box::new(move |slot: Slot| {
+                    assert_eq!(slot.pending, n as u64 + 1, "{name}");
+                    creation(&name, at(1))(slot)
+                }),
+            )
+            .await;
+        assert!(matches!(counted, Ok(Ok(_))), "{who}: {counted:?}");
+    }
+    let together = names.iter().enumerate().map(|(n, who)| {
+        let name = who.to_string();
+        let who = uid(who);
+        async move {
+            store
+                .create(
+                    &who,
+                    10,
+                    Box::new(move |slot: Slot| {
+                        assert_eq!(slot.pending, n as u64 + 2, "{name}");
+                        creation(&name, at(2))(slot)
+                    }),
+                )
+                .await
+        }
+    });
+    for counted in futures::future::join_all(together).await {
+        assert!(matches!(counted, Ok(Ok(_))), "{counted:?}");
+    }
+    for (n, who) in names.iter().enumerate() {
+        assert_eq!(
+            store.pending_count(&uid(who), 100).await.unwrap(),
+            n as u64 + 3,
+            "{who}"
+        );
+    }
+}
+
 fn event(now: Timestamp, request: Option<RequestId>, action: &str) -> NewEvent {
     NewEvent {
         at: now,
@@ -1399,6 +1460,7 @@ macro_rules! contract {
 
 contract!(
     creating_and_changing_a_request,
+    pending_counts_hold_for_requesters_named_with_quotes,
     a_refused_change_writes_nothing,
     a_change_that_fails_part_way_writes_nothing,
     changes_arriving_together_commit_or_fail_each_alone,

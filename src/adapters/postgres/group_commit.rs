@@ -7,17 +7,21 @@
 //! commit's flush to disk. One change per transaction therefore meant one
 //! flush and a dozen round trips per change, one after the other across all
 //! processes. Here the store's writer takes every change waiting (up to
-//! [`MAX_GROUP`]), opens one transaction that takes the creation lock and
-//! the Logbook's lock first (in the round trip of its `BEGIN`), reads the
-//! Logbook's head, the next request number and the pending counts in one
-//! statement and the rows the changes update in up to two more
-//! ([`Group::read`]), runs the changes in memory one after another (each
-//! sees what those before it left, as with one transaction each), keeps
-//! their replay keys in one statement, writes what they left and their
-//! events, linked in memory, in one more ([`write`], [`Writes`]), commits,
-//! and only then answers the callers. Every round trip here is spent under
-//! the Logbook's lock, which the groups of every process wait for: a group
-//! of creations takes five.
+//! [`MAX_GROUP`]) into one transaction. Its first round trip begins it,
+//! takes the creation lock and the Logbook's, and reads the Logbook's head,
+//! the next request number, the pending counts and the rows the changes
+//! update ([`Group::begin_and_read`]). The changes then run in memory one
+//! after another (each sees what those before it left, as with one
+//! transaction each); their replay keys and everything they left, with
+//! their events linked in memory, are written in a second ([`writes_of`],
+//! [`Writes`]); the commit is the third, and only then are the callers
+//! answered. Every round trip here is spent under the Logbook's lock, which
+//! the groups of every process wait for.
+//!
+//! A replay key kept before fails the second round trip's statement; the
+//! group then goes back to a savepoint set in the first, learns which keys
+//! were replays, and writes the rest without them: two round trips more, for
+//! a group that holds a replay only.
 //!
 //! Taking both locks first keeps the order of locks the same everywhere: a
 //! group waits for row locks only while it holds the Logbook's, and every
@@ -34,7 +38,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use futures::TryStreamExt;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::Either;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,7 +48,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::Row;
 
-use super::logbook::{begin_creations_and_logbook, Appender, HEAD_COLUMNS, HEAD_FROM};
+use super::logbook::{creation_and_logbook_locks, Appender, HEAD_COLUMNS, HEAD_FROM};
 use super::statement::Writes;
 use super::{bump, change_time, no_timers, OutboxRows, Updated};
 use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id};
@@ -260,6 +266,28 @@ async fn commit(conn: &mut PgConnection, keys: &ChainKeys, jobs: Vec<Job>) -> (A
     }
 }
 
+/// What a statement of [`Group::begin_and_read`] reads.
+enum Read {
+    Nothing,
+    Head,
+    Pending,
+    Requests,
+    Timers,
+}
+
+/// The savepoint a group's writes start from: a replay key seen before
+/// fails the statement that writes the keys, and the group goes on from here.
+const REPLAY_SAVEPOINT: &str = "replay_keys";
+
+/// `numbers` as a list for `IN (…)`.
+fn numbers(numbers: &[i64]) -> String {
+    numbers
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A request read for the group, as the group's changes leave it.
 struct Loaded {
     req: Result<AccessRequest, StoreError>,
@@ -314,10 +342,19 @@ struct Group {
 }
 
 impl Group {
-    /// Reads, in a few statements, the Logbook's head and every row the
-    /// changes need, locking the requests they change and the timers that
-    /// fired them. `conn` holds the creation lock and the Logbook's.
-    async fn read<'k>(
+    /// Begins the group's transaction and, in the same round trip, takes
+    /// the creation lock and the Logbook's, reads the Logbook's head, the
+    /// next request number, the pending counts and every row the changes
+    /// need, locking the requests they change and the timers that fired
+    /// them, and sets the savepoint a replayed key rolls back to
+    /// ([`REPLAY_SAVEPOINT`]).
+    ///
+    /// Every statement after the locks reads what was committed when it
+    /// started, so after the lock holder before. The statements go as one
+    /// simple query, which takes no parameters: the numbers are written into
+    /// it, and each requester as the hexadecimal of its bytes, which cannot
+    /// end a literal whatever it holds.
+    async fn begin_and_read<'k>(
         conn: &mut PgConnection,
         keys: &'k ChainKeys,
         works: &[Work],
@@ -339,57 +376,100 @@ impl Group {
                 Work::Create { .. } | Work::Record { .. } => {}
             }
         }
-        // The head, the next request number and the pending counts, in the
-        // order of `counted`, in one statement.
-        let row = sqlx::query(&format!(
-            "SELECT {HEAD_COLUMNS}, (SELECT COALESCE(MAX(id), 0) + 1 FROM requests), \
-                    ARRAY(SELECT (SELECT COUNT(*) FROM requests q \
-                                  WHERE q.requester = c.requester AND q.state = 'pending') \
-                          FROM UNNEST($1::text[]) WITH ORDINALITY AS c (requester, i) ORDER BY i) \
-             {HEAD_FROM}"
-        ))
-        .bind(&counted)
-        .fetch_one(&mut *conn)
-        .await?;
-        let log = Appender::after_row(&row, keys)?;
-        let next_id: i64 = row.try_get(4)?;
-        let counts: Vec<i64> = row.try_get(5)?;
-        let pending: HashMap<String, i64> = counted.into_iter().zip(counts).collect();
-        let mut loaded = HashMap::new();
+        // Hashes come back as text: in hexadecimal whatever the server's default.
+        let mut sql = format!(
+            "BEGIN; SET LOCAL bytea_output = 'hex'; {};              SELECT {HEAD_COLUMNS}, (SELECT COALESCE(MAX(id), 0) + 1 FROM requests) {HEAD_FROM}; ",
+            creation_and_logbook_locks()
+        );
+        let mut reads = vec![Read::Nothing, Read::Nothing, Read::Nothing, Read::Head];
+        if !counted.is_empty() {
+            let requesters: Vec<String> = counted
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    format!(
+                        "({i}, convert_from(decode('{}', 'hex'), 'UTF8'))",
+                        hex::encode(r)
+                    )
+                })
+                .collect();
+            sql.push_str(&format!(
+                "SELECT (SELECT COUNT(*) FROM requests q \
+                         WHERE q.requester = c.requester AND q.state = 'pending') \
+                 FROM (VALUES {}) AS c (i, requester) ORDER BY c.i; ",
+                requesters.join(", ")
+            ));
+            reads.push(Read::Pending);
+        }
         if !ids.is_empty() {
             // The rows stay locked to the commit. NO KEY: rows that only
             // refer to a request (a card's place, a password message) are
             // written meanwhile without waiting.
-            let rows = sqlx::query(
+            sql.push_str(&format!(
                 "SELECT id, body, updated_at, version FROM requests \
-                 WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            )
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
-            for row in rows {
-                let id = to_id(row.try_get(0)?)?;
-                loaded.insert(
-                    id,
-                    Loaded {
-                        req: decode_request(row.try_get(1)?),
-                        updated_at: Timestamp::from_millis(row.try_get(2)?),
-                        version: row.try_get(3)?,
-                        changed_at: None,
-                    },
-                );
+                 WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE; ",
+                numbers(&ids)
+            ));
+            reads.push(Read::Requests);
+        }
+        if !fired.is_empty() {
+            sql.push_str(&format!(
+                "SELECT id FROM timers WHERE id IN ({}) ORDER BY id FOR UPDATE; ",
+                numbers(&fired)
+            ));
+            reads.push(Read::Timers);
+        }
+        sql.push_str(&format!("SAVEPOINT {REPLAY_SAVEPOINT}"));
+        reads.push(Read::Nothing);
+
+        let mut log = None;
+        let mut next_id = None;
+        let mut counts = Vec::new();
+        let mut loaded = HashMap::new();
+        let mut timers = HashSet::new();
+        let mut statement = 0;
+        let mut results = sqlx::raw_sql(&sql).fetch_many(&mut *conn);
+        while let Some(result) = results.try_next().await? {
+            let row = match result {
+                Either::Left(_) => {
+                    statement += 1;
+                    continue;
+                }
+                Either::Right(row) => row,
+            };
+            match reads.get(statement) {
+                Some(Read::Head) => {
+                    log = Some(Appender::after_row(&row, keys)?);
+                    next_id = Some(row.try_get::<i64, _>(4)?);
+                }
+                Some(Read::Pending) => counts.push(row.try_get::<i64, _>(0)?),
+                Some(Read::Requests) => {
+                    let id = to_id(row.try_get(0)?)?;
+                    loaded.insert(
+                        id,
+                        Loaded {
+                            req: decode_request(row.try_get(1)?),
+                            updated_at: Timestamp::from_millis(row.try_get(2)?),
+                            version: row.try_get(3)?,
+                            changed_at: None,
+                        },
+                    );
+                }
+                Some(Read::Timers) => {
+                    timers.insert(row.try_get::<i64, _>(0)?);
+                }
+                Some(Read::Nothing) | None => {}
             }
         }
-        let mut timers = HashSet::new();
-        if !fired.is_empty() {
-            let present: Vec<i64> = sqlx::query_scalar(
-                "SELECT id FROM timers WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            )
-            .bind(&fired)
-            .fetch_all(&mut *conn)
-            .await?;
-            timers.extend(present);
+        drop(results);
+        let unread = || StoreError::Other("PostgreSQL did not answer the group's reads".into());
+        if statement != reads.len() || counts.len() != counted.len() {
+            return Err(unread());
         }
+        let (Some(log), Some(next_id)) = (log, next_id) else {
+            return Err(unread());
+        };
+        let pending: HashMap<String, i64> = counted.into_iter().zip(counts).collect();
         let group = Self {
             loaded,
             timers,
@@ -559,57 +639,75 @@ async fn run_group(
     keys: &ChainKeys,
     works: Vec<Work>,
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
-    let mut tx = begin_creations_and_logbook(conn).await?;
-    let (mut log, mut group) = Group::read(&mut tx, keys, &works).await?;
+    // The transaction is this connection's alone: a failure drops the
+    // connection (see `run`), which rolls it back.
+    let (log, mut group) = Group::begin_and_read(conn, keys, &works).await?;
     let mut outcomes: Vec<Outcome> = works.into_iter().map(|w| group.run(&log, w)).collect();
 
-    // Replay keys, all in one statement: a key seen before (in the table or
-    // earlier in this group) fails its change, which is then not written.
+    // Replay keys: one seen earlier in this group fails its change at once.
     let mut signed = Vec::new();
     let mut seen = HashSet::new();
+    let mut replayed = Vec::new();
     for (i, o) in outcomes.iter().enumerate() {
         if let Outcome::Written(w) = o {
             let fx = w.effects().or(w.record.as_ref());
             if let Some(key) = fx.and_then(|fx| fx.signed.as_ref()) {
-                signed.push((i, key.clone(), seen.insert(key.key.clone())));
+                if seen.insert(key.key.clone()) {
+                    signed.push((i, key.key.clone(), key.until.as_millis()));
+                } else {
+                    replayed.push(i);
+                }
             }
         }
     }
-    let mut replayed: Vec<usize> = signed
-        .iter()
-        .filter(|(_, _, first)| !first)
-        .map(|(i, _, _)| *i)
-        .collect();
-    let firsts: Vec<_> = signed.iter().filter(|(_, _, first)| *first).collect();
-    if !firsts.is_empty() {
-        let kept: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO seen_keys (key, expires_at) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
-             ON CONFLICT (key) DO NOTHING RETURNING key",
-        )
-        .bind(firsts.iter().map(|(_, k, _)| k.key.clone()).collect::<Vec<_>>())
-        .bind(firsts.iter().map(|(_, k, _)| k.until.as_millis()).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        replayed.extend(
-            firsts
-                .iter()
-                .filter(|(_, k, _)| !kept.contains(&k.key))
-                .map(|(i, _, _)| *i),
-        );
-    }
     if !replayed.is_empty() {
         undo_replays(&mut outcomes, replayed);
+        signed.retain(|(i, _, _)| matches!(outcomes[*i], Outcome::Written(_)));
     }
-    let mut writes = Writes::default();
-    let updates = write(&mut writes, &mut log, &group, &outcomes)?;
-    log.queue(&mut writes)?;
-    if writes.run(&mut tx).await? != updates {
+    // The keys are written with everything else, in one statement, which a
+    // key kept before fails. Then, from the savepoint, the keys kept before
+    // are found, their changes fail, and the rest is written without them.
+    let fresh = log.clone();
+    let (writes, updates) = writes_of(log, &group, &outcomes, &signed)?;
+    let written = match writes.run(conn).await {
+        Err(e) if is_kept_key(&e) => {
+            sqlx::raw_sql(&format!("ROLLBACK TO SAVEPOINT {REPLAY_SAVEPOINT}"))
+                .execute(&mut *conn)
+                .await?;
+            let kept: HashSet<String> = sqlx::query_scalar(
+                "INSERT INTO seen_keys (key, expires_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+                 ON CONFLICT (key) DO NOTHING RETURNING key",
+            )
+            .bind(signed.iter().map(|(_, k, _)| k.clone()).collect::<Vec<_>>())
+            .bind(
+                signed
+                    .iter()
+                    .map(|(_, _, until)| *until)
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+            let replayed: Vec<usize> = signed
+                .iter()
+                .filter(|(_, k, _)| !kept.contains(k))
+                .map(|(i, _, _)| *i)
+                .collect();
+            if !replayed.is_empty() {
+                undo_replays(&mut outcomes, replayed);
+            }
+            let (writes, updates) = writes_of(fresh, &group, &outcomes, &[])?;
+            (writes.run(conn).await?, updates)
+        }
+        done => (done?, updates),
+    };
+    if written.0 != written.1 {
         // Cannot happen while the rows are locked.
         return Err(StoreError::Busy);
     }
-    tx.commit().await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
     Ok(outcomes
         .into_iter()
         .map(|o| match o {
@@ -617,6 +715,40 @@ async fn run_group(
             Outcome::Written(w) => Ok(w.done),
         })
         .collect())
+}
+
+/// The statement that writes what the changes left and keeps their replay
+/// keys (`signed`: the change's place, the key, until when), and how many
+/// requests it must update.
+fn writes_of(
+    mut log: Appender<'_>,
+    group: &Group,
+    outcomes: &[Outcome],
+    signed: &[(usize, String, i64)],
+) -> Result<(Writes, u64), StoreError> {
+    let mut writes = Writes::default();
+    if !signed.is_empty() {
+        let keys = writes.bind(
+            signed.iter().map(|(_, k, _)| k.clone()).collect::<Vec<_>>(),
+            "text[]",
+        )?;
+        let until = writes.bind(
+            signed.iter().map(|(_, _, u)| *u).collect::<Vec<_>>(),
+            "bigint[]",
+        )?;
+        writes.push(format!(
+            "INSERT INTO seen_keys (key, expires_at) SELECT * FROM UNNEST({keys}, {until})"
+        ));
+    }
+    let updates = write(&mut writes, &mut log, group, outcomes)?;
+    log.queue(&mut writes)?;
+    Ok((writes, updates))
+}
+
+/// Whether `e` is a replay key kept before, refused by `seen_keys`.
+fn is_kept_key(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23505") && db.constraint() == Some("seen_keys_pkey"))
 }
 
 /// Fails the replayed changes, which write nothing, and the later changes

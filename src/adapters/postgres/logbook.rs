@@ -11,7 +11,7 @@
 
 use futures::TryStreamExt;
 use sqlx::postgres::PgRow;
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Row};
 
 use super::statement::Writes;
 use crate::adapters::store_rows::{
@@ -47,17 +47,8 @@ pub(crate) async fn lock_creations_and_logbook(conn: &mut PgConnection) -> Resul
     Ok(())
 }
 
-/// Begins a transaction that takes the creation lock and then the
-/// Logbook's, in the one round trip of its `BEGIN`.
-pub(super) async fn begin_creations_and_logbook(
-    conn: &mut PgConnection,
-) -> Result<Transaction<'_, Postgres>, StoreError> {
-    let begin = format!("BEGIN; {}", creation_and_logbook_locks());
-    Ok(conn.begin_with(begin).await?)
-}
-
 /// The statement that takes the creation lock and then the Logbook's.
-fn creation_and_logbook_locks() -> String {
+pub(super) fn creation_and_logbook_locks() -> String {
     // A target list is evaluated left to right.
     format!(
         "SELECT pg_advisory_xact_lock({}), pg_advisory_xact_lock({LOGBOOK_LOCK})",
@@ -112,6 +103,7 @@ fn head_of(row: &PgRow) -> Result<Head, StoreError> {
 /// Events linked in memory after a head read under the Logbook's lock, and
 /// written in one statement: a group of changes links all its events with
 /// one read of the head and one insert.
+#[derive(Clone)]
 pub(super) struct Appender<'k> {
     /// How the next event links, or why no event may be appended.
     linking: Result<Linking<'k>, StoreError>,
@@ -121,7 +113,7 @@ pub(super) struct Appender<'k> {
 }
 
 /// The logbook's columns, one vector each, for `UNNEST`.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct EventRows {
     seqs: Vec<i64>,
     ats: Vec<i64>,

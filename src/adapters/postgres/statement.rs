@@ -52,7 +52,7 @@ impl Writes {
 
     /// Runs every part in one statement; returns the rows the counted part
     /// returned (0 without one).
-    pub(super) async fn run(self, conn: &mut PgConnection) -> Result<u64, StoreError> {
+    pub(super) async fn run(self, conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
         if self.parts.is_empty() {
             return Ok(0);
         }
