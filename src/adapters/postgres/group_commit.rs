@@ -669,7 +669,7 @@ async fn run_group(
     // are found, their changes fail, and the rest is written without them.
     let fresh = log.clone();
     let (writes, updates) = writes_of(log, &group, &outcomes, &signed)?;
-    let written = match writes.run(conn).await {
+    let (updated, to_update) = match writes.run(conn).await {
         Err(e) if is_kept_key(&e) => {
             sqlx::raw_sql(&format!("ROLLBACK TO SAVEPOINT {REPLAY_SAVEPOINT}"))
                 .execute(&mut *conn)
@@ -703,7 +703,7 @@ async fn run_group(
         }
         done => (done?, updates),
     };
-    if written.0 != written.1 {
+    if updated != to_update {
         // Cannot happen while the rows are locked.
         return Err(StoreError::Busy);
     }
