@@ -34,9 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "common/machine.rs"]
 mod machine;
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 
