@@ -275,6 +275,22 @@ enum Read {
     Timers,
 }
 
+/// Statements sent as one simple query, and what each of them reads, in
+/// the order they run.
+#[derive(Default)]
+struct Batch {
+    sql: String,
+    reads: Vec<Read>,
+}
+
+impl Batch {
+    fn add(&mut self, statement: &str, read: Read) {
+        self.sql.push_str(statement);
+        self.sql.push_str("; ");
+        self.reads.push(read);
+    }
+}
+
 /// The savepoint a group's writes start from: a replay key seen before
 /// fails the statement that writes the keys, and the group goes on from here.
 const REPLAY_SAVEPOINT: &str = "replay_keys";
@@ -376,12 +392,17 @@ impl Group {
                 Work::Create { .. } | Work::Record { .. } => {}
             }
         }
+        let mut batch = Batch::default();
+        batch.add("BEGIN", Read::Nothing);
         // Hashes come back as text: in hexadecimal whatever the server's default.
-        let mut sql = format!(
-            "BEGIN; SET LOCAL bytea_output = 'hex'; {};              SELECT {HEAD_COLUMNS}, (SELECT COALESCE(MAX(id), 0) + 1 FROM requests) {HEAD_FROM}; ",
-            creation_and_logbook_locks()
+        batch.add("SET LOCAL bytea_output = 'hex'", Read::Nothing);
+        batch.add(&creation_and_logbook_locks(), Read::Nothing);
+        batch.add(
+            &format!(
+                "SELECT {HEAD_COLUMNS}, (SELECT COALESCE(MAX(id), 0) + 1 FROM requests) {HEAD_FROM}"
+            ),
+            Read::Head,
         );
-        let mut reads = vec![Read::Nothing, Read::Nothing, Read::Nothing, Read::Head];
         if !counted.is_empty() {
             let requesters: Vec<String> = counted
                 .iter()
@@ -393,34 +414,40 @@ impl Group {
                     )
                 })
                 .collect();
-            sql.push_str(&format!(
-                "SELECT (SELECT COUNT(*) FROM requests q \
-                         WHERE q.requester = c.requester AND q.state = 'pending') \
-                 FROM (VALUES {}) AS c (i, requester) ORDER BY c.i; ",
-                requesters.join(", ")
-            ));
-            reads.push(Read::Pending);
+            batch.add(
+                &format!(
+                    "SELECT (SELECT COUNT(*) FROM requests q \
+                             WHERE q.requester = c.requester AND q.state = 'pending') \
+                     FROM (VALUES {}) AS c (i, requester) ORDER BY c.i",
+                    requesters.join(", ")
+                ),
+                Read::Pending,
+            );
         }
         if !ids.is_empty() {
             // The rows stay locked to the commit. NO KEY: rows that only
             // refer to a request (a card's place, a password message) are
             // written meanwhile without waiting.
-            sql.push_str(&format!(
-                "SELECT id, body, updated_at, version FROM requests \
-                 WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE; ",
-                numbers(&ids)
-            ));
-            reads.push(Read::Requests);
+            batch.add(
+                &format!(
+                    "SELECT id, body, updated_at, version FROM requests \
+                     WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
+                    numbers(&ids)
+                ),
+                Read::Requests,
+            );
         }
         if !fired.is_empty() {
-            sql.push_str(&format!(
-                "SELECT id FROM timers WHERE id IN ({}) ORDER BY id FOR UPDATE; ",
-                numbers(&fired)
-            ));
-            reads.push(Read::Timers);
+            batch.add(
+                &format!(
+                    "SELECT id FROM timers WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                    numbers(&fired)
+                ),
+                Read::Timers,
+            );
         }
-        sql.push_str(&format!("SAVEPOINT {REPLAY_SAVEPOINT}"));
-        reads.push(Read::Nothing);
+        batch.add(&format!("SAVEPOINT {REPLAY_SAVEPOINT}"), Read::Nothing);
+        let Batch { sql, reads } = batch;
 
         let mut log = None;
         let mut next_id = None;
@@ -674,18 +701,14 @@ async fn run_group(
             sqlx::raw_sql(&format!("ROLLBACK TO SAVEPOINT {REPLAY_SAVEPOINT}"))
                 .execute(&mut *conn)
                 .await?;
+            let (keys, until) = key_columns(&signed);
             let kept: HashSet<String> = sqlx::query_scalar(
                 "INSERT INTO seen_keys (key, expires_at) \
                  SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
                  ON CONFLICT (key) DO NOTHING RETURNING key",
             )
-            .bind(signed.iter().map(|(_, k, _)| k.clone()).collect::<Vec<_>>())
-            .bind(
-                signed
-                    .iter()
-                    .map(|(_, _, until)| *until)
-                    .collect::<Vec<_>>(),
-            )
+            .bind(keys)
+            .bind(until)
             .fetch_all(&mut *conn)
             .await?
             .into_iter()
@@ -728,14 +751,9 @@ fn writes_of(
 ) -> Result<(Writes, u64), StoreError> {
     let mut writes = Writes::default();
     if !signed.is_empty() {
-        let keys = writes.bind(
-            signed.iter().map(|(_, k, _)| k.clone()).collect::<Vec<_>>(),
-            "text[]",
-        )?;
-        let until = writes.bind(
-            signed.iter().map(|(_, _, u)| *u).collect::<Vec<_>>(),
-            "bigint[]",
-        )?;
+        let (keys, until) = key_columns(signed);
+        let keys = writes.bind(keys, "text[]")?;
+        let until = writes.bind(until, "bigint[]")?;
         writes.push(format!(
             "INSERT INTO seen_keys (key, expires_at) SELECT * FROM UNNEST({keys}, {until})"
         ));
@@ -743,6 +761,12 @@ fn writes_of(
     let updates = write(&mut writes, &mut log, group, outcomes)?;
     log.queue(&mut writes)?;
     Ok((writes, updates))
+}
+
+/// The replay keys of `signed` (the change's place, the key, until when)
+/// and until when each is kept, as columns for `UNNEST`.
+fn key_columns(signed: &[(usize, String, i64)]) -> (Vec<String>, Vec<i64>) {
+    signed.iter().map(|(_, k, u)| (k.clone(), *u)).unzip()
 }
 
 /// Whether `e` is a replay key kept before, refused by `seen_keys`.
