@@ -177,7 +177,8 @@ async fn pending_counts_hold_for_requesters_named_with_quotes(kind: Kind) {
             create(store, who, at(0)).await;
         }
     }
-    // Each in its own group, then all in one group.
+    // Each alone, then all at once (so that they share a group where the
+    // store groups changes that arrive together).
     for (n, who) in names.iter().enumerate() {
         let name = who.to_string();
         let counted = store
