@@ -24,6 +24,12 @@
 //! - Logbook: single events appended (`Store::record`) by concurrent callers,
 //!   each answered after its commit; then the Logbook is filled up in batches
 //!   and verified (`Store::verify_logbook`, what `audit verify` runs).
+//! - Outbox read with a backlog: `PASSPORT_BENCH_BACKLOG` (100000) notices
+//!   waiting in lanes of ten (direct messages to as many people), as after
+//!   a chat platform's outage; then the dispatcher's read
+//!   (`Store::pending_notices`, 2,000 notices, at most 100 a lane) timed on
+//!   each store: the first read, and the mean of ten more by the same
+//!   process (which, on PostgreSQL, holds what the first one claimed).
 //! - Baseline: `benches/baseline.py`, the SQLite work of a transition done by a
 //!   plain Python loop, when `python3` is available.
 
@@ -58,6 +64,7 @@ use passport::app::ports::{
 };
 use passport::config::{Config, DatabaseUrl};
 use passport::domain::logbook::NewEvent;
+use passport::domain::notice::Notice;
 use passport::domain::request::InstanceOutcome;
 use passport::domain::time::Timestamp;
 use passport::domain::values::{InstanceId, Person, RequestId, UserId};
@@ -74,6 +81,14 @@ const APPENDS: usize = 200_000;
 const APPENDERS: usize = 64;
 /// Events in the Logbook that is verified.
 const VERIFY_EVENTS: usize = 1_500_000;
+/// Notices waiting when the outbox read is timed, and in lanes of how many.
+const BACKLOG: usize = 100_000;
+const BACKLOG_LANE: usize = 10;
+/// What the dispatcher asks one read of the outbox for (`app/dispatch.rs`).
+const READ_LIMIT: u32 = 2_000;
+const READ_PER_LANE: u32 = 100;
+/// Reads timed after the first.
+const LATER_READS: u32 = 10;
 /// Events per call when filling the Logbook up for verification.
 const FILL_BATCH: usize = 1_000;
 /// How often a worker asks again to complete a request whose activation is
@@ -107,6 +122,7 @@ async fn run() -> anyhow::Result<()> {
     let workers = setting("PASSPORT_BENCH_WORKERS", WORKERS)?.clamp(1, requests);
     let appends = setting("PASSPORT_BENCH_APPENDS", APPENDS)?;
     let verify_events = setting("PASSPORT_BENCH_VERIFY_EVENTS", VERIFY_EVENTS)?.max(appends);
+    let backlog = setting("PASSPORT_BENCH_BACKLOG", BACKLOG)?;
     let dir = tempfile::tempdir()?;
     let mut rows = Vec::new();
     let rate = |n: f64, d: Duration| format!("{:.0}", n / d.as_secs_f64());
@@ -124,6 +140,31 @@ async fn run() -> anyhow::Result<()> {
     let engine = engine_throughput(postgres, clock, requests, workers).await?;
     let stolen = machine::stolen_share(before, machine::cpu_times());
     engine_rows(&mut rows, "PostgreSQL", &engine, workers, stolen);
+
+    let sqlite = Database::Sqlite(
+        SqliteStore::open(&dir.path().join("backlog.db"), Durability::Normal).await?,
+    );
+    let reads = [
+        ("SQLite", outbox_reads(sqlite, backlog).await?),
+        (
+            "PostgreSQL",
+            outbox_reads(postgres_store(start_clock()).await?, backlog).await?,
+        ),
+    ];
+    for (kind, read) in reads {
+        rows.push(Row {
+            measure: "outbox read, first / later ms",
+            value: format!(
+                "{:.1} / {:.1}",
+                read.first.as_secs_f64() * 1e3,
+                read.later.as_secs_f64() * 1e3
+            ),
+            how: format!(
+                "{kind}: {backlog} waiting in lanes of {BACKLOG_LANE}, {} notices a read",
+                read.answered
+            ),
+        });
+    }
 
     let logbook =
         logbook_throughput(&dir.path().join("logbook.db"), appends, verify_events).await?;
@@ -614,6 +655,54 @@ async fn logbook_throughput(
         fill_elapsed,
         verified: events,
         verify_elapsed,
+    })
+}
+
+/// How long the dispatcher's read of the outbox took with a backlog.
+struct OutboxReads {
+    first: Duration,
+    /// The mean of [`LATER_READS`] reads after the first.
+    later: Duration,
+    /// Notices the first read answered.
+    answered: usize,
+}
+
+/// Fills `database`'s outbox with `backlog` direct messages in lanes of
+/// [`BACKLOG_LANE`], then times the dispatcher's read of it.
+async fn outbox_reads(database: Database, backlog: usize) -> anyhow::Result<OutboxReads> {
+    let store = database.store();
+    let people = backlog.div_ceil(BACKLOG_LANE).max(1);
+    for from in (0..backlog).step_by(FILL_BATCH) {
+        let to = (from + FILL_BATCH).min(backlog);
+        let outbox = (from..to)
+            .map(|n| {
+                let user = UserId::parse(&format!("U{:07}", n % people))?;
+                let text = format!("Access to i-0123456789abcdef0 ends in 10 minutes ({n})");
+                Ok(("console".to_owned(), Notice::direct(user, None, text)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fx = Effects {
+            outbox,
+            ..Effects::default()
+        };
+        store.record(fx, at(to)).await?;
+    }
+    let started = Instant::now();
+    let answered = store
+        .pending_notices(READ_LIMIT, READ_PER_LANE)
+        .await?
+        .len();
+    let first = started.elapsed();
+    let started = Instant::now();
+    for _ in 0..LATER_READS {
+        store.pending_notices(READ_LIMIT, READ_PER_LANE).await?;
+    }
+    let later = started.elapsed() / LATER_READS;
+    database.close().await;
+    Ok(OutboxReads {
+        first,
+        later,
+        answered,
     })
 }
 
