@@ -776,40 +776,6 @@ async fn a_long_lane_neither_hides_nor_crowds_out_the_others(kind: Kind) {
     assert_eq!(others.len(), 2, "{others:?}");
 }
 
-/// A read leaves out the lanes its caller is sending already, without
-/// counting their notices against its limit, and says which of them had
-/// notices waiting.
-async fn a_read_leaves_out_the_lanes_being_sent(kind: Kind) {
-    let s = Subject::new(kind).await;
-    let store = s.store.as_ref();
-    let notices = vec![
-        audit("a1"),
-        audit("a2"),
-        direct("dev1", "d1"),
-        direct("dev2", "d2"),
-    ];
-    store
-        .record(housekeeping(at(0), 0, notices), at(0))
-        .await
-        .unwrap();
-    let all = store.pending_notices(10, 5).await.unwrap();
-    assert_eq!(all.len(), 4);
-    let audit_lane = ("console".to_owned(), all[0].lane.clone());
-    let idle = ("console".to_owned(), "nobody".to_owned());
-    let busy = HashSet::from([audit_lane.clone(), idle]);
-    let read = store.pending_notices_except(2, 5, &busy).await.unwrap();
-    let texts: Vec<&str> = read
-        .pending
-        .iter()
-        .map(|p| match &p.notice {
-            Notice::Direct { text, .. } => text.as_str(),
-            other => panic!("a busy lane's notice: {other:?}"),
-        })
-        .collect();
-    assert_eq!(texts, ["d1", "d2"]);
-    assert_eq!(read.busy, HashSet::from([audit_lane]));
-}
-
 /// A lane that delivered what it read (recorded in one call) goes on with
 /// its own next notices, oldest first, whatever the other lanes hold.
 async fn a_lane_reads_its_own_next_notices(kind: Kind) {
@@ -1528,7 +1494,6 @@ contract!(
     the_outbox_delivers_retries_sets_aside_and_prunes,
     a_lane_reads_its_own_next_notices,
     a_long_lane_neither_hides_nor_crowds_out_the_others,
-    a_read_leaves_out_the_lanes_being_sent,
     leases_are_taken_renewed_refused_and_taken_over,
     a_delivery_key_is_refused_for_a_day_then_forgotten_by_pruning,
     a_signed_key_is_refused_until_pruned,
@@ -1805,54 +1770,6 @@ async fn a_lane_extends_its_claims_only_once_they_are_a_tenth_spent() {
         s.store.mark_delivered(&[p.id], at(2)).await.unwrap();
     }
     assert_eq!(s.store.outbox_counts().await.unwrap().delivered, 40);
-}
-
-/// A read answers the notices this replica holds already, but claims them
-/// again only once a tenth of their claim's time has passed: reading while
-/// lanes deliver does not rewrite (nor wait for) the rows they are sending.
-#[tokio::test]
-async fn a_read_renews_the_claims_it_holds_only_once_a_tenth_spent() {
-    let s = Subject::new(Kind::Postgres).await;
-    let other = s.another(ChainKeys::none()).await.store();
-    let Handle::Pg(pg) = &s.handle else {
-        unreachable!()
-    };
-    let notices = vec![audit("a1"), audit("a2"), direct("dev1", "d1")];
-    s.store
-        .record(housekeeping(at(0), 0, notices), at(0))
-        .await
-        .unwrap();
-    let claims = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT claimed_until FROM outbox WHERE claimed_by IS NOT NULL ORDER BY id",
-        )
-        .fetch_all(pg.pool())
-        .await
-        .unwrap()
-    };
-    // The first read claims the first audit notice and the direct one.
-    let first = s.store.pending_notices(10, 1).await.unwrap();
-    assert_eq!(first.len(), 2);
-    let claimed = claims().await;
-    assert_eq!(claimed.len(), 2);
-    // Within the first tenth: the same notices, their claims as they were,
-    // and the audit lane's next notice claimed too.
-    s.clock.advance(Span::from_secs(11));
-    let again = s.store.pending_notices(10, 5).await.unwrap();
-    assert_eq!(again.len(), 3);
-    assert_eq!(again[0].id, first[0].id);
-    let now_claimed = claims().await;
-    assert_eq!(&now_claimed[..1], &claimed[..1]);
-    assert_eq!(now_claimed[2], claimed[1]);
-    assert_eq!(now_claimed[1], claimed[0] + 11_000);
-    // Past the first tenth of the first claims: those are claimed again,
-    // for two minutes from now; the one claimed at 11 s is left as it is.
-    s.clock.advance(Span::from_secs(2));
-    assert_eq!(s.store.pending_notices(10, 5).await.unwrap().len(), 3);
-    let renewed = claimed[0] + 13_000;
-    assert_eq!(claims().await, vec![renewed, claimed[0] + 11_000, renewed]);
-    // Throughout, the other replica gets none of them.
-    assert!(other.pending_notices(10, 5).await.unwrap().is_empty());
 }
 
 /// The process delivering hears at once of notices another process queued,
