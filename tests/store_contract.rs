@@ -752,8 +752,8 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
     assert_eq!((counts.pending, counts.delivered, counts.dead), (3, 0, 0));
 }
 
-/// A lane holding more notices than one step of a read takes neither hides
-/// the lanes queued behind it nor gives more than its share.
+/// A lane holding more notices than a read answers neither hides the lanes
+/// queued behind it nor takes more than its share of the read.
 async fn a_long_lane_neither_hides_nor_crowds_out_the_others(kind: Kind) {
     let s = Subject::new(kind).await;
     let store = s.store.as_ref();
