@@ -247,9 +247,13 @@ fn engine_rows(
         measure: "outbox notices delivered/s",
         value: rate(run.delivered as f64, run.delivery_elapsed),
         how: format!(
-            "{store}: {} notices, the last delivered {:.2} s after the start",
+            "{store}: {} notices, the last delivered {:.2} s after the start{}",
             run.delivered,
-            run.delivery_elapsed.as_secs_f64()
+            run.delivery_elapsed.as_secs_f64(),
+            match run.failed_passes {
+                0 => String::new(),
+                n => format!(", {n} failed passes of timers or delivery run again"),
+            }
         ),
     });
 }
@@ -296,6 +300,8 @@ struct EngineRun {
     elapsed: Duration,
     delivered: u64,
     delivery_elapsed: Duration,
+    /// Passes of the timers or the delivery that failed and ran again.
+    failed_passes: u64,
 }
 
 fn actor(user: &str) -> anyhow::Result<Actor> {
@@ -343,20 +349,25 @@ async fn engine_throughput(
     let (stop_timers, stop_delivery) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
 
     let started = Instant::now();
-    let timers = tokio::spawn(background(engine.clone(), stop_timers.clone(), {
+    let timers = tokio::spawn(background(engine.clone(), stop_timers.clone(), "timers", {
         let engine = engine.clone();
         move || {
             let engine = engine.clone();
             async move { engine.run_due().await.map(|ran| ran > 0) }
         }
     }));
-    let delivery = tokio::spawn(background(engine.clone(), stop_delivery.clone(), {
-        let dispatcher = dispatcher.clone();
-        move || {
+    let delivery = tokio::spawn(background(
+        engine.clone(),
+        stop_delivery.clone(),
+        "delivery",
+        {
             let dispatcher = dispatcher.clone();
-            async move { dispatcher.deliver_due().await.map(|r| r.delivered > 0) }
-        }
-    }));
+            move || {
+                let dispatcher = dispatcher.clone();
+                async move { dispatcher.deliver_due().await.map(|r| r.delivered > 0) }
+            }
+        },
+    ));
 
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
@@ -375,14 +386,14 @@ async fn engine_throughput(
     }
     let elapsed = started.elapsed();
     stop_timers.notify_one();
-    timers.await??;
+    let mut failed_passes = timers.await??;
 
     while !store.pending_notices(1, 1).await?.is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let delivery_elapsed = started.elapsed();
     stop_delivery.notify_one();
-    delivery.await??;
+    failed_passes += delivery.await??;
 
     let counts = store.outbox_counts().await?;
     if counts.dead > 0 {
@@ -404,28 +415,42 @@ async fn engine_throughput(
         elapsed,
         delivered: counts.delivered,
         delivery_elapsed,
+        failed_passes,
     })
 }
 
 /// Runs `pass` again and again, like the scheduler: at once while it finds
 /// work, otherwise when a commit wakes it or after a short while, until `stop`
-/// is notified.
-async fn background<F, Fut>(engine: Arc<Engine>, stop: Arc<Notify>, pass: F) -> anyhow::Result<()>
+/// is notified. A pass that fails is reported and run again, as the
+/// scheduler does (giving up instead left the run waiting for good for what
+/// the pass would have done); answers how many failed.
+async fn background<F, Fut>(
+    engine: Arc<Engine>,
+    stop: Arc<Notify>,
+    what: &'static str,
+    pass: F,
+) -> anyhow::Result<u64>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<bool, StoreError>>,
 {
     let stopped = stop.notified();
     tokio::pin!(stopped);
+    let mut failed = 0;
     loop {
         let woken = engine.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if pass().await? {
-            continue;
+        match pass().await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                failed += 1;
+                eprintln!("a {what} pass failed and runs again: {e}");
+            }
         }
         tokio::select! {
-            _ = &mut stopped => return Ok(()),
+            _ = &mut stopped => return Ok(failed),
             _ = &mut woken => {}
             _ = tokio::time::sleep(Duration::from_millis(2)) => {}
         }
