@@ -55,7 +55,7 @@ use passport::adapters::console::NullSurface;
 use passport::adapters::directory::StaticDirectory;
 use passport::adapters::dry_run::DryRunProvisioner;
 use passport::adapters::sqlite::{Durability, SqliteStore};
-use passport::app::dispatch::Dispatcher;
+use passport::app::dispatch::{Dispatcher, PER_LANE, READ_LIMIT};
 use passport::app::effects::Effects;
 use passport::app::engine::{Actor, Engine, EngineSettings, Ports};
 use passport::app::ports::{
@@ -84,9 +84,6 @@ const VERIFY_EVENTS: usize = 1_500_000;
 /// Notices waiting when the outbox read is timed, and in lanes of how many.
 const BACKLOG: usize = 100_000;
 const BACKLOG_LANE: usize = 10;
-/// What the dispatcher asks one read of the outbox for (`app/dispatch.rs`).
-const READ_LIMIT: u32 = 2_000;
-const READ_PER_LANE: u32 = 100;
 /// Reads timed after the first.
 const LATER_READS: u32 = 10;
 /// Events per call when filling the Logbook up for verification.
@@ -713,14 +710,11 @@ async fn outbox_reads(database: Database, backlog: usize) -> anyhow::Result<Outb
         store.record(fx, at(to)).await?;
     }
     let started = Instant::now();
-    let answered = store
-        .pending_notices(READ_LIMIT, READ_PER_LANE)
-        .await?
-        .len();
+    let answered = store.pending_notices(READ_LIMIT, PER_LANE).await?.len();
     let first = started.elapsed();
     let started = Instant::now();
     for _ in 0..LATER_READS {
-        store.pending_notices(READ_LIMIT, READ_PER_LANE).await?;
+        store.pending_notices(READ_LIMIT, PER_LANE).await?;
     }
     let later = started.elapsed() / LATER_READS;
     database.close().await;

@@ -47,7 +47,9 @@ use super::retry::Backoff;
 /// Lanes delivered at the same time.
 const CONCURRENT_LANES: usize = 16;
 /// Notices of one lane taken per read.
-const PER_LANE: u32 = 100;
+pub const PER_LANE: u32 = 100;
+/// Notices taken per read of the whole outbox, all lanes together.
+pub const READ_LIMIT: u32 = 2_000;
 /// A lane that delivered all it was given reads its own next notices, up to
 /// this many in one turn and for this long, then yields its place to the
 /// lanes waiting for one.
@@ -472,7 +474,7 @@ impl Dispatcher {
         }
         // A few notices of each lane per read: a long lane (a paced audit
         // channel with a backlog) neither hides the others nor holds them.
-        let pending = self.store.pending_notices(2000, PER_LANE).await?;
+        let pending = self.store.pending_notices(READ_LIMIT, PER_LANE).await?;
         // Lanes in order of their oldest notice.
         let mut lanes: HashMap<LaneKey, Vec<Pending>> = HashMap::new();
         let mut order: Vec<LaneKey> = Vec::new();
