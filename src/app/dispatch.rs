@@ -9,7 +9,8 @@
 //! side by side, and a lane starts as soon as there is room for it: a new
 //! lane never waits for a slow one (a paced channel working through a
 //! backlog) to finish the pass. A lane longer than one read goes on with its
-//! own next notices for a turn, then makes room for the lanes waiting.
+//! own next notices for a turn, then makes room for the lanes waiting. Only
+//! [`STORE_CALLS`] lanes call the store at a time.
 //!
 //! A notice the platform keeps refusing is set aside; the set-asides of a
 //! pass are reported in the audit channel in one notice, at most once per
@@ -61,6 +62,14 @@ const LANE_TURN_TIME: Span = Span::from_secs(10);
 /// before the next notice is sent; with a fast one a commit covers many. A
 /// crash resends at most what a lane sent in this window, in order.
 const RECORD_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
+/// Lanes that call the store at the same time, at most: recording what they
+/// delivered, reading their next notices. A platform's answers take far
+/// longer than these calls, so with a real platform lanes seldom wait for a
+/// turn; with a fast one, a burst of deliveries takes at most this many of
+/// the database's connections and cores from the requests being handled.
+/// With every lane calling PostgreSQL at once, the engine benchmark's
+/// changes ran a quarter slower (BENCHMARKS.md).
+const STORE_CALLS: usize = 2;
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 /// Set-aside notices are reported in the audit channel at most this often;
@@ -118,6 +127,8 @@ pub struct Dispatcher {
     set_aside: std::sync::Mutex<SetAsideTally>,
     /// One breaker per surface, shared with the answers sent outside the outbox.
     breakers: Arc<PeerHealth>,
+    /// Turns for the lanes' calls to the store ([`STORE_CALLS`]).
+    store_calls: tokio::sync::Semaphore,
 }
 
 /// Notices set aside since the last report, per surface, and when that
@@ -181,6 +192,7 @@ impl Dispatcher {
             set_aside: std::sync::Mutex::new(SetAsideTally::default()),
             concurrency: CONCURRENT_LANES,
             breakers: Arc::new(PeerHealth::default()),
+            store_calls: tokio::sync::Semaphore::new(STORE_CALLS),
         }
     }
 
@@ -538,7 +550,10 @@ impl Dispatcher {
             if !full || went < given || turn >= LANE_TURN || now.since(started) >= LANE_TURN_TIME {
                 return Ok((report, full));
             }
-            batch = self.store.lane_notices(&surface, &lane, PER_LANE).await?;
+            batch = {
+                let _turn = self.store_calls.acquire().await;
+                self.store.lane_notices(&surface, &lane, PER_LANE).await?
+            };
             // A head waiting for a retry (a notice put back meanwhile) is
             // left to the next read of the outbox, which knows when it is due.
             if batch.first().is_some_and(|head| head.next_attempt_at > now) {
@@ -649,6 +664,7 @@ impl Dispatcher {
         if sent.is_empty() {
             return Ok(());
         }
+        let _turn = self.store_calls.acquire().await;
         self.store.mark_delivered(sent, self.clock.now()).await?;
         report.delivered += sent.len();
         sent.clear();
