@@ -114,6 +114,8 @@ struct Shared {
     holder: String,
     /// Until when this process's outbox claims last.
     held: outbox::Held,
+    /// Takes the outbox's statistics again after a slow claim.
+    statistics: outbox::Statistics,
     queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
     notices_queued: tokio::sync::watch::Receiver<u64>,
     /// Runs the changes of requests, in groups.
@@ -258,6 +260,7 @@ impl PgStore {
                 claim_for: options.claim_for,
                 holder: holder_name(),
                 held: outbox::Held::default(),
+                statistics: outbox::Statistics::default(),
                 queued,
                 notices_queued,
                 committer,
@@ -693,12 +696,16 @@ impl Store for PgStore {
         let now = self.shared.clock.now();
         let until = now.plus(self.shared.claim_for);
         let mut tx = self.begin().await?;
-        let pending =
+        let (pending, took) =
             outbox::claim(&mut tx, &self.shared.holder, now, until, limit, per_lane).await?;
         tx.commit().await?;
         self.shared
             .held
             .claimed(pending.iter().map(|p| p.id), until, now);
+        self.shared
+            .statistics
+            .after_claim(took, &self.shared.pool)
+            .await;
         Ok(pending)
     }
 
@@ -711,7 +718,7 @@ impl Store for PgStore {
         let now = self.shared.clock.now();
         let until = now.plus(self.shared.claim_for);
         let mut tx = self.begin().await?;
-        let pending = outbox::claim_lane(
+        let (pending, took) = outbox::claim_lane(
             &mut tx,
             &self.shared.holder,
             now,
@@ -724,6 +731,10 @@ impl Store for PgStore {
         self.shared
             .held
             .claimed(pending.iter().map(|p| p.id), until, now);
+        self.shared
+            .statistics
+            .after_claim(took, &self.shared.pool)
+            .await;
         Ok(pending)
     }
 
