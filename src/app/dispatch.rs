@@ -9,8 +9,8 @@
 //! side by side, and a lane starts as soon as there is room for it: a new
 //! lane never waits for a slow one (a paced channel working through a
 //! backlog) to finish the pass. A lane longer than one read goes on with its
-//! own next notices for a turn, then makes room for the lanes waiting. Only
-//! [`STORE_CALLS`] lanes call the store at a time.
+//! own next notices for a turn, then makes room for the lanes waiting. One
+//! lane at a time calls the store ([`STORE_CALLS`]).
 //!
 //! A notice the platform keeps refusing is set aside; the set-asides of a
 //! pass are reported in the audit channel in one notice, at most once per
@@ -65,11 +65,11 @@ const RECORD_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
 /// Lanes that call the store at the same time, at most: recording what they
 /// delivered, reading their next notices. A platform's answers take far
 /// longer than these calls, so with a real platform lanes seldom wait for a
-/// turn; with a fast one, a burst of deliveries takes at most this many of
-/// the database's connections and cores from the requests being handled.
-/// With every lane calling PostgreSQL at once, the engine benchmark's
-/// changes ran a quarter slower (BENCHMARKS.md).
-const STORE_CALLS: usize = 2;
+/// turn; with a fast one, a burst of deliveries takes one of the database's
+/// connections, not sixteen, from the requests being handled. With every
+/// lane calling PostgreSQL at once, the engine benchmark's changes ran a
+/// quarter slower, and with two at once still a fifth (BENCHMARKS.md).
+const STORE_CALLS: usize = 1;
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 /// Set-aside notices are reported in the audit channel at most this often;
