@@ -67,8 +67,8 @@ const RECORD_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
 /// longer than these calls, so with a real platform lanes seldom wait for a
 /// turn; with a fast one, a burst of deliveries takes one of the database's
 /// connections, not sixteen, from the requests being handled. With every
-/// lane calling PostgreSQL at once, the engine benchmark's changes ran a
-/// quarter slower, and with two at once still a fifth (BENCHMARKS.md).
+/// lane calling PostgreSQL at once, the engine benchmark's changes ran
+/// about a third slower, and with two at once still a fifth (BENCHMARKS.md).
 const STORE_CALLS: usize = 1;
 /// A notice the platform keeps refusing is set aside after this many attempts.
 const MAX_PERMANENT_ATTEMPTS: u32 = 5;

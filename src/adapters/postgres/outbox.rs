@@ -134,9 +134,9 @@ const STATISTICS_EVERY: std::time::Duration = std::time::Duration::from_secs(60)
 /// burst of updates that delivered them) say that almost no row is
 /// undelivered. Every claim reads through the partial indexes of
 /// undelivered notices, and with those statistics the planner believes
-/// them empty: it picks whichever comes first, and a lane's claim may read
-/// every undelivered notice to find its lane's few (tens of milliseconds
-/// each with 100,000 waiting). Statistics taken while the backlog is there
+/// them all empty, so it cannot tell which serves a statement best: a
+/// lane's claim may then read every undelivered notice to find its lane's
+/// few (tens of milliseconds each with 100,000 waiting). Statistics taken while the backlog is there
 /// give each claim the right index. Autovacuum alone takes them too late:
 /// it waits a minute or more between runs, and for a share of the table to
 /// change. A claim slow for another reason (a backlog a full read must
