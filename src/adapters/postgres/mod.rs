@@ -702,10 +702,7 @@ impl Store for PgStore {
         self.shared
             .held
             .claimed(pending.iter().map(|p| p.id), until, now);
-        self.shared
-            .statistics
-            .after_claim(took, &self.shared.pool)
-            .await;
+        self.shared.statistics.after_claim(took, &self.shared.pool);
         Ok(pending)
     }
 
@@ -731,10 +728,7 @@ impl Store for PgStore {
         self.shared
             .held
             .claimed(pending.iter().map(|p| p.id), until, now);
-        self.shared
-            .statistics
-            .after_claim(took, &self.shared.pool)
-            .await;
+        self.shared.statistics.after_claim(took, &self.shared.pool);
         Ok(pending)
     }
 

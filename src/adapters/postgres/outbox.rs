@@ -146,12 +146,14 @@ const STATISTICS_EVERY: std::time::Duration = std::time::Duration::from_secs(60)
 pub(super) struct Statistics(Mutex<Option<std::time::Instant>>);
 
 impl Statistics {
-    /// After a claim statement that took `took`: runs `ANALYZE outbox` if
-    /// it took [`SLOW_CLAIM`] or more, unless this process ran it in the
-    /// last [`STATISTICS_EVERY`]. A failure is logged, not returned:
-    /// claims work without it, only slower. (A role that does not own the
-    /// table is not refused: the server skips the table with a warning.)
-    pub(super) async fn after_claim(&self, took: std::time::Duration, pool: &sqlx::PgPool) {
+    /// After a claim statement that took `took`: starts `ANALYZE outbox` on
+    /// a task of its own if it took [`SLOW_CLAIM`] or more, unless this
+    /// process started it in the last [`STATISTICS_EVERY`]. The claim does
+    /// not wait for it: on a large outbox it reads many pages, and the
+    /// dispatcher's lanes would wait behind it. A failure is logged: claims
+    /// work without it, only slower. (A role that does not own the table is
+    /// not refused: the server skips the table with a warning.)
+    pub(super) fn after_claim(&self, took: std::time::Duration, pool: &sqlx::PgPool) {
         if took < SLOW_CLAIM {
             return;
         }
@@ -162,19 +164,22 @@ impl Statistics {
             }
             *last = Some(std::time::Instant::now());
         }
-        let started = std::time::Instant::now();
-        match sqlx::query("ANALYZE outbox").execute(pool).await {
-            Ok(_) => tracing::info!(
-                took_ms = started.elapsed().as_millis() as u64,
-                claim_ms = took.as_millis() as u64,
-                "outbox claim was slow; its planner statistics were taken again"
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "outbox claim was slow, but its planner statistics could not be taken again; \
-                 claims may stay slow until autovacuum analyzes the outbox"
-            ),
-        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match sqlx::query("ANALYZE outbox").execute(&pool).await {
+                Ok(_) => tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    claim_ms = took.as_millis() as u64,
+                    "outbox claim was slow; its planner statistics were taken again"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "outbox claim was slow, but its planner statistics could not be taken \
+                     again; claims may stay slow until autovacuum analyzes the outbox"
+                ),
+            }
+        });
     }
 }
 
