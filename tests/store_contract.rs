@@ -221,6 +221,105 @@ async fn pending_counts_hold_for_requesters_named_with_quotes(kind: Kind) {
     }
 }
 
+/// Whatever text a change holds (quotes, backslashes, what reads as SQL,
+/// escapes, dollar quotes, other scripts, line breaks) is stored as given in
+/// every place it is written, and never reaches a statement as SQL.
+async fn text_of_any_kind_is_stored_as_given(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let texts = [
+        "o'brien",
+        r"x\');DELETE FROM requests;--",
+        r"E'\x00' $$ $q$ \\' '' \n",
+        "dëv✓ 日本 \u{1F512}\ttab\nnewline\r",
+        "'; COMMIT; DROP TABLE logbook; --",
+    ];
+    let mut made = Vec::new();
+    for (n, text) in texts.iter().enumerate() {
+        let text = text.to_string();
+        let now = at(n as i64);
+        let who = format!("dev{n}");
+        let build: passport::app::ports::Creation = Box::new(move |slot: Slot| {
+            let (mut req, mut fx) = creation(&who, now)(slot)?;
+            req.requester.handle = text.clone();
+            let id = req.id;
+            fx.events.push(NewEvent {
+                actor: text.clone(),
+                ..event(now, Some(id), &text)
+            });
+            fx.outbox
+                .push(("console".into(), Notice::thread(id, text.clone())));
+            Ok((req, fx))
+        });
+        let (req, _) = store
+            .create(&uid(&format!("dev{n}")), 0, build)
+            .await
+            .unwrap()
+            .unwrap();
+        made.push(req.id);
+    }
+    for (n, (id, text)) in made.iter().zip(texts).enumerate() {
+        let said = text.to_string();
+        let change: passport::app::ports::Mutation = Box::new(move |req: &mut AccessRequest| {
+            let mut fx = cancel(&format!("dev{n}"), at(10))(req)?;
+            fx.outbox.push((
+                "console".into(),
+                Notice::thread(req.id, format!("bye {said}")),
+            ));
+            fx.signed = Some(Signed {
+                key: format!("slack:command:{said}"),
+                until: at(60),
+            });
+            Ok(fx)
+        });
+        store.update(*id, None, change).await.unwrap().unwrap();
+        let req = store.get(*id).await.unwrap().unwrap();
+        assert_eq!(req.requester.handle, text);
+        let events = store.audit_events(Some(*id), None).await.unwrap();
+        assert!(
+            events.iter().any(|e| e.actor == text && e.action == text),
+            "{text}: {events:?}"
+        );
+        let summary = serde_json::json!({ "summary": text }).to_string();
+        assert!(events.iter().any(|e| e.details == summary), "{text}");
+    }
+    let notices: Vec<Notice> = store
+        .pending_notices(100, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.notice)
+        .collect();
+    for (id, text) in made.iter().zip(texts) {
+        assert!(
+            notices.contains(&Notice::thread(*id, text.into())),
+            "{text}"
+        );
+        assert!(
+            notices.contains(&Notice::thread(*id, format!("bye {text}"))),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        intact_events(&store.verify_logbook().await.unwrap()),
+        3 * texts.len() as u64
+    );
+    // Each key was kept as given: the same signed request is refused again.
+    let who = texts[1].to_string();
+    let again: passport::app::ports::Mutation = Box::new(move |_req: &mut AccessRequest| {
+        let mut fx = Effects::default();
+        fx.signed = Some(Signed {
+            key: format!("slack:command:{who}"),
+            until: at(60),
+        });
+        Ok(fx)
+    });
+    assert!(matches!(
+        store.update(made[1], None, again).await,
+        Err(StoreError::Replayed)
+    ));
+}
+
 fn event(now: Timestamp, request: Option<RequestId>, action: &str) -> NewEvent {
     NewEvent {
         at: now,
@@ -1486,6 +1585,7 @@ macro_rules! contract {
 contract!(
     creating_and_changing_a_request,
     pending_counts_hold_for_requesters_named_with_quotes,
+    text_of_any_kind_is_stored_as_given,
     a_refused_change_writes_nothing,
     a_change_that_fails_part_way_writes_nothing,
     changes_arriving_together_commit_or_fail_each_alone,
