@@ -307,12 +307,13 @@ async fn text_of_any_kind_is_stored_as_given(kind: Kind) {
     // Each key was kept as given: the same signed request is refused again.
     let who = texts[1].to_string();
     let again: passport::app::ports::Mutation = Box::new(move |_req: &mut AccessRequest| {
-        let mut fx = Effects::default();
-        fx.signed = Some(Signed {
-            key: format!("slack:command:{who}"),
-            until: at(60),
-        });
-        Ok(fx)
+        Ok(Effects {
+            signed: Some(Signed {
+                key: format!("slack:command:{who}"),
+                until: at(60),
+            }),
+            ..Effects::default()
+        })
     });
     assert!(matches!(
         store.update(made[1], None, again).await,
