@@ -86,7 +86,8 @@ const BACKLOG: usize = 100_000;
 const BACKLOG_LANE: usize = 10;
 /// Reads timed after the first.
 const LATER_READS: u32 = 10;
-/// Events per call when filling the Logbook up for verification.
+/// Rows per call when filling a store up: Logbook events for verification,
+/// notices for the backlog read.
 const FILL_BATCH: usize = 1_000;
 /// How often a worker asks again to complete a request whose activation is
 /// not committed yet (see `lifecycle`).
