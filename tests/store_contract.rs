@@ -304,7 +304,7 @@ async fn text_of_any_kind_is_stored_as_given(kind: Kind) {
         intact_events(&store.verify_logbook().await.unwrap()),
         3 * texts.len() as u64
     );
-    // Each key was kept as given: the same signed request is refused again.
+    // The key holding that text was kept: the same signed request is refused again.
     let who = texts[1].to_string();
     let again: passport::app::ports::Mutation = Box::new(move |_req: &mut AccessRequest| {
         Ok(Effects {
