@@ -2797,6 +2797,8 @@ async fn on_postgres_a_request_is_approved_provisioned_expired_and_its_logbook_v
     let url = postgres::fresh_database().await;
     let app = start_pg(&url, &fake, clock_at_now()).await;
     assert!(matches!(app.built.database, startup::Database::Postgres(_)));
+    // The first scrape installs the metrics recorder, as `serve` does at start.
+    assert_eq!(app.get("/metrics").await.0, 200);
 
     let answer = app
         .command(DEV, &format!("request {WEB} 1h ticket#1 x"))
@@ -2829,6 +2831,20 @@ async fn on_postgres_a_request_is_approved_provisioned_expired_and_its_logbook_v
     // Readiness asks PostgreSQL for a write.
     let (status, body) = app.get("/readyz").await;
     assert_eq!(status, 200, "{body}");
+    // Each phase of the store's groups is timed.
+    let (status, metrics) = app.get("/metrics").await;
+    assert_eq!(status, 200);
+    for phase in ["lock_and_read", "writes", "commit"] {
+        let count = format!("passport_store_group_seconds_count{{phase=\"{phase}\"}}");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&count)),
+            "{count}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("passport_store_group_size_count"),
+        "{metrics}"
+    );
     app.stop().await;
 }
 

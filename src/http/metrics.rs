@@ -24,8 +24,9 @@ use crate::domain::time::{Span, Timestamp};
 
 use super::HttpError;
 
-/// Buckets of `passport_http_request_duration_seconds`: acknowledgements take
-/// well under a millisecond; Slack gives up after 3 s.
+/// Buckets of `passport_http_request_duration_seconds` (acknowledgements take
+/// well under a millisecond; Slack gives up after 3 s) and of
+/// `passport_store_group_seconds` (each round trip of a PostgreSQL group).
 const HTTP_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
 ];
@@ -51,6 +52,12 @@ pub fn recorder() -> &'static PrometheusHandle {
                 b.set_buckets_for_metric(
                     Matcher::Full("passport_store_group_size".into()),
                     &GROUP_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("passport_store_group_seconds".into()),
+                    &HTTP_BUCKETS,
                 )
             })
             .and_then(|b| b.set_buckets(&SLOW_BUCKETS));
@@ -108,6 +115,11 @@ fn describe() {
         "passport_store_group_size",
         Unit::Count,
         "Changes committed together in one PostgreSQL transaction"
+    );
+    describe_histogram!(
+        "passport_store_group_seconds",
+        Unit::Seconds,
+        "Each phase of a PostgreSQL group: lock_and_read (waiting for other replicas' groups included), writes, commit"
     );
     describe_gauge!("passport_requests", "Requests by state");
     describe_gauge!(

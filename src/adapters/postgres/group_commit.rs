@@ -37,6 +37,7 @@
 //! it and nothing of the group is written, as when a commit fails.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::TryStreamExt;
 use sqlx::postgres::PgConnectOptions;
@@ -659,6 +660,16 @@ fn expiry_like(kind: &str) -> bool {
     kind == "expiry" || kind.starts_with("warning:")
 }
 
+/// Records how long a group's `phase` took since `since`
+/// (`passport_store_group_seconds`). Taking the locks includes waiting for
+/// other processes' groups, so a growing `lock_and_read` shows replicas
+/// waiting for one another under the Logbook's lock; `writes` includes the
+/// two round trips more of a group that holds a replay.
+fn took(phase: &'static str, since: Instant) {
+    metrics::histogram!("passport_store_group_seconds", "phase" => phase)
+        .record(since.elapsed().as_secs_f64());
+}
+
 /// Runs the group: reads, runs every change in memory, keeps the replay keys,
 /// and writes what the changes left in a few statements.
 async fn run_group(
@@ -668,7 +679,9 @@ async fn run_group(
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     // The transaction is this connection's alone: a failure drops the
     // connection (see `run`), which rolls it back.
+    let reading = Instant::now();
     let (log, mut group) = Group::begin_and_read(conn, keys, &works).await?;
+    took("lock_and_read", reading);
     let mut outcomes: Vec<Outcome> = works.into_iter().map(|w| group.run(&log, w)).collect();
 
     // Replay keys: one seen earlier in this group fails its change at once.
@@ -696,6 +709,7 @@ async fn run_group(
     // are found, their changes fail, and the rest is written without them.
     let fresh = log.clone();
     let (writes, updates) = writes_of(log, &group, &outcomes, &signed)?;
+    let writing = Instant::now();
     let (updated, to_update) = match writes.run(conn).await {
         Err(e) if is_kept_key(&e) => {
             sqlx::raw_sql(&format!("ROLLBACK TO SAVEPOINT {REPLAY_SAVEPOINT}"))
@@ -726,11 +740,14 @@ async fn run_group(
         }
         done => (done?, updates),
     };
+    took("writes", writing);
     if updated != to_update {
         // Cannot happen while the rows are locked.
         return Err(StoreError::Busy);
     }
+    let committing = Instant::now();
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    took("commit", committing);
     Ok(outcomes
         .into_iter()
         .map(|o| match o {
