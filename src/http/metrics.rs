@@ -24,10 +24,11 @@ use crate::domain::time::{Span, Timestamp};
 
 use super::HttpError;
 
-/// Buckets of `passport_http_request_duration_seconds` (acknowledgements take
-/// well under a millisecond; Slack gives up after 3 s) and of
-/// `passport_store_group_seconds` (each round trip of a PostgreSQL group).
-const HTTP_BUCKETS: [f64; 12] = [
+/// Buckets of the quick latencies, from half a millisecond to Slack's 3 s:
+/// `passport_http_request_duration_seconds` (acknowledgements take well under
+/// a millisecond) and `passport_store_group_seconds` (each round trip of a
+/// PostgreSQL group).
+const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
 ];
 /// Buckets of `passport_store_group_size`: changes per PostgreSQL transaction
@@ -46,7 +47,7 @@ pub fn recorder() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full("passport_http_request_duration_seconds".into()),
-                &HTTP_BUCKETS,
+                &LATENCY_BUCKETS,
             )
             .and_then(|b| {
                 b.set_buckets_for_metric(
@@ -57,7 +58,7 @@ pub fn recorder() -> &'static PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     Matcher::Full("passport_store_group_seconds".into()),
-                    &HTTP_BUCKETS,
+                    &LATENCY_BUCKETS,
                 )
             })
             .and_then(|b| b.set_buckets(&SLOW_BUCKETS));
