@@ -239,6 +239,7 @@ async fn text_of_any_kind_is_stored_as_given(kind: Kind) {
         let text = text.to_string();
         let now = at(n as i64);
         let who = format!("dev{n}");
+        let requester = uid(&who);
         let build: passport::app::ports::Creation = Box::new(move |slot: Slot| {
             let (mut req, mut fx) = creation(&who, now)(slot)?;
             req.requester.handle = text.clone();
@@ -251,11 +252,7 @@ async fn text_of_any_kind_is_stored_as_given(kind: Kind) {
                 .push(("console".into(), Notice::thread(id, text.clone())));
             Ok((req, fx))
         });
-        let (req, _) = store
-            .create(&uid(&format!("dev{n}")), 0, build)
-            .await
-            .unwrap()
-            .unwrap();
+        let (req, _) = store.create(&requester, 0, build).await.unwrap().unwrap();
         made.push(req.id);
     }
     for (n, (id, text)) in made.iter().zip(texts).enumerate() {
