@@ -263,10 +263,7 @@ async fn text_of_any_kind_is_stored_as_given(kind: Kind) {
                 "console".into(),
                 Notice::thread(req.id, format!("bye {said}")),
             ));
-            fx.signed = Some(Signed {
-                key: format!("slack:command:{said}"),
-                until: at(60),
-            });
+            fx.signed = Some(signed_with(&said));
             Ok(fx)
         });
         store.update(*id, None, change).await.unwrap().unwrap();
@@ -301,21 +298,31 @@ async fn text_of_any_kind_is_stored_as_given(kind: Kind) {
         intact_events(&store.verify_logbook().await.unwrap()),
         3 * texts.len() as u64
     );
-    // The key holding that text was kept: the same signed request is refused again.
-    let who = texts[1].to_string();
-    let again: passport::app::ports::Mutation = Box::new(move |_req: &mut AccessRequest| {
-        Ok(Effects {
-            signed: Some(Signed {
-                key: format!("slack:command:{who}"),
-                until: at(60),
-            }),
-            ..Effects::default()
-        })
-    });
-    assert!(matches!(
-        store.update(made[1], None, again).await,
-        Err(StoreError::Replayed)
-    ));
+    // Each key holding such text was kept: the same signed request is refused again.
+    for (id, text) in made.iter().zip(texts) {
+        let said = text.to_string();
+        let again: passport::app::ports::Mutation = Box::new(move |_req: &mut AccessRequest| {
+            Ok(Effects {
+                signed: Some(signed_with(&said)),
+                ..Effects::default()
+            })
+        });
+        assert!(
+            matches!(
+                store.update(*id, None, again).await,
+                Err(StoreError::Replayed)
+            ),
+            "{text}"
+        );
+    }
+}
+
+/// A signed slash command whose replay key holds `text`.
+fn signed_with(text: &str) -> Signed {
+    Signed {
+        key: format!("slack:command:{text}"),
+        until: at(60),
+    }
 }
 
 fn event(now: Timestamp, request: Option<RequestId>, action: &str) -> NewEvent {
