@@ -1101,3 +1101,38 @@ async fn a_store_failure_while_delivering_does_not_count_against_the_platform() 
         );
     }
 }
+
+/// A notice sent whose delivery the store could not record is recorded by
+/// the next pass, not sent again.
+#[tokio::test]
+async fn a_delivery_the_store_failed_to_record_is_not_sent_again() {
+    let (app, _dir) = TestApp::spawn().await;
+    let id = app.new_request(WEB, "1h ticket#1 x").await;
+    app.dispatcher.deliver_due().await.unwrap();
+    let mut fx = passport::app::effects::Effects::default();
+    fx.notify(passport::domain::notice::Notice::thread(id, "once".into()));
+    fx.route(&["test".to_owned()], "");
+    app.store.record(fx, app.engine.now()).await.unwrap();
+    // Recording a delivery fails, after the platform took the notice.
+    let side = rusqlite::Connection::open(&app.db).unwrap();
+    side.execute_batch(
+        "CREATE TRIGGER away BEFORE UPDATE OF delivered_at ON outbox \
+         BEGIN SELECT RAISE(ABORT, 'the outbox is away'); END;",
+    )
+    .unwrap();
+    assert!(app.dispatcher.deliver_due().await.is_err());
+    let once = |app: &TestApp| {
+        app.surface
+            .threads(id)
+            .iter()
+            .filter(|text| *text == "once")
+            .count()
+    };
+    assert_eq!(once(&app), 1);
+    side.execute_batch("DROP TRIGGER away").unwrap();
+    let report = app.dispatcher.deliver_due().await.unwrap();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    app.dispatcher.deliver_due().await.unwrap();
+    assert_eq!(once(&app), 1, "the notice was sent again");
+    assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
+}

@@ -129,6 +129,10 @@ pub struct Dispatcher {
     breakers: Arc<PeerHealth>,
     /// Turns for the lanes' calls to the store ([`STORE_CALLS`]).
     store_calls: tokio::sync::Semaphore,
+    /// Notices sent whose delivery the store failed to record. They stay
+    /// claimed by this process, and the next pass records them before it
+    /// reads anything: read again, they would be sent twice.
+    unrecorded: std::sync::Mutex<Vec<i64>>,
 }
 
 /// Notices set aside since the last report, per surface, and when that
@@ -193,6 +197,7 @@ impl Dispatcher {
             concurrency: CONCURRENT_LANES,
             breakers: Arc::new(PeerHealth::default()),
             store_calls: tokio::sync::Semaphore::new(STORE_CALLS),
+            unrecorded: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -215,8 +220,10 @@ impl Dispatcher {
     /// lane by lane, until every lane is empty or waiting.
     pub async fn deliver_due(&self) -> Result<DeliveryReport, StoreError> {
         let _pass = self.gate.lock().await;
+        let recorded = self.record_unrecorded().await?;
         let (deleted, next_deletion) = self.delete_due().await?;
         let mut report = self.deliver_outbox().await?;
+        report.delivered += recorded;
         if self.report_set_aside().await? {
             // The report goes out in this pass; the lanes it may wait behind
             // are the audit lanes, which this pass already emptied or left waiting.
@@ -229,6 +236,25 @@ impl Dispatcher {
         report.deleted = deleted;
         report.next_deletion = next_deletion;
         Ok(report)
+    }
+
+    /// Records the deliveries an earlier pass sent and could not record;
+    /// answers how many.
+    async fn record_unrecorded(&self) -> Result<usize, StoreError> {
+        let ids = std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()));
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        match self.store.mark_delivered(&ids, self.clock.now()).await {
+            Ok(()) => Ok(ids.len()),
+            Err(e) => {
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(ids);
+                Err(e)
+            }
+        }
     }
 
     /// Queues one audit notice per surface saying how many notices were set
@@ -571,9 +597,30 @@ impl Dispatcher {
         probe: bool,
         report: &mut DeliveryReport,
     ) -> Result<usize, StoreError> {
-        let mut went = 0;
-        // Sent and not recorded yet, and when the first of those sends began.
+        // Sent and not recorded yet.
         let mut sent = Vec::new();
+        let went = self.send_batch(lane, probe, report, &mut sent).await;
+        if went.is_err() {
+            // Whatever failed, what was sent must not be read and sent again.
+            self.unrecorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&mut sent);
+        }
+        went
+    }
+
+    /// [`Self::deliver_batch`], leaving in `sent` what it sent and did not
+    /// record when it fails.
+    async fn send_batch(
+        &self,
+        lane: Vec<Pending>,
+        probe: bool,
+        report: &mut DeliveryReport,
+        sent: &mut Vec<i64>,
+    ) -> Result<usize, StoreError> {
+        let mut went = 0;
+        // When the first of the sends not recorded yet began.
         let mut since = tokio::time::Instant::now();
         for (i, p) in lane.into_iter().enumerate() {
             // A breaker that opened while this pass ran stops the lane (the
@@ -583,7 +630,7 @@ impl Dispatcher {
             }
             let Some(surface) = self.surfaces.get(&p.surface) else {
                 // A surface that is no longer configured: its notices wait until it is again.
-                self.record_delivered(&mut sent, report).await?;
+                self.record_delivered(sent, report).await?;
                 let next = self.clock.now().plus(Span::from_minutes(10));
                 self.store
                     .mark_retry(p.id, next, "chat surface not configured")
@@ -592,7 +639,7 @@ impl Dispatcher {
                 break;
             };
             if !sent.is_empty() && since.elapsed() >= RECORD_WITHIN {
-                self.record_delivered(&mut sent, report).await?;
+                self.record_delivered(sent, report).await?;
             }
             if sent.is_empty() {
                 since = tokio::time::Instant::now();
@@ -607,7 +654,7 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     // Recorded first: what went before this notice stays delivered.
-                    self.record_delivered(&mut sent, report).await?;
+                    self.record_delivered(sent, report).await?;
                     let outcome = match &e {
                         ChatError::RateLimited { .. } => "rate_limited",
                         ChatError::Transient(_) => "transient_error",
@@ -651,7 +698,7 @@ impl Dispatcher {
                 }
             }
         }
-        self.record_delivered(&mut sent, report).await?;
+        self.record_delivered(sent, report).await?;
         Ok(went)
     }
 
