@@ -1136,3 +1136,48 @@ async fn a_delivery_the_store_failed_to_record_is_not_sent_again() {
     assert_eq!(once(&app), 1, "the notice was sent again");
     assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
 }
+
+#[tokio::test]
+async fn a_card_whose_place_the_store_failed_to_save_is_not_posted_again() {
+    let (app, _dir) = TestApp::spawn().await;
+    // Saving a card's place fails, after the platform took the card.
+    let side = rusqlite::Connection::open(&app.db).unwrap();
+    side.execute_batch(
+        "CREATE TRIGGER away BEFORE INSERT ON chat_refs \
+         BEGIN SELECT RAISE(ABORT, 'chat_refs is away'); END;",
+    )
+    .unwrap();
+    let reply = app
+        .engine
+        .handle_line(
+            &TestApp::actor("dev1"),
+            &format!("request {WEB} 1h ticket#1 x"),
+            None,
+        )
+        .await;
+    let id = reply.request.expect(&reply.text);
+    assert!(app.dispatcher.deliver_due().await.is_err());
+    let cards = |app: &TestApp| {
+        app.surface
+            .all()
+            .iter()
+            .filter(|p| matches!(p, Posted::Card(c) if c.request == id))
+            .count()
+    };
+    assert_eq!(cards(&app), 1);
+    side.execute_batch("DROP TRIGGER away").unwrap();
+    app.dispatcher.deliver_due().await.unwrap();
+    assert_eq!(cards(&app), 1, "the card was posted again");
+    // Its place was kept: the request's next notice goes to its thread.
+    let mut fx = passport::app::effects::Effects::default();
+    fx.notify(passport::domain::notice::Notice::thread(
+        id,
+        "in the thread".into(),
+    ));
+    fx.route(&["test".to_owned()], "");
+    app.store.record(fx, app.engine.now()).await.unwrap();
+    app.dispatcher.deliver_due().await.unwrap();
+    assert_eq!(app.surface.threads(id), ["in the thread"]);
+    assert_eq!(cards(&app), 1);
+    assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
+}

@@ -42,8 +42,11 @@ use crate::domain::time::{Span, Timestamp};
 use super::effects::Effects;
 use super::messages;
 use super::peers::{Admission, PeerHealth};
-use super::ports::{ChatError, ChatSurface, Clock, Pending, PendingDeletion, Store, StoreError};
+use super::ports::{
+    ChatError, ChatSurface, Clock, MessageRef, Pending, PendingDeletion, Store, StoreError,
+};
 use super::retry::Backoff;
+use crate::domain::values::RequestId;
 
 /// Lanes delivered at the same time.
 const CONCURRENT_LANES: usize = 16;
@@ -129,10 +132,22 @@ pub struct Dispatcher {
     breakers: Arc<PeerHealth>,
     /// Turns for the lanes' calls to the store ([`STORE_CALLS`]).
     store_calls: tokio::sync::Semaphore,
-    /// Notices sent whose delivery the store failed to record. They stay
+    /// What was sent and the store failed to record. The notices stay
     /// claimed by this process, and the next pass records them before it
     /// reads anything: read again, they would be sent twice.
-    unrecorded: std::sync::Mutex<Vec<i64>>,
+    unrecorded: std::sync::Mutex<Unrecorded>,
+}
+
+/// Sends the store failed to record ([`Dispatcher::unrecorded`]).
+#[derive(Default)]
+struct Unrecorded {
+    /// Notices sent whose delivery is not recorded.
+    ids: Vec<i64>,
+    /// Cards posted whose place is not saved: request, surface, place.
+    /// Saved before their notices are recorded, and before anything is
+    /// read: without its place, a card would be posted a second time and
+    /// its thread's replies would go to the audit channel.
+    places: Vec<(RequestId, String, MessageRef)>,
 }
 
 /// Notices set aside since the last report, per surface, and when that
@@ -197,7 +212,7 @@ impl Dispatcher {
             concurrency: CONCURRENT_LANES,
             breakers: Arc::new(PeerHealth::default()),
             store_calls: tokio::sync::Semaphore::new(STORE_CALLS),
-            unrecorded: std::sync::Mutex::new(Vec::new()),
+            unrecorded: std::sync::Mutex::new(Unrecorded::default()),
         }
     }
 
@@ -238,23 +253,36 @@ impl Dispatcher {
         Ok(report)
     }
 
-    /// Records the deliveries an earlier pass sent and could not record;
-    /// answers how many.
+    /// Records what an earlier pass sent and could not record, places of
+    /// cards first; answers how many notices.
     async fn record_unrecorded(&self) -> Result<usize, StoreError> {
-        let ids = std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()));
-        if ids.is_empty() {
+        let mut left = std::mem::take(&mut *self.unrecorded());
+        let saved = self.save_unrecorded(&mut left).await;
+        if saved.is_err() {
+            let mut unrecorded = self.unrecorded();
+            unrecorded.places.append(&mut left.places);
+            unrecorded.ids.append(&mut left.ids);
+        }
+        saved
+    }
+
+    /// [`Self::record_unrecorded`], leaving in `left` what it did not record.
+    async fn save_unrecorded(&self, left: &mut Unrecorded) -> Result<usize, StoreError> {
+        while let Some((request, surface, at)) = left.places.first() {
+            self.store.save_chat_ref(*request, surface, at).await?;
+            left.places.remove(0);
+        }
+        if left.ids.is_empty() {
             return Ok(0);
         }
-        match self.store.mark_delivered(&ids, self.clock.now()).await {
-            Ok(()) => Ok(ids.len()),
-            Err(e) => {
-                self.unrecorded
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(ids);
-                Err(e)
-            }
-        }
+        self.store
+            .mark_delivered(&left.ids, self.clock.now())
+            .await?;
+        Ok(std::mem::take(&mut left.ids).len())
+    }
+
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, Unrecorded> {
+        self.unrecorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues one audit notice per surface saying how many notices were set
@@ -602,10 +630,7 @@ impl Dispatcher {
         let went = self.send_batch(lane, probe, report, &mut sent).await;
         if went.is_err() {
             // Whatever failed, what was sent must not be read and sent again.
-            self.unrecorded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&mut sent);
+            self.unrecorded().ids.append(&mut sent);
         }
         went
     }
@@ -644,7 +669,8 @@ impl Dispatcher {
             if sent.is_empty() {
                 since = tokio::time::Instant::now();
             }
-            // A store failure ends the pass; the notice waits for the next.
+            // A store failure ends the pass; the notice waits for the next,
+            // unless it went ([`Self::send`]).
             match self.send(surface.as_ref(), &p).await? {
                 Ok(()) => {
                     self.breakers.record(&p.surface, Ok(()), self.clock.now());
@@ -721,6 +747,8 @@ impl Dispatcher {
     /// Sends one notice. The chat platform's answer is the inner result; an
     /// error of the store (a card's place read or saved) is the outer one,
     /// and says nothing about the platform: it must not trip its breaker.
+    /// A card posted whose place the store failed to save went: it is kept
+    /// with its place in [`Self::unrecorded`], and not sent again.
     async fn send(
         &self,
         surface: &dyn ChatSurface,
@@ -731,9 +759,18 @@ impl Dispatcher {
                 Some(at) => surface.update_card(&at, card).await,
                 None => match surface.post_card(card).await {
                     Ok(at) => {
-                        self.store
+                        let saved = self
+                            .store
                             .save_chat_ref(card.request, &p.surface, &at)
-                            .await?;
+                            .await;
+                        if let Err(e) = saved {
+                            let mut unrecorded = self.unrecorded();
+                            unrecorded
+                                .places
+                                .push((card.request, p.surface.clone(), at));
+                            unrecorded.ids.push(p.id);
+                            return Err(e);
+                        }
                         Ok(())
                     }
                     Err(e) => Err(e),
