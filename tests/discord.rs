@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use common::chat_app::{
     assert_warned, card_of, chat_config, clock_at_now, contains, deliver_everything, events_of,
-    fresh_db, password_deletion_due, run_doctor, set_password_message_ttl, state_of, unique, Lanes,
-    Ran, PROD, WEB, WIN,
+    fresh_db, password_deletion_due, run_doctor, set_password_message_ttl, slow_request_creation,
+    state_of, unique, Lanes, Ran, PROD, WEB, WIN,
 };
 use common::http_client::{self, Answer, HttpClient};
 use fake_discord::{FakeDiscord, APPLICATION_ID, BOT_TOKEN, GUILD_ID};
@@ -1005,6 +1005,8 @@ async fn a_restart_between_commit_and_delivery_delivers_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_work_is_deferred_then_the_answer_replaces_it() {
     let app = spawn_app_with(Duration::ZERO).await;
+    // The work cannot finish before the answer, due at once.
+    slow_request_creation(&app.db);
     let answer = app
         .command(
             DEV,
@@ -1013,7 +1015,7 @@ async fn slow_work_is_deferred_then_the_answer_replaces_it() {
         )
         .await;
     assert_eq!(answer.json(), json!({ "type": 5, "data": { "flags": 64 } }));
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if !app.fake.original_edits().is_empty() {
             break;
         }

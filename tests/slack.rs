@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use common::chat_app::{
     assert_warned, card_of, chat_config, clock_at_now, contains, deliver_everything, events_of,
     fresh_db, outbox, password_deletion_due, run_doctor, set_password_message_ttl, slack_options,
-    state_of, unique, Lanes, PROD, WEB, WIN,
+    slow_request_creation, state_of, unique, Lanes, PROD, WEB, WIN,
 };
 use common::http_client::{self, Answer, HttpClient};
 use fake_aws::FakeAws;
@@ -712,12 +712,14 @@ async fn passport_with_no_arguments_or_help_shows_usage() {
 #[tokio::test]
 async fn slow_work_is_acknowledged_at_once_and_answered_through_response_url() {
     let app = spawn_app_with(Duration::ZERO).await;
+    // The work cannot finish before the answer, due at once.
+    slow_request_creation(&app.db);
     let answer = app
         .command(DEV, &format!("request {WEB} 1h ticket#5 slow day"))
         .await;
     assert_eq!(answer.status, 200);
     assert!(answer.text().contains("working on it"), "{}", answer.body);
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if !app.fake.responses().is_empty() {
             break;
         }

@@ -103,6 +103,20 @@ pub fn fresh_db() -> (tempfile::TempDir, PathBuf) {
     (dir, db)
 }
 
+/// Makes saving a new request in `db` take a while (it first counts to a
+/// million), so that work creating one cannot finish before an
+/// acknowledgement due at once.
+pub fn slow_request_creation(db: &Path) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER slow BEFORE INSERT ON requests BEGIN \
+             SELECT count(*) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL \
+             SELECT i + 1 FROM n WHERE i < 1000000) SELECT i FROM n); END;",
+        )
+        .unwrap();
+}
+
 pub use super::process::bin as passport_bin;
 
 /// How a `passport` process ended.
