@@ -2836,17 +2836,38 @@ async fn on_postgres_a_request_is_approved_provisioned_expired_and_its_logbook_v
     // Each phase of the store's groups is timed.
     let (status, metrics) = app.get("/metrics").await;
     assert_eq!(status, 200);
-    for phase in ["lock_and_read", "writes", "commit"] {
-        let count = format!("passport_store_group_seconds_count{{phase=\"{phase}\"}}");
-        assert!(
-            metrics.lines().any(|l| l.starts_with(&count)),
-            "{count}: {metrics}"
+    let timed = |metrics: &str, phase: &str, outcome: &str| {
+        let count = format!(
+            "passport_store_group_seconds_count{{phase=\"{phase}\",outcome=\"{outcome}\"}}"
         );
+        metrics.lines().any(|l| l.starts_with(&count))
+    };
+    for phase in ["lock_and_read", "writes", "commit"] {
+        assert!(timed(&metrics, phase, "ok"), "{phase}: {metrics}");
     }
+    assert!(!timed(&metrics, "writes", "failed"), "{metrics}");
     assert!(
         metrics.contains("passport_store_group_size_count"),
         "{metrics}"
     );
+    // A phase that fails is timed too, as failed.
+    let mut side = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION away() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'requests are away'; END $$; \
+         CREATE TRIGGER away BEFORE INSERT ON requests FOR EACH ROW EXECUTE FUNCTION away();",
+    )
+    .execute(&mut side)
+    .await
+    .unwrap();
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#2 y"))
+        .await;
+    assert!(answer.text().contains("could not save"), "{}", answer.body);
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(timed(&metrics, "writes", "failed"), "{metrics}");
     app.stop().await;
 }
 

@@ -120,7 +120,7 @@ fn describe() {
     describe_histogram!(
         "passport_store_group_seconds",
         Unit::Seconds,
-        "Each phase of a PostgreSQL group: lock_and_read (waiting for other replicas' groups included), writes, commit"
+        "Each phase of a PostgreSQL group: lock_and_read (waiting for other replicas' groups included), writes, commit; outcome ok or failed"
     );
     describe_gauge!("passport_requests", "Requests by state");
     describe_gauge!(

@@ -660,14 +660,23 @@ fn expiry_like(kind: &str) -> bool {
     kind == "expiry" || kind.starts_with("warning:")
 }
 
-/// Records how long a group's `phase` took since `since`
-/// (`passport_store_group_seconds`). Taking the locks includes waiting for
-/// other processes' groups, so a growing `lock_and_read` shows replicas
-/// waiting for one another under the Logbook's lock; `writes` includes the
-/// two round trips more of a group that holds a replay.
-fn took(phase: &'static str, since: Instant) {
-    metrics::histogram!("passport_store_group_seconds", "phase" => phase)
+/// Runs a group's `phase` and records how long it took, and whether it
+/// failed (`passport_store_group_seconds{phase, outcome}`): a phase that
+/// times out or loses its connection is the one an operator looks for.
+/// Taking the locks includes waiting for other processes' groups, so a
+/// growing `lock_and_read` shows replicas waiting for one another under the
+/// Logbook's lock; `writes` includes the two round trips more of a group
+/// that holds a replay.
+async fn timed<T>(
+    phase: &'static str,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let since = Instant::now();
+    let done = work.await;
+    let outcome = if done.is_ok() { "ok" } else { "failed" };
+    metrics::histogram!("passport_store_group_seconds", "phase" => phase, "outcome" => outcome)
         .record(since.elapsed().as_secs_f64());
+    done
 }
 
 /// Runs the group: reads, runs every change in memory, keeps the replay keys,
@@ -679,9 +688,8 @@ async fn run_group(
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     // The transaction is this connection's alone: a failure drops the
     // connection (see `run`), which rolls it back.
-    let reading = Instant::now();
-    let (log, mut group) = Group::begin_and_read(conn, keys, &works).await?;
-    took("lock_and_read", reading);
+    let (log, mut group) =
+        timed("lock_and_read", Group::begin_and_read(conn, keys, &works)).await?;
     let mut outcomes: Vec<Outcome> = works.into_iter().map(|w| group.run(&log, w)).collect();
 
     // Replay keys: one seen earlier in this group fails its change at once.
@@ -709,45 +717,48 @@ async fn run_group(
     // are found, their changes fail, and the rest is written without them.
     let fresh = log.clone();
     let (writes, updates) = writes_of(log, &group, &outcomes, &signed)?;
-    let writing = Instant::now();
-    let (updated, to_update) = match writes.run(conn).await {
-        Err(e) if is_kept_key(&e) => {
-            sqlx::raw_sql(&format!("ROLLBACK TO SAVEPOINT {REPLAY_SAVEPOINT}"))
-                .execute(&mut *conn)
-                .await?;
-            let (keys, until) = key_columns(&signed);
-            let kept: HashSet<String> = sqlx::query_scalar(
-                "INSERT INTO seen_keys (key, expires_at) \
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
-                 ON CONFLICT (key) DO NOTHING RETURNING key",
-            )
-            .bind(keys)
-            .bind(until)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
-            let replayed: Vec<usize> = signed
-                .iter()
-                .filter(|(_, k, _)| !kept.contains(k))
-                .map(|(i, _, _)| *i)
+    let (updated, to_update) = timed("writes", async {
+        Ok(match writes.run(conn).await {
+            Err(e) if is_kept_key(&e) => {
+                sqlx::raw_sql(&format!("ROLLBACK TO SAVEPOINT {REPLAY_SAVEPOINT}"))
+                    .execute(&mut *conn)
+                    .await?;
+                let (keys, until) = key_columns(&signed);
+                let kept: HashSet<String> = sqlx::query_scalar(
+                    "INSERT INTO seen_keys (key, expires_at) \
+                     SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+                     ON CONFLICT (key) DO NOTHING RETURNING key",
+                )
+                .bind(keys)
+                .bind(until)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
                 .collect();
-            if !replayed.is_empty() {
-                undo_replays(&mut outcomes, replayed);
+                let replayed: Vec<usize> = signed
+                    .iter()
+                    .filter(|(_, k, _)| !kept.contains(k))
+                    .map(|(i, _, _)| *i)
+                    .collect();
+                if !replayed.is_empty() {
+                    undo_replays(&mut outcomes, replayed);
+                }
+                let (writes, updates) = writes_of(fresh, &group, &outcomes, &[])?;
+                (writes.run(conn).await?, updates)
             }
-            let (writes, updates) = writes_of(fresh, &group, &outcomes, &[])?;
-            (writes.run(conn).await?, updates)
-        }
-        done => (done?, updates),
-    };
-    took("writes", writing);
+            done => (done?, updates),
+        })
+    })
+    .await?;
     if updated != to_update {
         // Cannot happen while the rows are locked.
         return Err(StoreError::Busy);
     }
-    let committing = Instant::now();
-    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-    took("commit", committing);
+    timed("commit", async {
+        sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+        Ok(())
+    })
+    .await?;
     Ok(outcomes
         .into_iter()
         .map(|o| match o {
