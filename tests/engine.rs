@@ -667,16 +667,7 @@ async fn rate_limited_notices_are_retried_in_order() {
 async fn a_restart_between_commit_and_delivery_delivers_once() {
     // First life: the command commits, but the process stops before delivering anything.
     let (first, _dir) = TestApp::spawn().await;
-    let reply = first
-        .engine
-        .handle_line(
-            &TestApp::actor("dev1"),
-            &format!("request {WEB} ticket#5 crash test"),
-            None,
-        )
-        .await;
-    assert!(reply.ok);
-    let id = reply.request.unwrap();
+    let id = first.request_unsettled(WEB, "ticket#5 crash test").await;
     assert!(first.surface.all().is_empty());
     // Second life: the notices go out once.
     let surface = Arc::new(RecordingSurface::default());

@@ -857,16 +857,7 @@ async fn a_new_lane_starts_while_a_paced_lane_is_still_sending() {
     let (app, _dir) = TestApp::spawn().await;
     let (paced, pass) = pass_holding_its_first_audit_line(&app, 3).await;
     // A request made while the audit channel is still sending its first line.
-    let reply = app
-        .engine
-        .handle_line(
-            &TestApp::actor("dev1"),
-            &format!("request {WEB} 1h ticket#1 x"),
-            None,
-        )
-        .await;
-    assert!(reply.ok, "{}", reply.text);
-    let id = reply.request.unwrap();
+    let id = app.request_unsettled(WEB, "1h ticket#1 x").await;
     tokio::time::timeout(Duration::from_secs(10), paced.card_posted.notified())
         .await
         .expect("the card went out while the audit lane was still sending");
@@ -993,19 +984,11 @@ async fn hanging_grant(
 ) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     *app.provisioner.grant_gate.lock().unwrap() = Some(gate.clone());
-    let reply = app
-        .engine
-        .handle_line(
-            &TestApp::actor("dev1"),
-            &format!("request {DEV} 2h ticket#2 slow"),
-            None,
-        )
-        .await;
-    assert!(reply.ok, "{}", reply.text);
+    let id = app.request_unsettled(DEV, "2h ticket#2 slow").await;
     let engine = app.engine.clone();
     let hanging = tokio::spawn(async move { engine.run_due().await.unwrap() });
     until_grants_wait(app, 1).await;
-    (gate, reply.request.unwrap(), hanging)
+    (gate, id, hanging)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1147,15 +1130,7 @@ async fn a_card_whose_place_the_store_failed_to_save_is_not_posted_again() {
          BEGIN SELECT RAISE(ABORT, 'chat_refs is away'); END;",
     )
     .unwrap();
-    let reply = app
-        .engine
-        .handle_line(
-            &TestApp::actor("dev1"),
-            &format!("request {WEB} 1h ticket#1 x"),
-            None,
-        )
-        .await;
-    let id = reply.request.expect(&reply.text);
+    let id = app.request_unsettled(WEB, "1h ticket#1 x").await;
     assert!(app.dispatcher.deliver_due().await.is_err());
     let cards = |app: &TestApp| {
         app.surface

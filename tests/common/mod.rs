@@ -629,6 +629,21 @@ impl TestApp {
         reply.request.unwrap()
     }
 
+    /// A request by dev1, created and nothing else: no timer runs and no
+    /// notice goes out.
+    pub async fn request_unsettled(&self, instances: &str, rest: &str) -> RequestId {
+        let reply = self
+            .engine
+            .handle_line(
+                &Self::actor("dev1"),
+                &format!("request {instances} {rest}"),
+                None,
+            )
+            .await;
+        assert!(reply.ok, "request refused: {}", reply.text);
+        reply.request.unwrap()
+    }
+
     /// A request on web-1 for `duration`, approved by lead1 and active.
     pub async fn active_request(&self, duration: &str) -> RequestId {
         let id = self
