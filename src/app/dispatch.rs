@@ -669,14 +669,23 @@ impl Dispatcher {
             if sent.is_empty() {
                 since = tokio::time::Instant::now();
             }
-            // A store failure ends the pass; the notice waits for the next,
-            // unless it went ([`Self::send`]).
+            // A store failure ends the pass; the notice waits for the next.
             match self.send(surface.as_ref(), &p).await? {
-                Ok(()) => {
+                Ok(posted) => {
                     self.breakers.record(&p.surface, Ok(()), self.clock.now());
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => "delivered").increment(1);
                     sent.push(p.id);
                     went += 1;
+                    if let Some((request, at)) = posted {
+                        // The card went: if its place cannot be saved now,
+                        // the next pass saves it before anything else.
+                        if let Err(e) = self.store.save_chat_ref(request, &p.surface, &at).await {
+                            self.unrecorded()
+                                .places
+                                .push((request, p.surface.clone(), at));
+                            return Err(e);
+                        }
+                    }
                 }
                 Err(e) => {
                     // Recorded first: what went before this notice stays delivered.
@@ -744,37 +753,25 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Sends one notice. The chat platform's answer is the inner result; an
-    /// error of the store (a card's place read or saved) is the outer one,
-    /// and says nothing about the platform: it must not trip its breaker.
-    /// A card posted whose place the store failed to save went: it is kept
-    /// with its place in [`Self::unrecorded`], and not sent again.
+    /// Sends one notice. The chat platform's answer is the inner result,
+    /// with the request and place of a card it posted for the first time,
+    /// for the caller to save; an error of the store (a card's place read)
+    /// is the outer one, and says nothing about the platform: it must not
+    /// trip its breaker.
     async fn send(
         &self,
         surface: &dyn ChatSurface,
         p: &Pending,
-    ) -> Result<Result<(), ChatError>, StoreError> {
-        Ok(match &p.notice {
+    ) -> Result<Result<Option<(RequestId, MessageRef)>, ChatError>, StoreError> {
+        let answer = match &p.notice {
             Notice::Card(card) => match self.store.chat_ref(card.request, &p.surface).await? {
                 Some(at) => surface.update_card(&at, card).await,
-                None => match surface.post_card(card).await {
-                    Ok(at) => {
-                        let saved = self
-                            .store
-                            .save_chat_ref(card.request, &p.surface, &at)
-                            .await;
-                        if let Err(e) = saved {
-                            let mut unrecorded = self.unrecorded();
-                            unrecorded
-                                .places
-                                .push((card.request, p.surface.clone(), at));
-                            unrecorded.ids.push(p.id);
-                            return Err(e);
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
+                None => {
+                    return Ok(surface
+                        .post_card(card)
+                        .await
+                        .map(|at| Some((card.request, at))))
+                }
             },
             Notice::Thread {
                 request,
@@ -795,6 +792,7 @@ impl Dispatcher {
                 ..
             } => surface.direct_message(user, text, actions).await.map(drop),
             Notice::Audit { text } => surface.post_audit(text).await,
-        })
+        };
+        Ok(answer.map(|()| None))
     }
 }
