@@ -72,7 +72,7 @@ impl std::ops::Deref for WriteConn {
 const MAX_GROUP: usize = 256;
 /// Groups committed between two checkpoints: few enough that the log stays
 /// small, enough that a page changed by many groups is copied back once.
-const CHECKPOINT_EVERY: u32 = 32;
+const CHECKPOINT_EVERY: u64 = 32;
 /// Past this many frames in the log (64 MiB of 4 KiB pages), the log is
 /// made to start over while writes go on (see [`Passes`]).
 const RESTART_FRAMES: u64 = 16_384;
@@ -342,7 +342,6 @@ fn serve(
 ) {
     let mut group: Vec<Box<dyn Task>> = Vec::with_capacity(MAX_GROUP);
     let mut close = None;
-    let mut commits = 0u32;
     while close.is_none() {
         let Some(first) = queue.blocking_recv() else {
             break;
@@ -366,18 +365,15 @@ fn serve(
             for task in group.drain(..) {
                 task.answer(outcome.clone());
             }
-            commits = commits.wrapping_add(1);
-            passes.groups.fetch_add(1, Ordering::Release);
+            let groups = passes.groups.fetch_add(1, Ordering::Release) + 1;
             if passes.catch_up.load(Ordering::Acquire) {
                 // A few groups' pages, while the checkpointing thread waits.
                 // Tried once: when a reader keeps it from copying them all,
                 // the log starts over another time.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
-                }
+                passive_checkpoint(&conn);
                 passes.catch_up.store(false, Ordering::Release);
             }
-            if commits.is_multiple_of(CHECKPOINT_EVERY) {
+            if groups.is_multiple_of(CHECKPOINT_EVERY) {
                 // Full means one is already due: the checkpoint will cover this too.
                 let _ = checkpoint_due.try_send(());
             }
@@ -419,23 +415,10 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
         }
         let began = passes.groups.load(Ordering::Acquire);
         passes.runs.fetch_add(1, Ordering::Relaxed);
-        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        });
-        let (busy, log, copied) = match pass {
-            Ok(pass) => pass,
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
-                converging = false;
-                continue;
-            }
+        let Some((log, whole)) = passive_checkpoint(&conn) else {
+            converging = false;
+            continue;
         };
-        let whole = busy == 0 && log == copied;
-        let log = u64::try_from(log).unwrap_or(0);
         let long = log >= passes.restart_frames;
         let behind = passes.groups.load(Ordering::Acquire).saturating_sub(began);
         // Passes that stopped getting shorter leave the rest to the writer
@@ -452,6 +435,28 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
         }
         last_behind = if converging { behind } else { u64::MAX };
         last_log = log;
+    }
+}
+
+/// Runs a passive checkpoint on `conn`; answers the frames in the log and
+/// whether all of them were copied back (no reader held the log back), or
+/// nothing when it failed, which it logs.
+fn passive_checkpoint(conn: &Connection) -> Option<(u64, bool)> {
+    let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    });
+    match pass {
+        Ok((busy, log, copied)) => {
+            Some((u64::try_from(log).unwrap_or(0), busy == 0 && log == copied))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
+            None
+        }
     }
 }
 
@@ -629,7 +634,7 @@ mod tests {
         let groups = writer.passes.groups.load(Ordering::Acquire);
         let runs = writer.passes.runs.load(Ordering::Relaxed);
         assert!(
-            runs <= groups / u64::from(CHECKPOINT_EVERY) + 2,
+            runs <= groups / CHECKPOINT_EVERY + 2,
             "{runs} passes for {groups} groups"
         );
         reader.execute_batch("COMMIT").unwrap();
