@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use common::chat_app::{
     assert_warned, card_of, chat_config, clock_at_now, contains, deliver_everything, events_of,
-    fresh_db, password_deletion_due, run_doctor, set_password_message_ttl, slow_request_creation,
-    state_of, unique, Lanes, Ran, PROD, WEB, WIN,
+    eventually, fresh_db, password_deletion_due, run_doctor, set_password_message_ttl,
+    slow_request_creation, state_of, unique, Lanes, Ran, PROD, WEB, WIN,
 };
 use common::http_client::{self, Answer, HttpClient};
 use fake_discord::{FakeDiscord, APPLICATION_ID, BOT_TOKEN, GUILD_ID};
@@ -1015,12 +1015,10 @@ async fn slow_work_is_deferred_then_the_answer_replaces_it() {
         )
         .await;
     assert_eq!(answer.json(), json!({ "type": 5, "data": { "flags": 64 } }));
-    for _ in 0..1000 {
-        if !app.fake.original_edits().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the deferred answer's edit", || {
+        !app.fake.original_edits().is_empty()
+    })
+    .await;
     let edits = app.fake.original_edits();
     assert_eq!(edits.len(), 1, "{edits:?}");
     assert!(edits[0].content().contains("AR-1"), "{:?}", edits[0].body);

@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use common::chat_app::{
     assert_warned, card_of, chat_config, clock_at_now, contains, deliver_everything, events_of,
-    fresh_db, outbox, password_deletion_due, run_doctor, set_password_message_ttl, slack_options,
-    slow_request_creation, state_of, unique, Lanes, PROD, WEB, WIN,
+    eventually, fresh_db, outbox, password_deletion_due, run_doctor, set_password_message_ttl,
+    slack_options, slow_request_creation, state_of, unique, Lanes, PROD, WEB, WIN,
 };
 use common::http_client::{self, Answer, HttpClient};
 use fake_aws::FakeAws;
@@ -719,12 +719,10 @@ async fn slow_work_is_acknowledged_at_once_and_answered_through_response_url() {
         .await;
     assert_eq!(answer.status, 200);
     assert!(answer.text().contains("working on it"), "{}", answer.body);
-    for _ in 0..1000 {
-        if !app.fake.responses().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the answer through response_url", || {
+        !app.fake.responses().is_empty()
+    })
+    .await;
     let responses = app.fake.responses();
     assert_eq!(responses.len(), 1, "{responses:?}");
     assert!(responses[0].contains("AR-1"), "{responses:?}");
@@ -1852,16 +1850,6 @@ async fn answers_stop_calling_a_failing_slack_once_its_breaker_is_open_and_arriv
 
 // ---------------------------------------------------------------------------
 // Socket Mode
-
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 #[tokio::test]
 async fn socket_mode_acknowledges_first_and_reconnects() {

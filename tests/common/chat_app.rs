@@ -117,6 +117,18 @@ pub fn slow_request_creation(db: &Path) {
         .unwrap();
 }
 
+/// Waits until `done`, polling every 10 ms for up to 5 s, then fails
+/// naming `what`: for what the application does on its own tasks.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 pub use super::process::bin as passport_bin;
 
 /// How a `passport` process ended.
