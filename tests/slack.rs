@@ -1000,15 +1000,60 @@ async fn metrics_move_through_a_lifecycle_and_cover_every_alert_rule() {
     assert!(after.contains("passport_removals_overdue 0"), "{after}");
     assert!(after.contains("passport_outbox_pending 0"), "{after}");
 
-    // The shipped alert rules name only metrics that exist; those of
-    // PostgreSQL are checked on PostgreSQL.
-    let names = alerted_metrics(|n| !postgres_only(n));
+    // Each group of changes is timed, its two phases on SQLite.
+    for phase in ["writes", "commit"] {
+        assert!(
+            group_phases(&after, "sqlite", phase, "ok") > 0,
+            "{phase}: {after}"
+        );
+    }
+    assert!(
+        after.contains("passport_store_group_size_count{store=\"sqlite\"}"),
+        "{after}"
+    );
+
+    // The shipped alert rules name only metrics that exist.
+    let names = alerted_metrics();
     assert_exported(&after, &names);
     let checked = names.len();
     assert!(
-        checked >= 8,
+        checked >= 9,
         "only {checked} metric names found in the alert rules"
     );
+
+    // A group that fails is timed too, as failed: here a change that wrote
+    // its request and then could not write its Logbook event.
+    let failed_before = group_phases(&after, "sqlite", "writes", "failed");
+    rusqlite::Connection::open(&app.db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER away BEFORE INSERT ON logbook BEGIN \
+             SELECT RAISE(ABORT, 'the Logbook is away'); END;",
+        )
+        .unwrap();
+    let answer = app
+        .command(DEV, &format!("request {WEB} 1h ticket#2 metrics"))
+        .await;
+    assert!(answer.text().contains("could not save"), "{}", answer.body);
+    let failed = scrape().await;
+    assert!(
+        group_phases(&failed, "sqlite", "writes", "failed") > failed_before,
+        "{failed}"
+    );
+}
+
+/// How many groups of changes on `store` had their `phase` end with
+/// `outcome`, in the scrape `metrics`. The recorder is the process's, shared
+/// with the other tests running at the same time, so counts are compared,
+/// not looked for.
+fn group_phases(metrics: &str, store: &str, phase: &str, outcome: &str) -> u64 {
+    let count = format!(
+        "passport_store_group_seconds_count{{store=\"{store}\",phase=\"{phase}\",outcome=\"{outcome}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&count))
+        .map_or(0, |n| n.trim().parse().unwrap())
 }
 
 /// Fails naming the first of `names` that the scrape `metrics` lacks.
@@ -1021,9 +1066,8 @@ fn assert_exported(metrics: &str, names: &[String]) {
     }
 }
 
-/// The metric names the shipped alert rules' expressions use, of those
-/// `kept` keeps.
-fn alerted_metrics(kept: impl Fn(&str) -> bool) -> Vec<String> {
+/// The metric names the shipped alert rules' expressions use.
+fn alerted_metrics() -> Vec<String> {
     let rules = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/prometheus/passport-alerts.yaml"),
     )
@@ -1038,13 +1082,7 @@ fn alerted_metrics(kept: impl Fn(&str) -> bool) -> Vec<String> {
                 .map(|n| n.as_str().trim_end_matches("_bucket").to_owned())
                 .collect::<Vec<_>>()
         })
-        .filter(|n| kept(n))
         .collect()
-}
-
-/// Metrics only a store on PostgreSQL exports.
-fn postgres_only(metric: &str) -> bool {
-    metric.starts_with("passport_store_group_")
 }
 
 /// `passport doctor` against the fake Slack: the token, each channel the bot
@@ -2845,24 +2883,15 @@ async fn on_postgres_a_request_is_approved_provisioned_expired_and_its_logbook_v
     // Each phase of the store's groups is timed.
     let (status, metrics) = app.get("/metrics").await;
     assert_eq!(status, 200);
-    // How many groups' `phase` ended with `outcome`. The recorder is the
-    // process's, shared with the other tests running at the same time, so
-    // counts are compared, not looked for.
-    let timed = |metrics: &str, phase: &str, outcome: &str| -> u64 {
-        let count = format!(
-            "passport_store_group_seconds_count{{phase=\"{phase}\",outcome=\"{outcome}\"}} "
-        );
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&count))
-            .map_or(0, |n| n.trim().parse().unwrap())
-    };
     for phase in ["lock_and_read", "writes", "commit"] {
-        assert!(timed(&metrics, phase, "ok") > 0, "{phase}: {metrics}");
+        assert!(
+            group_phases(&metrics, "postgres", phase, "ok") > 0,
+            "{phase}: {metrics}"
+        );
     }
-    let failed_before = timed(&metrics, "writes", "failed");
+    let failed_before = group_phases(&metrics, "postgres", "writes", "failed");
     assert!(
-        metrics.contains("passport_store_group_size_count"),
+        metrics.contains("passport_store_group_size_count{store=\"postgres\"}"),
         "{metrics}"
     );
     // A phase that fails is timed too, as failed.
@@ -2883,13 +2912,11 @@ async fn on_postgres_a_request_is_approved_provisioned_expired_and_its_logbook_v
     assert!(answer.text().contains("could not save"), "{}", answer.body);
     let (_, metrics) = app.get("/metrics").await;
     assert!(
-        timed(&metrics, "writes", "failed") > failed_before,
+        group_phases(&metrics, "postgres", "writes", "failed") > failed_before,
         "{metrics}"
     );
-    // The alert rules' PostgreSQL metrics are exported here.
-    let postgres = alerted_metrics(postgres_only);
-    assert!(!postgres.is_empty());
-    assert_exported(&metrics, &postgres);
+    // The alert rules' metrics are exported on PostgreSQL too.
+    assert_exported(&metrics, &alerted_metrics());
     app.stop().await;
 }
 

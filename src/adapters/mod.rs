@@ -17,4 +17,5 @@ pub mod slack;
 pub mod sqlite;
 pub mod ssh_ca;
 pub mod store_copy;
+pub(crate) mod store_metrics;
 pub(crate) mod store_rows;

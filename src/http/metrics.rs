@@ -26,14 +26,14 @@ use super::HttpError;
 
 /// Buckets of the quick latencies, from half a millisecond to Slack's 3 s:
 /// `passport_http_request_duration_seconds` (acknowledgements take well under
-/// a millisecond) and `passport_store_group_seconds` (each round trip of a
-/// PostgreSQL group).
+/// a millisecond) and `passport_store_group_seconds` (each phase of a group
+/// of changes).
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
 ];
-/// Buckets of `passport_store_group_size`: changes per PostgreSQL transaction
-/// (at most 64).
-const GROUP_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0, 64.0];
+/// Buckets of `passport_store_group_size`: changes per transaction (at most
+/// 64 on PostgreSQL, 256 on SQLite).
+const GROUP_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0, 64.0, 128.0, 256.0];
 /// Buckets of the other histograms (seconds: SSM commands, time to approval).
 const SLOW_BUCKETS: [f64; 12] = [
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
@@ -115,12 +115,12 @@ fn describe() {
     describe_histogram!(
         "passport_store_group_size",
         Unit::Count,
-        "Changes committed together in one PostgreSQL transaction"
+        "Changes committed together in one transaction, by store"
     );
     describe_histogram!(
         "passport_store_group_seconds",
         Unit::Seconds,
-        "Each phase of a PostgreSQL group: lock_and_read (waiting for other replicas' groups included), writes, commit; outcome ok or failed"
+        "Each phase of a group of changes, by store: writes, commit, and on PostgreSQL lock_and_read (waiting for other replicas' groups included); outcome ok or failed"
     );
     describe_gauge!("passport_requests", "Requests by state");
     describe_gauge!(

@@ -52,6 +52,7 @@ use sqlx::Row;
 use super::logbook::{creation_and_logbook_locks, Appender, HEAD_COLUMNS, HEAD_FROM};
 use super::statement::Writes;
 use super::{bump, change_time, no_timers, OutboxRows, Updated};
+use crate::adapters::store_metrics::{record_group_phase, record_group_size, StoreKind};
 use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id};
 use crate::app::effects::{Effects, TimerId};
 use crate::app::ports::{Creation, Mutation, Slot, StoreError};
@@ -197,7 +198,7 @@ async fn run(
         if group.is_empty() {
             continue;
         }
-        metrics::histogram!("passport_store_group_size").record(group.len() as f64);
+        record_group_size(StoreKind::Postgres, group.len());
         let answers = match connected(&mut conn, &connect).await {
             Ok(c) => {
                 let (answers, failed) = commit(c, &keys, std::mem::take(&mut group)).await;
@@ -673,9 +674,7 @@ async fn timed<T>(
 ) -> Result<T, StoreError> {
     let since = Instant::now();
     let done = work.await;
-    let outcome = if done.is_ok() { "ok" } else { "failed" };
-    metrics::histogram!("passport_store_group_seconds", "phase" => phase, "outcome" => outcome)
-        .record(since.elapsed().as_secs_f64());
+    record_group_phase(StoreKind::Postgres, phase, since, done.is_ok());
     done
 }
 

@@ -31,10 +31,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::adapters::store_metrics::{record_group_phase, record_group_size, StoreKind::Sqlite};
 use crate::app::ports::StoreError;
 use crate::domain::logbook::ChainKeys;
 
@@ -509,7 +511,25 @@ fn commit_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), Sto
     outcome
 }
 
+/// Runs the group's changes and commits them, recording how long each of the
+/// two took and whether it failed, under the names PostgreSQL's groups use.
 fn run_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
+    record_group_size(Sqlite, group.len());
+    let since = Instant::now();
+    let ran = run_changes(conn, group);
+    record_group_phase(Sqlite, "writes", since, ran.is_ok());
+    ran?;
+    let since = Instant::now();
+    let committed = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut commit| commit.execute([]));
+    record_group_phase(Sqlite, "commit", since, committed.is_ok());
+    committed?;
+    Ok(())
+}
+
+/// Opens the group's transaction and runs each change in it.
+fn run_changes(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut savepoint = conn.prepare_cached("SAVEPOINT job")?;
     let mut rollback = conn.prepare_cached("ROLLBACK TO job")?;
@@ -534,8 +554,6 @@ fn run_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreE
         }
         release.execute([])?;
     }
-    drop((savepoint, rollback, release));
-    conn.prepare_cached("COMMIT")?.execute([])?;
     Ok(())
 }
 
