@@ -102,9 +102,7 @@ const CATCH_UP_GROUPS: u64 = 2;
 /// then the next long log tries again). The checkpointing thread runs no
 /// pass meanwhile, and none back to back while a reader keeps its passes
 /// from copying everything. The writer's checkpoint syncs as
-/// every checkpoint does, so nothing changes for durability; while the log
-/// is long, the checkpointing thread syncs what its passes copied before
-/// each next one, so that the writer's sync has only the last pass's pages.
+/// every checkpoint does, so nothing changes for durability.
 struct Passes {
     /// Groups the writer has committed.
     groups: AtomicU64,
@@ -401,7 +399,6 @@ fn serve(
 /// [`RESTART_FRAMES`], passes follow one another until the writer can copy
 /// the rest ([`Passes`]).
 fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Passes) {
-    let database = database_file(&conn);
     let mut converging = false;
     let mut last_log = 0;
     // How many groups behind the last pass ended, while converging.
@@ -417,13 +414,6 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
         if passes.catch_up.load(Ordering::Acquire) {
             // The writer copies the rest; a pass now would keep it from that.
             continue;
-        }
-        if last_log >= passes.restart_frames {
-            // SQLite syncs the database only after a pass that copied the
-            // whole log, which under writes that never pause is the
-            // writer's: synced here, the earlier passes' pages are not left
-            // for that one to sync while every caller waits.
-            sync_database(database.as_ref());
         }
         let began = passes.groups.load(Ordering::Acquire);
         passes.runs.fetch_add(1, Ordering::Relaxed);
@@ -447,25 +437,6 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
         }
         last_behind = if converging { behind } else { u64::MAX };
         last_log = log;
-    }
-}
-
-/// The database file `conn` has open, opened again to sync the pages
-/// checkpoints copied into it; nothing, logged, if it cannot be opened (the
-/// writer's copy then syncs them, as SQLite would).
-fn database_file(conn: &Connection) -> Option<std::fs::File> {
-    let path = conn.path().filter(|path| !path.is_empty())?;
-    std::fs::File::open(path)
-        .inspect_err(|e| {
-            tracing::warn!(error = %e, "cannot open the database file to sync checkpoints ahead of the writer");
-        })
-        .ok()
-}
-
-/// Syncs the pages copied into the database file so far, if it is open.
-fn sync_database(database: Option<&std::fs::File>) {
-    if let Some(Err(e)) = database.map(std::fs::File::sync_data) {
-        tracing::warn!(error = %e, "syncing the database file failed; the writer's checkpoint syncs it");
     }
 }
 
