@@ -467,10 +467,7 @@ fn passive_checkpoint(conn: &Connection) -> Option<(u64, bool)> {
 fn commit_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
     const FULL: i64 = 2;
     let raise = conn.synchronous < FULL && group.iter().any(|task| task.synced());
-    if raise {
-        conn.execute_batch("PRAGMA synchronous = FULL")?;
-    }
-    let outcome = run_group(conn, group);
+    let outcome = run_group(conn, group, raise);
     if outcome.is_err() && !conn.is_autocommit() {
         // Best effort: if even this fails, the next BEGIN reports the problem.
         let _ = conn.execute_batch("ROLLBACK");
@@ -482,12 +479,13 @@ fn commit_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), Sto
     outcome
 }
 
-/// Runs the group's changes and commits them, recording how long each of the
-/// two took and whether it failed, under the names PostgreSQL's groups use.
-fn run_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
+/// Runs the group's changes and commits them, synced to disk if `raise`,
+/// recording how long each of the two took and whether it failed, under the
+/// names PostgreSQL's groups use.
+fn run_group(conn: &WriteConn, group: &mut [Box<dyn Task>], raise: bool) -> Result<(), StoreError> {
     record_group_size(Sqlite, group.len());
     let since = Instant::now();
-    let ran = run_changes(conn, group);
+    let ran = run_changes(conn, group, raise);
     record_group_phase(Sqlite, "writes", since, ran.is_ok());
     ran?;
     let since = Instant::now();
@@ -499,16 +497,35 @@ fn run_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreE
     Ok(())
 }
 
-/// Opens the group's transaction and runs each change in it.
-fn run_changes(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), StoreError> {
+/// Opens the group's transaction (after raising the sync level if `raise`)
+/// and runs each change in it.
+fn run_changes(
+    conn: &WriteConn,
+    group: &mut [Box<dyn Task>],
+    raise: bool,
+) -> Result<(), StoreError> {
+    if raise {
+        conn.execute_batch("PRAGMA synchronous = FULL")?;
+    }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut savepoint = conn.prepare_cached("SAVEPOINT job")?;
     let mut rollback = conn.prepare_cached("ROLLBACK TO job")?;
     let mut release = conn.prepare_cached("RELEASE job")?;
+    // On a full disk or an I/O error SQLite may roll back the whole
+    // transaction, not only the failing statement; the changes after it
+    // would then each commit on their own.
+    let gone = || {
+        StoreError::Other(
+            "the database rolled back the changes saved together with this one (a full disk or an I/O error), so none of them was kept; try again".into(),
+        )
+    };
     for task in group.iter_mut() {
         if !task.guarded() {
             let before = conn.total_changes();
             let keep = catch_unwind(AssertUnwindSafe(|| task.run(conn))).unwrap_or(false);
+            if conn.is_autocommit() {
+                return Err(gone());
+            }
             if !keep && conn.total_changes() != before {
                 return Err(StoreError::Other(
                     "a change failed after writing part of it, so nothing of the changes saved with it was kept; try again".into(),
@@ -520,6 +537,9 @@ fn run_changes(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), Stor
         // A panicking change is contained like a failing one: its savepoint is
         // rolled back and its caller is told; the writer thread carries on.
         let keep = catch_unwind(AssertUnwindSafe(|| task.run(conn))).unwrap_or(false);
+        if conn.is_autocommit() {
+            return Err(gone());
+        }
         if !keep {
             rollback.execute([])?;
         }
@@ -810,6 +830,37 @@ mod tests {
         assert_eq!(items(&reader), ["a", "b"]);
         writer.run_checked(insert("e")).await.unwrap();
         assert_eq!(items(&reader), ["a", "b", "e"]);
+    }
+
+    /// On a full disk or an I/O error SQLite may roll back the whole
+    /// transaction. The changes after that must not commit on their own:
+    /// the group fails, and nothing of it is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_the_database_rolled_back_fails_its_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, reader) = open(&dir);
+        let writer = Arc::new(writer);
+        let held = hold_writer(&writer);
+        let (a, rolled_back, b, c) = tokio::join!(
+            writer.run(insert("a")),
+            // What SQLite does to the transaction on such an error, done here.
+            writer.run_checked(|conn| {
+                conn.execute_batch("ROLLBACK")?;
+                Err::<(), _>(StoreError::Other("the disk is full".into()))
+            }),
+            writer.run_checked(insert("b")),
+            writer.run(insert("c")),
+        );
+        held.await.unwrap().unwrap();
+        assert!(
+            matches!(&a, Err(StoreError::Other(m)) if m.contains("rolled back")),
+            "{a:?}"
+        );
+        assert!(rolled_back.is_err() && b.is_err() && c.is_err());
+        assert!(items(&reader).is_empty(), "{:?}", items(&reader));
+        // The writer carries on with the next group.
+        writer.run(insert("d")).await.unwrap();
+        assert_eq!(items(&reader), ["d"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
