@@ -132,6 +132,9 @@ pub struct Dispatcher {
     breakers: Arc<PeerHealth>,
     /// Turns for the lanes' calls to the store ([`STORE_CALLS`]).
     store_calls: tokio::sync::Semaphore,
+    /// Set when the process stops: lanes under way send nothing more and
+    /// record what they sent; passes start nothing new ([`Self::finish`]).
+    stopping: std::sync::atomic::AtomicBool,
     /// What was sent and the store failed to record. The notices stay
     /// claimed by this process, and the next pass records them before it
     /// reads anything: read again, they would be sent twice.
@@ -213,7 +216,27 @@ impl Dispatcher {
             breakers: Arc::new(PeerHealth::default()),
             store_calls: tokio::sync::Semaphore::new(STORE_CALLS),
             unrecorded: std::sync::Mutex::new(Unrecorded::default()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stops delivering, for a process that stops: a lane under way sends
+    /// nothing more and records what it sent, and a pass under way starts
+    /// nothing new and ends once its lanes have. Then records what earlier
+    /// passes sent and could not record. Whatever was not sent stays in the
+    /// outbox; nothing that went is lost from the records, so nothing is sent
+    /// twice after the next start. A send still waiting for its platform is
+    /// waited for: bound this by the shutdown's deadline.
+    pub async fn finish(&self) -> Result<usize, StoreError> {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _pass = self.gate.lock().await;
+        self.record_unrecorded().await
+    }
+
+    /// Whether [`Self::finish`] has begun.
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The health of each surface's platform as this dispatcher sees it, to
@@ -422,13 +445,14 @@ impl Dispatcher {
         // (a lane cut short could send a notice without recording it).
         let mut failed: Option<StoreError> = None;
         loop {
-            if failed.is_some() {
+            if failed.is_some() || self.stopping() {
                 ready.clear();
                 unread = false;
                 if running.is_empty() {
-                    if let Some(e) = failed {
-                        return Err(e);
-                    }
+                    return match failed {
+                        Some(e) => Err(e),
+                        None => Ok(report),
+                    };
                 }
             }
             let idle = running.is_empty() && ready.is_empty();
@@ -601,7 +625,12 @@ impl Dispatcher {
             let went = self.deliver_batch(batch, probe, &mut report).await?;
             turn += went;
             let now = self.clock.now();
-            if !full || went < given || turn >= LANE_TURN || now.since(started) >= LANE_TURN_TIME {
+            if !full
+                || went < given
+                || turn >= LANE_TURN
+                || now.since(started) >= LANE_TURN_TIME
+                || self.stopping()
+            {
                 return Ok((report, full));
             }
             batch = {
@@ -649,8 +678,9 @@ impl Dispatcher {
         let mut since = tokio::time::Instant::now();
         for (i, p) in lane.into_iter().enumerate() {
             // A breaker that opened while this pass ran stops the lane (the
-            // probe's first notice goes regardless); the next pass waits.
-            if !(probe && i == 0) && self.breakers.is_open(&p.surface) {
+            // probe's first notice goes regardless); the next pass waits. So
+            // does the process stopping.
+            if (!(probe && i == 0) && self.breakers.is_open(&p.surface)) || self.stopping() {
                 break;
             }
             let Some(surface) = self.surfaces.get(&p.surface) else {
