@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
@@ -1057,5 +1058,168 @@ async fn sigterm_mid_delivery_records_every_notice_that_went() {
         unrecorded.len(),
         received.len(),
         &unrecorded[..unrecorded.len().min(20)]
+    );
+}
+
+/// A chat platform whose direct messages to `held` wait until released;
+/// it records every direct message it sends, by person.
+struct GatedPlatform {
+    held: String,
+    /// Added when the held message's send begins.
+    began: tokio::sync::Semaphore,
+    /// Released to let the held message go.
+    gate: tokio::sync::Semaphore,
+    sent: std::sync::Mutex<Vec<String>>,
+}
+
+impl GatedPlatform {
+    fn new(held: &str) -> Self {
+        Self {
+            held: held.to_owned(),
+            began: tokio::sync::Semaphore::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+            sent: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn sent_to(&self, user: &str) -> usize {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| *u == user)
+            .count()
+    }
+}
+
+#[async_trait::async_trait]
+impl passport::app::ports::ChatSurface for GatedPlatform {
+    fn name(&self) -> &str {
+        "slack"
+    }
+
+    async fn post_card(
+        &self,
+        _: &passport::domain::notice::CardView,
+    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
+        unreachable!("no cards here")
+    }
+
+    async fn update_card(
+        &self,
+        _: &passport::app::ports::MessageRef,
+        _: &passport::domain::notice::CardView,
+    ) -> Result<(), passport::app::ports::ChatError> {
+        unreachable!("no cards here")
+    }
+
+    async fn reply_in_thread(
+        &self,
+        _: &passport::app::ports::MessageRef,
+        _: &str,
+        _: &[passport::domain::notice::Action],
+    ) -> Result<(), passport::app::ports::ChatError> {
+        unreachable!("no threads here")
+    }
+
+    async fn direct_message(
+        &self,
+        user: &passport::domain::values::UserId,
+        _: &str,
+        _: &[passport::domain::notice::Action],
+    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
+        if user.as_str() == self.held {
+            self.began.add_permits(1);
+            let _ = self.gate.acquire().await.unwrap();
+        }
+        self.sent.lock().unwrap().push(user.as_str().to_owned());
+        Ok(passport::app::ports::MessageRef {
+            channel: format!("D{user}"),
+            message: "1.0".into(),
+        })
+    }
+
+    async fn post_audit(&self, _: &str) -> Result<(), passport::app::ports::ChatError> {
+        Ok(())
+    }
+
+    async fn delete_message(
+        &self,
+        _: &passport::app::ports::MessageRef,
+    ) -> Result<(), passport::app::ports::ChatError> {
+        Ok(())
+    }
+}
+
+/// Two processes deliver from one PostgreSQL outbox. One read two lanes
+/// and, delivering one lane at a time, keeps the second waiting behind a
+/// send that takes longer than its claim on it: the other process takes
+/// that lane over and delivers it. When the first gets to the lane, it reads
+/// it again instead of sending what it read before, so its notice goes
+/// once. (A send that itself outlasts its claim is not covered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_whose_claim_ran_out_while_it_waited_is_not_sent_again() {
+    use passport::adapters::clock::ManualClock;
+    use passport::adapters::postgres::{PgOptions, PgStore};
+    use passport::app::dispatch::Dispatcher;
+    use passport::app::ports::{ChatSurface, Clock, Store};
+    use passport::domain::time::{Span, Timestamp};
+
+    let url = postgres::fresh_database().await;
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_000_000)));
+    let store = || async {
+        let store = PgStore::connect(&url, PgOptions::new(clock.clone() as Arc<dyn Clock>))
+            .await
+            .unwrap();
+        Arc::new(store) as Arc<dyn Store>
+    };
+    let (first_store, second_store) = (store().await, store().await);
+    let db = PgPoolOptions::new().connect(&url).await.unwrap();
+    // U0FIRST's notice was queued first, so it is the lane delivered first.
+    for user in ["U0FIRST", "U0SECOND"] {
+        sqlx::query(
+            "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
+             VALUES ('slack', $1, NULL, $2, 0, 0)",
+        )
+        .bind(format!("user:{user}"))
+        .bind(
+            serde_json::json!({"type": "direct", "user": user, "request": null, "text": "hello", "actions": []})
+                .to_string(),
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let first_platform = Arc::new(GatedPlatform::new("U0FIRST"));
+    let second_platform = Arc::new(GatedPlatform::new("nobody"));
+    let first = Arc::new(
+        Dispatcher::new(
+            first_store,
+            clock.clone() as Arc<dyn Clock>,
+            vec![first_platform.clone() as Arc<dyn ChatSurface>],
+        )
+        .one_lane_at_a_time(),
+    );
+    let second = Dispatcher::new(
+        second_store,
+        clock.clone() as Arc<dyn Clock>,
+        vec![second_platform.clone() as Arc<dyn ChatSurface>],
+    );
+    let pass = tokio::spawn({
+        let first = first.clone();
+        async move { first.deliver_due().await }
+    });
+    // The first process holds both lanes, sending U0FIRST's notice.
+    let _ = first_platform.began.acquire().await.unwrap();
+    // Its claims run out; the second process takes both lanes over.
+    clock.advance(Span::from_minutes(3));
+    second.deliver_due().await.unwrap();
+    assert_eq!(second_platform.sent_to("U0SECOND"), 1);
+    first_platform.gate.add_permits(1);
+    pass.await.unwrap().unwrap();
+    assert_eq!(
+        first_platform.sent_to("U0SECOND") + second_platform.sent_to("U0SECOND"),
+        1,
+        "U0SECOND's notice was sent twice"
     );
 }

@@ -59,6 +59,11 @@ pub const READ_LIMIT: u32 = 2_000;
 /// lanes waiting for one.
 const LANE_TURN: usize = 1_000;
 const LANE_TURN_TIME: Span = Span::from_secs(10);
+/// A lane that waited this long for room after the outbox was read is read
+/// again before it sends: well inside the time a claim on a shared
+/// database lasts (`PgOptions::claim_for`, 2 minutes), so that it never
+/// sends on a claim that ran out.
+const READ_GOES_STALE: Span = Span::from_secs(10);
 /// A lane's deliveries are recorded together, in one commit, once the sends
 /// since the last record began this long ago, and whenever the lane stops.
 /// With a platform slower than this (any real one) each delivery is recorded
@@ -114,8 +119,9 @@ fn lane_key(p: &Pending) -> LaneKey {
 
 /// What a read of the outbox found.
 enum Lanes {
-    /// Lanes that may go now, each with whether it probes its surface.
-    Run(Vec<(Vec<Pending>, bool)>),
+    /// Lanes that may go now, each with whether it probes its surface, and
+    /// when they were read.
+    Run(Vec<(Vec<Pending>, bool)>, Timestamp),
     /// None may: the first is due then, if any waits.
     Wait(Option<Timestamp>),
 }
@@ -435,7 +441,7 @@ impl Dispatcher {
         let mut running = FuturesUnordered::new();
         // Lanes being delivered, and lanes read and admitted that wait for room.
         let mut in_flight: HashSet<LaneKey> = HashSet::new();
-        let mut ready: VecDeque<(Vec<Pending>, bool)> = VecDeque::new();
+        let mut ready: VecDeque<(Vec<Pending>, bool, Timestamp)> = VecDeque::new();
         // Whether the outbox may hold lanes not read yet.
         let mut unread = true;
         // Lanes whose newer notices a read skipped because the lane was
@@ -465,7 +471,7 @@ impl Dispatcher {
                 known.extend(
                     ready
                         .iter()
-                        .filter_map(|(lane, _)| lane.first().map(lane_key)),
+                        .filter_map(|(lane, _, _)| lane.first().map(lane_key)),
                 );
                 // The lanes under way keep going while the outbox is read: on
                 // a shared database the read may wait for rows one of them
@@ -493,7 +499,11 @@ impl Dispatcher {
                 unread |= skipped_now.iter().any(|key| ended.contains(key));
                 skipped.extend(skipped_now.into_iter().filter(|key| !ended.contains(key)));
                 match lanes {
-                    Ok(Lanes::Run(lanes)) => ready.extend(lanes),
+                    Ok(Lanes::Run(lanes, read_at)) => ready.extend(
+                        lanes
+                            .into_iter()
+                            .map(|(lane, probe)| (lane, probe, read_at)),
+                    ),
                     // Every lane that ran either made progress or now waits
                     // for a retry in the future, so the pass ends here unless
                     // new notices arrived.
@@ -509,7 +519,7 @@ impl Dispatcher {
                 }
             }
             while running.len() < self.concurrency {
-                let Some((lane, probe)) = ready.pop_front() else {
+                let Some((lane, probe, read_at)) = ready.pop_front() else {
                     break;
                 };
                 let Some(key) = lane.first().map(lane_key) else {
@@ -517,7 +527,7 @@ impl Dispatcher {
                 };
                 in_flight.insert(key.clone());
                 running.push(async move {
-                    let (full, done) = match self.deliver_lane(lane, probe).await {
+                    let (full, done) = match self.deliver_lane(lane, probe, read_at).await {
                         Ok((report, full)) => (full, Ok(report)),
                         Err(e) => (false, Err(e)),
                     };
@@ -598,7 +608,7 @@ impl Dispatcher {
         Ok(if runnable.is_empty() {
             Lanes::Wait(waiting)
         } else {
-            Lanes::Run(runnable)
+            Lanes::Run(runnable, now)
         })
     }
 
@@ -612,10 +622,30 @@ impl Dispatcher {
         &self,
         mut batch: Vec<Pending>,
         mut probe: bool,
+        read_at: Timestamp,
     ) -> Result<(DeliveryReport, bool), StoreError> {
         let mut report = DeliveryReport::default();
         let started = self.clock.now();
         let mut turn = 0;
+        // A lane that waited for room since the outbox was read may have
+        // lost it meanwhile: on a shared database the claim on it runs out,
+        // and another process may have taken the lane and sent its notices.
+        // Read again, which claims the lane anew, leaves out what went, or
+        // finds another process holding it.
+        if started.since(read_at) >= READ_GOES_STALE {
+            if let Some((surface, lane)) = batch.first().map(lane_key) {
+                batch = {
+                    let _turn = self.store_calls.acquire().await;
+                    self.store.lane_notices(&surface, &lane, PER_LANE).await?
+                };
+                if batch
+                    .first()
+                    .is_some_and(|head| head.next_attempt_at > started)
+                {
+                    return Ok((report, true));
+                }
+            }
+        }
         loop {
             let Some((surface, lane)) = batch.first().map(lane_key) else {
                 return Ok((report, false));
