@@ -18,7 +18,6 @@ WORKDIR /src
 # Cargo.toml or Cargo.lock change, not on every source edit. (The real build.rs,
 # which renders the SSM documents from manifests/ssm, comes with the sources.)
 COPY Cargo.toml Cargo.lock ./
-COPY .cargo ./.cargo
 COPY benches ./benches
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > build.rs \
