@@ -1156,3 +1156,27 @@ async fn a_card_whose_place_the_store_failed_to_save_is_not_posted_again() {
     assert_eq!(cards(&app), 1);
     assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
 }
+
+/// A rate limit only asks to wait: a notice rate-limited four times and
+/// then refused once is put back for a retry, not set aside (five refusals
+/// set it aside).
+#[tokio::test]
+async fn rate_limits_do_not_count_towards_setting_a_notice_aside() {
+    use passport::app::ports::ChatError;
+
+    let (app, _dir) = TestApp::spawn().await;
+    queue_audit_lines(&app, 1).await;
+    for _ in 0..4 {
+        app.surface.fail_next(vec![ChatError::RateLimited {
+            retry_after_ms: 1_000,
+        }]);
+        let report = app.dispatcher.deliver_due().await.unwrap();
+        assert_eq!(report.retried, 1, "{report:?}");
+        app.clock.advance(Span::from_minutes(10));
+    }
+    app.surface
+        .fail_next(vec![ChatError::Permanent("channel_not_found".into())]);
+    let report = app.dispatcher.deliver_due().await.unwrap();
+    assert_eq!((report.retried, report.dead), (1, 0), "{report:?}");
+    assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
+}

@@ -815,7 +815,7 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
 
     store.mark_delivered(&[first[0].id], at(1)).await.unwrap();
     store
-        .mark_retry(first[1].id, at(5), "rate limited")
+        .mark_retry(first[1].id, at(5), "internal_error", false)
         .await
         .unwrap();
     store
@@ -828,6 +828,14 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
     assert_eq!(left.len(), 2);
     let retried = left.iter().find(|p| p.id == first[1].id).unwrap();
     assert_eq!((retried.attempts, retried.next_attempt_at), (1, at(5)));
+    // A rate limit only asked to wait: the attempt does not count.
+    store
+        .mark_retry(first[1].id, at(6), "rate limited", true)
+        .await
+        .unwrap();
+    let left = store.pending_notices(10, 5).await.unwrap();
+    let waited = left.iter().find(|p| p.id == first[1].id).unwrap();
+    assert_eq!((waited.attempts, waited.next_attempt_at), (1, at(6)));
 
     let aside = store.set_aside(10).await.unwrap();
     assert_eq!(aside.len(), 1);
@@ -1821,7 +1829,7 @@ async fn a_claim_that_runs_out_is_handed_out_again() {
         vec![taken[2].id]
     );
     survivor
-        .mark_retry(taken[1].id, at(10), "rate limited")
+        .mark_retry(taken[1].id, at(10), "rate limited", true)
         .await
         .unwrap();
     let after_retry = s.store.pending_notices(10, 5).await.unwrap();

@@ -1025,13 +1025,14 @@ impl Store for SqliteStore {
         id: i64,
         next_attempt_at: Timestamp,
         error: &str,
+        waited: bool,
     ) -> Result<(), StoreError> {
         let error = error.to_owned();
         self.write(move |conn| {
             conn.prepare_cached(
-                "UPDATE outbox SET next_attempt_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3",
+                "UPDATE outbox SET next_attempt_at = ?1, attempts = attempts + ?4, last_error = ?2 WHERE id = ?3",
             )?
-            .execute(params![next_attempt_at.as_millis(), error, id])?;
+            .execute(params![next_attempt_at.as_millis(), error, id, i64::from(!waited)])?;
             Ok(())
         })
         .await

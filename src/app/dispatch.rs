@@ -718,7 +718,7 @@ impl Dispatcher {
                 self.record_delivered(sent, report).await?;
                 let next = self.clock.now().plus(Span::from_minutes(10));
                 self.store
-                    .mark_retry(p.id, next, "chat surface not configured")
+                    .mark_retry(p.id, next, "chat surface not configured", true)
                     .await?;
                 report.retried += 1;
                 break;
@@ -787,7 +787,12 @@ impl Dispatcher {
                         continue;
                     }
                     tracing::warn!(surface = %p.surface, lane = %p.lane, error = %e, "notice not delivered; will retry");
-                    self.store.mark_retry(p.id, next, &e.to_string()).await?;
+                    // A rate limit only asked to wait: it does not count
+                    // towards setting the notice aside.
+                    let waited = matches!(e, ChatError::RateLimited { .. });
+                    self.store
+                        .mark_retry(p.id, next, &e.to_string(), waited)
+                        .await?;
                     report.retried += 1;
                     break;
                 }

@@ -436,11 +436,15 @@ pub trait Store: Send + Sync {
     fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Records the delivery of notices `ids`, all of one lane, in one commit.
     async fn mark_delivered(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError>;
+    /// Puts a notice back in its lane until `next_attempt_at`, with `error`.
+    /// The attempt counts towards setting the notice aside unless it was
+    /// `waited` (a rate limit: the platform only asked to wait).
     async fn mark_retry(
         &self,
         id: i64,
         next_attempt_at: Timestamp,
         error: &str,
+        waited: bool,
     ) -> Result<(), StoreError>;
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError>;
     /// Notices set aside after repeated refusals, oldest first.

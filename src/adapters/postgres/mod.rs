@@ -370,7 +370,7 @@ impl PgStore {
             return Ok(());
         };
         let sql = format!(
-            "UPDATE outbox SET {set}, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL \
+            "UPDATE outbox SET {set}, claimed_by = NULL, claimed_until = NULL \
              WHERE id = ANY($1)"
         );
         let (store, holder) = (self.clone(), self.shared.holder.clone());
@@ -740,7 +740,7 @@ impl Store for PgStore {
         let claims = self.lane_goes_on(ids);
         self.end_notice(
             ids.to_vec(),
-            "delivered_at = $2, last_error = NULL",
+            "delivered_at = $2, last_error = NULL, attempts = attempts + 1",
             move |q| q.bind(now.as_millis()),
             claims,
         )
@@ -752,16 +752,21 @@ impl Store for PgStore {
         id: i64,
         next_attempt_at: Timestamp,
         error: &str,
+        waited: bool,
     ) -> Result<(), StoreError> {
         // The lane's claims end: this process forgets this one's, and the
         // others' are pruned from `held` once they have run out.
         self.shared.held.forget(&[id]);
         self.end_notice(
             vec![id],
-            "next_attempt_at = $2, last_error = $3",
+            "next_attempt_at = $2, last_error = $3, attempts = attempts + $4",
             {
                 let error = error.to_owned();
-                move |q| q.bind(next_attempt_at.as_millis()).bind(error)
+                move |q| {
+                    q.bind(next_attempt_at.as_millis())
+                        .bind(error)
+                        .bind(i64::from(!waited))
+                }
             },
             LaneClaims::Release,
         )
@@ -772,7 +777,7 @@ impl Store for PgStore {
         let claims = self.lane_goes_on(&[id]);
         self.end_notice(
             vec![id],
-            "dead_at = $2, last_error = $3",
+            "dead_at = $2, last_error = $3, attempts = attempts + 1",
             {
                 let error = error.to_owned();
                 move |q| q.bind(now.as_millis()).bind(error)
