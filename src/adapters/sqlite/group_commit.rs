@@ -252,7 +252,7 @@ impl Writer {
                     synchronous,
                     queued_notices: std::cell::Cell::new(false),
                 };
-                serve(conn, jobs, (due, checkpointer, for_writer), queued)
+                serve(conn, jobs, due, checkpointer, for_writer, queued)
             })
             .map_err(spawn_error)?;
         Ok(Self {
@@ -335,11 +335,9 @@ impl Writer {
 fn serve(
     conn: WriteConn,
     mut queue: mpsc::UnboundedReceiver<Message>,
-    (checkpoint_due, checkpointer, passes): (
-        std::sync::mpsc::SyncSender<()>,
-        JoinHandle<()>,
-        Arc<Passes>,
-    ),
+    checkpoint_due: std::sync::mpsc::SyncSender<()>,
+    checkpointer: JoinHandle<()>,
+    passes: Arc<Passes>,
     queued: watch::Sender<u64>,
 ) {
     let mut group: Vec<Box<dyn Task>> = Vec::with_capacity(MAX_GROUP);
@@ -511,39 +509,34 @@ fn run_changes(
     let mut savepoint = conn.prepare_cached("SAVEPOINT job")?;
     let mut rollback = conn.prepare_cached("ROLLBACK TO job")?;
     let mut release = conn.prepare_cached("RELEASE job")?;
-    // On a full disk or an I/O error SQLite may roll back the whole
-    // transaction, not only the failing statement; the changes after it
-    // would then each commit on their own.
-    let gone = || {
-        StoreError::Other(
-            "the database rolled back the changes saved together with this one (a full disk or an I/O error), so none of them was kept; try again".into(),
-        )
-    };
     for task in group.iter_mut() {
-        if !task.guarded() {
-            let before = conn.total_changes();
-            let keep = catch_unwind(AssertUnwindSafe(|| task.run(conn))).unwrap_or(false);
-            if conn.is_autocommit() {
-                return Err(gone());
-            }
-            if !keep && conn.total_changes() != before {
-                return Err(StoreError::Other(
-                    "a change failed after writing part of it, so nothing of the changes saved with it was kept; try again".into(),
-                ));
-            }
-            continue;
+        // A change that checks before writing runs without a savepoint.
+        let guarded = task.guarded();
+        if guarded {
+            savepoint.execute([])?;
         }
-        savepoint.execute([])?;
-        // A panicking change is contained like a failing one: its savepoint is
-        // rolled back and its caller is told; the writer thread carries on.
+        let before = conn.total_changes();
+        // A panicking change is contained like a failing one: its caller is
+        // told; the writer thread carries on.
         let keep = catch_unwind(AssertUnwindSafe(|| task.run(conn))).unwrap_or(false);
+        // On a full disk or an I/O error SQLite may roll back the whole
+        // transaction, not only the failing statement; the changes after
+        // it would then each commit on their own.
         if conn.is_autocommit() {
-            return Err(gone());
+            return Err(StoreError::Other(
+                "the database rolled back the changes saved together with this one (a full disk or an I/O error), so none of them was kept; try again".into(),
+            ));
         }
-        if !keep {
-            rollback.execute([])?;
+        if guarded {
+            if !keep {
+                rollback.execute([])?;
+            }
+            release.execute([])?;
+        } else if !keep && conn.total_changes() != before {
+            return Err(StoreError::Other(
+                "a change failed after writing part of it, so nothing of the changes saved with it was kept; try again".into(),
+            ));
         }
-        release.execute([])?;
     }
     Ok(())
 }
