@@ -1344,41 +1344,16 @@ async fn serve_chat(
         task.abort();
     }
     background.abort();
+    // Deliver what the last commands queued, briefly, and record what went;
+    // the rest waits in the outbox. Also when the server failed: the
+    // scheduler's delivery pass may still be sending.
+    let last = startup::last_deliveries(&app, deadline);
     let served = match early {
-        Some(served) => served,
+        Some(served) => {
+            last.await;
+            served
+        }
         None => {
-            let last = async {
-                // Deliver what the last commands queued, briefly; the rest
-                // waits in the outbox. Sends stop a little before the
-                // deadline, so that every notice that went (this pass's or
-                // the scheduler's, still running) is recorded as delivered
-                // before the store closes: one cut off between its send and
-                // its record would go again at the next start.
-                let finishing = startup::finish_deliveries(&app, grace);
-                tokio::pin!(finishing);
-                let stop_sending = deadline - (grace / 4).min(std::time::Duration::from_secs(1));
-                let early = tokio::time::timeout_at(stop_sending, &mut finishing)
-                    .await
-                    .ok();
-                let wound_down = tokio::time::timeout_at(deadline, async {
-                    let (delivered, recorded) = tokio::join!(
-                        async {
-                            match early {
-                                Some(done) => done,
-                                None => (&mut finishing).await,
-                            }
-                        },
-                        app.dispatcher.finish(),
-                    );
-                    delivered.and(recorded.map(drop))
-                })
-                .await;
-                match wound_down {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "could not deliver or record the last notices; they stay in the outbox for the next start"),
-                    Err(_) => tracing::warn!("the shutdown grace period ended with a notice still being sent; it and the undelivered ones stay in the outbox for the next start"),
-                }
-            };
             let drained = async {
                 let margin = std::time::Duration::from_millis(500);
                 match tokio::time::timeout_at(deadline + margin, &mut server).await {

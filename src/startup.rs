@@ -417,6 +417,42 @@ pub async fn finish_deliveries(app: &App, within: Duration) -> Result<(), StoreE
     }
 }
 
+/// Delivers what is still in the outbox until shortly before `deadline`
+/// (a stopping `serve`'s), then stops delivering ([`Dispatcher::finish`]):
+/// every notice that went, this pass's or the scheduler's still running, is
+/// recorded as delivered before the store closes. One cut off between its
+/// send and its record would go again at the next start. Sends stop a
+/// quarter of the time left, at most 1 s, before `deadline`; what was not
+/// sent stays in the outbox. Logs what it could not do.
+///
+/// [`Dispatcher::finish`]: crate::app::dispatch::Dispatcher::finish
+pub async fn last_deliveries(app: &App, deadline: tokio::time::Instant) {
+    let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let stop_sending = deadline - (within / 4).min(Duration::from_secs(1));
+    let finishing = finish_deliveries(app, within);
+    tokio::pin!(finishing);
+    let early = tokio::time::timeout_at(stop_sending, &mut finishing)
+        .await
+        .ok();
+    let stopped = async {
+        let (delivered, recorded) = tokio::join!(
+            async {
+                match early {
+                    Some(done) => done,
+                    None => (&mut finishing).await,
+                }
+            },
+            app.dispatcher.finish(),
+        );
+        delivered.and(recorded.map(drop))
+    };
+    match tokio::time::timeout_at(deadline, stopped).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not deliver or record the last notices; they stay in the outbox for the next start"),
+        Err(_) => tracing::warn!("the shutdown grace period ended with a notice still being sent; it and the undelivered ones stay in the outbox for the next start"),
+    }
+}
+
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

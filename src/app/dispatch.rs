@@ -625,53 +625,49 @@ impl Dispatcher {
         read_at: Timestamp,
     ) -> Result<(DeliveryReport, bool), StoreError> {
         let mut report = DeliveryReport::default();
+        let Some((surface, lane)) = batch.first().map(lane_key) else {
+            return Ok((report, false));
+        };
         let started = self.clock.now();
         let mut turn = 0;
         // A lane that waited for room since the outbox was read may have
         // lost it meanwhile: on a shared database the claim on it runs out,
         // and another process may have taken the lane and sent its notices.
-        // Read again, which claims the lane anew, leaves out what went, or
-        // finds another process holding it.
-        if started.since(read_at) >= READ_GOES_STALE {
-            if let Some((surface, lane)) = batch.first().map(lane_key) {
+        // So it reads itself again first, as a lane going on does, which
+        // claims it anew, leaves out what went, or finds another process
+        // holding it.
+        let mut read_again = started.since(read_at) >= READ_GOES_STALE;
+        loop {
+            if read_again {
+                let now = self.clock.now();
                 batch = {
                     let _turn = self.store_calls.acquire().await;
                     self.store.lane_notices(&surface, &lane, PER_LANE).await?
                 };
-                if batch
-                    .first()
-                    .is_some_and(|head| head.next_attempt_at > started)
-                {
+                // A head waiting for a retry (a notice put back meanwhile) is
+                // left to the next read of the outbox, which knows when it is due.
+                if batch.first().is_some_and(|head| head.next_attempt_at > now) {
                     return Ok((report, true));
                 }
             }
-        }
-        loop {
-            let Some((surface, lane)) = batch.first().map(lane_key) else {
+            if batch.is_empty() {
                 return Ok((report, false));
-            };
+            }
             let full = batch.len() >= PER_LANE as usize;
             let given = batch.len();
-            let went = self.deliver_batch(batch, probe, &mut report).await?;
+            let went = self
+                .deliver_batch(std::mem::take(&mut batch), probe, &mut report)
+                .await?;
             turn += went;
-            let now = self.clock.now();
             if !full
                 || went < given
                 || turn >= LANE_TURN
-                || now.since(started) >= LANE_TURN_TIME
+                || self.clock.now().since(started) >= LANE_TURN_TIME
                 || self.stopping()
             {
                 return Ok((report, full));
             }
-            batch = {
-                let _turn = self.store_calls.acquire().await;
-                self.store.lane_notices(&surface, &lane, PER_LANE).await?
-            };
-            // A head waiting for a retry (a notice put back meanwhile) is
-            // left to the next read of the outbox, which knows when it is due.
-            if batch.first().is_some_and(|head| head.next_attempt_at > now) {
-                return Ok((report, true));
-            }
+            read_again = true;
             probe = false;
         }
     }
