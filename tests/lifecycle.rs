@@ -756,71 +756,6 @@ async fn a_lane_failing_midway_keeps_what_went_and_resumes_from_the_failure() {
     assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
 }
 
-/// The audit channel of [`a_new_lane_starts_while_a_paced_lane_is_still_sending`]:
-/// each line waits until the test lets it go, as a paced channel makes it
-/// wait; everything else goes at once to the recording surface.
-struct PacedAudit {
-    inner: Arc<RecordingSurface>,
-    sending: tokio::sync::Notify,
-    paced: tokio::sync::Semaphore,
-    card_posted: tokio::sync::Notify,
-}
-
-#[async_trait::async_trait]
-impl passport::app::ports::ChatSurface for PacedAudit {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    async fn post_card(
-        &self,
-        card: &passport::domain::notice::CardView,
-    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
-        let at = self.inner.post_card(card).await;
-        self.card_posted.notify_one();
-        at
-    }
-
-    async fn update_card(
-        &self,
-        at: &passport::app::ports::MessageRef,
-        card: &passport::domain::notice::CardView,
-    ) -> Result<(), passport::app::ports::ChatError> {
-        self.inner.update_card(at, card).await
-    }
-
-    async fn reply_in_thread(
-        &self,
-        at: &passport::app::ports::MessageRef,
-        text: &str,
-        actions: &[passport::domain::notice::Action],
-    ) -> Result<(), passport::app::ports::ChatError> {
-        self.inner.reply_in_thread(at, text, actions).await
-    }
-
-    async fn direct_message(
-        &self,
-        user: &passport::domain::values::UserId,
-        text: &str,
-        actions: &[passport::domain::notice::Action],
-    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
-        self.inner.direct_message(user, text, actions).await
-    }
-
-    async fn post_audit(&self, line: &str) -> Result<(), passport::app::ports::ChatError> {
-        self.sending.notify_one();
-        self.paced.acquire().await.unwrap().forget();
-        self.inner.post_audit(line).await
-    }
-
-    async fn delete_message(
-        &self,
-        at: &passport::app::ports::MessageRef,
-    ) -> Result<(), passport::app::ports::ChatError> {
-        self.inner.delete_message(at).await
-    }
-}
-
 /// Queues `lines` audit lines, starts a delivery pass through a
 /// [`PacedAudit`] over `app`'s surface, and waits until the pass holds the
 /// first of them.
@@ -833,12 +768,7 @@ async fn pass_holding_its_first_audit_line(
         Result<passport::app::dispatch::DeliveryReport, passport::app::ports::StoreError>,
     >,
 ) {
-    let paced = Arc::new(PacedAudit {
-        inner: app.surface.clone(),
-        sending: tokio::sync::Notify::new(),
-        paced: tokio::sync::Semaphore::new(0),
-        card_posted: tokio::sync::Notify::new(),
-    });
+    let paced = Arc::new(PacedAudit::new(app.surface.clone()));
     let dispatcher = Arc::new(passport::app::dispatch::Dispatcher::new(
         app.store.clone(),
         Arc::new(app.clock.clone()),

@@ -80,16 +80,17 @@ fn passport(config: &Path, args: &[&str]) -> Command {
 }
 
 /// Writes the configuration of replica `name` in `dir`: listening on `port`,
-/// on the database `url`, talking to `fake`, provisioning with the dry run.
+/// on the database `store` names (its `[store]` setting: `url = "…"` or
+/// `path = "…"`), talking to `fake`, provisioning with the dry run.
 /// approvers: U0LEAD1 and U0LEAD2, one approval needed; no per-person limits
 /// (the load test sends many commands per person); scheduled jobs off.
-fn write_config(dir: &Path, name: &str, url: &str, fake: &FakeSlack, port: u16) -> PathBuf {
+fn write_config(dir: &Path, name: &str, store: &str, fake: &FakeSlack, port: u16) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let toml = format!(
         r#"provisioner = "dry-run"
 
 [store]
-url = "{url}"
+{store}
 
 [requests]
 max_pending_per_requester = 0
@@ -323,7 +324,13 @@ impl Cluster {
 
     /// The configuration of replica `name`, on a port of its own.
     fn config(&self, name: &str) -> PathBuf {
-        write_config(self.dir.path(), name, &self.url, &self.fake, free_port())
+        write_config(
+            self.dir.path(),
+            name,
+            &format!("url = \"{}\"", self.url),
+            &self.fake,
+            free_port(),
+        )
     }
 
     /// Starts replica `name` with its configuration and waits until it is ready.
@@ -991,12 +998,13 @@ async fn sigterm_mid_delivery_records_every_notice_that_went() {
     let fake = FakeSlack::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("passport.db");
-    let config = write_config(dir.path(), "solo", "postgres://unused", &fake, free_port());
-    let on_sqlite = std::fs::read_to_string(&config).unwrap().replace(
-        "url = \"postgres://unused\"",
+    let config = write_config(
+        dir.path(),
+        "solo",
         &format!("path = \"{}\"", db.display()),
+        &fake,
+        free_port(),
     );
-    std::fs::write(&config, on_sqlite).unwrap();
     let migrated = passport(&config, &["migrate"]).output().unwrap();
     assert!(migrated.status.success(), "{migrated:?}");
     const QUEUED: usize = 20_000;
@@ -1061,96 +1069,6 @@ async fn sigterm_mid_delivery_records_every_notice_that_went() {
     );
 }
 
-/// A chat platform whose direct messages to `held` wait until released;
-/// it records every direct message it sends, by person.
-struct GatedPlatform {
-    held: String,
-    /// Added when the held message's send begins.
-    began: tokio::sync::Semaphore,
-    /// Released to let the held message go.
-    gate: tokio::sync::Semaphore,
-    sent: std::sync::Mutex<Vec<String>>,
-}
-
-impl GatedPlatform {
-    fn new(held: &str) -> Self {
-        Self {
-            held: held.to_owned(),
-            began: tokio::sync::Semaphore::new(0),
-            gate: tokio::sync::Semaphore::new(0),
-            sent: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    fn sent_to(&self, user: &str) -> usize {
-        self.sent
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|u| *u == user)
-            .count()
-    }
-}
-
-#[async_trait::async_trait]
-impl passport::app::ports::ChatSurface for GatedPlatform {
-    fn name(&self) -> &str {
-        "slack"
-    }
-
-    async fn post_card(
-        &self,
-        _: &passport::domain::notice::CardView,
-    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
-        unreachable!("no cards here")
-    }
-
-    async fn update_card(
-        &self,
-        _: &passport::app::ports::MessageRef,
-        _: &passport::domain::notice::CardView,
-    ) -> Result<(), passport::app::ports::ChatError> {
-        unreachable!("no cards here")
-    }
-
-    async fn reply_in_thread(
-        &self,
-        _: &passport::app::ports::MessageRef,
-        _: &str,
-        _: &[passport::domain::notice::Action],
-    ) -> Result<(), passport::app::ports::ChatError> {
-        unreachable!("no threads here")
-    }
-
-    async fn direct_message(
-        &self,
-        user: &passport::domain::values::UserId,
-        _: &str,
-        _: &[passport::domain::notice::Action],
-    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
-        if user.as_str() == self.held {
-            self.began.add_permits(1);
-            let _ = self.gate.acquire().await.unwrap();
-        }
-        self.sent.lock().unwrap().push(user.as_str().to_owned());
-        Ok(passport::app::ports::MessageRef {
-            channel: format!("D{user}"),
-            message: "1.0".into(),
-        })
-    }
-
-    async fn post_audit(&self, _: &str) -> Result<(), passport::app::ports::ChatError> {
-        Ok(())
-    }
-
-    async fn delete_message(
-        &self,
-        _: &passport::app::ports::MessageRef,
-    ) -> Result<(), passport::app::ports::ChatError> {
-        Ok(())
-    }
-}
-
 /// Two processes deliver from one PostgreSQL outbox. One read two lanes
 /// and, delivering one lane at a time, keeps the second waiting behind a
 /// send that takes longer than its claim on it: the other process takes
@@ -1159,6 +1077,7 @@ impl passport::app::ports::ChatSurface for GatedPlatform {
 /// once. (A send that itself outlasts its claim is not covered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_whose_claim_ran_out_while_it_waited_is_not_sent_again() {
+    use common::{PacedAudit, RecordingSurface};
     use passport::adapters::clock::ManualClock;
     use passport::adapters::postgres::{PgOptions, PgStore};
     use passport::app::dispatch::Dispatcher;
@@ -1175,23 +1094,30 @@ async fn a_lane_whose_claim_ran_out_while_it_waited_is_not_sent_again() {
     };
     let (first_store, second_store) = (store().await, store().await);
     let db = PgPoolOptions::new().connect(&url).await.unwrap();
-    // U0FIRST's notice was queued first, so it is the lane delivered first.
-    for user in ["U0FIRST", "U0SECOND"] {
+    // The audit line was queued first, so its lane is delivered first.
+    for (lane, notice) in [
+        (
+            "audit",
+            serde_json::json!({"type": "audit", "text": "line 1"}),
+        ),
+        (
+            "user:U0SECOND",
+            serde_json::json!({"type": "direct", "user": "U0SECOND", "request": null, "text": "hello", "actions": []}),
+        ),
+    ] {
         sqlx::query(
             "INSERT INTO outbox (surface, lane, request, notice, created_at, next_attempt_at) \
-             VALUES ('slack', $1, NULL, $2, 0, 0)",
+             VALUES ('test', $1, NULL, $2, 0, 0)",
         )
-        .bind(format!("user:{user}"))
-        .bind(
-            serde_json::json!({"type": "direct", "user": user, "request": null, "text": "hello", "actions": []})
-                .to_string(),
-        )
+        .bind(lane)
+        .bind(notice.to_string())
         .execute(&db)
         .await
         .unwrap();
     }
-    let first_platform = Arc::new(GatedPlatform::new("U0FIRST"));
-    let second_platform = Arc::new(GatedPlatform::new("nobody"));
+    // The first process's audit channel holds its line until released.
+    let first_platform = Arc::new(PacedAudit::new(Arc::new(RecordingSurface::default())));
+    let second_platform = Arc::new(RecordingSurface::default());
     let first = Arc::new(
         Dispatcher::new(
             first_store,
@@ -1209,16 +1135,16 @@ async fn a_lane_whose_claim_ran_out_while_it_waited_is_not_sent_again() {
         let first = first.clone();
         async move { first.deliver_due().await }
     });
-    // The first process holds both lanes, sending U0FIRST's notice.
-    let _ = first_platform.began.acquire().await.unwrap();
+    // The first process holds both lanes, sending the audit line.
+    first_platform.sending.notified().await;
     // Its claims run out; the second process takes both lanes over.
     clock.advance(Span::from_minutes(3));
     second.deliver_due().await.unwrap();
-    assert_eq!(second_platform.sent_to("U0SECOND"), 1);
-    first_platform.gate.add_permits(1);
+    assert_eq!(second_platform.directs("U0SECOND").len(), 1);
+    first_platform.paced.add_permits(1);
     pass.await.unwrap().unwrap();
     assert_eq!(
-        first_platform.sent_to("U0SECOND") + second_platform.sent_to("U0SECOND"),
+        first_platform.inner.directs("U0SECOND").len() + second_platform.directs("U0SECOND").len(),
         1,
         "U0SECOND's notice was sent twice"
     );

@@ -658,3 +658,82 @@ impl TestApp {
 pub fn ar(n: u64) -> RequestId {
     RequestId::new(n).unwrap()
 }
+
+/// An audit channel whose each line waits until the test lets it go
+/// (`paced.add_permits`), as a paced channel makes it wait; everything else
+/// goes at once to the recording surface `inner`.
+pub struct PacedAudit {
+    pub inner: Arc<RecordingSurface>,
+    /// Notified when a line's send begins.
+    pub sending: tokio::sync::Notify,
+    /// One permit lets one line go.
+    pub paced: tokio::sync::Semaphore,
+    /// Notified when a card is posted.
+    pub card_posted: tokio::sync::Notify,
+}
+
+impl PacedAudit {
+    pub fn new(inner: Arc<RecordingSurface>) -> Self {
+        Self {
+            inner,
+            sending: tokio::sync::Notify::new(),
+            paced: tokio::sync::Semaphore::new(0),
+            card_posted: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl passport::app::ports::ChatSurface for PacedAudit {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn post_card(
+        &self,
+        card: &passport::domain::notice::CardView,
+    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
+        let at = self.inner.post_card(card).await;
+        self.card_posted.notify_one();
+        at
+    }
+
+    async fn update_card(
+        &self,
+        at: &passport::app::ports::MessageRef,
+        card: &passport::domain::notice::CardView,
+    ) -> Result<(), passport::app::ports::ChatError> {
+        self.inner.update_card(at, card).await
+    }
+
+    async fn reply_in_thread(
+        &self,
+        at: &passport::app::ports::MessageRef,
+        text: &str,
+        actions: &[passport::domain::notice::Action],
+    ) -> Result<(), passport::app::ports::ChatError> {
+        self.inner.reply_in_thread(at, text, actions).await
+    }
+
+    async fn direct_message(
+        &self,
+        user: &passport::domain::values::UserId,
+        text: &str,
+        actions: &[passport::domain::notice::Action],
+    ) -> Result<passport::app::ports::MessageRef, passport::app::ports::ChatError> {
+        self.inner.direct_message(user, text, actions).await
+    }
+
+    async fn post_audit(&self, line: &str) -> Result<(), passport::app::ports::ChatError> {
+        self.sending.notify_one();
+        self.paced.acquire().await.unwrap().forget();
+        self.inner.post_audit(line).await
+    }
+
+    async fn delete_message(
+        &self,
+        at: &passport::app::ports::MessageRef,
+    ) -> Result<(), passport::app::ports::ChatError> {
+        self.inner.delete_message(at).await
+    }
+}
