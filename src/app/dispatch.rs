@@ -31,6 +31,7 @@
 //! gone counts as deleted; every failure is retried later, never dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -140,7 +141,7 @@ pub struct Dispatcher {
     store_calls: tokio::sync::Semaphore,
     /// Set when the process stops: lanes under way send nothing more and
     /// record what they sent; passes start nothing new ([`Self::finish`]).
-    stopping: std::sync::atomic::AtomicBool,
+    stopping: AtomicBool,
     /// What was sent and the store failed to record. The notices stay
     /// claimed by this process, and the next pass records them before it
     /// reads anything: read again, they would be sent twice.
@@ -222,7 +223,7 @@ impl Dispatcher {
             breakers: Arc::new(PeerHealth::default()),
             store_calls: tokio::sync::Semaphore::new(STORE_CALLS),
             unrecorded: std::sync::Mutex::new(Unrecorded::default()),
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -234,15 +235,14 @@ impl Dispatcher {
     /// twice after the next start. A send still waiting for its platform is
     /// waited for: bound this by the shutdown's deadline.
     pub async fn finish(&self) -> Result<usize, StoreError> {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
         let _pass = self.gate.lock().await;
         self.record_unrecorded().await
     }
 
     /// Whether [`Self::finish`] has begun.
     fn stopping(&self) -> bool {
-        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// The health of each surface's platform as this dispatcher sees it, to
