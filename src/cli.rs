@@ -409,7 +409,7 @@ async fn outbox(store: &dyn Store, command: OutboxCommand) -> anyhow::Result<i32
             }
             for n in notices {
                 println!(
-                    "{}\t{}\t{}\t{}\tqueued {}, set aside {} after {} attempt(s): {}",
+                    "{}\t{}\t{}\t{}\tqueued {}, set aside {} after {} attempt(s), {} refused: {}",
                     n.id,
                     n.surface,
                     n.lane,
@@ -419,6 +419,7 @@ async fn outbox(store: &dyn Store, command: OutboxCommand) -> anyhow::Result<i32
                     n.created_at,
                     n.set_aside_at,
                     n.attempts,
+                    n.refusals,
                     n.last_error
                 );
             }

@@ -1087,26 +1087,46 @@ async fn a_card_whose_place_the_store_failed_to_save_is_not_posted_again() {
     assert_eq!(app.store.outbox_counts().await.unwrap().pending, 0);
 }
 
-/// A rate limit only asks to wait: a notice rate-limited four times and
-/// then refused once is put back for a retry, not set aside (five refusals
-/// set it aside).
+/// Only refusals count towards setting a notice aside: rate limits (the
+/// platform asked to wait) and temporary failures (retried without limit)
+/// do not. A notice rate-limited four times, failing four times, then
+/// refused four times is still put back for a retry; its fifth refusal sets
+/// it aside.
 #[tokio::test]
-async fn rate_limits_do_not_count_towards_setting_a_notice_aside() {
+async fn only_refusals_count_towards_setting_a_notice_aside() {
     use passport::app::ports::ChatError;
 
     let (app, _dir) = TestApp::spawn().await;
     queue_audit_lines(&app, 1).await;
-    for _ in 0..4 {
-        app.surface.fail_next(vec![ChatError::RateLimited {
-            retry_after_ms: 1_000,
-        }]);
+    let missed = |e: ChatError| (0..4).map(move |_| e.clone());
+    let before_the_last = missed(ChatError::RateLimited {
+        retry_after_ms: 1_000,
+    })
+    .chain(missed(ChatError::Transient("HTTP 503".into())))
+    .chain(missed(ChatError::Permanent("channel_not_found".into())));
+    for (n, e) in before_the_last.enumerate() {
+        app.surface.fail_next(vec![e.clone()]);
         let report = app.dispatcher.deliver_due().await.unwrap();
-        assert_eq!(report.retried, 1, "{report:?}");
+        assert_eq!(
+            (report.retried, report.dead),
+            (1, 0),
+            "attempt {} ({e:?}): {report:?}",
+            n + 1
+        );
+        // Past any backoff (at most five minutes).
         app.clock.advance(Span::from_minutes(10));
     }
+    assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
     app.surface
         .fail_next(vec![ChatError::Permanent("channel_not_found".into())]);
     let report = app.dispatcher.deliver_due().await.unwrap();
-    assert_eq!((report.retried, report.dead), (1, 0), "{report:?}");
-    assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
+    assert_eq!((report.retried, report.dead), (0, 1), "{report:?}");
+    let aside = app.store.set_aside(10).await.unwrap();
+    assert_eq!(
+        aside
+            .iter()
+            .map(|n| (n.attempts, n.refusals))
+            .collect::<Vec<_>>(),
+        vec![(9, 5)]
+    );
 }

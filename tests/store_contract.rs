@@ -19,7 +19,7 @@ use passport::adapters::postgres::{PgOptions, PgStore};
 use passport::adapters::sqlite::{Durability, SqliteStore};
 use passport::app::effects::{Effects, Signed, TimerKind};
 use passport::app::ports::{
-    Clock, IssuedToken, MessageRef, PasswordMessage, RequestFilter, Slot, Store, StoreError,
+    Clock, IssuedToken, MessageRef, Miss, PasswordMessage, RequestFilter, Slot, Store, StoreError,
     Verification,
 };
 use passport::domain::command::ListFilter;
@@ -815,7 +815,7 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
 
     store.mark_delivered(&[first[0].id], at(1)).await.unwrap();
     store
-        .mark_retry(first[1].id, at(5), "internal_error", false)
+        .mark_retry(first[1].id, at(5), "internal_error", Miss::Failed)
         .await
         .unwrap();
     store
@@ -827,21 +827,44 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
     let left = store.pending_notices(10, 5).await.unwrap();
     assert_eq!(left.len(), 2);
     let retried = left.iter().find(|p| p.id == first[1].id).unwrap();
-    assert_eq!((retried.attempts, retried.next_attempt_at), (1, at(5)));
+    // A temporary failure counts as an attempt, not as a refusal.
+    assert_eq!(
+        (retried.attempts, retried.refusals, retried.next_attempt_at),
+        (1, 0, at(5))
+    );
     // A rate limit only asked to wait: the attempt does not count.
     store
-        .mark_retry(first[1].id, at(6), "rate limited", true)
+        .mark_retry(first[1].id, at(6), "rate limited", Miss::Waited)
         .await
         .unwrap();
     let left = store.pending_notices(10, 5).await.unwrap();
     let waited = left.iter().find(|p| p.id == first[1].id).unwrap();
-    assert_eq!((waited.attempts, waited.next_attempt_at), (1, at(6)));
+    assert_eq!(
+        (waited.attempts, waited.refusals, waited.next_attempt_at),
+        (1, 0, at(6))
+    );
+    // A refusal counts as both.
+    store
+        .mark_retry(first[1].id, at(7), "not_in_channel", Miss::Refused)
+        .await
+        .unwrap();
+    let left = store.pending_notices(10, 5).await.unwrap();
+    let refused = left.iter().find(|p| p.id == first[1].id).unwrap();
+    assert_eq!(
+        (refused.attempts, refused.refusals, refused.next_attempt_at),
+        (2, 1, at(7))
+    );
 
     let aside = store.set_aside(10).await.unwrap();
     assert_eq!(aside.len(), 1);
     assert_eq!(
-        (aside[0].id, aside[0].attempts, aside[0].last_error.as_str()),
-        (first[2].id, 1, "channel_not_found")
+        (
+            aside[0].id,
+            aside[0].attempts,
+            aside[0].refusals,
+            aside[0].last_error.as_str()
+        ),
+        (first[2].id, 1, 1, "channel_not_found")
     );
     assert_eq!(
         store
@@ -853,7 +876,10 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
     assert!(store.set_aside(10).await.unwrap().is_empty());
     let revived = store.pending_notices(10, 5).await.unwrap();
     let revived = revived.iter().find(|p| p.id == first[2].id).unwrap();
-    assert_eq!((revived.attempts, revived.next_attempt_at), (0, at(2)));
+    assert_eq!(
+        (revived.attempts, revived.refusals, revived.next_attempt_at),
+        (0, 0, at(2))
+    );
     store.mark_dead(first[2].id, at(3), "again").await.unwrap();
     assert_eq!(store.revive(None, at(4)).await.unwrap(), 1);
 
@@ -1829,7 +1855,7 @@ async fn a_claim_that_runs_out_is_handed_out_again() {
         vec![taken[2].id]
     );
     survivor
-        .mark_retry(taken[1].id, at(10), "rate limited", true)
+        .mark_retry(taken[1].id, at(10), "rate limited", Miss::Waited)
         .await
         .unwrap();
     let after_retry = s.store.pending_notices(10, 5).await.unwrap();

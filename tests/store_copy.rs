@@ -102,8 +102,8 @@ dev3: /passport request i-0123456789abcdef0 1h ticket#3 later
     assert!(text.contains("request AR-3 received"), "{text}");
     let conn = rusqlite::Connection::open(dir.path().join("passport.db")).unwrap();
     conn.execute_batch(
-        "UPDATE outbox SET delivered_at = NULL, dead_at = 1, attempts = 5, \
-         last_error = 'channel_not_found' WHERE id = 2",
+        "UPDATE outbox SET delivered_at = NULL, dead_at = 1, attempts = 7, \
+         refusals = 5, last_error = 'channel_not_found' WHERE id = 2",
     )
     .unwrap();
     dir
@@ -168,7 +168,7 @@ fn a_copied_deployment_verifies_and_carries_on_on_postgres() {
         .output()
         .unwrap();
     assert!(stdout(&outbox).starts_with("2\t"), "{}", all(&outbox));
-    assert_has(&outbox, "after 5 attempt(s): channel_not_found");
+    assert_has(&outbox, "after 7 attempt(s), 5 refused: channel_not_found");
     assert_has(&outbox, "\tqueued ");
     assert_eq!(pg_number(&url, "SELECT COUNT(*) FROM timers"), timers);
 

@@ -42,9 +42,9 @@ use crate::adapters::store_rows::{
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
-    Creation, Gauges, IssuedToken, MessageRef, Mutation, OutboxCounts, PasswordMessage, Pending,
-    PendingDeletion, Recording, RequestFilter, SetAside, Slot, Store, StoreError, Verification,
-    REMOVAL_GRACE,
+    Creation, Gauges, IssuedToken, MessageRef, Miss, Mutation, OutboxCounts, PasswordMessage,
+    Pending, PendingDeletion, Recording, RequestFilter, SetAside, Slot, Store, StoreError,
+    Verification, REMOVAL_GRACE,
 };
 use crate::domain::command::ListFilter;
 use crate::domain::logbook::{
@@ -789,7 +789,7 @@ fn requests(
 }
 
 /// An outbox row read as `SELECT id, surface, lane, notice, attempts,
-/// next_attempt_at`, whose surface and lane the caller has read already.
+/// next_attempt_at, refusals`, whose surface and lane the caller has read already.
 fn pending_at(
     row: &rusqlite::Row<'_>,
     surface: String,
@@ -802,6 +802,7 @@ fn pending_at(
         lane,
         notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
         attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
+        refusals: u32::try_from(row.get::<_, i64>(6)?).unwrap_or(u32::MAX),
         next_attempt_at: Timestamp::from_millis(row.get(5)?),
     })
 }
@@ -948,7 +949,7 @@ impl Store for SqliteStore {
             // delivery's bottleneck once the backlog grew. A long lane is
             // read past, not waited behind, up to PENDING_SCAN notices.
             let mut stmt = conn.prepare_cached(
-                "SELECT id, surface, lane, notice, attempts, next_attempt_at FROM outbox \
+                "SELECT id, surface, lane, notice, attempts, next_attempt_at, refusals FROM outbox \
                  WHERE delivered_at IS NULL AND dead_at IS NULL ORDER BY id",
             )?;
             let mut rows = stmt.query([])?;
@@ -985,7 +986,7 @@ impl Store for SqliteStore {
             // `outbox_lane`: the lane's own next notices, whatever the
             // backlog of the others.
             let mut stmt = conn.prepare_cached(
-                "SELECT id, surface, lane, notice, attempts, next_attempt_at FROM outbox \
+                "SELECT id, surface, lane, notice, attempts, next_attempt_at, refusals FROM outbox \
                  WHERE surface = ?1 AND lane = ?2 AND delivered_at IS NULL AND dead_at IS NULL \
                  ORDER BY id LIMIT ?3",
             )?;
@@ -1025,14 +1026,22 @@ impl Store for SqliteStore {
         id: i64,
         next_attempt_at: Timestamp,
         error: &str,
-        waited: bool,
+        miss: Miss,
     ) -> Result<(), StoreError> {
         let error = error.to_owned();
+        let (attempts, refusals) = miss.counts();
         self.write(move |conn| {
             conn.prepare_cached(
-                "UPDATE outbox SET next_attempt_at = ?1, attempts = attempts + ?4, last_error = ?2 WHERE id = ?3",
+                "UPDATE outbox SET next_attempt_at = ?1, attempts = attempts + ?4, \
+                 refusals = refusals + ?5, last_error = ?2 WHERE id = ?3",
             )?
-            .execute(params![next_attempt_at.as_millis(), error, id, i64::from(!waited)])?;
+            .execute(params![
+                next_attempt_at.as_millis(),
+                error,
+                id,
+                attempts,
+                refusals
+            ])?;
             Ok(())
         })
         .await
@@ -1041,7 +1050,8 @@ impl Store for SqliteStore {
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError> {
         let error = error.to_owned();
         self.write(move |conn| {
-            conn.prepare_cached("UPDATE outbox SET dead_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3")?
+            conn.prepare_cached("UPDATE outbox SET dead_at = ?1, attempts = attempts + 1, refusals = refusals + 1, \
+                 last_error = ?2 WHERE id = ?3")?
                 .execute(params![now.as_millis(), error, id])?;
             Ok(())
         })
@@ -1052,8 +1062,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let rows = conn
                 .prepare_cached(
-                    "SELECT id, surface, lane, request, created_at, dead_at, attempts, COALESCE(last_error, '') \
-                     FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL ORDER BY id LIMIT ?1",
+                    "SELECT id, surface, lane, request, created_at, dead_at, attempts, COALESCE(last_error, ''), \
+                     refusals FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL ORDER BY id LIMIT ?1",
                 )?
                 .query_map([i64::from(limit)], |r| {
                     Ok((
@@ -1065,11 +1075,12 @@ impl Store for SqliteStore {
                         r.get::<_, i64>(5)?,
                         r.get::<_, i64>(6)?,
                         r.get::<_, String>(7)?,
+                        r.get::<_, i64>(8)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(id, surface, lane, request, created, dead, attempts, last_error)| {
+                .map(|(id, surface, lane, request, created, dead, attempts, last_error, refusals)| {
                     Ok(SetAside {
                         id,
                         surface,
@@ -1078,6 +1089,7 @@ impl Store for SqliteStore {
                         created_at: Timestamp::from_millis(created),
                         set_aside_at: Timestamp::from_millis(dead),
                         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        refusals: u32::try_from(refusals).unwrap_or(u32::MAX),
                         last_error,
                     })
                 })
@@ -1092,13 +1104,13 @@ impl Store for SqliteStore {
             let n = match ids {
                 None => conn
                     .prepare_cached(
-                        "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = ?1 \
+                        "UPDATE outbox SET dead_at = NULL, attempts = 0, refusals = 0, next_attempt_at = ?1 \
                          WHERE dead_at IS NOT NULL AND delivered_at IS NULL",
                     )?
                     .execute([at])?,
                 Some(ids) => {
                     let mut one = conn.prepare_cached(
-                        "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = ?1 \
+                        "UPDATE outbox SET dead_at = NULL, attempts = 0, refusals = 0, next_attempt_at = ?1 \
                          WHERE id = ?2 AND dead_at IS NOT NULL AND delivered_at IS NULL",
                     )?;
                     let mut n = 0;

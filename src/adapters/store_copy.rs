@@ -152,6 +152,7 @@ pub const TABLES: &[Table] = &[
             col("notice", Text),
             col("created_at", Int),
             col("attempts", Int),
+            col("refusals", Int),
             col("next_attempt_at", Int),
             col("delivered_at", Int),
             col("dead_at", Int),

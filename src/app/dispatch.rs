@@ -44,7 +44,7 @@ use super::effects::Effects;
 use super::messages;
 use super::peers::{Admission, PeerHealth};
 use super::ports::{
-    ChatError, ChatSurface, Clock, MessageRef, Pending, PendingDeletion, Store, StoreError,
+    ChatError, ChatSurface, Clock, MessageRef, Miss, Pending, PendingDeletion, Store, StoreError,
 };
 use super::retry::Backoff;
 use crate::domain::values::RequestId;
@@ -79,8 +79,9 @@ const RECORD_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
 /// lane calling PostgreSQL at once, the engine benchmark's changes ran
 /// about a third slower, and with two at once still a fifth (BENCHMARKS.md).
 const STORE_CALLS: usize = 1;
-/// A notice the platform keeps refusing is set aside after this many attempts.
-const MAX_PERMANENT_ATTEMPTS: u32 = 5;
+/// A notice the platform keeps refusing is set aside after this many
+/// refusals, however many temporary failures and rate limits came between.
+const MAX_REFUSALS: u32 = 5;
 /// Set-aside notices are reported in the audit channel at most this often;
 /// those set aside in between are counted into the next report.
 pub const SET_ASIDE_REPORT_EVERY: Span = Span::from_minutes(5);
@@ -335,7 +336,7 @@ impl Dispatcher {
             fx.outbox.push((
                 surface.clone(),
                 Notice::Audit {
-                    text: messages::set_aside_report(*count, MAX_PERMANENT_ATTEMPTS, refusal),
+                    text: messages::set_aside_report(*count, MAX_REFUSALS, refusal),
                 },
             ));
         }
@@ -714,7 +715,7 @@ impl Dispatcher {
                 self.record_delivered(sent, report).await?;
                 let next = self.clock.now().plus(Span::from_minutes(10));
                 self.store
-                    .mark_retry(p.id, next, "chat surface not configured", true)
+                    .mark_retry(p.id, next, "chat surface not configured", Miss::Waited)
                     .await?;
                 report.retried += 1;
                 break;
@@ -762,7 +763,7 @@ impl Dispatcher {
                         ChatError::Transient(_) => (now.plus(retry_delay(p.attempts)), false),
                         ChatError::Permanent(_) => (
                             now.plus(retry_delay(p.attempts)),
-                            p.attempts + 1 >= MAX_PERMANENT_ATTEMPTS,
+                            p.refusals + 1 >= MAX_REFUSALS,
                         ),
                     };
                     if dead {
@@ -783,11 +784,15 @@ impl Dispatcher {
                         continue;
                     }
                     tracing::warn!(surface = %p.surface, lane = %p.lane, error = %e, "notice not delivered; will retry");
-                    // A rate limit only asked to wait: it does not count
-                    // towards setting the notice aside.
-                    let waited = matches!(e, ChatError::RateLimited { .. });
+                    // A rate limit only asked to wait: it counts for nothing.
+                    // Only refusals count towards setting the notice aside.
+                    let miss = match &e {
+                        ChatError::RateLimited { .. } => Miss::Waited,
+                        ChatError::Transient(_) => Miss::Failed,
+                        ChatError::Permanent(_) => Miss::Refused,
+                    };
                     self.store
-                        .mark_retry(p.id, next, &e.to_string(), waited)
+                        .mark_retry(p.id, next, &e.to_string(), miss)
                         .await?;
                     report.retried += 1;
                     break;

@@ -285,8 +285,35 @@ pub struct Pending {
     pub surface: String,
     pub lane: String,
     pub notice: Notice,
+    /// Failed attempts that counted (not rate limits): they set the backoff.
     pub attempts: u32,
+    /// Of those, the platform's refusals: they set the notice aside.
+    pub refusals: u32,
     pub next_attempt_at: Timestamp,
+}
+
+/// How a delivery attempt failed, as the outbox counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The platform only asked to wait (a rate limit), or the notice's
+    /// surface is not configured: nothing is counted.
+    Waited,
+    /// A temporary failure: counted in `attempts`, which sets the backoff.
+    Failed,
+    /// A refusal: counted in `attempts` and in `refusals`, which set the
+    /// notice aside once there are enough.
+    Refused,
+}
+
+impl Miss {
+    /// What the attempt adds to `attempts` and to `refusals`.
+    pub fn counts(self) -> (i64, i64) {
+        match self {
+            Miss::Waited => (0, 0),
+            Miss::Failed => (1, 0),
+            Miss::Refused => (1, 1),
+        }
+    }
 }
 
 /// A notice the chat platform kept refusing.
@@ -299,6 +326,8 @@ pub struct SetAside {
     pub created_at: Timestamp,
     pub set_aside_at: Timestamp,
     pub attempts: u32,
+    /// Of `attempts`, those the platform refused.
+    pub refusals: u32,
     pub last_error: String,
 }
 
@@ -436,16 +465,16 @@ pub trait Store: Send + Sync {
     fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Records the delivery of notices `ids`, all of one lane, in one commit.
     async fn mark_delivered(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError>;
-    /// Puts a notice back in its lane until `next_attempt_at`, with `error`.
-    /// The attempt counts towards setting the notice aside unless it was
-    /// `waited` (a rate limit: the platform only asked to wait).
+    /// Puts a notice back in its lane until `next_attempt_at`, with `error`,
+    /// counting the attempt as `miss` says.
     async fn mark_retry(
         &self,
         id: i64,
         next_attempt_at: Timestamp,
         error: &str,
-        waited: bool,
+        miss: Miss,
     ) -> Result<(), StoreError>;
+    /// Sets a notice aside after its last refusal, counted as such.
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError>;
     /// Notices set aside after repeated refusals, oldest first.
     async fn set_aside(&self, limit: u32) -> Result<Vec<SetAside>, StoreError>;

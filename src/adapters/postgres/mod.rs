@@ -42,9 +42,9 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id, Columns};
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
-    Clock, Creation, Gauges, IssuedToken, MessageRef, Mutation, OutboxCounts, PasswordMessage,
-    Pending, PendingDeletion, Recording, RequestFilter, SetAside, Store, StoreError, Verification,
-    REMOVAL_GRACE,
+    Clock, Creation, Gauges, IssuedToken, MessageRef, Miss, Mutation, OutboxCounts,
+    PasswordMessage, Pending, PendingDeletion, Recording, RequestFilter, SetAside, Store,
+    StoreError, Verification, REMOVAL_GRACE,
 };
 use crate::app::retry::Backoff;
 use crate::domain::command::ListFilter;
@@ -752,20 +752,23 @@ impl Store for PgStore {
         id: i64,
         next_attempt_at: Timestamp,
         error: &str,
-        waited: bool,
+        miss: Miss,
     ) -> Result<(), StoreError> {
+        let (attempts, refusals) = miss.counts();
         // The lane's claims end: this process forgets this one's, and the
         // others' are pruned from `held` once they have run out.
         self.shared.held.forget(&[id]);
         self.end_notice(
             vec![id],
-            "next_attempt_at = $2, last_error = $3, attempts = attempts + $4",
+            "next_attempt_at = $2, last_error = $3, attempts = attempts + $4, \
+             refusals = refusals + $5",
             {
                 let error = error.to_owned();
                 move |q| {
                     q.bind(next_attempt_at.as_millis())
                         .bind(error)
-                        .bind(i64::from(!waited))
+                        .bind(attempts)
+                        .bind(refusals)
                 }
             },
             LaneClaims::Release,
@@ -777,7 +780,7 @@ impl Store for PgStore {
         let claims = self.lane_goes_on(&[id]);
         self.end_notice(
             vec![id],
-            "dead_at = $2, last_error = $3, attempts = attempts + 1",
+            "dead_at = $2, last_error = $3, attempts = attempts + 1, refusals = refusals + 1",
             {
                 let error = error.to_owned();
                 move |q| q.bind(now.as_millis()).bind(error)
@@ -789,8 +792,8 @@ impl Store for PgStore {
 
     async fn set_aside(&self, limit: u32) -> Result<Vec<SetAside>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, surface, lane, request, created_at, dead_at, attempts, COALESCE(last_error, '') \
-             FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL ORDER BY id LIMIT $1",
+            "SELECT id, surface, lane, request, created_at, dead_at, attempts, COALESCE(last_error, ''), \
+             refusals FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.shared.pool)
@@ -805,6 +808,7 @@ impl Store for PgStore {
                     created_at: Timestamp::from_millis(row.try_get(4)?),
                     set_aside_at: Timestamp::from_millis(row.try_get(5)?),
                     attempts: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
+                    refusals: u32::try_from(row.try_get::<i64, _>(8)?).unwrap_or(u32::MAX),
                     last_error: row.try_get(7)?,
                 })
             })
@@ -814,12 +818,12 @@ impl Store for PgStore {
     async fn revive(&self, ids: Option<Vec<i64>>, now: Timestamp) -> Result<u64, StoreError> {
         let query = match &ids {
             None => sqlx::query(
-                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1, \
+                "UPDATE outbox SET dead_at = NULL, attempts = 0, refusals = 0, next_attempt_at = $1, \
                  claimed_by = NULL, claimed_until = NULL \
                  WHERE dead_at IS NOT NULL AND delivered_at IS NULL AND $2::bigint[] IS NULL",
             ),
             Some(_) => sqlx::query(
-                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1, \
+                "UPDATE outbox SET dead_at = NULL, attempts = 0, refusals = 0, next_attempt_at = $1, \
                  claimed_by = NULL, claimed_until = NULL \
                  WHERE id = ANY($2) AND dead_at IS NOT NULL AND delivered_at IS NULL",
             ),

@@ -119,7 +119,7 @@ pub(super) async fn claim_lane(
 const CLAIM_PICKED: &str = "UPDATE outbox SET claimed_by = $1, claimed_until = $3 \
      WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
        AND COALESCE(delivered_at, dead_at) IS NULL \
-     RETURNING id, surface, lane, notice, attempts, next_attempt_at";
+     RETURNING id, surface, lane, notice, attempts, next_attempt_at, refusals";
 
 /// A claim statement that takes this long has most likely been planned with
 /// statistics of a nearly empty outbox ([`Statistics`]).
@@ -205,7 +205,8 @@ async fn claimed(
     Ok((out, took))
 }
 
-/// A row returned as `id, surface, lane, notice, attempts, next_attempt_at`.
+/// A row returned as `id, surface, lane, notice, attempts, next_attempt_at,
+/// refusals`.
 fn pending_at(row: &sqlx::postgres::PgRow) -> Result<Pending, StoreError> {
     let notice: &str = row.try_get(3)?;
     Ok(Pending {
@@ -214,6 +215,7 @@ fn pending_at(row: &sqlx::postgres::PgRow) -> Result<Pending, StoreError> {
         lane: row.try_get(2)?,
         notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
         attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
+        refusals: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
         next_attempt_at: Timestamp::from_millis(row.try_get(5)?),
     })
 }

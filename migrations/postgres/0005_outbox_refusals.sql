@@ -1,0 +1,4 @@
+-- Refusals counted apart from attempts: a notice is set aside after
+-- repeated refusals only, however many temporary failures came first
+-- (attempts keep setting the retry's backoff).
+ALTER TABLE outbox ADD COLUMN refusals BIGINT NOT NULL DEFAULT 0;
