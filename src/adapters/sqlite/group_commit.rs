@@ -102,7 +102,9 @@ const CATCH_UP_GROUPS: u64 = 2;
 /// then the next long log tries again). The checkpointing thread runs no
 /// pass meanwhile, and none back to back while a reader keeps its passes
 /// from copying everything. The writer's checkpoint syncs as
-/// every checkpoint does, so nothing changes for durability.
+/// every checkpoint does, so nothing changes for durability; a thread of its
+/// own syncs what the passes copied ahead of it ([`sync_ahead`]), so that the
+/// writer's sync, which every caller waits for, has little left to write.
 struct Passes {
     /// Groups the writer has committed.
     groups: AtomicU64,
@@ -397,6 +399,7 @@ fn serve(
 /// [`RESTART_FRAMES`], passes follow one another until the writer can copy
 /// the rest ([`Passes`]).
 fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Passes) {
+    let ahead = sync_ahead(&conn);
     let mut converging = false;
     let mut last_log = 0;
     // How many groups behind the last pass ended, while converging.
@@ -419,6 +422,10 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
             converging = false;
             continue;
         };
+        if let Some(ahead) = ahead.as_ref().filter(|_| log > 0) {
+            // Full means a sync is due already: it will cover this pass too.
+            let _ = ahead.try_send(());
+        }
         let long = log >= passes.restart_frames;
         let behind = passes.groups.load(Ordering::Acquire).saturating_sub(began);
         // Passes that stopped getting shorter leave the rest to the writer
@@ -436,6 +443,69 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
         last_behind = if converging { behind } else { u64::MAX };
         last_log = log;
     }
+}
+
+/// How often at most the database file is synced ahead of the writer.
+const SYNC_AHEAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Starts the thread that syncs the database file ahead of the writer, at
+/// most every [`SYNC_AHEAD_EVERY`] while checkpoints copy pages into it;
+/// answers what tells it that a pass did, or nothing if it cannot start
+/// (the writer's checkpoint then syncs every page, as SQLite would).
+///
+/// SQLite syncs the database only after a pass that copied the whole log.
+/// Under writes that never pause that pass is the writer's catch-up, so its
+/// sync flushed every page copied since the log last started over, while
+/// every caller waited: 7 to 20 ms every 1.5 s at 2,000 requests a second.
+/// Synced here, on a thread of its own, those pages are on disk already and
+/// the checkpointing thread's passes do not wait for them.
+fn sync_ahead(conn: &Connection) -> Option<std::sync::mpsc::SyncSender<()>> {
+    let path = conn.path().filter(|path| !path.is_empty())?;
+    let file = kept_open(std::path::Path::new(path))?;
+    let (copied, syncs) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("store-sync".into())
+        .spawn(move || {
+            // Ends once the checkpointing thread has.
+            while syncs.recv().is_ok() {
+                let began = Instant::now();
+                if let Err(e) = file.sync_data() {
+                    tracing::warn!(error = %e, "syncing the database file ahead of the writer failed; the writer's checkpoint syncs it");
+                }
+                std::thread::sleep(SYNC_AHEAD_EVERY.saturating_sub(began.elapsed()));
+            }
+        })
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot start the thread that syncs the database file ahead of the writer"))
+        .ok()?;
+    Some(copied)
+}
+
+/// Descriptors of database files opened to sync them, one per file, by
+/// device and inode.
+static KEPT_OPEN: Mutex<std::collections::BTreeMap<(u64, u64), &'static std::fs::File>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// The database file at `path`, opened once in the process and never closed:
+/// closing any descriptor of a file drops every POSIX lock the process holds
+/// on it, and SQLite's connections to the file rely on theirs. Nothing,
+/// logged, if it cannot be opened.
+fn kept_open(path: &std::path::Path) -> Option<&'static std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |meta: std::fs::Metadata| (meta.dev(), meta.ino());
+    let cannot = |e: &std::io::Error| {
+        tracing::warn!(error = %e, "cannot open the database file to sync it ahead of the writer");
+    };
+    let mut kept = KEPT_OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(file) = kept.get(&id(std::fs::metadata(path).inspect_err(cannot).ok()?)) {
+        return Some(*file);
+    }
+    // Leaked, never dropped: see above.
+    let file: &'static std::fs::File = Box::leak(Box::new(
+        std::fs::File::open(path).inspect_err(cannot).ok()?,
+    ));
+    // The file's own identity, should the path have been replaced meanwhile.
+    let opened = id(file.metadata().inspect_err(cannot).ok()?);
+    Some(*kept.entry(opened).or_insert(file))
 }
 
 /// Runs a passive checkpoint on `conn`; answers the frames in the log and
