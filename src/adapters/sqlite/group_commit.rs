@@ -636,6 +636,25 @@ mod tests {
         (start(conn, &path), Connection::open(&path).unwrap())
     }
 
+    /// The descriptor that syncs a database file ahead of the writer is
+    /// opened once per file and stays open: a second store on the file
+    /// shares it, and a file put in its place gets one of its own.
+    #[test]
+    fn a_database_file_is_opened_once_to_sync_it_and_never_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kept.db");
+        std::fs::write(&path, b"first").unwrap();
+        let first = kept_open(&path).unwrap();
+        assert!(std::ptr::eq(first, kept_open(&path).unwrap()));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"second").unwrap();
+        let second = kept_open(&path).unwrap();
+        assert!(!std::ptr::eq(first, second));
+        // The first file's descriptor is still open, though the file is gone.
+        assert_eq!(first.metadata().unwrap().len(), 5);
+        first.sync_data().unwrap();
+    }
+
     /// A writer on `conn`, with its checkpoints on another connection to `path`.
     fn start(conn: Connection, path: &std::path::Path) -> Writer {
         Writer::start(
