@@ -743,13 +743,14 @@ fn outbox_list_and_retry_handle_set_aside_notices() {
     assert_stdout_has(&empty, "no notice is set aside");
     let set_aside = sqlite(
         dir.path(),
-        "UPDATE outbox SET delivered_at = NULL, dead_at = 1, attempts = 5, last_error = 'channel_not_found' WHERE id = 1;",
+        "UPDATE outbox SET delivered_at = NULL, dead_at = 1, attempts = 5, refusals = 5, last_error = 'channel_not_found' WHERE id = 1;",
     );
     assert!(set_aside.status.success());
     let listed = passport(dir.path(), &["outbox", "list"]).output().unwrap();
     let text = stdout(&listed);
     assert!(
-        text.starts_with("1\t") && text.contains("channel_not_found"),
+        text.starts_with("1\t")
+            && text.contains("after 5 attempt(s), 5 refused: channel_not_found"),
         "{text}"
     );
     let refused = passport(dir.path(), &["outbox", "retry"]).output().unwrap();

@@ -818,6 +818,11 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
         .mark_retry(first[1].id, at(5), "internal_error", Miss::Failed)
         .await
         .unwrap();
+    // Set aside after a temporary failure: two attempts, one refusal.
+    store
+        .mark_retry(first[2].id, at(1), "HTTP 503", Miss::Failed)
+        .await
+        .unwrap();
     store
         .mark_dead(first[2].id, at(1), "channel_not_found")
         .await
@@ -864,7 +869,7 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
             aside[0].refusals,
             aside[0].last_error.as_str()
         ),
-        (first[2].id, 1, 1, "channel_not_found")
+        (first[2].id, 2, 1, "channel_not_found")
     );
     assert_eq!(
         store
@@ -882,6 +887,12 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
     );
     store.mark_dead(first[2].id, at(3), "again").await.unwrap();
     assert_eq!(store.revive(None, at(4)).await.unwrap(), 1);
+    let revived = store.pending_notices(10, 5).await.unwrap();
+    let revived = revived.iter().find(|p| p.id == first[2].id).unwrap();
+    assert_eq!(
+        (revived.attempts, revived.refusals, revived.next_attempt_at),
+        (0, 0, at(4))
+    );
 
     // Pruning takes delivered notices only, older than asked, at most `limit`.
     assert_eq!(store.prune_delivered(at(1), 10).await.unwrap(), 0);
