@@ -399,9 +399,11 @@ fn serve(
 /// [`RESTART_FRAMES`], passes follow one another until the writer can copy
 /// the rest ([`Passes`]).
 fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Passes) {
-    let ahead = sync_ahead(&conn);
+    let ahead = SyncAhead::start(&conn);
     let mut converging = false;
     let mut last_log = 0;
+    // Frames of the log copied back by the last pass.
+    let mut last_copied = 0;
     // How many groups behind the last pass ended, while converging.
     let mut last_behind = u64::MAX;
     loop {
@@ -418,14 +420,15 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
         }
         let began = passes.groups.load(Ordering::Acquire);
         passes.runs.fetch_add(1, Ordering::Relaxed);
-        let Some((log, whole)) = passive_checkpoint(&conn) else {
+        let Some(Pass { log, copied, whole }) = passive_checkpoint(&conn) else {
             converging = false;
             continue;
         };
-        if let Some(ahead) = ahead.as_ref().filter(|_| log > 0) {
+        if let Some(ahead) = ahead.as_ref().filter(|_| copied != last_copied) {
             // Full means a sync is due already: it will cover this pass too.
-            let _ = ahead.try_send(());
+            let _ = ahead.copied.try_send(());
         }
+        last_copied = copied;
         let long = log >= passes.restart_frames;
         let behind = passes.groups.load(Ordering::Acquire).saturating_sub(began);
         // Passes that stopped getting shorter leave the rest to the writer
@@ -443,15 +446,16 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
         last_behind = if converging { behind } else { u64::MAX };
         last_log = log;
     }
+    if let Some(ahead) = ahead {
+        ahead.finish();
+    }
 }
 
 /// How often at most the database file is synced ahead of the writer.
 const SYNC_AHEAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Starts the thread that syncs the database file ahead of the writer, at
-/// most every [`SYNC_AHEAD_EVERY`] while checkpoints copy pages into it;
-/// answers what tells it that a pass did, or nothing if it cannot start
-/// (the writer's checkpoint then syncs every page, as SQLite would).
+/// The thread that syncs the database file ahead of the writer, at most
+/// every [`SYNC_AHEAD_EVERY`] while checkpoints copy pages into it.
 ///
 /// SQLite syncs the database only after a pass that copied the whole log.
 /// Under writes that never pause that pass is the writer's catch-up, so its
@@ -459,25 +463,96 @@ const SYNC_AHEAD_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// every caller waited: 7 to 20 ms every 1.5 s at 2,000 requests a second.
 /// Synced here, on a thread of its own, those pages are on disk already and
 /// the checkpointing thread's passes do not wait for them.
-fn sync_ahead(conn: &Connection) -> Option<std::sync::mpsc::SyncSender<()>> {
-    let path = conn.path().filter(|path| !path.is_empty())?;
-    let file = kept_open(std::path::Path::new(path))?;
-    let (copied, syncs) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("store-sync".into())
-        .spawn(move || {
-            // Ends once the checkpointing thread has.
-            while syncs.recv().is_ok() {
-                let began = Instant::now();
-                if let Err(e) = file.sync_data() {
-                    tracing::warn!(error = %e, "syncing the database file ahead of the writer failed; the writer's checkpoint syncs it");
-                }
-                std::thread::sleep(SYNC_AHEAD_EVERY.saturating_sub(began.elapsed()));
+///
+/// It runs only where the kernel reports a failed write-back to every
+/// descriptor of the file (Linux 4.13 and later): an older kernel reports
+/// it to the first sync only, and a failure this thread heard of would let
+/// SQLite's own sync succeed and the log start over on pages that never
+/// reached the disk. A failed sync ends the thread; SQLite's next sync of
+/// the file fails too, and the log keeps what it holds.
+struct SyncAhead {
+    /// Told after each pass that copied pages.
+    copied: std::sync::mpsc::SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl SyncAhead {
+    /// Starts the thread for `conn`'s database file; nothing if the file or
+    /// the kernel does not allow it (the writer's checkpoint then syncs
+    /// every page, as SQLite would).
+    fn start(conn: &Connection) -> Option<Self> {
+        if !write_errors_reach_every_descriptor() {
+            tracing::info!("the database file is not synced ahead of the writer: the kernel is older than Linux 4.13 or not Linux");
+            return None;
+        }
+        let path = conn.path().filter(|path| !path.is_empty())?;
+        let file = kept_open(std::path::Path::new(path))?;
+        let (copied, syncs) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("store-sync".into())
+            .spawn(move || sync_while_told(&syncs, file))
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot start the thread that syncs the database file ahead of the writer"))
+            .ok()?;
+        Some(Self { copied, thread })
+    }
+
+    /// Ends the thread, once the checkpointing thread is done.
+    fn finish(self) {
+        drop(self.copied);
+        let _ = self.thread.join();
+    }
+}
+
+/// Syncs `file` each time `syncs` says a pass copied pages, at most every
+/// [`SYNC_AHEAD_EVERY`], until the sender is gone or a sync fails.
+fn sync_while_told(syncs: &std::sync::mpsc::Receiver<()>, file: &std::fs::File) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut due = syncs.recv().is_ok();
+    while due {
+        let began = Instant::now();
+        if let Err(e) = file.sync_data() {
+            tracing::error!(error = %e, "syncing the database file failed: it is no longer synced ahead of the writer, and SQLite's own sync fails too, so the write-ahead log keeps its pages; check the disk");
+            return;
+        }
+        // Told meanwhile: one more sync once the interval is over.
+        due = false;
+        let next = began + SYNC_AHEAD_EVERY;
+        loop {
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-        })
-        .inspect_err(|e| tracing::warn!(error = %e, "cannot start the thread that syncs the database file ahead of the writer"))
-        .ok()?;
-    Some(copied)
+            match syncs.recv_timeout(left) {
+                Ok(()) => due = true,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        if !due {
+            due = syncs.recv().is_ok();
+        }
+    }
+}
+
+/// Whether the kernel reports a failed write-back of a file to every
+/// descriptor open on it, not to the first sync alone: Linux 4.13 and later.
+fn write_errors_reach_every_descriptor() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    kernel_at_least(&release, (4, 13))
+}
+
+/// Whether a kernel release string (`6.1.0-13-amd64`) is at least `version`.
+fn kernel_at_least(release: &str, version: (u32, u32)) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= version,
+        _ => false,
+    }
 }
 
 /// Descriptors of database files opened to sync them, one per file, by
@@ -488,7 +563,9 @@ static KEPT_OPEN: Mutex<std::collections::BTreeMap<(u64, u64), &'static std::fs:
 /// The database file at `path`, opened once in the process and never closed:
 /// closing any descriptor of a file drops every POSIX lock the process holds
 /// on it, and SQLite's connections to the file rely on theirs. Nothing,
-/// logged, if it cannot be opened.
+/// logged, if it cannot be opened. One descriptor per database file a store
+/// opens: `serve` opens one; a deleted file keeps its blocks until the
+/// process ends.
 fn kept_open(path: &std::path::Path) -> Option<&'static std::fs::File> {
     use std::os::unix::fs::MetadataExt;
     let id = |meta: std::fs::Metadata| (meta.dev(), meta.ino());
@@ -508,10 +585,17 @@ fn kept_open(path: &std::path::Path) -> Option<&'static std::fs::File> {
     Some(*kept.entry(opened).or_insert(file))
 }
 
-/// Runs a passive checkpoint on `conn`; answers the frames in the log and
-/// whether all of them were copied back (no reader held the log back), or
-/// nothing when it failed, which it logs.
-fn passive_checkpoint(conn: &Connection) -> Option<(u64, bool)> {
+/// What a passive checkpoint found: the frames in the log, how many of them
+/// are copied back, and whether that is all of them (no reader held the log
+/// back).
+struct Pass {
+    log: u64,
+    copied: u64,
+    whole: bool,
+}
+
+/// Runs a passive checkpoint on `conn`; nothing when it failed, which it logs.
+fn passive_checkpoint(conn: &Connection) -> Option<Pass> {
     let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -520,9 +604,11 @@ fn passive_checkpoint(conn: &Connection) -> Option<(u64, bool)> {
         ))
     });
     match pass {
-        Ok((busy, log, copied)) => {
-            Some((u64::try_from(log).unwrap_or(0), busy == 0 && log == copied))
-        }
+        Ok((busy, log, copied)) => Some(Pass {
+            log: u64::try_from(log).unwrap_or(0),
+            copied: u64::try_from(copied).unwrap_or(0),
+            whole: busy == 0 && log == copied,
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "checkpoint failed; the write-ahead log grows until one succeeds");
             None
@@ -653,6 +739,41 @@ mod tests {
         // The first file's descriptor is still open, though the file is gone.
         assert_eq!(first.metadata().unwrap().len(), 5);
         first.sync_data().unwrap();
+    }
+
+    /// The database is synced ahead of the writer only where the kernel
+    /// reports a failed write-back to every descriptor (Linux 4.13 on).
+    #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        for (release, newer) in [
+            ("6.1.0-13-amd64\n", true),
+            ("4.13.0", true),
+            ("5.4.0-1045-aws", true),
+            ("4.12.14-lp150.12.82-default", false),
+            ("3.10.0-1160.el7.x86_64", false),
+            ("", false),
+            ("Linux", false),
+        ] {
+            assert_eq!(kernel_at_least(release, (4, 13)), newer, "{release:?}");
+        }
+    }
+
+    /// The sync thread syncs when told and ends with the checkpointing
+    /// thread, without waiting out its interval.
+    #[test]
+    fn the_sync_thread_ends_when_the_checkpoints_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("synced.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+        let Some(ahead) = SyncAhead::start(&conn) else {
+            assert!(!write_errors_reach_every_descriptor());
+            return;
+        };
+        ahead.copied.try_send(()).unwrap();
+        let began = Instant::now();
+        ahead.finish();
+        assert!(began.elapsed() < SYNC_AHEAD_EVERY * 50);
     }
 
     /// A writer on `conn`, with its checkpoints on another connection to `path`.
