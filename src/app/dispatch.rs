@@ -747,25 +747,28 @@ impl Dispatcher {
                 Err(e) => {
                     // Recorded first: what went before this notice stays delivered.
                     self.record_delivered(sent, report).await?;
-                    let outcome = match &e {
-                        ChatError::RateLimited { .. } => "rate_limited",
-                        ChatError::Transient(_) => "transient_error",
-                        ChatError::Permanent(_) => "refused",
+                    let now = self.clock.now();
+                    // How the attempt counts, and when the next one is due. A
+                    // rate limit only asked to wait: it counts for nothing.
+                    // Only refusals count towards setting the notice aside.
+                    let (outcome, miss, next) = match &e {
+                        ChatError::RateLimited { retry_after_ms } => (
+                            "rate_limited",
+                            Miss::Waited,
+                            now.plus(Span::from_millis((*retry_after_ms as i64).max(100))),
+                        ),
+                        ChatError::Transient(_) => (
+                            "transient_error",
+                            Miss::Failed,
+                            now.plus(retry_delay(p.attempts)),
+                        ),
+                        ChatError::Permanent(_) => {
+                            ("refused", Miss::Refused, now.plus(retry_delay(p.attempts)))
+                        }
                     };
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => outcome).increment(1);
-                    let now = self.clock.now();
                     self.breakers.record(&p.surface, Err(&e), now);
-                    let (next, dead) = match &e {
-                        ChatError::RateLimited { retry_after_ms } => (
-                            now.plus(Span::from_millis((*retry_after_ms as i64).max(100))),
-                            false,
-                        ),
-                        ChatError::Transient(_) => (now.plus(retry_delay(p.attempts)), false),
-                        ChatError::Permanent(_) => (
-                            now.plus(retry_delay(p.attempts)),
-                            p.refusals + 1 >= MAX_REFUSALS,
-                        ),
-                    };
+                    let dead = miss == Miss::Refused && p.refusals + 1 >= MAX_REFUSALS;
                     if dead {
                         tracing::error!(surface = %p.surface, lane = %p.lane, error = %e, "notice refused repeatedly; set aside");
                         self.store.mark_dead(p.id, now, &e.to_string()).await?;
@@ -784,13 +787,6 @@ impl Dispatcher {
                         continue;
                     }
                     tracing::warn!(surface = %p.surface, lane = %p.lane, error = %e, "notice not delivered; will retry");
-                    // A rate limit only asked to wait: it counts for nothing.
-                    // Only refusals count towards setting the notice aside.
-                    let miss = match &e {
-                        ChatError::RateLimited { .. } => Miss::Waited,
-                        ChatError::Transient(_) => Miss::Failed,
-                        ChatError::Permanent(_) => Miss::Refused,
-                    };
                     self.store
                         .mark_retry(p.id, next, &e.to_string(), miss)
                         .await?;
