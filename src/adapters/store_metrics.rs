@@ -39,3 +39,15 @@ pub(crate) fn record_group_phase(store: StoreKind, phase: &'static str, since: I
     )
     .record(since.elapsed().as_secs_f64());
 }
+
+/// Runs `work` as a group's `phase`, recording it ([`record_group_phase`]).
+pub(crate) fn timed_phase<T, E>(
+    store: StoreKind,
+    phase: &'static str,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let since = Instant::now();
+    let done = work();
+    record_group_phase(store, phase, since, done.is_ok());
+    done
+}

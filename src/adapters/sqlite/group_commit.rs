@@ -36,7 +36,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::adapters::store_metrics::{record_group_phase, record_group_size, StoreKind::Sqlite};
+use crate::adapters::store_metrics::{record_group_size, timed_phase, StoreKind::Sqlite};
 use crate::app::ports::StoreError;
 use crate::domain::logbook::ChainKeys;
 
@@ -638,16 +638,11 @@ fn commit_group(conn: &WriteConn, group: &mut [Box<dyn Task>]) -> Result<(), Sto
 /// names PostgreSQL's groups use.
 fn run_group(conn: &WriteConn, group: &mut [Box<dyn Task>], raise: bool) -> Result<(), StoreError> {
     record_group_size(Sqlite, group.len());
-    let since = Instant::now();
-    let ran = run_changes(conn, group, raise);
-    record_group_phase(Sqlite, "writes", since, ran.is_ok());
-    ran?;
-    let since = Instant::now();
-    let committed = conn
-        .prepare_cached("COMMIT")
-        .and_then(|mut commit| commit.execute([]));
-    record_group_phase(Sqlite, "commit", since, committed.is_ok());
-    committed?;
+    timed_phase(Sqlite, "writes", || run_changes(conn, group, raise))?;
+    timed_phase(Sqlite, "commit", || {
+        conn.prepare_cached("COMMIT")
+            .and_then(|mut commit| commit.execute([]))
+    })?;
     Ok(())
 }
 
