@@ -103,7 +103,7 @@ const CATCH_UP_GROUPS: u64 = 2;
 /// pass meanwhile, and none back to back while a reader keeps its passes
 /// from copying everything. The writer's checkpoint syncs as
 /// every checkpoint does, so nothing changes for durability; a thread of its
-/// own syncs what the passes copied ahead of it ([`sync_ahead`]), so that the
+/// own syncs what the passes copied ahead of it ([`SyncAhead`]), so that the
 /// writer's sync, which every caller waits for, has little left to write.
 struct Passes {
     /// Groups the writer has committed.
@@ -399,7 +399,7 @@ fn serve(
 /// [`RESTART_FRAMES`], passes follow one another until the writer can copy
 /// the rest ([`Passes`]).
 fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Passes) {
-    let ahead = SyncAhead::start(&conn);
+    let ahead = SyncAhead::start(&conn, SYNC_AHEAD_EVERY);
     let mut converging = false;
     let mut last_log = 0;
     // Frames of the log copied back by the last pass.
@@ -455,7 +455,7 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
 const SYNC_AHEAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The thread that syncs the database file ahead of the writer, at most
-/// every [`SYNC_AHEAD_EVERY`] while checkpoints copy pages into it.
+/// once an interval ([`SYNC_AHEAD_EVERY`]) while checkpoints copy pages into it.
 ///
 /// SQLite syncs the database only after a pass that copied the whole log.
 /// Under writes that never pause that pass is the writer's catch-up, so its
@@ -480,7 +480,7 @@ impl SyncAhead {
     /// Starts the thread for `conn`'s database file; nothing if the file or
     /// the kernel does not allow it (the writer's checkpoint then syncs
     /// every page, as SQLite would).
-    fn start(conn: &Connection) -> Option<Self> {
+    fn start(conn: &Connection, every: std::time::Duration) -> Option<Self> {
         if !write_errors_reach_every_descriptor() {
             tracing::info!("the database file is not synced ahead of the writer: the kernel is older than Linux 4.13 or not Linux");
             return None;
@@ -490,7 +490,7 @@ impl SyncAhead {
         let (copied, syncs) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("store-sync".into())
-            .spawn(move || sync_while_told(&syncs, file))
+            .spawn(move || sync_while_told(&syncs, file, every))
             .inspect_err(|e| tracing::warn!(error = %e, "cannot start the thread that syncs the database file ahead of the writer"))
             .ok()?;
         Some(Self { copied, thread })
@@ -503,9 +503,13 @@ impl SyncAhead {
     }
 }
 
-/// Syncs `file` each time `syncs` says a pass copied pages, at most every
-/// [`SYNC_AHEAD_EVERY`], until the sender is gone or a sync fails.
-fn sync_while_told(syncs: &std::sync::mpsc::Receiver<()>, file: &std::fs::File) {
+/// Syncs `file` each time `syncs` says a pass copied pages, at most once
+/// `every`, until the sender is gone or a sync fails.
+fn sync_while_told(
+    syncs: &std::sync::mpsc::Receiver<()>,
+    file: &std::fs::File,
+    every: std::time::Duration,
+) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut due = syncs.recv().is_ok();
     while due {
@@ -516,7 +520,7 @@ fn sync_while_told(syncs: &std::sync::mpsc::Receiver<()>, file: &std::fs::File) 
         }
         // Told meanwhile: one more sync once the interval is over.
         due = false;
-        let next = began + SYNC_AHEAD_EVERY;
+        let next = began + every;
         loop {
             let left = next.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -753,22 +757,35 @@ mod tests {
         }
     }
 
-    /// The sync thread syncs when told and ends with the checkpointing
-    /// thread, without waiting out its interval.
+    /// The sync thread ends with the checkpointing thread even in the middle
+    /// of its interval: with an interval of an hour, a thread that waited it
+    /// out would keep the store's close waiting that long.
     #[test]
     fn the_sync_thread_ends_when_the_checkpoints_do() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("synced.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
-        let Some(ahead) = SyncAhead::start(&conn) else {
+        let hour = std::time::Duration::from_secs(3600);
+        let Some(ahead) = SyncAhead::start(&conn, hour) else {
             assert!(!write_errors_reach_every_descriptor());
             return;
         };
-        ahead.copied.try_send(()).unwrap();
-        let began = Instant::now();
-        ahead.finish();
-        assert!(began.elapsed() < SYNC_AHEAD_EVERY * 50);
+        // The second send waits until the thread took the first: it has
+        // synced, or is syncing, and its interval has begun.
+        ahead.copied.send(()).unwrap();
+        ahead.copied.send(()).unwrap();
+        let (ended, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            ahead.finish();
+            let _ = ended.send(());
+        });
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .is_ok(),
+            "the sync thread waited out its interval before ending"
+        );
     }
 
     /// A writer on `conn`, with its checkpoints on another connection to `path`.
