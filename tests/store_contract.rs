@@ -404,6 +404,14 @@ fn audit(text: &str) -> Notice {
     Notice::Audit { text: text.into() }
 }
 
+/// The counts of the undelivered notice `id` and when it is due next:
+/// `(attempts, refusals, next_attempt_at)`.
+async fn notice_counts(store: &dyn Store, id: i64) -> (u32, u32, Timestamp) {
+    let pending = store.pending_notices(10, 5).await.unwrap();
+    let p = pending.iter().find(|p| p.id == id).unwrap();
+    (p.attempts, p.refusals, p.next_attempt_at)
+}
+
 fn direct(user: &str, text: &str) -> Notice {
     Notice::direct(uid(user), None, text.into())
 }
@@ -829,36 +837,21 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
         .unwrap();
     let counts = store.outbox_counts().await.unwrap();
     assert_eq!((counts.pending, counts.delivered, counts.dead), (2, 1, 1));
-    let left = store.pending_notices(10, 5).await.unwrap();
-    assert_eq!(left.len(), 2);
-    let retried = left.iter().find(|p| p.id == first[1].id).unwrap();
+    assert_eq!(store.pending_notices(10, 5).await.unwrap().len(), 2);
     // A temporary failure counts as an attempt, not as a refusal.
-    assert_eq!(
-        (retried.attempts, retried.refusals, retried.next_attempt_at),
-        (1, 0, at(5))
-    );
+    assert_eq!(notice_counts(store, first[1].id).await, (1, 0, at(5)));
     // A rate limit only asked to wait: the attempt does not count.
     store
         .mark_retry(first[1].id, at(6), "rate limited", Miss::Waited)
         .await
         .unwrap();
-    let left = store.pending_notices(10, 5).await.unwrap();
-    let waited = left.iter().find(|p| p.id == first[1].id).unwrap();
-    assert_eq!(
-        (waited.attempts, waited.refusals, waited.next_attempt_at),
-        (1, 0, at(6))
-    );
+    assert_eq!(notice_counts(store, first[1].id).await, (1, 0, at(6)));
     // A refusal counts as both.
     store
         .mark_retry(first[1].id, at(7), "not_in_channel", Miss::Refused)
         .await
         .unwrap();
-    let left = store.pending_notices(10, 5).await.unwrap();
-    let refused = left.iter().find(|p| p.id == first[1].id).unwrap();
-    assert_eq!(
-        (refused.attempts, refused.refusals, refused.next_attempt_at),
-        (2, 1, at(7))
-    );
+    assert_eq!(notice_counts(store, first[1].id).await, (2, 1, at(7)));
 
     let aside = store.set_aside(10).await.unwrap();
     assert_eq!(aside.len(), 1);
@@ -879,20 +872,10 @@ async fn the_outbox_delivers_retries_sets_aside_and_prunes(kind: Kind) {
         1
     );
     assert!(store.set_aside(10).await.unwrap().is_empty());
-    let revived = store.pending_notices(10, 5).await.unwrap();
-    let revived = revived.iter().find(|p| p.id == first[2].id).unwrap();
-    assert_eq!(
-        (revived.attempts, revived.refusals, revived.next_attempt_at),
-        (0, 0, at(2))
-    );
+    assert_eq!(notice_counts(store, first[2].id).await, (0, 0, at(2)));
     store.mark_dead(first[2].id, at(3), "again").await.unwrap();
     assert_eq!(store.revive(None, at(4)).await.unwrap(), 1);
-    let revived = store.pending_notices(10, 5).await.unwrap();
-    let revived = revived.iter().find(|p| p.id == first[2].id).unwrap();
-    assert_eq!(
-        (revived.attempts, revived.refusals, revived.next_attempt_at),
-        (0, 0, at(4))
-    );
+    assert_eq!(notice_counts(store, first[2].id).await, (0, 0, at(4)));
 
     // Pruning takes delivered notices only, older than asked, at most `limit`.
     assert_eq!(store.prune_delivered(at(1), 10).await.unwrap(), 0);
