@@ -1049,10 +1049,14 @@ impl Store for SqliteStore {
 
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError> {
         let error = error.to_owned();
+        // The last refusal counts as every refusal does.
+        let (attempts, refusals) = Miss::Refused.counts();
         self.write(move |conn| {
-            conn.prepare_cached("UPDATE outbox SET dead_at = ?1, attempts = attempts + 1, refusals = refusals + 1, \
-                 last_error = ?2 WHERE id = ?3")?
-                .execute(params![now.as_millis(), error, id])?;
+            conn.prepare_cached(
+                "UPDATE outbox SET dead_at = ?1, attempts = attempts + ?4, refusals = refusals + ?5, \
+                 last_error = ?2 WHERE id = ?3",
+            )?
+            .execute(params![now.as_millis(), error, id, attempts, refusals])?;
             Ok(())
         })
         .await

@@ -777,13 +777,20 @@ impl Store for PgStore {
     }
 
     async fn mark_dead(&self, id: i64, now: Timestamp, error: &str) -> Result<(), StoreError> {
+        // The last refusal counts as every refusal does.
+        let (attempts, refusals) = Miss::Refused.counts();
         let claims = self.lane_goes_on(&[id]);
         self.end_notice(
             vec![id],
-            "dead_at = $2, last_error = $3, attempts = attempts + 1, refusals = refusals + 1",
+            "dead_at = $2, last_error = $3, attempts = attempts + $4, refusals = refusals + $5",
             {
                 let error = error.to_owned();
-                move |q| q.bind(now.as_millis()).bind(error)
+                move |q| {
+                    q.bind(now.as_millis())
+                        .bind(error)
+                        .bind(attempts)
+                        .bind(refusals)
+                }
             },
             claims,
         )
