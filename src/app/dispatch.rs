@@ -748,6 +748,7 @@ impl Dispatcher {
                     // Recorded first: what went before this notice stays delivered.
                     self.record_delivered(sent, report).await?;
                     let now = self.clock.now();
+                    let backoff = now.plus(retry_delay(p.attempts));
                     // How the attempt counts, and when the next one is due. A
                     // rate limit only asked to wait: it counts for nothing.
                     // Only refusals count towards setting the notice aside.
@@ -757,14 +758,8 @@ impl Dispatcher {
                             Miss::Waited,
                             now.plus(Span::from_millis((*retry_after_ms as i64).max(100))),
                         ),
-                        ChatError::Transient(_) => (
-                            "transient_error",
-                            Miss::Failed,
-                            now.plus(retry_delay(p.attempts)),
-                        ),
-                        ChatError::Permanent(_) => {
-                            ("refused", Miss::Refused, now.plus(retry_delay(p.attempts)))
-                        }
+                        ChatError::Transient(_) => ("transient_error", Miss::Failed, backoff),
+                        ChatError::Permanent(_) => ("refused", Miss::Refused, backoff),
                     };
                     metrics::counter!("passport_chat_deliveries_total", "surface" => p.surface.clone(), "outcome" => outcome).increment(1);
                     self.breakers.record(&p.surface, Err(&e), now);
