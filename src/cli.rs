@@ -1348,26 +1348,20 @@ async fn serve_chat(
     // Deliver what the last commands queued, briefly, and record what went;
     // the rest waits in the outbox. Also when the server failed: the
     // scheduler's delivery pass may still be sending.
-    let last = startup::last_deliveries(&app, deadline);
-    let served = match early {
-        Some(served) => {
-            last.await;
-            served
+    let drained = async {
+        if let Some(served) = early {
+            return served;
         }
-        None => {
-            let drained = async {
-                let margin = std::time::Duration::from_millis(500);
-                match tokio::time::timeout_at(deadline + margin, &mut server).await {
-                    Ok(served) => served,
-                    Err(_) => {
-                        server.abort();
-                        Ok(Ok(()))
-                    }
-                }
-            };
-            tokio::join!(last, drained).1
+        let margin = std::time::Duration::from_millis(500);
+        match tokio::time::timeout_at(deadline + margin, &mut server).await {
+            Ok(served) => served,
+            Err(_) => {
+                server.abort();
+                Ok(Ok(()))
+            }
         }
     };
+    let ((), served) = tokio::join!(startup::last_deliveries(&app, deadline), drained);
     // Tasks still stalled on a peer hold nothing these wait for, but a bound
     // costs nothing.
     let closing = async {
