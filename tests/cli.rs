@@ -1407,3 +1407,118 @@ fn a_path_and_a_url_together_are_refused_naming_both() {
     assert!(err.contains("store.path, store.url: both are set"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// A migration of a newer Passport, as sqlx records it: a table of its own and
+/// its row in `_sqlx_migrations`. The number is past any this Passport has.
+const NEWER: i64 = 9_000;
+
+/// The newer migration in SQLite's SQL (`checksum` a literal blob).
+fn newer_migration_sqlite() -> String {
+    format!(
+        "CREATE TABLE from_a_newer_release (x INTEGER); \
+         INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ({NEWER}, 'from a newer release', 1, X'00', 1);"
+    )
+}
+
+/// The same in PostgreSQL's.
+fn newer_migration_postgres() -> String {
+    format!(
+        "CREATE TABLE from_a_newer_release (x BIGINT); \
+         INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ({NEWER}, 'from a newer release', TRUE, decode('00', 'hex'), 1);"
+    )
+}
+
+/// What a newer migration that older releases cannot run on adds.
+fn breaks_older() -> String {
+    format!("UPDATE passport_schema SET compatible_from = {NEWER};")
+}
+
+fn pg_execute(url: &str, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    });
+}
+
+/// This Passport on a database a newer one has migrated: it runs when the
+/// newer migrations say older releases can, warning, and applies nothing; it
+/// refuses to start, naming the migrations and what to run, when they say
+/// it cannot. `run` runs `passport` with the arguments on the database,
+/// `apply` runs SQL on it, `last` is this Passport's newest migration.
+fn an_older_release_on_a_newer_database(
+    run: &dyn Fn(&[&str]) -> Output,
+    apply: &dyn Fn(&str),
+    newer: &str,
+    last: i64,
+) {
+    assert_success(&run(&["migrate"]));
+    apply(newer);
+
+    let migrated = run(&["migrate"]);
+    assert_success(&migrated);
+    let warned = String::from_utf8_lossy(&migrated.stderr).into_owned();
+    assert!(
+        warned.contains(&format!(
+            "migrations from a newer Passport (up to {NEWER}; this one knows up to {last})"
+        )),
+        "{warned}"
+    );
+    let round = run(&["console"]);
+    assert_success(&round);
+    assert_stdout_has(&round, "AR-1");
+    let verified = run(&["audit", "verify"]);
+    assert_success(&verified);
+
+    apply(&breaks_older());
+    for args in [&["migrate"][..], &["console"], &["serve"]] {
+        let refused = run(args);
+        let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+        assert_eq!(refused.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the database is at migration {NEWER}, applied by a newer Passport, and this Passport knows migrations up to {last}: releases older than migration {NEWER} cannot run on it. Run a Passport with migration {NEWER} or later"
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+#[test]
+fn an_older_release_runs_on_a_newer_sqlite_database_only_where_it_may() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        if args == ["console"] {
+            run_with_input(dir.path(), args, ROUND)
+        } else {
+            passport(dir.path(), args).output().unwrap()
+        }
+    };
+    let apply = |sql: &str| assert!(sqlite(dir.path(), sql).status.success(), "{sql}");
+    an_older_release_on_a_newer_database(&run, &apply, &newer_migration_sqlite(), 19);
+}
+
+#[test]
+fn an_older_release_runs_on_a_newer_postgres_database_only_where_it_may() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg_url();
+    let run = |args: &[&str]| {
+        let command = passport_pg(dir.path(), &url, args);
+        if args == ["console"] {
+            run_input(command, ROUND)
+        } else {
+            let mut command = command;
+            command.output().unwrap()
+        }
+    };
+    let apply = |sql: &str| pg_execute(&url, sql);
+    an_older_release_on_a_newer_database(&run, &apply, &newer_migration_postgres(), 6);
+}

@@ -12,6 +12,7 @@ pub mod dm_channels;
 pub mod dry_run;
 pub mod password_courier;
 pub mod postgres;
+pub(crate) mod schema;
 pub mod seen;
 pub mod slack;
 pub mod sqlite;

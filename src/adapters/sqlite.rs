@@ -150,7 +150,8 @@ fn audit_query(by_request: bool, by_time: bool) -> String {
     format!("SELECT {LOG_EVENT_COLUMNS} FROM {table} WHERE {filter} ORDER BY seq")
 }
 
-/// Applies the migrations with sqlx, which records them in `_sqlx_migrations`.
+/// Applies the migrations with sqlx, which records them in `_sqlx_migrations`,
+/// when this Passport may run on the database ([`crate::adapters::schema`]).
 async fn migrate(path: &Path) -> Result<(), StoreError> {
     let sqlx_error = |e: sqlx::Error| StoreError::Other(format!("cannot open the database: {e}"));
     let mut conn = SqliteConnectOptions::new()
@@ -163,10 +164,7 @@ async fn migrate(path: &Path) -> Result<(), StoreError> {
         .connect()
         .await
         .map_err(sqlx_error)?;
-    sqlx::migrate!("./migrations")
-        .run(&mut conn)
-        .await
-        .map_err(|e| StoreError::Other(format!("migrations failed: {e}")))?;
+    crate::adapters::schema::migrate(&mut conn, sqlx::migrate!("./migrations")).await?;
     conn.close().await.map_err(sqlx_error)
 }
 

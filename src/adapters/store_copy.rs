@@ -660,11 +660,13 @@ fn check_version(conn: &Connection) -> Result<(), CopyError> {
     Ok(())
 }
 
-/// Refuses a file whose tables or columns are not exactly [`TABLES`].
+/// Refuses a file whose tables or columns are not exactly [`TABLES`]. The
+/// schema's own bookkeeping (`_sqlx_migrations`, `passport_schema`) is not
+/// copied: PostgreSQL's migrations write their own.
 fn check_schema(conn: &Connection) -> Result<(), CopyError> {
     let mut statement = conn.prepare(
-        "SELECT name FROM sqlite_master WHERE type = 'table' \
-         AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY name",
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         AND name NOT IN ('_sqlx_migrations', 'passport_schema') ORDER BY name",
     )?;
     let found: Vec<String> = statement
         .query_map([], |r| r.get(0))?

@@ -238,6 +238,10 @@ pub enum StoreError {
     /// a different one): the text says which and what to set.
     #[error("{0}")]
     LogbookKey(String),
+    /// The database was migrated by a newer Passport that this one cannot
+    /// run beside: the text says which migrations and what to run instead.
+    #[error("{0}")]
+    Schema(String),
     /// The signed chat request behind a change was seen before (a replay):
     /// nothing of the change was written.
     #[error("this signed request was seen before, so it is not acted on again")]

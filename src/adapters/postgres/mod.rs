@@ -236,10 +236,23 @@ impl PgStore {
             .connect_with(connect.clone())
             .await
             .map_err(|e| StoreError::Other(format!("cannot connect to PostgreSQL: {e}")))?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Other(format!("migrations failed: {e}")))?;
+        {
+            let mut conn = pool
+                .acquire()
+                .await
+                .map_err(|e| StoreError::Other(format!("cannot connect to PostgreSQL: {e}")))?;
+            let migrated = crate::adapters::schema::migrate(
+                &mut *conn,
+                sqlx::migrate!("./migrations/postgres"),
+            )
+            .await;
+            if migrated.is_err() {
+                // Closing waits for every connection back, this one too.
+                drop(conn);
+                pool.close().await;
+            }
+            migrated?;
+        }
         let (queued, notices_queued) = tokio::sync::watch::channel(0);
         let queued = Arc::new(Mutex::new(Some(queued)));
         let mut listener = PgListener::connect_with(&pool)
