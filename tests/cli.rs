@@ -1484,7 +1484,7 @@ fn an_older_release_on_a_newer_database(
         assert_eq!(refused.status.code(), Some(2), "{args:?}: {err}");
         assert!(
             err.contains(&format!(
-                "the database is at migration {NEWER}, applied by a newer Passport, and this Passport knows migrations up to {last}: releases older than migration {NEWER} cannot run on it. Run a Passport with migration {NEWER} or later"
+                "the database is at migration {NEWER}, applied by a newer Passport, and this Passport knows migrations up to {last}: releases older than migration {NEWER} cannot run on it: run a Passport with migration {NEWER} or later"
             )),
             "{args:?}: {err}"
         );

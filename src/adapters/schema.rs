@@ -64,10 +64,10 @@ pub(crate) fn plan(
             known: last_known,
         }),
         Some(from) => Err(refuse(format!(
-            "releases older than migration {from} cannot run on it. Run a Passport with migration {from} or later (the release that migrated it, or a newer one); to go back to this release, restore the database from before the upgrade"
+            "releases older than migration {from} cannot run on it: run a Passport with migration {from} or later (the release that migrated it, or a newer one), or, to go back to this release, restore the database from before the upgrade"
         ))),
         None => Err(refuse(
-            "it does not say which releases can run on it (passport_schema has no row). Run the Passport that migrated it".into(),
+            "it does not say which releases can run on it (passport_schema has no row): run the Passport that migrated it".into(),
         )),
     }
 }
@@ -344,7 +344,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("releases older than migration 5 cannot run on it. Run a Passport with migration 5 or later"),
+            e.contains("releases older than migration 5 cannot run on it: run a Passport with migration 5 or later"),
             "{e}"
         );
         let e = plan(&this, &[1, 2, 3, 4], None).unwrap_err().to_string();
