@@ -10,7 +10,7 @@ use crate::adapters::aws::wiring::AwsStartError;
 use crate::adapters::aws::{AwsSettings, DocumentsError};
 use crate::adapters::discord::api::DiscordApi;
 use crate::adapters::slack::api::SlackApi;
-use crate::app::ports::Verification;
+use crate::app::ports::{StoreError, Verification};
 use crate::config::{Settings, StoreLocation};
 use crate::domain::logbook::{ChainKeys, Keying};
 
@@ -212,6 +212,11 @@ async fn database(settings: &Settings) -> Vec<Finding> {
                 Err(e) => Finding::fail("logbook", format!("cannot be read: {e}")),
             });
             database.close().await;
+        }
+        // A newer release's schema is no connection problem: what to run
+        // instead is in the refusal.
+        Err(e @ StoreError::Schema(_)) => {
+            findings.push(Finding::fail("database", format!("{shown}: {e}")))
         }
         Err(e) => findings.push(Finding::fail(
             "database",

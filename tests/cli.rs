@@ -1490,6 +1490,18 @@ fn an_older_release_on_a_newer_database(
         );
         assert!(!err.contains("hunter2"), "{err}");
     }
+    let doctor = run(&["doctor"]);
+    assert_eq!(doctor.status.code(), Some(1), "{}", stdout(&doctor));
+    assert_stdout_has(
+        &doctor,
+        &format!("releases older than migration {NEWER} cannot run on it: run a Passport with migration {NEWER} or later"),
+    );
+    // Not taken for a connection problem.
+    assert!(
+        !stdout(&doctor).contains("cannot be opened"),
+        "{}",
+        stdout(&doctor)
+    );
 }
 
 #[test]
