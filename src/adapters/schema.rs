@@ -109,8 +109,10 @@ where
         |e: sqlx::migrate::MigrateError| StoreError::Other(format!("migrations failed: {e}"));
     conn.lock().await.map_err(failed)?;
     let ran = check_and_apply(conn, known).await;
-    conn.unlock().await.map_err(failed)?;
-    ran
+    // What went wrong first is what the caller hears.
+    let unlocked = conn.unlock().await;
+    ran?;
+    unlocked.map_err(failed)
 }
 
 async fn check_and_apply<C, DB>(conn: &mut C, known: Migrator) -> Result<(), StoreError>
