@@ -108,45 +108,35 @@ where
     let failed =
         |e: sqlx::migrate::MigrateError| StoreError::Other(format!("migrations failed: {e}"));
     conn.lock().await.map_err(failed)?;
-    let ran = check_and_apply(conn, known).await;
+    let ran = async {
+        conn.ensure_migrations_table().await.map_err(failed)?;
+        let applied: Vec<i64> = conn
+            .list_applied_migrations()
+            .await
+            .map_err(failed)?
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        // `passport_schema` is one of this Passport's migrations: it is there
+        // once all of them are, and only then does a newer database need it.
+        let compatible_from = if known.iter().all(|m| applied.contains(&m.version)) {
+            sqlx::query_scalar("SELECT compatible_from FROM passport_schema")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| StoreError::Other(format!("cannot read passport_schema: {e}")))?
+        } else {
+            None
+        };
+        let plan = plan(&known, &applied, compatible_from)?;
+        let mut migrator = migrator(known, &plan);
+        migrator.set_locking(false);
+        migrator.run_direct(&mut *conn).await.map_err(failed)
+    }
+    .await;
     // What went wrong first is what the caller hears.
     let unlocked = conn.unlock().await;
     ran?;
     unlocked.map_err(failed)
-}
-
-async fn check_and_apply<C, DB>(conn: &mut C, known: Migrator) -> Result<(), StoreError>
-where
-    C: Migrate + Send,
-    DB: sqlx::Database,
-    for<'c> &'c mut C: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
-{
-    let failed =
-        |e: sqlx::migrate::MigrateError| StoreError::Other(format!("migrations failed: {e}"));
-    conn.ensure_migrations_table().await.map_err(failed)?;
-    let applied: Vec<i64> = conn
-        .list_applied_migrations()
-        .await
-        .map_err(failed)?
-        .iter()
-        .map(|m| m.version)
-        .collect();
-    // `passport_schema` is one of this Passport's migrations: it is there
-    // once all of them are, and only then does a newer database need it.
-    let compatible_from = if known.iter().all(|m| applied.contains(&m.version)) {
-        sqlx::query_scalar("SELECT compatible_from FROM passport_schema")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| StoreError::Other(format!("cannot read passport_schema: {e}")))?
-    } else {
-        None
-    };
-    let plan = plan(&known, &applied, compatible_from)?;
-    let mut migrator = migrator(known, &plan);
-    migrator.set_locking(false);
-    migrator.run_direct(conn).await.map_err(failed)
 }
 
 /// How a migration says older releases fare on the schema it leaves.
