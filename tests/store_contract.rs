@@ -221,6 +221,85 @@ async fn pending_counts_hold_for_requesters_named_with_quotes(kind: Kind) {
     }
 }
 
+impl Subject {
+    /// Runs `sqlite` or `postgres`, as this database speaks, outside the store.
+    async fn execute(&self, sqlite: &str, postgres: &str) {
+        match &self.handle {
+            Handle::Sqlite(_) => rusqlite::Connection::open(self.path.as_ref().unwrap())
+                .unwrap()
+                .execute_batch(sqlite)
+                .unwrap(),
+            Handle::Pg(pg) => {
+                sqlx::raw_sql(postgres).execute(pg.pool()).await.unwrap();
+            }
+        }
+    }
+
+    /// Request `id`'s body as stored.
+    async fn stored_body(&self, id: RequestId) -> serde_json::Value {
+        let body: String = match &self.handle {
+            Handle::Sqlite(_) => rusqlite::Connection::open(self.path.as_ref().unwrap())
+                .unwrap()
+                .query_row(
+                    "SELECT body FROM requests WHERE id = ?1",
+                    [id.number() as i64],
+                    |r| r.get(0),
+                )
+                .unwrap(),
+            Handle::Pg(pg) => sqlx::query_scalar("SELECT body FROM requests WHERE id = $1")
+                .bind(id.number() as i64)
+                .fetch_one(pg.pool())
+                .await
+                .unwrap(),
+        };
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// Fields of a request's stored body that this release does not know (a
+/// newer release's, while both run on one database in a rolling upgrade)
+/// survive this release's changes to it, as they were; the fields it knows
+/// take the change.
+async fn fields_a_newer_release_stored_survive_a_change(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let alone = create(store, "dev1", at(0)).await;
+    let grouped = create(store, "dev2", at(0)).await;
+    let plain = create(store, "dev3", at(0)).await;
+    s.execute(
+        "UPDATE requests SET body = json_set(body, '$.from_a_newer_release', \
+         json('{\"n\":[7,\"x\\\"y\"]}')) WHERE id IN (1, 2)",
+        "UPDATE requests SET body = (body::jsonb || \
+         '{\"from_a_newer_release\":{\"n\":[7,\"x\\\"y\"]}}')::text WHERE id IN (1, 2)",
+    )
+    .await;
+    let kept = serde_json::json!({"n": [7, "x\"y"]});
+    assert_eq!(s.stored_body(alone).await["from_a_newer_release"], kept);
+
+    // One alone; two at once, so that they can share a group.
+    store
+        .update(alone, None, cancel("dev1", at(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    let (a, b) = tokio::join!(
+        store.update(grouped, None, cancel("dev2", at(2))),
+        store.update(plain, None, cancel("dev3", at(2))),
+    );
+    a.unwrap().unwrap();
+    b.unwrap().unwrap();
+    for id in [alone, grouped] {
+        let body = s.stored_body(id).await;
+        assert_eq!(body["from_a_newer_release"], kept, "{body}");
+        assert_eq!(body["state"], "cancelled", "{body}");
+        let read = store.get(id).await.unwrap().unwrap();
+        assert_eq!(read.state, RequestState::Cancelled);
+    }
+    let body = s.stored_body(plain).await;
+    assert!(body.get("from_a_newer_release").is_none(), "{body}");
+    assert_eq!(body["state"], "cancelled", "{body}");
+}
+
 /// Whatever text a change holds (quotes, backslashes, what reads as SQL,
 /// escapes, dollar quotes, other scripts, line breaks) is stored as given in
 /// every place it is written, and never reaches a statement as SQL.
@@ -1619,6 +1698,7 @@ contract!(
     creating_and_changing_a_request,
     pending_counts_hold_for_requesters_named_with_quotes,
     text_of_any_kind_is_stored_as_given,
+    fields_a_newer_release_stored_survive_a_change,
     a_refused_change_writes_nothing,
     a_change_that_fails_part_way_writes_nothing,
     changes_arriving_together_commit_or_fail_each_alone,

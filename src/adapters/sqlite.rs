@@ -37,8 +37,9 @@ use sqlx::{ConnectOptions, Connection as _};
 use tokio::sync::Semaphore;
 
 use crate::adapters::store_rows::{
-    adoption, corrupt, decode_request, id_of, key_switch, log_event, next_linking,
-    refuse_key_switches, to_id, Adoption, Columns, LastSwitch, LOG_EVENT_COLUMNS,
+    adoption, corrupt, decode_for_change, decode_request, encode_request, id_of, key_switch,
+    log_event, next_linking, refuse_key_switches, to_id, Adoption, Columns, LastSwitch, Unknown,
+    LOG_EVENT_COLUMNS,
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
@@ -477,7 +478,7 @@ fn create(
         at.as_millis(),
         req.expires_at.map(Timestamp::as_millis),
         req.open_grants() as i64,
-        serde_json::to_string(&req).map_err(corrupt)?,
+        encode_request(&req, &Unknown::default())?,
     ])?;
     write_effects(conn, id, &fx, at, linking)?;
     Ok(Ok((req, fx)))
@@ -537,7 +538,7 @@ fn update(
         consume(conn)?;
         return Ok(Updated::Missing);
     };
-    let mut req = decode_request(&body)?;
+    let (mut req, unknown) = decode_for_change(&body)?;
     let fx = match change(&mut req) {
         Ok(fx) => fx,
         Err(refusal) => {
@@ -545,7 +546,7 @@ fn update(
             return Ok(Updated::Refused(refusal));
         }
     };
-    let body = serde_json::to_string(&req).map_err(corrupt)?;
+    let body = encode_request(&req, &unknown)?;
     let linking = begin_writing(conn, &fx)?;
     consume(conn)?;
     let at = change_time(&fx, Timestamp::from_millis(updated_at));

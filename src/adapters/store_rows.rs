@@ -37,6 +37,108 @@ pub(crate) fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
     serde_json::from_str(body).map_err(corrupt)
 }
 
+/// The top-level fields of a stored request body that this release does not
+/// know, as they are stored: a newer release's, written while both run on one
+/// database (a rolling upgrade). A change carries them over unchanged
+/// ([`encode_request`]), so that an older replica's change does not erase
+/// what the newer one keeps there.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Unknown(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+/// A request to change, from its stored body, with the fields this release
+/// does not know.
+pub(crate) fn decode_for_change(body: &str) -> Result<(AccessRequest, Unknown), StoreError> {
+    Ok((decode_request(body)?, unknown_fields(body)?))
+}
+
+/// How a request is stored: its fields, then `unknown` as they were read.
+pub(crate) fn encode_request(req: &AccessRequest, unknown: &Unknown) -> Result<String, StoreError> {
+    let mut body = serde_json::to_string(req).map_err(corrupt)?;
+    if unknown.0.is_empty() || !body.ends_with('}') {
+        return Ok(body);
+    }
+    body.pop();
+    for (name, value) in &unknown.0 {
+        body.push(',');
+        body.push_str(&serde_json::to_string(name).map_err(corrupt)?);
+        body.push(':');
+        body.push_str(value.get());
+    }
+    body.push('}');
+    Ok(body)
+}
+
+/// The fields of `body`'s top level that [`AccessRequest`] does not have.
+fn unknown_fields(body: &str) -> Result<Unknown, StoreError> {
+    struct Collect;
+    impl<'de> serde::de::Visitor<'de> for Collect {
+        type Value = Unknown;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a request as a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Unknown, A::Error> {
+            let known = request_fields();
+            let mut unknown = Vec::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let value: Box<serde_json::value::RawValue> = map.next_value()?;
+                if !known.contains(&name.as_str()) {
+                    unknown.push((name, value));
+                }
+            }
+            Ok(Unknown(unknown))
+        }
+    }
+    use serde::Deserializer as _;
+    serde_json::Deserializer::from_str(body)
+        .deserialize_map(Collect)
+        .map_err(corrupt)
+}
+
+/// The names of [`AccessRequest`]'s fields, as its derived `Deserialize`
+/// reads them.
+fn request_fields() -> &'static [&'static str] {
+    static FIELDS: std::sync::LazyLock<&'static [&'static str]> =
+        std::sync::LazyLock::new(field_names::<AccessRequest>);
+    &FIELDS
+}
+
+/// The field names a derived `Deserialize` of a struct asks for: a
+/// deserializer that reads nothing but the names it is handed.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    struct Names<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Names<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("only the names are read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut names: &'static [&'static str] = &[];
+    let _ = T::deserialize(Names(&mut names));
+    names
+}
+
 /// What to do about a keyed Logbook whose key this process does not hold.
 pub(crate) const KEY_HELP: &str = "set [audit] key (or PASSPORT_AUDIT__KEY) to the key the Logbook was keyed with; to rotate to a new key, set the new one as key and keep the old one in [audit] previous_keys";
 
@@ -245,4 +347,46 @@ pub(crate) fn token_of(row: &impl Columns) -> Result<TokenRecord, StoreError> {
         revoked_at: row.maybe_int(6)?.map(Timestamp::from_millis),
         refusal_recorded: row.flag(7)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_fields_are_read_from_its_derived_deserialize() {
+        let fields = request_fields();
+        for name in [
+            "id",
+            "state",
+            "grants",
+            "pending_extension",
+            "extensions_asked",
+        ] {
+            assert!(fields.contains(&name), "{name} in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn fields_a_request_does_not_have_are_kept_as_stored() {
+        let body =
+            r#"{"id":1,"from_a_newer_release":{"n":[1, 2]},"state":"pending","also":"t\"x"}"#;
+        let Unknown(unknown) = unknown_fields(body).unwrap();
+        let unknown: Vec<(&str, &str)> = unknown
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.get()))
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                ("from_a_newer_release", r#"{"n":[1, 2]}"#),
+                ("also", r#""t\"x""#)
+            ]
+        );
+        assert!(unknown_fields(r#"{"id":1,"state":"pending"}"#)
+            .unwrap()
+            .0
+            .is_empty());
+        assert!(unknown_fields("[1]").is_err());
+    }
 }

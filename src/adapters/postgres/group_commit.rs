@@ -53,7 +53,7 @@ use super::logbook::{creation_and_logbook_locks, Appender, HEAD_COLUMNS, HEAD_FR
 use super::statement::Writes;
 use super::{bump, change_time, no_timers, OutboxRows, Updated};
 use crate::adapters::store_metrics::{record_group_phase, record_group_size, StoreKind};
-use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id};
+use crate::adapters::store_rows::{decode_for_change, encode_request, id_of, to_id, Unknown};
 use crate::app::effects::{Effects, TimerId};
 use crate::app::ports::{Creation, Mutation, Slot, StoreError};
 use crate::domain::logbook::ChainKeys;
@@ -314,6 +314,8 @@ struct Loaded {
     updated_at: Timestamp,
     /// The time of the last change run on it in this group, if any.
     changed_at: Option<Timestamp>,
+    /// Its stored fields this release does not know, written back as read.
+    unknown: Unknown,
 }
 
 /// A change that will be written, unless its signed request turns out to be
@@ -474,13 +476,18 @@ impl Group {
                 Some(Read::Pending) => counts.push(row.try_get::<i64, _>(0)?),
                 Some(Read::Requests) => {
                     let id = to_id(row.try_get(0)?)?;
+                    let (req, unknown) = match decode_for_change(row.try_get(1)?) {
+                        Ok((req, unknown)) => (Ok(req), unknown),
+                        Err(e) => (Err(e), Unknown::default()),
+                    };
                     loaded.insert(
                         id,
                         Loaded {
-                            req: decode_request(row.try_get(1)?),
+                            req,
                             updated_at: Timestamp::from_millis(row.try_get(2)?),
                             version: row.try_get(3)?,
                             changed_at: None,
+                            unknown,
                         },
                     );
                 }
@@ -954,8 +961,10 @@ struct RequestRows {
 }
 
 impl RequestRows {
+    /// The rows of `reqs`, each written with the stored fields this release
+    /// does not know that were read with it.
     fn of<'r>(
-        reqs: impl Iterator<Item = (&'r AccessRequest, Timestamp)>,
+        reqs: impl Iterator<Item = (&'r AccessRequest, Timestamp, &'r Unknown)>,
     ) -> Result<Self, StoreError> {
         let mut rows = RequestRows {
             ids: Vec::new(),
@@ -967,7 +976,7 @@ impl RequestRows {
             grants: Vec::new(),
             bodies: Vec::new(),
         };
-        for (req, at) in reqs {
+        for (req, at, unknown) in reqs {
             rows.ids.push(id_of(req.id));
             rows.states.push(req.state.as_str());
             rows.requesters.push(req.requester.id.as_str().to_owned());
@@ -975,8 +984,7 @@ impl RequestRows {
             rows.updated.push(at.as_millis());
             rows.expires.push(req.expires_at.map(Timestamp::as_millis));
             rows.grants.push(req.open_grants() as i64);
-            rows.bodies
-                .push(serde_json::to_string(req).map_err(corrupt)?);
+            rows.bodies.push(encode_request(req, unknown)?);
         }
         Ok(rows)
     }
@@ -987,7 +995,13 @@ fn insert_requests(
     created: &[&AccessRequest],
     at: &[Timestamp],
 ) -> Result<(), StoreError> {
-    let rows = RequestRows::of(created.iter().copied().zip(at.iter().copied()))?;
+    let none = Unknown::default();
+    let rows = RequestRows::of(
+        created
+            .iter()
+            .zip(at.iter())
+            .map(|(req, at)| (*req, *at, &none)),
+    )?;
     let from = [
         writes.bind(rows.ids, "bigint[]")?,
         writes.bind(rows.states, "text[]")?,
@@ -1014,18 +1028,22 @@ fn update_requests(
     group: &Group,
     updated: &HashMap<RequestId, (&AccessRequest, Timestamp, i64)>,
 ) -> Result<u64, StoreError> {
-    let changed: Vec<(&AccessRequest, Timestamp, i64, i64)> = updated
+    let changed: Vec<(&AccessRequest, Timestamp, &Loaded, i64)> = updated
         .iter()
         .filter_map(|(id, (req, at, changes))| {
             let read = group.loaded.get(id)?;
-            Some((*req, *at, read.version, *changes))
+            Some((*req, *at, read, *changes))
         })
         .collect();
     if changed.is_empty() {
         return Ok(0);
     }
-    let rows = RequestRows::of(changed.iter().map(|(req, at, _, _)| (*req, *at)))?;
-    let versions: Vec<i64> = changed.iter().map(|c| c.2).collect();
+    let rows = RequestRows::of(
+        changed
+            .iter()
+            .map(|(req, at, read, _)| (*req, *at, &read.unknown)),
+    )?;
+    let versions: Vec<i64> = changed.iter().map(|c| c.2.version).collect();
     let changes: Vec<i64> = changed.iter().map(|c| c.3).collect();
     let from = [
         writes.bind(rows.ids, "bigint[]")?,
