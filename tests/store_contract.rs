@@ -1035,6 +1035,56 @@ async fn a_lane_reads_its_own_next_notices(kind: Kind) {
         .is_empty());
 }
 
+/// A notice this release cannot read (a newer release's kind, or a damaged
+/// row) holds up its own lane, in order, and no other: the other lanes are
+/// read as before, and once it is gone its lane goes on.
+async fn an_unreadable_notice_holds_up_its_lane_only(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let notices = vec![audit("a1"), audit("a2"), direct("dev1", "d1"), audit("a3")];
+    store
+        .record(housekeeping(at(0), 0, notices), at(0))
+        .await
+        .unwrap();
+    s.execute(
+        "UPDATE outbox SET notice = '{\"from_a_newer_release\":{}}' \
+         WHERE id = (SELECT MIN(id) FROM outbox)",
+        "UPDATE outbox SET notice = '{\"from_a_newer_release\":{}}' \
+         WHERE id = (SELECT MIN(id) FROM outbox)",
+    )
+    .await;
+    let texts = |read: &[passport::app::ports::Pending]| -> Vec<String> {
+        read.iter()
+            .map(|p| match &p.notice {
+                Notice::Audit { text } => text.clone(),
+                Notice::Direct { text, .. } => text.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let read = store.pending_notices(10, 10).await.unwrap();
+    assert_eq!(texts(&read), ["d1"]);
+    let again = store.pending_notices(10, 10).await.unwrap();
+    assert_eq!(texts(&again), ["d1"], "read again, the same");
+    let audit_lane = audit("a1").lane();
+    assert!(store
+        .lane_notices("console", &audit_lane, 5)
+        .await
+        .unwrap()
+        .is_empty());
+    // Delivered by a release that reads it: the lane goes on, in order.
+    s.execute(
+        "UPDATE outbox SET delivered_at = 1 WHERE id = (SELECT MIN(id) FROM outbox)",
+        "UPDATE outbox SET delivered_at = 1 WHERE id = (SELECT MIN(id) FROM outbox)",
+    )
+    .await;
+    let read = store.pending_notices(10, 10).await.unwrap();
+    assert_eq!(texts(&read), ["a2", "d1", "a3"]);
+    assert_eq!(read[0].lane, audit_lane);
+    let next = store.lane_notices("console", &audit_lane, 5).await.unwrap();
+    assert_eq!(texts(&next), ["a2", "a3"]);
+}
+
 async fn leases_are_taken_renewed_refused_and_taken_over(kind: Kind) {
     let s = Subject::new(kind).await;
     let store = s.store.as_ref();
@@ -1706,6 +1756,7 @@ contract!(
     timers_come_due_move_and_act_once,
     the_outbox_delivers_retries_sets_aside_and_prunes,
     a_lane_reads_its_own_next_notices,
+    an_unreadable_notice_holds_up_its_lane_only,
     a_long_lane_neither_hides_nor_crowds_out_the_others,
     leases_are_taken_renewed_refused_and_taken_over,
     a_delivery_key_is_refused_for_a_day_then_forgotten_by_pruning,

@@ -38,8 +38,8 @@ use tokio::sync::Semaphore;
 
 use crate::adapters::store_rows::{
     adoption, corrupt, decode_for_change, decode_request, encode_request, id_of, key_switch,
-    log_event, next_linking, refuse_key_switches, to_id, Adoption, Columns, LastSwitch, Unknown,
-    LOG_EVENT_COLUMNS,
+    log_event, next_linking, pending_notice, readable, refuse_key_switches, to_id, Adoption,
+    Columns, LastSwitch, Unknown, Unreadable, LOG_EVENT_COLUMNS,
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
@@ -51,7 +51,6 @@ use crate::domain::command::ListFilter;
 use crate::domain::logbook::{
     chain_link, ChainKeys, Hash, Linking, LogEvent, NewEvent, GENESIS, KEY_SWITCH,
 };
-use crate::domain::notice::Notice;
 use crate::domain::request::{AccessRequest, Refusal, RefusalKind, RequestState};
 use crate::domain::signin::{
     LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
@@ -793,17 +792,14 @@ fn pending_at(
     row: &rusqlite::Row<'_>,
     surface: String,
     lane: String,
-) -> Result<Pending, StoreError> {
+) -> Result<Result<Pending, Unreadable>, StoreError> {
     let notice = row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;
-    Ok(Pending {
-        id: row.get(0)?,
-        surface,
-        lane,
-        notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
-        attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
-        refusals: u32::try_from(row.get::<_, i64>(6)?).unwrap_or(u32::MAX),
-        next_attempt_at: Timestamp::from_millis(row.get(5)?),
-    })
+    let counts = (
+        u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
+        u32::try_from(row.get::<_, i64>(6)?).unwrap_or(u32::MAX),
+        Timestamp::from_millis(row.get(5)?),
+    );
+    Ok(pending_notice(row.get(0)?, surface, lane, notice, counts))
 }
 
 #[async_trait]
@@ -969,7 +965,7 @@ impl Store for SqliteStore {
                 *n += 1;
                 out.push(pending_at(row, surface, lane)?);
             }
-            Ok(out)
+            Ok(readable(out))
         })
         .await
     }
@@ -994,7 +990,7 @@ impl Store for SqliteStore {
             while let Some(row) = rows.next()? {
                 out.push(pending_at(row, row.get(1)?, row.get(2)?)?);
             }
-            Ok(out)
+            Ok(readable(out))
         })
         .await
     }

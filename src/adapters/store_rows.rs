@@ -3,11 +3,12 @@
 //! (how the next event is linked, and when a configured key is adopted).
 //! Each store keeps only its SQL.
 
-use crate::app::ports::StoreError;
+use crate::app::ports::{Pending, StoreError};
 use crate::domain::logbook::{
     key_switch_details, switched_key, ChainKeys, KeyAdoption, KeyId, Linking, LogEvent, NewEvent,
     KEY_SWITCH,
 };
+use crate::domain::notice::Notice;
 use crate::domain::request::AccessRequest;
 use crate::domain::signin::{
     ChatIdentity, LoginAttempt, LoginId, LoginState, SecretHash, TokenRecord,
@@ -137,6 +138,79 @@ fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     let mut names: &'static [&'static str] = &[];
     let _ = T::deserialize(Names(&mut names));
     names
+}
+
+/// A stored notice this release cannot read (a newer release's kind during
+/// a rolling upgrade, or a damaged row): it stays in the outbox, and so do
+/// the notices after it in its lane, until a release that reads it delivers
+/// them in order ([`readable`]).
+pub(crate) struct Unreadable {
+    pub id: i64,
+    pub surface: String,
+    pub lane: String,
+    pub error: String,
+}
+
+/// A notice row: the notice decoded from `text`, or why it cannot be.
+pub(crate) fn pending_notice(
+    id: i64,
+    surface: String,
+    lane: String,
+    text: &str,
+    counts: (u32, u32, Timestamp),
+) -> Result<Pending, Unreadable> {
+    let (attempts, refusals, next_attempt_at) = counts;
+    match serde_json::from_str::<Notice>(text) {
+        Ok(notice) => Ok(Pending {
+            id,
+            surface,
+            lane,
+            notice,
+            attempts,
+            refusals,
+            next_attempt_at,
+        }),
+        Err(e) => Err(Unreadable {
+            id,
+            surface,
+            lane,
+            error: e.to_string(),
+        }),
+    }
+}
+
+/// The notices read, in the order read (ids ascending), without those this
+/// release cannot read and every later one of their lanes, which wait so
+/// that a lane is never delivered out of order. One unreadable notice holds
+/// up its lane only, never the whole outbox. Each is logged once a process.
+pub(crate) fn readable(read: Vec<Result<Pending, Unreadable>>) -> Vec<Pending> {
+    static WARNED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+    let mut held: Vec<(String, String)> = Vec::new();
+    let mut out = Vec::with_capacity(read.len());
+    for notice in read {
+        match notice {
+            Ok(p) => {
+                if !held.iter().any(|(s, l)| *s == p.surface && *l == p.lane) {
+                    out.push(p);
+                }
+            }
+            Err(u) => {
+                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+                if !warned.contains(&u.id) {
+                    warned.push(u.id);
+                    tracing::warn!(
+                        notice = u.id,
+                        surface = %u.surface,
+                        lane = %u.lane,
+                        error = %u.error,
+                        "a notice in the outbox cannot be read by this Passport, so it and the notices after it in its lane wait: a newer Passport on this database delivers them; if none runs here, the row (this id) is damaged"
+                    );
+                }
+                held.push((u.surface, u.lane));
+            }
+        }
+    }
+    out
 }
 
 /// What to do about a keyed Logbook whose key this process does not hold.

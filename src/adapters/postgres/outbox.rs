@@ -21,10 +21,9 @@ use std::sync::Mutex;
 use sqlx::{PgConnection, Row};
 
 use crate::app::ports::{Pending, StoreError};
-use crate::domain::notice::Notice;
 use crate::domain::time::{Span, Timestamp};
 
-use super::corrupt;
+use crate::adapters::store_rows::{pending_notice, readable, Unreadable};
 
 /// The advisory lock held while claiming lanes ("passport" + 2).
 pub(super) const CLAIM_LOCK: i64 = super::logbook::LOGBOOK_LOCK + 2;
@@ -201,23 +200,28 @@ async fn claimed(
         .map(pending_at)
         .collect::<Result<Vec<_>, StoreError>>()?;
     // RETURNING keeps no order.
-    out.sort_by_key(|p| p.id);
-    Ok((out, took))
+    out.sort_by_key(|p| match p {
+        Ok(p) => p.id,
+        Err(u) => u.id,
+    });
+    Ok((readable(out), took))
 }
 
 /// A row returned as `id, surface, lane, notice, attempts, next_attempt_at,
 /// refusals`.
-fn pending_at(row: &sqlx::postgres::PgRow) -> Result<Pending, StoreError> {
-    let notice: &str = row.try_get(3)?;
-    Ok(Pending {
-        id: row.try_get(0)?,
-        surface: row.try_get(1)?,
-        lane: row.try_get(2)?,
-        notice: serde_json::from_str::<Notice>(notice).map_err(corrupt)?,
-        attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
-        refusals: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
-        next_attempt_at: Timestamp::from_millis(row.try_get(5)?),
-    })
+fn pending_at(row: &sqlx::postgres::PgRow) -> Result<Result<Pending, Unreadable>, StoreError> {
+    let counts = (
+        u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
+        u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
+        Timestamp::from_millis(row.try_get(5)?),
+    );
+    Ok(pending_notice(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        counts,
+    ))
 }
 
 /// Until when this process's claim on each notice it holds lasts, as it
