@@ -235,6 +235,20 @@ impl Subject {
         }
     }
 
+    /// A number `query` answers.
+    async fn number(&self, query: &str) -> i64 {
+        match &self.handle {
+            Handle::Sqlite(_) => rusqlite::Connection::open(self.path.as_ref().unwrap())
+                .unwrap()
+                .query_row(query, [], |r| r.get(0))
+                .unwrap(),
+            Handle::Pg(pg) => sqlx::query_scalar(query)
+                .fetch_one(pg.pool())
+                .await
+                .unwrap(),
+        }
+    }
+
     /// Request `id`'s body as stored.
     async fn stored_body(&self, id: RequestId) -> serde_json::Value {
         let body: String = match &self.handle {
@@ -810,6 +824,32 @@ async fn changes_arriving_together_commit_or_fail_each_alone(kind: Kind) {
         store.outbox_counts().await.unwrap().pending,
         20 + 20 + 10 + 1
     );
+}
+
+/// Timers of a kind this release does not know (a newer release's, during a
+/// rolling upgrade) wait for it, and a damaged one is passed over: neither
+/// fails the read nor takes the place of a timer due after it, so expiries
+/// and removals go on.
+async fn timers_this_release_cannot_act_on_do_not_hold_up_the_others(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let id = create(store, "dev1", at(0)).await;
+    let early = T0.as_millis();
+    let unknown = format!(
+        "INSERT INTO timers (request, kind, due_at) VALUES \
+         ({n}, 'from_a_newer_release', {early}), ({n}, 'from_a_newer_release', {early}), \
+         ({n}, 'warning:damaged', {early})",
+        n = id.number()
+    );
+    s.execute(&unknown, &unknown).await;
+    let due = store.due_timers(at(60), 2).await.unwrap();
+    let kinds: Vec<TimerKind> = due.iter().map(|t| t.kind).collect();
+    assert_eq!(kinds, [TimerKind::ApprovalTimeout]);
+    assert_eq!(due[0].request, id);
+    // They stay where they are.
+    let left =
+        "SELECT COUNT(*) FROM timers WHERE kind IN ('from_a_newer_release', 'warning:damaged')";
+    assert_eq!(s.number(left).await, 3);
 }
 
 async fn timers_come_due_move_and_act_once(kind: Kind) {
@@ -1754,6 +1794,7 @@ contract!(
     changes_arriving_together_commit_or_fail_each_alone,
     creations_failing_among_others_write_nothing,
     timers_come_due_move_and_act_once,
+    timers_this_release_cannot_act_on_do_not_hold_up_the_others,
     the_outbox_delivers_retries_sets_aside_and_prunes,
     a_lane_reads_its_own_next_notices,
     an_unreadable_notice_holds_up_its_lane_only,

@@ -38,8 +38,8 @@ use tokio::sync::Semaphore;
 
 use crate::adapters::store_rows::{
     adoption, corrupt, decode_for_change, decode_request, encode_request, id_of, key_switch,
-    log_event, next_linking, pending_notice, readable, refuse_key_switches, to_id, Adoption,
-    Columns, LastSwitch, Unknown, Unreadable, LOG_EVENT_COLUMNS,
+    known_timer_kinds, log_event, next_linking, pending_notice, readable, refuse_key_switches,
+    timer_kind, to_id, Adoption, Columns, LastSwitch, Unknown, Unreadable, LOG_EVENT_COLUMNS,
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
@@ -896,15 +896,17 @@ impl Store for SqliteStore {
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<Timer>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, request, kind, due_at, attempts FROM timers WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2",
-            )?;
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT id, request, kind, due_at, attempts FROM timers WHERE due_at <= ?1 AND ",
+                known_timer_kinds!(),
+                " ORDER BY due_at, id LIMIT ?2"
+            ))?;
             let mut rows = stmt.query(params![now.as_millis(), i64::from(limit)])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 let kind = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
-                let Some(kind) = TimerKind::decode(kind) else {
-                    return Err(StoreError::Corrupt(format!("unknown timer kind {kind:?}")));
+                let Some(kind) = timer_kind(row.get(0)?, kind) else {
+                    continue;
                 };
                 out.push(Timer {
                     id: row.get(0)?,

@@ -3,6 +3,7 @@
 //! (how the next event is linked, and when a configured key is adopted).
 //! Each store keeps only its SQL.
 
+use crate::app::effects::TimerKind;
 use crate::app::ports::{Pending, StoreError};
 use crate::domain::logbook::{
     key_switch_details, switched_key, ChainKeys, KeyAdoption, KeyId, Linking, LogEvent, NewEvent,
@@ -138,6 +139,39 @@ fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     let mut names: &'static [&'static str] = &[];
     let _ = T::deserialize(Names(&mut names));
     names
+}
+
+/// The SQL condition, the same on both stores, that holds for the stored
+/// timer kinds this release acts on ([`TimerKind::encode`]). A kind a newer
+/// release added waits for it, during a rolling upgrade, rather than fail
+/// the read of every due timer or fill its limit.
+macro_rules! known_timer_kinds {
+    () => {
+        "(kind IN ('approval_timeout', 'expiry', 'provision', 'refresh', 'remove', 'end_sessions') \
+         OR kind LIKE 'warning:%')"
+    };
+}
+pub(crate) use known_timer_kinds;
+
+/// A due timer's kind, or None (logged once a process) for one this release
+/// cannot act on: a damaged row, since [`known_timer_kinds`] leaves out the
+/// kinds it does not know. Timers of other kinds still run, the same
+/// request's too: holding its expiry back could keep access open.
+pub(crate) fn timer_kind(id: i64, kind: &str) -> Option<TimerKind> {
+    static WARNED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+    let decoded = TimerKind::decode(kind);
+    if decoded.is_none() {
+        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        if !warned.contains(&id) {
+            warned.push(id);
+            tracing::warn!(
+                timer = id,
+                kind,
+                "a due timer's kind cannot be read, so it is left where it is; the other timers run"
+            );
+        }
+    }
+    decoded
 }
 
 /// A stored notice this release cannot read (a newer release's kind during
@@ -426,6 +460,53 @@ pub(crate) fn token_of(row: &impl Columns) -> Result<TokenRecord, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::time::Span;
+
+    /// Every kind this release writes is one [`known_timer_kinds`] reads.
+    #[test]
+    fn the_known_timer_kinds_are_every_kind_this_release_writes() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE timers (kind TEXT)")
+            .unwrap();
+        let kinds = [
+            TimerKind::ApprovalTimeout,
+            TimerKind::Warning(Span::from_minutes(15)),
+            TimerKind::Expiry,
+            TimerKind::Provision,
+            TimerKind::Refresh,
+            TimerKind::Remove,
+            TimerKind::EndSessions,
+        ];
+        for kind in kinds {
+            // A new variant fails to compile here until it is listed above.
+            match kind {
+                TimerKind::ApprovalTimeout
+                | TimerKind::Warning(_)
+                | TimerKind::Expiry
+                | TimerKind::Provision
+                | TimerKind::Refresh
+                | TimerKind::Remove
+                | TimerKind::EndSessions => {}
+            }
+            conn.execute("INSERT INTO timers (kind) VALUES (?1)", [kind.encode()])
+                .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO timers (kind) VALUES ('from_a_newer_release')",
+            [],
+        )
+        .unwrap();
+        let read: i64 = conn
+            .query_row(
+                concat!("SELECT COUNT(*) FROM timers WHERE ", known_timer_kinds!()),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(read, kinds.len() as i64);
+        assert_eq!(timer_kind(1, "expiry"), Some(TimerKind::Expiry));
+        assert_eq!(timer_kind(2, "warning:x"), None);
+    }
 
     #[test]
     fn the_request_fields_are_read_from_its_derived_deserialize() {

@@ -39,7 +39,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
-use crate::adapters::store_rows::{corrupt, decode_request, id_of, to_id, Columns};
+use crate::adapters::store_rows::{
+    corrupt, decode_request, id_of, known_timer_kinds, timer_kind, to_id, Columns,
+};
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
     Clock, Creation, Gauges, IssuedToken, MessageRef, Miss, Mutation, OutboxCounts,
@@ -663,29 +665,29 @@ impl Store for PgStore {
     }
 
     async fn due_timers(&self, now: Timestamp, limit: u32) -> Result<Vec<Timer>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, request, kind, due_at, attempts FROM timers WHERE due_at <= $1 \
-             ORDER BY due_at, id LIMIT $2",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT id, request, kind, due_at, attempts FROM timers WHERE due_at <= $1 AND ",
+            known_timer_kinds!(),
+            " ORDER BY due_at, id LIMIT $2"
+        ))
         .bind(now.as_millis())
         .bind(i64::from(limit))
         .fetch_all(&self.shared.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let kind: &str = row.try_get(2)?;
-                let Some(kind) = TimerKind::decode(kind) else {
-                    return Err(StoreError::Corrupt(format!("unknown timer kind {kind:?}")));
-                };
-                Ok(Timer {
-                    id: row.try_get(0)?,
-                    request: to_id(row.try_get(1)?)?,
-                    kind,
-                    due: Timestamp::from_millis(row.try_get(3)?),
-                    attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
-                })
-            })
-            .collect()
+        let mut timers = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(kind) = timer_kind(row.try_get(0)?, row.try_get(2)?) else {
+                continue;
+            };
+            timers.push(Timer {
+                id: row.try_get(0)?,
+                request: to_id(row.try_get(1)?)?,
+                kind,
+                due: Timestamp::from_millis(row.try_get(3)?),
+                attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(timers)
     }
 
     async fn reschedule_timer(&self, id: TimerId, due: Timestamp) -> Result<(), StoreError> {
