@@ -314,6 +314,42 @@ async fn fields_a_newer_release_stored_survive_a_change(kind: Kind) {
     assert_eq!(body["state"], "cancelled", "{body}");
 }
 
+/// A request whose body this release cannot read (a newer release's value,
+/// or a damaged row) is left out of reads of many requests, which go on with
+/// the others; a change to it fails, naming what is wrong.
+async fn a_request_that_cannot_be_read_is_left_out_of_lists(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let unreadable = create(store, "dev1", at(0)).await;
+    let readable = create(store, "dev1", at(1)).await;
+    let newer = format!(
+        "UPDATE requests SET body = replace(body, '\"state\":\"pending\"', \
+         '\"state\":\"from_a_newer_release\"') WHERE id = {}",
+        unreadable.number()
+    );
+    s.execute(&newer, &newer).await;
+    let ids = |read: Vec<AccessRequest>| read.iter().map(|r| r.id).collect::<Vec<_>>();
+    let mine = store
+        .list(ListFilter::Mine, &uid("dev1"), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(mine), [readable]);
+    let filter = RequestFilter {
+        changed_since: None,
+        holding_users: false,
+    };
+    let pending = store
+        .requests_in(&[RequestState::Pending], filter, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(pending), [readable]);
+    let change = store.update(unreadable, None, cancel("dev1", at(2))).await;
+    assert!(
+        matches!(change, Err(StoreError::Corrupt(ref e)) if e.contains("from_a_newer_release")),
+        "{change:?}"
+    );
+}
+
 /// Whatever text a change holds (quotes, backslashes, what reads as SQL,
 /// escapes, dollar quotes, other scripts, line breaks) is stored as given in
 /// every place it is written, and never reaches a statement as SQL.
@@ -1789,6 +1825,7 @@ contract!(
     pending_counts_hold_for_requesters_named_with_quotes,
     text_of_any_kind_is_stored_as_given,
     fields_a_newer_release_stored_survive_a_change,
+    a_request_that_cannot_be_read_is_left_out_of_lists,
     a_refused_change_writes_nothing,
     a_change_that_fails_part_way_writes_nothing,
     changes_arriving_together_commit_or_fail_each_alone,

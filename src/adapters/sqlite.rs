@@ -38,8 +38,9 @@ use tokio::sync::Semaphore;
 
 use crate::adapters::store_rows::{
     adoption, corrupt, decode_for_change, decode_request, encode_request, id_of, key_switch,
-    known_timer_kinds, log_event, next_linking, pending_notice, readable, refuse_key_switches,
-    timer_kind, to_id, Adoption, Columns, LastSwitch, Unknown, Unreadable, LOG_EVENT_COLUMNS,
+    known_timer_kinds, listed_request, log_event, next_linking, pending_notice, readable,
+    refuse_key_switches, timer_kind, to_id, Adoption, Columns, LastSwitch, Unknown, Unreadable,
+    LOG_EVENT_COLUMNS,
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
@@ -779,9 +780,9 @@ fn requests(
     let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(decode_request(
+        out.extend(listed_request(
             row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?,
-        )?);
+        ));
     }
     Ok(out)
 }

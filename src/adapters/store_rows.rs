@@ -39,6 +39,36 @@ pub(crate) fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
     serde_json::from_str(body).map_err(corrupt)
 }
 
+/// A request among many read, or None when this release cannot read its
+/// body (a newer release's value during a rolling upgrade, or a damaged row):
+/// logged once a process for each such request, and left out, so that one
+/// such request fails neither a person's list nor reconciliation of all
+/// the others. A change to it still fails, saying why.
+pub(crate) fn listed_request(body: &str) -> Option<AccessRequest> {
+    static WARNED: std::sync::Mutex<Vec<Option<u64>>> = std::sync::Mutex::new(Vec::new());
+    let error = match decode_request(body) {
+        Ok(req) => return Some(req),
+        Err(e) => e,
+    };
+    #[derive(serde::Deserialize)]
+    struct Numbered {
+        id: Option<u64>,
+    }
+    let id = serde_json::from_str::<Numbered>(body)
+        .ok()
+        .and_then(|n| n.id);
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&id) {
+        warned.push(id);
+        tracing::warn!(
+            request = id,
+            error = %error,
+            "a stored request cannot be read by this Passport, so reads of many requests leave it out: a newer Passport on this database reads it; if none runs here, the row is damaged"
+        );
+    }
+    None
+}
+
 /// The top-level fields of a stored request body that this release does not
 /// know, as they are stored: a newer release's, written while both run on one
 /// database (a rolling upgrade). A change carries them over unchanged
@@ -506,6 +536,12 @@ mod tests {
         assert_eq!(read, kinds.len() as i64);
         assert_eq!(timer_kind(1, "expiry"), Some(TimerKind::Expiry));
         assert_eq!(timer_kind(2, "warning:x"), None);
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_read_is_left_out_of_lists() {
+        assert!(listed_request(r#"{"id":7,"state":"from_a_newer_release"}"#).is_none());
+        assert!(listed_request("not json").is_none());
     }
 
     #[test]

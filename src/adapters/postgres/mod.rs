@@ -40,7 +40,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::adapters::store_rows::{
-    corrupt, decode_request, id_of, known_timer_kinds, timer_kind, to_id, Columns,
+    corrupt, decode_request, id_of, known_timer_kinds, listed_request, timer_kind, to_id, Columns,
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
@@ -348,9 +348,11 @@ impl PgStore {
         ) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<AccessRequest>, StoreError> {
         let rows = bind(sqlx::query(sql)).fetch_all(&self.shared.pool).await?;
-        rows.iter()
-            .map(|row| decode_request(row.try_get::<&str, _>(0)?))
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.extend(listed_request(row.try_get::<&str, _>(0)?));
+        }
+        Ok(out)
     }
 
     /// How the end of `ids`, notices of one lane that goes on, moves the
