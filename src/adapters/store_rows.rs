@@ -39,6 +39,17 @@ pub(crate) fn decode_request(body: &str) -> Result<AccessRequest, StoreError> {
     serde_json::from_str(body).map_err(corrupt)
 }
 
+/// Whether `key` is new to `seen`, which then holds it: what this module
+/// logs once a process (the rows it cannot read, a few at most).
+fn first_time<T: PartialEq>(seen: &std::sync::Mutex<Vec<T>>, key: T) -> bool {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(&key) {
+        return false;
+    }
+    seen.push(key);
+    true
+}
+
 /// A request among many read, or None when this release cannot read its
 /// body (a newer release's value during a rolling upgrade, or a damaged row):
 /// logged once a process for each such request, and left out, so that one
@@ -57,9 +68,7 @@ pub(crate) fn listed_request(body: &str) -> Option<AccessRequest> {
     let id = serde_json::from_str::<Numbered>(body)
         .ok()
         .and_then(|n| n.id);
-    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-    if !warned.contains(&id) {
-        warned.push(id);
+    if first_time(&WARNED, id) {
         tracing::warn!(
             request = id,
             error = %error,
@@ -190,16 +199,12 @@ pub(crate) use known_timer_kinds;
 pub(crate) fn timer_kind(id: i64, kind: &str) -> Option<TimerKind> {
     static WARNED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
     let decoded = TimerKind::decode(kind);
-    if decoded.is_none() {
-        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-        if !warned.contains(&id) {
-            warned.push(id);
-            tracing::warn!(
-                timer = id,
-                kind,
-                "a due timer's kind cannot be read, so it is left where it is; the other timers run"
-            );
-        }
+    if decoded.is_none() && first_time(&WARNED, id) {
+        tracing::warn!(
+            timer = id,
+            kind,
+            "a due timer's kind cannot be read, so it is left where it is; the other timers run"
+        );
     }
     decoded
 }
@@ -259,9 +264,7 @@ pub(crate) fn readable(read: Vec<Result<Pending, Unreadable>>) -> Vec<Pending> {
                 }
             }
             Err(u) => {
-                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-                if !warned.contains(&u.id) {
-                    warned.push(u.id);
+                if first_time(&WARNED, u.id) {
                     tracing::warn!(
                         notice = u.id,
                         surface = %u.surface,
@@ -490,7 +493,6 @@ pub(crate) fn token_of(row: &impl Columns) -> Result<TokenRecord, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::time::Span;
 
     /// Every kind this release writes is one [`known_timer_kinds`] reads.
     #[test]
@@ -498,26 +500,8 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE timers (kind TEXT)")
             .unwrap();
-        let kinds = [
-            TimerKind::ApprovalTimeout,
-            TimerKind::Warning(Span::from_minutes(15)),
-            TimerKind::Expiry,
-            TimerKind::Provision,
-            TimerKind::Refresh,
-            TimerKind::Remove,
-            TimerKind::EndSessions,
-        ];
+        let kinds = TimerKind::EACH;
         for kind in kinds {
-            // A new variant fails to compile here until it is listed above.
-            match kind {
-                TimerKind::ApprovalTimeout
-                | TimerKind::Warning(_)
-                | TimerKind::Expiry
-                | TimerKind::Provision
-                | TimerKind::Refresh
-                | TimerKind::Remove
-                | TimerKind::EndSessions => {}
-            }
             conn.execute("INSERT INTO timers (kind) VALUES (?1)", [kind.encode()])
                 .unwrap();
         }

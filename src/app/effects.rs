@@ -57,6 +57,18 @@ impl TimerKind {
         })
     }
 
+    /// One timer of each kind, for tests that must cover every kind.
+    #[cfg(test)]
+    pub(crate) const EACH: [TimerKind; 7] = [
+        TimerKind::ApprovalTimeout,
+        TimerKind::Warning(Span::from_minutes(15)),
+        TimerKind::Expiry,
+        TimerKind::Provision,
+        TimerKind::Refresh,
+        TimerKind::Remove,
+        TimerKind::EndSessions,
+    ];
+
     /// Timers that follow the expiry time and move when it moves.
     pub fn follows_expiry(self) -> bool {
         matches!(self, Self::Warning(_) | Self::Expiry)
@@ -181,15 +193,17 @@ mod tests {
 
     #[test]
     fn timer_kinds_round_trip() {
-        for kind in [
-            TimerKind::ApprovalTimeout,
-            TimerKind::Warning(Span::from_minutes(15)),
-            TimerKind::Expiry,
-            TimerKind::Provision,
-            TimerKind::Refresh,
-            TimerKind::Remove,
-            TimerKind::EndSessions,
-        ] {
+        for kind in TimerKind::EACH {
+            // A new kind fails to compile here until it is in `EACH` too.
+            match kind {
+                TimerKind::ApprovalTimeout
+                | TimerKind::Warning(_)
+                | TimerKind::Expiry
+                | TimerKind::Provision
+                | TimerKind::Refresh
+                | TimerKind::Remove
+                | TimerKind::EndSessions => {}
+            }
             assert_eq!(TimerKind::decode(&kind.encode()), Some(kind));
         }
         assert_eq!(TimerKind::decode("warning:x"), None);
