@@ -1851,6 +1851,45 @@ contract!(
 // ---------------------------------------------------------------------------
 // Several processes on one PostgreSQL database
 
+/// A replica running while a newer release raises `compatible_from` past
+/// it (a release older ones cannot run beside, rolled out without stopping
+/// them) neither renews nor takes the scheduler lease, so a release that
+/// can run here takes it over within the lease's time, and its readiness
+/// check says to replace it.
+#[tokio::test]
+async fn a_replica_a_newer_release_outdated_gives_up_the_lease() {
+    let s = Subject::new(Kind::Postgres).await;
+    let store = s.store.as_ref();
+    let ttl = Span::from_secs(30);
+    assert!(store
+        .try_lease("scheduler", "old", at(0), ttl)
+        .await
+        .unwrap());
+    store.ping_writer().await.unwrap();
+
+    let raise = "UPDATE passport_schema SET compatible_from = 9000";
+    s.execute(raise, raise).await;
+    let later = at(0).plus(Span::from_secs(10));
+    assert!(!store
+        .try_lease("scheduler", "old", later, ttl)
+        .await
+        .unwrap());
+    assert!(!store.try_lease("another", "old", later, ttl).await.unwrap());
+    let ready = store.ping_writer().await;
+    assert!(
+        matches!(ready, Err(StoreError::Schema(ref e)) if e.contains("releases older than migration 9000 cannot run beside")),
+        "{ready:?}"
+    );
+
+    let lower = "UPDATE passport_schema SET compatible_from = 1";
+    s.execute(lower, lower).await;
+    assert!(store
+        .try_lease("scheduler", "old", later, ttl)
+        .await
+        .unwrap());
+    store.ping_writer().await.unwrap();
+}
+
 /// Two replicas appending at once, each with its own pool, make one chain:
 /// every event numbered once, none missing, every link verified.
 #[tokio::test]

@@ -216,6 +216,18 @@ fn holder_name() -> String {
     format!("pid{}-{}", std::process::id(), hex::encode(bytes))
 }
 
+/// The newest of this release's PostgreSQL migrations.
+fn newest_migration() -> i64 {
+    static NEWEST: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+        sqlx::migrate!("./migrations/postgres")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0)
+    });
+    *NEWEST
+}
+
 /// What became of an update.
 enum Updated {
     Changed(Box<(AccessRequest, Effects)>),
@@ -943,14 +955,23 @@ impl Store for PgStore {
         // A standby (a failover's old primary, a read replica) answers
         // reads and refuses every write.
         let mut tx = self.begin().await?;
-        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-            .fetch_one(&mut *tx)
-            .await?;
+        let (standby, compatible_from): (bool, i64) = sqlx::query_as(
+            "SELECT pg_is_in_recovery(), (SELECT compatible_from FROM passport_schema)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
         if standby {
             return Err(StoreError::Other(
                 "the database is a read-only standby: point [store] url at the primary".into(),
             ));
+        }
+        let newest = newest_migration();
+        if compatible_from > newest {
+            // A newer release raised it after this one started.
+            return Err(StoreError::Schema(format!(
+                "a newer Passport has migrated the database to a schema releases older than migration {compatible_from} cannot run beside, and this Passport knows migrations up to {newest}: replace this replica with the newer release"
+            )));
         }
         Ok(())
     }
@@ -1072,15 +1093,21 @@ impl Store for PgStore {
         // One statement: of callers racing for a free or expired lease, the
         // first to insert or update the row wins, and the others find it
         // held (ON CONFLICT waits for the winner's commit, then checks).
+        // Neither taken nor renewed by a release older than the database's
+        // `compatible_from` (a newer one raised it while this one ran): the
+        // lease passes to a release that can run here within its time.
         let changed = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+            "INSERT INTO leases (name, holder, expires_at) \
+             SELECT $1, $2, $3 WHERE (SELECT compatible_from FROM passport_schema) <= $5 \
              ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
-             WHERE leases.holder = EXCLUDED.holder OR leases.expires_at <= $4",
+             WHERE (leases.holder = EXCLUDED.holder OR leases.expires_at <= $4) \
+               AND (SELECT compatible_from FROM passport_schema) <= $5",
         )
         .bind(name)
         .bind(holder)
         .bind(now.plus(ttl).as_millis())
         .bind(now.as_millis())
+        .bind(newest_migration())
         .execute(&self.shared.pool)
         .await?
         .rows_affected();
