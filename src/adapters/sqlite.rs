@@ -37,9 +37,9 @@ use sqlx::{ConnectOptions, Connection as _};
 use tokio::sync::Semaphore;
 
 use crate::adapters::store_rows::{
-    adoption, corrupt, decode_for_change, decode_request, encode_request, id_of, key_switch,
-    known_timer_kinds, listed_request, log_event, next_linking, pending_notice, readable,
-    refuse_key_switches, timer_kind, to_id, Adoption, Columns, LastSwitch, Unknown, Unreadable,
+    adoption, corrupt, decode_for_change, decode_request, due_timer, encode_request, id_of,
+    key_switch, known_timer_kinds, listed_request, log_event, next_linking, pending_notice,
+    readable, refuse_key_switches, to_id, Adoption, Columns, LastSwitch, Unknown,
     LOG_EVENT_COLUMNS,
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
@@ -787,22 +787,6 @@ fn requests(
     Ok(out)
 }
 
-/// An outbox row read as `SELECT id, surface, lane, notice, attempts,
-/// next_attempt_at, refusals`, whose surface and lane the caller has read already.
-fn pending_at(
-    row: &rusqlite::Row<'_>,
-    surface: String,
-    lane: String,
-) -> Result<Result<Pending, Unreadable>, StoreError> {
-    let notice = row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;
-    let counts = (
-        u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
-        u32::try_from(row.get::<_, i64>(6)?).unwrap_or(u32::MAX),
-        Timestamp::from_millis(row.get(5)?),
-    );
-    Ok(pending_notice(row.get(0)?, surface, lane, notice, counts))
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(
@@ -905,17 +889,7 @@ impl Store for SqliteStore {
             let mut rows = stmt.query(params![now.as_millis(), i64::from(limit)])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                let kind = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
-                let Some(kind) = timer_kind(row.get(0)?, kind) else {
-                    continue;
-                };
-                out.push(Timer {
-                    id: row.get(0)?,
-                    request: to_id(row.get(1)?)?,
-                    kind,
-                    due: Timestamp::from_millis(row.get(3)?),
-                    attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(u32::MAX),
-                });
+                out.extend(due_timer(row)?);
             }
             Ok(out)
         })
@@ -959,14 +933,12 @@ impl Store for SqliteStore {
                 if out.len() >= limit as usize || read > PENDING_SCAN {
                     break;
                 }
-                let surface: String = row.get(1)?;
-                let lane: String = row.get(2)?;
-                let n = taken.entry((surface.clone(), lane.clone())).or_insert(0);
+                let n = taken.entry((row.get(1)?, row.get(2)?)).or_insert(0);
                 if *n >= per_lane {
                     continue;
                 }
                 *n += 1;
-                out.push(pending_at(row, surface, lane)?);
+                out.push(pending_notice(row)?);
             }
             Ok(readable(out))
         })
@@ -991,7 +963,7 @@ impl Store for SqliteStore {
             let mut rows = stmt.query(params![surface, lane, limit])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(pending_at(row, row.get(1)?, row.get(2)?)?);
+                out.push(pending_notice(row)?);
             }
             Ok(readable(out))
         })

@@ -3,7 +3,7 @@
 //! (how the next event is linked, and when a configured key is adopted).
 //! Each store keeps only its SQL.
 
-use crate::app::effects::TimerKind;
+use crate::app::effects::{Timer, TimerKind};
 use crate::app::ports::{Pending, StoreError};
 use crate::domain::logbook::{
     key_switch_details, switched_key, ChainKeys, KeyAdoption, KeyId, Linking, LogEvent, NewEvent,
@@ -192,21 +192,32 @@ macro_rules! known_timer_kinds {
 }
 pub(crate) use known_timer_kinds;
 
-/// A due timer's kind, or None (logged once a process) for one this release
-/// cannot act on: a damaged row, since [`known_timer_kinds`] leaves out the
-/// kinds it does not know. Timers of other kinds still run, the same
+/// A due timer from a row selected as `id, request, kind, due_at,
+/// attempts`, or None (logged once a process) when its kind cannot be read:
+/// a damaged row, since [`known_timer_kinds`] leaves out the kinds this
+/// release does not know. Timers of other kinds still run, the same
 /// request's too: holding its expiry back could keep access open.
-pub(crate) fn timer_kind(id: i64, kind: &str) -> Option<TimerKind> {
+pub(crate) fn due_timer(row: &impl Columns) -> Result<Option<Timer>, StoreError> {
     static WARNED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
-    let decoded = TimerKind::decode(kind);
-    if decoded.is_none() && first_time(&WARNED, id) {
-        tracing::warn!(
-            timer = id,
-            kind,
-            "a due timer's kind cannot be read, so it is left where it is; the other timers run"
-        );
-    }
-    decoded
+    let id = row.int(0)?;
+    let kind = row.text(2)?;
+    let Some(decoded) = TimerKind::decode(&kind) else {
+        if first_time(&WARNED, id) {
+            tracing::warn!(
+                timer = id,
+                kind,
+                "a due timer's kind cannot be read, so it is left where it is; the other timers run"
+            );
+        }
+        return Ok(None);
+    };
+    Ok(Some(Timer {
+        id,
+        request: to_id(row.int(1)?)?,
+        kind: decoded,
+        due: Timestamp::from_millis(row.int(3)?),
+        attempts: u32::try_from(row.int(4)?).unwrap_or(u32::MAX),
+    }))
 }
 
 /// A stored notice this release cannot read (a newer release's kind during
@@ -220,24 +231,21 @@ pub(crate) struct Unreadable {
     pub error: String,
 }
 
-/// A notice row: the notice decoded from `text`, or why it cannot be.
+/// A notice from a row selected as `id, surface, lane, notice, attempts,
+/// next_attempt_at, refusals`, or why this release cannot read it.
 pub(crate) fn pending_notice(
-    id: i64,
-    surface: String,
-    lane: String,
-    text: &str,
-    counts: (u32, u32, Timestamp),
-) -> Result<Pending, Unreadable> {
-    let (attempts, refusals, next_attempt_at) = counts;
-    match serde_json::from_str::<Notice>(text) {
+    row: &impl Columns,
+) -> Result<Result<Pending, Unreadable>, StoreError> {
+    let (id, surface, lane) = (row.int(0)?, row.text(1)?, row.text(2)?);
+    Ok(match serde_json::from_str::<Notice>(&row.text(3)?) {
         Ok(notice) => Ok(Pending {
             id,
             surface,
             lane,
             notice,
-            attempts,
-            refusals,
-            next_attempt_at,
+            attempts: u32::try_from(row.int(4)?).unwrap_or(u32::MAX),
+            refusals: u32::try_from(row.int(6)?).unwrap_or(u32::MAX),
+            next_attempt_at: Timestamp::from_millis(row.int(5)?),
         }),
         Err(e) => Err(Unreadable {
             id,
@@ -245,7 +253,7 @@ pub(crate) fn pending_notice(
             lane,
             error: e.to_string(),
         }),
-    }
+    })
 }
 
 /// The notices read, in the order read (ids ascending), without those this
@@ -518,8 +526,15 @@ mod tests {
             )
             .unwrap();
         assert_eq!(read, kinds.len() as i64);
-        assert_eq!(timer_kind(1, "expiry"), Some(TimerKind::Expiry));
-        assert_eq!(timer_kind(2, "warning:x"), None);
+        // A row's kind as the stores read it: a damaged one is passed over.
+        let kind_of = |kind: &str| {
+            conn.query_row("SELECT 1, 7, ?1, 0, 0", [kind], |row| Ok(due_timer(row)))
+                .unwrap()
+                .unwrap()
+                .map(|timer| timer.kind)
+        };
+        assert_eq!(kind_of("expiry"), Some(TimerKind::Expiry));
+        assert_eq!(kind_of("warning:x"), None);
     }
 
     #[test]

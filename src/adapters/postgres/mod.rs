@@ -40,7 +40,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::adapters::store_rows::{
-    corrupt, decode_request, id_of, known_timer_kinds, listed_request, timer_kind, to_id, Columns,
+    corrupt, decode_request, due_timer, id_of, known_timer_kinds, listed_request, to_id, Columns,
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
@@ -690,16 +690,7 @@ impl Store for PgStore {
         .await?;
         let mut timers = Vec::with_capacity(rows.len());
         for row in &rows {
-            let Some(kind) = timer_kind(row.try_get(0)?, row.try_get(2)?) else {
-                continue;
-            };
-            timers.push(Timer {
-                id: row.try_get(0)?,
-                request: to_id(row.try_get(1)?)?,
-                kind,
-                due: Timestamp::from_millis(row.try_get(3)?),
-                attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
-            });
+            timers.extend(due_timer(row)?);
         }
         Ok(timers)
     }

@@ -23,7 +23,7 @@ use sqlx::{PgConnection, Row};
 use crate::app::ports::{Pending, StoreError};
 use crate::domain::time::{Span, Timestamp};
 
-use crate::adapters::store_rows::{pending_notice, readable, Unreadable};
+use crate::adapters::store_rows::{pending_notice, readable};
 
 /// The advisory lock held while claiming lanes ("passport" + 2).
 pub(super) const CLAIM_LOCK: i64 = super::logbook::LOGBOOK_LOCK + 2;
@@ -197,7 +197,7 @@ async fn claimed(
     let took = started.elapsed();
     let mut out = rows
         .iter()
-        .map(pending_at)
+        .map(pending_notice)
         .collect::<Result<Vec<_>, StoreError>>()?;
     // RETURNING keeps no order.
     out.sort_by_key(|p| match p {
@@ -205,23 +205,6 @@ async fn claimed(
         Err(u) => u.id,
     });
     Ok((readable(out), took))
-}
-
-/// A row returned as `id, surface, lane, notice, attempts, next_attempt_at,
-/// refusals`.
-fn pending_at(row: &sqlx::postgres::PgRow) -> Result<Result<Pending, Unreadable>, StoreError> {
-    let counts = (
-        u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
-        u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
-        Timestamp::from_millis(row.try_get(5)?),
-    );
-    Ok(pending_notice(
-        row.try_get(0)?,
-        row.try_get(1)?,
-        row.try_get(2)?,
-        row.try_get(3)?,
-        counts,
-    ))
 }
 
 /// Until when this process's claim on each notice it holds lasts, as it
