@@ -31,6 +31,12 @@ pub(crate) enum Plan {
     RunOnNewer { newest: i64, known: i64 },
 }
 
+/// The newest of `known`'s migrations: the one a database must not be past
+/// unless it allows this release.
+pub(crate) fn newest(known: &Migrator) -> i64 {
+    known.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 /// Decides from the versions `applied` and `passport_schema.compatible_from`
 /// (None when not read: the database lacks some of this Passport's migrations)
 /// whether this Passport, which knows `known`'s migrations, may run here.
@@ -40,7 +46,7 @@ pub(crate) fn plan(
     compatible_from: Option<i64>,
 ) -> Result<Plan, StoreError> {
     let knows = |v: i64| known.iter().any(|m| m.version == v);
-    let last_known = known.iter().map(|m| m.version).max().unwrap_or(0);
+    let last_known = newest(known);
     let Some(newest) = applied.iter().copied().filter(|v| !knows(*v)).max() else {
         return Ok(Plan::Migrate);
     };
@@ -70,26 +76,6 @@ pub(crate) fn plan(
             "it does not say which releases can run on it (passport_schema has no row): run the Passport that migrated it".into(),
         )),
     }
-}
-
-/// The migrator to run for `plan`: the known migrations, tolerating unknown
-/// applied ones only when the plan says a newer release allows it (sqlx
-/// still checks that every known one is applied as written).
-pub(crate) fn migrator(known: Migrator, plan: &Plan) -> Migrator {
-    let mut known = known;
-    if let Plan::RunOnNewer {
-        newest,
-        known: last,
-    } = plan
-    {
-        tracing::warn!(
-            newest,
-            known = last,
-            "the database has migrations from a newer Passport (up to {newest}; this one knows up to {last}), which say older releases can run on it: running without applying any; upgrade this replica when you can"
-        );
-        known.set_ignore_missing(true);
-    }
-    known
 }
 
 /// Applies `known` to the database behind `conn` (SQLite or PostgreSQL), as
@@ -127,10 +113,18 @@ where
         } else {
             None
         };
-        let plan = plan(&known, &applied, compatible_from)?;
-        let mut migrator = migrator(known, &plan);
-        migrator.set_locking(false);
-        migrator.run_direct(&mut *conn).await.map_err(failed)
+        let mut known = known;
+        if let Plan::RunOnNewer { newest, known: last } = plan(&known, &applied, compatible_from)? {
+            tracing::warn!(
+                newest,
+                known = last,
+                "the database has migrations from a newer Passport (up to {newest}; this one knows up to {last}), which say older releases can run on it: running without applying any; upgrade this replica when you can"
+            );
+            // sqlx still checks that every known one is applied as written.
+            known.set_ignore_missing(true);
+        }
+        known.set_locking(false);
+        known.run_direct(&mut *conn).await.map_err(failed)
     }
     .await;
     // What went wrong first is what the caller hears.

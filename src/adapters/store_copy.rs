@@ -629,12 +629,7 @@ fn open(path: &Path) -> Result<Connection, CopyError> {
 
 /// Refuses a file whose last migration is not this Passport's last one.
 fn check_version(conn: &Connection) -> Result<(), CopyError> {
-    let expected = sqlx::migrate!("./migrations")
-        .migrations
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0);
+    let expected = crate::adapters::schema::newest(&sqlx::migrate!("./migrations"));
     let found: Option<i64> = conn
         .query_row(
             "SELECT MAX(version) FROM _sqlx_migrations WHERE success",

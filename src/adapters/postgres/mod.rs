@@ -219,11 +219,7 @@ fn holder_name() -> String {
 /// The newest of this release's PostgreSQL migrations.
 fn newest_migration() -> i64 {
     static NEWEST: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
-        sqlx::migrate!("./migrations/postgres")
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0)
+        crate::adapters::schema::newest(&sqlx::migrate!("./migrations/postgres"))
     });
     *NEWEST
 }
