@@ -1851,6 +1851,33 @@ contract!(
 // ---------------------------------------------------------------------------
 // Several processes on one PostgreSQL database
 
+/// Replicas starting at once on a new database take turns with its
+/// migrations: each sees all of a migration or none, and every one opens.
+#[tokio::test]
+async fn replicas_starting_at_once_migrate_a_new_database_once() {
+    let url = postgres::fresh_database().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let starting = (0..4).map(|_| {
+        let url = url.clone();
+        let clock = clock.clone();
+        async move {
+            let mut options = PgOptions::new(clock as Arc<dyn Clock>);
+            options.max_connections = 2;
+            PgStore::connect(&url, options).await
+        }
+    });
+    for (n, opened) in futures::future::join_all(starting)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match opened {
+            Ok(store) => store.close().await,
+            Err(e) => panic!("replica {n} did not open: {e}"),
+        }
+    }
+}
+
 /// A replica running while a newer release raises `compatible_from` past
 /// it (a release older ones cannot run beside, rolled out without stopping
 /// them) neither renews nor takes the scheduler lease, so a release that
