@@ -2383,6 +2383,38 @@ async fn a_configured_password_message_ttl_is_honoured() {
     assert!(app.deletion_notes().await[0].contains("after 3m"));
 }
 
+/// A password message whose instance this Passport cannot read (a newer
+/// release's form during a rolling upgrade, or a damaged row) leaves the chat
+/// on time all the same, and the others with it.
+#[tokio::test]
+async fn a_password_message_that_cannot_be_read_fully_is_deleted_all_the_same() {
+    let app = spawn_app().await;
+    let (channel, ts) = app.windows_grant().await;
+    rusqlite::Connection::open(&app.db)
+        .unwrap()
+        .execute(
+            "UPDATE password_messages SET instance = 'vm/from-a-newer-release'",
+            [],
+        )
+        .unwrap();
+    app.clock.advance(Span::from_minutes(10));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted(), vec![(channel, ts)]);
+    let (_, card) = app.card(1).await;
+    let notes: Vec<String> = app
+        .fake
+        .thread(&card)
+        .into_iter()
+        .filter(|t| t.starts_with("🧹"))
+        .collect();
+    assert_eq!(
+        notes,
+        ["🧹 a password message was deleted from dev1's direct messages after 10m; grant again for a new password"]
+    );
+    assert_eq!(app.events(1, "password_message_deleted").await, 1);
+    app.assert_delivered_in_order().await;
+}
+
 #[tokio::test]
 async fn a_rate_limited_deletion_is_retried_and_a_message_already_gone_counts_as_deleted() {
     let app = spawn_app().await;

@@ -1714,7 +1714,27 @@ async fn password_messages_wait_retry_and_go_once(kind: Kind) {
         .is_empty());
     let due = store.due_password_messages(at(11), 10).await.unwrap();
     assert_eq!(due.len(), 1);
-    assert_eq!((due[0].message.clone(), due[0].attempts), (message, 0));
+    let read = &due[0];
+    assert_eq!(
+        (
+            read.request,
+            read.surface.as_str(),
+            &read.at,
+            read.sent_at,
+            read.due,
+            &read.whose,
+            read.attempts
+        ),
+        (
+            message.request,
+            "slack",
+            &message.at,
+            message.sent_at,
+            message.due,
+            &Ok((message.username.clone(), message.instance.clone())),
+            0
+        )
+    );
     store
         .retry_password_message(due[0].id, at(12))
         .await
@@ -1737,6 +1757,48 @@ async fn password_messages_wait_retry_and_go_once(kind: Kind) {
         .unwrap()
         .is_empty());
     assert_eq!(intact_events(&store.verify_logbook().await.unwrap()), 2);
+}
+
+async fn a_password_message_this_release_cannot_read_fully_is_still_deleted(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let id = create(store, "dev1", at(0)).await;
+    for (n, due) in [(1, 11), (2, 12)] {
+        let message = PasswordMessage {
+            request: id,
+            instance: InstanceId::parse("i-0123456789abcdef0").unwrap(),
+            username: serde_json::from_value::<Username>(serde_json::json!(format!("pp-dev1-{n}")))
+                .unwrap(),
+            surface: "slack".into(),
+            at: MessageRef {
+                channel: "D1".into(),
+                message: format!("{n}.0"),
+            },
+            sent_at: at(1),
+            due: at(due),
+        };
+        store.save_password_message(&message).await.unwrap();
+    }
+    // The earlier one names an instance this release cannot read (a newer
+    // release's form, or a damaged row).
+    let damage = "UPDATE password_messages SET instance = 'vm/from-a-newer-release' \
+                  WHERE message = '1.0'";
+    s.execute(damage, damage).await;
+    let due = store.due_password_messages(at(12), 10).await.unwrap();
+    let read: Vec<(&str, bool)> = due
+        .iter()
+        .map(|d| (d.at.message.as_str(), d.whose.is_ok()))
+        .collect();
+    assert_eq!(read, [("1.0", false), ("2.0", true)]);
+    let unread = due[0].whose.as_ref().unwrap_err();
+    assert!(unread.contains("stored instance"), "{unread}");
+    assert_eq!((due[0].request, due[0].due), (id, at(11)));
+    // The next due time is read past it too.
+    let next = store
+        .due_password_messages(Timestamp::from_millis(i64::MAX), 1)
+        .await
+        .unwrap();
+    assert_eq!(next[0].due, at(11));
 }
 
 async fn reconciliation_finds_requests_holding_users_and_unverified_removals(kind: Kind) {
@@ -1845,6 +1907,7 @@ contract!(
     ssh_keys_are_set_replaced_and_removed_with_their_event,
     sign_ins_and_tokens_change_once,
     password_messages_wait_retry_and_go_once,
+    a_password_message_this_release_cannot_read_fully_is_still_deleted,
     reconciliation_finds_requests_holding_users_and_unverified_removals,
 );
 

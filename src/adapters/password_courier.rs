@@ -308,17 +308,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].message.request, id);
-        assert_eq!(due[0].message.surface, "test");
+        assert_eq!(due[0].request, id);
+        assert_eq!(due[0].surface, "test");
         assert_eq!(
-            due[0].message.at,
+            due[0].at,
             MessageRef {
                 channel: "Ddev1".into(),
                 message: "1".into()
             }
         );
         assert_eq!(
-            due[0].message.due,
+            due[0].due,
             Timestamp::from_millis(1_000).plus(Span::from_minutes(10))
         );
         // Nothing of it in the database: not in the outbox, not in the Logbook.

@@ -4,7 +4,7 @@
 //! Each store keeps only its SQL.
 
 use crate::app::effects::{Timer, TimerKind};
-use crate::app::ports::{Pending, StoreError};
+use crate::app::ports::{MessageRef, Pending, PendingDeletion, StoreError};
 use crate::domain::logbook::{
     key_switch_details, switched_key, ChainKeys, KeyAdoption, KeyId, Linking, LogEvent, NewEvent,
     KEY_SWITCH,
@@ -15,7 +15,7 @@ use crate::domain::signin::{
     ChatIdentity, LoginAttempt, LoginId, LoginState, SecretHash, TokenRecord,
 };
 use crate::domain::time::Timestamp;
-use crate::domain::values::{Person, RequestId, UserId};
+use crate::domain::values::{InstanceId, Person, RequestId, UserId, Username};
 
 pub(crate) fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
@@ -435,6 +435,37 @@ pub(crate) fn log_event(row: &impl Columns) -> Result<LogEvent, StoreError> {
         request: row.maybe_text(3)?,
         action: row.text(4)?,
         details: row.text(5)?,
+    })
+}
+
+/// A password message's columns as [`pending_deletion`] reads them.
+pub(crate) const DELETION_COLUMNS: &str =
+    "id, request, surface, channel, message, sent_at, due_at, attempts, username, instance";
+
+/// The password message to delete in a row of [`DELETION_COLUMNS`]. Where it
+/// is must be read; whose password it carried may fail to read, and the
+/// deletion still goes ahead ([`PendingDeletion::whose`]).
+pub(crate) fn pending_deletion(row: &impl Columns) -> Result<PendingDeletion, StoreError> {
+    let (username, instance) = (row.text(8)?, row.text(9)?);
+    let whose = serde_json::from_value::<Username>(username.into())
+        .map_err(|e| format!("stored user name: {e}"))
+        .and_then(|user| {
+            InstanceId::parse(&instance)
+                .map(|instance| (user, instance))
+                .map_err(|e| format!("stored instance: {e}"))
+        });
+    Ok(PendingDeletion {
+        id: row.int(0)?,
+        request: to_id(row.int(1)?)?,
+        surface: row.text(2)?,
+        at: MessageRef {
+            channel: row.text(3)?,
+            message: row.text(4)?,
+        },
+        sent_at: Timestamp::from_millis(row.int(5)?),
+        due: Timestamp::from_millis(row.int(6)?),
+        whose,
+        attempts: u32::try_from(row.int(7)?).unwrap_or(u32::MAX),
     })
 }
 

@@ -376,57 +376,67 @@ impl Dispatcher {
             .due_password_messages(Timestamp::from_millis(i64::MAX), 1)
             .await?
             .first()
-            .map(|d| d.message.due);
+            .map(|d| d.due);
         Ok((deleted, next))
     }
 
     /// Deletes one password message and records it; true when it was deleted.
     async fn delete(&self, d: &PendingDeletion) -> Result<bool, StoreError> {
-        let m = &d.message;
-        let result = match self.surfaces.get(&m.surface) {
-            Some(surface) => surface.delete_message(&m.at).await,
+        let result = match self.surfaces.get(&d.surface) {
+            Some(surface) => surface.delete_message(&d.at).await,
             None => Err(ChatError::Transient(format!(
                 "chat surface {} not configured",
-                m.surface
+                d.surface
             ))),
         };
         let now = self.clock.now();
         if let Err(e) = result {
             let again = now.plus(deletion_retry(&e, d.attempts));
-            tracing::warn!(request = %m.request, instance = %m.instance, error = %e, retry_at = %again, "password message not deleted yet; will retry");
+            tracing::warn!(request = %d.request, message = d.id, error = %e, retry_at = %again, "password message not deleted yet; will retry");
             self.store.retry_password_message(d.id, again).await?;
             return Ok(false);
         }
-        let requester = match self.store.get(m.request).await? {
+        let requester = match self.store.get(d.request).await? {
             Some(req) => req.requester.handle,
             None => "the requester".to_owned(),
         };
-        let after = now.since(m.sent_at).to_nearest_minute();
-        let summary =
-            messages::password_message_deleted(&m.username, &m.instance, &requester, after);
+        let after = now.since(d.sent_at).to_nearest_minute();
+        let (summary, details) = match &d.whose {
+            Ok((username, instance)) => (
+                messages::password_message_deleted(username, instance, &requester, after),
+                json!({
+                    "instance": instance.as_str(),
+                    "username": username.as_str(),
+                    "surface": d.surface,
+                }),
+            ),
+            Err(unread) => {
+                tracing::warn!(request = %d.request, message = d.id, error = %unread, "a password message whose user or instance this Passport cannot read was deleted all the same, and is recorded without them");
+                (
+                    messages::password_message_deleted_unread(&requester, after),
+                    json!({ "surface": d.surface, "unreadable": unread }),
+                )
+            }
+        };
         let mut fx = Effects::default();
         fx.log(
             now,
             "passport",
-            Some(m.request),
+            Some(d.request),
             "password_message_deleted",
             summary.clone(),
-            json!({
-                "instance": m.instance.as_str(),
-                "username": m.username.as_str(),
-                "surface": m.surface,
-            }),
+            details,
         );
         fx.notify(Notice::Thread {
-            request: m.request,
+            request: d.request,
             text: format!("🧹 {summary}; grant again for a new password"),
             actions: Vec::new(),
         });
         let mut surfaces: Vec<String> = self.surfaces.keys().cloned().collect();
         surfaces.sort();
-        fx.route(&surfaces, &m.surface);
+        fx.route(&surfaces, &d.surface);
         self.store.password_message_deleted(d.id, fx, now).await?;
-        tracing::info!(request = %m.request, instance = %m.instance, "password message deleted from the chat");
+        tracing::info!(request = %d.request, message = d.id, "password message deleted from the chat");
         Ok(true)
     }
 

@@ -344,6 +344,12 @@ pub fn password_message_deleted(
     )
 }
 
+/// The same, for a password message whose user and instance this release
+/// cannot read.
+pub fn password_message_deleted_unread(requester: &str, after: Span) -> String {
+    format!("a password message was deleted from {requester}'s direct messages after {after}")
+}
+
 /// The audit line reporting notices set aside: how many, the last refusal,
 /// and how to see and resend them.
 pub fn set_aside_report(count: usize, attempts: u32, last_refusal: &str) -> String {

@@ -376,11 +376,22 @@ pub struct PasswordMessage {
     pub due: Timestamp,
 }
 
-/// A stored [`PasswordMessage`] waiting to be deleted.
+/// A stored [`PasswordMessage`] waiting to be deleted. Deleting it needs
+/// only where it is; whose password it carried is for the record, and a row
+/// whose user or instance this release cannot read (a newer release's value
+/// during a rolling upgrade, or a damaged row) is deleted all the same: a
+/// password never stays in the chat for want of a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDeletion {
     pub id: i64,
-    pub message: PasswordMessage,
+    pub request: RequestId,
+    pub surface: String,
+    pub at: MessageRef,
+    pub sent_at: Timestamp,
+    pub due: Timestamp,
+    /// The user the password is for and the instance, or why they cannot be
+    /// read.
+    pub whose: Result<(Username, InstanceId), String>,
     /// Failed deletions so far.
     pub attempts: u32,
 }

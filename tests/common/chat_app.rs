@@ -317,5 +317,5 @@ pub async fn password_deletion_due(app: &startup::App) -> Timestamp {
         .await
         .unwrap();
     assert_eq!(due.len(), 1, "{due:?}");
-    due[0].message.due
+    due[0].due
 }

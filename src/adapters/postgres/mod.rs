@@ -40,7 +40,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::adapters::store_rows::{
-    corrupt, decode_request, due_timer, id_of, known_timer_kinds, listed_request, to_id, Columns,
+    corrupt, decode_request, due_timer, id_of, known_timer_kinds, listed_request, pending_deletion,
+    to_id, Columns, DELETION_COLUMNS,
 };
 use crate::app::effects::{Effects, Timer, TimerId, TimerKind};
 use crate::app::ports::{
@@ -56,7 +57,7 @@ use crate::domain::signin::{
     LoginAttempt, LoginId, LoginState, LogoutScope, SecretHash, TokenRecord,
 };
 use crate::domain::time::{Span, Timestamp};
-use crate::domain::values::{InstanceId, RequestId, SshPublicKey, UserId, Username};
+use crate::domain::values::{RequestId, SshPublicKey, UserId};
 
 use group_commit::{Committer, Done, Work};
 pub use logbook::audit_query;
@@ -1402,39 +1403,15 @@ impl Store for PgStore {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<PendingDeletion>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, request, instance, username, surface, channel, message, sent_at, due_at, attempts \
-             FROM password_messages WHERE due_at <= $1 ORDER BY due_at, id LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {DELETION_COLUMNS} FROM password_messages \
+             WHERE due_at <= $1 ORDER BY due_at, id LIMIT $2"
+        ))
         .bind(now.as_millis())
         .bind(i64::from(limit))
         .fetch_all(&self.shared.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let instance: String = row.try_get(2)?;
-                let username: String = row.try_get(3)?;
-                Ok(PendingDeletion {
-                    id: row.try_get(0)?,
-                    message: PasswordMessage {
-                        request: to_id(row.try_get(1)?)?,
-                        instance: InstanceId::parse(&instance).map_err(|e| {
-                            StoreError::Corrupt(format!("password message instance: {e}"))
-                        })?,
-                        username: serde_json::from_value::<Username>(username.into())
-                            .map_err(corrupt)?,
-                        surface: row.try_get(4)?,
-                        at: MessageRef {
-                            channel: row.try_get(5)?,
-                            message: row.try_get(6)?,
-                        },
-                        sent_at: Timestamp::from_millis(row.try_get(7)?),
-                        due: Timestamp::from_millis(row.try_get(8)?),
-                    },
-                    attempts: u32::try_from(row.try_get::<i64, _>(9)?).unwrap_or(u32::MAX),
-                })
-            })
-            .collect()
+        rows.iter().map(pending_deletion).collect()
     }
 
     async fn retry_password_message(&self, id: i64, due: Timestamp) -> Result<(), StoreError> {

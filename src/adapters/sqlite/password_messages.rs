@@ -4,12 +4,12 @@
 
 use rusqlite::{params, Connection};
 
+use crate::adapters::store_rows::{pending_deletion, DELETION_COLUMNS};
 use crate::app::effects::Effects;
-use crate::app::ports::{MessageRef, PasswordMessage, PendingDeletion, StoreError};
+use crate::app::ports::{PasswordMessage, PendingDeletion, StoreError};
 use crate::domain::time::Timestamp;
-use crate::domain::values::{InstanceId, Username};
 
-use super::{corrupt, id_of, to_id, WriteConn};
+use super::{id_of, WriteConn};
 
 pub(super) fn save(conn: &Connection, m: &PasswordMessage) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -35,32 +35,14 @@ pub(super) fn due(
     now: Timestamp,
     limit: u32,
 ) -> Result<Vec<PendingDeletion>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, request, instance, username, surface, channel, message, sent_at, due_at, attempts \
-         FROM password_messages WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DELETION_COLUMNS} FROM password_messages \
+         WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2"
+    ))?;
     let mut rows = stmt.query(params![now.as_millis(), i64::from(limit)])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let instance: String = row.get(2)?;
-        let username: String = row.get(3)?;
-        out.push(PendingDeletion {
-            id: row.get(0)?,
-            message: PasswordMessage {
-                request: to_id(row.get(1)?)?,
-                instance: InstanceId::parse(&instance)
-                    .map_err(|e| StoreError::Corrupt(format!("password message instance: {e}")))?,
-                username: serde_json::from_value::<Username>(username.into()).map_err(corrupt)?,
-                surface: row.get(4)?,
-                at: MessageRef {
-                    channel: row.get(5)?,
-                    message: row.get(6)?,
-                },
-                sent_at: Timestamp::from_millis(row.get(7)?),
-                due: Timestamp::from_millis(row.get(8)?),
-            },
-            attempts: u32::try_from(row.get::<_, i64>(9)?).unwrap_or(u32::MAX),
-        });
+        out.push(pending_deletion(row)?);
     }
     Ok(out)
 }
