@@ -1980,6 +1980,61 @@ async fn a_replica_a_newer_release_outdated_gives_up_the_lease() {
     store.ping_writer().await.unwrap();
 }
 
+/// Nor does it write anything more that the Logbook records: a creation, a
+/// change or a record fails, saying to replace it, without waiting for its
+/// readiness check to take it out of the load balancer.
+#[tokio::test]
+async fn a_replica_a_newer_release_outdated_writes_nothing_more() {
+    let s = Subject::new(Kind::Postgres).await;
+    let store = s.store.as_ref();
+    let id = create(store, "dev1", at(0)).await;
+    let raise = "UPDATE passport_schema SET compatible_from = 9000";
+    s.execute(raise, raise).await;
+
+    let outdated = |what: &str, e: StoreError| {
+        assert!(
+            matches!(e, StoreError::Schema(ref m) if m.contains("replace this replica")),
+            "{what}: {e:?}"
+        );
+    };
+    outdated(
+        "creation",
+        store
+            .create(&uid("dev2"), 0, creation("dev2", at(1)))
+            .await
+            .unwrap_err(),
+    );
+    outdated(
+        "change",
+        store
+            .update(id, None, cancel("dev1", at(1)))
+            .await
+            .unwrap_err(),
+    );
+    outdated(
+        "record",
+        store
+            .record(housekeeping(at(1), 1, Vec::new()), at(1))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(s.number("SELECT COUNT(*) FROM requests").await, 1);
+    assert_eq!(
+        store.get(id).await.unwrap().unwrap().state,
+        RequestState::Pending
+    );
+    assert_eq!(intact_events(&store.verify_logbook().await.unwrap()), 1);
+
+    // Once a release that may write here sets it back, writes go on.
+    let lower = "UPDATE passport_schema SET compatible_from = 1";
+    s.execute(lower, lower).await;
+    assert!(store
+        .update(id, None, cancel("dev1", at(2)))
+        .await
+        .unwrap()
+        .is_ok());
+}
+
 /// Two replicas appending at once, each with its own pool, make one chain:
 /// every event numbered once, none missing, every link verified.
 #[tokio::test]

@@ -471,7 +471,7 @@ impl Group {
             match reads.get(statement) {
                 Some(Read::Head) => {
                     log = Some(Appender::after_row(&row, keys)?);
-                    next_id = Some(row.try_get::<i64, _>(4)?);
+                    next_id = Some(row.try_get::<i64, _>(5)?);
                 }
                 Some(Read::Pending) => counts.push(row.try_get::<i64, _>(0)?),
                 Some(Read::Requests) => {

@@ -56,11 +56,15 @@ pub(super) fn creation_and_logbook_locks() -> String {
     )
 }
 
-/// The Logbook's head and its last switch to a key, as the first four
-/// columns of a statement `SELECT {HEAD_COLUMNS}, … {HEAD_FROM}` run after
-/// the Logbook's lock (a statement reads what was committed when it started).
-pub(super) const HEAD_COLUMNS: &str =
-    "h.seq, h.hash, s.seq AS switch_seq, s.details AS switch_details";
+/// The Logbook's head, its last switch to a key and the oldest release that
+/// may write here, as the first five columns of a statement
+/// `SELECT {HEAD_COLUMNS}, … {HEAD_FROM}` run after the Logbook's lock (a
+/// statement reads what was committed when it started). Every write that
+/// links Logbook events reads them, so a replica a newer release outdated
+/// while it ran (`passport_schema.compatible_from` raised past its newest
+/// migration) writes nothing more, not only after its readiness fails.
+pub(super) const HEAD_COLUMNS: &str = "h.seq, h.hash, s.seq AS switch_seq, \
+     s.details AS switch_details, (SELECT compatible_from FROM passport_schema)";
 /// See [`HEAD_COLUMNS`]. The action is written out, not bound, so that the
 /// partial index `logbook_key_switches` serves it.
 pub(super) const HEAD_FROM: &str = "FROM (SELECT 1) AS one \
@@ -82,8 +86,12 @@ async fn lock_head(conn: &mut PgConnection) -> Result<Head, StoreError> {
     head_of(&row)
 }
 
-/// The head in the first four columns of `row` ([`HEAD_COLUMNS`]).
+/// The head in the first five columns of `row` ([`HEAD_COLUMNS`]), or why
+/// this release may not write here any more.
 fn head_of(row: &PgRow) -> Result<Head, StoreError> {
+    if let Some(outdated) = super::outdated(row.try_get(4)?) {
+        return Err(outdated);
+    }
     let seq: Option<i64> = row.try_get(0)?;
     let hash: Option<Vec<u8>> = row.try_get(1)?;
     let switch_seq: Option<i64> = row.try_get(2)?;

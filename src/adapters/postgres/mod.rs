@@ -217,6 +217,18 @@ fn holder_name() -> String {
     format!("pid{}-{}", std::process::id(), hex::encode(bytes))
 }
 
+/// Why this release may not write here any more, when a newer release
+/// raised `passport_schema.compatible_from` past this one's newest migration
+/// after it started.
+fn outdated(compatible_from: i64) -> Option<StoreError> {
+    let newest = newest_migration();
+    (compatible_from > newest).then(|| {
+        StoreError::Schema(format!(
+            "a newer Passport has migrated the database to a schema releases older than migration {compatible_from} cannot run beside, and this Passport knows migrations up to {newest}: replace this replica with the newer release"
+        ))
+    })
+}
+
 /// The newest of this release's PostgreSQL migrations.
 fn newest_migration() -> i64 {
     static NEWEST: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
@@ -954,14 +966,10 @@ impl Store for PgStore {
                 "the database is a read-only standby: point [store] url at the primary".into(),
             ));
         }
-        let newest = newest_migration();
-        if compatible_from > newest {
-            // A newer release raised it after this one started.
-            return Err(StoreError::Schema(format!(
-                "a newer Passport has migrated the database to a schema releases older than migration {compatible_from} cannot run beside, and this Passport knows migrations up to {newest}: replace this replica with the newer release"
-            )));
+        match outdated(compatible_from) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn chat_ref(
