@@ -1980,6 +1980,43 @@ async fn a_replica_a_newer_release_outdated_gives_up_the_lease() {
     store.ping_writer().await.unwrap();
 }
 
+/// A replica that reads a notice it cannot read leaves that lane unclaimed,
+/// so a replica that can (a newer release, during a rolling upgrade) takes
+/// the lane at once, in order, instead of when the older replica is gone.
+#[tokio::test]
+async fn a_lane_a_replica_cannot_read_is_left_to_the_others() {
+    let s = Subject::new(Kind::Postgres).await;
+    let older = s.store.as_ref();
+    let notices = vec![audit("a1"), audit("a2"), direct("dev1", "d1")];
+    older
+        .record(housekeeping(at(0), 0, notices), at(0))
+        .await
+        .unwrap();
+    let damage = "UPDATE outbox SET notice = '{\"from_a_newer_release\":{}}' \
+                  WHERE id = (SELECT MIN(id) FROM outbox)";
+    s.execute(damage, damage).await;
+    let read = older.pending_notices(10, 10).await.unwrap();
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert!(matches!(read[0].notice, Notice::Direct { .. }));
+
+    // The replica that reads it: here, the same notice made readable again.
+    let readable = format!(
+        "UPDATE outbox SET notice = '{}' WHERE id = (SELECT MIN(id) FROM outbox)",
+        serde_json::to_string(&audit("a1")).unwrap()
+    );
+    s.execute(&readable, &readable).await;
+    let newer = s.another(ChainKeys::none()).await.store();
+    let taken = newer.pending_notices(10, 10).await.unwrap();
+    let texts: Vec<&str> = taken
+        .iter()
+        .map(|p| match &p.notice {
+            Notice::Audit { text } => text.as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["a1", "a2"]);
+}
+
 /// Nor does it write anything more that the Logbook records: a creation, a
 /// change or a record fails, saying to replace it, without waiting for its
 /// readiness check to take it out of the load balancer.

@@ -13,7 +13,8 @@
 //! process took it meanwhile. A process that dies leaves its claims
 //! to run out, and the next reader takes the lane over. Claiming is
 //! serialised by an advisory lock ([`CLAIM_LOCK`]), so two readers never
-//! both see a lane as free.
+//! both see a lane as free. A notice this release cannot read, and the rest
+//! of its lane, is left unclaimed for a process that reads it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -204,7 +205,27 @@ async fn claimed(
         Ok(p) => p.id,
         Err(u) => u.id,
     });
-    Ok((readable(out), took))
+    let claimed: Vec<i64> = rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let out = readable(out);
+    if out.len() < claimed.len() {
+        // What this release cannot read, and the rest of its lane, is left
+        // unclaimed for a release that reads it (a newer replica during a
+        // rolling upgrade): a claim renewed by every read here would keep
+        // it from them until this replica is gone.
+        let kept: std::collections::HashSet<i64> = out.iter().map(|p| p.id).collect();
+        let left: Vec<i64> = claimed
+            .into_iter()
+            .filter(|id| !kept.contains(id))
+            .collect();
+        sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = ANY($1)")
+            .bind(&left)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((out, took))
 }
 
 /// Until when this process's claim on each notice it holds lasts, as it
