@@ -2413,6 +2413,26 @@ async fn a_password_message_that_cannot_be_read_fully_is_deleted_all_the_same() 
     );
     assert_eq!(app.events(1, "password_message_deleted").await, 1);
     app.assert_delivered_in_order().await;
+
+    // Nor does a request this release cannot read keep the next one from
+    // leaving on time.
+    app.command(DEV, "extend AR-1 30m").await;
+    app.deliver_everything().await;
+    assert_eq!(app.passwords.sent().len(), 2);
+    let db = rusqlite::Connection::open(&app.db).unwrap();
+    db.execute(
+        "UPDATE requests SET body = '{\"id\":\"AR-1\",\"state\":\"from_a_newer_release\"}'",
+        [],
+    )
+    .unwrap();
+    app.clock.advance(Span::from_minutes(10));
+    app.deliver_everything().await;
+    assert_eq!(app.fake.deleted().len(), 2);
+    assert_eq!(app.events(1, "password_message_deleted").await, 2);
+    let left: i64 = db
+        .query_row("SELECT COUNT(*) FROM password_messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
 }
 
 #[tokio::test]

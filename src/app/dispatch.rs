@@ -396,9 +396,12 @@ impl Dispatcher {
             self.store.retry_password_message(d.id, again).await?;
             return Ok(false);
         }
-        let requester = match self.store.get(d.request).await? {
-            Some(req) => req.requester.handle,
-            None => "the requester".to_owned(),
+        // A request this release cannot read (a newer release's) does not
+        // keep the deletion from being recorded.
+        let requester = match self.store.get(d.request).await {
+            Ok(Some(req)) => req.requester.handle,
+            Ok(None) | Err(StoreError::Corrupt(_)) => "the requester".to_owned(),
+            Err(e) => return Err(e),
         };
         let after = now.since(d.sent_at).to_nearest_minute();
         let (summary, details) = match &d.whose {
