@@ -56,26 +56,33 @@ fn first_time<T: PartialEq>(seen: &std::sync::Mutex<Vec<T>>, key: T) -> bool {
 /// such request fails neither a person's list nor reconciliation of all
 /// the others. A change to it still fails, saying why.
 pub(crate) fn listed_request(body: &str) -> Option<AccessRequest> {
-    static WARNED: std::sync::Mutex<Vec<Option<u64>>> = std::sync::Mutex::new(Vec::new());
+    static WARNED: std::sync::Mutex<Vec<Option<String>>> = std::sync::Mutex::new(Vec::new());
     let error = match decode_request(body) {
         Ok(req) => return Some(req),
         Err(e) => e,
     };
-    #[derive(serde::Deserialize)]
-    struct Numbered {
-        id: Option<u64>,
-    }
-    let id = serde_json::from_str::<Numbered>(body)
-        .ok()
-        .and_then(|n| n.id);
-    if first_time(&WARNED, id) {
+    let id = stored_id(body);
+    if first_time(&WARNED, id.clone()) {
         tracing::warn!(
-            request = id,
+            request = id.as_deref().unwrap_or("(none readable)"),
             error = %error,
             "a stored request cannot be read by this Passport, so reads of many requests leave it out: a newer Passport on this database reads it; if none runs here, the row is damaged"
         );
     }
     None
+}
+
+/// The id a stored request body gives itself (`"AR-7"`), as written, even
+/// when the rest cannot be read: what a warning about it names.
+fn stored_id(body: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        id: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<Named>(body).ok()?.id? {
+        serde_json::Value::String(id) => Some(id),
+        other => Some(other.to_string()),
+    }
 }
 
 /// The top-level fields of a stored request body that this release does not
@@ -572,6 +579,11 @@ mod tests {
     fn a_request_that_cannot_be_read_is_left_out_of_lists() {
         assert!(listed_request(r#"{"id":7,"state":"from_a_newer_release"}"#).is_none());
         assert!(listed_request("not json").is_none());
+        // Each is logged once, by the id it is stored under.
+        let newer = r#"{"id":"AR-7","state":"from_a_newer_release"}"#;
+        assert_eq!(stored_id(newer).as_deref(), Some("AR-7"));
+        assert_eq!(stored_id(r#"{"id":7}"#).as_deref(), Some("7"));
+        assert_eq!(stored_id("not json"), None);
     }
 
     #[test]
