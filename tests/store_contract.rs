@@ -545,6 +545,16 @@ fn direct(user: &str, text: &str) -> Notice {
     Notice::direct(uid(user), None, text.into())
 }
 
+/// The texts of audit and direct-message notices read, in order.
+fn texts(read: &[passport::app::ports::Pending]) -> Vec<&str> {
+    read.iter()
+        .map(|p| match &p.notice {
+            Notice::Audit { text } | Notice::Direct { text, .. } => text.as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
 /// Effects of no request: `events` events and these notices on `console`.
 fn housekeeping(now: Timestamp, events: usize, notices: Vec<Notice>) -> Effects {
     let mut fx = Effects::default();
@@ -1093,14 +1103,7 @@ async fn a_lane_reads_its_own_next_notices(kind: Kind) {
     store.mark_delivered(&delivered, at(1)).await.unwrap();
     assert_eq!(store.outbox_counts().await.unwrap().delivered, 2);
     let next = store.lane_notices("console", &lane, 2).await.unwrap();
-    let texts: Vec<&str> = next
-        .iter()
-        .map(|p| match &p.notice {
-            Notice::Audit { text } => text.as_str(),
-            other => panic!("another lane's notice: {other:?}"),
-        })
-        .collect();
-    assert_eq!(texts, ["a3", "a4"]);
+    assert_eq!(texts(&next), ["a3", "a4"]);
     assert!(next
         .iter()
         .all(|p| p.lane == lane && p.surface == "console"));
@@ -1129,15 +1132,6 @@ async fn an_unreadable_notice_holds_up_its_lane_only(kind: Kind) {
          WHERE id = (SELECT MIN(id) FROM outbox)",
     )
     .await;
-    let texts = |read: &[passport::app::ports::Pending]| -> Vec<String> {
-        read.iter()
-            .map(|p| match &p.notice {
-                Notice::Audit { text } => text.clone(),
-                Notice::Direct { text, .. } => text.clone(),
-                other => panic!("{other:?}"),
-            })
-            .collect()
-    };
     let read = store.pending_notices(10, 10).await.unwrap();
     assert_eq!(texts(&read), ["d1"]);
     let again = store.pending_notices(10, 10).await.unwrap();
@@ -2007,14 +2001,7 @@ async fn a_lane_a_replica_cannot_read_is_left_to_the_others() {
     s.execute(&readable, &readable).await;
     let newer = s.another(ChainKeys::none()).await.store();
     let taken = newer.pending_notices(10, 10).await.unwrap();
-    let texts: Vec<&str> = taken
-        .iter()
-        .map(|p| match &p.notice {
-            Notice::Audit { text } => text.as_str(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(texts, ["a1", "a2"]);
+    assert_eq!(texts(&taken), ["a1", "a2"]);
 }
 
 /// Nor does it write anything more that the Logbook records: a creation, a
