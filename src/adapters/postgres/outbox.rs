@@ -205,21 +205,20 @@ async fn claimed(
         Ok(p) => p.id,
         Err(u) => u.id,
     });
-    let claimed: Vec<i64> = rows
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
     let out = readable(out);
-    if out.len() < claimed.len() {
+    if out.len() < rows.len() {
         // What this release cannot read, and the rest of its lane, is left
         // unclaimed for a release that reads it (a newer replica during a
         // rolling upgrade): a claim renewed by every read here would keep
         // it from them until this replica is gone.
         let kept: std::collections::HashSet<i64> = out.iter().map(|p| p.id).collect();
-        let left: Vec<i64> = claimed
-            .into_iter()
-            .filter(|id| !kept.contains(id))
-            .collect();
+        let mut left = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get(0)?;
+            if !kept.contains(&id) {
+                left.push(id);
+            }
+        }
         sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = ANY($1)")
             .bind(&left)
             .execute(&mut *conn)
