@@ -1155,6 +1155,38 @@ async fn an_unreadable_notice_holds_up_its_lane_only(kind: Kind) {
     assert_eq!(texts(&next), ["a2", "a3"]);
 }
 
+async fn notices_this_release_cannot_read_take_no_room_in_a_read(kind: Kind) {
+    let s = Subject::new(kind).await;
+    let store = s.store.as_ref();
+    let notices = vec![
+        audit("a1"),
+        direct("dev1", "d1"),
+        direct("dev2", "d2"),
+        audit("a2"),
+    ];
+    store
+        .record(housekeeping(at(0), 0, notices), at(0))
+        .await
+        .unwrap();
+    // The first two, of two lanes, are a newer release's.
+    let damage = "UPDATE outbox SET notice = '{\"from_a_newer_release\":{}}' \
+                  WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 2)";
+    s.execute(damage, damage).await;
+    let read = store.pending_notices(1, 10).await.unwrap();
+    assert_eq!(
+        texts(&read),
+        ["d2"],
+        "room for one, taken by one it can deliver"
+    );
+    let again = store.pending_notices(10, 10).await.unwrap();
+    assert_eq!(texts(&again), ["d2"]);
+    // Delivered by a release that reads it: its lane is read again.
+    let delivered = "UPDATE outbox SET delivered_at = 1 WHERE id = (SELECT MIN(id) FROM outbox)";
+    s.execute(delivered, delivered).await;
+    let after = store.pending_notices(10, 10).await.unwrap();
+    assert_eq!(texts(&after), ["d2", "a2"]);
+}
+
 async fn leases_are_taken_renewed_refused_and_taken_over(kind: Kind) {
     let s = Subject::new(kind).await;
     let store = s.store.as_ref();
@@ -1891,6 +1923,7 @@ contract!(
     the_outbox_delivers_retries_sets_aside_and_prunes,
     a_lane_reads_its_own_next_notices,
     an_unreadable_notice_holds_up_its_lane_only,
+    notices_this_release_cannot_read_take_no_room_in_a_read,
     a_long_lane_neither_hides_nor_crowds_out_the_others,
     leases_are_taken_renewed_refused_and_taken_over,
     a_delivery_key_is_refused_for_a_day_then_forgotten_by_pruning,

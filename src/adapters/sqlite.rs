@@ -925,20 +925,28 @@ impl Store for SqliteStore {
                  WHERE delivered_at IS NULL AND dead_at IS NULL ORDER BY id",
             )?;
             let mut rows = stmt.query([])?;
-            let mut taken: HashMap<(String, String), u32> = HashMap::new();
+            // A notice this release cannot read stops its lane there and
+            // takes no room: the lanes after it are read as if it were not.
+            let mut taken: HashMap<(String, String), Option<u32>> = HashMap::new();
             let mut out = Vec::new();
-            let mut read = 0usize;
+            let (mut read, mut kept) = (0usize, 0usize);
             while let Some(row) = rows.next()? {
                 read += 1;
-                if out.len() >= limit as usize || read > PENDING_SCAN {
+                if kept >= limit as usize || read > PENDING_SCAN {
                     break;
                 }
-                let n = taken.entry((row.get(1)?, row.get(2)?)).or_insert(0);
-                if *n >= per_lane {
+                let lane = taken.entry((row.get(1)?, row.get(2)?)).or_insert(Some(0));
+                let Some(n) = lane.as_mut().filter(|n| **n < per_lane) else {
                     continue;
+                };
+                let notice = pending_notice(row)?;
+                if notice.is_ok() {
+                    *n += 1;
+                    kept += 1;
+                } else {
+                    *lane = None;
                 }
-                *n += 1;
-                out.push(pending_notice(row)?);
+                out.push(notice);
             }
             Ok(readable(out))
         })

@@ -119,6 +119,8 @@ struct Shared {
     held: outbox::Held,
     /// Takes the outbox's statistics again after a slow claim.
     statistics: outbox::Statistics,
+    /// Notices this process cannot read, passed over by its claims.
+    unread: outbox::Unread,
     queued: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
     notices_queued: tokio::sync::watch::Receiver<u64>,
     /// Runs the changes of requests, in groups.
@@ -297,6 +299,7 @@ impl PgStore {
                 holder: holder_name(),
                 held: outbox::Held::default(),
                 statistics: outbox::Statistics::default(),
+                unread: outbox::Unread::default(),
                 queued,
                 notices_queued,
                 committer,
@@ -722,17 +725,35 @@ impl Store for PgStore {
     }
 
     async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError> {
-        let now = self.shared.clock.now();
-        let until = now.plus(self.shared.claim_for);
-        let mut tx = self.begin().await?;
-        let (pending, took) =
-            outbox::claim(&mut tx, &self.shared.holder, now, until, limit, per_lane).await?;
-        tx.commit().await?;
-        self.shared
-            .held
-            .claimed(pending.iter().map(|p| p.id), until, now);
-        self.shared.statistics.after_claim(took, &self.shared.pool);
-        Ok(pending)
+        loop {
+            let now = self.shared.clock.now();
+            let until = now.plus(self.shared.claim_for);
+            let unread = self.shared.unread.ids();
+            let mut tx = self.begin().await?;
+            let claimed = outbox::claim(
+                &mut tx,
+                &self.shared.holder,
+                now,
+                until,
+                (limit, per_lane),
+                &unread,
+            )
+            .await?;
+            tx.commit().await?;
+            let pending = claimed.pending;
+            self.shared
+                .held
+                .claimed(pending.iter().map(|p| p.id), until, now);
+            self.shared
+                .statistics
+                .after_claim(claimed.took, &self.shared.pool);
+            // Notices it cannot read took room the others can have: claim
+            // again without them (this process's claims come back with it).
+            if claimed.unread.is_empty() || pending.len() >= limit as usize {
+                return Ok(pending);
+            }
+            self.shared.unread.add(&claimed.unread);
+        }
     }
 
     async fn lane_notices(
@@ -744,7 +765,7 @@ impl Store for PgStore {
         let now = self.shared.clock.now();
         let until = now.plus(self.shared.claim_for);
         let mut tx = self.begin().await?;
-        let (pending, took) = outbox::claim_lane(
+        let claimed = outbox::claim_lane(
             &mut tx,
             &self.shared.holder,
             now,
@@ -756,9 +777,11 @@ impl Store for PgStore {
         tx.commit().await?;
         self.shared
             .held
-            .claimed(pending.iter().map(|p| p.id), until, now);
-        self.shared.statistics.after_claim(took, &self.shared.pool);
-        Ok(pending)
+            .claimed(claimed.pending.iter().map(|p| p.id), until, now);
+        self.shared
+            .statistics
+            .after_claim(claimed.took, &self.shared.pool);
+        Ok(claimed.pending)
     }
 
     fn notices_queued(&self) -> tokio::sync::watch::Receiver<u64> {

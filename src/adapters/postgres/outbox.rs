@@ -29,20 +29,45 @@ use crate::adapters::store_rows::{pending_notice, readable};
 /// The advisory lock held while claiming lanes ("passport" + 2).
 pub(super) const CLAIM_LOCK: i64 = super::logbook::LOGBOOK_LOCK + 2;
 
+/// The notices this process found it cannot read (a newer release's kind
+/// during a rolling upgrade, a damaged row): [`claim`] passes over them and
+/// the rest of their lanes, so that they do not fill its limit, read after
+/// read, ahead of the lanes it can deliver. One that another process
+/// delivers stops counting.
+#[derive(Default)]
+pub(super) struct Unread(Mutex<Vec<i64>>);
+
+impl Unread {
+    pub(super) fn ids(&self) -> Vec<i64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn add(&self, ids: &[i64]) {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if !known.contains(id) {
+                known.push(*id);
+            }
+        }
+    }
+}
+
 /// Claims and answers the undelivered notices of the lanes no other process
-/// holds, oldest first: at most `per_lane` of each lane and `limit` in all.
+/// holds, oldest first: at most `per_lane` of each lane and `limit` in all,
+/// passing over the notices `unread` names and the rest of their lanes.
 /// Lanes this process holds already are answered (and their claims
 /// extended) like free ones. A notice whose delivery is recorded while the
 /// claim waits for its row is left out: the update checks the row again as
-/// that record left it.
+/// that record left it. Answers too the ids of notices claimed that this
+/// release cannot read (left unclaimed again).
 pub(super) async fn claim(
     conn: &mut PgConnection,
     holder: &str,
     now: Timestamp,
     until: Timestamp,
-    limit: u32,
-    per_lane: u32,
-) -> Result<(Vec<Pending>, std::time::Duration), StoreError> {
+    (limit, per_lane): (u32, u32),
+    unread: &[i64],
+) -> Result<Claimed, StoreError> {
     // Both parts are MATERIALIZED, so each runs once whatever the planner
     // believes of the table: with statistics taken while the outbox was
     // nearly empty, it re-ran the ranking for every undelivered row (a
@@ -53,12 +78,17 @@ pub(super) async fn claim(
              SELECT DISTINCT surface, lane FROM outbox \
              WHERE claimed_by IS NOT NULL AND claimed_by <> $1 AND claimed_until > $2 \
                AND delivered_at IS NULL AND dead_at IS NULL), \
+         unread AS MATERIALIZED ( \
+             SELECT id, surface, lane FROM outbox \
+             WHERE id = ANY($6) AND delivered_at IS NULL AND dead_at IS NULL), \
          picked AS MATERIALIZED ( \
              SELECT id FROM ( \
                  SELECT o.id, ROW_NUMBER() OVER (PARTITION BY o.surface, o.lane ORDER BY o.id) AS n \
                  FROM outbox o \
                  WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
                    AND NOT EXISTS (SELECT 1 FROM held h WHERE h.surface = o.surface AND h.lane = o.lane) \
+                   AND NOT EXISTS (SELECT 1 FROM unread u \
+                       WHERE u.surface = o.surface AND u.lane = o.lane AND u.id <= o.id) \
              ) AS ranked WHERE n <= $4 ORDER BY id LIMIT $5) \
          {CLAIM_PICKED}"
     );
@@ -67,7 +97,8 @@ pub(super) async fn claim(
         .bind(now.as_millis())
         .bind(until.as_millis())
         .bind(i64::from(per_lane))
-        .bind(i64::from(limit));
+        .bind(i64::from(limit))
+        .bind(unread);
     claimed(conn, query).await
 }
 
@@ -82,7 +113,7 @@ pub(super) async fn claim_lane(
     until: Timestamp,
     (surface, lane): (&str, &str),
     limit: u32,
-) -> Result<(Vec<Pending>, std::time::Duration), StoreError> {
+) -> Result<Claimed, StoreError> {
     // `outbox_claimed` answers whether another holds the lane, `outbox_lane`
     // finds its next notices.
     let sql = format!(
@@ -183,12 +214,21 @@ impl Statistics {
     }
 }
 
-/// Runs a claim under [`CLAIM_LOCK`] and answers the notices it claimed,
-/// oldest first, and how long the claim's statement took.
+/// What a claim took.
+pub(super) struct Claimed {
+    /// The notices to deliver, oldest first.
+    pub(super) pending: Vec<Pending>,
+    /// How long the claim's statement took.
+    pub(super) took: std::time::Duration,
+    /// Notices claimed that this release cannot read, left unclaimed again.
+    pub(super) unread: Vec<i64>,
+}
+
+/// Runs a claim under [`CLAIM_LOCK`] and answers what it claimed.
 async fn claimed(
     conn: &mut PgConnection,
     query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-) -> Result<(Vec<Pending>, std::time::Duration), StoreError> {
+) -> Result<Claimed, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CLAIM_LOCK)
         .execute(&mut *conn)
@@ -205,6 +245,10 @@ async fn claimed(
         Ok(p) => p.id,
         Err(u) => u.id,
     });
+    let unread = out
+        .iter()
+        .filter_map(|p| p.as_ref().err().map(|u| u.id))
+        .collect();
     let out = readable(out);
     if out.len() < rows.len() {
         // What this release cannot read, and the rest of its lane, is left
@@ -224,7 +268,11 @@ async fn claimed(
             .execute(&mut *conn)
             .await?;
     }
-    Ok((out, took))
+    Ok(Claimed {
+        pending: out,
+        took,
+        unread,
+    })
 }
 
 /// Until when this process's claim on each notice it holds lasts, as it
