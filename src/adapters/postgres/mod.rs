@@ -379,6 +379,17 @@ impl PgStore {
         Ok(out)
     }
 
+    /// Notes what a committed claim took: until when this process holds
+    /// it, and whether the claim was slow enough to take statistics again.
+    fn claimed(&self, claimed: &outbox::Claimed, until: Timestamp, now: Timestamp) {
+        self.shared
+            .held
+            .claimed(claimed.pending.iter().map(|p| p.id), until, now);
+        self.shared
+            .statistics
+            .after_claim(claimed.took, &self.shared.pool);
+    }
+
     /// How the end of `ids`, notices of one lane that goes on, moves the
     /// claims left on it: see [`outbox::Held`].
     fn lane_goes_on(&self, ids: &[i64]) -> LaneClaims {
@@ -740,17 +751,11 @@ impl Store for PgStore {
             )
             .await?;
             tx.commit().await?;
-            let pending = claimed.pending;
-            self.shared
-                .held
-                .claimed(pending.iter().map(|p| p.id), until, now);
-            self.shared
-                .statistics
-                .after_claim(claimed.took, &self.shared.pool);
+            self.claimed(&claimed, until, now);
             // Notices it cannot read took room the others can have: claim
             // again without them (this process's claims come back with it).
-            if claimed.unread.is_empty() || pending.len() >= limit as usize {
-                return Ok(pending);
+            if claimed.unread.is_empty() || claimed.pending.len() >= limit as usize {
+                return Ok(claimed.pending);
             }
             self.shared.unread.add(&claimed.unread);
         }
@@ -775,12 +780,7 @@ impl Store for PgStore {
         )
         .await?;
         tx.commit().await?;
-        self.shared
-            .held
-            .claimed(claimed.pending.iter().map(|p| p.id), until, now);
-        self.shared
-            .statistics
-            .after_claim(claimed.took, &self.shared.pool);
+        self.claimed(&claimed, until, now);
         Ok(claimed.pending)
     }
 
