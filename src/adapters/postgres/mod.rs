@@ -380,11 +380,13 @@ impl PgStore {
     }
 
     /// Notes what a committed claim took: until when this process holds
-    /// it, and whether the claim was slow enough to take statistics again.
+    /// it, the notices it cannot read, and whether the claim was slow
+    /// enough to take statistics again.
     fn claimed(&self, claimed: &outbox::Claimed, until: Timestamp, now: Timestamp) {
         self.shared
             .held
             .claimed(claimed.pending.iter().map(|p| p.id), until, now);
+        self.shared.unread.add(&claimed.unread);
         self.shared
             .statistics
             .after_claim(claimed.took, &self.shared.pool);
@@ -737,6 +739,10 @@ impl Store for PgStore {
 
     async fn pending_notices(&self, limit: u32, per_lane: u32) -> Result<Vec<Pending>, StoreError> {
         loop {
+            if let Some(ids) = self.shared.unread.to_prune() {
+                let still = outbox::still_waiting(&self.shared.pool, &ids).await?;
+                self.shared.unread.keep(&still);
+            }
             let now = self.shared.clock.now();
             let until = now.plus(self.shared.claim_for);
             let unread = self.shared.unread.ids();
@@ -757,7 +763,6 @@ impl Store for PgStore {
             if claimed.unread.is_empty() || claimed.pending.len() >= limit as usize {
                 return Ok(claimed.pending);
             }
-            self.shared.unread.add(&claimed.unread);
         }
     }
 
@@ -989,10 +994,7 @@ impl Store for PgStore {
                 "the database is a read-only standby: point [store] url at the primary".into(),
             ));
         }
-        match outdated(compatible_from) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        outdated(compatible_from).map_or(Ok(()), Err)
     }
 
     async fn chat_ref(

@@ -33,23 +33,70 @@ pub(super) const CLAIM_LOCK: i64 = super::logbook::LOGBOOK_LOCK + 2;
 /// during a rolling upgrade, a damaged row): [`claim`] passes over them and
 /// the rest of their lanes, so that they do not fill its limit, read after
 /// read, ahead of the lanes it can deliver. One that another process
-/// delivers stops counting.
+/// delivers stops counting, and is forgotten once the list has doubled
+/// since it was last pruned ([`Unread::to_prune`]), so that a long rolling
+/// upgrade does not grow it without bound.
 #[derive(Default)]
-pub(super) struct Unread(Mutex<Vec<i64>>);
+pub(super) struct Unread(Mutex<UnreadIds>);
+
+#[derive(Default)]
+struct UnreadIds {
+    ids: Vec<i64>,
+    /// How many were left by the last pruning.
+    pruned_to: usize,
+}
+
+/// Notices past which [`Unread`] is pruned, at the least.
+const UNREAD_BEFORE_PRUNING: usize = 1_000;
 
 impl Unread {
+    fn lock(&self) -> std::sync::MutexGuard<'_, UnreadIds> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(super) fn ids(&self) -> Vec<i64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock().ids.clone()
     }
 
     pub(super) fn add(&self, ids: &[i64]) {
-        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.lock();
         for id in ids {
-            if !known.contains(id) {
-                known.push(*id);
+            if !known.ids.contains(id) {
+                known.ids.push(*id);
             }
         }
     }
+
+    /// The ids to look up before the next claim, when the list has grown
+    /// to twice what the last pruning left (and past
+    /// [`UNREAD_BEFORE_PRUNING`]); [`Unread::keep`] takes the answer.
+    pub(super) fn to_prune(&self) -> Option<Vec<i64>> {
+        let known = self.lock();
+        (known.ids.len() > UNREAD_BEFORE_PRUNING.max(2 * known.pruned_to))
+            .then(|| known.ids.clone())
+    }
+
+    /// Keeps of the ids only those `still` names (still in the outbox).
+    pub(super) fn keep(&self, still: &[i64]) {
+        let still: std::collections::HashSet<&i64> = still.iter().collect();
+        let mut known = self.lock();
+        known.ids.retain(|id| still.contains(id));
+        known.pruned_to = known.ids.len();
+    }
+}
+
+/// Those of `ids` still waiting in the outbox (neither delivered nor set
+/// aside): what [`Unread`] keeps when pruned.
+pub(super) async fn still_waiting(
+    pool: &sqlx::PgPool,
+    ids: &[i64],
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM outbox WHERE id = ANY($1) AND delivered_at IS NULL AND dead_at IS NULL",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Claims and answers the undelivered notices of the lanes no other process
@@ -375,4 +422,31 @@ pub(super) async fn after(
     rows.iter()
         .map(|row| row.try_get(0).map_err(StoreError::from))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unread_notices_are_pruned_when_their_list_has_doubled() {
+        let unread = Unread::default();
+        let first: Vec<i64> = (1..=UNREAD_BEFORE_PRUNING as i64).collect();
+        unread.add(&first);
+        unread.add(&first[..10]);
+        assert_eq!(unread.ids().len(), UNREAD_BEFORE_PRUNING, "each once");
+        assert!(unread.to_prune().is_none());
+        unread.add(&[5_000]);
+        let asked = unread.to_prune().expect("past the least");
+        assert_eq!(asked.len(), UNREAD_BEFORE_PRUNING + 1);
+        // Another release delivered all but 700 of them.
+        let still: Vec<i64> = (1..=700).collect();
+        unread.keep(&still);
+        assert_eq!(unread.ids(), still);
+        // Not again until it has doubled, and past the least.
+        unread.add(&(10_000..10_400).collect::<Vec<_>>());
+        assert!(unread.to_prune().is_none(), "1,100 of 1,400");
+        unread.add(&(20_000..20_301).collect::<Vec<_>>());
+        assert!(unread.to_prune().is_some(), "1,401 past 1,400");
+    }
 }
