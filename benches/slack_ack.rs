@@ -9,7 +9,8 @@
 //! then cached). Every request is committed before it is answered; at the end
 //! the number of stored requests is checked against the answers. Each rate is
 //! preceded by 3 unmeasured seconds at that rate (`PASSPORT_BENCH_TIMELINE=1`
-//! prints p99 and max per second of the run). The generator sends over a
+//! prints p99 and max per second of the run, `PASSPORT_BENCH_TIMELINE_MS=200`
+//! per 200 ms: stalls that come back at a fixed period show there). The generator sends over a
 //! fixed set of keep-alive connections (`PASSPORT_BENCH_CONNECTIONS`, default
 //! 256), as a load balancer in front of Passport would; a request waits for a
 //! free one, and its latency counts from the moment the generator issued it,
@@ -128,6 +129,17 @@ fn store_kind() -> String {
 
 /// How many applications share the database (`PASSPORT_BENCH_REPLICAS`);
 /// more than one needs PostgreSQL.
+/// How wide each slice of the timeline is, in milliseconds; `None` when no
+/// timeline is asked for.
+fn timeline_ms() -> Option<u64> {
+    match std::env::var("PASSPORT_BENCH_TIMELINE_MS") {
+        Ok(ms) => Some(ms.parse::<u64>().unwrap().max(1)),
+        Err(_) => std::env::var("PASSPORT_BENCH_TIMELINE")
+            .is_ok()
+            .then_some(1000),
+    }
+}
+
 fn replicas() -> usize {
     let n: usize = env_or("PASSPORT_BENCH_REPLICAS", "1").parse().unwrap();
     assert!(
@@ -671,16 +683,20 @@ fn pass(
                 ""
             );
         }
-        if std::env::var("PASSPORT_BENCH_TIMELINE").is_ok() {
-            // p99 and max of the requests sent in each second of the run.
-            let mut seconds: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+        if let Some(width) = timeline_ms() {
+            // p99 and max of the requests sent in each slice of the run.
+            let mut slices: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
             for (l, at) in outcome.latencies.iter().zip(&outcome.sent_at) {
-                seconds.entry(at.as_secs()).or_default().push(*l);
+                slices
+                    .entry(at.as_millis() as u64 / width)
+                    .or_default()
+                    .push(*l);
             }
-            for (second, mut ls) in seconds {
+            for (slice, mut ls) in slices {
                 ls.sort();
                 println!(
-                    "  second {second:>3}: p99 {:>8.2} ms, max {:>8.2} ms",
+                    "  at {:>7.1} s: p99 {:>8.2} ms, max {:>8.2} ms",
+                    (slice * width) as f64 / 1000.0,
                     ms(percentile(&ls, 0.99)),
                     ms(ls.last().copied().unwrap_or_default())
                 );
