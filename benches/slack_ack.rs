@@ -10,11 +10,12 @@
 //! the number of stored requests is checked against the answers. Each rate is
 //! preceded by 3 unmeasured seconds at that rate (`PASSPORT_BENCH_TIMELINE=1`
 //! prints p99 and max per second of the run, `PASSPORT_BENCH_TIMELINE_MS=200`
-//! per 200 ms: stalls that come back at a fixed period show there). The generator sends over a
-//! fixed set of keep-alive connections (`PASSPORT_BENCH_CONNECTIONS`, default
-//! 256), as a load balancer in front of Passport would; a request waits for a
-//! free one, and its latency counts from the moment the generator issued it,
-//! waiting included. The generator's timer wakes on whole milliseconds, so a
+//! per 200 ms: stalls that come back at a fixed period show there). The
+//! generator sends over a fixed set of keep-alive connections
+//! (`PASSPORT_BENCH_CONNECTIONS`, default 256), as a load balancer in front of
+//! Passport would; a request waits for a free one, and its latency counts
+//! from the moment the generator issued it, waiting included. The
+//! generator's timer wakes on whole milliseconds, so a
 //! request is issued up to about a millisecond after it was due; that delay is
 //! the generator's own and is printed apart, as how far behind its schedule
 //! it fell (p99 and max), so that a generator starved of CPU shows.
@@ -127,8 +128,6 @@ fn store_kind() -> String {
     env_or("PASSPORT_BENCH_STORE", "sqlite")
 }
 
-/// How many applications share the database (`PASSPORT_BENCH_REPLICAS`);
-/// more than one needs PostgreSQL.
 /// How wide each slice of the timeline is, in milliseconds; `None` when no
 /// timeline is asked for.
 fn timeline_ms() -> Option<u64> {
@@ -140,6 +139,8 @@ fn timeline_ms() -> Option<u64> {
     }
 }
 
+/// How many applications share the database (`PASSPORT_BENCH_REPLICAS`);
+/// more than one needs PostgreSQL.
 fn replicas() -> usize {
     let n: usize = env_or("PASSPORT_BENCH_REPLICAS", "1").parse().unwrap();
     assert!(

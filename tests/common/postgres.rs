@@ -10,6 +10,8 @@
 //! [`durable_server`] is one that keeps its data as a managed database does
 //! (fsync, full page writes and synchronous commit on, PostgreSQL's
 //! defaults), for benchmarks: what a commit costs there is part of the figure.
+//! It starts as a database that has run for a while, with write-ahead log
+//! segments to reuse ([`PgServer::warm_up`]).
 //!
 //! A shell watches the server: it holds the read end of a pipe whose write
 //! end only this process holds, and when this process exits (however it
