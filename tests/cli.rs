@@ -1412,19 +1412,14 @@ fn a_path_and_a_url_together_are_refused_naming_both() {
 /// its row in `_sqlx_migrations`. The number is past any this Passport has.
 const NEWER: i64 = 9_000;
 
-/// This Passport's newest migration in `dir` (`migrations` or
-/// `migrations/postgres`): the highest version among its `NNNN_*.sql` files.
-fn newest_migration(dir: &str) -> i64 {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.unwrap().file_name().into_string().ok()?;
-            let (version, _) = name.strip_suffix(".sql")?.split_once('_')?;
-            version.parse().ok()
-        })
+/// This Passport's newest migration among `known`, read as Passport reads
+/// its migrations (`sqlx::migrate!` on `migrations` or `migrations/postgres`).
+fn newest_migration(known: sqlx::migrate::Migrator) -> i64 {
+    known
+        .iter()
+        .map(|m| m.version)
         .max()
-        .unwrap_or_else(|| panic!("no migrations in {}", dir.display()))
+        .expect("no migrations")
 }
 
 /// The newer migration in SQLite's SQL (`checksum` a literal blob).
@@ -1534,7 +1529,7 @@ fn an_older_release_runs_on_a_newer_sqlite_database_only_where_it_may() {
         &run,
         &apply,
         &newer_migration_sqlite(),
-        newest_migration("migrations"),
+        newest_migration(sqlx::migrate!("./migrations")),
     );
 }
 
@@ -1556,6 +1551,6 @@ fn an_older_release_runs_on_a_newer_postgres_database_only_where_it_may() {
         &run,
         &apply,
         &newer_migration_postgres(),
-        newest_migration("migrations/postgres"),
+        newest_migration(sqlx::migrate!("./migrations/postgres")),
     );
 }
