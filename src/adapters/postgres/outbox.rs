@@ -41,7 +41,7 @@ pub(super) struct Unread(Mutex<UnreadIds>);
 
 #[derive(Default)]
 struct UnreadIds {
-    ids: Vec<i64>,
+    ids: std::collections::BTreeSet<i64>,
     /// How many were left by the last pruning.
     pruned_to: usize,
 }
@@ -54,17 +54,13 @@ impl Unread {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The ids, ascending.
     pub(super) fn ids(&self) -> Vec<i64> {
-        self.lock().ids.clone()
+        self.lock().ids.iter().copied().collect()
     }
 
     pub(super) fn add(&self, ids: &[i64]) {
-        let mut known = self.lock();
-        for id in ids {
-            if !known.ids.contains(id) {
-                known.ids.push(*id);
-            }
-        }
+        self.lock().ids.extend(ids);
     }
 
     /// The ids to look up before the next claim, when the list has grown
@@ -73,7 +69,7 @@ impl Unread {
     pub(super) fn to_prune(&self) -> Option<Vec<i64>> {
         let known = self.lock();
         (known.ids.len() > UNREAD_BEFORE_PRUNING.max(2 * known.pruned_to))
-            .then(|| known.ids.clone())
+            .then(|| known.ids.iter().copied().collect())
     }
 
     /// Keeps of the ids only those `still` names (still in the outbox).
