@@ -437,24 +437,26 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
         };
         let long = log >= passes.restart_frames;
         let mut synced = false;
-        if let Some(syncing) = ahead.as_ref().filter(|_| copied != last_copied) {
-            if long {
+        match ahead.as_ref().filter(|_| copied != last_copied) {
+            Some(syncing) if long => {
                 // The writer copies the rest soon and syncs the file while
                 // every caller waits: what this pass copied is synced now,
                 // here, so that its sync has only its own few pages left.
                 // Counted in `behind`: the groups committed meanwhile are
                 // the writer's to copy, or the next pass's.
                 synced = syncing.now();
-            } else {
+                if !synced {
+                    // A failed sync ends syncing ahead, as on the thread.
+                    if let Some(failed) = ahead.take() {
+                        failed.finish();
+                    }
+                }
+            }
+            Some(syncing) => {
                 // Full means a sync is due already: it will cover this pass too.
                 let _ = syncing.copied.try_send(());
             }
-        }
-        if long && !synced && copied != last_copied {
-            // A failed sync ends syncing ahead, as on the thread.
-            if let Some(failed) = ahead.take() {
-                failed.finish();
-            }
+            None => {}
         }
         last_copied = copied;
         let behind = passes.groups.load(Ordering::Acquire).saturating_sub(began);
