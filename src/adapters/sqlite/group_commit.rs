@@ -104,9 +104,9 @@ const CATCH_UP_GROUPS: u64 = 2;
 /// from copying everything. The writer's checkpoint syncs as
 /// every checkpoint does, so nothing changes for durability; a thread of its
 /// own syncs what the passes copied ahead of it ([`SyncAhead`]), and once the
-/// log is long the checkpointing thread syncs what each pass copied before
-/// it hands over, so that the writer's sync, which every caller waits for,
-/// has only the pages the writer copied itself. Left to the thread's sync,
+/// log is long the checkpointing thread syncs what each short pass copied
+/// ([`SYNC_HERE_BELOW`]) before it hands over, so that the writer's sync,
+/// which every caller waits for, has only the pages the writer copied itself. Left to the thread's sync,
 /// at most every 100 ms, up to 100 ms of passes were still to sync: the
 /// writer's catch-ups took 14 to 32 ms late in a run of 10,000 requests a
 /// second (1,000 requesters, Slack down), against 2 to 6 ms synced first.
@@ -119,6 +119,9 @@ struct Passes {
     restart_frames: u64,
     /// Passes the checkpointing thread has run.
     runs: AtomicU64,
+    /// Passes of a long log copying at most this many frames are synced on
+    /// the checkpointing thread ([`SYNC_HERE_BELOW`]).
+    sync_here_frames: u64,
     /// Times the writer was told to copy the rest, and how many of those
     /// came after the last pass's pages were synced.
     hand_overs: AtomicU64,
@@ -212,17 +215,26 @@ impl Writer {
         keys: ChainKeys,
         queued: watch::Sender<u64>,
     ) -> Result<Self, StoreError> {
-        Self::start_restarting(conn, checkpoints, keys, queued, RESTART_FRAMES)
+        Self::start_restarting(
+            conn,
+            checkpoints,
+            keys,
+            queued,
+            RESTART_FRAMES,
+            RESTART_FRAMES / SYNC_HERE_BELOW,
+        )
     }
 
     /// [`Self::start`], with the log made to start over past
-    /// `restart_frames` frames ([`Passes`]).
+    /// `restart_frames` frames, passes of at most `sync_here_frames` synced
+    /// on the checkpointing thread ([`Passes`]).
     fn start_restarting(
         conn: Connection,
         checkpoints: Connection,
         keys: ChainKeys,
         queued: watch::Sender<u64>,
         restart_frames: u64,
+        sync_here_frames: u64,
     ) -> Result<Self, StoreError> {
         // Each job's savepoint keeps the pages it changes for undo; in a
         // temporary file that would be a system call per page.
@@ -244,6 +256,7 @@ impl Writer {
             catch_up: AtomicBool::new(false),
             restart_frames,
             runs: AtomicU64::new(0),
+            sync_here_frames,
             hand_overs: AtomicU64::new(0),
             synced_hand_overs: AtomicU64::new(0),
         });
@@ -436,9 +449,11 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
             continue;
         };
         let long = log >= passes.restart_frames;
+        // Frames this pass copied (the count starts over with the log).
+        let this_pass = copied.checked_sub(last_copied).unwrap_or(copied);
         let mut synced = false;
         match ahead.as_ref().filter(|_| copied != last_copied) {
-            Some(syncing) if long => {
+            Some(syncing) if long && this_pass <= passes.sync_here_frames => {
                 // The writer copies the rest soon and syncs the file while
                 // every caller waits: what this pass copied is synced now,
                 // here, so that its sync has only its own few pages left.
@@ -487,6 +502,16 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
 /// How often at most the database file is synced ahead of the writer.
 const SYNC_AHEAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// While the log is long, a pass that copied at most this fraction of the
+/// log's length before it starts over (2,048 frames, 8 MiB, in `serve`) has
+/// its pages synced on the checkpointing thread itself. Longer passes mean
+/// the writes outrun the passes: a sync there would slow them until they
+/// stop getting shorter, and the log would grow (with every long pass
+/// synced, the log-restart test, whose passes are longer than its 1 MiB
+/// log, peaked at 80 MiB in a full run, against 110 never made to start
+/// over).
+const SYNC_HERE_BELOW: u64 = 8;
+
 /// The thread that syncs the database file ahead of the writer, at most
 /// once an interval ([`SYNC_AHEAD_EVERY`]) while checkpoints copy pages into it.
 ///
@@ -496,12 +521,9 @@ const SYNC_AHEAD_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// every caller waited: 7 to 20 ms every 1.5 s at 2,000 requests a second.
 /// Synced here, on a thread of its own, those pages are on disk already and
 /// the checkpointing thread's passes do not wait for them. Once the log is
-/// long, the checkpointing thread syncs each pass's pages itself through
-/// the same descriptor ([`SyncAhead::now`]): the writer copies the rest
-/// soon, and its sync must not find up to an interval of pages waiting.
-/// (A sync before every long pass was taken out once, when the log-restart
-/// test failed in a full run; under heavy disk load that test fails as often
-/// without it, and passes in full unit runs with it: BENCHMARKS.md.)
+/// long, the checkpointing thread syncs each short pass's pages itself
+/// through the same descriptor ([`SyncAhead::now`]): the writer copies the
+/// rest soon, and its sync must not find up to an interval of pages waiting.
 ///
 /// It runs only where the kernel reports a failed write-back to every
 /// descriptor of the file (Linux 4.13 and later): an older kernel reports
@@ -858,6 +880,16 @@ mod tests {
     /// A writer on a fresh database whose log is made to start over past
     /// `restart_frames` frames, with a reader connection to it.
     fn open_restarting(dir: &tempfile::TempDir, restart_frames: u64) -> (Arc<Writer>, Connection) {
+        open_syncing_here(dir, restart_frames, restart_frames / SYNC_HERE_BELOW)
+    }
+
+    /// [`open_restarting`], with passes of a long log of at most
+    /// `sync_here_frames` synced on the checkpointing thread.
+    fn open_syncing_here(
+        dir: &tempfile::TempDir,
+        restart_frames: u64,
+        sync_here_frames: u64,
+    ) -> (Arc<Writer>, Connection) {
         let path = dir.path().join("log.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
@@ -871,6 +903,7 @@ mod tests {
             ChainKeys::none(),
             watch::channel(0).0,
             restart_frames,
+            sync_here_frames,
         )
         .unwrap();
         (Arc::new(writer), Connection::open(&path).unwrap())
@@ -934,7 +967,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_copies_the_rest_after_the_passes_pages_are_synced() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, _reader) = open_restarting(&dir, 256);
+        // Every pass of a long log synced: this test's passes are all
+        // longer than an eighth of its 1 MiB log.
+        let (writer, _reader) = open_syncing_here(&dir, 256, u64::MAX);
         write_without_pause(&writer).await;
         let hand_overs = writer.passes.hand_overs.load(Ordering::Relaxed);
         let synced = writer.passes.synced_hand_overs.load(Ordering::Relaxed);
