@@ -106,10 +106,11 @@ const CATCH_UP_GROUPS: u64 = 2;
 /// own syncs what the passes copied ahead of it ([`SyncAhead`]), and once the
 /// log is long the checkpointing thread syncs what each short pass copied
 /// ([`SYNC_HERE_BELOW`]) before it hands over, so that the writer's sync,
-/// which every caller waits for, has only the pages the writer copied itself. Left to the thread's sync,
-/// at most every 100 ms, up to 100 ms of passes were still to sync: the
-/// writer's catch-ups took 14 to 32 ms late in a run of 10,000 requests a
-/// second (1,000 requesters, Slack down), against 2 to 6 ms synced first.
+/// which every caller waits for, has only the pages the writer copied
+/// itself. Left to the thread's sync, at most every 100 ms, up to 100 ms of
+/// passes were still to sync: the writer's catch-ups took 14 to 32 ms late
+/// in a run of 10,000 requests a second (1,000 requesters, Slack down),
+/// against 2 to 6 ms synced first.
 struct Passes {
     /// Groups the writer has committed.
     groups: AtomicU64,
@@ -502,14 +503,14 @@ fn checkpoint(conn: Connection, due: std::sync::mpsc::Receiver<()>, passes: &Pas
 /// How often at most the database file is synced ahead of the writer.
 const SYNC_AHEAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// While the log is long, a pass that copied at most this fraction of the
-/// log's length before it starts over (2,048 frames, 8 MiB, in `serve`) has
-/// its pages synced on the checkpointing thread itself. Longer passes mean
-/// the writes outrun the passes: a sync there would slow them until they
-/// stop getting shorter, and the log would grow (with every long pass
-/// synced, the log-restart test, whose passes are longer than its 1 MiB
-/// log, peaked at 80 MiB in a full run, against 110 never made to start
-/// over).
+/// While the log is long, a pass that copied at most this fraction (an
+/// eighth) of the log's length before it starts over (2,048 frames, 8 MiB,
+/// in `serve`) has its pages synced on the checkpointing thread itself.
+/// Longer passes mean the writes outrun the passes: a sync there would slow
+/// them until they stop getting shorter, and the log would grow (with
+/// every long pass synced, the log-restart test, whose writes outrun its
+/// passes over a 1 MiB log, peaked at 80 MiB in a full run, against 110
+/// never made to start over).
 const SYNC_HERE_BELOW: u64 = 8;
 
 /// The thread that syncs the database file ahead of the writer, at most
