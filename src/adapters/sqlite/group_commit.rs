@@ -968,8 +968,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_copies_the_rest_after_the_passes_pages_are_synced() {
         let dir = tempfile::tempdir().unwrap();
-        // Every pass of a long log synced: this test's passes are all
-        // longer than an eighth of its 1 MiB log.
+        // Every pass of a long log synced: with the eighth `serve` uses, none
+        // of this log's hand-overs followed a synced pass in eight runs, its
+        // writes outrunning its passes over a 1 MiB log.
         let (writer, _reader) = open_syncing_here(&dir, 256, u64::MAX);
         write_without_pause(&writer).await;
         let hand_overs = writer.passes.hand_overs.load(Ordering::Relaxed);
